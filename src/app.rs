@@ -1,0 +1,78 @@
+//! Composition: builds every subsystem from its own section of a validated `Config`, binds the
+//! listeners, and starts the background work (discovery). `main` and the tests both start Baton
+//! through here, so they run the same thing.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::authz::Authz;
+use crate::config::{Config, Endpoint};
+use crate::exchange::{TokenService, http_client};
+use crate::server::{self, Listeners};
+
+/// Build the decision core from a validated configuration; starts discovery when the token
+/// endpoint comes from the issuer's metadata.
+pub fn build(config: &Config) -> Result<Arc<Authz>, String> {
+    let service = TokenService::new(&config.token_service).map_err(|e| format!("token service client: {e}"))?;
+    if let Endpoint::Discover { issuer } = &config.token_service.endpoint {
+        let http = http_client(config.token_service.timeout).map_err(|e| format!("discovery client: {e}"))?;
+        tokio::spawn(crate::discovery::run(http, issuer.clone(), service.endpoint().clone()));
+    }
+    Ok(Arc::new(Authz::new(config, service)))
+}
+
+/// Bind the configured listeners. A stale Unix socket file from an earlier run is replaced.
+pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+    let grpc = tokio::net::TcpListener::bind(config.listen.grpc).await?;
+    let grpc_uds = match &config.listen.grpc_uds {
+        Some(path) => {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt as _;
+                m.file_type().is_socket()
+            }) {
+                std::fs::remove_file(path)?;
+            }
+            Some(tokio::net::UnixListener::bind(path)?)
+        }
+        None => None,
+    };
+    let admin = match config.listen.admin {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
+    Ok(Listeners { grpc, grpc_uds, admin })
+}
+
+/// Load, build, bind and serve until `shutdown`; then drain for at most `shutdown_grace`.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let authz = build(&config)?;
+    let listeners = bind(&config).await.map_err(|e| format!("cannot listen: {e}"))?;
+    tracing::info!(
+        grpc = %config.listen.grpc,
+        grpc_uds = ?config.listen.grpc_uds,
+        admin = ?config.listen.admin,
+        destinations = config.destinations.len(),
+        "baton serving"
+    );
+    let grace = config.shutdown_grace;
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = server::serve(authz, listeners, async move {
+        shutdown.await;
+        let _ = signalled_tx.send(());
+    });
+    tokio::pin!(serving);
+    tokio::select! {
+        result = &mut serving => return result.map_err(|e| e.to_string()),
+        _ = signalled_rx => {}
+    }
+    match tokio::time::timeout(grace, serving).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "in-flight requests did not finish within the shutdown grace period"
+            );
+            Ok(())
+        }
+    }
+}

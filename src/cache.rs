@@ -1,0 +1,330 @@
+//! Exchanged tokens, kept until shortly before they expire. The key is a SHA-256 digest over every
+//! exchange input (the destination's parameters and the subject token), so a raw token is never a
+//! key and a token for one destination is never served for another. Concurrent misses for one key
+//! share one exchange. An entry is never served past `min(expires_in, issued exp, subject exp) - margin`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest;
+use moka::Expiry;
+
+use crate::secret::Secret;
+
+/// SHA-256 over the exchange inputs.
+pub type Key = [u8; 32];
+
+/// How a token was obtained, for logs, traces and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    /// Waited for another request's exchange for the same key.
+    Coalesced,
+}
+
+impl CacheStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// A token ready to hand to Envoy.
+#[derive(Debug)]
+pub struct Delegated {
+    /// `Bearer <token>`, built once so a hit does not format it again.
+    pub authorization: Secret,
+    pub token: Secret,
+    pub issued_token_type: Option<String>,
+    pub token_type: String,
+    pub scope: Option<String>,
+    /// When the cache stops serving it (Unix seconds).
+    pub expires_at: u64,
+    ttl: Duration,
+}
+
+/// The lifetimes that bound a token's stay in the cache.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Lifetimes {
+    pub expires_in: Option<u64>,
+    /// `exp` of the issued token, when it is a JWT.
+    pub issued_exp: Option<i64>,
+    /// `exp` of the subject token, when it is a JWT.
+    pub subject_exp: Option<i64>,
+}
+
+impl Delegated {
+    /// `ttl = min(expires_in, issued exp, subject exp) - margin`, from `now` (Unix seconds). With no
+    /// lifetime known at all the token is used once and not kept.
+    pub fn new(
+        token: Secret,
+        token_type: String,
+        issued_token_type: Option<String>,
+        scope: Option<String>,
+        lifetimes: Lifetimes,
+        margin: Duration,
+        now: u64,
+    ) -> Self {
+        let until_exp = |exp: i64| exp.saturating_sub(now as i64).max(0) as u64;
+        let remaining = [
+            lifetimes.expires_in,
+            lifetimes.issued_exp.map(until_exp),
+            lifetimes.subject_exp.map(until_exp),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let ttl = remaining.map_or(Duration::ZERO, |s| Duration::from_secs(s).saturating_sub(margin));
+        let authorization = Secret::new(format!("Bearer {}", token.expose()));
+        Self {
+            authorization,
+            token,
+            issued_token_type,
+            token_type,
+            scope,
+            expires_at: now + ttl.as_secs(),
+            ttl,
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+struct EntryTtl;
+
+impl Expiry<Key, Arc<Delegated>> for EntryTtl {
+    fn expire_after_create(&self, _key: &Key, value: &Arc<Delegated>, _created_at: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// The bounded, coalescing token cache.
+pub struct TokenCache {
+    inner: moka::future::Cache<Key, Arc<Delegated>>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("entries", &self.inner.entry_count())
+            .finish()
+    }
+}
+
+impl TokenCache {
+    pub fn new(max_entries: u64) -> Self {
+        let inner = moka::future::Cache::builder()
+            .max_capacity(max_entries)
+            .expire_after(EntryTtl)
+            .build();
+        Self { inner }
+    }
+
+    /// The cached token for `key`, or the one `exchange` produces. Concurrent callers with the same
+    /// key wait for a single `exchange`; an error is returned to all of them and not cached.
+    pub async fn get_or_exchange<E, F>(&self, key: Key, exchange: F) -> Result<(Arc<Delegated>, CacheStatus), Arc<E>>
+    where
+        F: Future<Output = Result<Arc<Delegated>, E>>,
+        E: Send + Sync + 'static,
+    {
+        if let Some(hit) = self.inner.get(&key).await {
+            return Ok((hit, CacheStatus::Hit));
+        }
+        let entry = self.inner.entry(key).or_try_insert_with(exchange).await?;
+        let status = if entry.is_fresh() {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Coalesced
+        };
+        Ok((entry.into_value(), status))
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.inner.entry_count()
+    }
+}
+
+/// Digest of the parameters that, with the subject token, identify an exchange. Each field is
+/// length-prefixed so no two inputs can collide by moving a boundary.
+pub fn params_digest(fields: &[&str]) -> Key {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for field in fields {
+        ctx.update(&(field.len() as u64).to_be_bytes());
+        ctx.update(field.as_bytes());
+    }
+    to_key(ctx.finish())
+}
+
+/// The cache key: the destination's parameter digest, then the subject token.
+pub fn key(params: &Key, subject_token: &str) -> Key {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(params);
+    ctx.update(subject_token.as_bytes());
+    to_key(ctx.finish())
+}
+
+fn to_key(d: digest::Digest) -> Key {
+    let mut key = [0u8; 32];
+    key.copy_from_slice(d.as_ref());
+    key
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn delegated(lifetimes: Lifetimes, margin: u64) -> Delegated {
+        Delegated::new(
+            Secret::new("tok"),
+            "Bearer".into(),
+            None,
+            None,
+            lifetimes,
+            Duration::from_secs(margin),
+            NOW,
+        )
+    }
+
+    #[test]
+    fn ttl_is_the_shortest_lifetime_minus_the_margin() {
+        let l = |expires_in, issued, subject| Lifetimes {
+            expires_in,
+            issued_exp: issued,
+            subject_exp: subject,
+        };
+        let secs = |d: Delegated| d.ttl().as_secs();
+        assert_eq!(secs(delegated(l(Some(300), None, None), 30)), 270);
+        assert_eq!(secs(delegated(l(Some(300), Some(NOW as i64 + 100), None), 30)), 70);
+        assert_eq!(
+            secs(delegated(
+                l(Some(300), Some(NOW as i64 + 100), Some(NOW as i64 + 50)),
+                30
+            )),
+            20
+        );
+        assert_eq!(
+            secs(delegated(l(Some(20), None, None), 30)),
+            0,
+            "shorter than the margin: not kept"
+        );
+        assert_eq!(
+            secs(delegated(l(None, None, Some(NOW as i64 - 10)), 0)),
+            0,
+            "subject already expired"
+        );
+        assert_eq!(
+            secs(delegated(l(None, None, None), 30)),
+            0,
+            "no lifetime known: not kept"
+        );
+        let d = delegated(l(Some(300), None, None), 30);
+        assert_eq!(d.expires_at, NOW + 270);
+        assert_eq!(d.authorization.expose(), "Bearer tok");
+    }
+
+    #[test]
+    fn keys_differ_for_every_input() {
+        let a = params_digest(&["client", "aud-a", "", "scope"]);
+        let b = params_digest(&["client", "aud-b", "", "scope"]);
+        let shifted = params_digest(&["client", "aud-a", "scope", ""]);
+        assert_ne!(a, b);
+        assert_ne!(a, shifted, "length prefixes keep fields apart");
+        assert_ne!(key(&a, "alice-token"), key(&b, "alice-token"));
+        assert_ne!(key(&a, "alice-token"), key(&a, "bob-token"));
+        assert_eq!(key(&a, "alice-token"), key(&a, "alice-token"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_share_one_exchange() {
+        let cache = Arc::new(TokenCache::new(100));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let (cache, calls) = (cache.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_exchange([7; 32], async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, std::convert::Infallible>(Arc::new(delegated(
+                            Lifetimes {
+                                expires_in: Some(600),
+                                ..Default::default()
+                            },
+                            30,
+                        )))
+                    })
+                    .await
+                    .map(|(_, status)| status)
+            }));
+        }
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.expect("task").expect("exchange"));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(statuses.iter().filter(|s| **s == CacheStatus::Miss).count(), 1);
+        let (_, again) = cache
+            .get_or_exchange([7; 32], async { Err::<Arc<Delegated>, _>("must not run") })
+            .await
+            .expect("hit");
+        assert_eq!(again, CacheStatus::Hit);
+    }
+
+    #[tokio::test]
+    async fn errors_are_not_cached_and_expired_entries_are_not_served() {
+        let cache = TokenCache::new(100);
+        let err = cache
+            .get_or_exchange([1; 32], async { Err::<Arc<Delegated>, _>("down") })
+            .await;
+        assert_eq!(err.map(|_| ()).map_err(|e| *e), Err("down"));
+        let short = || async {
+            Ok::<_, &str>(Arc::new(delegated(
+                Lifetimes {
+                    expires_in: Some(31),
+                    ..Default::default()
+                },
+                30,
+            )))
+        };
+        let (_, first) = cache.get_or_exchange([1; 32], short()).await.expect("exchange");
+        assert_eq!(first, CacheStatus::Miss);
+        // A ttl of 1 s: gone after it, so the next call exchanges again.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (_, second) = cache.get_or_exchange([1; 32], short()).await.expect("exchange");
+        assert_eq!(second, CacheStatus::Miss);
+        let zero = || async {
+            Ok::<_, &str>(Arc::new(delegated(
+                Lifetimes {
+                    expires_in: Some(5),
+                    ..Default::default()
+                },
+                30,
+            )))
+        };
+        cache.get_or_exchange([2; 32], zero()).await.expect("exchange");
+        let (_, again) = cache.get_or_exchange([2; 32], zero()).await.expect("exchange");
+        assert_eq!(
+            again,
+            CacheStatus::Miss,
+            "a token shorter than the margin is never served from the cache"
+        );
+    }
+}

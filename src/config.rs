@@ -1,0 +1,688 @@
+//! Baton's configuration: the YAML shape (`Raw*`, serde with defaults), then `validate`, which turns
+//! it into typed values and reports every problem at once, each with the path of the field. Secrets
+//! are read here (from a file or the environment) and never appear in an error or a log line.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::secret::Secret;
+
+pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+// === The YAML shape ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: RawListen,
+    pub token_service: Option<RawTokenService>,
+    pub cache: RawCache,
+    pub subject_token: RawSubjectToken,
+    pub unknown_destination: UnknownDestination,
+    pub missing_token: MissingToken,
+    pub destinations: Vec<RawDestination>,
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawListen {
+    pub grpc: Option<String>,
+    pub grpc_uds: Option<PathBuf>,
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTokenService {
+    pub token_endpoint: Option<String>,
+    pub issuer: Option<String>,
+    pub client_id: Option<String>,
+    pub auth: RawClientAuth,
+    pub timeout: Option<String>,
+    pub retries: Option<u32>,
+    pub max_response_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawClientAuth {
+    pub method: AuthMethod,
+    pub secret_file: Option<PathBuf>,
+    pub secret_env: Option<String>,
+    pub key_file: Option<PathBuf>,
+    pub key_id: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+    None,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCache {
+    pub max_entries: Option<u64>,
+    pub expiry_margin: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSubjectToken {
+    pub max_bytes: Option<usize>,
+    /// `access_token` (default) or `jwt`: the `subject_token_type` sent to the token service.
+    pub token_type: Option<String>,
+}
+
+/// What to do with a request whose destination is not configured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownDestination {
+    /// Remove `Authorization` and let the request go: a user token never reaches an unlisted host.
+    #[default]
+    Strip,
+    /// Refuse with 403 `destination_unknown`.
+    Deny,
+    /// Leave the request as it is (the user's token goes with it).
+    Passthrough,
+}
+
+/// What to do with a request to a configured destination that carries no `Authorization`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingToken {
+    /// Refuse with 401 `missing_token`.
+    #[default]
+    Deny,
+    /// Let it go without a token.
+    Passthrough,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDestination {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+    pub scopes: Vec<String>,
+    pub requested_token_type: Option<String>,
+}
+
+// === The validated configuration ===
+
+#[derive(Debug)]
+pub struct Config {
+    pub listen: Listen,
+    pub token_service: TokenService,
+    pub cache: Cache,
+    pub subject_token: SubjectToken,
+    pub unknown_destination: UnknownDestination,
+    pub missing_token: MissingToken,
+    pub destinations: Vec<Destination>,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug)]
+pub struct Listen {
+    pub grpc: SocketAddr,
+    pub grpc_uds: Option<PathBuf>,
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug)]
+pub struct TokenService {
+    pub endpoint: Endpoint,
+    pub client_id: String,
+    pub auth: ClientAuth,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub max_response_bytes: usize,
+}
+
+/// Where the token endpoint is: given, or found by RFC 8414 / OpenID discovery from the issuer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Token(Url),
+    Discover { issuer: Url },
+}
+
+#[derive(Clone, Debug)]
+pub enum ClientAuth {
+    None,
+    SecretBasic(Secret),
+    SecretPost(Secret),
+    /// RFC 7523 client assertion, signed with this PEM key (RSA or EC P-256).
+    PrivateKeyJwt {
+        key_pem: Secret,
+        key_id: Option<String>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Cache {
+    pub max_entries: u64,
+    pub expiry_margin: Duration,
+}
+
+#[derive(Debug)]
+pub struct SubjectToken {
+    pub max_bytes: usize,
+    pub token_type: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+    pub scopes: Vec<String>,
+    pub requested_token_type: Option<String>,
+}
+
+// === Errors ===
+
+/// One problem, at one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Everything wrong with a configuration file.
+#[derive(Debug)]
+pub struct ConfigError(pub Vec<FieldError>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "{n} configuration error{}:", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            writeln!(f, "  {}: {}", e.path, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+// === Parsing and validation ===
+
+impl Config {
+    /// Parse YAML and validate it; every problem is reported, not only the first.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
+            ConfigError(vec![FieldError {
+                path: "(yaml)".into(),
+                message: e.to_string(),
+            }])
+        })?;
+        raw.validate()
+    }
+
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(vec![FieldError {
+                path: path.display().to_string(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Self::from_yaml(&text)
+    }
+}
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let mut errors = Errors::default();
+        let listen = validate_listen(self.listen, &mut errors);
+        let token_service = match self.token_service {
+            Some(ts) => validate_token_service(ts, &mut errors),
+            None => {
+                errors.add("token_service", "is required");
+                None
+            }
+        };
+        let cache = Cache {
+            max_entries: self.cache.max_entries.unwrap_or(100_000),
+            expiry_margin: duration(
+                self.cache.expiry_margin.as_deref(),
+                "cache.expiry_margin",
+                Duration::from_secs(30),
+                &mut errors,
+            ),
+        };
+        if cache.max_entries == 0 {
+            errors.add("cache.max_entries", "must be at least 1");
+        }
+        let subject_token = SubjectToken {
+            max_bytes: self.subject_token.max_bytes.unwrap_or(16 * 1024),
+            token_type: match self.subject_token.token_type.as_deref() {
+                None | Some("access_token") | Some(TOKEN_TYPE_ACCESS_TOKEN) => TOKEN_TYPE_ACCESS_TOKEN,
+                Some("jwt") | Some(TOKEN_TYPE_JWT) => TOKEN_TYPE_JWT,
+                Some(other) => {
+                    errors.add(
+                        "subject_token.token_type",
+                        format!("`{other}` is not `access_token` or `jwt`"),
+                    );
+                    TOKEN_TYPE_ACCESS_TOKEN
+                }
+            },
+        };
+        if subject_token.max_bytes == 0 {
+            errors.add("subject_token.max_bytes", "must be at least 1");
+        }
+        let destinations = validate_destinations(self.destinations, &mut errors);
+        let shutdown_grace = duration(
+            self.shutdown_grace.as_deref(),
+            "shutdown_grace",
+            Duration::from_secs(10),
+            &mut errors,
+        );
+        match (listen, token_service) {
+            (Some(listen), Some(token_service)) if errors.0.is_empty() => Ok(Config {
+                listen,
+                token_service,
+                cache,
+                subject_token,
+                unknown_destination: self.unknown_destination,
+                missing_token: self.missing_token,
+                destinations,
+                shutdown_grace,
+            }),
+            _ => Err(ConfigError(errors.0)),
+        }
+    }
+}
+
+fn validate_listen(raw: RawListen, errors: &mut Errors) -> Option<Listen> {
+    let grpc = socket_addr(raw.grpc.as_deref().unwrap_or("127.0.0.1:9191"), "listen.grpc", errors);
+    let admin = raw
+        .admin
+        .as_deref()
+        .and_then(|a| socket_addr(a, "listen.admin", errors));
+    if let Some(path) = &raw.grpc_uds
+        && path.as_os_str().is_empty()
+    {
+        errors.add("listen.grpc_uds", "must be a path");
+    }
+    Some(Listen {
+        grpc: grpc?,
+        grpc_uds: raw.grpc_uds,
+        admin,
+    })
+}
+
+fn validate_token_service(raw: RawTokenService, errors: &mut Errors) -> Option<TokenService> {
+    let endpoint = match (&raw.token_endpoint, &raw.issuer) {
+        (Some(url), None) => http_url(url, "token_service.token_endpoint", errors).map(Endpoint::Token),
+        (None, Some(url)) => http_url(url, "token_service.issuer", errors).map(|issuer| Endpoint::Discover { issuer }),
+        (Some(_), Some(_)) => {
+            errors.add("token_service", "set `token_endpoint` or `issuer`, not both");
+            None
+        }
+        (None, None) => {
+            errors.add("token_service", "set `token_endpoint`, or `issuer` for discovery");
+            None
+        }
+    };
+    let client_id = raw.client_id.unwrap_or_default();
+    if client_id.is_empty() {
+        errors.add("token_service.client_id", "is required");
+    }
+    let auth = validate_auth(raw.auth, errors);
+    let timeout = duration(
+        raw.timeout.as_deref(),
+        "token_service.timeout",
+        Duration::from_secs(2),
+        errors,
+    );
+    if timeout.is_zero() {
+        errors.add("token_service.timeout", "must be more than 0");
+    }
+    let retries = raw.retries.unwrap_or(2);
+    if retries > 5 {
+        errors.add("token_service.retries", "at most 5: retries share the timeout");
+    }
+    let max_response_bytes = raw.max_response_bytes.unwrap_or(64 * 1024);
+    if !(1024..=1024 * 1024).contains(&max_response_bytes) {
+        errors.add("token_service.max_response_bytes", "must be between 1024 and 1048576");
+    }
+    Some(TokenService {
+        endpoint: endpoint?,
+        client_id,
+        auth: auth?,
+        timeout,
+        retries,
+        max_response_bytes,
+    })
+}
+
+fn validate_auth(raw: RawClientAuth, errors: &mut Errors) -> Option<ClientAuth> {
+    let secret = |errors: &mut Errors| -> Option<Secret> {
+        match (&raw.secret_file, &raw.secret_env) {
+            (Some(path), None) => read_secret_file(path, "token_service.auth.secret_file", errors),
+            (None, Some(name)) => match std::env::var(name) {
+                Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+                _ => {
+                    errors.add("token_service.auth.secret_env", format!("`{name}` is not set or empty"));
+                    None
+                }
+            },
+            (Some(_), Some(_)) => {
+                errors.add("token_service.auth", "set `secret_file` or `secret_env`, not both");
+                None
+            }
+            (None, None) => {
+                errors.add("token_service.auth", "this method needs `secret_file` or `secret_env`");
+                None
+            }
+        }
+    };
+    match raw.method {
+        AuthMethod::None => Some(ClientAuth::None),
+        AuthMethod::ClientSecretBasic => secret(errors).map(ClientAuth::SecretBasic),
+        AuthMethod::ClientSecretPost => secret(errors).map(ClientAuth::SecretPost),
+        AuthMethod::PrivateKeyJwt => {
+            let Some(path) = &raw.key_file else {
+                errors.add("token_service.auth.key_file", "is required for private_key_jwt");
+                return None;
+            };
+            let key_pem = read_secret_file(path, "token_service.auth.key_file", errors)?;
+            if jsonwebtoken::EncodingKey::from_rsa_pem(key_pem.expose().as_bytes()).is_err()
+                && jsonwebtoken::EncodingKey::from_ec_pem(key_pem.expose().as_bytes()).is_err()
+            {
+                errors.add("token_service.auth.key_file", "is not a PEM RSA or EC private key");
+                return None;
+            }
+            Some(ClientAuth::PrivateKeyJwt {
+                key_pem,
+                key_id: raw.key_id,
+            })
+        }
+    }
+}
+
+fn validate_destinations(raw: Vec<RawDestination>, errors: &mut Errors) -> Vec<Destination> {
+    let mut names = HashSet::new();
+    let mut hosts = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, d) in raw.into_iter().enumerate() {
+        let at = |field: &str| format!("destinations[{i}].{field}");
+        if d.name.is_empty() {
+            errors.add(at("name"), "is required");
+        } else if !names.insert(d.name.clone()) {
+            errors.add(at("name"), format!("`{}` is used by an earlier destination", d.name));
+        }
+        let mut lowered = Vec::with_capacity(d.hosts.len());
+        for (j, host) in d.hosts.iter().enumerate() {
+            let host = host.to_ascii_lowercase();
+            if let Err(why) = crate::route::check_host_pattern(&host) {
+                errors.add(at(&format!("hosts[{j}]")), format!("`{host}` {why}"));
+            } else if !hosts.insert(host.clone()) {
+                errors.add(
+                    at(&format!("hosts[{j}]")),
+                    format!("`{host}` is claimed by an earlier destination"),
+                );
+            }
+            lowered.push(host);
+        }
+        if d.audience.is_none() && d.resource.is_none() {
+            errors.add(at("audience"), "set `audience`, `resource`, or both");
+        }
+        if d.audience.as_deref() == Some("") {
+            errors.add(at("audience"), "must not be empty");
+        }
+        if let Some(resource) = &d.resource {
+            // RFC 8707: an absolute URI without a fragment.
+            match Url::parse(resource) {
+                Ok(url) if url.fragment().is_none() => {}
+                _ => errors.add(at("resource"), "must be an absolute URI without a fragment"),
+            }
+        }
+        for (j, scope) in d.scopes.iter().enumerate() {
+            if !is_scope_token(scope) {
+                errors.add(at(&format!("scopes[{j}]")), "is not a valid scope token (RFC 6749 3.3)");
+            }
+        }
+        if let Some(t) = &d.requested_token_type
+            && !t.starts_with("urn:")
+        {
+            errors.add(
+                at("requested_token_type"),
+                "must be a token type URN (urn:ietf:params:oauth:token-type:...)",
+            );
+        }
+        out.push(Destination {
+            name: d.name,
+            hosts: lowered,
+            audience: d.audience,
+            resource: d.resource,
+            scopes: d.scopes,
+            requested_token_type: d.requested_token_type,
+        });
+    }
+    out
+}
+
+/// RFC 6749 3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+pub fn is_scope_token(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+fn read_secret_file(path: &std::path::Path, field: &str, errors: &mut Errors) -> Option<Secret> {
+    match std::fs::read_to_string(path) {
+        Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+        Ok(_) => {
+            errors.add(field, format!("{} is empty", path.display()));
+            None
+        }
+        Err(e) => {
+            errors.add(field, format!("cannot read {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+/// `500ms`, `2s`, `1m`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|_| format!("`{text}` is not a duration like 500ms, 2s or 1m"))
+}
+
+fn duration(text: Option<&str>, field: &str, default: Duration, errors: &mut Errors) -> Duration {
+    match text.map(parse_duration) {
+        None => default,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            errors.add(field, e);
+            default
+        }
+    }
+}
+
+fn socket_addr(text: &str, field: &str, errors: &mut Errors) -> Option<SocketAddr> {
+    match text.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errors.add(field, format!("`{text}` is not an address like 127.0.0.1:9191"));
+            None
+        }
+    }
+}
+
+fn http_url(text: &str, field: &str, errors: &mut Errors) -> Option<Url> {
+    match Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
+        _ => {
+            errors.add(field, format!("`{text}` is not an http(s) URL"));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret_file() -> (tempfile_path::TempPath, String) {
+        let path = tempfile_path::TempPath::new("secret", "s3cr3t-value\n");
+        let p = path.0.display().to_string();
+        (path, p)
+    }
+
+    /// A file removed when the test ends, without a crate for it.
+    mod tempfile_path {
+        pub(super) struct TempPath(pub(super) std::path::PathBuf);
+        impl TempPath {
+            pub(super) fn new(name: &str, contents: &str) -> Self {
+                let path = std::env::temp_dir().join(format!(
+                    "baton-test-{}-{name}-{:?}",
+                    std::process::id(),
+                    std::thread::current().id()
+                ));
+                std::fs::write(&path, contents).expect("write temp file");
+                Self(path)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let (_guard, secret) = secret_file();
+        let yaml = format!(
+            r#"
+listen:
+  grpc: 127.0.0.1:9191
+  grpc_uds: /var/run/baton/baton.sock
+  admin: 127.0.0.1:9901
+token_service:
+  token_endpoint: http://127.0.0.1:9400/token
+  client_id: sidecar
+  auth:
+    method: client_secret_basic
+    secret_file: {secret}
+  timeout: 2s
+cache:
+  max_entries: 100000
+  expiry_margin: 30s
+unknown_destination: strip
+missing_token: deny
+destinations:
+  - name: orders
+    hosts: ["orders.default.svc.cluster.local", "Orders", "orders:8080", "*.orders.example"]
+    audience: https://orders.example
+    resource: https://orders.example/api
+    scopes: [orders.read]
+    requested_token_type: urn:ietf:params:oauth:token-type:access_token
+"#
+        );
+        let config = Config::from_yaml(&yaml).expect("valid");
+        assert_eq!(config.listen.grpc, "127.0.0.1:9191".parse().expect("addr"));
+        assert_eq!(config.token_service.timeout, Duration::from_secs(2));
+        assert!(matches!(&config.token_service.auth, ClientAuth::SecretBasic(s) if s.expose() == "s3cr3t-value"));
+        assert_eq!(config.cache.expiry_margin, Duration::from_secs(30));
+        assert_eq!(config.destinations[0].hosts[1], "orders", "hosts are lower-cased");
+        assert_eq!(config.subject_token.max_bytes, 16 * 1024);
+        assert_eq!(config.unknown_destination, UnknownDestination::Strip);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_its_path() {
+        let yaml = r#"
+listen:
+  grpc: not-an-address
+token_service:
+  token_endpoint: ftp://example
+  auth:
+    method: client_secret_post
+  timeout: fast
+cache:
+  max_entries: 0
+destinations:
+  - name: orders
+    hosts: ["orders", "*bad*"]
+  - name: orders
+    hosts: ["ORDERS"]
+    audience: a
+    scopes: ["two words"]
+"#;
+        let err = Config::from_yaml(yaml).expect_err("invalid");
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        for expected in [
+            "listen.grpc",
+            "token_service.token_endpoint",
+            "token_service.client_id",
+            "token_service.auth",
+            "token_service.timeout",
+            "cache.max_entries",
+            "destinations[0].hosts[1]",
+            "destinations[0].audience",
+            "destinations[1].name",
+            "destinations[1].hosts[0]",
+            "destinations[1].scopes[0]",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_enums_are_errors() {
+        let err = Config::from_yaml("token_servise: {}\n").expect_err("typo");
+        assert!(err.to_string().contains("token_servise"), "{err}");
+        let err = Config::from_yaml("unknown_destination: drop\n").expect_err("bad enum");
+        assert!(err.to_string().contains("drop"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_errors() {
+        let yaml = "token_service:\n  token_endpoint: http://x/token\n  client_id: c\n  auth:\n    method: client_secret_basic\n    secret_env: BATON_TEST_UNSET_SECRET_VAR\ndestinations:\n  - name: a\n    audience: ''\n";
+        let err = Config::from_yaml(yaml).expect_err("invalid").to_string();
+        assert!(err.contains("BATON_TEST_UNSET_SECRET_VAR"), "{err}");
+        let (_guard, secret) = secret_file();
+        let yaml = format!(
+            "token_service:\n  token_endpoint: http://x/token\n  client_id: c\n  auth:\n    method: client_secret_basic\n    secret_file: {secret}\ncache:\n  expiry_margin: nope\n"
+        );
+        let err = Config::from_yaml(&yaml).expect_err("invalid").to_string();
+        assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn durations_accept_the_usual_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("2 parsecs").is_err());
+    }
+}

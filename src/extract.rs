@@ -1,0 +1,262 @@
+//! The first step of the data path: from Envoy's CheckRequest to what Baton needs (the route's
+//! destination name, the authority, the caller's `Authorization`), and from `Authorization` to a
+//! subject token. It reads only those headers, borrows rather than copies, and refuses anything that
+//! is not one well-formed RFC 6750 bearer token.
+
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+
+use crate::reason::{Denial, Reason};
+use crate::route::CONTEXT_KEY;
+
+/// The parts of an outbound request that decide its delegation.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outbound<'a> {
+    /// `context_extensions["baton.destination"]`, set per route in Envoy.
+    pub route_destination: Option<&'a str>,
+    /// The `:authority` (host) of the request.
+    pub authority: &'a str,
+    pub authorization: Authorization<'a>,
+}
+
+/// The `Authorization` header as Envoy sent it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Authorization<'a> {
+    Missing,
+    One(&'a str),
+    Several,
+}
+
+pub fn outbound(request: &CheckRequest) -> Result<Outbound<'_>, Denial> {
+    let attributes = request.attributes.as_ref();
+    let http = attributes
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+        .ok_or_else(|| {
+            Denial::new(
+                Reason::CheckRequestMalformed,
+                "the CheckRequest has no HTTP request attributes",
+            )
+        })?;
+    let route_destination = attributes
+        .and_then(|a| a.context_extensions.get(CONTEXT_KEY))
+        .map(String::as_str)
+        .filter(|name| !name.is_empty());
+
+    // With `encode_raw_headers: true` Envoy sends every header line in `header_map`; otherwise it
+    // folds repeated headers into one `headers` entry joined by ",".
+    let authorization = match http.header_map.as_ref().filter(|m| !m.headers.is_empty()) {
+        Some(map) => {
+            let mut found = map
+                .headers
+                .iter()
+                .filter(|h| h.key.eq_ignore_ascii_case("authorization"));
+            match (found.next(), found.next()) {
+                (None, _) => Authorization::Missing,
+                (Some(_), Some(_)) => Authorization::Several,
+                (Some(h), None) if h.raw_value.is_empty() => Authorization::One(&h.value),
+                (Some(h), None) => match std::str::from_utf8(&h.raw_value) {
+                    Ok(value) => Authorization::One(value),
+                    Err(_) => {
+                        return Err(Denial::new(
+                            Reason::MalformedToken,
+                            "the Authorization header is not UTF-8",
+                        ));
+                    }
+                },
+            }
+        }
+        None => match http.headers.get("authorization") {
+            None => Authorization::Missing,
+            Some(value) if value.contains(',') => Authorization::Several,
+            Some(value) => Authorization::One(value),
+        },
+    };
+    let authority = if http.host.is_empty() {
+        http.headers
+            .get(":authority")
+            .or_else(|| http.headers.get("host"))
+            .map_or("", String::as_str)
+    } else {
+        &http.host
+    };
+    Ok(Outbound {
+        route_destination,
+        authority,
+        authorization,
+    })
+}
+
+/// The subject token from `Authorization: Bearer <token>`, or why there is none to use.
+/// `Ok(None)` means no header at all: the caller's `missing_token` setting decides.
+pub fn subject_token<'a>(authorization: &Authorization<'a>, max_bytes: usize) -> Result<Option<&'a str>, Denial> {
+    let value = match authorization {
+        Authorization::Missing => return Ok(None),
+        Authorization::Several => {
+            return Err(Denial::new(
+                Reason::MultipleAuthorizationHeaders,
+                "the request has more than one Authorization header",
+            ));
+        }
+        Authorization::One(value) => value.trim_matches([' ', '\t']),
+    };
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Denial::new(
+            Reason::UnsupportedAuthorizationScheme,
+            "the Authorization header does not use the Bearer scheme",
+        ));
+    }
+    check_token(token.trim_start_matches(' '), max_bytes).map(Some)
+}
+
+/// A bearer token's own rules: present, within the size bound, RFC 6750 characters only.
+pub fn check_token(token: &str, max_bytes: usize) -> Result<&str, Denial> {
+    if token.is_empty() {
+        return Err(Denial::new(Reason::EmptyToken, "the bearer token is empty"));
+    }
+    if token.len() > max_bytes {
+        return Err(Denial::new(
+            Reason::TokenTooLarge,
+            format!("the bearer token is larger than {max_bytes} bytes"),
+        ));
+    }
+    if !is_b64token(token) {
+        return Err(Denial::new(
+            Reason::MalformedToken,
+            "the bearer token has characters outside RFC 6750's b64token",
+        ));
+    }
+    Ok(token)
+}
+
+/// RFC 6750 2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+pub fn is_b64token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+
+    fn check(headers: &[(&str, &str)], host: &str, route: Option<&str>) -> CheckRequest {
+        let http = HttpRequest {
+            host: host.into(),
+            headers: headers.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+            ..Default::default()
+        };
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(http),
+                    ..Default::default()
+                }),
+                context_extensions: route.map(|r| (CONTEXT_KEY.into(), r.into())).into_iter().collect(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn token_of(header: &str) -> Result<Option<&str>, Reason> {
+        subject_token(&Authorization::One(header), 64).map_err(|d| d.reason)
+    }
+
+    #[test]
+    fn reads_route_host_and_authorization() {
+        let req = check(&[("authorization", "Bearer abc")], "orders:8080", Some("orders"));
+        let out = outbound(&req).expect("extract");
+        assert_eq!(out.route_destination, Some("orders"));
+        assert_eq!(out.authority, "orders:8080");
+        assert_eq!(out.authorization, Authorization::One("Bearer abc"));
+    }
+
+    #[test]
+    fn falls_back_to_the_authority_header_and_ignores_an_empty_route() {
+        let req = check(&[(":authority", "billing")], "", Some(""));
+        let out = outbound(&req).expect("extract");
+        assert_eq!(out.route_destination, None);
+        assert_eq!(out.authority, "billing");
+        assert_eq!(out.authorization, Authorization::Missing);
+    }
+
+    #[test]
+    fn folded_or_repeated_headers_count_as_several() {
+        let req = check(&[("authorization", "Bearer a,Bearer b")], "x", None);
+        assert_eq!(outbound(&req).expect("extract").authorization, Authorization::Several);
+
+        let mut req = check(&[], "x", None);
+        let http = req
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .expect("http");
+        let line = |v: &str| HeaderValue {
+            key: "Authorization".into(),
+            raw_value: v.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        http.header_map = Some(HeaderMap {
+            headers: vec![line("Bearer a"), line("Bearer b")],
+        });
+        assert_eq!(outbound(&req).expect("extract").authorization, Authorization::Several);
+        let http = req
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .expect("http");
+        http.header_map = Some(HeaderMap {
+            headers: vec![line("Bearer a")],
+        });
+        assert_eq!(
+            outbound(&req).expect("extract").authorization,
+            Authorization::One("Bearer a")
+        );
+    }
+
+    #[test]
+    fn a_request_without_http_attributes_is_refused() {
+        let err = outbound(&CheckRequest::default()).expect_err("no attributes");
+        assert_eq!(err.reason, Reason::CheckRequestMalformed);
+    }
+
+    #[test]
+    fn bearer_parsing_follows_rfc_6750() {
+        assert_eq!(token_of("Bearer abc.DEF-_~+/=="), Ok(Some("abc.DEF-_~+/==")));
+        assert_eq!(token_of("bearer abc"), Ok(Some("abc")));
+        assert_eq!(token_of("BEARER   abc"), Ok(Some("abc")));
+        assert_eq!(
+            subject_token(&Authorization::Missing, 64).map_err(|d| d.reason),
+            Ok(None)
+        );
+        assert_eq!(
+            subject_token(&Authorization::Several, 64).map_err(|d| d.reason),
+            Err(Reason::MultipleAuthorizationHeaders)
+        );
+        assert_eq!(
+            token_of("Basic dXNlcjpwYXNz"),
+            Err(Reason::UnsupportedAuthorizationScheme)
+        );
+        assert_eq!(token_of("Bearer"), Err(Reason::EmptyToken));
+        assert_eq!(token_of("Bearer "), Err(Reason::EmptyToken));
+        assert_eq!(token_of("Bearer a b"), Err(Reason::MalformedToken));
+        assert_eq!(token_of("Bearer a\r\nX-Evil: 1"), Err(Reason::MalformedToken));
+        assert_eq!(token_of("Bearer ==="), Err(Reason::MalformedToken));
+        assert_eq!(token_of("Bearer a=b"), Err(Reason::MalformedToken));
+        assert_eq!(
+            token_of(&format!("Bearer {}", "a".repeat(65))),
+            Err(Reason::TokenTooLarge)
+        );
+        assert_eq!(
+            token_of(&format!("Bearer {}", "a".repeat(64))).map(|t| t.map(str::len)),
+            Ok(Some(64))
+        );
+    }
+}

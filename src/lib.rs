@@ -1,0 +1,21 @@
+//! Baton: an Envoy external-authorization server that exchanges the caller's user token for one
+//! scoped to each outbound destination (OAuth 2.0 Token Exchange, RFC 8693).
+//!
+//! The data path, one module a step: [`extract`] -> [`route`] -> [`authz`] (the decision) ->
+//! [`cache`] / [`exchange`] -> [`respond`]. [`server`] serves it; [`app`] builds it from [`config`].
+
+pub mod app;
+pub mod authz;
+pub mod broker;
+pub mod cache;
+pub mod config;
+pub mod discovery;
+pub mod exchange;
+pub mod extract;
+pub mod jwt;
+pub mod reason;
+pub mod respond;
+pub mod route;
+pub mod secret;
+pub mod server;
+pub mod sts;

@@ -1,0 +1,207 @@
+//! The `baton` command: `run` (the sidecar), `check-config`, and `sts` (the development token
+//! service). Parsing arguments and wiring signals only; everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use baton::config::Config;
+use baton::sts::{self, RawStsConfig};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "Transparent user-identity delegation for Envoy (RFC 8693 token exchange)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve Envoy's ext_authz Check and the DelegationBroker API.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print every error; exit 1 if there is one.
+    CheckConfig { file: PathBuf },
+    /// The development token service (RFC 8693). For development and tests, not production.
+    Sts {
+        #[command(subcommand)]
+        command: Option<StsCommand>,
+        /// YAML configuration of the service.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen address (overrides the file); port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StsCommand {
+    /// Mint a user token from a running `baton sts` and print it.
+    Mint {
+        /// Base URL of the running service.
+        #[arg(long, default_value = "http://127.0.0.1:9400")]
+        url: String,
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        aud: Option<String>,
+        #[arg(long)]
+        scope: Option<String>,
+        /// Lifetime in seconds (0 or negative mints an expired token).
+        #[arg(long, allow_hyphen_values = true)]
+        expires_in: Option<i64>,
+        /// The workload allowed to act for this user (RFC 8693 `may_act.sub`).
+        #[arg(long)]
+        may_act: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run { config } => match Config::from_file(&config) {
+                Ok(config) => baton::app::run(config, shutdown_signal())
+                    .await
+                    .map_or_else(fail, |()| ExitCode::SUCCESS),
+                Err(e) => fail(e.to_string()),
+            },
+            Command::CheckConfig { file } => check_config(&file),
+            Command::Sts {
+                command:
+                    Some(StsCommand::Mint {
+                        url,
+                        sub,
+                        aud,
+                        scope,
+                        expires_in,
+                        may_act,
+                    }),
+                ..
+            } => {
+                let mut form = vec![("sub", sub)];
+                form.extend(aud.map(|v| ("aud", v)));
+                form.extend(scope.map(|v| ("scope", v)));
+                form.extend(expires_in.map(|v| ("expires_in", v.to_string())));
+                form.extend(may_act.map(|v| ("may_act", v)));
+                match sts::mint_remote(&url, &form).await {
+                    Ok(token) => {
+                        #[allow(clippy::print_stdout)]
+                        {
+                            println!("{token}");
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                }
+            }
+            Command::Sts {
+                command: None,
+                config,
+                listen,
+            } => run_sts(config, listen).await,
+        }
+    })
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::from_file(file) {
+        Ok(config) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "{}: ok ({} destination{}, token service client `{}`)",
+                    file.display(),
+                    config.destinations.len(),
+                    if config.destinations.len() == 1 { "" } else { "s" },
+                    config.token_service.client_id
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{}: {e}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_sts(config: Option<PathBuf>, listen: Option<String>) -> ExitCode {
+    let mut raw: RawStsConfig = match &config {
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_saphyr::from_str(&text).map_err(|e| e.to_string()))
+        {
+            Ok(raw) => raw,
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        },
+        None => RawStsConfig::default(),
+    };
+    if listen.is_some() {
+        raw.listen = listen;
+    }
+    let config = match raw.validate() {
+        Ok(c) => c,
+        Err(errors) => return fail(format!("sts configuration:\n  {}", errors.join("\n  "))),
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => return fail(format!("cannot listen on {}: {e}", config.listen)),
+    };
+    tracing::warn!("baton sts is a development token service: do not use it in production");
+    let served = sts::serve(config, listener, shutdown_signal(), |endpoints| {
+        // One JSON line on stdout, so scripts and tests learn the real port.
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{}", serde_json::to_string(endpoints).unwrap_or_default());
+        }
+    })
+    .await;
+    served.map_or_else(|e| fail(e.to_string()), |()| ExitCode::SUCCESS)
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("BATON_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("baton: {message}");
+    ExitCode::FAILURE
+}

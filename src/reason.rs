@@ -1,0 +1,168 @@
+//! Why a request was denied: one stable, low-cardinality code per cause, shared by the Envoy reply,
+//! the log line and (later) the audit record and metric label. This module owns the code, its HTTP
+//! status and its gRPC code; it never holds request data, so a `Denial` cannot carry a token.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Every reason Baton refuses a request. `as_str` is the wire name: never rename one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    // The caller's token (401).
+    MissingToken,
+    MultipleAuthorizationHeaders,
+    UnsupportedAuthorizationScheme,
+    EmptyToken,
+    MalformedToken,
+    TokenTooLarge,
+    SubjectTokenExpired,
+    /// The token service said `invalid_grant`: it does not accept the subject token.
+    SubjectTokenRejected,
+    // Where the request goes, and what the token service will grant (403).
+    DestinationUnknown,
+    DestinationNotConfigured,
+    /// The token service said `invalid_target`.
+    TargetRefused,
+    /// The token service said `unauthorized_client`.
+    ClientUnauthorized,
+    /// The token service said `invalid_scope`.
+    ScopeRefused,
+    /// Envoy sent a CheckRequest without the HTTP attributes Baton needs.
+    CheckRequestMalformed,
+    // The token service could not give an answer (503). Fail closed.
+    TokenServiceUnavailable,
+    TokenServiceTimeout,
+    TokenServiceError,
+    TokenServiceBusy,
+    /// The token service refused Baton's own client credentials (`invalid_client`): a
+    /// deployment problem, not the caller's, so 503 rather than 401.
+    TokenServiceClientRejected,
+    TokenServiceBadResponse,
+}
+
+/// The class of a reason, which fixes the HTTP status and the gRPC code of the reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    Unauthenticated,
+    PermissionDenied,
+    Unavailable,
+}
+
+impl Reason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::MultipleAuthorizationHeaders => "multiple_authorization_headers",
+            Self::UnsupportedAuthorizationScheme => "unsupported_authorization_scheme",
+            Self::EmptyToken => "empty_token",
+            Self::MalformedToken => "malformed_token",
+            Self::TokenTooLarge => "token_too_large",
+            Self::SubjectTokenExpired => "subject_token_expired",
+            Self::SubjectTokenRejected => "subject_token_rejected",
+            Self::DestinationUnknown => "destination_unknown",
+            Self::DestinationNotConfigured => "destination_not_configured",
+            Self::TargetRefused => "target_refused",
+            Self::ClientUnauthorized => "client_unauthorized",
+            Self::ScopeRefused => "scope_refused",
+            Self::CheckRequestMalformed => "check_request_malformed",
+            Self::TokenServiceUnavailable => "token_service_unavailable",
+            Self::TokenServiceTimeout => "token_service_timeout",
+            Self::TokenServiceError => "token_service_error",
+            Self::TokenServiceBusy => "token_service_busy",
+            Self::TokenServiceClientRejected => "token_service_client_rejected",
+            Self::TokenServiceBadResponse => "token_service_bad_response",
+        }
+    }
+
+    pub const fn class(self) -> Class {
+        match self {
+            Self::MissingToken
+            | Self::MultipleAuthorizationHeaders
+            | Self::UnsupportedAuthorizationScheme
+            | Self::EmptyToken
+            | Self::MalformedToken
+            | Self::TokenTooLarge
+            | Self::SubjectTokenExpired
+            | Self::SubjectTokenRejected => Class::Unauthenticated,
+            Self::DestinationUnknown
+            | Self::DestinationNotConfigured
+            | Self::TargetRefused
+            | Self::ClientUnauthorized
+            | Self::ScopeRefused
+            | Self::CheckRequestMalformed => Class::PermissionDenied,
+            Self::TokenServiceUnavailable
+            | Self::TokenServiceTimeout
+            | Self::TokenServiceError
+            | Self::TokenServiceBusy
+            | Self::TokenServiceClientRejected
+            | Self::TokenServiceBadResponse => Class::Unavailable,
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Class {
+    pub const fn http_status(self) -> u16 {
+        match self {
+            Self::Unauthenticated => 401,
+            Self::PermissionDenied => 403,
+            Self::Unavailable => 503,
+        }
+    }
+
+    pub const fn grpc_code(self) -> tonic::Code {
+        match self {
+            Self::Unauthenticated => tonic::Code::Unauthenticated,
+            Self::PermissionDenied => tonic::Code::PermissionDenied,
+            Self::Unavailable => tonic::Code::Unavailable,
+        }
+    }
+}
+
+/// A refusal: the reason code and a sentence for a human. The sentence is built by Baton, never
+/// copied from a token or from the token service's free text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: Reason,
+    pub description: Cow<'static, str>,
+}
+
+impl Denial {
+    pub fn new(reason: Reason, description: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            reason,
+            description: description.into(),
+        }
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.description)
+    }
+}
+
+impl std::error::Error for Denial {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_map_to_the_statuses_envoy_users_expect() {
+        assert_eq!(Reason::MissingToken.class().http_status(), 401);
+        assert_eq!(Reason::SubjectTokenRejected.class().http_status(), 401);
+        assert_eq!(Reason::TargetRefused.class().http_status(), 403);
+        assert_eq!(Reason::DestinationUnknown.class().http_status(), 403);
+        assert_eq!(Reason::TokenServiceTimeout.class().http_status(), 503);
+        assert_eq!(
+            Reason::TokenServiceClientRejected.class().grpc_code(),
+            tonic::Code::Unavailable
+        );
+    }
+}

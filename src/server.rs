@@ -1,0 +1,113 @@
+//! Serving: Envoy's `Authorization/Check` and Baton's broker API on the gRPC listeners (TCP, and
+//! optionally a Unix socket), `/healthz` and `/readyz` on the admin listener. `serve` takes bound
+//! listeners and a shutdown future, so a test can run it on port 0 and stop it; on shutdown,
+//! readiness turns false first and in-flight requests finish.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::http::StatusCode;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::{Request, Response, Status};
+
+use crate::authz::{Allow, Authz};
+use crate::broker::Broker;
+use crate::broker::pb::delegation_broker_server::DelegationBrokerServer;
+use crate::respond;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bound sockets to serve on.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub grpc_uds: Option<UnixListener>,
+    pub admin: Option<TcpListener>,
+}
+
+/// Serve until `shutdown` completes, then drain.
+pub async fn serve(authz: Arc<Authz>, listeners: Listeners, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let grpc = || {
+        tonic::transport::Server::builder()
+            .add_service(AuthorizationServer::new(CheckService { authz: authz.clone() }))
+            .add_service(DelegationBrokerServer::new(Broker::new(authz.clone())))
+    };
+    let mut tasks: tokio::task::JoinSet<Result<(), BoxError>> = tokio::task::JoinSet::new();
+    let tcp = grpc().serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped(stop_rx.clone()));
+    tasks.spawn(async move { Ok(tcp.await?) });
+    if let Some(uds) = listeners.grpc_uds {
+        let uds = grpc().serve_with_incoming_shutdown(UnixListenerStream::new(uds), stopped(stop_rx.clone()));
+        tasks.spawn(async move { Ok(uds.await?) });
+    }
+    if let Some(admin) = listeners.admin {
+        let router = admin_router(authz.clone(), stopping.clone());
+        let rx = stop_rx.clone();
+        tasks.spawn(async move { Ok(axum::serve(admin, router).with_graceful_shutdown(stopped(rx)).await?) });
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: not ready, draining in-flight requests");
+    stopping.store(true, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    while let Some(result) = tasks.join_next().await {
+        if let Ok(Err(e)) = result {
+            tracing::error!(error = %e, "server stopped with an error");
+        }
+    }
+    Ok(())
+}
+
+// === impl CheckService ===
+
+struct CheckService {
+    authz: Arc<Authz>,
+}
+
+#[tonic::async_trait]
+impl Authorization for CheckService {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let outcome = self.authz.check(request.get_ref()).await;
+        match &outcome {
+            Ok(Allow::Delegate {
+                destination,
+                token,
+                cache,
+            }) => {
+                tracing::debug!(destination = %destination.name, cache = cache.as_str(), issued = %token.token.fingerprint(), "delegated");
+            }
+            Ok(Allow::Strip) => tracing::debug!("unknown destination: authorization stripped"),
+            Ok(Allow::Passthrough) => tracing::debug!("passed through"),
+            Err(denial) => tracing::info!(reason = denial.reason.as_str(), "denied: {}", denial.description),
+        }
+        Ok(Response::new(respond::check_response(&outcome)))
+    }
+}
+
+// === admin ===
+
+fn admin_router(authz: Arc<Authz>, stopping: Arc<AtomicBool>) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new().route("/healthz", get(|| async { "ok\n" })).route(
+        "/readyz",
+        get(move || {
+            let ready = !stopping.load(Ordering::SeqCst) && authz.token_service().endpoint().get().is_some();
+            async move {
+                if ready {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }
+        }),
+    )
+}

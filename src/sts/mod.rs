@@ -1,0 +1,629 @@
+//! `baton sts`: a small token service for development, demos and fault-injection tests. It speaks
+//! RFC 8693 token exchange (and client_credentials), publishes its JWKS and RFC 8414 metadata, and
+//! mints user tokens on request (`/dev/mint`). It is not a production authorization server: it has
+//! no users, no consent and no persistence. It never logs a token.
+
+mod keys;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, Header, Validation};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::cache::unix_now;
+use crate::config::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, parse_duration};
+use crate::exchange::{GRANT_TOKEN_EXCHANGE, random_id};
+use crate::secret::Secret;
+pub use keys::SigningKey;
+
+const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+
+// === Configuration ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawStsConfig {
+    pub listen: Option<String>,
+    pub issuer: Option<String>,
+    pub token_lifetime: Option<String>,
+    pub signing_key_file: Option<PathBuf>,
+    pub clients: Vec<RawClient>,
+    pub dev_mint: Option<bool>,
+    pub faults: RawFaults,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawClient {
+    pub client_id: String,
+    pub secret_file: Option<PathBuf>,
+    pub secret_env: Option<String>,
+    /// Audiences (or resources) this client may ask tokens for.
+    pub audiences: Vec<String>,
+    /// Scopes it may ask for; empty means any.
+    pub scopes: Vec<String>,
+}
+
+/// Deliberate misbehaviour, for tests of what Baton does when a token service misbehaves.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawFaults {
+    /// Wait this long before answering a token request.
+    pub delay: Option<String>,
+    /// Answer every token request with this HTTP status and an RFC 6749 `server_error` body.
+    pub status: Option<u16>,
+}
+
+#[derive(Debug)]
+pub struct StsConfig {
+    pub listen: SocketAddr,
+    pub issuer: Option<String>,
+    pub token_lifetime: Duration,
+    pub key: SigningKey,
+    pub clients: HashMap<String, Client>,
+    pub dev_mint: bool,
+    pub fault_delay: Duration,
+    pub fault_status: Option<StatusCode>,
+}
+
+#[derive(Debug)]
+pub struct Client {
+    secret: Secret,
+    audiences: Vec<String>,
+    scopes: Vec<String>,
+}
+
+impl RawStsConfig {
+    /// Validate, reporting every problem at once.
+    pub fn validate(self) -> Result<StsConfig, Vec<String>> {
+        let mut errors = Vec::new();
+        let listen = self.listen.as_deref().unwrap_or("127.0.0.1:9400");
+        let listen = listen
+            .parse()
+            .map_err(|_| errors.push(format!("listen: `{listen}` is not an address")));
+        let mut lifetime =
+            |text: &Option<String>, field: &str, default: Duration| match text.as_deref().map(parse_duration) {
+                None => default,
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    errors.push(format!("{field}: {e}"));
+                    default
+                }
+            };
+        let token_lifetime = lifetime(&self.token_lifetime, "token_lifetime", Duration::from_secs(300));
+        let fault_delay = lifetime(&self.faults.delay, "faults.delay", Duration::ZERO);
+        let fault_status = self.faults.status.map(|s| {
+            StatusCode::from_u16(s).unwrap_or_else(|_| {
+                errors.push(format!("faults.status: {s} is not an HTTP status"));
+                StatusCode::INTERNAL_SERVER_ERROR
+            })
+        });
+        let key = match &self.signing_key_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| SigningKey::from_pem(&pem)),
+            None => SigningKey::generate(),
+        }
+        .map_err(|e| errors.push(format!("signing_key_file: {e}")));
+        let mut clients = HashMap::new();
+        for (i, c) in self.clients.into_iter().enumerate() {
+            let secret = match (&c.secret_file, &c.secret_env) {
+                (Some(path), None) => std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned()),
+                (None, Some(name)) => std::env::var(name).ok().map(|s| s.trim().to_owned()),
+                _ => None,
+            };
+            match secret.filter(|s| !s.is_empty()) {
+                Some(secret) if !c.client_id.is_empty() => {
+                    clients.insert(
+                        c.client_id,
+                        Client {
+                            secret: Secret::new(secret),
+                            audiences: c.audiences,
+                            scopes: c.scopes,
+                        },
+                    );
+                }
+                Some(_) => errors.push(format!("clients[{i}].client_id: is required")),
+                None => errors.push(format!(
+                    "clients[{i}]: set exactly one of `secret_file` or `secret_env`, and make it non-empty"
+                )),
+            }
+        }
+        if clients.is_empty() && errors.is_empty() {
+            errors.push("clients: at least one client is required".into());
+        }
+        match (listen, key) {
+            (Ok(listen), Ok(key)) if errors.is_empty() => Ok(StsConfig {
+                listen,
+                issuer: self.issuer,
+                token_lifetime,
+                key,
+                clients,
+                dev_mint: self.dev_mint.unwrap_or(true),
+                fault_delay,
+                fault_status,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+// === The service ===
+
+#[derive(Debug)]
+struct Sts {
+    issuer: String,
+    token_lifetime: Duration,
+    key: SigningKey,
+    clients: HashMap<String, Client>,
+    dev_mint: bool,
+    fault_delay: Duration,
+    fault_status: Option<StatusCode>,
+    exchanges: AtomicU64,
+}
+
+/// Where a running service can be reached.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Endpoints {
+    pub ready: bool,
+    pub issuer: String,
+    pub token_endpoint: String,
+    pub jwks_uri: String,
+}
+
+/// Serve on `listener` until `shutdown`. The issuer defaults to `http://<bound address>`.
+pub async fn serve(
+    config: StsConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Endpoints),
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    let issuer = config.issuer.unwrap_or_else(|| format!("http://{local}"));
+    let issuer = issuer.trim_end_matches('/').to_owned();
+    let endpoints = Endpoints {
+        ready: true,
+        token_endpoint: format!("{issuer}/token"),
+        jwks_uri: format!("{issuer}/jwks"),
+        issuer: issuer.clone(),
+    };
+    let sts = Arc::new(Sts {
+        issuer,
+        token_lifetime: config.token_lifetime,
+        key: config.key,
+        clients: config.clients,
+        dev_mint: config.dev_mint,
+        fault_delay: config.fault_delay,
+        fault_status: config.fault_status,
+        exchanges: AtomicU64::new(0),
+    });
+    let metadata = Arc::new(json!({
+        "issuer": endpoints.issuer,
+        "token_endpoint": endpoints.token_endpoint,
+        "jwks_uri": endpoints.jwks_uri,
+        "grant_types_supported": [GRANT_TOKEN_EXCHANGE, GRANT_CLIENT_CREDENTIALS],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "response_types_supported": [],
+    }));
+    let router = Router::new()
+        .route("/token", post(token))
+        .route("/jwks", get(jwks))
+        .route("/dev/mint", post(mint))
+        .route("/dev/stats", get(stats))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get({
+                let m = metadata.clone();
+                move || async move { Json((*m).clone()) }
+            }),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(move || async move { Json((*metadata).clone()) }),
+        )
+        .with_state(sts);
+    on_ready(&endpoints);
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// An RFC 6749 section 5.2 error.
+#[derive(Debug)]
+struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: &'static str,
+}
+
+fn oauth_error(status: StatusCode, error: &'static str, description: &'static str) -> OAuthError {
+    OAuthError {
+        status,
+        error,
+        description,
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({ "error": self.error, "error_description": self.description }));
+        let mut response = (self.status, body).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            let challenge = axum::http::HeaderValue::from_static("Basic realm=\"baton-sts\"");
+            response.headers_mut().insert("www-authenticate", challenge);
+        }
+        response
+    }
+}
+
+async fn jwks(State(sts): State<Arc<Sts>>) -> Json<Value> {
+    Json(json!({ "keys": [sts.key.jwk] }))
+}
+
+async fn stats(State(sts): State<Arc<Sts>>) -> Json<Value> {
+    Json(json!({ "token_exchange": sts.exchanges.load(Ordering::Relaxed) }))
+}
+
+async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: String) -> Response {
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+    let grant_type = single(&params, "grant_type");
+    if grant_type == Some(GRANT_TOKEN_EXCHANGE) {
+        sts.exchanges.fetch_add(1, Ordering::Relaxed);
+    }
+    if !sts.fault_delay.is_zero() {
+        tokio::time::sleep(sts.fault_delay).await;
+    }
+    if let Some(status) = sts.fault_status {
+        return oauth_error(status, "server_error", "fault injected by configuration").into_response();
+    }
+    let (client_id, client) = match authenticate(&sts, &headers, &params) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let result = match grant_type {
+        Some(GRANT_TOKEN_EXCHANGE) => exchange(&sts, client_id, client, &params),
+        Some(GRANT_CLIENT_CREDENTIALS) => client_credentials(&sts, client_id, client, &params),
+        Some(_) => Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "this service issues token-exchange and client_credentials grants",
+        )),
+        None => Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "grant_type is required",
+        )),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The one value of a parameter that may appear once.
+fn single<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+fn authenticate<'a>(
+    sts: &'a Sts,
+    headers: &HeaderMap,
+    params: &[(String, String)],
+) -> Result<(&'a str, &'a Client), OAuthError> {
+    let unauthorized = || {
+        oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        )
+    };
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("basic").then_some(rest.trim())
+        });
+    let (id, secret) = match (basic, single(params, "client_secret")) {
+        (Some(_), Some(_)) => {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "use one client authentication method",
+            ));
+        }
+        (Some(encoded), None) => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|_| unauthorized())?;
+            let decoded = String::from_utf8(decoded).map_err(|_| unauthorized())?;
+            let (id, secret) = decoded.split_once(':').ok_or_else(unauthorized)?;
+            let dec = |s: &str| {
+                url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+            };
+            (dec(id).unwrap_or_default(), dec(secret).unwrap_or_default())
+        }
+        (None, Some(secret)) => (single(params, "client_id").unwrap_or("").to_owned(), secret.to_owned()),
+        (None, None) => return Err(unauthorized()),
+    };
+    let (stored_id, client) = sts.clients.get_key_value(id.as_str()).ok_or_else(unauthorized)?;
+    aws_lc_rs::constant_time::verify_slices_are_equal(client.secret.expose().as_bytes(), secret.as_bytes())
+        .map_err(|_| unauthorized())?;
+    Ok((stored_id.as_str(), client))
+}
+
+fn exchange(sts: &Sts, client_id: &str, client: &Client, params: &[(String, String)]) -> Result<Response, OAuthError> {
+    let bad_request =
+        |error: &'static str, description: &'static str| oauth_error(StatusCode::BAD_REQUEST, error, description);
+    let subject_token =
+        single(params, "subject_token").ok_or_else(|| bad_request("invalid_request", "subject_token is required"))?;
+    let subject_type = single(params, "subject_token_type")
+        .ok_or_else(|| bad_request("invalid_request", "subject_token_type is required"))?;
+    if subject_type != TOKEN_TYPE_ACCESS_TOKEN && subject_type != TOKEN_TYPE_JWT {
+        return Err(bad_request(
+            "invalid_request",
+            "subject_token_type must be access_token or jwt",
+        ));
+    }
+    let issued_type = match single(params, "requested_token_type") {
+        None | Some(TOKEN_TYPE_ACCESS_TOKEN) => TOKEN_TYPE_ACCESS_TOKEN,
+        Some(TOKEN_TYPE_JWT) => TOKEN_TYPE_JWT,
+        Some(_) => {
+            return Err(bad_request(
+                "invalid_request",
+                "requested_token_type must be access_token or jwt",
+            ));
+        }
+    };
+    // RFC 8693 2.1: several audience/resource values may be given; this service issues one token
+    // for exactly one target.
+    let targets: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "audience" || k == "resource")
+        .map(|(_, v)| v.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let audience = match targets.as_slice() {
+        [one] => *one,
+        [] => return Err(bad_request("invalid_request", "audience or resource is required")),
+        _ => {
+            return Err(bad_request(
+                "invalid_target",
+                "this service issues a token for one audience at a time",
+            ));
+        }
+    };
+    if !client.audiences.iter().any(|a| a == audience) {
+        return Err(bad_request(
+            "invalid_target",
+            "this client may not obtain tokens for that audience",
+        ));
+    }
+    let subject = sts
+        .verify(subject_token)
+        .map_err(|_| bad_request("invalid_grant", "the subject token is invalid or expired"))?;
+    let scope = requested_scope(client, single(params, "scope"))
+        .map_err(|_| bad_request("invalid_scope", "the requested scope is not allowed for this client"))?
+        .or_else(|| subject.get("scope").and_then(Value::as_str).map(str::to_owned));
+
+    let mut act = None;
+    if let Some(actor_token) = single(params, "actor_token") {
+        if single(params, "actor_token_type").is_none() {
+            return Err(bad_request(
+                "invalid_request",
+                "actor_token_type is required with actor_token",
+            ));
+        }
+        let actor = sts
+            .verify(actor_token)
+            .map_err(|_| bad_request("invalid_grant", "the actor token is invalid or expired"))?;
+        let actor_sub = actor.get("sub").cloned().unwrap_or(Value::Null);
+        // RFC 8693 4.4: a subject that names who may act for it is obeyed.
+        if let Some(may_act) = subject.get("may_act")
+            && may_act.get("sub") != Some(&actor_sub)
+        {
+            return Err(bad_request(
+                "invalid_grant",
+                "the subject token's may_act does not name this actor",
+            ));
+        }
+        // RFC 8693 4.1: the current actor outermost, earlier actors nested inside.
+        let mut chain = json!({ "sub": actor_sub });
+        if let Some(prior) = subject.get("act") {
+            chain["act"] = prior.clone();
+        }
+        act = Some(chain);
+    }
+
+    let now = unix_now();
+    let mut exp = now + sts.token_lifetime.as_secs();
+    if let Some(subject_exp) = subject.get("exp").and_then(Value::as_u64) {
+        exp = exp.min(subject_exp);
+    }
+    let mut claims = json!({
+        "iss": sts.issuer,
+        "sub": subject.get("sub").cloned().unwrap_or(Value::Null),
+        "aud": audience,
+        "iat": now,
+        "exp": exp,
+        "jti": random_id(),
+        "client_id": client_id,
+    });
+    if let Some(scope) = &scope {
+        claims["scope"] = json!(scope);
+    }
+    if let Some(act) = act {
+        claims["act"] = act;
+    }
+    let token = sts
+        .sign(&claims)
+        .map_err(|_| oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot sign"))?;
+    tracing::info!(client = client_id, audience, issued = %crate::secret::fingerprint(&token), "token exchanged");
+    Ok(token_response(
+        &token,
+        issued_type,
+        exp.saturating_sub(now),
+        scope.as_deref(),
+    ))
+}
+
+fn client_credentials(
+    sts: &Sts,
+    client_id: &str,
+    client: &Client,
+    params: &[(String, String)],
+) -> Result<Response, OAuthError> {
+    let audience = match single(params, "audience").or_else(|| single(params, "resource")) {
+        Some(a) if client.audiences.iter().any(|x| x == a) => a.to_owned(),
+        Some(_) => {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                "this client may not obtain tokens for that audience",
+            ));
+        }
+        None => sts.issuer.clone(),
+    };
+    let scope = requested_scope(client, single(params, "scope")).map_err(|_| {
+        oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "the requested scope is not allowed for this client",
+        )
+    })?;
+    let now = unix_now();
+    let exp = now + sts.token_lifetime.as_secs();
+    let mut claims = json!({"iss": sts.issuer, "sub": client_id, "aud": audience, "iat": now, "exp": exp, "jti": random_id(), "client_id": client_id});
+    if let Some(scope) = &scope {
+        claims["scope"] = json!(scope);
+    }
+    let token = sts
+        .sign(&claims)
+        .map_err(|_| oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot sign"))?;
+    Ok(token_response(
+        &token,
+        TOKEN_TYPE_ACCESS_TOKEN,
+        exp - now,
+        scope.as_deref(),
+    ))
+}
+
+/// The requested scope if the client may have all of it; `Ok(None)` when none was requested.
+fn requested_scope(client: &Client, requested: Option<&str>) -> Result<Option<String>, ()> {
+    let Some(requested) = requested else { return Ok(None) };
+    if client.scopes.is_empty() || requested.split(' ').all(|s| client.scopes.iter().any(|c| c == s)) {
+        Ok(Some(requested.to_owned()))
+    } else {
+        Err(())
+    }
+}
+
+fn token_response(token: &str, issued_type: &str, expires_in: u64, scope: Option<&str>) -> Response {
+    let mut body = json!({
+        "access_token": token,
+        "issued_token_type": issued_type,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+    });
+    if let Some(scope) = scope {
+        body["scope"] = json!(scope);
+    }
+    let mut response = Json(body).into_response();
+    // RFC 6749 5.1: token responses are not cached.
+    response
+        .headers_mut()
+        .insert("cache-control", axum::http::HeaderValue::from_static("no-store"));
+    response
+}
+
+#[derive(Deserialize)]
+struct MintRequest {
+    sub: String,
+    aud: Option<String>,
+    scope: Option<String>,
+    expires_in: Option<i64>,
+    may_act: Option<String>,
+}
+
+/// Development helper: a user token signed by this service, as its (absent) login would issue.
+async fn mint(State(sts): State<Arc<Sts>>, axum::Form(request): axum::Form<MintRequest>) -> Response {
+    if !sts.dev_mint {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if request.sub.is_empty() {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "sub is required").into_response();
+    }
+    let now = unix_now() as i64;
+    let expires_in = request.expires_in.unwrap_or(3600);
+    let mut claims = json!({
+        "iss": sts.issuer,
+        "sub": request.sub,
+        "aud": request.aud.unwrap_or_else(|| "baton-sts".into()),
+        "iat": now,
+        "exp": now + expires_in,
+        "jti": random_id(),
+    });
+    if let Some(scope) = request.scope.filter(|s| !s.is_empty()) {
+        claims["scope"] = json!(scope);
+    }
+    if let Some(actor) = request.may_act {
+        claims["may_act"] = json!({ "sub": actor });
+    }
+    match sts.sign(&claims) {
+        Ok(token) => Json(json!({ "access_token": token, "expires_in": expires_in })).into_response(),
+        Err(_) => oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot sign").into_response(),
+    }
+}
+
+impl Sts {
+    fn sign(&self, claims: &Value) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.key.kid.clone());
+        header.typ = Some("at+jwt".into());
+        jsonwebtoken::encode(&header, claims, &self.key.encoding)
+    }
+
+    /// A token this service issued: signature, issuer and expiry (no leeway).
+    fn verify(&self, token: &str) -> Result<Value, jsonwebtoken::errors::Error> {
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_issuer(&[&self.issuer]);
+        validation.validate_aud = false;
+        validation.leeway = 0;
+        Ok(jsonwebtoken::decode::<Value>(token, &self.key.decoding, &validation)?.claims)
+    }
+}
+
+// === Command-line helpers ===
+
+/// `baton sts mint`: ask a running service's `/dev/mint` for a user token.
+pub async fn mint_remote(url: &str, form: &[(&str, String)]) -> Result<String, String> {
+    let base = url.trim_end_matches('/');
+    let response = reqwest::Client::new()
+        .post(format!("{base}/dev/mint"))
+        .form(form)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {base}: {e}"))?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(|e| format!("unexpected answer: {e}"))?;
+    let body: Value = serde_json::from_slice(&body).map_err(|e| format!("unexpected answer: {e}"))?;
+    match body.get("access_token").and_then(Value::as_str) {
+        Some(token) if status.is_success() => Ok(token.to_owned()),
+        _ => Err(format!("{base} answered {status}: {body}")),
+    }
+}

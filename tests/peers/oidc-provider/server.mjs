@@ -1,0 +1,412 @@
+// Test peer for Baton's end-to-end suite: panva's `oidc-provider` (OpenID-certified) with an
+// RFC 8693 token-exchange grant. This file is TEST GLUE, never part of Baton. The contract it
+// keeps is ../README.md.
+//
+// What is the library's: the HTTP token endpoint, request parsing, client authentication
+// (client_secret_basic and client_secret_post), error responses, the JWKS endpoint, discovery,
+// and the JWT access token itself (AccessToken model, resource-server format "jwt", signed with
+// the provider's keystore). What is glue: the token-exchange grant handler below (subject/actor
+// token validation and policy), the key generation at start, and the /test/* endpoints.
+
+import * as http from 'node:http';
+import * as crypto from 'node:crypto';
+
+// The contract wants exactly one line on stdout (the ready line). oidc-provider prints its
+// notices with console.info, so everything console prints goes to stderr; the ready line is
+// written with process.stdout.write. oidc-provider is imported after this, dynamically.
+const toStderr = (...args) => console.error(...args);
+console.log = toStderr;
+console.info = toStderr;
+console.debug = toStderr;
+
+const jose = await import('jose');
+const { default: Provider, errors } = await import('oidc-provider');
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const TT_ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
+const TT_JWT = 'urn:ietf:params:oauth:token-type:jwt';
+const ACCEPTED_INPUT_TYPES = new Set([TT_ACCESS_TOKEN, TT_JWT]);
+
+function env(name, fallback) {
+  const value = process.env[name];
+  return value === undefined || value === '' ? fallback : value;
+}
+
+function positiveInt(name, fallback) {
+  const value = Number(env(name, String(fallback)));
+  if (!Number.isInteger(value) || value <= 0) {
+    throw new Error(`${name} must be a positive integer`);
+  }
+  return value;
+}
+
+const PORT = Number(env('PORT', '0'));
+const CLIENT_ID = env('CLIENT_ID', 'baton');
+const CLIENT_SECRET = env('CLIENT_SECRET', 'baton-secret');
+const AUDIENCES = new Set(
+  env('AUDIENCES', 'https://orders.example,https://billing.example')
+    .split(',').map((s) => s.trim()).filter(Boolean),
+);
+const TOKEN_LIFETIME = positiveInt('TOKEN_LIFETIME', 300);
+// Not in the contract: which JWS algorithm the generated key uses (ES256 or RS256).
+const SIGNING_ALG = env('SIGNING_ALG', 'ES256');
+if (!['ES256', 'RS256'].includes(SIGNING_ALG)) {
+  throw new Error('SIGNING_ALG must be ES256 or RS256');
+}
+// The client that "logged the user in": /test/mint issues user tokens to it. It never
+// authenticates (its secret is random); it only gives minted tokens a realistic client_id.
+const LOGIN_CLIENT_ID = 'test-login';
+const MINT_DEFAULT_LIFETIME = 3600;
+
+function log(...args) {
+  console.error('[oidc-provider peer]', ...args);
+}
+
+// --- signing key, generated at start ------------------------------------------------------
+
+const { privateKey } = await jose.generateKeyPair(SIGNING_ALG, { extractable: true });
+const privateJwk = await jose.exportJWK(privateKey);
+privateJwk.kid = await jose.calculateJwkThumbprint(privateJwk);
+privateJwk.alg = SIGNING_ALG;
+privateJwk.use = 'sig';
+const { d, p, q, dp, dq, qi, ...publicJwk } = privateJwk;
+// The provider's own public keys (the same set it publishes at jwks_uri), used to check that a
+// subject or actor token is one this provider issued.
+const ownKeys = jose.createLocalJWKSet({ keys: [publicJwk] });
+
+// --- the HTTP server: listen first, so the issuer carries the real port -------------------
+
+const server = http.createServer();
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(PORT, '127.0.0.1', resolve);
+});
+const { port } = server.address();
+const issuer = `http://127.0.0.1:${port}`;
+
+// --- the provider -------------------------------------------------------------------------
+
+// Resource servers (RFC 8707 resource indicators / RFC 8693 audiences) this provider issues
+// JWT access tokens for. Any other target is refused with invalid_target.
+function resourceServerInfo(identifier, scope) {
+  return {
+    audience: identifier,
+    // Scope policy of these test resource servers: every scope that was requested is granted.
+    scope: scope ?? '',
+    accessTokenFormat: 'jwt',
+    accessTokenTTL: TOKEN_LIFETIME,
+    jwt: { sign: { alg: SIGNING_ALG } },
+  };
+}
+
+// The `act` claim of a token being issued, keyed by the AccessToken instance; read back by
+// the library through the `extraTokenClaims` hook when it builds the JWT payload.
+const actClaims = new WeakMap();
+
+// features.resourceIndicators.getResourceServerInfo. Kept in a name of its own because the
+// provider's resolved configuration is private (custom grant handlers get no helpers).
+function getResourceServerInfo(ctx, resourceIndicator) {
+  if (!AUDIENCES.has(resourceIndicator)) {
+    throw new errors.InvalidTarget(`${resourceIndicator} is not an audience this client may exchange for`);
+  }
+  return resourceServerInfo(resourceIndicator, ctx?.oidc?.params?.scope);
+}
+
+const provider = new Provider(issuer, {
+  clients: [
+    {
+      client_id: CLIENT_ID,
+      client_secret: CLIENT_SECRET,
+      // oidc-provider also accepts client_secret_post for a client registered with
+      // client_secret_basic (and vice versa): both are "client secret" methods to it.
+      token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: [TOKEN_EXCHANGE],
+      response_types: [],
+      redirect_uris: [],
+      id_token_signed_response_alg: SIGNING_ALG,
+    },
+    {
+      client_id: LOGIN_CLIENT_ID,
+      client_secret: crypto.randomBytes(32).toString('base64url'),
+      token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: [TOKEN_EXCHANGE],
+      response_types: [],
+      redirect_uris: [],
+      id_token_signed_response_alg: SIGNING_ALG,
+    },
+  ],
+  jwks: { keys: [privateJwk] },
+  clientDefaults: {
+    grant_types: [TOKEN_EXCHANGE],
+    response_types: [],
+    id_token_signed_response_alg: SIGNING_ALG,
+  },
+  features: {
+    devInteractions: { enabled: false },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => undefined,
+      useGrantedResource: () => false,
+      getResourceServerInfo,
+    },
+  },
+  ttl: {
+    AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL ?? TOKEN_LIFETIME,
+  },
+  extraTokenClaims: (ctx, token) => {
+    const act = actClaims.get(token);
+    return act ? { act } : undefined;
+  },
+  // JSON errors for every client, whatever its Accept header says.
+  async renderError(ctx, out) {
+    ctx.type = 'json';
+    ctx.body = out;
+  },
+});
+provider.proxy = false;
+
+// --- RFC 8693 token exchange (glue: validation and policy; issuing is the library's) -------
+
+// Verify a token this provider issued as an access token: signature against the provider's
+// own keys, iss, typ at+jwt (RFC 9068), exp. Returns its payload or throws InvalidGrant.
+async function verifyOwnAccessToken(value, what) {
+  try {
+    const { payload } = await jose.jwtVerify(value, ownKeys, {
+      issuer,
+      typ: 'at+jwt',
+      algorithms: [SIGNING_ALG],
+      requiredClaims: ['sub', 'exp'],
+    });
+    return payload;
+  } catch (cause) {
+    throw new errors.InvalidGrant({ detail: `${what} is invalid: ${cause.code ?? cause.message}`, cause });
+  }
+}
+
+function asList(value) {
+  if (value === undefined) return [];
+  return Array.isArray(value) ? value : [value];
+}
+
+async function tokenExchange(ctx) {
+  const { client, params } = ctx.oidc;
+
+  if (!params.subject_token) {
+    throw new errors.InvalidRequest('missing required parameter \'subject_token\'');
+  }
+  if (!params.subject_token_type) {
+    throw new errors.InvalidRequest('missing required parameter \'subject_token_type\'');
+  }
+  if (!ACCEPTED_INPUT_TYPES.has(params.subject_token_type)) {
+    throw new errors.InvalidRequest('unsupported subject_token_type');
+  }
+  if (params.requested_token_type !== undefined
+      && !ACCEPTED_INPUT_TYPES.has(params.requested_token_type)) {
+    throw new errors.InvalidRequest('unsupported requested_token_type');
+  }
+  if (params.actor_token !== undefined && !params.actor_token_type) {
+    throw new errors.InvalidRequest('actor_token_type is required with actor_token');
+  }
+  if (params.actor_token_type !== undefined && params.actor_token === undefined) {
+    throw new errors.InvalidRequest('actor_token_type must not be sent without actor_token');
+  }
+  if (params.actor_token !== undefined && !ACCEPTED_INPUT_TYPES.has(params.actor_token_type)) {
+    throw new errors.InvalidRequest('unsupported actor_token_type');
+  }
+
+  // The target: audience and/or resource, one distinct value.
+  const resources = asList(params.resource);
+  for (const resource of resources) {
+    const href = URL.parse(resource)?.href;
+    if (!href || href.includes('#')) {
+      throw new errors.InvalidTarget('resource must be an absolute URI without a fragment');
+    }
+  }
+  const targets = [...new Set([...asList(params.audience), ...resources])];
+  if (targets.length === 0) {
+    throw new errors.InvalidRequest('audience or resource is required');
+  }
+  if (targets.length > 1) {
+    throw new errors.InvalidTarget('only one audience (or resource) may be requested');
+  }
+  const [target] = targets;
+  const resourceServer = new provider.ResourceServer(
+    target,
+    await getResourceServerInfo(ctx, target, client),
+  );
+
+  const subject = await verifyOwnAccessToken(params.subject_token, 'subject_token');
+
+  let act;
+  if (params.actor_token !== undefined) {
+    const actor = await verifyOwnAccessToken(params.actor_token, 'actor_token');
+    // The new actor first; earlier actors of the subject token nest inside (RFC 8693 4.1).
+    act = { sub: actor.sub, ...(subject.act ? { act: subject.act } : undefined) };
+  } else if (subject.act) {
+    act = subject.act; // an exchange without a new actor keeps the delegation chain
+  }
+
+  const requested = params.scope ? params.scope.split(' ').filter(Boolean) : [];
+  const scope = requested
+    .filter(Set.prototype.has.bind(resourceServer.scopes))
+    .join(' ') || undefined;
+
+  const token = new provider.AccessToken({
+    client,
+    accountId: subject.sub,
+    gty: TOKEN_EXCHANGE,
+    scope,
+    resourceServer,
+  });
+  if (act) actClaims.set(token, act);
+
+  ctx.oidc.entity('AccessToken', token);
+  const value = await token.save();
+
+  ctx.body = {
+    access_token: value,
+    issued_token_type: TT_ACCESS_TOKEN,
+    token_type: token.tokenType,
+    expires_in: token.expiration,
+    ...(token.scope ? { scope: token.scope } : undefined),
+  };
+}
+
+provider.registerGrantType(
+  TOKEN_EXCHANGE,
+  tokenExchange,
+  [
+    'subject_token', 'subject_token_type',
+    'actor_token', 'actor_token_type',
+    'requested_token_type',
+    'audience', 'resource', 'scope',
+  ],
+  ['audience', 'resource'], // RFC 8693 allows these to repeat
+);
+
+// Count token-exchange requests that reached the token endpoint, granted or refused.
+let tokenExchangeCount = 0;
+provider.use(async (ctx, next) => {
+  try {
+    await next();
+  } finally {
+    if (ctx.oidc?.route === 'token' && ctx.oidc.params?.grant_type === TOKEN_EXCHANGE) {
+      tokenExchangeCount += 1;
+    }
+  }
+});
+
+provider.on('grant.success', (ctx) => {
+  if (ctx.oidc.params?.grant_type === TOKEN_EXCHANGE) {
+    log('token exchange granted', ctx.oidc.client?.clientId);
+  }
+});
+provider.on('grant.error', (ctx, err) => {
+  log('token endpoint refused:', err.message, err.error_description ?? '', err.error_detail ?? '');
+});
+provider.on('server_error', (ctx, err) => {
+  log('server error:', err);
+});
+
+// --- test glue endpoints ------------------------------------------------------------------
+
+// Mint a user access token as this provider's own user login would: the library's
+// AccessToken model, JWT format, signed with the provider's keys, issued to LOGIN_CLIENT_ID.
+async function mint(form) {
+  const sub = form.get('sub');
+  if (!sub) {
+    return [400, { error: 'invalid_request', error_description: 'sub is required' }];
+  }
+  const aud = form.get('aud') || CLIENT_ID;
+  const scope = form.get('scope') || undefined;
+  let expiresIn = MINT_DEFAULT_LIFETIME;
+  if (form.get('expires_in')) {
+    expiresIn = Number(form.get('expires_in'));
+    // Zero or negative is allowed on purpose: it mints an already expired token.
+    if (!Number.isInteger(expiresIn)) {
+      return [400, { error: 'invalid_request', error_description: 'expires_in must be an integer' }];
+    }
+  }
+  const client = await provider.Client.find(LOGIN_CLIENT_ID);
+  const now = Math.floor(Date.now() / 1000);
+  const token = new provider.AccessToken({
+    client,
+    accountId: sub,
+    gty: 'authorization_code',
+    scope,
+    iat: now,
+    exp: now + expiresIn,
+    resourceServer: new provider.ResourceServer(aud, resourceServerInfo(aud, scope)),
+  });
+  const value = await token.save();
+  return [200, { access_token: value, expires_in: expiresIn }];
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    req.on('data', (chunk) => {
+      size += chunk.length;
+      if (size > 64 * 1024) {
+        reject(new Error('body too large'));
+        req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+function sendJson(res, status, body) {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'cache-control': 'no-store',
+    'content-length': Buffer.byteLength(text),
+  });
+  res.end(text);
+}
+
+const providerCallback = provider.callback();
+
+server.on('request', async (req, res) => {
+  const { pathname } = new URL(req.url, issuer);
+  try {
+    if (pathname === '/test/stats') {
+      if (req.method !== 'GET') return sendJson(res, 405, { error: 'method not allowed' });
+      return sendJson(res, 200, { token_exchange: tokenExchangeCount });
+    }
+    if (pathname === '/test/mint') {
+      if (req.method !== 'POST') return sendJson(res, 405, { error: 'method not allowed' });
+      const form = new URLSearchParams(await readBody(req));
+      const [status, body] = await mint(form);
+      return sendJson(res, status, body);
+    }
+  } catch (err) {
+    log('test glue error:', err);
+    return sendJson(res, 500, { error: 'server_error', error_description: String(err.message) });
+  }
+  return providerCallback(req, res);
+});
+
+// --- ready line, shutdown -----------------------------------------------------------------
+
+process.stdout.write(`${JSON.stringify({
+  ready: true,
+  issuer,
+  token_endpoint: `${issuer}${provider.pathFor('token')}`,
+  jwks_uri: `${issuer}${provider.pathFor('jwks')}`,
+})}\n`);
+log(`listening on ${issuer}; client ${CLIENT_ID}; audiences ${[...AUDIENCES].join(', ')}; alg ${SIGNING_ALG}`);
+
+function shutdown(signal) {
+  log(`${signal}: shutting down`);
+  server.close(() => process.exit(0));
+  server.closeAllConnections();
+  setTimeout(() => process.exit(0), 2000).unref();
+}
+process.once('SIGTERM', () => shutdown('SIGTERM'));
+process.once('SIGINT', () => shutdown('SIGINT'));
