@@ -56,6 +56,9 @@ if (!['ES256', 'RS256'].includes(SIGNING_ALG)) {
 // The client that "logged the user in": /test/mint issues user tokens to it. It never
 // authenticates (its secret is random); it only gives minted tokens a realistic client_id.
 const LOGIN_CLIENT_ID = 'test-login';
+// Not in the contract: a public JWKS (JSON) for a second client, `${CLIENT_ID}-jwt`, that
+// authenticates with private_key_jwt (RFC 7523); the library verifies its client assertions.
+const JWT_CLIENT_JWKS = env('JWT_CLIENT_JWKS', '');
 const MINT_DEFAULT_LIFETIME = 3600;
 
 function log(...args) {
@@ -125,6 +128,15 @@ const provider = new Provider(issuer, {
       redirect_uris: [],
       id_token_signed_response_alg: SIGNING_ALG,
     },
+    ...(JWT_CLIENT_JWKS ? [{
+      client_id: `${CLIENT_ID}-jwt`,
+      token_endpoint_auth_method: 'private_key_jwt',
+      jwks: JSON.parse(JWT_CLIENT_JWKS),
+      grant_types: [TOKEN_EXCHANGE],
+      response_types: [],
+      redirect_uris: [],
+      id_token_signed_response_alg: SIGNING_ALG,
+    }] : []),
     {
       client_id: LOGIN_CLIENT_ID,
       client_secret: crypto.randomBytes(32).toString('base64url'),

@@ -1,0 +1,172 @@
+//! Baton through the real Envoy (ext_authz v3) against three token services: `baton sts`, panva's
+//! oidc-provider and IdentityPython's idpyoidc. Each suite starts its own stack on free loopback
+//! ports and checks what the upstream receives.
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::future::join_all;
+use support::*;
+
+/// The whole delegation contract against one token service.
+async fn delegation_suite(peer: Peer) {
+    let stack = Stack::start(peer, &format!("{peer:?}").to_lowercase()).await;
+    let svc = &stack.service;
+
+    // The upstream gets a token for itself, on behalf of the user, that is not the user's token.
+    let alice = svc.mint("alice", "orders.read billing.read").await;
+    let before = svc.exchanges().await;
+    let reply = stack.get("orders.example", "/orders/1", Some(&bearer(&alice))).await;
+    let issued = reply.upstream_token().to_owned();
+    assert_ne!(issued, alice, "{peer:?}: the user's own token reached the destination");
+    let claims = svc.verify(&issued).await;
+    assert_eq!(audiences(&claims), [ORDERS], "{peer:?}: aud {claims}");
+    assert_eq!(claims["sub"], "alice", "{peer:?}: sub {claims}");
+    assert_eq!(reply.body["authorization_count"], 1);
+    assert_eq!(svc.exchanges().await, before + 1, "{peer:?}: one exchange for the first request");
+
+    // A repeated request is served from the cache: same token, no second exchange.
+    let again = stack.get("orders:8080", "/orders/2", Some(&bearer(&alice))).await;
+    assert_eq!(again.upstream_token(), issued);
+    assert_eq!(svc.exchanges().await, before + 1, "{peer:?}: a repeated request exchanged again");
+
+    // The route names the destination (context_extensions), whatever the host.
+    let routed = stack.get("anything.example", "/routed/invoice", Some(&bearer(&alice))).await;
+    let routed_claims = svc.verify(routed.upstream_token()).await;
+    assert_eq!(audiences(&routed_claims), [BILLING], "{peer:?}: {routed_claims}");
+    // ...and a wildcard host pattern finds the same destination, from the cache.
+    let wild = stack.get("eu.billing.example", "/x", Some(&bearer(&alice))).await;
+    assert_eq!(wild.upstream_token(), routed.upstream_token());
+
+    // 100 concurrent first requests for one user and destination: one exchange.
+    let bob = svc.mint("bob", "orders.read").await;
+    let before = svc.exchanges().await;
+    let replies = join_all((0..100).map(|i| {
+        let auth = bearer(&bob);
+        let stack = &stack;
+        async move { stack.get("orders.example", &format!("/burst/{i}"), Some(&auth)).await }
+    }))
+    .await;
+    let first = replies[0].upstream_token().to_owned();
+    assert!(replies.iter().all(|r| r.upstream_token() == first), "{peer:?}: all 100 got the same token");
+    assert_eq!(svc.exchanges().await, before + 1, "{peer:?}: 100 concurrent misses made more than one exchange");
+    assert_eq!(svc.verify(&first).await["sub"], "bob");
+
+    // Unknown destination: the user's token is stripped, the request goes on.
+    let stripped = stack.get("elsewhere.example", "/", Some(&bearer(&alice))).await;
+    assert_eq!(stripped.upstream_authorization(), None, "{peer:?}: a user token leaked to an unlisted host");
+
+    // Bad subject tokens: 401 with the reason, before or by the token service.
+    let cases: [(Option<String>, &str); 5] = [
+        (None, "missing_token"),
+        (Some("Bearer not a token".into()), "malformed_token"),
+        (Some("Basic YWxpY2U6cHc=".into()), "unsupported_authorization_scheme"),
+        (Some(bearer(&"a".repeat(17 * 1024))), "token_too_large"),
+        (Some(bearer("eyJhbGciOiJub25lIn0.eyJzdWIiOiJtYWxsb3J5In0.")), "subject_token_rejected"),
+    ];
+    for (authorization, reason) in cases {
+        let reply = stack.get("orders.example", "/", authorization.as_deref()).await;
+        assert_eq!((reply.status, reply.reason()), (401, reason), "{peer:?}: {:?}", reply.body);
+    }
+    let expired = unsigned_jwt(r#"{"sub":"alice","exp":1000000000}"#);
+    let reply = stack.get("orders.example", "/", Some(&bearer(&expired))).await;
+    assert_eq!((reply.status, reply.reason()), (401, "subject_token_expired"), "{:?}", reply.body);
+
+    // The token service refuses the audience: 403.
+    let reply = stack.get("forbidden.example", "/", Some(&bearer(&alice))).await;
+    assert_eq!((reply.status, reply.reason()), (403, "target_refused"), "{peer:?}: {:?}", reply.body);
+
+    // The token service hangs (SIGSTOP): 503 within Baton's timeout, then recovers.
+    let carol = svc.mint("carol", "orders.read").await;
+    svc.signal("STOP");
+    let reply = stack.get("orders.example", "/", Some(&bearer(&carol))).await;
+    svc.signal("CONT");
+    assert_eq!((reply.status, reply.reason()), (503, "token_service_timeout"), "{peer:?}: {:?}", reply.body);
+    let reply = stack.get("orders.example", "/", Some(&bearer(&carol))).await;
+    assert_eq!(svc.verify(reply.upstream_token()).await["sub"], "carol", "{peer:?}: no recovery after a timeout");
+
+    // The token service is gone: 503, while cached tokens keep working.
+    let dave = svc.mint("dave", "orders.read").await;
+    let Stack { service, envoy, baton: _baton, upstream: _upstream, scratch: _scratch } = stack;
+    service.stop().await;
+    let reply = send(&envoy, "orders.example", "/", Some(&bearer(&dave))).await;
+    assert_eq!((reply.status, reply.reason()), (503, "token_service_unavailable"), "{peer:?}: {:?}", reply.body);
+    let cached = send(&envoy, "orders.example", "/", Some(&bearer(&alice))).await;
+    assert_eq!(cached.upstream_token(), issued, "{peer:?}: a cached token stopped working");
+}
+
+/// A JWT-shaped token with this payload and no valid signature.
+fn unsigned_jwt(payload: &str) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!("{}.{}.c2ln", b64.encode(r#"{"alg":"ES256"}"#), b64.encode(payload))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegation_through_envoy_with_baton_sts() {
+    delegation_suite(Peer::BatonSts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegation_through_envoy_with_oidc_provider() {
+    delegation_suite(Peer::OidcProvider).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegation_through_envoy_with_idpyoidc() {
+    delegation_suite(Peer::Idpyoidc).await;
+}
+
+/// Faults only `baton sts` can inject on purpose: a token service slower than Baton's timeout, and
+/// one that answers 500 (retried, then 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_service_faults_fail_closed_with_503() {
+    for (faults, reason) in [
+        (PeerOptions { delay: Some("5s"), ..Default::default() }, "token_service_timeout"),
+        (PeerOptions { status: Some(500), ..Default::default() }, "token_service_error"),
+        (PeerOptions { status: Some(429), ..Default::default() }, "token_service_busy"),
+    ] {
+        let scratch = Scratch::new("faults");
+        let service = TokenService::start_with(Peer::BatonSts, &scratch, faults.clone()).await;
+        let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
+        let upstream = Upstream::start().await;
+        let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
+        let user = service.mint("alice", "orders.read").await;
+        let started = tokio::time::Instant::now();
+        let reply = send(&envoy, "orders.example", "/", Some(&bearer(&user))).await;
+        assert_eq!((reply.status, reply.reason()), (503, reason), "{faults:?}: {:?}", reply.body);
+        // Bounded: Baton's 1 s timeout answered, not Envoy's 3 s one (nor a hang).
+        assert!(started.elapsed() < Duration::from_secs(3), "{faults:?}: took {:?}", started.elapsed());
+        if faults.status == Some(500) {
+            assert_eq!(service.exchanges().await, 3, "500 is retried twice, then given up");
+        }
+    }
+}
+
+/// A token service that does not listen at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_token_service_is_503() {
+    let scratch = Scratch::new("unreachable");
+    let closed = free_port();
+    let baton = Baton::start(&scratch, &format!("http://127.0.0.1:{closed}/token"), "").await;
+    let upstream = Upstream::start().await;
+    let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
+    let reply = send(&envoy, "orders.example", "/", Some("Bearer opaque-user-token")).await;
+    assert_eq!((reply.status, reply.reason()), (503, "token_service_unavailable"), "{:?}", reply.body);
+}
+
+/// `unknown_destination: deny` and `missing_token: passthrough`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_destination_and_missing_token_policies() {
+    let scratch = Scratch::new("policies");
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let baton = Baton::start(&scratch, &service.token_endpoint, "unknown_destination: deny\nmissing_token: passthrough\n").await;
+    let upstream = Upstream::start().await;
+    let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
+    let user = service.mint("alice", "orders.read").await;
+    let reply = send(&envoy, "elsewhere.example", "/", Some(&bearer(&user))).await;
+    assert_eq!((reply.status, reply.reason()), (403, "destination_unknown"), "{:?}", reply.body);
+    let reply = send(&envoy, "orders.example", "/", None).await;
+    assert_eq!(reply.upstream_authorization(), None, "passthrough without a token");
+}
