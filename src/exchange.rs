@@ -463,8 +463,14 @@ mod tests {
             reason(401, r#"{"error":"invalid_client"}"#),
             Reason::TokenServiceClientRejected
         );
-        assert_eq!(reason(400, r#"{"error":"invalid_request"}"#), Reason::SubjectTokenRejected);
-        assert_eq!(reason(400, r#"{"error":"unsupported_grant_type"}"#), Reason::TokenServiceError);
+        assert_eq!(
+            reason(400, r#"{"error":"invalid_request"}"#),
+            Reason::SubjectTokenRejected
+        );
+        assert_eq!(
+            reason(400, r#"{"error":"unsupported_grant_type"}"#),
+            Reason::TokenServiceError
+        );
         assert_eq!(reason(400, "not json"), Reason::TokenServiceError);
         assert_eq!(reason(500, "{}"), Reason::TokenServiceError);
         assert_eq!(reason(429, "{}"), Reason::TokenServiceBusy);

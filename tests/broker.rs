@@ -17,8 +17,15 @@ fn client_key() -> (String, String) {
     let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("key");
     let der = pair.to_pkcs8v1().expect("pkcs8");
     let b64 = STANDARD.encode(der.as_ref());
-    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("ascii")).collect();
-    let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"));
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("ascii"))
+        .collect();
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        lines.join("\n")
+    );
     let point = pair.public_key().as_ref();
     let jwks = serde_json::json!({"keys": [{
         "kty": "EC", "crv": "P-256", "kid": "baton-test", "alg": "ES256", "use": "sig",
@@ -45,12 +52,18 @@ async fn exchange(
 async fn broker_exchanges_with_every_client_authentication_method() {
     let scratch = Scratch::new("broker");
     let (pem, jwks) = client_key();
-    let options = PeerOptions { env: vec![("JWT_CLIENT_JWKS", jwks)], ..Default::default() };
+    let options = PeerOptions {
+        env: vec![("JWT_CLIENT_JWKS", jwks)],
+        ..Default::default()
+    };
     let service = TokenService::start_with(Peer::OidcProvider, &scratch, options).await;
     let secret = scratch.write("post-secret", CLIENT_SECRET);
     let key = scratch.write("client-key.pem", &pem);
     let methods = [
-        ("discovered endpoint, client_secret_basic", basic_auth_to(&scratch, &format!("issuer: {}", service.issuer))),
+        (
+            "discovered endpoint, client_secret_basic",
+            basic_auth_to(&scratch, &format!("issuer: {}", service.issuer)),
+        ),
         (
             "client_secret_post",
             format!(
@@ -75,7 +88,9 @@ async fn broker_exchanges_with_every_client_authentication_method() {
             .await
             .expect("connect to the broker");
 
-        let issued = exchange(&mut client, &user, "orders", &[]).await.unwrap_or_else(|e| panic!("{method}: {e}"));
+        let issued = exchange(&mut client, &user, "orders", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
         let claims = service.verify(&issued.access_token).await;
         assert_eq!(audiences(&claims), [ORDERS], "{method}");
         assert_eq!(claims["sub"], "alice", "{method}");
@@ -84,17 +99,36 @@ async fn broker_exchanges_with_every_client_authentication_method() {
         assert!(issued.expires_at > 0, "{method}");
 
         // Other scopes are another exchange, never the cached token of the configured ones.
-        let wider = exchange(&mut client, &user, "orders", &["orders.read", "orders.write"]).await.expect("scopes");
+        let wider = exchange(&mut client, &user, "orders", &["orders.read", "orders.write"])
+            .await
+            .expect("scopes");
         assert_ne!(wider.access_token, issued.access_token, "{method}");
-        assert_eq!(service.verify(&wider.access_token).await["scope"], "orders.read orders.write");
+        assert_eq!(
+            service.verify(&wider.access_token).await["scope"],
+            "orders.read orders.write"
+        );
 
-        let refused = exchange(&mut client, &user, "nowhere", &[]).await.expect_err("unknown destination");
+        let refused = exchange(&mut client, &user, "nowhere", &[])
+            .await
+            .expect_err("unknown destination");
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{method}");
-        assert!(refused.message().starts_with("destination_not_configured"), "{}", refused.message());
-        let refused = exchange(&mut client, "bad token", "orders", &[]).await.expect_err("malformed");
+        assert!(
+            refused.message().starts_with("destination_not_configured"),
+            "{}",
+            refused.message()
+        );
+        let refused = exchange(&mut client, "bad token", "orders", &[])
+            .await
+            .expect_err("malformed");
         assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-        assert!(refused.message().starts_with("malformed_token"), "{}", refused.message());
-        let refused = exchange(&mut client, &user, "forbidden", &[]).await.expect_err("audience refused");
+        assert!(
+            refused.message().starts_with("malformed_token"),
+            "{}",
+            refused.message()
+        );
+        let refused = exchange(&mut client, &user, "forbidden", &[])
+            .await
+            .expect_err("audience refused");
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
         assert!(refused.message().starts_with("target_refused"), "{}", refused.message());
     }

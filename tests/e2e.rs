@@ -25,15 +25,25 @@ async fn delegation_suite(peer: Peer) {
     assert_eq!(audiences(&claims), [ORDERS], "{peer:?}: aud {claims}");
     assert_eq!(claims["sub"], "alice", "{peer:?}: sub {claims}");
     assert_eq!(reply.body["authorization_count"], 1);
-    assert_eq!(svc.exchanges().await, before + 1, "{peer:?}: one exchange for the first request");
+    assert_eq!(
+        svc.exchanges().await,
+        before + 1,
+        "{peer:?}: one exchange for the first request"
+    );
 
     // A repeated request is served from the cache: same token, no second exchange.
     let again = stack.get("orders:8080", "/orders/2", Some(&bearer(&alice))).await;
     assert_eq!(again.upstream_token(), issued);
-    assert_eq!(svc.exchanges().await, before + 1, "{peer:?}: a repeated request exchanged again");
+    assert_eq!(
+        svc.exchanges().await,
+        before + 1,
+        "{peer:?}: a repeated request exchanged again"
+    );
 
     // The route names the destination (context_extensions), whatever the host.
-    let routed = stack.get("anything.example", "/routed/invoice", Some(&bearer(&alice))).await;
+    let routed = stack
+        .get("anything.example", "/routed/invoice", Some(&bearer(&alice)))
+        .await;
     let routed_claims = svc.verify(routed.upstream_token()).await;
     assert_eq!(audiences(&routed_claims), [BILLING], "{peer:?}: {routed_claims}");
     // ...and a wildcard host pattern finds the same destination, from the cache.
@@ -50,13 +60,24 @@ async fn delegation_suite(peer: Peer) {
     }))
     .await;
     let first = replies[0].upstream_token().to_owned();
-    assert!(replies.iter().all(|r| r.upstream_token() == first), "{peer:?}: all 100 got the same token");
-    assert_eq!(svc.exchanges().await, before + 1, "{peer:?}: 100 concurrent misses made more than one exchange");
+    assert!(
+        replies.iter().all(|r| r.upstream_token() == first),
+        "{peer:?}: all 100 got the same token"
+    );
+    assert_eq!(
+        svc.exchanges().await,
+        before + 1,
+        "{peer:?}: 100 concurrent misses made more than one exchange"
+    );
     assert_eq!(svc.verify(&first).await["sub"], "bob");
 
     // Unknown destination: the user's token is stripped, the request goes on.
     let stripped = stack.get("elsewhere.example", "/", Some(&bearer(&alice))).await;
-    assert_eq!(stripped.upstream_authorization(), None, "{peer:?}: a user token leaked to an unlisted host");
+    assert_eq!(
+        stripped.upstream_authorization(),
+        None,
+        "{peer:?}: a user token leaked to an unlisted host"
+    );
 
     // Bad subject tokens: 401 with the reason, before or by the token service.
     let cases: [(Option<String>, &str); 5] = [
@@ -64,37 +85,79 @@ async fn delegation_suite(peer: Peer) {
         (Some("Bearer not a token".into()), "malformed_token"),
         (Some("Basic YWxpY2U6cHc=".into()), "unsupported_authorization_scheme"),
         (Some(bearer(&"a".repeat(17 * 1024))), "token_too_large"),
-        (Some(bearer("eyJhbGciOiJub25lIn0.eyJzdWIiOiJtYWxsb3J5In0.")), "subject_token_rejected"),
+        (
+            Some(bearer("eyJhbGciOiJub25lIn0.eyJzdWIiOiJtYWxsb3J5In0.")),
+            "subject_token_rejected",
+        ),
     ];
     for (authorization, reason) in cases {
         let reply = stack.get("orders.example", "/", authorization.as_deref()).await;
-        assert_eq!((reply.status, reply.reason()), (401, reason), "{peer:?}: {:?}", reply.body);
+        assert_eq!(
+            (reply.status, reply.reason()),
+            (401, reason),
+            "{peer:?}: {:?}",
+            reply.body
+        );
     }
     let expired = unsigned_jwt(r#"{"sub":"alice","exp":1000000000}"#);
     let reply = stack.get("orders.example", "/", Some(&bearer(&expired))).await;
-    assert_eq!((reply.status, reply.reason()), (401, "subject_token_expired"), "{:?}", reply.body);
+    assert_eq!(
+        (reply.status, reply.reason()),
+        (401, "subject_token_expired"),
+        "{:?}",
+        reply.body
+    );
 
     // The token service refuses the audience: 403.
     let reply = stack.get("forbidden.example", "/", Some(&bearer(&alice))).await;
-    assert_eq!((reply.status, reply.reason()), (403, "target_refused"), "{peer:?}: {:?}", reply.body);
+    assert_eq!(
+        (reply.status, reply.reason()),
+        (403, "target_refused"),
+        "{peer:?}: {:?}",
+        reply.body
+    );
 
     // The token service hangs (SIGSTOP): 503 within Baton's timeout, then recovers.
     let carol = svc.mint("carol", "orders.read").await;
     svc.signal("STOP");
     let reply = stack.get("orders.example", "/", Some(&bearer(&carol))).await;
     svc.signal("CONT");
-    assert_eq!((reply.status, reply.reason()), (503, "token_service_timeout"), "{peer:?}: {:?}", reply.body);
+    assert_eq!(
+        (reply.status, reply.reason()),
+        (503, "token_service_timeout"),
+        "{peer:?}: {:?}",
+        reply.body
+    );
     let reply = stack.get("orders.example", "/", Some(&bearer(&carol))).await;
-    assert_eq!(svc.verify(reply.upstream_token()).await["sub"], "carol", "{peer:?}: no recovery after a timeout");
+    assert_eq!(
+        svc.verify(reply.upstream_token()).await["sub"],
+        "carol",
+        "{peer:?}: no recovery after a timeout"
+    );
 
     // The token service is gone: 503, while cached tokens keep working.
     let dave = svc.mint("dave", "orders.read").await;
-    let Stack { service, envoy, baton: _baton, upstream: _upstream, scratch: _scratch } = stack;
+    let Stack {
+        service,
+        envoy,
+        baton: _baton,
+        upstream: _upstream,
+        scratch: _scratch,
+    } = stack;
     service.stop().await;
     let reply = send(&envoy, "orders.example", "/", Some(&bearer(&dave))).await;
-    assert_eq!((reply.status, reply.reason()), (503, "token_service_unavailable"), "{peer:?}: {:?}", reply.body);
+    assert_eq!(
+        (reply.status, reply.reason()),
+        (503, "token_service_unavailable"),
+        "{peer:?}: {:?}",
+        reply.body
+    );
     let cached = send(&envoy, "orders.example", "/", Some(&bearer(&alice))).await;
-    assert_eq!(cached.upstream_token(), issued, "{peer:?}: a cached token stopped working");
+    assert_eq!(
+        cached.upstream_token(),
+        issued,
+        "{peer:?}: a cached token stopped working"
+    );
 }
 
 /// A JWT-shaped token with this payload and no valid signature.
@@ -123,9 +186,27 @@ async fn delegation_through_envoy_with_idpyoidc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_service_faults_fail_closed_with_503() {
     for (faults, reason) in [
-        (PeerOptions { delay: Some("5s"), ..Default::default() }, "token_service_timeout"),
-        (PeerOptions { status: Some(500), ..Default::default() }, "token_service_error"),
-        (PeerOptions { status: Some(429), ..Default::default() }, "token_service_busy"),
+        (
+            PeerOptions {
+                delay: Some("5s"),
+                ..Default::default()
+            },
+            "token_service_timeout",
+        ),
+        (
+            PeerOptions {
+                status: Some(500),
+                ..Default::default()
+            },
+            "token_service_error",
+        ),
+        (
+            PeerOptions {
+                status: Some(429),
+                ..Default::default()
+            },
+            "token_service_busy",
+        ),
     ] {
         let scratch = Scratch::new("faults");
         let service = TokenService::start_with(Peer::BatonSts, &scratch, faults.clone()).await;
@@ -135,9 +216,18 @@ async fn token_service_faults_fail_closed_with_503() {
         let user = service.mint("alice", "orders.read").await;
         let started = tokio::time::Instant::now();
         let reply = send(&envoy, "orders.example", "/", Some(&bearer(&user))).await;
-        assert_eq!((reply.status, reply.reason()), (503, reason), "{faults:?}: {:?}", reply.body);
+        assert_eq!(
+            (reply.status, reply.reason()),
+            (503, reason),
+            "{faults:?}: {:?}",
+            reply.body
+        );
         // Bounded: Baton's 1 s timeout answered, not Envoy's 3 s one (nor a hang).
-        assert!(started.elapsed() < Duration::from_secs(3), "{faults:?}: took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{faults:?}: took {:?}",
+            started.elapsed()
+        );
         if faults.status == Some(500) {
             assert_eq!(service.exchanges().await, 3, "500 is retried twice, then given up");
         }
@@ -153,7 +243,12 @@ async fn unreachable_token_service_is_503() {
     let upstream = Upstream::start().await;
     let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
     let reply = send(&envoy, "orders.example", "/", Some("Bearer opaque-user-token")).await;
-    assert_eq!((reply.status, reply.reason()), (503, "token_service_unavailable"), "{:?}", reply.body);
+    assert_eq!(
+        (reply.status, reply.reason()),
+        (503, "token_service_unavailable"),
+        "{:?}",
+        reply.body
+    );
 }
 
 /// `unknown_destination: deny` and `missing_token: passthrough`.
@@ -161,12 +256,22 @@ async fn unreachable_token_service_is_503() {
 async fn unknown_destination_and_missing_token_policies() {
     let scratch = Scratch::new("policies");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
-    let baton = Baton::start(&scratch, &service.token_endpoint, "unknown_destination: deny\nmissing_token: passthrough\n").await;
+    let baton = Baton::start(
+        &scratch,
+        &service.token_endpoint,
+        "unknown_destination: deny\nmissing_token: passthrough\n",
+    )
+    .await;
     let upstream = Upstream::start().await;
     let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
     let user = service.mint("alice", "orders.read").await;
     let reply = send(&envoy, "elsewhere.example", "/", Some(&bearer(&user))).await;
-    assert_eq!((reply.status, reply.reason()), (403, "destination_unknown"), "{:?}", reply.body);
+    assert_eq!(
+        (reply.status, reply.reason()),
+        (403, "destination_unknown"),
+        "{:?}",
+        reply.body
+    );
     let reply = send(&envoy, "orders.example", "/", None).await;
     assert_eq!(reply.upstream_authorization(), None, "passthrough without a token");
 }

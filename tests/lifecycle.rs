@@ -34,7 +34,10 @@ async fn envoy_reaches_baton_over_a_unix_socket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_checks() {
     let scratch = Scratch::new("drain");
-    let options = PeerOptions { delay: Some("700ms"), ..Default::default() };
+    let options = PeerOptions {
+        delay: Some("700ms"),
+        ..Default::default()
+    };
     let service = TokenService::start_with(Peer::BatonSts, &scratch, options).await;
     let mut baton = Baton::start(&scratch, &service.token_endpoint, "shutdown_grace: 5s\n").await;
     let upstream = Upstream::start().await;
@@ -44,14 +47,32 @@ async fn sigterm_drains_in_flight_checks() {
     let in_flight = {
         let auth = bearer(&user);
         let url = envoy.url("/");
-        tokio::spawn(async move { http().get(url).header("host", "orders.example").header("authorization", auth).send().await })
+        tokio::spawn(async move {
+            http()
+                .get(url)
+                .header("host", "orders.example")
+                .header("authorization", auth)
+                .send()
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(250)).await;
     let pid = baton.pid().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    let status = tokio::time::timeout(Duration::from_secs(10), baton.wait()).await.expect("baton exits after draining");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), baton.wait())
+        .await
+        .expect("baton exits after draining");
     assert!(status.success(), "exit status {status:?}");
-    let response = in_flight.await.expect("task").expect("the in-flight request got an answer");
+    let response = in_flight
+        .await
+        .expect("task")
+        .expect("the in-flight request got an answer");
     assert_eq!(response.status(), 200, "the in-flight check was not drained");
 }
 
@@ -80,7 +101,11 @@ async fn not_ready_until_the_token_endpoint_is_known() {
         http().get(&health).send().await.is_ok_and(|r| r.status().is_success())
     })
     .await;
-    let ready = http().get(format!("http://127.0.0.1:{admin}/readyz")).send().await.expect("readyz");
+    let ready = http()
+        .get(format!("http://127.0.0.1:{admin}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
     assert_eq!(ready.status(), 503);
 }
 
@@ -95,9 +120,17 @@ fn check_config_reports_every_error_and_never_a_secret() {
             secret.display()
         ),
     );
-    let out = std::process::Command::new(baton_bin()).arg("check-config").arg(&good).output().expect("run");
+    let out = std::process::Command::new(baton_bin())
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("1 destination"), "{stdout}");
     assert!(!stdout.contains("hunter2"), "{stdout}");
 
@@ -108,10 +141,20 @@ fn check_config_reports_every_error_and_never_a_secret() {
             secret.display()
         ),
     );
-    let out = std::process::Command::new(baton_bin()).arg("check-config").arg(&bad).output().expect("run");
+    let out = std::process::Command::new(baton_bin())
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    for path in ["listen.grpc", "token_service.client_id", "token_service.timeout", "destinations[0].hosts[0]", "destinations[0].audience"] {
+    for path in [
+        "listen.grpc",
+        "token_service.client_id",
+        "token_service.timeout",
+        "destinations[0].hosts[0]",
+        "destinations[0].audience",
+    ] {
         assert!(stderr.contains(path), "{path} missing from:\n{stderr}");
     }
     assert!(stderr.contains("5 configuration errors"), "{stderr}");

