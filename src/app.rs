@@ -21,23 +21,30 @@ pub fn build(config: &Config) -> Result<Arc<Authz>, String> {
     Ok(Arc::new(Authz::new(config, service)))
 }
 
-/// Bind the configured listeners. A stale Unix socket file from an earlier run is replaced.
-pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-    let grpc = tokio::net::TcpListener::bind(config.listen.grpc).await?;
+/// Bind the configured listeners. A stale Unix socket file from an earlier run is replaced. An
+/// error names the listener and its address.
+pub async fn bind(config: &Config) -> Result<Listeners, String> {
+    let tcp = |name: &'static str, addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {name} {addr}: {e}"))
+    };
+    let grpc = tcp("listen.grpc", config.listen.grpc).await?;
     let grpc_uds = match &config.listen.grpc_uds {
         Some(path) => {
+            let failed = |e: std::io::Error| format!("cannot listen on listen.grpc_uds {}: {e}", path.display());
             if std::fs::symlink_metadata(path).is_ok_and(|m| {
                 use std::os::unix::fs::FileTypeExt as _;
                 m.file_type().is_socket()
             }) {
-                std::fs::remove_file(path)?;
+                std::fs::remove_file(path).map_err(failed)?;
             }
-            Some(tokio::net::UnixListener::bind(path)?)
+            Some(tokio::net::UnixListener::bind(path).map_err(failed)?)
         }
         None => None,
     };
     let admin = match config.listen.admin {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        Some(addr) => Some(tcp("listen.admin", addr).await?),
         None => None,
     };
     Ok(Listeners { grpc, grpc_uds, admin })
@@ -46,7 +53,7 @@ pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
 /// Load, build, bind and serve until `shutdown`; then drain for at most `shutdown_grace`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let authz = build(&config)?;
-    let listeners = bind(&config).await.map_err(|e| format!("cannot listen: {e}"))?;
+    let listeners = bind(&config).await?;
     tracing::info!(
         grpc = %config.listen.grpc,
         grpc_uds = ?config.listen.grpc_uds,

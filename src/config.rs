@@ -679,6 +679,13 @@ destinations:
     }
 
     #[test]
+    fn admin_and_grpc_cannot_share_an_address() {
+        let yaml = "listen:\n  grpc: 127.0.0.1:9191\n  admin: 127.0.0.1:9191\n";
+        let err = Config::from_yaml(yaml).expect_err("same address");
+        assert!(err.0.iter().any(|e| e.path == "listen.admin"), "{err}");
+    }
+
+    #[test]
     fn durations_accept_the_usual_units() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));

@@ -62,6 +62,8 @@ impl<T> Routes<T> {
             authority
         };
         let (host, port) = split_port(authority);
+        // A fully qualified name (`orders.example.`) is the same host.
+        let host = host.strip_suffix('.').unwrap_or(host);
         if port.is_some()
             && let Some(v) = self.exact.get(authority)
         {
@@ -147,6 +149,11 @@ mod tests {
         assert_eq!(find("orders:8080"), Some("orders"));
         assert_eq!(find("ORDERS.default.svc.cluster.local"), Some("orders"));
         assert_eq!(find("orders.default"), None);
+        assert_eq!(
+            find("orders.default.svc.cluster.local.:80"),
+            Some("orders"),
+            "a trailing dot is the same host"
+        );
     }
 
     #[test]
