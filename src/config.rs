@@ -330,6 +330,12 @@ fn validate_listen(raw: RawListen, errors: &mut Errors) -> Option<Listen> {
     {
         errors.add("listen.grpc_uds", "must be a path");
     }
+    if let (Some(grpc), Some(admin)) = (grpc, admin)
+        && grpc.port() != 0
+        && grpc == admin
+    {
+        errors.add("listen.admin", format!("`{admin}` is also listen.grpc"));
+    }
     Some(Listen {
         grpc: grpc?,
         grpc_uds: raw.grpc_uds,
