@@ -11,7 +11,7 @@ use tracing::Instrument as _;
 use crate::cache::{self, CacheStatus, Delegated, Key, Lifetimes, TokenCache};
 use crate::config::{Config, Destination, MissingToken, UnknownDestination};
 use crate::exchange::{ExchangeError, Target, TokenService};
-use crate::extract;
+use crate::extract::{self, Outbound};
 use crate::jwt;
 use crate::reason::{Denial, Reason};
 use crate::route::Routes;
@@ -80,9 +80,13 @@ impl Authz {
         &self.cache
     }
 
-    /// Envoy's question: may this outbound request go, and with which Authorization?
+    /// Envoy's ext_authz question: may this outbound request go, and with which Authorization?
     pub async fn check(&self, request: &CheckRequest) -> Result<Allow, Denial> {
-        let outbound = extract::outbound(request)?;
+        self.decide(&extract::outbound(request)?).await
+    }
+
+    /// The decision for an outbound request, whichever Envoy API asked.
+    pub async fn decide(&self, outbound: &Outbound<'_>) -> Result<Allow, Denial> {
         let destination = match outbound.route_destination {
             Some(name) => self.routes.by_name(name).ok_or_else(|| {
                 Denial::new(

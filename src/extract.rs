@@ -3,19 +3,27 @@
 //! subject token. It reads only those headers, borrows rather than copies, and refuses anything that
 //! is not one well-formed RFC 6750 bearer token.
 
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 
 use crate::reason::{Denial, Reason};
 use crate::route::CONTEXT_KEY;
 
-/// The parts of an outbound request that decide its delegation.
-#[derive(Debug, PartialEq, Eq)]
+/// The parts of an outbound request that decide its delegation, whichever Envoy API asked.
+#[derive(Debug)]
 pub struct Outbound<'a> {
     /// `context_extensions["baton.destination"]`, set per route in Envoy.
     pub route_destination: Option<&'a str>,
     /// The `:authority` (host) of the request.
     pub authority: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The calling workload as Envoy saw it (`source.principal`: a SPIFFE ID under mTLS), if any.
+    pub source_principal: Option<&'a str>,
     pub authorization: Authorization<'a>,
+    pub headers: Headers<'a>,
 }
 
 /// The `Authorization` header as Envoy sent it.
@@ -26,6 +34,59 @@ pub enum Authorization<'a> {
     Several,
 }
 
+/// Request headers as Envoy sent them: folded into a map (ext_authz's default, repeated headers
+/// joined by ","), or every line (`header_map` with `encode_raw_headers`, and ext_proc). Keys are
+/// lower-case in both.
+#[derive(Clone, Copy, Debug)]
+pub enum Headers<'a> {
+    Folded(&'a HashMap<String, String>),
+    Lines(&'a [HeaderValue]),
+}
+
+impl<'a> Headers<'a> {
+    /// The one value of `name`: `Several` when the header appears more than once (or was folded).
+    pub fn one(&self, name: &str) -> Result<Authorization<'a>, Denial> {
+        match *self {
+            Headers::Folded(map) => Ok(match map.get(name) {
+                None => Authorization::Missing,
+                Some(value) if value.contains(',') => Authorization::Several,
+                Some(value) => Authorization::One(value),
+            }),
+            Headers::Lines(lines) => {
+                let mut found = lines.iter().filter(|h| h.key.eq_ignore_ascii_case(name));
+                match (found.next(), found.next()) {
+                    (None, _) => Ok(Authorization::Missing),
+                    (Some(_), Some(_)) => Ok(Authorization::Several),
+                    (Some(h), None) => line_value(h)
+                        .map(Authorization::One)
+                        .ok_or_else(|| Denial::new(Reason::MalformedToken, "the Authorization header is not UTF-8")),
+                }
+            }
+        }
+    }
+
+    /// The first value of `name`, if it is text.
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        match *self {
+            Headers::Folded(map) => map.get(name).map(String::as_str),
+            Headers::Lines(lines) => lines
+                .iter()
+                .find(|h| h.key.eq_ignore_ascii_case(name))
+                .and_then(line_value),
+        }
+    }
+}
+
+/// A header line's value: Envoy sends `raw_value` bytes (newer) or `value` text (older).
+fn line_value(h: &HeaderValue) -> Option<&str> {
+    if h.raw_value.is_empty() {
+        Some(&h.value)
+    } else {
+        std::str::from_utf8(&h.raw_value).ok()
+    }
+}
+
+/// From an ext_authz CheckRequest.
 pub fn outbound(request: &CheckRequest) -> Result<Outbound<'_>, Denial> {
     let attributes = request.attributes.as_ref();
     let http = attributes
@@ -41,49 +102,31 @@ pub fn outbound(request: &CheckRequest) -> Result<Outbound<'_>, Denial> {
         .and_then(|a| a.context_extensions.get(CONTEXT_KEY))
         .map(String::as_str)
         .filter(|name| !name.is_empty());
-
-    // With `encode_raw_headers: true` Envoy sends every header line in `header_map`; otherwise it
-    // folds repeated headers into one `headers` entry joined by ",".
-    let authorization = match http.header_map.as_ref().filter(|m| !m.headers.is_empty()) {
-        Some(map) => {
-            let mut found = map
-                .headers
-                .iter()
-                .filter(|h| h.key.eq_ignore_ascii_case("authorization"));
-            match (found.next(), found.next()) {
-                (None, _) => Authorization::Missing,
-                (Some(_), Some(_)) => Authorization::Several,
-                (Some(h), None) if h.raw_value.is_empty() => Authorization::One(&h.value),
-                (Some(h), None) => match std::str::from_utf8(&h.raw_value) {
-                    Ok(value) => Authorization::One(value),
-                    Err(_) => {
-                        return Err(Denial::new(
-                            Reason::MalformedToken,
-                            "the Authorization header is not UTF-8",
-                        ));
-                    }
-                },
-            }
-        }
-        None => match http.headers.get("authorization") {
-            None => Authorization::Missing,
-            Some(value) if value.contains(',') => Authorization::Several,
-            Some(value) => Authorization::One(value),
-        },
-    };
-    let authority = if http.host.is_empty() {
-        http.headers
-            .get(":authority")
-            .or_else(|| http.headers.get("host"))
-            .map_or("", String::as_str)
-    } else {
-        &http.host
+    let source_principal = attributes
+        .and_then(|a| a.source.as_ref())
+        .map(|s| s.principal.as_str())
+        .filter(|p| !p.is_empty());
+    let headers = match http.header_map.as_ref().filter(|m| !m.headers.is_empty()) {
+        Some(map) => Headers::Lines(&map.headers),
+        None => Headers::Folded(&http.headers),
     };
     Ok(Outbound {
         route_destination,
-        authority,
-        authorization,
+        authority: field_or_header(&http.host, headers, &[":authority", "host"]),
+        method: field_or_header(&http.method, headers, &[":method"]),
+        path: field_or_header(&http.path, headers, &[":path"]),
+        source_principal,
+        authorization: headers.one("authorization")?,
+        headers,
     })
+}
+
+/// Envoy's parsed attribute, or the first of these headers that is present.
+fn field_or_header<'a>(field: &'a str, headers: Headers<'a>, names: &[&str]) -> &'a str {
+    if !field.is_empty() {
+        return field;
+    }
+    names.iter().find_map(|n| headers.get(n)).unwrap_or("")
 }
 
 /// The subject token from `Authorization: Bearer <token>`, or why there is none to use.
@@ -174,6 +217,16 @@ mod tests {
         assert_eq!(out.route_destination, Some("orders"));
         assert_eq!(out.authority, "orders:8080");
         assert_eq!(out.authorization, Authorization::One("Bearer abc"));
+        assert_eq!((out.method, out.path, out.source_principal), ("", "", None));
+
+        let req = check(
+            &[(":method", "POST"), (":path", "/orders?x=1"), ("host", "h")],
+            "",
+            None,
+        );
+        let out = outbound(&req).expect("extract");
+        assert_eq!((out.authority, out.method, out.path), ("h", "POST", "/orders?x=1"));
+        assert_eq!(out.headers.get("host"), Some("h"));
     }
 
     #[test]
