@@ -4,11 +4,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::authz::Authz;
 use crate::config::{Config, Endpoint};
 use crate::exchange::{TokenService, http_client};
 use crate::server::{self, Listeners};
+use crate::telemetry::Telemetry;
 
 /// Build the decision core from a validated configuration; starts discovery when the token
 /// endpoint comes from the issuer's metadata.
@@ -18,7 +20,8 @@ pub fn build(config: &Config) -> Result<Arc<Authz>, String> {
         let http = http_client(config.token_service.timeout).map_err(|e| format!("discovery client: {e}"))?;
         tokio::spawn(crate::discovery::run(http, issuer.clone(), service.endpoint().clone()));
     }
-    Ok(Arc::new(Authz::new(config, service)))
+    let telemetry = Telemetry::start(config)?;
+    Ok(Arc::new(Authz::new(config, service).with_telemetry(telemetry)))
 }
 
 /// Bind the configured listeners. A stale Unix socket file from an earlier run is replaced. An
@@ -59,8 +62,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         grpc_uds = ?config.listen.grpc_uds,
         admin = ?config.listen.admin,
         destinations = config.destinations.len(),
+        tracing = authz.telemetry().tracing_enabled(),
+        audit = ?config.audit.sink,
         "baton serving"
     );
+    let telemetry = authz.telemetry().clone();
     let grace = config.shutdown_grace;
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = server::serve(authz, listeners, async move {
@@ -68,18 +74,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let _ = signalled_tx.send(());
     });
     tokio::pin!(serving);
-    tokio::select! {
-        result = &mut serving => return result.map_err(|e| e.to_string()),
-        _ = signalled_rx => {}
-    }
-    match tokio::time::timeout(grace, serving).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => {
-            tracing::warn!(
-                ?grace,
-                "in-flight requests did not finish within the shutdown grace period"
-            );
-            Ok(())
-        }
-    }
+    let served = tokio::select! {
+        result = &mut serving => result.map_err(|e| e.to_string()),
+        _ = signalled_rx => match tokio::time::timeout(grace, serving).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "in-flight requests did not finish within the shutdown grace period"
+                );
+                Ok(())
+            }
+        },
+    };
+    // The last decisions' spans and audit lines go out before the process does.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown(Duration::from_secs(5))).await;
+    served
 }

@@ -16,6 +16,7 @@ use crate::jwt;
 use crate::reason::{Denial, Reason};
 use crate::route::Routes;
 use crate::secret::fingerprint;
+use crate::telemetry::Telemetry;
 
 /// What Envoy should do with an allowed request.
 #[derive(Debug)]
@@ -51,6 +52,7 @@ pub struct Authz {
     missing_token: MissingToken,
     max_token_bytes: usize,
     expiry_margin: std::time::Duration,
+    telemetry: Telemetry,
 }
 
 impl Authz {
@@ -69,7 +71,18 @@ impl Authz {
             missing_token: config.missing_token,
             max_token_bytes: config.subject_token.max_bytes,
             expiry_margin: config.cache.expiry_margin,
+            telemetry: Telemetry::off(),
         }
+    }
+
+    /// Report through `telemetry` (metrics, traces, audit) instead of a private, unexported one.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
     }
 
     pub fn token_service(&self) -> &TokenService {
@@ -129,14 +142,15 @@ impl Authz {
             let span =
                 tracing::debug_span!("exchange", destination = %route.name, subject = %fingerprint(subject_token));
             let issued = self
-                .token_service
-                .exchange(subject_token, &route.target)
+                .telemetry
+                .exchange(route, self.token_service.exchange(subject_token, &route.target))
                 .instrument(span)
                 .await
                 .map_err(|e: ExchangeError| {
                     tracing::warn!(destination = %route.name, subject = %fingerprint(subject_token), error = %e, "token exchange failed");
                     Denial::from(&e)
                 })?;
+            let claims = jwt::DelegationClaims::read(subject_token, issued.access_token.expose());
             let lifetimes = Lifetimes {
                 expires_in: issued.expires_in,
                 issued_exp: jwt::unverified_exp(issued.access_token.expose()),
@@ -150,7 +164,8 @@ impl Authz {
                 lifetimes,
                 self.expiry_margin,
                 now,
-            );
+            )
+            .with_claims(claims);
             tracing::debug!(
                 destination = %route.name,
                 subject = %fingerprint(subject_token),
@@ -164,6 +179,15 @@ impl Authz {
             .get_or_exchange(key, exchange)
             .await
             .map_err(|e| (*e).clone())
+    }
+
+    /// The configured destination an outbound request names, if any (what `decide` looks up first),
+    /// for reporting a decision that did not delegate.
+    pub fn destination_of(&self, outbound: &Outbound<'_>) -> Option<&Arc<Route>> {
+        match outbound.route_destination {
+            Some(name) => self.routes.by_name(name),
+            None => self.routes.by_authority(outbound.authority),
+        }
     }
 
     /// A route for the broker API: a configured destination, optionally with other scopes.

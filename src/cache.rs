@@ -15,7 +15,7 @@ use crate::secret::Secret;
 /// SHA-256 over the exchange inputs.
 pub type Key = [u8; 32];
 
-/// How a token was obtained, for logs, traces and metrics.
+/// How a token was obtained, for logs, traces, audit and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheStatus {
     Hit,
@@ -45,6 +45,8 @@ pub struct Delegated {
     pub scope: Option<String>,
     /// When the cache stops serving it (Unix seconds).
     pub expires_at: u64,
+    /// Who it is for and what was issued, for audit and traces; read once, at exchange time.
+    pub claims: crate::jwt::DelegationClaims,
     ttl: Duration,
 }
 
@@ -88,8 +90,14 @@ impl Delegated {
             token_type,
             scope,
             expires_at: now + ttl.as_secs(),
+            claims: crate::jwt::DelegationClaims::default(),
             ttl,
         }
+    }
+
+    pub fn with_claims(mut self, claims: crate::jwt::DelegationClaims) -> Self {
+        self.claims = claims;
+        self
     }
 
     pub fn ttl(&self) -> Duration {

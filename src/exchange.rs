@@ -198,6 +198,10 @@ impl TokenService {
         form.extend(optional.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))));
 
         let mut request = self.http.post(endpoint.clone()).header("accept", "application/json");
+        // W3C trace context of the exchange span, so the token service's spans join the trace.
+        if let Some(traceparent) = crate::telemetry::trace::current_traceparent() {
+            request = request.header("traceparent", traceparent);
+        }
         let assertion;
         match &self.auth {
             ClientAuth::None => form.push(("client_id", &self.client_id)),

@@ -24,6 +24,76 @@ pub fn unverified_exp(token: &str) -> Option<i64> {
     times.exp.filter(|e| e.is_finite()).map(|e| e as i64)
 }
 
+/// What the audit record and the trace say about a delegation, read once when the token is
+/// exchanged: who the subject is (`iss`, `sub` of the subject token) and what was issued (`jti`,
+/// `exp`, `scope` and the `act` chain of the issued token). By then the token service has accepted
+/// the subject token and signed the issued one; Baton reports these claims, it never decides on them.
+/// Strings are bounded, and the chain is cut at `MAX_ACTORS`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DelegationClaims {
+    pub subject_iss: Option<String>,
+    pub subject_sub: Option<String>,
+    pub jti: Option<String>,
+    pub exp: Option<i64>,
+    pub scope: Option<String>,
+    /// The actors of the issued token, the current one first (RFC 8693 4.1: `act`, nested).
+    pub actors: Vec<String>,
+}
+
+/// The longest claim string kept for audit and traces, and the deepest `act` chain followed.
+pub const MAX_CLAIM_LEN: usize = 256;
+pub const MAX_ACTORS: usize = 16;
+
+#[derive(Deserialize)]
+struct Claims {
+    iss: Option<serde_json::Value>,
+    sub: Option<serde_json::Value>,
+    jti: Option<serde_json::Value>,
+    exp: Option<f64>,
+    scope: Option<serde_json::Value>,
+    act: Option<serde_json::Value>,
+}
+
+fn payload(token: &str) -> Option<Claims> {
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || payload.len() > 64 * 1024 {
+        return None;
+    }
+    let json = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
+fn text(value: Option<&serde_json::Value>) -> Option<String> {
+    value
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= MAX_CLAIM_LEN)
+        .map(str::to_owned)
+}
+
+impl DelegationClaims {
+    /// From the subject token and the issued token; a token that is not a JWT adds nothing.
+    pub fn read(subject_token: &str, issued_token: &str) -> Self {
+        let mut claims = Self::default();
+        if let Some(subject) = payload(subject_token) {
+            claims.subject_iss = text(subject.iss.as_ref());
+            claims.subject_sub = text(subject.sub.as_ref());
+        }
+        if let Some(issued) = payload(issued_token) {
+            claims.jti = text(issued.jti.as_ref());
+            claims.exp = issued.exp.filter(|e| e.is_finite()).map(|e| e as i64);
+            claims.scope = text(issued.scope.as_ref());
+            let mut act = issued.act.as_ref();
+            while let Some(actor) = act.filter(|_| claims.actors.len() < MAX_ACTORS) {
+                let Some(sub) = text(actor.get("sub")) else { break };
+                claims.actors.push(sub);
+                act = actor.get("act");
+            }
+        }
+        claims
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +114,30 @@ mod tests {
         assert_eq!(unverified_exp("opaque-token"), None);
         assert_eq!(unverified_exp("a.b.c.d"), None);
         assert_eq!(unverified_exp("a.!!!.c"), None);
+    }
+
+    #[test]
+    fn delegation_claims_come_from_both_tokens_and_stay_bounded() {
+        let subject = jwt(r#"{"iss":"https://idp.example","sub":"alice","jti":"not-this-one"}"#);
+        let issued = jwt(
+            r#"{"iss":"https://as.example","sub":"alice","jti":"j-1","exp":1700000000,"scope":"orders.read","act":{"sub":"spiffe://b","act":{"sub":"spiffe://a"}}}"#,
+        );
+        let claims = DelegationClaims::read(&subject, &issued);
+        assert_eq!(claims.subject_iss.as_deref(), Some("https://idp.example"));
+        assert_eq!(claims.subject_sub.as_deref(), Some("alice"));
+        assert_eq!(claims.jti.as_deref(), Some("j-1"));
+        assert_eq!(claims.exp, Some(1_700_000_000));
+        assert_eq!(claims.scope.as_deref(), Some("orders.read"));
+        assert_eq!(claims.actors, ["spiffe://b", "spiffe://a"]);
+
+        assert_eq!(DelegationClaims::read("opaque", "opaque"), DelegationClaims::default());
+        let long = jwt(&format!(r#"{{"sub":"{}","jti":7}}"#, "x".repeat(MAX_CLAIM_LEN + 1)));
+        assert_eq!(DelegationClaims::read(&long, &long), DelegationClaims::default());
+        let mut act = String::from(r#"{"sub":"deepest"}"#);
+        for i in 0..40 {
+            act = format!(r#"{{"sub":"a{i}","act":{act}}}"#);
+        }
+        let deep = jwt(&format!(r#"{{"act":{act}}}"#));
+        assert_eq!(DelegationClaims::read("x", &deep).actors.len(), MAX_ACTORS);
     }
 }

@@ -2,7 +2,8 @@
 //! scoped to each outbound destination (OAuth 2.0 Token Exchange, RFC 8693).
 //!
 //! The data path, one module a step: [`extract`] -> [`route`] -> [`authz`] (the decision) ->
-//! [`cache`] / [`exchange`] -> [`respond`]. [`server`] serves it; [`app`] builds it from [`config`].
+//! [`cache`] / [`exchange`] -> [`respond`]. [`server`] serves it; [`app`] builds it from [`config`];
+//! [`telemetry`] reports each decision (traces, metrics, audit log).
 
 pub mod app;
 pub mod authz;
@@ -19,3 +20,4 @@ pub mod route;
 pub mod secret;
 pub mod server;
 pub mod sts;
+pub mod telemetry;
