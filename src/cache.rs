@@ -157,6 +157,13 @@ impl TokenCache {
     pub fn entry_count(&self) -> u64 {
         self.inner.entry_count()
     }
+
+    /// The exact number of live entries, after applying pending evictions (for `/metrics`; not for the
+    /// request path).
+    pub async fn entries(&self) -> u64 {
+        self.inner.run_pending_tasks().await;
+        self.inner.entry_count()
+    }
 }
 
 /// Digest of the parameters that, with the subject token, identify an exchange. Each field is

@@ -145,14 +145,14 @@ fn admin_router(authz: Arc<Authz>, stopping: Arc<AtomicBool>) -> axum::Router {
         .route(
             "/metrics",
             get(move || {
-                let telemetry = metrics.telemetry();
-                let entries = i64::try_from(metrics.cache().entry_count()).unwrap_or(i64::MAX);
-                telemetry.metrics().cache_entries.set(entries);
-                let text = telemetry.encode_metrics();
+                let authz = metrics.clone();
                 async move {
+                    let telemetry = authz.telemetry();
+                    let entries = i64::try_from(authz.cache().entries().await).unwrap_or(i64::MAX);
+                    telemetry.metrics().cache_entries.set(entries);
                     (
                         [(axum::http::header::CONTENT_TYPE, telemetry::metrics::CONTENT_TYPE)],
-                        text,
+                        telemetry.encode_metrics(),
                     )
                 }
             }),
