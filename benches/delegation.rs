@@ -262,7 +262,7 @@ fn in_process_authz(scratch: &Scratch, token_endpoint: &str) -> Arc<Authz> {
         "token_service:\n{token_service}\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n    scopes: [orders.read]\n"
     );
     let config = Config::from_yaml(&yaml).expect("config");
-    baton::app::build(&config).expect("build")
+    baton::app::build(config).expect("build")
 }
 
 fn check_request(host: &str, token: &str) -> CheckRequest {

@@ -29,6 +29,49 @@ pub struct RawConfig {
     pub missing_token: MissingToken,
     pub destinations: Vec<RawDestination>,
     pub shutdown_grace: Option<String>,
+    pub trusted_issuers: Vec<crate::verify::RawIssuer>,
+    pub opaque_tokens: crate::verify::OpaqueTokens,
+    pub workload: RawWorkload,
+    pub actor: Option<crate::actor::RawActor>,
+    pub broker: RawBroker,
+}
+
+/// `workload:`: who this Baton acts for, in sidecar mode.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawWorkload {
+    /// The calling workload's identity (e.g. its SPIFFE ID), used as the policy's `source` when
+    /// Envoy reports no source principal.
+    pub identity: Option<String>,
+}
+
+/// `broker:`: who may call `baton.v1.DelegationBroker`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawBroker {
+    pub callers: BrokerCallers,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerCallers {
+    /// A bearer token in the call's `authorization` metadata, verified against `trusted_issuers`;
+    /// its `sub` is the caller (the policy's `source`).
+    #[default]
+    Authenticated,
+    /// Anyone who can reach the listener (development, or a listener only the workload can reach).
+    Any,
+}
+
+/// `destinations[].actor`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationActor {
+    /// Present the workload's actor token when `actor:` is configured.
+    #[default]
+    Inherit,
+    /// Never present an actor token to this destination's exchanges.
+    None,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +162,8 @@ pub struct RawDestination {
     pub resource: Option<String>,
     pub scopes: Vec<String>,
     pub requested_token_type: Option<String>,
+    pub policy: crate::policy::RawPolicy,
+    pub actor: DestinationActor,
 }
 
 // === The validated configuration ===
@@ -133,6 +178,11 @@ pub struct Config {
     pub missing_token: MissingToken,
     pub destinations: Vec<Destination>,
     pub shutdown_grace: Duration,
+    pub trusted_issuers: Vec<crate::verify::IssuerConfig>,
+    pub opaque_tokens: crate::verify::OpaqueTokens,
+    pub workload_identity: Option<String>,
+    pub actor: Option<crate::actor::ActorToken>,
+    pub broker_callers: BrokerCallers,
 }
 
 #[derive(Debug)]
@@ -183,7 +233,7 @@ pub struct SubjectToken {
     pub token_type: &'static str,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Destination {
     pub name: String,
     pub hosts: Vec<String>,
@@ -191,6 +241,8 @@ pub struct Destination {
     pub resource: Option<String>,
     pub scopes: Vec<String>,
     pub requested_token_type: Option<String>,
+    pub policy: crate::policy::Policy,
+    pub actor: DestinationActor,
 }
 
 // === Errors ===
@@ -219,11 +271,12 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Default)]
-struct Errors(Vec<FieldError>);
+/// Problems collected while validating, so all are reported at once.
+#[derive(Debug, Default)]
+pub struct Errors(pub Vec<FieldError>);
 
 impl Errors {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             path: path.into(),
             message: message.into(),
@@ -296,7 +349,15 @@ impl RawConfig {
         if subject_token.max_bytes == 0 {
             errors.add("subject_token.max_bytes", "must be at least 1");
         }
-        let destinations = validate_destinations(self.destinations, &mut errors);
+        let trusted_issuers: Vec<_> = self
+            .trusted_issuers
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, raw)| raw.validate(&format!("trusted_issuers[{i}]"), &mut errors))
+            .collect();
+        let verified = !trusted_issuers.is_empty();
+        let destinations = validate_destinations(self.destinations, verified, &mut errors);
+        let actor = self.actor.and_then(|a| a.validate(&mut errors));
         let shutdown_grace = duration(
             self.shutdown_grace.as_deref(),
             "shutdown_grace",
@@ -313,6 +374,11 @@ impl RawConfig {
                 missing_token: self.missing_token,
                 destinations,
                 shutdown_grace,
+                trusted_issuers,
+                opaque_tokens: self.opaque_tokens,
+                workload_identity: self.workload.identity,
+                actor,
+                broker_callers: self.broker.callers,
             }),
             _ => Err(ConfigError(errors.0)),
         }
@@ -433,7 +499,7 @@ fn validate_auth(raw: RawClientAuth, errors: &mut Errors) -> Option<ClientAuth> 
     }
 }
 
-fn validate_destinations(raw: Vec<RawDestination>, errors: &mut Errors) -> Vec<Destination> {
+fn validate_destinations(raw: Vec<RawDestination>, verified: bool, errors: &mut Errors) -> Vec<Destination> {
     let mut names = HashSet::new();
     let mut hosts = HashSet::new();
     let mut out = Vec::with_capacity(raw.len());
@@ -483,6 +549,7 @@ fn validate_destinations(raw: Vec<RawDestination>, errors: &mut Errors) -> Vec<D
                 "must be a token type URN (urn:ietf:params:oauth:token-type:...)",
             );
         }
+        let policy = d.policy.compile(&at("policy"), verified, errors);
         out.push(Destination {
             name: d.name,
             hosts: lowered,
@@ -490,6 +557,8 @@ fn validate_destinations(raw: Vec<RawDestination>, errors: &mut Errors) -> Vec<D
             resource: d.resource,
             scopes: d.scopes,
             requested_token_type: d.requested_token_type,
+            policy,
+            actor: d.actor,
         });
     }
     out

@@ -11,9 +11,17 @@ use url::Url;
 use crate::exchange::read_bounded;
 
 #[derive(Deserialize)]
-struct Metadata {
+struct RawMetadata {
     issuer: String,
     token_endpoint: Option<String>,
+    jwks_uri: Option<String>,
+}
+
+/// What Baton uses of an issuer's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    pub token_endpoint: Option<Url>,
+    pub jwks_uri: Option<Url>,
 }
 
 /// The metadata URLs to try, in order: RFC 8414 inserts the well-known segment before the issuer's
@@ -28,7 +36,7 @@ pub fn metadata_urls(issuer: &Url) -> Vec<Url> {
 }
 
 /// One discovery attempt.
-pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Url, String> {
+pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Metadata, String> {
     let mut last = String::new();
     for url in metadata_urls(issuer) {
         let response = match http.get(url.clone()).send().await {
@@ -43,20 +51,27 @@ pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Url, Strin
             }
         };
         let body = read_bounded(response, 256 * 1024).await.map_err(|e| e.to_string())?;
-        let metadata: Metadata = serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))?;
+        let metadata: RawMetadata = serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))?;
         if metadata.issuer.trim_end_matches('/') != issuer.as_str().trim_end_matches('/') {
             return Err(format!(
                 "{url}: metadata names issuer {:?}, not the configured one",
                 metadata.issuer
             ));
         }
-        let endpoint = metadata
-            .token_endpoint
-            .ok_or_else(|| format!("{url}: no token_endpoint"))?;
-        return Url::parse(&endpoint)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| format!("{url}: token_endpoint is not an http(s) URL"));
+        let http_url = |field: &str, value: Option<String>| -> Result<Option<Url>, String> {
+            value
+                .map(|v| {
+                    Url::parse(&v)
+                        .ok()
+                        .filter(|u| matches!(u.scheme(), "http" | "https"))
+                        .ok_or_else(|| format!("{url}: {field} is not an http(s) URL"))
+                })
+                .transpose()
+        };
+        return Ok(Metadata {
+            token_endpoint: http_url("token_endpoint", metadata.token_endpoint)?,
+            jwks_uri: http_url("jwks_uri", metadata.jwks_uri)?,
+        });
     }
     Err(last)
 }
@@ -65,7 +80,11 @@ pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Url, Strin
 pub async fn run(http: reqwest::Client, issuer: Url, endpoint: Arc<OnceLock<Url>>) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        match discover(&http, &issuer).await {
+        let found = discover(&http, &issuer).await.and_then(|m| {
+            m.token_endpoint
+                .ok_or_else(|| "the issuer's metadata has no token_endpoint".to_owned())
+        });
+        match found {
             Ok(url) => {
                 tracing::info!(token_endpoint = %url, "token endpoint discovered");
                 let _ = endpoint.set(url);
