@@ -268,10 +268,15 @@ impl TokenService {
 
     /// A user token this service will accept as a subject token.
     pub async fn mint(&self, sub: &str, scope: &str) -> String {
-        let form = [("sub", sub), ("scope", scope)];
+        self.mint_with(&[("sub", sub), ("scope", scope)]).await
+    }
+
+    /// A user token with these mint parameters (`baton sts` also takes aud, expires_in,
+    /// not_before, may_act and claims).
+    pub async fn mint_with(&self, form: &[(&str, &str)]) -> String {
         let response = http()
             .post(format!("{}{}", self.base(), self.mint_path))
-            .form(&form)
+            .form(form)
             .send()
             .await
             .expect("mint");
@@ -283,13 +288,20 @@ impl TokenService {
 
     /// How many token-exchange requests reached the token endpoint so far.
     pub async fn exchanges(&self) -> u64 {
+        self.stat("token_exchange").await
+    }
+
+    /// A counter from the service's stats endpoint (`baton sts` also counts `jwks` fetches).
+    pub async fn stat(&self, name: &str) -> u64 {
         let response = http()
             .get(format!("{}{}", self.base(), self.stats_path))
             .send()
             .await
             .expect("stats");
         let body: Value = serde_json::from_slice(&response.bytes().await.expect("stats body")).expect("stats json");
-        body["token_exchange"].as_u64().expect("token_exchange count")
+        body[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {name} count in {body}"))
     }
 
     /// Verify `token` against this service's JWKS; the verified claims.
@@ -379,12 +391,8 @@ impl Baton {
     }
 
     async fn start_logging(scratch: &Scratch, listen: &str, token_service: &str, extra: &str, log: &str) -> Self {
-        let (grpc, admin) = (free_port(), free_port());
-        let yaml = format!(
-            r#"listen:
-  grpc: 127.0.0.1:{grpc}
-  admin: 127.0.0.1:{admin}
-{listen}token_service:
+        let body = format!(
+            r#"{listen}token_service:
 {token_service}
 cache:
   max_entries: 10000
@@ -402,6 +410,14 @@ destinations:
     audience: {FORBIDDEN}
 {extra}"#
         );
+        Self::start_raw(scratch, &body, log).await
+    }
+
+    /// Start `baton run` with this configuration; `listen.grpc` and `listen.admin` are added (any
+    /// further `listen:` keys go in `body` as `  key: value` lines first).
+    pub async fn start_raw(scratch: &Scratch, body: &str, log: &str) -> Self {
+        let (grpc, admin) = (free_port(), free_port());
+        let yaml = format!("listen:\n  grpc: 127.0.0.1:{grpc}\n  admin: 127.0.0.1:{admin}\n{body}");
         let config = scratch.write("baton.yaml", &yaml);
         let child = Command::new(baton_bin())
             .arg("run")
