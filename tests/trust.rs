@@ -294,12 +294,14 @@ async fn a_flood_of_unknown_kids_is_rate_limited() {
     let before = t.idp.stat("jwks").await;
     let good = claims_of(&alice);
     let sig = alice.rsplit('.').next().expect("signature").to_owned();
+    let started = std::time::Instant::now();
     let replies = join_all((0..50).map(|i| {
         let token = forged(&format!(r#"{{"alg":"ES256","kid":"random-{i}"}}"#), &good, &sig);
         let t = &t;
         async move { t.get("orders.example", "/orders/1", &token).await }
     }))
     .await;
+    let elapsed = started.elapsed();
     assert!(
         replies
             .iter()
@@ -308,9 +310,12 @@ async fn a_flood_of_unknown_kids_is_rate_limited() {
         replies[0].body
     );
     let fetched = t.idp.stat("jwks").await - before;
-    assert_eq!(
-        fetched, 1,
-        "50 unknown kids must cause exactly one JWKS fetch (a rotation is looked for, once)"
+    // One fetch to look for a rotated key, and at most one more per 2 s (`jwks_min_refetch`) the
+    // flood lasted on a loaded machine.
+    let allowed = 1 + elapsed.as_secs() / 2;
+    assert!(
+        (1..=allowed).contains(&fetched),
+        "50 unknown kids over {elapsed:?} caused {fetched} JWKS fetches"
     );
 }
 
