@@ -216,7 +216,7 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
         mount_path: path.into(),
-        read_only: Some(read_only),
+        read_only: read_only.then_some(true),
         ..Default::default()
     }
 }
@@ -439,6 +439,16 @@ mod tests {
             "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 9901}]}]},
         }));
         assert_eq!(refused(p), "port_taken");
+    }
+
+    /// An API server newer than k8s-openapi's feature sends fields it does not know: still a pod.
+    #[test]
+    fn fields_from_a_newer_kubernetes_are_ignored() {
+        let p = pod(json!({
+            "metadata": {"annotations": {"baton.dev/inject": "true"}, "futureMeta": 1},
+            "spec": {"containers": [{"name": "app", "futureField": {"x": 1}}], "futureSpec": true},
+        }));
+        assert!(matches!(plan(&p, &sidecar()), Ok(Plan::Patch(_))));
     }
 
     #[test]
