@@ -341,3 +341,111 @@ fn the_istio_patches_pass_envoy_validation() {
     let scratch = Scratch::new("istio-envoy");
     envoy_validate(&scratch, "bootstrap.json", &bootstrap.to_string());
 }
+
+// === The sidecar bootstrap, running ===
+
+/// The shipped sidecar bootstrap, run by the real Envoy with only its ports and socket path moved
+/// to free ones: the app uses it as its HTTP proxy, Baton answers over the Unix socket, the token a
+/// listed host receives is exchanged, an unlisted host gets none, and with Baton gone the request
+/// is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_bootstrap_delegates_through_the_real_envoy() {
+    let scratch = Scratch::new("k8s-sidecar");
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let upstream = Upstream::start().await;
+    let socket = scratch.0.join("baton.sock");
+    let admin = free_port();
+    let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
+    let config = scratch.write(
+        "baton.yaml",
+        &format!(
+            "listen:\n  grpc: 127.0.0.1:{}\n  grpc_uds: {}\n  admin: 127.0.0.1:{admin}\ntoken_service:\n{token_service}\ndestinations:\n  - name: orders\n    hosts: [\"localhost:{}\"]\n    audience: {ORDERS}\n",
+            free_port(),
+            socket.display(),
+            upstream.port
+        ),
+    );
+    let mut baton = tokio::process::Command::new(baton_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stderr(scratch.log("baton.log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start baton");
+    let ready = format!("http://127.0.0.1:{admin}/readyz");
+    wait_until("baton /readyz", std::time::Duration::from_secs(20), || async {
+        http().get(&ready).send().await.is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+
+    let shipped = std::fs::read_to_string(k8s().join("components/envoy-sidecar/envoy.yaml")).expect("read");
+    let (outbound, health) = (free_port(), free_port());
+    let mut bootstrap = shipped.clone();
+    for (from, to) in [
+        ("port_value: 15001".to_owned(), format!("port_value: {outbound}")),
+        ("port_value: 15021".to_owned(), format!("port_value: {health}")),
+        ("port_value: 9902".to_owned(), format!("port_value: {}", free_port())),
+        ("address: 0.0.0.0".to_owned(), "address: 127.0.0.1".to_owned()),
+        ("/var/run/baton/baton.sock".to_owned(), socket.display().to_string()),
+    ] {
+        assert!(bootstrap.contains(&from), "the bootstrap has {from}");
+        bootstrap = bootstrap.replace(&from, &to);
+    }
+    // Envoy::start_with_bootstrap reads the first port_value as the listener's: it is the admin's
+    // here, so probe the outbound listener ourselves.
+    let file = scratch.write("envoy.yaml", &bootstrap);
+    let _envoy = tokio::process::Command::new(envoy_bin())
+        .args(["--use-dynamic-base-id", "--log-level", "warn", "-c"])
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .stderr(scratch.log("envoy.log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start envoy");
+    let probe = format!("http://127.0.0.1:{health}/ready");
+    wait_until(
+        "envoy's health listener",
+        std::time::Duration::from_secs(30),
+        || async { http().get(&probe).send().await.is_ok_and(|r| r.status().is_success()) },
+    )
+    .await;
+
+    let app = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://127.0.0.1:{outbound}")).expect("proxy"))
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let user = service.mint("alice", "orders.read").await;
+    let get = |url: String| {
+        let request = app.get(url).header("authorization", bearer(&user));
+        async move {
+            let response = request.send().await.expect("request through the sidecar");
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap_or_default();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+
+    // A listed host: the upstream gets a token for it, not the user's.
+    let (status, body) = get(format!("http://localhost:{}/orders", upstream.port)).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["authorization"]
+        .as_str()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .expect("a bearer token upstream");
+    assert_ne!(token, user);
+    assert_eq!(audiences(&service.verify(token).await), [ORDERS]);
+
+    // An unlisted host (same upstream, by address): the token is stripped.
+    let (status, body) = get(format!("http://127.0.0.1:{}/", upstream.port)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["authorization"], Value::Null, "{body}");
+
+    // Baton gone: refused, never forwarded with the user's token (failure_mode_allow: false).
+    baton.kill().await.expect("kill baton");
+    let (status, body) = get(format!("http://localhost:{}/orders", upstream.port)).await;
+    assert_eq!(status, 403, "{body}");
+}
