@@ -1,5 +1,6 @@
 //! The `baton` command: `run` (the sidecar), `check-config`, `inject` (the Kubernetes admission
-//! webhook) and `sts` (the development token service). Parsing arguments and wiring signals only; everything else lives in the library.
+//! webhook) and `sts` (the development token service). Parsing arguments and wiring signals only;
+//! everything else lives in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
