@@ -13,6 +13,7 @@ pub mod config;
 pub mod discovery;
 pub mod exchange;
 pub mod extract;
+pub mod inject;
 pub mod jwt;
 pub mod policy;
 pub mod reason;

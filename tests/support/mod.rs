@@ -5,6 +5,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod k8s;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
