@@ -7,18 +7,24 @@ use std::sync::Arc;
 
 use crate::authz::Authz;
 use crate::config::{Config, Endpoint};
-use crate::exchange::{TokenService, http_client};
+use crate::exchange::{TokenService, TokenServices};
 use crate::server::{self, Listeners};
 
-/// Build the decision core from a validated configuration; starts discovery when the token
-/// endpoint comes from the issuer's metadata.
+/// Build the decision core from a validated configuration; starts discovery for each token service
+/// whose endpoint comes from the issuer's metadata.
 pub fn build(config: &Config) -> Result<Arc<Authz>, String> {
-    let service = TokenService::new(&config.token_service).map_err(|e| format!("token service client: {e}"))?;
-    if let Endpoint::Discover { issuer } = &config.token_service.endpoint {
-        let http = http_client(config.token_service.timeout).map_err(|e| format!("discovery client: {e}"))?;
-        tokio::spawn(crate::discovery::run(http, issuer.clone(), service.endpoint().clone()));
+    let services = config
+        .token_services
+        .iter()
+        .map(|ts| TokenService::new(ts).map_err(|e| format!("token service `{}`: {e}", ts.name)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let services = TokenServices::new(services);
+    for ts in &config.token_services {
+        if let (Endpoint::Discover { issuer }, Some(service)) = (&ts.endpoint, services.get(&ts.name)) {
+            tokio::spawn(crate::discovery::run(service.clone(), issuer.clone()));
+        }
     }
-    Ok(Arc::new(Authz::new(config, service)))
+    Ok(Arc::new(Authz::new(config, services)))
 }
 
 /// Bind the configured listeners. A stale Unix socket file from an earlier run is replaced. An

@@ -10,7 +10,7 @@ use tracing::Instrument as _;
 
 use crate::cache::{self, CacheStatus, Delegated, Key, Lifetimes, TokenCache};
 use crate::config::{Config, Destination, MissingToken, UnknownDestination};
-use crate::exchange::{ExchangeError, Target, TokenService};
+use crate::exchange::{ExchangeError, Target, TokenService, TokenServices};
 use crate::extract::{self, Outbound};
 use crate::jwt;
 use crate::reason::{Denial, Reason};
@@ -37,7 +37,10 @@ pub enum Allow {
 pub struct Route {
     pub name: String,
     pub target: Target,
-    /// Digest of `target` and the client identity: the first half of every cache key.
+    /// Where this destination's tokens come from.
+    pub token_service: Arc<TokenService>,
+    /// Digest of `target`, the token service and the client identity: the first half of every
+    /// cache key.
     key_params: Key,
 }
 
@@ -46,7 +49,7 @@ pub struct Route {
 pub struct Authz {
     routes: Routes<Route>,
     cache: TokenCache,
-    token_service: TokenService,
+    token_services: TokenServices,
     unknown_destination: UnknownDestination,
     missing_token: MissingToken,
     max_token_bytes: usize,
@@ -54,17 +57,18 @@ pub struct Authz {
 }
 
 impl Authz {
-    pub fn new(config: &Config, token_service: TokenService) -> Self {
+    /// `token_services` holds every service a destination names (config validation saw to it).
+    pub fn new(config: &Config, token_services: TokenServices) -> Self {
         let subject_token_type = config.subject_token.token_type;
-        let routes = Routes::new(config.destinations.iter().map(|d| {
+        let routes = Routes::new(config.destinations.iter().filter_map(|d| {
             let target = target(d, subject_token_type);
-            let route = Route::new(d.name.clone(), target, token_service.client_id());
-            (d.name.clone(), d.hosts.clone(), route)
+            let route = Route::new(d.name.clone(), target, token_services.get(&d.token_service)?.clone());
+            Some((d.name.clone(), d.hosts.clone(), route))
         }));
         Self {
             routes,
             cache: TokenCache::new(config.cache.max_entries),
-            token_service,
+            token_services,
             unknown_destination: config.unknown_destination,
             missing_token: config.missing_token,
             max_token_bytes: config.subject_token.max_bytes,
@@ -72,8 +76,8 @@ impl Authz {
         }
     }
 
-    pub fn token_service(&self) -> &TokenService {
-        &self.token_service
+    pub fn token_services(&self) -> &TokenServices {
+        &self.token_services
     }
 
     pub fn cache(&self) -> &TokenCache {
@@ -128,7 +132,7 @@ impl Authz {
             }
             let span =
                 tracing::debug_span!("exchange", destination = %route.name, subject = %fingerprint(subject_token));
-            let issued = self
+            let issued = route
                 .token_service
                 .exchange(subject_token, &route.target)
                 .instrument(span)
@@ -177,7 +181,7 @@ impl Authz {
         Some(Arc::new(Route::new(
             base.name.clone(),
             target,
-            self.token_service.client_id(),
+            base.token_service.clone(),
         )))
     }
 
@@ -198,9 +202,11 @@ impl Authz {
 }
 
 impl Route {
-    fn new(name: String, target: Target, client_id: &str) -> Self {
+    fn new(name: String, target: Target, token_service: Arc<TokenService>) -> Self {
         let key_params = cache::params_digest(&[
-            client_id,
+            token_service.name(),
+            token_service.locator(),
+            token_service.client_id(),
             target.audience.as_deref().unwrap_or(""),
             target.resource.as_deref().unwrap_or(""),
             target.scope.as_deref().unwrap_or(""),
@@ -210,6 +216,7 @@ impl Route {
         Self {
             name,
             target,
+            token_service,
             key_params,
         }
     }

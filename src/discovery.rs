@@ -1,6 +1,8 @@
 //! Finding the token endpoint from the issuer: RFC 8414 authorization-server metadata, then OpenID
 //! Connect discovery. It runs in the background until it succeeds (readiness waits for it) and
-//! accepts only metadata whose `issuer` is the configured one (RFC 8414 section 3.3).
+//! accepts only metadata whose `issuer` is the configured one (RFC 8414 section 3.3). A client that
+//! authenticates with mutual TLS uses the metadata's `mtls_endpoint_aliases` token endpoint when
+//! there is one (RFC 8705 section 5).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -8,12 +10,28 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use crate::exchange::read_bounded;
+use crate::exchange::{TokenService, read_bounded};
 
 #[derive(Deserialize)]
 struct Metadata {
     issuer: String,
     token_endpoint: Option<String>,
+    mtls_endpoint_aliases: Option<Aliases>,
+}
+
+#[derive(Deserialize)]
+struct Aliases {
+    token_endpoint: Option<String>,
+}
+
+impl Metadata {
+    fn token_endpoint(self, mtls: bool) -> Option<String> {
+        let alias = self.mtls_endpoint_aliases.and_then(|a| a.token_endpoint);
+        match alias {
+            Some(alias) if mtls => Some(alias),
+            _ => self.token_endpoint,
+        }
+    }
 }
 
 /// The metadata URLs to try, in order: RFC 8414 inserts the well-known segment before the issuer's
@@ -27,8 +45,8 @@ pub fn metadata_urls(issuer: &Url) -> Vec<Url> {
     vec![rfc8414, oidc]
 }
 
-/// One discovery attempt.
-pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Url, String> {
+/// One discovery attempt; `mtls`: the client authenticates with mutual TLS.
+pub async fn discover(http: &reqwest::Client, issuer: &Url, mtls: bool) -> Result<Url, String> {
     let mut last = String::new();
     for url in metadata_urls(issuer) {
         let response = match http.get(url.clone()).send().await {
@@ -51,7 +69,7 @@ pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Url, Strin
             ));
         }
         let endpoint = metadata
-            .token_endpoint
+            .token_endpoint(mtls)
             .ok_or_else(|| format!("{url}: no token_endpoint"))?;
         return Url::parse(&endpoint)
             .ok()
@@ -62,16 +80,19 @@ pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Url, Strin
 }
 
 /// Retry discovery (1 s, doubling to 30 s) until the endpoint is known.
-pub async fn run(http: reqwest::Client, issuer: Url, endpoint: Arc<OnceLock<Url>>) {
+pub async fn run(service: Arc<TokenService>, issuer: Url) {
+    let endpoint: &Arc<OnceLock<Url>> = service.endpoint();
     let mut backoff = Duration::from_secs(1);
     loop {
-        match discover(&http, &issuer).await {
+        match discover(&service.http().await, &issuer, service.uses_mtls()).await {
             Ok(url) => {
-                tracing::info!(token_endpoint = %url, "token endpoint discovered");
+                tracing::info!(token_service = service.name(), token_endpoint = %url, "token endpoint discovered");
                 let _ = endpoint.set(url);
                 return;
             }
-            Err(e) => tracing::warn!(issuer = %issuer, error = %e, retry_in = ?backoff, "discovery failed"),
+            Err(e) => {
+                tracing::warn!(token_service = service.name(), issuer = %issuer, error = %e, retry_in = ?backoff, "discovery failed");
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -81,6 +102,24 @@ pub async fn run(http: reqwest::Client, issuer: Url, endpoint: Arc<OnceLock<Url>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mtls_clients_prefer_the_rfc_8705_alias() {
+        let metadata = || -> Metadata {
+            serde_json::from_str(
+                r#"{"issuer":"https://as","token_endpoint":"https://as/token","mtls_endpoint_aliases":{"token_endpoint":"https://mtls.as/token"}}"#,
+            )
+            .expect("metadata")
+        };
+        assert_eq!(
+            metadata().token_endpoint(true).as_deref(),
+            Some("https://mtls.as/token")
+        );
+        assert_eq!(metadata().token_endpoint(false).as_deref(), Some("https://as/token"));
+        let plain: Metadata =
+            serde_json::from_str(r#"{"issuer":"https://as","token_endpoint":"https://as/token"}"#).expect("metadata");
+        assert_eq!(plain.token_endpoint(true).as_deref(), Some("https://as/token"));
+    }
 
     #[test]
     fn well_known_urls_follow_both_specs() {
