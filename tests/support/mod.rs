@@ -143,6 +143,8 @@ pub struct PeerOptions {
     pub delay: Option<&'static str>,
     pub status: Option<u16>,
     pub env: Vec<(&'static str, String)>,
+    /// A PEM CA the harness trusts for a peer serving HTTPS (its own requests: mint, stats, JWKS).
+    pub tls_root: Option<String>,
 }
 
 pub struct TokenService {
@@ -153,6 +155,7 @@ pub struct TokenService {
     child: Child,
     mint_path: &'static str,
     stats_path: &'static str,
+    http: reqwest::Client,
 }
 
 impl TokenService {
@@ -243,6 +246,14 @@ impl TokenService {
             Peer::BatonSts => ("/dev/mint", "/dev/stats"),
             _ => ("/test/mint", "/test/stats"),
         };
+        let http = match &faults.tls_root {
+            Some(pem) => reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes()).expect("tls_root PEM")])
+                .build()
+                .expect("http client"),
+            None => http(),
+        };
         Self {
             peer,
             issuer: field("issuer"),
@@ -251,6 +262,7 @@ impl TokenService {
             child,
             mint_path,
             stats_path,
+            http,
         }
     }
 
@@ -268,10 +280,15 @@ impl TokenService {
 
     /// A user token this service will accept as a subject token.
     pub async fn mint(&self, sub: &str, scope: &str) -> String {
-        let form = [("sub", sub), ("scope", scope)];
-        let response = http()
+        self.mint_with(&[("sub", sub), ("scope", scope)]).await
+    }
+
+    /// A user token with these mint parameters (`sub`, `aud`, `scope`, `expires_in`).
+    pub async fn mint_with(&self, form: &[(&str, &str)]) -> String {
+        let response = self
+            .http
             .post(format!("{}{}", self.base(), self.mint_path))
-            .form(&form)
+            .form(form)
             .send()
             .await
             .expect("mint");
@@ -283,18 +300,26 @@ impl TokenService {
 
     /// How many token-exchange requests reached the token endpoint so far.
     pub async fn exchanges(&self) -> u64 {
-        let response = http()
+        self.stat("token_exchange").await
+    }
+
+    /// One counter of the stats endpoint.
+    pub async fn stat(&self, name: &str) -> u64 {
+        let response = self
+            .http
             .get(format!("{}{}", self.base(), self.stats_path))
             .send()
             .await
             .expect("stats");
         let body: Value = serde_json::from_slice(&response.bytes().await.expect("stats body")).expect("stats json");
-        body["token_exchange"].as_u64().expect("token_exchange count")
+        body[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {name} count in {body}"))
     }
 
     /// Verify `token` against this service's JWKS; the verified claims.
     pub async fn verify(&self, token: &str) -> Value {
-        let response = http().get(&self.jwks_uri).send().await.expect("jwks");
+        let response = self.http.get(&self.jwks_uri).send().await.expect("jwks");
         let jwks: jsonwebtoken::jwk::JwkSet =
             serde_json::from_slice(&response.bytes().await.expect("jwks body")).expect("jwks json");
         let header = jsonwebtoken::decode_header(token).expect("the issued token is a JWT");
@@ -378,6 +403,13 @@ impl Baton {
         Self::start_logging(scratch, listen, token_service, extra, "baton=debug,info").await
     }
 
+    /// Start `baton run` with this configuration: everything but `listen:`, which is added.
+    pub async fn start_config(scratch: &Scratch, config: &str) -> Self {
+        let (grpc, admin) = (free_port(), free_port());
+        let yaml = format!("listen:\n  grpc: 127.0.0.1:{grpc}\n  admin: 127.0.0.1:{admin}\n{config}");
+        Self::launch(scratch, grpc, admin, &yaml, "baton=debug,info").await
+    }
+
     async fn start_logging(scratch: &Scratch, listen: &str, token_service: &str, extra: &str, log: &str) -> Self {
         let (grpc, admin) = (free_port(), free_port());
         let yaml = format!(
@@ -402,7 +434,11 @@ destinations:
     audience: {FORBIDDEN}
 {extra}"#
         );
-        let config = scratch.write("baton.yaml", &yaml);
+        Self::launch(scratch, grpc, admin, &yaml, log).await
+    }
+
+    async fn launch(scratch: &Scratch, grpc: u16, admin: u16, yaml: &str, log: &str) -> Self {
+        let config = scratch.write("baton.yaml", yaml);
         let child = Command::new(baton_bin())
             .arg("run")
             .arg("--config")
