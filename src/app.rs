@@ -9,10 +9,11 @@ use crate::authz::Authz;
 use crate::config::{Config, Endpoint};
 use crate::exchange::{TokenService, TokenServices};
 use crate::server::{self, Listeners};
+use crate::verify::Verifier;
 
 /// Build the decision core from a validated configuration; starts discovery for each token service
-/// whose endpoint comes from the issuer's metadata.
-pub fn build(config: &Config) -> Result<Arc<Authz>, String> {
+/// whose endpoint comes from the issuer's metadata, and the trusted issuers' key refresh.
+pub fn build(mut config: Config) -> Result<Arc<Authz>, String> {
     let services = config
         .token_services
         .iter()
@@ -24,7 +25,15 @@ pub fn build(config: &Config) -> Result<Arc<Authz>, String> {
             tokio::spawn(crate::discovery::run(service.clone(), issuer.clone()));
         }
     }
-    Ok(Arc::new(Authz::new(config, services)))
+    let issuers = std::mem::take(&mut config.trusted_issuers);
+    let verifier = Verifier::new(issuers, config.opaque_tokens, config.cache.max_entries)?;
+    match &verifier {
+        Some(verifier) => verifier.spawn_refresh(),
+        None => {
+            tracing::warn!("no trusted_issuers: subject tokens are not verified by Baton, only by the token service")
+        }
+    }
+    Ok(Arc::new(Authz::new(config, services, verifier)))
 }
 
 /// Bind the configured listeners. A stale Unix socket file from an earlier run is replaced. An
@@ -58,16 +67,17 @@ pub async fn bind(config: &Config) -> Result<Listeners, String> {
 
 /// Load, build, bind and serve until `shutdown`; then drain for at most `shutdown_grace`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
-    let authz = build(&config)?;
     let listeners = bind(&config).await?;
     tracing::info!(
         grpc = %config.listen.grpc,
         grpc_uds = ?config.listen.grpc_uds,
         admin = ?config.listen.admin,
         destinations = config.destinations.len(),
+        trusted_issuers = config.trusted_issuers.len(),
         "baton serving"
     );
     let grace = config.shutdown_grace;
+    let authz = build(config)?;
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = server::serve(authz, listeners, async move {
         shutdown.await;

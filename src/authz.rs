@@ -1,21 +1,24 @@
-//! The core decision, shared by Envoy's Check and Baton's own broker API. `check` reads as the data
-//! path: extract -> destination -> subject token -> (verify, policy: not yet) -> cache / exchange.
-//! It returns a decision or a `Denial`; turning either into a reply is `respond`'s job. It never
-//! logs a token: only fingerprints.
+//! The core decision, shared by Envoy's Check and Baton's own broker API. `decide` reads as the data
+//! path: destination -> subject token -> verify -> policy -> cache / exchange. It returns a decision
+//! or a `Denial`; turning either into a reply is `respond`'s job. It never logs a token: only
+//! fingerprints.
 
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use tracing::Instrument as _;
 
+use crate::actor::{self, ActorToken};
 use crate::cache::{self, CacheStatus, Delegated, Key, Lifetimes, TokenCache};
-use crate::config::{Config, Destination, MissingToken, UnknownDestination};
+use crate::config::{BrokerCallers, Config, Destination, DestinationActor, MissingToken, UnknownDestination};
 use crate::exchange::{ExchangeError, Target, TokenService, TokenServices};
-use crate::extract::{self, Outbound};
+use crate::extract::{self, Headers, Outbound};
 use crate::jwt;
+use crate::policy::{Facts, Policy};
 use crate::reason::{Denial, Reason};
 use crate::route::Routes;
 use crate::secret::fingerprint;
+use crate::verify::{Subject, Verified, Verifier};
 
 /// What Envoy should do with an allowed request.
 #[derive(Debug)]
@@ -32,16 +35,29 @@ pub enum Allow {
     Passthrough,
 }
 
-/// A configured destination, with what its exchanges send.
+/// A configured destination: what its exchanges send, and the policy that guards it.
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
     pub target: Target,
+    scopes: Vec<String>,
+    policy: Arc<Policy>,
+    use_actor: bool,
     /// Where this destination's tokens come from.
     pub token_service: Arc<TokenService>,
     /// Digest of `target`, the token service and the client identity: the first half of every
     /// cache key.
     key_params: Key,
+}
+
+/// Who asks, and for which request: what the policy looks at besides the subject token.
+#[derive(Debug)]
+pub struct Caller<'a> {
+    /// The calling workload (Envoy's source principal, `workload.identity`, or the broker caller).
+    pub source: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: Headers<'a>,
 }
 
 /// Everything the decision needs, built once from the configuration.
@@ -54,16 +70,25 @@ pub struct Authz {
     missing_token: MissingToken,
     max_token_bytes: usize,
     expiry_margin: std::time::Duration,
+    verifier: Option<Arc<Verifier>>,
+    actor: Option<ActorToken>,
+    workload_identity: Option<String>,
+    pub broker_callers: BrokerCallers,
 }
 
 impl Authz {
     /// `token_services` holds every service a destination names (config validation saw to it).
-    pub fn new(config: &Config, token_services: TokenServices) -> Self {
+    pub fn new(config: Config, token_services: TokenServices, verifier: Option<Arc<Verifier>>) -> Self {
         let subject_token_type = config.subject_token.token_type;
-        let routes = Routes::new(config.destinations.iter().filter_map(|d| {
-            let target = target(d, subject_token_type);
-            let route = Route::new(d.name.clone(), target, token_services.get(&d.token_service)?.clone());
-            Some((d.name.clone(), d.hosts.clone(), route))
+        let has_actor = config.actor.is_some();
+        let routes = Routes::new(config.destinations.into_iter().filter_map(|d| {
+            let target = target(&d, subject_token_type);
+            let name = d.name.clone();
+            let hosts = d.hosts.clone();
+            let use_actor = has_actor && d.actor == DestinationActor::Inherit;
+            let token_service = token_services.get(&d.token_service)?.clone();
+            let route = Route::new(d.name, target, d.scopes, Arc::new(d.policy), use_actor, token_service);
+            Some((name, hosts, route))
         }));
         Self {
             routes,
@@ -73,6 +98,10 @@ impl Authz {
             missing_token: config.missing_token,
             max_token_bytes: config.subject_token.max_bytes,
             expiry_margin: config.cache.expiry_margin,
+            verifier,
+            actor: config.actor,
+            workload_identity: config.workload_identity,
+            broker_callers: config.broker_callers,
         }
     }
 
@@ -109,7 +138,13 @@ impl Authz {
                 MissingToken::Passthrough => Ok(Allow::Passthrough),
             };
         };
-        let (token, cache) = self.delegate(destination, subject_token).await?;
+        let caller = Caller {
+            source: outbound.source_principal.or(self.workload_identity.as_deref()),
+            method: outbound.method,
+            path: outbound.path,
+            headers: outbound.headers,
+        };
+        let (token, cache) = self.delegate(destination, subject_token, &caller).await?;
         Ok(Allow::Delegate {
             destination: destination.clone(),
             token,
@@ -117,36 +152,94 @@ impl Authz {
         })
     }
 
-    /// The token for `route` on behalf of `subject_token`: cached, or exchanged once for all
-    /// concurrent callers.
-    pub async fn delegate(&self, route: &Route, subject_token: &str) -> Result<(Arc<Delegated>, CacheStatus), Denial> {
-        let key = cache::key(&route.key_params, subject_token);
+    /// Verify a subject token on its own (the broker uses it for its callers too).
+    pub async fn verify(&self, token: &str, digest: &Key) -> Result<Option<Arc<Subject>>, Denial> {
+        match &self.verifier {
+            None => Ok(None),
+            Some(verifier) => match verifier.verify(token, digest).await? {
+                Verified::Subject(subject) => Ok(Some(subject)),
+                Verified::Forwarded => Ok(None),
+            },
+        }
+    }
+
+    pub fn verifies(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    /// verify -> policy -> the token for `route` on behalf of `subject_token`: cached, or
+    /// exchanged once for all concurrent callers.
+    pub async fn delegate(
+        &self,
+        route: &Route,
+        subject_token: &str,
+        caller: &Caller<'_>,
+    ) -> Result<(Arc<Delegated>, CacheStatus), Denial> {
+        let digest = cache::digest(subject_token);
+        let subject = self.verify(subject_token, &digest).await?;
+        let claims = subject.as_deref().map(|s| &s.claims);
+        let facts = Facts {
+            claims,
+            source: caller.source,
+            method: caller.method,
+            path: caller.path,
+            headers: caller.headers,
+            destination: &route.name,
+        };
+        route.policy.check(&facts)?;
+        let scope = route.policy.scopes(&route.scopes, claims)?;
+        let max_depth = route.policy.max_delegation_depth;
+        if let Some(max) = max_depth {
+            let held = actor::chain(claims.and_then(|c| c.get("act")), max + 1).len();
+            if held + usize::from(route.use_actor) > max {
+                return Err(too_deep());
+            }
+        }
+        let key = cache::key(&route.key_params, scope.as_deref().unwrap_or(""), &digest);
         let exchange = async {
             let now = cache::unix_now();
-            let subject_exp = jwt::unverified_exp(subject_token);
+            let subject_exp = match &subject {
+                Some(s) => Some(s.exp),
+                None => jwt::unverified_exp(subject_token),
+            };
             if subject_exp.is_some_and(|exp| exp <= now as i64) {
                 return Err(Denial::new(
                     Reason::SubjectTokenExpired,
                     "the subject token has expired",
                 ));
             }
+            let mut target = None;
+            if scope.is_some() || route.use_actor {
+                let mut t = route.target.clone();
+                if scope.is_some() {
+                    t.scope = scope.clone();
+                }
+                if let (true, Some(actor)) = (route.use_actor, &self.actor) {
+                    let token = actor.token().await?;
+                    t.actor = Some(((*token).clone(), actor.token_type.clone()));
+                }
+                target = Some(t);
+            }
+            let target = target.as_ref().unwrap_or(&route.target);
             let span =
                 tracing::debug_span!("exchange", destination = %route.name, subject = %fingerprint(subject_token));
-            let issued = route
-                .token_service
-                .exchange(subject_token, &route.target)
-                .instrument(span)
-                .await
-                .map_err(|e: ExchangeError| {
+            let issued = route.token_service.exchange(subject_token, target).instrument(span).await.map_err(
+                |e: ExchangeError| {
                     tracing::warn!(destination = %route.name, subject = %fingerprint(subject_token), error = %e, "token exchange failed");
                     Denial::from(&e)
-                })?;
+                },
+            )?;
+            let actors = actor::token_chain(issued.access_token.expose(), max_depth.map_or(16, |m| m + 1));
+            if max_depth.is_some_and(|max| actors.len() > max) {
+                return Err(too_deep());
+            }
             let lifetimes = Lifetimes {
                 expires_in: issued.expires_in,
                 issued_exp: jwt::unverified_exp(issued.access_token.expose()),
                 subject_exp,
+                max: route.policy.max_token_lifetime.map(|d| d.as_secs()),
             };
-            let delegated = Delegated::new(
+            let mut delegated = Delegated::new(
                 issued.access_token,
                 issued.token_type,
                 issued.issued_token_type,
@@ -155,11 +248,13 @@ impl Authz {
                 self.expiry_margin,
                 now,
             );
+            delegated.actors = actors;
             tracing::debug!(
                 destination = %route.name,
                 subject = %fingerprint(subject_token),
                 issued = %delegated.token.fingerprint(),
                 ttl = ?delegated.ttl(),
+                depth = delegated.actors.len(),
                 "token exchanged"
             );
             Ok(Arc::new(delegated))
@@ -178,11 +273,15 @@ impl Authz {
         }
         let mut target = base.target.clone();
         target.scope = Some(scopes.join(" "));
-        Some(Arc::new(Route::new(
+        let route = Route::new(
             base.name.clone(),
             target,
+            scopes.to_vec(),
+            base.policy.clone(),
+            base.use_actor,
             base.token_service.clone(),
-        )))
+        );
+        Some(Arc::new(route))
     }
 
     pub fn max_token_bytes(&self) -> usize {
@@ -201,8 +300,22 @@ impl Authz {
     }
 }
 
+fn too_deep() -> Denial {
+    Denial::new(
+        Reason::DelegationTooDeep,
+        "the delegation chain would be longer than this destination allows",
+    )
+}
+
 impl Route {
-    fn new(name: String, target: Target, token_service: Arc<TokenService>) -> Self {
+    fn new(
+        name: String,
+        target: Target,
+        scopes: Vec<String>,
+        policy: Arc<Policy>,
+        use_actor: bool,
+        token_service: Arc<TokenService>,
+    ) -> Self {
         let key_params = cache::params_digest(&[
             token_service.name(),
             token_service.locator(),
@@ -212,10 +325,14 @@ impl Route {
             target.scope.as_deref().unwrap_or(""),
             target.requested_token_type.as_deref().unwrap_or(""),
             target.subject_token_type,
+            if use_actor { "actor" } else { "" },
         ]);
         Self {
             name,
             target,
+            scopes,
+            policy,
+            use_actor,
             token_service,
             key_params,
         }
@@ -229,5 +346,6 @@ fn target(d: &Destination, subject_token_type: &'static str) -> Target {
         scope: (!d.scopes.is_empty()).then(|| d.scopes.join(" ")),
         requested_token_type: d.requested_token_type.clone(),
         subject_token_type,
+        actor: None,
     }
 }

@@ -1,14 +1,18 @@
-//! `baton.v1.DelegationBroker`: the same destinations, cache and token service as the Envoy path,
-//! for callers that hand Baton a user's token directly (batch jobs, async workers). Refusals are
-//! gRPC errors here (there is no Envoy to answer for), with the same reason codes.
+//! `baton.v1.DelegationBroker`: the same destinations, verification, policy, cache and token service
+//! as the Envoy path, for callers that hand Baton a user's token directly (batch jobs, async
+//! workers that kept the user's token and ask at execution time, so the decision is made then). The
+//! caller authenticates with a bearer token in the call's `authorization` metadata, verified like a
+//! subject token; its `sub` is the policy's `source`. Refusals are gRPC errors here (there is no
+//! Envoy to answer for), with the same reason codes.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::authz::Authz;
-use crate::config::is_scope_token;
-use crate::extract::check_token;
+use crate::authz::{Authz, Caller};
+use crate::cache;
+use crate::config::{BrokerCallers, is_scope_token};
+use crate::extract::{Authorization, Headers, check_token, subject_token};
 use crate::reason::{Denial, Reason};
 
 pub mod pb {
@@ -32,6 +36,7 @@ impl Broker {
 #[tonic::async_trait]
 impl DelegationBroker for Broker {
     async fn exchange(&self, request: Request<ExchangeRequest>) -> Result<Response<ExchangeResponse>, Status> {
+        let caller = self.caller(&request).await.map_err(|d| status(&d))?;
         let request = request.into_inner();
         let subject = check_token(&request.subject_token, self.authz.max_token_bytes()).map_err(|d| status(&d))?;
         if let Some(bad) = request.scopes.iter().find(|s| !is_scope_token(s)) {
@@ -46,7 +51,18 @@ impl DelegationBroker for Broker {
                     "no destination has this name",
                 ))
             })?;
-        let (token, _cache) = self.authz.delegate(&route, subject).await.map_err(|d| status(&d))?;
+        // No HTTP request here: destinations with method or path rules refuse broker calls.
+        let caller = Caller {
+            source: caller.as_deref(),
+            method: "",
+            path: "",
+            headers: Headers::Lines(&[]),
+        };
+        let (token, _cache) = self
+            .authz
+            .delegate(&route, subject, &caller)
+            .await
+            .map_err(|d| status(&d))?;
         Ok(Response::new(ExchangeResponse {
             access_token: token.token.expose().to_owned(),
             issued_token_type: token.issued_token_type.clone().unwrap_or_default(),
@@ -54,6 +70,32 @@ impl DelegationBroker for Broker {
             expires_at: i64::try_from(token.expires_at).unwrap_or(i64::MAX),
             scope: token.scope.clone().unwrap_or_default(),
         }))
+    }
+}
+
+impl Broker {
+    /// Who is calling: the verified `sub` of the call's bearer token (`None` under `callers: any`).
+    async fn caller(&self, request: &Request<ExchangeRequest>) -> Result<Option<String>, Denial> {
+        if self.authz.broker_callers == BrokerCallers::Any {
+            return Ok(None);
+        }
+        let unauthenticated = |why: &'static str| Denial::new(Reason::CallerUnauthenticated, why);
+        if !self.authz.verifies() {
+            return Err(unauthenticated(
+                "the broker authenticates callers against trusted_issuers, and none is configured",
+            ));
+        }
+        let header = match request.metadata().get("authorization").map(|v| v.to_str()) {
+            None => Authorization::Missing,
+            Some(Ok(v)) => Authorization::One(v),
+            Some(Err(_)) => return Err(unauthenticated("the caller's authorization metadata is not text")),
+        };
+        let token = subject_token(&header, self.authz.max_token_bytes())?
+            .ok_or_else(|| unauthenticated("the call carries no bearer token of its caller"))?;
+        let subject = self.authz.verify(token, &cache::digest(token)).await?;
+        let sub = subject.as_deref().and_then(|s| s.sub()).map(str::to_owned);
+        sub.map(Some)
+            .ok_or_else(|| unauthenticated("the caller's token names no subject"))
     }
 }
 

@@ -31,6 +31,49 @@ pub struct RawConfig {
     pub missing_token: MissingToken,
     pub destinations: Vec<RawDestination>,
     pub shutdown_grace: Option<String>,
+    pub trusted_issuers: Vec<crate::verify::RawIssuer>,
+    pub opaque_tokens: crate::verify::OpaqueTokens,
+    pub workload: RawWorkload,
+    pub actor: Option<crate::actor::RawActor>,
+    pub broker: RawBroker,
+}
+
+/// `workload:`: who this Baton acts for, in sidecar mode.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawWorkload {
+    /// The calling workload's identity (e.g. its SPIFFE ID), used as the policy's `source` when
+    /// Envoy reports no source principal.
+    pub identity: Option<String>,
+}
+
+/// `broker:`: who may call `baton.v1.DelegationBroker`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawBroker {
+    pub callers: BrokerCallers,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerCallers {
+    /// A bearer token in the call's `authorization` metadata, verified against `trusted_issuers`;
+    /// its `sub` is the caller (the policy's `source`).
+    #[default]
+    Authenticated,
+    /// Anyone who can reach the listener (development, or a listener only the workload can reach).
+    Any,
+}
+
+/// `destinations[].actor`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationActor {
+    /// Present the workload's actor token when `actor:` is configured.
+    #[default]
+    Inherit,
+    /// Never present an actor token to this destination's exchanges.
+    None,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +195,8 @@ pub struct RawDestination {
     pub resource: Option<String>,
     pub scopes: Vec<String>,
     pub requested_token_type: Option<String>,
+    pub policy: crate::policy::RawPolicy,
+    pub actor: DestinationActor,
     /// The name of the token service this destination's tokens come from (default `default`).
     pub token_service: Option<String>,
 }
@@ -169,6 +214,11 @@ pub struct Config {
     pub missing_token: MissingToken,
     pub destinations: Vec<Destination>,
     pub shutdown_grace: Duration,
+    pub trusted_issuers: Vec<crate::verify::IssuerConfig>,
+    pub opaque_tokens: crate::verify::OpaqueTokens,
+    pub workload_identity: Option<String>,
+    pub actor: Option<crate::actor::ActorToken>,
+    pub broker_callers: BrokerCallers,
 }
 
 #[derive(Debug)]
@@ -234,7 +284,7 @@ pub struct SubjectToken {
     pub token_type: &'static str,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Destination {
     pub name: String,
     pub hosts: Vec<String>,
@@ -242,6 +292,8 @@ pub struct Destination {
     pub resource: Option<String>,
     pub scopes: Vec<String>,
     pub requested_token_type: Option<String>,
+    pub policy: crate::policy::Policy,
+    pub actor: DestinationActor,
     /// The name of one of `Config::token_services`.
     pub token_service: String,
 }
@@ -272,11 +324,12 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Default)]
-struct Errors(Vec<FieldError>);
+/// Problems collected while validating, so all are reported at once.
+#[derive(Debug, Default)]
+pub struct Errors(pub Vec<FieldError>);
 
 impl Errors {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             path: path.into(),
             message: message.into(),
@@ -343,7 +396,21 @@ impl RawConfig {
         if subject_token.max_bytes == 0 {
             errors.add("subject_token.max_bytes", "must be at least 1");
         }
-        let destinations = validate_destinations(self.destinations, &token_services, &mut errors);
+        let trusted_issuers: Vec<_> = self
+            .trusted_issuers
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, raw)| raw.validate(&format!("trusted_issuers[{i}]"), &mut errors))
+            .collect();
+        let verified = !trusted_issuers.is_empty();
+        let actor = self.actor.and_then(|a| a.validate(&mut errors));
+        let destinations = validate_destinations(
+            self.destinations,
+            &token_services,
+            verified,
+            actor.is_some(),
+            &mut errors,
+        );
         let shutdown_grace = duration(
             self.shutdown_grace.as_deref(),
             "shutdown_grace",
@@ -360,6 +427,11 @@ impl RawConfig {
                 missing_token: self.missing_token,
                 destinations,
                 shutdown_grace,
+                trusted_issuers,
+                opaque_tokens: self.opaque_tokens,
+                workload_identity: self.workload.identity,
+                actor,
+                broker_callers: self.broker.callers,
             }),
             _ => Err(ConfigError(errors.0)),
         }
@@ -584,7 +656,13 @@ fn validate_auth(raw: RawClientAuth, at: &str, errors: &mut Errors) -> Option<Cl
     }
 }
 
-fn validate_destinations(raw: Vec<RawDestination>, services: &TokenServices, errors: &mut Errors) -> Vec<Destination> {
+fn validate_destinations(
+    raw: Vec<RawDestination>,
+    services: &TokenServices,
+    verified: bool,
+    has_actor: bool,
+    errors: &mut Errors,
+) -> Vec<Destination> {
     let mut names = HashSet::new();
     let mut hosts = HashSet::new();
     let mut out = Vec::with_capacity(raw.len());
@@ -634,6 +712,7 @@ fn validate_destinations(raw: Vec<RawDestination>, services: &TokenServices, err
                 "must be a token type URN (urn:ietf:params:oauth:token-type:...)",
             );
         }
+        let policy = d.policy.compile(&at("policy"), verified, errors);
         let token_service = d.token_service.unwrap_or_else(|| DEFAULT_TOKEN_SERVICE.to_owned());
         match services.get(&token_service) {
             None if !services.0.is_empty() => errors.add(
@@ -643,12 +722,25 @@ fn validate_destinations(raw: Vec<RawDestination>, services: &TokenServices, err
                     services.names()
                 ),
             ),
-            Some(Some(ts)) if ts.profile == Profile::EntraObo && d.requested_token_type.is_some() => errors.add(
-                at("requested_token_type"),
-                format!(
-                    "token service `{token_service}` uses the entra_obo profile, which has no requested_token_type"
-                ),
-            ),
+            Some(Some(ts)) if ts.profile == Profile::EntraObo => {
+                if d.requested_token_type.is_some() {
+                    errors.add(
+                        at("requested_token_type"),
+                        format!(
+                            "token service `{token_service}` uses the entra_obo profile, which has no requested_token_type"
+                        ),
+                    );
+                }
+                // Entra's on-behalf-of request has no actor token: say so rather than drop it.
+                if has_actor && d.actor == DestinationActor::Inherit {
+                    errors.add(
+                        at("actor"),
+                        format!(
+                            "token service `{token_service}` uses the entra_obo profile, which cannot present an actor token: set `actor: none`"
+                        ),
+                    );
+                }
+            }
             _ => {}
         }
         out.push(Destination {
@@ -658,6 +750,8 @@ fn validate_destinations(raw: Vec<RawDestination>, services: &TokenServices, err
             resource: d.resource,
             scopes: d.scopes,
             requested_token_type: d.requested_token_type,
+            policy,
+            actor: d.actor,
             token_service,
         });
     }
@@ -977,6 +1071,17 @@ destinations:
 "#;
         let err = Config::from_yaml(yaml).expect_err("invalid");
         assert_eq!(err.0[0].path, "destinations[0].requested_token_type", "{err}");
+
+        // Nor an actor token: a destination must opt out of `actor:` explicitly.
+        let (_guard, token) = secret_file();
+        let yaml = |actor: &str| {
+            format!(
+                "actor: {{token_file: {token}}}\ntoken_service: {{token_endpoint: 'http://entra/token', client_id: app, profile: entra_obo, auth: {{method: none}}}}\ndestinations:\n  - {{name: graph, hosts: [graph], audience: 'https://graph'{actor}}}\n"
+            )
+        };
+        let err = Config::from_yaml(&yaml("")).expect_err("actor with entra_obo");
+        assert_eq!(err.0[0].path, "destinations[0].actor", "{err}");
+        Config::from_yaml(&yaml(", actor: none")).expect("actor: none");
         let err = Config::from_yaml(
             "token_service: {profile: obo}
 ",

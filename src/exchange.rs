@@ -33,6 +33,8 @@ pub struct Target {
     pub scope: Option<String>,
     pub requested_token_type: Option<String>,
     pub subject_token_type: &'static str,
+    /// The workload's own token and its type (RFC 8693 section 4.1: it becomes the `act` claim).
+    pub actor: Option<(Secret, String)>,
 }
 
 /// A token the token service issued.
@@ -271,6 +273,10 @@ impl TokenService {
                     ("requested_token_type", &target.requested_token_type),
                 ];
                 form.extend(optional.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))));
+                if let Some((token, token_type)) = &target.actor {
+                    form.push(("actor_token", token.expose()));
+                    form.push(("actor_token_type", token_type));
+                }
                 form
             }
             Profile::EntraObo => {
@@ -673,6 +679,7 @@ mod tests {
             scope: scope.map(str::to_owned),
             requested_token_type: None,
             subject_token_type: crate::config::TOKEN_TYPE_ACCESS_TOKEN,
+            actor: None,
         };
         assert_eq!(
             entra_obo_scope(&target(Some("api://orders"), None, None)),

@@ -4,6 +4,7 @@
 //! The data path, one module a step: [`extract`] -> [`route`] -> [`authz`] (the decision) ->
 //! [`cache`] / [`exchange`] -> [`respond`]. [`server`] serves it; [`app`] builds it from [`config`].
 
+pub mod actor;
 pub mod app;
 pub mod authz;
 pub mod broker;
@@ -14,9 +15,11 @@ pub mod discovery;
 pub mod exchange;
 pub mod extract;
 pub mod jwt;
+pub mod policy;
 pub mod reason;
 pub mod respond;
 pub mod route;
 pub mod secret;
 pub mod server;
 pub mod sts;
+pub mod verify;

@@ -128,7 +128,8 @@ async fn mutual_tls_client_authentication_and_the_entra_on_behalf_of_profile() {
     let rogue = tls(&pki.rogue_cert, &pki.rogue_key);
     let ca = path(&pki.ca);
     let config = format!(
-        r#"token_services:
+        r#"broker: {{ callers: any }}
+token_services:
   mtls: {{token_endpoint: "{endpoint}", client_id: {client_id}, ca_file: '{ca}', auth: {mtls}, timeout: 2s}}
   obo: {{token_endpoint: "{endpoint}", client_id: {client_id}, ca_file: '{ca}', profile: entra_obo, auth: {mtls}, timeout: 2s}}
   rogue: {{token_endpoint: "{endpoint}", client_id: {client_id}, ca_file: '{ca}', auth: {rogue}, timeout: 2s}}
@@ -144,7 +145,7 @@ destinations:
   - {{name: untrusted-server, audience: "{ORDERS}", token_service: untrusted-server}}
 "#
     );
-    let baton = Baton::start_config(&scratch, &config).await;
+    let baton = Baton::start_raw(&scratch, &config, "baton=debug,info").await;
     let mut client = broker(&baton).await;
     // Entra only lets the app a user token was issued to use it on the user's behalf.
     let user = service
@@ -259,7 +260,7 @@ async fn a_client_assertion_file_is_sent_and_re_read_when_it_rotates() {
         service.token_endpoint,
         file.display()
     );
-    let baton = Baton::start_with(&scratch, &token_service, "").await;
+    let baton = Baton::start_with(&scratch, &token_service, "broker: { callers: any }\n").await;
     let mut client = broker(&baton).await;
 
     let alice = service.mint("alice", "orders.read").await;
@@ -325,7 +326,7 @@ destinations:
         service(&east.token_endpoint),
         service(&west.token_endpoint)
     );
-    let baton = Baton::start_config(&scratch, &config).await;
+    let baton = Baton::start_raw(&scratch, &config, "baton=debug,info").await;
     let upstream = Upstream::start().await;
     let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
 

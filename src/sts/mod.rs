@@ -172,6 +172,7 @@ struct Sts {
     fault_delay: Duration,
     fault_status: Option<StatusCode>,
     exchanges: AtomicU64,
+    jwks_served: AtomicU64,
 }
 
 /// Where a running service can be reached.
@@ -208,6 +209,7 @@ pub async fn serve(
         fault_delay: config.fault_delay,
         fault_status: config.fault_status,
         exchanges: AtomicU64::new(0),
+        jwks_served: AtomicU64::new(0),
     });
     let metadata = Arc::new(json!({
         "issuer": endpoints.issuer,
@@ -267,11 +269,15 @@ impl IntoResponse for OAuthError {
 }
 
 async fn jwks(State(sts): State<Arc<Sts>>) -> Json<Value> {
+    sts.jwks_served.fetch_add(1, Ordering::Relaxed);
     Json(json!({ "keys": [sts.key.jwk] }))
 }
 
 async fn stats(State(sts): State<Arc<Sts>>) -> Json<Value> {
-    Json(json!({ "token_exchange": sts.exchanges.load(Ordering::Relaxed) }))
+    Json(json!({
+        "token_exchange": sts.exchanges.load(Ordering::Relaxed),
+        "jwks": sts.jwks_served.load(Ordering::Relaxed),
+    }))
 }
 
 async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: String) -> Response {
@@ -557,6 +563,10 @@ struct MintRequest {
     scope: Option<String>,
     expires_in: Option<i64>,
     may_act: Option<String>,
+    /// Seconds from now before which the token is not valid (`nbf`).
+    not_before: Option<i64>,
+    /// More claims, as a JSON object (e.g. `{"tenant":"acme"}`); they cannot replace the ones above.
+    claims: Option<String>,
 }
 
 /// Development helper: a user token signed by this service, as its (absent) login would issue.
@@ -582,6 +592,24 @@ async fn mint(State(sts): State<Arc<Sts>>, axum::Form(request): axum::Form<MintR
     }
     if let Some(actor) = request.may_act {
         claims["may_act"] = json!({ "sub": actor });
+    }
+    if let Some(seconds) = request.not_before {
+        claims["nbf"] = json!(now + seconds);
+    }
+    if let Some(extra) = request.claims {
+        let Ok(Value::Object(extra)) = serde_json::from_str::<Value>(&extra) else {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "claims must be a JSON object",
+            )
+            .into_response();
+        };
+        for (name, value) in extra {
+            if claims.get(&name).is_none() {
+                claims[name] = value;
+            }
+        }
     }
     match sts.sign(&claims) {
         Ok(token) => Json(json!({ "access_token": token, "expires_in": expires_in })).into_response(),

@@ -283,7 +283,8 @@ impl TokenService {
         self.mint_with(&[("sub", sub), ("scope", scope)]).await
     }
 
-    /// A user token with these mint parameters (`sub`, `aud`, `scope`, `expires_in`).
+    /// A user token with these mint parameters (`baton sts` also takes aud, expires_in,
+    /// not_before, may_act and claims).
     pub async fn mint_with(&self, form: &[(&str, &str)]) -> String {
         let response = self
             .http
@@ -303,7 +304,7 @@ impl TokenService {
         self.stat("token_exchange").await
     }
 
-    /// One counter of the stats endpoint.
+    /// A counter from the service's stats endpoint (`baton sts` also counts `jwks` fetches).
     pub async fn stat(&self, name: &str) -> u64 {
         let response = self
             .http
@@ -403,20 +404,9 @@ impl Baton {
         Self::start_logging(scratch, listen, token_service, extra, "baton=debug,info").await
     }
 
-    /// Start `baton run` with this configuration: everything but `listen:`, which is added.
-    pub async fn start_config(scratch: &Scratch, config: &str) -> Self {
-        let (grpc, admin) = (free_port(), free_port());
-        let yaml = format!("listen:\n  grpc: 127.0.0.1:{grpc}\n  admin: 127.0.0.1:{admin}\n{config}");
-        Self::launch(scratch, grpc, admin, &yaml, "baton=debug,info").await
-    }
-
     async fn start_logging(scratch: &Scratch, listen: &str, token_service: &str, extra: &str, log: &str) -> Self {
-        let (grpc, admin) = (free_port(), free_port());
-        let yaml = format!(
-            r#"listen:
-  grpc: 127.0.0.1:{grpc}
-  admin: 127.0.0.1:{admin}
-{listen}token_service:
+        let body = format!(
+            r#"{listen}token_service:
 {token_service}
 cache:
   max_entries: 10000
@@ -434,11 +424,15 @@ destinations:
     audience: {FORBIDDEN}
 {extra}"#
         );
-        Self::launch(scratch, grpc, admin, &yaml, log).await
+        Self::start_raw(scratch, &body, log).await
     }
 
-    async fn launch(scratch: &Scratch, grpc: u16, admin: u16, yaml: &str, log: &str) -> Self {
-        let config = scratch.write("baton.yaml", yaml);
+    /// Start `baton run` with this configuration; `listen.grpc` and `listen.admin` are added (any
+    /// further `listen:` keys go in `body` as `  key: value` lines first).
+    pub async fn start_raw(scratch: &Scratch, body: &str, log: &str) -> Self {
+        let (grpc, admin) = (free_port(), free_port());
+        let yaml = format!("listen:\n  grpc: 127.0.0.1:{grpc}\n  admin: 127.0.0.1:{admin}\n{body}");
+        let config = scratch.write("baton.yaml", &yaml);
         let child = Command::new(baton_bin())
             .arg("run")
             .arg("--config")

@@ -133,9 +133,9 @@ function resourceServerInfo(identifier, scope) {
   };
 }
 
-// The `act` claim of a token being issued, keyed by the AccessToken instance; read back by
+// Extra claims (`act`, `may_act`) of a token being issued, keyed by the AccessToken instance; read back by
 // the library through the `extraTokenClaims` hook when it builds the JWT payload.
-const actClaims = new WeakMap();
+const extraClaims = new WeakMap();
 
 // features.resourceIndicators.getResourceServerInfo. Kept in a name of its own because the
 // provider's resolved configuration is private (custom grant handlers get no helpers).
@@ -225,10 +225,7 @@ const provider = new Provider(issuer, {
   ttl: {
     AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL ?? TOKEN_LIFETIME,
   },
-  extraTokenClaims: (ctx, token) => {
-    const act = actClaims.get(token);
-    return act ? { act } : undefined;
-  },
+  extraTokenClaims: (ctx, token) => extraClaims.get(token),
   // JSON errors for every client, whatever its Accept header says.
   async renderError(ctx, out) {
     ctx.type = 'json';
@@ -312,6 +309,10 @@ async function tokenExchange(ctx) {
   let act;
   if (params.actor_token !== undefined) {
     const actor = await verifyOwnAccessToken(params.actor_token, 'actor_token');
+    // RFC 8693 4.4: a subject that names who may act for it is obeyed.
+    if (subject.may_act && subject.may_act.sub !== actor.sub) {
+      throw new errors.InvalidGrant("the subject token's may_act does not name this actor");
+    }
     // The new actor first; earlier actors of the subject token nest inside (RFC 8693 4.1).
     act = { sub: actor.sub, ...(subject.act ? { act: subject.act } : undefined) };
   } else if (subject.act) {
@@ -330,7 +331,7 @@ async function tokenExchange(ctx) {
     scope,
     resourceServer,
   });
-  if (act) actClaims.set(token, act);
+  if (act) extraClaims.set(token, { act });
 
   ctx.oidc.entity('AccessToken', token);
   const value = await token.save();
@@ -473,6 +474,10 @@ async function mint(form) {
     exp: now + expiresIn,
     resourceServer: new provider.ResourceServer(aud, resourceServerInfo(aud, scope)),
   });
+  if (form.get('may_act')) {
+    // Read back by the extraTokenClaims hook, like `act` for exchanged tokens.
+    extraClaims.set(token, { may_act: { sub: form.get('may_act') } });
+  }
   const value = await token.save();
   return [200, { access_token: value, expires_in: expiresIn }];
 }
