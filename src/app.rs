@@ -7,17 +7,23 @@ use std::sync::Arc;
 
 use crate::authz::Authz;
 use crate::config::{Config, Endpoint};
-use crate::exchange::{TokenService, http_client};
+use crate::exchange::{TokenService, TokenServices};
 use crate::server::{self, Listeners};
 use crate::verify::Verifier;
 
-/// Build the decision core from a validated configuration; starts discovery when the token
-/// endpoint comes from the issuer's metadata, and the trusted issuers' key refresh.
+/// Build the decision core from a validated configuration; starts discovery for each token service
+/// whose endpoint comes from the issuer's metadata, and the trusted issuers' key refresh.
 pub fn build(mut config: Config) -> Result<Arc<Authz>, String> {
-    let service = TokenService::new(&config.token_service).map_err(|e| format!("token service client: {e}"))?;
-    if let Endpoint::Discover { issuer } = &config.token_service.endpoint {
-        let http = http_client(config.token_service.timeout).map_err(|e| format!("discovery client: {e}"))?;
-        tokio::spawn(crate::discovery::run(http, issuer.clone(), service.endpoint().clone()));
+    let services = config
+        .token_services
+        .iter()
+        .map(|ts| TokenService::new(ts).map_err(|e| format!("token service `{}`: {e}", ts.name)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let services = TokenServices::new(services);
+    for ts in &config.token_services {
+        if let (Endpoint::Discover { issuer }, Some(service)) = (&ts.endpoint, services.get(&ts.name)) {
+            tokio::spawn(crate::discovery::run(service.clone(), issuer.clone()));
+        }
     }
     let issuers = std::mem::take(&mut config.trusted_issuers);
     let verifier = Verifier::new(issuers, config.opaque_tokens, config.cache.max_entries)?;
@@ -27,7 +33,7 @@ pub fn build(mut config: Config) -> Result<Arc<Authz>, String> {
             tracing::warn!("no trusted_issuers: subject tokens are not verified by Baton, only by the token service")
         }
     }
-    Ok(Arc::new(Authz::new(config, service, verifier)))
+    Ok(Arc::new(Authz::new(config, services, verifier)))
 }
 
 /// Bind the configured listeners. A stale Unix socket file from an earlier run is replaced. An

@@ -11,7 +11,7 @@ use tracing::Instrument as _;
 use crate::actor::{self, ActorToken};
 use crate::cache::{self, CacheStatus, Delegated, Key, Lifetimes, TokenCache};
 use crate::config::{BrokerCallers, Config, Destination, DestinationActor, MissingToken, UnknownDestination};
-use crate::exchange::{ExchangeError, Target, TokenService};
+use crate::exchange::{ExchangeError, Target, TokenService, TokenServices};
 use crate::extract::{self, Headers, Outbound};
 use crate::jwt;
 use crate::policy::{Facts, Policy};
@@ -43,7 +43,10 @@ pub struct Route {
     scopes: Vec<String>,
     policy: Arc<Policy>,
     use_actor: bool,
-    /// Digest of `target` and the client identity: the first half of every cache key.
+    /// Where this destination's tokens come from.
+    pub token_service: Arc<TokenService>,
+    /// Digest of `target`, the token service and the client identity: the first half of every
+    /// cache key.
     key_params: Key,
 }
 
@@ -62,7 +65,7 @@ pub struct Caller<'a> {
 pub struct Authz {
     routes: Routes<Route>,
     cache: TokenCache,
-    token_service: TokenService,
+    token_services: TokenServices,
     unknown_destination: UnknownDestination,
     missing_token: MissingToken,
     max_token_bytes: usize,
@@ -74,28 +77,23 @@ pub struct Authz {
 }
 
 impl Authz {
-    pub fn new(config: Config, token_service: TokenService, verifier: Option<Arc<Verifier>>) -> Self {
+    /// `token_services` holds every service a destination names (config validation saw to it).
+    pub fn new(config: Config, token_services: TokenServices, verifier: Option<Arc<Verifier>>) -> Self {
         let subject_token_type = config.subject_token.token_type;
         let has_actor = config.actor.is_some();
-        let routes = Routes::new(config.destinations.into_iter().map(|d| {
+        let routes = Routes::new(config.destinations.into_iter().filter_map(|d| {
             let target = target(&d, subject_token_type);
             let name = d.name.clone();
             let hosts = d.hosts.clone();
             let use_actor = has_actor && d.actor == DestinationActor::Inherit;
-            let route = Route::new(
-                d.name,
-                target,
-                d.scopes,
-                Arc::new(d.policy),
-                use_actor,
-                token_service.client_id(),
-            );
-            (name, hosts, route)
+            let token_service = token_services.get(&d.token_service)?.clone();
+            let route = Route::new(d.name, target, d.scopes, Arc::new(d.policy), use_actor, token_service);
+            Some((name, hosts, route))
         }));
         Self {
             routes,
             cache: TokenCache::new(config.cache.max_entries),
-            token_service,
+            token_services,
             unknown_destination: config.unknown_destination,
             missing_token: config.missing_token,
             max_token_bytes: config.subject_token.max_bytes,
@@ -107,8 +105,8 @@ impl Authz {
         }
     }
 
-    pub fn token_service(&self) -> &TokenService {
-        &self.token_service
+    pub fn token_services(&self) -> &TokenServices {
+        &self.token_services
     }
 
     pub fn cache(&self) -> &TokenCache {
@@ -225,7 +223,7 @@ impl Authz {
             let target = target.as_ref().unwrap_or(&route.target);
             let span =
                 tracing::debug_span!("exchange", destination = %route.name, subject = %fingerprint(subject_token));
-            let issued = self.token_service.exchange(subject_token, target).instrument(span).await.map_err(
+            let issued = route.token_service.exchange(subject_token, target).instrument(span).await.map_err(
                 |e: ExchangeError| {
                     tracing::warn!(destination = %route.name, subject = %fingerprint(subject_token), error = %e, "token exchange failed");
                     Denial::from(&e)
@@ -281,7 +279,7 @@ impl Authz {
             scopes.to_vec(),
             base.policy.clone(),
             base.use_actor,
-            self.token_service.client_id(),
+            base.token_service.clone(),
         );
         Some(Arc::new(route))
     }
@@ -316,10 +314,12 @@ impl Route {
         scopes: Vec<String>,
         policy: Arc<Policy>,
         use_actor: bool,
-        client_id: &str,
+        token_service: Arc<TokenService>,
     ) -> Self {
         let key_params = cache::params_digest(&[
-            client_id,
+            token_service.name(),
+            token_service.locator(),
+            token_service.client_id(),
             target.audience.as_deref().unwrap_or(""),
             target.resource.as_deref().unwrap_or(""),
             target.scope.as_deref().unwrap_or(""),
@@ -333,6 +333,7 @@ impl Route {
             scopes,
             policy,
             use_actor,
+            token_service,
             key_params,
         }
     }

@@ -10,6 +10,7 @@ pub mod authz;
 pub mod broker;
 pub mod cache;
 pub mod config;
+pub mod credentials;
 pub mod discovery;
 pub mod exchange;
 pub mod extract;

@@ -132,12 +132,18 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         Ok(config) => {
             #[allow(clippy::print_stdout)]
             {
+                let services: Vec<String> = config
+                    .token_services
+                    .iter()
+                    .map(|ts| format!("`{}` ({}, client `{}`)", ts.name, ts.profile.as_str(), ts.client_id))
+                    .collect();
                 println!(
-                    "{}: ok ({} destination{}, token service client `{}`)",
+                    "{}: ok ({} destination{}, token service{} {})",
                     file.display(),
                     config.destinations.len(),
                     if config.destinations.len() == 1 { "" } else { "s" },
-                    config.token_service.client_id
+                    if services.len() == 1 { "" } else { "s" },
+                    services.join(", ")
                 );
             }
             ExitCode::SUCCESS

@@ -103,7 +103,7 @@ fn admin_router(authz: Arc<Authz>, stopping: Arc<AtomicBool>) -> axum::Router {
     axum::Router::new().route("/healthz", get(|| async { "ok\n" })).route(
         "/readyz",
         get(move || {
-            let ready = !stopping.load(Ordering::SeqCst) && authz.token_service().endpoint().get().is_some();
+            let ready = !stopping.load(Ordering::SeqCst) && authz.token_services().ready();
             async move {
                 if ready {
                     (StatusCode::OK, "ready\n")

@@ -145,6 +145,8 @@ pub struct PeerOptions {
     pub delay: Option<&'static str>,
     pub status: Option<u16>,
     pub env: Vec<(&'static str, String)>,
+    /// A PEM CA the harness trusts for a peer serving HTTPS (its own requests: mint, stats, JWKS).
+    pub tls_root: Option<String>,
 }
 
 pub struct TokenService {
@@ -155,6 +157,7 @@ pub struct TokenService {
     child: Child,
     mint_path: &'static str,
     stats_path: &'static str,
+    http: reqwest::Client,
 }
 
 impl TokenService {
@@ -245,6 +248,14 @@ impl TokenService {
             Peer::BatonSts => ("/dev/mint", "/dev/stats"),
             _ => ("/test/mint", "/test/stats"),
         };
+        let http = match &faults.tls_root {
+            Some(pem) => reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes()).expect("tls_root PEM")])
+                .build()
+                .expect("http client"),
+            None => http(),
+        };
         Self {
             peer,
             issuer: field("issuer"),
@@ -253,6 +264,7 @@ impl TokenService {
             child,
             mint_path,
             stats_path,
+            http,
         }
     }
 
@@ -276,7 +288,8 @@ impl TokenService {
     /// A user token with these mint parameters (`baton sts` also takes aud, expires_in,
     /// not_before, may_act and claims).
     pub async fn mint_with(&self, form: &[(&str, &str)]) -> String {
-        let response = http()
+        let response = self
+            .http
             .post(format!("{}{}", self.base(), self.mint_path))
             .form(form)
             .send()
@@ -295,7 +308,8 @@ impl TokenService {
 
     /// A counter from the service's stats endpoint (`baton sts` also counts `jwks` fetches).
     pub async fn stat(&self, name: &str) -> u64 {
-        let response = http()
+        let response = self
+            .http
             .get(format!("{}{}", self.base(), self.stats_path))
             .send()
             .await
@@ -308,7 +322,7 @@ impl TokenService {
 
     /// Verify `token` against this service's JWKS; the verified claims.
     pub async fn verify(&self, token: &str) -> Value {
-        let response = http().get(&self.jwks_uri).send().await.expect("jwks");
+        let response = self.http.get(&self.jwks_uri).send().await.expect("jwks");
         let jwks: jsonwebtoken::jwk::JwkSet =
             serde_json::from_slice(&response.bytes().await.expect("jwks body")).expect("jwks json");
         let header = jsonwebtoken::decode_header(token).expect("the issued token is a JWT");
