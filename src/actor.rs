@@ -1,17 +1,21 @@
 //! The workload as actor (RFC 8693 section 4.1): Baton presents the workload's own token as
 //! `actor_token`, so the issued token carries the delegation chain in `act`. The token is read from
 //! a file (a Kubernetes projected service-account token or a SPIFFE JWT-SVID) and re-read when the
-//! file changes, since kubelet rotates it. This module also reads the chain back out of an issued
-//! token (`act`, nested for longer chains). It never logs a token.
+//! file changes, since kubelet rotates it; or Baton obtains it from the destination's token service
+//! with client_credentials and keeps it until shortly before it expires. This module also reads the
+//! chain back out of an issued token (`act`, nested for longer chains). It never logs a token.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{Errors, TOKEN_TYPE_JWT};
+use crate::cache::unix_now;
+use crate::config::{Errors, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
+use crate::exchange::TokenService;
 use crate::reason::{Denial, Reason};
 use crate::secret::Secret;
 
@@ -20,69 +24,142 @@ use crate::secret::Secret;
 #[serde(default, deny_unknown_fields)]
 pub struct RawActor {
     pub token_file: Option<PathBuf>,
-    /// Default `urn:ietf:params:oauth:token-type:jwt`.
+    /// Instead of a file: Baton's own token from each destination's token service.
+    pub client_credentials: Option<RawClientCredentials>,
+    /// Default `urn:ietf:params:oauth:token-type:jwt` for a file, `...:access_token` otherwise.
     pub token_type: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawClientCredentials {
+    pub audience: Option<String>,
+    pub scope: Option<String>,
 }
 
 impl RawActor {
     pub fn validate(self, errors: &mut Errors) -> Option<ActorToken> {
-        let Some(path) = self.token_file else {
-            errors.add(
-                "actor.token_file",
-                "is required (the workload's own token, e.g. a projected service-account token)",
-            );
-            return None;
+        let (source, default_type) = match (self.token_file, self.client_credentials) {
+            (Some(path), None) => (
+                Source::File {
+                    path,
+                    current: tokio::sync::Mutex::new(None),
+                },
+                TOKEN_TYPE_JWT,
+            ),
+            (None, Some(cc)) => {
+                let cached = tokio::sync::Mutex::new(HashMap::new());
+                (
+                    Source::ClientCredentials {
+                        audience: cc.audience,
+                        scope: cc.scope,
+                        cached,
+                    },
+                    TOKEN_TYPE_ACCESS_TOKEN,
+                )
+            }
+            _ => {
+                errors.add(
+                    "actor",
+                    "set one of `token_file` (e.g. a projected service-account token) or `client_credentials`",
+                );
+                return None;
+            }
         };
-        let token_type = self.token_type.unwrap_or_else(|| TOKEN_TYPE_JWT.to_owned());
+        let token_type = self.token_type.unwrap_or_else(|| default_type.to_owned());
         if !token_type.starts_with("urn:") {
             errors.add("actor.token_type", "must be a token type URN");
         }
-        Some(ActorToken {
-            path,
-            token_type,
-            current: tokio::sync::Mutex::new(None),
-        })
+        Some(ActorToken { source, token_type })
     }
 }
 
-/// The workload's token, from a file that may be replaced at any time.
+/// The workload's own token.
 #[derive(Debug)]
 pub struct ActorToken {
-    path: PathBuf,
+    source: Source,
     pub token_type: String,
-    /// (modification time, token) of the last read.
-    current: tokio::sync::Mutex<Option<(SystemTime, Arc<Secret>)>>,
+}
+
+type FileState = tokio::sync::Mutex<Option<(SystemTime, Arc<Secret>)>>;
+
+#[derive(Debug)]
+enum Source {
+    /// A file that may be replaced at any time, with (modification time, token) of the last read.
+    File { path: PathBuf, current: FileState },
+    /// From each token service by client_credentials, kept as (expires at, token) per service.
+    ClientCredentials {
+        audience: Option<String>,
+        scope: Option<String>,
+        cached: tokio::sync::Mutex<HashMap<String, (u64, Arc<Secret>)>>,
+    },
 }
 
 impl ActorToken {
-    /// The token as the file holds it now: re-read only when its modification time changed.
-    pub async fn token(&self) -> Result<Arc<Secret>, Denial> {
-        let unavailable = |why: String| {
-            tracing::warn!(path = %self.path.display(), error = %why, "actor token unavailable");
-            Denial::new(Reason::ActorTokenUnavailable, "the workload's own token cannot be read")
-        };
-        let modified = tokio::fs::metadata(&self.path)
-            .await
-            .and_then(|m| m.modified())
-            .map_err(|e| unavailable(e.to_string()))?;
-        let mut current = self.current.lock().await;
-        if let Some((at, token)) = current.as_ref()
-            && *at == modified
-        {
-            return Ok(token.clone());
+    /// The token to present to `service`.
+    pub async fn token(&self, service: &TokenService) -> Result<Arc<Secret>, Denial> {
+        match &self.source {
+            Source::File { path, current } => from_file(path, current).await,
+            Source::ClientCredentials {
+                audience,
+                scope,
+                cached,
+            } => {
+                let mut cached = cached.lock().await;
+                let now = unix_now();
+                if let Some((expires_at, token)) = cached.get(service.name())
+                    && *expires_at > now
+                {
+                    return Ok(token.clone());
+                }
+                let issued = service
+                    .client_credentials(audience.as_deref(), scope.as_deref())
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(token_service = service.name(), error = %e, "cannot obtain the actor token");
+                        Denial::new(
+                            Reason::ActorTokenUnavailable,
+                            "the workload's own token cannot be obtained",
+                        )
+                    })?;
+                // Kept until 30 s before it expires (5 minutes when the service does not say).
+                let lifetime = issued.expires_in.unwrap_or(330).saturating_sub(30);
+                let token = Arc::new(issued.access_token);
+                tracing::info!(token_service = service.name(), actor = %token.fingerprint(), "actor token obtained");
+                cached.insert(service.name().to_owned(), (now + lifetime, token.clone()));
+                Ok(token)
+            }
         }
-        let text = tokio::fs::read_to_string(&self.path)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let text = text.trim();
-        if text.is_empty() || text.len() > 64 * 1024 {
-            return Err(unavailable("empty or larger than 64 KiB".into()));
-        }
-        let token = Arc::new(Secret::new(text));
-        tracing::info!(path = %self.path.display(), actor = %token.fingerprint(), "actor token loaded");
-        *current = Some((modified, token.clone()));
-        Ok(token)
     }
+}
+
+/// The token as the file holds it now: re-read only when its modification time changed.
+async fn from_file(path: &Path, current: &FileState) -> Result<Arc<Secret>, Denial> {
+    let unavailable = |why: String| {
+        tracing::warn!(path = %path.display(), error = %why, "actor token unavailable");
+        Denial::new(Reason::ActorTokenUnavailable, "the workload's own token cannot be read")
+    };
+    let modified = tokio::fs::metadata(path)
+        .await
+        .and_then(|m| m.modified())
+        .map_err(|e| unavailable(e.to_string()))?;
+    let mut current = current.lock().await;
+    if let Some((at, token)) = current.as_ref()
+        && *at == modified
+    {
+        return Ok(token.clone());
+    }
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let text = text.trim();
+    if text.is_empty() || text.len() > 64 * 1024 {
+        return Err(unavailable("empty or larger than 64 KiB".into()));
+    }
+    let token = Arc::new(Secret::new(text));
+    tracing::info!(path = %path.display(), actor = %token.fingerprint(), "actor token loaded");
+    *current = Some((modified, token.clone()));
+    Ok(token)
 }
 
 /// The actors of a delegation chain, outermost (current) first, from an `act` claim; deeper
@@ -131,15 +208,20 @@ mod tests {
         let path = std::env::temp_dir().join(format!("baton-actor-{}", std::process::id()));
         std::fs::write(&path, "first-token\n").expect("write");
         let mut errors = Errors::default();
-        let actor = RawActor {
+        let raw = RawActor {
             token_file: Some(path.clone()),
-            token_type: None,
-        }
-        .validate(&mut errors)
-        .expect("valid");
-        assert_eq!(actor.token().await.expect("read").expose(), "first-token");
+            ..Default::default()
+        };
+        let Some(ActorToken {
+            source: Source::File { current, .. },
+            ..
+        }) = raw.validate(&mut errors)
+        else {
+            panic!("a file source")
+        };
+        assert_eq!(from_file(&path, &current).await.expect("read").expose(), "first-token");
         // Same mtime: served from memory even if unchanged on disk.
-        assert_eq!(actor.token().await.expect("read").expose(), "first-token");
+        assert_eq!(from_file(&path, &current).await.expect("read").expose(), "first-token");
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&path, "second-token").expect("rotate");
         let later = SystemTime::now() + std::time::Duration::from_secs(1);
@@ -148,10 +230,13 @@ mod tests {
             .open(&path)
             .and_then(|f| f.set_modified(later))
             .expect("touch");
-        assert_eq!(actor.token().await.expect("reread").expose(), "second-token");
+        assert_eq!(
+            from_file(&path, &current).await.expect("reread").expose(),
+            "second-token"
+        );
         std::fs::remove_file(&path).expect("remove");
         assert_eq!(
-            actor.token().await.map_err(|d| d.reason).err(),
+            from_file(&path, &current).await.map_err(|d| d.reason).err(),
             Some(Reason::ActorTokenUnavailable)
         );
     }

@@ -9,7 +9,7 @@ use crate::authz::Authz;
 use crate::config::{Config, Endpoint};
 use crate::exchange::{TokenService, TokenServices};
 use crate::server::{self, Listeners};
-use crate::verify::Verifier;
+use crate::verify::{Introspection, Verifier};
 
 /// Build the decision core from a validated configuration; starts discovery for each token service
 /// whose endpoint comes from the issuer's metadata, and the trusted issuers' key refresh.
@@ -26,7 +26,11 @@ pub fn build(mut config: Config) -> Result<Arc<Authz>, String> {
         }
     }
     let issuers = std::mem::take(&mut config.trusted_issuers);
-    let verifier = Verifier::new(issuers, config.opaque_tokens, config.cache.max_entries)?;
+    let introspection = config.introspection.take().and_then(|i| {
+        let service = services.get(&i.token_service)?.clone();
+        Some(Introspection::new(i, service, config.cache.max_entries))
+    });
+    let verifier = Verifier::new(issuers, config.opaque_tokens, introspection, config.cache.max_entries)?;
     match &verifier {
         Some(verifier) => verifier.spawn_refresh(),
         None => {

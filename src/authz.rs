@@ -215,7 +215,7 @@ impl Authz {
                     t.scope = scope.clone();
                 }
                 if let (true, Some(actor)) = (route.use_actor, &self.actor) {
-                    let token = actor.token().await?;
+                    let token = actor.token(&route.token_service).await?;
                     t.actor = Some(((*token).clone(), actor.token_type.clone()));
                 }
                 target = Some(t);

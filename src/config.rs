@@ -33,6 +33,7 @@ pub struct RawConfig {
     pub shutdown_grace: Option<String>,
     pub trusted_issuers: Vec<crate::verify::RawIssuer>,
     pub opaque_tokens: crate::verify::OpaqueTokens,
+    pub introspection: Option<crate::verify::RawIntrospection>,
     pub workload: RawWorkload,
     pub actor: Option<crate::actor::RawActor>,
     pub broker: RawBroker,
@@ -216,6 +217,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub trusted_issuers: Vec<crate::verify::IssuerConfig>,
     pub opaque_tokens: crate::verify::OpaqueTokens,
+    pub introspection: Option<crate::verify::IntrospectionConfig>,
     pub workload_identity: Option<String>,
     pub actor: Option<crate::actor::ActorToken>,
     pub broker_callers: BrokerCallers,
@@ -402,7 +404,33 @@ impl RawConfig {
             .enumerate()
             .filter_map(|(i, raw)| raw.validate(&format!("trusted_issuers[{i}]"), &mut errors))
             .collect();
-        let verified = !trusted_issuers.is_empty();
+        let introspection = match (self.opaque_tokens, self.introspection) {
+            (crate::verify::OpaqueTokens::Introspect, Some(raw)) => raw.validate(&mut errors).filter(|i| {
+                let known = token_services.get(&i.token_service).is_some();
+                if !known {
+                    let names = token_services.names();
+                    errors.add(
+                        "introspection.token_service",
+                        format!(
+                            "`{}` is not a configured token service (there are: {names})",
+                            i.token_service
+                        ),
+                    );
+                }
+                known
+            }),
+            (crate::verify::OpaqueTokens::Introspect, None) => {
+                errors.add("introspection", "is required with `opaque_tokens: introspect`");
+                None
+            }
+            (_, Some(_)) => {
+                errors.add("introspection", "is used only with `opaque_tokens: introspect`");
+                None
+            }
+            (_, None) => None,
+        };
+        // Claims the policy reads come from Baton's own verification or from introspection.
+        let verified = !trusted_issuers.is_empty() || introspection.is_some();
         let actor = self.actor.and_then(|a| a.validate(&mut errors));
         let destinations = validate_destinations(
             self.destinations,
@@ -429,6 +457,7 @@ impl RawConfig {
                 shutdown_grace,
                 trusted_issuers,
                 opaque_tokens: self.opaque_tokens,
+                introspection,
                 workload_identity: self.workload.identity,
                 actor,
                 broker_callers: self.broker.callers,

@@ -234,10 +234,49 @@ impl TokenService {
     /// One token exchange, retried on connection errors and 5xx while the deadline allows.
     pub async fn exchange(&self, subject_token: &str, target: &Target) -> Result<Issued, ExchangeError> {
         let endpoint = self.endpoint.get().ok_or(ExchangeError::NotDiscovered)?;
+        self.with_retries(|| self.attempt(endpoint, subject_token, target))
+            .await
+    }
+
+    /// Baton's own token (RFC 6749 4.4 client_credentials), e.g. to present as the actor.
+    pub async fn client_credentials(
+        &self,
+        audience: Option<&str>,
+        scope: Option<&str>,
+    ) -> Result<Issued, ExchangeError> {
+        let endpoint = self.endpoint.get().ok_or(ExchangeError::NotDiscovered)?;
+        self.with_retries(|| async {
+            let mut form = vec![("grant_type", "client_credentials")];
+            form.extend(audience.map(|a| ("audience", a)));
+            form.extend(scope.map(|s| ("scope", s)));
+            let (status, body) = self.send_form(endpoint, form).await?;
+            parse_response(status, &body)
+        })
+        .await
+    }
+
+    /// RFC 7662 introspection of `token` at `endpoint`, authenticated as this client: the raw
+    /// answer, for the caller to judge.
+    pub async fn introspect(&self, endpoint: &Url, token: &str) -> Result<serde_json::Value, ExchangeError> {
+        let form = vec![("token", token), ("token_type_hint", "access_token")];
+        let (status, body) = tokio::time::timeout(self.timeout, self.send_form(endpoint, form))
+            .await
+            .unwrap_or(Err(ExchangeError::Timeout(self.timeout)))?;
+        if status != 200 {
+            return Err(ExchangeError::Status(status));
+        }
+        serde_json::from_slice(&body).map_err(|_| ExchangeError::BadResponse("not a JSON introspection response"))
+    }
+
+    async fn with_retries<F, Fut>(&self, mut call: F) -> Result<Issued, ExchangeError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Issued, ExchangeError>>,
+    {
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0;
         loop {
-            let result = tokio::time::timeout_at(deadline, self.attempt(endpoint, subject_token, target))
+            let result = tokio::time::timeout_at(deadline, call())
                 .await
                 .unwrap_or(Err(ExchangeError::Timeout(self.timeout)));
             let retryable = matches!(
@@ -259,7 +298,7 @@ impl TokenService {
 
     async fn attempt(&self, endpoint: &Url, subject_token: &str, target: &Target) -> Result<Issued, ExchangeError> {
         let entra_scope;
-        let mut form: Vec<(&str, &str)> = match self.profile {
+        let form: Vec<(&str, &str)> = match self.profile {
             Profile::Rfc8693 => {
                 let mut form = vec![
                     ("grant_type", GRANT_TOKEN_EXCHANGE),
@@ -289,7 +328,14 @@ impl TokenService {
                 ]
             }
         };
+        let (status, body) = self.send_form(endpoint, form).await?;
+        parse_response(status, &body)
+    }
 
+    /// POST a form to this service, with client authentication as configured; the status and the
+    /// size-bounded body.
+    async fn send_form(&self, endpoint: &Url, form: Vec<(&str, &str)>) -> Result<(u16, Vec<u8>), ExchangeError> {
+        let mut form = form;
         let http = self.http.get().await;
         let mut request = http.post(endpoint.clone()).header("accept", "application/json");
         let assertion;
@@ -327,7 +373,7 @@ impl TokenService {
         })?;
         let status = response.status().as_u16();
         let body = read_bounded(response, self.max_response_bytes).await?;
-        parse_response(status, &body)
+        Ok((status, body))
     }
 }
 

@@ -28,6 +28,8 @@ pub enum Reason {
     SubjectTokenNotYetValid,
     SubjectTokenAudienceMismatch,
     SubjectTokenOpaque,
+    /// Introspection (RFC 7662) says the token is not active.
+    SubjectTokenInactive,
     /// No signing keys of the issuer could be fetched yet.
     IssuerKeysUnavailable,
     /// The broker API's caller did not authenticate.
@@ -93,6 +95,7 @@ impl Reason {
             Self::SubjectTokenNotYetValid => "subject_token_not_yet_valid",
             Self::SubjectTokenAudienceMismatch => "subject_token_audience_mismatch",
             Self::SubjectTokenOpaque => "subject_token_opaque",
+            Self::SubjectTokenInactive => "subject_token_inactive",
             Self::IssuerKeysUnavailable => "issuer_keys_unavailable",
             Self::CallerUnauthenticated => "caller_unauthenticated",
             Self::SourceNotAllowed => "source_not_allowed",
@@ -138,6 +141,7 @@ impl Reason {
             | Self::SubjectTokenNotYetValid
             | Self::SubjectTokenAudienceMismatch
             | Self::SubjectTokenOpaque
+            | Self::SubjectTokenInactive
             | Self::IssuerKeysUnavailable
             | Self::CallerUnauthenticated => Class::Unauthenticated,
             Self::DestinationUnknown

@@ -50,6 +50,117 @@ pub enum OpaqueTokens {
     Reject,
     /// Let the token service judge it (no local checks, no claims for policy).
     Forward,
+    /// Ask the `introspection:` endpoint (RFC 7662); its answer's claims feed the policy.
+    Introspect,
+}
+
+/// `introspection:`, for `opaque_tokens: introspect`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawIntrospection {
+    pub endpoint: String,
+    /// The token service whose client credentials authenticate the call (default `default`).
+    pub token_service: Option<String>,
+    /// How long an answer is reused at most (default 30s); never past the token's `exp`.
+    pub cache_ttl: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct IntrospectionConfig {
+    pub endpoint: Url,
+    pub token_service: String,
+    pub cache_ttl: Duration,
+}
+
+impl RawIntrospection {
+    pub fn validate(self, errors: &mut Errors) -> Option<IntrospectionConfig> {
+        let endpoint = match Url::parse(&self.endpoint) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+            _ => {
+                errors.add(
+                    "introspection.endpoint",
+                    format!("`{}` is not an http(s) URL", self.endpoint),
+                );
+                None
+            }
+        };
+        let cache_ttl = match self.cache_ttl.as_deref().map(parse_duration) {
+            None => Duration::from_secs(30),
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                errors.add("introspection.cache_ttl", e);
+                Duration::from_secs(30)
+            }
+        };
+        let token_service = self
+            .token_service
+            .unwrap_or_else(|| crate::config::DEFAULT_TOKEN_SERVICE.to_owned());
+        Some(IntrospectionConfig {
+            endpoint: endpoint?,
+            token_service,
+            cache_ttl,
+        })
+    }
+}
+
+/// RFC 7662 introspection, ready to use.
+#[derive(Debug)]
+pub struct Introspection {
+    endpoint: Url,
+    service: Arc<crate::exchange::TokenService>,
+    answers: moka::future::Cache<Key, Arc<Subject>>,
+}
+
+impl Introspection {
+    pub fn new(config: IntrospectionConfig, service: Arc<crate::exchange::TokenService>, max_entries: u64) -> Self {
+        let answers = moka::future::Cache::builder()
+            .max_capacity(max_entries)
+            .time_to_live(config.cache_ttl)
+            .expire_after(UntilExp)
+            .build();
+        Self {
+            endpoint: config.endpoint,
+            service,
+            answers,
+        }
+    }
+
+    async fn subject(&self, token: &str, digest: &Key) -> Result<Arc<Subject>, Denial> {
+        if let Some(subject) = self.answers.get(digest).await {
+            return Ok(subject);
+        }
+        let answer = self.service.introspect(&self.endpoint, token).await.map_err(|e| {
+            tracing::warn!(endpoint = %self.endpoint, error = %e, "introspection failed");
+            Denial::new(
+                Reason::TokenServiceUnavailable,
+                "the introspection endpoint did not answer",
+            )
+        })?;
+        let Value::Object(mut claims) = answer else {
+            return Err(Denial::new(
+                Reason::TokenServiceBadResponse,
+                "the introspection answer is not an object",
+            ));
+        };
+        if claims.remove("active") != Some(Value::Bool(true)) {
+            return Err(Denial::new(
+                Reason::SubjectTokenInactive,
+                "the subject token is not active",
+            ));
+        }
+        let now = unix_now() as i64;
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now + 60);
+        if exp <= now {
+            return Err(Denial::new(
+                Reason::SubjectTokenExpired,
+                "the subject token has expired",
+            ));
+        }
+        let issuer = claims.get("iss").and_then(Value::as_str).unwrap_or("").to_owned();
+        let subject = Arc::new(Subject { claims, issuer, exp });
+        self.answers.insert(*digest, subject.clone()).await;
+        Ok(subject)
+    }
 }
 
 #[derive(Debug)]
@@ -192,6 +303,7 @@ pub struct Verifier {
     issuers: HashMap<String, Arc<Issuer>>,
     verified: moka::future::Cache<Key, Arc<Subject>>,
     opaque: OpaqueTokens,
+    introspection: Option<Introspection>,
     http: reqwest::Client,
 }
 
@@ -227,9 +339,10 @@ impl Verifier {
     pub fn new(
         issuers: Vec<IssuerConfig>,
         opaque: OpaqueTokens,
+        introspection: Option<Introspection>,
         max_entries: u64,
     ) -> Result<Option<Arc<Self>>, String> {
-        if issuers.is_empty() {
+        if issuers.is_empty() && introspection.is_none() {
             return Ok(None);
         }
         let http = crate::exchange::http_client(Duration::from_secs(5)).map_err(|e| format!("JWKS client: {e}"))?;
@@ -257,6 +370,7 @@ impl Verifier {
             issuers,
             verified,
             opaque,
+            introspection,
             http,
         })))
     }
@@ -279,10 +393,17 @@ impl Verifier {
         if let Some(subject) = self.verified.get(digest).await {
             return Ok(Verified::Subject(subject));
         }
+        // Introspection alone (no issuer to verify JWTs locally): every token is introspected.
+        if let (true, Some(introspection)) = (self.issuers.is_empty(), &self.introspection) {
+            return introspection.subject(token, digest).await.map(Verified::Subject);
+        }
         let Some(header) = jwt_header(token) else {
-            return match self.opaque {
-                OpaqueTokens::Forward => Ok(Verified::Forwarded),
-                OpaqueTokens::Reject => Err(Denial::new(
+            return match (self.opaque, &self.introspection) {
+                (OpaqueTokens::Forward, _) => Ok(Verified::Forwarded),
+                (OpaqueTokens::Introspect, Some(introspection)) => {
+                    introspection.subject(token, digest).await.map(Verified::Subject)
+                }
+                _ => Err(Denial::new(
                     Reason::SubjectTokenOpaque,
                     "the subject token is not a JWT",
                 )),

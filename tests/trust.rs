@@ -495,3 +495,64 @@ async fn the_broker_authenticates_callers_and_applies_policy() {
         refused.message()
     );
 }
+
+/// The actor token obtained by Baton itself with client_credentials from the destination's token
+/// service: `act` names Baton's client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_by_client_credentials() {
+    let scratch = Scratch::new("actor-cc");
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let baton = Baton::start(&scratch, &service.token_endpoint, "actor:\n  client_credentials: {}\n").await;
+    let upstream = Upstream::start().await;
+    let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
+    for user in ["alice", "bob"] {
+        let token = service.mint(user, "orders.read").await;
+        let reply = send(&envoy, "orders.example", "/", Some(&bearer(&token))).await;
+        let claims = service.verify(reply.upstream_token()).await;
+        assert_eq!(
+            (claims["sub"].as_str(), claims["act"]["sub"].as_str()),
+            (Some(user), Some(CLIENT_ID)),
+            "{claims}"
+        );
+    }
+}
+
+/// Opaque subject tokens judged by RFC 7662 introspection (`baton sts /introspect`): an active one is
+/// delegated and its claims feed the policy; an unknown one is `subject_token_inactive`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tokens_by_introspection() {
+    let scratch = Scratch::new("introspection");
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
+    let body = format!(
+        "token_service:\n{token_service}\nopaque_tokens: introspect\nintrospection:\n  endpoint: {}/introspect\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n    policy:\n      require_claims: {{ tenant: acme }}\n",
+        service.issuer
+    );
+    let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
+    let upstream = Upstream::start().await;
+    let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
+
+    let opaque = service
+        .mint_with(&[("sub", "alice"), ("opaque", "true"), ("claims", r#"{"tenant":"acme"}"#)])
+        .await;
+    assert!(opaque.starts_with("opq_") && !opaque.contains('.'), "an opaque token");
+    let reply = send(&envoy, "orders.example", "/", Some(&bearer(&opaque))).await;
+    assert_eq!(service.verify(reply.upstream_token()).await["sub"], "alice");
+    let other_tenant = service
+        .mint_with(&[("sub", "bob"), ("opaque", "true"), ("claims", r#"{"tenant":"evil"}"#)])
+        .await;
+    let reply = send(&envoy, "orders.example", "/", Some(&bearer(&other_tenant))).await;
+    assert_eq!(
+        (reply.status, reply.reason()),
+        (403, "claim_requirement_failed"),
+        "{:?}",
+        reply.body
+    );
+    let reply = send(&envoy, "orders.example", "/", Some("Bearer opq_never-issued")).await;
+    assert_eq!(
+        (reply.status, reply.reason()),
+        (401, "subject_token_inactive"),
+        "{:?}",
+        reply.body
+    );
+}
