@@ -8,20 +8,47 @@ use std::time::Duration;
 
 use crate::authz::Authz;
 use crate::config::{Config, Endpoint};
-use crate::exchange::{TokenService, http_client};
+use crate::exchange::{TokenService, TokenServices};
 use crate::server::{self, Listeners};
 use crate::telemetry::Telemetry;
+use crate::verify::{Introspection, Verifier};
 
-/// Build the decision core from a validated configuration; starts discovery when the token
-/// endpoint comes from the issuer's metadata.
-pub fn build(config: &Config) -> Result<Arc<Authz>, String> {
-    let service = TokenService::new(&config.token_service).map_err(|e| format!("token service client: {e}"))?;
-    if let Endpoint::Discover { issuer } = &config.token_service.endpoint {
-        let http = http_client(config.token_service.timeout).map_err(|e| format!("discovery client: {e}"))?;
-        tokio::spawn(crate::discovery::run(http, issuer.clone(), service.endpoint().clone()));
+/// Build the decision core from a validated configuration; starts discovery for each token service
+/// whose endpoint comes from the issuer's metadata, and the trusted issuers' key refresh.
+pub fn build(mut config: Config) -> Result<Arc<Authz>, String> {
+    let services = config
+        .token_services
+        .iter()
+        .map(|ts| TokenService::new(ts).map_err(|e| format!("token service `{}`: {e}", ts.name)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let services = TokenServices::new(services);
+    for ts in &config.token_services {
+        if let (Endpoint::Discover { issuer }, Some(service)) = (&ts.endpoint, services.get(&ts.name)) {
+            tokio::spawn(crate::discovery::run(service.clone(), issuer.clone()));
+        }
     }
-    let telemetry = Telemetry::start(config)?;
-    Ok(Arc::new(Authz::new(config, service).with_telemetry(telemetry)))
+    let telemetry = Telemetry::start(&config)?;
+    let issuers = std::mem::take(&mut config.trusted_issuers);
+    let introspection = config.introspection.take().and_then(|i| {
+        let service = services.get(&i.token_service)?.clone();
+        Some(Introspection::new(i, service, config.cache.max_entries))
+    });
+    let verifier = Verifier::new(
+        issuers,
+        config.opaque_tokens,
+        introspection,
+        config.cache.max_entries,
+        telemetry.metrics().jwks_refreshes.clone(),
+    )?;
+    match &verifier {
+        Some(verifier) => verifier.spawn_refresh(),
+        None => {
+            tracing::warn!("no trusted_issuers: subject tokens are not verified by Baton, only by the token service")
+        }
+    }
+    Ok(Arc::new(
+        Authz::new(config, services, verifier).with_telemetry(telemetry),
+    ))
 }
 
 /// Bind the configured listeners. A stale Unix socket file from an earlier run is replaced. An
@@ -55,19 +82,20 @@ pub async fn bind(config: &Config) -> Result<Listeners, String> {
 
 /// Load, build, bind and serve until `shutdown`; then drain for at most `shutdown_grace`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
-    let authz = build(&config)?;
     let listeners = bind(&config).await?;
     tracing::info!(
         grpc = %config.listen.grpc,
         grpc_uds = ?config.listen.grpc_uds,
         admin = ?config.listen.admin,
         destinations = config.destinations.len(),
-        tracing = authz.telemetry().tracing_enabled(),
+        trusted_issuers = config.trusted_issuers.len(),
+        tracing = config.telemetry.tracing.is_some(),
         audit = ?config.audit.sink,
         "baton serving"
     );
-    let telemetry = authz.telemetry().clone();
     let grace = config.shutdown_grace;
+    let authz = build(config)?;
+    let telemetry = authz.telemetry().clone();
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = server::serve(authz, listeners, async move {
         shutdown.await;

@@ -1,22 +1,25 @@
-//! The core decision, shared by Envoy's Check and Baton's own broker API. `check` reads as the data
-//! path: extract -> destination -> subject token -> (verify, policy: not yet) -> cache / exchange.
-//! It returns a decision or a `Denial`; turning either into a reply is `respond`'s job. It never
-//! logs a token: only fingerprints.
+//! The core decision, shared by Envoy's Check and Baton's own broker API. `decide` reads as the data
+//! path: destination -> subject token -> verify -> policy -> cache / exchange. It returns a decision
+//! or a `Denial`; turning either into a reply is `respond`'s job. It never logs a token: only
+//! fingerprints.
 
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use tracing::Instrument as _;
 
+use crate::actor::{self, ActorToken};
 use crate::cache::{self, CacheStatus, Delegated, Key, Lifetimes, TokenCache};
-use crate::config::{Config, Destination, MissingToken, UnknownDestination};
-use crate::exchange::{ExchangeError, Target, TokenService};
-use crate::extract::{self, Outbound};
+use crate::config::{BrokerCallers, Config, Destination, DestinationActor, MissingToken, UnknownDestination};
+use crate::exchange::{ExchangeError, Target, TokenService, TokenServices};
+use crate::extract::{self, Headers, Outbound};
 use crate::jwt;
+use crate::policy::{Facts, Policy};
 use crate::reason::{Denial, Reason};
 use crate::route::Routes;
 use crate::secret::fingerprint;
 use crate::telemetry::Telemetry;
+use crate::verify::{Subject, Verified, Verifier};
 
 /// What Envoy should do with an allowed request.
 #[derive(Debug)]
@@ -33,13 +36,29 @@ pub enum Allow {
     Passthrough,
 }
 
-/// A configured destination, with what its exchanges send.
+/// A configured destination: what its exchanges send, and the policy that guards it.
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
     pub target: Target,
-    /// Digest of `target` and the client identity: the first half of every cache key.
+    scopes: Vec<String>,
+    policy: Arc<Policy>,
+    use_actor: bool,
+    /// Where this destination's tokens come from.
+    pub token_service: Arc<TokenService>,
+    /// Digest of `target`, the token service and the client identity: the first half of every
+    /// cache key.
     key_params: Key,
+}
+
+/// Who asks, and for which request: what the policy looks at besides the subject token.
+#[derive(Debug)]
+pub struct Caller<'a> {
+    /// The calling workload (Envoy's source principal, `workload.identity`, or the broker caller).
+    pub source: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: Headers<'a>,
 }
 
 /// Everything the decision needs, built once from the configuration.
@@ -47,30 +66,44 @@ pub struct Route {
 pub struct Authz {
     routes: Routes<Route>,
     cache: TokenCache,
-    token_service: TokenService,
+    token_services: TokenServices,
     unknown_destination: UnknownDestination,
     missing_token: MissingToken,
     max_token_bytes: usize,
     expiry_margin: std::time::Duration,
+    verifier: Option<Arc<Verifier>>,
+    actor: Option<ActorToken>,
+    workload_identity: Option<String>,
+    pub broker_callers: BrokerCallers,
     telemetry: Telemetry,
 }
 
 impl Authz {
-    pub fn new(config: &Config, token_service: TokenService) -> Self {
+    /// `token_services` holds every service a destination names (config validation saw to it).
+    pub fn new(config: Config, token_services: TokenServices, verifier: Option<Arc<Verifier>>) -> Self {
         let subject_token_type = config.subject_token.token_type;
-        let routes = Routes::new(config.destinations.iter().map(|d| {
-            let target = target(d, subject_token_type);
-            let route = Route::new(d.name.clone(), target, token_service.client_id());
-            (d.name.clone(), d.hosts.clone(), route)
+        let has_actor = config.actor.is_some();
+        let routes = Routes::new(config.destinations.into_iter().filter_map(|d| {
+            let target = target(&d, subject_token_type);
+            let name = d.name.clone();
+            let hosts = d.hosts.clone();
+            let use_actor = has_actor && d.actor == DestinationActor::Inherit;
+            let token_service = token_services.get(&d.token_service)?.clone();
+            let route = Route::new(d.name, target, d.scopes, Arc::new(d.policy), use_actor, token_service);
+            Some((name, hosts, route))
         }));
         Self {
             routes,
             cache: TokenCache::new(config.cache.max_entries),
-            token_service,
+            token_services,
             unknown_destination: config.unknown_destination,
             missing_token: config.missing_token,
             max_token_bytes: config.subject_token.max_bytes,
             expiry_margin: config.cache.expiry_margin,
+            verifier,
+            actor: config.actor,
+            workload_identity: config.workload_identity,
+            broker_callers: config.broker_callers,
             telemetry: Telemetry::off(),
         }
     }
@@ -85,8 +118,13 @@ impl Authz {
         &self.telemetry
     }
 
-    pub fn token_service(&self) -> &TokenService {
-        &self.token_service
+    /// The calling workload when Envoy names none (`workload_identity`), as the policy sees it.
+    pub fn workload_identity(&self) -> Option<&str> {
+        self.workload_identity.as_deref()
+    }
+
+    pub fn token_services(&self) -> &TokenServices {
+        &self.token_services
     }
 
     pub fn cache(&self) -> &TokenCache {
@@ -118,7 +156,13 @@ impl Authz {
                 MissingToken::Passthrough => Ok(Allow::Passthrough),
             };
         };
-        let (token, cache) = self.delegate(destination, subject_token).await?;
+        let caller = Caller {
+            source: outbound.source_principal.or(self.workload_identity.as_deref()),
+            method: outbound.method,
+            path: outbound.path,
+            headers: outbound.headers,
+        };
+        let (token, cache) = self.delegate(destination, subject_token, &caller).await?;
         Ok(Allow::Delegate {
             destination: destination.clone(),
             token,
@@ -126,37 +170,99 @@ impl Authz {
         })
     }
 
-    /// The token for `route` on behalf of `subject_token`: cached, or exchanged once for all
-    /// concurrent callers.
-    pub async fn delegate(&self, route: &Route, subject_token: &str) -> Result<(Arc<Delegated>, CacheStatus), Denial> {
-        let key = cache::key(&route.key_params, subject_token);
+    /// Verify a subject token on its own (the broker uses it for its callers too).
+    pub async fn verify(&self, token: &str, digest: &Key) -> Result<Option<Arc<Subject>>, Denial> {
+        match &self.verifier {
+            None => Ok(None),
+            Some(verifier) => match verifier.verify(token, digest).await? {
+                Verified::Subject(subject) => Ok(Some(subject)),
+                Verified::Forwarded => Ok(None),
+            },
+        }
+    }
+
+    pub fn verifies(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    /// verify -> policy -> the token for `route` on behalf of `subject_token`: cached, or
+    /// exchanged once for all concurrent callers.
+    pub async fn delegate(
+        &self,
+        route: &Route,
+        subject_token: &str,
+        caller: &Caller<'_>,
+    ) -> Result<(Arc<Delegated>, CacheStatus), Denial> {
+        let digest = cache::digest(subject_token);
+        let subject = self.verify(subject_token, &digest).await?;
+        let claims = subject.as_deref().map(|s| &s.claims);
+        let facts = Facts {
+            claims,
+            source: caller.source,
+            method: caller.method,
+            path: caller.path,
+            headers: caller.headers,
+            destination: &route.name,
+        };
+        route.policy.check(&facts)?;
+        let scope = route.policy.scopes(&route.scopes, claims)?;
+        let max_depth = route.policy.max_delegation_depth;
+        if let Some(max) = max_depth {
+            let held = actor::chain(claims.and_then(|c| c.get("act")), max + 1).len();
+            if held + usize::from(route.use_actor) > max {
+                return Err(too_deep());
+            }
+        }
+        let key = cache::key(&route.key_params, scope.as_deref().unwrap_or(""), &digest);
         let exchange = async {
             let now = cache::unix_now();
-            let subject_exp = jwt::unverified_exp(subject_token);
+            let subject_exp = match &subject {
+                Some(s) => Some(s.exp),
+                None => jwt::unverified_exp(subject_token),
+            };
             if subject_exp.is_some_and(|exp| exp <= now as i64) {
                 return Err(Denial::new(
                     Reason::SubjectTokenExpired,
                     "the subject token has expired",
                 ));
             }
+            let mut target = None;
+            if scope.is_some() || route.use_actor {
+                let mut t = route.target.clone();
+                if scope.is_some() {
+                    t.scope = scope.clone();
+                }
+                if let (true, Some(actor)) = (route.use_actor, &self.actor) {
+                    let token = actor.token(&route.token_service).await?;
+                    t.actor = Some(((*token).clone(), actor.token_type.clone()));
+                }
+                target = Some(t);
+            }
+            let target = target.as_ref().unwrap_or(&route.target);
             let span =
                 tracing::debug_span!("exchange", destination = %route.name, subject = %fingerprint(subject_token));
             let issued = self
                 .telemetry
-                .exchange(route, self.token_service.exchange(subject_token, &route.target))
+                .exchange(route, route.token_service.exchange(subject_token, target))
                 .instrument(span)
                 .await
                 .map_err(|e: ExchangeError| {
                     tracing::warn!(destination = %route.name, subject = %fingerprint(subject_token), error = %e, "token exchange failed");
                     Denial::from(&e)
                 })?;
-            let claims = jwt::DelegationClaims::read(subject_token, issued.access_token.expose());
+            let actors = actor::token_chain(issued.access_token.expose(), max_depth.map_or(16, |m| m + 1));
+            if max_depth.is_some_and(|max| actors.len() > max) {
+                return Err(too_deep());
+            }
+            let mut claims = jwt::DelegationClaims::read(subject_token, issued.access_token.expose());
+            claims.requested_scope = target.scope.clone();
             let lifetimes = Lifetimes {
                 expires_in: issued.expires_in,
                 issued_exp: jwt::unverified_exp(issued.access_token.expose()),
                 subject_exp,
+                max: route.policy.max_token_lifetime.map(|d| d.as_secs()),
             };
-            let delegated = Delegated::new(
+            let mut delegated = Delegated::new(
                 issued.access_token,
                 issued.token_type,
                 issued.issued_token_type,
@@ -166,11 +272,13 @@ impl Authz {
                 now,
             )
             .with_claims(claims);
+            delegated.actors = actors;
             tracing::debug!(
                 destination = %route.name,
                 subject = %fingerprint(subject_token),
                 issued = %delegated.token.fingerprint(),
                 ttl = ?delegated.ttl(),
+                depth = delegated.actors.len(),
                 "token exchanged"
             );
             Ok(Arc::new(delegated))
@@ -198,11 +306,15 @@ impl Authz {
         }
         let mut target = base.target.clone();
         target.scope = Some(scopes.join(" "));
-        Some(Arc::new(Route::new(
+        let route = Route::new(
             base.name.clone(),
             target,
-            self.token_service.client_id(),
-        )))
+            scopes.to_vec(),
+            base.policy.clone(),
+            base.use_actor,
+            base.token_service.clone(),
+        );
+        Some(Arc::new(route))
     }
 
     pub fn max_token_bytes(&self) -> usize {
@@ -221,19 +333,40 @@ impl Authz {
     }
 }
 
+fn too_deep() -> Denial {
+    Denial::new(
+        Reason::DelegationTooDeep,
+        "the delegation chain would be longer than this destination allows",
+    )
+}
+
 impl Route {
-    fn new(name: String, target: Target, client_id: &str) -> Self {
+    fn new(
+        name: String,
+        target: Target,
+        scopes: Vec<String>,
+        policy: Arc<Policy>,
+        use_actor: bool,
+        token_service: Arc<TokenService>,
+    ) -> Self {
         let key_params = cache::params_digest(&[
-            client_id,
+            token_service.name(),
+            token_service.locator(),
+            token_service.client_id(),
             target.audience.as_deref().unwrap_or(""),
             target.resource.as_deref().unwrap_or(""),
             target.scope.as_deref().unwrap_or(""),
             target.requested_token_type.as_deref().unwrap_or(""),
             target.subject_token_type,
+            if use_actor { "actor" } else { "" },
         ]);
         Self {
             name,
             target,
+            scopes,
+            policy,
+            use_actor,
+            token_service,
             key_params,
         }
     }
@@ -246,5 +379,6 @@ fn target(d: &Destination, subject_token_type: &'static str) -> Target {
         scope: (!d.scopes.is_empty()).then(|| d.scopes.join(" ")),
         requested_token_type: d.requested_token_type.clone(),
         subject_token_type,
+        actor: None,
     }
 }

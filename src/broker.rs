@@ -1,14 +1,18 @@
-//! `baton.v1.DelegationBroker`: the same destinations, cache and token service as the Envoy path,
-//! for callers that hand Baton a user's token directly (batch jobs, async workers). Refusals are
-//! gRPC errors here (there is no Envoy to answer for), with the same reason codes.
+//! `baton.v1.DelegationBroker`: the same destinations, verification, policy, cache and token service
+//! as the Envoy path, for callers that hand Baton a user's token directly (batch jobs, async
+//! workers that kept the user's token and ask at execution time, so the decision is made then). The
+//! caller authenticates with a bearer token in the call's `authorization` metadata, verified like a
+//! subject token; its `sub` is the policy's `source`. Refusals are gRPC errors here (there is no
+//! Envoy to answer for), with the same reason codes.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::authz::{Allow, Authz};
-use crate::config::is_scope_token;
-use crate::extract::check_token;
+use crate::authz::{Allow, Authz, Caller};
+use crate::cache;
+use crate::config::{BrokerCallers, is_scope_token};
+use crate::extract::{Authorization, Headers, check_token, subject_token};
 use crate::reason::{Denial, Reason};
 use crate::telemetry::{Api, Decided};
 
@@ -38,20 +42,31 @@ impl DelegationBroker for Broker {
             return Err(Status::invalid_argument(format!("`{bad}` is not a valid scope")));
         }
         let observation = self.authz.telemetry().observe(Api::Broker, request.metadata(), None);
+        let caller = self.caller(&request).await;
         let request = request.into_inner();
         let route = self.authz.route_for(&request.destination, &request.scopes);
+        let source = caller.as_ref().ok().and_then(|c| c.as_deref());
         let outcome = match (
+            &caller,
             check_token(&request.subject_token, self.authz.max_token_bytes()),
             &route,
         ) {
-            (Err(denial), _) => Err(denial),
-            (Ok(_), None) => Err(Denial::new(
+            (Err(denial), _, _) => Err(denial.clone()),
+            (_, Err(denial), _) => Err(denial),
+            (Ok(_), Ok(_), None) => Err(Denial::new(
                 Reason::DestinationNotConfigured,
                 "no destination has this name",
             )),
-            (Ok(subject), Some(route)) => {
+            (Ok(_), Ok(subject), Some(route)) => {
+                // No HTTP request here: destinations with method or path rules refuse broker calls.
+                let caller = Caller {
+                    source,
+                    method: "",
+                    path: "",
+                    headers: Headers::Lines(&[]),
+                };
                 observation
-                    .run(self.authz.delegate(route, subject))
+                    .run(self.authz.delegate(route, subject, &caller))
                     .await
                     .map(|(token, cache)| Allow::Delegate {
                         destination: route.clone(),
@@ -63,7 +78,7 @@ impl DelegationBroker for Broker {
         observation.finish(Decided {
             outcome: &outcome,
             destination: route.as_ref(),
-            source: None,
+            source,
         });
         match outcome {
             Ok(Allow::Delegate { token, .. }) => Ok(Response::new(ExchangeResponse {
@@ -77,6 +92,32 @@ impl DelegationBroker for Broker {
             Ok(Allow::Strip | Allow::Passthrough) => Err(Status::internal("no token was delegated")),
             Err(denial) => Err(status(&denial)),
         }
+    }
+}
+
+impl Broker {
+    /// Who is calling: the verified `sub` of the call's bearer token (`None` under `callers: any`).
+    async fn caller(&self, request: &Request<ExchangeRequest>) -> Result<Option<String>, Denial> {
+        if self.authz.broker_callers == BrokerCallers::Any {
+            return Ok(None);
+        }
+        let unauthenticated = |why: &'static str| Denial::new(Reason::CallerUnauthenticated, why);
+        if !self.authz.verifies() {
+            return Err(unauthenticated(
+                "the broker authenticates callers against trusted_issuers, and none is configured",
+            ));
+        }
+        let header = match request.metadata().get("authorization").map(|v| v.to_str()) {
+            None => Authorization::Missing,
+            Some(Ok(v)) => Authorization::One(v),
+            Some(Err(_)) => return Err(unauthenticated("the caller's authorization metadata is not text")),
+        };
+        let token = subject_token(&header, self.authz.max_token_bytes())?
+            .ok_or_else(|| unauthenticated("the call carries no bearer token of its caller"))?;
+        let subject = self.authz.verify(token, &cache::digest(token)).await?;
+        let sub = subject.as_deref().and_then(|s| s.sub()).map(str::to_owned);
+        sub.map(Some)
+            .ok_or_else(|| unauthenticated("the caller's token names no subject"))
     }
 }
 

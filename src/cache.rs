@@ -45,7 +45,9 @@ pub struct Delegated {
     pub scope: Option<String>,
     /// When the cache stops serving it (Unix seconds).
     pub expires_at: u64,
-    /// Who it is for and what was issued, for audit and traces; read once, at exchange time.
+    /// The delegation chain in the issued token's `act`, current actor first.
+    pub actors: Vec<String>,
+    /// Who it is for and what was asked and issued, for audit and traces; read once, at exchange time.
     pub claims: crate::jwt::DelegationClaims,
     ttl: Duration,
 }
@@ -58,6 +60,8 @@ pub struct Lifetimes {
     pub issued_exp: Option<i64>,
     /// `exp` of the subject token, when it is a JWT.
     pub subject_exp: Option<i64>,
+    /// The destination's `max_token_lifetime`, in seconds.
+    pub max: Option<u64>,
 }
 
 impl Delegated {
@@ -77,6 +81,7 @@ impl Delegated {
             lifetimes.expires_in,
             lifetimes.issued_exp.map(until_exp),
             lifetimes.subject_exp.map(until_exp),
+            lifetimes.max,
         ]
         .into_iter()
         .flatten()
@@ -90,6 +95,7 @@ impl Delegated {
             token_type,
             scope,
             expires_at: now + ttl.as_secs(),
+            actors: Vec::new(),
             claims: crate::jwt::DelegationClaims::default(),
             ttl,
         }
@@ -177,11 +183,20 @@ pub fn params_digest(fields: &[&str]) -> Key {
     to_key(ctx.finish())
 }
 
-/// The cache key: the destination's parameter digest, then the subject token.
-pub fn key(params: &Key, subject_token: &str) -> Key {
+/// SHA-256 of a subject token: computed once per request, it keys both the verification cache
+/// and (inside `key`) the token cache.
+pub fn digest(subject_token: &str) -> Key {
+    to_key(digest::digest(&digest::SHA256, subject_token.as_bytes()))
+}
+
+/// The cache key: the destination's parameter digest, the scope asked for when policy narrowed it
+/// (else empty), then the subject token's digest.
+pub fn key(params: &Key, scope: &str, subject_digest: &Key) -> Key {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(params);
-    ctx.update(subject_token.as_bytes());
+    ctx.update(&(scope.len() as u64).to_be_bytes());
+    ctx.update(scope.as_bytes());
+    ctx.update(subject_digest);
     to_key(ctx.finish())
 }
 
@@ -223,6 +238,7 @@ mod tests {
             expires_in,
             issued_exp: issued,
             subject_exp: subject,
+            max: None,
         };
         let secs = |d: Delegated| d.ttl().as_secs();
         assert_eq!(secs(delegated(l(Some(300), None, None), 30)), 270);
@@ -249,6 +265,11 @@ mod tests {
             0,
             "no lifetime known: not kept"
         );
+        let capped = Lifetimes {
+            max: Some(60),
+            ..l(Some(300), None, None)
+        };
+        assert_eq!(secs(delegated(capped, 30)), 30, "max_token_lifetime caps it");
         let d = delegated(l(Some(300), None, None), 30);
         assert_eq!(d.expires_at, NOW + 270);
         assert_eq!(d.authorization.expose(), "Bearer tok");
@@ -261,9 +282,15 @@ mod tests {
         let shifted = params_digest(&["client", "aud-a", "scope", ""]);
         assert_ne!(a, b);
         assert_ne!(a, shifted, "length prefixes keep fields apart");
-        assert_ne!(key(&a, "alice-token"), key(&b, "alice-token"));
-        assert_ne!(key(&a, "alice-token"), key(&a, "bob-token"));
-        assert_eq!(key(&a, "alice-token"), key(&a, "alice-token"));
+        let (alice, bob) = (digest("alice-token"), digest("bob-token"));
+        assert_ne!(key(&a, "", &alice), key(&b, "", &alice));
+        assert_ne!(key(&a, "", &alice), key(&a, "", &bob));
+        assert_ne!(
+            key(&a, "", &alice),
+            key(&a, "orders.read", &alice),
+            "a narrowed scope is another token"
+        );
+        assert_eq!(key(&a, "", &alice), key(&a, "", &alice));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! it into typed values and reports every problem at once, each with the path of the field. Secrets
 //! are read here (from a file or the environment) and never appear in an error or a log line.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,15 +22,61 @@ pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 #[serde(default, deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: RawListen,
+    /// The token service named `default`; `token_services` may add (or be) others.
     pub token_service: Option<RawTokenService>,
+    pub token_services: BTreeMap<String, RawTokenService>,
     pub cache: RawCache,
     pub subject_token: RawSubjectToken,
     pub unknown_destination: UnknownDestination,
     pub missing_token: MissingToken,
     pub destinations: Vec<RawDestination>,
     pub shutdown_grace: Option<String>,
+    pub trusted_issuers: Vec<crate::verify::RawIssuer>,
+    pub opaque_tokens: crate::verify::OpaqueTokens,
+    pub introspection: Option<crate::verify::RawIntrospection>,
+    pub workload: RawWorkload,
+    pub actor: Option<crate::actor::RawActor>,
+    pub broker: RawBroker,
     pub telemetry: RawTelemetry,
     pub audit: RawAudit,
+}
+
+/// `workload:`: who this Baton acts for, in sidecar mode.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawWorkload {
+    /// The calling workload's identity (e.g. its SPIFFE ID), used as the policy's `source` when
+    /// Envoy reports no source principal.
+    pub identity: Option<String>,
+}
+
+/// `broker:`: who may call `baton.v1.DelegationBroker`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawBroker {
+    pub callers: BrokerCallers,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerCallers {
+    /// A bearer token in the call's `authorization` metadata, verified against `trusted_issuers`;
+    /// its `sub` is the caller (the policy's `source`).
+    #[default]
+    Authenticated,
+    /// Anyone who can reach the listener (development, or a listener only the workload can reach).
+    Any,
+}
+
+/// `destinations[].actor`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationActor {
+    /// Present the workload's actor token when `actor:` is configured.
+    #[default]
+    Inherit,
+    /// Never present an actor token to this destination's exchanges.
+    None,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,7 +93,10 @@ pub struct RawTokenService {
     pub token_endpoint: Option<String>,
     pub issuer: Option<String>,
     pub client_id: Option<String>,
+    pub profile: Profile,
     pub auth: RawClientAuth,
+    /// PEM CA bundle: the only roots trusted for this token service's TLS certificate.
+    pub ca_file: Option<PathBuf>,
     pub timeout: Option<String>,
     pub retries: Option<u32>,
     pub max_response_bytes: Option<usize>,
@@ -61,6 +110,8 @@ pub struct RawClientAuth {
     pub secret_env: Option<String>,
     pub key_file: Option<PathBuf>,
     pub key_id: Option<String>,
+    pub cert_file: Option<PathBuf>,
+    pub assertion_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -70,7 +121,33 @@ pub enum AuthMethod {
     ClientSecretBasic,
     ClientSecretPost,
     PrivateKeyJwt,
+    /// RFC 8705 mutual TLS with a CA-issued client certificate.
+    TlsClientAuth,
+    /// An RFC 7523 client assertion someone else signs and rotates in a file (a projected
+    /// service-account token): workload identity federation, no static secret.
+    JwtBearerAssertionFile,
     None,
+}
+
+/// How a token service is asked for a token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// RFC 8693 token exchange.
+    #[default]
+    Rfc8693,
+    /// Microsoft Entra ID on-behalf-of: the RFC 7523 JWT-bearer grant with
+    /// `requested_token_use=on_behalf_of`.
+    EntraObo,
+}
+
+impl Profile {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Rfc8693 => "rfc8693",
+            Self::EntraObo => "entra_obo",
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,6 +198,10 @@ pub struct RawDestination {
     pub resource: Option<String>,
     pub scopes: Vec<String>,
     pub requested_token_type: Option<String>,
+    pub policy: crate::policy::RawPolicy,
+    pub actor: DestinationActor,
+    /// The name of the token service this destination's tokens come from (default `default`).
+    pub token_service: Option<String>,
 }
 
 // === The validated configuration ===
@@ -128,13 +209,20 @@ pub struct RawDestination {
 #[derive(Debug)]
 pub struct Config {
     pub listen: Listen,
-    pub token_service: TokenService,
+    /// At least one; names are unique.
+    pub token_services: Vec<TokenService>,
     pub cache: Cache,
     pub subject_token: SubjectToken,
     pub unknown_destination: UnknownDestination,
     pub missing_token: MissingToken,
     pub destinations: Vec<Destination>,
     pub shutdown_grace: Duration,
+    pub trusted_issuers: Vec<crate::verify::IssuerConfig>,
+    pub opaque_tokens: crate::verify::OpaqueTokens,
+    pub introspection: Option<crate::verify::IntrospectionConfig>,
+    pub workload_identity: Option<String>,
+    pub actor: Option<crate::actor::ActorToken>,
+    pub broker_callers: BrokerCallers,
     pub telemetry: Telemetry,
     pub audit: Audit,
 }
@@ -146,11 +234,18 @@ pub struct Listen {
     pub admin: Option<SocketAddr>,
 }
 
+/// The name of the token service `token_service:` configures, and destinations use by default.
+pub const DEFAULT_TOKEN_SERVICE: &str = "default";
+
 #[derive(Debug)]
 pub struct TokenService {
+    pub name: String,
     pub endpoint: Endpoint,
     pub client_id: String,
+    pub profile: Profile,
     pub auth: ClientAuth,
+    /// Trust only these roots (PEM bundle, checked at load) for the token service's certificate.
+    pub ca_file: Option<PathBuf>,
     pub timeout: Duration,
     pub retries: u32,
     pub max_response_bytes: usize,
@@ -173,6 +268,14 @@ pub enum ClientAuth {
         key_pem: Secret,
         key_id: Option<String>,
     },
+    /// RFC 8705 `tls_client_auth`: this certificate chain and key (PEM files, checked at load and
+    /// re-read when they change).
+    TlsClientAuth {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
+    /// A client assertion read from this file (checked at load, re-read when it changes).
+    JwtBearerAssertionFile(PathBuf),
 }
 
 #[derive(Debug)]
@@ -187,7 +290,7 @@ pub struct SubjectToken {
     pub token_type: &'static str,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Destination {
     pub name: String,
     pub hosts: Vec<String>,
@@ -195,6 +298,10 @@ pub struct Destination {
     pub resource: Option<String>,
     pub scopes: Vec<String>,
     pub requested_token_type: Option<String>,
+    pub policy: crate::policy::Policy,
+    pub actor: DestinationActor,
+    /// The name of one of `Config::token_services`.
+    pub token_service: String,
 }
 
 // === Errors ===
@@ -223,11 +330,12 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Default)]
-struct Errors(Vec<FieldError>);
+/// Problems collected while validating, so all are reported at once.
+#[derive(Debug, Default)]
+pub struct Errors(pub Vec<FieldError>);
 
 impl Errors {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             path: path.into(),
             message: message.into(),
@@ -264,13 +372,7 @@ impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let mut errors = Errors::default();
         let listen = validate_listen(self.listen, &mut errors);
-        let token_service = match self.token_service {
-            Some(ts) => validate_token_service(ts, &mut errors),
-            None => {
-                errors.add("token_service", "is required");
-                None
-            }
-        };
+        let token_services = validate_token_services(self.token_service, self.token_services, &mut errors);
         let cache = Cache {
             max_entries: self.cache.max_entries.unwrap_or(100_000),
             expiry_margin: duration(
@@ -300,7 +402,47 @@ impl RawConfig {
         if subject_token.max_bytes == 0 {
             errors.add("subject_token.max_bytes", "must be at least 1");
         }
-        let destinations = validate_destinations(self.destinations, &mut errors);
+        let trusted_issuers: Vec<_> = self
+            .trusted_issuers
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, raw)| raw.validate(&format!("trusted_issuers[{i}]"), &mut errors))
+            .collect();
+        let introspection = match (self.opaque_tokens, self.introspection) {
+            (crate::verify::OpaqueTokens::Introspect, Some(raw)) => raw.validate(&mut errors).filter(|i| {
+                let known = token_services.get(&i.token_service).is_some();
+                if !known {
+                    let names = token_services.names();
+                    errors.add(
+                        "introspection.token_service",
+                        format!(
+                            "`{}` is not a configured token service (there are: {names})",
+                            i.token_service
+                        ),
+                    );
+                }
+                known
+            }),
+            (crate::verify::OpaqueTokens::Introspect, None) => {
+                errors.add("introspection", "is required with `opaque_tokens: introspect`");
+                None
+            }
+            (_, Some(_)) => {
+                errors.add("introspection", "is used only with `opaque_tokens: introspect`");
+                None
+            }
+            (_, None) => None,
+        };
+        // Claims the policy reads come from Baton's own verification or from introspection.
+        let verified = !trusted_issuers.is_empty() || introspection.is_some();
+        let actor = self.actor.and_then(|a| a.validate(&mut errors));
+        let destinations = validate_destinations(
+            self.destinations,
+            &token_services,
+            verified,
+            actor.is_some(),
+            &mut errors,
+        );
         let shutdown_grace = duration(
             self.shutdown_grace.as_deref(),
             "shutdown_grace",
@@ -311,16 +453,22 @@ impl RawConfig {
             validate_telemetry(self.telemetry, &mut errors),
             validate_audit(self.audit, &mut errors),
         );
-        match (listen, token_service) {
-            (Some(listen), Some(token_service)) if errors.0.is_empty() => Ok(Config {
+        match (listen, token_services.valid()) {
+            (Some(listen), Some(token_services)) if errors.0.is_empty() => Ok(Config {
                 listen,
-                token_service,
+                token_services,
                 cache,
                 subject_token,
                 unknown_destination: self.unknown_destination,
                 missing_token: self.missing_token,
                 destinations,
                 shutdown_grace,
+                trusted_issuers,
+                opaque_tokens: self.opaque_tokens,
+                introspection,
+                workload_identity: self.workload.identity,
+                actor,
+                broker_callers: self.broker.callers,
                 telemetry,
                 audit,
             }),
@@ -353,68 +501,147 @@ fn validate_listen(raw: RawListen, errors: &mut Errors) -> Option<Listen> {
     })
 }
 
-fn validate_token_service(raw: RawTokenService, errors: &mut Errors) -> Option<TokenService> {
+/// The token services by name, as far as they validated: a name whose section has errors is still
+/// known (`None`), so destinations naming it are not reported a second time.
+struct TokenServices(Vec<(String, Option<TokenService>)>);
+
+impl TokenServices {
+    fn get(&self, name: &str) -> Option<&Option<TokenService>> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, ts)| ts)
+    }
+
+    fn names(&self) -> String {
+        let names: Vec<&str> = self.0.iter().map(|(n, _)| n.as_str()).collect();
+        names.join(", ")
+    }
+
+    /// Every service, if every one validated.
+    fn valid(self) -> Option<Vec<TokenService>> {
+        self.0.into_iter().map(|(_, ts)| ts).collect()
+    }
+}
+
+/// `token_service:` is the service named `default`; `token_services:` names others (or `default`,
+/// when `token_service:` is absent). At least one is required.
+fn validate_token_services(
+    single: Option<RawTokenService>,
+    named: BTreeMap<String, RawTokenService>,
+    errors: &mut Errors,
+) -> TokenServices {
+    let mut out = Vec::with_capacity(named.len() + 1);
+    if single.is_none() && named.is_empty() {
+        errors.add(
+            "token_service",
+            "is required (or `token_services`, a map of named ones)",
+        );
+    }
+    if let Some(raw) = single {
+        if named.contains_key(DEFAULT_TOKEN_SERVICE) {
+            errors.add(
+                format!("token_services.{DEFAULT_TOKEN_SERVICE}"),
+                "`token_service` already is the one named `default`",
+            );
+        }
+        let ts = validate_token_service(DEFAULT_TOKEN_SERVICE, raw, "token_service", errors);
+        out.push((DEFAULT_TOKEN_SERVICE.to_owned(), ts));
+    }
+    for (name, raw) in named {
+        let at = format!("token_services.{name}");
+        if !is_service_name(&name) {
+            errors.add(&at, "a name is 1 to 64 of A-Z a-z 0-9 _ . -");
+        }
+        if out.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let ts = validate_token_service(&name, raw, &at, errors);
+        out.push((name, ts));
+    }
+    TokenServices(out)
+}
+
+fn is_service_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn validate_token_service(name: &str, raw: RawTokenService, at: &str, errors: &mut Errors) -> Option<TokenService> {
     let endpoint = match (&raw.token_endpoint, &raw.issuer) {
-        (Some(url), None) => http_url(url, "token_service.token_endpoint", errors).map(Endpoint::Token),
-        (None, Some(url)) => http_url(url, "token_service.issuer", errors).map(|issuer| Endpoint::Discover { issuer }),
+        (Some(url), None) => http_url(url, &format!("{at}.token_endpoint"), errors).map(Endpoint::Token),
+        (None, Some(url)) => http_url(url, &format!("{at}.issuer"), errors).map(|issuer| Endpoint::Discover { issuer }),
         (Some(_), Some(_)) => {
-            errors.add("token_service", "set `token_endpoint` or `issuer`, not both");
+            errors.add(at, "set `token_endpoint` or `issuer`, not both");
             None
         }
         (None, None) => {
-            errors.add("token_service", "set `token_endpoint`, or `issuer` for discovery");
+            errors.add(at, "set `token_endpoint`, or `issuer` for discovery");
             None
         }
     };
     let client_id = raw.client_id.unwrap_or_default();
     if client_id.is_empty() {
-        errors.add("token_service.client_id", "is required");
+        errors.add(format!("{at}.client_id"), "is required");
     }
-    let auth = validate_auth(raw.auth, errors);
+    let auth = validate_auth(raw.auth, &format!("{at}.auth"), errors);
+    let ca_file = raw.ca_file.filter(|path| match crate::credentials::ca_bundle(path) {
+        Ok(_) => true,
+        Err(e) => {
+            errors.add(format!("{at}.ca_file"), e);
+            false
+        }
+    });
     let timeout = duration(
         raw.timeout.as_deref(),
-        "token_service.timeout",
+        &format!("{at}.timeout"),
         Duration::from_secs(2),
         errors,
     );
     if timeout.is_zero() {
-        errors.add("token_service.timeout", "must be more than 0");
+        errors.add(format!("{at}.timeout"), "must be more than 0");
     }
     let retries = raw.retries.unwrap_or(2);
     if retries > 5 {
-        errors.add("token_service.retries", "at most 5: retries share the timeout");
+        errors.add(format!("{at}.retries"), "at most 5: retries share the timeout");
     }
     let max_response_bytes = raw.max_response_bytes.unwrap_or(64 * 1024);
     if !(1024..=1024 * 1024).contains(&max_response_bytes) {
-        errors.add("token_service.max_response_bytes", "must be between 1024 and 1048576");
+        errors.add(format!("{at}.max_response_bytes"), "must be between 1024 and 1048576");
     }
     Some(TokenService {
+        name: name.to_owned(),
         endpoint: endpoint?,
         client_id,
+        profile: raw.profile,
         auth: auth?,
+        ca_file,
         timeout,
         retries,
         max_response_bytes,
     })
 }
 
-fn validate_auth(raw: RawClientAuth, errors: &mut Errors) -> Option<ClientAuth> {
+/// The largest client assertion file Baton reads (a service-account token is about 1 KiB).
+pub const MAX_ASSERTION_BYTES: u64 = 16 * 1024;
+
+fn validate_auth(raw: RawClientAuth, at: &str, errors: &mut Errors) -> Option<ClientAuth> {
+    let field = |name: &str| format!("{at}.{name}");
     let secret = |errors: &mut Errors| -> Option<Secret> {
         match (&raw.secret_file, &raw.secret_env) {
-            (Some(path), None) => read_secret_file(path, "token_service.auth.secret_file", errors),
+            (Some(path), None) => read_secret_file(path, &field("secret_file"), errors),
             (None, Some(name)) => match std::env::var(name) {
                 Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
                 _ => {
-                    errors.add("token_service.auth.secret_env", format!("`{name}` is not set or empty"));
+                    errors.add(field("secret_env"), format!("`{name}` is not set or empty"));
                     None
                 }
             },
             (Some(_), Some(_)) => {
-                errors.add("token_service.auth", "set `secret_file` or `secret_env`, not both");
+                errors.add(at, "set `secret_file` or `secret_env`, not both");
                 None
             }
             (None, None) => {
-                errors.add("token_service.auth", "this method needs `secret_file` or `secret_env`");
+                errors.add(at, "this method needs `secret_file` or `secret_env`");
                 None
             }
         }
@@ -425,14 +652,14 @@ fn validate_auth(raw: RawClientAuth, errors: &mut Errors) -> Option<ClientAuth> 
         AuthMethod::ClientSecretPost => secret(errors).map(ClientAuth::SecretPost),
         AuthMethod::PrivateKeyJwt => {
             let Some(path) = &raw.key_file else {
-                errors.add("token_service.auth.key_file", "is required for private_key_jwt");
+                errors.add(field("key_file"), "is required for private_key_jwt");
                 return None;
             };
-            let key_pem = read_secret_file(path, "token_service.auth.key_file", errors)?;
+            let key_pem = read_secret_file(path, &field("key_file"), errors)?;
             if jsonwebtoken::EncodingKey::from_rsa_pem(key_pem.expose().as_bytes()).is_err()
                 && jsonwebtoken::EncodingKey::from_ec_pem(key_pem.expose().as_bytes()).is_err()
             {
-                errors.add("token_service.auth.key_file", "is not a PEM RSA or EC private key");
+                errors.add(field("key_file"), "is not a PEM RSA or EC private key");
                 return None;
             }
             Some(ClientAuth::PrivateKeyJwt {
@@ -440,10 +667,41 @@ fn validate_auth(raw: RawClientAuth, errors: &mut Errors) -> Option<ClientAuth> 
                 key_id: raw.key_id,
             })
         }
+        AuthMethod::TlsClientAuth => {
+            let (Some(cert_file), Some(key_file)) = (&raw.cert_file, &raw.key_file) else {
+                errors.add(at, "tls_client_auth needs `cert_file` and `key_file`");
+                return None;
+            };
+            if let Err(e) = crate::credentials::client_identity(cert_file, key_file) {
+                errors.add(field("cert_file"), e);
+                return None;
+            }
+            Some(ClientAuth::TlsClientAuth {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            })
+        }
+        AuthMethod::JwtBearerAssertionFile => {
+            let Some(path) = &raw.assertion_file else {
+                errors.add(field("assertion_file"), "is required for jwt_bearer_assertion_file");
+                return None;
+            };
+            if let Err(e) = crate::credentials::read_assertion(path) {
+                errors.add(field("assertion_file"), e);
+                return None;
+            }
+            Some(ClientAuth::JwtBearerAssertionFile(path.clone()))
+        }
     }
 }
 
-fn validate_destinations(raw: Vec<RawDestination>, errors: &mut Errors) -> Vec<Destination> {
+fn validate_destinations(
+    raw: Vec<RawDestination>,
+    services: &TokenServices,
+    verified: bool,
+    has_actor: bool,
+    errors: &mut Errors,
+) -> Vec<Destination> {
     let mut names = HashSet::new();
     let mut hosts = HashSet::new();
     let mut out = Vec::with_capacity(raw.len());
@@ -493,6 +751,37 @@ fn validate_destinations(raw: Vec<RawDestination>, errors: &mut Errors) -> Vec<D
                 "must be a token type URN (urn:ietf:params:oauth:token-type:...)",
             );
         }
+        let policy = d.policy.compile(&at("policy"), verified, errors);
+        let token_service = d.token_service.unwrap_or_else(|| DEFAULT_TOKEN_SERVICE.to_owned());
+        match services.get(&token_service) {
+            None if !services.0.is_empty() => errors.add(
+                at("token_service"),
+                format!(
+                    "`{token_service}` is not a configured token service (there are: {})",
+                    services.names()
+                ),
+            ),
+            Some(Some(ts)) if ts.profile == Profile::EntraObo => {
+                if d.requested_token_type.is_some() {
+                    errors.add(
+                        at("requested_token_type"),
+                        format!(
+                            "token service `{token_service}` uses the entra_obo profile, which has no requested_token_type"
+                        ),
+                    );
+                }
+                // Entra's on-behalf-of request has no actor token: say so rather than drop it.
+                if has_actor && d.actor == DestinationActor::Inherit {
+                    errors.add(
+                        at("actor"),
+                        format!(
+                            "token service `{token_service}` uses the entra_obo profile, which cannot present an actor token: set `actor: none`"
+                        ),
+                    );
+                }
+            }
+            _ => {}
+        }
         out.push(Destination {
             name: d.name,
             hosts: lowered,
@@ -500,6 +789,9 @@ fn validate_destinations(raw: Vec<RawDestination>, errors: &mut Errors) -> Vec<D
             resource: d.resource,
             scopes: d.scopes,
             requested_token_type: d.requested_token_type,
+            policy,
+            actor: d.actor,
+            token_service,
         });
     }
     out
@@ -846,8 +1138,11 @@ destinations:
         );
         let config = Config::from_yaml(&yaml).expect("valid");
         assert_eq!(config.listen.grpc, "127.0.0.1:9191".parse().expect("addr"));
-        assert_eq!(config.token_service.timeout, Duration::from_secs(2));
-        assert!(matches!(&config.token_service.auth, ClientAuth::SecretBasic(s) if s.expose() == "s3cr3t-value"));
+        let ts = &config.token_services[0];
+        assert_eq!((ts.name.as_str(), ts.profile), ("default", Profile::Rfc8693));
+        assert_eq!(ts.timeout, Duration::from_secs(2));
+        assert!(matches!(&ts.auth, ClientAuth::SecretBasic(s) if s.expose() == "s3cr3t-value"));
+        assert_eq!(config.destinations[0].token_service, "default");
         assert_eq!(config.cache.expiry_margin, Duration::from_secs(30));
         assert_eq!(config.destinations[0].hosts[1], "orders", "hosts are lower-cased");
         assert_eq!(config.subject_token.max_bytes, 16 * 1024);
@@ -912,6 +1207,190 @@ destinations:
         );
         let err = Config::from_yaml(&yaml).expect_err("invalid").to_string();
         assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn several_token_services_each_serve_the_destinations_that_name_them() {
+        let (_guard, secret) = secret_file();
+        let yaml = format!(
+            r#"
+token_service:
+  token_endpoint: http://127.0.0.1:9400/token
+  client_id: sidecar
+  auth: {{method: client_secret_basic, secret_file: {secret}}}
+token_services:
+  entra:
+    issuer: https://login.microsoftonline.com/tenant/v2.0
+    client_id: 00000000-0000-0000-0000-000000000001
+    profile: entra_obo
+    auth: {{method: client_secret_post, secret_file: {secret}}}
+destinations:
+  - name: orders
+    hosts: [orders]
+    audience: https://orders.example
+  - name: graph
+    hosts: [graph.microsoft.com]
+    audience: https://graph.microsoft.com
+    token_service: entra
+"#
+        );
+        let config = Config::from_yaml(&yaml).expect("valid");
+        let names: Vec<&str> = config.token_services.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["default", "entra"]);
+        assert_eq!(config.token_services[1].profile, Profile::EntraObo);
+        assert_eq!(config.destinations[0].token_service, "default");
+        assert_eq!(config.destinations[1].token_service, "entra");
+
+        // Only `token_services:`: a destination must name one that exists, or `default` must exist.
+        let yaml = r#"
+token_services:
+  a: {token_endpoint: "http://a/token", client_id: x, auth: {method: none}}
+  "bad name": {token_endpoint: "http://b/token", client_id: y, auth: {method: none}}
+destinations:
+  - {name: one, hosts: [one], audience: one, token_service: a}
+  - {name: two, hosts: [two], audience: two, token_service: nope}
+  - {name: three, hosts: [three], audience: three}
+"#;
+        let err = Config::from_yaml(yaml).expect_err("unknown names");
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "token_services.bad name",
+                "destinations[1].token_service",
+                "destinations[2].token_service"
+            ],
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("`nope` is not a configured token service"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn token_service_errors_carry_the_service_name_and_default_is_taken_once() {
+        let (_guard, secret) = secret_file();
+        let yaml = format!(
+            r#"
+token_service:
+  token_endpoint: http://127.0.0.1:9400/token
+  client_id: sidecar
+  auth: {{method: client_secret_basic, secret_file: {secret}}}
+token_services:
+  default: {{token_endpoint: "http://a/token", client_id: x, auth: {{method: none}}}}
+  entra:
+    token_endpoint: http://entra/token
+    profile: entra_obo
+    auth: {{method: tls_client_auth}}
+    timeout: 0s
+  files:
+    token_endpoint: http://files/token
+    client_id: f
+    ca_file: /nonexistent/ca.pem
+    auth: {{method: jwt_bearer_assertion_file, assertion_file: /nonexistent/token}}
+destinations:
+  - name: graph
+    hosts: [graph]
+    audience: https://graph.microsoft.com
+    requested_token_type: urn:ietf:params:oauth:token-type:jwt
+    token_service: entra
+"#
+        );
+        let err = Config::from_yaml(&yaml).expect_err("invalid");
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        for expected in [
+            "token_services.default",
+            "token_services.entra.client_id",
+            "token_services.entra.auth",
+            "token_services.entra.timeout",
+            "token_services.files.auth.assertion_file",
+            "token_services.files.ca_file",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+        let err = Config::from_yaml(
+            "token_services: {}
+",
+        )
+        .expect_err("none");
+        assert!(err.0.iter().any(|e| e.path == "token_service"), "{err}");
+    }
+
+    #[test]
+    fn entra_obo_has_no_requested_token_type() {
+        let yaml = r#"
+token_service:
+  token_endpoint: http://entra/token
+  client_id: app
+  profile: entra_obo
+  auth: {method: none}
+destinations:
+  - {name: graph, hosts: [graph], audience: "https://graph", requested_token_type: "urn:ietf:params:oauth:token-type:jwt"}
+"#;
+        let err = Config::from_yaml(yaml).expect_err("invalid");
+        assert_eq!(err.0[0].path, "destinations[0].requested_token_type", "{err}");
+
+        // Nor an actor token: a destination must opt out of `actor:` explicitly.
+        let (_guard, token) = secret_file();
+        let yaml = |actor: &str| {
+            format!(
+                "actor: {{token_file: {token}}}\ntoken_service: {{token_endpoint: 'http://entra/token', client_id: app, profile: entra_obo, auth: {{method: none}}}}\ndestinations:\n  - {{name: graph, hosts: [graph], audience: 'https://graph'{actor}}}\n"
+            )
+        };
+        let err = Config::from_yaml(&yaml("")).expect_err("actor with entra_obo");
+        assert_eq!(err.0[0].path, "destinations[0].actor", "{err}");
+        Config::from_yaml(&yaml(", actor: none")).expect("actor: none");
+        let err = Config::from_yaml(
+            "token_service: {profile: obo}
+",
+        )
+        .expect_err("bad profile");
+        assert!(err.to_string().contains("obo"), "{err}");
+    }
+
+    #[test]
+    fn mutual_tls_files_are_checked_at_load() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["baton.test".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let cert_file = tempfile_path::TempPath::new("cert.pem", &cert.pem());
+        let key_file = tempfile_path::TempPath::new("key.pem", &key.serialize_pem());
+        let other_key = rcgen::KeyPair::generate().expect("key");
+        let other_key_file = tempfile_path::TempPath::new("other-key.pem", &other_key.serialize_pem());
+        let yaml = |key: &std::path::Path, ca: &std::path::Path| {
+            format!(
+                "token_service:
+  token_endpoint: https://as.example/token
+  client_id: c
+  ca_file: {}
+  auth:
+    method: tls_client_auth
+    cert_file: {}
+    key_file: {}
+",
+                ca.display(),
+                cert_file.0.display(),
+                key.display()
+            )
+        };
+        let config = Config::from_yaml(&yaml(&key_file.0, &cert_file.0)).expect("valid");
+        assert!(matches!(
+            config.token_services[0].auth,
+            ClientAuth::TlsClientAuth { .. }
+        ));
+        assert_eq!(config.token_services[0].ca_file.as_deref(), Some(cert_file.0.as_path()));
+
+        let err = Config::from_yaml(&yaml(&other_key_file.0, &key_file.0)).expect_err("mismatch");
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["token_service.auth.cert_file", "token_service.ca_file"],
+            "{err}"
+        );
+        assert!(!err.to_string().contains("PRIVATE KEY"), "{err}");
     }
 
     #[test]

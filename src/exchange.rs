@@ -1,8 +1,9 @@
-//! The token service client: one RFC 8693 token-exchange request, with client authentication,
-//! an overall deadline, bounded retries on connection errors and 5xx, a response-size bound, and a
-//! strict parse of the answer. It never follows a redirect, never logs a token, and never retries a
-//! definite refusal.
+//! The token service client: one exchange request (RFC 8693, or Entra ID on-behalf-of), with client
+//! authentication, an overall deadline, bounded retries on connection errors and 5xx, a
+//! response-size bound, and a strict parse of the answer. It never follows a redirect, never logs a
+//! token, and never retries a definite refusal.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,12 +13,15 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
 
-use crate::config::{ClientAuth, Endpoint, TokenService as TokenServiceConfig};
+use crate::config::{ClientAuth, Endpoint, Profile, TokenService as TokenServiceConfig};
+use crate::credentials::{self, Watched};
 use crate::extract::is_b64token;
 use crate::reason::{Denial, Reason};
 use crate::secret::Secret;
 
 pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 7523 section 2.1, the grant Entra ID's on-behalf-of flow uses.
+pub const GRANT_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// What is asked for one destination: everything the token service sees besides the tokens.
@@ -29,6 +33,8 @@ pub struct Target {
     pub scope: Option<String>,
     pub requested_token_type: Option<String>,
     pub subject_token_type: &'static str,
+    /// The workload's own token and its type (RFC 8693 section 4.1: it becomes the `act` claim).
+    pub actor: Option<(Secret, String)>,
 }
 
 /// A token the token service issued.
@@ -67,11 +73,14 @@ impl From<&ExchangeError> for Denial {
             ExchangeError::Refused { error, .. } => match error.as_str() {
                 // RFC 8693 2.2.2 answers an invalid subject (or actor) token with invalid_request;
                 // many servers say invalid_grant.
-                "invalid_grant" | "invalid_request" => Denial::new(
+                // Entra ID answers `interaction_required` when the user must sign in again
+                // (conditional access, MFA): the subject token will not do.
+                "invalid_grant" | "invalid_request" | "interaction_required" => Denial::new(
                     Reason::SubjectTokenRejected,
                     "the token service does not accept the subject token",
                 ),
-                "invalid_target" => Denial::new(
+                // Entra ID says `invalid_resource` for a resource it does not know.
+                "invalid_target" | "invalid_resource" => Denial::new(
                     Reason::TargetRefused,
                     "the token service will not issue a token for this destination",
                 ),
@@ -121,31 +130,82 @@ fn safe_code(code: &str) -> &str {
 /// Talks to one token service.
 #[derive(Debug)]
 pub struct TokenService {
-    http: reqwest::Client,
+    name: String,
+    /// The configured token endpoint or issuer: with the name, what the cache keys on.
+    locator: String,
+    /// Rebuilt when the CA bundle or the client certificate files change.
+    http: Watched<reqwest::Client>,
     endpoint: Arc<OnceLock<Url>>,
     client_id: String,
-    auth: ClientAuth,
+    auth: Auth,
+    profile: Profile,
     timeout: Duration,
     retries: u32,
     max_response_bytes: usize,
 }
 
 impl TokenService {
-    pub fn new(config: &TokenServiceConfig) -> Result<Self, reqwest::Error> {
-        let http = http_client(config.timeout)?;
+    pub fn new(config: &TokenServiceConfig) -> Result<Self, String> {
+        let timeout = config.timeout;
+        let ca_file = config.ca_file.clone();
+        let identity = match &config.auth {
+            ClientAuth::TlsClientAuth { cert_file, key_file } => Some((cert_file.clone(), key_file.clone())),
+            _ => None,
+        };
+        let mut watched: Vec<_> = ca_file.iter().cloned().collect();
+        watched.extend(identity.iter().flat_map(|(c, k)| [c.clone(), k.clone()]));
+        let http = Watched::new(watched, move || {
+            credentials::tls_client(
+                http_client_builder(timeout),
+                ca_file.as_deref(),
+                identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            )
+        })?;
+        let auth = match &config.auth {
+            ClientAuth::None => Auth::None,
+            ClientAuth::SecretBasic(secret) => Auth::SecretBasic(secret.clone()),
+            ClientAuth::SecretPost(secret) => Auth::SecretPost(secret.clone()),
+            ClientAuth::PrivateKeyJwt { key_pem, key_id } => Auth::PrivateKeyJwt {
+                key_pem: key_pem.clone(),
+                key_id: key_id.clone(),
+            },
+            ClientAuth::TlsClientAuth { .. } => Auth::Tls,
+            ClientAuth::JwtBearerAssertionFile(path) => {
+                let p = path.clone();
+                Auth::AssertionFile(Watched::new(vec![path.clone()], move || {
+                    credentials::read_assertion(&p)
+                })?)
+            }
+        };
         let endpoint = Arc::new(OnceLock::new());
-        if let Endpoint::Token(url) = &config.endpoint {
-            let _ = endpoint.set(url.clone());
-        }
+        let locator = match &config.endpoint {
+            Endpoint::Token(url) => {
+                let _ = endpoint.set(url.clone());
+                url.to_string()
+            }
+            Endpoint::Discover { issuer } => issuer.to_string(),
+        };
         Ok(Self {
+            name: config.name.clone(),
+            locator,
             http,
             endpoint,
             client_id: config.client_id.clone(),
-            auth: config.auth.clone(),
-            timeout: config.timeout,
+            auth,
+            profile: config.profile,
+            timeout,
             retries: config.retries,
             max_response_bytes: config.max_response_bytes,
         })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The configured token endpoint or issuer URL.
+    pub fn locator(&self) -> &str {
+        &self.locator
     }
 
     /// Set once discovery has found the token endpoint; readiness waits on it.
@@ -157,13 +217,66 @@ impl TokenService {
         &self.client_id
     }
 
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
+    /// Whether the client authenticates with mutual TLS (discovery then prefers RFC 8705 aliases).
+    pub fn uses_mtls(&self) -> bool {
+        matches!(self.auth, Auth::Tls)
+    }
+
+    /// The HTTP client with this service's TLS settings (for discovery, too).
+    pub async fn http(&self) -> reqwest::Client {
+        self.http.get().await
+    }
+
     /// One token exchange, retried on connection errors and 5xx while the deadline allows.
     pub async fn exchange(&self, subject_token: &str, target: &Target) -> Result<Issued, ExchangeError> {
         let endpoint = self.endpoint.get().ok_or(ExchangeError::NotDiscovered)?;
+        self.with_retries(|| self.attempt(endpoint, subject_token, target))
+            .await
+    }
+
+    /// Baton's own token (RFC 6749 4.4 client_credentials), e.g. to present as the actor.
+    pub async fn client_credentials(
+        &self,
+        audience: Option<&str>,
+        scope: Option<&str>,
+    ) -> Result<Issued, ExchangeError> {
+        let endpoint = self.endpoint.get().ok_or(ExchangeError::NotDiscovered)?;
+        self.with_retries(|| async {
+            let mut form = vec![("grant_type", "client_credentials")];
+            form.extend(audience.map(|a| ("audience", a)));
+            form.extend(scope.map(|s| ("scope", s)));
+            let (status, body) = self.send_form(endpoint, form).await?;
+            parse_response(status, &body)
+        })
+        .await
+    }
+
+    /// RFC 7662 introspection of `token` at `endpoint`, authenticated as this client: the raw
+    /// answer, for the caller to judge.
+    pub async fn introspect(&self, endpoint: &Url, token: &str) -> Result<serde_json::Value, ExchangeError> {
+        let form = vec![("token", token), ("token_type_hint", "access_token")];
+        let (status, body) = tokio::time::timeout(self.timeout, self.send_form(endpoint, form))
+            .await
+            .unwrap_or(Err(ExchangeError::Timeout(self.timeout)))?;
+        if status != 200 {
+            return Err(ExchangeError::Status(status));
+        }
+        serde_json::from_slice(&body).map_err(|_| ExchangeError::BadResponse("not a JSON introspection response"))
+    }
+
+    async fn with_retries<F, Fut>(&self, mut call: F) -> Result<Issued, ExchangeError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Issued, ExchangeError>>,
+    {
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0;
         loop {
-            let result = tokio::time::timeout_at(deadline, self.attempt(endpoint, subject_token, target))
+            let result = tokio::time::timeout_at(deadline, call())
                 .await
                 .unwrap_or(Err(ExchangeError::Timeout(self.timeout)));
             let retryable = matches!(
@@ -184,37 +297,72 @@ impl TokenService {
     }
 
     async fn attempt(&self, endpoint: &Url, subject_token: &str, target: &Target) -> Result<Issued, ExchangeError> {
-        let mut form: Vec<(&str, &str)> = vec![
-            ("grant_type", GRANT_TOKEN_EXCHANGE),
-            ("subject_token", subject_token),
-            ("subject_token_type", target.subject_token_type),
-        ];
-        let optional = [
-            ("audience", &target.audience),
-            ("resource", &target.resource),
-            ("scope", &target.scope),
-            ("requested_token_type", &target.requested_token_type),
-        ];
-        form.extend(optional.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))));
+        let entra_scope;
+        let form: Vec<(&str, &str)> = match self.profile {
+            Profile::Rfc8693 => {
+                let mut form = vec![
+                    ("grant_type", GRANT_TOKEN_EXCHANGE),
+                    ("subject_token", subject_token),
+                    ("subject_token_type", target.subject_token_type),
+                ];
+                let optional = [
+                    ("audience", &target.audience),
+                    ("resource", &target.resource),
+                    ("scope", &target.scope),
+                    ("requested_token_type", &target.requested_token_type),
+                ];
+                form.extend(optional.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))));
+                if let Some((token, token_type)) = &target.actor {
+                    form.push(("actor_token", token.expose()));
+                    form.push(("actor_token_type", token_type));
+                }
+                form
+            }
+            Profile::EntraObo => {
+                entra_scope = entra_obo_scope(target);
+                vec![
+                    ("grant_type", GRANT_JWT_BEARER),
+                    ("assertion", subject_token),
+                    ("requested_token_use", "on_behalf_of"),
+                    ("scope", &entra_scope),
+                ]
+            }
+        };
+        let (status, body) = self.send_form(endpoint, form).await?;
+        parse_response(status, &body)
+    }
 
-        let mut request = self.http.post(endpoint.clone()).header("accept", "application/json");
-        // W3C trace context of the exchange span, so the token service's spans join the trace.
+    /// POST a form to this service, with client authentication as configured; the status and the
+    /// size-bounded body.
+    async fn send_form(&self, endpoint: &Url, form: Vec<(&str, &str)>) -> Result<(u16, Vec<u8>), ExchangeError> {
+        let mut form = form;
+        let http = self.http.get().await;
+        let mut request = http.post(endpoint.clone()).header("accept", "application/json");
+        // W3C trace context of the current span (the exchange's), so the token service's spans join
+        // the trace.
         if let Some(traceparent) = crate::telemetry::trace::current_traceparent() {
             request = request.header("traceparent", traceparent);
         }
         let assertion;
         match &self.auth {
-            ClientAuth::None => form.push(("client_id", &self.client_id)),
-            ClientAuth::SecretBasic(secret) => {
+            // RFC 8705 2: the certificate authenticates; client_id says which client it is.
+            Auth::None | Auth::Tls => form.push(("client_id", &self.client_id)),
+            Auth::SecretBasic(secret) => {
                 request = request.header("authorization", basic_auth(&self.client_id, secret));
             }
-            ClientAuth::SecretPost(secret) => {
+            Auth::SecretPost(secret) => {
                 form.push(("client_id", &self.client_id));
                 form.push(("client_secret", secret.expose()));
             }
-            ClientAuth::PrivateKeyJwt { key_pem, key_id } => {
+            Auth::PrivateKeyJwt { key_pem, key_id } => {
                 assertion = client_assertion(&self.client_id, endpoint, key_pem, key_id.as_deref())
                     .map_err(|_| ExchangeError::BadResponse("cannot sign the client assertion"))?;
+                form.push(("client_id", &self.client_id));
+                form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
+                form.push(("client_assertion", &assertion));
+            }
+            Auth::AssertionFile(file) => {
+                assertion = file.get().await.expose().to_owned();
                 form.push(("client_id", &self.client_id));
                 form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
                 form.push(("client_assertion", &assertion));
@@ -225,24 +373,98 @@ impl TokenService {
                 ExchangeError::Timeout(self.timeout)
             } else {
                 // reqwest errors name the URL and the cause, never the form body.
-                ExchangeError::Unreachable(e.without_url().to_string())
+                ExchangeError::Unreachable(error_chain(&e.without_url()))
             }
         })?;
         let status = response.status().as_u16();
         let body = read_bounded(response, self.max_response_bytes).await?;
-        parse_response(status, &body)
+        Ok((status, body))
+    }
+}
+
+/// How Baton authenticates to one token service, ready to use.
+#[derive(Debug)]
+enum Auth {
+    None,
+    SecretBasic(Secret),
+    SecretPost(Secret),
+    PrivateKeyJwt {
+        key_pem: Secret,
+        key_id: Option<String>,
+    },
+    /// The client certificate is in the HTTP client.
+    Tls,
+    AssertionFile(Watched<Secret>),
+}
+
+/// Entra ID's `scope`: the destination's scopes as configured (full scope URIs there, such as
+/// `api://orders/Orders.Read`), else `<resource>/.default` (every permission the app was granted
+/// on that resource), the resource being `resource`, else `audience`.
+pub fn entra_obo_scope(target: &Target) -> String {
+    if let Some(scope) = &target.scope {
+        return scope.clone();
+    }
+    let resource = target
+        .resource
+        .as_deref()
+        .or(target.audience.as_deref())
+        .unwrap_or_default();
+    format!("{}/.default", resource.trim_end_matches('/'))
+}
+
+/// A reqwest error with its causes ("error sending request: ... : invalid peer certificate"), so a
+/// TLS failure says why. Never contains the form body.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Every configured token service, by name.
+#[derive(Debug, Default)]
+pub struct TokenServices {
+    by_name: HashMap<String, Arc<TokenService>>,
+}
+
+impl TokenServices {
+    pub fn new(services: impl IntoIterator<Item = TokenService>) -> Self {
+        Self {
+            by_name: services.into_iter().map(|s| (s.name.clone(), Arc::new(s))).collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<TokenService>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<TokenService>> {
+        self.by_name.values()
+    }
+
+    /// Ready when every token service's endpoint is known.
+    pub fn ready(&self) -> bool {
+        self.by_name.values().all(|s| s.endpoint().get().is_some())
     }
 }
 
 /// The HTTP client every token-service call uses: rustls, pooled, no redirects, bounded waits.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    http_client_builder(timeout).build()
+}
+
+/// `http_client`'s settings, for a caller that adds TLS roots or a client certificate.
+pub fn http_client_builder(timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout)
         .timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(60))
         .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
-        .build()
 }
 
 /// Read at most `max` bytes of body; a longer one is an error, not a truncation.
@@ -479,6 +701,49 @@ mod tests {
         assert_eq!(reason(500, "{}"), Reason::TokenServiceError);
         assert_eq!(reason(429, "{}"), Reason::TokenServiceBusy);
         assert_eq!(reason(302, ""), Reason::TokenServiceError);
+    }
+
+    #[test]
+    fn entra_answers_map_to_the_same_reasons() {
+        let reason =
+            |status: u16, body: &str| Denial::from(&parse_response(status, body.as_bytes()).expect_err("error")).reason;
+        assert_eq!(
+            reason(400, r#"{"error":"invalid_resource","error_codes":[500011]}"#),
+            Reason::TargetRefused
+        );
+        assert_eq!(
+            reason(400, r#"{"error":"interaction_required","suberror":"basic_action"}"#),
+            Reason::SubjectTokenRejected
+        );
+        // Entra's success answer: no issued_token_type, extra fields ignored.
+        let issued = ok(r#"{"token_type":"Bearer","scope":"https://graph.microsoft.com/User.Read","expires_in":3599,"ext_expires_in":3599,"access_token":"eyJ0.eyJ1.c2ln","refresh_token":"r"}"#)
+            .expect("parses");
+        assert_eq!(issued.expires_in, Some(3599));
+        assert_eq!(issued.issued_token_type, None);
+    }
+
+    #[test]
+    fn the_entra_scope_is_the_configured_one_or_the_resource_default() {
+        let target = |audience: Option<&str>, resource: Option<&str>, scope: Option<&str>| Target {
+            audience: audience.map(str::to_owned),
+            resource: resource.map(str::to_owned),
+            scope: scope.map(str::to_owned),
+            requested_token_type: None,
+            subject_token_type: crate::config::TOKEN_TYPE_ACCESS_TOKEN,
+            actor: None,
+        };
+        assert_eq!(
+            entra_obo_scope(&target(Some("api://orders"), None, None)),
+            "api://orders/.default"
+        );
+        assert_eq!(
+            entra_obo_scope(&target(Some("a"), Some("https://orders.example/"), None)),
+            "https://orders.example/.default"
+        );
+        assert_eq!(
+            entra_obo_scope(&target(Some("api://orders"), None, Some("api://orders/Orders.Read"))),
+            "api://orders/Orders.Read"
+        );
     }
 
     #[test]

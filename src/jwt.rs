@@ -1,34 +1,44 @@
-//! Reading a JWT's claims without verifying it, for one purpose: times. Baton caps a cached
-//! token's life at the `exp` of the subject token and of the issued token; a forged `exp` cannot
-//! widen anything, because the token service and the destination verify the signatures. Nothing
-//! here may be used to decide who the caller is.
+//! Reading a JWT's claims without verifying it, for two purposes: times, and which issuer's keys to
+//! verify with. Baton caps a cached token's life at the `exp` of the subject token and of the issued
+//! token; a forged `exp` cannot widen anything, because the token service and the destination verify
+//! the signatures. Nothing here may be used to decide who the caller is.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
-struct Times {
+struct Peek {
     exp: Option<f64>,
+    iss: Option<String>,
 }
 
-/// The `exp` claim (seconds since the Unix epoch) of a compact JWS, if the token is one and has it.
-pub fn unverified_exp(token: &str) -> Option<i64> {
+fn peek(token: &str) -> Option<Peek> {
     let mut parts = token.split('.');
     let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
         return None;
     }
     let json = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let times: Times = serde_json::from_slice(&json).ok()?;
-    times.exp.filter(|e| e.is_finite()).map(|e| e as i64)
+    serde_json::from_slice(&json).ok()
+}
+
+/// The `exp` claim (seconds since the Unix epoch) of a compact JWS, if the token is one and has it.
+pub fn unverified_exp(token: &str) -> Option<i64> {
+    peek(token)?.exp.filter(|e| e.is_finite()).map(|e| e as i64)
+}
+
+/// The `iss` claim, to choose which issuer's keys verify the token (then checked by the signature).
+pub fn unverified_issuer(token: &str) -> Option<String> {
+    peek(token)?.iss
 }
 
 /// What the audit record and the trace say about a delegation, read once when the token is
 /// exchanged: who the subject is (`iss`, `sub` of the subject token) and what was issued (`jti`,
-/// `exp`, `scope` and the `act` chain of the issued token). By then the token service has accepted
-/// the subject token and signed the issued one; Baton reports these claims, it never decides on them.
-/// Strings are bounded, and the chain is cut at `MAX_ACTORS`.
+/// `exp`, `scope` of the issued token; its `act` chain is `Delegated::actors`). By then the subject
+/// token was verified (when `trusted_issuers` are configured) and the token service has accepted it
+/// and signed the issued one; Baton reports these claims, it never decides on them. Strings are
+/// bounded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DelegationClaims {
     pub subject_iss: Option<String>,
@@ -36,13 +46,12 @@ pub struct DelegationClaims {
     pub jti: Option<String>,
     pub exp: Option<i64>,
     pub scope: Option<String>,
-    /// The actors of the issued token, the current one first (RFC 8693 4.1: `act`, nested).
-    pub actors: Vec<String>,
+    /// The scope Baton asked for (after `scopes_from_subject`), space-separated.
+    pub requested_scope: Option<String>,
 }
 
-/// The longest claim string kept for audit and traces, and the deepest `act` chain followed.
+/// The longest claim string kept for audit and traces.
 pub const MAX_CLAIM_LEN: usize = 256;
-pub const MAX_ACTORS: usize = 16;
 
 #[derive(Deserialize)]
 struct Claims {
@@ -51,7 +60,6 @@ struct Claims {
     jti: Option<serde_json::Value>,
     exp: Option<f64>,
     scope: Option<serde_json::Value>,
-    act: Option<serde_json::Value>,
 }
 
 fn payload(token: &str) -> Option<Claims> {
@@ -83,12 +91,6 @@ impl DelegationClaims {
             claims.jti = text(issued.jti.as_ref());
             claims.exp = issued.exp.filter(|e| e.is_finite()).map(|e| e as i64);
             claims.scope = text(issued.scope.as_ref());
-            let mut act = issued.act.as_ref();
-            while let Some(actor) = act.filter(|_| claims.actors.len() < MAX_ACTORS) {
-                let Some(sub) = text(actor.get("sub")) else { break };
-                claims.actors.push(sub);
-                act = actor.get("act");
-            }
         }
         claims
     }
@@ -114,30 +116,27 @@ mod tests {
         assert_eq!(unverified_exp("opaque-token"), None);
         assert_eq!(unverified_exp("a.b.c.d"), None);
         assert_eq!(unverified_exp("a.!!!.c"), None);
+        assert_eq!(
+            unverified_issuer(&jwt(r#"{"iss":"https://idp"}"#)).as_deref(),
+            Some("https://idp")
+        );
+        assert_eq!(unverified_issuer(&jwt(r#"{"sub":"x"}"#)), None);
     }
 
     #[test]
-    fn delegation_claims_come_from_both_tokens_and_stay_bounded() {
+    fn delegation_claims_come_from_both_tokens_and_are_bounded() {
         let subject = jwt(r#"{"iss":"https://idp.example","sub":"alice","jti":"not-this-one"}"#);
-        let issued = jwt(
-            r#"{"iss":"https://as.example","sub":"alice","jti":"j-1","exp":1700000000,"scope":"orders.read","act":{"sub":"spiffe://b","act":{"sub":"spiffe://a"}}}"#,
-        );
+        let issued =
+            jwt(r#"{"iss":"https://as.example","sub":"alice","jti":"j-1","exp":1700000000,"scope":"orders.read"}"#);
         let claims = DelegationClaims::read(&subject, &issued);
         assert_eq!(claims.subject_iss.as_deref(), Some("https://idp.example"));
         assert_eq!(claims.subject_sub.as_deref(), Some("alice"));
         assert_eq!(claims.jti.as_deref(), Some("j-1"));
         assert_eq!(claims.exp, Some(1_700_000_000));
         assert_eq!(claims.scope.as_deref(), Some("orders.read"));
-        assert_eq!(claims.actors, ["spiffe://b", "spiffe://a"]);
 
         assert_eq!(DelegationClaims::read("opaque", "opaque"), DelegationClaims::default());
         let long = jwt(&format!(r#"{{"sub":"{}","jti":7}}"#, "x".repeat(MAX_CLAIM_LEN + 1)));
         assert_eq!(DelegationClaims::read(&long, &long), DelegationClaims::default());
-        let mut act = String::from(r#"{"sub":"deepest"}"#);
-        for i in 0..40 {
-            act = format!(r#"{{"sub":"a{i}","act":{act}}}"#);
-        }
-        let deep = jwt(&format!(r#"{{"act":{act}}}"#));
-        assert_eq!(DelegationClaims::read("x", &deep).actors.len(), MAX_ACTORS);
     }
 }

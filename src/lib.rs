@@ -5,15 +5,19 @@
 //! [`cache`] / [`exchange`] -> [`respond`]. [`server`] serves it; [`app`] builds it from [`config`];
 //! [`telemetry`] reports each decision (traces, metrics, audit log).
 
+pub mod actor;
 pub mod app;
 pub mod authz;
 pub mod broker;
 pub mod cache;
 pub mod config;
+pub mod credentials;
 pub mod discovery;
 pub mod exchange;
 pub mod extract;
+pub mod inject;
 pub mod jwt;
+pub mod policy;
 pub mod reason;
 pub mod respond;
 pub mod route;
@@ -21,3 +25,4 @@ pub mod secret;
 pub mod server;
 pub mod sts;
 pub mod telemetry;
+pub mod verify;

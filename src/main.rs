@@ -1,5 +1,6 @@
-//! The `baton` command: `run` (the sidecar), `check-config`, and `sts` (the development token
-//! service). Parsing arguments and wiring signals only; everything else lives in the library.
+//! The `baton` command: `run` (the sidecar), `check-config`, `inject` (the Kubernetes admission
+//! webhook) and `sts` (the development token service). Parsing arguments and wiring signals only;
+//! everything else lives in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,15 @@ enum Command {
     },
     /// Validate a configuration file and print every error; exit 1 if there is one.
     CheckConfig { file: PathBuf },
+    /// The Kubernetes mutating admission webhook that adds Baton and Envoy to annotated pods.
+    Inject {
+        /// YAML configuration of the webhook (images, resources, TLS files).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Listen address (overrides the file); port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// The development token service (RFC 8693). For development and tests, not production.
     Sts {
         #[command(subcommand)]
@@ -79,6 +89,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(e.to_string()),
             },
             Command::CheckConfig { file } => check_config(&file),
+            Command::Inject { config, listen } => run_inject(&config, listen).await,
             Command::Sts {
                 command:
                     Some(StsCommand::Mint {
@@ -121,12 +132,18 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         Ok(config) => {
             #[allow(clippy::print_stdout)]
             {
+                let services: Vec<String> = config
+                    .token_services
+                    .iter()
+                    .map(|ts| format!("`{}` ({}, client `{}`)", ts.name, ts.profile.as_str(), ts.client_id))
+                    .collect();
                 println!(
-                    "{}: ok ({} destination{}, token service client `{}`)",
+                    "{}: ok ({} destination{}, token service{} {})",
                     file.display(),
                     config.destinations.len(),
                     if config.destinations.len() == 1 { "" } else { "s" },
-                    config.token_service.client_id
+                    if services.len() == 1 { "" } else { "s" },
+                    services.join(", ")
                 );
             }
             ExitCode::SUCCESS
@@ -136,6 +153,33 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run_inject(path: &std::path::Path, listen: Option<String>) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => return fail(format!("{}: cannot read: {e}", path.display())),
+    };
+    let mut raw: baton::inject::RawInjectConfig = match serde_saphyr::from_str(&text) {
+        Ok(raw) => raw,
+        Err(e) => return fail(format!("{}: {e}", path.display())),
+    };
+    if listen.is_some() {
+        raw.listen = listen;
+    }
+    let config = match raw.validate() {
+        Ok(config) => config,
+        Err(e) => return fail(format!("{}: {e}", path.display())),
+    };
+    let served = baton::inject::serve(config, shutdown_signal(), |addr| {
+        // One JSON line on stdout, so scripts and tests learn the real port.
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{}", serde_json::json!({ "ready": true, "listen": addr.to_string() }));
+        }
+    })
+    .await;
+    served.map_or_else(|e| fail(e.to_string()), |()| ExitCode::SUCCESS)
 }
 
 async fn run_sts(config: Option<PathBuf>, listen: Option<String>) -> ExitCode {

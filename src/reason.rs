@@ -18,6 +18,31 @@ pub enum Reason {
     SubjectTokenExpired,
     /// The token service said `invalid_grant`: it does not accept the subject token.
     SubjectTokenRejected,
+    // Baton's own verification of the subject token (401).
+    SubjectTokenMalformed,
+    SubjectTokenUnsigned,
+    SubjectTokenAlgorithmNotAllowed,
+    SubjectTokenIssuerUntrusted,
+    SubjectTokenKeyUnknown,
+    SubjectTokenSignatureInvalid,
+    SubjectTokenNotYetValid,
+    SubjectTokenAudienceMismatch,
+    SubjectTokenOpaque,
+    /// Introspection (RFC 7662) says the token is not active.
+    SubjectTokenInactive,
+    /// No signing keys of the issuer could be fetched yet.
+    IssuerKeysUnavailable,
+    /// The broker API's caller did not authenticate.
+    CallerUnauthenticated,
+    // Delegation policy (403): the reason names the rule that refused.
+    SourceNotAllowed,
+    ClaimRequirementFailed,
+    MethodNotAllowed,
+    PathNotAllowed,
+    ScopeNotHeld,
+    PolicyExpressionFalse,
+    PolicyExpressionError,
+    DelegationTooDeep,
     // Where the request goes, and what the token service will grant (403).
     DestinationUnknown,
     DestinationNotConfigured,
@@ -38,6 +63,8 @@ pub enum Reason {
     /// deployment problem, not the caller's, so 503 rather than 401.
     TokenServiceClientRejected,
     TokenServiceBadResponse,
+    /// The workload's own (actor) token could not be read or obtained.
+    ActorTokenUnavailable,
 }
 
 /// The class of a reason, which fixes the HTTP status and the gRPC code of the reply.
@@ -59,6 +86,27 @@ impl Reason {
             Self::TokenTooLarge => "token_too_large",
             Self::SubjectTokenExpired => "subject_token_expired",
             Self::SubjectTokenRejected => "subject_token_rejected",
+            Self::SubjectTokenMalformed => "subject_token_malformed",
+            Self::SubjectTokenUnsigned => "subject_token_unsigned",
+            Self::SubjectTokenAlgorithmNotAllowed => "subject_token_algorithm_not_allowed",
+            Self::SubjectTokenIssuerUntrusted => "subject_token_issuer_untrusted",
+            Self::SubjectTokenKeyUnknown => "subject_token_key_unknown",
+            Self::SubjectTokenSignatureInvalid => "subject_token_signature_invalid",
+            Self::SubjectTokenNotYetValid => "subject_token_not_yet_valid",
+            Self::SubjectTokenAudienceMismatch => "subject_token_audience_mismatch",
+            Self::SubjectTokenOpaque => "subject_token_opaque",
+            Self::SubjectTokenInactive => "subject_token_inactive",
+            Self::IssuerKeysUnavailable => "issuer_keys_unavailable",
+            Self::CallerUnauthenticated => "caller_unauthenticated",
+            Self::SourceNotAllowed => "source_not_allowed",
+            Self::ClaimRequirementFailed => "claim_requirement_failed",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PathNotAllowed => "path_not_allowed",
+            Self::ScopeNotHeld => "scope_not_held",
+            Self::PolicyExpressionFalse => "policy_expression_false",
+            Self::PolicyExpressionError => "policy_expression_error",
+            Self::DelegationTooDeep => "delegation_too_deep",
+            Self::ActorTokenUnavailable => "actor_token_unavailable",
             Self::DestinationUnknown => "destination_unknown",
             Self::DestinationNotConfigured => "destination_not_configured",
             Self::TargetRefused => "target_refused",
@@ -83,19 +131,40 @@ impl Reason {
             | Self::MalformedToken
             | Self::TokenTooLarge
             | Self::SubjectTokenExpired
-            | Self::SubjectTokenRejected => Class::Unauthenticated,
+            | Self::SubjectTokenRejected
+            | Self::SubjectTokenMalformed
+            | Self::SubjectTokenUnsigned
+            | Self::SubjectTokenAlgorithmNotAllowed
+            | Self::SubjectTokenIssuerUntrusted
+            | Self::SubjectTokenKeyUnknown
+            | Self::SubjectTokenSignatureInvalid
+            | Self::SubjectTokenNotYetValid
+            | Self::SubjectTokenAudienceMismatch
+            | Self::SubjectTokenOpaque
+            | Self::SubjectTokenInactive
+            | Self::IssuerKeysUnavailable
+            | Self::CallerUnauthenticated => Class::Unauthenticated,
             Self::DestinationUnknown
             | Self::DestinationNotConfigured
             | Self::TargetRefused
             | Self::ClientUnauthorized
             | Self::ScopeRefused
-            | Self::CheckRequestMalformed => Class::PermissionDenied,
+            | Self::CheckRequestMalformed
+            | Self::SourceNotAllowed
+            | Self::ClaimRequirementFailed
+            | Self::MethodNotAllowed
+            | Self::PathNotAllowed
+            | Self::ScopeNotHeld
+            | Self::PolicyExpressionFalse
+            | Self::PolicyExpressionError
+            | Self::DelegationTooDeep => Class::PermissionDenied,
             Self::TokenServiceUnavailable
             | Self::TokenServiceTimeout
             | Self::TokenServiceError
             | Self::TokenServiceBusy
             | Self::TokenServiceClientRejected
-            | Self::TokenServiceBadResponse => Class::Unavailable,
+            | Self::TokenServiceBadResponse
+            | Self::ActorTokenUnavailable => Class::Unavailable,
         }
     }
 }

@@ -117,7 +117,10 @@ pub async fn check(authz: &Authz, metadata: &tonic::metadata::MetadataMap, reque
     observation.finish(Decided {
         outcome: &outcome,
         destination,
-        source: outbound.ok().and_then(|o| o.source_principal),
+        source: outbound
+            .ok()
+            .and_then(|o| o.source_principal)
+            .or(authz.workload_identity()),
     });
     response
 }
@@ -132,7 +135,7 @@ fn admin_router(authz: Arc<Authz>, stopping: Arc<AtomicBool>) -> axum::Router {
         .route(
             "/readyz",
             get(move || {
-                let ready = !stopping.load(Ordering::SeqCst) && authz.token_service().endpoint().get().is_some();
+                let ready = !stopping.load(Ordering::SeqCst) && authz.token_services().ready();
                 async move {
                     if ready {
                         (StatusCode::OK, "ready\n")

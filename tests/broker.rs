@@ -83,7 +83,7 @@ async fn broker_exchanges_with_every_client_authentication_method() {
     ];
     let user = service.mint("alice", "orders.read").await;
     for (method, token_service) in methods {
-        let baton = Baton::start_with(&scratch, &token_service, "").await;
+        let baton = Baton::start_with(&scratch, &token_service, "broker: { callers: any }\n").await;
         let mut client = DelegationBrokerClient::connect(format!("http://127.0.0.1:{}", baton.grpc))
             .await
             .expect("connect to the broker");

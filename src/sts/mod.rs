@@ -172,7 +172,13 @@ struct Sts {
     fault_delay: Duration,
     fault_status: Option<StatusCode>,
     exchanges: AtomicU64,
+    jwks_served: AtomicU64,
+    /// Opaque (non-JWT) tokens minted for development, with their claims; bounded.
+    opaque: std::sync::Mutex<HashMap<String, Value>>,
 }
+
+/// How many opaque tokens `/dev/mint` keeps.
+const MAX_OPAQUE_TOKENS: usize = 10_000;
 
 /// Where a running service can be reached.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -208,11 +214,14 @@ pub async fn serve(
         fault_delay: config.fault_delay,
         fault_status: config.fault_status,
         exchanges: AtomicU64::new(0),
+        jwks_served: AtomicU64::new(0),
+        opaque: std::sync::Mutex::new(HashMap::new()),
     });
     let metadata = Arc::new(json!({
         "issuer": endpoints.issuer,
         "token_endpoint": endpoints.token_endpoint,
         "jwks_uri": endpoints.jwks_uri,
+        "introspection_endpoint": format!("{}/introspect", endpoints.issuer),
         "grant_types_supported": [GRANT_TOKEN_EXCHANGE, GRANT_CLIENT_CREDENTIALS],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "response_types_supported": [],
@@ -222,6 +231,7 @@ pub async fn serve(
         .route("/jwks", get(jwks))
         .route("/dev/mint", post(mint))
         .route("/dev/stats", get(stats))
+        .route("/introspect", post(introspect))
         .route(
             "/.well-known/oauth-authorization-server",
             get({
@@ -267,11 +277,15 @@ impl IntoResponse for OAuthError {
 }
 
 async fn jwks(State(sts): State<Arc<Sts>>) -> Json<Value> {
+    sts.jwks_served.fetch_add(1, Ordering::Relaxed);
     Json(json!({ "keys": [sts.key.jwk] }))
 }
 
 async fn stats(State(sts): State<Arc<Sts>>) -> Json<Value> {
-    Json(json!({ "token_exchange": sts.exchanges.load(Ordering::Relaxed) }))
+    Json(json!({
+        "token_exchange": sts.exchanges.load(Ordering::Relaxed),
+        "jwks": sts.jwks_served.load(Ordering::Relaxed),
+    }))
 }
 
 async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: String) -> Response {
@@ -557,6 +571,12 @@ struct MintRequest {
     scope: Option<String>,
     expires_in: Option<i64>,
     may_act: Option<String>,
+    /// Seconds from now before which the token is not valid (`nbf`).
+    not_before: Option<i64>,
+    /// More claims, as a JSON object (e.g. `{"tenant":"acme"}`); they cannot replace the ones above.
+    claims: Option<String>,
+    /// `true`: an opaque token (not a JWT) whose claims only `/introspect` reveals.
+    opaque: Option<bool>,
 }
 
 /// Development helper: a user token signed by this service, as its (absent) login would issue.
@@ -583,6 +603,45 @@ async fn mint(State(sts): State<Arc<Sts>>, axum::Form(request): axum::Form<MintR
     if let Some(actor) = request.may_act {
         claims["may_act"] = json!({ "sub": actor });
     }
+    if let Some(seconds) = request.not_before {
+        claims["nbf"] = json!(now + seconds);
+    }
+    if let Some(extra) = request.claims {
+        let Ok(Value::Object(extra)) = serde_json::from_str::<Value>(&extra) else {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "claims must be a JSON object",
+            )
+            .into_response();
+        };
+        for (name, value) in extra {
+            if claims.get(&name).is_none() {
+                claims[name] = value;
+            }
+        }
+    }
+    if request.opaque == Some(true) {
+        let token = format!("opq_{}{}", random_id(), random_id());
+        let Ok(mut opaque) = sts.opaque.lock() else {
+            return oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "opaque token store unavailable",
+            )
+            .into_response();
+        };
+        if opaque.len() >= MAX_OPAQUE_TOKENS {
+            return oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "too many opaque tokens",
+            )
+            .into_response();
+        }
+        opaque.insert(token.clone(), claims);
+        return Json(json!({ "access_token": token, "expires_in": expires_in })).into_response();
+    }
     match sts.sign(&claims) {
         Ok(token) => Json(json!({ "access_token": token, "expires_in": expires_in })).into_response(),
         Err(_) => oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot sign").into_response(),
@@ -597,13 +656,42 @@ impl Sts {
         jsonwebtoken::encode(&header, claims, &self.key.encoding)
     }
 
-    /// A token this service issued: signature, issuer and expiry (no leeway).
-    fn verify(&self, token: &str) -> Result<Value, jsonwebtoken::errors::Error> {
+    /// A token this service issued: an opaque one it still holds, or a JWT with its signature,
+    /// issuer and expiry (no leeway).
+    fn verify(&self, token: &str) -> Result<Value, ()> {
+        let opaque = self.opaque.lock().ok().and_then(|o| o.get(token).cloned());
+        if let Some(claims) = opaque {
+            let live = claims
+                .get("exp")
+                .and_then(Value::as_i64)
+                .is_some_and(|exp| exp > unix_now() as i64);
+            return if live { Ok(claims) } else { Err(()) };
+        }
         let mut validation = Validation::new(Algorithm::ES256);
         validation.set_issuer(&[&self.issuer]);
         validation.validate_aud = false;
         validation.leeway = 0;
-        Ok(jsonwebtoken::decode::<Value>(token, &self.key.decoding, &validation)?.claims)
+        jsonwebtoken::decode::<Value>(token, &self.key.decoding, &validation)
+            .map(|d| d.claims)
+            .map_err(|_| ())
+    }
+}
+
+/// RFC 7662 token introspection, for authenticated clients.
+async fn introspect(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: String) -> Response {
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+    if let Err(e) = authenticate(&sts, &headers, &params) {
+        return e.into_response();
+    }
+    let Some(token) = single(&params, "token") else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required").into_response();
+    };
+    match sts.verify(token) {
+        Ok(Value::Object(mut claims)) => {
+            claims.insert("active".into(), Value::Bool(true));
+            Json(Value::Object(claims)).into_response()
+        }
+        _ => Json(json!({ "active": false })).into_response(),
     }
 }
 

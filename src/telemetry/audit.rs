@@ -82,7 +82,7 @@ impl Entry {
                     SubjectMode::Hashed => fingerprint(sub).into(),
                 }),
             });
-        let actors = claims.map_or(&[][..], |c| &c.actors);
+        let actors = self.delegated.as_ref().map_or(&[][..], |d| &d.actors[..]);
         let line = Line {
             time: humantime::format_rfc3339_millis(self.time).to_string(),
             api: self.api,
@@ -96,7 +96,11 @@ impl Entry {
             destination: self.destination.as_ref().map(|r| r.name.as_str()),
             audience: target.and_then(|t| t.audience.as_deref()),
             resource: target.and_then(|t| t.resource.as_deref()),
-            scopes_requested: scopes(target.and_then(|t| t.scope.as_deref())),
+            scopes_requested: scopes(
+                claims
+                    .and_then(|c| c.requested_scope.as_deref())
+                    .or(target.and_then(|t| t.scope.as_deref())),
+            ),
             scopes_granted: self
                 .delegated
                 .as_ref()

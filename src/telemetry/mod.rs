@@ -32,7 +32,7 @@ use prometheus_client::registry::Registry;
 
 use crate::authz::{Allow, Authz, Route};
 use crate::cache::{CacheStatus, Delegated};
-use crate::config::{Config, Endpoint, SubjectMode};
+use crate::config::{Config, SubjectMode};
 use crate::exchange::{ExchangeError, Issued};
 use crate::extract::{Headers, Outbound};
 use crate::reason::{Class, Denial};
@@ -106,8 +106,6 @@ struct Inner {
     metrics: Metrics,
     tracing: Option<trace::Tracing>,
     audit: Option<audit::Audit>,
-    /// The token service as a label and `server.address`: host and port from the configuration.
-    token_service: Arc<str>,
 }
 
 impl Default for Telemetry {
@@ -127,7 +125,6 @@ impl Telemetry {
                 metrics,
                 tracing: None,
                 audit: None,
-                token_service: Arc::from("unknown"),
             }),
         }
     }
@@ -140,21 +137,12 @@ impl Telemetry {
         let metrics = Metrics::register(&mut registry);
         let tracing = trace::start(&config.telemetry)?;
         let audit = audit::Audit::start(&config.audit, metrics.audit_dropped.clone())?;
-        let url = match &config.token_service.endpoint {
-            Endpoint::Token(url) | Endpoint::Discover { issuer: url } => url,
-        };
-        let token_service = match (url.host_str(), url.port_or_known_default()) {
-            (Some(host), Some(port)) => format!("{host}:{port}"),
-            (Some(host), None) => host.to_owned(),
-            _ => "unknown".to_owned(),
-        };
         Ok(Self {
             inner: Arc::new(Inner {
                 registry,
                 metrics,
                 tracing,
                 audit,
-                token_service: Arc::from(token_service),
             }),
         })
     }
@@ -226,15 +214,17 @@ impl Telemetry {
     {
         let started = Instant::now();
         let inner = &*self.inner;
+        let service = &route.token_service;
         let result = match &inner.tracing {
             None => exchange.await,
             Some(tracing) => {
                 let parent = Context::current();
                 let mut attributes = vec![
                     KeyValue::new("baton.destination", route.name.clone()),
-                    KeyValue::new("server.address", inner.token_service.to_string()),
+                    KeyValue::new("baton.token_service", service.name().to_owned()),
+                    KeyValue::new("url.full", service.locator().to_owned()),
                 ];
-                attributes.extend(target_attributes(route));
+                attributes.extend(target_attributes(route, None));
                 let span = tracing
                     .tracer
                     .span_builder("baton.exchange")
@@ -261,16 +251,15 @@ impl Telemetry {
             Err(e) => Denial::from(e).reason.as_str(),
         };
         let m = &inner.metrics;
+        let token_service: Arc<str> = Arc::from(service.name());
         m.exchanges
             .get_or_create(&ExchangeLabels {
-                token_service: inner.token_service.clone(),
+                token_service: token_service.clone(),
                 outcome,
             })
             .inc();
         m.exchange_duration
-            .get_or_create(&TokenServiceLabels {
-                token_service: inner.token_service.clone(),
-            })
+            .get_or_create(&TokenServiceLabels { token_service })
             .observe(started.elapsed().as_secs_f64());
         result
     }
@@ -371,7 +360,11 @@ impl Observation<'_> {
                 }
                 if let Some(route) = decided.destination {
                     attributes.push(KeyValue::new("baton.destination", route.name.clone()));
-                    attributes.extend(target_attributes(route));
+                    attributes.push(KeyValue::new(
+                        "baton.token_service",
+                        route.token_service.name().to_owned(),
+                    ));
+                    attributes.extend(target_attributes(route, delegated.map(|d| &**d)));
                 }
                 if let Some(d) = delegated {
                     attributes.extend(delegated_attributes(d, tracing.subject));
@@ -411,9 +404,13 @@ fn split_scopes(scope: Option<&str>) -> impl Iterator<Item = String> + '_ {
         .map(str::to_owned)
 }
 
-/// What is asked for a destination: audience, resource, scopes.
-fn target_attributes(route: &Route) -> Vec<KeyValue> {
+/// What is asked for a destination: audience, resource, scopes (as asked, when a token was: the
+/// policy may narrow the configured ones).
+fn target_attributes(route: &Route, delegated: Option<&Delegated>) -> Vec<KeyValue> {
     let t = &route.target;
+    let scope = delegated
+        .and_then(|d| d.claims.requested_scope.as_deref())
+        .or(t.scope.as_deref());
     let mut out = Vec::with_capacity(3);
     if let Some(audience) = &t.audience {
         out.push(KeyValue::new("baton.audience", audience.clone()));
@@ -421,16 +418,14 @@ fn target_attributes(route: &Route) -> Vec<KeyValue> {
     if let Some(resource) = &t.resource {
         out.push(KeyValue::new("baton.resource", resource.clone()));
     }
-    out.push(KeyValue::new(
-        "baton.scopes.requested",
-        strings(split_scopes(t.scope.as_deref())),
-    ));
+    out.push(KeyValue::new("baton.scopes.requested", strings(split_scopes(scope))));
     out
 }
 
 /// Who and what: subject, the delegation chain, the issued token's `jti` and `exp`.
 fn delegated_attributes(d: &Delegated, subject: SubjectMode) -> Vec<KeyValue> {
     let c = &d.claims;
+    let actors = &d.actors;
     let mut out = Vec::with_capacity(8);
     if let Some(iss) = &c.subject_iss {
         out.push(KeyValue::new("baton.subject.iss", iss.clone()));
@@ -444,9 +439,9 @@ fn delegated_attributes(d: &Delegated, subject: SubjectMode) -> Vec<KeyValue> {
     }
     out.push(KeyValue::new(
         "baton.delegation.actors",
-        strings(c.actors.iter().cloned()),
+        strings(actors.iter().cloned()),
     ));
-    out.push(KeyValue::new("baton.delegation.depth", c.actors.len() as i64));
+    out.push(KeyValue::new("baton.delegation.depth", actors.len() as i64));
     out.push(KeyValue::new(
         "baton.scopes.granted",
         strings(split_scopes(d.scope.as_deref().or(c.scope.as_deref()))),
@@ -465,7 +460,7 @@ mod tests {
     use super::*;
     use crate::cache::Lifetimes;
     use crate::config::{AuditSink, OtlpProtocol};
-    use crate::exchange::TokenService;
+    use crate::exchange::{TokenService, TokenServices};
     use crate::jwt::DelegationClaims;
     use crate::reason::Reason;
     use crate::secret::Secret;
@@ -588,7 +583,12 @@ audit:
 
     fn authz() -> Authz {
         let config = config("").expect("valid");
-        Authz::new(&config, TokenService::new(&config.token_service).expect("client"))
+        let services = config
+            .token_services
+            .iter()
+            .map(|ts| TokenService::new(ts).expect("client"))
+            .collect::<Vec<_>>();
+        Authz::new(config, TokenServices::new(services), None)
     }
 
     fn delegated() -> Arc<Delegated> {
@@ -598,23 +598,23 @@ audit:
             jti: Some("jti-1".into()),
             exp: Some(1_700_000_300),
             scope: None,
-            actors: vec!["spiffe://cluster/ns/a/sa/frontend".into()],
+            requested_scope: Some("orders.read".into()),
         };
-        Arc::new(
-            Delegated::new(
-                Secret::new("issued.token.value"),
-                "Bearer".into(),
-                None,
-                Some("orders.read".into()),
-                Lifetimes {
-                    expires_in: Some(300),
-                    ..Default::default()
-                },
-                Duration::from_secs(30),
-                1_700_000_000,
-            )
-            .with_claims(claims),
+        let mut delegated = Delegated::new(
+            Secret::new("issued.token.value"),
+            "Bearer".into(),
+            None,
+            Some("orders.read".into()),
+            Lifetimes {
+                expires_in: Some(300),
+                ..Default::default()
+            },
+            Duration::from_secs(30),
+            1_700_000_000,
         )
+        .with_claims(claims);
+        delegated.actors = vec!["spiffe://cluster/ns/a/sa/frontend".into()];
+        Arc::new(delegated)
     }
 
     fn text(s: &envoy_types::pb::google::protobuf::Struct, key: &str) -> Option<String> {

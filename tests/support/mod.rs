@@ -5,6 +5,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod k8s;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -169,6 +171,8 @@ pub struct PeerOptions {
     pub delay: Option<&'static str>,
     pub status: Option<u16>,
     pub env: Vec<(&'static str, String)>,
+    /// A PEM CA the harness trusts for a peer serving HTTPS (its own requests: mint, stats, JWKS).
+    pub tls_root: Option<String>,
 }
 
 pub struct TokenService {
@@ -179,6 +183,7 @@ pub struct TokenService {
     child: Child,
     mint_path: &'static str,
     stats_path: &'static str,
+    http: reqwest::Client,
 }
 
 impl TokenService {
@@ -269,6 +274,14 @@ impl TokenService {
             Peer::BatonSts => ("/dev/mint", "/dev/stats"),
             _ => ("/test/mint", "/test/stats"),
         };
+        let http = match &faults.tls_root {
+            Some(pem) => reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes()).expect("tls_root PEM")])
+                .build()
+                .expect("http client"),
+            None => http(),
+        };
         Self {
             peer,
             issuer: field("issuer"),
@@ -277,6 +290,7 @@ impl TokenService {
             child,
             mint_path,
             stats_path,
+            http,
         }
     }
 
@@ -294,10 +308,16 @@ impl TokenService {
 
     /// A user token this service will accept as a subject token.
     pub async fn mint(&self, sub: &str, scope: &str) -> String {
-        let form = [("sub", sub), ("scope", scope)];
-        let response = http()
+        self.mint_with(&[("sub", sub), ("scope", scope)]).await
+    }
+
+    /// A user token with these mint parameters (`baton sts` also takes aud, expires_in,
+    /// not_before, may_act and claims).
+    pub async fn mint_with(&self, form: &[(&str, &str)]) -> String {
+        let response = self
+            .http
             .post(format!("{}{}", self.base(), self.mint_path))
-            .form(&form)
+            .form(form)
             .send()
             .await
             .expect("mint");
@@ -311,19 +331,27 @@ impl TokenService {
 
     /// How many token-exchange requests reached the token endpoint so far.
     pub async fn exchanges(&self) -> u64 {
-        let response = http()
+        self.stat("token_exchange").await
+    }
+
+    /// A counter from the service's stats endpoint (`baton sts` also counts `jwks` fetches).
+    pub async fn stat(&self, name: &str) -> u64 {
+        let response = self
+            .http
             .get(format!("{}{}", self.base(), self.stats_path))
             .send()
             .await
             .expect("stats");
         let body: Value = serde_json::from_slice(&response.bytes().await.expect("stats body")).expect("stats json");
-        body["token_exchange"].as_u64().expect("token_exchange count")
+        body[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {name} count in {body}"))
     }
 
     /// Verify `token` against this service's JWKS; the verified claims.
     pub async fn verify(&self, token: &str) -> Value {
         leaks::secret(token);
-        let response = http().get(&self.jwks_uri).send().await.expect("jwks");
+        let response = self.http.get(&self.jwks_uri).send().await.expect("jwks");
         let jwks: jsonwebtoken::jwk::JwkSet =
             serde_json::from_slice(&response.bytes().await.expect("jwks body")).expect("jwks json");
         let header = jsonwebtoken::decode_header(token).expect("the issued token is a JWT");
@@ -413,46 +441,8 @@ impl Baton {
     }
 
     async fn start_logging(scratch: &Scratch, listen: &str, token_service: &str, extra: &str, log: &str) -> Self {
-        Self::start_logging_env(scratch, listen, token_service, extra, log, &[]).await
-    }
-
-    /// Start `baton run` with `extra` YAML and extra environment. Unless `extra` configures them, the
-    /// audit log goes to `audit.log` in the scratch directory and spans to an OTLP receiver in this
-    /// process, so that everything Baton emits is scanned for leaks when it stops (except under
-    /// `start_quiet`, which measures Baton as shipped).
-    pub async fn start_logging_env(
-        scratch: &Scratch,
-        listen: &str,
-        token_service: &str,
-        extra: &str,
-        log: &str,
-        env: &[(&str, String)],
-    ) -> Self {
-        leaks::secret(CLIENT_SECRET);
-        let (grpc, admin) = (free_port(), free_port());
-        let quiet = log == "warn";
-        let mut observed = String::new();
-        if !quiet && !extra.contains("audit:") {
-            observed.push_str(&format!(
-                "audit:\n  sink: file\n  path: {}\n",
-                scratch.0.join("audit.log").display()
-            ));
-        }
-        let spans = if !quiet && !extra.contains("telemetry:") {
-            let sink = leaks::SpanSink::start().await;
-            observed.push_str(&format!(
-                "telemetry:\n  tracing:\n    endpoint: {}\n    timeout: 1s\n",
-                sink.endpoint
-            ));
-            Some(sink)
-        } else {
-            None
-        };
-        let yaml = format!(
-            r#"listen:
-  grpc: 127.0.0.1:{grpc}
-  admin: 127.0.0.1:{admin}
-{listen}token_service:
+        let body = format!(
+            r#"{listen}token_service:
 {token_service}
 cache:
   max_entries: 10000
@@ -468,8 +458,38 @@ destinations:
   - name: forbidden
     hosts: ["forbidden.example"]
     audience: {FORBIDDEN}
-{observed}{extra}"#
+{extra}"#
         );
+        Self::start_raw(scratch, &body, log).await
+    }
+
+    /// Start `baton run` with this configuration; `listen.grpc` and `listen.admin` are added (any
+    /// further `listen:` keys go in `body` as `  key: value` lines first). Unless `body` configures
+    /// them, the audit log goes to `audit.log` in the scratch directory and spans to an OTLP receiver
+    /// in this process, so that everything Baton emits is scanned for leaks when it stops (except at
+    /// log level `warn`, `start_quiet`, which measures Baton as shipped).
+    pub async fn start_raw(scratch: &Scratch, body: &str, log: &str) -> Self {
+        leaks::secret(CLIENT_SECRET);
+        let (grpc, admin) = (free_port(), free_port());
+        let quiet = log == "warn";
+        let mut observed = String::new();
+        if !quiet && !body.contains("\naudit:") {
+            observed.push_str(&format!(
+                "audit:\n  sink: file\n  path: {}\n",
+                scratch.0.join("audit.log").display()
+            ));
+        }
+        let spans = if !quiet && !body.contains("\ntelemetry:") {
+            let sink = leaks::SpanSink::start().await;
+            observed.push_str(&format!(
+                "telemetry:\n  tracing:\n    endpoint: {}\n    timeout: 1s\n",
+                sink.endpoint
+            ));
+            Some(sink)
+        } else {
+            None
+        };
+        let yaml = format!("listen:\n  grpc: 127.0.0.1:{grpc}\n  admin: 127.0.0.1:{admin}\n{body}\n{observed}");
         let config = scratch.write("baton.yaml", &yaml);
         let child = Command::new(baton_bin())
             .arg("run")
@@ -478,7 +498,6 @@ destinations:
             .env("BATON_LOG", log)
             // Export spans every 100 ms rather than every 5 s, so a test reads them back quickly.
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(scratch.log("baton.stdout.log"))
             .stderr(scratch.log("baton.log"))

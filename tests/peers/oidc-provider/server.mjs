@@ -6,10 +6,13 @@
 // (client_secret_basic and client_secret_post), error responses, the JWKS endpoint, discovery,
 // and the JWT access token itself (AccessToken model, resource-server format "jwt", signed with
 // the provider's keystore). What is glue: the token-exchange grant handler below (subject/actor
-// token validation and policy), the key generation at start, and the /test/* endpoints.
+// token validation and policy), the Entra-style on-behalf-of grant handler, the mTLS hooks that
+// hand the TLS peer certificate to the library, the key generation at start, and the /test/* endpoints.
 
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 
 // The contract wants exactly one line on stdout (the ready line). oidc-provider prints its
 // notices with console.info, so everything console prints goes to stderr; the ready line is
@@ -23,6 +26,9 @@ const jose = await import('jose');
 const { default: Provider, errors } = await import('oidc-provider');
 
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+// RFC 7523's JWT-bearer grant, as Microsoft Entra ID's on-behalf-of flow uses it.
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const GRANTS = [TOKEN_EXCHANGE, JWT_BEARER];
 const TT_ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
 const TT_JWT = 'urn:ietf:params:oauth:token-type:jwt';
 const ACCEPTED_INPUT_TYPES = new Set([TT_ACCESS_TOKEN, TT_JWT]);
@@ -59,6 +65,21 @@ const LOGIN_CLIENT_ID = 'test-login';
 // Not in the contract: a public JWKS (JSON) for a second client, `${CLIENT_ID}-jwt`, that
 // authenticates with private_key_jwt (RFC 7523); the library verifies its client assertions.
 const JWT_CLIENT_JWKS = env('JWT_CLIENT_JWKS', '');
+// Not in the contract: serve HTTPS with this certificate chain and key (PEM files).
+const TLS_CERT_FILE = env('TLS_CERT_FILE', '');
+const TLS_KEY_FILE = env('TLS_KEY_FILE', '');
+// Not in the contract (needs TLS_CERT_FILE): ask every TLS client for a certificate, verify it
+// against this CA bundle (PEM file), and register a third client, `${CLIENT_ID}-mtls`, that
+// authenticates with RFC 8705 tls_client_auth: a verified certificate whose subject DN is
+// MTLS_SUBJECT_DN (default `CN=${CLIENT_ID}-mtls`).
+const TLS_CLIENT_CA_FILE = env('TLS_CLIENT_CA_FILE', '');
+const MTLS_SUBJECT_DN = env('MTLS_SUBJECT_DN', `CN=${CLIENT_ID}-mtls`);
+if (Boolean(TLS_CERT_FILE) !== Boolean(TLS_KEY_FILE)) {
+  throw new Error('TLS_CERT_FILE and TLS_KEY_FILE go together');
+}
+if (TLS_CLIENT_CA_FILE && !TLS_CERT_FILE) {
+  throw new Error('TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE');
+}
 const MINT_DEFAULT_LIFETIME = 3600;
 
 function log(...args) {
@@ -79,13 +100,23 @@ const ownKeys = jose.createLocalJWKSet({ keys: [publicJwk] });
 
 // --- the HTTP server: listen first, so the issuer carries the real port -------------------
 
-const server = http.createServer();
+const server = TLS_CERT_FILE
+  ? https.createServer({
+    cert: fs.readFileSync(TLS_CERT_FILE),
+    key: fs.readFileSync(TLS_KEY_FILE),
+    // A client without a (trusted) certificate still connects: the library then refuses a
+    // tls_client_auth client with invalid_client, and the other clients and /test/* still work.
+    ...(TLS_CLIENT_CA_FILE
+      ? { ca: fs.readFileSync(TLS_CLIENT_CA_FILE), requestCert: true, rejectUnauthorized: false }
+      : undefined),
+  })
+  : http.createServer();
 await new Promise((resolve, reject) => {
   server.once('error', reject);
   server.listen(PORT, '127.0.0.1', resolve);
 });
 const { port } = server.address();
-const issuer = `http://127.0.0.1:${port}`;
+const issuer = `${TLS_CERT_FILE ? 'https' : 'http'}://127.0.0.1:${port}`;
 
 // --- the provider -------------------------------------------------------------------------
 
@@ -102,9 +133,9 @@ function resourceServerInfo(identifier, scope) {
   };
 }
 
-// The `act` claim of a token being issued, keyed by the AccessToken instance; read back by
+// Extra claims (`act`, `may_act`) of a token being issued, keyed by the AccessToken instance; read back by
 // the library through the `extraTokenClaims` hook when it builds the JWT payload.
-const actClaims = new WeakMap();
+const extraClaims = new WeakMap();
 
 // features.resourceIndicators.getResourceServerInfo. Kept in a name of its own because the
 // provider's resolved configuration is private (custom grant handlers get no helpers).
@@ -123,7 +154,7 @@ const provider = new Provider(issuer, {
       // oidc-provider also accepts client_secret_post for a client registered with
       // client_secret_basic (and vice versa): both are "client secret" methods to it.
       token_endpoint_auth_method: 'client_secret_basic',
-      grant_types: [TOKEN_EXCHANGE],
+      grant_types: GRANTS,
       response_types: [],
       redirect_uris: [],
       id_token_signed_response_alg: SIGNING_ALG,
@@ -132,7 +163,16 @@ const provider = new Provider(issuer, {
       client_id: `${CLIENT_ID}-jwt`,
       token_endpoint_auth_method: 'private_key_jwt',
       jwks: JSON.parse(JWT_CLIENT_JWKS),
-      grant_types: [TOKEN_EXCHANGE],
+      grant_types: GRANTS,
+      response_types: [],
+      redirect_uris: [],
+      id_token_signed_response_alg: SIGNING_ALG,
+    }] : []),
+    ...(TLS_CLIENT_CA_FILE ? [{
+      client_id: `${CLIENT_ID}-mtls`,
+      token_endpoint_auth_method: 'tls_client_auth',
+      tls_client_auth_subject_dn: MTLS_SUBJECT_DN,
+      grant_types: GRANTS,
       response_types: [],
       redirect_uris: [],
       id_token_signed_response_alg: SIGNING_ALG,
@@ -148,6 +188,11 @@ const provider = new Provider(issuer, {
     },
   ],
   jwks: { keys: [privateJwk] },
+  ...(TLS_CLIENT_CA_FILE ? {
+    clientAuthMethods: [
+      'client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none', 'tls_client_auth',
+    ],
+  } : undefined),
   clientDefaults: {
     grant_types: [TOKEN_EXCHANGE],
     response_types: [],
@@ -155,6 +200,21 @@ const provider = new Provider(issuer, {
   },
   features: {
     devInteractions: { enabled: false },
+    // RFC 8705 client authentication (glue: the three hooks hand the library the TLS peer
+    // certificate Node verified; the library decides).
+    mTLS: {
+      enabled: Boolean(TLS_CLIENT_CA_FILE),
+      tlsClientAuth: true,
+      certificateBoundAccessTokens: false,
+      getCertificate: (ctx) => ctx.socket.getPeerX509Certificate?.(),
+      certificateAuthorized: (ctx) => ctx.socket.authorized === true,
+      // Node prints the subject as `CN=...` lines; compared as one comma-joined string, exactly.
+      certificateSubjectMatches: (ctx, property, expected) => {
+        const cert = ctx.socket.getPeerX509Certificate?.();
+        return property === 'tls_client_auth_subject_dn'
+          && cert?.subject.split('\n').join(',') === expected;
+      },
+    },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => undefined,
@@ -165,10 +225,7 @@ const provider = new Provider(issuer, {
   ttl: {
     AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL ?? TOKEN_LIFETIME,
   },
-  extraTokenClaims: (ctx, token) => {
-    const act = actClaims.get(token);
-    return act ? { act } : undefined;
-  },
+  extraTokenClaims: (ctx, token) => extraClaims.get(token),
   // JSON errors for every client, whatever its Accept header says.
   async renderError(ctx, out) {
     ctx.type = 'json';
@@ -252,6 +309,10 @@ async function tokenExchange(ctx) {
   let act;
   if (params.actor_token !== undefined) {
     const actor = await verifyOwnAccessToken(params.actor_token, 'actor_token');
+    // RFC 8693 4.4: a subject that names who may act for it is obeyed.
+    if (subject.may_act && subject.may_act.sub !== actor.sub) {
+      throw new errors.InvalidGrant("the subject token's may_act does not name this actor");
+    }
     // The new actor first; earlier actors of the subject token nest inside (RFC 8693 4.1).
     act = { sub: actor.sub, ...(subject.act ? { act: subject.act } : undefined) };
   } else if (subject.act) {
@@ -270,7 +331,7 @@ async function tokenExchange(ctx) {
     scope,
     resourceServer,
   });
-  if (act) actClaims.set(token, act);
+  if (act) extraClaims.set(token, { act });
 
   ctx.oidc.entity('AccessToken', token);
   const value = await token.save();
@@ -296,8 +357,68 @@ provider.registerGrantType(
   ['audience', 'resource'], // RFC 8693 allows these to repeat
 );
 
-// Count token-exchange requests that reached the token endpoint, granted or refused.
+// --- Microsoft Entra ID on-behalf-of (glue: the grant as Entra speaks it; issuing is the library's)
+//
+// grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer, assertion=<the user's token, issued to
+// the calling app>, requested_token_use=on_behalf_of, scope=<resource>/.default or
+// <resource>/<permission> ... (one resource). The answer is Entra's: token_type, scope,
+// expires_in, ext_expires_in, access_token; no issued_token_type.
+
+async function onBehalfOf(ctx) {
+  const { client, params } = ctx.oidc;
+  if (params.requested_token_use !== 'on_behalf_of') {
+    throw new errors.InvalidRequest('requested_token_use must be on_behalf_of');
+  }
+  if (!params.assertion) {
+    throw new errors.InvalidRequest('missing required parameter \'assertion\'');
+  }
+  const scopes = (params.scope ?? '').split(' ').filter(Boolean);
+  const resources = new Set(scopes.map((s) => s.slice(0, Math.max(0, s.lastIndexOf('/')))));
+  if (scopes.length === 0 || resources.size !== 1 || resources.has('')) {
+    throw new errors.InvalidScope('scope must name permissions of one resource, as <resource>/<permission> or <resource>/.default');
+  }
+  const [resource] = resources;
+  if (!AUDIENCES.has(resource)) {
+    // Entra's answer for a resource it does not know (AADSTS500011).
+    throw new errors.CustomOIDCProviderError('invalid_resource', `the resource principal named ${resource} was not found`);
+  }
+  const subject = await verifyOwnAccessToken(params.assertion, 'assertion');
+  // Entra only lets the app a user token was issued to use it on the user's behalf.
+  const aud = asList(subject.aud);
+  if (!aud.includes(client.clientId)) {
+    throw new errors.InvalidGrant('the assertion was not issued to this client');
+  }
+  // `.default` stands for every permission granted to the app; these test resources define none.
+  const permissions = scopes
+    .map((s) => s.slice(resource.length + 1))
+    .filter((p) => p !== '.default');
+  const resourceServer = new provider.ResourceServer(
+    resource,
+    resourceServerInfo(resource, permissions.join(' ')),
+  );
+  const token = new provider.AccessToken({
+    client,
+    accountId: subject.sub,
+    gty: JWT_BEARER,
+    scope: permissions.join(' ') || undefined,
+    resourceServer,
+  });
+  ctx.oidc.entity('AccessToken', token);
+  const value = await token.save();
+  ctx.body = {
+    token_type: token.tokenType,
+    scope: scopes.join(' '),
+    expires_in: token.expiration,
+    ext_expires_in: token.expiration,
+    access_token: value,
+  };
+}
+
+provider.registerGrantType(JWT_BEARER, onBehalfOf, ['assertion', 'requested_token_use', 'scope']);
+
+// Count exchange requests (either grant) that reached the token endpoint, granted or refused.
 let tokenExchangeCount = 0;
+let onBehalfOfCount = 0;
 provider.use(async (ctx, next) => {
   try {
     await next();
@@ -305,12 +426,15 @@ provider.use(async (ctx, next) => {
     if (ctx.oidc?.route === 'token' && ctx.oidc.params?.grant_type === TOKEN_EXCHANGE) {
       tokenExchangeCount += 1;
     }
+    if (ctx.oidc?.route === 'token' && ctx.oidc.params?.grant_type === JWT_BEARER) {
+      onBehalfOfCount += 1;
+    }
   }
 });
 
 provider.on('grant.success', (ctx) => {
-  if (ctx.oidc.params?.grant_type === TOKEN_EXCHANGE) {
-    log('token exchange granted', ctx.oidc.client?.clientId);
+  if (GRANTS.includes(ctx.oidc.params?.grant_type)) {
+    log('grant', ctx.oidc.params.grant_type, 'to', ctx.oidc.client?.clientId);
   }
 });
 provider.on('grant.error', (ctx, err) => {
@@ -350,6 +474,10 @@ async function mint(form) {
     exp: now + expiresIn,
     resourceServer: new provider.ResourceServer(aud, resourceServerInfo(aud, scope)),
   });
+  if (form.get('may_act')) {
+    // Read back by the extraTokenClaims hook, like `act` for exchanged tokens.
+    extraClaims.set(token, { may_act: { sub: form.get('may_act') } });
+  }
   const value = await token.save();
   return [200, { access_token: value, expires_in: expiresIn }];
 }
@@ -389,7 +517,7 @@ server.on('request', async (req, res) => {
   try {
     if (pathname === '/test/stats') {
       if (req.method !== 'GET') return sendJson(res, 405, { error: 'method not allowed' });
-      return sendJson(res, 200, { token_exchange: tokenExchangeCount });
+      return sendJson(res, 200, { token_exchange: tokenExchangeCount, on_behalf_of: onBehalfOfCount });
     }
     if (pathname === '/test/mint') {
       if (req.method !== 'POST') return sendJson(res, 405, { error: 'method not allowed' });
@@ -412,7 +540,7 @@ process.stdout.write(`${JSON.stringify({
   token_endpoint: `${issuer}${provider.pathFor('token')}`,
   jwks_uri: `${issuer}${provider.pathFor('jwks')}`,
 })}\n`);
-log(`listening on ${issuer}; client ${CLIENT_ID}; audiences ${[...AUDIENCES].join(', ')}; alg ${SIGNING_ALG}`);
+log(`listening on ${issuer}; client ${CLIENT_ID}; audiences ${[...AUDIENCES].join(', ')}; alg ${SIGNING_ALG}${TLS_CLIENT_CA_FILE ? `; mTLS client ${CLIENT_ID}-mtls (${MTLS_SUBJECT_DN})` : ''}`);
 
 function shutdown(signal) {
   log(`${signal}: shutting down`);

@@ -1,0 +1,576 @@
+//! Request-time delegation policy, per destination: may this workload act for this user towards this
+//! destination, with this method and path, and which scopes may it ask for? Evaluated on every
+//! Check after the subject token is verified and before the cache, so a refused request never mints
+//! a token. Rules are compiled once at config load (a bad CEL expression is a config error with its
+//! position); evaluation never panics, and an erroring expression refuses (fail closed).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::{Errors, parse_duration};
+use crate::reason::{Denial, Reason};
+
+// === The YAML shape ===
+
+/// `destinations[].policy`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Calling workloads (Envoy source principal / SPIFFE ID, or `workload.identity`); a trailing
+    /// `*` matches any suffix. Empty: any.
+    pub allowed_sources: Vec<String>,
+    /// Claim name -> required value, or a list of which one must match. An array claim matches if
+    /// it contains a required value.
+    pub require_claims: BTreeMap<String, ClaimRule>,
+    /// HTTP methods allowed (upper-case). Empty: any.
+    pub methods: Vec<String>,
+    /// Path prefixes (`/orders/`) or globs (`/orders/*/items`, `*` within a segment, `**` across).
+    /// Empty: any.
+    pub paths: Vec<String>,
+    /// `intersect`: ask only for the destination's scopes that the subject token holds.
+    pub scopes_from_subject: Option<ScopesFromSubject>,
+    /// Cap on how long an exchanged token for this destination is cached.
+    pub max_token_lifetime: Option<String>,
+    /// Deny when the delegation chain (`act` nesting) would be longer than this.
+    pub max_delegation_depth: Option<usize>,
+    /// A CEL expression over `subject`, `request`, `source`, `destination`; must be true.
+    pub when: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ClaimRule {
+    // A list first: as `One` it would be taken for a single array value.
+    AnyOf(Vec<Value>),
+    One(Value),
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScopesFromSubject {
+    Intersect,
+}
+
+// === The compiled policy ===
+
+#[derive(Debug, Default)]
+pub struct Policy {
+    sources: Vec<Pattern>,
+    claims: Vec<(String, Vec<Value>)>,
+    methods: Vec<String>,
+    paths: Vec<PathRule>,
+    pub scopes_from_subject: bool,
+    pub max_token_lifetime: Option<Duration>,
+    pub max_delegation_depth: Option<usize>,
+    when: Option<Expression>,
+}
+
+/// What the policy looks at.
+#[derive(Debug)]
+pub struct Facts<'a> {
+    /// The verified subject token's claims (`None` when verification is off).
+    pub claims: Option<&'a serde_json::Map<String, Value>>,
+    pub source: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: crate::extract::Headers<'a>,
+    pub destination: &'a str,
+}
+
+impl RawPolicy {
+    /// Compile; problems go to `errors` under `at` (e.g. `destinations[0].policy`).
+    pub fn compile(self, at: &str, verified: bool, errors: &mut Errors) -> Policy {
+        let needs_claims = !self.require_claims.is_empty() || self.scopes_from_subject.is_some();
+        if needs_claims && !verified {
+            errors.add(
+                at,
+                "require_claims and scopes_from_subject read the subject token's claims: configure trusted_issuers so they are verified",
+            );
+        }
+        let max_token_lifetime = self
+            .max_token_lifetime
+            .as_deref()
+            .and_then(|t| match parse_duration(t) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    errors.add(format!("{at}.max_token_lifetime"), e);
+                    None
+                }
+            });
+        let methods: Vec<String> = self.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
+        if let Some(bad) = methods
+            .iter()
+            .find(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()))
+        {
+            errors.add(format!("{at}.methods"), format!("`{bad}` is not an HTTP method"));
+        }
+        let mut paths = Vec::new();
+        for (i, p) in self.paths.iter().enumerate() {
+            if p.starts_with('/') {
+                paths.push(PathRule::new(p));
+            } else {
+                errors.add(format!("{at}.paths[{i}]"), "must start with /");
+            }
+        }
+        let when = self
+            .when
+            .as_deref()
+            .and_then(|source| match Expression::compile(source) {
+                Ok(e) => {
+                    if e.reads_subject && !verified {
+                        errors.add(
+                            format!("{at}.when"),
+                            "reads `subject`: configure trusted_issuers so it is verified",
+                        );
+                    }
+                    Some(e)
+                }
+                Err(e) => {
+                    errors.add(format!("{at}.when"), e);
+                    None
+                }
+            });
+        Policy {
+            sources: self.allowed_sources.iter().map(|s| Pattern::new(s)).collect(),
+            claims: self
+                .require_claims
+                .into_iter()
+                .map(|(k, rule)| match rule {
+                    ClaimRule::One(v) => (k, vec![v]),
+                    ClaimRule::AnyOf(vs) => (k, vs),
+                })
+                .collect(),
+            methods,
+            paths,
+            scopes_from_subject: self.scopes_from_subject.is_some(),
+            max_token_lifetime,
+            max_delegation_depth: self.max_delegation_depth,
+            when,
+        }
+    }
+}
+
+impl Policy {
+    /// Every rule, cheapest first; the first that refuses names itself in the reason.
+    pub fn check(&self, facts: &Facts<'_>) -> Result<(), Denial> {
+        if !self.sources.is_empty() && !facts.source.is_some_and(|s| self.sources.iter().any(|p| p.matches(s))) {
+            return Err(Denial::new(
+                Reason::SourceNotAllowed,
+                "this workload may not delegate to this destination",
+            ));
+        }
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m.eq_ignore_ascii_case(facts.method)) {
+            return Err(Denial::new(
+                Reason::MethodNotAllowed,
+                "the method is not allowed towards this destination",
+            ));
+        }
+        if !self.paths.is_empty() {
+            let path = facts.path.split(['?', '#']).next().unwrap_or("");
+            if !self.paths.iter().any(|p| p.matches(path)) {
+                return Err(Denial::new(
+                    Reason::PathNotAllowed,
+                    "the path is not allowed towards this destination",
+                ));
+            }
+        }
+        for (name, wanted) in &self.claims {
+            let held = facts.claims.and_then(|c| c.get(name));
+            if !held.is_some_and(|h| claim_matches(h, wanted)) {
+                return Err(Denial::new(
+                    Reason::ClaimRequirementFailed,
+                    format!("the subject token's `{name}` claim does not meet the destination's requirement"),
+                ));
+            }
+        }
+        if let Some(expression) = &self.when {
+            expression.check(facts)?;
+        }
+        Ok(())
+    }
+
+    /// `scopes_from_subject: intersect`: the configured scopes the subject holds, in configured order.
+    /// An empty result refuses: asking for nothing would get the token service's defaults.
+    pub fn scopes(
+        &self,
+        configured: &[String],
+        claims: Option<&serde_json::Map<String, Value>>,
+    ) -> Result<Option<String>, Denial> {
+        if !self.scopes_from_subject || configured.is_empty() {
+            return Ok(None);
+        }
+        let held = subject_scopes(claims);
+        let granted: Vec<&str> = configured
+            .iter()
+            .map(String::as_str)
+            .filter(|s| held.contains(s))
+            .collect();
+        if granted.is_empty() {
+            return Err(Denial::new(
+                Reason::ScopeNotHeld,
+                "the subject holds none of the scopes this destination needs",
+            ));
+        }
+        Ok(Some(granted.join(" ")))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+            && self.claims.is_empty()
+            && self.methods.is_empty()
+            && self.paths.is_empty()
+            && self.when.is_none()
+    }
+}
+
+/// The subject's scopes: `scope` (RFC 8693 / RFC 9068, space-separated) or `scp` (array or string).
+fn subject_scopes(claims: Option<&serde_json::Map<String, Value>>) -> Vec<&str> {
+    let Some(claims) = claims else { return Vec::new() };
+    match claims.get("scope").or_else(|| claims.get("scp")) {
+        Some(Value::String(s)) => s.split(' ').filter(|s| !s.is_empty()).collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn claim_matches(held: &Value, wanted: &[Value]) -> bool {
+    match held {
+        Value::Array(items) => items.iter().any(|item| wanted.contains(item)),
+        scalar => wanted.contains(scalar),
+    }
+}
+
+/// `spiffe://cluster.local/ns/default/sa/frontend`, or with a trailing `*` a prefix.
+#[derive(Debug)]
+struct Pattern {
+    text: String,
+    prefix: bool,
+}
+
+impl Pattern {
+    fn new(text: &str) -> Self {
+        match text.strip_suffix('*') {
+            Some(prefix) => Self {
+                text: prefix.to_owned(),
+                prefix: true,
+            },
+            None => Self {
+                text: text.to_owned(),
+                prefix: false,
+            },
+        }
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        if self.prefix {
+            value.starts_with(&self.text)
+        } else {
+            value == self.text
+        }
+    }
+}
+
+/// A path rule: a prefix (no `*`), or a glob over `/`-separated segments where `*` matches within a
+/// segment and `**` matches any number of segments.
+#[derive(Debug)]
+enum PathRule {
+    Prefix(String),
+    Glob(Vec<String>),
+}
+
+impl PathRule {
+    fn new(text: &str) -> Self {
+        if text.contains('*') {
+            Self::Glob(text.split('/').map(str::to_owned).collect())
+        } else {
+            Self::Prefix(text.to_owned())
+        }
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            Self::Glob(pattern) => {
+                let segments: Vec<&str> = path.split('/').collect();
+                glob_segments(pattern, &segments)
+            }
+        }
+    }
+}
+
+fn glob_segments(pattern: &[String], path: &[&str]) -> bool {
+    match (pattern.first(), path.first()) {
+        (None, None) => true,
+        (Some(p), _) if p == "**" => (0..=path.len()).any(|skip| glob_segments(&pattern[1..], &path[skip..])),
+        (Some(p), Some(s)) => glob_segment(p.as_bytes(), s.as_bytes()) && glob_segments(&pattern[1..], &path[1..]),
+        _ => false,
+    }
+}
+
+/// `*` within one segment.
+fn glob_segment(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|i| glob_segment(rest, &text[i..])),
+        Some((c, rest)) => text.first() == Some(c) && glob_segment(rest, &text[1..]),
+    }
+}
+
+// === CEL ===
+
+/// A compiled `when:` expression.
+struct Expression {
+    source: String,
+    program: cel::Program,
+    env: Arc<cel::Env>,
+    reads_subject: bool,
+}
+
+impl std::fmt::Debug for Expression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Expression").field("source", &self.source).finish()
+    }
+}
+
+const VARIABLES: [&str; 4] = ["subject", "request", "source", "destination"];
+
+impl Expression {
+    fn compile(source: &str) -> Result<Self, String> {
+        let env = Arc::new(cel::Env::stdlib());
+        let program = env.compile(source).map_err(|e| e.to_string().replace('\n', " "))?;
+        let references = program.references();
+        if let Some(unknown) = references.variables().into_iter().find(|v| !VARIABLES.contains(v)) {
+            return Err(format!(
+                "unknown variable `{unknown}` (use subject, request, source, destination)"
+            ));
+        }
+        let reads_subject = references.has_variable("subject");
+        Ok(Self {
+            source: source.to_owned(),
+            program,
+            env,
+            reads_subject,
+        })
+    }
+
+    fn check(&self, facts: &Facts<'_>) -> Result<(), Denial> {
+        let error = |why: &str| {
+            tracing::warn!(expression = %self.source, error = why, "policy expression failed; refusing");
+            Denial::new(
+                Reason::PolicyExpressionError,
+                "the destination's policy expression could not be evaluated",
+            )
+        };
+        let mut context = cel::Context::with_env(self.env.clone());
+        let subject = facts.claims.map_or(Value::Null, |c| Value::Object(c.clone()));
+        let mut headers = serde_json::Map::new();
+        for name in ["content-type", "user-agent", "x-request-id", "x-forwarded-for"] {
+            if let Some(v) = facts.headers.get(name) {
+                headers.insert(name.to_owned(), Value::String(v.to_owned()));
+            }
+        }
+        let request = serde_json::json!({ "method": facts.method, "path": facts.path, "headers": headers });
+        for (name, value) in [
+            ("subject", subject),
+            ("request", request),
+            ("source", Value::String(facts.source.unwrap_or("").to_owned())),
+            ("destination", Value::String(facts.destination.to_owned())),
+        ] {
+            let value = cel::to_value(value).map_err(|e| error(&e.to_string()))?;
+            context.add_variable_from_value(name, value);
+        }
+        match self.program.execute(&context) {
+            Ok(cel::Value::Bool(true)) => Ok(()),
+            Ok(cel::Value::Bool(false)) => Err(Denial::new(
+                Reason::PolicyExpressionFalse,
+                "the destination's policy expression is false for this request",
+            )),
+            Ok(other) => Err(error(&format!("the expression gave {other:?}, not a bool"))),
+            Err(e) => Err(error(&e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn compile(yaml: &str, verified: bool) -> Result<Policy, Vec<String>> {
+        let raw: RawPolicy = serde_saphyr::from_str(yaml).map_err(|e| vec![e.to_string()])?;
+        let mut errors = Errors::default();
+        let policy = raw.compile("policy", verified, &mut errors);
+        if errors.0.is_empty() {
+            Ok(policy)
+        } else {
+            Err(errors
+                .0
+                .into_iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect())
+        }
+    }
+
+    fn claims(json: &str) -> serde_json::Map<String, Value> {
+        serde_json::from_str(json).expect("claims")
+    }
+
+    fn decide(
+        policy: &Policy,
+        claims: &serde_json::Map<String, Value>,
+        source: Option<&str>,
+        method: &str,
+        path: &str,
+    ) -> Result<(), Reason> {
+        let empty = HashMap::new();
+        let facts = Facts {
+            claims: Some(claims),
+            source,
+            method,
+            path,
+            headers: crate::extract::Headers::Folded(&empty),
+            destination: "orders",
+        };
+        policy.check(&facts).map_err(|d| d.reason)
+    }
+
+    #[test]
+    fn each_rule_allows_and_refuses_by_its_own_reason() {
+        let policy = compile(
+            r#"
+allowed_sources: ["spiffe://cluster.local/ns/shop/*"]
+require_claims: { tenant: acme, groups: [buyers, admins] }
+methods: [get, POST]
+paths: ["/orders/", "/items/*/price", "/v2/**/status"]
+"#,
+            true,
+        )
+        .expect("compiles");
+        let alice = claims(r#"{"sub":"alice","tenant":"acme","groups":["buyers"]}"#);
+        let src = Some("spiffe://cluster.local/ns/shop/sa/frontend");
+        assert_eq!(decide(&policy, &alice, src, "GET", "/orders/1?x=y"), Ok(()));
+        assert_eq!(decide(&policy, &alice, src, "POST", "/items/42/price"), Ok(()));
+        assert_eq!(decide(&policy, &alice, src, "GET", "/v2/a/b/status"), Ok(()));
+        assert_eq!(
+            decide(
+                &policy,
+                &alice,
+                Some("spiffe://cluster.local/ns/other/sa/x"),
+                "GET",
+                "/orders/1"
+            ),
+            Err(Reason::SourceNotAllowed)
+        );
+        assert_eq!(
+            decide(&policy, &alice, None, "GET", "/orders/1"),
+            Err(Reason::SourceNotAllowed)
+        );
+        assert_eq!(
+            decide(&policy, &alice, src, "DELETE", "/orders/1"),
+            Err(Reason::MethodNotAllowed)
+        );
+        assert_eq!(
+            decide(&policy, &alice, src, "GET", "/items/42/cost"),
+            Err(Reason::PathNotAllowed)
+        );
+        assert_eq!(
+            decide(&policy, &alice, src, "GET", "/order"),
+            Err(Reason::PathNotAllowed)
+        );
+        let other_tenant = claims(r#"{"sub":"bob","tenant":"evil","groups":["buyers"]}"#);
+        assert_eq!(
+            decide(&policy, &other_tenant, src, "GET", "/orders/1"),
+            Err(Reason::ClaimRequirementFailed)
+        );
+        let no_group = claims(r#"{"sub":"carol","tenant":"acme","groups":["sellers"]}"#);
+        assert_eq!(
+            decide(&policy, &no_group, src, "GET", "/orders/1"),
+            Err(Reason::ClaimRequirementFailed)
+        );
+        let missing = claims(r#"{"sub":"dave"}"#);
+        assert_eq!(
+            decide(&policy, &missing, src, "GET", "/orders/1"),
+            Err(Reason::ClaimRequirementFailed)
+        );
+    }
+
+    #[test]
+    fn cel_expressions_true_false_and_erroring() {
+        let policy = compile(
+            r#"when: 'subject.tenant == "acme" && request.method == "GET" && destination == "orders"'"#,
+            true,
+        )
+        .expect("compiles");
+        assert_eq!(
+            decide(&policy, &claims(r#"{"tenant":"acme"}"#), None, "GET", "/"),
+            Ok(())
+        );
+        assert_eq!(
+            decide(&policy, &claims(r#"{"tenant":"other"}"#), None, "GET", "/"),
+            Err(Reason::PolicyExpressionFalse)
+        );
+        // A missing claim is an evaluation error: refused, not allowed.
+        assert_eq!(
+            decide(&policy, &claims(r#"{}"#), None, "GET", "/"),
+            Err(Reason::PolicyExpressionError)
+        );
+        let not_bool = compile(r#"when: 'request.path'"#, true).expect("compiles");
+        assert_eq!(
+            decide(&not_bool, &claims("{}"), None, "GET", "/"),
+            Err(Reason::PolicyExpressionError)
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_config_errors_with_their_path() {
+        let errors = compile(
+            "when: 'subject.tenant ==='\nmethods: ['G ET']\npaths: [orders]\nmax_token_lifetime: soon\n",
+            true,
+        )
+        .expect_err("invalid");
+        for path in [
+            "policy.when",
+            "policy.methods",
+            "policy.paths[0]",
+            "policy.max_token_lifetime",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(&format!("{path}:"))),
+                "{path} in {errors:?}"
+            );
+        }
+        let errors = compile("when: 'user.id == 1'\n", true).expect_err("unknown variable");
+        assert!(errors[0].contains("unknown variable `user`"), "{errors:?}");
+        let errors = compile("require_claims: { tenant: acme }\n", false).expect_err("needs verification");
+        assert!(errors[0].contains("trusted_issuers"), "{errors:?}");
+    }
+
+    #[test]
+    fn scopes_are_intersected_with_the_subjects() {
+        let policy = compile("scopes_from_subject: intersect\n", true).expect("compiles");
+        let configured = vec!["orders.read".to_owned(), "orders.write".to_owned()];
+        let read_only = claims(r#"{"scope":"profile orders.read"}"#);
+        assert_eq!(
+            policy.scopes(&configured, Some(&read_only)),
+            Ok(Some("orders.read".to_owned()))
+        );
+        let entra = claims(r#"{"scp":["orders.write","orders.read"]}"#);
+        assert_eq!(
+            policy.scopes(&configured, Some(&entra)),
+            Ok(Some("orders.read orders.write".to_owned()))
+        );
+        let none = claims(r#"{"scope":"profile"}"#);
+        assert_eq!(
+            policy.scopes(&configured, Some(&none)).map_err(|d| d.reason),
+            Err(Reason::ScopeNotHeld)
+        );
+        assert_eq!(
+            compile("{}", true).expect("empty").scopes(&configured, Some(&none)),
+            Ok(None)
+        );
+    }
+}

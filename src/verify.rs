@@ -1,0 +1,637 @@
+//! Verifying the subject token before anything is exchanged: a trusted issuer, a signature by one of
+//! its keys (JWKS, by `kid`, refetched on an unknown `kid` at a bounded rate and periodically), an
+//! allowed asymmetric algorithm, `exp`/`nbf` with leeway, and an accepted audience. A verified
+//! token's claims are cached by token digest until its `exp`, so a hit does not pay the signature
+//! check again. It never accepts `alg: none` or an HMAC algorithm, and keeps serving the last good
+//! keys when an issuer's JWKS is unreachable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use url::Url;
+
+use crate::cache::{Key, unix_now};
+use crate::config::{Errors, parse_duration};
+use crate::exchange::read_bounded;
+use crate::reason::{Denial, Reason};
+use crate::telemetry::metrics::OutcomeLabels;
+
+/// The counter of JWKS fetches, from `telemetry::Metrics::jwks_refreshes`.
+pub type JwksRefreshes =
+    prometheus_client::metrics::family::Family<OutcomeLabels, prometheus_client::metrics::counter::Counter>;
+
+// === Configuration ===
+
+/// `trusted_issuers[]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawIssuer {
+    pub issuer: String,
+    /// Where its keys are; without it, found by RFC 8414 / OpenID discovery from `issuer`.
+    pub jwks_uri: Option<String>,
+    /// The subject token must name one of these in `aud`: it was meant for this workload.
+    pub audiences: Vec<String>,
+    /// Default: every asymmetric algorithm (RS*, PS*, ES256, ES384, EdDSA). HMAC is never allowed.
+    pub algorithms: Vec<String>,
+    pub leeway: Option<String>,
+    /// How often the keys are refreshed (default 5m).
+    pub jwks_refresh: Option<String>,
+    /// Least time between two fetches caused by an unknown `kid` (default 10s).
+    pub jwks_min_refetch: Option<String>,
+}
+
+/// What to do with a subject token that is not a JWT (it names no issuer to verify it with).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpaqueTokens {
+    /// Refuse with 401 `subject_token_opaque`.
+    #[default]
+    Reject,
+    /// Let the token service judge it (no local checks, no claims for policy).
+    Forward,
+    /// Ask the `introspection:` endpoint (RFC 7662); its answer's claims feed the policy.
+    Introspect,
+}
+
+/// `introspection:`, for `opaque_tokens: introspect`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawIntrospection {
+    pub endpoint: String,
+    /// The token service whose client credentials authenticate the call (default `default`).
+    pub token_service: Option<String>,
+    /// How long an answer is reused at most (default 30s); never past the token's `exp`.
+    pub cache_ttl: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct IntrospectionConfig {
+    pub endpoint: Url,
+    pub token_service: String,
+    pub cache_ttl: Duration,
+}
+
+impl RawIntrospection {
+    pub fn validate(self, errors: &mut Errors) -> Option<IntrospectionConfig> {
+        let endpoint = match Url::parse(&self.endpoint) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+            _ => {
+                errors.add(
+                    "introspection.endpoint",
+                    format!("`{}` is not an http(s) URL", self.endpoint),
+                );
+                None
+            }
+        };
+        let cache_ttl = match self.cache_ttl.as_deref().map(parse_duration) {
+            None => Duration::from_secs(30),
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                errors.add("introspection.cache_ttl", e);
+                Duration::from_secs(30)
+            }
+        };
+        let token_service = self
+            .token_service
+            .unwrap_or_else(|| crate::config::DEFAULT_TOKEN_SERVICE.to_owned());
+        Some(IntrospectionConfig {
+            endpoint: endpoint?,
+            token_service,
+            cache_ttl,
+        })
+    }
+}
+
+/// RFC 7662 introspection, ready to use.
+#[derive(Debug)]
+pub struct Introspection {
+    endpoint: Url,
+    service: Arc<crate::exchange::TokenService>,
+    answers: moka::future::Cache<Key, Arc<Subject>>,
+}
+
+impl Introspection {
+    pub fn new(config: IntrospectionConfig, service: Arc<crate::exchange::TokenService>, max_entries: u64) -> Self {
+        let answers = moka::future::Cache::builder()
+            .max_capacity(max_entries)
+            .time_to_live(config.cache_ttl)
+            .expire_after(UntilExp)
+            .build();
+        Self {
+            endpoint: config.endpoint,
+            service,
+            answers,
+        }
+    }
+
+    async fn subject(&self, token: &str, digest: &Key) -> Result<Arc<Subject>, Denial> {
+        if let Some(subject) = self.answers.get(digest).await {
+            return Ok(subject);
+        }
+        let answer = self.service.introspect(&self.endpoint, token).await.map_err(|e| {
+            tracing::warn!(endpoint = %self.endpoint, error = %e, "introspection failed");
+            Denial::new(
+                Reason::TokenServiceUnavailable,
+                "the introspection endpoint did not answer",
+            )
+        })?;
+        let Value::Object(mut claims) = answer else {
+            return Err(Denial::new(
+                Reason::TokenServiceBadResponse,
+                "the introspection answer is not an object",
+            ));
+        };
+        if claims.remove("active") != Some(Value::Bool(true)) {
+            return Err(Denial::new(
+                Reason::SubjectTokenInactive,
+                "the subject token is not active",
+            ));
+        }
+        let now = unix_now() as i64;
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now + 60);
+        if exp <= now {
+            return Err(Denial::new(
+                Reason::SubjectTokenExpired,
+                "the subject token has expired",
+            ));
+        }
+        let issuer = claims.get("iss").and_then(Value::as_str).unwrap_or("").to_owned();
+        let subject = Arc::new(Subject { claims, issuer, exp });
+        self.answers.insert(*digest, subject.clone()).await;
+        Ok(subject)
+    }
+}
+
+#[derive(Debug)]
+pub struct IssuerConfig {
+    pub issuer: String,
+    pub jwks_uri: Option<Url>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+    pub refresh: Duration,
+    pub min_refetch: Duration,
+}
+
+const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+impl RawIssuer {
+    pub fn validate(self, at: &str, errors: &mut Errors) -> Option<IssuerConfig> {
+        let mut ok = true;
+        if self.issuer.is_empty() {
+            errors.add(format!("{at}.issuer"), "is required");
+            ok = false;
+        }
+        let jwks_uri = match self.jwks_uri.as_deref().map(Url::parse) {
+            None => {
+                if Url::parse(&self.issuer).is_err() {
+                    errors.add(
+                        format!("{at}.jwks_uri"),
+                        "is required when `issuer` is not a URL to discover it from",
+                    );
+                    ok = false;
+                }
+                None
+            }
+            Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => Some(url),
+            Some(_) => {
+                errors.add(format!("{at}.jwks_uri"), "is not an http(s) URL");
+                ok = false;
+                None
+            }
+        };
+        if self.audiences.is_empty() {
+            errors.add(
+                format!("{at}.audiences"),
+                "name the audiences a subject token must carry (this workload's)",
+            );
+            ok = false;
+        }
+        let mut algorithms = Vec::new();
+        for (i, name) in self.algorithms.iter().enumerate() {
+            match name.parse::<Algorithm>() {
+                Ok(alg) if ASYMMETRIC.contains(&alg) => algorithms.push(alg),
+                Ok(_) => {
+                    errors.add(
+                        format!("{at}.algorithms[{i}]"),
+                        format!("`{name}` is symmetric: only asymmetric algorithms verify against a JWKS"),
+                    );
+                    ok = false;
+                }
+                Err(_) => {
+                    errors.add(
+                        format!("{at}.algorithms[{i}]"),
+                        format!("`{name}` is not a JWS algorithm"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if algorithms.is_empty() {
+            algorithms = ASYMMETRIC.to_vec();
+        }
+        let mut duration =
+            |text: &Option<String>, field: &str, default: Duration| match text.as_deref().map(parse_duration) {
+                None => default,
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    errors.add(format!("{at}.{field}"), e);
+                    ok = false;
+                    default
+                }
+            };
+        let leeway = duration(&self.leeway, "leeway", Duration::from_secs(30));
+        let refresh = duration(&self.jwks_refresh, "jwks_refresh", Duration::from_secs(300));
+        let min_refetch = duration(&self.jwks_min_refetch, "jwks_min_refetch", Duration::from_secs(10));
+        ok.then_some(IssuerConfig {
+            issuer: self.issuer,
+            jwks_uri,
+            audiences: self.audiences,
+            algorithms,
+            leeway,
+            refresh,
+            min_refetch,
+        })
+    }
+}
+
+// === Verified subjects ===
+
+/// A verified subject token.
+#[derive(Debug)]
+pub struct Subject {
+    pub claims: Map<String, Value>,
+    pub issuer: String,
+    pub exp: i64,
+}
+
+impl Subject {
+    pub fn sub(&self) -> Option<&str> {
+        self.claims.get("sub").and_then(Value::as_str)
+    }
+}
+
+// === The verifier ===
+
+#[derive(Debug)]
+struct KeySet {
+    /// (kid, key, the key's own `alg` if it names one).
+    keys: Vec<(Option<String>, DecodingKey, Option<Algorithm>)>,
+    fetched: bool,
+}
+
+struct Issuer {
+    config: IssuerConfig,
+    /// `baton_jwks_refreshes_total`, by outcome.
+    refreshes: JwksRefreshes,
+    keys: ArcSwap<KeySet>,
+    jwks_uri: tokio::sync::OnceCell<Url>,
+    /// When keys were last fetched; held while fetching, so concurrent unknown kids fetch once.
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+pub struct Verifier {
+    issuers: HashMap<String, Arc<Issuer>>,
+    verified: moka::future::Cache<Key, Arc<Subject>>,
+    opaque: OpaqueTokens,
+    introspection: Option<Introspection>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("issuers", &self.issuers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+struct UntilExp;
+
+impl moka::Expiry<Key, Arc<Subject>> for UntilExp {
+    fn expire_after_create(&self, _: &Key, subject: &Arc<Subject>, _: std::time::Instant) -> Option<Duration> {
+        Some(Duration::from_secs(
+            subject.exp.saturating_sub(unix_now() as i64).max(0) as u64,
+        ))
+    }
+}
+
+/// The outcome of verification.
+#[derive(Debug)]
+pub enum Verified {
+    /// A JWT from a trusted issuer, checked.
+    Subject(Arc<Subject>),
+    /// An opaque token under `opaque_tokens: forward`: the token service will judge it.
+    Forwarded,
+}
+
+impl Verifier {
+    /// `None` when no issuer is trusted (verification off: the token service judges).
+    pub fn new(
+        issuers: Vec<IssuerConfig>,
+        opaque: OpaqueTokens,
+        introspection: Option<Introspection>,
+        max_entries: u64,
+        refreshes: JwksRefreshes,
+    ) -> Result<Option<Arc<Self>>, String> {
+        if issuers.is_empty() && introspection.is_none() {
+            return Ok(None);
+        }
+        let http = crate::exchange::http_client(Duration::from_secs(5)).map_err(|e| format!("JWKS client: {e}"))?;
+        let issuers = issuers
+            .into_iter()
+            .map(|config| {
+                let jwks_uri = tokio::sync::OnceCell::new_with(config.jwks_uri.clone());
+                let issuer = Issuer {
+                    keys: ArcSwap::from_pointee(KeySet {
+                        keys: Vec::new(),
+                        fetched: false,
+                    }),
+                    jwks_uri,
+                    last_fetch: tokio::sync::Mutex::new(None),
+                    refreshes: refreshes.clone(),
+                    config,
+                };
+                (issuer.config.issuer.clone(), Arc::new(issuer))
+            })
+            .collect();
+        let verified = moka::future::Cache::builder()
+            .max_capacity(max_entries)
+            .expire_after(UntilExp)
+            .build();
+        Ok(Some(Arc::new(Self {
+            issuers,
+            verified,
+            opaque,
+            introspection,
+            http,
+        })))
+    }
+
+    /// Fetch every issuer's keys now, then refresh them periodically, in the background.
+    pub fn spawn_refresh(self: &Arc<Self>) {
+        for issuer in self.issuers.values() {
+            let (issuer, http) = (issuer.clone(), self.http.clone());
+            tokio::spawn(async move {
+                loop {
+                    issuer.refetch(&http, Duration::ZERO).await;
+                    tokio::time::sleep(issuer.config.refresh).await;
+                }
+            });
+        }
+    }
+
+    /// Verify `token` (whose SHA-256 is `digest`).
+    pub async fn verify(&self, token: &str, digest: &Key) -> Result<Verified, Denial> {
+        if let Some(subject) = self.verified.get(digest).await {
+            return Ok(Verified::Subject(subject));
+        }
+        // Introspection alone (no issuer to verify JWTs locally): every token is introspected.
+        if let (true, Some(introspection)) = (self.issuers.is_empty(), &self.introspection) {
+            return introspection.subject(token, digest).await.map(Verified::Subject);
+        }
+        let Some(header) = jwt_header(token) else {
+            return match (self.opaque, &self.introspection) {
+                (OpaqueTokens::Forward, _) => Ok(Verified::Forwarded),
+                (OpaqueTokens::Introspect, Some(introspection)) => {
+                    introspection.subject(token, digest).await.map(Verified::Subject)
+                }
+                _ => Err(Denial::new(
+                    Reason::SubjectTokenOpaque,
+                    "the subject token is not a JWT",
+                )),
+            };
+        };
+        if header.alg.eq_ignore_ascii_case("none") {
+            return Err(Denial::new(
+                Reason::SubjectTokenUnsigned,
+                "the subject token is not signed (alg none)",
+            ));
+        }
+        let issuer_name = crate::jwt::unverified_issuer(token)
+            .ok_or_else(|| Denial::new(Reason::SubjectTokenMalformed, "the subject token has no issuer"))?;
+        let issuer = self.issuers.get(&issuer_name).ok_or_else(|| {
+            Denial::new(
+                Reason::SubjectTokenIssuerUntrusted,
+                "the subject token's issuer is not trusted",
+            )
+        })?;
+        let alg = header
+            .alg
+            .parse::<Algorithm>()
+            .ok()
+            .filter(|a| issuer.config.algorithms.contains(a))
+            .ok_or_else(|| {
+                Denial::new(
+                    Reason::SubjectTokenAlgorithmNotAllowed,
+                    "the subject token's algorithm is not allowed",
+                )
+            })?;
+        let subject = issuer.verify(&self.http, token, alg, header.kid.as_deref()).await?;
+        let subject = Arc::new(subject);
+        self.verified.insert(*digest, subject.clone()).await;
+        Ok(Verified::Subject(subject))
+    }
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    kid: Option<String>,
+}
+
+/// The JOSE header of a compact JWS, if `token` is one. (jsonwebtoken's own parser refuses
+/// `alg: none` as an unknown algorithm; Baton wants to name it.)
+fn jwt_header(token: &str) -> Option<Header> {
+    use base64::Engine as _;
+    let mut parts = token.split('.');
+    let (header, _, _) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
+impl Issuer {
+    async fn verify(
+        &self,
+        http: &reqwest::Client,
+        token: &str,
+        alg: Algorithm,
+        kid: Option<&str>,
+    ) -> Result<Subject, Denial> {
+        let mut keys = self.keys.load_full();
+        if !keys.has(kid, alg) {
+            // Rotation, or our first use: fetch, at most once per `min_refetch`.
+            self.refetch(http, self.config.min_refetch).await;
+            keys = self.keys.load_full();
+            if !keys.fetched {
+                return Err(Denial::new(
+                    Reason::IssuerKeysUnavailable,
+                    "the issuer's signing keys could not be fetched",
+                ));
+            }
+        }
+        let mut last = Denial::new(
+            Reason::SubjectTokenKeyUnknown,
+            "no key of the issuer matches the subject token's kid",
+        );
+        for key in keys.candidates(kid, alg) {
+            match decode(token, key, alg, &self.config) {
+                Ok(claims) => {
+                    let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+                    return Ok(Subject {
+                        claims,
+                        issuer: self.config.issuer.clone(),
+                        exp,
+                    });
+                }
+                Err(denial) if denial.reason == Reason::SubjectTokenSignatureInvalid && kid.is_none() => last = denial,
+                Err(denial) => return Err(denial),
+            }
+        }
+        Err(last)
+    }
+
+    /// Fetch the keys unless the last fetch was less than `min_interval` ago. Failures keep the
+    /// last good keys.
+    async fn refetch(&self, http: &reqwest::Client, min_interval: Duration) {
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|at| at.elapsed() < min_interval) {
+            return;
+        }
+        *last = Some(Instant::now());
+        match self.fetch(http).await {
+            Ok(keys) => {
+                tracing::debug!(issuer = %self.config.issuer, keys = keys.keys.len(), "JWKS fetched");
+                self.keys.store(Arc::new(keys));
+                self.refreshes.get_or_create(&OutcomeLabels { outcome: "ok" }).inc();
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.config.issuer, error = %e, "JWKS fetch failed; keeping the last good keys");
+                self.refreshes.get_or_create(&OutcomeLabels { outcome: "error" }).inc();
+            }
+        }
+    }
+
+    async fn fetch(&self, http: &reqwest::Client) -> Result<KeySet, String> {
+        let uri = self
+            .jwks_uri
+            .get_or_try_init(|| async {
+                let issuer = Url::parse(&self.config.issuer).map_err(|e| e.to_string())?;
+                crate::discovery::discover(http, &issuer)
+                    .await?
+                    .jwks_uri
+                    .ok_or_else(|| "the issuer's metadata has no jwks_uri".to_owned())
+            })
+            .await?;
+        let response = http
+            .get(uri.clone())
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("{uri}: HTTP {}", response.status().as_u16()));
+        }
+        let body = read_bounded(response, 256 * 1024).await.map_err(|e| e.to_string())?;
+        let set: Value = serde_json::from_slice(&body).map_err(|e| format!("{uri}: {e}"))?;
+        let keys = set["keys"]
+            .as_array()
+            .ok_or_else(|| format!("{uri}: no keys"))?
+            .iter()
+            .take(64)
+            // A key of a type this library does not know is skipped, not fatal.
+            .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok())
+            .filter(|jwk| {
+                !matches!(
+                    jwk.common.public_key_use,
+                    Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+                )
+            })
+            .filter_map(|jwk| {
+                let alg = jwk
+                    .common
+                    .key_algorithm
+                    .and_then(|a| a.to_string().parse::<Algorithm>().ok());
+                DecodingKey::from_jwk(&jwk)
+                    .ok()
+                    .map(|key| (jwk.common.key_id.clone(), key, alg))
+            })
+            .collect();
+        Ok(KeySet { keys, fetched: true })
+    }
+}
+
+impl KeySet {
+    fn has(&self, kid: Option<&str>, alg: Algorithm) -> bool {
+        self.candidates(kid, alg).next().is_some()
+    }
+
+    /// Keys that may have signed a token with this `kid` and `alg`: the one with that kid, or
+    /// without a kid every key that does not name another algorithm.
+    fn candidates<'a>(&'a self, kid: Option<&'a str>, alg: Algorithm) -> impl Iterator<Item = &'a DecodingKey> + 'a {
+        self.keys
+            .iter()
+            .filter(move |(k, _, key_alg)| key_alg.is_none_or(|a| a == alg) && (kid.is_none() || k.as_deref() == kid))
+            .map(|(_, key, _)| key)
+    }
+}
+
+fn decode(token: &str, key: &DecodingKey, alg: Algorithm, config: &IssuerConfig) -> Result<Map<String, Value>, Denial> {
+    use jsonwebtoken::errors::ErrorKind;
+    let mut validation = Validation::new(alg);
+    validation.leeway = config.leeway.as_secs();
+    validation.validate_nbf = true;
+    validation.set_issuer(&[&config.issuer]);
+    validation.set_audience(&config.audiences);
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
+        Ok(data) => Ok(data.claims),
+        Err(e) => Err(match e.kind() {
+            ErrorKind::ExpiredSignature => Denial::new(Reason::SubjectTokenExpired, "the subject token has expired"),
+            ErrorKind::ImmatureSignature => Denial::new(
+                Reason::SubjectTokenNotYetValid,
+                "the subject token is not valid yet (nbf)",
+            ),
+            ErrorKind::InvalidAudience => Denial::new(
+                Reason::SubjectTokenAudienceMismatch,
+                "the subject token was not issued for this workload (aud)",
+            ),
+            ErrorKind::InvalidIssuer => Denial::new(
+                Reason::SubjectTokenIssuerUntrusted,
+                "the subject token's issuer is not trusted",
+            ),
+            ErrorKind::InvalidAlgorithm => Denial::new(
+                Reason::SubjectTokenAlgorithmNotAllowed,
+                "the subject token's algorithm does not fit the issuer's key",
+            ),
+            ErrorKind::InvalidSignature => Denial::new(
+                Reason::SubjectTokenSignatureInvalid,
+                "the subject token's signature is invalid",
+            ),
+            ErrorKind::MissingRequiredClaim(_) => {
+                Denial::new(Reason::SubjectTokenMalformed, "the subject token lacks exp, iss or aud")
+            }
+            _ => Denial::new(Reason::SubjectTokenMalformed, "the subject token cannot be decoded"),
+        }),
+    }
+}

@@ -1,0 +1,451 @@
+//! The Kubernetes and Istio manifests in k8s/: each file and each rendered kustomize overlay passes
+//! the Kubernetes API schemas (`kubernetes-validate --strict`), the Istio objects pass Istio's
+//! schemas, the Envoy configuration in them passes the real Envoy's validation, and the Baton
+//! configurations in them pass `baton check-config`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+use support::k8s::*;
+use support::*;
+
+fn k8s() -> PathBuf {
+    repo().join("k8s")
+}
+
+/// Every YAML file under `dir`, recursively.
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(yaml_files(&path));
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The Kubernetes objects in k8s/ (not kustomizations, not configuration files, not Istio's).
+fn kubernetes_manifests() -> Vec<PathBuf> {
+    yaml_files(&k8s())
+        .into_iter()
+        .filter(|p| {
+            let docs = yaml_docs(&std::fs::read_to_string(p).expect("read"));
+            docs.iter().all(|d| {
+                d["apiVersion"]
+                    .as_str()
+                    .is_some_and(|v| !v.contains("kustomize.config.k8s.io"))
+                    && !d["apiVersion"].as_str().is_some_and(|v| v.contains("istio.io"))
+                    && d.get("kind").is_some()
+            })
+        })
+        .collect()
+}
+
+const OVERLAYS: [&str; 4] = ["sidecar", "broker", "injector", "injected"];
+
+#[test]
+fn every_manifest_passes_the_kubernetes_schemas() {
+    let files = kubernetes_manifests();
+    // The set is what we think it is: a file that stopped parsing as an object would drop out.
+    for expected in [
+        "overlays/sidecar/deployment.yaml",
+        "overlays/broker/horizontalpodautoscaler.yaml",
+        "overlays/injector/mutatingwebhookconfiguration.yaml",
+    ] {
+        assert!(
+            files.contains(&k8s().join(expected)),
+            "{expected} not found in {files:?}"
+        );
+    }
+    assert_valid(&files, files.len());
+}
+
+#[test]
+fn every_overlay_renders_and_passes_the_kubernetes_schemas() {
+    let scratch = Scratch::new("kustomize");
+    for overlay in OVERLAYS {
+        let rendered = kustomize(&k8s().join("overlays").join(overlay));
+        let documents = yaml_docs(&rendered).len();
+        assert!(documents >= 3, "{overlay}: {documents} documents");
+        let file = scratch.write(&format!("{overlay}.yaml"), &rendered);
+        assert_valid(&[file], documents);
+    }
+}
+
+/// The check above is live: a manifest with a misspelt field fails it.
+#[test]
+fn the_strict_schema_check_refuses_an_unknown_field() {
+    let scratch = Scratch::new("strict");
+    let file = scratch.write(
+        "bad.yaml",
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: x\nautomountServiceAcountToken: false\n",
+    );
+    let v = kubernetes_validate(&[file]);
+    assert!(!v.success, "a misspelt field passed:\n{}", v.output);
+}
+
+/// Every ConfigMap, Secret and ServiceAccount a rendered pod template refers to is either in the
+/// same output or one of the Secrets the README tells the user to create.
+#[test]
+fn the_overlays_refer_only_to_objects_they_define_or_document() {
+    let documented_secrets = ["baton-client", "baton-inject-tls"];
+    for overlay in OVERLAYS {
+        let docs = yaml_docs(&kustomize(&k8s().join("overlays").join(overlay)));
+        for deployment in docs.iter().filter(|d| d["kind"] == "Deployment") {
+            let spec = &deployment["spec"]["template"]["spec"];
+            let account = spec["serviceAccountName"].as_str().expect("a named ServiceAccount");
+            find(&docs, "ServiceAccount", account);
+            for volume in spec["volumes"].as_array().into_iter().flatten() {
+                if let Some(name) = volume["configMap"]["name"].as_str() {
+                    find(&docs, "ConfigMap", name);
+                }
+                if let Some(name) = volume["secret"]["secretName"].as_str() {
+                    assert!(documented_secrets.contains(&name), "{overlay}: Secret {name}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_injector_webhook_is_scoped_and_fails_closed() {
+    let docs = yaml_docs(&kustomize(&k8s().join("overlays/injector")));
+    let webhook = &find(&docs, "MutatingWebhookConfiguration", "baton-inject")["webhooks"][0];
+    assert_eq!(webhook["failurePolicy"], "Fail");
+    assert_eq!(webhook["sideEffects"], "None");
+    assert_eq!(webhook["clientConfig"]["service"]["namespace"], "baton-system");
+    assert_eq!(webhook["clientConfig"]["service"]["path"], "/mutate");
+    assert_eq!(
+        webhook["namespaceSelector"]["matchLabels"]["baton.dev/injection"],
+        "enabled"
+    );
+    // The webhook never sees its own pods: they carry the label its objectSelector excludes.
+    let deployment = find(&docs, "Deployment", "baton-inject");
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let excluded = &webhook["objectSelector"]["matchExpressions"][0];
+    assert_eq!(excluded["operator"], "NotIn");
+    let key = excluded["key"].as_str().expect("key");
+    assert!(excluded["values"].as_array().expect("values").contains(&labels[key]));
+    // Least privilege: no API token in the pod, and no Role or binding anywhere.
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["apiVersion"].as_str().is_some_and(|v| v.starts_with("rbac.")))
+    );
+    // The configuration it mounts is valid.
+    let config = find_prefixed(&docs, "ConfigMap", "baton-inject");
+    let yaml = config["data"]["inject.yaml"].as_str().expect("inject.yaml");
+    baton::inject::InjectConfig::from_yaml(yaml).unwrap_or_else(|e| panic!("inject.yaml: {e}"));
+}
+
+/// kustomize suffixes generated names with a hash.
+fn find_prefixed<'a>(docs: &'a [Value], kind: &str, prefix: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+        .unwrap_or_else(|| panic!("no {kind} {prefix}* in the rendered output"))
+}
+
+/// Every container in every rendered pod template is hardened the same way.
+#[test]
+fn every_container_is_hardened_and_bounded() {
+    for overlay in OVERLAYS {
+        let docs = yaml_docs(&kustomize(&k8s().join("overlays").join(overlay)));
+        for deployment in docs.iter().filter(|d| d["kind"] == "Deployment") {
+            let spec = &deployment["spec"]["template"]["spec"];
+            let containers = spec["containers"]
+                .as_array()
+                .into_iter()
+                .chain(spec["initContainers"].as_array())
+                .flatten();
+            for c in containers {
+                let at = format!("{overlay}: container {}", c["name"]);
+                let sc = &c["securityContext"];
+                assert_eq!(sc["runAsNonRoot"], true, "{at}");
+                assert_eq!(sc["readOnlyRootFilesystem"], true, "{at}");
+                assert_eq!(sc["allowPrivilegeEscalation"], false, "{at}");
+                assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{at}");
+                assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{at}");
+                assert!(c["resources"]["requests"]["memory"].is_string(), "{at}");
+                assert!(c["resources"]["limits"]["memory"].is_string(), "{at}");
+            }
+        }
+    }
+}
+
+// === The configuration inside the manifests ===
+
+/// The ConfigMaps' baton.yaml files pass `baton check-config`, with the mounted secret's path
+/// pointed at a scratch file (the real one only exists in a pod).
+#[test]
+fn the_baton_configurations_pass_check_config() {
+    let scratch = Scratch::new("k8s-check-config");
+    let secret = scratch.write("client-secret", "not-a-real-secret");
+    for (name, path) in [("base", "base/baton.yaml"), ("broker", "overlays/broker/baton.yaml")] {
+        let text = std::fs::read_to_string(k8s().join(path)).expect("read");
+        assert!(
+            text.contains("/etc/baton/secret/client-secret"),
+            "{path} reads the mounted Secret"
+        );
+        let local = text.replace("/etc/baton/secret/client-secret", &secret.display().to_string());
+        let file = scratch.write(&format!("{name}.yaml"), &local);
+        let output = Command::new(baton_bin())
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .expect("run baton check-config");
+        assert!(
+            output.status.success(),
+            "{path}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // The sidecar's Baton listens where the injected Envoy bootstrap and probes expect it.
+    let base = std::fs::read_to_string(k8s().join("base/baton.yaml")).expect("read");
+    let bootstrap = std::fs::read_to_string(k8s().join("components/envoy-sidecar/envoy.yaml")).expect("read");
+    let socket = "/var/run/baton/baton.sock";
+    assert!(base.contains(&format!("grpc_uds: {socket}")));
+    assert!(bootstrap.contains(&format!("pipe: {{ path: {socket} }}")));
+    assert!(base.contains("admin: 0.0.0.0:9901"));
+}
+
+/// `envoy --mode validate` with the real binary.
+fn envoy_validate(scratch: &Scratch, name: &str, config: &str) {
+    let file = scratch.write(name, config);
+    let output = Command::new(envoy_bin())
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "--log-level",
+            "error",
+            "-c",
+        ])
+        .arg(&file)
+        .output()
+        .expect("run envoy");
+    assert!(
+        output.status.success(),
+        "envoy rejected {name}:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_sidecar_envoy_bootstrap_passes_envoy_validation() {
+    let scratch = Scratch::new("k8s-envoy");
+    let docs = yaml_docs(&kustomize(&k8s().join("overlays/sidecar")));
+    let bootstrap = find(&docs, "ConfigMap", "baton-envoy")["data"]["envoy.yaml"]
+        .as_str()
+        .expect("envoy.yaml");
+    for required in ["failure_mode_allow: false", "timeout: 3s", "http2_protocol_options"] {
+        assert!(bootstrap.contains(required), "the bootstrap lacks {required}");
+    }
+    envoy_validate(&scratch, "envoy.yaml", bootstrap);
+}
+
+// === Istio ===
+
+#[test]
+fn the_istio_objects_pass_istios_schemas() {
+    let files: Vec<PathBuf> = yaml_files(&k8s().join("istio"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let (ok, output) = istio_validate(&files);
+    assert!(ok, "{output}");
+    assert_eq!(output.lines().filter(|l| l.starts_with("ok ")).count(), 2, "{output}");
+
+    // The rendered kustomization too.
+    let scratch = Scratch::new("istio");
+    let rendered = scratch.write("istio.yaml", &kustomize(&k8s().join("istio")));
+    let (ok, output) = istio_validate(&[rendered]);
+    assert!(ok, "{output}");
+}
+
+/// The check above is live: a wrong `applyTo` fails it.
+#[test]
+fn istios_schema_refuses_a_broken_envoyfilter() {
+    let scratch = Scratch::new("istio-bad");
+    let good = std::fs::read_to_string(k8s().join("istio/envoyfilter.yaml")).expect("read");
+    let bad = good.replace("applyTo: HTTP_FILTER", "applyTo: HTTP_FILTERS");
+    assert_ne!(good, bad);
+    let (ok, output) = istio_validate(&[scratch.write("bad.yaml", &bad)]);
+    assert!(!ok, "a wrong applyTo passed: {output}");
+    assert!(output.contains("applyTo"), "{output}");
+}
+
+/// The filter and the cluster the EnvoyFilter inserts, placed in a bootstrap the way istio-proxy
+/// would hold them, pass the real Envoy's validation (Istio's schema does not look inside them).
+#[test]
+fn the_istio_patches_pass_envoy_validation() {
+    let docs = yaml_docs(&std::fs::read_to_string(k8s().join("istio/envoyfilter.yaml")).expect("read"));
+    let patches = docs[0]["spec"]["configPatches"].as_array().expect("configPatches");
+    let patch = |apply_to: &str| {
+        let p = patches
+            .iter()
+            .find(|p| p["applyTo"] == apply_to)
+            .unwrap_or_else(|| panic!("no {apply_to} patch"));
+        assert_eq!(p["match"]["context"], "SIDECAR_OUTBOUND");
+        p["patch"]["value"].clone()
+    };
+    let filter = patch("HTTP_FILTER");
+    let cluster = patch("CLUSTER");
+    assert_eq!(filter["typed_config"]["failure_mode_allow"], false);
+    assert_eq!(
+        cluster["name"],
+        filter["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+    );
+
+    let route = std::fs::read_to_string(k8s().join("istio/destination-route.yaml")).expect("read");
+    let per_route = yaml_docs(&route)[0]["spec"]["configPatches"][0]["patch"]["value"].clone();
+    let mut route = json!({"match": {"prefix": "/"}, "route": {"cluster": "baton"}});
+    route
+        .as_object_mut()
+        .expect("route")
+        .extend(per_route.as_object().expect("value").clone());
+    let bootstrap = json!({
+        "static_resources": {
+            "listeners": [{
+                "name": "outbound",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15001}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "outbound",
+                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+                        "http_filters": [filter, {
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                        }],
+                    },
+                }]}],
+            }],
+            "clusters": [cluster],
+        },
+    });
+    let scratch = Scratch::new("istio-envoy");
+    envoy_validate(&scratch, "bootstrap.json", &bootstrap.to_string());
+}
+
+// === The sidecar bootstrap, running ===
+
+/// The shipped sidecar bootstrap, run by the real Envoy with only its ports and socket path moved
+/// to free ones: the app uses it as its HTTP proxy, Baton answers over the Unix socket, the token a
+/// listed host receives is exchanged, an unlisted host gets none, and with Baton gone the request
+/// is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_bootstrap_delegates_through_the_real_envoy() {
+    let scratch = Scratch::new("k8s-sidecar");
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let upstream = Upstream::start().await;
+    let socket = scratch.0.join("baton.sock");
+    let admin = free_port();
+    let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
+    let config = scratch.write(
+        "baton.yaml",
+        &format!(
+            "listen:\n  grpc: 127.0.0.1:{}\n  grpc_uds: {}\n  admin: 127.0.0.1:{admin}\ntoken_service:\n{token_service}\ndestinations:\n  - name: orders\n    hosts: [\"localhost:{}\"]\n    audience: {ORDERS}\n",
+            free_port(),
+            socket.display(),
+            upstream.port
+        ),
+    );
+    let mut baton = tokio::process::Command::new(baton_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stderr(scratch.log("baton.log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start baton");
+    let ready = format!("http://127.0.0.1:{admin}/readyz");
+    wait_until("baton /readyz", std::time::Duration::from_secs(20), || async {
+        http().get(&ready).send().await.is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+
+    let shipped = std::fs::read_to_string(k8s().join("components/envoy-sidecar/envoy.yaml")).expect("read");
+    let (outbound, health) = (free_port(), free_port());
+    let mut bootstrap = shipped.clone();
+    for (from, to) in [
+        ("port_value: 15001".to_owned(), format!("port_value: {outbound}")),
+        ("port_value: 15021".to_owned(), format!("port_value: {health}")),
+        ("port_value: 9902".to_owned(), format!("port_value: {}", free_port())),
+        ("address: 0.0.0.0".to_owned(), "address: 127.0.0.1".to_owned()),
+        ("/var/run/baton/baton.sock".to_owned(), socket.display().to_string()),
+    ] {
+        assert!(bootstrap.contains(&from), "the bootstrap has {from}");
+        bootstrap = bootstrap.replace(&from, &to);
+    }
+    // Envoy::start_with_bootstrap reads the first port_value as the listener's: it is the admin's
+    // here, so probe the outbound listener ourselves.
+    let file = scratch.write("envoy.yaml", &bootstrap);
+    let _envoy = tokio::process::Command::new(envoy_bin())
+        .args(["--use-dynamic-base-id", "--log-level", "warn", "-c"])
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .stderr(scratch.log("envoy.log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start envoy");
+    let probe = format!("http://127.0.0.1:{health}/ready");
+    wait_until(
+        "envoy's health listener",
+        std::time::Duration::from_secs(30),
+        || async { http().get(&probe).send().await.is_ok_and(|r| r.status().is_success()) },
+    )
+    .await;
+
+    let app = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://127.0.0.1:{outbound}")).expect("proxy"))
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let user = service.mint("alice", "orders.read").await;
+    let get = |url: String| {
+        let request = app.get(url).header("authorization", bearer(&user));
+        async move {
+            let response = request.send().await.expect("request through the sidecar");
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap_or_default();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+
+    // A listed host: the upstream gets a token for it, not the user's.
+    let (status, body) = get(format!("http://localhost:{}/orders", upstream.port)).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["authorization"]
+        .as_str()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .expect("a bearer token upstream");
+    assert_ne!(token, user);
+    assert_eq!(audiences(&service.verify(token).await), [ORDERS]);
+
+    // An unlisted host (same upstream, by address): the token is stripped.
+    let (status, body) = get(format!("http://127.0.0.1:{}/", upstream.port)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["authorization"], Value::Null, "{body}");
+
+    // Baton gone: refused, never forwarded with the user's token (failure_mode_allow: false).
+    baton.kill().await.expect("kill baton");
+    let (status, body) = get(format!("http://localhost:{}/orders", upstream.port)).await;
+    assert_eq!(status, 403, "{body}");
+}
