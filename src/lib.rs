@@ -2,7 +2,8 @@
 //! scoped to each outbound destination (OAuth 2.0 Token Exchange, RFC 8693).
 //!
 //! The data path, one module a step: [`extract`] -> [`route`] -> [`authz`] (the decision) ->
-//! [`cache`] / [`exchange`] -> [`respond`]. [`server`] serves it; [`app`] builds it from [`config`].
+//! [`cache`] / [`exchange`] -> [`respond`]. [`server`] serves it (ext_authz, and [`ext_proc`]); [`app`]
+//! builds it from [`config`].
 
 pub mod actor;
 pub mod app;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod credentials;
 pub mod discovery;
 pub mod exchange;
+pub mod ext_proc;
 pub mod extract;
 pub mod inject;
 pub mod jwt;
