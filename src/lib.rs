@@ -3,7 +3,7 @@
 //!
 //! The data path, one module a step: [`extract`] -> [`route`] -> [`authz`] (the decision) ->
 //! [`cache`] / [`exchange`] -> [`respond`]. [`server`] serves it (ext_authz, and [`ext_proc`]); [`app`]
-//! builds it from [`config`].
+//! builds it from [`config`]; [`envoy_config`] writes the Envoy configuration that points at it.
 
 pub mod actor;
 pub mod app;
@@ -13,6 +13,7 @@ pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod discovery;
+pub mod envoy_config;
 pub mod exchange;
 pub mod ext_proc;
 pub mod extract;

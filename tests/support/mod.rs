@@ -544,7 +544,7 @@ impl Envoy {
         let port: u16 = bootstrap
             .split("port_value: ")
             .nth(1)
-            .and_then(|rest| rest.split(' ').next())
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|p| p.parse().ok())
             .expect("the listener's port in the bootstrap");
         let config = scratch.write("envoy.yaml", bootstrap);
