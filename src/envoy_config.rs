@@ -114,6 +114,8 @@ pub fn bootstrap(config: &Config, options: &Options) -> Result<Value, String> {
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                     "stat_prefix": "baton_outbound",
+                    // The application may use the listener as its HTTP proxy (absolute-form URLs).
+                    "http_protocol_options": { "allow_absolute_url": true },
                     "route_config": {
                         "name": "baton_outbound",
                         // A Baton host pattern without a port matches any port.
