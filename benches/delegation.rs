@@ -1,7 +1,8 @@
 //! Baton's costs, measured side by side in one run (see BENCHMARKS.md for the command and results):
 //!
 //! 1. through the real Envoy on loopback, at fixed concurrency: Envoy alone (direct response), Envoy +
-//!    an allow-all ext_authz server (the floor of the gRPC hop), Envoy + Baton on cache hits;
+//!    an allow-all ext_authz server (the floor of the gRPC hop), Envoy + Baton on cache hits (through
+//!    the ext_authz filter, then through the ext_proc filter);
 //! 2. in process, on a cache hit, p50/p99 and checks/s on one thread: the decision (`Authz::check`), and
 //!    the whole Check handler (`server::check`) with each kind of telemetry;
 //! 3. a stampede: 1000 concurrent first requests for one user and destination.
@@ -52,11 +53,12 @@ async fn run() {
     let floor_server = AllowAllProcess::start().await;
     let baton = Baton::start_quiet(&scratch, &service.token_endpoint).await;
     for concurrency in CONCURRENCY {
-        let alone = through_envoy(&scratch, None, &user, concurrency).await;
-        let floor = through_envoy(&scratch, Some(floor_server.port), &user, concurrency).await;
+        let alone = through_envoy(&scratch, Api::ExtAuthz, None, &user, concurrency).await;
+        let floor = through_envoy(&scratch, Api::ExtAuthz, Some(floor_server.port), &user, concurrency).await;
         let before = service.exchanges().await;
-        let with_baton = through_envoy(&scratch, Some(baton.grpc), &user, concurrency).await;
+        let with_baton = through_envoy(&scratch, Api::ExtAuthz, Some(baton.grpc), &user, concurrency).await;
         let exchanges = service.exchanges().await - before;
+        let ext_proc = through_envoy(&scratch, Api::ExtProc, Some(baton.grpc), &user, concurrency).await;
         println!("\n## Through Envoy: HTTP/1.1 keep-alive, {concurrency} connections\n");
         println!("| setup | req/s | p50 | p99 | added p50 | added p99 |");
         println!("| --- | --- | --- | --- | --- | --- |");
@@ -64,6 +66,7 @@ async fn run() {
             ("Envoy alone (direct response)", &alone),
             ("+ allow-all ext_authz", &floor),
             ("+ Baton, cache hits", &with_baton),
+            ("+ Baton through ext_proc, cache hits", &ext_proc),
         ];
         for (name, m) in setups {
             println!(
@@ -82,6 +85,11 @@ async fn run() {
             "\nBaton's added latency / allow-all's: p50 {:.2}x, p99 {:.2}x (target: within 1.3x). Token exchanges during the Baton run: {exchanges}.",
             ratio(with_baton.p50, floor.p50, alone.p50),
             ratio(with_baton.p99, floor.p99, alone.p99)
+        );
+        println!(
+            "Baton's added latency through ext_proc / through ext_authz: p50 {:.2}x, p99 {:.2}x.",
+            ratio(ext_proc.p50, with_baton.p50, alone.p50),
+            ratio(ext_proc.p99, with_baton.p99, alone.p99)
         );
     }
     drop(floor_server);
@@ -206,9 +214,15 @@ struct Measured {
 }
 
 /// Envoy with a direct response, with or without ext_authz pointed at `authz_port`; fixed concurrency.
-async fn through_envoy(scratch: &Scratch, authz_port: Option<u16>, token: &str, concurrency: usize) -> Measured {
+async fn through_envoy(
+    scratch: &Scratch,
+    api: Api,
+    authz_port: Option<u16>,
+    token: &str,
+    concurrency: usize,
+) -> Measured {
     let port = free_port();
-    let mut bootstrap = envoy_bootstrap(port, authz_port.unwrap_or(1), 1);
+    let mut bootstrap = envoy_bootstrap_for(api, port, authz_port.unwrap_or(1), 1);
     // Every setup answers from Envoy itself, so the only difference is the ext_authz hop.
     bootstrap = bootstrap.replace("route: { cluster: upstream }", "direct_response: { status: 200 }");
     // No access log, as in the earlier runs: every setup would pay for it alike.

@@ -1,12 +1,15 @@
-//! The first step of the data path: from Envoy's CheckRequest to what Baton needs (the route's
-//! destination name, the authority, the caller's `Authorization`), and from `Authorization` to a
-//! subject token. It reads only those headers, borrows rather than copies, and refuses anything that
+//! The first step of the data path: from Envoy's CheckRequest (ext_authz) or request-headers
+//! ProcessingRequest (ext_proc) to what Baton needs (the route's destination name, the authority, the
+//! caller's `Authorization`), and from `Authorization` to a subject token. It reads only those headers, borrows rather than copies, and refuses anything that
 //! is not one well-formed RFC 6750 bearer token.
 
 use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRequest;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
+use envoy_types::pb::google::protobuf::value::Kind;
 
 use crate::reason::{Denial, Reason};
 use crate::route::CONTEXT_KEY;
@@ -14,7 +17,8 @@ use crate::route::CONTEXT_KEY;
 /// The parts of an outbound request that decide its delegation, whichever Envoy API asked.
 #[derive(Debug)]
 pub struct Outbound<'a> {
-    /// `context_extensions["baton.destination"]`, set per route in Envoy.
+    /// The destination the Envoy route names: ext_authz `context_extensions["baton.destination"]`,
+    /// or ext_proc's `baton-destination` gRPC metadata.
     pub route_destination: Option<&'a str>,
     /// The `:authority` (host) of the request.
     pub authority: &'a str,
@@ -119,6 +123,47 @@ pub fn outbound(request: &CheckRequest) -> Result<Outbound<'_>, Denial> {
         authorization: headers.one("authorization")?,
         headers,
     })
+}
+
+/// From an ext_proc request-headers message. `route_destination` is what the route put in the
+/// stream's `baton-destination` gRPC metadata (ext_proc has no `context_extensions`); Envoy sends
+/// the pseudo-headers (`:authority`, `:method`, `:path`) among the header lines.
+pub fn processing_outbound<'a>(
+    request: &'a ProcessingRequest,
+    route_destination: Option<&'a str>,
+) -> Result<Outbound<'a>, Denial> {
+    let lines = match &request.request {
+        Some(Phase::RequestHeaders(h)) => h.headers.as_ref().map(|m| m.headers.as_slice()),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        Denial::new(
+            Reason::CheckRequestMalformed,
+            "the ProcessingRequest carries no request headers",
+        )
+    })?;
+    let headers = Headers::Lines(lines);
+    Ok(Outbound {
+        route_destination: route_destination.filter(|name| !name.is_empty()),
+        authority: field_or_header("", headers, &[":authority", "host"]),
+        method: field_or_header("", headers, &[":method"]),
+        path: field_or_header("", headers, &[":path"]),
+        source_principal: attribute(request, "source.principal"),
+        authorization: headers.one("authorization")?,
+        headers,
+    })
+}
+
+/// A text attribute Envoy was asked to send (`request_attributes`), under whichever filter name.
+fn attribute<'a>(request: &'a ProcessingRequest, name: &str) -> Option<&'a str> {
+    request
+        .attributes
+        .values()
+        .filter_map(|s| s.fields.get(name))
+        .find_map(|v| match &v.kind {
+            Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.as_str()),
+            _ => None,
+        })
 }
 
 /// Envoy's parsed attribute, or the first of these headers that is present.
@@ -311,5 +356,67 @@ mod tests {
             token_of(&format!("Bearer {}", "a".repeat(64))).map(|t| t.map(str::len)),
             Ok(Some(64))
         );
+    }
+
+    #[test]
+    fn reads_an_ext_proc_request_headers_message() {
+        use envoy_types::pb::envoy::service::ext_proc::v3::HttpHeaders;
+        use envoy_types::pb::google::protobuf::{Struct, Value};
+        let line = |k: &str, v: &str| HeaderValue {
+            key: k.into(),
+            raw_value: v.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let mut request = ProcessingRequest {
+            request: Some(Phase::RequestHeaders(HttpHeaders {
+                headers: Some(HeaderMap {
+                    headers: vec![
+                        line(":authority", "orders:8080"),
+                        line(":method", "GET"),
+                        line(":path", "/a?b"),
+                        line("authorization", "Bearer abc"),
+                    ],
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let principal = Value {
+            kind: Some(Kind::StringValue("spiffe://cluster.local/ns/a/sa/b".into())),
+        };
+        request.attributes.insert(
+            "envoy.filters.http.ext_proc".into(),
+            Struct {
+                fields: [("source.principal".to_owned(), principal)].into(),
+            },
+        );
+        let out = processing_outbound(&request, Some("orders")).expect("extract");
+        assert_eq!(out.route_destination, Some("orders"));
+        assert_eq!((out.authority, out.method, out.path), ("orders:8080", "GET", "/a?b"));
+        assert_eq!(out.source_principal, Some("spiffe://cluster.local/ns/a/sa/b"));
+        assert_eq!(out.authorization, Authorization::One("Bearer abc"));
+        assert_eq!(
+            processing_outbound(&request, Some(""))
+                .expect("extract")
+                .route_destination,
+            None
+        );
+
+        if let Some(Phase::RequestHeaders(h)) = request.request.as_mut() {
+            h.headers
+                .as_mut()
+                .expect("headers")
+                .headers
+                .push(line("Authorization", "Bearer def"));
+        }
+        let out = processing_outbound(&request, None).expect("extract");
+        assert_eq!(out.authorization, Authorization::Several);
+
+        let body_only = ProcessingRequest {
+            request: Some(Phase::RequestBody(Default::default())),
+            ..Default::default()
+        };
+        let err = processing_outbound(&body_only, None).expect_err("no headers");
+        assert_eq!(err.reason, Reason::CheckRequestMalformed);
     }
 }

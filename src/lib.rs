@@ -2,7 +2,8 @@
 //! scoped to each outbound destination (OAuth 2.0 Token Exchange, RFC 8693).
 //!
 //! The data path, one module a step: [`extract`] -> [`route`] -> [`authz`] (the decision) ->
-//! [`cache`] / [`exchange`] -> [`respond`]. [`server`] serves it; [`app`] builds it from [`config`];
+//! [`cache`] / [`exchange`] -> [`respond`]. [`server`] serves it (ext_authz, and [`ext_proc`]); [`app`]
+//! builds it from [`config`]; [`envoy_config`] writes the Envoy configuration that points at it;
 //! [`telemetry`] reports each decision (traces, metrics, audit log).
 
 pub mod actor;
@@ -13,7 +14,9 @@ pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod discovery;
+pub mod envoy_config;
 pub mod exchange;
+pub mod ext_proc;
 pub mod extract;
 pub mod inject;
 pub mod jwt;

@@ -1,11 +1,13 @@
-//! The `baton` command: `run` (the sidecar), `check-config`, `inject` (the Kubernetes admission
-//! webhook) and `sts` (the development token service). Parsing arguments and wiring signals only;
-//! everything else lives in the library.
+//! The `baton` command: `run` (the sidecar), `check-config`, `envoy-config` (the Envoy
+//! configuration that points at Baton), `inject` (the Kubernetes admission webhook) and `sts` (the
+//! development token service). Parsing arguments and wiring signals only; everything else lives in
+//! the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use baton::config::Config;
+use baton::envoy_config;
 use baton::sts::{self, RawStsConfig};
 use clap::{Parser, Subcommand};
 
@@ -22,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve Envoy's ext_authz Check and the DelegationBroker API.
+    /// Serve Envoy's ext_authz Check, ext_proc Process and the DelegationBroker API.
     Run {
         #[arg(long, short)]
         config: PathBuf,
@@ -38,6 +40,24 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Print the Envoy configuration of the sidecar's outbound listener, pointed at this Baton.
+    EnvoyConfig {
+        /// Baton's configuration file (validated as `run` would).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The Envoy filter that asks Baton.
+        #[arg(long, value_enum, default_value_t = ApiArg::ExtAuthz)]
+        api: ApiArg,
+        /// Reach Baton on this Unix socket (default: listen.grpc_uds, else listen.grpc).
+        #[arg(long)]
+        uds: Option<PathBuf>,
+        /// The outbound listener the application sends its requests to.
+        #[arg(long, default_value = envoy_config::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// Print only Baton's filter, its cluster and the per-route settings, for an existing Envoy.
+        #[arg(long)]
+        fragment: bool,
+    },
     /// The development token service (RFC 8693). For development and tests, not production.
     Sts {
         #[command(subcommand)]
@@ -49,6 +69,14 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ApiArg {
+    #[value(name = "ext_authz")]
+    ExtAuthz,
+    #[value(name = "ext_proc")]
+    ExtProc,
 }
 
 #[derive(Subcommand)]
@@ -90,6 +118,13 @@ fn main() -> ExitCode {
             },
             Command::CheckConfig { file } => check_config(&file),
             Command::Inject { config, listen } => run_inject(&config, listen).await,
+            Command::EnvoyConfig {
+                config,
+                api,
+                uds,
+                listen,
+                fragment,
+            } => print_envoy_config(&config, api, uds, listen, fragment),
             Command::Sts {
                 command:
                     Some(StsCommand::Mint {
@@ -180,6 +215,45 @@ async fn run_inject(path: &std::path::Path, listen: Option<String>) -> ExitCode 
     })
     .await;
     served.map_or_else(|e| fail(e.to_string()), |()| ExitCode::SUCCESS)
+}
+
+fn print_envoy_config(
+    file: &std::path::Path,
+    api: ApiArg,
+    uds: Option<PathBuf>,
+    listen: std::net::SocketAddr,
+    fragment: bool,
+) -> ExitCode {
+    let config = match Config::from_file(file) {
+        Ok(config) => config,
+        Err(e) => {
+            eprint!("{}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let api = match api {
+        ApiArg::ExtAuthz => envoy_config::Api::ExtAuthz,
+        ApiArg::ExtProc => envoy_config::Api::ExtProc,
+    };
+    let yaml = envoy_config::Options::new(&config, api, uds, listen)
+        .and_then(|options| {
+            if fragment {
+                envoy_config::fragment(&config, &options)
+            } else {
+                envoy_config::bootstrap(&config, &options)
+            }
+        })
+        .and_then(|document| envoy_config::to_yaml(&document));
+    match yaml {
+        Ok(yaml) => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{yaml}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
 }
 
 async fn run_sts(config: Option<PathBuf>, listen: Option<String>) -> ExitCode {

@@ -1,16 +1,26 @@
-//! The one place a decision becomes an Envoy reply. A denial is a CheckResponse with a
-//! DeniedHttpResponse (status, JSON body with the stable reason code), never a gRPC error, so Envoy
-//! answers the application with it instead of treating Baton as failed.
+//! The one place a decision becomes an Envoy reply, for both APIs. A denial is a reply that Envoy
+//! sends to the application (ext_authz: a CheckResponse with a DeniedHttpResponse; ext_proc: an
+//! ImmediateResponse), with the status and a JSON body carrying the stable reason code, never a gRPC
+//! error, so Envoy answers with it instead of treating Baton as failed. Both APIs share the headers
+//! and the body, so they answer alike.
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckResponse, DeniedHttpResponse, OkHttpResponse};
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as ProcessingReply;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse, ProcessingResponse,
+    TrailersResponse,
+};
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc;
 
 use crate::authz::Allow;
 use crate::reason::{Class, Denial, Reason};
+
+// === ext_authz ===
 
 pub fn check_response(outcome: &Result<Allow, Denial>) -> CheckResponse {
     match outcome {
@@ -20,18 +30,12 @@ pub fn check_response(outcome: &Result<Allow, Denial>) -> CheckResponse {
 }
 
 fn allowed(allow: &Allow) -> CheckResponse {
-    let mut ok = OkHttpResponse::default();
-    match allow {
-        Allow::Delegate { token, .. } => {
-            ok.headers.push(header(
-                "authorization",
-                token.authorization.expose(),
-                HeaderAppendAction::OverwriteIfExistsOrAdd,
-            ));
-        }
-        Allow::Strip => ok.headers_to_remove.push("authorization".to_owned()),
-        Allow::Passthrough => {}
-    }
+    let (headers, headers_to_remove) = authorization_mutation(allow);
+    let ok = OkHttpResponse {
+        headers,
+        headers_to_remove,
+        ..Default::default()
+    };
     CheckResponse {
         status: Some(rpc::Status {
             code: tonic::Code::Ok as i32,
@@ -44,23 +48,9 @@ fn allowed(allow: &Allow) -> CheckResponse {
 
 fn denied(denial: &Denial) -> CheckResponse {
     let class = denial.reason.class();
-    let mut headers = vec![header(
-        "content-type",
-        "application/json",
-        HeaderAppendAction::OverwriteIfExistsOrAdd,
-    )];
-    if class == Class::Unauthenticated {
-        headers.push(header(
-            "www-authenticate",
-            &www_authenticate(denial.reason),
-            HeaderAppendAction::OverwriteIfExistsOrAdd,
-        ));
-    }
     let denied = DeniedHttpResponse {
-        status: Some(HttpStatus {
-            code: i32::from(class.http_status()),
-        }),
-        headers,
+        status: Some(http_status(class)),
+        headers: denial_headers(denial),
         body: error_body(denial),
     };
     CheckResponse {
@@ -71,6 +61,108 @@ fn denied(denial: &Denial) -> CheckResponse {
         }),
         http_response: Some(HttpResponse::DeniedResponse(denied)),
         ..Default::default()
+    }
+}
+
+// === ext_proc ===
+
+/// ext_proc's answer to the request-headers message: continue with `Authorization` set (or removed),
+/// or an ImmediateResponse that denies, with the same status, headers and body as ext_authz's.
+pub fn request_headers_response(outcome: &Result<Allow, Denial>) -> ProcessingResponse {
+    let reply = match outcome {
+        Ok(allow) => {
+            let (set, remove) = authorization_mutation(allow);
+            let header_mutation = (!set.is_empty() || !remove.is_empty()).then(|| HeaderMutation {
+                set_headers: set.into_iter().map(raw).collect(),
+                remove_headers: remove,
+            });
+            ProcessingReply::RequestHeaders(HeadersResponse {
+                response: Some(CommonResponse {
+                    header_mutation,
+                    ..Default::default()
+                }),
+            })
+        }
+        Err(denial) => ProcessingReply::ImmediateResponse(ImmediateResponse {
+            status: Some(http_status(denial.reason.class())),
+            headers: Some(HeaderMutation {
+                set_headers: denial_headers(denial).into_iter().map(raw).collect(),
+                remove_headers: Vec::new(),
+            }),
+            body: error_body(denial).into_bytes(),
+            grpc_status: None,
+            details: denial.reason.as_str().to_owned(),
+        }),
+    };
+    ProcessingResponse {
+        response: Some(reply),
+        ..Default::default()
+    }
+}
+
+/// ext_proc's answer to a message for a phase Baton does not process (its filter should be
+/// configured not to send them): continue, unchanged.
+pub fn continue_response(phase: &Phase) -> ProcessingResponse {
+    let reply = match phase {
+        Phase::RequestHeaders(_) => ProcessingReply::RequestHeaders(HeadersResponse::default()),
+        Phase::ResponseHeaders(_) => ProcessingReply::ResponseHeaders(HeadersResponse::default()),
+        Phase::RequestBody(_) => ProcessingReply::RequestBody(BodyResponse::default()),
+        Phase::ResponseBody(_) => ProcessingReply::ResponseBody(BodyResponse::default()),
+        Phase::RequestTrailers(_) => ProcessingReply::RequestTrailers(TrailersResponse::default()),
+        Phase::ResponseTrailers(_) => ProcessingReply::ResponseTrailers(TrailersResponse::default()),
+    };
+    ProcessingResponse {
+        response: Some(reply),
+        ..Default::default()
+    }
+}
+
+/// ext_proc reads a mutation's value from `raw_value` (bytes); ext_authz from `value`.
+fn raw(mut option: HeaderValueOption) -> HeaderValueOption {
+    if let Some(h) = option.header.as_mut() {
+        h.raw_value = std::mem::take(&mut h.value).into_bytes();
+    }
+    option
+}
+
+// === Shared by both APIs ===
+
+/// What an allowed request's `Authorization` becomes: (headers to set, headers to remove).
+fn authorization_mutation(allow: &Allow) -> (Vec<HeaderValueOption>, Vec<String>) {
+    match allow {
+        Allow::Delegate { token, .. } => (
+            vec![header(
+                "authorization",
+                token.authorization.expose(),
+                HeaderAppendAction::OverwriteIfExistsOrAdd,
+            )],
+            Vec::new(),
+        ),
+        Allow::Strip => (Vec::new(), vec!["authorization".to_owned()]),
+        Allow::Passthrough => (Vec::new(), Vec::new()),
+    }
+}
+
+/// The headers of a denial: JSON, and an RFC 6750 challenge on a 401.
+fn denial_headers(denial: &Denial) -> Vec<HeaderValueOption> {
+    let mut headers = vec![header(
+        "content-type",
+        "application/json",
+        HeaderAppendAction::OverwriteIfExistsOrAdd,
+    )];
+    if denial.reason.class() == Class::Unauthenticated {
+        headers.push(header(
+            "www-authenticate",
+            &www_authenticate(denial.reason),
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ));
+    }
+    headers
+}
+
+fn http_status(class: Class) -> HttpStatus {
+    HttpStatus {
+        code: i32::from(class.http_status()),
     }
 }
 
@@ -154,5 +246,78 @@ mod tests {
             panic!("not ok")
         };
         assert!(ok.headers.is_empty() && ok.headers_to_remove.is_empty());
+    }
+
+    #[test]
+    fn ext_proc_replies_match_ext_authz_ones() {
+        let immediate = |reason: Reason| {
+            let reply = request_headers_response(&Err(Denial::new(reason, "because")));
+            let Some(ProcessingReply::ImmediateResponse(i)) = reply.response else {
+                panic!("not an immediate response")
+            };
+            i
+        };
+        for reason in [
+            Reason::SubjectTokenExpired,
+            Reason::TargetRefused,
+            Reason::TokenServiceTimeout,
+        ] {
+            let (_, http, body, headers) = denied_of(reason);
+            let i = immediate(reason);
+            assert_eq!(i.status.expect("status").code as u16, http);
+            assert_eq!(i.details, reason.as_str());
+            assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&i.body).expect("json"),
+                body
+            );
+            let set: Vec<(String, String)> = i
+                .headers
+                .expect("headers")
+                .set_headers
+                .into_iter()
+                .filter_map(|h| h.header)
+                .map(|h| {
+                    assert!(h.value.is_empty(), "ext_proc reads raw_value only");
+                    (h.key, String::from_utf8(h.raw_value).expect("utf-8"))
+                })
+                .collect();
+            assert_eq!(set, headers);
+        }
+
+        let Some(ProcessingReply::RequestHeaders(h)) = request_headers_response(&Ok(Allow::Strip)).response else {
+            panic!("not a headers response")
+        };
+        let mutation = h.response.and_then(|c| c.header_mutation).expect("mutation");
+        assert_eq!(mutation.remove_headers, ["authorization"]);
+        let Some(ProcessingReply::RequestHeaders(h)) = request_headers_response(&Ok(Allow::Passthrough)).response
+        else {
+            panic!("not a headers response")
+        };
+        assert!(h.response.expect("common response").header_mutation.is_none());
+    }
+
+    #[test]
+    fn other_phases_continue_unchanged() {
+        use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, HttpTrailers};
+        let reply = |phase| continue_response(&phase).response.expect("response");
+        assert!(
+            matches!(reply(Phase::ResponseHeaders(HttpHeaders::default())), ProcessingReply::ResponseHeaders(h) if h == HeadersResponse::default())
+        );
+        assert!(matches!(
+            reply(Phase::RequestBody(HttpBody::default())),
+            ProcessingReply::RequestBody(_)
+        ));
+        assert!(matches!(
+            reply(Phase::ResponseBody(HttpBody::default())),
+            ProcessingReply::ResponseBody(_)
+        ));
+        assert!(matches!(
+            reply(Phase::RequestTrailers(HttpTrailers::default())),
+            ProcessingReply::RequestTrailers(_)
+        ));
+        assert!(matches!(
+            reply(Phase::ResponseTrailers(HttpTrailers::default())),
+            ProcessingReply::ResponseTrailers(_)
+        ));
     }
 }

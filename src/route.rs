@@ -85,7 +85,7 @@ impl<T> Routes<T> {
 
 /// `host:port` -> (host, Some(port)); `[::1]:80` -> ("[::1]", Some(80)); a bad port is part of the host
 /// (so it matches nothing).
-fn split_port(authority: &str) -> (&str, Option<u16>) {
+pub(crate) fn split_port(authority: &str) -> (&str, Option<u16>) {
     let colon = match authority.rfind(':') {
         Some(i) if !authority[i..].contains(']') => i,
         _ => return (authority, None),

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::http::StatusCode;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
@@ -18,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::authz::{Allow, Authz};
 use crate::broker::Broker;
 use crate::broker::pb::delegation_broker_server::DelegationBrokerServer;
+use crate::ext_proc::ExtProcService;
 use crate::extract;
 use crate::respond;
 use crate::telemetry::{self, Api, Decided};
@@ -43,6 +45,7 @@ pub async fn serve(authz: Arc<Authz>, listeners: Listeners, shutdown: impl Futur
     let grpc = || {
         tonic::transport::Server::builder()
             .add_service(AuthorizationServer::new(CheckService { authz: authz.clone() }))
+            .add_service(ExternalProcessorServer::new(ExtProcService::new(authz.clone())))
             .add_service(DelegationBrokerServer::new(Broker::new(authz.clone())))
     };
     let mut tasks: tokio::task::JoinSet<Result<(), BoxError>> = tokio::task::JoinSet::new();

@@ -1,6 +1,7 @@
-//! Baton through the real Envoy (ext_authz v3) against three token services: `baton sts`, panva's
-//! oidc-provider and IdentityPython's idpyoidc. Each suite starts its own stack on free loopback
-//! ports and checks what the upstream receives.
+//! Baton through the real Envoy against three token services: `baton sts`, panva's oidc-provider and
+//! IdentityPython's idpyoidc, once through the ext_authz filter and once through the ext_proc filter
+//! (request headers only), so both APIs are held to the same contract. Each suite starts its own
+//! stack on free loopback ports and checks what the upstream receives.
 
 mod support;
 
@@ -10,9 +11,9 @@ use base64::Engine as _;
 use futures_util::future::join_all;
 use support::*;
 
-/// The whole delegation contract against one token service.
-async fn delegation_suite(peer: Peer) {
-    let stack = Stack::start(peer, &format!("{peer:?}").to_lowercase()).await;
+/// The whole delegation contract against one token service, through one Envoy API.
+async fn delegation_suite(api: Api, peer: Peer) {
+    let stack = Stack::start_for(api, peer, &format!("{api:?}-{peer:?}").to_lowercase()).await;
     let svc = &stack.service;
 
     // The upstream gets a token for itself, on behalf of the user, that is not the user's token.
@@ -98,6 +99,13 @@ async fn delegation_suite(peer: Peer) {
             "{peer:?}: {:?}",
             reply.body
         );
+        // The same reply headers whichever API carried the denial.
+        assert_eq!(reply.header("content-type"), Some("application/json"), "{api:?}");
+        let challenge = reply.header("www-authenticate").unwrap_or_default();
+        assert!(
+            challenge.starts_with("Bearer"),
+            "{api:?}: www-authenticate {challenge:?}"
+        );
     }
     let expired = unsigned_jwt(r#"{"sub":"alice","exp":1000000000}"#);
     let reply = stack.get("orders.example", "/", Some(&bearer(&expired))).await;
@@ -168,17 +176,32 @@ fn unsigned_jwt(payload: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delegation_through_envoy_with_baton_sts() {
-    delegation_suite(Peer::BatonSts).await;
+    delegation_suite(Api::ExtAuthz, Peer::BatonSts).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delegation_through_envoy_with_oidc_provider() {
-    delegation_suite(Peer::OidcProvider).await;
+    delegation_suite(Api::ExtAuthz, Peer::OidcProvider).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delegation_through_envoy_with_idpyoidc() {
-    delegation_suite(Peer::Idpyoidc).await;
+    delegation_suite(Api::ExtAuthz, Peer::Idpyoidc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegation_through_envoy_ext_proc_with_baton_sts() {
+    delegation_suite(Api::ExtProc, Peer::BatonSts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegation_through_envoy_ext_proc_with_oidc_provider() {
+    delegation_suite(Api::ExtProc, Peer::OidcProvider).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegation_through_envoy_ext_proc_with_idpyoidc() {
+    delegation_suite(Api::ExtProc, Peer::Idpyoidc).await;
 }
 
 /// Faults only `baton sts` can inject on purpose: a token service slower than Baton's timeout, and

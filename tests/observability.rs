@@ -555,12 +555,22 @@ fn cases(token: &str) -> Vec<Case> {
 /// by exactly those requests; each has one audit line and one access-log line that say the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_audit_and_access_log_match_the_requests_made() {
-    let scratch = Scratch::new("observed");
+    observed_requests(Api::ExtAuthz, "check").await;
+}
+
+/// The same through Envoy's ext_proc filter (one stream per request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_audit_and_access_log_match_the_requests_made_through_ext_proc() {
+    observed_requests(Api::ExtProc, "ext_proc").await;
+}
+
+async fn observed_requests(api: Api, api_label: &str) {
+    let scratch = Scratch::new(&format!("observed-{api_label}"));
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     // The harness's defaults: audit to audit.log, spans to its own receiver.
     let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
     let upstream = Upstream::start().await;
-    let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
+    let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
     let alice = service.mint("alice", "orders.read billing.read").await;
     let cases = cases(&alice);
 
@@ -589,13 +599,10 @@ async fn metrics_audit_and_access_log_match_the_requests_made() {
     // Counters: exactly the seven requests.
     let checks = |labels: &[&str]| sum(&deltas, "baton_checks_total", labels);
     assert_eq!(checks(&[]), 7.0, "{deltas:#?}");
+    let api_is = format!("api=\"{api_label}");
+    assert_eq!(checks(&[&api_is]), 7.0, "{deltas:#?}");
     assert_eq!(
-        checks(&[
-            "api=\"check",
-            "decision=\"delegate",
-            "reason=\"none",
-            "destination=\"orders"
-        ]),
+        checks(&[&api_is, "decision=\"delegate", "reason=\"none", "destination=\"orders"]),
         2.0
     );
     assert_eq!(checks(&["decision=\"delegate", "destination=\"billing"]), 1.0);
@@ -662,7 +669,7 @@ async fn metrics_audit_and_access_log_match_the_requests_made() {
     .await;
     for (case, line) in cases.iter().zip(&lines) {
         let at = case.path;
-        assert_eq!(line["api"], "check", "{at}: {line}");
+        assert_eq!(line["api"], api_label, "{at}: {line}");
         assert_eq!(line["decision"], case.decision, "{at}: {line}");
         assert_eq!(line["reason"].as_str(), case.reason, "{at}: {line}");
         assert_eq!(line["destination"].as_str(), case.destination, "{at}: {line}");
@@ -723,11 +730,11 @@ async fn metrics_audit_and_access_log_match_the_requests_made() {
 
     // The harness's OTLP receiver saw these decisions, so its leak scan covers span attributes.
     let (_, first_trace) = traceparent(3, 0);
-    eventually("the harness's receiver to have the first Check span", || {
+    eventually("the harness's receiver to have the first decision's span", || {
         baton
             .exported_spans()
             .iter()
-            .any(|s| s.name == "baton.check" && s.trace_id == first_trace)
+            .any(|s| s.name == format!("baton.{api_label}") && s.trace_id == first_trace)
             .then_some(())
     })
     .await;

@@ -627,11 +627,28 @@ pub struct Envoy {
     _dir: Arc<DirGuard>,
 }
 
+/// The Envoy filter that asks Baton.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Api {
+    /// `envoy.filters.http.ext_authz` (gRPC `Authorization/Check`).
+    #[default]
+    ExtAuthz,
+    /// `envoy.filters.http.ext_proc` (gRPC `ExternalProcessor/Process`), request headers only.
+    ExtProc,
+}
+
 impl Envoy {
     /// The real Envoy with an outbound listener whose ext_authz filter asks Baton, routing to the
     /// upstream. `/routed/` carries `context_extensions` naming the `billing` destination.
     pub async fn start(scratch: &Scratch, baton_grpc: u16, upstream: u16) -> Self {
-        Self::start_with_bootstrap(scratch, &envoy_bootstrap(free_port(), baton_grpc, upstream)).await
+        Self::start_for(Api::ExtAuthz, scratch, baton_grpc, upstream).await
+    }
+
+    /// Like `start`, with the filter of `api`. Under ext_proc, `/routed/` names `billing` in the
+    /// stream's `baton-destination` gRPC metadata.
+    pub async fn start_for(api: Api, scratch: &Scratch, baton_grpc: u16, upstream: u16) -> Self {
+        let bootstrap = envoy_bootstrap_for(api, free_port(), baton_grpc, upstream);
+        Self::start_with_bootstrap(scratch, &bootstrap).await
     }
 
     /// Start with a bootstrap from `envoy_bootstrap` (possibly edited); the listener port is read back.
@@ -639,7 +656,7 @@ impl Envoy {
         let port: u16 = bootstrap
             .split("port_value: ")
             .nth(1)
-            .and_then(|rest| rest.split(' ').next())
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|p| p.parse().ok())
             .expect("the listener's port in the bootstrap");
         let access_log = scratch.0.join("envoy.access.log");
@@ -720,6 +737,55 @@ pub const ACCESS_LOG_FORMAT: &str = r#"                json_format:
                   baton_jti: "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:jti)%""#;
 
 pub fn envoy_bootstrap(port: u16, baton_grpc: u16, upstream: u16) -> String {
+    envoy_bootstrap_for(Api::ExtAuthz, port, baton_grpc, upstream)
+}
+
+/// The outbound listener's bootstrap with the filter of `api`; Baton's timeout in the tests is 1 s,
+/// the filter's 3 s.
+pub fn envoy_bootstrap_for(api: Api, port: u16, baton_grpc: u16, upstream: u16) -> String {
+    // ext_proc keeps Baton's metadata under the namespace its reply names.
+    let access_log_format = match api {
+        Api::ExtAuthz => ACCESS_LOG_FORMAT.to_owned(),
+        Api::ExtProc => ACCESS_LOG_FORMAT.replace("envoy.filters.http.ext_authz:", "envoy.filters.http.ext_proc:"),
+    };
+    let (route_billing, filter) = match api {
+        Api::ExtAuthz => (
+            r#"envoy.filters.http.ext_authz:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                    check_settings:
+                      context_extensions: { baton.destination: billing }"#,
+            r#"- name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              grpc_service:
+                envoy_grpc: { cluster_name: baton }
+                timeout: 3s"#,
+        ),
+        Api::ExtProc => (
+            r#"envoy.filters.http.ext_proc:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute
+                    overrides:
+                      grpc_initial_metadata: [{ key: baton-destination, value: billing }]"#,
+            r#"- name: envoy.filters.http.ext_proc
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              failure_mode_allow: false
+              grpc_service:
+                envoy_grpc: { cluster_name: baton }
+              message_timeout: 3s
+              metadata_options:
+                receiving_namespaces: { untyped: [envoy.filters.http.ext_proc] }
+              processing_mode:
+                request_header_mode: SEND
+                response_header_mode: SKIP
+                request_body_mode: NONE
+                response_body_mode: NONE
+                request_trailer_mode: SKIP
+                response_trailer_mode: SKIP"#,
+        ),
+    };
     format!(
         r#"static_resources:
   listeners:
@@ -737,7 +803,7 @@ pub fn envoy_bootstrap(port: u16, baton_grpc: u16, upstream: u16) -> String {
               "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
               path: {ACCESS_LOG_PATH}
               log_format:
-{ACCESS_LOG_FORMAT}
+{access_log_format}
           route_config:
             virtual_hosts:
             - name: all
@@ -746,21 +812,11 @@ pub fn envoy_bootstrap(port: u16, baton_grpc: u16, upstream: u16) -> String {
               - match: {{ prefix: "/routed/" }}
                 route: {{ cluster: upstream }}
                 typed_per_filter_config:
-                  envoy.filters.http.ext_authz:
-                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
-                    check_settings:
-                      context_extensions: {{ baton.destination: billing }}
+                  {route_billing}
               - match: {{ prefix: "/" }}
                 route: {{ cluster: upstream }}
           http_filters:
-          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: false
-              grpc_service:
-                envoy_grpc: {{ cluster_name: baton }}
-                timeout: 3s
+          {filter}
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
@@ -803,6 +859,7 @@ pub struct Stack {
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
     pub body: Value,
 }
 
@@ -829,15 +886,25 @@ impl Reply {
     pub fn reason(&self) -> &str {
         self.body["error"].as_str().unwrap_or("<no error field>")
     }
+
+    /// A response header, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
 }
 
 impl Stack {
     pub async fn start(peer: Peer, name: &str) -> Self {
+        Self::start_for(Api::ExtAuthz, peer, name).await
+    }
+
+    /// A stack whose Envoy asks Baton through `api`.
+    pub async fn start_for(api: Api, peer: Peer, name: &str) -> Self {
         let scratch = Arc::new(Scratch::new(name));
         let service = TokenService::start(peer, &scratch).await;
         let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
         let upstream = Upstream::start().await;
-        let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
+        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
         Self {
             service,
             baton,
@@ -875,13 +942,14 @@ pub async fn send_with(
     }
     let response = request.send().await.expect("request through envoy");
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let bytes = response.bytes().await.expect("body");
     let body: Value =
         serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
     if let Some(received) = body["authorization"].as_str() {
         leaks::credential(received);
     }
-    Reply { status, body }
+    Reply { status, headers, body }
 }
 
 pub fn bearer(token: &str) -> String {

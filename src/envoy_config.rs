@@ -1,0 +1,539 @@
+//! `baton envoy-config`: the Envoy configuration of a sidecar's outbound listener, generated from
+//! Baton's own configuration so nobody hand-writes it: the ext_authz or ext_proc filter pointed at
+//! Baton (TCP or Unix socket, HTTP/2), failing closed, with a timeout above Baton's, and one route
+//! per destination host that names the destination to Baton. It only builds a document; it reads
+//! no file and never sees a secret.
+//!
+//! Envoy's host matching and Baton's must never disagree in the unsafe direction: Envoy naming a
+//! destination for a host Baton would not have matched. So the virtual hosts ignore the port (as a
+//! Baton pattern without a port does), a pattern with a port becomes a route matching the whole
+//! `:authority`, and every request no pattern covers goes unnamed, leaving Baton to apply its own
+//! host matching and `unknown_destination`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::ext_proc::DESTINATION_METADATA;
+use crate::route::{CONTEXT_KEY, split_port};
+
+/// The outbound listener's address when none is given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:15001";
+/// The Envoy cluster that reaches Baton.
+pub const BATON_CLUSTER: &str = "baton";
+/// The Envoy cluster that reaches the destinations: a dynamic forward proxy (DNS of `:authority`).
+pub const OUTBOUND_CLUSTER: &str = "baton_outbound";
+/// How much longer than Baton's longest token service `timeout` Envoy waits for Baton's answer, so
+/// Baton's own timeout (a 503 with a reason) fires first.
+pub const TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+
+const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
+const EXT_PROC: &str = "envoy.filters.http.ext_proc";
+
+/// The Envoy filter that asks Baton.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Api {
+    /// `envoy.filters.http.ext_authz`, gRPC `Authorization/Check`.
+    #[default]
+    ExtAuthz,
+    /// `envoy.filters.http.ext_proc`, gRPC `ExternalProcessor/Process`, request headers only.
+    ExtProc,
+}
+
+/// Where Envoy reaches Baton.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatonAddress {
+    Tcp(SocketAddr),
+    Uds(PathBuf),
+}
+
+/// What to generate, beyond the Baton configuration itself.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub api: Api,
+    pub baton: BatonAddress,
+    /// The outbound listener the application sends its requests to.
+    pub listen: SocketAddr,
+    /// How long Envoy waits for Baton.
+    pub timeout: Duration,
+}
+
+impl Options {
+    /// Baton's address from its `listen` section (its Unix socket if it has one, else its gRPC
+    /// address), unless `uds` overrides it; the timeout from its token services' longest `timeout`.
+    pub fn new(config: &Config, api: Api, uds: Option<PathBuf>, listen: SocketAddr) -> Result<Self, String> {
+        let baton = match uds.or_else(|| config.listen.grpc_uds.clone()) {
+            Some(path) => BatonAddress::Uds(path),
+            None => {
+                let mut addr = config.listen.grpc;
+                if addr.port() == 0 {
+                    return Err("listen.grpc has port 0, which Envoy cannot connect to: give a port, or --uds".into());
+                }
+                // Baton listening on every address is reached on loopback from its own pod.
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(match addr.ip() {
+                        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    });
+                }
+                BatonAddress::Tcp(addr)
+            }
+        };
+        Ok(Self {
+            api,
+            baton,
+            listen,
+            timeout: longest_exchange(config) + TIMEOUT_MARGIN,
+        })
+    }
+}
+
+/// The longest a token exchange may take (retries share it), whichever token service it goes to.
+fn longest_exchange(config: &Config) -> Duration {
+    config
+        .token_services
+        .iter()
+        .map(|t| t.timeout)
+        .max()
+        .unwrap_or_default()
+}
+
+/// A complete Envoy bootstrap: the outbound listener (Baton's filter, a dynamic forward proxy, the
+/// router), a virtual host per destination host, the cluster to Baton and the outbound cluster.
+pub fn bootstrap(config: &Config, options: &Options) -> Result<Value, String> {
+    let routes = virtual_hosts(config, options.api)?;
+    let listener = json!({
+        "name": "baton_outbound",
+        "address": socket_address(options.listen),
+        "filter_chains": [{
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "baton_outbound",
+                    // The application may use the listener as its HTTP proxy (absolute-form URLs).
+                    "http_protocol_options": { "allow_absolute_url": true },
+                    "route_config": {
+                        "name": "baton_outbound",
+                        // A Baton host pattern without a port matches any port.
+                        "ignore_port_in_host_matching": true,
+                        "virtual_hosts": routes,
+                    },
+                    "http_filters": [
+                        baton_filter(options),
+                        dns_filter(),
+                        {
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                        },
+                    ],
+                },
+            }],
+        }],
+    });
+    Ok(json!({
+        "static_resources": {
+            "listeners": [listener],
+            "clusters": [baton_cluster(options), outbound_cluster()],
+        },
+    }))
+}
+
+/// For an Envoy that exists already: Baton's filter (put it ahead of the router), its cluster, and
+/// per destination the `typed_per_filter_config` to put on the routes that reach it.
+pub fn fragment(config: &Config, options: &Options) -> Result<Value, String> {
+    let mut destinations = serde_json::Map::new();
+    for d in &config.destinations {
+        destinations.insert(
+            d.name.clone(),
+            json!({ "typed_per_filter_config": naming(options.api, &d.name)? }),
+        );
+    }
+    Ok(json!({
+        "http_filters": [baton_filter(options)],
+        "clusters": [baton_cluster(options)],
+        "destinations": destinations,
+    }))
+}
+
+/// The document as YAML.
+pub fn to_yaml(document: &Value) -> Result<String, String> {
+    let mut options = serde_saphyr::SerializerOptions::default();
+    // Long `@type` URLs stay on one line, as people write them.
+    options.prefer_block_scalars = false;
+    serde_saphyr::to_string_with_options(document, options).map_err(|e| format!("cannot write YAML: {e}"))
+}
+
+// === The filter and the clusters ===
+
+fn baton_filter(options: &Options) -> Value {
+    let timeout = duration(options.timeout);
+    let grpc_service = |timeout: Option<&str>| {
+        let mut service = json!({ "envoy_grpc": { "cluster_name": BATON_CLUSTER } });
+        if let Some(t) = timeout {
+            service["timeout"] = json!(t);
+        }
+        service
+    };
+    match options.api {
+        Api::ExtAuthz => json!({
+            "name": EXT_AUTHZ,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                "transport_api_version": "V3",
+                "grpc_service": grpc_service(Some(&timeout)),
+                "failure_mode_allow": false,
+                // Baton unreachable is an outage, not a refusal.
+                "status_on_error": { "code": "ServiceUnavailable" },
+            },
+        }),
+        Api::ExtProc => json!({
+            "name": EXT_PROC,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+                // The stream lives as long as the HTTP request: the deadline is per message.
+                "grpc_service": grpc_service(None),
+                "message_timeout": timeout,
+                "failure_mode_allow": false,
+                "status_on_error": { "code": "ServiceUnavailable" },
+                // Baton's dynamic metadata (decision, destination, audience, cache, reason, jti), for
+                // the access log.
+                "metadata_options": {
+                    "receiving_namespaces": { "untyped": [crate::telemetry::envoy::EXT_PROC_NAMESPACE] },
+                },
+                "processing_mode": {
+                    "request_header_mode": "SEND",
+                    "response_header_mode": "SKIP",
+                    "request_body_mode": "NONE",
+                    "response_body_mode": "NONE",
+                    "request_trailer_mode": "SKIP",
+                    "response_trailer_mode": "SKIP",
+                },
+            },
+        }),
+    }
+}
+
+fn dns_cache() -> Value {
+    json!({ "name": OUTBOUND_CLUSTER, "dns_lookup_family": "V4_PREFERRED" })
+}
+
+/// Resolves each request's `:authority` for the outbound cluster.
+fn dns_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.dynamic_forward_proxy",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
+            "dns_cache_config": dns_cache(),
+        },
+    })
+}
+
+fn baton_cluster(options: &Options) -> Value {
+    let address = match &options.baton {
+        BatonAddress::Tcp(addr) => socket_address(*addr),
+        BatonAddress::Uds(path) => json!({ "pipe": { "path": path.display().to_string() } }),
+    };
+    json!({
+        "name": BATON_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        // gRPC needs HTTP/2.
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} },
+            },
+        },
+        "load_assignment": {
+            "cluster_name": BATON_CLUSTER,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": address } }] }],
+        },
+    })
+}
+
+fn outbound_cluster() -> Value {
+    json!({
+        "name": OUTBOUND_CLUSTER,
+        "connect_timeout": "1s",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": {
+            "name": "envoy.clusters.dynamic_forward_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig",
+                "dns_cache_config": dns_cache(),
+            },
+        },
+    })
+}
+
+fn socket_address(addr: SocketAddr) -> Value {
+    json!({ "socket_address": { "address": addr.ip().to_string(), "port_value": addr.port() } })
+}
+
+/// Envoy's JSON form of a duration: seconds with a fraction.
+fn duration(d: Duration) -> String {
+    format!("{}.{:03}s", d.as_secs(), d.subsec_millis())
+}
+
+// === Routes ===
+
+/// One virtual host per host name (or `*.suffix`) of the configured patterns, then the catch-all.
+/// In each: a route per `host:port` pattern, matching the whole `:authority`, then one for the host
+/// without a port (named if a pattern covers any port, unnamed otherwise).
+fn virtual_hosts(config: &Config, api: Api) -> Result<Vec<Value>, String> {
+    let mut hosts: Vec<HostPatterns<'_>> = Vec::new();
+    for d in &config.destinations {
+        for pattern in &d.hosts {
+            let (host, port) = split_port(pattern);
+            let i = match hosts.iter().position(|h| h.host == host) {
+                Some(i) => i,
+                None => {
+                    hosts.push(HostPatterns {
+                        host,
+                        ported: Vec::new(),
+                        any_port: None,
+                    });
+                    hosts.len() - 1
+                }
+            };
+            match port {
+                Some(port) => hosts[i].ported.push((port, &d.name)),
+                None => hosts[i].any_port = Some(&d.name),
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(hosts.len() + 1);
+    for HostPatterns { host, ported, any_port } in hosts {
+        let mut routes = Vec::with_capacity(ported.len() + 1);
+        for (port, name) in ported {
+            // `*.suffix:port` is any authority ending in `.suffix:port`; Envoy already chose this
+            // virtual host, so the label before the suffix is not empty.
+            let authority = match host.strip_prefix('*') {
+                Some(suffix) => json!({ "suffix": format!("{suffix}:{port}"), "ignore_case": true }),
+                None => json!({ "exact": format!("{host}:{port}"), "ignore_case": true }),
+            };
+            routes.push(route(
+                Some(json!([{ "name": ":authority", "string_match": authority }])),
+                Some(naming(api, name)?),
+            ));
+        }
+        routes.push(route(None, any_port.map(|name| naming(api, name)).transpose()?));
+        out.push(json!({ "name": host, "domains": [host], "routes": routes }));
+    }
+    // Anything else: Baton applies its own host matching and `unknown_destination`.
+    out.push(json!({ "name": "other", "domains": ["*"], "routes": [route(None, None)] }));
+    Ok(out)
+}
+
+/// The destinations claiming one host name (or `*.suffix`), in configuration order.
+struct HostPatterns<'a> {
+    host: &'a str,
+    /// `host:port` patterns: (port, destination).
+    ported: Vec<(u16, &'a str)>,
+    /// The destination of the pattern without a port, if there is one.
+    any_port: Option<&'a str>,
+}
+
+fn route(headers: Option<Value>, naming: Option<Value>) -> Value {
+    let mut matcher = json!({ "prefix": "/" });
+    if let Some(h) = headers {
+        matcher["headers"] = h;
+    }
+    let mut route = json!({ "match": matcher, "route": { "cluster": OUTBOUND_CLUSTER } });
+    if let Some(n) = naming {
+        route["typed_per_filter_config"] = n;
+    }
+    route
+}
+
+/// The per-route configuration that names `destination` to Baton.
+fn naming(api: Api, destination: &str) -> Result<Value, String> {
+    Ok(match api {
+        Api::ExtAuthz => json!({
+            EXT_AUTHZ: {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                "check_settings": { "context_extensions": { CONTEXT_KEY: destination } },
+            },
+        }),
+        Api::ExtProc => {
+            // gRPC metadata is an HTTP/2 header value.
+            if !destination.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+                return Err(format!(
+                    "destination `{destination}`: ext_proc names it in gRPC metadata, which takes visible ASCII only"
+                ));
+            }
+            json!({
+                EXT_PROC: {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                    "overrides": {
+                        "grpc_initial_metadata": [{ "key": DESTINATION_METADATA, "value": destination }],
+                    },
+                },
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_yaml(
+            r#"
+listen:
+  grpc: 0.0.0.0:9191
+token_service:
+  token_endpoint: http://127.0.0.1:9400/token
+  client_id: c
+  auth: { method: none }
+  timeout: 1500ms
+destinations:
+  - name: orders
+    hosts: ["orders", "orders.default.svc.cluster.local"]
+    audience: https://orders.example
+  - name: admin
+    hosts: ["orders:9000", "*.svc.local:8443"]
+    audience: https://admin.example
+  - name: wild
+    hosts: ["*.svc.local"]
+    audience: https://wild.example
+  - name: v6
+    hosts: ["[::1]:8080"]
+    audience: https://v6.example
+"#,
+        )
+        .expect("config")
+    }
+
+    fn options(api: Api) -> Options {
+        Options::new(&config(), api, None, DEFAULT_LISTEN.parse().expect("addr")).expect("options")
+    }
+
+    fn vhost<'a>(doc: &'a Value, name: &str) -> &'a Value {
+        doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"]
+            .as_array()
+            .expect("virtual hosts")
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no virtual host {name}"))
+    }
+
+    fn named(route: &Value) -> Option<&str> {
+        let per_filter = route.get("typed_per_filter_config")?;
+        per_filter[EXT_AUTHZ]["check_settings"]["context_extensions"][CONTEXT_KEY]
+            .as_str()
+            .or_else(|| per_filter[EXT_PROC]["overrides"]["grpc_initial_metadata"][0]["value"].as_str())
+    }
+
+    #[test]
+    fn every_destination_host_gets_a_route_naming_it() {
+        for api in [Api::ExtAuthz, Api::ExtProc] {
+            let doc = bootstrap(&config(), &options(api)).expect("bootstrap");
+            let orders = vhost(&doc, "orders");
+            assert_eq!(orders["domains"], json!(["orders"]));
+            let routes = orders["routes"].as_array().expect("routes");
+            assert_eq!(routes.len(), 2, "{routes:?}");
+            assert_eq!(routes[0]["match"]["headers"][0]["string_match"]["exact"], "orders:9000");
+            assert_eq!(named(&routes[0]), Some("admin"));
+            assert_eq!(named(&routes[1]), Some("orders"));
+
+            let wild = vhost(&doc, "*.svc.local")["routes"].as_array().expect("routes").clone();
+            assert_eq!(
+                wild[0]["match"]["headers"][0]["string_match"]["suffix"],
+                ".svc.local:8443"
+            );
+            assert_eq!((named(&wild[0]), named(&wild[1])), (Some("admin"), Some("wild")));
+
+            // A host only claimed with a port: other ports go unnamed, for Baton to judge.
+            let v6 = vhost(&doc, "[::1]")["routes"].as_array().expect("routes").clone();
+            assert_eq!((named(&v6[0]), named(&v6[1])), (Some("v6"), None));
+            let other = vhost(&doc, "other");
+            assert_eq!(other["domains"], json!(["*"]));
+            assert_eq!(named(&other["routes"][0]), None);
+        }
+    }
+
+    #[test]
+    fn the_filter_fails_closed_after_batons_own_timeout() {
+        let doc = bootstrap(&config(), &options(Api::ExtAuthz)).expect("bootstrap");
+        let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        let filter = &hcm["http_filters"][0]["typed_config"];
+        assert_eq!(filter["failure_mode_allow"], false);
+        assert_eq!(filter["grpc_service"]["timeout"], "2.500s");
+        let names: Vec<&str> = hcm["http_filters"]
+            .as_array()
+            .expect("filters")
+            .iter()
+            .filter_map(|f| f["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                EXT_AUTHZ,
+                "envoy.filters.http.dynamic_forward_proxy",
+                "envoy.filters.http.router"
+            ]
+        );
+        // 0.0.0.0 is reached on loopback.
+        let baton = &doc["static_resources"]["clusters"][0];
+        assert_eq!(
+            baton["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"],
+            json!({ "address": "127.0.0.1", "port_value": 9191 })
+        );
+
+        let doc = bootstrap(&config(), &options(Api::ExtProc)).expect("bootstrap");
+        let filter = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+            [0]["typed_config"];
+        assert_eq!(filter["message_timeout"], "2.500s");
+        assert_eq!(filter["failure_mode_allow"], false);
+        assert_eq!(filter["processing_mode"]["request_header_mode"], "SEND");
+        assert_eq!(filter["processing_mode"]["response_header_mode"], "SKIP");
+    }
+
+    #[test]
+    fn a_unix_socket_wins_over_tcp() {
+        let options = Options::new(
+            &config(),
+            Api::ExtProc,
+            Some("/run/baton/baton.sock".into()),
+            DEFAULT_LISTEN.parse().expect("addr"),
+        )
+        .expect("options");
+        let doc = fragment(&config(), &options).expect("fragment");
+        assert_eq!(
+            doc["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"],
+            json!({ "pipe": { "path": "/run/baton/baton.sock" } })
+        );
+        assert_eq!(doc["http_filters"][0]["name"], EXT_PROC);
+        assert_eq!(
+            doc["destinations"]["wild"]["typed_per_filter_config"][EXT_PROC]["overrides"]["grpc_initial_metadata"],
+            json!([{ "key": "baton-destination", "value": "wild" }])
+        );
+    }
+
+    #[test]
+    fn port_zero_cannot_be_reached() {
+        let config = Config::from_yaml(
+            "listen: { grpc: 127.0.0.1:0 }\ntoken_service: { token_endpoint: http://x/token, client_id: c, auth: { method: none } }\n",
+        )
+        .expect("config");
+        let err =
+            Options::new(&config, Api::ExtAuthz, None, DEFAULT_LISTEN.parse().expect("addr")).expect_err("port 0");
+        assert!(err.contains("port 0"), "{err}");
+    }
+
+    #[test]
+    fn yaml_keeps_the_documents_order_and_reads_back() {
+        let doc = bootstrap(&config(), &options(Api::ExtProc)).expect("bootstrap");
+        let yaml = to_yaml(&doc).expect("yaml");
+        assert!(yaml.starts_with("static_resources:"), "{yaml}");
+        let back: Value = serde_saphyr::from_str(&yaml).expect("parse back");
+        assert_eq!(back, doc);
+    }
+}

@@ -1,0 +1,275 @@
+//! `baton envoy-config` against the real Envoy: every generated variant (ext_authz / ext_proc, TCP /
+//! Unix socket, bootstrap / fragment) passes `envoy --mode validate`, and a generated bootstrap,
+//! run, routes each destination's hosts to Baton with the destination named by the route.
+
+mod support;
+
+use std::path::Path;
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use support::*;
+
+/// A Baton configuration for `baton envoy-config`, reaching Baton on `grpc` (or its socket).
+fn baton_config(
+    scratch: &Scratch,
+    name: &str,
+    grpc: u16,
+    uds: Option<&Path>,
+    destinations: &str,
+) -> std::path::PathBuf {
+    let uds = uds
+        .map(|p| format!("  grpc_uds: {}\n", p.display()))
+        .unwrap_or_default();
+    scratch.write(
+        name,
+        &format!(
+            "listen:\n  grpc: 127.0.0.1:{grpc}\n{uds}token_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: {CLIENT_ID}\n  auth: {{ method: none }}\n  timeout: 1s\ndestinations:\n{destinations}"
+        ),
+    )
+}
+
+const DESTINATIONS: &str = r#"  - name: orders
+    hosts: ["orders.example", "orders", "orders:8080", "*.orders.example", "*.orders.example:8443", "[::1]:9000"]
+    audience: https://orders.example
+  - name: billing
+    hosts: ["*.billing.example"]
+    audience: https://billing.example
+"#;
+
+/// `baton envoy-config ARGS`: its stdout, or a panic with its stderr.
+fn envoy_config(args: &[&str]) -> String {
+    let out = std::process::Command::new(baton_bin())
+        .arg("envoy-config")
+        .args(args)
+        .output()
+        .expect("run baton envoy-config");
+    assert!(
+        out.status.success(),
+        "baton envoy-config {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// `envoy --mode validate -c FILE`: Ok, or Envoy's complaint.
+async fn validate(file: std::path::PathBuf) -> Result<(), String> {
+    let out = tokio::process::Command::new(envoy_bin())
+        .args([
+            "--mode",
+            "validate",
+            "--use-dynamic-base-id",
+            "--log-level",
+            "warn",
+            "-c",
+        ])
+        .arg(&file)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), out)
+        .await
+        .map_err(|_| format!("{}: envoy --mode validate took over 60 s", file.display()))?
+        .expect("run envoy");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A bootstrap around a fragment: its filter ahead of the router, its cluster, and each
+/// destination's `typed_per_filter_config` on a route of its own.
+fn around_fragment(fragment: &Value) -> Value {
+    let mut filters = fragment["http_filters"].as_array().expect("http_filters").clone();
+    filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+    }));
+    let routes: Vec<Value> = fragment["destinations"]
+        .as_object()
+        .expect("destinations")
+        .iter()
+        .map(|(name, d)| {
+            json!({
+                "match": { "prefix": format!("/{name}/") },
+                "route": { "cluster": "app" },
+                "typed_per_filter_config": d["typed_per_filter_config"],
+            })
+        })
+        .collect();
+    let mut clusters = fragment["clusters"].as_array().expect("clusters").clone();
+    clusters.push(json!({
+        "name": "app",
+        "type": "STATIC",
+        "load_assignment": { "cluster_name": "app", "endpoints": [] },
+    }));
+    json!({
+        "static_resources": {
+            "listeners": [{
+                "name": "app",
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": 15001 } },
+                "filter_chains": [{ "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "app",
+                        "route_config": { "virtual_hosts": [{ "name": "app", "domains": ["*"], "routes": routes }] },
+                        "http_filters": filters,
+                    },
+                }] }],
+            }],
+            "clusters": clusters,
+        },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_generated_variant_passes_envoy_validate() {
+    let scratch = Scratch::new("envoy-config-validate");
+    let tcp = baton_config(&scratch, "tcp.yaml", 9191, None, DESTINATIONS);
+    let uds_socket = scratch.0.join("baton.sock");
+    let uds = baton_config(&scratch, "uds.yaml", 9191, Some(&uds_socket), DESTINATIONS);
+    let mut files = Vec::new();
+    for api in ["ext_authz", "ext_proc"] {
+        for (transport, config) in [("tcp", &tcp), ("uds", &uds)] {
+            let config = config.to_str().expect("path");
+            let bootstrap = envoy_config(&["--config", config, "--api", api]);
+            match transport {
+                "uds" => assert!(bootstrap.contains(&uds_socket.display().to_string()), "{bootstrap}"),
+                _ => assert!(bootstrap.contains("port_value: 9191"), "{bootstrap}"),
+            }
+            files.push(scratch.write(&format!("{api}-{transport}.yaml"), &bootstrap));
+
+            let fragment: Value =
+                serde_saphyr::from_str(&envoy_config(&["--config", config, "--api", api, "--fragment"]))
+                    .expect("the fragment is YAML");
+            let wrapped = baton::envoy_config::to_yaml(&around_fragment(&fragment)).expect("yaml");
+            files.push(scratch.write(&format!("{api}-{transport}-fragment.yaml"), &wrapped));
+        }
+    }
+    // `--uds` overrides the configuration's TCP address.
+    let flag = envoy_config(&["--config", tcp.to_str().expect("path"), "--uds", "/run/baton/b.sock"]);
+    assert!(flag.contains("path: /run/baton/b.sock"), "{flag}");
+    files.push(scratch.write("uds-flag.yaml", &flag));
+
+    let results = join_all(files.into_iter().map(validate)).await;
+    let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    assert!(failures.is_empty(), "Envoy refused:\n{}", failures.join("\n"));
+}
+
+/// The generated bootstrap, run by the real Envoy, with its outbound cluster (a DNS forward proxy)
+/// swapped for the test upstream. It is generated from hosts that differ from Baton's on purpose:
+/// `orders.example` names `billing` there, so an upstream that receives a billing token proves that
+/// Envoy's route, not Baton's host matching, named the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_bootstrap_names_each_destination_through_envoy() {
+    let scratch = Scratch::new("envoy-config-run");
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
+    let upstream = Upstream::start().await;
+    let swapped = r#"  - name: billing
+    hosts: ["orders.example"]
+    audience: https://billing.example
+  - name: orders
+    hosts: ["orders.example:9000"]
+    audience: https://orders.example
+"#;
+    let config = baton_config(&scratch, "generate.yaml", baton.grpc, None, swapped);
+    let user = service.mint("alice", "orders.read billing.read").await;
+    for api in ["ext_authz", "ext_proc"] {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let generated = envoy_config(&[
+            "--config",
+            config.to_str().expect("path"),
+            "--api",
+            api,
+            "--listen",
+            &listen,
+        ]);
+        let mut bootstrap: Value = serde_saphyr::from_str(&generated).expect("YAML");
+        to_test_upstream(&mut bootstrap, upstream.port);
+        let bootstrap = baton::envoy_config::to_yaml(&bootstrap).expect("yaml");
+        let envoy = Envoy::start_with_bootstrap(&scratch, &bootstrap).await;
+
+        let routed = send(&envoy, "orders.example", "/", Some(&bearer(&user))).await;
+        let claims = service.verify(routed.upstream_token()).await;
+        assert_eq!(audiences(&claims), [BILLING], "{api}: the route names billing");
+        // A `host:port` pattern is a route of its own, ahead of the host's.
+        let ported = send(&envoy, "orders.example:9000", "/", Some(&bearer(&user))).await;
+        let claims = service.verify(ported.upstream_token()).await;
+        assert_eq!(audiences(&claims), [ORDERS], "{api}: the port's route names orders");
+        // Unnamed hosts are Baton's to judge: its own hosts, and unknown_destination.
+        let by_host = send(&envoy, "x.billing.example", "/", Some(&bearer(&user))).await;
+        let claims = service.verify(by_host.upstream_token()).await;
+        assert_eq!(audiences(&claims), [BILLING], "{api}");
+        let unknown = send(&envoy, "elsewhere.example", "/", Some(&bearer(&user))).await;
+        assert_eq!(unknown.upstream_authorization(), None, "{api}: a user token leaked");
+        let denied = send(&envoy, "orders.example", "/", None).await;
+        assert_eq!((denied.status, denied.reason()), (401, "missing_token"), "{api}");
+    }
+}
+
+/// Route the outbound cluster to the test upstream instead of resolving `:authority` by DNS.
+fn to_test_upstream(bootstrap: &mut Value, port: u16) {
+    let resources = &mut bootstrap["static_resources"];
+    let clusters = resources["clusters"].as_array_mut().expect("clusters");
+    let outbound = clusters
+        .iter_mut()
+        .find(|c| c["name"] == "baton_outbound")
+        .expect("the outbound cluster");
+    *outbound = json!({
+        "name": "baton_outbound",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "baton_outbound",
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
+                "socket_address": { "address": "127.0.0.1", "port_value": port },
+            } } }] }],
+        },
+    });
+    let filters = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+        .as_array_mut()
+        .expect("http filters");
+    filters.retain(|f| f["name"] != "envoy.filters.http.dynamic_forward_proxy");
+}
+
+/// What cannot be generated says why, and exits 1.
+#[test]
+fn envoy_config_refuses_what_it_cannot_generate() {
+    let scratch = Scratch::new("envoy-config-errors");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(baton_bin())
+            .arg("envoy-config")
+            .args(args)
+            .output()
+            .expect("run baton envoy-config");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(out.stdout.is_empty(), "{args:?} printed a configuration");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let invalid = scratch.write("invalid.yaml", "listen:\n  grpc: nowhere\n");
+    let err = run(&["--config", invalid.to_str().expect("path")]);
+    assert!(err.contains("listen.grpc") && err.contains("token_service"), "{err}");
+
+    let port_zero = baton_config(&scratch, "zero.yaml", 0, None, DESTINATIONS);
+    let err = run(&["--config", port_zero.to_str().expect("path")]);
+    assert!(err.contains("port 0"), "{err}");
+
+    let unicode = baton_config(
+        &scratch,
+        "unicode.yaml",
+        9191,
+        None,
+        "  - name: bestellungen-ü\n    hosts: [orders]\n    audience: https://orders.example\n",
+    );
+    let err = run(&["--config", unicode.to_str().expect("path"), "--api", "ext_proc"]);
+    assert!(err.contains("visible ASCII"), "{err}");
+    let err = run(&["--config", unicode.to_str().expect("path"), "--api", "grpc"]);
+    assert!(err.contains("ext_authz") && err.contains("ext_proc"), "{err}");
+}
