@@ -3,7 +3,8 @@
 //! 1. through the real Envoy on loopback, at fixed concurrency: Envoy alone (direct response), Envoy +
 //!    an allow-all ext_authz server (the floor of the gRPC hop), Envoy + Baton on cache hits (through
 //!    the ext_authz filter, then through the ext_proc filter);
-//! 2. in process: the core decision (`Authz::check`) on a cache hit, p50/p99 and checks/s on one thread;
+//! 2. in process, on a cache hit, p50/p99 and checks/s on one thread: the decision (`Authz::check`), and
+//!    the whole Check handler (`server::check`) with each kind of telemetry;
 //! 3. a stampede: 1000 concurrent first requests for one user and destination.
 //!
 //! Nothing here asserts a time; it prints numbers.
@@ -93,11 +94,12 @@ async fn run() {
     }
     drop(floor_server);
 
-    // 2. In process, without and with Baton's own verification of the subject token.
+    // 2. In process: the decision without and with Baton's own verification of the subject token,
+    // then the whole Check handler with each kind of telemetry.
     let authz = in_process_authz(&scratch, &service.token_endpoint, "");
     let request = check_request("orders.example", &user);
     authz.check(&request).await.expect("warm the cache");
-    let (p50, p99, per_sec) = hit_latency(&authz, &request).await;
+    let (p50, p99, per_sec) = hit_latency(&authz, &request, InProcess::Decision).await;
     let trusting = format!(
         "trusted_issuers:\n  - issuer: {}\n    audiences: [frontend]\n",
         service.issuer
@@ -108,7 +110,7 @@ async fn run() {
         .await;
     let verified_request = check_request("orders.example", &for_frontend);
     verifying.check(&verified_request).await.expect("warm both caches");
-    let (vp50, vp99, vper_sec) = hit_latency(&verifying, &verified_request).await;
+    let (vp50, vp99, vper_sec) = hit_latency(&verifying, &verified_request, InProcess::Decision).await;
     println!("\n## In process: Authz::check on a cache hit (one thread)\n");
     println!("| subject token | p50 | p99 | checks/s on one core |");
     println!("| --- | --- | --- | --- |");
@@ -123,6 +125,53 @@ async fn run() {
         vp50.as_secs_f64() / p50.as_secs_f64(),
         vp99.as_secs_f64() / p99.as_secs_f64()
     );
+
+    println!("\n## In process: the Check handler on a cache hit, with telemetry (one thread)\n");
+    println!("| path | p50 | p99 | checks/s on one core |");
+    println!("| --- | --- | --- | --- |");
+    let audit = scratch.0.join("bench-audit.log");
+    let spans = leaks::SpanSink::start().await;
+    let audited = in_process_authz(
+        &scratch,
+        &service.token_endpoint,
+        &format!("audit:\n  sink: file\n  path: {}\n", audit.display()),
+    );
+    let traced = in_process_authz(
+        &scratch,
+        &service.token_endpoint,
+        &format!(
+            "audit:\n  sink: file\n  path: {}\ntelemetry:\n  tracing:\n    endpoint: {}\n",
+            audit.display(),
+            spans.endpoint
+        ),
+    );
+    for a in [&audited, &traced] {
+        a.check(&request).await.expect("warm the cache");
+    }
+    let paths = [
+        ("`Authz::check`: the decision", &authz, InProcess::Decision),
+        (
+            "decision + `respond::check_response` (the Check handler before telemetry)",
+            &authz,
+            InProcess::Reply,
+        ),
+        (
+            "`server::check`: + dynamic_metadata + metrics (the default)",
+            &authz,
+            InProcess::Served,
+        ),
+        ("`server::check`, audit log to a file", &audited, InProcess::Served),
+        (
+            "`server::check`, audit log + tracing, every check sampled",
+            &traced,
+            InProcess::Served,
+        ),
+    ];
+    for (name, authz, path) in paths {
+        let (p50, p99, per_sec) = hit_latency(authz, &request, path).await;
+        println!("| {name} | {} | {} | {per_sec:.0} |", us(p50), us(p99));
+    }
+    drop(spans);
 
     // 3. Stampede.
     let before = service.exchanges().await;
@@ -176,6 +225,12 @@ async fn through_envoy(
     let mut bootstrap = envoy_bootstrap_for(api, port, authz_port.unwrap_or(1), 1);
     // Every setup answers from Envoy itself, so the only difference is the ext_authz hop.
     bootstrap = bootstrap.replace("route: { cluster: upstream }", "direct_response: { status: 200 }");
+    // No access log, as in the earlier runs: every setup would pay for it alike.
+    let (start, end) = (
+        bootstrap.find("          access_log:").expect("access log"),
+        bootstrap.find("          route_config:").expect("route config"),
+    );
+    bootstrap.replace_range(start..end, "");
     if authz_port.is_none() {
         let start = bootstrap
             .find("          - name: envoy.filters.http.ext_authz")
@@ -329,8 +384,33 @@ fn check_request(host: &str, token: &str) -> CheckRequest {
     }
 }
 
+/// What the in-process measurement runs on each hit.
+#[derive(Clone, Copy, Debug)]
+enum InProcess {
+    /// `Authz::check`: extraction and the decision.
+    Decision,
+    /// The decision and the Envoy reply, as the Check handler was before telemetry.
+    Reply,
+    /// `server::check`: what the gRPC handler runs (decision, reply, dynamic metadata, span, metrics, audit).
+    Served,
+}
+
+async fn once(authz: &Authz, request: &CheckRequest, metadata: &tonic::metadata::MetadataMap, path: InProcess) -> bool {
+    match path {
+        InProcess::Decision => authz.check(request).await.is_ok(),
+        InProcess::Reply => {
+            let outcome = authz.check(request).await;
+            outcome.is_ok() && baton::respond::check_response(&outcome).http_response.is_some()
+        }
+        InProcess::Served => baton::server::check(authz, metadata, request)
+            .await
+            .status
+            .is_some_and(|s| s.code == 0),
+    }
+}
+
 /// Sequential hits on one thread: (p50, p99, checks per second).
-async fn hit_latency(authz: &Arc<Authz>, request: &CheckRequest) -> (Duration, Duration, f64) {
+async fn hit_latency(authz: &Arc<Authz>, request: &CheckRequest, path: InProcess) -> (Duration, Duration, f64) {
     let authz = authz.clone();
     let request = request.clone();
     // A current-thread runtime on a thread of its own: one core's worth.
@@ -339,18 +419,19 @@ async fn hit_latency(authz: &Arc<Authz>, request: &CheckRequest) -> (Duration, D
             .enable_all()
             .build()
             .expect("runtime");
+        let metadata = tonic::metadata::MetadataMap::new();
         rt.block_on(async {
             for _ in 0..20_000 {
-                authz.check(&request).await.expect("hit");
+                assert!(once(&authz, &request, &metadata, path).await, "hit");
             }
             let n = 200_000;
             let mut samples = Vec::with_capacity(n);
             let started = Instant::now();
             for _ in 0..n {
                 let t = Instant::now();
-                let outcome = authz.check(&request).await;
+                let ok = once(&authz, &request, &metadata, path).await;
                 samples.push(t.elapsed());
-                assert!(outcome.is_ok());
+                assert!(ok);
             }
             let per_sec = n as f64 / started.elapsed().as_secs_f64();
             samples.sort();

@@ -4,11 +4,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::authz::Authz;
 use crate::config::{Config, Endpoint};
 use crate::exchange::{TokenService, TokenServices};
 use crate::server::{self, Listeners};
+use crate::telemetry::Telemetry;
 use crate::verify::{Introspection, Verifier};
 
 /// Build the decision core from a validated configuration; starts discovery for each token service
@@ -25,19 +27,28 @@ pub fn build(mut config: Config) -> Result<Arc<Authz>, String> {
             tokio::spawn(crate::discovery::run(service.clone(), issuer.clone()));
         }
     }
+    let telemetry = Telemetry::start(&config)?;
     let issuers = std::mem::take(&mut config.trusted_issuers);
     let introspection = config.introspection.take().and_then(|i| {
         let service = services.get(&i.token_service)?.clone();
         Some(Introspection::new(i, service, config.cache.max_entries))
     });
-    let verifier = Verifier::new(issuers, config.opaque_tokens, introspection, config.cache.max_entries)?;
+    let verifier = Verifier::new(
+        issuers,
+        config.opaque_tokens,
+        introspection,
+        config.cache.max_entries,
+        telemetry.metrics().jwks_refreshes.clone(),
+    )?;
     match &verifier {
         Some(verifier) => verifier.spawn_refresh(),
         None => {
             tracing::warn!("no trusted_issuers: subject tokens are not verified by Baton, only by the token service")
         }
     }
-    Ok(Arc::new(Authz::new(config, services, verifier)))
+    Ok(Arc::new(
+        Authz::new(config, services, verifier).with_telemetry(telemetry),
+    ))
 }
 
 /// Bind the configured listeners. A stale Unix socket file from an earlier run is replaced. An
@@ -78,28 +89,33 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         admin = ?config.listen.admin,
         destinations = config.destinations.len(),
         trusted_issuers = config.trusted_issuers.len(),
+        tracing = config.telemetry.tracing.is_some(),
+        audit = ?config.audit.sink,
         "baton serving"
     );
     let grace = config.shutdown_grace;
     let authz = build(config)?;
+    let telemetry = authz.telemetry().clone();
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = server::serve(authz, listeners, async move {
         shutdown.await;
         let _ = signalled_tx.send(());
     });
     tokio::pin!(serving);
-    tokio::select! {
-        result = &mut serving => return result.map_err(|e| e.to_string()),
-        _ = signalled_rx => {}
-    }
-    match tokio::time::timeout(grace, serving).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => {
-            tracing::warn!(
-                ?grace,
-                "in-flight requests did not finish within the shutdown grace period"
-            );
-            Ok(())
-        }
-    }
+    let served = tokio::select! {
+        result = &mut serving => result.map_err(|e| e.to_string()),
+        _ = signalled_rx => match tokio::time::timeout(grace, serving).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "in-flight requests did not finish within the shutdown grace period"
+                );
+                Ok(())
+            }
+        },
+    };
+    // The last decisions' spans and audit lines go out before the process does.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown(Duration::from_secs(5))).await;
+    served
 }

@@ -18,6 +18,7 @@ use crate::policy::{Facts, Policy};
 use crate::reason::{Denial, Reason};
 use crate::route::Routes;
 use crate::secret::fingerprint;
+use crate::telemetry::Telemetry;
 use crate::verify::{Subject, Verified, Verifier};
 
 /// What Envoy should do with an allowed request.
@@ -74,6 +75,7 @@ pub struct Authz {
     actor: Option<ActorToken>,
     workload_identity: Option<String>,
     pub broker_callers: BrokerCallers,
+    telemetry: Telemetry,
 }
 
 impl Authz {
@@ -102,7 +104,23 @@ impl Authz {
             actor: config.actor,
             workload_identity: config.workload_identity,
             broker_callers: config.broker_callers,
+            telemetry: Telemetry::off(),
         }
+    }
+
+    /// Report through `telemetry` (metrics, traces, audit) instead of a private, unexported one.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// The calling workload when Envoy names none (`workload_identity`), as the policy sees it.
+    pub fn workload_identity(&self) -> Option<&str> {
+        self.workload_identity.as_deref()
     }
 
     pub fn token_services(&self) -> &TokenServices {
@@ -223,16 +241,21 @@ impl Authz {
             let target = target.as_ref().unwrap_or(&route.target);
             let span =
                 tracing::debug_span!("exchange", destination = %route.name, subject = %fingerprint(subject_token));
-            let issued = route.token_service.exchange(subject_token, target).instrument(span).await.map_err(
-                |e: ExchangeError| {
+            let issued = self
+                .telemetry
+                .exchange(route, route.token_service.exchange(subject_token, target))
+                .instrument(span)
+                .await
+                .map_err(|e: ExchangeError| {
                     tracing::warn!(destination = %route.name, subject = %fingerprint(subject_token), error = %e, "token exchange failed");
                     Denial::from(&e)
-                },
-            )?;
+                })?;
             let actors = actor::token_chain(issued.access_token.expose(), max_depth.map_or(16, |m| m + 1));
             if max_depth.is_some_and(|max| actors.len() > max) {
                 return Err(too_deep());
             }
+            let mut claims = jwt::DelegationClaims::read(subject_token, issued.access_token.expose());
+            claims.requested_scope = target.scope.clone();
             let lifetimes = Lifetimes {
                 expires_in: issued.expires_in,
                 issued_exp: jwt::unverified_exp(issued.access_token.expose()),
@@ -247,7 +270,8 @@ impl Authz {
                 lifetimes,
                 self.expiry_margin,
                 now,
-            );
+            )
+            .with_claims(claims);
             delegated.actors = actors;
             tracing::debug!(
                 destination = %route.name,
@@ -263,6 +287,15 @@ impl Authz {
             .get_or_exchange(key, exchange)
             .await
             .map_err(|e| (*e).clone())
+    }
+
+    /// The configured destination an outbound request names, if any (what `decide` looks up first),
+    /// for reporting a decision that did not delegate.
+    pub fn destination_of(&self, outbound: &Outbound<'_>) -> Option<&Arc<Route>> {
+        match outbound.route_destination {
+            Some(name) => self.routes.by_name(name),
+            None => self.routes.by_authority(outbound.authority),
+        }
     }
 
     /// A route for the broker API: a configured destination, optionally with other scopes.

@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::authz::{Authz, Caller};
+use crate::authz::{Allow, Authz, Caller};
 use crate::cache;
 use crate::config::{BrokerCallers, is_scope_token};
 use crate::extract::{Authorization, Headers, check_token, subject_token};
 use crate::reason::{Denial, Reason};
+use crate::telemetry::{Api, Decided};
 
 pub mod pb {
     tonic::include_proto!("baton.v1");
@@ -36,40 +37,61 @@ impl Broker {
 #[tonic::async_trait]
 impl DelegationBroker for Broker {
     async fn exchange(&self, request: Request<ExchangeRequest>) -> Result<Response<ExchangeResponse>, Status> {
-        let caller = self.caller(&request).await.map_err(|d| status(&d))?;
-        let request = request.into_inner();
-        let subject = check_token(&request.subject_token, self.authz.max_token_bytes()).map_err(|d| status(&d))?;
-        if let Some(bad) = request.scopes.iter().find(|s| !is_scope_token(s)) {
+        // A malformed call is not a delegation decision: refused before it is observed.
+        if let Some(bad) = request.get_ref().scopes.iter().find(|s| !is_scope_token(s)) {
             return Err(Status::invalid_argument(format!("`{bad}` is not a valid scope")));
         }
-        let route = self
-            .authz
-            .route_for(&request.destination, &request.scopes)
-            .ok_or_else(|| {
-                status(&Denial::new(
-                    Reason::DestinationNotConfigured,
-                    "no destination has this name",
-                ))
-            })?;
-        // No HTTP request here: destinations with method or path rules refuse broker calls.
-        let caller = Caller {
-            source: caller.as_deref(),
-            method: "",
-            path: "",
-            headers: Headers::Lines(&[]),
+        let observation = self.authz.telemetry().observe(Api::Broker, request.metadata(), None);
+        let caller = self.caller(&request).await;
+        let request = request.into_inner();
+        let route = self.authz.route_for(&request.destination, &request.scopes);
+        let source = caller.as_ref().ok().and_then(|c| c.as_deref());
+        let outcome = match (
+            &caller,
+            check_token(&request.subject_token, self.authz.max_token_bytes()),
+            &route,
+        ) {
+            (Err(denial), _, _) => Err(denial.clone()),
+            (_, Err(denial), _) => Err(denial),
+            (Ok(_), Ok(_), None) => Err(Denial::new(
+                Reason::DestinationNotConfigured,
+                "no destination has this name",
+            )),
+            (Ok(_), Ok(subject), Some(route)) => {
+                // No HTTP request here: destinations with method or path rules refuse broker calls.
+                let caller = Caller {
+                    source,
+                    method: "",
+                    path: "",
+                    headers: Headers::Lines(&[]),
+                };
+                observation
+                    .run(self.authz.delegate(route, subject, &caller))
+                    .await
+                    .map(|(token, cache)| Allow::Delegate {
+                        destination: route.clone(),
+                        token,
+                        cache,
+                    })
+            }
         };
-        let (token, _cache) = self
-            .authz
-            .delegate(&route, subject, &caller)
-            .await
-            .map_err(|d| status(&d))?;
-        Ok(Response::new(ExchangeResponse {
-            access_token: token.token.expose().to_owned(),
-            issued_token_type: token.issued_token_type.clone().unwrap_or_default(),
-            token_type: token.token_type.clone(),
-            expires_at: i64::try_from(token.expires_at).unwrap_or(i64::MAX),
-            scope: token.scope.clone().unwrap_or_default(),
-        }))
+        observation.finish(Decided {
+            outcome: &outcome,
+            destination: route.as_ref(),
+            source,
+        });
+        match outcome {
+            Ok(Allow::Delegate { token, .. }) => Ok(Response::new(ExchangeResponse {
+                access_token: token.token.expose().to_owned(),
+                issued_token_type: token.issued_token_type.clone().unwrap_or_default(),
+                token_type: token.token_type.clone(),
+                expires_at: i64::try_from(token.expires_at).unwrap_or(i64::MAX),
+                scope: token.scope.clone().unwrap_or_default(),
+            })),
+            // `delegate` only ever delegates.
+            Ok(Allow::Strip | Allow::Passthrough) => Err(Status::internal("no token was delegated")),
+            Err(denial) => Err(status(&denial)),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::secret::Secret;
 /// SHA-256 over the exchange inputs.
 pub type Key = [u8; 32];
 
-/// How a token was obtained, for logs, traces and metrics.
+/// How a token was obtained, for logs, traces, audit and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheStatus {
     Hit,
@@ -47,6 +47,8 @@ pub struct Delegated {
     pub expires_at: u64,
     /// The delegation chain in the issued token's `act`, current actor first.
     pub actors: Vec<String>,
+    /// Who it is for and what was asked and issued, for audit and traces; read once, at exchange time.
+    pub claims: crate::jwt::DelegationClaims,
     ttl: Duration,
 }
 
@@ -94,8 +96,14 @@ impl Delegated {
             scope,
             expires_at: now + ttl.as_secs(),
             actors: Vec::new(),
+            claims: crate::jwt::DelegationClaims::default(),
             ttl,
         }
+    }
+
+    pub fn with_claims(mut self, claims: crate::jwt::DelegationClaims) -> Self {
+        self.claims = claims;
+        self
     }
 
     pub fn ttl(&self) -> Duration {
@@ -153,6 +161,13 @@ impl TokenCache {
     }
 
     pub fn entry_count(&self) -> u64 {
+        self.inner.entry_count()
+    }
+
+    /// The exact number of live entries, after applying pending evictions (for `/metrics`; not for the
+    /// request path).
+    pub async fn entries(&self) -> u64 {
+        self.inner.run_pending_tasks().await;
         self.inner.entry_count()
     }
 }

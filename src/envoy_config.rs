@@ -199,6 +199,11 @@ fn baton_filter(options: &Options) -> Value {
                 "message_timeout": timeout,
                 "failure_mode_allow": false,
                 "status_on_error": { "code": "ServiceUnavailable" },
+                // Baton's dynamic metadata (decision, destination, audience, cache, reason, jti), for
+                // the access log.
+                "metadata_options": {
+                    "receiving_namespaces": { "untyped": [crate::telemetry::envoy::EXT_PROC_NAMESPACE] },
+                },
                 "processing_mode": {
                     "request_header_mode": "SEND",
                     "response_header_mode": "SKIP",

@@ -338,6 +338,11 @@ impl TokenService {
         let mut form = form;
         let http = self.http.get().await;
         let mut request = http.post(endpoint.clone()).header("accept", "application/json");
+        // W3C trace context of the current span (the exchange's), so the token service's spans join
+        // the trace.
+        if let Some(traceparent) = crate::telemetry::trace::current_traceparent() {
+            request = request.header("traceparent", traceparent);
+        }
         let assertion;
         match &self.auth {
             // RFC 8705 2: the certificate authenticates; client_id says which client it is.

@@ -22,6 +22,7 @@ use crate::authz::{Allow, Authz};
 use crate::extract;
 use crate::reason::{Denial, Reason};
 use crate::respond;
+use crate::telemetry::{self, Api, Decided};
 
 /// The gRPC metadata key a route sets to name its destination.
 pub const DESTINATION_METADATA: &str = "baton-destination";
@@ -51,6 +52,7 @@ impl ExternalProcessor for ExtProcService {
         let stream = Exchange {
             authz: self.authz.clone(),
             destination: route_destination(request.metadata()),
+            metadata: request.metadata().clone(),
             inbound: request.into_inner(),
             state: State::AwaitingHeaders,
         };
@@ -86,6 +88,8 @@ fn route_destination(metadata: &MetadataMap) -> Result<Option<String>, Denial> {
 struct Exchange {
     authz: Arc<Authz>,
     destination: Result<Option<String>, Denial>,
+    /// The stream's gRPC metadata: where Envoy puts the `traceparent` of its span for the stream.
+    metadata: MetadataMap,
     inbound: Streaming<ProcessingRequest>,
     state: State,
 }
@@ -127,10 +131,9 @@ impl Exchange {
             }
             match (&request.request, self.state) {
                 (Some(Phase::RequestHeaders(_)), State::AwaitingHeaders) => {
-                    let outcome = self.decide(&request).await;
-                    log_outcome(&outcome);
+                    let reply = self.decide(&request).await;
                     self.state = State::Decided;
-                    return Some((Ok(respond::request_headers_response(&outcome)), self));
+                    return Some((Ok(reply), self));
                 }
                 (Some(Phase::RequestHeaders(_)), _) => {
                     return self.fail(Status::invalid_argument(
@@ -152,10 +155,36 @@ impl Exchange {
         }
     }
 
-    async fn decide(&self, request: &ProcessingRequest) -> Result<Allow, Denial> {
-        let destination = self.destination.clone()?;
-        let outbound = extract::processing_outbound(request, destination.as_deref())?;
-        self.authz.decide(&outbound).await
+    /// The reply to the request headers: the decision, observed (span, metrics, audit line), with
+    /// Baton's dynamic metadata.
+    async fn decide(&self, request: &ProcessingRequest) -> ProcessingResponse {
+        let destination = self.destination.clone();
+        let outbound = match &destination {
+            Ok(name) => extract::processing_outbound(request, name.as_deref()),
+            Err(denial) => Err(denial.clone()),
+        };
+        let outbound = outbound.as_ref();
+        let observation =
+            self.authz
+                .telemetry()
+                .observe(Api::ExtProc, &self.metadata, outbound.ok().map(|o| o.headers));
+        let outcome = match outbound {
+            Ok(outbound) => observation.run(self.authz.decide(outbound)).await,
+            Err(denial) => Err(denial.clone()),
+        };
+        log_outcome(&outcome);
+        let route = telemetry::destination(&self.authz, outbound.ok(), &outcome);
+        let mut reply = respond::request_headers_response(&outcome);
+        reply.dynamic_metadata = Some(telemetry::envoy::ext_proc_metadata(&outcome, route.map(|r| &**r)));
+        observation.finish(Decided {
+            outcome: &outcome,
+            destination: route,
+            source: outbound
+                .ok()
+                .and_then(|o| o.source_principal)
+                .or(self.authz.workload_identity()),
+        });
+        reply
     }
 
     /// End the stream with this gRPC error.

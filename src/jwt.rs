@@ -33,6 +33,69 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
     peek(token)?.iss
 }
 
+/// What the audit record and the trace say about a delegation, read once when the token is
+/// exchanged: who the subject is (`iss`, `sub` of the subject token) and what was issued (`jti`,
+/// `exp`, `scope` of the issued token; its `act` chain is `Delegated::actors`). By then the subject
+/// token was verified (when `trusted_issuers` are configured) and the token service has accepted it
+/// and signed the issued one; Baton reports these claims, it never decides on them. Strings are
+/// bounded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DelegationClaims {
+    pub subject_iss: Option<String>,
+    pub subject_sub: Option<String>,
+    pub jti: Option<String>,
+    pub exp: Option<i64>,
+    pub scope: Option<String>,
+    /// The scope Baton asked for (after `scopes_from_subject`), space-separated.
+    pub requested_scope: Option<String>,
+}
+
+/// The longest claim string kept for audit and traces.
+pub const MAX_CLAIM_LEN: usize = 256;
+
+#[derive(Deserialize)]
+struct Claims {
+    iss: Option<serde_json::Value>,
+    sub: Option<serde_json::Value>,
+    jti: Option<serde_json::Value>,
+    exp: Option<f64>,
+    scope: Option<serde_json::Value>,
+}
+
+fn payload(token: &str) -> Option<Claims> {
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || payload.len() > 64 * 1024 {
+        return None;
+    }
+    let json = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
+fn text(value: Option<&serde_json::Value>) -> Option<String> {
+    value
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= MAX_CLAIM_LEN)
+        .map(str::to_owned)
+}
+
+impl DelegationClaims {
+    /// From the subject token and the issued token; a token that is not a JWT adds nothing.
+    pub fn read(subject_token: &str, issued_token: &str) -> Self {
+        let mut claims = Self::default();
+        if let Some(subject) = payload(subject_token) {
+            claims.subject_iss = text(subject.iss.as_ref());
+            claims.subject_sub = text(subject.sub.as_ref());
+        }
+        if let Some(issued) = payload(issued_token) {
+            claims.jti = text(issued.jti.as_ref());
+            claims.exp = issued.exp.filter(|e| e.is_finite()).map(|e| e as i64);
+            claims.scope = text(issued.scope.as_ref());
+        }
+        claims
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +121,22 @@ mod tests {
             Some("https://idp")
         );
         assert_eq!(unverified_issuer(&jwt(r#"{"sub":"x"}"#)), None);
+    }
+
+    #[test]
+    fn delegation_claims_come_from_both_tokens_and_are_bounded() {
+        let subject = jwt(r#"{"iss":"https://idp.example","sub":"alice","jti":"not-this-one"}"#);
+        let issued =
+            jwt(r#"{"iss":"https://as.example","sub":"alice","jti":"j-1","exp":1700000000,"scope":"orders.read"}"#);
+        let claims = DelegationClaims::read(&subject, &issued);
+        assert_eq!(claims.subject_iss.as_deref(), Some("https://idp.example"));
+        assert_eq!(claims.subject_sub.as_deref(), Some("alice"));
+        assert_eq!(claims.jti.as_deref(), Some("j-1"));
+        assert_eq!(claims.exp, Some(1_700_000_000));
+        assert_eq!(claims.scope.as_deref(), Some("orders.read"));
+
+        assert_eq!(DelegationClaims::read("opaque", "opaque"), DelegationClaims::default());
+        let long = jwt(&format!(r#"{{"sub":"{}","jti":7}}"#, "x".repeat(MAX_CLAIM_LEN + 1)));
+        assert_eq!(DelegationClaims::read(&long, &long), DelegationClaims::default());
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! The data path, one module a step: [`extract`] -> [`route`] -> [`authz`] (the decision) ->
 //! [`cache`] / [`exchange`] -> [`respond`]. [`server`] serves it (ext_authz, and [`ext_proc`]); [`app`]
-//! builds it from [`config`]; [`envoy_config`] writes the Envoy configuration that points at it.
+//! builds it from [`config`]; [`envoy_config`] writes the Envoy configuration that points at it;
+//! [`telemetry`] reports each decision (traces, metrics, audit log).
 
 pub mod actor;
 pub mod app;
@@ -26,4 +27,5 @@ pub mod route;
 pub mod secret;
 pub mod server;
 pub mod sts;
+pub mod telemetry;
 pub mod verify;

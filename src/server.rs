@@ -1,5 +1,5 @@
 //! Serving: Envoy's `Authorization/Check` and Baton's broker API on the gRPC listeners (TCP, and
-//! optionally a Unix socket), `/healthz` and `/readyz` on the admin listener. `serve` takes bound
+//! optionally a Unix socket), `/healthz`, `/readyz` and `/metrics` on the admin listener. `serve` takes bound
 //! listeners and a shutdown future, so a test can run it on port 0 and stop it; on shutdown,
 //! readiness turns false first and in-flight requests finish.
 
@@ -20,7 +20,9 @@ use crate::authz::{Allow, Authz};
 use crate::broker::Broker;
 use crate::broker::pb::delegation_broker_server::DelegationBrokerServer;
 use crate::ext_proc::ExtProcService;
+use crate::extract;
 use crate::respond;
+use crate::telemetry::{self, Api, Decided};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -82,38 +84,83 @@ struct CheckService {
 #[tonic::async_trait]
 impl Authorization for CheckService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        let outcome = self.authz.check(request.get_ref()).await;
-        match &outcome {
-            Ok(Allow::Delegate {
-                destination,
-                token,
-                cache,
-            }) => {
-                tracing::debug!(destination = %destination.name, cache = cache.as_str(), issued = %token.token.fingerprint(), "delegated");
-            }
-            Ok(Allow::Strip) => tracing::debug!("unknown destination: authorization stripped"),
-            Ok(Allow::Passthrough) => tracing::debug!("passed through"),
-            Err(denial) => tracing::info!(reason = denial.reason.as_str(), "denied: {}", denial.description),
-        }
-        Ok(Response::new(respond::check_response(&outcome)))
+        Ok(Response::new(
+            check(&self.authz, request.metadata(), request.get_ref()).await,
+        ))
     }
+}
+
+/// One Check, from the request to the reply, observed (span, metrics, audit line, Envoy dynamic
+/// metadata). `metadata` is the gRPC call's, where Envoy puts the `traceparent` of its own span.
+pub async fn check(authz: &Authz, metadata: &tonic::metadata::MetadataMap, request: &CheckRequest) -> CheckResponse {
+    let outbound = extract::outbound(request);
+    let outbound = outbound.as_ref();
+    let observation = authz
+        .telemetry()
+        .observe(Api::Check, metadata, outbound.ok().map(|o| o.headers));
+    let outcome = match outbound {
+        Ok(outbound) => observation.run(authz.decide(outbound)).await,
+        Err(denial) => Err(denial.clone()),
+    };
+    match &outcome {
+        Ok(Allow::Delegate {
+            destination,
+            token,
+            cache,
+        }) => {
+            tracing::debug!(destination = %destination.name, cache = cache.as_str(), issued = %token.token.fingerprint(), "delegated");
+        }
+        Ok(Allow::Strip) => tracing::debug!("unknown destination: authorization stripped"),
+        Ok(Allow::Passthrough) => tracing::debug!("passed through"),
+        Err(denial) => tracing::info!(reason = denial.reason.as_str(), "denied: {}", denial.description),
+    }
+    let destination = telemetry::destination(authz, outbound.ok(), &outcome);
+    let mut response = respond::check_response(&outcome);
+    response.dynamic_metadata = Some(telemetry::envoy::dynamic_metadata(&outcome, destination.map(|d| &**d)));
+    observation.finish(Decided {
+        outcome: &outcome,
+        destination,
+        source: outbound
+            .ok()
+            .and_then(|o| o.source_principal)
+            .or(authz.workload_identity()),
+    });
+    response
 }
 
 // === admin ===
 
 fn admin_router(authz: Arc<Authz>, stopping: Arc<AtomicBool>) -> axum::Router {
     use axum::routing::get;
-    axum::Router::new().route("/healthz", get(|| async { "ok\n" })).route(
-        "/readyz",
-        get(move || {
-            let ready = !stopping.load(Ordering::SeqCst) && authz.token_services().ready();
-            async move {
-                if ready {
-                    (StatusCode::OK, "ready\n")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    let metrics = authz.clone();
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = !stopping.load(Ordering::SeqCst) && authz.token_services().ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
                 }
-            }
-        }),
-    )
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let authz = metrics.clone();
+                async move {
+                    let telemetry = authz.telemetry();
+                    let entries = i64::try_from(authz.cache().entries().await).unwrap_or(i64::MAX);
+                    telemetry.metrics().cache_entries.set(entries);
+                    (
+                        [(axum::http::header::CONTENT_TYPE, telemetry::metrics::CONTENT_TYPE)],
+                        telemetry.encode_metrics(),
+                    )
+                }
+            }),
+        )
 }

@@ -20,6 +20,11 @@ use crate::cache::{Key, unix_now};
 use crate::config::{Errors, parse_duration};
 use crate::exchange::read_bounded;
 use crate::reason::{Denial, Reason};
+use crate::telemetry::metrics::OutcomeLabels;
+
+/// The counter of JWKS fetches, from `telemetry::Metrics::jwks_refreshes`.
+pub type JwksRefreshes =
+    prometheus_client::metrics::family::Family<OutcomeLabels, prometheus_client::metrics::counter::Counter>;
 
 // === Configuration ===
 
@@ -293,6 +298,8 @@ struct KeySet {
 
 struct Issuer {
     config: IssuerConfig,
+    /// `baton_jwks_refreshes_total`, by outcome.
+    refreshes: JwksRefreshes,
     keys: ArcSwap<KeySet>,
     jwks_uri: tokio::sync::OnceCell<Url>,
     /// When keys were last fetched; held while fetching, so concurrent unknown kids fetch once.
@@ -341,6 +348,7 @@ impl Verifier {
         opaque: OpaqueTokens,
         introspection: Option<Introspection>,
         max_entries: u64,
+        refreshes: JwksRefreshes,
     ) -> Result<Option<Arc<Self>>, String> {
         if issuers.is_empty() && introspection.is_none() {
             return Ok(None);
@@ -357,6 +365,7 @@ impl Verifier {
                     }),
                     jwks_uri,
                     last_fetch: tokio::sync::Mutex::new(None),
+                    refreshes: refreshes.clone(),
                     config,
                 };
                 (issuer.config.issuer.clone(), Arc::new(issuer))
@@ -515,9 +524,11 @@ impl Issuer {
             Ok(keys) => {
                 tracing::debug!(issuer = %self.config.issuer, keys = keys.keys.len(), "JWKS fetched");
                 self.keys.store(Arc::new(keys));
+                self.refreshes.get_or_create(&OutcomeLabels { outcome: "ok" }).inc();
             }
             Err(e) => {
-                tracing::warn!(issuer = %self.config.issuer, error = %e, "JWKS fetch failed; keeping the last good keys")
+                tracing::warn!(issuer = %self.config.issuer, error = %e, "JWKS fetch failed; keeping the last good keys");
+                self.refreshes.get_or_create(&OutcomeLabels { outcome: "error" }).inc();
             }
         }
     }

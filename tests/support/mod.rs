@@ -47,17 +47,44 @@ pub fn envoy_bin() -> PathBuf {
     path
 }
 
-/// A scratch directory removed on drop.
-pub struct Scratch(pub PathBuf);
+/// A scratch directory, removed once the test and every process handle started in it (Baton,
+/// Envoy) are done with it, so that their drop-time leak scans still find the files.
+pub struct Scratch(pub PathBuf, Arc<DirGuard>);
+
+/// Removes the directory when the last holder drops, unless a test failed.
+pub struct DirGuard {
+    dir: PathBuf,
+    keep: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if !std::thread::panicking() && !self.keep.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
 
 impl Scratch {
     pub fn new(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("baton-e2e-{name}-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Self(dir)
+        let guard = Arc::new(DirGuard {
+            dir: dir.clone(),
+            keep: std::sync::atomic::AtomicBool::new(false),
+        });
+        Self(dir, guard)
+    }
+
+    /// Keeps the directory alive while the holder lives.
+    pub fn hold(&self) -> Arc<DirGuard> {
+        self.1.clone()
     }
 
     pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        if name.contains("secret") || name.contains("key") || contents.contains("PRIVATE KEY") {
+            leaks::secret_file(contents);
+        }
         let path = self.0.join(name);
         std::fs::write(&path, contents).expect("write scratch file");
         path
@@ -71,6 +98,7 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            self.1.keep.store(true, std::sync::atomic::Ordering::SeqCst);
             // Keep the logs of a failed test, and say where they are.
             eprintln!("logs kept in {}", self.0.display());
             for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
@@ -84,8 +112,6 @@ impl Drop for Scratch {
                     }
                 }
             }
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 }
@@ -298,7 +324,9 @@ impl TokenService {
         let status = response.status();
         let body: Value = serde_json::from_slice(&response.bytes().await.expect("mint body")).expect("mint json");
         assert!(status.is_success(), "{:?} mint: {status} {body}", self.peer);
-        body["access_token"].as_str().expect("access_token").to_owned()
+        let token = body["access_token"].as_str().expect("access_token").to_owned();
+        leaks::secret(&token);
+        token
     }
 
     /// How many token-exchange requests reached the token endpoint so far.
@@ -322,6 +350,7 @@ impl TokenService {
 
     /// Verify `token` against this service's JWKS; the verified claims.
     pub async fn verify(&self, token: &str) -> Value {
+        leaks::secret(token);
         let response = self.http.get(&self.jwks_uri).send().await.expect("jwks");
         let jwks: jsonwebtoken::jwk::JwkSet =
             serde_json::from_slice(&response.bytes().await.expect("jwks body")).expect("jwks json");
@@ -374,6 +403,11 @@ pub struct Baton {
     pub grpc: u16,
     pub admin: u16,
     child: Child,
+    /// Where its logs, audit lines and a last scrape of /metrics are; scanned for leaks on drop.
+    dir: PathBuf,
+    _dir: Arc<DirGuard>,
+    /// The spans it exported to the harness's OTLP receiver (when the test did not configure its own).
+    spans: Option<leaks::SpanSink>,
 }
 
 impl Baton {
@@ -430,23 +464,54 @@ destinations:
     }
 
     /// Start `baton run` with this configuration; `listen.grpc` and `listen.admin` are added (any
-    /// further `listen:` keys go in `body` as `  key: value` lines first).
+    /// further `listen:` keys go in `body` as `  key: value` lines first). Unless `body` configures
+    /// them, the audit log goes to `audit.log` in the scratch directory and spans to an OTLP receiver
+    /// in this process, so that everything Baton emits is scanned for leaks when it stops (except at
+    /// log level `warn`, `start_quiet`, which measures Baton as shipped).
     pub async fn start_raw(scratch: &Scratch, body: &str, log: &str) -> Self {
+        leaks::secret(CLIENT_SECRET);
         let (grpc, admin) = (free_port(), free_port());
-        let yaml = format!("listen:\n  grpc: 127.0.0.1:{grpc}\n  admin: 127.0.0.1:{admin}\n{body}");
+        let quiet = log == "warn";
+        let mut observed = String::new();
+        if !quiet && !body.contains("\naudit:") {
+            observed.push_str(&format!(
+                "audit:\n  sink: file\n  path: {}\n",
+                scratch.0.join("audit.log").display()
+            ));
+        }
+        let spans = if !quiet && !body.contains("\ntelemetry:") {
+            let sink = leaks::SpanSink::start().await;
+            observed.push_str(&format!(
+                "telemetry:\n  tracing:\n    endpoint: {}\n    timeout: 1s\n",
+                sink.endpoint
+            ));
+            Some(sink)
+        } else {
+            None
+        };
+        let yaml = format!("listen:\n  grpc: 127.0.0.1:{grpc}\n  admin: 127.0.0.1:{admin}\n{body}\n{observed}");
         let config = scratch.write("baton.yaml", &yaml);
         let child = Command::new(baton_bin())
             .arg("run")
             .arg("--config")
             .arg(&config)
             .env("BATON_LOG", log)
+            // Export spans every 100 ms rather than every 5 s, so a test reads them back quickly.
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
             .stdin(Stdio::null())
             .stdout(scratch.log("baton.stdout.log"))
             .stderr(scratch.log("baton.log"))
             .kill_on_drop(true)
             .spawn()
             .expect("start baton");
-        let baton = Self { grpc, admin, child };
+        let baton = Self {
+            grpc,
+            admin,
+            child,
+            dir: scratch.0.clone(),
+            _dir: scratch.hold(),
+            spans,
+        };
         let ready = format!("http://127.0.0.1:{admin}/readyz");
         wait_until("baton /readyz", Duration::from_secs(20), || async {
             http().get(&ready).send().await.is_ok_and(|r| r.status().is_success())
@@ -455,12 +520,56 @@ destinations:
         baton
     }
 
+    /// The spans Baton exported to the harness's receiver so far (none if the test configured tracing).
+    pub fn exported_spans(&self) -> Vec<fake_opentelemetry_collector::ExportedSpan> {
+        self.spans.as_ref().map(leaks::SpanSink::spans).unwrap_or_default()
+    }
+
+    /// The admin listener's `/metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        let response = http()
+            .get(format!("http://127.0.0.1:{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("scrape /metrics");
+        assert!(response.status().is_success(), "/metrics: {}", response.status());
+        response.text().await.expect("metrics body")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
     }
 
     pub async fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().await.expect("wait for baton")
+    }
+}
+
+impl Drop for Baton {
+    /// Stop Baton the way an orchestrator does (SIGTERM, so it flushes its spans and audit lines),
+    /// keep a last scrape of `/metrics`, then fail the test if any token or secret the tests handled
+    /// appears in anything Baton emitted: logs, audit lines, span attributes, metric labels.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let metrics = leaks::get_blocking(self.admin, "/metrics");
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let mut outputs = leaks::files(&self.dir, &["baton.log", "baton.stdout.log", "audit.log"]);
+        outputs.extend(metrics.map(|m| ("/metrics".to_owned(), m)));
+        if let Some(spans) = self.spans.take() {
+            outputs.push(("exported spans".to_owned(), spans.finish()));
+        }
+        leaks::assert_none(&outputs);
     }
 }
 
@@ -513,6 +622,9 @@ impl Upstream {
 pub struct Envoy {
     pub port: u16,
     child: Child,
+    /// Its access log (`envoy.access.log`, JSON lines, see README), scanned for leaks on drop.
+    pub access_log: PathBuf,
+    _dir: Arc<DirGuard>,
 }
 
 /// The Envoy filter that asks Baton.
@@ -547,11 +659,16 @@ impl Envoy {
             .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|p| p.parse().ok())
             .expect("the listener's port in the bootstrap");
-        let config = scratch.write("envoy.yaml", bootstrap);
+        let access_log = scratch.0.join("envoy.access.log");
+        let bootstrap = bootstrap.replace(ACCESS_LOG_PATH, &access_log.display().to_string());
+        let config = scratch.write("envoy.yaml", &bootstrap);
         let child = Command::new(envoy_bin())
             .arg("-c")
             .arg(&config)
             .arg("--use-dynamic-base-id")
+            // Write the access log every 100 ms (default 10 s), so a test can read it.
+            .arg("--file-flush-interval-msec")
+            .arg("100")
             .arg("--log-level")
             .arg("warn")
             .stdin(Stdio::null())
@@ -560,7 +677,12 @@ impl Envoy {
             .kill_on_drop(true)
             .spawn()
             .expect("start envoy");
-        let envoy = Self { port, child };
+        let envoy = Self {
+            port,
+            child,
+            access_log,
+            _dir: scratch.hold(),
+        };
         let probe = format!("http://127.0.0.1:{port}/");
         wait_until("envoy's listener", Duration::from_secs(30), || async {
             http().get(&probe).header("host", "probe.invalid").send().await.is_ok()
@@ -572,7 +694,47 @@ impl Envoy {
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
+
+    /// The access log's JSON lines so far.
+    pub fn access_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("access log line {l:?}: {e}")))
+            .collect()
+    }
 }
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let _ = self.child.start_kill();
+        let dir = self.access_log.parent().map(PathBuf::from).unwrap_or_default();
+        leaks::assert_none(&leaks::files(&dir, &["envoy.access.log", "envoy.log"]));
+    }
+}
+
+/// Replaced by the access log's path when Envoy starts.
+pub const ACCESS_LOG_PATH: &str = "@ACCESS_LOG@";
+
+/// The access-log format documented in README.md: Envoy's request fields, then what Baton told Envoy
+/// in `dynamic_metadata` (`envoy.filters.http.ext_authz` namespace).
+pub const ACCESS_LOG_FORMAT: &str = r#"                json_format:
+                  start_time: "%START_TIME%"
+                  method: "%REQ(:METHOD)%"
+                  authority: "%REQ(:AUTHORITY)%"
+                  path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
+                  status: "%RESPONSE_CODE%"
+                  flags: "%RESPONSE_FLAGS%"
+                  request_id: "%REQ(X-REQUEST-ID)%"
+                  baton_decision: "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision)%"
+                  baton_destination: "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:destination)%"
+                  baton_audience: "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:audience)%"
+                  baton_cache: "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:cache)%"
+                  baton_reason: "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:reason)%"
+                  baton_jti: "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:jti)%""#;
 
 pub fn envoy_bootstrap(port: u16, baton_grpc: u16, upstream: u16) -> String {
     envoy_bootstrap_for(Api::ExtAuthz, port, baton_grpc, upstream)
@@ -581,6 +743,11 @@ pub fn envoy_bootstrap(port: u16, baton_grpc: u16, upstream: u16) -> String {
 /// The outbound listener's bootstrap with the filter of `api`; Baton's timeout in the tests is 1 s,
 /// the filter's 3 s.
 pub fn envoy_bootstrap_for(api: Api, port: u16, baton_grpc: u16, upstream: u16) -> String {
+    // ext_proc keeps Baton's metadata under the namespace its reply names.
+    let access_log_format = match api {
+        Api::ExtAuthz => ACCESS_LOG_FORMAT.to_owned(),
+        Api::ExtProc => ACCESS_LOG_FORMAT.replace("envoy.filters.http.ext_authz:", "envoy.filters.http.ext_proc:"),
+    };
     let (route_billing, filter) = match api {
         Api::ExtAuthz => (
             r#"envoy.filters.http.ext_authz:
@@ -608,6 +775,8 @@ pub fn envoy_bootstrap_for(api: Api, port: u16, baton_grpc: u16, upstream: u16) 
               grpc_service:
                 envoy_grpc: { cluster_name: baton }
               message_timeout: 3s
+              metadata_options:
+                receiving_namespaces: { untyped: [envoy.filters.http.ext_proc] }
               processing_mode:
                 request_header_mode: SEND
                 response_header_mode: SKIP
@@ -628,6 +797,13 @@ pub fn envoy_bootstrap_for(api: Api, port: u16, baton_grpc: u16, upstream: u16) 
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: outbound
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {ACCESS_LOG_PATH}
+              log_format:
+{access_log_format}
           route_config:
             virtual_hosts:
             - name: all
@@ -745,18 +921,194 @@ impl Stack {
 }
 
 pub async fn send(envoy: &Envoy, host: &str, path: &str, authorization: Option<&str>) -> Reply {
+    send_with(envoy, host, path, authorization, &[]).await
+}
+
+/// Like `send`, with extra request headers (e.g. `traceparent`).
+pub async fn send_with(
+    envoy: &Envoy,
+    host: &str,
+    path: &str,
+    authorization: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut request = http().get(envoy.url(path)).header("host", host);
     if let Some(a) = authorization {
+        leaks::credential(a);
         request = request.header("authorization", a);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let response = request.send().await.expect("request through envoy");
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let bytes = response.bytes().await.expect("body");
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    let body: Value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    if let Some(received) = body["authorization"].as_str() {
+        leaks::credential(received);
+    }
     Reply { status, headers, body }
 }
 
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
+}
+
+// === Leaks ===
+
+/// Every token, secret and private key the tests handle, and the check that none of them appears in
+/// what Baton and Envoy emit. The registry is per test binary and shared by its tests: a secret of
+/// one test showing up in another's output is a leak too.
+pub mod leaks {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// Shorter strings could occur by chance; every real credential here is longer.
+    const MIN_LEN: usize = 12;
+
+    static SECRETS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+    /// Register a token or secret. A JWT's signature is registered on its own as well: it cannot
+    /// appear anywhere unless the token leaked.
+    pub fn secret(value: &str) {
+        let value = value.trim();
+        if value.len() < MIN_LEN {
+            return;
+        }
+        let mut secrets = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+        secrets.insert(value.to_owned());
+        let parts: Vec<&str> = value.split('.').collect();
+        if parts.len() == 3 && parts[2].len() >= 32 {
+            secrets.insert(parts[2].to_owned());
+        }
+    }
+
+    /// An `Authorization` value: the credential after the scheme.
+    pub fn credential(header: &str) {
+        let credential = header.split_once(' ').map_or(header, |(_, c)| c);
+        secret(credential);
+    }
+
+    /// A secret file's contents; for a PEM key, each line of its body too.
+    pub fn secret_file(contents: &str) {
+        secret(contents);
+        for line in contents.lines().filter(|l| !l.starts_with("-----")) {
+            secret(line);
+        }
+    }
+
+    pub fn registered() -> Vec<String> {
+        SECRETS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The named files in `dir` (and their rotated `.N` siblings), as (name, text).
+    pub fn files(dir: &Path, names: &[&str]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let base = name
+                .trim_end_matches(|c: char| c.is_ascii_digit())
+                .trim_end_matches('.');
+            if names.contains(&name.as_str()) || names.contains(&base) {
+                let text = String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap_or_default()).into_owned();
+                out.push((entry.path().display().to_string(), text));
+            }
+        }
+        out
+    }
+
+    /// Panic, naming the output and the secret's fingerprint, if any registered secret appears.
+    pub fn assert_none(outputs: &[(String, String)]) {
+        let secrets = registered();
+        for (name, text) in outputs {
+            for secret in &secrets {
+                if text.contains(secret.as_str()) {
+                    panic!(
+                        "LEAK: {name} contains a token or secret the tests handled ({} bytes, starting {:?})",
+                        secret.len(),
+                        &secret[..8]
+                    );
+                }
+            }
+        }
+    }
+
+    /// GET over a plain socket (usable from `Drop`, outside async code), bounded by 2 s.
+    pub fn get_blocking(port: u16, path: &str) -> Option<String> {
+        use std::io::{Read as _, Write as _};
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+    }
+
+    /// An OTLP/gRPC receiver (crate `fake-opentelemetry-collector`) whose spans are drained into
+    /// memory as they arrive.
+    pub struct SpanSink {
+        pub endpoint: String,
+        spans: Arc<Mutex<Vec<fake_opentelemetry_collector::ExportedSpan>>>,
+        rounds: Arc<AtomicU64>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl SpanSink {
+        pub async fn start() -> Self {
+            let mut collector = fake_opentelemetry_collector::FakeCollectorServer::start()
+                .await
+                .expect("start the OTLP receiver");
+            let endpoint = collector.endpoint();
+            let spans = Arc::new(Mutex::new(Vec::new()));
+            let rounds = Arc::new(AtomicU64::new(0));
+            let task = {
+                let (spans, rounds) = (spans.clone(), rounds.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let batch = collector.exported_spans(1, Duration::from_millis(50)).await;
+                        spans.lock().unwrap_or_else(|e| e.into_inner()).extend(batch);
+                        rounds.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            };
+            Self {
+                endpoint,
+                spans,
+                rounds,
+                task,
+            }
+        }
+
+        /// The spans received so far.
+        pub fn spans(&self) -> Vec<fake_opentelemetry_collector::ExportedSpan> {
+            self.spans.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+
+        /// After the exporter stopped: wait for two more drain rounds (bounded), then every span
+        /// received, as JSON text.
+        pub fn finish(self) -> String {
+            let start = self.rounds.load(Ordering::SeqCst);
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while self.rounds.load(Ordering::SeqCst) < start + 2 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.task.abort();
+            serde_json::to_string(&self.spans()).unwrap_or_default()
+        }
+    }
 }

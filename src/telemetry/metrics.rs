@@ -1,0 +1,246 @@
+//! Prometheus metrics, served on the admin listener at `/metrics` (OpenMetrics text). Every metric is
+//! registered into the `Registry` passed to `Metrics::register`; there are no globals. Label values
+//! come from configuration (destination names, the token service's address) or from fixed sets
+//! (decisions, reason codes, cache results): never from a request, so cardinality stays bounded and
+//! no user id or token can become a label.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::authz::Route;
+
+/// A Check, ext_proc or broker decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `check`, `ext_proc` or `broker`.
+    pub api: &'static str,
+    /// `delegate`, `strip`, `passthrough` or `deny`.
+    pub decision: &'static str,
+    /// A reason code, or `none` for an allowed request.
+    pub reason: &'static str,
+    pub destination: DestinationLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    pub api: &'static str,
+    /// `hit`, `miss`, `coalesced`, ... or `none` when no token was delegated.
+    pub cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExchangeLabels {
+    pub token_service: Arc<str>,
+    /// `ok`, or the reason code the failure maps to (`token_service_timeout`, `target_refused`, ...).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenServiceLabels {
+    pub token_service: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+/// A configured destination's name, or `unknown`: a route or host that names no configured
+/// destination is never copied into a label.
+#[derive(Clone, Debug)]
+pub struct DestinationLabel(pub Option<Arc<Route>>);
+
+impl DestinationLabel {
+    fn name(&self) -> &str {
+        self.0.as_ref().map_or("unknown", |r| r.name.as_str())
+    }
+}
+
+impl PartialEq for DestinationLabel {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for DestinationLabel {}
+
+impl Hash for DestinationLabel {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name().hash(state);
+    }
+}
+
+impl EncodeLabelValue for DestinationLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.name(), encoder)
+    }
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric Baton exports. Cloning shares the same series.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub decision_duration: Histograms<DurationLabels>,
+    pub cache_requests: Family<CacheLabels, Counter>,
+    pub cache_entries: Gauge,
+    pub exchanges: Family<ExchangeLabels, Counter>,
+    pub exchange_duration: Histograms<TokenServiceLabels>,
+    /// For the JWKS cache (subject-token verification) to count its fetches.
+    pub jwks_refreshes: Family<OutcomeLabels, Counter>,
+    /// For configuration reloads to count themselves.
+    pub config_reloads: Family<OutcomeLabels, Counter>,
+    pub audit_dropped: Counter,
+}
+
+/// 10 us to 2.5 s: a cache hit is microseconds, a miss is an exchange.
+fn decision_histogram() -> Histogram {
+    Histogram::new([
+        0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+        1.0, 2.5,
+    ])
+}
+
+/// 1 ms to 10 s: a token exchange over the network, bounded by `token_service.timeout`.
+fn exchange_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+impl Metrics {
+    /// Register every metric into `registry` (names get the registry's prefix, `baton_` in Baton).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            decisions: Family::default(),
+            decision_duration: Family::new_with_constructor(decision_histogram),
+            cache_requests: Family::default(),
+            cache_entries: Gauge::default(),
+            exchanges: Family::default(),
+            exchange_duration: Family::new_with_constructor(exchange_histogram),
+            jwks_refreshes: Family::default(),
+            config_reloads: Family::default(),
+            audit_dropped: Counter::default(),
+        };
+        registry.register(
+            "checks",
+            "Delegation decisions (Check, ext_proc, broker) by decision, reason code and destination",
+            metrics.decisions.clone(),
+        );
+        registry.register_with_unit(
+            "check_duration",
+            "Time to decide, from the request's arrival to the answer",
+            Unit::Seconds,
+            metrics.decision_duration.clone(),
+        );
+        registry.register(
+            "cache_requests",
+            "Token lookups by result: hit, miss (this request exchanged), coalesced (waited for another's exchange)",
+            metrics.cache_requests.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "Tokens in the cache (approximate)",
+            metrics.cache_entries.clone(),
+        );
+        registry.register(
+            "exchanges",
+            "Token exchanges by token service and outcome (ok or a reason code)",
+            metrics.exchanges.clone(),
+        );
+        registry.register_with_unit(
+            "exchange_duration",
+            "Time of one token exchange, retries included",
+            Unit::Seconds,
+            metrics.exchange_duration.clone(),
+        );
+        registry.register(
+            "jwks_refreshes",
+            "JWKS fetches by outcome",
+            metrics.jwks_refreshes.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by outcome",
+            metrics.config_reloads.clone(),
+        );
+        registry.register(
+            "audit_dropped",
+            "Audit records dropped because the writer could not keep up or failed",
+            metrics.audit_dropped.clone(),
+        );
+        registry.register(
+            "build",
+            "Baton's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        // Present at zero from the start, so a dashboard or an alert sees them before the first event.
+        for outcome in ["ok", "error"] {
+            let _ = metrics.jwks_refreshes.get_or_create(&OutcomeLabels { outcome });
+            let _ = metrics.config_reloads.get_or_create(&OutcomeLabels { outcome });
+        }
+        metrics
+    }
+}
+
+/// The registry's text: OpenMetrics 1.0, which Prometheus scrapes.
+pub fn encode(registry: &Registry) -> String {
+    let mut text = String::with_capacity(8 * 1024);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
+    text
+}
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_units_and_labels_are_as_documented() {
+        let mut registry = Registry::with_prefix("baton");
+        let metrics = Metrics::register(&mut registry);
+        metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                api: "check",
+                decision: "deny",
+                reason: "missing_token",
+                destination: DestinationLabel(None),
+            })
+            .inc();
+        metrics
+            .decision_duration
+            .get_or_create(&DurationLabels {
+                api: "check",
+                cache: "hit",
+            })
+            .observe(0.00002);
+        let text = encode(&registry);
+        for line in [
+            "baton_checks_total{api=\"check\",decision=\"deny\",reason=\"missing_token\",destination=\"unknown\"} 1",
+            "baton_check_duration_seconds_bucket{le=\"0.000025\",api=\"check\",cache=\"hit\"} 1",
+            "baton_jwks_refreshes_total{outcome=\"ok\"} 0",
+            "baton_build_info{version=\"",
+            "baton_cache_entries 0",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,689 @@
+//! Observability: what Baton tells operators and security teams about each delegation, never a token.
+//! One `Telemetry` handle, built from the `telemetry:` and `audit:` sections, travels with `Authz`.
+//! Each API that decides (Check, ext_proc, the broker) calls `observe` when a request arrives, runs
+//! the decision inside `Observation::run`, and calls `Observation::finish` once with the outcome:
+//! the span, the metrics and the audit line are all fed from that one call, so they cannot disagree.
+//! `Telemetry::exchange` wraps each token exchange in a client span and its metrics.
+//!
+//! The hook for an API, e.g. ext_proc, once per stream (its request-headers message):
+//!
+//! ```ignore
+//! let observation = authz.telemetry().observe(Api::ExtProc, request.metadata(), Some(outbound.headers));
+//! let outcome = observation.run(authz.decide(&outbound)).await;
+//! let destination = telemetry::destination(&authz, Some(&outbound), &outcome);
+//! // ... reply, with telemetry::envoy::dynamic_metadata(&outcome, destination.map(|d| &**d)) ...
+//! observation.finish(Decided { outcome: &outcome, destination, source: outbound.source_principal });
+//! ```
+
+pub mod audit;
+pub mod envoy;
+pub mod metrics;
+pub mod trace;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::future::Either;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, TraceId, Tracer as _};
+use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
+use prometheus_client::registry::Registry;
+
+use crate::authz::{Allow, Authz, Route};
+use crate::cache::{CacheStatus, Delegated};
+use crate::config::{Config, SubjectMode};
+use crate::exchange::{ExchangeError, Issued};
+use crate::extract::{Headers, Outbound};
+use crate::reason::{Class, Denial};
+use crate::secret::fingerprint;
+
+use self::metrics::{
+    CacheLabels, DecisionLabels, DestinationLabel, DurationLabels, ExchangeLabels, Metrics, TokenServiceLabels,
+};
+
+/// Which API asked for the decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// Envoy's ext_authz `Authorization/Check`.
+    Check,
+    /// Envoy's ext_proc `ExternalProcessor/Process` (one decision per stream).
+    ExtProc,
+    /// `baton.v1.DelegationBroker/Exchange`.
+    Broker,
+}
+
+impl Api {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Check => "check",
+            Self::ExtProc => "ext_proc",
+            Self::Broker => "broker",
+        }
+    }
+
+    const fn span_name(self) -> &'static str {
+        match self {
+            Self::Check => "baton.check",
+            Self::ExtProc => "baton.ext_proc",
+            Self::Broker => "baton.broker",
+        }
+    }
+}
+
+/// `delegate`, `strip`, `passthrough` or `deny`: the decision label, span attribute and audit field.
+pub fn decision_name(outcome: &Result<Allow, Denial>) -> &'static str {
+    match outcome {
+        Ok(Allow::Delegate { .. }) => "delegate",
+        Ok(Allow::Strip) => "strip",
+        Ok(Allow::Passthrough) => "passthrough",
+        Err(_) => "deny",
+    }
+}
+
+/// Where the request was going: the delegated destination, or, for other outcomes, the configured
+/// destination the request names (none for an unknown host).
+pub fn destination<'a>(
+    authz: &'a Authz,
+    outbound: Option<&Outbound<'_>>,
+    outcome: &'a Result<Allow, Denial>,
+) -> Option<&'a Arc<Route>> {
+    match outcome {
+        Ok(Allow::Delegate { destination, .. }) => Some(destination),
+        _ => outbound.and_then(|o| authz.destination_of(o)),
+    }
+}
+
+/// The handle every part of Baton reports through. Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct Telemetry {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    metrics: Metrics,
+    tracing: Option<trace::Tracing>,
+    audit: Option<audit::Audit>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::off()
+    }
+}
+
+impl Telemetry {
+    /// Metrics only, in a registry of its own; nothing exported, nothing audited.
+    pub fn off() -> Self {
+        let mut registry = Registry::with_prefix("baton");
+        let metrics = Metrics::register(&mut registry);
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                metrics,
+                tracing: None,
+                audit: None,
+            }),
+        }
+    }
+
+    /// Everything the configuration asks for: the metrics registry, the OTLP exporter (when
+    /// `telemetry.tracing` is set), the audit writer (when `audit.sink` is not `off`). Must run in the
+    /// Tokio runtime.
+    pub fn start(config: &Config) -> Result<Self, String> {
+        let mut registry = Registry::with_prefix("baton");
+        let metrics = Metrics::register(&mut registry);
+        let tracing = trace::start(&config.telemetry)?;
+        let audit = audit::Audit::start(&config.audit, metrics.audit_dropped.clone())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                registry,
+                metrics,
+                tracing,
+                audit,
+            }),
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// `/metrics`: the registry as OpenMetrics text.
+    pub fn encode_metrics(&self) -> String {
+        metrics::encode(&self.inner.registry)
+    }
+
+    pub fn tracing_enabled(&self) -> bool {
+        self.inner.tracing.is_some()
+    }
+
+    /// Start observing one decision: the clock, and the span (a child of the request's trace
+    /// context: the gRPC call's `traceparent`, else the request headers') when tracing is on.
+    pub fn observe(
+        &self,
+        api: Api,
+        metadata: &tonic::metadata::MetadataMap,
+        headers: Option<Headers<'_>>,
+    ) -> Observation<'_> {
+        let started = Instant::now();
+        let inner = &*self.inner;
+        if inner.tracing.is_none() && inner.audit.is_none() {
+            // Nothing would use the trace context: do not parse it.
+            return Observation {
+                telemetry: self,
+                api,
+                started,
+                cx: None,
+                trace_id: None,
+            };
+        }
+        let parent = trace::parent(metadata, headers);
+        let (cx, trace_id) = match &inner.tracing {
+            Some(tracing) => {
+                let parent_cx = match parent {
+                    Some(sc) => Context::new().with_remote_span_context(sc),
+                    None => Context::new(),
+                };
+                let span = tracing
+                    .tracer
+                    .span_builder(api.span_name())
+                    .with_kind(SpanKind::Server)
+                    .start_with_context(&tracing.tracer, &parent_cx);
+                let trace_id = span.span_context().trace_id();
+                (Some(parent_cx.with_span(span)), Some(trace_id))
+            }
+            None => (None, parent.map(|sc| sc.trace_id())),
+        };
+        Observation {
+            telemetry: self,
+            api,
+            started,
+            cx,
+            trace_id,
+        }
+    }
+
+    /// One token exchange, in a client span (child of the decision's span) and counted by outcome;
+    /// `exchange::TokenService` puts this span's `traceparent` on its request.
+    pub async fn exchange<F>(&self, route: &Route, exchange: F) -> Result<Issued, ExchangeError>
+    where
+        F: Future<Output = Result<Issued, ExchangeError>>,
+    {
+        let started = Instant::now();
+        let inner = &*self.inner;
+        let service = &route.token_service;
+        let result = match &inner.tracing {
+            None => exchange.await,
+            Some(tracing) => {
+                let parent = Context::current();
+                let mut attributes = vec![
+                    KeyValue::new("baton.destination", route.name.clone()),
+                    KeyValue::new("baton.token_service", service.name().to_owned()),
+                    KeyValue::new("url.full", service.locator().to_owned()),
+                ];
+                attributes.extend(target_attributes(route, None));
+                let span = tracing
+                    .tracer
+                    .span_builder("baton.exchange")
+                    .with_kind(SpanKind::Client)
+                    .with_attributes(attributes)
+                    .start_with_context(&tracing.tracer, &parent);
+                let cx = parent.with_span(span);
+                let result = exchange.with_context(cx.clone()).await;
+                let span = cx.span();
+                match &result {
+                    Ok(_) => span.set_attribute(KeyValue::new("baton.exchange.outcome", "ok")),
+                    Err(e) => {
+                        let reason = Denial::from(e).reason.as_str();
+                        span.set_attribute(KeyValue::new("baton.exchange.outcome", reason));
+                        span.set_status(Status::error(reason));
+                    }
+                }
+                span.end();
+                result
+            }
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => Denial::from(e).reason.as_str(),
+        };
+        let m = &inner.metrics;
+        let token_service: Arc<str> = Arc::from(service.name());
+        m.exchanges
+            .get_or_create(&ExchangeLabels {
+                token_service: token_service.clone(),
+                outcome,
+            })
+            .inc();
+        m.exchange_duration
+            .get_or_create(&TokenServiceLabels { token_service })
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Export the queued spans and write the queued audit records, each bounded by `grace` (the
+    /// exporter also by its own timeout). Blocking: call it from `spawn_blocking` or after serving.
+    pub fn shutdown(&self, grace: Duration) {
+        if let Some(audit) = &self.inner.audit {
+            audit.shutdown(grace);
+        }
+        if let Some(tracing) = &self.inner.tracing {
+            tracing.shutdown();
+        }
+    }
+}
+
+/// What `finish` reports: the outcome and the facts around it that it does not carry itself.
+#[derive(Debug)]
+pub struct Decided<'a> {
+    pub outcome: &'a Result<Allow, Denial>,
+    /// The configured destination the request was for, when known (see `destination`).
+    pub destination: Option<&'a Arc<Route>>,
+    /// The calling workload (Envoy's `source.principal`), if any.
+    pub source: Option<&'a str>,
+}
+
+/// One decision being observed; `finish` it exactly once.
+#[derive(Debug)]
+#[must_use = "an observation reports nothing until `finish` is called"]
+pub struct Observation<'t> {
+    telemetry: &'t Telemetry,
+    api: Api,
+    started: Instant,
+    /// The context holding this decision's span, when tracing.
+    cx: Option<Context>,
+    trace_id: Option<TraceId>,
+}
+
+impl Observation<'_> {
+    /// Run the decision inside this observation's span, so an exchange it makes is a child span.
+    pub fn run<F: Future>(&self, decision: F) -> impl Future<Output = F::Output> {
+        match &self.cx {
+            Some(cx) => Either::Left(decision.with_context(cx.clone())),
+            None => Either::Right(decision),
+        }
+    }
+
+    /// The trace this decision belongs to, if it arrived with one or is traced.
+    pub fn trace_id(&self) -> Option<TraceId> {
+        self.trace_id
+    }
+
+    /// Record the decision: metrics always, the span and the audit line when they are on.
+    pub fn finish(self, decided: Decided<'_>) {
+        let inner = &*self.telemetry.inner;
+        let elapsed = self.started.elapsed();
+        let decision = decision_name(decided.outcome);
+        let (reason, delegated, cache) = match decided.outcome {
+            Ok(Allow::Delegate { token, cache, .. }) => (None, Some(token), Some(*cache)),
+            Ok(_) => (None, None, None),
+            Err(denial) => (Some(denial.reason), None, None),
+        };
+        let m = &inner.metrics;
+        m.decisions
+            .get_or_create(&DecisionLabels {
+                api: self.api.as_str(),
+                decision,
+                reason: reason.map_or("none", |r| r.as_str()),
+                destination: DestinationLabel(decided.destination.cloned()),
+            })
+            .inc();
+        m.decision_duration
+            .get_or_create(&DurationLabels {
+                api: self.api.as_str(),
+                cache: cache.map_or("none", CacheStatus::as_str),
+            })
+            .observe(elapsed.as_secs_f64());
+        if let Some(cache) = cache {
+            m.cache_requests
+                .get_or_create(&CacheLabels { result: cache.as_str() })
+                .inc();
+        }
+        if let (Some(cx), Some(tracing)) = (&self.cx, &inner.tracing) {
+            let span = cx.span();
+            if span.is_recording() {
+                let mut attributes = vec![
+                    KeyValue::new("baton.api", self.api.as_str()),
+                    KeyValue::new("baton.decision", decision),
+                ];
+                if let Some(reason) = reason {
+                    attributes.push(KeyValue::new("baton.reason", reason.as_str()));
+                }
+                if let Some(cache) = cache {
+                    attributes.push(KeyValue::new("baton.cache", cache.as_str()));
+                }
+                if let Some(source) = decided.source {
+                    attributes.push(KeyValue::new("baton.source", source.to_owned()));
+                }
+                if let Some(route) = decided.destination {
+                    attributes.push(KeyValue::new("baton.destination", route.name.clone()));
+                    attributes.push(KeyValue::new(
+                        "baton.token_service",
+                        route.token_service.name().to_owned(),
+                    ));
+                    attributes.extend(target_attributes(route, delegated.map(|d| &**d)));
+                }
+                if let Some(d) = delegated {
+                    attributes.extend(delegated_attributes(d, tracing.subject));
+                }
+                span.set_attributes(attributes);
+                if reason.is_some_and(|r| r.class() == Class::Unavailable) {
+                    span.set_status(Status::error(reason.map_or("", |r| r.as_str())));
+                }
+            }
+            span.end();
+        }
+        if let Some(audit) = &inner.audit {
+            audit.record(audit::Entry {
+                time: SystemTime::now(),
+                api: self.api.as_str(),
+                decision,
+                reason,
+                trace_id: self.trace_id,
+                source: decided.source.map(str::to_owned),
+                destination: decided.destination.cloned(),
+                delegated: delegated.cloned(),
+                cache,
+            });
+        }
+    }
+}
+
+fn strings(values: impl Iterator<Item = String>) -> Value {
+    Value::Array(Array::String(values.map(StringValue::from).collect()))
+}
+
+fn split_scopes(scope: Option<&str>) -> impl Iterator<Item = String> + '_ {
+    scope
+        .into_iter()
+        .flat_map(|s| s.split(' '))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// What is asked for a destination: audience, resource, scopes (as asked, when a token was: the
+/// policy may narrow the configured ones).
+fn target_attributes(route: &Route, delegated: Option<&Delegated>) -> Vec<KeyValue> {
+    let t = &route.target;
+    let scope = delegated
+        .and_then(|d| d.claims.requested_scope.as_deref())
+        .or(t.scope.as_deref());
+    let mut out = Vec::with_capacity(3);
+    if let Some(audience) = &t.audience {
+        out.push(KeyValue::new("baton.audience", audience.clone()));
+    }
+    if let Some(resource) = &t.resource {
+        out.push(KeyValue::new("baton.resource", resource.clone()));
+    }
+    out.push(KeyValue::new("baton.scopes.requested", strings(split_scopes(scope))));
+    out
+}
+
+/// Who and what: subject, the delegation chain, the issued token's `jti` and `exp`.
+fn delegated_attributes(d: &Delegated, subject: SubjectMode) -> Vec<KeyValue> {
+    let c = &d.claims;
+    let actors = &d.actors;
+    let mut out = Vec::with_capacity(8);
+    if let Some(iss) = &c.subject_iss {
+        out.push(KeyValue::new("baton.subject.iss", iss.clone()));
+    }
+    if let Some(sub) = &c.subject_sub {
+        let sub = match subject {
+            SubjectMode::Plain => sub.clone(),
+            SubjectMode::Hashed => fingerprint(sub),
+        };
+        out.push(KeyValue::new("baton.subject.sub", sub));
+    }
+    out.push(KeyValue::new(
+        "baton.delegation.actors",
+        strings(actors.iter().cloned()),
+    ));
+    out.push(KeyValue::new("baton.delegation.depth", actors.len() as i64));
+    out.push(KeyValue::new(
+        "baton.scopes.granted",
+        strings(split_scopes(d.scope.as_deref().or(c.scope.as_deref()))),
+    ));
+    if let Some(jti) = &c.jti {
+        out.push(KeyValue::new("baton.issued.jti", jti.clone()));
+    }
+    if let Some(exp) = c.exp {
+        out.push(KeyValue::new("baton.issued.exp", exp));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Lifetimes;
+    use crate::config::{AuditSink, OtlpProtocol};
+    use crate::exchange::{TokenService, TokenServices};
+    use crate::jwt::DelegationClaims;
+    use crate::reason::Reason;
+    use crate::secret::Secret;
+
+    const BASE: &str = "token_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth:\n    method: none\ndestinations:\n  - name: orders\n    hosts: [orders]\n    audience: https://orders.example\n    scopes: [orders.read, orders.list]\n";
+
+    fn config(extra: &str) -> Result<Config, crate::config::ConfigError> {
+        Config::from_yaml(&format!("{BASE}{extra}"))
+    }
+
+    #[test]
+    fn telemetry_and_audit_are_off_by_default() {
+        let config = config("").expect("valid");
+        assert!(config.telemetry.tracing.is_none());
+        assert_eq!(config.telemetry.service_name, "baton");
+        assert_eq!(config.audit.sink, AuditSink::Off);
+    }
+
+    #[test]
+    fn the_documented_telemetry_sections_parse() {
+        let key_file = std::env::temp_dir().join(format!("baton-otlp-key-{}", std::process::id()));
+        std::fs::write(&key_file, "k3y-from-a-file\n").expect("write");
+        let config = config(&format!(
+            r#"telemetry:
+  service_name: baton-orders
+  tracing:
+    endpoint: http://otel-collector:4318
+    protocol: http_protobuf
+    headers:
+      - name: X-Tenant
+        value: team-a
+      - name: authorization
+        value_file: {}
+    sampler_ratio: 0.25
+    timeout: 3s
+    subject: hashed
+audit:
+  sink: file
+  path: /var/log/baton/audit.log
+  max_bytes: 10485760
+  max_files: 3
+  subject: plain
+"#,
+            key_file.display()
+        ))
+        .expect("valid");
+        let _ = std::fs::remove_file(&key_file);
+        let t = config.telemetry.tracing.expect("tracing");
+        assert_eq!(config.telemetry.service_name, "baton-orders");
+        assert_eq!(t.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(t.sampler_ratio, 0.25);
+        assert_eq!(t.timeout, Duration::from_secs(3));
+        assert_eq!(t.subject, SubjectMode::Hashed);
+        assert_eq!(t.headers[0].0, "x-tenant");
+        assert_eq!(t.headers[1].1.expose(), "k3y-from-a-file");
+        assert_eq!(
+            config.audit.sink,
+            AuditSink::File {
+                path: "/var/log/baton/audit.log".into(),
+                max_bytes: 10_485_760,
+                max_files: 3
+            }
+        );
+    }
+
+    #[test]
+    fn every_telemetry_error_is_reported_with_its_path() {
+        let err = config(
+            r#"telemetry:
+  service_name: ""
+  tracing:
+    sampler_ratio: 1.5
+    timeout: 0s
+    headers:
+      - name: "bad header"
+        value: x
+      - name: x-key
+        value: a
+        value_env: B
+      - name: x-other
+        value_env: BATON_TEST_SURELY_UNSET_VARIABLE
+audit:
+  sink: file
+  max_files: 0
+  max_bytes: 10
+  buffer: 0
+"#,
+        )
+        .expect_err("invalid");
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        for expected in [
+            "telemetry.service_name",
+            "telemetry.tracing.endpoint",
+            "telemetry.tracing.sampler_ratio",
+            "telemetry.tracing.timeout",
+            "telemetry.tracing.headers[0].name",
+            "telemetry.tracing.headers[1].value",
+            "telemetry.tracing.headers[2].value_env",
+            "audit.path",
+            "audit.max_files",
+            "audit.max_bytes",
+            "audit.buffer",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+        let err = config("telemetry:\n  tracing:\n    endpoint: http://c:4317\n    protocol: thrift\n")
+            .expect_err("bad enum");
+        assert!(err.to_string().contains("thrift"), "{err}");
+    }
+
+    #[test]
+    fn header_values_never_appear_in_errors() {
+        let err = config(
+            "telemetry:\n  tracing:\n    endpoint: nope\n    headers:\n      - name: authorization\n        value: \"Bearer sup3r-s3cret\\x7f\"\n",
+        )
+        .expect_err("invalid");
+        assert!(!err.to_string().contains("sup3r"), "{err}");
+        assert!(err.to_string().contains("telemetry.tracing.headers[0].value"), "{err}");
+    }
+
+    fn authz() -> Authz {
+        let config = config("").expect("valid");
+        let services = config
+            .token_services
+            .iter()
+            .map(|ts| TokenService::new(ts).expect("client"))
+            .collect::<Vec<_>>();
+        Authz::new(config, TokenServices::new(services), None)
+    }
+
+    fn delegated() -> Arc<Delegated> {
+        let claims = DelegationClaims {
+            subject_iss: Some("https://idp.example".into()),
+            subject_sub: Some("alice".into()),
+            jti: Some("jti-1".into()),
+            exp: Some(1_700_000_300),
+            scope: None,
+            requested_scope: Some("orders.read".into()),
+        };
+        let mut delegated = Delegated::new(
+            Secret::new("issued.token.value"),
+            "Bearer".into(),
+            None,
+            Some("orders.read".into()),
+            Lifetimes {
+                expires_in: Some(300),
+                ..Default::default()
+            },
+            Duration::from_secs(30),
+            1_700_000_000,
+        )
+        .with_claims(claims);
+        delegated.actors = vec!["spiffe://cluster/ns/a/sa/frontend".into()];
+        Arc::new(delegated)
+    }
+
+    fn text(s: &envoy_types::pb::google::protobuf::Struct, key: &str) -> Option<String> {
+        match s.fields.get(key)?.kind.as_ref()? {
+            envoy_types::pb::google::protobuf::value::Kind::StringValue(v) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn envoy_metadata_names_the_delegation_and_never_the_token() {
+        let authz = authz();
+        let route = authz.route_for("orders", &[]).expect("route");
+        let outcome = Ok(Allow::Delegate {
+            destination: route.clone(),
+            token: delegated(),
+            cache: CacheStatus::Hit,
+        });
+        let m = envoy::dynamic_metadata(&outcome, None);
+        assert_eq!(text(&m, "decision").as_deref(), Some("delegate"));
+        assert_eq!(text(&m, "destination").as_deref(), Some("orders"));
+        assert_eq!(text(&m, "audience").as_deref(), Some("https://orders.example"));
+        assert_eq!(text(&m, "cache").as_deref(), Some("hit"));
+        assert_eq!(text(&m, "jti").as_deref(), Some("jti-1"));
+        assert_eq!(text(&m, "reason"), None);
+        assert!(!format!("{m:?}").contains("issued.token.value"));
+
+        let denied = Err(Denial::new(Reason::TargetRefused, "no"));
+        let m = envoy::dynamic_metadata(&denied, Some(&route));
+        assert_eq!(text(&m, "decision").as_deref(), Some("deny"));
+        assert_eq!(text(&m, "reason").as_deref(), Some("target_refused"));
+        assert_eq!(text(&m, "destination").as_deref(), Some("orders"));
+        let m = envoy::dynamic_metadata(&Ok(Allow::Strip), None);
+        assert_eq!(m.fields.len(), 1, "{m:?}");
+    }
+
+    #[tokio::test]
+    async fn a_finished_observation_moves_the_metrics_once() {
+        let authz = authz();
+        let telemetry = authz.telemetry();
+        let route = authz.route_for("orders", &[]).expect("route");
+        for cache in [CacheStatus::Miss, CacheStatus::Hit, CacheStatus::Hit] {
+            let observation = telemetry.observe(Api::Check, &tonic::metadata::MetadataMap::new(), None);
+            let outcome = Ok(Allow::Delegate {
+                destination: route.clone(),
+                token: delegated(),
+                cache,
+            });
+            observation.finish(Decided {
+                outcome: &outcome,
+                destination: Some(&route),
+                source: None,
+            });
+        }
+        let observation = telemetry.observe(Api::Broker, &tonic::metadata::MetadataMap::new(), None);
+        observation.finish(Decided {
+            outcome: &Err(Denial::new(Reason::MalformedToken, "no")),
+            destination: None,
+            source: None,
+        });
+        let text = telemetry.encode_metrics();
+        for line in [
+            "baton_checks_total{api=\"check\",decision=\"delegate\",reason=\"none\",destination=\"orders\"} 3",
+            "baton_checks_total{api=\"broker\",decision=\"deny\",reason=\"malformed_token\",destination=\"unknown\"} 1",
+            "baton_cache_requests_total{result=\"hit\"} 2",
+            "baton_cache_requests_total{result=\"miss\"} 1",
+            "baton_check_duration_seconds_count{api=\"check\",cache=\"hit\"} 2",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! OpenTelemetry tracing: the OTLP exporter (gRPC or HTTP/protobuf) built from `telemetry.tracing`,
+//! the W3C `traceparent` a request arrives with, and the one Baton sends on to the token service.
+//! Spans carry reason codes, names and claims Baton chose to report; never a token or a secret.
+
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceId};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+
+use crate::config::{OtlpProtocol, SubjectMode, Telemetry as TelemetryConfig};
+use crate::extract::Headers;
+
+/// A running exporter and the tracer that feeds it.
+#[derive(Debug)]
+pub(crate) struct Tracing {
+    provider: SdkTracerProvider,
+    pub(crate) tracer: SdkTracer,
+    pub(crate) subject: SubjectMode,
+}
+
+/// Start exporting, if `telemetry.tracing` is set. Must run inside the Tokio runtime (the gRPC
+/// channel lives there); exports happen on the SDK's own thread, in batches, off the request path.
+pub(crate) fn start(config: &TelemetryConfig) -> Result<Option<Tracing>, String> {
+    let Some(t) = &config.tracing else {
+        return Ok(None);
+    };
+    let exporter = match t.protocol {
+        OtlpProtocol::Grpc => {
+            let mut metadata = tonic::metadata::MetadataMap::with_capacity(t.headers.len());
+            for (name, value) in &t.headers {
+                let key = tonic::metadata::MetadataKey::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("telemetry.tracing.headers: `{name}` is not a gRPC metadata key"))?;
+                let value = value
+                    .expose()
+                    .parse()
+                    .map_err(|_| format!("telemetry.tracing.headers: the value of `{name}` is not valid metadata"))?;
+                metadata.insert(key, value);
+            }
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(t.endpoint.as_str())
+                .with_timeout(t.timeout)
+                .with_metadata(metadata)
+                .build()
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut endpoint = t.endpoint.clone();
+            if endpoint.path() == "/" {
+                endpoint.set_path("/v1/traces");
+            }
+            let headers = t
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.expose().to_owned()))
+                .collect();
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(endpoint.as_str())
+                .with_timeout(t.timeout)
+                .with_headers(headers)
+                .build()
+        }
+    }
+    // The error names the endpoint and the cause; header values are not part of it.
+    .map_err(|e| format!("telemetry.tracing: cannot build the OTLP exporter: {e}"))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(config.service_name.clone())
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        // A sampled parent (Envoy's decision) is followed; a new trace is kept at this ratio.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            t.sampler_ratio,
+        ))))
+        .with_resource(resource)
+        .build();
+    let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "baton");
+    Ok(Some(Tracing {
+        provider,
+        tracer,
+        subject: t.subject,
+    }))
+}
+
+impl Tracing {
+    /// Export what is queued and stop; bounded by the exporter's timeout. Blocking: call it off the
+    /// async workers.
+    pub(crate) fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::warn!(error = %e, "trace export did not shut down cleanly");
+        }
+    }
+}
+
+// === W3C trace context ===
+
+/// One `traceparent` / `tracestate` pair, however it arrived.
+struct Pair<'a> {
+    traceparent: &'a str,
+    tracestate: Option<&'a str>,
+}
+
+impl Extractor for Pair<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => Some(self.traceparent),
+            "tracestate" => self.tracestate,
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+/// The span this request continues: the `traceparent` of the gRPC call (Envoy's span for its call to
+/// Baton, when Envoy traces), else the one in the request's own headers (the application's). `None`
+/// when neither is a valid W3C trace context.
+pub fn parent(metadata: &tonic::metadata::MetadataMap, headers: Option<Headers<'_>>) -> Option<SpanContext> {
+    fn text(v: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>) -> Option<&str> {
+        v.to_str().ok()
+    }
+    let from_grpc = metadata.get("traceparent").and_then(text).map(|traceparent| Pair {
+        traceparent,
+        tracestate: metadata.get("tracestate").and_then(text),
+    });
+    let from_headers = || {
+        let headers = headers?;
+        Some(Pair {
+            traceparent: headers.get("traceparent")?,
+            tracestate: headers.get("tracestate"),
+        })
+    };
+    [from_grpc, from_headers()]
+        .into_iter()
+        .flatten()
+        .map(|pair| {
+            TraceContextPropagator::new()
+                .extract(&pair)
+                .span()
+                .span_context()
+                .clone()
+        })
+        .find(SpanContext::is_valid)
+}
+
+/// The `traceparent` for an outgoing call made in the current span (the exchange span, while a token
+/// exchange runs), if there is one. `exchange` sends it to the token service.
+pub fn current_traceparent() -> Option<String> {
+    let cx = Context::current();
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid()
+        .then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
+}
+
+/// A trace id as it appears in logs and the audit record: 32 lower-case hex digits.
+pub fn trace_id_hex(id: TraceId) -> String {
+    id.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn the_grpc_traceparent_wins_over_the_request_headers() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        let map: std::collections::HashMap<String, String> = [(
+            "traceparent".to_owned(),
+            "00-11111111111111111111111111111111-2222222222222222-01".to_owned(),
+        )]
+        .into_iter()
+        .collect();
+        let headers = Headers::Folded(&map);
+        let from_headers = parent(&metadata, Some(headers)).expect("from headers");
+        assert_eq!(from_headers.trace_id().to_string(), "11111111111111111111111111111111");
+        metadata.insert("traceparent", TP.parse().expect("ascii"));
+        let from_grpc = parent(&metadata, Some(headers)).expect("from grpc");
+        assert_eq!(from_grpc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(from_grpc.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(from_grpc.is_remote() && from_grpc.is_sampled());
+    }
+
+    #[test]
+    fn invalid_trace_contexts_are_ignored() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        for bad in [
+            "",
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            metadata.insert("traceparent", bad.parse().expect("ascii"));
+            assert!(parent(&metadata, None).is_none(), "{bad}");
+        }
+        assert!(parent(&tonic::metadata::MetadataMap::new(), None).is_none());
+    }
+
+    #[test]
+    fn no_current_span_means_no_traceparent() {
+        assert_eq!(current_traceparent(), None);
+    }
+}
