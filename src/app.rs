@@ -9,13 +9,24 @@ use std::time::Duration;
 use crate::authz::Authz;
 use crate::config::{Config, Endpoint};
 use crate::exchange::{TokenService, TokenServices};
+use crate::reload::{self, Current};
 use crate::server::{self, Listeners};
 use crate::telemetry::Telemetry;
 use crate::verify::{Introspection, Verifier};
+use arc_swap::ArcSwap;
+use std::path::PathBuf;
 
 /// Build the decision core from a validated configuration; starts discovery for each token service
 /// whose endpoint comes from the issuer's metadata, and the trusted issuers' key refresh.
-pub fn build(mut config: Config) -> Result<Arc<Authz>, String> {
+pub fn build(config: Config) -> Result<Arc<Authz>, String> {
+    build_with(config, None)
+}
+
+/// Build, carrying over from `previous` (a reload) what must outlive a configuration: the
+/// telemetry (metrics keep counting, exporters keep running) and the exchanged-token cache when its
+/// size is unchanged (its keys cover every exchange parameter, so a changed destination never
+/// reuses a token obtained under the old parameters).
+pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Authz>, String> {
     let services = config
         .token_services
         .iter()
@@ -24,10 +35,13 @@ pub fn build(mut config: Config) -> Result<Arc<Authz>, String> {
     let services = TokenServices::new(services);
     for ts in &config.token_services {
         if let (Endpoint::Discover { issuer }, Some(service)) = (&ts.endpoint, services.get(&ts.name)) {
-            tokio::spawn(crate::discovery::run(service.clone(), issuer.clone()));
+            tokio::spawn(crate::discovery::run(Arc::downgrade(service), issuer.clone()));
         }
     }
-    let telemetry = Telemetry::start(&config)?;
+    let telemetry = match previous {
+        Some(previous) => previous.telemetry().clone(),
+        None => Telemetry::start(&config)?,
+    };
     let issuers = std::mem::take(&mut config.trusted_issuers);
     let introspection = config.introspection.take().and_then(|i| {
         let service = services.get(&i.token_service)?.clone();
@@ -46,9 +60,14 @@ pub fn build(mut config: Config) -> Result<Arc<Authz>, String> {
             tracing::warn!("no trusted_issuers: subject tokens are not verified by Baton, only by the token service")
         }
     }
-    Ok(Arc::new(
-        Authz::new(config, services, verifier).with_telemetry(telemetry),
-    ))
+    let cache = previous
+        .map(Authz::shared_cache)
+        .filter(|c| c.max_entries() == config.cache.max_entries);
+    let mut authz = Authz::new(config, services, verifier).with_telemetry(telemetry);
+    if let Some(cache) = cache {
+        authz = authz.with_cache(cache);
+    }
+    Ok(Arc::new(authz))
 }
 
 /// Bind the configured listeners. A stale Unix socket file from an earlier run is replaced. An
@@ -80,8 +99,9 @@ pub async fn bind(config: &Config) -> Result<Listeners, String> {
     Ok(Listeners { grpc, grpc_uds, admin })
 }
 
-/// Load, build, bind and serve until `shutdown`; then drain for at most `shutdown_grace`.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+/// Load, build, bind and serve until `shutdown`; then drain for at most `shutdown_grace`. The
+/// configuration is reloaded from `path` when it changes or on SIGHUP.
+pub async fn run(path: PathBuf, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let listeners = bind(&config).await?;
     tracing::info!(
         grpc = %config.listen.grpc,
@@ -94,8 +114,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "baton serving"
     );
     let grace = config.shutdown_grace;
+    let (listen, poll) = (config.listen.clone(), config.reload_interval);
     let authz = build(config)?;
     let telemetry = authz.telemetry().clone();
+    let authz: Current = Arc::new(ArcSwap::new(authz));
+    let reloader = tokio::spawn(reload::watch(path, listen, authz.clone(), poll));
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = server::serve(authz, listeners, async move {
         shutdown.await;
@@ -115,6 +138,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
         },
     };
+    reloader.abort();
     // The last decisions' spans and audit lines go out before the process does.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown(Duration::from_secs(5))).await;
     served

@@ -65,7 +65,7 @@ pub struct Caller<'a> {
 #[derive(Debug)]
 pub struct Authz {
     routes: Routes<Route>,
-    cache: TokenCache,
+    cache: Arc<TokenCache>,
     token_services: TokenServices,
     unknown_destination: UnknownDestination,
     missing_token: MissingToken,
@@ -94,7 +94,7 @@ impl Authz {
         }));
         Self {
             routes,
-            cache: TokenCache::new(config.cache.max_entries),
+            cache: Arc::new(TokenCache::new(config.cache.max_entries)),
             token_services,
             unknown_destination: config.unknown_destination,
             missing_token: config.missing_token,
@@ -125,6 +125,16 @@ impl Authz {
 
     pub fn token_services(&self) -> &TokenServices {
         &self.token_services
+    }
+
+    /// Keep serving the tokens of an earlier configuration's cache (a reload).
+    pub fn with_cache(mut self, cache: Arc<TokenCache>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    pub fn shared_cache(&self) -> Arc<TokenCache> {
+        self.cache.clone()
     }
 
     pub fn cache(&self) -> &TokenCache {

@@ -5,8 +5,6 @@
 //! subject token; its `sub` is the policy's `source`. Refusals are gRPC errors here (there is no
 //! Envoy to answer for), with the same reason codes.
 
-use std::sync::Arc;
-
 use tonic::{Request, Response, Status};
 
 use crate::authz::{Allow, Authz, Caller};
@@ -14,6 +12,7 @@ use crate::cache;
 use crate::config::{BrokerCallers, is_scope_token};
 use crate::extract::{Authorization, Headers, check_token, subject_token};
 use crate::reason::{Denial, Reason};
+use crate::reload::Current;
 use crate::telemetry::{Api, Decided};
 
 pub mod pb {
@@ -25,11 +24,11 @@ use pb::{ExchangeRequest, ExchangeResponse};
 
 #[derive(Debug)]
 pub struct Broker {
-    authz: Arc<Authz>,
+    authz: Current,
 }
 
 impl Broker {
-    pub fn new(authz: Arc<Authz>) -> Self {
+    pub fn new(authz: Current) -> Self {
         Self { authz }
     }
 }
@@ -41,14 +40,15 @@ impl DelegationBroker for Broker {
         if let Some(bad) = request.get_ref().scopes.iter().find(|s| !is_scope_token(s)) {
             return Err(Status::invalid_argument(format!("`{bad}` is not a valid scope")));
         }
-        let observation = self.authz.telemetry().observe(Api::Broker, request.metadata(), None);
-        let caller = self.caller(&request).await;
+        let authz = self.authz.load_full();
+        let observation = authz.telemetry().observe(Api::Broker, request.metadata(), None);
+        let caller = caller(&authz, &request).await;
         let request = request.into_inner();
-        let route = self.authz.route_for(&request.destination, &request.scopes);
+        let route = authz.route_for(&request.destination, &request.scopes);
         let source = caller.as_ref().ok().and_then(|c| c.as_deref());
         let outcome = match (
             &caller,
-            check_token(&request.subject_token, self.authz.max_token_bytes()),
+            check_token(&request.subject_token, authz.max_token_bytes()),
             &route,
         ) {
             (Err(denial), _, _) => Err(denial.clone()),
@@ -66,7 +66,7 @@ impl DelegationBroker for Broker {
                     headers: Headers::Lines(&[]),
                 };
                 observation
-                    .run(self.authz.delegate(route, subject, &caller))
+                    .run(authz.delegate(route, subject, &caller))
                     .await
                     .map(|(token, cache)| Allow::Delegate {
                         destination: route.clone(),
@@ -95,30 +95,28 @@ impl DelegationBroker for Broker {
     }
 }
 
-impl Broker {
-    /// Who is calling: the verified `sub` of the call's bearer token (`None` under `callers: any`).
-    async fn caller(&self, request: &Request<ExchangeRequest>) -> Result<Option<String>, Denial> {
-        if self.authz.broker_callers == BrokerCallers::Any {
-            return Ok(None);
-        }
-        let unauthenticated = |why: &'static str| Denial::new(Reason::CallerUnauthenticated, why);
-        if !self.authz.verifies() {
-            return Err(unauthenticated(
-                "the broker authenticates callers against trusted_issuers, and none is configured",
-            ));
-        }
-        let header = match request.metadata().get("authorization").map(|v| v.to_str()) {
-            None => Authorization::Missing,
-            Some(Ok(v)) => Authorization::One(v),
-            Some(Err(_)) => return Err(unauthenticated("the caller's authorization metadata is not text")),
-        };
-        let token = subject_token(&header, self.authz.max_token_bytes())?
-            .ok_or_else(|| unauthenticated("the call carries no bearer token of its caller"))?;
-        let subject = self.authz.verify(token, &cache::digest(token)).await?;
-        let sub = subject.as_deref().and_then(|s| s.sub()).map(str::to_owned);
-        sub.map(Some)
-            .ok_or_else(|| unauthenticated("the caller's token names no subject"))
+/// Who is calling: the verified `sub` of the call's bearer token (`None` under `callers: any`).
+async fn caller(authz: &Authz, request: &Request<ExchangeRequest>) -> Result<Option<String>, Denial> {
+    if authz.broker_callers == BrokerCallers::Any {
+        return Ok(None);
     }
+    let unauthenticated = |why: &'static str| Denial::new(Reason::CallerUnauthenticated, why);
+    if !authz.verifies() {
+        return Err(unauthenticated(
+            "the broker authenticates callers against trusted_issuers, and none is configured",
+        ));
+    }
+    let header = match request.metadata().get("authorization").map(|v| v.to_str()) {
+        None => Authorization::Missing,
+        Some(Ok(v)) => Authorization::One(v),
+        Some(Err(_)) => return Err(unauthenticated("the caller's authorization metadata is not text")),
+    };
+    let token = subject_token(&header, authz.max_token_bytes())?
+        .ok_or_else(|| unauthenticated("the call carries no bearer token of its caller"))?;
+    let subject = authz.verify(token, &cache::digest(token)).await?;
+    let sub = subject.as_deref().and_then(|s| s.sub()).map(str::to_owned);
+    sub.map(Some)
+        .ok_or_else(|| unauthenticated("the caller's token names no subject"))
 }
 
 fn status(denial: &Denial) -> Status {

@@ -122,6 +122,7 @@ impl Expiry<Key, Arc<Delegated>> for EntryTtl {
 /// The bounded, coalescing token cache.
 pub struct TokenCache {
     inner: moka::future::Cache<Key, Arc<Delegated>>,
+    max_entries: u64,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -138,7 +139,11 @@ impl TokenCache {
             .max_capacity(max_entries)
             .expire_after(EntryTtl)
             .build();
-        Self { inner }
+        Self { inner, max_entries }
+    }
+
+    pub fn max_entries(&self) -> u64 {
+        self.max_entries
     }
 
     /// The cached token for `key`, or the one `exchange` produces. Concurrent callers with the same

@@ -37,8 +37,17 @@ pub struct RawConfig {
     pub workload: RawWorkload,
     pub actor: Option<crate::actor::RawActor>,
     pub broker: RawBroker,
+    pub reload: RawReload,
     pub telemetry: RawTelemetry,
     pub audit: RawAudit,
+}
+
+/// `reload:`: how the configuration file is watched (SIGHUP always reloads it).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawReload {
+    /// How often the file is checked for a change (default 2s); `0s`: only on SIGHUP.
+    pub poll_interval: Option<String>,
 }
 
 /// `workload:`: who this Baton acts for, in sidecar mode.
@@ -223,11 +232,13 @@ pub struct Config {
     pub workload_identity: Option<String>,
     pub actor: Option<crate::actor::ActorToken>,
     pub broker_callers: BrokerCallers,
+    /// How often the file is checked for changes; `None`: only on SIGHUP.
+    pub reload_interval: Option<Duration>,
     pub telemetry: Telemetry,
     pub audit: Audit,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listen {
     pub grpc: SocketAddr,
     pub grpc_uds: Option<PathBuf>,
@@ -443,6 +454,12 @@ impl RawConfig {
             actor.is_some(),
             &mut errors,
         );
+        let reload_interval = duration(
+            self.reload.poll_interval.as_deref(),
+            "reload.poll_interval",
+            Duration::from_secs(2),
+            &mut errors,
+        );
         let shutdown_grace = duration(
             self.shutdown_grace.as_deref(),
             "shutdown_grace",
@@ -469,6 +486,7 @@ impl RawConfig {
                 workload_identity: self.workload.identity,
                 actor,
                 broker_callers: self.broker.callers,
+                reload_interval: Some(reload_interval).filter(|d| !d.is_zero()),
                 telemetry,
                 audit,
             }),

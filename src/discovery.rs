@@ -4,7 +4,6 @@
 //! authenticates with mutual TLS uses the metadata's `mtls_endpoint_aliases` token endpoint when
 //! there is one (RFC 8705 section 5).
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -103,10 +102,10 @@ pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Metadata, 
 
 /// Retry discovery (1 s, doubling to 30 s) until the token service's endpoint is known. Each
 /// attempt uses the service's HTTP client (its CA bundle and client certificate).
-pub async fn run(service: Arc<TokenService>, issuer: Url) {
-    let endpoint: &Arc<OnceLock<Url>> = service.endpoint();
+pub async fn run(service: std::sync::Weak<TokenService>, issuer: Url) {
     let mut backoff = Duration::from_secs(1);
-    loop {
+    // Until found, or until a reload drops the service.
+    while let Some(service) = service.upgrade() {
         let found = discover(&service.http().await, &issuer).await.and_then(|m| {
             m.token_endpoint_for(service.uses_mtls())
                 .ok_or_else(|| "the issuer's metadata has no token_endpoint".to_owned())
@@ -114,13 +113,14 @@ pub async fn run(service: Arc<TokenService>, issuer: Url) {
         match found {
             Ok(url) => {
                 tracing::info!(token_service = service.name(), token_endpoint = %url, "token endpoint discovered");
-                let _ = endpoint.set(url);
+                let _ = service.endpoint().set(url);
                 return;
             }
             Err(e) => {
                 tracing::warn!(token_service = service.name(), issuer = %issuer, error = %e, retry_in = ?backoff, "discovery failed");
             }
         }
+        drop(service);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::authz::{Allow, Authz};
 use crate::extract;
 use crate::reason::{Denial, Reason};
+use crate::reload::Current;
 use crate::respond;
 use crate::telemetry::{self, Api, Decided};
 
@@ -35,11 +36,11 @@ type Replies = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + S
 
 #[derive(Debug)]
 pub struct ExtProcService {
-    authz: Arc<Authz>,
+    authz: Current,
 }
 
 impl ExtProcService {
-    pub fn new(authz: Arc<Authz>) -> Self {
+    pub fn new(authz: Current) -> Self {
         Self { authz }
     }
 }
@@ -50,7 +51,8 @@ impl ExternalProcessor for ExtProcService {
 
     async fn process(&self, request: Request<Streaming<ProcessingRequest>>) -> Result<Response<Replies>, Status> {
         let stream = Exchange {
-            authz: self.authz.clone(),
+            // One configuration for the stream's life, even if a reload lands meanwhile.
+            authz: self.authz.load_full(),
             destination: route_destination(request.metadata()),
             metadata: request.metadata().clone(),
             inbound: request.into_inner(),
@@ -240,7 +242,9 @@ mod tests {
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(ExternalProcessorServer::new(ExtProcService::new(authz)))
+                .add_service(ExternalProcessorServer::new(ExtProcService::new(Arc::new(
+                    arc_swap::ArcSwap::new(authz),
+                ))))
                 .serve_with_incoming(incoming),
         );
         ExternalProcessorClient::connect(format!("http://{addr}"))

@@ -22,6 +22,7 @@ pub mod inject;
 pub mod jwt;
 pub mod policy;
 pub mod reason;
+pub mod reload;
 pub mod respond;
 pub mod route;
 pub mod secret;

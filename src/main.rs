@@ -111,7 +111,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Run { config } => match Config::from_file(&config) {
-                Ok(config) => baton::app::run(config, shutdown_signal())
+                Ok(parsed) => baton::app::run(config, parsed, shutdown_signal())
                     .await
                     .map_or_else(fail, |()| ExitCode::SUCCESS),
                 Err(e) => fail(e.to_string()),

@@ -21,6 +21,7 @@ use crate::broker::Broker;
 use crate::broker::pb::delegation_broker_server::DelegationBrokerServer;
 use crate::ext_proc::ExtProcService;
 use crate::extract;
+use crate::reload::Current;
 use crate::respond;
 use crate::telemetry::{self, Api, Decided};
 
@@ -35,7 +36,7 @@ pub struct Listeners {
 }
 
 /// Serve until `shutdown` completes, then drain.
-pub async fn serve(authz: Arc<Authz>, listeners: Listeners, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn serve(authz: Current, listeners: Listeners, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let stopping = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -78,14 +79,14 @@ pub async fn serve(authz: Arc<Authz>, listeners: Listeners, shutdown: impl Futur
 // === impl CheckService ===
 
 struct CheckService {
-    authz: Arc<Authz>,
+    authz: Current,
 }
 
 #[tonic::async_trait]
 impl Authorization for CheckService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         Ok(Response::new(
-            check(&self.authz, request.metadata(), request.get_ref()).await,
+            check(&self.authz.load_full(), request.metadata(), request.get_ref()).await,
         ))
     }
 }
@@ -130,7 +131,7 @@ pub async fn check(authz: &Authz, metadata: &tonic::metadata::MetadataMap, reque
 
 // === admin ===
 
-fn admin_router(authz: Arc<Authz>, stopping: Arc<AtomicBool>) -> axum::Router {
+fn admin_router(authz: Current, stopping: Arc<AtomicBool>) -> axum::Router {
     use axum::routing::get;
     let metrics = authz.clone();
     axum::Router::new()
@@ -138,7 +139,7 @@ fn admin_router(authz: Arc<Authz>, stopping: Arc<AtomicBool>) -> axum::Router {
         .route(
             "/readyz",
             get(move || {
-                let ready = !stopping.load(Ordering::SeqCst) && authz.token_services().ready();
+                let ready = !stopping.load(Ordering::SeqCst) && authz.load().token_services().ready();
                 async move {
                     if ready {
                         (StatusCode::OK, "ready\n")
@@ -151,7 +152,7 @@ fn admin_router(authz: Arc<Authz>, stopping: Arc<AtomicBool>) -> axum::Router {
         .route(
             "/metrics",
             get(move || {
-                let authz = metrics.clone();
+                let authz = metrics.load_full();
                 async move {
                     let telemetry = authz.telemetry();
                     let entries = i64::try_from(authz.cache().entries().await).unwrap_or(i64::MAX);

@@ -384,14 +384,18 @@ impl Verifier {
         })))
     }
 
-    /// Fetch every issuer's keys now, then refresh them periodically, in the background.
+    /// Fetch every issuer's keys now, then refresh them periodically, in the background, for as
+    /// long as this verifier is in use.
     pub fn spawn_refresh(self: &Arc<Self>) {
         for issuer in self.issuers.values() {
-            let (issuer, http) = (issuer.clone(), self.http.clone());
+            // Weak: when a reload replaces this verifier, its refresh loops end.
+            let (issuer, http) = (Arc::downgrade(issuer), self.http.clone());
             tokio::spawn(async move {
-                loop {
-                    issuer.refetch(&http, Duration::ZERO).await;
-                    tokio::time::sleep(issuer.config.refresh).await;
+                while let Some(live) = issuer.upgrade() {
+                    live.refetch(&http, Duration::ZERO).await;
+                    let pause = live.config.refresh;
+                    drop(live);
+                    tokio::time::sleep(pause).await;
                 }
             });
         }

@@ -160,3 +160,106 @@ fn check_config_reports_every_error_and_never_a_secret() {
     assert!(stderr.contains("5 configuration errors"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+/// Hot reload under load through the real Envoy: a watched file change adds a destination, an
+/// invalid file changes nothing, SIGHUP applies a change that removes it; requests that the
+/// configuration never meant to refuse never fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_changes_only_what_the_new_config_says() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let scratch = Scratch::new("reload");
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
+    let config = |with_billing: bool| {
+        let billing = if with_billing {
+            format!("  - name: billing\n    hosts: [billing.example]\n    audience: {BILLING}\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "token_service:\n{token_service}\nreload:\n  poll_interval: 200ms\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n{billing}"
+        )
+    };
+    let baton = Baton::start_raw(&scratch, &config(false), "baton=debug,info").await;
+    let upstream = Upstream::start().await;
+    let envoy = Arc::new(Envoy::start(&scratch, baton.grpc, upstream.port).await);
+    let alice = service.mint("alice", "orders.read").await;
+
+    // Steady load on the destination every version of the configuration keeps.
+    let (stop, sent, wrong) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let load = {
+        let (stop, sent, wrong, envoy, alice) =
+            (stop.clone(), sent.clone(), wrong.clone(), envoy.clone(), alice.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let reply = send(&envoy, "orders.example", "/", Some(&bearer(&alice))).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if reply.status != 200 || reply.body["authorization"].as_str() == Some(&bearer(&alice)) {
+                    wrong.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let billing_token = || async {
+        send(&envoy, "billing.example", "/", Some(&bearer(&alice))).await.body["authorization"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert_eq!(billing_token().await, None, "billing is not configured yet: stripped");
+
+    // A file change (written aside, then renamed over, as a ConfigMap update swaps it) is picked up.
+    let path = scratch.0.join("baton.yaml");
+    let replace = |text: String| {
+        let aside = scratch.0.join("baton.yaml.new");
+        std::fs::write(&aside, text).expect("write");
+        std::fs::rename(&aside, &path).expect("swap");
+    };
+    let current = std::fs::read_to_string(&path).expect("config");
+    let listen: String = current.lines().take(3).map(|l| format!("{l}\n")).collect();
+    replace(format!("{listen}{}", config(true)));
+    wait_until("the reload adding billing", Duration::from_secs(10), || async {
+        billing_token().await.is_some()
+    })
+    .await;
+
+    // An invalid file: nothing changes.
+    replace(format!("{listen}{}destinations: oops\n", config(true)));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        billing_token().await.is_some(),
+        "an invalid reload must leave the running configuration"
+    );
+
+    // SIGHUP with a change that removes billing.
+    std::fs::write(&path, format!("{listen}{}", config(false))).expect("write");
+    let pid = baton.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    wait_until("the reload removing billing", Duration::from_secs(10), || async {
+        billing_token().await.is_none()
+    })
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("load");
+    let (sent, wrong) = (sent.load(Ordering::Relaxed), wrong.load(Ordering::Relaxed));
+    assert!(sent > 20, "the load ran ({sent} requests)");
+    assert_eq!(wrong, 0, "{wrong} of {sent} requests failed across three reloads");
+    let log = std::fs::read_to_string(scratch.0.join("baton.log")).expect("log");
+    assert!(
+        log.contains("configuration not reloaded"),
+        "the invalid file was reported"
+    );
+    drop(baton);
+}

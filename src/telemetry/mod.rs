@@ -4,16 +4,7 @@
 //! the decision inside `Observation::run`, and calls `Observation::finish` once with the outcome:
 //! the span, the metrics and the audit line are all fed from that one call, so they cannot disagree.
 //! `Telemetry::exchange` wraps each token exchange in a client span and its metrics.
-//!
-//! The hook for an API, e.g. ext_proc, once per stream (its request-headers message):
-//!
-//! ```ignore
-//! let observation = authz.telemetry().observe(Api::ExtProc, request.metadata(), Some(outbound.headers));
-//! let outcome = observation.run(authz.decide(&outbound)).await;
-//! let destination = telemetry::destination(&authz, Some(&outbound), &outcome);
-//! // ... reply, with telemetry::envoy::dynamic_metadata(&outcome, destination.map(|d| &**d)) ...
-//! observation.finish(Decided { outcome: &outcome, destination, source: outbound.source_principal });
-//! ```
+//! `server::check`, `ext_proc` and `broker` show the pattern.
 
 pub mod audit;
 pub mod envoy;

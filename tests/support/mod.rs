@@ -125,12 +125,24 @@ fn rand_suffix() -> u32 {
     nanos ^ std::process::id().rotate_left(16)
 }
 
-/// A free loopback port (bound, then released).
+/// A free loopback port for a process the test is about to start. It is taken below Linux's
+/// ephemeral range (32768-60999), from which the kernel picks the local ports of outgoing
+/// connections and of `bind(0)`: a port from there could be handed to someone else between our
+/// check and the process binding it. Each test binary walks its own offset, one port per call.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id() * 97;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (offset + n) % SPAN).expect("in range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {}", LOW + SPAN)
 }
 
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut probe: F)
