@@ -356,26 +356,34 @@ impl Errors {
 
 // === Parsing and validation ===
 
+/// A YAML document into its `Raw*` shape: a syntax or shape error is one error at `(yaml)`.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    serde_saphyr::from_str(text).map_err(|e| {
+        ConfigError(vec![FieldError {
+            path: "(yaml)".into(),
+            message: e.to_string(),
+        }])
+    })
+}
+
+/// A configuration file's text; an unreadable file is one error naming it.
+pub fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigError(vec![FieldError {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        }])
+    })
+}
+
 impl Config {
     /// Parse YAML and validate it; every problem is reported, not only the first.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
-            ConfigError(vec![FieldError {
-                path: "(yaml)".into(),
-                message: e.to_string(),
-            }])
-        })?;
-        raw.validate()
+        parse_yaml::<RawConfig>(text)?.validate()
     }
 
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError(vec![FieldError {
-                path: path.display().to_string(),
-                message: format!("cannot read: {e}"),
-            }])
-        })?;
-        Self::from_yaml(&text)
+        Self::from_yaml(&read_file(path)?)
     }
 }
 

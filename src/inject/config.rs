@@ -119,23 +119,11 @@ pub const DEFAULT_ENVOY_IMAGE: &str = "envoyproxy/envoy:v1.40.0";
 
 impl InjectConfig {
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawInjectConfig = serde_saphyr::from_str(text).map_err(|e| {
-            ConfigError(vec![FieldError {
-                path: "(yaml)".into(),
-                message: e.to_string(),
-            }])
-        })?;
-        raw.validate()
+        crate::config::parse_yaml::<RawInjectConfig>(text)?.validate()
     }
 
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError(vec![FieldError {
-                path: path.display().to_string(),
-                message: format!("cannot read: {e}"),
-            }])
-        })?;
-        Self::from_yaml(&text)
+        Self::from_yaml(&crate::config::read_file(path)?)
     }
 }
 
