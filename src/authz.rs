@@ -94,7 +94,7 @@ impl Authz {
         }));
         Self {
             routes,
-            cache: Arc::new(TokenCache::new(config.cache.max_entries)),
+            cache: Arc::new(TokenCache::new(config.cache.max_entries, config.cache.negative_ttl)),
             token_services,
             unknown_destination: config.unknown_destination,
             missing_token: config.missing_token,
@@ -225,6 +225,9 @@ impl Authz {
         }
         let key = cache::key(&route.key_params, scope.as_deref().unwrap_or(""), &digest);
         let exchange = async {
+            if let Some(refused) = self.cache.refused(&key).await {
+                return Err(refused);
+            }
             let now = cache::unix_now();
             let subject_exp = match &subject {
                 Some(s) => Some(s.exp),
@@ -259,7 +262,14 @@ impl Authz {
                 .map_err(|e: ExchangeError| {
                     tracing::warn!(destination = %route.name, subject = %fingerprint(subject_token), error = %e, "token exchange failed");
                     Denial::from(&e)
-                })?;
+                });
+            let issued = match issued {
+                Ok(issued) => issued,
+                Err(denial) => {
+                    self.cache.remember_refusal(key, &denial).await;
+                    return Err(denial);
+                }
+            };
             let actors = actor::token_chain(issued.access_token.expose(), max_depth.map_or(16, |m| m + 1));
             if max_depth.is_some_and(|max| actors.len() > max) {
                 return Err(too_deep());

@@ -122,6 +122,9 @@ impl Expiry<Key, Arc<Delegated>> for EntryTtl {
 /// The bounded, coalescing token cache.
 pub struct TokenCache {
     inner: moka::future::Cache<Key, Arc<Delegated>>,
+    /// Definite refusals by the token service, remembered briefly so a client retrying a refused
+    /// request does not hammer it.
+    refusals: Option<moka::future::Cache<Key, crate::reason::Denial>>,
     max_entries: u64,
 }
 
@@ -134,12 +137,37 @@ impl std::fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
-    pub fn new(max_entries: u64) -> Self {
+    pub fn new(max_entries: u64, negative_ttl: Duration) -> Self {
         let inner = moka::future::Cache::builder()
             .max_capacity(max_entries)
             .expire_after(EntryTtl)
             .build();
-        Self { inner, max_entries }
+        let refusals = (!negative_ttl.is_zero()).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(negative_ttl)
+                .build()
+        });
+        Self {
+            inner,
+            refusals,
+            max_entries,
+        }
+    }
+
+    /// A refusal remembered for `key`, if any.
+    pub async fn refused(&self, key: &Key) -> Option<crate::reason::Denial> {
+        self.refusals.as_ref()?.get(key).await
+    }
+
+    /// Remember `denial` for `key` if it is a definite refusal (the same request would be refused
+    /// again), not a failure that may pass.
+    pub async fn remember_refusal(&self, key: Key, denial: &crate::reason::Denial) {
+        if let Some(refusals) = &self.refusals
+            && denial.reason.is_definite_refusal()
+        {
+            refusals.insert(key, denial.clone()).await;
+        }
     }
 
     pub fn max_entries(&self) -> u64 {
@@ -300,7 +328,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_misses_share_one_exchange() {
-        let cache = Arc::new(TokenCache::new(100));
+        let cache = Arc::new(TokenCache::new(100, Duration::ZERO));
         let calls = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..200 {
@@ -336,8 +364,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_definite_refusals_are_remembered() {
+        use crate::reason::{Denial, Reason};
+        let cache = TokenCache::new(100, Duration::from_secs(60));
+        cache
+            .remember_refusal([1; 32], &Denial::new(Reason::TargetRefused, "no"))
+            .await;
+        cache
+            .remember_refusal([2; 32], &Denial::new(Reason::TokenServiceTimeout, "slow"))
+            .await;
+        assert_eq!(
+            cache.refused(&[1; 32]).await.map(|d| d.reason),
+            Some(Reason::TargetRefused)
+        );
+        assert_eq!(
+            cache.refused(&[2; 32]).await,
+            None,
+            "a failure to answer may pass next time"
+        );
+        let off = TokenCache::new(100, Duration::ZERO);
+        off.remember_refusal([1; 32], &Denial::new(Reason::TargetRefused, "no"))
+            .await;
+        assert_eq!(off.refused(&[1; 32]).await, None);
+    }
+
+    #[tokio::test]
     async fn errors_are_not_cached_and_expired_entries_are_not_served() {
-        let cache = TokenCache::new(100);
+        let cache = TokenCache::new(100, Duration::ZERO);
         let err = cache
             .get_or_exchange([1; 32], async { Err::<Arc<Delegated>, _>("down") })
             .await;

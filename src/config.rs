@@ -164,6 +164,7 @@ impl Profile {
 pub struct RawCache {
     pub max_entries: Option<u64>,
     pub expiry_margin: Option<String>,
+    pub negative_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -293,6 +294,8 @@ pub enum ClientAuth {
 pub struct Cache {
     pub max_entries: u64,
     pub expiry_margin: Duration,
+    /// How long a definite refusal by the token service is remembered (0: not at all).
+    pub negative_ttl: Duration,
 }
 
 #[derive(Debug)]
@@ -398,6 +401,12 @@ impl RawConfig {
                 self.cache.expiry_margin.as_deref(),
                 "cache.expiry_margin",
                 Duration::from_secs(30),
+                &mut errors,
+            ),
+            negative_ttl: duration(
+                self.cache.negative_ttl.as_deref(),
+                "cache.negative_ttl",
+                Duration::from_secs(5),
                 &mut errors,
             ),
         };

@@ -122,6 +122,15 @@ impl Reason {
         }
     }
 
+    /// The token service refused for a reason that will not change on a retry (the subject token,
+    /// the target, the client, the scope), as opposed to failing to answer.
+    pub const fn is_definite_refusal(self) -> bool {
+        matches!(
+            self,
+            Self::SubjectTokenRejected | Self::TargetRefused | Self::ClientUnauthorized | Self::ScopeRefused
+        )
+    }
+
     pub const fn class(self) -> Class {
         match self {
             Self::MissingToken

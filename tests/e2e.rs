@@ -124,6 +124,21 @@ async fn delegation_suite(api: Api, peer: Peer) {
         "{peer:?}: {:?}",
         reply.body
     );
+    // A definite refusal is remembered for a few seconds (`cache.negative_ttl`): the same request
+    // again does not reach the token service.
+    let before = svc.exchanges().await;
+    let again = stack.get("forbidden.example", "/", Some(&bearer(&alice))).await;
+    assert_eq!(
+        (again.status, again.reason()),
+        (403, "target_refused"),
+        "{peer:?}: {:?}",
+        again.body
+    );
+    assert_eq!(
+        svc.exchanges().await,
+        before,
+        "{peer:?}: a remembered refusal went to the token service again"
+    );
 
     // The token service hangs (SIGSTOP): 503 within Baton's timeout, then recovers.
     let carol = svc.mint("carol", "orders.read").await;
