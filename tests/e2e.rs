@@ -313,3 +313,50 @@ async fn unknown_destination_and_missing_token_policies() {
     let reply = send(&envoy, "orders.example", "/", None).await;
     assert_eq!(reply.upstream_authorization(), None, "passthrough without a token");
 }
+
+/// Token-service answers a client must survive, through the real Envoy: unusable bodies fail closed
+/// with 503 `token_service_bad_response`; odd lifetimes never keep a token longer than it lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_token_service_answers() {
+    // (fault, expected status and reason, whether a second request is served from the cache)
+    let cases: [(&str, u16, &str, Option<bool>); 7] = [
+        ("html", 503, "token_service_bad_response", None),
+        ("truncated_json", 503, "token_service_bad_response", None),
+        ("huge_body", 503, "token_service_bad_response", None),
+        // The issued JWT's exp still bounds the cache.
+        ("no_expires_in", 200, "", Some(true)),
+        ("expires_in_huge", 200, "", Some(true)),
+        // Used for this request, never kept.
+        ("expires_in_zero", 200, "", Some(false)),
+        ("expires_in_negative", 200, "", Some(false)),
+    ];
+    for (answer, status, reason, cached) in cases {
+        let scratch = Scratch::new("answers");
+        let options = PeerOptions {
+            answer: Some(answer),
+            ..Default::default()
+        };
+        let service = TokenService::start_with(Peer::BatonSts, &scratch, options).await;
+        let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
+        let upstream = Upstream::start().await;
+        let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
+        let user = service.mint("alice", "orders.read").await;
+        let reply = send(&envoy, "orders.example", "/", Some(&bearer(&user))).await;
+        if status != 200 {
+            assert_eq!(
+                (reply.status, reply.reason()),
+                (status, reason),
+                "{answer}: {:?}",
+                reply.body
+            );
+            continue;
+        }
+        let first = reply.upstream_token().to_owned();
+        assert_eq!(service.verify(&first).await["sub"], "alice", "{answer}");
+        let before = service.exchanges().await;
+        let again = send(&envoy, "orders.example", "/", Some(&bearer(&user))).await;
+        assert_eq!(again.status, 200, "{answer}: {:?}", again.body);
+        let exchanged_again = service.exchanges().await > before;
+        assert_eq!(Some(!exchanged_again), cached, "{answer}: cached?");
+    }
+}

@@ -64,6 +64,28 @@ pub struct RawFaults {
     pub delay: Option<String>,
     /// Answer every token request with this HTTP status and an RFC 6749 `server_error` body.
     pub status: Option<u16>,
+    /// Answer a successful token exchange wrongly, in this way.
+    pub answer: Option<AnswerFault>,
+}
+
+/// Ways to answer a token exchange that a client must survive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerFault {
+    /// 200 with an HTML page.
+    Html,
+    /// 200 with JSON cut off in the middle.
+    TruncatedJson,
+    /// 200 with a 10 MiB body.
+    HugeBody,
+    /// The token response without `expires_in`.
+    NoExpiresIn,
+    /// `expires_in: 0`.
+    ExpiresInZero,
+    /// `expires_in: -60`.
+    ExpiresInNegative,
+    /// `expires_in: 10^12`.
+    ExpiresInHuge,
 }
 
 #[derive(Debug)]
@@ -76,6 +98,7 @@ pub struct StsConfig {
     pub dev_mint: bool,
     pub fault_delay: Duration,
     pub fault_status: Option<StatusCode>,
+    pub fault_answer: Option<AnswerFault>,
 }
 
 #[derive(Debug)]
@@ -154,6 +177,7 @@ impl RawStsConfig {
                 dev_mint: self.dev_mint.unwrap_or(true),
                 fault_delay,
                 fault_status,
+                fault_answer: self.faults.answer,
             }),
             _ => Err(errors),
         }
@@ -171,6 +195,7 @@ struct Sts {
     dev_mint: bool,
     fault_delay: Duration,
     fault_status: Option<StatusCode>,
+    fault_answer: Option<AnswerFault>,
     exchanges: AtomicU64,
     jwks_served: AtomicU64,
     /// Opaque (non-JWT) tokens minted for development, with their claims; bounded.
@@ -213,6 +238,7 @@ pub async fn serve(
         dev_mint: config.dev_mint,
         fault_delay: config.fault_delay,
         fault_status: config.fault_status,
+        fault_answer: config.fault_answer,
         exchanges: AtomicU64::new(0),
         jwks_served: AtomicU64::new(0),
         opaque: std::sync::Mutex::new(HashMap::new()),
@@ -305,7 +331,10 @@ async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: String) ->
         Err(e) => return e.into_response(),
     };
     let result = match grant_type {
-        Some(GRANT_TOKEN_EXCHANGE) => exchange(&sts, client_id, client, &params),
+        Some(GRANT_TOKEN_EXCHANGE) => match (exchange(&sts, client_id, client, &params), sts.fault_answer) {
+            (Ok(response), Some(fault)) => Ok(answer_wrongly(response, fault).await),
+            (result, _) => result,
+        },
         Some(GRANT_CLIENT_CREDENTIALS) => client_credentials(&sts, client_id, client, &params),
         Some(_) => Err(oauth_error(
             StatusCode::BAD_REQUEST,
@@ -319,6 +348,38 @@ async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: String) ->
         )),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A good token response, spoilt as `fault` says.
+async fn answer_wrongly(response: Response, fault: AnswerFault) -> Response {
+    let raw = |content_type: &'static str, body: Vec<u8>| {
+        ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()
+    };
+    let expires_in = match fault {
+        AnswerFault::Html => return raw("text/html", b"<html><body>Service Unavailable</body></html>".to_vec()),
+        AnswerFault::TruncatedJson => return raw("application/json", br#"{"access_token":"eyJhbGciOi"#.to_vec()),
+        AnswerFault::HugeBody => {
+            let mut body = br#"{"padding":""#.to_vec();
+            body.resize(10 * 1024 * 1024, b' ');
+            body.extend_from_slice(br#"","access_token":"x","token_type":"Bearer"}"#);
+            return raw("application/json", body);
+        }
+        AnswerFault::NoExpiresIn => None,
+        AnswerFault::ExpiresInZero => Some(json!(0)),
+        AnswerFault::ExpiresInNegative => Some(json!(-60)),
+        AnswerFault::ExpiresInHuge => Some(json!(1_000_000_000_000u64)),
+    };
+    let Ok(bytes) = axum::body::to_bytes(response.into_body(), 64 * 1024).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&bytes) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    match expires_in {
+        Some(value) => body.insert("expires_in".into(), value),
+        None => body.remove("expires_in"),
+    };
+    Json(Value::Object(body)).into_response()
 }
 
 /// The one value of a parameter that may appear once.

@@ -182,6 +182,8 @@ pub enum Peer {
 pub struct PeerOptions {
     pub delay: Option<&'static str>,
     pub status: Option<u16>,
+    /// `baton sts` `faults.answer`: html, truncated_json, huge_body, no_expires_in, expires_in_zero, ...
+    pub answer: Option<&'static str>,
     pub env: Vec<(&'static str, String)>,
     /// A PEM CA the harness trusts for a peer serving HTTPS (its own requests: mint, stats, JWKS).
     pub tls_root: Option<String>,
@@ -213,8 +215,11 @@ impl TokenService {
                     secret.display(),
                     audiences.join(", ")
                 );
-                if faults.delay.is_some() || faults.status.is_some() {
+                if faults.delay.is_some() || faults.status.is_some() || faults.answer.is_some() {
                     yaml.push_str("faults:\n");
+                    if let Some(a) = faults.answer {
+                        yaml.push_str(&format!("  answer: {a}\n"));
+                    }
                     if let Some(d) = faults.delay {
                         yaml.push_str(&format!("  delay: {d}\n"));
                     }
