@@ -67,7 +67,7 @@ pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Au
     if let Some(cache) = cache {
         authz = authz.with_cache(cache);
     }
-    Ok(Arc::new(authz))
+    Ok(authz.into_shared())
 }
 
 /// Bind the configured listeners. A stale Unix socket file from an earlier run is replaced. An

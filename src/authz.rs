@@ -71,11 +71,14 @@ pub struct Authz {
     missing_token: MissingToken,
     max_token_bytes: usize,
     expiry_margin: std::time::Duration,
+    refresh_ahead: std::time::Duration,
     verifier: Option<Arc<Verifier>>,
     actor: Option<ActorToken>,
     workload_identity: Option<String>,
     pub broker_callers: BrokerCallers,
     telemetry: Telemetry,
+    /// Itself, once shared, so a hit can start a background refresh that outlives the request.
+    me: std::sync::Weak<Authz>,
 }
 
 impl Authz {
@@ -100,12 +103,19 @@ impl Authz {
             missing_token: config.missing_token,
             max_token_bytes: config.subject_token.max_bytes,
             expiry_margin: config.cache.expiry_margin,
+            refresh_ahead: config.cache.refresh_ahead,
             verifier,
             actor: config.actor,
             workload_identity: config.workload_identity,
             broker_callers: config.broker_callers,
             telemetry: Telemetry::off(),
+            me: std::sync::Weak::new(),
         }
+    }
+
+    /// Share it; only a shared `Authz` refreshes tokens ahead of their expiry.
+    pub fn into_shared(self) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self { me: me.clone(), ..self })
     }
 
     /// Report through `telemetry` (metrics, traces, audit) instead of a private, unexported one.
@@ -199,7 +209,7 @@ impl Authz {
     /// exchanged once for all concurrent callers.
     pub async fn delegate(
         &self,
-        route: &Route,
+        route: &Arc<Route>,
         subject_token: &str,
         caller: &Caller<'_>,
     ) -> Result<(Arc<Delegated>, CacheStatus), Denial> {
@@ -224,37 +234,84 @@ impl Authz {
             }
         }
         let key = cache::key(&route.key_params, scope.as_deref().unwrap_or(""), &digest);
-        let exchange = async {
-            if let Some(refused) = self.cache.refused(&key).await {
-                return Err(refused);
-            }
-            let now = cache::unix_now();
-            let subject_exp = match &subject {
-                Some(s) => Some(s.exp),
-                None => jwt::unverified_exp(subject_token),
-            };
-            if subject_exp.is_some_and(|exp| exp <= now as i64) {
-                return Err(Denial::new(
-                    Reason::SubjectTokenExpired,
-                    "the subject token has expired",
-                ));
-            }
-            let mut target = None;
-            if scope.is_some() || route.use_actor {
-                let mut t = route.target.clone();
-                if scope.is_some() {
-                    t.scope = scope.clone();
+        let (token, status) = self
+            .cache
+            .get_or_exchange(
+                key,
+                self.exchange(route, subject_token, subject.as_deref(), scope.as_deref(), key),
+            )
+            .await
+            .map_err(|e| (*e).clone())?;
+        if status == CacheStatus::Hit && token.claim_refresh(cache::unix_now()) {
+            self.refresh(route.clone(), subject_token, subject, scope, key);
+        }
+        Ok((token, status))
+    }
+
+    /// Exchange again in the background and replace the cached token; a failure leaves the cached
+    /// one serving until its expiry.
+    fn refresh(
+        &self,
+        route: Arc<Route>,
+        subject_token: &str,
+        subject: Option<Arc<Subject>>,
+        scope: Option<String>,
+        key: Key,
+    ) {
+        let Some(me) = self.me.upgrade() else { return };
+        let subject_token = subject_token.to_owned();
+        tokio::spawn(async move {
+            match me
+                .exchange(&route, &subject_token, subject.as_deref(), scope.as_deref(), key)
+                .await
+            {
+                Ok(fresh) => me.cache.replace(key, fresh).await,
+                Err(denial) => {
+                    tracing::debug!(destination = %route.name, reason = denial.reason.as_str(), "refresh ahead failed; the cached token serves until it expires")
                 }
-                if let (true, Some(actor)) = (route.use_actor, &self.actor) {
-                    let token = actor.token(&route.token_service).await?;
-                    t.actor = Some(((*token).clone(), actor.token_type.clone()));
-                }
-                target = Some(t);
             }
-            let target = target.as_ref().unwrap_or(&route.target);
-            let span =
-                tracing::debug_span!("exchange", destination = %route.name, subject = %fingerprint(subject_token));
-            let issued = self
+        });
+    }
+
+    /// One exchange for `route` on behalf of `subject_token`: what a cache miss runs, and a refresh.
+    async fn exchange(
+        &self,
+        route: &Route,
+        subject_token: &str,
+        subject: Option<&Subject>,
+        scope: Option<&str>,
+        key: Key,
+    ) -> Result<Arc<Delegated>, Denial> {
+        let max_depth = route.policy.max_delegation_depth;
+        if let Some(refused) = self.cache.refused(&key).await {
+            return Err(refused);
+        }
+        let now = cache::unix_now();
+        let subject_exp = match &subject {
+            Some(s) => Some(s.exp),
+            None => jwt::unverified_exp(subject_token),
+        };
+        if subject_exp.is_some_and(|exp| exp <= now as i64) {
+            return Err(Denial::new(
+                Reason::SubjectTokenExpired,
+                "the subject token has expired",
+            ));
+        }
+        let mut target = None;
+        if scope.is_some() || route.use_actor {
+            let mut t = route.target.clone();
+            if scope.is_some() {
+                t.scope = scope.map(str::to_owned);
+            }
+            if let (true, Some(actor)) = (route.use_actor, &self.actor) {
+                let token = actor.token(&route.token_service).await?;
+                t.actor = Some(((*token).clone(), actor.token_type.clone()));
+            }
+            target = Some(t);
+        }
+        let target = target.as_ref().unwrap_or(&route.target);
+        let span = tracing::debug_span!("exchange", destination = %route.name, subject = %fingerprint(subject_token));
+        let issued = self
                 .telemetry
                 .exchange(route, route.token_service.exchange(subject_token, target))
                 .instrument(span)
@@ -263,50 +320,46 @@ impl Authz {
                     tracing::warn!(destination = %route.name, subject = %fingerprint(subject_token), error = %e, "token exchange failed");
                     Denial::from(&e)
                 });
-            let issued = match issued {
-                Ok(issued) => issued,
-                Err(denial) => {
-                    self.cache.remember_refusal(key, &denial).await;
-                    return Err(denial);
-                }
-            };
-            let actors = actor::token_chain(issued.access_token.expose(), max_depth.map_or(16, |m| m + 1));
-            if max_depth.is_some_and(|max| actors.len() > max) {
-                return Err(too_deep());
+        let issued = match issued {
+            Ok(issued) => issued,
+            Err(denial) => {
+                self.cache.remember_refusal(key, &denial).await;
+                return Err(denial);
             }
-            let mut claims = jwt::DelegationClaims::read(subject_token, issued.access_token.expose());
-            claims.requested_scope = target.scope.clone();
-            let lifetimes = Lifetimes {
-                expires_in: issued.expires_in,
-                issued_exp: jwt::unverified_exp(issued.access_token.expose()),
-                subject_exp,
-                max: route.policy.max_token_lifetime.map(|d| d.as_secs()),
-            };
-            let mut delegated = Delegated::new(
-                issued.access_token,
-                issued.token_type,
-                issued.issued_token_type,
-                issued.scope,
-                lifetimes,
-                self.expiry_margin,
-                now,
-            )
-            .with_claims(claims);
-            delegated.actors = actors;
-            tracing::debug!(
-                destination = %route.name,
-                subject = %fingerprint(subject_token),
-                issued = %delegated.token.fingerprint(),
-                ttl = ?delegated.ttl(),
-                depth = delegated.actors.len(),
-                "token exchanged"
-            );
-            Ok(Arc::new(delegated))
         };
-        self.cache
-            .get_or_exchange(key, exchange)
-            .await
-            .map_err(|e| (*e).clone())
+        let actors = actor::token_chain(issued.access_token.expose(), max_depth.map_or(16, |m| m + 1));
+        if max_depth.is_some_and(|max| actors.len() > max) {
+            return Err(too_deep());
+        }
+        let mut claims = jwt::DelegationClaims::read(subject_token, issued.access_token.expose());
+        claims.requested_scope = target.scope.clone();
+        let lifetimes = Lifetimes {
+            expires_in: issued.expires_in,
+            issued_exp: jwt::unverified_exp(issued.access_token.expose()),
+            subject_exp,
+            max: route.policy.max_token_lifetime.map(|d| d.as_secs()),
+        };
+        let mut delegated = Delegated::new(
+            issued.access_token,
+            issued.token_type,
+            issued.issued_token_type,
+            issued.scope,
+            lifetimes,
+            self.expiry_margin,
+            now,
+        )
+        .with_claims(claims)
+        .refresh_ahead(self.refresh_ahead);
+        delegated.actors = actors;
+        tracing::debug!(
+            destination = %route.name,
+            subject = %fingerprint(subject_token),
+            issued = %delegated.token.fingerprint(),
+            ttl = ?delegated.ttl(),
+            depth = delegated.actors.len(),
+            "token exchanged"
+        );
+        Ok(Arc::new(delegated))
     }
 
     /// The configured destination an outbound request names, if any (what `decide` looks up first),

@@ -50,6 +50,10 @@ pub struct Delegated {
     /// Who it is for and what was asked and issued, for audit and traces; read once, at exchange time.
     pub claims: crate::jwt::DelegationClaims,
     ttl: Duration,
+    /// From when a hit starts a background refresh (Unix seconds); `u64::MAX`: never.
+    refresh_at: u64,
+    /// Set by the one hit that starts the refresh, so there is at most one per entry.
+    refresh_claimed: std::sync::atomic::AtomicBool,
 }
 
 /// The lifetimes that bound a token's stay in the cache.
@@ -98,7 +102,31 @@ impl Delegated {
             actors: Vec::new(),
             claims: crate::jwt::DelegationClaims::default(),
             ttl,
+            refresh_at: u64::MAX,
+            refresh_claimed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Refresh ahead: a hit within `window` of the cache expiry (or, for a token kept less than
+    /// that, past half its time) starts one background exchange, so a steady stream of requests
+    /// never waits on one at expiry. A zero window turns it off.
+    pub fn refresh_ahead(mut self, window: Duration) -> Self {
+        let ttl = self.ttl.as_secs();
+        if window.is_zero() || ttl == 0 {
+            return self;
+        }
+        let kept_from = self.expires_at - ttl;
+        self.refresh_at = if ttl > window.as_secs() {
+            self.expires_at - window.as_secs()
+        } else {
+            kept_from + ttl / 2
+        };
+        self
+    }
+
+    /// True for the one caller that should start this entry's refresh now.
+    pub fn claim_refresh(&self, now: u64) -> bool {
+        now >= self.refresh_at && !self.refresh_claimed.swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 
     pub fn with_claims(mut self, claims: crate::jwt::DelegationClaims) -> Self {
@@ -153,6 +181,11 @@ impl TokenCache {
             refusals,
             max_entries,
         }
+    }
+
+    /// Put a refreshed token in place of the old one.
+    pub async fn replace(&self, key: Key, fresh: Arc<Delegated>) {
+        self.inner.insert(key, fresh).await;
     }
 
     /// A refusal remembered for `key`, if any.
@@ -306,6 +339,35 @@ mod tests {
         let d = delegated(l(Some(300), None, None), 30);
         assert_eq!(d.expires_at, NOW + 270);
         assert_eq!(d.authorization.expose(), "Bearer tok");
+    }
+
+    #[test]
+    fn a_refresh_is_claimed_once_inside_the_window() {
+        let kept = |ttl_source: u64| {
+            delegated(
+                Lifetimes {
+                    expires_in: Some(ttl_source),
+                    ..Default::default()
+                },
+                30,
+            )
+        };
+        // Kept 270 s with a 60 s window: refresh from 210 s on, by one caller only.
+        let d = kept(300).refresh_ahead(Duration::from_secs(60));
+        assert!(!d.claim_refresh(NOW + 209));
+        assert!(d.claim_refresh(NOW + 210));
+        assert!(!d.claim_refresh(NOW + 211), "only one refresh per entry");
+        // Kept 10 s, shorter than the window: from half its time.
+        let short = kept(40).refresh_ahead(Duration::from_secs(60));
+        assert!(!short.claim_refresh(NOW + 4));
+        assert!(short.claim_refresh(NOW + 5));
+        // Off, and never for a token that is not kept.
+        assert!(!kept(300).refresh_ahead(Duration::ZERO).claim_refresh(NOW + 1000));
+        assert!(
+            !kept(20)
+                .refresh_ahead(Duration::from_secs(60))
+                .claim_refresh(NOW + 1000)
+        );
     }
 
     #[test]

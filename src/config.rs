@@ -165,6 +165,7 @@ pub struct RawCache {
     pub max_entries: Option<u64>,
     pub expiry_margin: Option<String>,
     pub negative_ttl: Option<String>,
+    pub refresh_ahead: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -296,6 +297,8 @@ pub struct Cache {
     pub expiry_margin: Duration,
     /// How long a definite refusal by the token service is remembered (0: not at all).
     pub negative_ttl: Duration,
+    /// A hit this close to the cache expiry refreshes the token in the background (0: never).
+    pub refresh_ahead: Duration,
 }
 
 #[derive(Debug)]
@@ -407,6 +410,12 @@ impl RawConfig {
                 self.cache.negative_ttl.as_deref(),
                 "cache.negative_ttl",
                 Duration::from_secs(5),
+                &mut errors,
+            ),
+            refresh_ahead: duration(
+                self.cache.refresh_ahead.as_deref(),
+                "cache.refresh_ahead",
+                Duration::from_secs(60),
                 &mut errors,
             ),
         };

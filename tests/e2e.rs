@@ -360,3 +360,48 @@ async fn odd_token_service_answers() {
         assert_eq!(Some(!exchanged_again), cached, "{answer}: cached?");
     }
 }
+
+/// Refresh ahead, through the real Envoy: tokens kept 10 s (40 s lifetime, 30 s margin) are
+/// refreshed in the background by a hit 2 s before the cache would drop them, so requests keep
+/// being served from the cache with a fresh token and none waits on an exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_near_expiry_refresh_in_the_background() {
+    let scratch = Scratch::new("refresh");
+    let options = PeerOptions {
+        lifetime: Some("40s"),
+        ..Default::default()
+    };
+    let service = TokenService::start_with(Peer::BatonSts, &scratch, options).await;
+    let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
+    let upstream = Upstream::start().await;
+    let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
+    let user = service.mint("alice", "orders.read").await;
+    let get = || async {
+        send(&envoy, "orders.example", "/", Some(&bearer(&user)))
+            .await
+            .upstream_token()
+            .to_owned()
+    };
+
+    let first = get().await;
+    assert_eq!(service.exchanges().await, 1);
+    // Kept 10 s; the default 60 s window is longer, so the refresh starts past half of it.
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    assert_eq!(
+        get().await,
+        first,
+        "the hit that starts the refresh is served the cached token"
+    );
+    wait_until("the background refresh", Duration::from_secs(5), || async {
+        service.exchanges().await == 2
+    })
+    .await;
+    let fresh = get().await;
+    assert_ne!(fresh, first, "the cache now serves the refreshed token");
+    assert_eq!(service.verify(&fresh).await["sub"], "alice");
+    assert_eq!(
+        service.exchanges().await,
+        2,
+        "serving the refreshed token exchanged nothing more"
+    );
+}

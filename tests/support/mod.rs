@@ -184,6 +184,8 @@ pub struct PeerOptions {
     pub status: Option<u16>,
     /// `baton sts` `faults.answer`: html, truncated_json, huge_body, no_expires_in, expires_in_zero, ...
     pub answer: Option<&'static str>,
+    /// `baton sts` `token_lifetime` (default 5m).
+    pub lifetime: Option<&'static str>,
     pub env: Vec<(&'static str, String)>,
     /// A PEM CA the harness trusts for a peer serving HTTPS (its own requests: mint, stats, JWKS).
     pub tls_root: Option<String>,
@@ -211,7 +213,8 @@ impl TokenService {
             Peer::BatonSts => {
                 let secret = scratch.write("sts-client-secret", CLIENT_SECRET);
                 let mut yaml = format!(
-                    "token_lifetime: 5m\nclients:\n  - client_id: {CLIENT_ID}\n    secret_file: {}\n    audiences: [{}]\n",
+                    "token_lifetime: {}\nclients:\n  - client_id: {CLIENT_ID}\n    secret_file: {}\n    audiences: [{}]\n",
+                    faults.lifetime.unwrap_or("5m"),
                     secret.display(),
                     audiences.join(", ")
                 );
