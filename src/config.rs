@@ -109,6 +109,9 @@ pub struct RawTokenService {
     pub timeout: Option<String>,
     pub retries: Option<u32>,
     pub max_response_bytes: Option<usize>,
+    /// Exchanges in flight at once towards this service (default 64); as many more may wait for a
+    /// turn within the timeout, and any beyond that are refused at once with 503.
+    pub max_concurrent_exchanges: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,6 +265,7 @@ pub struct TokenService {
     pub timeout: Duration,
     pub retries: u32,
     pub max_response_bytes: usize,
+    pub max_concurrent_exchanges: usize,
 }
 
 /// Where the token endpoint is: given, or found by RFC 8414 / OpenID discovery from the issuer.
@@ -648,6 +652,10 @@ fn validate_token_service(name: &str, raw: RawTokenService, at: &str, errors: &m
     if retries > 5 {
         errors.add(format!("{at}.retries"), "at most 5: retries share the timeout");
     }
+    let max_concurrent_exchanges = raw.max_concurrent_exchanges.unwrap_or(64);
+    if !(1..=10_000).contains(&max_concurrent_exchanges) {
+        errors.add(format!("{at}.max_concurrent_exchanges"), "must be between 1 and 10000");
+    }
     let max_response_bytes = raw.max_response_bytes.unwrap_or(64 * 1024);
     if !(1024..=1024 * 1024).contains(&max_response_bytes) {
         errors.add(format!("{at}.max_response_bytes"), "must be between 1024 and 1048576");
@@ -662,6 +670,7 @@ fn validate_token_service(name: &str, raw: RawTokenService, at: &str, errors: &m
         timeout,
         retries,
         max_response_bytes,
+        max_concurrent_exchanges,
     })
 }
 

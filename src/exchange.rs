@@ -61,6 +61,8 @@ pub enum ExchangeError {
     Status(u16),
     #[error("token service is rate limiting (HTTP 429)")]
     Busy,
+    #[error("too many exchanges in flight towards the token service")]
+    Saturated,
     #[error("token service answer unusable: {0}")]
     BadResponse(&'static str),
     #[error("token endpoint not yet discovered from the issuer")]
@@ -109,6 +111,10 @@ impl From<&ExchangeError> for Denial {
                 Reason::TokenServiceError,
                 format!("the token service answered HTTP {s}"),
             ),
+            ExchangeError::Saturated => Denial::new(
+                Reason::TokenServiceBusy,
+                "too many exchanges are in flight towards the token service",
+            ),
             ExchangeError::Busy => Denial::new(Reason::TokenServiceBusy, "the token service is rate limiting"),
             ExchangeError::BadResponse(why) => Denial::new(
                 Reason::TokenServiceBadResponse,
@@ -142,6 +148,12 @@ pub struct TokenService {
     timeout: Duration,
     retries: u32,
     max_response_bytes: usize,
+    /// Exchanges in flight; `waiting` counts those queued for a permit (bounded by the same number).
+    in_flight: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicUsize,
+    max_waiting: usize,
+    /// Until when (Unix ms) the service asked not to be called (`Retry-After` on 429/503).
+    busy_until: std::sync::atomic::AtomicU64,
 }
 
 impl TokenService {
@@ -196,6 +208,10 @@ impl TokenService {
             timeout,
             retries: config.retries,
             max_response_bytes: config.max_response_bytes,
+            in_flight: tokio::sync::Semaphore::new(config.max_concurrent_exchanges),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            max_waiting: config.max_concurrent_exchanges,
+            busy_until: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -273,9 +289,32 @@ impl TokenService {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Issued, ExchangeError>>,
     {
+        use std::sync::atomic::Ordering;
+        if unix_ms() < self.busy_until.load(Ordering::Relaxed) {
+            return Err(ExchangeError::Busy);
+        }
         let deadline = Instant::now() + self.timeout;
+        // Bounded: the permits, then as many waiting for one within the timeout, then refusals.
+        let _permit = match self.in_flight.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(ExchangeError::Saturated);
+                }
+                let permit = tokio::time::timeout_at(deadline, self.in_flight.acquire()).await;
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                match permit {
+                    Ok(Ok(permit)) => permit,
+                    _ => return Err(ExchangeError::Saturated),
+                }
+            }
+        };
         let mut attempt = 0;
         loop {
+            if unix_ms() < self.busy_until.load(Ordering::Relaxed) {
+                return Err(ExchangeError::Busy);
+            }
             let result = tokio::time::timeout_at(deadline, call())
                 .await
                 .unwrap_or(Err(ExchangeError::Timeout(self.timeout)));
@@ -377,6 +416,14 @@ impl TokenService {
             }
         })?;
         let status = response.status().as_u16();
+        if matches!(status, 429 | 503)
+            && let Some(seconds) = retry_after(response.headers())
+        {
+            // Respected, up to a minute: no call until then, each answered 503 at once.
+            let until = unix_ms() + seconds.min(60) * 1000;
+            self.busy_until.fetch_max(until, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(token_service = %self.name, retry_after = seconds, "the token service asked for a pause");
+        }
         let body = read_bounded(response, self.max_response_bytes).await?;
         Ok((status, body))
     }
@@ -465,6 +512,23 @@ pub fn http_client_builder(timeout: Duration) -> reqwest::ClientBuilder {
         .timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(60))
         .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
+}
+
+/// `Retry-After` in delta-seconds (RFC 9110 10.2.3); an HTTP-date is not honoured.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Read at most `max` bytes of body; a longer one is an error, not a truncation.

@@ -266,6 +266,19 @@ async fn token_service_faults_fail_closed_with_503() {
             "{faults:?}: took {:?}",
             started.elapsed()
         );
+        if faults.status == Some(429) {
+            // The service said `Retry-After: 2`: the next exchange is refused at once, unsent.
+            let before = service.exchanges().await;
+            let other = service.mint("bob", "orders.read").await;
+            let reply = send(&envoy, "orders.example", "/", Some(&bearer(&other))).await;
+            assert_eq!(
+                (reply.status, reply.reason()),
+                (503, "token_service_busy"),
+                "{:?}",
+                reply.body
+            );
+            assert_eq!(service.exchanges().await, before, "Retry-After was not respected");
+        }
         if faults.status == Some(500) {
             assert_eq!(service.exchanges().await, 3, "500 is retried twice, then given up");
         }
@@ -403,5 +416,54 @@ async fn hits_near_expiry_refresh_in_the_background() {
         service.exchanges().await,
         2,
         "serving the refreshed token exchanged nothing more"
+    );
+}
+
+/// `max_concurrent_exchanges` bounds the exchanges in flight and the queue behind them: with one
+/// allowed and a slow token service, of three users at once one is exchanged, one waits its turn, and
+/// the third is refused at once with 503 `token_service_busy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_exchanges_are_bounded() {
+    let scratch = Scratch::new("bounded");
+    let options = PeerOptions {
+        delay: Some("300ms"),
+        ..Default::default()
+    };
+    let service = TokenService::start_with(Peer::BatonSts, &scratch, options).await;
+    let token_service = format!(
+        "{}\n  max_concurrent_exchanges: 1",
+        basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint))
+    );
+    let baton = Baton::start_with(&scratch, &token_service, "").await;
+    let upstream = Upstream::start().await;
+    let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
+    let mut users = Vec::new();
+    for name in ["alice", "bob", "carol"] {
+        users.push(service.mint(name, "orders.read").await);
+    }
+    let replies = join_all(users.iter().map(|u| {
+        let auth = bearer(u);
+        let envoy = &envoy;
+        async move { send(envoy, "orders.example", "/", Some(&auth)).await }
+    }))
+    .await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let busy = replies
+        .iter()
+        .filter(|r| (r.status, r.reason()) == (503, "token_service_busy"))
+        .count();
+    assert_eq!(
+        (ok, busy),
+        (2, 1),
+        "{:?}",
+        replies
+            .iter()
+            .map(|r| (r.status, r.reason().to_owned()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        service.exchanges().await,
+        2,
+        "the refused one never reached the token service"
     );
 }

@@ -324,7 +324,14 @@ async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: String) ->
         tokio::time::sleep(sts.fault_delay).await;
     }
     if let Some(status) = sts.fault_status {
-        return oauth_error(status, "server_error", "fault injected by configuration").into_response();
+        let mut response = oauth_error(status, "server_error", "fault injected by configuration").into_response();
+        if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+            // Ask for a pause, as a loaded server would.
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("2"));
+        }
+        return response;
     }
     let (client_id, client) = match authenticate(&sts, &headers, &params) {
         Ok(c) => c,
