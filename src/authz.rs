@@ -354,7 +354,7 @@ impl Authz {
         tracing::debug!(
             destination = %route.name,
             subject = %fingerprint(subject_token),
-            issued = %delegated.token.fingerprint(),
+            issued = %delegated.fingerprint(),
             ttl = ?delegated.ttl(),
             depth = delegated.actors.len(),
             "token exchanged"

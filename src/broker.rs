@@ -82,7 +82,7 @@ impl DelegationBroker for Broker {
         });
         match outcome {
             Ok(Allow::Delegate { token, .. }) => Ok(Response::new(ExchangeResponse {
-                access_token: token.token.expose().to_owned(),
+                access_token: token.token().to_owned(),
                 issued_token_type: token.issued_token_type.clone().unwrap_or_default(),
                 token_type: token.token_type.clone(),
                 expires_at: i64::try_from(token.expires_at).unwrap_or(i64::MAX),

@@ -12,6 +12,8 @@ use moka::Expiry;
 
 use crate::secret::Secret;
 
+const BEARER: &str = "Bearer ";
+
 /// SHA-256 over the exchange inputs.
 pub type Key = [u8; 32];
 
@@ -37,9 +39,9 @@ impl CacheStatus {
 /// A token ready to hand to Envoy.
 #[derive(Debug)]
 pub struct Delegated {
-    /// `Bearer <token>`, built once so a hit does not format it again.
+    /// `Bearer <token>`, built once so a hit does not format it again; the token itself is the same
+    /// bytes after the prefix (kept once: it is most of an entry's memory).
     pub authorization: Secret,
-    pub token: Secret,
     pub issued_token_type: Option<String>,
     pub token_type: String,
     pub scope: Option<String>,
@@ -91,10 +93,9 @@ impl Delegated {
         .flatten()
         .min();
         let ttl = remaining.map_or(Duration::ZERO, |s| Duration::from_secs(s).saturating_sub(margin));
-        let authorization = Secret::new(format!("Bearer {}", token.expose()));
+        let authorization = Secret::new(format!("{BEARER}{}", token.expose()));
         Self {
             authorization,
-            token,
             issued_token_type,
             token_type,
             scope,
@@ -132,6 +133,16 @@ impl Delegated {
     pub fn with_claims(mut self, claims: crate::jwt::DelegationClaims) -> Self {
         self.claims = claims;
         self
+    }
+
+    /// The issued token.
+    pub fn token(&self) -> &str {
+        &self.authorization.expose()[BEARER.len()..]
+    }
+
+    /// The issued token's fingerprint, for logs.
+    pub fn fingerprint(&self) -> String {
+        crate::secret::fingerprint(self.token())
     }
 
     pub fn ttl(&self) -> Duration {

@@ -204,7 +204,7 @@ fn log_outcome(outcome: &Result<Allow, Denial>) {
             token,
             cache,
         }) => {
-            tracing::debug!(api = "ext_proc", destination = %destination.name, cache = cache.as_str(), issued = %token.token.fingerprint(), "delegated");
+            tracing::debug!(api = "ext_proc", destination = %destination.name, cache = cache.as_str(), issued = %token.fingerprint(), "delegated");
         }
         Ok(Allow::Strip) => tracing::debug!(api = "ext_proc", "unknown destination: authorization stripped"),
         Ok(Allow::Passthrough) => tracing::debug!(api = "ext_proc", "passed through"),

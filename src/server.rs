@@ -109,7 +109,7 @@ pub async fn check(authz: &Authz, metadata: &tonic::metadata::MetadataMap, reque
             token,
             cache,
         }) => {
-            tracing::debug!(destination = %destination.name, cache = cache.as_str(), issued = %token.token.fingerprint(), "delegated");
+            tracing::debug!(destination = %destination.name, cache = cache.as_str(), issued = %token.fingerprint(), "delegated");
         }
         Ok(Allow::Strip) => tracing::debug!("unknown destination: authorization stripped"),
         Ok(Allow::Passthrough) => tracing::debug!("passed through"),
