@@ -165,7 +165,7 @@ pub fn client_identity(cert_file: &Path, key_file: &Path) -> Result<reqwest::Ide
                 "{} and {} do not make a TLS client identity: {}",
                 cert_file.display(),
                 key_file.display(),
-                source_chain(&e)
+                crate::exchange::error_chain(&e)
             )
         })?;
     Ok(identity)
@@ -196,7 +196,7 @@ pub fn tls_client(
     }
     builder
         .build()
-        .map_err(|e| format!("cannot build the TLS client: {}", source_chain(&e)))
+        .map_err(|e| format!("cannot build the TLS client: {}", crate::exchange::error_chain(&e)))
 }
 
 fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
@@ -210,17 +210,6 @@ fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
         return Err(format!("{} is larger than {max} bytes", path.display()));
     }
     Ok(bytes)
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -459,9 +459,9 @@ pub fn entra_obo_scope(target: &Target) -> String {
     format!("{}/.default", resource.trim_end_matches('/'))
 }
 
-/// A reqwest error with its causes ("error sending request: ... : invalid peer certificate"), so a
-/// TLS failure says why. Never contains the form body.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its causes ("error sending request: ... : invalid peer certificate"), so a TLS
+/// failure says why. For reqwest errors, never the form body.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
