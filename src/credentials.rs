@@ -28,7 +28,7 @@ struct State<T> {
 
 /// What says a file changed: a rename over it (new inode), a rewrite (size, mtime).
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Stamp {
+pub struct Stamp {
     dev: u64,
     ino: u64,
     len: u64,
@@ -36,6 +36,11 @@ struct Stamp {
 }
 
 impl Stamp {
+    /// The stamp of the file at `path` (through symlinks), if it can be read.
+    pub fn of_path(path: &Path) -> Option<Self> {
+        std::fs::metadata(path).ok().map(|m| Self::of(&m))
+    }
+
     fn of(meta: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt as _;
         Self {

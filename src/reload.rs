@@ -1,10 +1,9 @@
 //! Hot reload: the configuration file is watched (Kubernetes updates a mounted ConfigMap by swapping
-//! a symlink, so the file is polled by identity: device, inode, size, modification time) and
-//! re-read on SIGHUP. A new configuration is validated, built, then swapped in atomically; checks
+//! a symlink, so the file is polled by its `credentials::Stamp`: device, inode, size, modification
+//! time) and re-read on SIGHUP. A new configuration is validated, built, then swapped in atomically; checks
 //! already running finish on the old one. An invalid file leaves the running configuration in place,
 //! logs every error, and is counted. Listeners cannot move without a restart.
 
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,41 +12,23 @@ use arc_swap::ArcSwap;
 
 use crate::authz::Authz;
 use crate::config::Config;
+use crate::credentials::Stamp;
 use crate::telemetry::metrics::OutcomeLabels;
 
 /// The running decision core, replaced whole on reload.
 pub type Current = Arc<ArcSwap<Authz>>;
 
-/// What identifies one version of the file (through symlinks).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Version {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i128,
-}
-
-fn version(path: &Path) -> Option<Version> {
-    let m = std::fs::metadata(path).ok()?;
-    Some(Version {
-        dev: m.dev(),
-        ino: m.ino(),
-        size: m.size(),
-        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-    })
-}
-
 /// Watch `path` (every `interval`, and on SIGHUP) and swap a rebuilt core into `current` on each
 /// valid change. Runs until the process ends.
 pub async fn watch(path: PathBuf, listen: crate::config::Listen, current: Current, interval: Option<Duration>) {
-    let mut seen = version(&path);
+    let mut seen = Stamp::of_path(&path);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
         let signalled = tokio::select! {
             _ = async { match interval { Some(i) => tokio::time::sleep(i).await, None => std::future::pending().await } } => false,
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
-        let now = version(&path);
+        let now = Stamp::of_path(&path);
         if !signalled && now == seen {
             continue;
         }
