@@ -1048,11 +1048,22 @@ pub mod leaks {
     }
 
     /// Panic, naming the output and the secret's fingerprint, if any registered secret appears.
+    /// One pass over each output, looking up every `MIN_LEN`-byte window among the secrets' first
+    /// `MIN_LEN` bytes: a search per secret would take seconds once a load test has registered
+    /// thousands of them.
     pub fn assert_none(outputs: &[(String, String)]) {
         let secrets = registered();
+        let mut by_prefix: std::collections::HashMap<&[u8], Vec<&str>> = std::collections::HashMap::new();
+        for secret in &secrets {
+            by_prefix.entry(&secret.as_bytes()[..MIN_LEN]).or_default().push(secret);
+        }
         for (name, text) in outputs {
-            for secret in &secrets {
-                if text.contains(secret.as_str()) {
+            let bytes = text.as_bytes();
+            for (at, window) in bytes.windows(MIN_LEN).enumerate() {
+                let Some(candidates) = by_prefix.get(window) else {
+                    continue;
+                };
+                if let Some(secret) = candidates.iter().find(|s| bytes[at..].starts_with(s.as_bytes())) {
                     panic!(
                         "LEAK: {name} contains a token or secret the tests handled ({} bytes, starting {:?})",
                         secret.len(),
