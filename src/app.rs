@@ -42,6 +42,9 @@ pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Au
         Some(previous) => previous.telemetry().clone(),
         None => Telemetry::start(&config)?,
     };
+    for service in services.iter() {
+        service.breaker().report_to(telemetry.metrics());
+    }
     let issuers = std::mem::take(&mut config.trusted_issuers);
     let introspection = config.introspection.take().and_then(|i| {
         let service = services.get(&i.token_service)?.clone();
