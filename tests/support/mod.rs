@@ -189,6 +189,9 @@ pub struct PeerOptions {
     pub env: Vec<(&'static str, String)>,
     /// A PEM CA the harness trusts for a peer serving HTTPS (its own requests: mint, stats, JWKS).
     pub tls_root: Option<String>,
+    /// Listen on this loopback port (e.g. `free_port()`, or a stopped service's, to restart it in
+    /// its place) instead of one the kernel picks.
+    pub port: Option<u16>,
 }
 
 pub struct TokenService {
@@ -236,7 +239,7 @@ impl TokenService {
                     .arg("--config")
                     .arg(config)
                     .arg("--listen")
-                    .arg("127.0.0.1:0");
+                    .arg(format!("127.0.0.1:{}", faults.port.unwrap_or(0)));
                 c
             }
             Peer::OidcProvider => {
@@ -261,7 +264,7 @@ impl TokenService {
             }
         };
         command
-            .env("PORT", "0")
+            .env("PORT", faults.port.unwrap_or(0).to_string())
             .env("CLIENT_ID", CLIENT_ID)
             .env("CLIENT_SECRET", CLIENT_SECRET)
             .env("AUDIENCES", audiences.join(","))
