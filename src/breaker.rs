@@ -12,6 +12,7 @@
 //! any answer a healthy service gives (an OAuth refusal, another 4xx) is a success; Baton's own
 //! bounds and a service's request to pause (429, `Retry-After`) count for nothing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -147,6 +148,8 @@ pub struct Breaker {
     settings: Option<Settings>,
     inner: Mutex<Inner>,
     report: OnceLock<Report>,
+    /// Replaced by a reload's breaker: its transitions no longer move the shared series.
+    retired: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -189,11 +192,28 @@ impl Breaker {
                 window: Window::new(Instant::now(), bucket),
             }),
             report: OnceLock::new(),
+            retired: AtomicBool::new(false),
         }
     }
 
     pub fn enabled(&self) -> bool {
         self.settings.is_some()
+    }
+
+    pub fn settings(&self) -> Option<&Settings> {
+        self.settings.as_ref()
+    }
+
+    /// A reload replaced or removed this breaker: calls still in flight may finish here, but it
+    /// no longer moves the series (all states 0, until a successor reports its own).
+    pub fn retire(&self) {
+        let _inner = self.lock();
+        self.retired.store(true, Ordering::Relaxed);
+        if let Some(report) = self.report.get() {
+            for gauge in &report.state {
+                gauge.set(0);
+            }
+        }
     }
 
     /// Report the state and the transitions into `metrics` (the first call wins). A disabled
@@ -349,7 +369,9 @@ impl Breaker {
         inner.phase = phase;
         inner.generation += 1;
         inner.window.clear();
-        if let Some(report) = self.report.get() {
+        if let Some(report) = self.report.get()
+            && !self.retired.load(Ordering::Relaxed)
+        {
             let to = phase.state();
             report.set_state(to);
             report.transitions[to as usize].inc();
@@ -681,6 +703,38 @@ mod tests {
             "baton_circuit_breaker_state{token_service=\"default\",state=\"closed\"} 1",
             "baton_circuit_breaker_transitions_total{token_service=\"default\",to=\"half_open\"} 1",
             "baton_circuit_breaker_transitions_total{token_service=\"default\",to=\"closed\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_retired_breaker_leaves_the_series_to_its_successor() {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("baton");
+        let metrics = Metrics::register(&mut registry);
+        let t0 = Instant::now();
+        let old = Breaker::new("default", Some(settings()));
+        old.report_to(&metrics);
+        let slow = old.admit_at(t0).expect("closed");
+        old.retire();
+        let text = crate::telemetry::metrics::encode(&registry);
+        assert!(
+            text.contains("baton_circuit_breaker_state{token_service=\"default\",state=\"closed\"} 0"),
+            "{text}"
+        );
+        let new = Breaker::new("default", Some(settings()));
+        new.report_to(&metrics);
+        // The old one still counts its calls in flight, and may even open, but says nothing.
+        slow.record_at(Outcome::Failed, t0);
+        for _ in 0..3 {
+            call(&old, Outcome::Failed, t0).expect("closed");
+        }
+        assert_eq!(old.state_at(t0), State::Open);
+        let text = crate::telemetry::metrics::encode(&registry);
+        for line in [
+            "baton_circuit_breaker_state{token_service=\"default\",state=\"closed\"} 1",
+            "baton_circuit_breaker_state{token_service=\"default\",state=\"open\"} 0",
+            "baton_circuit_breaker_transitions_total{token_service=\"default\",to=\"open\"} 0",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

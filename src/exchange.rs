@@ -181,7 +181,8 @@ pub struct TokenService {
     max_waiting: usize,
     /// Until when (Unix ms) the service asked not to be called (`Retry-After` on 429/503).
     busy_until: std::sync::atomic::AtomicU64,
-    breaker: Breaker,
+    /// Shared with the service this one replaced on a reload, when it guards the same endpoint.
+    breaker: Arc<Breaker>,
 }
 
 impl TokenService {
@@ -240,7 +241,7 @@ impl TokenService {
             waiting: std::sync::atomic::AtomicUsize::new(0),
             max_waiting: config.max_concurrent_exchanges,
             busy_until: std::sync::atomic::AtomicU64::new(0),
-            breaker: Breaker::new(&config.name, config.circuit_breaker.clone()),
+            breaker: Arc::new(Breaker::new(&config.name, config.circuit_breaker.clone())),
         })
     }
 
@@ -269,6 +270,16 @@ impl TokenService {
     /// This service's circuit breaker (for its metrics).
     pub fn breaker(&self) -> &Breaker {
         &self.breaker
+    }
+
+    /// On a reload, take over `previous`'s circuit breaker if it guards the same endpoint with the
+    /// same settings, so an open breaker stays open; else retire it from the metrics.
+    pub fn succeed(&mut self, previous: &TokenService) {
+        if previous.locator == self.locator && previous.breaker.settings() == self.breaker.settings() {
+            self.breaker = previous.breaker.clone();
+        } else {
+            previous.breaker.retire();
+        }
     }
 
     /// Whether the client authenticates with mutual TLS (discovery then prefers RFC 8705 aliases).
@@ -919,6 +930,21 @@ mod tests {
             seen,
             "no call while open"
         );
+
+        // A reload that leaves the service as it was keeps its breaker open; one that changes the
+        // breaker's settings starts afresh.
+        let mut reloaded = TokenService::new(&config.token_services[0]).expect("service");
+        reloaded.succeed(&service);
+        let e = reloaded.exchange("user", &target).await.expect_err("still open");
+        assert!(matches!(e, ExchangeError::CircuitOpen), "{e}");
+        let changed = crate::config::Config::from_yaml(&format!(
+            "token_service:\n  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n  circuit_breaker:\n    min_requests: 4\n"
+        ))
+        .expect("config");
+        let mut reloaded = TokenService::new(&changed.token_services[0]).expect("service");
+        reloaded.succeed(&service);
+        let e = reloaded.exchange("user", &target).await.expect_err("dropped");
+        assert!(matches!(e, ExchangeError::Unreachable(_)), "{e}");
         server.abort();
     }
 
