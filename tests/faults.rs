@@ -16,8 +16,7 @@ use futures_util::future::join_all;
 use support::load::{Expect, Job, Load, Tallies};
 use support::*;
 
-/// The circuit breaker's reason for a 503 answered while it is open (the breaker is being written
-/// beside these tests; adjust the name here when it lands).
+/// The circuit breaker's reason for a 503 answered while it is open (src/breaker.rs).
 const CIRCUIT_OPEN: &str = "token_service_circuit_open";
 
 /// 503 reasons that mean "the token service is down": it could not be reached, or the circuit

@@ -213,7 +213,8 @@ pub struct PeerOptions {
     pub env: Vec<(&'static str, String)>,
     /// A PEM CA the harness trusts for a peer serving HTTPS (its own requests: mint, stats, JWKS).
     pub tls_root: Option<String>,
-    /// `baton sts` only: listen on this loopback port (default: any free one).
+    /// Listen on this loopback port (e.g. `free_port()`, or a stopped service's, to restart it in
+    /// its place) instead of one the kernel picks.
     pub port: Option<u16>,
     /// `baton sts` `signing_key_file` (see `sts_signing_key`): the same key across restarts, or
     /// shared by two services so each accepts the other's tokens.
@@ -259,8 +260,8 @@ impl TokenService {
         let name = faults.name.map_or_else(|| format!("{peer:?}"), str::to_owned);
         assert!(
             peer == Peer::BatonSts
-                || (faults.port.is_none() && faults.signing_key_file.is_none() && faults.issuer.is_none()),
-            "port, signing_key_file and issuer are `baton sts` options"
+                || (faults.signing_key_file.is_none() && faults.issuer.is_none()),
+            "signing_key_file and issuer are `baton sts` options"
         );
         assert!(
             faults.issuer.is_none() || faults.port.is_some(),
@@ -324,7 +325,7 @@ impl TokenService {
             }
         };
         command
-            .env("PORT", "0")
+            .env("PORT", faults.port.unwrap_or(0).to_string())
             .env("CLIENT_ID", CLIENT_ID)
             .env("CLIENT_SECRET", CLIENT_SECRET)
             .env("AUDIENCES", audiences.join(","))
