@@ -35,7 +35,30 @@ fn main() {
         runtime.block_on(serve_allow_all());
         return;
     }
+    if std::env::args().any(|a| a == MEMORY_FLAG) {
+        runtime.block_on(memory_at_100k_tokens());
+        return;
+    }
+    if let Some(n) = flag_value(PROFILE_FLAG) {
+        profile::hits(&runtime, n);
+        return;
+    }
     runtime.block_on(run());
+}
+
+/// `cargo bench --bench delegation -- --memory`: only the memory measurement.
+const MEMORY_FLAG: &str = "--memory";
+/// `--profile-hits N`: N cache hits in process and nothing else, for callgrind (see `profile`).
+const PROFILE_FLAG: &str = "--profile-hits";
+
+fn flag_value(flag: &str) -> Option<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == flag)?;
+    Some(
+        args.get(at + 1)
+            .and_then(|n| n.parse().ok())
+            .expect("a count after the flag"),
+    )
 }
 
 const ALLOW_ALL_FLAG: &str = "--serve-allow-all";
@@ -242,7 +265,8 @@ async fn memory_at_100k_tokens() {
     }
     let held = cache.entries().await;
     let grown = rss_bytes().saturating_sub(before);
-    let per_entry = grown as f64 / N as f64;
+    // Per entry held: the cache may keep slightly fewer than `max_entries` (it bounds each shard).
+    let per_entry = grown as f64 / held as f64;
     let overhead = per_entry - TOKEN_BYTES as f64;
     println!("\n## Memory: {N} cached tokens of {TOKEN_BYTES} B\n");
     println!(
@@ -250,6 +274,55 @@ async fn memory_at_100k_tokens() {
         grown as f64 / (1024.0 * 1024.0),
         held
     );
+}
+
+/// The hot path alone, for an instruction profile. It warms the cache, then runs `n` hits of each
+/// path inside a function of its own, so callgrind can count just those with
+/// `--toggle-collect='*profile::decisions*'` (`Authz::check`) or `'*profile::served*'`
+/// (`server::check`, as served: dynamic metadata and metrics). See BENCHMARKS.md.
+mod profile {
+    use super::*;
+
+    pub(super) fn hits(runtime: &tokio::runtime::Runtime, n: usize) {
+        let scratch = Scratch::new("profile");
+        let (service, authz, request) = runtime.block_on(async {
+            let service = TokenService::start(Peer::BatonSts, &scratch).await;
+            let user = service.mint("alice", "orders.read").await;
+            let authz = in_process_authz(&scratch, &service.token_endpoint, "");
+            let request = check_request("orders.example", &user);
+            authz.check(&request).await.expect("warm the cache");
+            (service, authz, request)
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let before = rt.block_on(service.exchanges());
+        decisions(&rt, &authz, &request, n);
+        served(&rt, &authz, &request, n);
+        assert_eq!(rt.block_on(service.exchanges()), before, "hits only");
+        println!("{n} hits of each path");
+    }
+
+    #[inline(never)]
+    fn decisions(rt: &tokio::runtime::Runtime, authz: &Authz, request: &CheckRequest, n: usize) {
+        rt.block_on(async {
+            for _ in 0..n {
+                assert!(authz.check(request).await.is_ok());
+            }
+        });
+    }
+
+    #[inline(never)]
+    fn served(rt: &tokio::runtime::Runtime, authz: &Authz, request: &CheckRequest, n: usize) {
+        let metadata = tonic::metadata::MetadataMap::new();
+        rt.block_on(async {
+            for _ in 0..n {
+                let response = baton::server::check(authz, &metadata, request).await;
+                assert!(response.status.is_some_and(|s| s.code == 0));
+            }
+        });
+    }
 }
 
 /// This process's resident set size, from /proc.

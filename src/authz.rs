@@ -339,7 +339,7 @@ impl Authz {
             subject_exp,
             max: route.policy.max_token_lifetime.map(|d| d.as_secs()),
         };
-        let mut delegated = Delegated::new(
+        let delegated = Delegated::new(
             issued.access_token,
             issued.token_type,
             issued.issued_token_type,
@@ -349,14 +349,14 @@ impl Authz {
             now,
         )
         .with_claims(claims)
+        .with_actors(actors)
         .refresh_ahead(self.refresh_ahead);
-        delegated.actors = actors;
         tracing::debug!(
             destination = %route.name,
             subject = %fingerprint(subject_token),
             issued = %delegated.fingerprint(),
             ttl = ?delegated.ttl(),
-            depth = delegated.actors.len(),
+            depth = delegated.actors().len(),
             "token exchanged"
         );
         Ok(Arc::new(delegated))

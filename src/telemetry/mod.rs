@@ -400,7 +400,7 @@ fn split_scopes(scope: Option<&str>) -> impl Iterator<Item = String> + '_ {
 fn target_attributes(route: &Route, delegated: Option<&Delegated>) -> Vec<KeyValue> {
     let t = &route.target;
     let scope = delegated
-        .and_then(|d| d.claims.requested_scope.as_deref())
+        .and_then(|d| d.claims().requested_scope.as_deref())
         .or(t.scope.as_deref());
     let mut out = Vec::with_capacity(3);
     if let Some(audience) = &t.audience {
@@ -415,8 +415,8 @@ fn target_attributes(route: &Route, delegated: Option<&Delegated>) -> Vec<KeyVal
 
 /// Who and what: subject, the delegation chain, the issued token's `jti` and `exp`.
 fn delegated_attributes(d: &Delegated, subject: SubjectMode) -> Vec<KeyValue> {
-    let c = &d.claims;
-    let actors = &d.actors;
+    let c = d.claims();
+    let actors = d.actors();
     let mut out = Vec::with_capacity(8);
     if let Some(iss) = &c.subject_iss {
         out.push(KeyValue::new("baton.subject.iss", iss.clone()));
@@ -435,7 +435,7 @@ fn delegated_attributes(d: &Delegated, subject: SubjectMode) -> Vec<KeyValue> {
     out.push(KeyValue::new("baton.delegation.depth", actors.len() as i64));
     out.push(KeyValue::new(
         "baton.scopes.granted",
-        strings(split_scopes(d.scope.as_deref().or(c.scope.as_deref()))),
+        strings(split_scopes(d.scope().or(c.scope.as_deref()))),
     ));
     if let Some(jti) = &c.jti {
         out.push(KeyValue::new("baton.issued.jti", jti.clone()));
@@ -591,7 +591,7 @@ audit:
             scope: None,
             requested_scope: Some("orders.read".into()),
         };
-        let mut delegated = Delegated::new(
+        let delegated = Delegated::new(
             Secret::new("issued.token.value"),
             "Bearer".into(),
             None,
@@ -603,8 +603,8 @@ audit:
             Duration::from_secs(30),
             1_700_000_000,
         )
-        .with_claims(claims);
-        delegated.actors = vec!["spiffe://cluster/ns/a/sa/frontend".into()];
+        .with_claims(claims)
+        .with_actors(vec!["spiffe://cluster/ns/a/sa/frontend".into()]);
         Arc::new(delegated)
     }
 
