@@ -234,31 +234,52 @@ async fn run() {
 }
 
 /// Resident memory of the token cache holding 100,000 tokens of 1 KiB each, as the cache keeps them
-/// (the `Delegated` entry with its prebuilt header, the moka bookkeeping, the key).
+/// (the `Delegated` entry with its prebuilt header, the cache's bookkeeping, the key): bare tokens,
+/// then (in a second cache, the first still held) tokens with what a real exchange also keeps.
 async fn memory_at_100k_tokens() {
-    use baton::cache::{Delegated, Lifetimes, TokenCache, unix_now};
-    use baton::secret::Secret;
     const N: usize = 100_000;
     const TOKEN_BYTES: usize = 1024;
-    let cache = TokenCache::new(N as u64, Duration::ZERO);
+    println!("\n## Memory: {N} cached tokens of {TOKEN_BYTES} B\n");
+    let bare = memory_of(N, TOKEN_BYTES, false).await;
+    let audited = memory_of(N, TOKEN_BYTES, true).await;
+    drop((bare, audited));
+}
+
+async fn memory_of(n: usize, token_bytes: usize, with_claims: bool) -> baton::cache::TokenCache {
+    use baton::cache::{Delegated, Lifetimes, TokenCache, unix_now};
+    use baton::jwt::DelegationClaims;
+    use baton::secret::Secret;
+    let cache = TokenCache::new(n as u64, Duration::ZERO);
     let before = rss_bytes();
     let now = unix_now();
-    for i in 0..N {
+    for i in 0..n {
         let mut token = format!("{i:020}");
-        token.extend(std::iter::repeat_n('a', TOKEN_BYTES - token.len()));
+        token.extend(std::iter::repeat_n('a', token_bytes - token.len()));
         let lifetimes = Lifetimes {
             expires_in: Some(3600),
             ..Default::default()
         };
-        let delegated = Delegated::new(
+        let mut delegated = Delegated::new(
             Secret::new(token),
             "Bearer".into(),
-            None,
-            None,
+            with_claims.then(|| "urn:ietf:params:oauth:token-type:access_token".into()),
+            with_claims.then(|| "orders.read".into()),
             lifetimes,
             Duration::from_secs(30),
             now,
         );
+        if with_claims {
+            // What `DelegationClaims::read` finds in a typical subject and issued JWT; `Authz` adds
+            // `requested_scope` only when the policy narrowed the destination's scopes.
+            delegated = delegated.with_claims(DelegationClaims {
+                subject_iss: Some("https://idp.example.com".into()),
+                subject_sub: Some(format!("user-{i:08}").into()),
+                jti: Some(format!("{i:08x}-4c7e-4a1f-8d2b-6b9d2e4c8a71").into()),
+                exp: Some(now as i64 + 3600),
+                scope: Some("orders.read".into()),
+                requested_scope: None,
+            });
+        }
         let mut key = [0u8; 32];
         key[..8].copy_from_slice(&(i as u64).to_be_bytes());
         cache.replace(key, Arc::new(delegated)).await;
@@ -267,13 +288,17 @@ async fn memory_at_100k_tokens() {
     let grown = rss_bytes().saturating_sub(before);
     // Per entry held: the cache may keep slightly fewer than `max_entries` (it bounds each shard).
     let per_entry = grown as f64 / held as f64;
-    let overhead = per_entry - TOKEN_BYTES as f64;
-    println!("\n## Memory: {N} cached tokens of {TOKEN_BYTES} B\n");
+    let overhead = per_entry - token_bytes as f64;
     println!(
-        "RSS grew by {:.1} MiB ({} entries held) · {per_entry:.0} B per entry · {overhead:.0} B per entry over the token itself",
+        "{}: RSS grew by {:.1} MiB ({held} entries held) · {per_entry:.0} B per entry · {overhead:.0} B per entry over the token itself",
+        if with_claims {
+            "with token types, scope and audit claims"
+        } else {
+            "bare tokens"
+        },
         grown as f64 / (1024.0 * 1024.0),
-        held
     );
+    cache
 }
 
 /// The hot path alone, for an instruction profile. It warms the cache, then runs `n` hits of each

@@ -332,7 +332,10 @@ impl Authz {
             return Err(too_deep());
         }
         let mut claims = jwt::DelegationClaims::read(subject_token, issued.access_token.expose());
-        claims.requested_scope = target.scope.clone();
+        // Kept only when the policy narrowed it: audit and traces fall back to the destination's own.
+        if target.scope != route.target.scope {
+            claims.requested_scope = target.scope.as_deref().map(Box::from);
+        }
         let lifetimes = Lifetimes {
             expires_in: issued.expires_in,
             issued_exp: jwt::unverified_exp(issued.access_token.expose()),

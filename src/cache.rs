@@ -64,7 +64,7 @@ struct About {
     /// `None`: `Bearer`.
     token_type: Option<Cow<'static, str>>,
     issued_token_type: Option<Cow<'static, str>>,
-    scope: Option<String>,
+    scope: Option<Box<str>>,
     /// The delegation chain in the issued token's `act`, current actor first.
     actors: Vec<String>,
     /// Who it is for and what was asked and issued; read once, at exchange time.
@@ -148,7 +148,7 @@ impl Delegated {
             delegated.about = Some(Box::new(About {
                 token_type,
                 issued_token_type,
-                scope,
+                scope: scope.map(String::into_boxed_str),
                 ..Default::default()
             }));
         }
@@ -182,7 +182,11 @@ impl Delegated {
         now < self.expires_at
     }
 
-    pub fn with_claims(mut self, claims: DelegationClaims) -> Self {
+    pub fn with_claims(mut self, mut claims: DelegationClaims) -> Self {
+        // The issued token's `scope` claim is read only when the token service named no scope.
+        if self.scope().is_some() {
+            claims.scope = None;
+        }
         if claims != NO_CLAIMS {
             self.about_mut().claims = claims;
         }
@@ -236,7 +240,9 @@ impl Delegated {
         self.about.as_ref().map_or(&[], |a| &a.actors)
     }
 
-    /// Who it is for and what was asked and issued, for audit and traces.
+    /// Who it is for and what was asked and issued, for audit and traces. Without what they read
+    /// elsewhere: `scope` when `Delegated::scope` is known, `requested_scope` when it is the
+    /// destination's own.
     pub fn claims(&self) -> &DelegationClaims {
         self.about.as_ref().map_or(&NO_CLAIMS, |a| &a.claims)
     }

@@ -419,11 +419,11 @@ fn delegated_attributes(d: &Delegated, subject: SubjectMode) -> Vec<KeyValue> {
     let actors = d.actors();
     let mut out = Vec::with_capacity(8);
     if let Some(iss) = &c.subject_iss {
-        out.push(KeyValue::new("baton.subject.iss", iss.clone()));
+        out.push(KeyValue::new("baton.subject.iss", iss.to_string()));
     }
     if let Some(sub) = &c.subject_sub {
         let sub = match subject {
-            SubjectMode::Plain => sub.clone(),
+            SubjectMode::Plain => sub.to_string(),
             SubjectMode::Hashed => fingerprint(sub),
         };
         out.push(KeyValue::new("baton.subject.sub", sub));
@@ -438,7 +438,7 @@ fn delegated_attributes(d: &Delegated, subject: SubjectMode) -> Vec<KeyValue> {
         strings(split_scopes(d.scope().or(c.scope.as_deref()))),
     ));
     if let Some(jti) = &c.jti {
-        out.push(KeyValue::new("baton.issued.jti", jti.clone()));
+        out.push(KeyValue::new("baton.issued.jti", jti.to_string()));
     }
     if let Some(exp) = c.exp {
         out.push(KeyValue::new("baton.issued.exp", exp));
