@@ -22,16 +22,14 @@ use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use prometheus_client::registry::Registry;
 
 use crate::authz::{Allow, Authz, Route};
-use crate::cache::{CacheStatus, Delegated};
+use crate::cache::Delegated;
 use crate::config::{Config, SubjectMode};
 use crate::exchange::{ExchangeError, Issued};
 use crate::extract::{Headers, Outbound};
 use crate::reason::{Class, Denial};
 use crate::secret::fingerprint;
 
-use self::metrics::{
-    CacheLabels, DecisionLabels, DestinationLabel, DurationLabels, ExchangeLabels, Metrics, TokenServiceLabels,
-};
+use self::metrics::{DecisionLabels, DestinationLabel, ExchangeLabels, Metrics, TokenServiceLabels};
 
 /// Which API asked for the decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -322,16 +320,12 @@ impl Observation<'_> {
                 destination: DestinationLabel(decided.destination.cloned()),
             })
             .inc();
-        m.decision_duration
-            .get_or_create(&DurationLabels {
-                api: self.api.as_str(),
-                cache: cache.map_or("none", CacheStatus::as_str),
-            })
-            .observe(elapsed.as_secs_f64());
+        // Indexes in declaration order: Api check, ext_proc, broker; CacheStatus hit, miss, coalesced.
+        let api = (self.api as usize, self.api.as_str());
+        let cache_label = cache.map_or((0, "none"), |c| (c as usize + 1, c.as_str()));
+        m.decision_duration(api, cache_label).observe(elapsed.as_secs_f64());
         if let Some(cache) = cache {
-            m.cache_requests
-                .get_or_create(&CacheLabels { result: cache.as_str() })
-                .inc();
+            m.cache_request((cache as usize, cache.as_str())).inc();
         }
         if let (Some(cx), Some(tracing)) = (&self.cx, &inner.tracing) {
             let span = cx.span();
@@ -449,7 +443,7 @@ fn delegated_attributes(d: &Delegated, subject: SubjectMode) -> Vec<KeyValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::Lifetimes;
+    use crate::cache::{CacheStatus, Lifetimes};
     use crate::config::{AuditSink, OtlpProtocol};
     use crate::exchange::{TokenService, TokenServices};
     use crate::jwt::DelegationClaims;
