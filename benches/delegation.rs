@@ -35,7 +35,30 @@ fn main() {
         runtime.block_on(serve_allow_all());
         return;
     }
+    if std::env::args().any(|a| a == MEMORY_FLAG) {
+        runtime.block_on(memory_at_100k_tokens());
+        return;
+    }
+    if let Some(n) = flag_value(PROFILE_FLAG) {
+        profile::hits(&runtime, n);
+        return;
+    }
     runtime.block_on(run());
+}
+
+/// `cargo bench --bench delegation -- --memory`: only the memory measurement.
+const MEMORY_FLAG: &str = "--memory";
+/// `--profile-hits N`: N cache hits in process and nothing else, for callgrind (see `profile`).
+const PROFILE_FLAG: &str = "--profile-hits";
+
+fn flag_value(flag: &str) -> Option<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == flag)?;
+    Some(
+        args.get(at + 1)
+            .and_then(|n| n.parse().ok())
+            .expect("a count after the flag"),
+    )
 }
 
 const ALLOW_ALL_FLAG: &str = "--serve-allow-all";
@@ -211,45 +234,120 @@ async fn run() {
 }
 
 /// Resident memory of the token cache holding 100,000 tokens of 1 KiB each, as the cache keeps them
-/// (the `Delegated` entry with its prebuilt header, the moka bookkeeping, the key).
+/// (the `Delegated` entry with its prebuilt header, the cache's bookkeeping, the key): bare tokens,
+/// then (in a second cache, the first still held) tokens with what a real exchange also keeps.
 async fn memory_at_100k_tokens() {
-    use baton::cache::{Delegated, Lifetimes, TokenCache, unix_now};
-    use baton::secret::Secret;
     const N: usize = 100_000;
     const TOKEN_BYTES: usize = 1024;
-    let cache = TokenCache::new(N as u64, Duration::ZERO);
+    println!("\n## Memory: {N} cached tokens of {TOKEN_BYTES} B\n");
+    let bare = memory_of(N, TOKEN_BYTES, false).await;
+    let audited = memory_of(N, TOKEN_BYTES, true).await;
+    drop((bare, audited));
+}
+
+async fn memory_of(n: usize, token_bytes: usize, with_claims: bool) -> baton::cache::TokenCache {
+    use baton::cache::{Delegated, Lifetimes, TokenCache, unix_now};
+    use baton::jwt::DelegationClaims;
+    use baton::secret::Secret;
+    let cache = TokenCache::new(n as u64, Duration::ZERO);
     let before = rss_bytes();
     let now = unix_now();
-    for i in 0..N {
+    for i in 0..n {
         let mut token = format!("{i:020}");
-        token.extend(std::iter::repeat_n('a', TOKEN_BYTES - token.len()));
+        token.extend(std::iter::repeat_n('a', token_bytes - token.len()));
         let lifetimes = Lifetimes {
             expires_in: Some(3600),
             ..Default::default()
         };
-        let delegated = Delegated::new(
+        let mut delegated = Delegated::new(
             Secret::new(token),
             "Bearer".into(),
-            None,
-            None,
+            with_claims.then(|| "urn:ietf:params:oauth:token-type:access_token".into()),
+            with_claims.then(|| "orders.read".into()),
             lifetimes,
             Duration::from_secs(30),
             now,
         );
+        if with_claims {
+            // What `DelegationClaims::read` finds in a typical subject and issued JWT; `Authz` adds
+            // `requested_scope` only when the policy narrowed the destination's scopes.
+            delegated = delegated.with_claims(DelegationClaims {
+                subject_iss: Some("https://idp.example.com".into()),
+                subject_sub: Some(format!("user-{i:08}").into()),
+                jti: Some(format!("{i:08x}-4c7e-4a1f-8d2b-6b9d2e4c8a71").into()),
+                exp: Some(now as i64 + 3600),
+                scope: Some("orders.read".into()),
+                requested_scope: None,
+            });
+        }
         let mut key = [0u8; 32];
         key[..8].copy_from_slice(&(i as u64).to_be_bytes());
         cache.replace(key, Arc::new(delegated)).await;
     }
     let held = cache.entries().await;
     let grown = rss_bytes().saturating_sub(before);
-    let per_entry = grown as f64 / N as f64;
-    let overhead = per_entry - TOKEN_BYTES as f64;
-    println!("\n## Memory: {N} cached tokens of {TOKEN_BYTES} B\n");
+    // Per entry held: the cache may keep slightly fewer than `max_entries` (it bounds each shard).
+    let per_entry = grown as f64 / held as f64;
+    let overhead = per_entry - token_bytes as f64;
     println!(
-        "RSS grew by {:.1} MiB ({} entries held) · {per_entry:.0} B per entry · {overhead:.0} B per entry over the token itself",
+        "{}: RSS grew by {:.1} MiB ({held} entries held) · {per_entry:.0} B per entry · {overhead:.0} B per entry over the token itself",
+        if with_claims {
+            "with token types, scope and audit claims"
+        } else {
+            "bare tokens"
+        },
         grown as f64 / (1024.0 * 1024.0),
-        held
     );
+    cache
+}
+
+/// The hot path alone, for an instruction profile. It warms the cache, then runs `n` hits of each
+/// path inside a function of its own, so callgrind can count just those with
+/// `--toggle-collect='*profile::decisions*'` (`Authz::check`) or `'*profile::served*'`
+/// (`server::check`, as served: dynamic metadata and metrics). See BENCHMARKS.md.
+mod profile {
+    use super::*;
+
+    pub(super) fn hits(runtime: &tokio::runtime::Runtime, n: usize) {
+        let scratch = Scratch::new("profile");
+        let (service, authz, request) = runtime.block_on(async {
+            let service = TokenService::start(Peer::BatonSts, &scratch).await;
+            let user = service.mint("alice", "orders.read").await;
+            let authz = in_process_authz(&scratch, &service.token_endpoint, "");
+            let request = check_request("orders.example", &user);
+            authz.check(&request).await.expect("warm the cache");
+            (service, authz, request)
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let before = rt.block_on(service.exchanges());
+        decisions(&rt, &authz, &request, n);
+        served(&rt, &authz, &request, n);
+        assert_eq!(rt.block_on(service.exchanges()), before, "hits only");
+        println!("{n} hits of each path");
+    }
+
+    #[inline(never)]
+    fn decisions(rt: &tokio::runtime::Runtime, authz: &Authz, request: &CheckRequest, n: usize) {
+        rt.block_on(async {
+            for _ in 0..n {
+                assert!(authz.check(request).await.is_ok());
+            }
+        });
+    }
+
+    #[inline(never)]
+    fn served(rt: &tokio::runtime::Runtime, authz: &Authz, request: &CheckRequest, n: usize) {
+        let metadata = tonic::metadata::MetadataMap::new();
+        rt.block_on(async {
+            for _ in 0..n {
+                let response = baton::server::check(authz, &metadata, request).await;
+                assert!(response.status.is_some_and(|s| s.code == 0));
+            }
+        });
+    }
 }
 
 /// This process's resident set size, from /proc.

@@ -332,14 +332,17 @@ impl Authz {
             return Err(too_deep());
         }
         let mut claims = jwt::DelegationClaims::read(subject_token, issued.access_token.expose());
-        claims.requested_scope = target.scope.clone();
+        // Kept only when the policy narrowed it: audit and traces fall back to the destination's own.
+        if target.scope != route.target.scope {
+            claims.requested_scope = target.scope.as_deref().map(Box::from);
+        }
         let lifetimes = Lifetimes {
             expires_in: issued.expires_in,
             issued_exp: jwt::unverified_exp(issued.access_token.expose()),
             subject_exp,
             max: route.policy.max_token_lifetime.map(|d| d.as_secs()),
         };
-        let mut delegated = Delegated::new(
+        let delegated = Delegated::new(
             issued.access_token,
             issued.token_type,
             issued.issued_token_type,
@@ -349,14 +352,14 @@ impl Authz {
             now,
         )
         .with_claims(claims)
+        .with_actors(actors)
         .refresh_ahead(self.refresh_ahead);
-        delegated.actors = actors;
         tracing::debug!(
             destination = %route.name,
             subject = %fingerprint(subject_token),
             issued = %delegated.fingerprint(),
             ttl = ?delegated.ttl(),
-            depth = delegated.actors.len(),
+            depth = delegated.actors().len(),
             "token exchanged"
         );
         Ok(Arc::new(delegated))

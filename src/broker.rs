@@ -83,10 +83,10 @@ impl DelegationBroker for Broker {
         match outcome {
             Ok(Allow::Delegate { token, .. }) => Ok(Response::new(ExchangeResponse {
                 access_token: token.token().to_owned(),
-                issued_token_type: token.issued_token_type.clone().unwrap_or_default(),
-                token_type: token.token_type.clone(),
+                issued_token_type: token.issued_token_type().unwrap_or_default().to_owned(),
+                token_type: token.token_type().to_owned(),
                 expires_at: i64::try_from(token.expires_at).unwrap_or(i64::MAX),
-                scope: token.scope.clone().unwrap_or_default(),
+                scope: token.scope().unwrap_or_default().to_owned(),
             })),
             // `delegate` only ever delegates.
             Ok(Allow::Strip | Allow::Passthrough) => Err(Status::internal("no token was delegated")),

@@ -3,13 +3,16 @@
 //! key and a token for one destination is never served for another. Concurrent misses for one key
 //! share one exchange. An entry is never served past `min(expires_in, issued exp, subject exp) - margin`.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
-use moka::Expiry;
 
+use crate::jwt::DelegationClaims;
+use crate::reason::Denial;
 use crate::secret::Secret;
 
 const BEARER: &str = "Bearer ";
@@ -36,27 +39,60 @@ impl CacheStatus {
     }
 }
 
-/// A token ready to hand to Envoy.
+/// A token ready to hand to Envoy. An entry is kept small (see BENCHMARKS.md, "Memory"): the token is
+/// kept once, inside the prebuilt header, and what only the broker, audit and traces read sits in
+/// one box, absent when there is nothing beyond a `Bearer` token.
 #[derive(Debug)]
 pub struct Delegated {
     /// `Bearer <token>`, built once so a hit does not format it again; the token itself is the same
-    /// bytes after the prefix (kept once: it is most of an entry's memory).
+    /// bytes after the prefix.
     pub authorization: Secret,
-    pub issued_token_type: Option<String>,
-    pub token_type: String,
-    pub scope: Option<String>,
     /// When the cache stops serving it (Unix seconds).
     pub expires_at: u64,
-    /// The delegation chain in the issued token's `act`, current actor first.
-    pub actors: Vec<String>,
-    /// Who it is for and what was asked and issued, for audit and traces; read once, at exchange time.
-    pub claims: crate::jwt::DelegationClaims,
-    ttl: Duration,
     /// From when a hit starts a background refresh (Unix seconds); `u64::MAX`: never.
     refresh_at: u64,
+    /// How long it is kept, in seconds.
+    ttl: u32,
     /// Set by the one hit that starts the refresh, so there is at most one per entry.
-    refresh_claimed: std::sync::atomic::AtomicBool,
+    refresh_claimed: AtomicBool,
+    about: Option<Box<About>>,
 }
+
+/// What the token service said besides the token, and what audit and traces report about it.
+#[derive(Debug, Default)]
+struct About {
+    /// `None`: `Bearer`.
+    token_type: Option<Cow<'static, str>>,
+    issued_token_type: Option<Cow<'static, str>>,
+    scope: Option<Box<str>>,
+    /// The delegation chain in the issued token's `act`, current actor first.
+    actors: Vec<String>,
+    /// Who it is for and what was asked and issued; read once, at exchange time.
+    claims: DelegationClaims,
+}
+
+/// A token type as the token service spelled it, without an allocation for the common ones.
+fn token_type(value: String) -> Cow<'static, str> {
+    const KNOWN: [&str; 4] = [
+        "Bearer",
+        "urn:ietf:params:oauth:token-type:access_token",
+        "urn:ietf:params:oauth:token-type:jwt",
+        "N_A",
+    ];
+    match KNOWN.iter().find(|k| **k == value) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(value),
+    }
+}
+
+static NO_CLAIMS: DelegationClaims = DelegationClaims {
+    subject_iss: None,
+    subject_sub: None,
+    jti: None,
+    exp: None,
+    scope: None,
+    requested_scope: None,
+};
 
 /// The lifetimes that bound a token's stay in the cache.
 #[derive(Clone, Copy, Debug, Default)]
@@ -92,27 +128,38 @@ impl Delegated {
         .into_iter()
         .flatten()
         .min();
-        let ttl = remaining.map_or(Duration::ZERO, |s| Duration::from_secs(s).saturating_sub(margin));
-        let authorization = Secret::new(format!("{BEARER}{}", token.expose()));
-        Self {
-            authorization,
-            issued_token_type,
-            token_type,
-            scope,
-            expires_at: now + ttl.as_secs(),
-            actors: Vec::new(),
-            claims: crate::jwt::DelegationClaims::default(),
-            ttl,
+        // Whole seconds, rounded down: an entry never outlives its lifetime.
+        let ttl = remaining.map_or(0, |s| Duration::from_secs(s).saturating_sub(margin).as_secs());
+        let ttl = u32::try_from(ttl).unwrap_or(u32::MAX);
+        let mut header = String::with_capacity(BEARER.len() + token.expose().len());
+        header.push_str(BEARER);
+        header.push_str(token.expose());
+        let mut delegated = Self {
+            authorization: Secret::new(header),
+            expires_at: now.saturating_add(u64::from(ttl)),
             refresh_at: u64::MAX,
-            refresh_claimed: std::sync::atomic::AtomicBool::new(false),
+            ttl,
+            refresh_claimed: AtomicBool::new(false),
+            about: None,
+        };
+        let token_type = (token_type != "Bearer").then(|| self::token_type(token_type));
+        let issued_token_type = issued_token_type.map(self::token_type);
+        if token_type.is_some() || issued_token_type.is_some() || scope.is_some() {
+            delegated.about = Some(Box::new(About {
+                token_type,
+                issued_token_type,
+                scope: scope.map(String::into_boxed_str),
+                ..Default::default()
+            }));
         }
+        delegated
     }
 
     /// Refresh ahead: a hit within `window` of the cache expiry (or, for a token kept less than
     /// that, past half its time) starts one background exchange, so a steady stream of requests
     /// never waits on one at expiry. A zero window turns it off.
     pub fn refresh_ahead(mut self, window: Duration) -> Self {
-        let ttl = self.ttl.as_secs();
+        let ttl = u64::from(self.ttl);
         if window.is_zero() || ttl == 0 {
             return self;
         }
@@ -127,12 +174,34 @@ impl Delegated {
 
     /// True for the one caller that should start this entry's refresh now.
     pub fn claim_refresh(&self, now: u64) -> bool {
-        now >= self.refresh_at && !self.refresh_claimed.swap(true, std::sync::atomic::Ordering::AcqRel)
+        now >= self.refresh_at && !self.refresh_claimed.swap(true, Ordering::AcqRel)
     }
 
-    pub fn with_claims(mut self, claims: crate::jwt::DelegationClaims) -> Self {
-        self.claims = claims;
+    /// Still servable at `now` (Unix seconds).
+    fn fresh(&self, now: u64) -> bool {
+        now < self.expires_at
+    }
+
+    pub fn with_claims(mut self, mut claims: DelegationClaims) -> Self {
+        // The issued token's `scope` claim is read only when the token service named no scope.
+        if self.scope().is_some() {
+            claims.scope = None;
+        }
+        if claims != NO_CLAIMS {
+            self.about_mut().claims = claims;
+        }
         self
+    }
+
+    pub fn with_actors(mut self, actors: Vec<String>) -> Self {
+        if !actors.is_empty() {
+            self.about_mut().actors = actors;
+        }
+        self
+    }
+
+    fn about_mut(&mut self) -> &mut About {
+        self.about.get_or_insert_with(Box::default)
     }
 
     /// The issued token.
@@ -146,41 +215,65 @@ impl Delegated {
     }
 
     pub fn ttl(&self) -> Duration {
-        self.ttl
+        Duration::from_secs(u64::from(self.ttl))
+    }
+
+    /// `token_type` as the token service answered it.
+    pub fn token_type(&self) -> &str {
+        self.about
+            .as_ref()
+            .and_then(|a| a.token_type.as_deref())
+            .unwrap_or("Bearer")
+    }
+
+    pub fn issued_token_type(&self) -> Option<&str> {
+        self.about.as_ref()?.issued_token_type.as_deref()
+    }
+
+    /// The scope the token service said it granted, if it said.
+    pub fn scope(&self) -> Option<&str> {
+        self.about.as_ref()?.scope.as_deref()
+    }
+
+    /// The delegation chain in the issued token's `act`, current actor first.
+    pub fn actors(&self) -> &[String] {
+        self.about.as_ref().map_or(&[], |a| &a.actors)
+    }
+
+    /// Who it is for and what was asked and issued, for audit and traces. Without what they read
+    /// elsewhere: `scope` when `Delegated::scope` is known, `requested_scope` when it is the
+    /// destination's own.
+    pub fn claims(&self) -> &DelegationClaims {
+        self.about.as_ref().map_or(&NO_CLAIMS, |a| &a.claims)
     }
 }
 
-struct EntryTtl;
+/// What the cache holds for a key: a token, or, for the moment it takes to hand it to the requests
+/// that waited on the same exchange, that exchange's failure (never kept).
+type Slot = Result<Arc<Delegated>, Arc<Denial>>;
 
-impl Expiry<Key, Arc<Delegated>> for EntryTtl {
-    fn expire_after_create(&self, _key: &Key, value: &Arc<Delegated>, _created_at: Instant) -> Option<Duration> {
-        Some(value.ttl)
-    }
-}
-
-/// The bounded, coalescing token cache.
+/// The bounded, coalescing token cache. `quick_cache` holds the entries (its per-entry bookkeeping
+/// is a fraction of moka's, see BENCHMARKS.md) and makes concurrent misses for one key wait on one
+/// exchange; expiry is checked on every read, so an entry is never served past `expires_at`.
 pub struct TokenCache {
-    inner: moka::future::Cache<Key, Arc<Delegated>>,
+    inner: quick_cache::sync::Cache<Key, Slot>,
     /// Definite refusals by the token service, remembered briefly so a client retrying a refused
     /// request does not hammer it.
-    refusals: Option<moka::future::Cache<Key, crate::reason::Denial>>,
+    refusals: Option<moka::future::Cache<Key, Denial>>,
     max_entries: u64,
 }
 
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenCache")
-            .field("entries", &self.inner.entry_count())
+            .field("entries", &self.inner.len())
             .finish()
     }
 }
 
 impl TokenCache {
     pub fn new(max_entries: u64, negative_ttl: Duration) -> Self {
-        let inner = moka::future::Cache::builder()
-            .max_capacity(max_entries)
-            .expire_after(EntryTtl)
-            .build();
+        let inner = quick_cache::sync::Cache::new(usize::try_from(max_entries).unwrap_or(usize::MAX).max(1));
         let refusals = (!negative_ttl.is_zero()).then(|| {
             moka::future::Cache::builder()
                 .max_capacity(max_entries)
@@ -196,17 +289,17 @@ impl TokenCache {
 
     /// Put a refreshed token in place of the old one.
     pub async fn replace(&self, key: Key, fresh: Arc<Delegated>) {
-        self.inner.insert(key, fresh).await;
+        self.inner.insert(key, Ok(fresh));
     }
 
     /// A refusal remembered for `key`, if any.
-    pub async fn refused(&self, key: &Key) -> Option<crate::reason::Denial> {
+    pub async fn refused(&self, key: &Key) -> Option<Denial> {
         self.refusals.as_ref()?.get(key).await
     }
 
     /// Remember `denial` for `key` if it is a definite refusal (the same request would be refused
     /// again), not a failure that may pass.
-    pub async fn remember_refusal(&self, key: Key, denial: &crate::reason::Denial) {
+    pub async fn remember_refusal(&self, key: Key, denial: &Denial) {
         if let Some(refusals) = &self.refusals
             && denial.reason.is_definite_refusal()
         {
@@ -220,32 +313,53 @@ impl TokenCache {
 
     /// The cached token for `key`, or the one `exchange` produces. Concurrent callers with the same
     /// key wait for a single `exchange`; an error is returned to all of them and not cached.
-    pub async fn get_or_exchange<E, F>(&self, key: Key, exchange: F) -> Result<(Arc<Delegated>, CacheStatus), Arc<E>>
+    pub async fn get_or_exchange<F>(&self, key: Key, exchange: F) -> Result<(Arc<Delegated>, CacheStatus), Arc<Denial>>
     where
-        F: Future<Output = Result<Arc<Delegated>, E>>,
-        E: Send + Sync + 'static,
+        F: Future<Output = Result<Arc<Delegated>, Denial>>,
     {
-        if let Some(hit) = self.inner.get(&key).await {
+        if let Some(Ok(hit)) = self.inner.get(&key)
+            && hit.fresh(unix_now())
+        {
             return Ok((hit, CacheStatus::Hit));
         }
-        let entry = self.inner.entry(key).or_try_insert_with(exchange).await?;
-        let status = if entry.is_fresh() {
-            CacheStatus::Miss
-        } else {
-            CacheStatus::Coalesced
-        };
-        Ok((entry.into_value(), status))
+        loop {
+            match self.inner.get_value_or_guard_async(&key).await {
+                Ok(Ok(token)) if token.fresh(unix_now()) => return Ok((token, CacheStatus::Coalesced)),
+                // Expired: drop it (unless another caller already put a new one) and ask again.
+                Ok(Ok(stale)) => {
+                    self.inner
+                        .remove_if(&key, |slot| slot.as_ref().is_ok_and(|t| Arc::ptr_eq(t, &stale)));
+                }
+                Ok(Err(failure)) => return Err(failure),
+                Err(guard) => {
+                    let slot = exchange.await.map_err(Arc::new);
+                    let _ = guard.insert(slot.clone());
+                    // The waiters have it now; keep only a token that may be served later.
+                    if !slot.as_ref().is_ok_and(|t| t.fresh(unix_now())) {
+                        self.inner.remove_if(&key, |held| same_slot(held, &slot));
+                    }
+                    return slot.map(|token| (token, CacheStatus::Miss));
+                }
+            }
+        }
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.inner.entry_count()
+        self.inner.len() as u64
     }
 
-    /// The exact number of live entries, after applying pending evictions (for `/metrics`; not for the
-    /// request path).
+    /// The number of entries held, expired ones included until they are replaced or evicted (for
+    /// `/metrics`; not for the request path).
     pub async fn entries(&self) -> u64 {
-        self.inner.run_pending_tasks().await;
-        self.inner.entry_count()
+        self.entry_count()
+    }
+}
+
+fn same_slot(a: &Slot, b: &Slot) -> bool {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Arc::ptr_eq(a, b),
+        (Err(a), Err(b)) => Arc::ptr_eq(a, b),
+        _ => false,
     }
 }
 
@@ -297,7 +411,15 @@ mod tests {
 
     const NOW: u64 = 1_700_000_000;
 
+    fn down(why: &'static str) -> Denial {
+        Denial::new(crate::reason::Reason::TokenServiceTimeout, why)
+    }
+
     fn delegated(lifetimes: Lifetimes, margin: u64) -> Delegated {
+        issued_at(NOW, lifetimes, margin)
+    }
+
+    fn issued_at(now: u64, lifetimes: Lifetimes, margin: u64) -> Delegated {
         Delegated::new(
             Secret::new("tok"),
             "Bearer".into(),
@@ -305,8 +427,17 @@ mod tests {
             None,
             lifetimes,
             Duration::from_secs(margin),
-            NOW,
+            now,
         )
+    }
+
+    /// A token exchanged now (the cache checks expiry against the clock), kept `ttl` seconds.
+    fn kept_for(ttl: u64) -> Arc<Delegated> {
+        let lifetimes = Lifetimes {
+            expires_in: Some(ttl + 30),
+            ..Default::default()
+        };
+        Arc::new(issued_at(unix_now(), lifetimes, 30))
     }
 
     #[test]
@@ -411,13 +542,7 @@ mod tests {
                     .get_or_exchange([7; 32], async {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
-                        Ok::<_, std::convert::Infallible>(Arc::new(delegated(
-                            Lifetimes {
-                                expires_in: Some(600),
-                                ..Default::default()
-                            },
-                            30,
-                        )))
+                        Ok::<_, Denial>(kept_for(570))
                     })
                     .await
                     .map(|(_, status)| status)
@@ -430,15 +555,41 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(statuses.iter().filter(|s| **s == CacheStatus::Miss).count(), 1);
         let (_, again) = cache
-            .get_or_exchange([7; 32], async { Err::<Arc<Delegated>, _>("must not run") })
+            .get_or_exchange([7; 32], async { Err(down("must not run")) })
             .await
             .expect("hit");
         assert_eq!(again, CacheStatus::Hit);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_share_one_failure() {
+        let cache = Arc::new(TokenCache::new(100, Duration::ZERO));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (cache, calls) = (cache.clone(), calls.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_exchange([9; 32], async {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Err(down("down"))
+                        })
+                        .await
+                        .is_err()
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.expect("task"), "every waiter gets the failure");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.entry_count(), 0, "a failure is not kept");
+    }
+
     #[tokio::test]
     async fn only_definite_refusals_are_remembered() {
-        use crate::reason::{Denial, Reason};
+        use crate::reason::Reason;
         let cache = TokenCache::new(100, Duration::from_secs(60));
         cache
             .remember_refusal([1; 32], &Denial::new(Reason::TargetRefused, "no"))
@@ -464,19 +615,9 @@ mod tests {
     #[tokio::test]
     async fn errors_are_not_cached_and_expired_entries_are_not_served() {
         let cache = TokenCache::new(100, Duration::ZERO);
-        let err = cache
-            .get_or_exchange([1; 32], async { Err::<Arc<Delegated>, _>("down") })
-            .await;
-        assert_eq!(err.map(|_| ()).map_err(|e| *e), Err("down"));
-        let short = || async {
-            Ok::<_, &str>(Arc::new(delegated(
-                Lifetimes {
-                    expires_in: Some(31),
-                    ..Default::default()
-                },
-                30,
-            )))
-        };
+        let err = cache.get_or_exchange([1; 32], async { Err(down("down")) }).await;
+        assert_eq!(err.map(|_| ()).map_err(|e| e.description.clone()), Err("down".into()));
+        let short = || async { Ok::<_, Denial>(kept_for(1)) };
         let (_, first) = cache.get_or_exchange([1; 32], short()).await.expect("exchange");
         assert_eq!(first, CacheStatus::Miss);
         // A ttl of 1 s: gone after it, so the next call exchanges again.
@@ -484,13 +625,11 @@ mod tests {
         let (_, second) = cache.get_or_exchange([1; 32], short()).await.expect("exchange");
         assert_eq!(second, CacheStatus::Miss);
         let zero = || async {
-            Ok::<_, &str>(Arc::new(delegated(
-                Lifetimes {
-                    expires_in: Some(5),
-                    ..Default::default()
-                },
-                30,
-            )))
+            let lifetimes = Lifetimes {
+                expires_in: Some(5),
+                ..Default::default()
+            };
+            Ok::<_, Denial>(Arc::new(issued_at(unix_now(), lifetimes, 30)))
         };
         cache.get_or_exchange([2; 32], zero()).await.expect("exchange");
         let (_, again) = cache.get_or_exchange([2; 32], zero()).await.expect("exchange");

@@ -220,11 +220,21 @@ pub fn check_token(token: &str, max_bytes: usize) -> Result<&str, Denial> {
 /// RFC 6750 2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 pub fn is_b64token(token: &str) -> bool {
     let body = token.trim_end_matches('=');
-    !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+    !body.is_empty() && body.bytes().all(|b| B64TOKEN[usize::from(b)])
 }
+
+/// The characters of a b64token body, as a table: this check runs over every byte of every token on
+/// every request, and one lookup per byte costs a fraction of the comparisons.
+static B64TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {

@@ -38,16 +38,16 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
 /// `exp`, `scope` of the issued token; its `act` chain is `Delegated::actors`). By then the subject
 /// token was verified (when `trusted_issuers` are configured) and the token service has accepted it
 /// and signed the issued one; Baton reports these claims, it never decides on them. Strings are
-/// bounded.
+/// bounded, and boxed: each cached token keeps its claims, so no spare capacity.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DelegationClaims {
-    pub subject_iss: Option<String>,
-    pub subject_sub: Option<String>,
-    pub jti: Option<String>,
+    pub subject_iss: Option<Box<str>>,
+    pub subject_sub: Option<Box<str>>,
+    pub jti: Option<Box<str>>,
     pub exp: Option<i64>,
-    pub scope: Option<String>,
+    pub scope: Option<Box<str>>,
     /// The scope Baton asked for (after `scopes_from_subject`), space-separated.
-    pub requested_scope: Option<String>,
+    pub requested_scope: Option<Box<str>>,
 }
 
 /// The longest claim string kept for audit and traces.
@@ -72,11 +72,11 @@ fn payload(token: &str) -> Option<Claims> {
     serde_json::from_slice(&json).ok()
 }
 
-fn text(value: Option<&serde_json::Value>) -> Option<String> {
+fn text(value: Option<&serde_json::Value>) -> Option<Box<str>> {
     value
         .and_then(serde_json::Value::as_str)
         .filter(|s| !s.is_empty() && s.len() <= MAX_CLAIM_LEN)
-        .map(str::to_owned)
+        .map(Box::from)
 }
 
 impl DelegationClaims {

@@ -10,11 +10,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// A credential whose Debug and Display print `sha256:<first 8 bytes, base64url>`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(Box<str>);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        // A boxed str is exactly its length: no spare capacity kept for the life of a cached token.
+        Self(value.into().into_boxed_str())
     }
 
     /// The raw value, for the wire only.

@@ -71,7 +71,7 @@ fn scopes(scope: Option<&str>) -> Vec<&str> {
 
 impl Entry {
     fn line(&self, subject_mode: SubjectMode) -> String {
-        let claims = self.delegated.as_ref().map(|d| &d.claims);
+        let claims = self.delegated.as_ref().map(|d| d.claims());
         let target = self.destination.as_ref().map(|r| &r.target);
         let subject = claims
             .filter(|c| c.subject_iss.is_some() || c.subject_sub.is_some())
@@ -82,7 +82,7 @@ impl Entry {
                     SubjectMode::Hashed => fingerprint(sub).into(),
                 }),
             });
-        let actors = self.delegated.as_ref().map_or(&[][..], |d| &d.actors[..]);
+        let actors = self.delegated.as_ref().map_or(&[][..], |d| d.actors());
         let line = Line {
             time: humantime::format_rfc3339_millis(self.time).to_string(),
             api: self.api,
@@ -104,7 +104,7 @@ impl Entry {
             scopes_granted: self
                 .delegated
                 .as_ref()
-                .map(|d| scopes(d.scope.as_deref().or(d.claims.scope.as_deref()))),
+                .map(|d| scopes(d.scope().or(d.claims().scope.as_deref()))),
             jti: claims.and_then(|c| c.jti.as_deref()),
             exp: claims.and_then(|c| c.exp),
             cache: self.cache.map(CacheStatus::as_str),

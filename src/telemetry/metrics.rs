@@ -5,7 +5,7 @@
 //! no user id or token can become a label.
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -124,6 +124,19 @@ pub struct Metrics {
     /// 1 for each token service's current circuit-breaker state, 0 for the others.
     pub circuit_state: Family<CircuitStateLabels, Gauge>,
     pub circuit_transitions: Family<CircuitTransitionLabels, Counter>,
+    /// The series every delegated decision updates, looked up once each.
+    hot: Arc<HotSeries>,
+}
+
+/// Handles to the decision-duration and cache-result series, filled on first use (so a series
+/// still appears only once it has a value). `Family::get_or_create` hashes the label set under a
+/// lock on every call; a cache hit would pay that twice for labels from a fixed set.
+#[derive(Debug, Default)]
+struct HotSeries {
+    /// By `api` (check, ext_proc, broker), then `cache` (none, hit, miss, coalesced).
+    durations: [[OnceLock<Histogram>; 4]; 3],
+    /// By result: hit, miss, coalesced.
+    cache_requests: [OnceLock<Counter>; 3],
 }
 
 /// 10 us to 2.5 s: a cache hit is microseconds, a miss is an exchange.
@@ -156,6 +169,7 @@ impl Metrics {
             audit_dropped: Counter::default(),
             circuit_state: Family::default(),
             circuit_transitions: Family::default(),
+            hot: Arc::default(),
         };
         registry.register(
             "checks",
@@ -225,6 +239,30 @@ impl Metrics {
             let _ = metrics.config_reloads.get_or_create(&OutcomeLabels { outcome });
         }
         metrics
+    }
+}
+
+impl Metrics {
+    /// `check_duration` for `api` (its index in check, ext_proc, broker) and `cache` (none, hit,
+    /// miss, coalesced: its index and label).
+    pub fn decision_duration(&self, api: (usize, &'static str), cache: (usize, &'static str)) -> &Histogram {
+        self.hot.durations[api.0][cache.0].get_or_init(|| {
+            self.decision_duration
+                .get_or_create(&DurationLabels {
+                    api: api.1,
+                    cache: cache.1,
+                })
+                .clone()
+        })
+    }
+
+    /// `cache_requests` for a cache result (its index in hit, miss, coalesced, and its label).
+    pub fn cache_request(&self, result: (usize, &'static str)) -> &Counter {
+        self.hot.cache_requests[result.0].get_or_init(|| {
+            self.cache_requests
+                .get_or_create(&CacheLabels { result: result.1 })
+                .clone()
+        })
     }
 }
 

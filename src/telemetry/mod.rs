@@ -22,16 +22,14 @@ use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use prometheus_client::registry::Registry;
 
 use crate::authz::{Allow, Authz, Route};
-use crate::cache::{CacheStatus, Delegated};
+use crate::cache::Delegated;
 use crate::config::{Config, SubjectMode};
 use crate::exchange::{ExchangeError, Issued};
 use crate::extract::{Headers, Outbound};
 use crate::reason::{Class, Denial};
 use crate::secret::fingerprint;
 
-use self::metrics::{
-    CacheLabels, DecisionLabels, DestinationLabel, DurationLabels, ExchangeLabels, Metrics, TokenServiceLabels,
-};
+use self::metrics::{DecisionLabels, DestinationLabel, ExchangeLabels, Metrics, TokenServiceLabels};
 
 /// Which API asked for the decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -322,16 +320,12 @@ impl Observation<'_> {
                 destination: DestinationLabel(decided.destination.cloned()),
             })
             .inc();
-        m.decision_duration
-            .get_or_create(&DurationLabels {
-                api: self.api.as_str(),
-                cache: cache.map_or("none", CacheStatus::as_str),
-            })
-            .observe(elapsed.as_secs_f64());
+        // Indexes in declaration order: Api check, ext_proc, broker; CacheStatus hit, miss, coalesced.
+        let api = (self.api as usize, self.api.as_str());
+        let cache_label = cache.map_or((0, "none"), |c| (c as usize + 1, c.as_str()));
+        m.decision_duration(api, cache_label).observe(elapsed.as_secs_f64());
         if let Some(cache) = cache {
-            m.cache_requests
-                .get_or_create(&CacheLabels { result: cache.as_str() })
-                .inc();
+            m.cache_request((cache as usize, cache.as_str())).inc();
         }
         if let (Some(cx), Some(tracing)) = (&self.cx, &inner.tracing) {
             let span = cx.span();
@@ -400,7 +394,7 @@ fn split_scopes(scope: Option<&str>) -> impl Iterator<Item = String> + '_ {
 fn target_attributes(route: &Route, delegated: Option<&Delegated>) -> Vec<KeyValue> {
     let t = &route.target;
     let scope = delegated
-        .and_then(|d| d.claims.requested_scope.as_deref())
+        .and_then(|d| d.claims().requested_scope.as_deref())
         .or(t.scope.as_deref());
     let mut out = Vec::with_capacity(3);
     if let Some(audience) = &t.audience {
@@ -415,15 +409,15 @@ fn target_attributes(route: &Route, delegated: Option<&Delegated>) -> Vec<KeyVal
 
 /// Who and what: subject, the delegation chain, the issued token's `jti` and `exp`.
 fn delegated_attributes(d: &Delegated, subject: SubjectMode) -> Vec<KeyValue> {
-    let c = &d.claims;
-    let actors = &d.actors;
+    let c = d.claims();
+    let actors = d.actors();
     let mut out = Vec::with_capacity(8);
     if let Some(iss) = &c.subject_iss {
-        out.push(KeyValue::new("baton.subject.iss", iss.clone()));
+        out.push(KeyValue::new("baton.subject.iss", iss.to_string()));
     }
     if let Some(sub) = &c.subject_sub {
         let sub = match subject {
-            SubjectMode::Plain => sub.clone(),
+            SubjectMode::Plain => sub.to_string(),
             SubjectMode::Hashed => fingerprint(sub),
         };
         out.push(KeyValue::new("baton.subject.sub", sub));
@@ -435,10 +429,10 @@ fn delegated_attributes(d: &Delegated, subject: SubjectMode) -> Vec<KeyValue> {
     out.push(KeyValue::new("baton.delegation.depth", actors.len() as i64));
     out.push(KeyValue::new(
         "baton.scopes.granted",
-        strings(split_scopes(d.scope.as_deref().or(c.scope.as_deref()))),
+        strings(split_scopes(d.scope().or(c.scope.as_deref()))),
     ));
     if let Some(jti) = &c.jti {
-        out.push(KeyValue::new("baton.issued.jti", jti.clone()));
+        out.push(KeyValue::new("baton.issued.jti", jti.to_string()));
     }
     if let Some(exp) = c.exp {
         out.push(KeyValue::new("baton.issued.exp", exp));
@@ -449,7 +443,7 @@ fn delegated_attributes(d: &Delegated, subject: SubjectMode) -> Vec<KeyValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::Lifetimes;
+    use crate::cache::{CacheStatus, Lifetimes};
     use crate::config::{AuditSink, OtlpProtocol};
     use crate::exchange::{TokenService, TokenServices};
     use crate::jwt::DelegationClaims;
@@ -591,7 +585,7 @@ audit:
             scope: None,
             requested_scope: Some("orders.read".into()),
         };
-        let mut delegated = Delegated::new(
+        let delegated = Delegated::new(
             Secret::new("issued.token.value"),
             "Bearer".into(),
             None,
@@ -603,8 +597,8 @@ audit:
             Duration::from_secs(30),
             1_700_000_000,
         )
-        .with_claims(claims);
-        delegated.actors = vec!["spiffe://cluster/ns/a/sa/frontend".into()];
+        .with_claims(claims)
+        .with_actors(vec!["spiffe://cluster/ns/a/sa/frontend".into()]);
         Arc::new(delegated)
     }
 
