@@ -20,7 +20,13 @@ fn peek(token: &str) -> Option<Peek> {
         return None;
     }
     let json = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    serde_json::from_slice(&json).ok()
+    is_object(&json).then(|| serde_json::from_slice(&json).ok())?
+}
+
+/// A JWT's header and claims are JSON objects (RFC 7519 section 7.2); serde would also read a
+/// struct from an array, by position, so `[4000000000]` would pass for `{"exp":4000000000}`.
+pub(crate) fn is_object(json: &[u8]) -> bool {
+    json.trim_ascii_start().starts_with(b"{")
 }
 
 /// The `exp` claim (seconds since the Unix epoch) of a compact JWS, if the token is one and has it.
@@ -69,7 +75,7 @@ fn payload(token: &str) -> Option<Claims> {
         return None;
     }
     let json = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    serde_json::from_slice(&json).ok()
+    is_object(&json).then(|| serde_json::from_slice(&json).ok())?
 }
 
 fn text(value: Option<&serde_json::Value>) -> Option<Box<str>> {
@@ -121,6 +127,16 @@ mod tests {
             Some("https://idp")
         );
         assert_eq!(unverified_issuer(&jwt(r#"{"sub":"x"}"#)), None);
+    }
+
+    #[test]
+    fn a_payload_that_is_not_an_object_has_no_claims() {
+        // Found by the `jwt` fuzz target: serde reads a struct from an array by position.
+        let array = jwt(r#"[4000000000,"https://idp"]"#);
+        assert_eq!(unverified_exp(&array), None);
+        assert_eq!(unverified_issuer(&array), None);
+        assert_eq!(DelegationClaims::read(&array, &array), DelegationClaims::default());
+        assert_eq!(unverified_exp(&jwt(r#" {"exp":1}"#)), Some(1));
     }
 
     #[test]

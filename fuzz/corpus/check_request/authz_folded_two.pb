@@ -1,0 +1,20 @@
+
+­
+?
+
+	127.0.0.1øÓ"*spiffe://cluster.local/ns/shop/sa/frontend
+
+	127.0.0.1™u"ÕÒ
+9264858893451243761GET
+x-forwarded-protohttp"
+authorizationBearer a,Bearer b
+accept*/* 
+:path/orders/42?expand=items
+:methodGET
+
+:authorityorders.example
+
+user-agent
+curl/8.5.0
+:schemehttp4
+x-request-id$4f1c7b9e-1d2a-4c8e-9a51-0b6e2f3d7a10"/orders/42?expand=items*orders.example2httpRHTTP/1.1

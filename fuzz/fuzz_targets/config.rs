@@ -1,0 +1,50 @@
+//! Configuration parsing: YAML text into `RawConfig` (`config::parse_yaml`), then `validate`, which
+//! also compiles every policy and its CEL expression. Never a panic; a refused file names at least
+//! one problem, each with the path of its field.
+#![no_main]
+
+use baton::config::{Config, RawConfig, parse_yaml};
+use baton::sts::RawStsConfig;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match parse_yaml::<RawConfig>(text) {
+        Ok(raw) => match raw.validate() {
+            Ok(config) => check(&config),
+            Err(errors) => {
+                assert!(!errors.0.is_empty(), "refused without a reason");
+                for e in &errors.0 {
+                    assert!(!e.path.is_empty() && !e.message.is_empty(), "{e:?}");
+                }
+            }
+        },
+        Err(errors) => {
+            assert_eq!(errors.0.len(), 1);
+            assert_eq!(errors.0[0].path, "(yaml)");
+        }
+    }
+    // The same text as `baton sts`'s configuration.
+    if let Ok(raw) = parse_yaml::<RawStsConfig>(text)
+        && let Err(errors) = raw.validate()
+    {
+        assert!(!errors.is_empty());
+    }
+});
+
+/// What validation promises of an accepted configuration.
+fn check(config: &Config) {
+    assert!(!config.token_services.is_empty(), "no token service");
+    for d in &config.destinations {
+        assert!(
+            config.token_services.iter().any(|t| t.name == d.token_service),
+            "destination `{}` names an unknown token service",
+            d.name
+        );
+        for scope in &d.scopes {
+            assert!(baton::config::is_scope_token(scope), "{scope:?}");
+        }
+    }
+}
