@@ -156,6 +156,18 @@ impl Expiry<Key, Arc<Delegated>> for EntryTtl {
     fn expire_after_create(&self, _key: &Key, value: &Arc<Delegated>, _created_at: Instant) -> Option<Duration> {
         Some(value.ttl)
     }
+
+    /// A refreshed token replacing the old one gets its own stay. (moka's default keeps the old
+    /// entry's expiry, which dropped every refreshed token when the one it replaced expired.)
+    fn expire_after_update(
+        &self,
+        _key: &Key,
+        value: &Arc<Delegated>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
 }
 
 /// The bounded, coalescing token cache.
@@ -459,6 +471,34 @@ mod tests {
         off.remember_refusal([1; 32], &Denial::new(Reason::TargetRefused, "no"))
             .await;
         assert_eq!(off.refused(&[1; 32]).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_token_stays_for_its_own_lifetime() {
+        let cache = TokenCache::new(100, Duration::ZERO);
+        // Kept 2 s each (expires_in 32, margin 30).
+        let kept_2s = || {
+            Arc::new(delegated(
+                Lifetimes {
+                    expires_in: Some(32),
+                    ..Default::default()
+                },
+                30,
+            ))
+        };
+        cache
+            .get_or_exchange([3; 32], async { Ok::<_, &str>(kept_2s()) })
+            .await
+            .expect("exchange");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        cache.replace([3; 32], kept_2s()).await;
+        // Past the first token's expiry, within the second's.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (_, status) = cache
+            .get_or_exchange([3; 32], async { Err::<Arc<Delegated>, _>("must not exchange") })
+            .await
+            .expect("the refreshed token is served");
+        assert_eq!(status, CacheStatus::Hit);
     }
 
     #[tokio::test]
