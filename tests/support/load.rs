@@ -75,6 +75,66 @@ where
     samples
 }
 
+/// Like `open_loop`, on `workers` fixed workers (each with its own connection, say) that take the
+/// due requests in order, as wrk2 does: when every worker is busy a due request waits for one, and
+/// the wait counts in its latency. `request(worker, i)`. Samples come back in due order.
+pub async fn open_loop_on<F, Fut>(rate: f64, count: u64, workers: usize, request: F) -> Vec<Sample>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    assert!(rate > 0.0 && count > 0 && workers > 0);
+    let (due_tx, due_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let due_rx = Arc::new(tokio::sync::Mutex::new(due_rx));
+    let request = Arc::new(request);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let (due_rx, request) = (due_rx.clone(), request.clone());
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                loop {
+                    let next = due_rx.lock().await.recv().await;
+                    let Some((i, due)) = next else { break samples };
+                    let lag = Instant::now().saturating_duration_since(due);
+                    let ok = request(w, i).await;
+                    samples.push((
+                        i,
+                        Sample {
+                            due: due - start,
+                            latency: due.elapsed(),
+                            lag,
+                            ok,
+                        },
+                    ));
+                }
+            })
+        })
+        .collect();
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let schedule = std::thread::spawn(move || {
+        for i in 0..count {
+            let due = start + period.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if due_tx.send((i, due)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut all = Vec::with_capacity(count as usize);
+    for t in tasks {
+        all.extend(t.await.expect("worker"));
+    }
+    tokio::task::spawn_blocking(move || schedule.join().expect("schedule thread"))
+        .await
+        .expect("join schedule");
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, s)| s).collect()
+}
+
 /// Latency percentiles of the samples due at or after `from`.
 #[derive(Clone, Copy, Debug)]
 pub struct Summary {
@@ -399,18 +459,43 @@ destinations:
     };
     let exchanges = |m: &str| metric_sum(m, "baton_exchanges_total", &[]) as u64;
 
-    // Verify every distinct upstream token once against the token service's keys.
+    // Verify every distinct upstream token once against the token service's keys: signature and
+    // issuer (most have expired by now, so not their expiry: each was checked for it when served).
     let distinct: Vec<(String, (String, String))> = seen
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
         .map(|(t, v)| (t.clone(), v.clone()))
         .collect();
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(
+        &http()
+            .get(&service.jwks_uri)
+            .send()
+            .await
+            .expect("jwks")
+            .bytes()
+            .await
+            .expect("jwks body"),
+    )
+    .expect("jwks json");
     let mut unverified = 0;
     for (token, (sub, audience)) in &distinct {
-        let claims = service.verify(token).await;
-        if claims["sub"] != sub.as_str() || !audiences(&claims).iter().any(|a| a == audience) {
-            unverified += 1;
+        let verified = jsonwebtoken::decode_header(token).ok().and_then(|header| {
+            let jwk = match &header.kid {
+                Some(kid) => jwks.find(kid)?,
+                None => jwks.keys.first()?,
+            };
+            let key = jsonwebtoken::DecodingKey::from_jwk(jwk).ok()?;
+            let mut validation = jsonwebtoken::Validation::new(header.alg);
+            validation.validate_aud = false;
+            validation.validate_exp = false;
+            validation.required_spec_claims.clear();
+            validation.set_issuer(&[&service.issuer]);
+            jsonwebtoken::decode::<Value>(token, &key, &validation).ok()
+        });
+        match verified {
+            Some(t) if t.claims["sub"] == sub.as_str() && audiences(&t.claims).iter().any(|a| a == audience) => {}
+            _ => unverified += 1,
         }
     }
     let verdicts = verdicts.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -480,6 +565,10 @@ async fn one_soak_request(
         return Verdict::Wrong;
     };
     if claims["sub"] != sub || !audiences(&claims).iter().any(|a| a == audience) {
+        return Verdict::Wrong;
+    }
+    // Never served past its life.
+    if claims["exp"].as_u64().is_none_or(|exp| exp <= baton::cache::unix_now()) {
         return Verdict::Wrong;
     }
     let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
