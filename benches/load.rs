@@ -17,8 +17,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-#[path = "../tests/support/load.rs"]
-mod load;
+#[path = "../tests/support/open_loop.rs"]
+mod open_loop;
 
 mod common;
 
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use load::{Sample, Summary, load_average, open_loop, open_loop_on, summarize, us};
+use open_loop::{Sample, Summary, load_average, open_loop, open_loop_on, summarize, us};
 use support::*;
 
 const MAX_CONCURRENCY: usize = 16;
@@ -287,7 +287,7 @@ async fn miss_path(scratch: &Scratch, service: &TokenService) {
     .await;
     let exchanges = service.exchanges().await - before;
     let kind = |k: u64| {
-        let picked: Vec<load::Sample> = samples
+        let picked: Vec<open_loop::Sample> = samples
             .iter()
             .enumerate()
             .filter(|(i, _)| *i as u64 % KINDS == k)

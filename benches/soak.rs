@@ -9,12 +9,12 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-#[path = "../tests/support/load.rs"]
-mod load;
+#[path = "../tests/support/open_loop.rs"]
+mod open_loop;
 
 use std::time::Duration;
 
-use load::{SoakPlan, mib, soak};
+use open_loop::{SoakPlan, mib, soak};
 
 fn main() {
     let secs: u64 = std::env::var("SOAK_SECS")

@@ -7,12 +7,12 @@
 
 mod support;
 
-#[path = "support/load.rs"]
-mod load;
+#[path = "support/open_loop.rs"]
+mod open_loop;
 
 use std::time::Duration;
 
-use load::{SoakPlan, mib, soak};
+use open_loop::{SoakPlan, mib, soak};
 
 /// Baton's RSS may grow by this much from the end of warm-up to the end of the run: room for the
 /// allocator settling, far below what keeping every refreshed token (tens of MiB here) would take.
