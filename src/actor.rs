@@ -117,10 +117,14 @@ impl ActorToken {
                     .await
                     .map_err(|e| {
                         tracing::warn!(token_service = service.name(), error = %e, "cannot obtain the actor token");
-                        Denial::new(
-                            Reason::ActorTokenUnavailable,
-                            "the workload's own token cannot be obtained",
-                        )
+                        match e {
+                            // The same fast 503 as the exchange it was for would get.
+                            crate::exchange::ExchangeError::CircuitOpen => Denial::from(&e),
+                            _ => Denial::new(
+                                Reason::ActorTokenUnavailable,
+                                "the workload's own token cannot be obtained",
+                            ),
+                        }
                     })?;
                 // Kept until 30 s before it expires (5 minutes when the service does not say).
                 let lifetime = issued.expires_in.unwrap_or(330).saturating_sub(30);

@@ -23,16 +23,28 @@ pub fn build(config: Config) -> Result<Arc<Authz>, String> {
 }
 
 /// Build, carrying over from `previous` (a reload) what must outlive a configuration: the
-/// telemetry (metrics keep counting, exporters keep running) and the exchanged-token cache when its
+/// telemetry (metrics keep counting, exporters keep running), the exchanged-token cache when its
 /// size is unchanged (its keys cover every exchange parameter, so a changed destination never
-/// reuses a token obtained under the old parameters).
+/// reuses a token obtained under the old parameters), and each token service's circuit breaker
+/// when its endpoint and settings are unchanged.
 pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Authz>, String> {
     let services = config
         .token_services
         .iter()
-        .map(|ts| TokenService::new(ts).map_err(|e| format!("token service `{}`: {e}", ts.name)))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|ts| {
+            let mut service = TokenService::new(ts).map_err(|e| format!("token service `{}`: {e}", ts.name))?;
+            if let Some(old) = previous.and_then(|p| p.token_services().get(&ts.name)) {
+                service.succeed(old);
+            }
+            Ok(service)
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let services = TokenServices::new(services);
+    for old in previous.iter().flat_map(|p| p.token_services().iter()) {
+        if services.get(old.name()).is_none() {
+            old.breaker().retire();
+        }
+    }
     for ts in &config.token_services {
         if let (Endpoint::Discover { issuer }, Some(service)) = (&ts.endpoint, services.get(&ts.name)) {
             tokio::spawn(crate::discovery::run(Arc::downgrade(service), issuer.clone()));
@@ -42,6 +54,9 @@ pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Au
         Some(previous) => previous.telemetry().clone(),
         None => Telemetry::start(&config)?,
     };
+    for service in services.iter() {
+        service.breaker().report_to(telemetry.metrics());
+    }
     let issuers = std::mem::take(&mut config.trusted_issuers);
     let introspection = config.introspection.take().and_then(|i| {
         let service = services.get(&i.token_service)?.clone();

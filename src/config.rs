@@ -112,6 +112,7 @@ pub struct RawTokenService {
     /// Exchanges in flight at once towards this service (default 64); as many more may wait for a
     /// turn within the timeout, and any beyond that are refused at once with 503.
     pub max_concurrent_exchanges: Option<usize>,
+    pub circuit_breaker: crate::breaker::RawCircuitBreaker,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -266,6 +267,8 @@ pub struct TokenService {
     pub retries: u32,
     pub max_response_bytes: usize,
     pub max_concurrent_exchanges: usize,
+    /// `None`: the circuit breaker is turned off.
+    pub circuit_breaker: Option<crate::breaker::Settings>,
 }
 
 /// Where the token endpoint is: given, or found by RFC 8414 / OpenID discovery from the issuer.
@@ -656,6 +659,7 @@ fn validate_token_service(name: &str, raw: RawTokenService, at: &str, errors: &m
     if !(1..=10_000).contains(&max_concurrent_exchanges) {
         errors.add(format!("{at}.max_concurrent_exchanges"), "must be between 1 and 10000");
     }
+    let circuit_breaker = raw.circuit_breaker.validate(&format!("{at}.circuit_breaker"), errors);
     let max_response_bytes = raw.max_response_bytes.unwrap_or(64 * 1024);
     if !(1024..=1024 * 1024).contains(&max_response_bytes) {
         errors.add(format!("{at}.max_response_bytes"), "must be between 1024 and 1048576");
@@ -671,6 +675,7 @@ fn validate_token_service(name: &str, raw: RawTokenService, at: &str, errors: &m
         retries,
         max_response_bytes,
         max_concurrent_exchanges,
+        circuit_breaker,
     })
 }
 
@@ -1368,6 +1373,59 @@ destinations:
         )
         .expect_err("none");
         assert!(err.0.iter().any(|e| e.path == "token_service"), "{err}");
+    }
+
+    #[test]
+    fn each_token_service_has_its_own_circuit_breaker_settings() {
+        let yaml = r#"
+token_service:
+  token_endpoint: http://127.0.0.1:9400/token
+  client_id: sidecar
+  auth: {method: none}
+token_services:
+  quiet:
+    token_endpoint: http://quiet/token
+    client_id: q
+    auth: {method: none}
+    circuit_breaker: {enabled: false}
+  tuned:
+    token_endpoint: http://tuned/token
+    client_id: t
+    auth: {method: none}
+    circuit_breaker: {failure_ratio: 0.25, min_requests: 5, window: 30s, open_for: 1s}
+"#;
+        let config = Config::from_yaml(yaml).expect("valid");
+        let breaker = |name: &str| {
+            config
+                .token_services
+                .iter()
+                .find(|ts| ts.name == name)
+                .expect("service")
+                .circuit_breaker
+                .clone()
+        };
+        assert_eq!(breaker("default"), Some(crate::breaker::Settings::default()));
+        assert_eq!(breaker("quiet"), None);
+        assert_eq!(
+            breaker("tuned").map(|s| (s.min_requests, s.open_for)),
+            Some((5, Duration::from_secs(1)))
+        );
+        let err = Config::from_yaml(
+            &yaml
+                .replace("failure_ratio: 0.25", "failure_ratio: 2")
+                .replace("open_for: 1s", "open_for: 1h"),
+        )
+        .expect_err("invalid");
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "token_services.tuned.circuit_breaker.failure_ratio",
+                "token_services.tuned.circuit_breaker.open_for",
+            ]
+        );
+        let err = Config::from_yaml(&yaml.replace("enabled: false", "enable: false")).expect_err("unknown field");
+        assert!(err.to_string().contains("enable"), "{err}");
     }
 
     #[test]

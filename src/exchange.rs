@@ -1,7 +1,8 @@
 //! The token service client: one exchange request (RFC 8693, or Entra ID on-behalf-of), with client
 //! authentication, an overall deadline, bounded retries on connection errors and 5xx, a
 //! response-size bound, and a strict parse of the answer. It never follows a redirect, never logs a
-//! token, and never retries a definite refusal.
+//! token, and never retries a definite refusal. Calls to the token endpoint go through the
+//! service's circuit breaker (`crate::breaker`, which says what counts and why).
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
 
+use crate::breaker::{Breaker, Outcome};
 use crate::config::{ClientAuth, Endpoint, Profile, TokenService as TokenServiceConfig};
 use crate::credentials::{self, Watched};
 use crate::extract::is_b64token;
@@ -67,6 +69,27 @@ pub enum ExchangeError {
     BadResponse(&'static str),
     #[error("token endpoint not yet discovered from the issuer")]
     NotDiscovered,
+    #[error("the circuit breaker is open: the token service failed too often lately")]
+    CircuitOpen,
+}
+
+/// Signing Baton's own client assertion failed: a local problem, not the service's answer.
+const CANNOT_SIGN: &str = "cannot sign the client assertion";
+
+impl ExchangeError {
+    /// What this says about the token service's health, for its circuit breaker.
+    fn health(&self) -> Outcome {
+        match self {
+            Self::Unreachable(_) | Self::Timeout(_) | Self::Status(500..=599) => Outcome::Failed,
+            Self::BadResponse(why) if *why != CANNOT_SIGN => Outcome::Failed,
+            // An answer from a service that works: a refusal, a 4xx, a redirect.
+            Self::Refused { .. } | Self::Status(_) => Outcome::Healthy,
+            // Baton's own bounds, a pause the service asked for, or no call at all.
+            Self::Busy | Self::Saturated | Self::BadResponse(_) | Self::NotDiscovered | Self::CircuitOpen => {
+                Outcome::Neutral
+            }
+        }
+    }
 }
 
 impl From<&ExchangeError> for Denial {
@@ -120,6 +143,10 @@ impl From<&ExchangeError> for Denial {
                 Reason::TokenServiceBadResponse,
                 format!("the token service's answer is unusable: {why}"),
             ),
+            ExchangeError::CircuitOpen => Denial::new(
+                Reason::TokenServiceCircuitOpen,
+                "the token service failed too often lately; it is not called for a moment",
+            ),
         }
     }
 }
@@ -154,6 +181,8 @@ pub struct TokenService {
     max_waiting: usize,
     /// Until when (Unix ms) the service asked not to be called (`Retry-After` on 429/503).
     busy_until: std::sync::atomic::AtomicU64,
+    /// Shared with the service this one replaced on a reload, when it guards the same endpoint.
+    breaker: Arc<Breaker>,
 }
 
 impl TokenService {
@@ -212,6 +241,7 @@ impl TokenService {
             waiting: std::sync::atomic::AtomicUsize::new(0),
             max_waiting: config.max_concurrent_exchanges,
             busy_until: std::sync::atomic::AtomicU64::new(0),
+            breaker: Arc::new(Breaker::new(&config.name, config.circuit_breaker.clone())),
         })
     }
 
@@ -235,6 +265,21 @@ impl TokenService {
 
     pub fn profile(&self) -> Profile {
         self.profile
+    }
+
+    /// This service's circuit breaker (for its metrics).
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// On a reload, take over `previous`'s circuit breaker if it guards the same endpoint with the
+    /// same settings, so an open breaker stays open; else retire it from the metrics.
+    pub fn succeed(&mut self, previous: &TokenService) {
+        if previous.locator == self.locator && previous.breaker.settings() == self.breaker.settings() {
+            self.breaker = previous.breaker.clone();
+        } else {
+            previous.breaker.retire();
+        }
     }
 
     /// Whether the client authenticates with mutual TLS (discovery then prefers RFC 8705 aliases).
@@ -284,7 +329,19 @@ impl TokenService {
         serde_json::from_slice(&body).map_err(|_| ExchangeError::BadResponse("not a JSON introspection response"))
     }
 
-    async fn with_retries<F, Fut>(&self, mut call: F) -> Result<Issued, ExchangeError>
+    /// One call to the token endpoint, if the circuit breaker allows it; its outcome is counted.
+    async fn with_retries<F, Fut>(&self, call: F) -> Result<Issued, ExchangeError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Issued, ExchangeError>>,
+    {
+        let ticket = self.breaker.admit().map_err(|_| ExchangeError::CircuitOpen)?;
+        let result = self.bounded_retries(call).await;
+        ticket.record(result.as_ref().map_or_else(ExchangeError::health, |_| Outcome::Healthy));
+        result
+    }
+
+    async fn bounded_retries<F, Fut>(&self, mut call: F) -> Result<Issued, ExchangeError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Issued, ExchangeError>>,
@@ -395,7 +452,7 @@ impl TokenService {
             }
             Auth::PrivateKeyJwt { key_pem, key_id } => {
                 assertion = client_assertion(&self.client_id, endpoint, key_pem, key_id.as_deref())
-                    .map_err(|_| ExchangeError::BadResponse("cannot sign the client assertion"))?;
+                    .map_err(|_| ExchangeError::BadResponse(CANNOT_SIGN))?;
                 form.push(("client_id", &self.client_id));
                 form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
                 form.push(("client_assertion", &assertion));
@@ -808,6 +865,87 @@ mod tests {
             entra_obo_scope(&target(Some("api://orders"), None, Some("api://orders/Orders.Read"))),
             "api://orders/Orders.Read"
         );
+    }
+
+    #[test]
+    fn only_an_unhealthy_service_trips_the_breaker() {
+        let health = |status: u16, body: &str| parse_response(status, body.as_bytes()).expect_err("error").health();
+        assert_eq!(health(500, "{}"), Outcome::Failed);
+        assert_eq!(health(503, "{}"), Outcome::Failed);
+        assert_eq!(health(200, "<html>"), Outcome::Failed);
+        assert_eq!(health(400, r#"{"error":"invalid_grant"}"#), Outcome::Healthy);
+        assert_eq!(health(401, r#"{"error":"invalid_client"}"#), Outcome::Healthy);
+        assert_eq!(health(404, ""), Outcome::Healthy);
+        assert_eq!(health(429, "{}"), Outcome::Neutral);
+        assert_eq!(ExchangeError::Unreachable("refused".into()).health(), Outcome::Failed);
+        assert_eq!(ExchangeError::Timeout(Duration::from_secs(1)).health(), Outcome::Failed);
+        assert_eq!(ExchangeError::Saturated.health(), Outcome::Neutral);
+        assert_eq!(ExchangeError::BadResponse(CANNOT_SIGN).health(), Outcome::Neutral);
+        assert_eq!(
+            Denial::from(&ExchangeError::CircuitOpen).reason,
+            Reason::TokenServiceCircuitOpen
+        );
+    }
+
+    /// A token endpoint that accepts connections and drops them: after `min_requests` failures the
+    /// breaker answers at once and no further connection is made.
+    #[tokio::test]
+    async fn an_open_breaker_stops_calling_the_service() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = accepted.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        let config = crate::config::Config::from_yaml(&format!(
+            "token_service:\n  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n  circuit_breaker:\n    min_requests: 3\n    open_for: 1m\n"
+        ))
+        .expect("config");
+        let service = TokenService::new(&config.token_services[0]).expect("service");
+        let target = Target {
+            audience: Some("a".into()),
+            resource: None,
+            scope: None,
+            requested_token_type: None,
+            subject_token_type: crate::config::TOKEN_TYPE_ACCESS_TOKEN,
+            actor: None,
+        };
+        for _ in 0..3 {
+            let e = service.exchange("user", &target).await.expect_err("dropped");
+            assert!(matches!(e, ExchangeError::Unreachable(_)), "{e}");
+        }
+        let seen = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..5 {
+            let e = service.exchange("user", &target).await.expect_err("open");
+            assert!(matches!(e, ExchangeError::CircuitOpen), "{e}");
+            let e = service.client_credentials(None, None).await.expect_err("open");
+            assert!(matches!(e, ExchangeError::CircuitOpen), "{e}");
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            seen,
+            "no call while open"
+        );
+
+        // A reload that leaves the service as it was keeps its breaker open; one that changes the
+        // breaker's settings starts afresh.
+        let mut reloaded = TokenService::new(&config.token_services[0]).expect("service");
+        reloaded.succeed(&service);
+        let e = reloaded.exchange("user", &target).await.expect_err("still open");
+        assert!(matches!(e, ExchangeError::CircuitOpen), "{e}");
+        let changed = crate::config::Config::from_yaml(&format!(
+            "token_service:\n  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n  circuit_breaker:\n    min_requests: 4\n"
+        ))
+        .expect("config");
+        let mut reloaded = TokenService::new(&changed.token_services[0]).expect("service");
+        reloaded.succeed(&service);
+        let e = reloaded.exchange("user", &target).await.expect_err("dropped");
+        assert!(matches!(e, ExchangeError::Unreachable(_)), "{e}");
+        server.abort();
     }
 
     #[test]

@@ -170,7 +170,19 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 let services: Vec<String> = config
                     .token_services
                     .iter()
-                    .map(|ts| format!("`{}` ({}, client `{}`)", ts.name, ts.profile.as_str(), ts.client_id))
+                    .map(|ts| {
+                        let breaker = if ts.circuit_breaker.is_none() {
+                            ", circuit breaker off"
+                        } else {
+                            ""
+                        };
+                        format!(
+                            "`{}` ({}, client `{}`{breaker})",
+                            ts.name,
+                            ts.profile.as_str(),
+                            ts.client_id
+                        )
+                    })
                     .collect();
                 println!(
                     "{}: ok ({} destination{}, token service{} {})",

@@ -63,6 +63,9 @@ pub enum Reason {
     /// deployment problem, not the caller's, so 503 rather than 401.
     TokenServiceClientRejected,
     TokenServiceBadResponse,
+    /// The token service's circuit breaker is open: it failed too often lately, so Baton answers
+    /// at once without calling it.
+    TokenServiceCircuitOpen,
     /// The workload's own (actor) token could not be read or obtained.
     ActorTokenUnavailable,
 }
@@ -119,6 +122,7 @@ impl Reason {
             Self::TokenServiceBusy => "token_service_busy",
             Self::TokenServiceClientRejected => "token_service_client_rejected",
             Self::TokenServiceBadResponse => "token_service_bad_response",
+            Self::TokenServiceCircuitOpen => "token_service_circuit_open",
         }
     }
 
@@ -173,6 +177,7 @@ impl Reason {
             | Self::TokenServiceBusy
             | Self::TokenServiceClientRejected
             | Self::TokenServiceBadResponse
+            | Self::TokenServiceCircuitOpen
             | Self::ActorTokenUnavailable => Class::Unavailable,
         }
     }
@@ -238,6 +243,7 @@ mod tests {
         assert_eq!(Reason::TargetRefused.class().http_status(), 403);
         assert_eq!(Reason::DestinationUnknown.class().http_status(), 403);
         assert_eq!(Reason::TokenServiceTimeout.class().http_status(), 503);
+        assert_eq!(Reason::TokenServiceCircuitOpen.class().http_status(), 503);
         assert_eq!(
             Reason::TokenServiceClientRejected.class().grpc_code(),
             tonic::Code::Unavailable

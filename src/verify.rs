@@ -259,6 +259,14 @@ impl RawIssuer {
         let leeway = duration(&self.leeway, "leeway", Duration::from_secs(30));
         let refresh = duration(&self.jwks_refresh, "jwks_refresh", Duration::from_secs(300));
         let min_refetch = duration(&self.jwks_min_refetch, "jwks_min_refetch", Duration::from_secs(10));
+        // Each paces fetches from the issuer: zero would fetch in a loop (refresh) or once per
+        // token with an unknown kid (a flood of them would become one on the issuer).
+        for (value, field) in [(refresh, "jwks_refresh"), (min_refetch, "jwks_min_refetch")] {
+            if value < Duration::from_secs(1) {
+                errors.add(format!("{at}.{field}"), "must be at least 1s");
+                ok = false;
+            }
+        }
         ok.then_some(IssuerConfig {
             issuer: self.issuer,
             jwks_uri,
@@ -637,5 +645,21 @@ fn decode(token: &str, key: &DecodingKey, alg: Algorithm, config: &IssuerConfig)
             }
             _ => Denial::new(Reason::SubjectTokenMalformed, "the subject token cannot be decoded"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn jwks_fetches_are_paced_by_at_least_a_second() {
+        let yaml =
+            "trusted_issuers:\n  - issuer: https://idp.example\n    jwks_refresh: 0s\n    jwks_min_refetch: 500ms\n";
+        let err = Config::from_yaml(yaml).expect_err("unpaced JWKS fetches");
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        for expected in ["trusted_issuers[0].jwks_refresh", "trusted_issuers[0].jwks_min_refetch"] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
     }
 }

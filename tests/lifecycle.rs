@@ -167,7 +167,6 @@ fn check_config_reports_every_error_and_never_a_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_changes_only_what_the_new_config_says() {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let scratch = Scratch::new("reload");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
@@ -183,26 +182,25 @@ async fn reload_under_load_changes_only_what_the_new_config_says() {
     };
     let baton = Baton::start_raw(&scratch, &config(false), "baton=debug,info").await;
     let upstream = Upstream::start().await;
-    let envoy = Arc::new(Envoy::start(&scratch, baton.grpc, upstream.port).await);
+    let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
     let alice = service.mint("alice", "orders.read").await;
 
-    // Steady load on the destination every version of the configuration keeps.
-    let (stop, sent, wrong) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
+    // Steady load on the destination every version of the configuration keeps (`support::load`
+    // judges each answer: a live token for orders on behalf of alice, nothing else).
     let load = {
-        let (stop, sent, wrong, envoy, alice) =
-            (stop.clone(), sent.clone(), wrong.clone(), envoy.clone(), alice.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let reply = send(&envoy, "orders.example", "/", Some(&bearer(&alice))).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-                if reply.status != 200 || reply.body["authorization"].as_str() == Some(&bearer(&alice)) {
-                    wrong.fetch_add(1, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+        let alice: (String, Arc<str>) = ("alice".into(), Arc::from(alice.as_str()));
+        support::load::Load::start(envoy.port, 4, Duration::from_millis(5), "reloads", move |_| {
+            support::load::Job {
+                group: "orders",
+                host: "orders.example".into(),
+                path: "/".into(),
+                token: alice.1.clone(),
+                expect: support::load::Expect::Delegated {
+                    sub: alice.0.clone(),
+                    aud: ORDERS.into(),
+                    issuer: None,
+                    unavailable: &[],
+                },
             }
         })
     };
@@ -251,11 +249,11 @@ async fn reload_under_load_changes_only_what_the_new_config_says() {
     })
     .await;
 
-    stop.store(true, Ordering::Relaxed);
-    load.await.expect("load");
-    let (sent, wrong) = (sent.load(Ordering::Relaxed), wrong.load(Ordering::Relaxed));
-    assert!(sent > 20, "the load ran ({sent} requests)");
-    assert_eq!(wrong, 0, "{wrong} of {sent} requests failed across three reloads");
+    let tallies = load.stop().await;
+    eprintln!("{}", tallies.report("config reloaded three times under load"));
+    let total = tallies.total();
+    assert!(total.sent > 20, "the load ran: {}", total.counts());
+    total.assert_no_wrong("config reloaded under load");
     let log = std::fs::read_to_string(scratch.0.join("baton.log")).expect("log");
     assert!(
         log.contains("configuration not reloaded"),

@@ -53,6 +53,21 @@ pub struct TokenServiceLabels {
     pub token_service: Arc<str>,
 }
 
+/// A token service's circuit breaker, in one of its states.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CircuitStateLabels {
+    pub token_service: Arc<str>,
+    /// `closed`, `open` or `half_open`.
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CircuitTransitionLabels {
+    pub token_service: Arc<str>,
+    /// The state entered: `closed`, `open` or `half_open`.
+    pub to: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// `ok` or `error`.
@@ -106,6 +121,9 @@ pub struct Metrics {
     /// For configuration reloads to count themselves.
     pub config_reloads: Family<OutcomeLabels, Counter>,
     pub audit_dropped: Counter,
+    /// 1 for each token service's current circuit-breaker state, 0 for the others.
+    pub circuit_state: Family<CircuitStateLabels, Gauge>,
+    pub circuit_transitions: Family<CircuitTransitionLabels, Counter>,
 }
 
 /// 10 us to 2.5 s: a cache hit is microseconds, a miss is an exchange.
@@ -136,6 +154,8 @@ impl Metrics {
             jwks_refreshes: Family::default(),
             config_reloads: Family::default(),
             audit_dropped: Counter::default(),
+            circuit_state: Family::default(),
+            circuit_transitions: Family::default(),
         };
         registry.register(
             "checks",
@@ -183,6 +203,16 @@ impl Metrics {
             "audit_dropped",
             "Audit records dropped because the writer could not keep up or failed",
             metrics.audit_dropped.clone(),
+        );
+        registry.register(
+            "circuit_breaker_state",
+            "1 for each token service's current circuit-breaker state (closed, open, half_open), 0 for the others",
+            metrics.circuit_state.clone(),
+        );
+        registry.register(
+            "circuit_breaker_transitions",
+            "Circuit-breaker state changes by token service and the state entered",
+            metrics.circuit_transitions.clone(),
         );
         registry.register(
             "build",

@@ -6,6 +6,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod k8s;
+pub mod load;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -160,6 +161,29 @@ where
     }
 }
 
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A process's resident set (`VmRSS` in /proc/<pid>/status), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// The value of an unlabelled sample in Prometheus text (`name value`).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -189,6 +213,25 @@ pub struct PeerOptions {
     pub env: Vec<(&'static str, String)>,
     /// A PEM CA the harness trusts for a peer serving HTTPS (its own requests: mint, stats, JWKS).
     pub tls_root: Option<String>,
+    /// Listen on this loopback port (e.g. `free_port()`, or a stopped service's, to restart it in
+    /// its place) instead of one the kernel picks.
+    pub port: Option<u16>,
+    /// `baton sts` `signing_key_file` (see `sts_signing_key`): the same key across restarts, or
+    /// shared by two services so each accepts the other's tokens.
+    pub signing_key_file: Option<PathBuf>,
+    /// `baton sts` `issuer` (default `http://<its address>`); needs `port`, as the endpoints are then
+    /// not the issuer's.
+    pub issuer: Option<String>,
+    /// The audiences its client may ask for (default `ORDERS`, `BILLING`).
+    pub audiences: Vec<String>,
+    /// Names its config and log files (default: the peer's name), for several in one scratch dir.
+    pub name: Option<&'static str>,
+}
+
+/// A P-256 PKCS#8 PEM key for `baton sts` (`PeerOptions::signing_key_file`), written to `scratch`.
+pub fn sts_signing_key(scratch: &Scratch, name: &str) -> PathBuf {
+    let key = rcgen::KeyPair::generate().expect("a P-256 key");
+    scratch.write(&format!("{name}-signing-key.pem"), &key.serialize_pem())
 }
 
 pub struct TokenService {
@@ -200,6 +243,7 @@ pub struct TokenService {
     mint_path: &'static str,
     stats_path: &'static str,
     http: reqwest::Client,
+    options: PeerOptions,
 }
 
 impl TokenService {
@@ -208,7 +252,21 @@ impl TokenService {
     }
 
     pub async fn start_with(peer: Peer, scratch: &Scratch, faults: PeerOptions) -> Self {
-        let audiences = [ORDERS, BILLING];
+        let audiences: Vec<&str> = if faults.audiences.is_empty() {
+            vec![ORDERS, BILLING]
+        } else {
+            faults.audiences.iter().map(String::as_str).collect()
+        };
+        let name = faults.name.map_or_else(|| format!("{peer:?}"), str::to_owned);
+        assert!(
+            peer == Peer::BatonSts
+                || (faults.signing_key_file.is_none() && faults.issuer.is_none()),
+            "signing_key_file and issuer are `baton sts` options"
+        );
+        assert!(
+            faults.issuer.is_none() || faults.port.is_some(),
+            "a `baton sts` with its own issuer needs a fixed port"
+        );
         let mut command = match peer {
             Peer::BatonSts => {
                 let secret = scratch.write("sts-client-secret", CLIENT_SECRET);
@@ -218,6 +276,12 @@ impl TokenService {
                     secret.display(),
                     audiences.join(", ")
                 );
+                if let Some(key) = &faults.signing_key_file {
+                    yaml.push_str(&format!("signing_key_file: {}\n", key.display()));
+                }
+                if let Some(issuer) = &faults.issuer {
+                    yaml.push_str(&format!("issuer: {issuer}\n"));
+                }
                 if faults.delay.is_some() || faults.status.is_some() || faults.answer.is_some() {
                     yaml.push_str("faults:\n");
                     if let Some(a) = faults.answer {
@@ -230,13 +294,13 @@ impl TokenService {
                         yaml.push_str(&format!("  status: {s}\n"));
                     }
                 }
-                let config = scratch.write("sts.yaml", &yaml);
+                let config = scratch.write(&format!("{name}.yaml"), &yaml);
                 let mut c = Command::new(baton_bin());
                 c.arg("sts")
                     .arg("--config")
                     .arg(config)
                     .arg("--listen")
-                    .arg("127.0.0.1:0");
+                    .arg(format!("127.0.0.1:{}", faults.port.unwrap_or(0)));
                 c
             }
             Peer::OidcProvider => {
@@ -261,7 +325,7 @@ impl TokenService {
             }
         };
         command
-            .env("PORT", "0")
+            .env("PORT", faults.port.unwrap_or(0).to_string())
             .env("CLIENT_ID", CLIENT_ID)
             .env("CLIENT_SECRET", CLIENT_SECRET)
             .env("AUDIENCES", audiences.join(","))
@@ -270,7 +334,7 @@ impl TokenService {
             .envs(faults.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(scratch.log(&format!("{peer:?}.log")))
+            .stderr(scratch.log(&format!("{name}.log")))
             .kill_on_drop(true);
         let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {peer:?}: {e}"));
         let stdout = child.stdout.take().expect("stdout");
@@ -302,16 +366,54 @@ impl TokenService {
                 .expect("http client"),
             None => http(),
         };
+        // With an issuer of its own, the endpoints it announces are the issuer's, not its own.
+        let (token_endpoint, jwks_uri) = match (&faults.issuer, faults.port) {
+            (Some(_), Some(port)) => (
+                format!("http://127.0.0.1:{port}/token"),
+                format!("http://127.0.0.1:{port}/jwks"),
+            ),
+            _ => (field("token_endpoint"), field("jwks_uri")),
+        };
         Self {
             peer,
             issuer: field("issuer"),
-            token_endpoint: field("token_endpoint"),
-            jwks_uri: field("jwks_uri"),
+            token_endpoint,
+            jwks_uri,
             child,
             mint_path,
             stats_path,
             http,
+            options: faults,
         }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        url::Url::parse(&self.token_endpoint)
+            .ok()
+            .and_then(|u| u.port())
+            .expect("the token endpoint's port")
+    }
+
+    /// Kill this `baton sts` and start it again on the same port with the same signing key (so
+    /// tokens it minted stay valid), with `options` (its own, with the port fixed, if `None`).
+    pub async fn restart(self, scratch: &Scratch, options: Option<PeerOptions>) -> Self {
+        assert_eq!(self.peer, Peer::BatonSts, "only `baton sts` restarts on its port");
+        let mut options = options.unwrap_or_else(|| self.options.clone());
+        options.port = Some(self.port());
+        if options.signing_key_file.is_none() {
+            options.signing_key_file.clone_from(&self.options.signing_key_file);
+        }
+        assert!(
+            options.signing_key_file.is_some(),
+            "start it with PeerOptions::signing_key_file to restart it with the same key"
+        );
+        if options.name.is_none() {
+            options.name = self.options.name;
+        }
+        let peer = self.peer;
+        self.stop().await;
+        Self::start_with(peer, scratch, options).await
     }
 
     fn base(&self) -> String {
@@ -715,6 +817,11 @@ impl Envoy {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Kill it (SIGKILL) and wait until it is gone, so its port is free again.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// The access log's JSON lines so far.
     pub fn access_log(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.access_log)
@@ -1048,11 +1155,22 @@ pub mod leaks {
     }
 
     /// Panic, naming the output and the secret's fingerprint, if any registered secret appears.
+    /// One pass over each output, looking up every `MIN_LEN`-byte window among the secrets' first
+    /// `MIN_LEN` bytes: a search per secret would take seconds once a load test has registered
+    /// thousands of them.
     pub fn assert_none(outputs: &[(String, String)]) {
         let secrets = registered();
+        let mut by_prefix: std::collections::HashMap<&[u8], Vec<&str>> = std::collections::HashMap::new();
+        for secret in &secrets {
+            by_prefix.entry(&secret.as_bytes()[..MIN_LEN]).or_default().push(secret);
+        }
         for (name, text) in outputs {
-            for secret in &secrets {
-                if text.contains(secret.as_str()) {
+            let bytes = text.as_bytes();
+            for (at, window) in bytes.windows(MIN_LEN).enumerate() {
+                let Some(candidates) = by_prefix.get(window) else {
+                    continue;
+                };
+                if let Some(secret) = candidates.iter().find(|s| bytes[at..].starts_with(s.as_bytes())) {
                     panic!(
                         "LEAK: {name} contains a token or secret the tests handled ({} bytes, starting {:?})",
                         secret.len(),
