@@ -179,17 +179,6 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// The resident set size of process `pid`, from /proc.
-pub fn rss_of(pid: u32) -> u64 {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
 /// The 1-minute load average.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -414,10 +403,10 @@ destinations:
         tokio::spawn(async move {
             tokio::time::sleep(warmup).await;
             while Instant::now() < end {
-                rss.lock().unwrap_or_else(|e| e.into_inner()).push(rss_of(pid));
+                rss.lock().unwrap_or_else(|e| e.into_inner()).push(rss_kib(pid) * 1024);
                 tokio::time::sleep(every).await;
             }
-            rss.lock().unwrap_or_else(|e| e.into_inner()).push(rss_of(pid));
+            rss.lock().unwrap_or_else(|e| e.into_inner()).push(rss_kib(pid) * 1024);
         })
     };
     let at_warmup = {
@@ -568,7 +557,7 @@ async fn one_soak_request(
         return Verdict::Wrong;
     }
     // Never served past its life.
-    if claims["exp"].as_u64().is_none_or(|exp| exp <= baton::cache::unix_now()) {
+    if claims["exp"].as_u64().is_none_or(|exp| exp <= unix_now()) {
         return Verdict::Wrong;
     }
     let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
