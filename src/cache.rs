@@ -613,6 +613,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_replaced_token_stays_for_its_own_lifetime() {
+        let cache = TokenCache::new(100, Duration::ZERO);
+        // Each kept 3 s, by whole seconds of the wall clock: the first is gone within (2 s, 3 s], the
+        // one that replaces it 1 s later stays until past 3 s from the start.
+        cache
+            .get_or_exchange([3; 32], async { Ok(kept_for(3)) })
+            .await
+            .expect("exchange");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        cache.replace([3; 32], kept_for(3)).await;
+        tokio::time::sleep(Duration::from_millis(2050)).await;
+        let (_, status) = cache
+            .get_or_exchange([3; 32], async { Err(down("must not exchange")) })
+            .await
+            .expect("the refreshed token is served");
+        assert_eq!(status, CacheStatus::Hit);
+    }
+
+    #[tokio::test]
     async fn errors_are_not_cached_and_expired_entries_are_not_served() {
         let cache = TokenCache::new(100, Duration::ZERO);
         let err = cache.get_or_exchange([1; 32], async { Err(down("down")) }).await;

@@ -259,8 +259,7 @@ impl TokenService {
         };
         let name = faults.name.map_or_else(|| format!("{peer:?}"), str::to_owned);
         assert!(
-            peer == Peer::BatonSts
-                || (faults.signing_key_file.is_none() && faults.issuer.is_none()),
+            peer == Peer::BatonSts || (faults.signing_key_file.is_none() && faults.issuer.is_none()),
             "signing_key_file and issuer are `baton sts` options"
         );
         assert!(

@@ -1,0 +1,170 @@
+//! What the benchmarks share: the allow-all ext_authz server (the floor of the gRPC hop), the Envoy
+//! bootstrap every setup answers from, and an in-process `Authz` with its CheckRequest.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+
+use baton::authz::Authz;
+use baton::config::Config;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+
+use crate::support::*;
+
+/// The flag that makes a benchmark binary serve the allow-all floor instead of measuring.
+pub const ALLOW_ALL_FLAG: &str = "--serve-allow-all";
+
+/// Serve the floor and never return, when this process was started as the floor.
+pub fn serve_allow_all_if_asked(runtime: &tokio::runtime::Runtime) -> bool {
+    if std::env::args().any(|a| a == ALLOW_ALL_FLAG) {
+        // The floor runs as a process of its own, like Baton, so both pay the same scheduling.
+        runtime.block_on(serve_allow_all());
+        return true;
+    }
+    false
+}
+
+/// The floor: an ext_authz server that allows everything and does nothing else.
+struct AllowAll;
+
+#[tonic::async_trait]
+impl Authorization for AllowAll {
+    async fn check(&self, _: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        use envoy_types::ext_authz::v3::CheckResponseExt as _;
+        Ok(tonic::Response::new(CheckResponse::with_status(tonic::Status::ok(
+            "allowed",
+        ))))
+    }
+}
+
+async fn serve_allow_all() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    #[allow(clippy::print_stdout, reason = "the port goes to the parent process")]
+    {
+        println!("{}", listener.local_addr().expect("addr").port());
+    }
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let _ = tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(AllowAll))
+        .serve_with_incoming(incoming)
+        .await;
+}
+
+/// This benchmark binary, re-run as the allow-all server.
+pub struct AllowAllProcess {
+    pub port: u16,
+    _child: tokio::process::Child,
+}
+
+impl AllowAllProcess {
+    pub async fn start() -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
+            .arg(ALLOW_ALL_FLAG)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start allow-all");
+        let stdout = child.stdout.take().expect("stdout");
+        let line = tokio::io::BufReader::new(stdout)
+            .lines()
+            .next_line()
+            .await
+            .expect("read")
+            .expect("port line");
+        Self {
+            port: line.trim().parse().expect("port"),
+            _child: child,
+        }
+    }
+}
+
+/// Envoy answering with a `direct_response`, with or without the filter of `api` pointed at
+/// `authz_port`, and no access log: every setup differs only by the ext_authz (or ext_proc) hop.
+pub async fn bench_envoy(scratch: &Scratch, api: Api, authz_port: Option<u16>) -> Envoy {
+    let port = free_port();
+    let mut bootstrap = envoy_bootstrap_for(api, port, authz_port.unwrap_or(1), 1);
+    bootstrap = bootstrap.replace("route: { cluster: upstream }", "direct_response: { status: 200 }");
+    let (start, end) = (
+        bootstrap.find("          access_log:").expect("access log"),
+        bootstrap.find("          route_config:").expect("route config"),
+    );
+    bootstrap.replace_range(start..end, "");
+    if authz_port.is_none() {
+        let start = bootstrap
+            .find("          - name: envoy.filters.http.ext_authz")
+            .expect("filter");
+        let end = bootstrap
+            .find("          - name: envoy.filters.http.router")
+            .expect("router");
+        bootstrap.replace_range(start..end, "");
+    }
+    Envoy::start_with_bootstrap(scratch, &bootstrap).await
+}
+
+/// Baton's decision in this process, against `token_endpoint`, with one destination (`orders`).
+pub fn in_process_authz(scratch: &Scratch, token_endpoint: &str, extra: &str) -> Arc<Authz> {
+    let token_service = basic_auth_to(scratch, &format!("token_endpoint: {token_endpoint}"));
+    let yaml = format!(
+        "token_service:\n{token_service}\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n    scopes: [orders.read]\n{extra}"
+    );
+    let config = Config::from_yaml(&yaml).expect("config");
+    baton::app::build(config).expect("build")
+}
+
+/// A CheckRequest as Envoy sends it: six headers, the user's token among them.
+pub fn check_request(host: &str, token: &str) -> CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    let headers = [
+        (":authority", host),
+        ("authorization", &bearer(token)),
+        (":method", "GET"),
+        (":path", "/orders/1"),
+        ("user-agent", "bench"),
+        ("x-request-id", "3f1c9a5e-8d2b-4c7e-a1f0-6b9d2e4c8a71"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let http = HttpRequest {
+        host: host.into(),
+        method: "GET".into(),
+        path: "/orders/1".into(),
+        headers,
+        ..Default::default()
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(http),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// One token exchange straight to the token service at `token_endpoint`, with the form Baton sends
+/// for the `orders` destination, on the caller's client. True if it was answered 200.
+pub async fn raw_exchange(client: &reqwest::Client, token_endpoint: &str, subject: &str) -> bool {
+    let form = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        ("subject_token", subject),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+        ("audience", ORDERS),
+        ("scope", "orders.read"),
+    ];
+    let Ok(r) = client
+        .post(token_endpoint)
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&form)
+        .send()
+        .await
+    else {
+        return false;
+    };
+    let ok = r.status().is_success();
+    ok && r.bytes().await.is_ok()
+}

@@ -1,0 +1,580 @@
+//! Load at a fixed rate, and the soak built on it: shared by `tests/soak.rs` and the benchmarks
+//! (`benches/load.rs`, `benches/soak.rs`), which include this file with `#[path]`.
+//!
+//! The load is an open loop: request `i` is due at `start + i / rate`, whatever happened to the ones
+//! before it, and its latency is counted from that due time. A closed loop (each worker waits for its
+//! answer before sending again) sends less when the server stalls and so hides the stall
+//! (coordinated omission); an open loop does not. Every run is bounded by its request count and a
+//! per-request timeout.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// One request's latency from its due time, and whether it went as it should.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// Due time, from the start of the run.
+    pub due: Duration,
+    /// From the due time to the answer.
+    pub latency: Duration,
+    /// How late the request left (the generator's own lag, included in `latency`).
+    pub lag: Duration,
+    pub ok: bool,
+}
+
+/// Send `count` requests at `rate` per second, each made by `request(i)` (true: answered as it
+/// should), and return every sample in due order. The schedule runs on a thread of its own, which
+/// sleeps to each due time (so the runtime's millisecond timer does not bunch requests) and spawns
+/// the request on `runtime`.
+pub async fn open_loop<F, Fut>(rate: f64, count: u64, request: F) -> Vec<Sample>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    assert!(rate > 0.0 && count > 0);
+    let runtime = tokio::runtime::Handle::current();
+    let request = Arc::new(request);
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let schedule = std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut tasks = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let due = start + period.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let request = request.clone();
+            tasks.push(runtime.spawn(async move {
+                let lag = Instant::now().saturating_duration_since(due);
+                let ok = request(i).await;
+                Sample {
+                    due: due - start,
+                    latency: due.elapsed(),
+                    lag,
+                    ok,
+                }
+            }));
+        }
+        tasks
+    });
+    let tasks = tokio::task::spawn_blocking(move || schedule.join().expect("schedule thread"))
+        .await
+        .expect("join schedule");
+    let mut samples = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        samples.push(t.await.expect("request task"));
+    }
+    samples
+}
+
+/// Like `open_loop`, on `workers` fixed workers (each with its own connection, say) that take the
+/// due requests in order, as wrk2 does: when every worker is busy a due request waits for one, and
+/// the wait counts in its latency. `request(worker, i)`. Samples come back in due order.
+pub async fn open_loop_on<F, Fut>(rate: f64, count: u64, workers: usize, request: F) -> Vec<Sample>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    assert!(rate > 0.0 && count > 0 && workers > 0);
+    let (due_tx, due_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let due_rx = Arc::new(tokio::sync::Mutex::new(due_rx));
+    let request = Arc::new(request);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let (due_rx, request) = (due_rx.clone(), request.clone());
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                loop {
+                    let next = due_rx.lock().await.recv().await;
+                    let Some((i, due)) = next else { break samples };
+                    let lag = Instant::now().saturating_duration_since(due);
+                    let ok = request(w, i).await;
+                    samples.push((
+                        i,
+                        Sample {
+                            due: due - start,
+                            latency: due.elapsed(),
+                            lag,
+                            ok,
+                        },
+                    ));
+                }
+            })
+        })
+        .collect();
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let schedule = std::thread::spawn(move || {
+        for i in 0..count {
+            let due = start + period.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if due_tx.send((i, due)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut all = Vec::with_capacity(count as usize);
+    for t in tasks {
+        all.extend(t.await.expect("worker"));
+    }
+    tokio::task::spawn_blocking(move || schedule.join().expect("schedule thread"))
+        .await
+        .expect("join schedule");
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, s)| s).collect()
+}
+
+/// Latency percentiles of the samples due at or after `from`.
+#[derive(Clone, Copy, Debug)]
+pub struct Summary {
+    pub sent: usize,
+    pub failed: usize,
+    /// Answers per second over the measured window.
+    pub rate: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    /// The generator's own p99 lag in sending (part of every latency).
+    pub lag_p99: Duration,
+}
+
+pub fn summarize(samples: &[Sample], from: Duration) -> Summary {
+    let measured: Vec<&Sample> = samples.iter().filter(|s| s.due >= from).collect();
+    assert!(!measured.is_empty(), "no sample in the measured window");
+    let mut latencies: Vec<Duration> = measured.iter().map(|s| s.latency).collect();
+    let mut lags: Vec<Duration> = measured.iter().map(|s| s.lag).collect();
+    latencies.sort();
+    lags.sort();
+    let first = measured.first().map_or(Duration::ZERO, |s| s.due);
+    let last_done = measured.iter().map(|s| s.due + s.latency).max().unwrap_or_default();
+    let span = last_done.saturating_sub(first).as_secs_f64().max(1e-9);
+    Summary {
+        sent: measured.len(),
+        failed: measured.iter().filter(|s| !s.ok).count(),
+        rate: measured.len() as f64 / span,
+        p50: percentile(&latencies, 50.0),
+        p99: percentile(&latencies, 99.0),
+        max: latencies.last().copied().unwrap_or_default(),
+        lag_p99: percentile(&lags, 99.0),
+    }
+}
+
+/// The `p`th percentile of sorted values (nearest rank).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The sum of every sample of `name` in a Prometheus/OpenMetrics text whose labels contain all of
+/// `labels` (e.g. `result="miss"`).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.iter().all(|want| rest.contains(want))).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// The claims of a JWT, unverified (the soak verifies each distinct token's signature once, apart).
+pub fn jwt_claims(token: &str) -> Option<Value> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+pub fn us(d: Duration) -> String {
+    if d >= Duration::from_millis(10) {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.0} us", d.as_secs_f64() * 1e6)
+    }
+}
+
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+// === Soak ===
+
+/// How a soak runs.
+#[derive(Clone, Debug)]
+pub struct SoakPlan {
+    pub duration: Duration,
+    /// Requests per second through Envoy.
+    pub rate: f64,
+    pub users: usize,
+    /// `baton sts` `token_lifetime` (what it answers in `expires_in`).
+    pub token_lifetime: &'static str,
+    /// Baton's `cache.expiry_margin`.
+    pub expiry_margin: &'static str,
+    /// From the start: requests due before this are warm-up (each key's first exchange).
+    pub warmup: Duration,
+    /// How often Baton's RSS is read.
+    pub rss_every: Duration,
+}
+
+/// What a soak saw.
+#[derive(Debug)]
+pub struct SoakReport {
+    pub plan: SoakPlan,
+    pub keys: usize,
+    pub sent: usize,
+    /// Answered 200 with an upstream token for the right audience and user.
+    pub right: usize,
+    /// Answered 200 with a token for another audience or user, or one that does not verify.
+    pub wrong: usize,
+    /// Not answered 200 (a denial, an error, a timeout).
+    pub failed: usize,
+    /// Distinct upstream tokens seen (each verified against the token service's JWKS).
+    pub distinct_tokens: usize,
+    /// Check requests that waited on an exchange (cache `miss` + `coalesced`), in warm-up and after.
+    pub waited_in_warmup: u64,
+    pub waited_after_warmup: u64,
+    /// Exchanges Baton made (its `baton_exchanges_total`), and the token service counted, after warm-up.
+    pub exchanges_after_warmup: u64,
+    pub sts_exchanges_total: u64,
+    /// Baton's RSS, sampled every `rss_every` from the end of warm-up on.
+    pub rss: Vec<u64>,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    pub load_before: String,
+    pub load_after: String,
+}
+
+impl SoakReport {
+    /// Exchanges per key the cache needs at least (one per token stay) and at most (one per half
+    /// stay, when refresh ahead starts at half), over the measured time.
+    pub fn expected_exchanges(&self) -> (u64, u64) {
+        let lifetime = humantime::parse_duration(self.plan.token_lifetime).expect("lifetime");
+        let margin = humantime::parse_duration(self.plan.expiry_margin).expect("margin");
+        let stay = lifetime.saturating_sub(margin).as_secs_f64();
+        let measured = self.plan.duration.saturating_sub(self.plan.warmup).as_secs_f64();
+        let keys = self.keys as f64;
+        // Refresh ahead starts within a second of half the stay (whole seconds), so a key refreshes
+        // every (stay / 2 .. stay / 2 + 1) s, never less often than once per stay.
+        let low = (keys * measured / (stay / 2.0 + 1.0)).floor() as u64;
+        let high = (keys * measured / (stay / 2.0 - 1.0).max(1.0)).ceil() as u64;
+        (low, high)
+    }
+
+    pub fn rss_first_last_max(&self) -> (u64, u64, u64) {
+        let first = self.rss.first().copied().unwrap_or(0);
+        let last = self.rss.last().copied().unwrap_or(0);
+        let max = self.rss.iter().copied().max().unwrap_or(0);
+        (first, last, max)
+    }
+
+    pub fn print(&self) {
+        let (first, last, max) = self.rss_first_last_max();
+        let (low, high) = self.expected_exchanges();
+        println!(
+            "soak: {:?} at {:.0} req/s through Envoy, {} users x 2 destinations = {} keys, token lifetime {} (expiry margin {}), warm-up {:?}; load average before {} / after {}",
+            self.plan.duration,
+            self.plan.rate,
+            self.plan.users,
+            self.keys,
+            self.plan.token_lifetime,
+            self.plan.expiry_margin,
+            self.plan.warmup,
+            self.load_before,
+            self.load_after
+        );
+        println!(
+            "requests: {} sent, {} right, {} wrong, {} failed; {} distinct upstream tokens, each verified",
+            self.sent, self.right, self.wrong, self.failed, self.distinct_tokens
+        );
+        println!(
+            "waited on an exchange (cache miss + coalesced): {} in warm-up, {} after",
+            self.waited_in_warmup, self.waited_after_warmup
+        );
+        println!(
+            "exchanges after warm-up: {} (expected {low}..{high} from refresh ahead); the token service counted {} in all",
+            self.exchanges_after_warmup, self.sts_exchanges_total
+        );
+        println!(
+            "latency from due time: p50 {} p99 {} max {}",
+            us(self.p50),
+            us(self.p99),
+            us(self.max)
+        );
+        println!(
+            "Baton RSS ({} samples every {:?}): first {} last {} max {}",
+            self.rss.len(),
+            self.plan.rss_every,
+            mib(first),
+            mib(last),
+            mib(max)
+        );
+    }
+}
+
+const DESTINATIONS: [(&str, &str); 2] = [("orders.example", ORDERS), ("api.billing.example", BILLING)];
+
+/// The real Envoy, Baton (as shipped: warnings only, metrics on) and `baton sts` issuing tokens of
+/// `plan.token_lifetime`; `plan.users` users x 2 destinations, requested round robin at `plan.rate`.
+/// Every upstream token is checked for its audience and user, and each distinct one verified.
+pub async fn soak(plan: SoakPlan) -> SoakReport {
+    let scratch = Scratch::new("soak");
+    let service = TokenService::start_with(
+        Peer::BatonSts,
+        &scratch,
+        PeerOptions {
+            lifetime: Some(plan.token_lifetime),
+            ..Default::default()
+        },
+    )
+    .await;
+    let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
+    let body = format!(
+        r#"token_service:
+{token_service}
+cache:
+  max_entries: 10000
+  expiry_margin: {}
+destinations:
+  - name: orders
+    hosts: ["orders.example"]
+    audience: {ORDERS}
+    scopes: [orders.read]
+  - name: billing
+    hosts: ["*.billing.example"]
+    audience: {BILLING}
+"#,
+        plan.expiry_margin
+    );
+    let baton = Baton::start_raw(&scratch, &body, "warn").await;
+    let upstream = Upstream::start().await;
+    let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
+
+    let mut users = Vec::with_capacity(plan.users);
+    for u in 0..plan.users {
+        let sub = format!("soak-user-{u}");
+        let token = service.mint(&sub, "orders.read").await;
+        users.push((sub, bearer(&token)));
+    }
+    let users = Arc::new(users);
+    let keys = users.len() * DESTINATIONS.len();
+    let count = (plan.rate * plan.duration.as_secs_f64()) as u64;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client");
+    let url = envoy.url("/soak");
+    // Each answer's verdict, and the distinct upstream tokens (verified after the run).
+    let seen: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, String)>>> = Arc::default();
+    let verdicts: Arc<std::sync::Mutex<Vec<Verdict>>> = Arc::default();
+
+    let load_before = load_average();
+    let rss = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let sampler = {
+        let (rss, pid, every, warmup) = (rss.clone(), baton.pid(), plan.rss_every, plan.warmup);
+        let end = started + plan.duration;
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            while Instant::now() < end {
+                rss.lock().unwrap_or_else(|e| e.into_inner()).push(rss_kib(pid) * 1024);
+                tokio::time::sleep(every).await;
+            }
+            rss.lock().unwrap_or_else(|e| e.into_inner()).push(rss_kib(pid) * 1024);
+        })
+    };
+    let at_warmup = {
+        let (admin, warmup) = (baton.admin, plan.warmup);
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            scrape(admin).await
+        })
+    };
+    let samples = {
+        let (users, seen, verdicts) = (users.clone(), seen.clone(), verdicts.clone());
+        open_loop(plan.rate, count, move |i| {
+            let (client, url, users, seen, verdicts) = (
+                client.clone(),
+                url.clone(),
+                users.clone(),
+                seen.clone(),
+                verdicts.clone(),
+            );
+            async move {
+                let i = i as usize;
+                let (sub, authorization) = &users[(i / DESTINATIONS.len()) % users.len()];
+                let (host, audience) = DESTINATIONS[i % DESTINATIONS.len()];
+                let verdict = one_soak_request(&client, &url, host, authorization, sub, audience, &seen).await;
+                verdicts.lock().unwrap_or_else(|e| e.into_inner()).push(verdict);
+                verdict == Verdict::Right
+            }
+        })
+        .await
+    };
+    let _ = sampler.await;
+    let warm = at_warmup.await.expect("warm-up scrape");
+    let end = scrape(baton.admin).await;
+    let load_after = load_average();
+
+    let waited = |m: &str| {
+        (metric_sum(m, "baton_cache_requests_total", &["result=\"miss\""])
+            + metric_sum(m, "baton_cache_requests_total", &["result=\"coalesced\""])) as u64
+    };
+    let exchanges = |m: &str| metric_sum(m, "baton_exchanges_total", &[]) as u64;
+
+    // Verify every distinct upstream token once against the token service's keys: signature and
+    // issuer (most have expired by now, so not their expiry: each was checked for it when served).
+    let distinct: Vec<(String, (String, String))> = seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(t, v)| (t.clone(), v.clone()))
+        .collect();
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(
+        &http()
+            .get(&service.jwks_uri)
+            .send()
+            .await
+            .expect("jwks")
+            .bytes()
+            .await
+            .expect("jwks body"),
+    )
+    .expect("jwks json");
+    let mut unverified = 0;
+    for (token, (sub, audience)) in &distinct {
+        let verified = jsonwebtoken::decode_header(token).ok().and_then(|header| {
+            let jwk = match &header.kid {
+                Some(kid) => jwks.find(kid)?,
+                None => jwks.keys.first()?,
+            };
+            let key = jsonwebtoken::DecodingKey::from_jwk(jwk).ok()?;
+            let mut validation = jsonwebtoken::Validation::new(header.alg);
+            validation.validate_aud = false;
+            validation.validate_exp = false;
+            validation.required_spec_claims.clear();
+            validation.set_issuer(&[&service.issuer]);
+            jsonwebtoken::decode::<Value>(token, &key, &validation).ok()
+        });
+        match verified {
+            Some(t) if t.claims["sub"] == sub.as_str() && audiences(&t.claims).iter().any(|a| a == audience) => {}
+            _ => unverified += 1,
+        }
+    }
+    let verdicts = verdicts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let summary = summarize(&samples, plan.warmup);
+    let report = SoakReport {
+        keys,
+        sent: verdicts.len(),
+        right: verdicts.iter().filter(|v| **v == Verdict::Right).count(),
+        wrong: verdicts.iter().filter(|v| **v == Verdict::Wrong).count() + unverified,
+        failed: verdicts.iter().filter(|v| **v == Verdict::Failed).count(),
+        distinct_tokens: distinct.len(),
+        waited_in_warmup: waited(&warm),
+        waited_after_warmup: waited(&end) - waited(&warm),
+        exchanges_after_warmup: exchanges(&end) - exchanges(&warm),
+        sts_exchanges_total: service.exchanges().await,
+        rss: rss.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        p50: summary.p50,
+        p99: summary.p99,
+        max: summary.max,
+        load_before,
+        load_after,
+        plan,
+    };
+    drop(envoy);
+    drop(baton);
+    report
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Right,
+    Wrong,
+    Failed,
+}
+
+async fn one_soak_request(
+    client: &reqwest::Client,
+    url: &str,
+    host: &str,
+    authorization: &str,
+    sub: &str,
+    audience: &str,
+    seen: &std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+) -> Verdict {
+    let Ok(response) = client
+        .get(url)
+        .header("host", host)
+        .header("authorization", authorization)
+        .send()
+        .await
+    else {
+        return Verdict::Failed;
+    };
+    if response.status() != 200 {
+        return Verdict::Failed;
+    }
+    let Ok(bytes) = response.bytes().await else {
+        return Verdict::Failed;
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&bytes) else {
+        return Verdict::Failed;
+    };
+    let Some(token) = body["authorization"].as_str().and_then(|a| a.strip_prefix("Bearer ")) else {
+        return Verdict::Wrong;
+    };
+    let Some(claims) = jwt_claims(token) else {
+        return Verdict::Wrong;
+    };
+    if claims["sub"] != sub || !audiences(&claims).iter().any(|a| a == audience) {
+        return Verdict::Wrong;
+    }
+    // Never served past its life.
+    if claims["exp"].as_u64().is_none_or(|exp| exp <= unix_now()) {
+        return Verdict::Wrong;
+    }
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.contains_key(token) {
+        leaks::secret(token);
+        seen.insert(token.to_owned(), (sub.to_owned(), audience.to_owned()));
+    }
+    Verdict::Right
+}
+
+async fn scrape(admin: u16) -> String {
+    http()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .expect("scrape /metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
