@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(!value.is_empty() && value.len() <= MAX_CLAIM_LEN, "{name} unbounded");
             let claimed = claim(from, name);
             assert_eq!(
-                Some(value.as_str()),
+                Some(&**value),
                 claimed.as_ref().and_then(Value::as_str),
                 "{name} read from nowhere"
             );
