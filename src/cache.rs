@@ -271,9 +271,33 @@ impl std::fmt::Debug for TokenCache {
     }
 }
 
+/// A cache that never holds more than `max` entries. quick_cache splits its capacity evenly over
+/// shards and rounds each share up (500 over 8 shards held 504); here each share is rounded down,
+/// with shards of at least 32 entries as quick_cache itself prefers.
+fn bounded(max: usize) -> quick_cache::sync::Cache<Key, Slot> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut shards = cores.saturating_mul(4).next_power_of_two();
+    while shards > 1 && max / shards < 32 {
+        shards /= 2;
+    }
+    let capacity = (max / shards).max(1) * shards;
+    let options = quick_cache::OptionsBuilder::new()
+        .shards(shards)
+        .estimated_items_capacity(capacity)
+        .weight_capacity(u64::try_from(capacity).unwrap_or(u64::MAX))
+        .build()
+        .expect("both capacities are set");
+    quick_cache::sync::Cache::with_options(
+        options,
+        quick_cache::UnitWeighter,
+        quick_cache::DefaultHashBuilder::default(),
+        quick_cache::sync::DefaultLifecycle::default(),
+    )
+}
+
 impl TokenCache {
     pub fn new(max_entries: u64, negative_ttl: Duration) -> Self {
-        let inner = quick_cache::sync::Cache::new(usize::try_from(max_entries).unwrap_or(usize::MAX).max(1));
+        let inner = bounded(usize::try_from(max_entries).unwrap_or(usize::MAX));
         let refusals = (!negative_ttl.is_zero()).then(|| {
             moka::future::Cache::builder()
                 .max_capacity(max_entries)
@@ -528,6 +552,30 @@ mod tests {
             "a narrowed scope is another token"
         );
         assert_eq!(key(&a, "", &alice), key(&a, "", &alice));
+    }
+
+    #[tokio::test]
+    async fn never_holds_more_than_max_entries() {
+        for max in [1, 31, 500, 1000] {
+            let cache = TokenCache::new(max, Duration::ZERO);
+            for i in 0..3 * max {
+                let key = digest(&format!("user {i}"));
+                cache
+                    .get_or_exchange(key, async { Ok(kept_for(60)) })
+                    .await
+                    .expect("exchange");
+                assert!(
+                    cache.entry_count() <= max,
+                    "{} held by a cache of {max}",
+                    cache.entry_count()
+                );
+            }
+            assert!(
+                cache.entry_count() >= max * 9 / 10,
+                "{} held by a cache of {max}",
+                cache.entry_count()
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
