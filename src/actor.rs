@@ -12,6 +12,7 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::io::AsyncReadExt as _;
 
 use crate::cache::unix_now;
 use crate::config::{Errors, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
@@ -153,11 +154,18 @@ async fn from_file(path: &Path, current: &FileState) -> Result<Arc<Secret>, Deni
     {
         return Ok(token.clone());
     }
-    let text = tokio::fs::read_to_string(path)
+    const MAX_BYTES: u64 = 64 * 1024;
+    let mut bytes = Vec::new();
+    let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| unavailable(e.to_string()))?;
+    file.take(MAX_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| unavailable("not UTF-8 text".into()))?;
     let text = text.trim();
-    if text.is_empty() || text.len() > 64 * 1024 {
+    if text.is_empty() || bytes.len() as u64 > MAX_BYTES {
         return Err(unavailable("empty or larger than 64 KiB".into()));
     }
     let token = Arc::new(Secret::new(text));

@@ -381,12 +381,23 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Confi
 
 /// A configuration file's text; an unreadable file is one error naming it.
 pub fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| {
+    read_text(path, MAX_CONFIG_BYTES).map_err(|message| {
         ConfigError(vec![FieldError {
             path: path.display().to_string(),
-            message: format!("cannot read: {e}"),
+            message,
         }])
     })
+}
+
+/// The largest configuration file read.
+const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+/// The largest secret file (client secret, key, header value) read.
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// A UTF-8 file of at most `max` bytes.
+fn read_text(path: &std::path::Path, max: u64) -> Result<String, String> {
+    let bytes = crate::credentials::read_bounded(path, max)?;
+    String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))
 }
 
 impl Config {
@@ -864,14 +875,14 @@ pub fn is_scope_token(scope: &str) -> bool {
 }
 
 fn read_secret_file(path: &std::path::Path, field: &str, errors: &mut Errors) -> Option<Secret> {
-    match std::fs::read_to_string(path) {
+    match read_text(path, MAX_SECRET_FILE_BYTES) {
         Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
         Ok(_) => {
             errors.add(field, format!("{} is empty", path.display()));
             None
         }
         Err(e) => {
-            errors.add(field, format!("cannot read {}: {e}", path.display()));
+            errors.add(field, e);
             None
         }
     }
@@ -1265,6 +1276,25 @@ destinations:
         );
         let err = Config::from_yaml(&yaml).expect_err("invalid").to_string();
         assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn secret_files_are_read_within_a_bound() {
+        let big = tempfile_path::TempPath::new("big-secret", &"s".repeat(64 * 1024 + 1));
+        for (path, why) in [
+            (big.0.display().to_string(), "larger than 65536 bytes"),
+            ("/dev/zero".to_owned(), "larger than 65536 bytes"),
+        ] {
+            let yaml = format!(
+                "token_service:\n  token_endpoint: http://x/token\n  client_id: c\n  auth:\n    method: client_secret_basic\n    secret_file: {path}\n"
+            );
+            let err = Config::from_yaml(&yaml).expect_err("too large").to_string();
+            assert!(
+                err.contains("token_service.auth.secret_file") && err.contains(why),
+                "{err}"
+            );
+            assert!(!err.contains("sss"), "{err}");
+        }
     }
 
     #[test]

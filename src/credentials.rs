@@ -204,7 +204,9 @@ pub fn tls_client(
         .map_err(|e| format!("cannot build the TLS client: {}", crate::exchange::error_chain(&e)))
 }
 
-fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+/// A file's bytes, refused when larger than `max` (never read past it: `/dev/zero` is an error, not
+/// an endless read). The error names the file, never its content.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     use std::io::Read as _;
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut bytes = Vec::new();
