@@ -42,6 +42,10 @@ fn main() {
         profile::hits(&runtime, n);
         return;
     }
+    if let Some(n) = flag_value(PROFILE_MISSES_FLAG) {
+        profile::misses(n);
+        return;
+    }
     runtime.block_on(run());
 }
 
@@ -49,6 +53,8 @@ fn main() {
 const MEMORY_FLAG: &str = "--memory";
 /// `--profile-hits N`: N cache hits in process and nothing else, for callgrind (see `profile`).
 const PROFILE_FLAG: &str = "--profile-hits";
+/// `--profile-misses N`: N raw exchange calls, then N misses (one exchange each), for callgrind.
+const PROFILE_MISSES_FLAG: &str = "--profile-misses";
 
 fn flag_value(flag: &str) -> Option<usize> {
     let args: Vec<String> = std::env::args().collect();
@@ -340,6 +346,58 @@ mod profile {
         served(&rt, &authz, &request, n);
         assert_eq!(rt.block_on(service.exchanges()), before, "hits only");
         println!("{n} hits of each path");
+    }
+
+    /// Everything on one current-thread runtime, so the HTTP client's connection tasks run inside
+    /// the measured functions; the token service is another process, not measured.
+    pub(super) fn misses(n: usize) {
+        let scratch = Scratch::new("profile-misses");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (service, authz, client, requests, subjects) = rt.block_on(async {
+            let service = TokenService::start(Peer::BatonSts, &scratch).await;
+            let authz = in_process_authz(&scratch, &service.token_endpoint, "");
+            let client = reqwest::Client::new();
+            let (mut requests, mut subjects) = (Vec::new(), Vec::new());
+            for i in 0..=n {
+                let user = service.mint(&format!("miss-{i}"), "orders.read").await;
+                requests.push(check_request("orders.example", &user));
+                subjects.push(service.mint(&format!("raw-{i}"), "orders.read").await);
+            }
+            // Warm both connections to the token service.
+            authz.check(&requests[n]).await.expect("warm");
+            assert!(raw_exchange(&client, &service.token_endpoint, &subjects[n]).await);
+            (service, authz, client, requests, subjects)
+        });
+        let before = rt.block_on(service.exchanges());
+        raw_exchanges(&rt, &client, &service.token_endpoint, &subjects[..n]);
+        missed(&rt, &authz, &requests[..n]);
+        assert_eq!(
+            rt.block_on(service.exchanges()),
+            before + 2 * n as u64,
+            "one exchange each"
+        );
+        println!("{n} raw exchanges and {n} misses");
+    }
+
+    #[inline(never)]
+    fn raw_exchanges(rt: &tokio::runtime::Runtime, client: &reqwest::Client, endpoint: &str, subjects: &[String]) {
+        rt.block_on(async {
+            for subject in subjects {
+                assert!(raw_exchange(client, endpoint, subject).await);
+            }
+        });
+    }
+
+    #[inline(never)]
+    fn missed(rt: &tokio::runtime::Runtime, authz: &Authz, requests: &[CheckRequest]) {
+        rt.block_on(async {
+            for request in requests {
+                assert!(authz.check(request).await.is_ok());
+            }
+        });
     }
 
     #[inline(never)]
