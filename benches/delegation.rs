@@ -303,7 +303,7 @@ async fn memory_of(n: usize, token_bytes: usize, with_claims: bool) -> baton::ca
         key[..8].copy_from_slice(&(i as u64).to_be_bytes());
         cache.replace(key, Arc::new(delegated)).await;
     }
-    let held = cache.entries().await;
+    let held = cache.entry_count();
     let grown = rss_bytes().saturating_sub(before);
     // Per entry held: the cache may keep slightly fewer than `max_entries` (it bounds each shard).
     let per_entry = grown as f64 / held as f64;

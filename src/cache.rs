@@ -368,14 +368,9 @@ impl TokenCache {
         }
     }
 
+    /// The number of entries held, expired ones included until they are replaced or evicted.
     pub fn entry_count(&self) -> u64 {
         self.inner.len() as u64
-    }
-
-    /// The number of entries held, expired ones included until they are replaced or evicted (for
-    /// `/metrics`; not for the request path).
-    pub async fn entries(&self) -> u64 {
-        self.entry_count()
     }
 }
 

@@ -155,7 +155,7 @@ fn admin_router(authz: Current, stopping: Arc<AtomicBool>) -> axum::Router {
                 let authz = metrics.load_full();
                 async move {
                     let telemetry = authz.telemetry();
-                    let entries = i64::try_from(authz.cache().entries().await).unwrap_or(i64::MAX);
+                    let entries = i64::try_from(authz.cache().entry_count()).unwrap_or(i64::MAX);
                     telemetry.metrics().cache_entries.set(entries);
                     (
                         [(axum::http::header::CONTENT_TYPE, telemetry::metrics::CONTENT_TYPE)],
