@@ -301,7 +301,7 @@ async fn memory_of(n: usize, token_bytes: usize, with_claims: bool) -> baton::ca
         }
         let mut key = [0u8; 32];
         key[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        cache.replace(key, Arc::new(delegated)).await;
+        cache.replace(key, Arc::new(delegated));
     }
     let held = cache.entry_count();
     let grown = rss_bytes().saturating_sub(before);

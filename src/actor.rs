@@ -189,19 +189,6 @@ pub fn chain(claims_act: Option<&Value>, limit: usize) -> Vec<String> {
     actors
 }
 
-/// The chain of a JWT, read without verifying it (the token service signed it; Baton only counts).
-pub fn token_chain(token: &str, limit: usize) -> Vec<String> {
-    use base64::Engine as _;
-    let Some(payload) = token.split('.').nth(1) else {
-        return Vec::new();
-    };
-    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')) else {
-        return Vec::new();
-    };
-    let claims: Value = serde_json::from_slice(&json).unwrap_or(Value::Null);
-    chain(claims.get("act"), limit)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -265,7 +265,7 @@ impl Authz {
                 .exchange(&route, &subject_token, subject.as_deref(), scope.as_deref(), key)
                 .await
             {
-                Ok(fresh) => me.cache.replace(key, fresh).await,
+                Ok(fresh) => me.cache.replace(key, fresh),
                 Err(denial) => {
                     tracing::debug!(destination = %route.name, reason = denial.reason.as_str(), "refresh ahead failed; the cached token serves until it expires")
                 }
@@ -283,14 +283,16 @@ impl Authz {
         key: Key,
     ) -> Result<Arc<Delegated>, Denial> {
         let max_depth = route.policy.max_delegation_depth;
-        if let Some(refused) = self.cache.refused(&key).await {
+        if let Some(refused) = self.cache.refused(&key) {
             return Err(refused);
         }
         let now = cache::unix_now();
-        let subject_exp = match &subject {
-            Some(s) => Some(s.exp),
-            None => jwt::unverified_exp(subject_token),
+        // Each JWT payload is decoded once: the subject's only when verification did not already.
+        let unverified_subject = match subject {
+            Some(_) => None,
+            None => Some(jwt::Unverified::read(subject_token).unwrap_or_default()),
         };
+        let subject_exp = subject.map(|s| s.exp).or_else(|| unverified_subject.as_ref()?.exp());
         if subject_exp.is_some_and(|exp| exp <= now as i64) {
             return Err(Denial::new(
                 Reason::SubjectTokenExpired,
@@ -323,22 +325,27 @@ impl Authz {
         let issued = match issued {
             Ok(issued) => issued,
             Err(denial) => {
-                self.cache.remember_refusal(key, &denial).await;
+                self.cache.remember_refusal(key, &denial);
                 return Err(denial);
             }
         };
-        let actors = actor::token_chain(issued.access_token.expose(), max_depth.map_or(16, |m| m + 1));
+        let issued_claims = jwt::Unverified::read(issued.access_token.expose()).unwrap_or_default();
+        let actors = actor::chain(issued_claims.act.as_ref(), max_depth.map_or(16, |m| m + 1));
         if max_depth.is_some_and(|max| actors.len() > max) {
             return Err(too_deep());
         }
-        let mut claims = jwt::DelegationClaims::read(subject_token, issued.access_token.expose());
+        let (subject_iss, subject_sub) = match (subject, &unverified_subject) {
+            (Some(s), _) => (s.claims.get("iss"), s.claims.get("sub")),
+            (None, u) => u.as_ref().map_or((None, None), |u| (u.iss.as_ref(), u.sub.as_ref())),
+        };
+        let mut claims = jwt::DelegationClaims::issued(&issued_claims).with_subject(subject_iss, subject_sub);
         // Kept only when the policy narrowed it: audit and traces fall back to the destination's own.
         if target.scope != route.target.scope {
             claims.requested_scope = target.scope.as_deref().map(Box::from);
         }
         let lifetimes = Lifetimes {
             expires_in: issued.expires_in,
-            issued_exp: jwt::unverified_exp(issued.access_token.expose()),
+            issued_exp: issued_claims.exp(),
             subject_exp,
             max: route.policy.max_token_lifetime.map(|d| d.as_secs()),
         };

@@ -259,7 +259,8 @@ pub struct TokenCache {
     inner: quick_cache::sync::Cache<Key, Slot>,
     /// Definite refusals by the token service, remembered briefly so a client retrying a refused
     /// request does not hammer it.
-    refusals: Option<moka::future::Cache<Key, Denial>>,
+    refusals: Option<Expiring<Denial>>,
+    negative_ttl: Duration,
     max_entries: u64,
 }
 
@@ -274,7 +275,7 @@ impl std::fmt::Debug for TokenCache {
 /// A cache that never holds more than `max` entries. quick_cache splits its capacity evenly over
 /// shards and rounds each share up (500 over 8 shards held 504); here each share is rounded down,
 /// with shards of at least 32 entries as quick_cache itself prefers.
-fn bounded(max: usize) -> quick_cache::sync::Cache<Key, Slot> {
+fn bounded<V: Clone>(max: usize) -> quick_cache::sync::Cache<Key, V> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let mut shards = cores.saturating_mul(4).next_power_of_two();
     while shards > 1 && max / shards < 32 {
@@ -298,36 +299,32 @@ fn bounded(max: usize) -> quick_cache::sync::Cache<Key, Slot> {
 impl TokenCache {
     pub fn new(max_entries: u64, negative_ttl: Duration) -> Self {
         let inner = bounded(usize::try_from(max_entries).unwrap_or(usize::MAX));
-        let refusals = (!negative_ttl.is_zero()).then(|| {
-            moka::future::Cache::builder()
-                .max_capacity(max_entries)
-                .time_to_live(negative_ttl)
-                .build()
-        });
+        let refusals = (!negative_ttl.is_zero()).then(|| Expiring::new(max_entries));
         Self {
             inner,
             refusals,
+            negative_ttl,
             max_entries,
         }
     }
 
     /// Put a refreshed token in place of the old one.
-    pub async fn replace(&self, key: Key, fresh: Arc<Delegated>) {
+    pub fn replace(&self, key: Key, fresh: Arc<Delegated>) {
         self.inner.insert(key, Ok(fresh));
     }
 
     /// A refusal remembered for `key`, if any.
-    pub async fn refused(&self, key: &Key) -> Option<Denial> {
-        self.refusals.as_ref()?.get(key).await
+    pub fn refused(&self, key: &Key) -> Option<Denial> {
+        self.refusals.as_ref()?.get(key, SystemTime::now())
     }
 
     /// Remember `denial` for `key` if it is a definite refusal (the same request would be refused
     /// again), not a failure that may pass.
-    pub async fn remember_refusal(&self, key: Key, denial: &Denial) {
+    pub fn remember_refusal(&self, key: Key, denial: &Denial) {
         if let Some(refusals) = &self.refusals
             && denial.reason.is_definite_refusal()
         {
-            refusals.insert(key, denial.clone()).await;
+            refusals.insert(key, denial.clone(), SystemTime::now() + self.negative_ttl);
         }
     }
 
@@ -372,6 +369,53 @@ impl TokenCache {
     pub fn entry_count(&self) -> u64 {
         self.inner.len() as u64
     }
+}
+
+/// A bounded map from a digest to what was learned about it (a verified subject, a refusal), each
+/// entry until its own expiry. Expiry is checked on every read, and an expired entry is removed
+/// then; until read again or evicted it holds its slot. Nothing here waits or coalesces.
+pub struct Expiring<V> {
+    inner: quick_cache::sync::Cache<Key, (SystemTime, V)>,
+}
+
+impl<V: Clone> std::fmt::Debug for Expiring<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Expiring").field("entries", &self.inner.len()).finish()
+    }
+}
+
+impl<V: Clone> Expiring<V> {
+    pub fn new(max_entries: u64) -> Self {
+        Self {
+            inner: bounded(usize::try_from(max_entries).unwrap_or(usize::MAX)),
+        }
+    }
+
+    /// The value for `key` if it has not expired at `now`.
+    pub fn get(&self, key: &Key, now: SystemTime) -> Option<V> {
+        let (expires_at, value) = self.inner.get(key)?;
+        if now < expires_at {
+            return Some(value);
+        }
+        self.inner.remove_if(key, |(at, _)| *at == expires_at);
+        None
+    }
+
+    /// Keep `value` until `expires_at`; one already expired is not kept.
+    pub fn insert(&self, key: Key, value: V, expires_at: SystemTime) {
+        if SystemTime::now() < expires_at {
+            self.inner.insert(key, (expires_at, value));
+        }
+    }
+
+    pub fn entry_count(&self) -> usize {
+        self.inner.len()
+    }
+}
+
+/// `secs` since the Unix epoch, as a time (a claim's `exp`); before the epoch reads as the epoch.
+pub fn at_unix(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
 fn same_slot(a: &Slot, b: &Slot) -> bool {
@@ -634,38 +678,42 @@ mod tests {
     async fn only_definite_refusals_are_remembered() {
         use crate::reason::Reason;
         let cache = TokenCache::new(100, Duration::from_secs(60));
-        cache
-            .remember_refusal([1; 32], &Denial::new(Reason::TargetRefused, "no"))
-            .await;
-        cache
-            .remember_refusal([2; 32], &Denial::new(Reason::TokenServiceTimeout, "slow"))
-            .await;
-        assert_eq!(
-            cache.refused(&[1; 32]).await.map(|d| d.reason),
-            Some(Reason::TargetRefused)
-        );
-        assert_eq!(
-            cache.refused(&[2; 32]).await,
-            None,
-            "a failure to answer may pass next time"
-        );
+        cache.remember_refusal([1; 32], &Denial::new(Reason::TargetRefused, "no"));
+        cache.remember_refusal([2; 32], &Denial::new(Reason::TokenServiceTimeout, "slow"));
+        assert_eq!(cache.refused(&[1; 32]).map(|d| d.reason), Some(Reason::TargetRefused));
+        assert_eq!(cache.refused(&[2; 32]), None, "a failure to answer may pass next time");
         let off = TokenCache::new(100, Duration::ZERO);
-        off.remember_refusal([1; 32], &Denial::new(Reason::TargetRefused, "no"))
-            .await;
-        assert_eq!(off.refused(&[1; 32]).await, None);
+        off.remember_refusal([1; 32], &Denial::new(Reason::TargetRefused, "no"));
+        assert_eq!(off.refused(&[1; 32]), None);
+    }
+
+    #[test]
+    fn expiring_entries_are_served_until_their_own_expiry_only() {
+        let cache = Expiring::new(100);
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(10);
+        cache.insert([1; 32], "kept", later);
+        cache.insert([2; 32], "already expired", now - Duration::from_secs(1));
+        assert_eq!(cache.get(&[1; 32], now), Some("kept"));
+        assert_eq!(cache.get(&[2; 32], now), None);
+        assert_eq!(cache.entry_count(), 1, "an expired value is not kept");
+        assert_eq!(cache.get(&[1; 32], later), None, "not at its expiry");
+        assert_eq!(cache.entry_count(), 0, "removed when read expired");
+        assert_eq!(at_unix(-5), UNIX_EPOCH);
+        assert_eq!(at_unix(7), UNIX_EPOCH + Duration::from_secs(7));
     }
 
     #[tokio::test]
     async fn a_replaced_token_stays_for_its_own_lifetime() {
         let cache = TokenCache::new(100, Duration::ZERO);
-        // Each kept 3 s, by whole seconds of the wall clock: the first is gone within (2 s, 3 s], the
-        // one that replaces it 1 s later stays until past 3 s from the start.
+        // By whole seconds of the wall clock: the first, kept 3 s, is gone within (2 s, 3 s]; the
+        // one that replaces it 1 s later, kept 5 s, stays until past 5 s from the start.
         cache
             .get_or_exchange([3; 32], async { Ok(kept_for(3)) })
             .await
             .expect("exchange");
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        cache.replace([3; 32], kept_for(3)).await;
+        cache.replace([3; 32], kept_for(5));
         tokio::time::sleep(Duration::from_millis(2050)).await;
         let (_, status) = cache
             .get_or_exchange([3; 32], async { Err(down("must not exchange")) })

@@ -6,21 +6,45 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
+use serde_json::Value;
 
-#[derive(Deserialize)]
-struct Peek {
-    exp: Option<f64>,
-    iss: Option<String>,
+/// The claims Baton reads from a JWT without verifying it. A token's payload is decoded once into
+/// this, and everything Baton wants from it is read here; members it does not name are skipped, not
+/// kept. A member of an unexpected type reads as absent.
+#[derive(Debug, Default, Deserialize)]
+pub struct Unverified {
+    exp: Option<Value>,
+    pub iss: Option<Value>,
+    pub sub: Option<Value>,
+    pub jti: Option<Value>,
+    pub scope: Option<Value>,
+    /// The delegation chain (RFC 8693 section 4.1), outermost actor first.
+    pub act: Option<Value>,
 }
 
-fn peek(token: &str) -> Option<Peek> {
-    let mut parts = token.split('.');
-    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
+/// The longest payload read, before decoding; a JWT in a header is far smaller.
+const MAX_PAYLOAD: usize = 64 * 1024;
+
+impl Unverified {
+    /// The payload of a compact JWS, if `token` is one and its payload is a JSON object.
+    pub fn read(token: &str) -> Option<Self> {
+        let mut parts = token.split('.');
+        let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || payload.len() > MAX_PAYLOAD {
+            return None;
+        }
+        let json = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+        is_object(&json).then(|| serde_json::from_slice(&json).ok())?
     }
-    let json = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    is_object(&json).then(|| serde_json::from_slice(&json).ok())?
+
+    /// `exp`, in whole seconds since the Unix epoch.
+    pub fn exp(&self) -> Option<i64> {
+        self.exp.as_ref()?.as_f64().filter(|e| e.is_finite()).map(|e| e as i64)
+    }
+
+    pub fn issuer(&self) -> Option<&str> {
+        self.iss.as_ref()?.as_str()
+    }
 }
 
 /// A JWT's header and claims are JSON objects (RFC 7519 section 7.2); serde would also read a
@@ -31,12 +55,12 @@ pub(crate) fn is_object(json: &[u8]) -> bool {
 
 /// The `exp` claim (seconds since the Unix epoch) of a compact JWS, if the token is one and has it.
 pub fn unverified_exp(token: &str) -> Option<i64> {
-    peek(token)?.exp.filter(|e| e.is_finite()).map(|e| e as i64)
+    Unverified::read(token)?.exp()
 }
 
 /// The `iss` claim, to choose which issuer's keys verify the token (then checked by the signature).
 pub fn unverified_issuer(token: &str) -> Option<String> {
-    peek(token)?.iss
+    Unverified::read(token)?.issuer().map(str::to_owned)
 }
 
 /// What the audit record and the trace say about a delegation, read once when the token is
@@ -59,46 +83,39 @@ pub struct DelegationClaims {
 /// The longest claim string kept for audit and traces.
 pub const MAX_CLAIM_LEN: usize = 256;
 
-#[derive(Deserialize)]
-struct Claims {
-    iss: Option<serde_json::Value>,
-    sub: Option<serde_json::Value>,
-    jti: Option<serde_json::Value>,
-    exp: Option<f64>,
-    scope: Option<serde_json::Value>,
-}
-
-fn payload(token: &str) -> Option<Claims> {
-    let mut parts = token.split('.');
-    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || payload.len() > 64 * 1024 {
-        return None;
-    }
-    let json = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    is_object(&json).then(|| serde_json::from_slice(&json).ok())?
-}
-
-fn text(value: Option<&serde_json::Value>) -> Option<Box<str>> {
+fn text(value: Option<&Value>) -> Option<Box<str>> {
     value
-        .and_then(serde_json::Value::as_str)
+        .and_then(Value::as_str)
         .filter(|s| !s.is_empty() && s.len() <= MAX_CLAIM_LEN)
         .map(Box::from)
 }
 
 impl DelegationClaims {
-    /// From the subject token and the issued token; a token that is not a JWT adds nothing.
+    /// The issued token's `jti`, `exp` and `scope`.
+    pub fn issued(issued: &Unverified) -> Self {
+        Self {
+            jti: text(issued.jti.as_ref()),
+            exp: issued.exp(),
+            scope: text(issued.scope.as_ref()),
+            ..Self::default()
+        }
+    }
+
+    /// The subject token's `iss` and `sub`, from its verified claims or its unverified payload.
+    pub fn with_subject(self, iss: Option<&Value>, sub: Option<&Value>) -> Self {
+        Self {
+            subject_iss: text(iss),
+            subject_sub: text(sub),
+            ..self
+        }
+    }
+
+    /// From the subject token and the issued token, each decoded here; a token that is not a JWT
+    /// adds nothing.
     pub fn read(subject_token: &str, issued_token: &str) -> Self {
-        let mut claims = Self::default();
-        if let Some(subject) = payload(subject_token) {
-            claims.subject_iss = text(subject.iss.as_ref());
-            claims.subject_sub = text(subject.sub.as_ref());
-        }
-        if let Some(issued) = payload(issued_token) {
-            claims.jti = text(issued.jti.as_ref());
-            claims.exp = issued.exp.filter(|e| e.is_finite()).map(|e| e as i64);
-            claims.scope = text(issued.scope.as_ref());
-        }
-        claims
+        let subject = Unverified::read(subject_token).unwrap_or_default();
+        Self::issued(&Unverified::read(issued_token).unwrap_or_default())
+            .with_subject(subject.iss.as_ref(), subject.sub.as_ref())
     }
 }
 
@@ -127,6 +144,11 @@ mod tests {
             Some("https://idp")
         );
         assert_eq!(unverified_issuer(&jwt(r#"{"sub":"x"}"#)), None);
+        // One member of an unexpected type does not hide the others.
+        assert_eq!(
+            unverified_issuer(&jwt(r#"{"iss":"https://idp","exp":"soon"}"#)).as_deref(),
+            Some("https://idp")
+        );
     }
 
     #[test]

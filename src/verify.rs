@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::Jwk;
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::cache::{Key, unix_now};
+use crate::cache::{Expiring, Key, at_unix, unix_now};
 use crate::config::{Errors, parse_duration};
 use crate::exchange::read_bounded;
 use crate::reason::{Denial, Reason};
@@ -113,25 +113,22 @@ impl RawIntrospection {
 pub struct Introspection {
     endpoint: Url,
     service: Arc<crate::exchange::TokenService>,
-    answers: moka::future::Cache<Key, Arc<Subject>>,
+    answers: Expiring<Arc<Subject>>,
+    cache_ttl: Duration,
 }
 
 impl Introspection {
     pub fn new(config: IntrospectionConfig, service: Arc<crate::exchange::TokenService>, max_entries: u64) -> Self {
-        let answers = moka::future::Cache::builder()
-            .max_capacity(max_entries)
-            .time_to_live(config.cache_ttl)
-            .expire_after(UntilExp)
-            .build();
         Self {
             endpoint: config.endpoint,
             service,
-            answers,
+            answers: Expiring::new(max_entries),
+            cache_ttl: config.cache_ttl,
         }
     }
 
     async fn subject(&self, token: &str, digest: &Key) -> Result<Arc<Subject>, Denial> {
-        if let Some(subject) = self.answers.get(digest).await {
+        if let Some(subject) = self.answers.get(digest, SystemTime::now()) {
             return Ok(subject);
         }
         let answer = self.service.introspect(&self.endpoint, token).await.map_err(|e| {
@@ -163,7 +160,8 @@ impl Introspection {
         }
         let issuer = claims.get("iss").and_then(Value::as_str).unwrap_or("").to_owned();
         let subject = Arc::new(Subject { claims, issuer, exp });
-        self.answers.insert(*digest, subject.clone()).await;
+        let until = at_unix(exp).min(SystemTime::now() + self.cache_ttl);
+        self.answers.insert(*digest, subject.clone(), until);
         Ok(subject)
     }
 }
@@ -316,7 +314,8 @@ struct Issuer {
 
 pub struct Verifier {
     issuers: HashMap<String, Arc<Issuer>>,
-    verified: moka::future::Cache<Key, Arc<Subject>>,
+    /// Verified subjects by token digest, each until its `exp`.
+    verified: Expiring<Arc<Subject>>,
     opaque: OpaqueTokens,
     introspection: Option<Introspection>,
     http: reqwest::Client,
@@ -327,16 +326,6 @@ impl std::fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("issuers", &self.issuers.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
-    }
-}
-
-struct UntilExp;
-
-impl moka::Expiry<Key, Arc<Subject>> for UntilExp {
-    fn expire_after_create(&self, _: &Key, subject: &Arc<Subject>, _: std::time::Instant) -> Option<Duration> {
-        Some(Duration::from_secs(
-            subject.exp.saturating_sub(unix_now() as i64).max(0) as u64,
-        ))
     }
 }
 
@@ -379,10 +368,7 @@ impl Verifier {
                 (issuer.config.issuer.clone(), Arc::new(issuer))
             })
             .collect();
-        let verified = moka::future::Cache::builder()
-            .max_capacity(max_entries)
-            .expire_after(UntilExp)
-            .build();
+        let verified = Expiring::new(max_entries);
         Ok(Some(Arc::new(Self {
             issuers,
             verified,
@@ -411,7 +397,7 @@ impl Verifier {
 
     /// Verify `token` (whose SHA-256 is `digest`).
     pub async fn verify(&self, token: &str, digest: &Key) -> Result<Verified, Denial> {
-        if let Some(subject) = self.verified.get(digest).await {
+        if let Some(subject) = self.verified.get(digest, SystemTime::now()) {
             return Ok(Verified::Subject(subject));
         }
         // Introspection alone (no issuer to verify JWTs locally): every token is introspected.
@@ -457,7 +443,7 @@ impl Verifier {
             })?;
         let subject = issuer.verify(&self.http, token, alg, header.kid.as_deref()).await?;
         let subject = Arc::new(subject);
-        self.verified.insert(*digest, subject.clone()).await;
+        self.verified.insert(*digest, subject.clone(), at_unix(subject.exp));
         Ok(Verified::Subject(subject))
     }
 }
