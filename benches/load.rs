@@ -3,11 +3,13 @@
 //! 1. each setup's maximum throughput through the real Envoy (closed loop, 16 connections): Envoy
 //!    alone (direct response), + an allow-all ext_authz server (the floor of the gRPC hop), + Baton on
 //!    cache hits (ext_authz, then ext_proc);
-//! 2. every setup in an open loop at 1k req/s and at 80% of Baton's maximum, on the same 16
+//! 2. Baton's maximum in the open loop itself: the highest rate it answers in full without the
+//!    requests queueing (the sender's lag stays flat), found by bisection;
+//! 3. every setup in an open loop at 1k req/s and at 80% of that open-loop maximum, on the same 16
 //!    connections, latency counted from each request's due time, so a stall is not hidden by the load
 //!    backing off; the setups take turns in 1 s slices, so a burst of other work on the machine falls
 //!    on all of them alike;
-//! 3. the miss path: a Check whose every request is a new user (so a miss and one exchange), beside
+//! 4. the miss path: a Check whose every request is a new user (so a miss and one exchange), beside
 //!    raw exchange calls to the same token service, interleaved in one open loop.
 //!
 //! Nothing here asserts a time; it prints numbers.
@@ -34,7 +36,10 @@ const WARMUP: Duration = Duration::from_secs(1);
 const MEASURE: Duration = Duration::from_secs(5);
 /// Fixed rates: each setup's turn, and how many turns are measured after one of warm-up.
 const SLICE: Duration = Duration::from_secs(1);
-const ROUNDS: u32 = 5;
+const ROUNDS: u32 = 10;
+/// The open-loop maximum: how long each tried rate runs, and what counts as keeping up with it.
+const PROBE: Duration = Duration::from_secs(2);
+const KEEPS_UP_LAG_P99: Duration = Duration::from_millis(1);
 /// The miss path: requests per second of each kind (raw exchange, miss, verified miss).
 const MISS_RATE: f64 = 100.0;
 
@@ -87,9 +92,6 @@ async fn run() {
         println!("| {name} | {rate:.0} |");
         max.push(rate);
     }
-    let baton_max = max[2];
-
-    // 2. Fixed rates, the setups taking turns.
     let exchanges_before = service.exchanges().await;
     let url_and_clients: Vec<(String, Arc<Vec<reqwest::Client>>)> = setups
         .iter()
@@ -101,7 +103,13 @@ async fn run() {
         })
         .collect();
     let auth = bearer(&user);
-    for rate in [1000.0, (0.8 * baton_max).round()] {
+
+    // 2. Baton's maximum in the open loop, below its closed-loop one.
+    let (url, clients) = &url_and_clients[2];
+    let open_max = open_loop_max(url, clients, &auth, max[2]).await;
+
+    // 3. Fixed rates, the setups taking turns.
+    for rate in [1000.0, (0.8 * open_max).round()] {
         let load_before = load_average();
         let mut pooled: Vec<Vec<Sample>> = vec![Vec::new(); setups.len()];
         for round in 0..=ROUNDS {
@@ -158,7 +166,7 @@ async fn run() {
     drop(baton);
     drop(floor_server);
 
-    // 3. The miss path.
+    // 4. The miss path.
     miss_path(&scratch, &service).await;
     println!("\nload average at the end: {}", load_average());
 }
@@ -194,9 +202,54 @@ async fn closed_loop(envoy: &Envoy, token: &str, concurrency: usize) -> f64 {
     done as f64 / MEASURE.as_secs_f64()
 }
 
+/// The highest rate at which the setup at `url` keeps up in the open loop: every request answered,
+/// answers at the rate sent, and the sender's lag p99 under `KEEPS_UP_LAG_P99` (past it, requests
+/// wait for a free connection: a queue that grows while the rate lasts). Bisection between 1k req/s
+/// and the closed-loop maximum, `PROBE` at each rate tried, to within 5%.
+async fn open_loop_max(url: &str, clients: &Arc<Vec<reqwest::Client>>, auth: &str, closed_max: f64) -> f64 {
+    println!(
+        "\n## Baton's maximum in the open loop ({PROBE:?} per rate tried; keeps up: nothing failed, answered/s at least 97% of the rate, sender lag p99 under {KEEPS_UP_LAG_P99:?})\n"
+    );
+    println!("| rate tried | answered/s | failed | p50 | p99 | sender lag p99 | keeps up |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let (mut low, mut high) = (1000.0_f64, closed_max.max(1000.0));
+    let mut rate = high;
+    while high / low > 1.05 {
+        let s = summarize(&fixed_rate_for(url, clients, auth, rate, PROBE).await, Duration::ZERO);
+        let keeps_up = s.failed == 0 && s.rate >= 0.97 * rate && s.lag_p99 < KEEPS_UP_LAG_P99;
+        println!(
+            "| {rate:.0} | {:.0} | {} | {} | {} | {} | {} |",
+            s.rate,
+            s.failed,
+            us(s.p50),
+            us(s.p99),
+            us(s.lag_p99),
+            if keeps_up { "yes" } else { "no" }
+        );
+        if keeps_up {
+            low = rate;
+        } else {
+            high = rate;
+        }
+        rate = ((low + high) / 2.0).round();
+    }
+    println!("\nBaton's open-loop maximum: {low:.0} req/s (closed loop: {closed_max:.0}).");
+    low
+}
+
 /// One `SLICE` of an open loop at `rate`, on one worker per client (each keeps its connection).
 async fn fixed_rate(url: &str, clients: &Arc<Vec<reqwest::Client>>, auth: &str, rate: f64) -> Vec<Sample> {
-    let count = (rate * SLICE.as_secs_f64()) as u64;
+    fixed_rate_for(url, clients, auth, rate, SLICE).await
+}
+
+async fn fixed_rate_for(
+    url: &str,
+    clients: &Arc<Vec<reqwest::Client>>,
+    auth: &str,
+    rate: f64,
+    length: Duration,
+) -> Vec<Sample> {
+    let count = (rate * length.as_secs_f64()) as u64;
     let (url, clients, auth) = (url.to_owned(), clients.clone(), auth.to_owned());
     open_loop_on(rate, count, clients.len(), move |worker, _| {
         let (client, url, auth) = (clients[worker].clone(), url.clone(), auth.clone());
