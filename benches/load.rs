@@ -1,7 +1,8 @@
 //! Baton at fixed request rates, measured side by side in one run (see BENCHMARKS.md):
 //!
 //! 1. each setup's maximum throughput through the real Envoy (closed loop, 16 connections): Envoy
-//!    alone (direct response), + an allow-all ext_authz server (the floor of the gRPC hop), + Baton on
+//!    alone (direct response), + an allow-all ext_authz server (the floor of the gRPC hop), + one that
+//!    sets a fixed `Authorization` as long as Baton's (the floor of the rewrite itself), + Baton on
 //!    cache hits (ext_authz, then ext_proc);
 //! 2. Baton's maximum in the open loop itself: the highest rate it answers in full without the
 //!    requests queueing (the sender's lag stays flat), found by bisection;
@@ -9,7 +10,8 @@
 //!    connections, latency counted from each request's due time, so a stall is not hidden by the load
 //!    backing off; the setups take turns in 1 s slices, so a burst of other work on the machine falls
 //!    on all of them alike;
-//! 4. the miss path: a Check whose every request is a new user (so a miss and one exchange), beside
+//! 4. each ext_authz server on its own: gRPC round trips from one client, no Envoy, taking turns;
+//! 5. the miss path: a Check whose every request is a new user (so a miss and one exchange), beside
 //!    raw exchange calls to the same token service, interleaved in one open loop.
 //!
 //! Nothing here asserts a time; it prints numbers.
@@ -32,6 +34,8 @@ use open_loop::{Sample, Summary, load_average, open_loop, open_loop_on, summariz
 use support::*;
 
 const MAX_CONCURRENCY: usize = 16;
+/// Where Baton (ext_authz) is among the setups.
+const BATON: usize = 3;
 const WARMUP: Duration = Duration::from_secs(1);
 const MEASURE: Duration = Duration::from_secs(5);
 /// Fixed rates: each setup's turn, and how many turns are measured after one of warm-up.
@@ -62,6 +66,9 @@ async fn run() {
     );
 
     let floor_server = AllowAllProcess::start().await;
+    // The floor of delegation itself: Envoy setting an Authorization as long as Baton's, no decision.
+    let header_len = delegated_header_len(&scratch, &service.token_endpoint, &user).await;
+    let rewrite_server = AllowAllProcess::start_rewriting(header_len).await;
     let baton = Baton::start_quiet(&scratch, &service.token_endpoint).await;
     let setups = [
         (
@@ -71,6 +78,10 @@ async fn run() {
         (
             "+ allow-all ext_authz",
             bench_envoy(&scratch, Api::ExtAuthz, Some(floor_server.port)).await,
+        ),
+        (
+            "+ ext_authz setting a fixed Authorization (no decision)",
+            bench_envoy(&scratch, Api::ExtAuthz, Some(rewrite_server.port)).await,
         ),
         (
             "+ Baton, cache hits",
@@ -105,8 +116,8 @@ async fn run() {
     let auth = bearer(&user);
 
     // 2. Baton's maximum in the open loop, below its closed-loop one.
-    let (url, clients) = &url_and_clients[2];
-    let open_max = open_loop_max(url, clients, &auth, max[2]).await;
+    let (url, clients) = &url_and_clients[BATON];
+    let open_max = open_loop_max(url, clients, &auth, max[BATON]).await;
 
     // 3. Fixed rates, the setups taking turns.
     for rate in [1000.0, (0.8 * open_max).round()] {
@@ -149,26 +160,86 @@ async fn run() {
         let ratio = |baton: Duration, floor: Duration, alone: Duration| {
             baton.saturating_sub(alone).as_secs_f64() / floor.saturating_sub(alone).as_secs_f64().max(1e-9)
         };
-        let (alone, floor, hits, ext_proc) = (&results[0], &results[1], &results[2], &results[3]);
+        let [alone, floor, rewrite, hits, ext_proc] = &results[..] else {
+            unreachable!("five setups")
+        };
         println!(
-            "\nBaton's added latency / allow-all's: p50 {:.2}x, p99 {:.2}x (target: within 1.3x). Through ext_proc: p50 {:.2}x, p99 {:.2}x.",
+            "\nBaton's added latency / allow-all's: p50 {:.2}x, p99 {:.2}x (target: within 1.3x). Through ext_proc: p50 {:.2}x, p99 {:.2}x. The fixed rewrite alone / allow-all: p50 {:.2}x, p99 {:.2}x; Baton / the fixed rewrite: p50 {:.2}x, p99 {:.2}x.",
             ratio(hits.p50, floor.p50, alone.p50),
             ratio(hits.p99, floor.p99, alone.p99),
             ratio(ext_proc.p50, floor.p50, alone.p50),
-            ratio(ext_proc.p99, floor.p99, alone.p99)
+            ratio(ext_proc.p99, floor.p99, alone.p99),
+            ratio(rewrite.p50, floor.p50, alone.p50),
+            ratio(rewrite.p99, floor.p99, alone.p99),
+            ratio(hits.p50, rewrite.p50, alone.p50),
+            ratio(hits.p99, rewrite.p99, alone.p99)
         );
     }
     println!(
         "\nToken exchanges during the fixed-rate runs: {} (all hits after the first).",
         service.exchanges().await - exchanges_before
     );
+    // 4. The servers alone, without Envoy.
+    let servers = [
+        ("allow-all", floor_server.port),
+        ("fixed Authorization (no decision)", rewrite_server.port),
+        ("Baton, cache hits", baton.grpc),
+    ];
+    direct_round_trips(&servers, &check_request("orders.example", &user)).await;
     drop(setups);
     drop(baton);
-    drop(floor_server);
+    drop((floor_server, rewrite_server));
 
-    // 4. The miss path.
+    // 5. The miss path.
     miss_path(&scratch, &service).await;
     println!("\nload average at the end: {}", load_average());
+}
+
+/// Check round trips straight to each server (no Envoy), one at a time from one client, the servers
+/// taking turns request by request: what each server process adds, apart from Envoy's side.
+async fn direct_round_trips(
+    servers: &[(&str, u16)],
+    request: &envoy_types::pb::envoy::service::auth::v3::CheckRequest,
+) {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    const PER_SERVER: usize = 5000;
+    let mut clients = Vec::new();
+    for (_, port) in servers {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("endpoint")
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = AuthorizationClient::new(channel);
+        client.check(request.clone()).await.expect("warm-up check");
+        clients.push(client);
+    }
+    let mut latencies: Vec<Vec<Duration>> = vec![Vec::with_capacity(PER_SERVER); servers.len()];
+    for _ in 0..PER_SERVER {
+        for (client, samples) in clients.iter_mut().zip(&mut latencies) {
+            let t = Instant::now();
+            client.check(request.clone()).await.expect("check");
+            samples.push(t.elapsed());
+        }
+    }
+    println!("\n## Each server alone: Check round trips without Envoy ({PER_SERVER} each, one client, taking turns)\n");
+    println!("| server | p50 | p90 | p99 |");
+    println!("| --- | --- | --- | --- |");
+    for ((name, _), mut samples) in servers.iter().zip(latencies) {
+        samples.sort();
+        let at = |p: f64| us(open_loop::percentile(&samples, p));
+        println!("| {name} | {} | {} | {} |", at(50.0), at(90.0), at(99.0));
+    }
+}
+
+/// The length of the `Authorization` Baton sets for `user` at `orders`, from one exchange in process.
+async fn delegated_header_len(scratch: &Scratch, token_endpoint: &str, user: &str) -> usize {
+    let authz = in_process_authz(scratch, token_endpoint, "");
+    match authz.check(&check_request("orders.example", user)).await {
+        Ok(baton::authz::Allow::Delegate { token, .. }) => token.authorization.expose().len(),
+        other => panic!("expected a delegation, got {other:?}"),
+    }
 }
 
 /// Requests per second at `concurrency` workers, each sending as soon as its answer arrives.

@@ -12,33 +12,61 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
 use crate::support::*;
 
-/// The flag that makes a benchmark binary serve the allow-all floor instead of measuring.
+/// The flag that makes a benchmark binary serve the allow-all floor instead of measuring. Followed
+/// by a number, the floor also rewrites `Authorization` to a fixed value that long.
 pub const ALLOW_ALL_FLAG: &str = "--serve-allow-all";
 
 /// Serve the floor and never return, when this process was started as the floor.
 pub fn serve_allow_all_if_asked(runtime: &tokio::runtime::Runtime) -> bool {
-    if std::env::args().any(|a| a == ALLOW_ALL_FLAG) {
-        // The floor runs as a process of its own, like Baton, so both pay the same scheduling.
-        runtime.block_on(serve_allow_all());
-        return true;
-    }
-    false
+    let args: Vec<String> = std::env::args().collect();
+    let Some(at) = args.iter().position(|a| a == ALLOW_ALL_FLAG) else {
+        return false;
+    };
+    // The floor runs as a process of its own, like Baton, so both pay the same scheduling.
+    let rewrite = args.get(at + 1).and_then(|n| n.parse::<usize>().ok()).map(|len| {
+        let mut value = String::from("Bearer ");
+        value.extend(std::iter::repeat_n('x', len.saturating_sub(value.len())));
+        value
+    });
+    runtime.block_on(serve_allow_all(rewrite));
+    true
 }
 
-/// The floor: an ext_authz server that allows everything and does nothing else.
-struct AllowAll;
+/// The floor: an ext_authz server that allows everything and decides nothing. With `rewrite`, it
+/// also sets `Authorization` to that value, as Baton's reply does: the floor of delegation itself
+/// (Envoy applying a header of that size), without a decision.
+struct AllowAll {
+    rewrite: Option<String>,
+}
 
 #[tonic::async_trait]
 impl Authorization for AllowAll {
     async fn check(&self, _: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         use envoy_types::ext_authz::v3::CheckResponseExt as _;
-        Ok(tonic::Response::new(CheckResponse::with_status(tonic::Status::ok(
-            "allowed",
-        ))))
+        use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+        use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+        use envoy_types::pb::envoy::service::auth::v3::OkHttpResponse;
+        use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+        let mut response = CheckResponse::with_status(tonic::Status::ok("allowed"));
+        if let Some(value) = &self.rewrite {
+            response.http_response = Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: vec![HeaderValueOption {
+                    header: Some(HeaderValue {
+                        key: "authorization".to_owned(),
+                        value: value.clone(),
+                        ..Default::default()
+                    }),
+                    append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }));
+        }
+        Ok(tonic::Response::new(response))
     }
 }
 
-async fn serve_allow_all() {
+async fn serve_allow_all(rewrite: Option<String>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     #[allow(clippy::print_stdout, reason = "the port goes to the parent process")]
     {
@@ -46,7 +74,7 @@ async fn serve_allow_all() {
     }
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let _ = tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(AllowAll))
+        .add_service(AuthorizationServer::new(AllowAll { rewrite }))
         .serve_with_incoming(incoming)
         .await;
 }
@@ -59,9 +87,19 @@ pub struct AllowAllProcess {
 
 impl AllowAllProcess {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// The floor that also sets `Authorization` to a fixed value of `len` bytes.
+    pub async fn start_rewriting(len: usize) -> Self {
+        Self::start_with(&[len.to_string()]).await
+    }
+
+    async fn start_with(args: &[String]) -> Self {
         use tokio::io::AsyncBufReadExt as _;
         let mut child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
             .arg(ALLOW_ALL_FLAG)
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
