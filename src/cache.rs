@@ -3,7 +3,6 @@
 //! key and a token for one destination is never served for another. Concurrent misses for one key
 //! share one exchange. An entry is never served past `min(expires_in, issued exp, subject exp) - margin`.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,41 +57,130 @@ pub struct Delegated {
     about: Option<Box<About>>,
 }
 
-/// What the token service said besides the token, and what audit and traces report about it.
+/// What the token service said besides the token, and what audit and traces report about it,
+/// packed: every string in one allocation, the well-known token types as a byte (see BENCHMARKS.md,
+/// "Memory").
 #[derive(Debug, Default)]
 struct About {
-    /// `None`: `Bearer`.
-    token_type: Option<Cow<'static, str>>,
-    issued_token_type: Option<Cow<'static, str>>,
-    scope: Option<Box<str>>,
+    /// The present fields' strings end to end, in `Field` order.
+    text: Box<str>,
+    /// Where each field ends in `text` (it starts where the one before ends).
+    ends: [u32; FIELDS],
+    /// Bit `f` set: field `f` is present (possibly empty).
+    present: u8,
+    /// The token types when well-known: an index into `KNOWN_TOKEN_TYPES` plus one; 0: in `text`
+    /// (or absent).
+    token_type: u8,
+    issued_token_type: u8,
+    /// The issued token's `exp`.
+    exp: Option<i64>,
     /// The delegation chain in the issued token's `act`, current actor first.
-    actors: Vec<String>,
-    /// Who it is for and what was asked and issued; read once, at exchange time.
-    claims: DelegationClaims,
+    actors: Box<[Box<str>]>,
 }
 
-/// A token type as the token service spelled it, without an allocation for the common ones.
-fn token_type(value: String) -> Cow<'static, str> {
-    const KNOWN: [&str; 4] = [
-        "Bearer",
-        "urn:ietf:params:oauth:token-type:access_token",
-        "urn:ietf:params:oauth:token-type:jwt",
-        "N_A",
-    ];
-    match KNOWN.iter().find(|k| **k == value) {
-        Some(known) => Cow::Borrowed(known),
-        None => Cow::Owned(value),
+/// The strings `About` keeps, in the order they sit in its `text`.
+#[derive(Clone, Copy)]
+enum Field {
+    TokenType,
+    IssuedTokenType,
+    /// The scope the token service said it granted.
+    Scope,
+    SubjectIss,
+    SubjectSub,
+    Jti,
+    /// The issued token's `scope` claim (kept only when the token service named no scope).
+    ClaimScope,
+    RequestedScope,
+}
+const FIELDS: usize = 8;
+
+const KNOWN_TOKEN_TYPES: [&str; 4] = [
+    "Bearer",
+    "urn:ietf:params:oauth:token-type:access_token",
+    "urn:ietf:params:oauth:token-type:jwt",
+    "N_A",
+];
+
+fn known_token_type(value: &str) -> u8 {
+    KNOWN_TOKEN_TYPES
+        .iter()
+        .position(|k| *k == value)
+        .map_or(0, |i| i as u8 + 1)
+}
+
+impl About {
+    fn get(&self, field: Field) -> Option<&str> {
+        let f = field as usize;
+        if self.present & (1 << f) == 0 {
+            return None;
+        }
+        let start = if f == 0 { 0 } else { self.ends[f - 1] as usize };
+        self.text.get(start..self.ends[f] as usize)
+    }
+
+    fn token_type(&self, code: u8, field: Field) -> Option<&str> {
+        match code {
+            0 => self.get(field),
+            known => KNOWN_TOKEN_TYPES.get(usize::from(known) - 1).copied(),
+        }
+    }
+
+    /// Set some fields (`Some`), keeping the others; the strings are packed again.
+    fn set(&mut self, changes: [Option<Option<&str>>; FIELDS]) {
+        let mut fields: [Option<&str>; FIELDS] = Default::default();
+        for (f, (field, change)) in fields.iter_mut().zip(changes).enumerate() {
+            *field = match change {
+                Some(new) => new,
+                None => self.get(FIELD_ORDER[f]),
+            };
+        }
+        let mut text = String::with_capacity(fields.iter().flatten().map(|s| s.len()).sum());
+        let (mut ends, mut present) = ([0u32; FIELDS], 0u8);
+        for (f, field) in fields.iter().enumerate() {
+            if let Some(value) = field {
+                text.push_str(value);
+                present |= 1 << f;
+            }
+            // Strings here are bounded (a token service answer, claims of at most MAX_CLAIM_LEN).
+            ends[f] = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        }
+        self.text = text.into_boxed_str();
+        self.ends = ends;
+        self.present = present;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.present == 0
+            && self.token_type == 0
+            && self.issued_token_type == 0
+            && self.exp.is_none()
+            && self.actors.is_empty()
     }
 }
 
-static NO_CLAIMS: DelegationClaims = DelegationClaims {
-    subject_iss: None,
-    subject_sub: None,
-    jti: None,
-    exp: None,
-    scope: None,
-    requested_scope: None,
-};
+const FIELD_ORDER: [Field; FIELDS] = [
+    Field::TokenType,
+    Field::IssuedTokenType,
+    Field::Scope,
+    Field::SubjectIss,
+    Field::SubjectSub,
+    Field::Jti,
+    Field::ClaimScope,
+    Field::RequestedScope,
+];
+
+/// What audit and traces report about a delegation (`Delegated::claims`), borrowed from the entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Claims<'a> {
+    pub subject_iss: Option<&'a str>,
+    pub subject_sub: Option<&'a str>,
+    pub jti: Option<&'a str>,
+    pub exp: Option<i64>,
+    /// The issued token's `scope` claim, when the token service named no granted scope.
+    pub scope: Option<&'a str>,
+    /// The scope Baton asked for, when the policy narrowed the destination's.
+    pub requested_scope: Option<&'a str>,
+}
 
 /// The lifetimes that bound a token's stay in the cache.
 #[derive(Clone, Copy, Debug, Default)]
@@ -142,15 +230,20 @@ impl Delegated {
             refresh_claimed: AtomicBool::new(false),
             about: None,
         };
-        let token_type = (token_type != "Bearer").then(|| self::token_type(token_type));
-        let issued_token_type = issued_token_type.map(self::token_type);
+        let token_type = (token_type != "Bearer").then_some(token_type);
         if token_type.is_some() || issued_token_type.is_some() || scope.is_some() {
-            delegated.about = Some(Box::new(About {
-                token_type,
-                issued_token_type,
-                scope: scope.map(String::into_boxed_str),
-                ..Default::default()
-            }));
+            let about = delegated.about_mut();
+            let (code, issued_code) = (
+                token_type.as_deref().map_or(0, known_token_type),
+                issued_token_type.as_deref().map_or(0, known_token_type),
+            );
+            about.token_type = code;
+            about.issued_token_type = issued_code;
+            let mut changes: [Option<Option<&str>>; FIELDS] = Default::default();
+            changes[Field::TokenType as usize] = Some(token_type.as_deref().filter(|_| code == 0));
+            changes[Field::IssuedTokenType as usize] = Some(issued_token_type.as_deref().filter(|_| issued_code == 0));
+            changes[Field::Scope as usize] = Some(scope.as_deref());
+            about.set(changes);
         }
         delegated
     }
@@ -182,26 +275,37 @@ impl Delegated {
         now < self.expires_at
     }
 
-    pub fn with_claims(mut self, mut claims: DelegationClaims) -> Self {
+    pub fn with_claims(mut self, claims: DelegationClaims) -> Self {
         // The issued token's `scope` claim is read only when the token service named no scope.
-        if self.scope().is_some() {
-            claims.scope = None;
-        }
-        if claims != NO_CLAIMS {
-            self.about_mut().claims = claims;
-        }
+        let claim_scope = claims.scope.as_deref().filter(|_| self.scope().is_none());
+        let mut changes: [Option<Option<&str>>; FIELDS] = Default::default();
+        changes[Field::SubjectIss as usize] = Some(claims.subject_iss.as_deref());
+        changes[Field::SubjectSub as usize] = Some(claims.subject_sub.as_deref());
+        changes[Field::Jti as usize] = Some(claims.jti.as_deref());
+        changes[Field::ClaimScope as usize] = Some(claim_scope);
+        changes[Field::RequestedScope as usize] = Some(claims.requested_scope.as_deref());
+        let about = self.about_mut();
+        about.set(changes);
+        about.exp = claims.exp;
+        self.drop_empty_about();
         self
     }
 
     pub fn with_actors(mut self, actors: Vec<String>) -> Self {
-        if !actors.is_empty() {
-            self.about_mut().actors = actors;
-        }
+        self.about_mut().actors = actors.into_iter().map(String::into_boxed_str).collect();
+        self.drop_empty_about();
         self
     }
 
     fn about_mut(&mut self) -> &mut About {
         self.about.get_or_insert_with(Box::default)
+    }
+
+    /// A bare token keeps no `About` at all.
+    fn drop_empty_about(&mut self) {
+        if self.about.as_ref().is_some_and(|a| a.is_empty()) {
+            self.about = None;
+        }
     }
 
     /// The issued token.
@@ -222,29 +326,40 @@ impl Delegated {
     pub fn token_type(&self) -> &str {
         self.about
             .as_ref()
-            .and_then(|a| a.token_type.as_deref())
+            .and_then(|a| a.token_type(a.token_type, Field::TokenType))
             .unwrap_or("Bearer")
     }
 
     pub fn issued_token_type(&self) -> Option<&str> {
-        self.about.as_ref()?.issued_token_type.as_deref()
+        let about = self.about.as_ref()?;
+        about.token_type(about.issued_token_type, Field::IssuedTokenType)
     }
 
     /// The scope the token service said it granted, if it said.
     pub fn scope(&self) -> Option<&str> {
-        self.about.as_ref()?.scope.as_deref()
+        self.about.as_ref()?.get(Field::Scope)
     }
 
     /// The delegation chain in the issued token's `act`, current actor first.
-    pub fn actors(&self) -> &[String] {
+    pub fn actors(&self) -> &[Box<str>] {
         self.about.as_ref().map_or(&[], |a| &a.actors)
     }
 
     /// Who it is for and what was asked and issued, for audit and traces. Without what they read
     /// elsewhere: `scope` when `Delegated::scope` is known, `requested_scope` when it is the
     /// destination's own.
-    pub fn claims(&self) -> &DelegationClaims {
-        self.about.as_ref().map_or(&NO_CLAIMS, |a| &a.claims)
+    pub fn claims(&self) -> Claims<'_> {
+        let Some(a) = self.about.as_deref() else {
+            return Claims::default();
+        };
+        Claims {
+            subject_iss: a.get(Field::SubjectIss),
+            subject_sub: a.get(Field::SubjectSub),
+            jti: a.get(Field::Jti),
+            exp: a.exp,
+            scope: a.get(Field::ClaimScope),
+            requested_scope: a.get(Field::RequestedScope),
+        }
     }
 }
 
@@ -544,6 +659,71 @@ mod tests {
         let d = delegated(l(Some(300), None, None), 30);
         assert_eq!(d.expires_at, NOW + 270);
         assert_eq!(d.authorization.expose(), "Bearer tok");
+    }
+
+    #[test]
+    fn what_the_token_service_said_and_the_claims_read_back_as_given() {
+        let issued = |token_type: &str, issued_token_type: Option<&str>, scope: Option<&str>| {
+            Delegated::new(
+                Secret::new("tok".to_owned()),
+                token_type.to_owned(),
+                issued_token_type.map(str::to_owned),
+                scope.map(str::to_owned),
+                Lifetimes::default(),
+                Duration::ZERO,
+                NOW,
+            )
+        };
+        let bare = issued("Bearer", None, None)
+            .with_claims(DelegationClaims::default())
+            .with_actors(Vec::new());
+        assert!(bare.about.is_none(), "a bare token keeps nothing beside it");
+        assert_eq!(
+            (bare.token_type(), bare.issued_token_type(), bare.scope()),
+            ("Bearer", None, None)
+        );
+        assert_eq!(bare.claims(), Claims::default());
+
+        let jwt = "urn:ietf:params:oauth:token-type:jwt";
+        let d = issued("DPoP", Some(jwt), Some("")).with_actors(vec!["svc-b".into(), "svc-a".into()]);
+        assert_eq!(d.token_type(), "DPoP", "an unknown type is kept as text");
+        assert_eq!(d.issued_token_type(), Some(jwt), "a known one as a byte");
+        assert_eq!(d.scope(), Some(""), "an empty scope is not an absent one");
+        let claims = DelegationClaims {
+            subject_iss: Some("https://idp".into()),
+            subject_sub: Some("alice".into()),
+            jti: Some("j-1".into()),
+            exp: Some(1_700_000_000),
+            scope: Some("not kept: the token service named the scope".into()),
+            requested_scope: Some("orders.read".into()),
+        };
+        let d = d.with_claims(claims);
+        assert_eq!(
+            d.claims(),
+            Claims {
+                subject_iss: Some("https://idp"),
+                subject_sub: Some("alice"),
+                jti: Some("j-1"),
+                exp: Some(1_700_000_000),
+                scope: None,
+                requested_scope: Some("orders.read"),
+            }
+        );
+        assert_eq!(
+            (d.token_type(), d.issued_token_type(), d.scope()),
+            ("DPoP", Some(jwt), Some(""))
+        );
+        assert_eq!(d.actors(), ["svc-b".into(), "svc-a".into()] as [Box<str>; 2]);
+
+        let claim_scope = DelegationClaims {
+            scope: Some("orders.read".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            issued("Bearer", None, None).with_claims(claim_scope).claims().scope,
+            Some("orders.read"),
+            "the issued token's scope claim stands in when the token service named none"
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ struct Line<'a> {
     trace_id: Option<String>,
     source: Option<&'a str>,
     subject: Option<Subject<'a>>,
-    actors: &'a [String],
+    actors: &'a [Box<str>],
     delegation_depth: usize,
     destination: Option<&'a str>,
     audience: Option<&'a str>,
@@ -76,8 +76,8 @@ impl Entry {
         let subject = claims
             .filter(|c| c.subject_iss.is_some() || c.subject_sub.is_some())
             .map(|c| Subject {
-                iss: c.subject_iss.as_deref(),
-                sub: c.subject_sub.as_deref().map(|sub| match subject_mode {
+                iss: c.subject_iss,
+                sub: c.subject_sub.map(|sub| match subject_mode {
                     SubjectMode::Plain => sub.into(),
                     SubjectMode::Hashed => fingerprint(sub).into(),
                 }),
@@ -98,14 +98,11 @@ impl Entry {
             resource: target.and_then(|t| t.resource.as_deref()),
             scopes_requested: scopes(
                 claims
-                    .and_then(|c| c.requested_scope.as_deref())
+                    .and_then(|c| c.requested_scope)
                     .or(target.and_then(|t| t.scope.as_deref())),
             ),
-            scopes_granted: self
-                .delegated
-                .as_ref()
-                .map(|d| scopes(d.scope().or(d.claims().scope.as_deref()))),
-            jti: claims.and_then(|c| c.jti.as_deref()),
+            scopes_granted: self.delegated.as_ref().map(|d| scopes(d.scope().or(d.claims().scope))),
+            jti: claims.and_then(|c| c.jti),
             exp: claims.and_then(|c| c.exp),
             cache: self.cache.map(CacheStatus::as_str),
         };

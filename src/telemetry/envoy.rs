@@ -50,7 +50,7 @@ pub fn dynamic_metadata(outcome: &Result<Allow, Denial>, destination: Option<&Ro
             cache,
         }) => {
             put("cache", cache.as_str());
-            if let Some(jti) = &token.claims().jti {
+            if let Some(jti) = token.claims().jti {
                 put("jti", jti);
             }
             Some(&**destination)

@@ -394,7 +394,7 @@ fn split_scopes(scope: Option<&str>) -> impl Iterator<Item = String> + '_ {
 fn target_attributes(route: &Route, delegated: Option<&Delegated>) -> Vec<KeyValue> {
     let t = &route.target;
     let scope = delegated
-        .and_then(|d| d.claims().requested_scope.as_deref())
+        .and_then(|d| d.claims().requested_scope)
         .or(t.scope.as_deref());
     let mut out = Vec::with_capacity(3);
     if let Some(audience) = &t.audience {
@@ -412,10 +412,10 @@ fn delegated_attributes(d: &Delegated, subject: SubjectMode) -> Vec<KeyValue> {
     let c = d.claims();
     let actors = d.actors();
     let mut out = Vec::with_capacity(8);
-    if let Some(iss) = &c.subject_iss {
+    if let Some(iss) = c.subject_iss {
         out.push(KeyValue::new("baton.subject.iss", iss.to_string()));
     }
-    if let Some(sub) = &c.subject_sub {
+    if let Some(sub) = c.subject_sub {
         let sub = match subject {
             SubjectMode::Plain => sub.to_string(),
             SubjectMode::Hashed => fingerprint(sub),
@@ -424,14 +424,14 @@ fn delegated_attributes(d: &Delegated, subject: SubjectMode) -> Vec<KeyValue> {
     }
     out.push(KeyValue::new(
         "baton.delegation.actors",
-        strings(actors.iter().cloned()),
+        strings(actors.iter().map(|a| a.to_string())),
     ));
     out.push(KeyValue::new("baton.delegation.depth", actors.len() as i64));
     out.push(KeyValue::new(
         "baton.scopes.granted",
-        strings(split_scopes(d.scope().or(c.scope.as_deref()))),
+        strings(split_scopes(d.scope().or(c.scope))),
     ));
-    if let Some(jti) = &c.jti {
+    if let Some(jti) = c.jti {
         out.push(KeyValue::new("baton.issued.jti", jti.to_string()));
     }
     if let Some(exp) = c.exp {
