@@ -120,7 +120,7 @@ impl ActorToken {
                         tracing::warn!(token_service = service.name(), error = %e, "cannot obtain the actor token");
                         match e {
                             // The same fast 503 as the exchange it was for would get.
-                            crate::exchange::ExchangeError::CircuitOpen => Denial::from(&e),
+                            crate::exchange::ExchangeError::CircuitOpen(_) => Denial::from(&e),
                             _ => Denial::new(
                                 Reason::ActorTokenUnavailable,
                                 "the workload's own token cannot be obtained",

@@ -137,9 +137,15 @@ pub enum Outcome {
     Neutral,
 }
 
-/// The breaker is open (or probing): the call was not made.
+/// The breaker is open (or probing): the call was not made. `retry_in`: until it lets a probe
+/// through (while a probe is out, `PROBE_WAIT`), for the caller's `Retry-After`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rejected;
+pub struct Rejected {
+    pub retry_in: Duration,
+}
+
+/// What a rejected caller is told to wait while a probe is out: its answer decides soon.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
 
 /// One token service's circuit breaker. A disabled one lets every call through and counts nothing.
 #[derive(Debug)]
@@ -263,14 +269,14 @@ impl Breaker {
         let mut inner = self.lock();
         match inner.phase {
             Phase::Closed => Ok(self.ticket(inner.generation, false)),
-            Phase::Open { until } if now < until => Err(Rejected),
+            Phase::Open { until } if now < until => Err(Rejected { retry_in: until - now }),
             Phase::Open { .. } => {
                 let generation = self.enter(&mut inner, Phase::HalfOpen { probing: true });
                 drop(inner);
                 tracing::info!(token_service = %self.token_service, "circuit half-open: probing the token service");
                 Ok(self.ticket(generation, true))
             }
-            Phase::HalfOpen { probing: true } => Err(Rejected),
+            Phase::HalfOpen { probing: true } => Err(Rejected { retry_in: PROBE_WAIT }),
             Phase::HalfOpen { probing: false } => {
                 inner.phase = Phase::HalfOpen { probing: true };
                 Ok(self.ticket(inner.generation, true))
@@ -546,7 +552,8 @@ mod tests {
         assert_eq!(b.state_at(t0), State::Closed);
         call(&b, Outcome::Failed, t0).expect("closed");
         assert_eq!(b.state_at(t0), State::Open);
-        assert_eq!(b.admit_at(t0).map(drop), Err(Rejected));
+        let open_for = Duration::from_secs(5);
+        assert_eq!(b.admit_at(t0).map(drop), Err(Rejected { retry_in: open_for }));
     }
 
     #[test]
@@ -601,11 +608,13 @@ mod tests {
             call(&b, Outcome::Failed, t0).expect("closed");
         }
         let almost = t0 + Duration::from_millis(4999);
-        assert_eq!(b.admit_at(almost).map(drop), Err(Rejected), "open for 5 s");
+        let retry_in = Duration::from_millis(1);
+        assert_eq!(b.admit_at(almost).map(drop), Err(Rejected { retry_in }), "open for 5 s");
         let after = t0 + Duration::from_secs(5);
         assert_eq!(b.state_at(after), State::HalfOpen);
         let probe = b.admit_at(after).expect("the probe");
-        assert_eq!(b.admit_at(after).map(drop), Err(Rejected), "one probe at a time");
+        let probing = Rejected { retry_in: PROBE_WAIT };
+        assert_eq!(b.admit_at(after).map(drop), Err(probing), "one probe at a time");
         probe.record_at(Outcome::Healthy, after);
         assert_eq!(b.state_at(after), State::Closed);
         // Closed again with an empty window: old failures do not reopen it.
@@ -623,7 +632,11 @@ mod tests {
         let t1 = t0 + Duration::from_secs(6);
         call(&b, Outcome::Failed, t1).expect("the probe goes");
         assert_eq!(b.state_at(t1), State::Open);
-        assert_eq!(b.admit_at(t1 + Duration::from_millis(4999)).map(drop), Err(Rejected));
+        let retry_in = Duration::from_millis(1);
+        assert_eq!(
+            b.admit_at(t1 + Duration::from_millis(4999)).map(drop),
+            Err(Rejected { retry_in })
+        );
         call(&b, Outcome::Healthy, t1 + Duration::from_secs(5)).expect("the next probe");
         assert_eq!(b.state_at(t1 + Duration::from_secs(5)), State::Closed);
     }
@@ -658,7 +671,8 @@ mod tests {
         // ... ends while the probe is out: neither closes nor reopens the breaker.
         slow.record_at(Outcome::Healthy, t1);
         assert_eq!(b.state_at(t1), State::HalfOpen);
-        assert_eq!(b.admit_at(t1).map(drop), Err(Rejected), "the probe still has the turn");
+        let probing = Rejected { retry_in: PROBE_WAIT };
+        assert_eq!(b.admit_at(t1).map(drop), Err(probing), "the probe still has the turn");
         probe.record_at(Outcome::Failed, t1);
         assert_eq!(b.state_at(t1), State::Open);
     }

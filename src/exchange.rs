@@ -61,8 +61,10 @@ pub enum ExchangeError {
     Timeout(Duration),
     #[error("token service answered HTTP {0}")]
     Status(u16),
+    /// Rate limited (HTTP 429), or still inside the pause it asked for; with how long is left of
+    /// it, when it said.
     #[error("token service is rate limiting (HTTP 429)")]
-    Busy,
+    Busy(Option<Duration>),
     #[error("too many exchanges in flight towards the token service")]
     Saturated,
     #[error("token service answer unusable: {0}")]
@@ -70,7 +72,7 @@ pub enum ExchangeError {
     #[error("token endpoint not yet discovered from the issuer")]
     NotDiscovered,
     #[error("the circuit breaker is open: the token service failed too often lately")]
-    CircuitOpen,
+    CircuitOpen(Duration),
 }
 
 /// Signing Baton's own client assertion failed: a local problem, not the service's answer.
@@ -85,7 +87,7 @@ impl ExchangeError {
             // An answer from a service that works: a refusal, a 4xx, a redirect.
             Self::Refused { .. } | Self::Status(_) => Outcome::Healthy,
             // Baton's own bounds, a pause the service asked for, or no call at all.
-            Self::Busy | Self::Saturated | Self::BadResponse(_) | Self::NotDiscovered | Self::CircuitOpen => {
+            Self::Busy(_) | Self::Saturated | Self::BadResponse(_) | Self::NotDiscovered | Self::CircuitOpen(_) => {
                 Outcome::Neutral
             }
         }
@@ -138,15 +140,22 @@ impl From<&ExchangeError> for Denial {
                 Reason::TokenServiceBusy,
                 "too many exchanges are in flight towards the token service",
             ),
-            ExchangeError::Busy => Denial::new(Reason::TokenServiceBusy, "the token service is rate limiting"),
+            ExchangeError::Busy(pause) => {
+                let denial = Denial::new(Reason::TokenServiceBusy, "the token service is rate limiting");
+                match pause {
+                    Some(left) => denial.retry_after(*left),
+                    None => denial,
+                }
+            }
             ExchangeError::BadResponse(why) => Denial::new(
                 Reason::TokenServiceBadResponse,
                 format!("the token service's answer is unusable: {why}"),
             ),
-            ExchangeError::CircuitOpen => Denial::new(
+            ExchangeError::CircuitOpen(left) => Denial::new(
                 Reason::TokenServiceCircuitOpen,
                 "the token service failed too often lately; it is not called for a moment",
-            ),
+            )
+            .retry_after(*left),
         }
     }
 }
@@ -335,7 +344,10 @@ impl TokenService {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Issued, ExchangeError>>,
     {
-        let ticket = self.breaker.admit().map_err(|_| ExchangeError::CircuitOpen)?;
+        let ticket = self
+            .breaker
+            .admit()
+            .map_err(|rejected| ExchangeError::CircuitOpen(rejected.retry_in))?;
         let result = self.bounded_retries(call).await;
         ticket.record(result.as_ref().map_or_else(ExchangeError::health, |_| Outcome::Healthy));
         result
@@ -347,8 +359,8 @@ impl TokenService {
         Fut: std::future::Future<Output = Result<Issued, ExchangeError>>,
     {
         use std::sync::atomic::Ordering;
-        if unix_ms() < self.busy_until.load(Ordering::Relaxed) {
-            return Err(ExchangeError::Busy);
+        if let Some(left) = self.paused() {
+            return Err(ExchangeError::Busy(Some(left)));
         }
         let deadline = Instant::now() + self.timeout;
         // Bounded: the permits, then as many waiting for one within the timeout, then refusals.
@@ -369,12 +381,15 @@ impl TokenService {
         };
         let mut attempt = 0;
         loop {
-            if unix_ms() < self.busy_until.load(Ordering::Relaxed) {
-                return Err(ExchangeError::Busy);
+            if let Some(left) = self.paused() {
+                return Err(ExchangeError::Busy(Some(left)));
             }
-            let result = tokio::time::timeout_at(deadline, call())
-                .await
-                .unwrap_or(Err(ExchangeError::Timeout(self.timeout)));
+            let result = match tokio::time::timeout_at(deadline, call()).await {
+                // A 429 that came with Retry-After started a pause: say how long.
+                Ok(Err(ExchangeError::Busy(None))) => Err(ExchangeError::Busy(self.paused())),
+                Ok(result) => result,
+                Err(_) => Err(ExchangeError::Timeout(self.timeout)),
+            };
             let retryable = matches!(
                 result,
                 Err(ExchangeError::Unreachable(_) | ExchangeError::Status(500..=599))
@@ -390,6 +405,15 @@ impl TokenService {
             tracing::debug!(attempt, ?backoff, error = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(), "retrying token exchange");
             tokio::time::sleep(backoff).await;
         }
+    }
+
+    /// What is left of a pause the token service asked for (`Retry-After`), if one is running.
+    fn paused(&self) -> Option<Duration> {
+        let until = self.busy_until.load(std::sync::atomic::Ordering::Relaxed);
+        until
+            .checked_sub(unix_ms())
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
     }
 
     async fn attempt(&self, endpoint: &Url, subject_token: &str, target: &Target) -> Result<Issued, ExchangeError> {
@@ -629,7 +653,7 @@ struct ErrorBody {
 pub fn parse_response(status: u16, body: &[u8]) -> Result<Issued, ExchangeError> {
     match status {
         200 => {}
-        429 => return Err(ExchangeError::Busy),
+        429 => return Err(ExchangeError::Busy(None)),
         400 | 401 | 403 => {
             return match serde_json::from_slice::<ErrorBody>(body) {
                 Ok(e) => Err(ExchangeError::Refused { status, error: e.error }),
@@ -881,9 +905,63 @@ mod tests {
         assert_eq!(ExchangeError::Timeout(Duration::from_secs(1)).health(), Outcome::Failed);
         assert_eq!(ExchangeError::Saturated.health(), Outcome::Neutral);
         assert_eq!(ExchangeError::BadResponse(CANNOT_SIGN).health(), Outcome::Neutral);
+        let open = Denial::from(&ExchangeError::CircuitOpen(Duration::from_millis(1500)));
         assert_eq!(
-            Denial::from(&ExchangeError::CircuitOpen).reason,
-            Reason::TokenServiceCircuitOpen
+            (open.reason, open.retry_after),
+            (Reason::TokenServiceCircuitOpen, Some(2))
+        );
+        let paused = Denial::from(&ExchangeError::Busy(Some(Duration::from_millis(10))));
+        assert_eq!((paused.reason, paused.retry_after), (Reason::TokenServiceBusy, Some(1)));
+        assert_eq!(Denial::from(&ExchangeError::Busy(None)).retry_after, None);
+        assert_eq!(Denial::from(&ExchangeError::Saturated).retry_after, None);
+    }
+
+    /// A token endpoint that answers 429 with `Retry-After: 3`: the refusal says how long is left,
+    /// and so does every call during the pause, which is answered without calling the service.
+    #[tokio::test]
+    async fn a_pause_asked_for_is_kept_and_told() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let answer = "HTTP/1.1 429 Too Many Requests\r\nretry-after: 3\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        let config = crate::config::Config::from_yaml(&format!(
+            "token_service:\n  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n"
+        ))
+        .expect("config");
+        let service = TokenService::new(&config.token_services[0]).expect("service");
+        let target = Target {
+            audience: Some("a".into()),
+            resource: None,
+            scope: None,
+            requested_token_type: None,
+            subject_token_type: crate::config::TOKEN_TYPE_ACCESS_TOKEN,
+            actor: None,
+        };
+        for _ in 0..3 {
+            let e = service.exchange("user", &target).await.expect_err("busy");
+            let ExchangeError::Busy(Some(left)) = e else {
+                panic!("a pause with its length, got {e}")
+            };
+            assert!(
+                left > Duration::from_secs(2) && left <= Duration::from_secs(3),
+                "{left:?}"
+            );
+            assert_eq!(Denial::from(&e).retry_after, Some(3));
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "no call during the pause"
         );
     }
 
@@ -921,9 +999,9 @@ mod tests {
         let seen = accepted.load(std::sync::atomic::Ordering::SeqCst);
         for _ in 0..5 {
             let e = service.exchange("user", &target).await.expect_err("open");
-            assert!(matches!(e, ExchangeError::CircuitOpen), "{e}");
+            assert!(matches!(e, ExchangeError::CircuitOpen(_)), "{e}");
             let e = service.client_credentials(None, None).await.expect_err("open");
-            assert!(matches!(e, ExchangeError::CircuitOpen), "{e}");
+            assert!(matches!(e, ExchangeError::CircuitOpen(_)), "{e}");
         }
         assert_eq!(
             accepted.load(std::sync::atomic::Ordering::SeqCst),
@@ -936,7 +1014,7 @@ mod tests {
         let mut reloaded = TokenService::new(&config.token_services[0]).expect("service");
         reloaded.succeed(&service);
         let e = reloaded.exchange("user", &target).await.expect_err("still open");
-        assert!(matches!(e, ExchangeError::CircuitOpen), "{e}");
+        assert!(matches!(e, ExchangeError::CircuitOpen(_)), "{e}");
         let changed = crate::config::Config::from_yaml(&format!(
             "token_service:\n  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n  circuit_breaker:\n    min_requests: 4\n"
         ))

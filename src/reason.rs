@@ -213,6 +213,9 @@ impl Class {
 pub struct Denial {
     pub reason: Reason,
     pub description: Cow<'static, str>,
+    /// Whole seconds after which the same request may pass (`Retry-After` on the reply), when
+    /// Baton knows: its circuit breaker is open, or the token service asked for a pause.
+    pub retry_after: Option<u32>,
 }
 
 impl Denial {
@@ -220,7 +223,15 @@ impl Denial {
         Self {
             reason,
             description: description.into(),
+            retry_after: None,
         }
+    }
+
+    /// Tell the caller to wait `wait`, rounded up to whole seconds (at least one).
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.retry_after = Some(u32::try_from(secs.max(1)).unwrap_or(u32::MAX));
+        self
     }
 }
 

@@ -143,7 +143,8 @@ fn authorization_mutation(allow: &Allow) -> (Vec<HeaderValueOption>, Vec<String>
     }
 }
 
-/// The headers of a denial: JSON, and an RFC 6750 challenge on a 401.
+/// The headers of a denial: JSON, an RFC 6750 challenge on a 401, and `Retry-After` (RFC 9110
+/// 10.2.3) when Baton knows when the same request may pass.
 fn denial_headers(denial: &Denial) -> Vec<HeaderValueOption> {
     let mut headers = vec![header(
         "content-type",
@@ -154,6 +155,13 @@ fn denial_headers(denial: &Denial) -> Vec<HeaderValueOption> {
         headers.push(header(
             "www-authenticate",
             &www_authenticate(denial.reason),
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ));
+    }
+    if let Some(seconds) = denial.retry_after {
+        headers.push(header(
+            "retry-after",
+            &seconds.to_string(),
             HeaderAppendAction::OverwriteIfExistsOrAdd,
         ));
     }
@@ -196,7 +204,11 @@ mod tests {
     use super::*;
 
     fn denied_of(reason: Reason) -> (i32, u16, serde_json::Value, Vec<(String, String)>) {
-        let response = check_response(&Err(Denial::new(reason, "because")));
+        denied(Denial::new(reason, "because"))
+    }
+
+    fn denied(denial: Denial) -> (i32, u16, serde_json::Value, Vec<(String, String)>) {
+        let response = check_response(&Err(denial));
         let code = response.status.expect("status").code;
         let Some(HttpResponse::DeniedResponse(d)) = response.http_response else {
             panic!("not denied")
@@ -228,8 +240,18 @@ mod tests {
         assert_eq!(body["error"], "target_refused");
         assert!(!headers.iter().any(|(k, _)| k == "www-authenticate"));
 
-        let (_, http, body, _) = denied_of(Reason::TokenServiceTimeout);
+        let (_, http, body, headers) = denied_of(Reason::TokenServiceTimeout);
         assert_eq!((http, body["error"].as_str()), (503, Some("token_service_timeout")));
+        assert!(!headers.iter().any(|(k, _)| k == "retry-after"), "no hint: no header");
+
+        let open =
+            Denial::new(Reason::TokenServiceCircuitOpen, "later").retry_after(std::time::Duration::from_millis(2300));
+        let (_, http, _, headers) = denied(open);
+        assert_eq!(http, 503);
+        assert!(
+            headers.contains(&("retry-after".to_owned(), "3".to_owned())),
+            "{headers:?}"
+        );
     }
 
     #[test]

@@ -46,6 +46,7 @@ async fn a_failing_token_service_is_cut_off_then_probed_back() {
             "request {i}: {:?}",
             reply.body
         );
+        assert!(reply.headers.get("retry-after").is_none(), "no pause known yet");
     }
     let opened = tokio::time::Instant::now();
     assert_eq!(failing.exchanges().await, 4);
@@ -58,6 +59,12 @@ async fn a_failing_token_service_is_cut_off_then_probed_back() {
             (503, "token_service_circuit_open"),
             "request {i} while open: {:?}",
             reply.body
+        );
+        // Until the breaker lets a probe through: within OPEN_FOR, in whole seconds rounded up.
+        let retry_after = retry_after(&reply);
+        assert!(
+            (1..=OPEN_FOR.as_secs()).contains(&retry_after),
+            "Retry-After {retry_after}"
         );
     }
     assert!(
@@ -112,6 +119,9 @@ async fn a_failing_token_service_is_cut_off_then_probed_back() {
         .filter(|(s, r)| (*s, r.as_str()) == (503, "token_service_circuit_open"))
         .count();
     assert_eq!((delegated.len(), refused), (1, 2), "{outcomes:?}");
+    for reply in replies.iter().filter(|r| r.status == 503) {
+        assert_eq!(retry_after(reply), 1, "while the probe is out");
+    }
     assert_eq!(healthy.exchanges().await, 1, "one probe only");
     let probe = delegated[0];
     let claims = healthy.verify(replies[probe].upstream_token()).await;
@@ -145,4 +155,10 @@ async fn a_failing_token_service_is_cut_off_then_probed_back() {
             "no {level} `{message}` line in baton.log"
         );
     }
+}
+
+/// The `Retry-After` of a reply, in seconds; it must be there.
+fn retry_after(reply: &Reply) -> u64 {
+    let value = reply.headers.get("retry-after").expect("a Retry-After header");
+    value.to_str().ok().and_then(|v| v.parse().ok()).expect("delta-seconds")
 }
