@@ -110,7 +110,10 @@ fn known_token_type(value: &str) -> u8 {
 
 impl About {
     fn get(&self, field: Field) -> Option<&str> {
-        let f = field as usize;
+        self.get_at(field as usize)
+    }
+
+    fn get_at(&self, f: usize) -> Option<&str> {
         if self.present & (1 << f) == 0 {
             return None;
         }
@@ -131,7 +134,7 @@ impl About {
         for (f, (field, change)) in fields.iter_mut().zip(changes).enumerate() {
             *field = match change {
                 Some(new) => new,
-                None => self.get(FIELD_ORDER[f]),
+                None => self.get_at(f),
             };
         }
         let mut text = String::with_capacity(fields.iter().flatten().map(|s| s.len()).sum());
@@ -157,17 +160,6 @@ impl About {
             && self.actors.is_empty()
     }
 }
-
-const FIELD_ORDER: [Field; FIELDS] = [
-    Field::TokenType,
-    Field::IssuedTokenType,
-    Field::Scope,
-    Field::SubjectIss,
-    Field::SubjectSub,
-    Field::Jti,
-    Field::ClaimScope,
-    Field::RequestedScope,
-];
 
 /// What audit and traces report about a delegation (`Delegated::claims`), borrowed from the entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -916,6 +916,29 @@ mod tests {
         assert_eq!(Denial::from(&ExchangeError::Saturated).retry_after, None);
     }
 
+    /// A token service at `127.0.0.1:port` without client authentication or retries, plus `extra`.
+    fn local_config(port: u16, extra: &str) -> crate::config::Config {
+        crate::config::Config::from_yaml(&format!(
+            "token_service:\n  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n{extra}"
+        ))
+        .expect("config")
+    }
+
+    fn local_service(port: u16, extra: &str) -> TokenService {
+        TokenService::new(&local_config(port, extra).token_services[0]).expect("service")
+    }
+
+    fn audience_a() -> Target {
+        Target {
+            audience: Some("a".into()),
+            resource: None,
+            scope: None,
+            requested_token_type: None,
+            subject_token_type: crate::config::TOKEN_TYPE_ACCESS_TOKEN,
+            actor: None,
+        }
+    }
+
     /// A token endpoint that answers 429 with `Retry-After: 3`: the refusal says how long is left,
     /// and so does every call during the pause, which is answered without calling the service.
     #[tokio::test]
@@ -934,19 +957,8 @@ mod tests {
                 let _ = socket.write_all(answer.as_bytes()).await;
             }
         });
-        let config = crate::config::Config::from_yaml(&format!(
-            "token_service:\n  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n"
-        ))
-        .expect("config");
-        let service = TokenService::new(&config.token_services[0]).expect("service");
-        let target = Target {
-            audience: Some("a".into()),
-            resource: None,
-            scope: None,
-            requested_token_type: None,
-            subject_token_type: crate::config::TOKEN_TYPE_ACCESS_TOKEN,
-            actor: None,
-        };
+        let service = local_service(port, "");
+        let target = audience_a();
         for _ in 0..3 {
             let e = service.exchange("user", &target).await.expect_err("busy");
             let ExchangeError::Busy(Some(left)) = e else {
@@ -979,19 +991,9 @@ mod tests {
                 drop(socket);
             }
         });
-        let config = crate::config::Config::from_yaml(&format!(
-            "token_service:\n  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n  circuit_breaker:\n    min_requests: 3\n    open_for: 1m\n"
-        ))
-        .expect("config");
+        let config = local_config(port, "  circuit_breaker:\n    min_requests: 3\n    open_for: 1m\n");
         let service = TokenService::new(&config.token_services[0]).expect("service");
-        let target = Target {
-            audience: Some("a".into()),
-            resource: None,
-            scope: None,
-            requested_token_type: None,
-            subject_token_type: crate::config::TOKEN_TYPE_ACCESS_TOKEN,
-            actor: None,
-        };
+        let target = audience_a();
         for _ in 0..3 {
             let e = service.exchange("user", &target).await.expect_err("dropped");
             assert!(matches!(e, ExchangeError::Unreachable(_)), "{e}");
