@@ -928,6 +928,29 @@ mod tests {
         TokenService::new(&local_config(port, extra).token_services[0]).expect("service")
     }
 
+    /// A token endpoint on loopback that counts the connections it accepts and answers each with
+    /// `answer` after reading the request, or drops it at once when there is none.
+    async fn counting_endpoint(
+        answer: Option<&'static str>,
+    ) -> (u16, Arc<std::sync::atomic::AtomicU64>, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = accepted.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Some(answer) = answer {
+                    let mut request = [0u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                }
+            }
+        });
+        (port, accepted, server)
+    }
+
     fn audience_a() -> Target {
         Target {
             audience: Some("a".into()),
@@ -943,20 +966,9 @@ mod tests {
     /// and so does every call during the pause, which is answered without calling the service.
     #[tokio::test]
     async fn a_pause_asked_for_is_kept_and_told() {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let mut request = [0u8; 4096];
-                let _ = socket.read(&mut request).await;
-                let answer = "HTTP/1.1 429 Too Many Requests\r\nretry-after: 3\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-                let _ = socket.write_all(answer.as_bytes()).await;
-            }
-        });
+        let answer =
+            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 3\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        let (port, accepted, _server) = counting_endpoint(Some(answer)).await;
         let service = local_service(port, "");
         let target = audience_a();
         for _ in 0..3 {
@@ -981,16 +993,7 @@ mod tests {
     /// breaker answers at once and no further connection is made.
     #[tokio::test]
     async fn an_open_breaker_stops_calling_the_service() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = accepted.clone();
-        let server = tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                drop(socket);
-            }
-        });
+        let (port, accepted, server) = counting_endpoint(None).await;
         let config = local_config(port, "  circuit_breaker:\n    min_requests: 3\n    open_for: 1m\n");
         let service = TokenService::new(&config.token_services[0]).expect("service");
         let target = audience_a();
