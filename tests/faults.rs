@@ -335,11 +335,19 @@ async fn token_service_answers_wrongly_under_load() {
             }
         }
         if name.ends_with("Retry-After") {
-            // `Retry-After: 2`: after the first refusals, Baton refuses at once, unsent.
+            // `Retry-After: 2`: after the first refusals, Baton refuses at once, unsent, and says
+            // when to come back.
             assert!(
                 exchanges <= 3 * CLIENTS as u64,
                 "{scenario}: {exchanges} exchanges for {} requests: Retry-After ignored",
                 total.sent
+            );
+            // Even the first: a 429 starts the pause, and a 503 is retried into it.
+            assert_eq!(
+                total.retry_after,
+                total.unavailable,
+                "{scenario}: every refusal says when to come back: {}",
+                total.counts()
             );
         }
     }

@@ -55,8 +55,11 @@ pub struct Job {
 #[derive(Debug)]
 enum Outcome {
     Correct,
-    /// 503 with an intended reason.
-    Unavailable(String),
+    /// 503 with an intended reason; whether it said when to come back (`Retry-After`).
+    Unavailable {
+        reason: String,
+        retry_after: bool,
+    },
     /// The intended refusal.
     Denied(String),
     /// No reply at all (connection refused or reset), while the scenario allows it.
@@ -71,6 +74,8 @@ pub struct Tally {
     pub correct: u64,
     /// 503 with an intended reason.
     pub unavailable: u64,
+    /// Of those, the ones with a `Retry-After` (whole seconds; any other form is wrong).
+    pub retry_after: u64,
     /// The intended refusal (`Expect::Denied`).
     pub denied: u64,
     /// No reply (the client could not connect, or the connection dropped), where allowed.
@@ -91,8 +96,9 @@ impl Tally {
         self.slowest = self.slowest.max(took);
         match outcome {
             Outcome::Correct => self.correct += 1,
-            Outcome::Unavailable(reason) => {
+            Outcome::Unavailable { reason, retry_after } => {
                 self.unavailable += 1;
+                self.retry_after += u64::from(retry_after);
                 self.slowest_unavailable = self.slowest_unavailable.max(took);
                 *self.reasons.entry(reason).or_default() += 1;
             }
@@ -114,6 +120,7 @@ impl Tally {
         self.sent += other.sent;
         self.correct += other.correct;
         self.unavailable += other.unavailable;
+        self.retry_after += other.retry_after;
         self.denied += other.denied;
         self.refused += other.refused;
         self.wrong += other.wrong;
@@ -135,6 +142,9 @@ impl Tally {
             "sent={} correct={} 503={} denied={} refused={} wrong={}",
             self.sent, self.correct, self.unavailable, self.denied, self.refused, self.wrong
         );
+        if self.retry_after > 0 {
+            let _ = write!(line, " retry-after={}", self.retry_after);
+        }
         if !self.reasons.is_empty() {
             let reasons: Vec<String> = self.reasons.iter().map(|(r, n)| format!("{r}:{n}")).collect();
             let _ = write!(line, " ({})", reasons.join(" "));
@@ -344,8 +354,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Status and body (JSON, else the text as a JSON string), or why there was no reply.
-async fn send(http: &reqwest::Client, port: u16, job: &Job) -> Result<(u16, Value), reqwest::Error> {
+/// What came back: the status, the `Retry-After` if any, and the body (JSON, else the text as a
+/// JSON string).
+struct Answer {
+    status: u16,
+    retry_after: Option<String>,
+    body: Value,
+}
+
+/// The answer, or why there was no reply.
+async fn send(http: &reqwest::Client, port: u16, job: &Job) -> Result<Answer, reqwest::Error> {
     let response = http
         .get(format!("http://127.0.0.1:{port}{}", job.path))
         .header("host", &job.host)
@@ -353,19 +371,41 @@ async fn send(http: &reqwest::Client, port: u16, job: &Job) -> Result<(u16, Valu
         .send()
         .await?;
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let bytes = response.bytes().await?;
     let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    Ok((status, body))
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+    })
 }
 
-fn judge(job: &Job, answer: Result<(u16, Value), reqwest::Error>, refused_ok: bool, registered: &AtomicU64) -> Outcome {
-    let (status, body) = match answer {
+fn judge(job: &Job, answer: Result<Answer, reqwest::Error>, refused_ok: bool, registered: &AtomicU64) -> Outcome {
+    let Answer {
+        status,
+        retry_after,
+        body,
+    } = match answer {
         Ok(answer) => answer,
         Err(e) if e.is_timeout() => return Outcome::Wrong(format!("no answer within {REQUEST_DEADLINE:?}")),
         Err(_) if refused_ok => return Outcome::Refused,
         Err(e) => return Outcome::Wrong(format!("no reply: {}", e.without_url())),
     };
     let reason = body["error"].as_str().unwrap_or("<no reason>").to_owned();
+    // Retry-After is whole seconds, at least one (RFC 9110 10.2.3), and an open breaker always says it.
+    match &retry_after {
+        Some(v) if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) || v == "0" => {
+            return Outcome::Wrong(format!("{status} {reason} with Retry-After {v:?}"));
+        }
+        None if reason == "token_service_circuit_open" => {
+            return Outcome::Wrong(format!("{status} {reason} without Retry-After"));
+        }
+        _ => {}
+    }
     match &job.expect {
         Expect::Delegated {
             sub,
@@ -377,7 +417,10 @@ fn judge(job: &Job, answer: Result<(u16, Value), reqwest::Error>, refused_ok: bo
                 Ok(()) => Outcome::Correct,
                 Err(what) => Outcome::Wrong(format!("200 for {sub} -> {aud}: {what}")),
             },
-            503 if unavailable.contains(&reason.as_str()) => Outcome::Unavailable(reason),
+            503 if unavailable.contains(&reason.as_str()) => Outcome::Unavailable {
+                reason,
+                retry_after: retry_after.is_some(),
+            },
             _ => Outcome::Wrong(format!("{status} {reason} for {sub} -> {aud}")),
         },
         Expect::Denied { status: want, reasons } => {
