@@ -69,19 +69,9 @@ fn main() {
     );
     write("authz_empty.pb", CheckRequest::default().encode_to_vec());
 
-    let lines = |headers: &[(String, String)]| HeaderMap {
-        headers: headers
-            .iter()
-            .map(|(k, v)| HeaderValue {
-                key: k.clone(),
-                raw_value: v.clone().into_bytes(),
-                ..Default::default()
-            })
-            .collect(),
-    };
     let mut processing = ProcessingRequest {
         request: Some(Phase::RequestHeaders(HttpHeaders {
-            headers: Some(lines(&with_auth(&[&bearer]))),
+            headers: Some(header_map(&with_auth(&[&bearer]))),
             end_of_stream: true,
             ..Default::default()
         })),
@@ -125,6 +115,20 @@ fn address(ip: &str, port: u32) -> Option<Address> {
 /// An ext_authz CheckRequest as Envoy 1.40 sends one: peers, the HTTP request with its parsed
 /// fields, the headers folded into a map (or as lines with `encode_raw_headers`), and the route's
 /// `context_extensions`.
+/// Headers as Envoy sends them raw (`header_map`, values as bytes).
+fn header_map(headers: &[(String, String)]) -> HeaderMap {
+    HeaderMap {
+        headers: headers
+            .iter()
+            .map(|(k, v)| HeaderValue {
+                key: k.clone(),
+                raw_value: v.clone().into_bytes(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
 fn check(headers: &[(String, String)], route: Option<&str>, raw: bool) -> CheckRequest {
     let mut http = HttpRequest {
         id: "9264858893451243761".into(),
@@ -136,16 +140,7 @@ fn check(headers: &[(String, String)], route: Option<&str>, raw: bool) -> CheckR
         ..Default::default()
     };
     if raw {
-        http.header_map = Some(HeaderMap {
-            headers: headers
-                .iter()
-                .map(|(k, v)| HeaderValue {
-                    key: k.clone(),
-                    raw_value: v.clone().into_bytes(),
-                    ..Default::default()
-                })
-                .collect(),
-        });
+        http.header_map = Some(header_map(headers));
     } else {
         let mut folded: HashMap<String, String> = HashMap::new();
         for (k, v) in headers {
