@@ -56,16 +56,6 @@ const PROFILE_FLAG: &str = "--profile-hits";
 /// `--profile-misses N`: N raw exchange calls, then N misses (one exchange each), for callgrind.
 const PROFILE_MISSES_FLAG: &str = "--profile-misses";
 
-fn flag_value(flag: &str) -> Option<usize> {
-    let args: Vec<String> = std::env::args().collect();
-    let at = args.iter().position(|a| a == flag)?;
-    Some(
-        args.get(at + 1)
-            .and_then(|n| n.parse().ok())
-            .expect("a count after the flag"),
-    )
-}
-
 async fn run() {
     let scratch = Scratch::new("bench");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
@@ -76,7 +66,7 @@ async fn run() {
     );
 
     // 1. Through Envoy.
-    let floor_server = AllowAllProcess::start().await;
+    let floor_server = AllowAllProcess::start(&scratch).await;
     let baton = Baton::start_quiet(&scratch, &service.token_endpoint).await;
     for concurrency in CONCURRENCY {
         let alone = through_envoy(&scratch, Api::ExtAuthz, None, &user, concurrency).await;

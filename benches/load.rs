@@ -14,7 +14,8 @@
 //! 5. the miss path: a Check whose every request is a new user (so a miss and one exchange), beside
 //!    raw exchange calls to the same token service, interleaved in one open loop.
 //!
-//! Nothing here asserts a time; it prints numbers.
+//! Nothing here asserts a time; it prints numbers. `cargo bench --bench load -- --direct-only N`
+//! runs only step 4, N times.
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
@@ -44,6 +45,8 @@ const ROUNDS: u32 = 10;
 /// The open-loop maximum: how long each tried rate runs, and what counts as keeping up with it.
 const PROBE: Duration = Duration::from_secs(2);
 const KEEPS_UP_LAG_P99: Duration = Duration::from_millis(1);
+/// `--direct-only N`: only the servers on their own, N times (a quick look at Baton's own cost).
+const DIRECT_ONLY_FLAG: &str = "--direct-only";
 /// The miss path: requests per second of each kind (raw exchange, miss, verified miss).
 const MISS_RATE: f64 = 100.0;
 
@@ -65,11 +68,23 @@ async fn run() {
         load_average()
     );
 
-    let floor_server = AllowAllProcess::start().await;
+    let floor_server = AllowAllProcess::start(&scratch).await;
     // The floor of delegation itself: Envoy setting an Authorization as long as Baton's, no decision.
     let header_len = delegated_header_len(&scratch, &service.token_endpoint, &user).await;
-    let rewrite_server = AllowAllProcess::start_rewriting(header_len).await;
+    let rewrite_server = AllowAllProcess::start_rewriting(&scratch, header_len).await;
     let baton = Baton::start_quiet(&scratch, &service.token_endpoint).await;
+    let servers = [
+        ("allow-all", floor_server.port),
+        ("fixed Authorization (no decision)", rewrite_server.port),
+        ("Baton, cache hits", baton.grpc),
+    ];
+    let request = check_request("orders.example", &user);
+    if let Some(times) = flag_value(DIRECT_ONLY_FLAG) {
+        for _ in 0..times {
+            direct_round_trips(&servers, &request).await;
+        }
+        return;
+    }
     let setups = [
         (
             "Envoy alone (direct response)",
@@ -180,12 +195,7 @@ async fn run() {
         service.exchanges().await - exchanges_before
     );
     // 4. The servers alone, without Envoy.
-    let servers = [
-        ("allow-all", floor_server.port),
-        ("fixed Authorization (no decision)", rewrite_server.port),
-        ("Baton, cache hits", baton.grpc),
-    ];
-    direct_round_trips(&servers, &check_request("orders.example", &user)).await;
+    direct_round_trips(&servers, &request).await;
     drop(setups);
     drop(baton);
     drop((floor_server, rewrite_server));

@@ -16,6 +16,17 @@ use crate::support::*;
 /// by a number, the floor also rewrites `Authorization` to a fixed value that long.
 pub const ALLOW_ALL_FLAG: &str = "--serve-allow-all";
 
+/// The count after `flag` on the command line (`--flag N`), if the flag is there.
+pub fn flag_value(flag: &str) -> Option<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == flag)?;
+    Some(
+        args.get(at + 1)
+            .and_then(|n| n.parse().ok())
+            .expect("a count after the flag"),
+    )
+}
+
 /// Serve the floor and never return, when this process was started as the floor.
 pub fn serve_allow_all_if_asked(runtime: &tokio::runtime::Runtime) -> bool {
     let args: Vec<String> = std::env::args().collect();
@@ -86,18 +97,29 @@ pub struct AllowAllProcess {
 }
 
 impl AllowAllProcess {
-    pub async fn start() -> Self {
-        Self::start_with(&[]).await
+    pub async fn start(scratch: &Scratch) -> Self {
+        Self::start_copy(scratch, "allow-all", &[]).await
     }
 
     /// The floor that also sets `Authorization` to a fixed value of `len` bytes.
-    pub async fn start_rewriting(len: usize) -> Self {
-        Self::start_with(&[len.to_string()]).await
+    pub async fn start_rewriting(scratch: &Scratch, len: usize) -> Self {
+        Self::start_copy(scratch, "allow-all-rewriting", &[len.to_string()]).await
     }
 
-    async fn start_with(args: &[String]) -> Self {
+    /// Each floor runs from a copy of this binary of its own, as Baton runs from another file.
+    /// Processes of one file share its code in the CPU's caches: in round trips taking turns request
+    /// by request, a floor ran on code the load generator (this binary) or the other floor had just
+    /// warmed. Two Batons from one file showed the size of it: the second in turn answered 5 to
+    /// 7 us sooner (BENCHMARKS.md, "At fixed rates").
+    async fn start_copy(scratch: &Scratch, name: &str, args: &[String]) -> Self {
+        let copy = scratch.0.join(name);
+        std::fs::copy(std::env::current_exe().expect("own path"), &copy).expect("copy the floor binary");
+        Self::start_from(&copy, args).await
+    }
+
+    async fn start_from(program: &std::path::Path, args: &[String]) -> Self {
         use tokio::io::AsyncBufReadExt as _;
-        let mut child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
+        let mut child = tokio::process::Command::new(program)
             .arg(ALLOW_ALL_FLAG)
             .args(args)
             .stdout(std::process::Stdio::piped())
