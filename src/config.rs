@@ -933,6 +933,9 @@ pub struct RawTelemetry {
     pub service_name: Option<String>,
     /// OTLP trace export; absent = no tracing (the default).
     pub tracing: Option<RawTracing>,
+    /// Envoy `dynamic_metadata` on every reply, for the access log; off by default, like the audit
+    /// log and traces (it costs every request, see BENCHMARKS.md).
+    pub dynamic_metadata: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -999,6 +1002,7 @@ pub enum AuditSinkKind {
 pub struct Telemetry {
     pub service_name: String,
     pub tracing: Option<Tracing>,
+    pub dynamic_metadata: bool,
 }
 
 #[derive(Debug)]
@@ -1099,7 +1103,11 @@ fn validate_telemetry(raw: RawTelemetry, errors: &mut Errors) -> Telemetry {
             subject: t.subject,
         })
     });
-    Telemetry { service_name, tracing }
+    Telemetry {
+        service_name,
+        tracing,
+        dynamic_metadata: raw.dynamic_metadata,
+    }
 }
 
 fn validate_audit(raw: RawAudit, errors: &mut Errors) -> Audit {

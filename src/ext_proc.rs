@@ -177,7 +177,10 @@ impl Exchange {
         log_outcome(&outcome);
         let route = telemetry::destination(&self.authz, outbound.ok(), &outcome);
         let mut reply = respond::request_headers_response(&outcome);
-        reply.dynamic_metadata = Some(telemetry::envoy::ext_proc_metadata(&outcome, route.map(|r| &**r)));
+        reply.dynamic_metadata = self
+            .authz
+            .telemetry()
+            .envoy_metadata(Api::ExtProc, &outcome, route.map(|r| &**r));
         observation.finish(Decided {
             outcome: &outcome,
             destination: route,

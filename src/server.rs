@@ -117,7 +117,9 @@ pub async fn check(authz: &Authz, metadata: &tonic::metadata::MetadataMap, reque
     }
     let destination = telemetry::destination(authz, outbound.ok(), &outcome);
     let mut response = respond::check_response(&outcome);
-    response.dynamic_metadata = Some(telemetry::envoy::dynamic_metadata(&outcome, destination.map(|d| &**d)));
+    response.dynamic_metadata = authz
+        .telemetry()
+        .envoy_metadata(Api::Check, &outcome, destination.map(|d| &**d));
     observation.finish(Decided {
         outcome: &outcome,
         destination,

@@ -564,6 +564,32 @@ async fn metrics_audit_and_access_log_match_the_requests_made_through_ext_proc()
     observed_requests(Api::ExtProc, "ext_proc").await;
 }
 
+/// Off by default: without `telemetry.dynamic_metadata` the reply carries none, so the access log's
+/// Baton keys are null (through both filters) while the request is delegated all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_dynamic_metadata_the_access_log_has_no_baton_keys() {
+    let scratch = Scratch::new("no-metadata");
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    // A `telemetry:` section of its own, so the harness adds neither tracing nor the metadata.
+    let baton = Baton::start(&scratch, &service.token_endpoint, "telemetry:\n  service_name: baton\n").await;
+    let upstream = Upstream::start().await;
+    let alice = service.mint("alice", "orders.read").await;
+    for api in [Api::ExtAuthz, Api::ExtProc] {
+        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        let path = "/quiet/1";
+        let reply = send_with(&envoy, "orders.example", path, Some(&bearer(&alice)), &[]).await;
+        assert_eq!(reply.status, 200, "{api:?}: {:?}", reply.body);
+        assert_eq!(jwt_claims(reply.upstream_token())["aud"], ORDERS, "{api:?}");
+        let line = eventually("the access-log line", || {
+            envoy.access_log().into_iter().find(|l| l["path"] == path)
+        })
+        .await;
+        for key in ["baton_decision", "baton_destination", "baton_cache", "baton_jti"] {
+            assert_eq!(line[key], Value::Null, "{api:?}: {key} in {line}");
+        }
+    }
+}
+
 async fn observed_requests(api: Api, api_label: &str) {
     let scratch = Scratch::new(&format!("observed-{api_label}"));
     let service = TokenService::start(Peer::BatonSts, &scratch).await;

@@ -1,5 +1,6 @@
 //! What Envoy learns about a decision besides the verdict: `dynamic_metadata` on the reply, which
-//! its access log can print, e.g. `%DYNAMIC_METADATA(envoy.filters.http.ext_authz:audience)%`.
+//! its access log can print, e.g. `%DYNAMIC_METADATA(envoy.filters.http.ext_authz:audience)%`. Only
+//! with `telemetry.dynamic_metadata: true` (`Telemetry::envoy_metadata`): it costs every request.
 //! ext_authz stores a CheckResponse's under its own name; ext_proc stores each top-level key of a
 //! ProcessingResponse's as a namespace (and only those its `metadata_options.receiving_namespaces`
 //! allows), so Baton puts its keys under `envoy.filters.http.ext_proc` there. Keys: `decision`,

@@ -95,6 +95,8 @@ struct Inner {
     metrics: Metrics,
     tracing: Option<trace::Tracing>,
     audit: Option<audit::Audit>,
+    /// `telemetry.dynamic_metadata`: Envoy metadata on every reply.
+    dynamic_metadata: bool,
 }
 
 impl Default for Telemetry {
@@ -114,6 +116,7 @@ impl Telemetry {
                 metrics,
                 tracing: None,
                 audit: None,
+                dynamic_metadata: false,
             }),
         }
     }
@@ -132,6 +135,7 @@ impl Telemetry {
                 metrics,
                 tracing,
                 audit,
+                dynamic_metadata: config.telemetry.dynamic_metadata,
             }),
         })
     }
@@ -143,6 +147,22 @@ impl Telemetry {
     /// `/metrics`: the registry as OpenMetrics text.
     pub fn encode_metrics(&self) -> String {
         metrics::encode(&self.inner.registry)
+    }
+
+    /// The `dynamic_metadata` of a reply to `api` (see `envoy`), when the configuration asks for it.
+    pub fn envoy_metadata(
+        &self,
+        api: Api,
+        outcome: &Result<Allow, Denial>,
+        destination: Option<&Route>,
+    ) -> Option<envoy_types::pb::google::protobuf::Struct> {
+        if !self.inner.dynamic_metadata {
+            return None;
+        }
+        Some(match api {
+            Api::ExtProc => envoy::ext_proc_metadata(outcome, destination),
+            Api::Check | Api::Broker => envoy::dynamic_metadata(outcome, destination),
+        })
     }
 
     pub fn tracing_enabled(&self) -> bool {
@@ -462,6 +482,32 @@ mod tests {
         assert!(config.telemetry.tracing.is_none());
         assert_eq!(config.telemetry.service_name, "baton");
         assert_eq!(config.audit.sink, AuditSink::Off);
+        assert!(!config.telemetry.dynamic_metadata);
+    }
+
+    #[tokio::test]
+    async fn replies_carry_envoy_metadata_only_when_configured() {
+        let route = authz().route_for("orders", &[]).expect("route");
+        let outcome = Ok(Allow::Delegate {
+            destination: route.clone(),
+            token: delegated(),
+            cache: CacheStatus::Hit,
+        });
+        for (extra, on) in [
+            ("", false),
+            ("telemetry:\n  dynamic_metadata: false\n", false),
+            ("telemetry:\n  dynamic_metadata: true\n", true),
+        ] {
+            let telemetry = Telemetry::start(&config(extra).expect("valid")).expect("start");
+            let check = telemetry.envoy_metadata(Api::Check, &outcome, Some(&route));
+            let ext_proc = telemetry.envoy_metadata(Api::ExtProc, &outcome, Some(&route));
+            assert_eq!(check.is_some(), on, "{extra:?}");
+            assert_eq!(ext_proc.is_some(), on, "{extra:?}");
+            if let Some(m) = check {
+                assert_eq!(text(&m, "decision").as_deref(), Some("delegate"));
+            }
+        }
+        assert!(config("telemetry:\n  dynamic_metadata: sometimes\n").is_err());
     }
 
     #[test]

@@ -553,8 +553,13 @@ impl Baton {
 
     /// Like `start`, logging warnings only, as a production sidecar would under load.
     pub async fn start_quiet(scratch: &Scratch, token_endpoint: &str) -> Self {
+        Self::start_quiet_with(scratch, token_endpoint, "").await
+    }
+
+    /// `start_quiet` with `extra` configuration (top-level sections).
+    pub async fn start_quiet_with(scratch: &Scratch, token_endpoint: &str, extra: &str) -> Self {
         let token_service = basic_auth_to(scratch, &format!("token_endpoint: {token_endpoint}"));
-        Self::start_logging(scratch, "", &token_service, "", "warn").await
+        Self::start_logging(scratch, "", &token_service, extra, "warn").await
     }
 
     async fn start_full(scratch: &Scratch, listen: &str, token_service: &str, extra: &str) -> Self {
@@ -586,9 +591,10 @@ destinations:
 
     /// Start `baton run` with this configuration; `listen.grpc` and `listen.admin` are added (any
     /// further `listen:` keys go in `body` as `  key: value` lines first). Unless `body` configures
-    /// them, the audit log goes to `audit.log` in the scratch directory and spans to an OTLP receiver
-    /// in this process, so that everything Baton emits is scanned for leaks when it stops (except at
-    /// log level `warn`, `start_quiet`, which measures Baton as shipped).
+    /// them, the audit log goes to `audit.log` in the scratch directory, spans to an OTLP receiver in
+    /// this process and `dynamic_metadata` to Envoy's access log, so that everything Baton emits is
+    /// scanned for leaks when it stops (except at log level `warn`, `start_quiet`, which measures
+    /// Baton as shipped).
     pub async fn start_raw(scratch: &Scratch, body: &str, log: &str) -> Self {
         leaks::secret(CLIENT_SECRET);
         let (grpc, admin) = (free_port(), free_port());
@@ -603,7 +609,7 @@ destinations:
         let spans = if !quiet && !body.contains("\ntelemetry:") {
             let sink = leaks::SpanSink::start().await;
             observed.push_str(&format!(
-                "telemetry:\n  tracing:\n    endpoint: {}\n    timeout: 1s\n",
+                "telemetry:\n  dynamic_metadata: true\n  tracing:\n    endpoint: {}\n    timeout: 1s\n",
                 sink.endpoint
             ));
             Some(sink)
