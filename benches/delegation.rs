@@ -49,6 +49,8 @@ fn main() {
     runtime.block_on(run());
 }
 
+/// Envoy `dynamic_metadata` on every reply (off by default).
+const METADATA: &str = "telemetry:\n  dynamic_metadata: true\n";
 /// `cargo bench --bench delegation -- --memory`: only the memory measurement.
 const MEMORY_FLAG: &str = "--memory";
 /// `--profile-hits N`: N cache hits in process and nothing else, for callgrind (see `profile`).
@@ -147,21 +149,22 @@ async fn run() {
     println!("| --- | --- | --- | --- |");
     let audit = scratch.0.join("bench-audit.log");
     let spans = leaks::SpanSink::start().await;
+    let with_metadata = in_process_authz(&scratch, &service.token_endpoint, METADATA);
     let audited = in_process_authz(
         &scratch,
         &service.token_endpoint,
-        &format!("audit:\n  sink: file\n  path: {}\n", audit.display()),
+        &format!("{METADATA}audit:\n  sink: file\n  path: {}\n", audit.display()),
     );
     let traced = in_process_authz(
         &scratch,
         &service.token_endpoint,
         &format!(
-            "audit:\n  sink: file\n  path: {}\ntelemetry:\n  tracing:\n    endpoint: {}\n",
+            "audit:\n  sink: file\n  path: {}\n{METADATA}  tracing:\n    endpoint: {}\n",
             audit.display(),
             spans.endpoint
         ),
     );
-    for a in [&audited, &traced] {
+    for a in [&with_metadata, &audited, &traced] {
         a.check(&request).await.expect("warm the cache");
     }
     let paths = [
@@ -171,14 +174,19 @@ async fn run() {
             &authz,
             InProcess::Reply,
         ),
+        ("`server::check`: + metrics (the default)", &authz, InProcess::Served),
         (
-            "`server::check`: + dynamic_metadata + metrics (the default)",
-            &authz,
+            "`server::check`, + `dynamic_metadata`",
+            &with_metadata,
             InProcess::Served,
         ),
-        ("`server::check`, audit log to a file", &audited, InProcess::Served),
         (
-            "`server::check`, audit log + tracing, every check sampled",
+            "`server::check`, + `dynamic_metadata` + audit log to a file",
+            &audited,
+            InProcess::Served,
+        ),
+        (
+            "`server::check`, + `dynamic_metadata` + audit log + tracing, every check sampled",
             &traced,
             InProcess::Served,
         ),

@@ -3,7 +3,7 @@
 //! 1. each setup's maximum throughput through the real Envoy (closed loop, 16 connections): Envoy
 //!    alone (direct response), + an allow-all ext_authz server (the floor of the gRPC hop), + one that
 //!    sets a fixed `Authorization` as long as Baton's (the floor of the rewrite itself), + Baton on
-//!    cache hits (ext_authz, then ext_proc);
+//!    cache hits (ext_authz, then ext_proc, then ext_authz with `telemetry.dynamic_metadata` on);
 //! 2. Baton's maximum in the open loop itself: the highest rate it answers in full without the
 //!    requests queueing (the sender's lag stays flat), found by bisection;
 //! 3. every setup in an open loop at 1k req/s and at 80% of that open-loop maximum, on the same 16
@@ -41,7 +41,7 @@ const WARMUP: Duration = Duration::from_secs(1);
 const MEASURE: Duration = Duration::from_secs(5);
 /// Fixed rates: each setup's turn, and how many turns are measured after one of warm-up.
 const SLICE: Duration = Duration::from_secs(1);
-const ROUNDS: u32 = 10;
+const ROUNDS: u32 = 30;
 /// The open-loop maximum: how long each tried rate runs, and what counts as keeping up with it.
 const PROBE: Duration = Duration::from_secs(2);
 const KEEPS_UP_LAG_P99: Duration = Duration::from_millis(1);
@@ -73,6 +73,12 @@ async fn run() {
     let header_len = delegated_header_len(&scratch, &service.token_endpoint, &user).await;
     let rewrite_server = AllowAllProcess::start_rewriting(&scratch, header_len).await;
     let baton = Baton::start_quiet(&scratch, &service.token_endpoint).await;
+    let with_metadata = Baton::start_quiet_with(
+        &scratch,
+        &service.token_endpoint,
+        "telemetry:\n  dynamic_metadata: true\n",
+    )
+    .await;
     let servers = [
         ("allow-all", floor_server.port),
         ("fixed Authorization (no decision)", rewrite_server.port),
@@ -105,6 +111,10 @@ async fn run() {
         (
             "+ Baton through ext_proc, cache hits",
             bench_envoy(&scratch, Api::ExtProc, Some(baton.grpc)).await,
+        ),
+        (
+            "+ Baton with dynamic_metadata, cache hits",
+            bench_envoy(&scratch, Api::ExtAuthz, Some(with_metadata.grpc)).await,
         ),
     ];
 
@@ -175,15 +185,17 @@ async fn run() {
         let ratio = |baton: Duration, floor: Duration, alone: Duration| {
             baton.saturating_sub(alone).as_secs_f64() / floor.saturating_sub(alone).as_secs_f64().max(1e-9)
         };
-        let [alone, floor, rewrite, hits, ext_proc] = &results[..] else {
-            unreachable!("five setups")
+        let [alone, floor, rewrite, hits, ext_proc, metadata] = &results[..] else {
+            unreachable!("six setups")
         };
         println!(
-            "\nBaton's added latency / allow-all's: p50 {:.2}x, p99 {:.2}x (target: within 1.3x). Through ext_proc: p50 {:.2}x, p99 {:.2}x. The fixed rewrite alone / allow-all: p50 {:.2}x, p99 {:.2}x; Baton / the fixed rewrite: p50 {:.2}x, p99 {:.2}x.",
+            "\nBaton's added latency / allow-all's: p50 {:.2}x, p99 {:.2}x (target: within 1.3x). Through ext_proc: p50 {:.2}x, p99 {:.2}x. With dynamic_metadata: p50 {:.2}x, p99 {:.2}x. The fixed rewrite alone / allow-all: p50 {:.2}x, p99 {:.2}x; Baton / the fixed rewrite: p50 {:.2}x, p99 {:.2}x.",
             ratio(hits.p50, floor.p50, alone.p50),
             ratio(hits.p99, floor.p99, alone.p99),
             ratio(ext_proc.p50, floor.p50, alone.p50),
             ratio(ext_proc.p99, floor.p99, alone.p99),
+            ratio(metadata.p50, floor.p50, alone.p50),
+            ratio(metadata.p99, floor.p99, alone.p99),
             ratio(rewrite.p50, floor.p50, alone.p50),
             ratio(rewrite.p99, floor.p99, alone.p99),
             ratio(hits.p50, rewrite.p50, alone.p50),
@@ -197,7 +209,7 @@ async fn run() {
     // 4. The servers alone, without Envoy.
     direct_round_trips(&servers, &request).await;
     drop(setups);
-    drop(baton);
+    drop((baton, with_metadata));
     drop((floor_server, rewrite_server));
 
     // 5. The miss path.
