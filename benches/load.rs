@@ -73,12 +73,6 @@ async fn run() {
     let header_len = delegated_header_len(&scratch, &service.token_endpoint, &user).await;
     let rewrite_server = AllowAllProcess::start_rewriting(&scratch, header_len).await;
     let baton = Baton::start_quiet(&scratch, &service.token_endpoint).await;
-    let with_metadata = Baton::start_quiet_with(
-        &scratch,
-        &service.token_endpoint,
-        "telemetry:\n  dynamic_metadata: true\n",
-    )
-    .await;
     let servers = [
         ("allow-all", floor_server.port),
         ("fixed Authorization (no decision)", rewrite_server.port),
@@ -91,6 +85,14 @@ async fn run() {
         }
         return;
     }
+    // Not among the direct round trips: a second Baton from the same file would run on the first
+    // one's warm code there (see `AllowAllProcess::start_copy`).
+    let with_metadata = Baton::start_quiet_with(
+        &scratch,
+        &service.token_endpoint,
+        "telemetry:\n  dynamic_metadata: true\n",
+    )
+    .await;
     let setups = [
         (
             "Envoy alone (direct response)",

@@ -200,7 +200,7 @@ fn baton_filter(options: &Options) -> Value {
                 "failure_mode_allow": false,
                 "status_on_error": { "code": "ServiceUnavailable" },
                 // Baton's dynamic metadata (decision, destination, audience, cache, reason, jti), for
-                // the access log.
+                // the access log, when Baton's `telemetry.dynamic_metadata` is on.
                 "metadata_options": {
                     "receiving_namespaces": { "untyped": [crate::telemetry::envoy::EXT_PROC_NAMESPACE] },
                 },
