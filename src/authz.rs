@@ -10,7 +10,7 @@ use tracing::Instrument as _;
 
 use crate::actor::{self, ActorToken};
 use crate::cache::{self, CacheStatus, Delegated, Key, Lifetimes, TokenCache};
-use crate::config::{BrokerCallers, Config, Destination, DestinationActor, MissingToken, UnknownDestination};
+use crate::config::{Broker, Config, Destination, DestinationActor, MissingToken, UnknownDestination};
 use crate::exchange::{ExchangeError, Target, TokenService, TokenServices};
 use crate::extract::{self, Headers, Outbound};
 use crate::jwt;
@@ -42,6 +42,8 @@ pub struct Route {
     pub name: String,
     pub target: Target,
     scopes: Vec<String>,
+    /// The scopes a broker call may ask for here (`broker_allowed_scopes`, default `scopes`).
+    broker_allowed_scopes: Arc<[String]>,
     policy: Arc<Policy>,
     use_actor: bool,
     /// Where this destination's tokens come from.
@@ -75,7 +77,8 @@ pub struct Authz {
     verifier: Option<Arc<Verifier>>,
     actor: Option<ActorToken>,
     workload_identity: Option<String>,
-    pub broker_callers: BrokerCallers,
+    /// `None`: no `broker:` section, the broker API is off.
+    pub broker: Option<Broker>,
     telemetry: Telemetry,
     /// Itself, once shared, so a hit can start a background refresh that outlives the request.
     me: std::sync::Weak<Authz>,
@@ -92,7 +95,8 @@ impl Authz {
             let hosts = d.hosts.clone();
             let use_actor = has_actor && d.actor == DestinationActor::Inherit;
             let token_service = token_services.get(&d.token_service)?.clone();
-            let route = Route::new(d.name, target, d.scopes, Arc::new(d.policy), use_actor, token_service);
+            let mut route = Route::new(d.name, target, d.scopes, Arc::new(d.policy), use_actor, token_service);
+            route.broker_allowed_scopes = d.broker_allowed_scopes.into();
             Some((name, hosts, route))
         }));
         Self {
@@ -107,7 +111,7 @@ impl Authz {
             verifier,
             actor: config.actor,
             workload_identity: config.workload_identity,
-            broker_callers: config.broker_callers,
+            broker: config.broker,
             telemetry: Telemetry::off(),
             me: std::sync::Weak::new(),
         }
@@ -382,22 +386,51 @@ impl Authz {
     }
 
     /// A route for the broker API: a configured destination, optionally with other scopes.
-    pub fn route_for(&self, name: &str, scopes: &[String]) -> Option<Arc<Route>> {
-        let base = self.routes.by_name(name)?;
+    /// The destination `name` for a broker call asking for `scopes`: the destination's own scopes
+    /// when `scopes` is empty, else exactly the ones asked for, each of which must be in its
+    /// `broker_allowed_scopes` (a caller narrows what a destination grants, never widens it).
+    /// Duplicates and order do not matter: the same set is the same exchange and cache entry.
+    pub fn route_for(&self, name: &str, scopes: &[String]) -> Result<Arc<Route>, Denial> {
+        let base = self
+            .routes
+            .by_name(name)
+            .ok_or_else(|| Denial::new(Reason::DestinationNotConfigured, "no destination has this name"))?;
         if scopes.is_empty() {
-            return Some(base.clone());
+            return Ok(base.clone());
+        }
+        // Scopes are case-sensitive (RFC 6749 3.3): compared byte for byte, never folded.
+        if !scopes.iter().all(|s| base.broker_allowed_scopes.contains(s)) {
+            return Err(Denial::new(
+                Reason::ScopeNotAllowed,
+                "the call asks for a scope this destination does not allow broker callers",
+            ));
+        }
+        // In the allow-list's order, once each, whatever the call's order and repeats.
+        let wanted: Vec<String> =
+            base.broker_allowed_scopes
+                .iter()
+                .filter(|s| scopes.contains(s))
+                .fold(Vec::new(), |mut out, s| {
+                    if !out.contains(s) {
+                        out.push(s.clone());
+                    }
+                    out
+                });
+        if wanted == base.scopes {
+            return Ok(base.clone());
         }
         let mut target = base.target.clone();
-        target.scope = Some(scopes.join(" "));
-        let route = Route::new(
+        target.scope = Some(wanted.join(" "));
+        let mut route = Route::new(
             base.name.clone(),
             target,
-            scopes.to_vec(),
+            wanted,
             base.policy.clone(),
             base.use_actor,
             base.token_service.clone(),
         );
-        Some(Arc::new(route))
+        route.broker_allowed_scopes = base.broker_allowed_scopes.clone();
+        Ok(Arc::new(route))
     }
 
     pub fn max_token_bytes(&self) -> usize {
@@ -447,6 +480,7 @@ impl Route {
             name,
             target,
             scopes,
+            broker_allowed_scopes: Arc::from([]),
             policy,
             use_actor,
             token_service,

@@ -2,14 +2,20 @@
 //! as the Envoy path, for callers that hand Baton a user's token directly (batch jobs, async
 //! workers that kept the user's token and ask at execution time, so the decision is made then). The
 //! caller authenticates with a bearer token in the call's `authorization` metadata, verified like a
-//! subject token; its `sub` is the policy's `source`. Refusals are gRPC errors here (there is no
-//! Envoy to answer for), with the same reason codes.
+//! subject token and then held to the caller rule (`broker.caller_audience`,
+//! `broker.caller_client_ids`), so that a user's token, however valid, never passes for a caller;
+//! its `sub` is the policy's `source`. A caller may narrow a destination's scopes, never widen them
+//! (`broker_allowed_scopes`). Refusals are gRPC errors here (there is no Envoy to answer for), with
+//! the same reason codes. Without a `broker:` section every call is refused (`broker_disabled`).
+//!
+//! This module owns who counts as a broker caller; it must never accept a caller on a token that
+//! only proves a user, nor echo a token or a caller-supplied string in a refusal.
 
 use tonic::{Request, Response, Status};
 
 use crate::authz::{Allow, Authz, Caller};
 use crate::cache;
-use crate::config::{BrokerCallers, is_scope_token};
+use crate::config::{BrokerCallers, CallerRule};
 use crate::extract::{Authorization, Headers, check_token, subject_token};
 use crate::reason::{Denial, Reason};
 use crate::reload::Current;
@@ -36,28 +42,23 @@ impl Broker {
 #[tonic::async_trait]
 impl DelegationBroker for Broker {
     async fn exchange(&self, request: Request<ExchangeRequest>) -> Result<Response<ExchangeResponse>, Status> {
-        // A malformed call is not a delegation decision: refused before it is observed.
-        if let Some(bad) = request.get_ref().scopes.iter().find(|s| !is_scope_token(s)) {
-            return Err(Status::invalid_argument(format!("`{bad}` is not a valid scope")));
-        }
         let authz = self.authz.load_full();
         let observation = authz.telemetry().observe(Api::Broker, request.metadata(), None);
         let caller = caller(&authz, &request).await;
         let request = request.into_inner();
+        // Only an authenticated caller learns which destinations and scopes exist: its denial
+        // comes first. A scope outside the allow-list (whatever its case, separators or
+        // repeats) is a refusal of its own, never a wider token.
         let route = authz.route_for(&request.destination, &request.scopes);
         let source = caller.as_ref().ok().and_then(|c| c.as_deref());
         let outcome = match (
             &caller,
-            check_token(&request.subject_token, authz.max_token_bytes()),
             &route,
+            check_token(&request.subject_token, authz.max_token_bytes()),
         ) {
-            (Err(denial), _, _) => Err(denial.clone()),
-            (_, Err(denial), _) => Err(denial),
-            (Ok(_), Ok(_), None) => Err(Denial::new(
-                Reason::DestinationNotConfigured,
-                "no destination has this name",
-            )),
-            (Ok(_), Ok(subject), Some(route)) => {
+            (Err(denial), _, _) | (Ok(_), Err(denial), _) => Err(denial.clone()),
+            (_, _, Err(denial)) => Err(denial),
+            (Ok(_), Ok(route), Ok(subject)) => {
                 // No HTTP request here: destinations with method or path rules refuse broker calls.
                 let caller = Caller {
                     source,
@@ -77,7 +78,7 @@ impl DelegationBroker for Broker {
         };
         observation.finish(Decided {
             outcome: &outcome,
-            destination: route.as_ref(),
+            destination: route.as_ref().ok(),
             source,
         });
         match outcome {
@@ -95,9 +96,16 @@ impl DelegationBroker for Broker {
     }
 }
 
-/// Who is calling: the verified `sub` of the call's bearer token (`None` under `callers: any`).
+/// Who is calling: the verified `sub` of the call's bearer token, once the token meets the caller
+/// rule (`None` under `callers: any`).
 async fn caller(authz: &Authz, request: &Request<ExchangeRequest>) -> Result<Option<String>, Denial> {
-    if authz.broker_callers == BrokerCallers::Any {
+    let Some(broker) = &authz.broker else {
+        return Err(Denial::new(
+            Reason::BrokerDisabled,
+            "the broker API is off: the configuration has no `broker:` section",
+        ));
+    };
+    if broker.callers == BrokerCallers::Any {
         return Ok(None);
     }
     let unauthenticated = |why: &'static str| Denial::new(Reason::CallerUnauthenticated, why);
@@ -113,12 +121,251 @@ async fn caller(authz: &Authz, request: &Request<ExchangeRequest>) -> Result<Opt
     };
     let token = subject_token(&header, authz.max_token_bytes())?
         .ok_or_else(|| unauthenticated("the call carries no bearer token of its caller"))?;
-    let subject = authz.verify(token, &cache::digest(token)).await?;
-    let sub = subject.as_deref().and_then(|s| s.sub()).map(str::to_owned);
-    sub.map(Some)
+    // An opaque token forwarded unverified (`opaque_tokens: forward`) proves nothing about its
+    // holder: it is no caller's credential.
+    let subject = authz
+        .verify(token, &cache::digest(token))
+        .await?
+        .ok_or_else(|| unauthenticated("the caller's token cannot be verified here (opaque)"))?;
+    is_caller(&broker.rule, &subject.claims)?;
+    subject
+        .sub()
+        .map(|sub| Some(sub.to_owned()))
         .ok_or_else(|| unauthenticated("the caller's token names no subject"))
+}
+
+/// Whether verified `claims` are a workload's, by `rule`: every part that is set must hold. A
+/// claim of the wrong JSON type counts as absent (fail closed, never a guess).
+fn is_caller(rule: &CallerRule, claims: &serde_json::Map<String, serde_json::Value>) -> Result<(), Denial> {
+    use serde_json::Value;
+    let not_caller = |why: &'static str| Denial::new(Reason::CallerNotWorkload, why);
+    if let Some(audience) = &rule.audience {
+        let carried = match claims.get("aud") {
+            Some(Value::String(aud)) => aud == audience,
+            Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience.as_str())),
+            _ => false,
+        };
+        if !carried {
+            return Err(not_caller("the caller's token lacks the broker's caller audience"));
+        }
+    }
+    if !rule.client_ids.is_empty() {
+        // `azp` (OpenID Connect) and `client_id` (RFC 9068) both name the client the token was
+        // issued to; when a token has both they must agree, so neither can smuggle in the other.
+        let named: Vec<Option<&str>> = ["azp", "client_id"]
+            .iter()
+            .filter_map(|c| claims.get(*c))
+            .map(Value::as_str)
+            .collect();
+        let client = match named.as_slice() {
+            [Some(one)] => Some(*one),
+            [Some(a), Some(b)] if a == b => Some(*a),
+            _ => None,
+        };
+        if !client.is_some_and(|c| rule.client_ids.iter().any(|id| id == c)) {
+            return Err(not_caller(
+                "the caller's token does not name an allowed caller client (azp / client_id)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn status(denial: &Denial) -> Status {
     Status::new(denial.reason.class().grpc_code(), denial.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Map, Value, json};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::exchange::{TokenService, TokenServices};
+
+    fn claims(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => unreachable!("an object"),
+        }
+    }
+
+    fn rule(audience: Option<&str>, client_ids: &[&str]) -> CallerRule {
+        CallerRule {
+            audience: audience.map(str::to_owned),
+            client_ids: client_ids.iter().map(|c| (*c).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn only_a_token_that_meets_every_part_of_the_rule_is_a_callers() {
+        let both = rule(Some("baton-broker"), &["batch-worker"]);
+        let cases = [
+            // (what, rule, claims, is a caller)
+            (
+                "workload",
+                &both,
+                json!({"aud": "baton-broker", "azp": "batch-worker"}),
+                true,
+            ),
+            (
+                "aud in a list",
+                &both,
+                json!({"aud": ["x", "baton-broker"], "client_id": "batch-worker"}),
+                true,
+            ),
+            (
+                "azp and client_id agree",
+                &both,
+                json!({"aud": "baton-broker", "azp": "batch-worker", "client_id": "batch-worker"}),
+                true,
+            ),
+            ("user token", &both, json!({"aud": "frontend", "azp": "web-app"}), false),
+            ("right aud, no client", &both, json!({"aud": "baton-broker"}), false),
+            (
+                "listed client, wrong aud",
+                &both,
+                json!({"aud": "frontend", "azp": "batch-worker"}),
+                false,
+            ),
+            (
+                "azp and client_id disagree",
+                &both,
+                json!({"aud": "baton-broker", "azp": "web-app", "client_id": "batch-worker"}),
+                false,
+            ),
+            (
+                "client_id not a string",
+                &both,
+                json!({"aud": "baton-broker", "client_id": ["batch-worker"]}),
+                false,
+            ),
+            (
+                "aud not a string",
+                &both,
+                json!({"aud": {"baton-broker": true}, "azp": "batch-worker"}),
+                false,
+            ),
+            (
+                "client id case",
+                &both,
+                json!({"aud": "baton-broker", "azp": "Batch-Worker"}),
+                false,
+            ),
+            (
+                "aud case",
+                &both,
+                json!({"aud": "Baton-Broker", "azp": "batch-worker"}),
+                false,
+            ),
+            (
+                "aud prefix",
+                &both,
+                json!({"aud": "baton-broker-x", "azp": "batch-worker"}),
+                false,
+            ),
+        ];
+        for (what, rule, claims_json, expected) in cases {
+            assert_eq!(is_caller(rule, &claims(claims_json)).is_ok(), expected, "{what}");
+        }
+        let audience_only = rule(Some("baton-broker"), &[]);
+        assert!(is_caller(&audience_only, &claims(json!({"aud": "baton-broker"}))).is_ok());
+        let clients_only = rule(None, &["batch-worker"]);
+        assert!(
+            is_caller(
+                &clients_only,
+                &claims(json!({"aud": "frontend", "azp": "batch-worker"}))
+            )
+            .is_ok()
+        );
+        let refused = is_caller(&clients_only, &claims(json!({"aud": "frontend"}))).expect_err("no client");
+        assert_eq!(refused.reason, Reason::CallerNotWorkload);
+    }
+
+    fn authz() -> Authz {
+        let yaml = r#"
+token_service:
+  token_endpoint: http://127.0.0.1:9/token
+  client_id: sidecar
+  auth: { method: none }
+destinations:
+  - name: orders
+    audience: https://orders.example
+    scopes: [orders.read]
+  - name: billing
+    audience: https://billing.example
+    scopes: [invoices.read]
+    broker_allowed_scopes: [invoices.read, invoices.write, invoices.admin]
+broker: { callers: any }
+"#;
+        let config = Config::from_yaml(yaml).expect("valid");
+        let services = config
+            .token_services
+            .iter()
+            .map(|ts| TokenService::new(ts).expect("client"))
+            .collect::<Vec<_>>();
+        Authz::new(config, TokenServices::new(services), None)
+    }
+
+    #[test]
+    fn a_broker_call_narrows_a_destinations_scopes_and_never_widens_them() {
+        let authz = authz();
+        let asked = |destination: &str, scopes: &[&str]| {
+            let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+            authz
+                .route_for(destination, &scopes)
+                .map(|r| r.target.scope.clone().unwrap_or_default())
+                .map_err(|d| d.reason)
+        };
+        let refused = Err(Reason::ScopeNotAllowed);
+        for (destination, scopes, expected) in [
+            ("orders", &[][..], Ok("orders.read")),
+            ("orders", &["orders.read"], Ok("orders.read")),
+            ("orders", &["orders.read", "orders.read"], Ok("orders.read")),
+            ("orders", &["orders.write"], refused),
+            ("orders", &["orders.read", "orders.write"], refused),
+            ("orders", &["orders.read orders.write"], refused),
+            ("orders", &["orders.read,orders.write"], refused),
+            ("orders", &["orders.read\torders.write"], refused),
+            ("orders", &["Orders.Read"], refused),
+            ("orders", &["ORDERS.READ"], refused),
+            ("orders", &["orders.read "], refused),
+            ("orders", &[""], refused),
+            ("orders", &["orders.*"], refused),
+            ("billing", &[], Ok("invoices.read")),
+            ("billing", &["invoices.write"], Ok("invoices.write")),
+            // The allow-list's order, once each: the same set is the same exchange.
+            (
+                "billing",
+                &["invoices.write", "invoices.read", "invoices.write"],
+                Ok("invoices.read invoices.write"),
+            ),
+            (
+                "billing",
+                &["invoices.read", "invoices.write"],
+                Ok("invoices.read invoices.write"),
+            ),
+            ("billing", &["invoices.read", "orders.read"], refused),
+            ("nowhere", &["orders.read"], Err(Reason::DestinationNotConfigured)),
+        ] {
+            assert_eq!(
+                asked(destination, scopes),
+                expected.map(str::to_owned),
+                "{destination} {scopes:?}"
+            );
+        }
+        // Asking for exactly the configured scopes is the destination's own route, cache key and all.
+        let own = authz.route_for("orders", &[]).expect("own");
+        let same = authz.route_for("orders", &["orders.read".to_owned()]).expect("same");
+        assert!(std::sync::Arc::ptr_eq(&own, &same));
+    }
+
+    #[tokio::test]
+    async fn without_a_broker_section_every_call_is_refused() {
+        let mut authz = authz();
+        authz.broker = None;
+        let request = Request::new(ExchangeRequest::default());
+        let refused = caller(&authz, &request).await.expect_err("off");
+        assert_eq!(refused.reason, Reason::BrokerDisabled);
+    }
 }

@@ -36,7 +36,8 @@ pub struct RawConfig {
     pub introspection: Option<crate::verify::RawIntrospection>,
     pub workload: RawWorkload,
     pub actor: Option<crate::actor::RawActor>,
-    pub broker: RawBroker,
+    /// Absent: the broker API is off.
+    pub broker: Option<RawBroker>,
     pub reload: RawReload,
     pub telemetry: RawTelemetry,
     pub audit: RawAudit,
@@ -59,22 +60,101 @@ pub struct RawWorkload {
     pub identity: Option<String>,
 }
 
-/// `broker:`: who may call `baton.v1.DelegationBroker`.
+/// `broker:`: who may call `baton.v1.DelegationBroker`. Without this section the broker API
+/// refuses every call (`broker_disabled`): a sidecar that only serves Envoy exposes no second way
+/// to ask for tokens.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawBroker {
     pub callers: BrokerCallers,
+    /// `callers: authenticated`: the caller's token must carry this audience in `aud`, one that
+    /// names the broker and that user tokens never carry.
+    pub caller_audience: Option<String>,
+    /// `callers: authenticated`: the caller's token must name one of these clients in `azp` or
+    /// `client_id` (a token with neither is not a caller's).
+    pub caller_client_ids: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BrokerCallers {
-    /// A bearer token in the call's `authorization` metadata, verified against `trusted_issuers`;
+    /// A bearer token in the call's `authorization` metadata, verified against `trusted_issuers`
+    /// and accepted only if it meets the caller rule (`caller_audience`, `caller_client_ids`);
     /// its `sub` is the caller (the policy's `source`).
     #[default]
     Authenticated,
     /// Anyone who can reach the listener (development, or a listener only the workload can reach).
     Any,
+}
+
+/// The validated `broker:` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Broker {
+    pub callers: BrokerCallers,
+    /// What tells a workload's token from a user's, under `callers: authenticated`.
+    pub rule: CallerRule,
+}
+
+/// Both parts that are set must hold: a caller's token carries `audience` (when set) and names a
+/// listed client in `azp`/`client_id` (when the list is not empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallerRule {
+    pub audience: Option<String>,
+    pub client_ids: Vec<String>,
+}
+
+impl RawBroker {
+    /// `audiences`: every audience a trusted issuer's tokens may carry, which the caller's token
+    /// is verified against before the rule is applied; `verified`: callers' tokens can be verified
+    /// at all (trusted issuers or introspection).
+    fn validate(self, audiences: &[&str], verified: bool, errors: &mut Errors) -> Broker {
+        let rule = CallerRule {
+            audience: self.caller_audience,
+            client_ids: self.caller_client_ids,
+        };
+        if let Some(aud) = &rule.audience {
+            if aud.is_empty() {
+                errors.add("broker.caller_audience", "must not be empty");
+            } else if self.callers == BrokerCallers::Authenticated
+                && !audiences.is_empty()
+                && !audiences.contains(&aud.as_str())
+            {
+                // The caller's token is verified like a subject token first: an audience no issuer
+                // accepts would refuse every caller.
+                errors.add(
+                    "broker.caller_audience",
+                    format!("`{aud}` must also be in a trusted_issuers[].audiences, or no caller's token verifies"),
+                );
+            }
+        }
+        for (i, id) in rule.client_ids.iter().enumerate() {
+            if id.is_empty() {
+                errors.add(format!("broker.caller_client_ids[{i}]"), "must not be empty");
+            }
+        }
+        match self.callers {
+            BrokerCallers::Authenticated if !verified => errors.add(
+                "broker.callers",
+                "`authenticated` verifies each caller's token: configure trusted_issuers (or introspection)",
+            ),
+            BrokerCallers::Authenticated if rule.audience.is_none() && rule.client_ids.is_empty() => errors.add(
+                "broker",
+                "`callers: authenticated` needs a rule that tells workloads from users: set `caller_audience` \
+                 (an audience only callers' tokens carry), `caller_client_ids` (the clients allowed, by azp or \
+                 client_id), or both",
+            ),
+            BrokerCallers::Any if rule != CallerRule::default() => errors.add(
+                "broker",
+                "`caller_audience` and `caller_client_ids` apply to `callers: authenticated`; `callers: any` \
+                 authenticates no one",
+            ),
+            _ => {}
+        }
+        Broker {
+            callers: self.callers,
+            rule,
+        }
+    }
 }
 
 /// `destinations[].actor`.
@@ -212,6 +292,9 @@ pub struct RawDestination {
     pub audience: Option<String>,
     pub resource: Option<String>,
     pub scopes: Vec<String>,
+    /// The scopes a broker caller may ask for at this destination (default: `scopes`). A broker
+    /// call asking for any other scope is refused (`scope_not_allowed`).
+    pub broker_allowed_scopes: Option<Vec<String>>,
     pub requested_token_type: Option<String>,
     pub policy: crate::policy::RawPolicy,
     pub actor: DestinationActor,
@@ -237,7 +320,8 @@ pub struct Config {
     pub introspection: Option<crate::verify::IntrospectionConfig>,
     pub workload_identity: Option<String>,
     pub actor: Option<crate::actor::ActorToken>,
-    pub broker_callers: BrokerCallers,
+    /// `None`: the broker API refuses every call.
+    pub broker: Option<Broker>,
     /// How often the file is checked for changes; `None`: only on SIGHUP.
     pub reload_interval: Option<Duration>,
     pub telemetry: Telemetry,
@@ -321,6 +405,8 @@ pub struct Destination {
     pub audience: Option<String>,
     pub resource: Option<String>,
     pub scopes: Vec<String>,
+    /// What a broker call may ask for instead of `scopes` (a subset of it, never more).
+    pub broker_allowed_scopes: Vec<String>,
     pub requested_token_type: Option<String>,
     pub policy: crate::policy::Policy,
     pub actor: DestinationActor,
@@ -491,6 +577,13 @@ impl RawConfig {
         // Claims the policy reads come from Baton's own verification or from introspection.
         let verified = !trusted_issuers.is_empty() || introspection.is_some();
         let actor = self.actor.and_then(|a| a.validate(&mut errors));
+        let broker = self.broker.map(|b| {
+            let audiences: Vec<&str> = trusted_issuers
+                .iter()
+                .flat_map(|i| i.audiences.iter().map(String::as_str))
+                .collect();
+            b.validate(&audiences, verified, &mut errors)
+        });
         let destinations = validate_destinations(
             self.destinations,
             &token_services,
@@ -529,7 +622,7 @@ impl RawConfig {
                 introspection,
                 workload_identity: self.workload.identity,
                 actor,
-                broker_callers: self.broker.callers,
+                broker,
                 reload_interval: Some(reload_interval).filter(|d| !d.is_zero()),
                 telemetry,
                 audit,
@@ -812,6 +905,14 @@ fn validate_destinations(
                 errors.add(at(&format!("scopes[{j}]")), "is not a valid scope token (RFC 6749 3.3)");
             }
         }
+        for (j, scope) in d.broker_allowed_scopes.iter().flatten().enumerate() {
+            if !is_scope_token(scope) {
+                errors.add(
+                    at(&format!("broker_allowed_scopes[{j}]")),
+                    "is not a valid scope token (RFC 6749 3.3)",
+                );
+            }
+        }
         if let Some(t) = &d.requested_token_type
             && !t.starts_with("urn:")
         {
@@ -856,6 +957,7 @@ fn validate_destinations(
             hosts: lowered,
             audience: d.audience,
             resource: d.resource,
+            broker_allowed_scopes: d.broker_allowed_scopes.unwrap_or_else(|| d.scopes.clone()),
             scopes: d.scopes,
             requested_token_type: d.requested_token_type,
             policy,
@@ -1555,5 +1657,111 @@ destinations:
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("2 parsecs").is_err());
+    }
+
+    // === broker: ===
+
+    fn with_broker(secret: &str, broker: &str) -> String {
+        format!(
+            r#"
+token_service:
+  token_endpoint: http://127.0.0.1:9400/token
+  client_id: sidecar
+  auth: {{method: client_secret_basic, secret_file: {secret}}}
+trusted_issuers:
+  - issuer: https://idp.example
+    jwks_uri: https://idp.example/jwks
+    audiences: [frontend, baton-broker]
+destinations:
+  - name: orders
+    audience: https://orders.example
+    scopes: [orders.read]
+  - name: billing
+    audience: https://billing.example
+    scopes: [invoices.read]
+    broker_allowed_scopes: [invoices.read, invoices.write]
+{broker}"#
+        )
+    }
+
+    fn broker_error_paths(yaml: &str) -> Vec<String> {
+        match Config::from_yaml(yaml) {
+            Ok(_) => Vec::new(),
+            Err(err) => err.0.into_iter().map(|e| e.path).collect(),
+        }
+    }
+
+    #[test]
+    fn the_broker_is_off_without_its_section() {
+        let (_guard, secret) = secret_file();
+        let config = Config::from_yaml(&with_broker(&secret, "")).expect("valid");
+        assert_eq!(config.broker, None);
+    }
+
+    #[test]
+    fn authenticated_callers_need_a_rule_that_tells_workloads_from_users() {
+        let (_guard, secret) = secret_file();
+        for broker in [
+            "broker: {}",
+            "broker:
+  callers: authenticated",
+            "broker:
+  caller_client_ids: []",
+        ] {
+            let err = Config::from_yaml(&with_broker(&secret, broker)).expect_err(broker);
+            assert!(err.0.iter().any(|e| e.path == "broker"), "{broker}: {err}");
+            assert!(err.to_string().contains("caller_audience"), "{err}");
+        }
+        let config = Config::from_yaml(&with_broker(
+            &secret,
+            "broker:\n  caller_audience: baton-broker\n  caller_client_ids: [batch-worker]",
+        ))
+        .expect("valid");
+        assert_eq!(
+            config.broker,
+            Some(Broker {
+                callers: BrokerCallers::Authenticated,
+                rule: CallerRule {
+                    audience: Some("baton-broker".into()),
+                    client_ids: vec!["batch-worker".into()],
+                },
+            })
+        );
+        let config = Config::from_yaml(&with_broker(&secret, "broker: { callers: any }")).expect("any");
+        assert_eq!(config.broker.map(|b| b.callers), Some(BrokerCallers::Any));
+    }
+
+    #[test]
+    fn a_caller_rule_that_can_never_match_is_an_error() {
+        let (_guard, secret) = secret_file();
+        for (broker, path) in [
+            // No trusted issuer accepts this audience: no caller's token would ever verify.
+            ("broker: { caller_audience: elsewhere }", "broker.caller_audience"),
+            ("broker: { caller_audience: '' }", "broker.caller_audience"),
+            ("broker: { caller_client_ids: [''] }", "broker.caller_client_ids[0]"),
+            // A rule under `any` would look like protection and be none.
+            ("broker: { callers: any, caller_client_ids: [job] }", "broker"),
+        ] {
+            let paths = broker_error_paths(&with_broker(&secret, broker));
+            assert!(paths.iter().any(|p| p == path), "{broker}: {paths:?}");
+        }
+        // Without any verification, `authenticated` cannot authenticate anyone.
+        let yaml = format!(
+            "token_service:\n  token_endpoint: http://x/token\n  client_id: c\n  auth: {{method: client_secret_basic, secret_file: {secret}}}\nbroker: {{ caller_client_ids: [job] }}\n"
+        );
+        assert_eq!(broker_error_paths(&yaml), ["broker.callers"]);
+    }
+
+    #[test]
+    fn broker_allowed_scopes_default_to_the_destination_scopes() {
+        let (_guard, secret) = secret_file();
+        let config = Config::from_yaml(&with_broker(&secret, "")).expect("valid");
+        assert_eq!(config.destinations[0].broker_allowed_scopes, ["orders.read"]);
+        assert_eq!(
+            config.destinations[1].broker_allowed_scopes,
+            ["invoices.read", "invoices.write"]
+        );
+        let yaml = with_broker(&secret, "").replace("invoices.write]", "'two words']");
+        assert_eq!(broker_error_paths(&yaml), ["destinations[1].broker_allowed_scopes[1]"]);
     }
 }

@@ -34,6 +34,10 @@ pub enum Reason {
     IssuerKeysUnavailable,
     /// The broker API's caller did not authenticate.
     CallerUnauthenticated,
+    /// The broker API's caller presented a verified token that is not a caller's (a user's token,
+    /// or a client's without the broker's audience): `broker.caller_audience` /
+    /// `caller_client_ids`.
+    CallerNotWorkload,
     // Delegation policy (403): the reason names the rule that refused.
     SourceNotAllowed,
     ClaimRequirementFailed,
@@ -43,6 +47,10 @@ pub enum Reason {
     PolicyExpressionFalse,
     PolicyExpressionError,
     DelegationTooDeep,
+    /// A broker call asked for a scope outside the destination's `broker_allowed_scopes`.
+    ScopeNotAllowed,
+    /// The broker API is off: the configuration has no `broker:` section.
+    BrokerDisabled,
     // Where the request goes, and what the token service will grant (403).
     DestinationUnknown,
     DestinationNotConfigured,
@@ -101,6 +109,9 @@ impl Reason {
             Self::SubjectTokenInactive => "subject_token_inactive",
             Self::IssuerKeysUnavailable => "issuer_keys_unavailable",
             Self::CallerUnauthenticated => "caller_unauthenticated",
+            Self::CallerNotWorkload => "caller_not_workload",
+            Self::ScopeNotAllowed => "scope_not_allowed",
+            Self::BrokerDisabled => "broker_disabled",
             Self::SourceNotAllowed => "source_not_allowed",
             Self::ClaimRequirementFailed => "claim_requirement_failed",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -156,7 +167,8 @@ impl Reason {
             | Self::SubjectTokenOpaque
             | Self::SubjectTokenInactive
             | Self::IssuerKeysUnavailable
-            | Self::CallerUnauthenticated => Class::Unauthenticated,
+            | Self::CallerUnauthenticated
+            | Self::CallerNotWorkload => Class::Unauthenticated,
             Self::DestinationUnknown
             | Self::DestinationNotConfigured
             | Self::TargetRefused
@@ -170,7 +182,9 @@ impl Reason {
             | Self::ScopeNotHeld
             | Self::PolicyExpressionFalse
             | Self::PolicyExpressionError
-            | Self::DelegationTooDeep => Class::PermissionDenied,
+            | Self::DelegationTooDeep
+            | Self::ScopeNotAllowed
+            | Self::BrokerDisabled => Class::PermissionDenied,
             Self::TokenServiceUnavailable
             | Self::TokenServiceTimeout
             | Self::TokenServiceError

@@ -1,7 +1,8 @@
 //! Baton's own gRPC API (`baton.v1.DelegationBroker/Exchange`) against panva's oidc-provider, once
 //! for each way Baton authenticates to a token service and finds its endpoint: client_secret_basic
 //! with the endpoint discovered from the issuer, client_secret_post, and private_key_jwt (RFC 7523),
-//! each checked by the library itself.
+//! each checked by the library itself. Then who may call it: a user's token, however valid, is no
+//! caller's credential, and a caller narrows a destination's scopes but never widens them.
 
 mod support;
 
@@ -98,15 +99,12 @@ async fn broker_exchanges_with_every_client_authentication_method() {
         assert_eq!(issued.token_type, "Bearer");
         assert!(issued.expires_at > 0, "{method}");
 
-        // Other scopes are another exchange, never the cached token of the configured ones.
+        // A caller may not widen the destination's scopes.
         let wider = exchange(&mut client, &user, "orders", &["orders.read", "orders.write"])
             .await
-            .expect("scopes");
-        assert_ne!(wider.access_token, issued.access_token, "{method}");
-        assert_eq!(
-            service.verify(&wider.access_token).await["scope"],
-            "orders.read orders.write"
-        );
+            .expect_err("wider scopes");
+        assert_eq!(wider.code(), tonic::Code::PermissionDenied, "{method}");
+        assert!(wider.message().starts_with("scope_not_allowed"), "{}", wider.message());
 
         let refused = exchange(&mut client, &user, "nowhere", &[])
             .await
@@ -132,4 +130,214 @@ async fn broker_exchanges_with_every_client_authentication_method() {
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
         assert!(refused.message().starts_with("target_refused"), "{}", refused.message());
     }
+}
+
+/// A broker whose callers are told from users by an audience of their own and a client allow-list,
+/// with `baton sts` as the issuer of both kinds of token and as the token service.
+struct Guarded {
+    idp: TokenService,
+    baton: Baton,
+    _scratch: Scratch,
+}
+
+impl Guarded {
+    async fn start(name: &str) -> Self {
+        let scratch = Scratch::new(name);
+        let idp = TokenService::start(Peer::BatonSts, &scratch).await;
+        let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", idp.token_endpoint));
+        let body = format!(
+            r#"token_service:
+{token_service}
+trusted_issuers:
+  - issuer: {issuer}
+    audiences: [frontend, baton-broker]
+destinations:
+  - name: orders
+    audience: {ORDERS}
+    scopes: [orders.read]
+  - name: billing
+    audience: {BILLING}
+    scopes: [invoices.read]
+    broker_allowed_scopes: [invoices.read, invoices.write]
+broker:
+  callers: authenticated
+  caller_audience: baton-broker
+  caller_client_ids: [batch-worker]
+"#,
+            issuer = idp.issuer
+        );
+        let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
+        Self {
+            idp,
+            baton,
+            _scratch: scratch,
+        }
+    }
+
+    async fn client(&self) -> DelegationBrokerClient<tonic::transport::Channel> {
+        DelegationBrokerClient::connect(format!("http://127.0.0.1:{}", self.baton.grpc))
+            .await
+            .expect("connect to the broker")
+    }
+
+    /// A token of the trusted issuer: `aud`, and `claims` (a JSON object) besides.
+    async fn token(&self, sub: &str, aud: &str, claims: &str, extra: &[(&str, &str)]) -> String {
+        let mut form = vec![
+            ("sub", sub),
+            ("aud", aud),
+            ("scope", "orders.read invoices.read invoices.write"),
+            ("claims", claims),
+        ];
+        form.extend_from_slice(extra);
+        self.idp.mint_with(&form).await
+    }
+}
+
+async fn call(
+    client: &mut DelegationBrokerClient<tonic::transport::Channel>,
+    caller: &str,
+    subject: &str,
+    destination: &str,
+    scopes: &[&str],
+) -> Result<baton::broker::pb::ExchangeResponse, tonic::Status> {
+    let mut request = tonic::Request::new(ExchangeRequest {
+        subject_token: subject.to_owned(),
+        destination: destination.to_owned(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", bearer(caller).parse().expect("metadata"));
+    client.exchange(request).await.map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_token_never_authenticates_a_broker_caller() {
+    let g = Guarded::start("broker-callers").await;
+    let mut client = g.client().await;
+    let alice = g.token("alice", "frontend", r#"{"azp":"web-app"}"#, &[]).await;
+    let worker = g
+        .token("svc-batch", "baton-broker", r#"{"azp":"batch-worker"}"#, &[])
+        .await;
+
+    let issued = call(&mut client, &worker, &alice, "orders", &[])
+        .await
+        .expect("a workload's token is a caller's");
+    assert_eq!(g.idp.verify(&issued.access_token).await["sub"], "alice");
+
+    // Alice holds a valid token of a trusted issuer, and with it asks for her own token elsewhere.
+    for (what, caller) in [
+        ("her own token", alice.clone()),
+        (
+            "a user token with the broker's audience",
+            g.token("alice", "baton-broker", r#"{"azp":"web-app"}"#, &[]).await,
+        ),
+        (
+            "the broker's audience, no client id",
+            g.token("alice", "baton-broker", "{}", &[]).await,
+        ),
+        (
+            "a listed client, a user's audience",
+            g.token("alice", "frontend", r#"{"azp":"batch-worker"}"#, &[]).await,
+        ),
+    ] {
+        let refused = call(&mut client, &caller, &alice, "orders", &[]).await.expect_err(what);
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{what}");
+        assert!(
+            refused.message().starts_with("caller_not_workload"),
+            "{what}: {}",
+            refused.message()
+        );
+    }
+    let expired = g
+        .token(
+            "svc-batch",
+            "baton-broker",
+            r#"{"azp":"batch-worker"}"#,
+            &[("expires_in", "-120")],
+        )
+        .await;
+    let refused = call(&mut client, &expired, &alice, "orders", &[])
+        .await
+        .expect_err("expired caller");
+    assert!(
+        refused.message().starts_with("subject_token_expired"),
+        "{}",
+        refused.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_caller_narrows_scopes_and_never_widens_them() {
+    let g = Guarded::start("broker-scopes").await;
+    let mut client = g.client().await;
+    let alice = g.token("alice", "frontend", "{}", &[]).await;
+    let worker = g
+        .token("svc-batch", "baton-broker", r#"{"azp":"batch-worker"}"#, &[])
+        .await;
+
+    let own = call(&mut client, &worker, &alice, "billing", &[])
+        .await
+        .expect("own scopes");
+    assert_eq!(g.idp.verify(&own.access_token).await["scope"], "invoices.read");
+    let both = call(
+        &mut client,
+        &worker,
+        &alice,
+        "billing",
+        &["invoices.write", "invoices.read"],
+    )
+    .await
+    .expect("allowed scopes");
+    assert_eq!(
+        g.idp.verify(&both.access_token).await["scope"],
+        "invoices.read invoices.write"
+    );
+    // Another set of scopes is another exchange; the same set, however written, is the same one.
+    assert_ne!(both.access_token, own.access_token);
+    let again = call(
+        &mut client,
+        &worker,
+        &alice,
+        "billing",
+        &["invoices.read", "invoices.write", "invoices.read"],
+    )
+    .await
+    .expect("the same set");
+    assert_eq!(again.access_token, both.access_token);
+
+    for (destination, scopes) in [
+        ("orders", &["orders.write"][..]),
+        ("orders", &["orders.read", "orders.write"]),
+        ("billing", &["invoices.read invoices.write"]),
+        ("billing", &["Invoices.Write"]),
+        ("billing", &["invoices.admin"]),
+    ] {
+        let refused = call(&mut client, &worker, &alice, destination, scopes)
+            .await
+            .expect_err("escalation");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{scopes:?}");
+        assert!(
+            refused.message().starts_with("scope_not_allowed"),
+            "{scopes:?}: {}",
+            refused.message()
+        );
+    }
+}
+
+/// Without a `broker:` section the broker API answers no one, whatever they present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_is_off_without_its_section() {
+    let scratch = Scratch::new("broker-off");
+    let baton = Baton::start(&scratch, "http://127.0.0.1:9/token", "").await;
+    let mut client = DelegationBrokerClient::connect(format!("http://127.0.0.1:{}", baton.grpc))
+        .await
+        .expect("connect");
+    let refused = exchange(&mut client, "a.b.c", "orders", &[]).await.expect_err("off");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        refused.message().starts_with("broker_disabled"),
+        "{}",
+        refused.message()
+    );
 }

@@ -41,6 +41,8 @@ workload:
   identity: {WORKLOAD}
 actor:
   token_file: {actor_file}
+broker:
+  caller_client_ids: [batch-job]
 destinations:
   - name: orders
     hosts: [orders.example]
@@ -418,7 +420,8 @@ async fn the_broker_authenticates_callers_and_applies_policy() {
         .await
         .expect("connect");
     let alice = t.user("alice", &[]).await;
-    let job = t.user("batch-job", &[]).await;
+    // A workload's token: it names its client (`azp`), which the broker's caller rule lists.
+    let job = t.user("batch-job", &[("claims", r#"{"azp":"batch-job"}"#)]).await;
     let call = |subject: &str, destination: &str, caller: Option<&str>| {
         let mut request = tonic::Request::new(ExchangeRequest {
             subject_token: subject.to_owned(),
