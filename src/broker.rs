@@ -114,10 +114,14 @@ async fn caller(authz: &Authz, request: &Request<ExchangeRequest>) -> Result<Opt
             "the broker authenticates callers against trusted_issuers, and none is configured",
         ));
     }
-    let header = match request.metadata().get("authorization").map(|v| v.to_str()) {
-        None => Authorization::Missing,
-        Some(Ok(v)) => Authorization::One(v),
-        Some(Err(_)) => return Err(unauthenticated("the caller's authorization metadata is not text")),
+    // Two credentials are refused rather than one picked: which one a proxy or a library keeps
+    // differs, and an attacker would add the one that suits them.
+    let mut values = request.metadata().get_all("authorization").iter();
+    let header = match (values.next().map(|v| v.to_str()), values.next()) {
+        (None, _) => Authorization::Missing,
+        (Some(_), Some(_)) => Authorization::Several,
+        (Some(Ok(v)), None) => Authorization::One(v),
+        (Some(Err(_)), None) => return Err(unauthenticated("the caller's authorization metadata is not text")),
     };
     let token = subject_token(&header, authz.max_token_bytes())?
         .ok_or_else(|| unauthenticated("the call carries no bearer token of its caller"))?;

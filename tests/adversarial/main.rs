@@ -9,3 +9,5 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+
+mod broker;
