@@ -254,6 +254,25 @@ async fn pods_not_asking_and_bad_input_are_answered_without_a_patch() {
     let message = response["status"]["message"].as_str().expect("message");
     assert!(message.contains("inject_annotation_invalid"), "{message}");
 
+    // A pod in which something besides Baton and Envoy would be in the socket's group (65532) or
+    // run as one of them: refused, since it could then connect to Baton as Envoy does.
+    for (what, pod_context, app_context) in [
+        ("fsGroup", json!({"fsGroup": 65532}), json!({})),
+        ("supplementalGroups", json!({"supplementalGroups": [65532]}), json!({})),
+        ("the app's group", json!({}), json!({"runAsGroup": 65532})),
+        ("the pod's default group", json!({"runAsGroup": 65532}), json!({})),
+        ("Envoy's user", json!({}), json!({"runAsUser": 65533})),
+    ] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": "shared", "annotations": {"baton.dev/inject": "true"}},
+                         "spec": {"securityContext": pod_context,
+                                  "containers": [{"name": "app", "image": "app:1", "securityContext": app_context}]}});
+        let response = injector.review(&pod).await;
+        assert_eq!(response["allowed"], false, "{what}");
+        let message = response["status"]["message"].as_str().expect("message");
+        assert!(message.contains("socket_identity_shared"), "{what}: {message}");
+    }
+
     // Not an AdmissionReview: 400 with a reason code (there is no uid to answer to).
     for (body, reason) in [
         (b"{not json".to_vec(), "admission_review_malformed"),

@@ -24,8 +24,13 @@ pub struct RawInjectConfig {
     pub envoy: RawEnvoy,
     /// `Always`, `IfNotPresent` (default) or `Never`, for both injected containers.
     pub image_pull_policy: Option<String>,
-    /// The UID (and GID) both injected containers run as; they share the Unix socket, so one UID.
+    /// Replaced by `baton.run_as_user`, `envoy.run_as_user` and `socket_group`: refused with a
+    /// message that says so, rather than as an unknown field.
     pub run_as_user: Option<i64>,
+    /// The GID of Baton's Unix socket: the `runAsGroup` of both injected containers (so Envoy may
+    /// connect to the socket, mode 0660), and of no other container in the pod (default 65532). The
+    /// pod's `baton.yaml` sets `listen.grpc_uds_group` to it.
+    pub socket_group: Option<i64>,
     /// The emptyDir mount that holds Baton's Unix socket, in both containers.
     pub socket_dir: Option<String>,
     pub actor_token: RawActorToken,
@@ -43,6 +48,8 @@ pub struct RawTls {
 pub struct RawBaton {
     /// Required: the Baton image.
     pub image: Option<String>,
+    /// Baton's UID (default 65532); never Envoy's, so Envoy cannot read Baton's secret and token.
+    pub run_as_user: Option<i64>,
     /// The port of `listen.admin` in the pod's Baton configuration (probes), default 9901.
     pub admin_port: Option<i32>,
     /// The ConfigMap (key `baton.yaml`) used when the pod has no `baton.dev/config` annotation.
@@ -56,6 +63,8 @@ pub struct RawBaton {
 #[serde(default, deny_unknown_fields)]
 pub struct RawEnvoy {
     pub image: Option<String>,
+    /// Envoy's UID (default 65533).
+    pub run_as_user: Option<i64>,
     /// The ConfigMap (key `envoy.yaml`) with Envoy's bootstrap, in the pod's namespace.
     pub bootstrap_config_map: Option<String>,
     /// The port of the bootstrap's health listener (probes), default 15021.
@@ -96,7 +105,10 @@ pub struct Sidecar {
     pub baton_image: String,
     pub envoy_image: String,
     pub image_pull_policy: String,
-    pub run_as_user: i64,
+    pub baton_user: i64,
+    pub envoy_user: i64,
+    /// Both sidecars' `runAsGroup`, and the group of Baton's socket.
+    pub socket_group: i64,
     pub socket_dir: String,
     pub admin_port: i32,
     pub envoy_health_port: i32,
@@ -166,9 +178,28 @@ impl RawInjectConfig {
                 format!("`{image_pull_policy}` is not Always, IfNotPresent or Never"),
             );
         }
-        let run_as_user = self.run_as_user.unwrap_or(65532);
-        if !(1..=2_147_483_647).contains(&run_as_user) {
-            errors.add("run_as_user", "must be a non-root UID (1 to 2147483647)");
+        if self.run_as_user.is_some() {
+            errors.add(
+                "run_as_user",
+                "is replaced by baton.run_as_user, envoy.run_as_user and socket_group: Baton and Envoy no longer \
+                 share a UID, only the socket's group",
+            );
+        }
+        let id = |value: Option<i64>, default: i64, field: &str, errors: &mut Errors| {
+            let id = value.unwrap_or(default);
+            if !(1..=2_147_483_647).contains(&id) {
+                errors.add(field, "must be a non-root ID (1 to 2147483647)");
+            }
+            id
+        };
+        let baton_user = id(self.baton.run_as_user, 65532, "baton.run_as_user", &mut errors);
+        let envoy_user = id(self.envoy.run_as_user, 65533, "envoy.run_as_user", &mut errors);
+        let socket_group = id(self.socket_group, 65532, "socket_group", &mut errors);
+        if baton_user == envoy_user {
+            errors.add(
+                "envoy.run_as_user",
+                "is also baton.run_as_user: Envoy would then read Baton's client secret and tokens",
+            );
         }
         let socket_dir = self.socket_dir.unwrap_or_else(|| "/var/run/baton".into());
         if !socket_dir.starts_with('/') || socket_dir.contains(':') || socket_dir.len() > 80 {
@@ -238,7 +269,9 @@ impl RawInjectConfig {
                     baton_image,
                     envoy_image,
                     image_pull_policy,
-                    run_as_user,
+                    baton_user,
+                    envoy_user,
+                    socket_group,
                     socket_dir,
                     admin_port,
                     envoy_health_port,
@@ -331,6 +364,22 @@ mod tests {
         assert_eq!(config.sidecar.default_config, "baton");
         assert_eq!(config.sidecar.envoy_image, DEFAULT_ENVOY_IMAGE);
         assert_eq!(config.sidecar.baton_resources.requests["memory"], "64Mi");
+        let sidecar = &config.sidecar;
+        assert_eq!(
+            (sidecar.baton_user, sidecar.envoy_user, sidecar.socket_group),
+            (65532, 65533, 65532)
+        );
+    }
+
+    #[test]
+    fn baton_and_envoy_share_a_group_never_a_user() {
+        let yaml = "baton:\n  image: b\n  run_as_user: 7000\nenvoy:\n  run_as_user: 7000\nsocket_group: 0\n";
+        let err = InjectConfig::from_yaml(yaml).expect_err("shared UID, root group");
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["socket_group", "envoy.run_as_user"], "{err}");
+        // The old shared-UID key says what replaced it.
+        let err = InjectConfig::from_yaml("baton:\n  image: b\nrun_as_user: 65532\n").expect_err("old key");
+        assert!(err.to_string().contains("socket_group"), "{err}");
     }
 
     #[test]

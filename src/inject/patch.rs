@@ -64,6 +64,10 @@ pub enum Refusal {
     VolumeNameTaken(String),
     #[error("the pod already declares port {0}, which the injected {1} container needs")]
     PortTaken(i32, &'static str),
+    /// Only Baton and Envoy may be in the socket's group or run as their users: anything else in
+    /// the pod that did could connect to Baton (or read its files) as they do.
+    #[error("{0} would share the identity that guards Baton's socket: {1}")]
+    SocketIdentityShared(String, &'static str),
 }
 
 impl Refusal {
@@ -74,6 +78,7 @@ impl Refusal {
             Self::BadObjectName { .. } => "object_name_invalid",
             Self::VolumeNameTaken(_) => "volume_name_taken",
             Self::PortTaken(..) => "port_taken",
+            Self::SocketIdentityShared(..) => "socket_identity_shared",
         }
     }
 }
@@ -130,6 +135,8 @@ pub fn plan(pod: &Pod, sidecar: &Sidecar) -> Result<Plan, Refusal> {
         }
     }
 
+    check_identities(pod, sidecar)?;
+
     let mut ops = Vec::new();
     let sidecars = [baton_container(sidecar), envoy_container(sidecar)];
     if spec.and_then(|s| s.init_containers.as_ref()).is_none() {
@@ -157,6 +164,56 @@ pub fn plan(pod: &Pod, sidecar: &Sidecar) -> Result<Plan, Refusal> {
     Ok(Plan::Patch(ops))
 }
 
+/// Refuse a pod in which anything but the two sidecars would be in the socket's group (so could
+/// connect to Baton) or run as Baton's or Envoy's user. The pod's `fsGroup` and
+/// `supplementalGroups` reach every container, so neither may name the socket group; a container's
+/// own `runAsUser`/`runAsGroup`, else the pod's, must not be the sidecars'. An image's default
+/// user is not visible here: set them explicitly (the examples do).
+fn check_identities(pod: &Pod, sidecar: &Sidecar) -> Result<(), Refusal> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(());
+    };
+    let pod_context = spec.security_context.as_ref();
+    let shared = |what: String, why| Err(Refusal::SocketIdentityShared(what, why));
+    if pod_context.and_then(|c| c.fs_group) == Some(sidecar.socket_group) {
+        return shared("the pod's fsGroup".into(), "it is the socket group");
+    }
+    if pod_context
+        .and_then(|c| c.supplemental_groups.as_ref())
+        .is_some_and(|groups| groups.contains(&sidecar.socket_group))
+    {
+        return shared("the pod's supplementalGroups".into(), "they hold the socket group");
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| (&c.name, c.security_context.as_ref()));
+    let ephemeral = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .map(|c| (&c.name, c.security_context.as_ref()));
+    for (name, own) in containers.chain(ephemeral) {
+        let user = own
+            .and_then(|s| s.run_as_user)
+            .or(pod_context.and_then(|p| p.run_as_user));
+        let group = own
+            .and_then(|s| s.run_as_group)
+            .or(pod_context.and_then(|p| p.run_as_group));
+        if group == Some(sidecar.socket_group) {
+            return shared(format!("container `{}`", truncate(name)), "it runs in the socket group");
+        }
+        if user.is_some_and(|u| u == sidecar.baton_user || u == sidecar.envoy_user) {
+            return shared(
+                format!("container `{}`", truncate(name)),
+                "it runs as Baton's or Envoy's user",
+            );
+        }
+    }
+    Ok(())
+}
+
 /// An annotation value echoed in a message is cut short: it is user input of any size.
 fn truncate(value: &str) -> String {
     const MAX: usize = 64;
@@ -168,11 +225,13 @@ fn truncate(value: &str) -> String {
 
 // === The containers ===
 
-fn security_context(sidecar: &Sidecar) -> SecurityContext {
+/// A sidecar's hardening. `user` is its own; the group is the socket's, which only the two
+/// sidecars have: Baton creates the socket (mode 0660) in it and Envoy connects through it.
+fn security_context(user: i64, sidecar: &Sidecar) -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),
-        run_as_user: Some(sidecar.run_as_user),
-        run_as_group: Some(sidecar.run_as_user),
+        run_as_user: Some(user),
+        run_as_group: Some(sidecar.socket_group),
         read_only_root_filesystem: Some(true),
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {
@@ -244,7 +303,7 @@ fn baton_container(sidecar: &Sidecar) -> Container {
         liveness_probe: Some(http_probe("/healthz", "baton-admin", 10, 3)),
         readiness_probe: Some(http_probe("/readyz", "baton-admin", 5, 2)),
         resources: Some(resources(&sidecar.baton_resources)),
-        security_context: Some(security_context(sidecar)),
+        security_context: Some(security_context(sidecar.baton_user, sidecar)),
         volume_mounts: Some(vec![
             mount(VOLUME_CONFIG, CONFIG_DIR, true),
             mount(VOLUME_SECRET, SECRET_DIR, true),
@@ -278,7 +337,7 @@ fn envoy_container(sidecar: &Sidecar) -> Container {
         startup_probe: Some(http_probe("/ready", "envoy-health", 1, 30)),
         readiness_probe: Some(http_probe("/ready", "envoy-health", 5, 2)),
         resources: Some(resources(&sidecar.envoy_resources)),
-        security_context: Some(security_context(sidecar)),
+        security_context: Some(security_context(sidecar.envoy_user, sidecar)),
         volume_mounts: Some(vec![
             mount(VOLUME_ENVOY, ENVOY_DIR, true),
             mount(VOLUME_SOCKET, &sidecar.socket_dir, false),
@@ -439,6 +498,79 @@ mod tests {
             "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 9901}]}]},
         }));
         assert_eq!(refused(p), "port_taken");
+    }
+
+    #[test]
+    fn nothing_else_in_the_pod_may_share_the_sockets_group_or_the_sidecars_users() {
+        let with = |pod_context: Value, app_context: Value| {
+            pod(json!({
+                "metadata": {"annotations": {"baton.dev/inject": "true"}},
+                "spec": {"securityContext": pod_context,
+                         "containers": [{"name": "app", "securityContext": app_context}]},
+            }))
+        };
+        let cases = [
+            // (what, pod securityContext, app securityContext, refused)
+            (
+                "distinct ids",
+                json!({"fsGroup": 2000}),
+                json!({"runAsUser": 10001, "runAsGroup": 10001}),
+                false,
+            ),
+            (
+                "the socket group as fsGroup",
+                json!({"fsGroup": 65532}),
+                json!({}),
+                true,
+            ),
+            (
+                "the socket group as a supplemental group",
+                json!({"supplementalGroups": [5, 65532]}),
+                json!({}),
+                true,
+            ),
+            (
+                "the app in the socket group",
+                json!({}),
+                json!({"runAsGroup": 65532}),
+                true,
+            ),
+            (
+                "the pod's default group is the socket group",
+                json!({"runAsGroup": 65532}),
+                json!({}),
+                true,
+            ),
+            (
+                "...unless the app overrides it",
+                json!({"runAsGroup": 65532}),
+                json!({"runAsGroup": 10001}),
+                false,
+            ),
+            ("the app as Baton's user", json!({}), json!({"runAsUser": 65532}), true),
+            ("the app as Envoy's user", json!({"runAsUser": 65533}), json!({}), true),
+        ];
+        for (what, pod_context, app_context, refused) in cases {
+            let outcome = plan(&with(pod_context, app_context), &sidecar());
+            match (refused, outcome) {
+                (true, Err(refusal)) => assert_eq!(refusal.as_str(), "socket_identity_shared", "{what}"),
+                (false, Ok(Plan::Patch(_))) => {}
+                (_, other) => panic!("{what}: {other:?}"),
+            }
+        }
+        // The injected sidecars: each its own user, the socket's group.
+        let Ok(Plan::Patch(ops)) = plan(&annotated(json!({"baton.dev/inject": "true"})), &sidecar()) else {
+            panic!("expected a patch")
+        };
+        let context = |i: usize| ops[0]["value"][i]["securityContext"].clone();
+        assert_eq!(
+            (context(0)["runAsUser"].clone(), context(0)["runAsGroup"].clone()),
+            (json!(65532), json!(65532))
+        );
+        assert_eq!(
+            (context(1)["runAsUser"].clone(), context(1)["runAsGroup"].clone()),
+            (json!(65533), json!(65532))
+        );
     }
 
     /// An API server newer than k8s-openapi's feature sends fields it does not know: still a pod.
