@@ -467,3 +467,47 @@ broker:
         failures.join("\n")
     );
 }
+
+/// Without a `broker:` section the broker API refuses everyone, whatever they present: a sidecar
+/// that only serves Envoy offers no second way to ask for tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_api_is_off_unless_configured() {
+    let scratch = Scratch::new("adversarial-broker-off");
+    let idp = TokenService::start(Peer::BatonSts, &scratch).await;
+    let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", idp.token_endpoint));
+    let body = format!(
+        "token_service:\n{token_service}\ntrusted_issuers:\n  - issuer: {}\n    audiences: [frontend, {CALLER_AUDIENCE}]\ndestinations:\n  - name: orders\n    audience: {ORDERS}\n    scopes: [orders.read]\n",
+        idp.issuer
+    );
+    let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
+    let mut client = DelegationBrokerClient::connect(format!("http://127.0.0.1:{}", baton.grpc))
+        .await
+        .expect("connect to the broker");
+    let alice = mint(&idp, "alice", "frontend", "{}", &[]).await;
+    let worker_claims = format!(r#"{{"azp":"{CALLER_CLIENT}"}}"#);
+    let worker = mint(&idp, "svc-batch", CALLER_AUDIENCE, &worker_claims, &[]).await;
+    for (variant, credential, destination) in [
+        ("no credential", None, "orders"),
+        ("a user's token", Some(&alice), "orders"),
+        ("a workload's token", Some(&worker), "orders"),
+        ("a workload's token, an unknown destination", Some(&worker), "nowhere"),
+    ] {
+        let mut request = tonic::Request::new(ExchangeRequest {
+            subject_token: alice.clone(),
+            destination: destination.to_owned(),
+            scopes: Vec::new(),
+        });
+        if let Some(token) = credential {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer(token).parse().expect("metadata"));
+        }
+        let refused = client.exchange(request).await.expect_err(variant);
+        assert_eq!(refused.code(), Code::PermissionDenied, "{variant}");
+        assert!(
+            refused.message().starts_with("broker_disabled"),
+            "{variant}: {}",
+            refused.message()
+        );
+    }
+}
