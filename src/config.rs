@@ -143,10 +143,12 @@ impl RawBroker {
                  (an audience only callers' tokens carry), `caller_client_ids` (the clients allowed, by azp or \
                  client_id), or both",
             ),
-            BrokerCallers::Any if rule != CallerRule::default() => errors.add(
+            // Any other mode (`any`, or a transport identity) never reads a bearer token: a rule
+            // there would look like protection and be none.
+            callers if callers != BrokerCallers::Authenticated && rule != CallerRule::default() => errors.add(
                 "broker",
-                "`caller_audience` and `caller_client_ids` apply to `callers: authenticated`; `callers: any` \
-                 authenticates no one",
+                "`caller_audience` and `caller_client_ids` apply only to `callers: authenticated`, which reads \
+                 the caller's bearer token",
             ),
             _ => {}
         }
