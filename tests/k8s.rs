@@ -157,11 +157,17 @@ fn find_prefixed<'a>(docs: &'a [Value], kind: &str, prefix: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {prefix}* in the rendered output"))
 }
 
-/// Every container in every rendered pod template is hardened the same way.
+/// Every container in every rendered pod template, and in the Istio example, is hardened the same
+/// way.
 #[test]
 fn every_container_is_hardened_and_bounded() {
-    for overlay in OVERLAYS {
-        let docs = yaml_docs(&kustomize(&k8s().join("overlays").join(overlay)));
+    let istio = std::fs::read_to_string(k8s().join("istio/deployment-example.yaml")).expect("read");
+    let rendered = OVERLAYS
+        .iter()
+        .map(|overlay| ((*overlay).to_owned(), kustomize(&k8s().join("overlays").join(overlay))))
+        .chain([("istio example".to_owned(), istio)]);
+    for (overlay, text) in rendered {
+        let docs = yaml_docs(&text);
         for deployment in docs.iter().filter(|d| d["kind"] == "Deployment") {
             let spec = &deployment["spec"]["template"]["spec"];
             let containers = spec["containers"]
