@@ -364,6 +364,56 @@ broker: { callers: any }
         assert!(std::sync::Arc::ptr_eq(&own, &same));
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a caller asks for, a delegated route asks the token service only for scopes
+        /// in the allow-list (or, asking for none, the destination's own), and the same set in
+        /// any order or with repeats is the same request.
+        #[test]
+        fn a_granted_route_never_asks_beyond_the_allow_list(
+            asked in proptest::collection::vec(
+                prop_oneof![
+                    proptest::sample::select(vec!["invoices.read", "invoices.write", "invoices.admin", "orders.read"])
+                        .prop_map(str::to_owned),
+                    "[ -~]{0,12}",
+                ],
+                0..6,
+            ),
+            rotate in 0usize..6,
+        ) {
+            // One Authz for every case: building one (a token-service client) costs milliseconds.
+            static AUTHZ: std::sync::LazyLock<Authz> = std::sync::LazyLock::new(authz);
+            let authz = &*AUTHZ;
+            let allowed = ["invoices.read", "invoices.write", "invoices.admin"];
+            match authz.route_for("billing", &asked) {
+                Ok(route) => {
+                    let scope = route.target.scope.clone().unwrap_or_default();
+                    let granted: Vec<&str> = scope.split(' ').collect();
+                    prop_assert!(granted.iter().all(|s| allowed.contains(s)), "{asked:?} -> {scope}");
+                    if asked.is_empty() {
+                        prop_assert_eq!(scope.as_str(), "invoices.read");
+                    } else {
+                        prop_assert!(granted.iter().all(|g| asked.iter().any(|a| a == g)), "{asked:?} -> {scope}");
+                        prop_assert!(asked.iter().all(|a| granted.contains(&a.as_str())), "{asked:?} -> {scope}");
+                    }
+                    let mut reordered = asked.clone();
+                    if !reordered.is_empty() {
+                        let by = rotate % reordered.len();
+                        reordered.rotate_left(by);
+                        reordered.push(reordered[0].clone());
+                    }
+                    let again = authz.route_for("billing", &reordered).expect("the same set");
+                    prop_assert_eq!(&again.target.scope, &route.target.scope);
+                }
+                Err(denial) => {
+                    prop_assert_eq!(denial.reason, Reason::ScopeNotAllowed);
+                    prop_assert!(asked.iter().any(|a| !allowed.contains(&a.as_str())), "{asked:?}");
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn without_a_broker_section_every_call_is_refused() {
         let mut authz = authz();
