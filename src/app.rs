@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::authz::Authz;
-use crate::config::{Config, Endpoint};
+use crate::config::{Config, Endpoint, UdsGroup};
 use crate::exchange::{TokenService, TokenServices};
 use crate::reload::{self, Current};
 use crate::server::{self, Listeners};
 use crate::telemetry::Telemetry;
 use crate::verify::{Introspection, Verifier};
 use arc_swap::ArcSwap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Build the decision core from a validated configuration; starts discovery for each token service
 /// whose endpoint comes from the issuer's metadata, and the trusted issuers' key refresh.
@@ -85,33 +85,97 @@ pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Au
     Ok(authz.into_shared())
 }
 
-/// Bind the configured listeners. A stale Unix socket file from an earlier run is replaced. An
-/// error names the listener and its address.
+/// Bind the configured listeners, and read the gRPC listener's TLS files. A stale Unix socket file
+/// from an earlier run is replaced. An error names the listener and its address.
 pub async fn bind(config: &Config) -> Result<Listeners, String> {
     let tcp = |name: &'static str, addr: std::net::SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {name} {addr}: {e}"))
     };
-    let grpc = tcp("listen.grpc", config.listen.grpc).await?;
+    let grpc_tls = config
+        .listen
+        .grpc_tls
+        .as_ref()
+        .map(|t| crate::tls::Acceptor::new(t).map_err(|e| format!("listen.grpc_tls: {e}")))
+        .transpose()?;
+    let grpc = match config.listen.grpc {
+        Some(addr) => Some(tcp("listen.grpc", addr).await?),
+        None => None,
+    };
     let grpc_uds = match &config.listen.grpc_uds {
-        Some(path) => {
-            let failed = |e: std::io::Error| format!("cannot listen on listen.grpc_uds {}: {e}", path.display());
-            if std::fs::symlink_metadata(path).is_ok_and(|m| {
-                use std::os::unix::fs::FileTypeExt as _;
-                m.file_type().is_socket()
-            }) {
-                std::fs::remove_file(path).map_err(failed)?;
-            }
-            Some(tokio::net::UnixListener::bind(path).map_err(failed)?)
-        }
+        Some(path) => Some(
+            bind_uds(path, config.listen.grpc_uds_mode, config.listen.grpc_uds_group.as_ref())
+                .map_err(|e| format!("cannot listen on listen.grpc_uds {}: {e}", path.display()))?,
+        ),
         None => None,
     };
     let admin = match config.listen.admin {
         Some(addr) => Some(tcp("listen.admin", addr).await?),
         None => None,
     };
-    Ok(Listeners { grpc, grpc_uds, admin })
+    Ok(Listeners {
+        grpc,
+        grpc_tls,
+        grpc_uds,
+        admin,
+    })
+}
+
+/// Bind the Unix socket so that it never exists at `path` with wider access than `mode` and
+/// `group`: it is bound inside a fresh directory only Baton can enter, given its mode and group
+/// there, then renamed to `path` (which atomically replaces a stale socket from an earlier run).
+/// Anything at `path` that is not a socket is left alone and is an error.
+fn bind_uds(path: &Path, mode: u32, group: Option<&UdsGroup>) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && !meta.file_type().is_socket()
+    {
+        return Err("something that is not a socket is there".into());
+    }
+    let gid = group.map(resolve_group).transpose()?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let staging = parent.join(format!(".bt{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
+    let staged = staging.join("s");
+    let bound = (|| {
+        let listener = tokio::net::UnixListener::bind(&staged).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("cannot set its mode {mode:04o}: {e}"))?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&staged, None, Some(gid))
+                .map_err(|e| format!("cannot give it to group {gid}: {e}"))?;
+        }
+        std::fs::rename(&staged, path).map_err(|e| e.to_string())?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
+}
+
+/// A group name from `/etc/group`, or a numeric gid as is.
+fn resolve_group(group: &UdsGroup) -> Result<u32, String> {
+    let name = match group {
+        UdsGroup::Id(gid) => return Ok(*gid),
+        UdsGroup::Name(name) => name,
+    };
+    let text = crate::credentials::read_bounded(Path::new("/etc/group"), 4 * 1024 * 1024)?;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            (fields.next() == Some(name.as_str()))
+                .then(|| fields.nth(1).and_then(|gid| gid.parse().ok()))
+                .flatten()
+        })
+        .ok_or_else(|| format!("listen.grpc_uds_group: no group `{name}` in /etc/group"))
 }
 
 /// Load, build, bind and serve until `shutdown`; then drain for at most `shutdown_grace`. The
@@ -119,8 +183,10 @@ pub async fn bind(config: &Config) -> Result<Listeners, String> {
 pub async fn run(path: PathBuf, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let listeners = bind(&config).await?;
     tracing::info!(
-        grpc = %config.listen.grpc,
+        grpc = ?config.listen.grpc,
+        grpc_tls = config.listen.grpc_tls.is_some(),
         grpc_uds = ?config.listen.grpc_uds,
+        grpc_uds_mode = format_args!("{:04o}", config.listen.grpc_uds_mode),
         admin = ?config.listen.admin,
         destinations = config.destinations.len(),
         trusted_issuers = config.trusted_issuers.len(),

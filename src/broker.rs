@@ -95,10 +95,21 @@ impl DelegationBroker for Broker {
     }
 }
 
-/// Who is calling: the verified `sub` of the call's bearer token (`None` under `callers: any`).
+/// Who is calling: the verified `sub` of the call's bearer token, or under `callers: mtls` the
+/// verified identity of its TLS client certificate (`None` under `callers: any`).
 async fn caller(authz: &Authz, request: &Request<ExchangeRequest>) -> Result<Option<String>, Denial> {
     if authz.broker_callers == BrokerCallers::Any {
         return Ok(None);
+    }
+    if authz.broker_callers == BrokerCallers::Mtls {
+        // Set only by the mutual-TLS listener, after the certificate chain and allow-list checks.
+        return match request.extensions().get::<crate::tls::PeerIdentity>() {
+            Some(peer) => Ok(Some(peer.identity.to_string())),
+            None => Err(Denial::new(
+                Reason::CallerUnauthenticated,
+                "broker.callers is mtls and the call did not come over the mutual-TLS listener",
+            )),
+        };
     }
     let unauthenticated = |why: &'static str| Denial::new(Reason::CallerUnauthenticated, why);
     if !authz.verifies() {

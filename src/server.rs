@@ -1,6 +1,6 @@
-//! Serving: Envoy's `Authorization/Check` and Baton's broker API on the gRPC listeners (TCP, and
-//! optionally a Unix socket), `/healthz`, `/readyz` and `/metrics` on the admin listener. `serve` takes bound
-//! listeners and a shutdown future, so a test can run it on port 0 and stop it; on shutdown,
+//! Serving: Envoy's `Authorization/Check` and Baton's broker API on the gRPC listeners (a Unix
+//! socket, and TCP: plain on loopback, or mutual TLS through `tls::Acceptor`), `/healthz`,
+//! `/readyz` and `/metrics` on the admin listener. `serve` takes bound listeners and a shutdown future, so a test can run it on port 0 and stop it; on shutdown,
 //! readiness turns false first and in-flight requests finish.
 
 use std::future::Future;
@@ -23,6 +23,7 @@ use crate::ext_proc::ExtProcService;
 use crate::extract;
 use crate::reload::Current;
 use crate::respond;
+use crate::tls::Acceptor;
 use crate::telemetry::{self, Api, Decided};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,7 +31,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Bound sockets to serve on.
 #[derive(Debug)]
 pub struct Listeners {
-    pub grpc: TcpListener,
+    pub grpc: Option<TcpListener>,
+    /// When set, `grpc` accepts only mutual-TLS connections from allowed callers.
+    pub grpc_tls: Option<Acceptor>,
     pub grpc_uds: Option<UnixListener>,
     pub admin: Option<TcpListener>,
 }
@@ -50,10 +53,19 @@ pub async fn serve(authz: Current, listeners: Listeners, shutdown: impl Future<O
             .add_service(DelegationBrokerServer::new(Broker::new(authz.clone())))
     };
     let mut tasks: tokio::task::JoinSet<Result<(), BoxError>> = tokio::task::JoinSet::new();
-    // Without TCP_NODELAY a reply written in two segments waits for Envoy's delayed ACK (~40 ms).
-    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-    let tcp = grpc().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
-    tasks.spawn(async move { Ok(tcp.await?) });
+    match (listeners.grpc, listeners.grpc_tls) {
+        (Some(tcp), Some(tls)) => {
+            let tls = grpc().serve_with_incoming_shutdown(tls.incoming(tcp), stopped(stop_rx.clone()));
+            tasks.spawn(async move { Ok(tls.await?) });
+        }
+        (Some(tcp), None) => {
+            // Without TCP_NODELAY a reply written in two segments waits for Envoy's delayed ACK (~40 ms).
+            let incoming = TcpIncoming::from(tcp).with_nodelay(Some(true));
+            let tcp = grpc().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+            tasks.spawn(async move { Ok(tcp.await?) });
+        }
+        (None, _) => {}
+    }
     if let Some(uds) = listeners.grpc_uds {
         let uds = grpc().serve_with_incoming_shutdown(UnixListenerStream::new(uds), stopped(stop_rx.clone()));
         tasks.spawn(async move { Ok(uds.await?) });
