@@ -1699,39 +1699,76 @@ token_service:
         let listen = |body: &str| Config::from_yaml(&format!("listen:\n{body}{TS}")).map(|c| c.listen);
         let errors = |body: &str| {
             let err = listen(body).expect_err(body);
-            err.0.iter().map(|e| (e.path.clone(), e.message.clone())).collect::<Vec<_>>()
+            err.0
+                .iter()
+                .map(|e| (e.path.clone(), e.message.clone()))
+                .collect::<Vec<_>>()
         };
 
         // Neither listener: an error that says what to add.
         let err = Config::from_yaml(TS).expect_err("no listener");
-        assert!(err.0.iter().any(|e| e.path == "listen" && e.message.contains("grpc_uds:")), "{err}");
+        assert!(
+            err.0
+                .iter()
+                .any(|e| e.path == "listen" && e.message.contains("grpc_uds:")),
+            "{err}"
+        );
         assert!(errors("  admin: 127.0.0.1:9901\n").iter().any(|(p, _)| p == "listen"));
 
         // A Unix socket alone: no TCP listener, mode 0660 by default.
         let l = listen("  grpc_uds: /run/baton.sock\n").expect("uds");
         assert_eq!((l.grpc, l.grpc_uds_mode, l.grpc_uds_group), (None, 0o660, None));
-        let l = listen("  grpc_uds: /run/baton.sock\n  grpc_uds_mode: \"0600\"\n  grpc_uds_group: envoy\n").expect("uds");
-        assert_eq!((l.grpc_uds_mode, l.grpc_uds_group), (0o600, Some(UdsGroup::Name("envoy".into()))));
+        let l =
+            listen("  grpc_uds: /run/baton.sock\n  grpc_uds_mode: \"0600\"\n  grpc_uds_group: envoy\n").expect("uds");
+        assert_eq!(
+            (l.grpc_uds_mode, l.grpc_uds_group),
+            (0o600, Some(UdsGroup::Name("envoy".into())))
+        );
         let l = listen("  grpc_uds: /run/baton.sock\n  grpc_uds_group: \"1337\"\n").expect("uds");
         assert_eq!(l.grpc_uds_group, Some(UdsGroup::Id(1337)));
-        for bad in ["\"0666\"", "\"0661\"", "\"0777\"", "\"4660\"", "\"rw\"", "\"\"", "\"0o1777\"", "\"99\""] {
+        for bad in [
+            "\"0666\"",
+            "\"0661\"",
+            "\"0777\"",
+            "\"4660\"",
+            "\"rw\"",
+            "\"\"",
+            "\"0o1777\"",
+            "\"99\"",
+        ] {
             let errs = errors(&format!("  grpc_uds: /s\n  grpc_uds_mode: {bad}\n"));
             assert!(errs.iter().any(|(p, _)| p == "listen.grpc_uds_mode"), "{bad}: {errs:?}");
         }
         for bad in ["\"\"", "\"-x\"", "\"a:b\"", "\"a b\"", "\"99999999999\""] {
             let errs = errors(&format!("  grpc_uds: /s\n  grpc_uds_group: {bad}\n"));
-            assert!(errs.iter().any(|(p, _)| p == "listen.grpc_uds_group"), "{bad}: {errs:?}");
+            assert!(
+                errs.iter().any(|(p, _)| p == "listen.grpc_uds_group"),
+                "{bad}: {errs:?}"
+            );
         }
-        assert!(errors("  grpc: 127.0.0.1:1\n  grpc_uds_mode: \"0600\"\n").iter().any(|(p, _)| p == "listen.grpc_uds_mode"));
+        assert!(
+            errors("  grpc: 127.0.0.1:1\n  grpc_uds_mode: \"0600\"\n")
+                .iter()
+                .any(|(p, _)| p == "listen.grpc_uds_mode")
+        );
 
         // Plain text: loopback (127.0.0.0/8, ::1) only, unless insecure_plaintext.
         for ok in ["127.0.0.1:9191", "127.1.2.3:9191", "\"[::1]:9191\""] {
             listen(&format!("  grpc: {ok}\n")).expect(ok);
         }
-        for bad in ["0.0.0.0:9191", "10.0.0.7:9191", "\"[::]:9191\"", "\"[::ffff:127.0.0.1]:9191\"", "192.168.1.1:1"] {
+        for bad in [
+            "0.0.0.0:9191",
+            "10.0.0.7:9191",
+            "\"[::]:9191\"",
+            "\"[::ffff:127.0.0.1]:9191\"",
+            "192.168.1.1:1",
+        ] {
             let errs = errors(&format!("  grpc: {bad}\n"));
             let (_, message) = errs.iter().find(|(p, _)| p == "listen.grpc").expect(bad);
-            assert!(message.contains("grpc_tls") && message.contains("insecure_plaintext"), "{message}");
+            assert!(
+                message.contains("grpc_tls") && message.contains("insecure_plaintext"),
+                "{message}"
+            );
             listen(&format!("  grpc: {bad}\n  insecure_plaintext: true\n")).expect(bad);
         }
 
@@ -1742,16 +1779,29 @@ token_service:
         assert!(errors(tls).iter().any(|(p, _)| p == "listen.grpc_tls"));
         let errs = errors("  grpc: 0.0.0.0:1\n  grpc_tls: {allowed_callers: []}\n");
         for field in ["cert_file", "key_file", "client_ca_file", "allowed_callers"] {
-            assert!(errs.iter().any(|(p, _)| *p == format!("listen.grpc_tls.{field}")), "{field}: {errs:?}");
+            assert!(
+                errs.iter().any(|(p, _)| *p == format!("listen.grpc_tls.{field}")),
+                "{field}: {errs:?}"
+            );
         }
-        let errs = errors("  grpc: 127.0.0.1:1\n  grpc_tls: {cert_file: /c, key_file: /k, client_ca_file: /ca, allowed_callers: [\"*\"]}\n");
-        assert!(errs.iter().any(|(p, _)| p == "listen.grpc_tls.allowed_callers[0]"), "{errs:?}");
+        let errs = errors(
+            "  grpc: 127.0.0.1:1\n  grpc_tls: {cert_file: /c, key_file: /k, client_ca_file: /ca, allowed_callers: [\"*\"]}\n",
+        );
+        assert!(
+            errs.iter().any(|(p, _)| p == "listen.grpc_tls.allowed_callers[0]"),
+            "{errs:?}"
+        );
 
         // broker.callers: mtls needs the TLS listener.
-        let err = Config::from_yaml(&format!("listen:\n  grpc: 127.0.0.1:1\nbroker: {{callers: mtls}}\n{TS}")).expect_err("mtls");
+        let err = Config::from_yaml(&format!(
+            "listen:\n  grpc: 127.0.0.1:1\nbroker: {{callers: mtls}}\n{TS}"
+        ))
+        .expect_err("mtls");
         assert!(err.0.iter().any(|e| e.path == "broker.callers"), "{err}");
-        let config = Config::from_yaml(&format!("listen:\n  grpc: 127.0.0.1:1\n{tls}broker: {{callers: mtls}}\n{TS}"))
-            .expect("mtls with grpc_tls");
+        let config = Config::from_yaml(&format!(
+            "listen:\n  grpc: 127.0.0.1:1\n{tls}broker: {{callers: mtls}}\n{TS}"
+        ))
+        .expect("mtls with grpc_tls");
         assert_eq!(config.broker_callers, BrokerCallers::Mtls);
     }
 

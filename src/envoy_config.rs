@@ -104,12 +104,17 @@ impl Options {
                 };
                 match (&config.listen.grpc_tls, &tls) {
                     (Some(_), None) => {
-                        return Err("Baton's listen.grpc requires a client certificate (listen.grpc_tls): give \
+                        return Err(
+                            "Baton's listen.grpc requires a client certificate (listen.grpc_tls): give \
                              --tls-cert, --tls-key, --tls-ca and --tls-server-name, or reach it with --uds"
-                            .into());
+                                .into(),
+                        );
                     }
                     (None, Some(_)) => {
-                        return Err("Baton's listen.grpc is plain text (no listen.grpc_tls): the --tls-* options do not apply".into());
+                        return Err(
+                            "Baton's listen.grpc is plain text (no listen.grpc_tls): the --tls-* options do not apply"
+                                .into(),
+                        );
                     }
                     (Some(_), Some(t)) if t.server_name.is_empty() => {
                         return Err("--tls-server-name must name Baton's certificate".into());
@@ -606,8 +611,14 @@ destinations:
             "listen: { grpc: 127.0.0.1:0 }\ntoken_service: { token_endpoint: http://x/token, client_id: c, auth: { method: none } }\n",
         )
         .expect("config");
-        let err =
-            Options::new(&config, Api::ExtAuthz, None, None, DEFAULT_LISTEN.parse().expect("addr")).expect_err("port 0");
+        let err = Options::new(
+            &config,
+            Api::ExtAuthz,
+            None,
+            None,
+            DEFAULT_LISTEN.parse().expect("addr"),
+        )
+        .expect_err("port 0");
         assert!(err.contains("port 0"), "{err}");
     }
 

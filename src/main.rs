@@ -194,14 +194,14 @@ fn main() -> ExitCode {
 
 fn check_config(file: &std::path::Path) -> ExitCode {
     // The listener's TLS files are read as `run` would read them.
-    let checked = Config::from_file(file).map_err(|e| e.to_string()).and_then(|config| {
-        match &config.listen.grpc_tls {
+    let checked = Config::from_file(file)
+        .map_err(|e| e.to_string())
+        .and_then(|config| match &config.listen.grpc_tls {
             Some(tls) => baton::tls::server_config(tls)
                 .map(|_| config)
                 .map_err(|e| format!("listen.grpc_tls: {e}\n")),
             None => Ok(config),
-        }
-    });
+        });
     match checked {
         Ok(config) => {
             #[allow(clippy::print_stdout)]

@@ -23,8 +23,8 @@ use crate::ext_proc::ExtProcService;
 use crate::extract;
 use crate::reload::Current;
 use crate::respond;
-use crate::tls::Acceptor;
 use crate::telemetry::{self, Api, Decided};
+use crate::tls::Acceptor;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -128,7 +128,9 @@ impl CallerPattern {
                     return Err("`*` may only be the whole last path segment".into());
                 }
                 if !is_spiffe_id(prefix) || !prefix["spiffe://".len()..].contains('/') {
-                    return Err(format!("`{text}`: `*` must follow a SPIFFE ID with a path (spiffe://trust-domain/path/*)"));
+                    return Err(format!(
+                        "`{text}`: `*` must follow a SPIFFE ID with a path (spiffe://trust-domain/path/*)"
+                    ));
                 }
                 return Ok(Self::SpiffeSegment(format!("{prefix}/")));
             }
@@ -330,8 +332,12 @@ pub fn server_config(tls: &GrpcTls) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let certs = read_certs(&tls.cert_file)?;
     let key_pem = read_bounded(&tls.key_file, MAX_PEM_BYTES)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|_| format!("{} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)", tls.key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+        format!(
+            "{} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
+            tls.key_file.display()
+        )
+    })?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in read_certs(&tls.client_ca_file)? {
         roots
@@ -539,7 +545,10 @@ mod tests {
 
     #[test]
     fn spiffe_patterns_match_whole_segments_only() {
-        let p = allowed(&["spiffe://cluster.local/ns/shop/sa/*", "spiffe://cluster.local/ns/ops/sa/envoy"]);
+        let p = allowed(&[
+            "spiffe://cluster.local/ns/shop/sa/*",
+            "spiffe://cluster.local/ns/ops/sa/envoy",
+        ]);
         for ok in [
             "spiffe://cluster.local/ns/shop/sa/envoy",
             "spiffe://cluster.local/ns/shop/sa/a.b-c_d",
@@ -576,7 +585,11 @@ mod tests {
     #[test]
     fn dns_patterns_match_one_whole_leading_label() {
         let p = allowed(&["*.shop.svc.cluster.local", "Envoy.Example"]);
-        for ok in ["envoy.shop.svc.cluster.local", "ENVOY.shop.svc.cluster.local", "envoy.example"] {
+        for ok in [
+            "envoy.shop.svc.cluster.local",
+            "ENVOY.shop.svc.cluster.local",
+            "envoy.example",
+        ] {
             assert!(dns(&p, ok), "{ok}");
         }
         for refused in [
@@ -595,7 +608,10 @@ mod tests {
         ] {
             assert!(!dns(&p, refused), "{refused}");
         }
-        assert!(!uri(&p, "spiffe://envoy.example"), "a DNS pattern never matches a URI SAN");
+        assert!(
+            !uri(&p, "spiffe://envoy.example"),
+            "a DNS pattern never matches a URI SAN"
+        );
     }
 
     #[test]
