@@ -615,3 +615,203 @@ async fn only_the_sockets_owner_and_group_may_connect() {
         drop(baton);
     }
 }
+
+// === broker.callers: mtls ===
+
+/// One `DelegationBroker/Exchange` over mutual TLS, as `cert`; a bearer `authorization` is sent too
+/// when given (it must not become the caller). The token, or the gRPC error message.
+async fn broker_exchange(
+    port: u16,
+    ca: &Path,
+    cert: &Leaf,
+    bearer_token: Option<&str>,
+    subject: &str,
+) -> Result<String, String> {
+    use prost::Message as _;
+    let mut identity = std::fs::read(&cert.cert).expect("cert");
+    identity.extend(std::fs::read(&cert.key).expect("key"));
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(ca).expect("ca")).expect("ca")])
+        .identity(reqwest::Identity::from_pem(&identity).expect("identity"))
+        .resolve(BATON_NAME, ([127, 0, 0, 1], port).into())
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let message = baton::broker::pb::ExchangeRequest {
+        subject_token: subject.to_owned(),
+        destination: "orders".to_owned(),
+        scopes: Vec::new(),
+    }
+    .encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend(u32::try_from(message.len()).expect("len").to_be_bytes());
+    body.extend(message);
+    let mut request = client
+        .post(format!(
+            "https://{BATON_NAME}:{port}/baton.v1.DelegationBroker/Exchange"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body);
+    if let Some(token) = bearer_token {
+        request = request.header("authorization", bearer(token));
+    }
+    let response = request.send().await.map_err(|e| format!("transport: {e}"))?;
+    // A refusal is a trailers-only response: its status is in the headers.
+    if let Some(status) = response.headers().get("grpc-status").filter(|s| *s != "0") {
+        let message = response
+            .headers()
+            .get("grpc-message")
+            .map(|m| m.to_str().unwrap_or("").to_owned());
+        return Err(format!("{status:?} {}", message.unwrap_or_default()));
+    }
+    let bytes = response.bytes().await.map_err(|e| format!("body: {e}"))?;
+    let reply =
+        baton::broker::pb::ExchangeResponse::decode(bytes.get(5..).unwrap_or_default()).map_err(|e| e.to_string())?;
+    Ok(reply.access_token)
+}
+
+/// (variant, client certificate, bearer sent alongside, Ok or the reason code of the refusal)
+type BrokerRow<'a> = (&'a str, &'a Leaf, Option<&'a str>, Result<(), &'a str>);
+
+/// `broker.callers: mtls`: the broker's caller (the policy's `source`) is the verified identity of
+/// the TLS client certificate, never a bearer token sent alongside (a user's token is not a caller
+/// credential).
+#[tokio::test]
+async fn under_callers_mtls_the_broker_caller_is_the_certificates_identity() {
+    const REPORTER: &str = "spiffe://cluster.local/ns/jobs/sa/reporter";
+    let scratch = Scratch::new("adv-listener-broker-mtls");
+    let ca = new_ca(&scratch, "mesh-ca");
+    let server = leaf(
+        &scratch,
+        "baton",
+        Some(&ca),
+        &[BATON_NAME],
+        ExtendedKeyUsagePurpose::ServerAuth,
+        Validity::Now,
+    );
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let listen = format!(
+        "  grpc_tls:\n    cert_file: {}\n    key_file: {}\n    client_ca_file: {}\n    allowed_callers: [\"{REPORTER}\", \"spiffe://cluster.local/ns/shop/sa/*\"]\n",
+        server.cert.display(),
+        server.key.display(),
+        ca.file.display()
+    );
+    let body = format!(
+        "{listen}token_service:\n{}\nbroker:\n  callers: mtls\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n    scopes: [orders.read]\n    policy:\n      allowed_sources: [\"{REPORTER}\"]\n",
+        basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint))
+    );
+    let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
+    let user = service.mint("alice", "orders.read").await;
+    let reporter = client_cert(&scratch, "reporter", &ca, &[REPORTER]);
+    let envoy = client_cert(&scratch, "envoy", &ca, &[ENVOY_ID]);
+    // A token whose `sub` is the allowed source: sent as a bearer, it must not make the caller.
+    let impostor = service.mint(REPORTER, "orders.read").await;
+
+    let rows: [BrokerRow<'_>; 3] = [
+        ("the allowed source's certificate", &reporter, None, Ok(())),
+        (
+            "an allowed caller that is not an allowed source",
+            &envoy,
+            None,
+            Err("source_not_allowed"),
+        ),
+        (
+            "the same, with the source's token as a bearer",
+            &envoy,
+            Some(&impostor),
+            Err("source_not_allowed"),
+        ),
+    ];
+    for (variant, cert, bearer_token, expected) in rows {
+        let outcome = broker_exchange(baton.grpc, &ca.file, cert, bearer_token, &user).await;
+        match (expected, outcome) {
+            (Ok(()), Ok(token)) => {
+                assert_ne!(token, user, "{variant}");
+                assert_eq!(audiences(&service.verify(&token).await), [ORDERS], "{variant}");
+            }
+            (Err(reason), Err(message)) => assert!(message.contains(reason), "{variant}: {message}"),
+            (expected, outcome) => panic!("{variant}: expected {expected:?}, got {:?}", outcome.map(|_| "a token")),
+        }
+    }
+}
+
+// === check-config: the listener a file asks for ===
+
+/// (variant, `listen:` section, Ok or words the error must contain)
+type ConfigRow = (&'static str, &'static str, Result<(), &'static [&'static str]>);
+
+/// `baton check-config` (which `run` shares) refuses the listeners an attacker beside the pod could
+/// reach, and says what to change. Before issue 12 every refused row here was accepted: `grpc`
+/// defaulted to 127.0.0.1:9191 and any address was served in plain text.
+#[test]
+fn check_config_refuses_a_listener_anyone_could_reach() {
+    let scratch = Scratch::new("adv-listener-check-config");
+    let ts = "token_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth: { method: none }\n";
+    let rows: [ConfigRow; 10] = [
+        (
+            "no listener at all",
+            "listen:\n  admin: 127.0.0.1:9901\n",
+            Err(&["listen:", "grpc_uds"]),
+        ),
+        (
+            "plain text on every address",
+            "listen:\n  grpc: 0.0.0.0:9191\n",
+            Err(&["listen.grpc", "grpc_tls", "insecure_plaintext"]),
+        ),
+        (
+            "plain text on every IPv6 address",
+            "listen:\n  grpc: \"[::]:9191\"\n",
+            Err(&["listen.grpc"]),
+        ),
+        (
+            "plain text on a pod address",
+            "listen:\n  grpc: 10.1.2.3:9191\n",
+            Err(&["listen.grpc"]),
+        ),
+        (
+            "plain text on an IPv4-mapped loopback",
+            "listen:\n  grpc: \"[::ffff:127.0.0.1]:9191\"\n",
+            Err(&["listen.grpc"]),
+        ),
+        (
+            "a socket every local user may open",
+            "listen:\n  grpc_uds: /run/b.sock\n  grpc_uds_mode: \"0666\"\n",
+            Err(&["listen.grpc_uds_mode"]),
+        ),
+        (
+            "an allow-list pattern matching everyone",
+            "listen:\n  grpc: 0.0.0.0:9191\n  grpc_tls: {cert_file: /c, key_file: /k, client_ca_file: /ca, allowed_callers: [\"*\"]}\n",
+            Err(&["allowed_callers[0]"]),
+        ),
+        (
+            "TLS files that do not exist",
+            "listen:\n  grpc: 0.0.0.0:9191\n  grpc_tls: {cert_file: /nonexistent/c, key_file: /nonexistent/k, client_ca_file: /nonexistent/ca, allowed_callers: [envoy.example]}\n",
+            Err(&["listen.grpc_tls", "/nonexistent/c"]),
+        ),
+        ("plain text on loopback", "listen:\n  grpc: 127.0.0.1:9191\n", Ok(())),
+        (
+            "plain text elsewhere, said out loud",
+            "listen:\n  grpc: 0.0.0.0:9191\n  insecure_plaintext: true\n",
+            Ok(()),
+        ),
+    ];
+    for (i, (variant, listen, expected)) in rows.into_iter().enumerate() {
+        let file = scratch.write(&format!("config-{i}.yaml"), &format!("{listen}{ts}"));
+        let out = std::process::Command::new(baton_bin())
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .expect("run check-config");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match expected {
+            Ok(()) => assert!(out.status.success(), "{variant}: {stderr}"),
+            Err(words) => {
+                assert_eq!(out.status.code(), Some(1), "{variant}: accepted");
+                for word in words {
+                    assert!(stderr.contains(word), "{variant}: `{word}` missing from {stderr}");
+                }
+            }
+        }
+    }
+}
