@@ -224,3 +224,50 @@ pub async fn run(path: PathBuf, config: Config, shutdown: impl Future<Output = (
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown(Duration::from_secs(5))).await;
     served
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+
+    #[tokio::test]
+    async fn the_socket_gets_its_mode_and_group_and_replaces_only_a_stale_socket() {
+        let dir = std::env::temp_dir().join(format!("baton-app-uds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("baton.sock");
+
+        // A stale socket from an earlier run is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("stale"));
+        let listener = bind_uds(&path, 0o600, Some(&UdsGroup::Id(4242))).expect("bind");
+        let meta = std::fs::symlink_metadata(&path).expect("socket");
+        assert!(meta.file_type().is_socket());
+        assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o600, 4242));
+        // It is the listening socket, at its final path.
+        let client = tokio::net::UnixStream::connect(&path);
+        let (accepted, connected) = tokio::join!(listener.accept(), client);
+        assert!(accepted.is_ok() && connected.is_ok());
+        // Nothing is left behind where it was bound.
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers, ["baton.sock"]);
+
+        // Anything else at the path is left alone, and is an error.
+        std::fs::remove_file(&path).expect("remove");
+        std::fs::write(&path, "not a socket").expect("write");
+        let err = bind_uds(&path, 0o660, None).expect_err("a file");
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "not a socket");
+
+        let err = bind_uds(
+            &dir.join("b.sock"),
+            0o660,
+            Some(&UdsGroup::Name("no-such-group-here".into())),
+        )
+        .expect_err("unknown group");
+        assert!(err.contains("no-such-group-here"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
