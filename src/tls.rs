@@ -291,7 +291,12 @@ impl ClientCertVerifier for AllowListVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.chain.verify_client_cert(end_entity, intermediates, now)?;
+        if let Err(e) = self.chain.verify_client_cert(end_entity, intermediates, now) {
+            // What the refused certificate claims, for the operator; it proves nothing.
+            let presented = allowed_identity(end_entity, &[]).err().map(|p| p.0).unwrap_or_default();
+            tracing::warn!(?presented, error = %e, "gRPC caller refused: its certificate does not verify against listen.grpc_tls.client_ca_file");
+            return Err(e);
+        }
         match allowed_identity(end_entity, &self.allowed) {
             Ok(_) => Ok(ClientCertVerified::assertion()),
             Err(presented) => {

@@ -347,9 +347,15 @@ async fn only_an_envoy_with_an_allowed_client_certificate_gets_a_decision() {
     }
     let log = std::fs::read_to_string(scratch.0.join("baton.log")).expect("baton.log");
     assert!(log.contains("TLS handshake refused"), "refusals are logged");
+    for presented in ["spiffe://cluster.local/ns/other/sa/envoy", "evilshop.svc.cluster.local"] {
+        assert!(
+            log.contains(presented),
+            "a refused identity is logged with what it presented: {presented}"
+        );
+    }
     assert!(
-        log.contains("spiffe://cluster.local/ns/other/sa/envoy"),
-        "a refused identity is logged with what it presented"
+        log.contains("does not verify against"),
+        "a certificate of another CA is logged as such"
     );
 }
 
