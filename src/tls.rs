@@ -370,6 +370,10 @@ pub fn server_config(tls: &GrpcTls) -> Result<Arc<ServerConfig>, String> {
         })?;
     // gRPC is HTTP/2 only.
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No resumption: every connection's certificate is verified in full, against the files of now
+    // (a resumed session would carry an identity verified earlier, maybe under a CA since removed).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
