@@ -46,8 +46,8 @@ pub async fn serve(authz: Current, listeners: Listeners, shutdown: impl Future<O
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let grpc = || {
-        tonic::transport::Server::builder()
+    let grpc = |mut builder: tonic::transport::Server| {
+        builder
             .add_service(AuthorizationServer::new(CheckService { authz: authz.clone() }))
             .add_service(ExternalProcessorServer::new(ExtProcService::new(authz.clone())))
             .add_service(DelegationBrokerServer::new(Broker::new(authz.clone())))
@@ -55,19 +55,26 @@ pub async fn serve(authz: Current, listeners: Listeners, shutdown: impl Future<O
     let mut tasks: tokio::task::JoinSet<Result<(), BoxError>> = tokio::task::JoinSet::new();
     match (listeners.grpc, listeners.grpc_tls) {
         (Some(tcp), Some(tls)) => {
-            let tls = grpc().serve_with_incoming_shutdown(tls.incoming(tcp), stopped(stop_rx.clone()));
+            // A connection lives at most MAX_CONNECTION_AGE, so that a caller whose certificate
+            // expired, or whose CA or identity is no longer trusted, is verified again soon.
+            let builder = tonic::transport::Server::builder()
+                .max_connection_age(crate::tls::MAX_CONNECTION_AGE)
+                .max_connection_age_grace(crate::tls::MAX_CONNECTION_AGE_GRACE);
+            let tls = grpc(builder).serve_with_incoming_shutdown(tls.incoming(tcp), stopped(stop_rx.clone()));
             tasks.spawn(async move { Ok(tls.await?) });
         }
         (Some(tcp), None) => {
             // Without TCP_NODELAY a reply written in two segments waits for Envoy's delayed ACK (~40 ms).
             let incoming = TcpIncoming::from(tcp).with_nodelay(Some(true));
-            let tcp = grpc().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+            let tcp = grpc(tonic::transport::Server::builder())
+                .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
             tasks.spawn(async move { Ok(tcp.await?) });
         }
         (None, _) => {}
     }
     if let Some(uds) = listeners.grpc_uds {
-        let uds = grpc().serve_with_incoming_shutdown(UnixListenerStream::new(uds), stopped(stop_rx.clone()));
+        let uds = grpc(tonic::transport::Server::builder())
+            .serve_with_incoming_shutdown(UnixListenerStream::new(uds), stopped(stop_rx.clone()));
         tasks.spawn(async move { Ok(uds.await?) });
     }
     if let Some(admin) = listeners.admin {

@@ -38,6 +38,11 @@ const MAX_PEM_BYTES: u64 = 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; a connection beyond this is closed at once.
 const MAX_HANDSHAKES: usize = 256;
+/// How long a mutual-TLS connection may live before the server closes it gracefully (HTTP/2
+/// GOAWAY; Envoy reconnects), so that every caller is verified again at least this often.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
+/// How long requests in flight on a connection past its age may take to finish.
+pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 /// The longest `allowed_callers` pattern, and the longest SAN looked at.
 const MAX_IDENTITY_BYTES: usize = 2048;
 
