@@ -363,6 +363,9 @@ async fn only_an_envoy_with_an_allowed_client_certificate_gets_a_decision() {
 
 /// What a direct caller of the TCP listener sends after connecting.
 enum Attacker {
+    /// A tonic client's own Check, in plain text: a forged source principal and route destination,
+    /// and a user token the attacker holds.
+    ForgedCheck,
     /// Plain-text HTTP/2 (what a tonic client without TLS speaks).
     PlainText,
     /// TLS, with this client certificate (or none).
@@ -381,6 +384,49 @@ async fn speaks_grpc<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mu
         tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut frame)).await,
         Ok(Ok(_)) if frame[3] == 0x04
     )
+}
+
+/// Send the forged Check with tonic; true if Baton answered it (whatever the decision).
+async fn forged_check(port: u16, user: &str) -> bool {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer as AttrPeer, Request};
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    let headers = [
+        (":authority", "orders.example"),
+        (":method", "GET"),
+        (":path", "/orders/1"),
+        ("authorization", &bearer(user)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(AttrPeer {
+                principal: ENVOY_ID.to_owned(),
+                ..Default::default()
+            }),
+            context_extensions: [("baton.destination".to_owned(), "orders".to_owned())].into(),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    host: "orders.example".into(),
+                    method: "GET".into(),
+                    path: "/orders/1".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")) else {
+        return false;
+    };
+    let Ok(channel) = endpoint.timeout(Duration::from_secs(5)).connect().await else {
+        return false;
+    };
+    AuthorizationClient::new(channel).check(request).await.is_ok()
 }
 
 fn rustls_client(server_ca: &Path, cert: Option<&Leaf>) -> rustls::ClientConfig {
@@ -448,8 +494,20 @@ async fn a_direct_caller_without_an_allowed_certificate_never_reaches_grpc() {
     );
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let baton = Baton::start_listening(&scratch, &service.token_endpoint, &tls_listen(&server, &ca.file), "").await;
+    let user = service.mint("alice", "orders.read").await;
+    // Idle connections that never start a handshake hold a slot each for at most 10 s; they must
+    // not keep anyone else out meanwhile.
+    let mut idle = Vec::new();
+    for _ in 0..32 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", baton.grpc))
+                .await
+                .expect("connect"),
+        );
+    }
     let rows = [
-        ("plain-text gRPC client", Attacker::PlainText, false),
+        ("tonic client, forged Check in plain text", Attacker::ForgedCheck, false),
+        ("plain-text HTTP/2", Attacker::PlainText, false),
         ("TLS without a client certificate", Attacker::Tls(None), false),
         (
             "TLS with a certificate of another CA",
@@ -474,6 +532,7 @@ async fn a_direct_caller_without_an_allowed_certificate_never_reaches_grpc() {
     ];
     for (variant, attacker, served) in rows {
         let reached = match attacker {
+            Attacker::ForgedCheck => forged_check(baton.grpc, &user).await,
             Attacker::PlainText => {
                 speaks_grpc(
                     tokio::net::TcpStream::connect(("127.0.0.1", baton.grpc))
@@ -486,6 +545,7 @@ async fn a_direct_caller_without_an_allowed_certificate_never_reaches_grpc() {
         };
         assert_eq!(reached, served, "{variant}");
     }
+    drop(idle);
 }
 
 /// Certificate rotation: Baton's certificate and key files are replaced (as cert-manager does, a
