@@ -166,7 +166,8 @@ fn resolve_group(group: &UdsGroup) -> Result<u32, String> {
         UdsGroup::Id(gid) => return Ok(*gid),
         UdsGroup::Name(name) => name,
     };
-    let text = crate::credentials::read_bounded(Path::new("/etc/group"), 4 * 1024 * 1024)?;
+    let text = crate::credentials::read_bounded(Path::new("/etc/group"), 4 * 1024 * 1024)
+        .map_err(|e| format!("listen.grpc_uds_group `{name}`: {e} (a numeric gid needs no /etc/group)"))?;
     String::from_utf8_lossy(&text)
         .lines()
         .find_map(|line| {

@@ -628,6 +628,30 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever a certificate presents, a `*` pattern admits exactly one more whole segment or
+        /// label, of safe characters, after its fixed part: never a substring, never two.
+        #[test]
+        fn a_star_admits_one_whole_segment_or_label(tail in "[a-zA-Z0-9./%*_:?#@-]{0,12}", dots in "[.a-z]{0,6}") {
+            let p = allowed(&["spiffe://td.example/ns/shop/sa/*", "*.shop.example"]);
+            let uri_in = format!("spiffe://td.example/ns/shop/sa/{tail}");
+            if uri(&p, &uri_in) {
+                proptest::prop_assert!(!tail.is_empty() && tail != "." && tail != "..");
+                proptest::prop_assert!(tail.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)), "{}", tail);
+            }
+            let uri_near = format!("spiffe://td.example/ns/shop/sa{tail}");
+            proptest::prop_assert!(!uri(&p, &uri_near) || tail.starts_with('/'), "{}", uri_near);
+            let name = format!("{tail}{dots}.shop.example");
+            if dns(&p, &name) {
+                let label = &name[..name.len() - ".shop.example".len()];
+                proptest::prop_assert!(!label.is_empty() && !label.contains('.'), "{}", name);
+                proptest::prop_assert!(label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'), "{}", name);
+            }
+            let glued = format!("{tail}shop.example");
+            proptest::prop_assert!(!dns(&p, &glued) || tail.ends_with('.'), "{}", glued);
+        }
+    }
+
     #[test]
     fn patterns_that_could_match_too_much_are_configuration_errors() {
         for bad in [
