@@ -183,9 +183,22 @@ fn resolve_group(group: &UdsGroup) -> Result<u32, String> {
 /// configuration is reloaded from `path` when it changes or on SIGHUP.
 pub async fn run(path: PathBuf, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let listeners = bind(&config).await?;
+    let allowed_callers: Vec<String> = config
+        .listen
+        .grpc_tls
+        .iter()
+        .flat_map(|t| t.allowed_callers.iter().map(ToString::to_string))
+        .collect();
+    if let Some(addr) = config.listen.grpc
+        && config.listen.grpc_tls.is_none()
+        && !crate::config::is_loopback(addr.ip())
+    {
+        tracing::warn!(%addr, "listen.grpc serves plain text beyond loopback (insecure_plaintext): anyone who reaches it may ask for tokens");
+    }
     tracing::info!(
         grpc = ?config.listen.grpc,
         grpc_tls = config.listen.grpc_tls.is_some(),
+        ?allowed_callers,
         grpc_uds = ?config.listen.grpc_uds,
         grpc_uds_mode = format_args!("{:04o}", config.listen.grpc_uds_mode),
         admin = ?config.listen.admin,
