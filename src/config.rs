@@ -661,7 +661,7 @@ pub fn is_loopback(ip: std::net::IpAddr) -> bool {
     }
 }
 
-/// Octal permission bits (`"0660"`, `"660"`, `"0o660"`): read and write bits only, none for others
+/// Octal permission bits (`"0660"`, `"660"`, `"0o660"`), none for others
 /// (connecting to a Unix socket needs write permission; "others" is every local user).
 fn uds_mode(text: &str) -> Result<u32, String> {
     let digits = text.strip_prefix("0o").unwrap_or(text);
