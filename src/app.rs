@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::authz::Authz;
-use crate::config::{Config, Endpoint};
+use crate::config::{Config, Endpoint, UdsGroup};
 use crate::exchange::{TokenService, TokenServices};
 use crate::reload::{self, Current};
 use crate::server::{self, Listeners};
 use crate::telemetry::Telemetry;
 use crate::verify::{Introspection, Verifier};
 use arc_swap::ArcSwap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Build the decision core from a validated configuration; starts discovery for each token service
 /// whose endpoint comes from the issuer's metadata, and the trusted issuers' key refresh.
@@ -85,42 +85,122 @@ pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Au
     Ok(authz.into_shared())
 }
 
-/// Bind the configured listeners. A stale Unix socket file from an earlier run is replaced. An
-/// error names the listener and its address.
+/// Bind the configured listeners, and read the gRPC listener's TLS files. A stale Unix socket file
+/// from an earlier run is replaced. An error names the listener and its address.
 pub async fn bind(config: &Config) -> Result<Listeners, String> {
     let tcp = |name: &'static str, addr: std::net::SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {name} {addr}: {e}"))
     };
-    let grpc = tcp("listen.grpc", config.listen.grpc).await?;
+    let grpc_tls = config
+        .listen
+        .grpc_tls
+        .as_ref()
+        .map(|t| crate::tls::Acceptor::new(t).map_err(|e| format!("listen.grpc_tls: {e}")))
+        .transpose()?;
+    let grpc = match config.listen.grpc {
+        Some(addr) => Some(tcp("listen.grpc", addr).await?),
+        None => None,
+    };
     let grpc_uds = match &config.listen.grpc_uds {
-        Some(path) => {
-            let failed = |e: std::io::Error| format!("cannot listen on listen.grpc_uds {}: {e}", path.display());
-            if std::fs::symlink_metadata(path).is_ok_and(|m| {
-                use std::os::unix::fs::FileTypeExt as _;
-                m.file_type().is_socket()
-            }) {
-                std::fs::remove_file(path).map_err(failed)?;
-            }
-            Some(tokio::net::UnixListener::bind(path).map_err(failed)?)
-        }
+        Some(path) => Some(
+            bind_uds(path, config.listen.grpc_uds_mode, config.listen.grpc_uds_group.as_ref())
+                .map_err(|e| format!("cannot listen on listen.grpc_uds {}: {e}", path.display()))?,
+        ),
         None => None,
     };
     let admin = match config.listen.admin {
         Some(addr) => Some(tcp("listen.admin", addr).await?),
         None => None,
     };
-    Ok(Listeners { grpc, grpc_uds, admin })
+    Ok(Listeners {
+        grpc,
+        grpc_tls,
+        grpc_uds,
+        admin,
+    })
+}
+
+/// Bind the Unix socket so that it never exists at `path` with wider access than `mode` and
+/// `group`: it is bound inside a fresh directory only Baton can enter, given its mode and group
+/// there, then renamed to `path` (which atomically replaces a stale socket from an earlier run).
+/// Anything at `path` that is not a socket is left alone and is an error.
+fn bind_uds(path: &Path, mode: u32, group: Option<&UdsGroup>) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && !meta.file_type().is_socket()
+    {
+        return Err("something that is not a socket is there".into());
+    }
+    let gid = group.map(resolve_group).transpose()?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let staging = parent.join(format!(".bt{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
+    let staged = staging.join("s");
+    let bound = (|| {
+        let listener = tokio::net::UnixListener::bind(&staged).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("cannot set its mode {mode:04o}: {e}"))?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&staged, None, Some(gid))
+                .map_err(|e| format!("cannot give it to group {gid}: {e}"))?;
+        }
+        std::fs::rename(&staged, path).map_err(|e| e.to_string())?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
+}
+
+/// A group name from `/etc/group`, or a numeric gid as is.
+fn resolve_group(group: &UdsGroup) -> Result<u32, String> {
+    let name = match group {
+        UdsGroup::Id(gid) => return Ok(*gid),
+        UdsGroup::Name(name) => name,
+    };
+    let text = crate::credentials::read_bounded(Path::new("/etc/group"), 4 * 1024 * 1024)
+        .map_err(|e| format!("listen.grpc_uds_group `{name}`: {e} (a numeric gid needs no /etc/group)"))?;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            (fields.next() == Some(name.as_str()))
+                .then(|| fields.nth(1).and_then(|gid| gid.parse().ok()))
+                .flatten()
+        })
+        .ok_or_else(|| format!("listen.grpc_uds_group: no group `{name}` in /etc/group"))
 }
 
 /// Load, build, bind and serve until `shutdown`; then drain for at most `shutdown_grace`. The
 /// configuration is reloaded from `path` when it changes or on SIGHUP.
 pub async fn run(path: PathBuf, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let listeners = bind(&config).await?;
+    let allowed_callers: Vec<String> = config
+        .listen
+        .grpc_tls
+        .iter()
+        .flat_map(|t| t.allowed_callers.iter().map(ToString::to_string))
+        .collect();
+    if let Some(addr) = config.listen.grpc
+        && config.listen.grpc_tls.is_none()
+        && !crate::config::is_loopback(addr.ip())
+    {
+        tracing::warn!(%addr, "listen.grpc serves plain text beyond loopback (insecure_plaintext): anyone who reaches it may ask for tokens");
+    }
     tracing::info!(
-        grpc = %config.listen.grpc,
+        grpc = ?config.listen.grpc,
+        grpc_tls = config.listen.grpc_tls.is_some(),
+        ?allowed_callers,
         grpc_uds = ?config.listen.grpc_uds,
+        grpc_uds_mode = format_args!("{:04o}", config.listen.grpc_uds_mode),
         admin = ?config.listen.admin,
         destinations = config.destinations.len(),
         trusted_issuers = config.trusted_issuers.len(),
@@ -157,4 +237,51 @@ pub async fn run(path: PathBuf, config: Config, shutdown: impl Future<Output = (
     // The last decisions' spans and audit lines go out before the process does.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown(Duration::from_secs(5))).await;
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+
+    #[tokio::test]
+    async fn the_socket_gets_its_mode_and_group_and_replaces_only_a_stale_socket() {
+        let dir = std::env::temp_dir().join(format!("baton-app-uds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("baton.sock");
+
+        // A stale socket from an earlier run is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("stale"));
+        let listener = bind_uds(&path, 0o600, Some(&UdsGroup::Id(4242))).expect("bind");
+        let meta = std::fs::symlink_metadata(&path).expect("socket");
+        assert!(meta.file_type().is_socket());
+        assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o600, 4242));
+        // It is the listening socket, at its final path.
+        let client = tokio::net::UnixStream::connect(&path);
+        let (accepted, connected) = tokio::join!(listener.accept(), client);
+        assert!(accepted.is_ok() && connected.is_ok());
+        // Nothing is left behind where it was bound.
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers, ["baton.sock"]);
+
+        // Anything else at the path is left alone, and is an error.
+        std::fs::remove_file(&path).expect("remove");
+        std::fs::write(&path, "not a socket").expect("write");
+        let err = bind_uds(&path, 0o660, None).expect_err("a file");
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "not a socket");
+
+        let err = bind_uds(
+            &dir.join("b.sock"),
+            0o660,
+            Some(&UdsGroup::Name("no-such-group-here".into())),
+        )
+        .expect_err("unknown group");
+        assert!(err.contains("no-such-group-here"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -97,7 +97,8 @@ impl DelegationBroker for Broker {
 }
 
 /// Who is calling: the verified `sub` of the call's bearer token, once the token meets the caller
-/// rule (`None` under `callers: any`).
+/// rule, or under `callers: mtls` the verified identity of its TLS client certificate (`None` under
+/// `callers: any`).
 async fn caller(authz: &Authz, request: &Request<ExchangeRequest>) -> Result<Option<String>, Denial> {
     let Some(broker) = &authz.broker else {
         return Err(Denial::new(
@@ -107,6 +108,16 @@ async fn caller(authz: &Authz, request: &Request<ExchangeRequest>) -> Result<Opt
     };
     if broker.callers == BrokerCallers::Any {
         return Ok(None);
+    }
+    if broker.callers == BrokerCallers::Mtls {
+        // Set only by the mutual-TLS listener, after the certificate chain and allow-list checks.
+        return match request.extensions().get::<crate::tls::PeerIdentity>() {
+            Some(peer) => Ok(Some(peer.identity.to_string())),
+            None => Err(Denial::new(
+                Reason::CallerUnauthenticated,
+                "broker.callers is mtls and the call did not come over the mutual-TLS listener",
+            )),
+        };
     }
     let unauthenticated = |why: &'static str| Denial::new(Reason::CallerUnauthenticated, why);
     if !authz.verifies() {

@@ -85,6 +85,9 @@ pub enum BrokerCallers {
     Authenticated,
     /// Anyone who can reach the listener (development, or a listener only the workload can reach).
     Any,
+    /// The verified identity of the caller's TLS client certificate (`listen.grpc_tls`); calls that
+    /// did not come over that listener are refused.
+    Mtls,
 }
 
 /// The validated `broker:` section.
@@ -170,11 +173,22 @@ pub enum DestinationActor {
     None,
 }
 
+/// `listen:`. At least one of `grpc` and `grpc_uds`; neither has a default address.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawListen {
+    /// TCP gRPC listener (opt-in). Plain text only on loopback, unless `insecure_plaintext`.
     pub grpc: Option<String>,
+    /// Unix socket gRPC listener: the sidecar's transport.
     pub grpc_uds: Option<PathBuf>,
+    /// The socket's permission bits, octal text (default "0660").
+    pub grpc_uds_mode: Option<String>,
+    /// A group name or numeric gid the socket is given to.
+    pub grpc_uds_group: Option<String>,
+    /// Mutual TLS on `grpc`.
+    pub grpc_tls: Option<crate::tls::RawGrpcTls>,
+    /// Allow plain-text `grpc` on a non-loopback address.
+    pub insecure_plaintext: bool,
     pub admin: Option<String>,
 }
 
@@ -332,9 +346,24 @@ pub struct Config {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listen {
-    pub grpc: SocketAddr,
+    pub grpc: Option<SocketAddr>,
     pub grpc_uds: Option<PathBuf>,
+    /// Permission bits of the socket (never any for "others").
+    pub grpc_uds_mode: u32,
+    pub grpc_uds_group: Option<UdsGroup>,
+    pub grpc_tls: Option<crate::tls::GrpcTls>,
     pub admin: Option<SocketAddr>,
+}
+
+/// The default `listen.grpc_uds_mode`: the owner and the group may connect, nobody else.
+pub const DEFAULT_UDS_MODE: u32 = 0o660;
+
+/// `listen.grpc_uds_group`: resolved when the socket is created (the file is checked where Baton runs,
+/// not where `check-config` does).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UdsGroup {
+    Id(u32),
+    Name(String),
 }
 
 /// The name of the token service `token_service:` configures, and destinations use by default.
@@ -503,6 +532,12 @@ impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let mut errors = Errors::default();
         let listen = validate_listen(self.listen, &mut errors);
+        if self.broker.as_ref().is_some_and(|b| b.callers == BrokerCallers::Mtls) && listen.as_ref().is_some_and(|l| l.grpc_tls.is_none()) {
+            errors.add(
+                "broker.callers",
+                "`mtls` takes the caller from its TLS client certificate: configure listen.grpc_tls",
+            );
+        }
         let token_services = validate_token_services(self.token_service, self.token_services, &mut errors);
         let cache = Cache {
             max_entries: self.cache.max_entries.unwrap_or(100_000),
@@ -635,27 +670,124 @@ impl RawConfig {
 }
 
 fn validate_listen(raw: RawListen, errors: &mut Errors) -> Option<Listen> {
-    let grpc = socket_addr(raw.grpc.as_deref().unwrap_or("127.0.0.1:9191"), "listen.grpc", errors);
+    let grpc = raw
+        .grpc
+        .as_deref()
+        .map(|g| socket_addr(g, "listen.grpc", errors).ok_or(()))
+        .transpose();
     let admin = raw
         .admin
         .as_deref()
         .and_then(|a| socket_addr(a, "listen.admin", errors));
+    if raw.grpc.is_none() && raw.grpc_uds.is_none() {
+        errors.add(
+            "listen",
+            "Baton has no gRPC listener: add `grpc_uds: /var/run/baton/baton.sock` (the sidecar's Unix socket), \
+             or `grpc: 127.0.0.1:9191` (TCP; with `grpc_tls` unless it is loopback)",
+        );
+    }
     if let Some(path) = &raw.grpc_uds
         && path.as_os_str().is_empty()
     {
         errors.add("listen.grpc_uds", "must be a path");
     }
-    if let (Some(grpc), Some(admin)) = (grpc, admin)
+    let grpc_uds_mode = match raw.grpc_uds_mode.as_deref() {
+        None => DEFAULT_UDS_MODE,
+        Some(text) => match uds_mode(text) {
+            Ok(mode) => mode,
+            Err(why) => {
+                errors.add("listen.grpc_uds_mode", why);
+                DEFAULT_UDS_MODE
+            }
+        },
+    };
+    let grpc_uds_group = raw.grpc_uds_group.as_deref().and_then(|g| match uds_group(g) {
+        Ok(group) => Some(group),
+        Err(why) => {
+            errors.add("listen.grpc_uds_group", why);
+            None
+        }
+    });
+    if raw.grpc_uds.is_none() {
+        for (set, field) in [
+            (raw.grpc_uds_mode.is_some(), "listen.grpc_uds_mode"),
+            (raw.grpc_uds_group.is_some(), "listen.grpc_uds_group"),
+        ] {
+            if set {
+                errors.add(field, "applies to listen.grpc_uds, which is not set");
+            }
+        }
+    }
+    let grpc_tls = raw.grpc_tls.and_then(|t| t.validate(errors));
+    if let Ok(Some(addr)) = grpc {
+        if grpc_tls.is_none() && !raw.insecure_plaintext && !is_loopback(addr.ip()) {
+            errors.add(
+                "listen.grpc",
+                format!(
+                    "`{addr}` is not a loopback address, and plain text there lets anyone who reaches it ask for tokens: \
+                     add `grpc_tls` (mutual TLS), use `grpc_uds`, or set `insecure_plaintext: true` if something else protects it"
+                ),
+            );
+        }
+    } else if grpc == Ok(None) && grpc_tls.is_some() {
+        errors.add("listen.grpc_tls", "applies to listen.grpc, which is not set");
+    }
+    if let (Ok(Some(grpc)), Some(admin)) = (grpc, admin)
         && grpc.port() != 0
         && grpc == admin
     {
         errors.add("listen.admin", format!("`{admin}` is also listen.grpc"));
     }
     Some(Listen {
-        grpc: grpc?,
+        grpc: grpc.ok()?,
         grpc_uds: raw.grpc_uds,
+        grpc_uds_mode,
+        grpc_uds_group,
+        grpc_tls,
         admin,
     })
+}
+
+/// Loopback is 127.0.0.0/8 and ::1 only (not `0.0.0.0`, not an IPv4-mapped address).
+pub fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback(),
+    }
+}
+
+/// Octal permission bits (`"0660"`, `"660"`, `"0o660"`), none for others
+/// (connecting to a Unix socket needs write permission; "others" is every local user).
+fn uds_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    let mode = u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|_| !digits.is_empty() && digits.len() <= 4)
+        .ok_or_else(|| format!("`{text}` is not an octal mode like \"0660\""))?;
+    if mode & !0o777 != 0 {
+        return Err(format!("`{text}`: only permission bits (0o777) are allowed"));
+    }
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "`{text}` lets every local user connect: give access through the group (`grpc_uds_group`) instead"
+        ));
+    }
+    Ok(mode)
+}
+
+/// A numeric gid, or a group name (POSIX portable characters).
+fn uds_group(text: &str) -> Result<UdsGroup, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(UdsGroup::Id)
+            .map_err(|_| format!("`{text}` is not a valid gid"));
+    }
+    let portable = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    if text.is_empty() || text.len() > 64 || text.starts_with('-') || !text.bytes().all(portable) {
+        return Err(format!("`{text}` is neither a group name nor a numeric gid"));
+    }
+    Ok(UdsGroup::Name(text.to_owned()))
 }
 
 /// The token services by name, as far as they validated: a name whose section has errors is still
@@ -1318,7 +1450,7 @@ destinations:
 "#
         );
         let config = Config::from_yaml(&yaml).expect("valid");
-        assert_eq!(config.listen.grpc, "127.0.0.1:9191".parse().expect("addr"));
+        assert_eq!(config.listen.grpc, Some("127.0.0.1:9191".parse().expect("addr")));
         let ts = &config.token_services[0];
         assert_eq!((ts.name.as_str(), ts.profile), ("default", Profile::Rfc8693));
         assert_eq!(ts.timeout, Duration::from_secs(2));
@@ -1414,6 +1546,8 @@ destinations:
         let (_guard, secret) = secret_file();
         let yaml = format!(
             r#"
+listen:
+  grpc: 127.0.0.1:0
 token_service:
   token_endpoint: http://127.0.0.1:9400/token
   client_id: sidecar
@@ -1443,6 +1577,8 @@ destinations:
 
         // Only `token_services:`: a destination must name one that exists, or `default` must exist.
         let yaml = r#"
+listen:
+  grpc: 127.0.0.1:0
 token_services:
   a: {token_endpoint: "http://a/token", client_id: x, auth: {method: none}}
   "bad name": {token_endpoint: "http://b/token", client_id: y, auth: {method: none}}
@@ -1520,6 +1656,8 @@ destinations:
     #[test]
     fn each_token_service_has_its_own_circuit_breaker_settings() {
         let yaml = r#"
+listen:
+  grpc: 127.0.0.1:0
 token_service:
   token_endpoint: http://127.0.0.1:9400/token
   client_id: sidecar
@@ -1573,6 +1711,8 @@ token_services:
     #[test]
     fn entra_obo_has_no_requested_token_type() {
         let yaml = r#"
+listen:
+  grpc: 127.0.0.1:0
 token_service:
   token_endpoint: http://entra/token
   client_id: app
@@ -1588,7 +1728,7 @@ destinations:
         let (_guard, token) = secret_file();
         let yaml = |actor: &str| {
             format!(
-                "actor: {{token_file: {token}}}\ntoken_service: {{token_endpoint: 'http://entra/token', client_id: app, profile: entra_obo, auth: {{method: none}}}}\ndestinations:\n  - {{name: graph, hosts: [graph], audience: 'https://graph'{actor}}}\n"
+                "listen:\n  grpc: 127.0.0.1:0\nactor: {{token_file: {token}}}\ntoken_service: {{token_endpoint: 'http://entra/token', client_id: app, profile: entra_obo, auth: {{method: none}}}}\ndestinations:\n  - {{name: graph, hosts: [graph], audience: 'https://graph'{actor}}}\n"
             )
         };
         let err = Config::from_yaml(&yaml("")).expect_err("actor with entra_obo");
@@ -1615,7 +1755,9 @@ destinations:
         let other_key_file = tempfile_path::TempPath::new("other-key.pem", &other_key.serialize_pem());
         let yaml = |key: &std::path::Path, ca: &std::path::Path| {
             format!(
-                "token_service:
+                "listen:
+  grpc: 127.0.0.1:0
+token_service:
   token_endpoint: https://as.example/token
   client_id: c
   ca_file: {}
@@ -1651,6 +1793,120 @@ destinations:
         let yaml = "listen:\n  grpc: 127.0.0.1:9191\n  admin: 127.0.0.1:9191\n";
         let err = Config::from_yaml(yaml).expect_err("same address");
         assert!(err.0.iter().any(|e| e.path == "listen.admin"), "{err}");
+    }
+
+    /// The listener rules of issue 12: no default TCP listener, plain text only on loopback unless
+    /// the file says `insecure_plaintext`, a socket mode that never lets "others" in.
+    #[test]
+    fn listeners_are_opt_in_and_plain_text_stays_on_loopback() {
+        const TS: &str = "token_service: {token_endpoint: http://x/token, client_id: c, auth: {method: none}}\n";
+        let listen = |body: &str| Config::from_yaml(&format!("listen:\n{body}{TS}")).map(|c| c.listen);
+        let errors = |body: &str| {
+            let err = listen(body).expect_err(body);
+            err.0
+                .iter()
+                .map(|e| (e.path.clone(), e.message.clone()))
+                .collect::<Vec<_>>()
+        };
+
+        // Neither listener: an error that says what to add.
+        let err = Config::from_yaml(TS).expect_err("no listener");
+        assert!(
+            err.0
+                .iter()
+                .any(|e| e.path == "listen" && e.message.contains("grpc_uds:")),
+            "{err}"
+        );
+        assert!(errors("  admin: 127.0.0.1:9901\n").iter().any(|(p, _)| p == "listen"));
+
+        // A Unix socket alone: no TCP listener, mode 0660 by default.
+        let l = listen("  grpc_uds: /run/baton.sock\n").expect("uds");
+        assert_eq!((l.grpc, l.grpc_uds_mode, l.grpc_uds_group), (None, 0o660, None));
+        let l =
+            listen("  grpc_uds: /run/baton.sock\n  grpc_uds_mode: \"0600\"\n  grpc_uds_group: envoy\n").expect("uds");
+        assert_eq!(
+            (l.grpc_uds_mode, l.grpc_uds_group),
+            (0o600, Some(UdsGroup::Name("envoy".into())))
+        );
+        let l = listen("  grpc_uds: /run/baton.sock\n  grpc_uds_group: \"1337\"\n").expect("uds");
+        assert_eq!(l.grpc_uds_group, Some(UdsGroup::Id(1337)));
+        for bad in [
+            "\"0666\"",
+            "\"0661\"",
+            "\"0777\"",
+            "\"4660\"",
+            "\"rw\"",
+            "\"\"",
+            "\"0o1777\"",
+            "\"99\"",
+        ] {
+            let errs = errors(&format!("  grpc_uds: /s\n  grpc_uds_mode: {bad}\n"));
+            assert!(errs.iter().any(|(p, _)| p == "listen.grpc_uds_mode"), "{bad}: {errs:?}");
+        }
+        for bad in ["\"\"", "\"-x\"", "\"a:b\"", "\"a b\"", "\"99999999999\""] {
+            let errs = errors(&format!("  grpc_uds: /s\n  grpc_uds_group: {bad}\n"));
+            assert!(
+                errs.iter().any(|(p, _)| p == "listen.grpc_uds_group"),
+                "{bad}: {errs:?}"
+            );
+        }
+        assert!(
+            errors("  grpc: 127.0.0.1:1\n  grpc_uds_mode: \"0600\"\n")
+                .iter()
+                .any(|(p, _)| p == "listen.grpc_uds_mode")
+        );
+
+        // Plain text: loopback (127.0.0.0/8, ::1) only, unless insecure_plaintext.
+        for ok in ["127.0.0.1:9191", "127.1.2.3:9191", "\"[::1]:9191\""] {
+            listen(&format!("  grpc: {ok}\n")).expect(ok);
+        }
+        for bad in [
+            "0.0.0.0:9191",
+            "10.0.0.7:9191",
+            "\"[::]:9191\"",
+            "\"[::ffff:127.0.0.1]:9191\"",
+            "192.168.1.1:1",
+        ] {
+            let errs = errors(&format!("  grpc: {bad}\n"));
+            let (_, message) = errs.iter().find(|(p, _)| p == "listen.grpc").expect(bad);
+            assert!(
+                message.contains("grpc_tls") && message.contains("insecure_plaintext"),
+                "{message}"
+            );
+            listen(&format!("  grpc: {bad}\n  insecure_plaintext: true\n")).expect(bad);
+        }
+
+        // grpc_tls: every file, a non-empty allow-list of valid patterns, and a TCP listener.
+        let tls = "  grpc_tls:\n    cert_file: /c\n    key_file: /k\n    client_ca_file: /ca\n    allowed_callers: [\"spiffe://td/ns/a/sa/*\", envoy.example]\n";
+        let l = listen(&format!("  grpc: 0.0.0.0:9191\n{tls}")).expect("tls on any address");
+        assert_eq!(l.grpc_tls.expect("tls").allowed_callers.len(), 2);
+        assert!(errors(tls).iter().any(|(p, _)| p == "listen.grpc_tls"));
+        let errs = errors("  grpc: 0.0.0.0:1\n  grpc_tls: {allowed_callers: []}\n");
+        for field in ["cert_file", "key_file", "client_ca_file", "allowed_callers"] {
+            assert!(
+                errs.iter().any(|(p, _)| *p == format!("listen.grpc_tls.{field}")),
+                "{field}: {errs:?}"
+            );
+        }
+        let errs = errors(
+            "  grpc: 127.0.0.1:1\n  grpc_tls: {cert_file: /c, key_file: /k, client_ca_file: /ca, allowed_callers: [\"*\"]}\n",
+        );
+        assert!(
+            errs.iter().any(|(p, _)| p == "listen.grpc_tls.allowed_callers[0]"),
+            "{errs:?}"
+        );
+
+        // broker.callers: mtls needs the TLS listener.
+        let err = Config::from_yaml(&format!(
+            "listen:\n  grpc: 127.0.0.1:1\nbroker: {{callers: mtls}}\n{TS}"
+        ))
+        .expect_err("mtls");
+        assert!(err.0.iter().any(|e| e.path == "broker.callers"), "{err}");
+        let config = Config::from_yaml(&format!(
+            "listen:\n  grpc: 127.0.0.1:1\n{tls}broker: {{callers: mtls}}\n{TS}"
+        ))
+        .expect("mtls with grpc_tls");
+        assert_eq!(config.broker.map(|b| b.callers), Some(BrokerCallers::Mtls));
     }
 
     #[test]

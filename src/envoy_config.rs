@@ -50,11 +50,26 @@ pub enum BatonAddress {
     Uds(PathBuf),
 }
 
+/// Envoy's side of Baton's mutual-TLS listener (`listen.grpc_tls`): the client certificate Envoy
+/// presents, the CA Baton's certificate must chain to, and the name it must carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTls {
+    /// Envoy's client certificate chain (PEM), whose SAN is in Baton's `allowed_callers`.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The CA bundle (PEM) Baton's server certificate chains to.
+    pub ca_file: PathBuf,
+    /// The SAN Baton's certificate must carry: a DNS name (also sent as SNI) or a `spiffe://` ID.
+    pub server_name: String,
+}
+
 /// What to generate, beyond the Baton configuration itself.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub api: Api,
     pub baton: BatonAddress,
+    /// Set when Baton is reached on its mutual-TLS TCP listener.
+    pub tls: Option<ClientTls>,
     /// The outbound listener the application sends its requests to.
     pub listen: SocketAddr,
     /// How long Envoy waits for Baton.
@@ -64,11 +79,48 @@ pub struct Options {
 impl Options {
     /// Baton's address from its `listen` section (its Unix socket if it has one, else its gRPC
     /// address), unless `uds` overrides it; the timeout from its token services' longest `timeout`.
-    pub fn new(config: &Config, api: Api, uds: Option<PathBuf>, listen: SocketAddr) -> Result<Self, String> {
+    /// `tls` is required exactly when Baton is reached on a TCP listener with `grpc_tls`: a
+    /// plain-text cluster to a TLS Baton (or the reverse) is refused, not generated.
+    pub fn new(
+        config: &Config,
+        api: Api,
+        uds: Option<PathBuf>,
+        tls: Option<ClientTls>,
+        listen: SocketAddr,
+    ) -> Result<Self, String> {
         let baton = match uds.or_else(|| config.listen.grpc_uds.clone()) {
-            Some(path) => BatonAddress::Uds(path),
+            Some(path) => {
+                if tls.is_some() {
+                    return Err(format!(
+                        "Baton is reached on its Unix socket {}: the --tls-* options apply to its TCP listener only",
+                        path.display()
+                    ));
+                }
+                BatonAddress::Uds(path)
+            }
             None => {
-                let mut addr = config.listen.grpc;
+                let Some(mut addr) = config.listen.grpc else {
+                    return Err("Baton's configuration has neither listen.grpc_uds nor listen.grpc".into());
+                };
+                match (&config.listen.grpc_tls, &tls) {
+                    (Some(_), None) => {
+                        return Err(
+                            "Baton's listen.grpc requires a client certificate (listen.grpc_tls): give \
+                             --tls-cert, --tls-key, --tls-ca and --tls-server-name, or reach it with --uds"
+                                .into(),
+                        );
+                    }
+                    (None, Some(_)) => {
+                        return Err(
+                            "Baton's listen.grpc is plain text (no listen.grpc_tls): the --tls-* options do not apply"
+                                .into(),
+                        );
+                    }
+                    (Some(_), Some(t)) if t.server_name.is_empty() => {
+                        return Err("--tls-server-name must name Baton's certificate".into());
+                    }
+                    _ => {}
+                }
                 if addr.port() == 0 {
                     return Err("listen.grpc has port 0, which Envoy cannot connect to: give a port, or --uds".into());
                 }
@@ -85,6 +137,7 @@ impl Options {
         Ok(Self {
             api,
             baton,
+            tls,
             listen,
             timeout: longest_exchange(config) + TIMEOUT_MARGIN,
         })
@@ -237,7 +290,7 @@ fn baton_cluster(options: &Options) -> Value {
         BatonAddress::Tcp(addr) => socket_address(*addr),
         BatonAddress::Uds(path) => json!({ "pipe": { "path": path.display().to_string() } }),
     };
-    json!({
+    let mut cluster = json!({
         "name": BATON_CLUSTER,
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -252,7 +305,40 @@ fn baton_cluster(options: &Options) -> Value {
             "cluster_name": BATON_CLUSTER,
             "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": address } }] }],
         },
-    })
+    });
+    if let Some(tls) = &options.tls {
+        cluster["transport_socket"] = transport_socket(tls);
+    }
+    cluster
+}
+
+/// The `baton` cluster's `transport_socket` for Baton's mutual-TLS listener: Envoy presents its
+/// client certificate and checks Baton's against the CA and the server name (a chain to the CA
+/// alone is not enough: the same CA may sign other workloads, Envoy's own certificate among them).
+pub fn transport_socket(tls: &ClientTls) -> Value {
+    let (san_type, sni) = if tls.server_name.starts_with("spiffe://") {
+        ("URI", None)
+    } else {
+        ("DNS", Some(tls.server_name.as_str()))
+    };
+    let mut context = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "tls_certificates": [{
+                "certificate_chain": { "filename": tls.cert_file.display().to_string() },
+                "private_key": { "filename": tls.key_file.display().to_string() },
+            }],
+            "validation_context": {
+                "trusted_ca": { "filename": tls.ca_file.display().to_string() },
+                "match_typed_subject_alt_names": [{ "san_type": san_type, "matcher": { "exact": tls.server_name } }],
+            },
+        },
+    });
+    if let Some(sni) = sni {
+        context["sni"] = json!(sni);
+    }
+    json!({ "name": "envoy.transport_sockets.tls", "typed_config": context })
 }
 
 fn outbound_cluster() -> Value {
@@ -387,6 +473,7 @@ mod tests {
             r#"
 listen:
   grpc: 0.0.0.0:9191
+  insecure_plaintext: true
 token_service:
   token_endpoint: http://127.0.0.1:9400/token
   client_id: c
@@ -411,7 +498,7 @@ destinations:
     }
 
     fn options(api: Api) -> Options {
-        Options::new(&config(), api, None, DEFAULT_LISTEN.parse().expect("addr")).expect("options")
+        Options::new(&config(), api, None, None, DEFAULT_LISTEN.parse().expect("addr")).expect("options")
     }
 
     fn vhost<'a>(doc: &'a Value, name: &str) -> &'a Value {
@@ -502,6 +589,7 @@ destinations:
             &config(),
             Api::ExtProc,
             Some("/run/baton/baton.sock".into()),
+            None,
             DEFAULT_LISTEN.parse().expect("addr"),
         )
         .expect("options");
@@ -523,8 +611,14 @@ destinations:
             "listen: { grpc: 127.0.0.1:0 }\ntoken_service: { token_endpoint: http://x/token, client_id: c, auth: { method: none } }\n",
         )
         .expect("config");
-        let err =
-            Options::new(&config, Api::ExtAuthz, None, DEFAULT_LISTEN.parse().expect("addr")).expect_err("port 0");
+        let err = Options::new(
+            &config,
+            Api::ExtAuthz,
+            None,
+            None,
+            DEFAULT_LISTEN.parse().expect("addr"),
+        )
+        .expect_err("port 0");
         assert!(err.contains("port 0"), "{err}");
     }
 

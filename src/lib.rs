@@ -30,4 +30,5 @@ pub mod secret;
 pub mod server;
 pub mod sts;
 pub mod telemetry;
+pub mod tls;
 pub mod verify;

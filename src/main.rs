@@ -51,6 +51,18 @@ enum Command {
         /// Reach Baton on this Unix socket (default: listen.grpc_uds, else listen.grpc).
         #[arg(long)]
         uds: Option<PathBuf>,
+        /// Envoy's client certificate (PEM) for Baton's mutual-TLS listener (listen.grpc_tls).
+        #[arg(long, requires_all = ["tls_key", "tls_ca", "tls_server_name"])]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The CA bundle (PEM) Baton's server certificate must chain to.
+        #[arg(long, requires = "tls_cert")]
+        tls_ca: Option<PathBuf>,
+        /// The SAN Baton's certificate must carry (a DNS name, sent as SNI, or a spiffe:// ID).
+        #[arg(long, requires = "tls_cert")]
+        tls_server_name: Option<String>,
         /// The outbound listener the application sends its requests to.
         #[arg(long, default_value = envoy_config::DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
@@ -122,9 +134,27 @@ fn main() -> ExitCode {
                 config,
                 api,
                 uds,
+                tls_cert,
+                tls_key,
+                tls_ca,
+                tls_server_name,
                 listen,
                 fragment,
-            } => print_envoy_config(&config, api, uds, listen, fragment),
+            } => {
+                // clap enforces that the four come together.
+                let tls = match (tls_cert, tls_key, tls_ca, tls_server_name) {
+                    (Some(cert_file), Some(key_file), Some(ca_file), Some(server_name)) => {
+                        Some(envoy_config::ClientTls {
+                            cert_file,
+                            key_file,
+                            ca_file,
+                            server_name,
+                        })
+                    }
+                    _ => None,
+                };
+                print_envoy_config(&config, api, uds, tls, listen, fragment)
+            }
             Command::Sts {
                 command:
                     Some(StsCommand::Mint {
@@ -163,7 +193,16 @@ fn main() -> ExitCode {
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
-    match Config::from_file(file) {
+    // The listener's TLS files are read as `run` would read them.
+    let checked = Config::from_file(file)
+        .map_err(|e| e.to_string())
+        .and_then(|config| match &config.listen.grpc_tls {
+            Some(tls) => baton::tls::server_config(tls)
+                .map(|_| config)
+                .map_err(|e| format!("listen.grpc_tls: {e}\n")),
+            None => Ok(config),
+        });
+    match checked {
         Ok(config) => {
             #[allow(clippy::print_stdout)]
             {
@@ -233,6 +272,7 @@ fn print_envoy_config(
     file: &std::path::Path,
     api: ApiArg,
     uds: Option<PathBuf>,
+    tls: Option<envoy_config::ClientTls>,
     listen: std::net::SocketAddr,
     fragment: bool,
 ) -> ExitCode {
@@ -247,7 +287,7 @@ fn print_envoy_config(
         ApiArg::ExtAuthz => envoy_config::Api::ExtAuthz,
         ApiArg::ExtProc => envoy_config::Api::ExtProc,
     };
-    let yaml = envoy_config::Options::new(&config, api, uds, listen)
+    let yaml = envoy_config::Options::new(&config, api, uds, tls, listen)
         .and_then(|options| {
             if fragment {
                 envoy_config::fragment(&config, &options)

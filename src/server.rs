@@ -1,6 +1,6 @@
-//! Serving: Envoy's `Authorization/Check` and Baton's broker API on the gRPC listeners (TCP, and
-//! optionally a Unix socket), `/healthz`, `/readyz` and `/metrics` on the admin listener. `serve` takes bound
-//! listeners and a shutdown future, so a test can run it on port 0 and stop it; on shutdown,
+//! Serving: Envoy's `Authorization/Check` and Baton's broker API on the gRPC listeners (a Unix
+//! socket, and TCP: plain on loopback, or mutual TLS through `tls::Acceptor`), `/healthz`,
+//! `/readyz` and `/metrics` on the admin listener. `serve` takes bound listeners and a shutdown future, so a test can run it on port 0 and stop it; on shutdown,
 //! readiness turns false first and in-flight requests finish.
 
 use std::future::Future;
@@ -24,13 +24,16 @@ use crate::extract;
 use crate::reload::Current;
 use crate::respond;
 use crate::telemetry::{self, Api, Decided};
+use crate::tls::Acceptor;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Bound sockets to serve on.
 #[derive(Debug)]
 pub struct Listeners {
-    pub grpc: TcpListener,
+    pub grpc: Option<TcpListener>,
+    /// When set, `grpc` accepts only mutual-TLS connections from allowed callers.
+    pub grpc_tls: Option<Acceptor>,
     pub grpc_uds: Option<UnixListener>,
     pub admin: Option<TcpListener>,
 }
@@ -43,19 +46,35 @@ pub async fn serve(authz: Current, listeners: Listeners, shutdown: impl Future<O
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let grpc = || {
-        tonic::transport::Server::builder()
+    let grpc = |mut builder: tonic::transport::Server| {
+        builder
             .add_service(AuthorizationServer::new(CheckService { authz: authz.clone() }))
             .add_service(ExternalProcessorServer::new(ExtProcService::new(authz.clone())))
             .add_service(DelegationBrokerServer::new(Broker::new(authz.clone())))
     };
     let mut tasks: tokio::task::JoinSet<Result<(), BoxError>> = tokio::task::JoinSet::new();
-    // Without TCP_NODELAY a reply written in two segments waits for Envoy's delayed ACK (~40 ms).
-    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-    let tcp = grpc().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
-    tasks.spawn(async move { Ok(tcp.await?) });
+    match (listeners.grpc, listeners.grpc_tls) {
+        (Some(tcp), Some(tls)) => {
+            // A connection lives at most MAX_CONNECTION_AGE, so that a caller whose certificate
+            // expired, or whose CA or identity is no longer trusted, is verified again soon.
+            let builder = tonic::transport::Server::builder()
+                .max_connection_age(crate::tls::MAX_CONNECTION_AGE)
+                .max_connection_age_grace(crate::tls::MAX_CONNECTION_AGE_GRACE);
+            let tls = grpc(builder).serve_with_incoming_shutdown(tls.incoming(tcp), stopped(stop_rx.clone()));
+            tasks.spawn(async move { Ok(tls.await?) });
+        }
+        (Some(tcp), None) => {
+            // Without TCP_NODELAY a reply written in two segments waits for Envoy's delayed ACK (~40 ms).
+            let incoming = TcpIncoming::from(tcp).with_nodelay(Some(true));
+            let tcp = grpc(tonic::transport::Server::builder())
+                .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+            tasks.spawn(async move { Ok(tcp.await?) });
+        }
+        (None, _) => {}
+    }
     if let Some(uds) = listeners.grpc_uds {
-        let uds = grpc().serve_with_incoming_shutdown(UnixListenerStream::new(uds), stopped(stop_rx.clone()));
+        let uds = grpc(tonic::transport::Server::builder())
+            .serve_with_incoming_shutdown(UnixListenerStream::new(uds), stopped(stop_rx.clone()));
         tasks.spawn(async move { Ok(uds.await?) });
     }
     if let Some(admin) = listeners.admin {

@@ -162,6 +162,111 @@ async fn every_generated_variant_passes_envoy_validate() {
     assert!(failures.is_empty(), "Envoy refused:\n{}", failures.join("\n"));
 }
 
+/// A Baton with `listen.grpc_tls` gets a `baton` cluster with Envoy's client certificate, Baton's CA
+/// and the name Baton's certificate must carry; `envoy-config` never writes a plain-text cluster to
+/// it, nor a TLS one to a plain-text Baton. The generated variants pass `envoy --mode validate`
+/// with certificate files made here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_baton_gets_a_tls_cluster_and_never_a_plain_one() {
+    let scratch = Scratch::new("envoy-config-tls");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+    let ca_file = scratch.write("ca.crt", &ca.pem());
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["envoy.shop.svc.cluster.local".to_owned()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("sign");
+    let cert_file = scratch.write("envoy.crt", &cert.pem());
+    let key_file = scratch.write("envoy.key", &key.serialize_pem());
+    let (cert_file, key_file, ca_file) = (
+        cert_file.to_str().expect("path"),
+        key_file.to_str().expect("path"),
+        ca_file.to_str().expect("path"),
+    );
+    let tls = scratch.write(
+        "tls.yaml",
+        &format!(
+            "listen:\n  grpc: 0.0.0.0:9191\n  grpc_tls:\n    cert_file: /etc/baton/tls/tls.crt\n    key_file: /etc/baton/tls/tls.key\n    client_ca_file: /etc/baton/tls/ca.crt\n    allowed_callers: [\"*.shop.svc.cluster.local\"]\ntoken_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: {CLIENT_ID}\n  auth: {{ method: none }}\n  timeout: 1s\ndestinations:\n{DESTINATIONS}"
+        ),
+    );
+    let tls = tls.to_str().expect("path");
+    let flags = [
+        "--tls-cert",
+        cert_file,
+        "--tls-key",
+        key_file,
+        "--tls-ca",
+        ca_file,
+        "--tls-server-name",
+        "baton.shop.svc.cluster.local",
+    ];
+    let mut files = Vec::new();
+    for api in ["ext_authz", "ext_proc"] {
+        let mut args = vec!["--config", tls, "--api", api];
+        args.extend(flags);
+        let bootstrap: Value = serde_saphyr::from_str(&envoy_config(&args)).expect("yaml");
+        let baton = &bootstrap["static_resources"]["clusters"][0];
+        assert_eq!(baton["name"], "baton");
+        let context = &baton["transport_socket"]["typed_config"];
+        assert_eq!(context["sni"], "baton.shop.svc.cluster.local");
+        assert_eq!(
+            context["common_tls_context"]["tls_certificates"][0]["certificate_chain"]["filename"],
+            cert_file
+        );
+        assert_eq!(
+            context["common_tls_context"]["validation_context"]["trusted_ca"]["filename"],
+            ca_file
+        );
+        assert_eq!(
+            context["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"],
+            json!([{ "san_type": "DNS", "matcher": { "exact": "baton.shop.svc.cluster.local" } }])
+        );
+        // Listening on every address, Baton is reached on loopback from its own pod.
+        assert!(baton.to_string().contains("127.0.0.1"), "{baton}");
+        files.push(scratch.write(
+            &format!("{api}-tls.yaml"),
+            &baton::envoy_config::to_yaml(&bootstrap).expect("yaml"),
+        ));
+        args.push("--fragment");
+        let fragment: Value = serde_saphyr::from_str(&envoy_config(&args)).expect("yaml");
+        let wrapped = baton::envoy_config::to_yaml(&around_fragment(&fragment)).expect("yaml");
+        files.push(scratch.write(&format!("{api}-tls-fragment.yaml"), &wrapped));
+    }
+    let results = join_all(files.into_iter().map(validate)).await;
+    let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    assert!(failures.is_empty(), "Envoy refused:\n{}", failures.join("\n"));
+
+    let refused = |args: &[&str]| {
+        let out = std::process::Command::new(baton_bin())
+            .arg("envoy-config")
+            .args(args)
+            .output()
+            .expect("run baton envoy-config");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(out.stdout.is_empty(), "{args:?} printed a configuration");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // No plain-text cluster to a TLS Baton.
+    let err = refused(&["--config", tls]);
+    assert!(err.contains("--tls-cert") && err.contains("grpc_tls"), "{err}");
+    // The four flags come together.
+    let err = refused(&["--config", tls, "--tls-cert", cert_file]);
+    assert!(err.contains("--tls-key"), "{err}");
+    // No TLS cluster to a plain-text Baton, nor to its Unix socket.
+    let plain = baton_config(&scratch, "plain.yaml", 9191, None, DESTINATIONS);
+    let mut args = vec!["--config", plain.to_str().expect("path")];
+    args.extend(flags);
+    let err = refused(&args);
+    assert!(err.contains("plain text"), "{err}");
+    let mut args = vec!["--config", tls, "--uds", "/run/baton/baton.sock"];
+    args.extend(flags);
+    let err = refused(&args);
+    assert!(err.contains("Unix socket"), "{err}");
+}
+
 /// The generated bootstrap, run by the real Envoy, with its outbound cluster (a DNS forward proxy)
 /// swapped for the test upstream. It is generated from hosts that differ from Baton's on purpose:
 /// `orders.example` names `billing` there, so an upstream that receives a billing token proves that

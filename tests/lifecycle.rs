@@ -116,7 +116,7 @@ fn check_config_reports_every_error_and_never_a_secret() {
     let good = scratch.write(
         "good.yaml",
         &format!(
-            "token_service:\n  token_endpoint: http://127.0.0.1:9400/token\n  client_id: sidecar\n  auth:\n    secret_file: {}\ndestinations:\n  - name: orders\n    hosts: [orders]\n    audience: https://orders.example\n",
+            "listen:\n  grpc_uds: /var/run/baton/baton.sock\ntoken_service:\n  token_endpoint: http://127.0.0.1:9400/token\n  client_id: sidecar\n  auth:\n    secret_file: {}\ndestinations:\n  - name: orders\n    hosts: [orders]\n    audience: https://orders.example\n",
             secret.display()
         ),
     );

@@ -167,7 +167,7 @@ pub async fn bench_envoy(scratch: &Scratch, api: Api, authz_port: Option<u16>) -
 pub fn in_process_authz(scratch: &Scratch, token_endpoint: &str, extra: &str) -> Arc<Authz> {
     let token_service = basic_auth_to(scratch, &format!("token_endpoint: {token_endpoint}"));
     let yaml = format!(
-        "token_service:\n{token_service}\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n    scopes: [orders.read]\n{extra}"
+        "listen:\n  grpc: 127.0.0.1:0\ntoken_service:\n{token_service}\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n    scopes: [orders.read]\n{extra}"
     );
     let config = Config::from_yaml(&yaml).expect("config");
     baton::app::build(config).expect("build")

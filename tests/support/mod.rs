@@ -546,6 +546,12 @@ impl Baton {
         Self::start_full(scratch, &listen, &token_service, extra).await
     }
 
+    /// Like `start`, with further `listen:` keys (`  key: value` lines: a Unix socket, `grpc_tls`).
+    pub async fn start_listening(scratch: &Scratch, token_endpoint: &str, listen: &str, extra: &str) -> Self {
+        let token_service = basic_auth_to(scratch, &format!("token_endpoint: {token_endpoint}"));
+        Self::start_full(scratch, listen, &token_service, extra).await
+    }
+
     /// Start `baton run` with this `token_service:` section (its body, indented two spaces).
     pub async fn start_with(scratch: &Scratch, token_service: &str, extra: &str) -> Self {
         Self::start_full(scratch, "", token_service, extra).await
