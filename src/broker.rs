@@ -299,6 +299,7 @@ mod tests {
 
     fn authz() -> Authz {
         let yaml = r#"
+listen: { grpc: 127.0.0.1:9191 }
 token_service:
   token_endpoint: http://127.0.0.1:9/token
   client_id: sidecar

@@ -532,7 +532,9 @@ impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let mut errors = Errors::default();
         let listen = validate_listen(self.listen, &mut errors);
-        if self.broker.as_ref().is_some_and(|b| b.callers == BrokerCallers::Mtls) && listen.as_ref().is_some_and(|l| l.grpc_tls.is_none()) {
+        if self.broker.as_ref().is_some_and(|b| b.callers == BrokerCallers::Mtls)
+            && listen.as_ref().is_some_and(|l| l.grpc_tls.is_none())
+        {
             errors.add(
                 "broker.callers",
                 "`mtls` takes the caller from its TLS client certificate: configure listen.grpc_tls",
@@ -1922,6 +1924,7 @@ token_service:
     fn with_broker(secret: &str, broker: &str) -> String {
         format!(
             r#"
+listen: {{grpc: 127.0.0.1:9191}}
 token_service:
   token_endpoint: http://127.0.0.1:9400/token
   client_id: sidecar
@@ -2005,7 +2008,7 @@ destinations:
         }
         // Without any verification, `authenticated` cannot authenticate anyone.
         let yaml = format!(
-            "token_service:\n  token_endpoint: http://x/token\n  client_id: c\n  auth: {{method: client_secret_basic, secret_file: {secret}}}\nbroker: {{ caller_client_ids: [job] }}\n"
+            "listen: {{grpc: 127.0.0.1:9191}}\ntoken_service:\n  token_endpoint: http://x/token\n  client_id: c\n  auth: {{method: client_secret_basic, secret_file: {secret}}}\nbroker: {{ caller_client_ids: [job] }}\n"
         );
         assert_eq!(broker_error_paths(&yaml), ["broker.callers"]);
     }

@@ -192,56 +192,22 @@ fn every_container_is_hardened_and_bounded() {
 
 // === The configuration inside the manifests ===
 
-/// The keys of the `listen` section that the authenticated-listener work adds (a Unix socket's mode
-/// and group, TLS on `grpc`, the plain-text opt-in). Until that work is merged, `check-config`
-/// refuses them as unknown; `check_config` then checks the file without them and says so. Delete
-/// this fallback once they parse.
-const NEW_LISTEN_KEYS: [&str; 4] = ["grpc_uds_mode", "grpc_uds_group", "grpc_tls", "insecure_plaintext"];
-
-fn without_new_listen_keys(text: &str) -> String {
-    let mut out = Vec::new();
-    let mut skipping = false;
-    for line in text.lines() {
-        let key = line.trim_start().split(':').next().unwrap_or("");
-        let indent = line.len() - line.trim_start().len();
-        if skipping && (indent > 2 || line.trim().is_empty()) {
-            continue;
-        }
-        skipping = indent == 2 && NEW_LISTEN_KEYS.contains(&key);
-        if !skipping {
-            out.push(line);
-        }
-    }
-    out.join("\n")
-}
-
 /// `baton check-config FILE` with `text`: Ok, or its output.
 fn check_config(scratch: &Scratch, name: &str, text: &str) -> Result<(), String> {
-    let run = |text: &str| {
-        let file = scratch.write(&format!("{name}.yaml"), text);
-        let output = Command::new(baton_bin())
-            .arg("check-config")
-            .arg(&file)
-            .output()
-            .expect("run baton check-config");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        if output.status.success() { Ok(()) } else { Err(said) }
-    };
-    match run(text) {
-        Err(said)
-            if NEW_LISTEN_KEYS
-                .iter()
-                .any(|k| said.contains(&format!("unknown field `{k}`"))) =>
-        {
-            eprintln!("{name}: checked without the listen keys this build does not know yet ({said})");
-            run(&without_new_listen_keys(text))
-        }
-        other => other,
+    let file = scratch.write(&format!("{name}.yaml"), text);
+    let output = Command::new(baton_bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("run baton check-config");
+    if output.status.success() {
+        return Ok(());
     }
+    Err(format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    ))
 }
 
 /// A CA, and a server certificate it signed, as PEM files in `dir`: ca.crt, tls.crt, tls.key.
@@ -291,16 +257,6 @@ fn the_baton_configurations_pass_check_config() {
     assert!(base.contains(&format!("grpc_uds: {socket}")));
     assert!(bootstrap.contains(&format!("pipe: {{ path: {socket} }}")));
     assert!(base.contains("admin: 0.0.0.0:9901"));
-}
-
-/// The fallback above drops exactly the new keys (and a `grpc_tls` block), nothing else.
-#[test]
-fn the_listen_key_fallback_drops_only_the_new_keys() {
-    let text = "listen:\n  grpc: 0.0.0.0:9191\n  grpc_tls:\n    cert_file: a\n    allowed_callers:\n      - x\n  grpc_uds_mode: \"0660\"\n  admin: 0.0.0.0:9901\ntoken_service:\n  issuer: x";
-    assert_eq!(
-        without_new_listen_keys(text),
-        "listen:\n  grpc: 0.0.0.0:9191\n  admin: 0.0.0.0:9901\ntoken_service:\n  issuer: x"
-    );
 }
 
 // === Who can reach Baton ===
