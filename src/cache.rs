@@ -1,7 +1,10 @@
 //! Exchanged tokens, kept until shortly before they expire. The key is a SHA-256 digest over every
-//! exchange input (the destination's parameters and the subject token), so a raw token is never a
-//! key and a token for one destination is never served for another. Concurrent misses for one key
-//! share one exchange. An entry is never served past `min(expires_in, issued exp, subject exp) - margin`.
+//! exchange input (the destination's parameters and the subject token), the destination's name and
+//! every constraint it puts on the token it is served (`Constraints`), so a raw token is never a
+//! key and a token for one destination is never served for another, not even for one with the same
+//! audience. Concurrent misses for one key share one exchange. An entry is never served past
+//! `min(expires_in, issued exp, subject exp) - margin`, nor to a destination whose constraints it
+//! does not meet (checked again on every hit).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -257,6 +260,11 @@ impl Delegated {
         self
     }
 
+    /// When it was exchanged (Unix seconds): where its time in the cache started.
+    pub fn issued_at(&self) -> u64 {
+        self.expires_at.saturating_sub(u64::from(self.ttl))
+    }
+
     /// True for the one caller that should start this entry's refresh now.
     pub fn claim_refresh(&self, now: u64) -> bool {
         now >= self.refresh_at && !self.refresh_claimed.swap(true, Ordering::AcqRel)
@@ -355,6 +363,54 @@ impl Delegated {
     }
 }
 
+/// What a destination demands of a token beyond what its exchange asks for: the judgments Baton
+/// makes on the token the token service issued. Issue 12 section 4: a token is served for a
+/// destination only when it meets every one of them. Both layers hold it:
+/// - covered by the key: `Constraints::fields` goes into the cache key with the destination's
+///   name and its exchange parameters (audience, resource, scopes, token type, actor use), so two
+///   destinations never share an entry, and a reload that tightens a constraint starts afresh;
+/// - checked on each hit (`permits`): whatever produced the key, a token that breaks one of these
+///   is not served, and is exchanged again instead.
+///
+/// The key alone would do today; the check on each hit keeps it so if a later change lets two
+/// destinations share a key (the broker's `route_for`, a refresh, a reload). Both destructure this
+/// struct, so a new constraint does not compile until it is keyed and checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Constraints {
+    /// The longest `act` chain the destination accepts in the token it receives.
+    pub max_delegation_depth: Option<usize>,
+    /// How long (seconds) after its exchange the destination may still be handed a token.
+    pub max_token_lifetime: Option<u64>,
+}
+
+impl Constraints {
+    /// The constraints as text fields, for the cache key (`params_digest`).
+    pub fn fields(&self) -> [String; 2] {
+        let Self {
+            max_delegation_depth,
+            max_token_lifetime,
+        } = self;
+        let text = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        [
+            format!("max_delegation_depth={}", text(max_delegation_depth.map(|d| d as u64))),
+            format!("max_token_lifetime={}", text(*max_token_lifetime)),
+        ]
+    }
+
+    /// Whether `token` may be handed, at `now`, to a destination with these constraints.
+    pub fn permits(&self, token: &Delegated, now: u64) -> bool {
+        let Self {
+            max_delegation_depth,
+            max_token_lifetime,
+        } = self;
+        let depth_ok = max_delegation_depth.is_none_or(|max| token.actors().len() <= max);
+        // Age since the exchange, against the cap: `max_token_lifetime` bounds how long after its
+        // exchange a token is handed out, whichever destination's request exchanged it.
+        let age_ok = max_token_lifetime.is_none_or(|max| now.saturating_sub(token.issued_at()) < max);
+        depth_ok && age_ok
+    }
+}
+
 /// What the cache holds for a key: a token, or, for the moment it takes to hand it to the requests
 /// that waited on the same exchange, that exchange's failure (never kept).
 type Slot = Result<Arc<Delegated>, Arc<Denial>>;
@@ -441,19 +497,31 @@ impl TokenCache {
 
     /// The cached token for `key`, or the one `exchange` produces. Concurrent callers with the same
     /// key wait for a single `exchange`; an error is returned to all of them and not cached.
-    pub async fn get_or_exchange<F>(&self, key: Key, exchange: F) -> Result<(Arc<Delegated>, CacheStatus), Arc<Denial>>
+    /// A token is served only while fresh and while it meets `constraints` (the asking
+    /// destination's); one that does not is dropped and exchanged again.
+    pub async fn get_or_exchange<F>(
+        &self,
+        key: Key,
+        constraints: &Constraints,
+        exchange: F,
+    ) -> Result<(Arc<Delegated>, CacheStatus), Arc<Denial>>
     where
         F: Future<Output = Result<Arc<Delegated>, Denial>>,
     {
+        let servable = |token: &Delegated| {
+            let now = unix_now();
+            token.fresh(now) && constraints.permits(token, now)
+        };
         if let Some(Ok(hit)) = self.inner.get(&key)
-            && hit.fresh(unix_now())
+            && servable(&hit)
         {
             return Ok((hit, CacheStatus::Hit));
         }
         loop {
             match self.inner.get_value_or_guard_async(&key).await {
-                Ok(Ok(token)) if token.fresh(unix_now()) => return Ok((token, CacheStatus::Coalesced)),
-                // Expired: drop it (unless another caller already put a new one) and ask again.
+                Ok(Ok(token)) if servable(&token) => return Ok((token, CacheStatus::Coalesced)),
+                // Expired, or not for this destination: drop it (unless another caller already put
+                // a new one) and ask again.
                 Ok(Ok(stale)) => {
                     self.inner
                         .remove_if(&key, |slot| slot.as_ref().is_ok_and(|t| Arc::ptr_eq(t, &stale)));
@@ -772,7 +840,7 @@ mod tests {
             for i in 0..3 * max {
                 let key = digest(&format!("user {i}"));
                 cache
-                    .get_or_exchange(key, async { Ok(kept_for(60)) })
+                    .get_or_exchange(key, &Constraints::default(), async { Ok(kept_for(60)) })
                     .await
                     .expect("exchange");
                 assert!(
@@ -798,7 +866,7 @@ mod tests {
             let (cache, calls) = (cache.clone(), calls.clone());
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_exchange([7; 32], async {
+                    .get_or_exchange([7; 32], &Constraints::default(), async {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         Ok::<_, Denial>(kept_for(570))
@@ -814,7 +882,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(statuses.iter().filter(|s| **s == CacheStatus::Miss).count(), 1);
         let (_, again) = cache
-            .get_or_exchange([7; 32], async { Err(down("must not run")) })
+            .get_or_exchange([7; 32], &Constraints::default(), async { Err(down("must not run")) })
             .await
             .expect("hit");
         assert_eq!(again, CacheStatus::Hit);
@@ -829,7 +897,7 @@ mod tests {
                 let (cache, calls) = (cache.clone(), calls.clone());
                 tokio::spawn(async move {
                     cache
-                        .get_or_exchange([9; 32], async {
+                        .get_or_exchange([9; 32], &Constraints::default(), async {
                             calls.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             Err(down("down"))
@@ -881,14 +949,16 @@ mod tests {
         // By whole seconds of the wall clock: the first, kept 3 s, is gone within (2 s, 3 s]; the
         // one that replaces it 1 s later, kept 5 s, stays until past 5 s from the start.
         cache
-            .get_or_exchange([3; 32], async { Ok(kept_for(3)) })
+            .get_or_exchange([3; 32], &Constraints::default(), async { Ok(kept_for(3)) })
             .await
             .expect("exchange");
         tokio::time::sleep(Duration::from_millis(1000)).await;
         cache.replace([3; 32], kept_for(5));
         tokio::time::sleep(Duration::from_millis(2050)).await;
         let (_, status) = cache
-            .get_or_exchange([3; 32], async { Err(down("must not exchange")) })
+            .get_or_exchange([3; 32], &Constraints::default(), async {
+                Err(down("must not exchange"))
+            })
             .await
             .expect("the refreshed token is served");
         assert_eq!(status, CacheStatus::Hit);
@@ -897,14 +967,22 @@ mod tests {
     #[tokio::test]
     async fn errors_are_not_cached_and_expired_entries_are_not_served() {
         let cache = TokenCache::new(100, Duration::ZERO);
-        let err = cache.get_or_exchange([1; 32], async { Err(down("down")) }).await;
+        let err = cache
+            .get_or_exchange([1; 32], &Constraints::default(), async { Err(down("down")) })
+            .await;
         assert_eq!(err.map(|_| ()).map_err(|e| e.description.clone()), Err("down".into()));
         let short = || async { Ok::<_, Denial>(kept_for(1)) };
-        let (_, first) = cache.get_or_exchange([1; 32], short()).await.expect("exchange");
+        let (_, first) = cache
+            .get_or_exchange([1; 32], &Constraints::default(), short())
+            .await
+            .expect("exchange");
         assert_eq!(first, CacheStatus::Miss);
         // A ttl of 1 s: gone after it, so the next call exchanges again.
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let (_, second) = cache.get_or_exchange([1; 32], short()).await.expect("exchange");
+        let (_, second) = cache
+            .get_or_exchange([1; 32], &Constraints::default(), short())
+            .await
+            .expect("exchange");
         assert_eq!(second, CacheStatus::Miss);
         let zero = || async {
             let lifetimes = Lifetimes {
@@ -913,8 +991,14 @@ mod tests {
             };
             Ok::<_, Denial>(Arc::new(issued_at(unix_now(), lifetimes, 30)))
         };
-        cache.get_or_exchange([2; 32], zero()).await.expect("exchange");
-        let (_, again) = cache.get_or_exchange([2; 32], zero()).await.expect("exchange");
+        cache
+            .get_or_exchange([2; 32], &Constraints::default(), zero())
+            .await
+            .expect("exchange");
+        let (_, again) = cache
+            .get_or_exchange([2; 32], &Constraints::default(), zero())
+            .await
+            .expect("exchange");
         assert_eq!(
             again,
             CacheStatus::Miss,

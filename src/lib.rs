@@ -20,6 +20,7 @@ pub mod exchange;
 pub mod ext_proc;
 pub mod extract;
 pub mod inject;
+pub mod issued;
 pub mod jwt;
 pub mod policy;
 pub mod reason;

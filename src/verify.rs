@@ -151,7 +151,15 @@ impl Introspection {
             ));
         }
         let now = unix_now() as i64;
-        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now + 60);
+        let exp = match claims.get("exp") {
+            None => now + 60,
+            Some(exp) => crate::jwt::expiry(exp).map_err(|_| {
+                Denial::new(
+                    Reason::SubjectTokenMalformed,
+                    "the introspection answer's exp is not a NumericDate",
+                )
+            })?,
+        };
         if exp <= now {
             return Err(Denial::new(
                 Reason::SubjectTokenExpired,
@@ -422,7 +430,22 @@ impl Verifier {
                 "the subject token is not signed (alg none)",
             ));
         }
-        let issuer_name = crate::jwt::unverified_issuer(token)
+        // jsonwebtoken ignores `crit` and reads a fractional or absurd `exp` its own way: both are
+        // judged here first, by the rules every JWT reader in Baton shares.
+        crate::jwt::check_crit(&header.all).map_err(subject_jwt_error)?;
+        let unverified = match crate::jwt::Unverified::parse(token) {
+            Ok(Some(claims)) => claims,
+            Ok(None) => {
+                return Err(Denial::new(
+                    Reason::SubjectTokenMalformed,
+                    "the subject token's claims are not JSON",
+                ));
+            }
+            Err(e) => return Err(subject_jwt_error(e)),
+        };
+        let issuer_name = unverified
+            .issuer()
+            .map(str::to_owned)
             .ok_or_else(|| Denial::new(Reason::SubjectTokenMalformed, "the subject token has no issuer"))?;
         let issuer = self.issuers.get(&issuer_name).ok_or_else(|| {
             Denial::new(
@@ -448,10 +471,11 @@ impl Verifier {
     }
 }
 
-#[derive(Deserialize)]
+/// A JOSE header: what Baton reads from it, and all of it (for `crit`).
 struct Header {
     alg: String,
     kid: Option<String>,
+    all: Map<String, Value>,
 }
 
 /// The JOSE header of a compact JWS, if `token` is one. (jsonwebtoken's own parser refuses
@@ -460,13 +484,44 @@ fn jwt_header(token: &str) -> Option<Header> {
     use base64::Engine as _;
     let mut parts = token.split('.');
     let (header, _, _) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
+    if parts.next().is_some() || header.len() > 8 * 1024 {
         return None;
     }
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
         .ok()?;
-    serde_json::from_slice(&json).ok()
+    let Value::Object(all) = serde_json::from_slice(&json).ok()? else {
+        return None;
+    };
+    let alg = all.get("alg")?.as_str()?.to_owned();
+    let kid = match all.get("kid") {
+        None | Some(Value::Null) => None,
+        Some(kid) => Some(kid.as_str()?.to_owned()),
+    };
+    Some(Header { alg, kid, all })
+}
+
+/// A subject token that breaks a JWT rule of `crate::jwt`.
+fn subject_jwt_error(e: crate::jwt::JwtError) -> Denial {
+    use crate::jwt::JwtError;
+    match e {
+        JwtError::CritUnsupported => Denial::new(
+            Reason::SubjectTokenCritUnsupported,
+            "the subject token marks a header parameter Baton does not understand as critical",
+        ),
+        JwtError::CritMalformed => Denial::new(
+            Reason::SubjectTokenMalformed,
+            "the subject token's crit header is not a non-empty list of names",
+        ),
+        JwtError::NotAnObject => Denial::new(
+            Reason::SubjectTokenMalformed,
+            "the subject token's header or claims are not a JSON object",
+        ),
+        JwtError::BadNumericDate(_) => Denial::new(
+            Reason::SubjectTokenMalformed,
+            "the subject token's exp, nbf or iat is not a NumericDate",
+        ),
+    }
 }
 
 impl Issuer {
@@ -496,7 +551,8 @@ impl Issuer {
         for key in keys.candidates(kid, alg) {
             match decode(token, key, alg, &self.config) {
                 Ok(claims) => {
-                    let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+                    // Required, and already checked to be a NumericDate (`jwt::Unverified::parse`).
+                    let exp = claims.get("exp").and_then(|e| crate::jwt::expiry(e).ok()).unwrap_or(0);
                     return Ok(Subject {
                         claims,
                         issuer: self.config.issuer.clone(),
