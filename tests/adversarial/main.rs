@@ -9,3 +9,4 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+mod tokens;
