@@ -469,24 +469,23 @@ impl Route {
             max_delegation_depth: policy.max_delegation_depth,
             max_token_lifetime: policy.max_token_lifetime.map(|d| d.as_secs()),
         };
-        let [depth, lifetime] = constraints.fields();
-        // Everything the exchange sends, the destination it is for, and what that destination
-        // demands of the token: a token is served only where all of these are the same.
-        let key_params = cache::params_digest(&[
-            "destination",
+        // Everything the exchange sends (what the token is), with the destination it is for and
+        // what that destination demands of it: a token is served only where all are the same.
+        let key_params = cache::destination_key(
             &name,
-            &depth,
-            &lifetime,
-            token_service.name(),
-            token_service.locator(),
-            token_service.client_id(),
-            target.audience.as_deref().unwrap_or(""),
-            target.resource.as_deref().unwrap_or(""),
-            target.scope.as_deref().unwrap_or(""),
-            target.requested_token_type.as_deref().unwrap_or(""),
-            target.subject_token_type,
-            if use_actor { "actor" } else { "" },
-        ]);
+            &constraints,
+            &[
+                token_service.name(),
+                token_service.locator(),
+                token_service.client_id(),
+                target.audience.as_deref().unwrap_or(""),
+                target.resource.as_deref().unwrap_or(""),
+                target.scope.as_deref().unwrap_or(""),
+                target.requested_token_type.as_deref().unwrap_or(""),
+                target.subject_token_type,
+                if use_actor { "actor" } else { "" },
+            ],
+        );
         Self {
             name,
             target,

@@ -601,6 +601,16 @@ fn same_slot(a: &Slot, b: &Slot) -> bool {
     }
 }
 
+/// The first half of a destination's cache keys: its name, its `constraints` and what its
+/// exchanges send (`exchange`, each field as text). Two destinations never share a key, whatever
+/// their audiences.
+pub fn destination_key(name: &str, constraints: &Constraints, exchange: &[&str]) -> Key {
+    let [depth, lifetime] = constraints.fields();
+    let mut fields = vec!["destination", name, &depth, &lifetime];
+    fields.extend_from_slice(exchange);
+    params_digest(&fields)
+}
+
 /// Digest of the parameters that, with the subject token, identify an exchange. Each field is
 /// length-prefixed so no two inputs can collide by moving a boundary.
 pub fn params_digest(fields: &[&str]) -> Key {
@@ -1003,6 +1013,207 @@ mod tests {
             again,
             CacheStatus::Miss,
             "a token shorter than the margin is never served from the cache"
+        );
+    }
+
+    // === Issue 12 section 4: no destination is served a token that breaks its constraints ===
+
+    /// A destination of the property test: an audience shared with others, and its limits.
+    #[derive(Clone, Debug)]
+    struct Dest {
+        audience: &'static str,
+        constraints: Constraints,
+    }
+
+    /// Which layer keeps tokens where they belong in a run.
+    #[derive(Clone, Copy, Debug)]
+    enum Layers {
+        /// What Baton does: the key covers the destination, and each hit is checked.
+        Both,
+        /// Keys by audience only (as before issue 12), the check on each hit alone.
+        CheckOnly,
+        /// The key alone, no check on a hit.
+        KeyOnly,
+    }
+
+    /// One step: a request by a user for a destination (a miss exchanges now, a token `depth`
+    /// deep), or, with `earlier`, what that destination's exchange (or refresh ahead) `age` seconds
+    /// ago left in the cache: the clock moves only through the entries' ages.
+    #[derive(Clone, Debug)]
+    struct Step {
+        dest: usize,
+        user: usize,
+        age: u64,
+        depth: usize,
+        earlier: bool,
+    }
+
+    fn dest_strategy() -> impl proptest::strategy::Strategy<Value = Dest> {
+        use proptest::prelude::*;
+        (
+            prop::sample::select(vec!["https://a.example", "https://b.example"]),
+            prop::option::of(0usize..3),
+            prop::option::of(1u64..8),
+        )
+            .prop_map(|(audience, max_delegation_depth, max_token_lifetime)| Dest {
+                audience,
+                constraints: Constraints {
+                    max_delegation_depth,
+                    max_token_lifetime,
+                },
+            })
+    }
+
+    fn step_strategy(dests: usize) -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        (0..dests, 0usize..2, 0u64..10, 0usize..4, prop::bool::weighted(0.2)).prop_map(
+            |(dest, user, age, depth, earlier)| Step {
+                dest,
+                user,
+                age,
+                depth,
+                earlier,
+            },
+        )
+    }
+
+    /// What the exchange for `dest` does (as `Authz::exchange`): a token deeper than the
+    /// destination allows is refused, and its stay is capped by `max_token_lifetime`.
+    fn exchanged(dest: &Dest, step: &Step, age: u64) -> Result<Arc<Delegated>, Denial> {
+        if dest
+            .constraints
+            .max_delegation_depth
+            .is_some_and(|max| step.depth > max)
+        {
+            return Err(Denial::new(crate::reason::Reason::DelegationTooDeep, "too deep"));
+        }
+        let lifetimes = Lifetimes {
+            expires_in: Some(300),
+            max: dest.constraints.max_token_lifetime,
+            ..Default::default()
+        };
+        let token = issued_at(unix_now() - age, lifetimes, 0).with_actors(vec!["svc".into(); step.depth]);
+        Ok(Arc::new(token))
+    }
+
+    /// The rule, written out on its own (not `Constraints::permits`): the chain no longer than
+    /// the destination's depth, the token younger than its lifetime.
+    fn meets(dest: &Dest, token: &Delegated, now: u64) -> bool {
+        let c = dest.constraints;
+        c.max_delegation_depth.is_none_or(|max| token.actors().len() <= max)
+            && c.max_token_lifetime.is_none_or(|max| now - token.issued_at() < max)
+    }
+
+    async fn run(dests: &[Dest], steps: &[Step], layers: Layers) -> Result<(), String> {
+        let cache = TokenCache::new(1000, Duration::ZERO);
+        for step in steps {
+            let dest = &dests[step.dest];
+            let params = match layers {
+                Layers::CheckOnly => params_digest(&[dest.audience]),
+                Layers::Both | Layers::KeyOnly => {
+                    destination_key(&format!("dest-{}", step.dest), &dest.constraints, &[dest.audience])
+                }
+            };
+            let key = key(&params, "", &digest(&format!("user-{}", step.user)));
+            let constraints = match layers {
+                Layers::KeyOnly => Constraints::default(),
+                Layers::Both | Layers::CheckOnly => dest.constraints,
+            };
+            if step.earlier {
+                if let Ok(earlier) = exchanged(dest, step, step.age) {
+                    cache.replace(key, earlier);
+                }
+                continue;
+            }
+            // Judged as of before the request: a served token was servable then or later.
+            let now = unix_now();
+            if let Ok((token, status)) = cache
+                .get_or_exchange(key, &constraints, async { exchanged(dest, step, 0) })
+                .await
+                && !meets(dest, &token, now)
+            {
+                return Err(format!(
+                    "{step:?} ({status:?}) served a token of depth {} issued at {} to {dest:?}",
+                    token.actors().len(),
+                    token.issued_at()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Random destinations sharing audiences with different limits, random request orders:
+        /// with the key and the check on each hit, and with either layer alone, no destination is
+        /// ever served a token that breaks its constraints.
+        #[test]
+        fn no_destination_is_served_a_token_that_breaks_its_constraints(
+            (dests, steps) in proptest::collection::vec(dest_strategy(), 2..6)
+                .prop_flat_map(|dests| {
+                    let n = dests.len();
+                    (proptest::strategy::Just(dests), proptest::collection::vec(step_strategy(n), 1..40))
+                })
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+            for layers in [Layers::Both, Layers::CheckOnly, Layers::KeyOnly] {
+                let outcome = runtime.block_on(run(&dests, &steps, layers));
+                if let Err(wrong) = outcome {
+                    proptest::prop_assert!(false, "{layers:?}: {wrong}");
+                }
+            }
+        }
+    }
+
+    /// The property test's premise: with keys by audience and no check, as before issue 12, a
+    /// destination is served another's token (so the property can fail).
+    #[tokio::test]
+    async fn without_either_layer_a_shared_audience_leaks_limits() {
+        let dests = [
+            Dest {
+                audience: "https://a.example",
+                constraints: Constraints::default(),
+            },
+            Dest {
+                audience: "https://a.example",
+                constraints: Constraints {
+                    max_delegation_depth: Some(0),
+                    max_token_lifetime: Some(3),
+                },
+            },
+        ];
+        let cache = TokenCache::new(100, Duration::ZERO);
+        let key = key(&params_digest(&["https://a.example"]), "", &digest("user"));
+        let step = Step {
+            dest: 0,
+            user: 0,
+            age: 5,
+            depth: 1,
+            earlier: true,
+        };
+        // a's token, exchanged 5 s ago.
+        cache.replace(key, exchanged(&dests[0], &step, step.age).expect("a"));
+        let (served, status) = cache
+            .get_or_exchange(key, &Constraints::default(), async { exchanged(&dests[1], &step, 0) })
+            .await
+            .expect("b");
+        assert_eq!(status, CacheStatus::Hit);
+        assert!(
+            !meets(&dests[1], &served, unix_now()),
+            "the unguarded cache hands b a's token"
+        );
+        let (served, _) = cache
+            .get_or_exchange(key, &dests[1].constraints, async {
+                exchanged(&dests[1], &Step { depth: 0, ..step }, 0)
+            })
+            .await
+            .expect("b, checked");
+        assert!(
+            meets(&dests[1], &served, unix_now()),
+            "checked on the hit: exchanged again"
         );
     }
 }
