@@ -292,9 +292,16 @@ impl Authz {
         }
         let now = cache::unix_now();
         // Each JWT payload is decoded once: the subject's only when verification did not already.
+        // Unverified (verification off, or an opaque token forwarded), a JWT is still held to the
+        // JWT rules: its `exp` caps the cached token's life, so a `crit` Baton does not understand
+        // or an `exp` that is not a NumericDate refuses it rather than reading as "no exp".
         let unverified_subject = match subject {
             Some(_) => None,
-            None => Some(jwt::Unverified::read(subject_token).unwrap_or_default()),
+            None => Some(
+                jwt::Unverified::parse(subject_token)
+                    .map_err(crate::verify::subject_jwt_error)?
+                    .unwrap_or_default(),
+            ),
         };
         let subject_exp = subject.map(|s| s.exp).or_else(|| unverified_subject.as_ref()?.exp());
         if subject_exp.is_some_and(|exp| exp <= now as i64) {

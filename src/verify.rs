@@ -502,7 +502,7 @@ fn jwt_header(token: &str) -> Option<Header> {
 }
 
 /// A subject token that breaks a JWT rule of `crate::jwt`.
-fn subject_jwt_error(e: crate::jwt::JwtError) -> Denial {
+pub(crate) fn subject_jwt_error(e: crate::jwt::JwtError) -> Denial {
     use crate::jwt::JwtError;
     match e {
         JwtError::CritUnsupported => Denial::new(

@@ -421,3 +421,91 @@ async fn a_hostile_subject_token_is_judged_by_the_jwt_rules() {
     }
     assert!(wrong.is_empty(), "rows answered wrongly:\n{}", wrong.join("\n"));
 }
+
+/// Without `trusted_issuers` Baton does not verify the subject token, but it still reads its `exp`
+/// (to cap the cached token's life): a JWT that breaks the JWT rules is refused, never read as
+/// "no exp", and never sent to the token service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unverified_subject_token_is_still_held_to_the_jwt_rules() {
+    let (scratch, service, baton, upstream) = aliases("adversarial-tokens-unverified").await;
+    let unsigned = |header: &str, claims: &str| {
+        format!(
+            "{}.{}.c2lnbmF0dXJl",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        )
+    };
+    let now = unix_now();
+    let header = r#"{"alg":"ES256"}"#;
+    let malformed = "subject_token_malformed";
+    let rows = [
+        (
+            "crit",
+            r#"{"alg":"ES256","crit":["x-ext"],"x-ext":1}"#.to_owned(),
+            format!(r#"{{"sub":"f","exp":{}}}"#, now + 600),
+            "subject_token_crit_unsupported",
+        ),
+        (
+            "crit empty",
+            r#"{"alg":"ES256","crit":[]}"#.to_owned(),
+            format!(r#"{{"sub":"f","exp":{}}}"#, now + 600),
+            malformed,
+        ),
+        (
+            "exp a string",
+            header.to_owned(),
+            format!(r#"{{"sub":"f","exp":"{}"}}"#, now + 600),
+            malformed,
+        ),
+        (
+            "exp 1e300",
+            header.to_owned(),
+            r#"{"sub":"f","exp":1e300}"#.to_owned(),
+            malformed,
+        ),
+        (
+            "exp negative",
+            header.to_owned(),
+            r#"{"sub":"f","exp":-1}"#.to_owned(),
+            malformed,
+        ),
+        (
+            "exp true",
+            header.to_owned(),
+            r#"{"sub":"f","exp":true}"#.to_owned(),
+            malformed,
+        ),
+        (
+            "iat a string",
+            header.to_owned(),
+            format!(r#"{{"sub":"f","exp":{},"iat":"x"}}"#, now + 600),
+            malformed,
+        ),
+        (
+            "exp fractional, past",
+            header.to_owned(),
+            format!(r#"{{"sub":"f","exp":{}.9}}"#, now - 10),
+            "subject_token_expired",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for api in APIS {
+        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        for (name, header, claims, reason) in &rows {
+            let before = service.exchanges().await;
+            let token = unsigned(header, claims);
+            let reply = send(&envoy, "alias-d.example", "/unverified", Some(&bearer(&token))).await;
+            if (reply.status, reply.reason()) != (401, *reason) {
+                wrong.push(format!(
+                    "{api:?} {name}: {} {}, not 401 {reason}",
+                    reply.status,
+                    reply.reason()
+                ));
+            }
+            if service.exchanges().await != before {
+                wrong.push(format!("{api:?} {name}: sent to the token service"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "rows answered wrongly:\n{}", wrong.join("\n"));
+}
