@@ -692,6 +692,7 @@ fn decode(token: &str, key: &DecodingKey, alg: Algorithm, config: &IssuerConfig)
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::config::Config;
 
     #[test]
@@ -702,6 +703,83 @@ mod tests {
         let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
         for expected in ["trusted_issuers[0].jwks_refresh", "trusted_issuers[0].jwks_min_refetch"] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+    }
+
+    /// What jsonwebtoken does on its own with the JWT forms of issue 12 section 6, beside Baton's
+    /// rules (`jwt::Unverified::parse`, run before it): it ignores `crit`, accepts an `exp` past
+    /// `i64` and never looks at `iat`, so Baton's own reader must refuse those; a fractional `exp`
+    /// it accepts (rounded), and so does Baton (cut to the whole second).
+    #[test]
+    fn baton_s_jwt_rules_cover_what_jsonwebtoken_lets_through() {
+        use crate::jwt::{JwtError, Unverified};
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+
+        let pair = rcgen::KeyPair::generate().expect("a P-256 key");
+        let signing = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).expect("signing key");
+        let verifying = DecodingKey::from_ec_pem(pair.public_key_pem().as_bytes()).expect("public key");
+        let config = IssuerConfig {
+            issuer: "https://idp.example".into(),
+            jwks_uri: None,
+            audiences: vec!["me".into()],
+            algorithms: vec![Algorithm::ES256],
+            leeway: Duration::from_secs(5),
+            refresh: Duration::from_secs(300),
+            min_refetch: Duration::from_secs(10),
+        };
+        let sign = |header: &str, claims: &str| {
+            let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
+            let signature = jsonwebtoken::crypto::sign(input.as_bytes(), &signing, Algorithm::ES256).expect("sign");
+            format!("{input}.{signature}")
+        };
+        let now = unix_now();
+        let claims = |exp: &str, more: &str| format!(r#"{{"iss":"https://idp.example","aud":"me","exp":{exp}{more}}}"#);
+        let plain = r#"{"alg":"ES256"}"#;
+        let future = (now + 600).to_string();
+        /// (header, claims, jsonwebtoken accepts it, what Baton's reader says of `exp`).
+        type Row<'a> = (&'a str, String, bool, Result<Option<i64>, JwtError>);
+        let rows: [Row<'_>; 6] = [
+            (plain, claims(&future, ""), true, Ok(Some(now as i64 + 600))),
+            (
+                r#"{"alg":"ES256","crit":["x"],"x":1}"#,
+                claims(&future, ""),
+                true,
+                Err(JwtError::CritUnsupported),
+            ),
+            (
+                plain,
+                claims(&format!("{future}.9"), ""),
+                true,
+                Ok(Some(now as i64 + 600)),
+            ),
+            (
+                plain,
+                claims("10000000000000000000", ""),
+                true,
+                Err(JwtError::BadNumericDate("exp")),
+            ),
+            (
+                plain,
+                claims(&future, r#","iat":"yesterday""#),
+                true,
+                Err(JwtError::BadNumericDate("iat")),
+            ),
+            (plain, claims("1e300", ""), false, Err(JwtError::BadNumericDate("exp"))),
+        ];
+        for (header, claims, library_accepts, baton) in rows {
+            let token = sign(header, &claims);
+            assert_eq!(
+                decode(&token, &verifying, Algorithm::ES256, &config).is_ok(),
+                library_accepts,
+                "jsonwebtoken on {header} {claims}"
+            );
+            assert_eq!(
+                Unverified::parse(&token).map(|u| u.and_then(|u| u.exp())),
+                baton,
+                "Baton on {header} {claims}"
+            );
         }
     }
 }
