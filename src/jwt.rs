@@ -20,9 +20,12 @@ pub enum JwtError {
     /// `crit` is present but not a non-empty array of parameter names.
     #[error("the JOSE header's crit is not a non-empty array of names")]
     CritMalformed,
-    /// The header or the payload is not a JSON object.
+    /// The header or the payload is not a JSON object (or not strict JSON).
     #[error("the JOSE header or the claims are not a JSON object")]
     NotAnObject,
+    /// The payload is larger than Baton reads.
+    #[error("the claims are larger than Baton reads")]
+    TooLarge,
     /// `exp`, `nbf` or `iat` is not a NumericDate Baton can compare.
     #[error("the `{0}` claim is not a NumericDate")]
     BadNumericDate(&'static str),
@@ -97,8 +100,6 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 
 /// The longest payload read, before decoding; a JWT in a header is far smaller.
 const MAX_PAYLOAD: usize = 64 * 1024;
-/// The longest JOSE header read.
-const MAX_HEADER: usize = 8 * 1024;
 
 impl Unverified {
     /// The payload of a compact JWS, if `token` is one and its payload is a JSON object; `None` for
@@ -109,6 +110,10 @@ impl Unverified {
 
     /// `Ok(None)`: not a compact JWS (an opaque token). `Err`: a JWS Baton must not act on: a `crit`
     /// header, a header or payload that is not an object, a time claim that is not a NumericDate.
+    /// A token is a JWS when its first part decodes to a JSON object (a JOSE header); then every
+    /// rule applies, so a token service cannot have Baton read its JWT as opaque (and skip the
+    /// checks on it) by spoiling the payload, padding it past the size bound, or writing JSON that
+    /// only a lenient parser reads (`NaN`, duplicate members).
     pub fn parse(token: &str) -> Result<Option<Self>, JwtError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(_signature), None) =
@@ -116,25 +121,29 @@ impl Unverified {
         else {
             return Ok(None);
         };
-        if payload.len() > MAX_PAYLOAD || header.len() > MAX_HEADER {
-            return Ok(None);
-        }
         let decode = |part: &str| URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).ok();
-        let (Some(header), Some(json)) = (decode(header), decode(payload)) else {
-            return Ok(None);
-        };
-        // Not JSON at all: some opaque format with two dots, not a JWT.
-        if serde_json::from_slice::<serde::de::IgnoredAny>(&json).is_err() {
-            return Ok(None);
-        }
-        let header = match serde_json::from_slice::<Value>(&header) {
-            Ok(Value::Object(header)) => header,
-            _ => return Err(JwtError::NotAnObject),
+        let header = match decode(header).map(|h| serde_json::from_slice::<Value>(&h)) {
+            Some(Ok(Value::Object(header))) => header,
+            // JSON, but not an object: no JOSE header. Refused when the payload reads as claims
+            // (serde would read a struct from an array), else some opaque format with two dots.
+            Some(Ok(_)) => {
+                let json = decode(payload).filter(|_| payload.len() <= MAX_PAYLOAD);
+                return match json.map(|json| serde_json::from_slice::<serde::de::IgnoredAny>(&json)) {
+                    Some(Ok(_)) => Err(JwtError::NotAnObject),
+                    _ => Ok(None),
+                };
+            }
+            _ => return Ok(None),
         };
         check_crit(&header)?;
+        if payload.len() > MAX_PAYLOAD {
+            return Err(JwtError::TooLarge);
+        }
+        let json = decode(payload).ok_or(JwtError::NotAnObject)?;
         if !is_object(&json) {
             return Err(JwtError::NotAnObject);
         }
+        // Strict JSON; a member twice is an error (serde's derive refuses a duplicate field).
         let claims: Self = serde_json::from_slice(&json).map_err(|_| JwtError::NotAnObject)?;
         for (value, name) in [(&claims.exp, "exp"), (&claims.nbf, "nbf"), (&claims.iat, "iat")] {
             if let Some(value) = value {
@@ -323,11 +332,22 @@ mod tests {
                 );
             }
         }
-        // Numbers serde_json cannot hold as such (NaN, Infinity) are not JSON: not a JWT at all.
-        assert_eq!(
-            Unverified::parse(&jwt(r#"{"exp":NaN}"#)).map(|u| u.is_some()),
-            Ok(false)
-        );
+        // Not strict JSON (NaN, Infinity, a member twice) behind a JOSE header: refused, never read
+        // as an opaque token (whose claims nobody checks).
+        for claims in [
+            r#"{"exp":NaN}"#,
+            r#"{"exp":Infinity}"#,
+            r#"{"aud":"a","aud":"b"}"#,
+            "not json",
+        ] {
+            assert_eq!(
+                Unverified::parse(&jwt(claims)).map(|u| u.is_some()),
+                Err(JwtError::NotAnObject),
+                "{claims}"
+            );
+        }
+        let huge = jwt(&format!(r#"{{"pad":"{}"}}"#, "x".repeat(MAX_PAYLOAD)));
+        assert_eq!(Unverified::parse(&huge).map(|u| u.is_some()), Err(JwtError::TooLarge));
     }
 
     #[test]
