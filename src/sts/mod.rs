@@ -113,6 +113,10 @@ pub enum AnswerFault {
     CritHeader,
     /// A fractional `exp` (RFC 7519 allows it): a correct answer, which must be used.
     FractionalExp,
+    /// `aud` twice in the claims, another audience first (parsers differ on which one counts).
+    DuplicateAudience,
+    /// Claims that only a lenient parser reads (`"exp": NaN`), signed.
+    LenientJson,
 }
 
 impl AnswerFault {
@@ -609,9 +613,18 @@ fn exchange(sts: &Sts, client_id: &str, client: &Client, params: &[(String, Stri
         fault.spoil_claims(&mut claims, audience, now);
     }
     let crit = fault == Some(AnswerFault::CritHeader);
+    let raw = |claims: String| {
+        sts.sign_text(&claims)
+            .map_err(|_| oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot sign"))
+    };
     let token = match fault {
         Some(AnswerFault::SubjectToken) => subject_token.to_owned(),
         Some(AnswerFault::SubjectTokenPadded) => format!("{subject_token}="),
+        Some(AnswerFault::DuplicateAudience) => raw(format!(
+            r#"{{"aud":"https://wrong.example",{}"#,
+            &claims.to_string()[1..]
+        ))?,
+        Some(AnswerFault::LenientJson) => raw(format!(r#"{{"nbf":NaN,{}"#, &claims.to_string()[1..]))?,
         _ => sts
             .sign_with(&claims, crit)
             .map_err(|_| oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot sign"))?,
@@ -788,6 +801,15 @@ async fn mint(State(sts): State<Arc<Sts>>, axum::Form(request): axum::Form<MintR
 impl Sts {
     fn sign(&self, claims: &Value) -> Result<String, jsonwebtoken::errors::Error> {
         self.sign_with(claims, false)
+    }
+
+    /// Sign claims given as text, exactly as written (for faults no serializer would write).
+    fn sign_text(&self, claims: &str) -> Result<String, jsonwebtoken::errors::Error> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = json!({"alg": "ES256", "kid": self.key.kid, "typ": "at+jwt"}).to_string();
+        let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
+        let signature = jsonwebtoken::crypto::sign(input.as_bytes(), &self.key.encoding, Algorithm::ES256)?;
+        Ok(format!("{input}.{signature}"))
     }
 
     /// Sign `claims`; with `crit`, the header marks an extension nobody implements as critical

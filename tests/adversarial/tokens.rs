@@ -57,6 +57,8 @@ const FAULTS: &[(&str, u16, &str)] = &[
     ("expired", 503, "issued_token_expired"),
     ("exp_string", 503, "issued_token_malformed"),
     ("crit_header", 503, "issued_token_malformed"),
+    ("duplicate_audience", 503, "issued_token_malformed"),
+    ("lenient_json", 503, "issued_token_malformed"),
     // A correct answer in an unusual form (RFC 7519 allows a fractional NumericDate): used.
     ("fractional_exp", 200, ""),
 ];
