@@ -400,6 +400,31 @@ async fn a_hostile_subject_token_is_judged_by_the_jwt_rules() {
             times(&(now + 600).to_string(), r#","iat":-5"#),
             malformed,
         ),
+        // Claims that parsers read differently: each must refuse, never pick one.
+        (
+            "exp twice, past then future",
+            header.into(),
+            times(&(now - 60).to_string(), &format!(r#","exp":{}"#, now + 600)),
+            malformed,
+        ),
+        (
+            "aud twice",
+            header.into(),
+            times(&(now + 600).to_string(), r#","aud":"someone-else""#),
+            malformed,
+        ),
+        (
+            "nbf NaN",
+            header.into(),
+            times(&(now + 600).to_string(), r#","nbf":NaN"#),
+            malformed,
+        ),
+        (
+            "claims an array",
+            header.into(),
+            format!(r#"[{}]"#, times(&(now + 600).to_string(), "")),
+            malformed,
+        ),
     ];
     let mut wrong = Vec::new();
     for api in APIS {
