@@ -82,7 +82,23 @@ pub struct ActorToken {
     pub token_type: String,
 }
 
-type FileState = tokio::sync::Mutex<Option<(SystemTime, Arc<Secret>)>>;
+/// The workload's own token, with its `sub` read once when it is loaded: what the `act` claim of a
+/// token issued with it must name (`crate::issued`).
+#[derive(Debug)]
+pub struct Actor {
+    pub token: Secret,
+    /// `sub` of the token when it is a JWT; `None` for an opaque token.
+    pub sub: Option<Box<str>>,
+}
+
+impl Actor {
+    pub fn new(token: Secret) -> Self {
+        let sub = crate::jwt::Unverified::read(token.expose()).and_then(|claims| claims.sub?.as_str().map(Box::from));
+        Self { token, sub }
+    }
+}
+
+type FileState = tokio::sync::Mutex<Option<(SystemTime, Arc<Actor>)>>;
 
 #[derive(Debug)]
 enum Source {
@@ -92,13 +108,13 @@ enum Source {
     ClientCredentials {
         audience: Option<String>,
         scope: Option<String>,
-        cached: tokio::sync::Mutex<HashMap<String, (u64, Arc<Secret>)>>,
+        cached: tokio::sync::Mutex<HashMap<String, (u64, Arc<Actor>)>>,
     },
 }
 
 impl ActorToken {
     /// The token to present to `service`.
-    pub async fn token(&self, service: &TokenService) -> Result<Arc<Secret>, Denial> {
+    pub async fn token(&self, service: &TokenService) -> Result<Arc<Actor>, Denial> {
         match &self.source {
             Source::File { path, current } => from_file(path, current).await,
             Source::ClientCredentials {
@@ -129,8 +145,8 @@ impl ActorToken {
                     })?;
                 // Kept until 30 s before it expires (5 minutes when the service does not say).
                 let lifetime = issued.expires_in.unwrap_or(330).saturating_sub(30);
-                let token = Arc::new(issued.access_token);
-                tracing::info!(token_service = service.name(), actor = %token.fingerprint(), "actor token obtained");
+                let token = Arc::new(Actor::new(issued.access_token));
+                tracing::info!(token_service = service.name(), actor = %token.token.fingerprint(), "actor token obtained");
                 cached.insert(service.name().to_owned(), (now + lifetime, token.clone()));
                 Ok(token)
             }
@@ -139,7 +155,7 @@ impl ActorToken {
 }
 
 /// The token as the file holds it now: re-read only when its modification time changed.
-async fn from_file(path: &Path, current: &FileState) -> Result<Arc<Secret>, Denial> {
+async fn from_file(path: &Path, current: &FileState) -> Result<Arc<Actor>, Denial> {
     let unavailable = |why: String| {
         tracing::warn!(path = %path.display(), error = %why, "actor token unavailable");
         Denial::new(Reason::ActorTokenUnavailable, "the workload's own token cannot be read")
@@ -168,8 +184,8 @@ async fn from_file(path: &Path, current: &FileState) -> Result<Arc<Secret>, Deni
     if text.is_empty() || bytes.len() as u64 > MAX_BYTES {
         return Err(unavailable("empty or larger than 64 KiB".into()));
     }
-    let token = Arc::new(Secret::new(text));
-    tracing::info!(path = %path.display(), actor = %token.fingerprint(), "actor token loaded");
+    let token = Arc::new(Actor::new(Secret::new(text)));
+    tracing::info!(path = %path.display(), actor = %token.token.fingerprint(), "actor token loaded");
     *current = Some((modified, token.clone()));
     Ok(token)
 }
@@ -218,9 +234,15 @@ mod tests {
         else {
             panic!("a file source")
         };
-        assert_eq!(from_file(&path, &current).await.expect("read").expose(), "first-token");
+        assert_eq!(
+            from_file(&path, &current).await.expect("read").token.expose(),
+            "first-token"
+        );
         // Same mtime: served from memory even if unchanged on disk.
-        assert_eq!(from_file(&path, &current).await.expect("read").expose(), "first-token");
+        assert_eq!(
+            from_file(&path, &current).await.expect("read").token.expose(),
+            "first-token"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&path, "second-token").expect("rotate");
         let later = SystemTime::now() + std::time::Duration::from_secs(1);
@@ -230,7 +252,7 @@ mod tests {
             .and_then(|f| f.set_modified(later))
             .expect("touch");
         assert_eq!(
-            from_file(&path, &current).await.expect("reread").expose(),
+            from_file(&path, &current).await.expect("reread").token.expose(),
             "second-token"
         );
         std::fs::remove_file(&path).expect("remove");

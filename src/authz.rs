@@ -9,10 +9,11 @@ use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use tracing::Instrument as _;
 
 use crate::actor::{self, ActorToken};
-use crate::cache::{self, CacheStatus, Delegated, Key, Lifetimes, TokenCache};
+use crate::cache::{self, CacheStatus, Constraints, Delegated, Key, Lifetimes, TokenCache};
 use crate::config::{Broker, Config, Destination, DestinationActor, MissingToken, UnknownDestination};
 use crate::exchange::{ExchangeError, Target, TokenService, TokenServices};
 use crate::extract::{self, Headers, Outbound};
+use crate::issued;
 use crate::jwt;
 use crate::policy::{Facts, Policy};
 use crate::reason::{Denial, Reason};
@@ -48,8 +49,10 @@ pub struct Route {
     use_actor: bool,
     /// Where this destination's tokens come from.
     pub token_service: Arc<TokenService>,
-    /// Digest of `target`, the token service and the client identity: the first half of every
-    /// cache key.
+    /// What this destination demands of the token it is served (see `cache::Constraints`).
+    constraints: Constraints,
+    /// Digest of the destination's name, `target`, the token service, the client identity and
+    /// `constraints`: the first half of every cache key.
     key_params: Key,
 }
 
@@ -242,6 +245,7 @@ impl Authz {
             .cache
             .get_or_exchange(
                 key,
+                &route.constraints,
                 self.exchange(route, subject_token, subject.as_deref(), scope.as_deref(), key),
             )
             .await
@@ -292,9 +296,16 @@ impl Authz {
         }
         let now = cache::unix_now();
         // Each JWT payload is decoded once: the subject's only when verification did not already.
+        // Unverified (verification off, or an opaque token forwarded), a JWT is still held to the
+        // JWT rules: its `exp` caps the cached token's life, so a `crit` Baton does not understand
+        // or an `exp` that is not a NumericDate refuses it rather than reading as "no exp".
         let unverified_subject = match subject {
             Some(_) => None,
-            None => Some(jwt::Unverified::read(subject_token).unwrap_or_default()),
+            None => Some(
+                jwt::Unverified::parse(subject_token)
+                    .map_err(crate::verify::subject_jwt_error)?
+                    .unwrap_or_default(),
+            ),
         };
         let subject_exp = subject.map(|s| s.exp).or_else(|| unverified_subject.as_ref()?.exp());
         if subject_exp.is_some_and(|exp| exp <= now as i64) {
@@ -304,14 +315,16 @@ impl Authz {
             ));
         }
         let mut target = None;
+        let mut actor = None;
         if scope.is_some() || route.use_actor {
             let mut t = route.target.clone();
             if scope.is_some() {
                 t.scope = scope.map(str::to_owned);
             }
-            if let (true, Some(actor)) = (route.use_actor, &self.actor) {
-                let token = actor.token(&route.token_service).await?;
-                t.actor = Some(((*token).clone(), actor.token_type.clone()));
+            if let (true, Some(actor_source)) = (route.use_actor, &self.actor) {
+                let token = actor_source.token(&route.token_service).await?;
+                t.actor = Some((token.token.clone(), actor_source.token_type.clone()));
+                actor = Some(token);
             }
             target = Some(t);
         }
@@ -333,7 +346,34 @@ impl Authz {
                 return Err(denial);
             }
         };
-        let issued_claims = jwt::Unverified::read(issued.access_token.expose()).unwrap_or_default();
+        // The issued token's payload is decoded once: for the checks, the chain, the claims.
+        let parsed = jwt::Unverified::parse(issued.access_token.expose());
+        let asked = issued::Asked {
+            subject_token,
+            actor: actor.as_deref(),
+            audience: target.audience.as_deref(),
+            resource: target.resource.as_deref(),
+            scope: target.scope.as_deref(),
+            profile: route.token_service.profile(),
+        };
+        // Refused, it is not cached, and not remembered as a refusal either: the token service
+        // misbehaved, not the caller, and the next exchange may well be answered properly.
+        if let Err(e) = issued::check(
+            &issued,
+            parsed.as_ref().map(Option::as_ref).map_err(|e| *e),
+            &asked,
+            now,
+        ) {
+            tracing::warn!(
+                destination = %route.name,
+                subject = %fingerprint(subject_token),
+                issued = %fingerprint(issued.access_token.expose()),
+                error = %e,
+                "the issued token is refused"
+            );
+            return Err(Denial::from(e));
+        }
+        let issued_claims = parsed.ok().flatten().unwrap_or_default();
         let actors = actor::chain(issued_claims.act.as_ref(), max_depth.map_or(16, |m| m + 1));
         if max_depth.is_some_and(|max| actors.len() > max) {
             return Err(too_deep());
@@ -465,17 +505,27 @@ impl Route {
         use_actor: bool,
         token_service: Arc<TokenService>,
     ) -> Self {
-        let key_params = cache::params_digest(&[
-            token_service.name(),
-            token_service.locator(),
-            token_service.client_id(),
-            target.audience.as_deref().unwrap_or(""),
-            target.resource.as_deref().unwrap_or(""),
-            target.scope.as_deref().unwrap_or(""),
-            target.requested_token_type.as_deref().unwrap_or(""),
-            target.subject_token_type,
-            if use_actor { "actor" } else { "" },
-        ]);
+        let constraints = Constraints {
+            max_delegation_depth: policy.max_delegation_depth,
+            max_token_lifetime: policy.max_token_lifetime.map(|d| d.as_secs()),
+        };
+        // Everything the exchange sends (what the token is), with the destination it is for and
+        // what that destination demands of it: a token is served only where all are the same.
+        let key_params = cache::destination_key(
+            &name,
+            &constraints,
+            &[
+                token_service.name(),
+                token_service.locator(),
+                token_service.client_id(),
+                target.audience.as_deref().unwrap_or(""),
+                target.resource.as_deref().unwrap_or(""),
+                target.scope.as_deref().unwrap_or(""),
+                target.requested_token_type.as_deref().unwrap_or(""),
+                target.subject_token_type,
+                if use_actor { "actor" } else { "" },
+            ],
+        );
         Self {
             name,
             target,
@@ -484,6 +534,7 @@ impl Route {
             policy,
             use_actor,
             token_service,
+            constraints,
             key_params,
         }
     }

@@ -1,7 +1,10 @@
 //! Exchanged tokens, kept until shortly before they expire. The key is a SHA-256 digest over every
-//! exchange input (the destination's parameters and the subject token), so a raw token is never a
-//! key and a token for one destination is never served for another. Concurrent misses for one key
-//! share one exchange. An entry is never served past `min(expires_in, issued exp, subject exp) - margin`.
+//! exchange input (the destination's parameters and the subject token), the destination's name and
+//! every constraint it puts on the token it is served (`Constraints`), so a raw token is never a
+//! key and a token for one destination is never served for another, not even for one with the same
+//! audience. Concurrent misses for one key share one exchange. An entry is never served past
+//! `min(expires_in, issued exp, subject exp) - margin`, nor to a destination whose constraints it
+//! does not meet (checked again on every hit).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -257,6 +260,11 @@ impl Delegated {
         self
     }
 
+    /// When it was exchanged (Unix seconds): where its time in the cache started.
+    pub fn issued_at(&self) -> u64 {
+        self.expires_at.saturating_sub(u64::from(self.ttl))
+    }
+
     /// True for the one caller that should start this entry's refresh now.
     pub fn claim_refresh(&self, now: u64) -> bool {
         now >= self.refresh_at && !self.refresh_claimed.swap(true, Ordering::AcqRel)
@@ -355,6 +363,54 @@ impl Delegated {
     }
 }
 
+/// What a destination demands of a token beyond what its exchange asks for: the judgments Baton
+/// makes on the token the token service issued. Issue 12 section 4: a token is served for a
+/// destination only when it meets every one of them. Both layers hold it:
+/// - covered by the key: `Constraints::fields` goes into the cache key with the destination's
+///   name and its exchange parameters (audience, resource, scopes, token type, actor use), so two
+///   destinations never share an entry, and a reload that tightens a constraint starts afresh;
+/// - checked on each hit (`permits`): whatever produced the key, a token that breaks one of these
+///   is not served, and is exchanged again instead.
+///
+/// The key alone would do today; the check on each hit keeps it so if a later change lets two
+/// destinations share a key (the broker's `route_for`, a refresh, a reload). Both destructure this
+/// struct, so a new constraint does not compile until it is keyed and checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Constraints {
+    /// The longest `act` chain the destination accepts in the token it receives.
+    pub max_delegation_depth: Option<usize>,
+    /// How long (seconds) after its exchange the destination may still be handed a token.
+    pub max_token_lifetime: Option<u64>,
+}
+
+impl Constraints {
+    /// The constraints as text fields, for the cache key (`params_digest`).
+    pub fn fields(&self) -> [String; 2] {
+        let Self {
+            max_delegation_depth,
+            max_token_lifetime,
+        } = self;
+        let text = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        [
+            format!("max_delegation_depth={}", text(max_delegation_depth.map(|d| d as u64))),
+            format!("max_token_lifetime={}", text(*max_token_lifetime)),
+        ]
+    }
+
+    /// Whether `token` may be handed, at `now`, to a destination with these constraints.
+    pub fn permits(&self, token: &Delegated, now: u64) -> bool {
+        let Self {
+            max_delegation_depth,
+            max_token_lifetime,
+        } = self;
+        let depth_ok = max_delegation_depth.is_none_or(|max| token.actors().len() <= max);
+        // Age since the exchange, against the cap: `max_token_lifetime` bounds how long after its
+        // exchange a token is handed out, whichever destination's request exchanged it.
+        let age_ok = max_token_lifetime.is_none_or(|max| now.saturating_sub(token.issued_at()) < max);
+        depth_ok && age_ok
+    }
+}
+
 /// What the cache holds for a key: a token, or, for the moment it takes to hand it to the requests
 /// that waited on the same exchange, that exchange's failure (never kept).
 type Slot = Result<Arc<Delegated>, Arc<Denial>>;
@@ -441,19 +497,31 @@ impl TokenCache {
 
     /// The cached token for `key`, or the one `exchange` produces. Concurrent callers with the same
     /// key wait for a single `exchange`; an error is returned to all of them and not cached.
-    pub async fn get_or_exchange<F>(&self, key: Key, exchange: F) -> Result<(Arc<Delegated>, CacheStatus), Arc<Denial>>
+    /// A token is served only while fresh and while it meets `constraints` (the asking
+    /// destination's); one that does not is dropped and exchanged again.
+    pub async fn get_or_exchange<F>(
+        &self,
+        key: Key,
+        constraints: &Constraints,
+        exchange: F,
+    ) -> Result<(Arc<Delegated>, CacheStatus), Arc<Denial>>
     where
         F: Future<Output = Result<Arc<Delegated>, Denial>>,
     {
+        let servable = |token: &Delegated| {
+            let now = unix_now();
+            token.fresh(now) && constraints.permits(token, now)
+        };
         if let Some(Ok(hit)) = self.inner.get(&key)
-            && hit.fresh(unix_now())
+            && servable(&hit)
         {
             return Ok((hit, CacheStatus::Hit));
         }
         loop {
             match self.inner.get_value_or_guard_async(&key).await {
-                Ok(Ok(token)) if token.fresh(unix_now()) => return Ok((token, CacheStatus::Coalesced)),
-                // Expired: drop it (unless another caller already put a new one) and ask again.
+                Ok(Ok(token)) if servable(&token) => return Ok((token, CacheStatus::Coalesced)),
+                // Expired, or not for this destination: drop it (unless another caller already put
+                // a new one) and ask again.
                 Ok(Ok(stale)) => {
                     self.inner
                         .remove_if(&key, |slot| slot.as_ref().is_ok_and(|t| Arc::ptr_eq(t, &stale)));
@@ -531,6 +599,16 @@ fn same_slot(a: &Slot, b: &Slot) -> bool {
         (Err(a), Err(b)) => Arc::ptr_eq(a, b),
         _ => false,
     }
+}
+
+/// The first half of a destination's cache keys: its name, its `constraints` and what its
+/// exchanges send (`exchange`, each field as text). Two destinations never share a key, whatever
+/// their audiences.
+pub fn destination_key(name: &str, constraints: &Constraints, exchange: &[&str]) -> Key {
+    let [depth, lifetime] = constraints.fields();
+    let mut fields = vec!["destination", name, &depth, &lifetime];
+    fields.extend_from_slice(exchange);
+    params_digest(&fields)
 }
 
 /// Digest of the parameters that, with the subject token, identify an exchange. Each field is
@@ -772,7 +850,7 @@ mod tests {
             for i in 0..3 * max {
                 let key = digest(&format!("user {i}"));
                 cache
-                    .get_or_exchange(key, async { Ok(kept_for(60)) })
+                    .get_or_exchange(key, &Constraints::default(), async { Ok(kept_for(60)) })
                     .await
                     .expect("exchange");
                 assert!(
@@ -798,7 +876,7 @@ mod tests {
             let (cache, calls) = (cache.clone(), calls.clone());
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_exchange([7; 32], async {
+                    .get_or_exchange([7; 32], &Constraints::default(), async {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         Ok::<_, Denial>(kept_for(570))
@@ -814,7 +892,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(statuses.iter().filter(|s| **s == CacheStatus::Miss).count(), 1);
         let (_, again) = cache
-            .get_or_exchange([7; 32], async { Err(down("must not run")) })
+            .get_or_exchange([7; 32], &Constraints::default(), async { Err(down("must not run")) })
             .await
             .expect("hit");
         assert_eq!(again, CacheStatus::Hit);
@@ -829,7 +907,7 @@ mod tests {
                 let (cache, calls) = (cache.clone(), calls.clone());
                 tokio::spawn(async move {
                     cache
-                        .get_or_exchange([9; 32], async {
+                        .get_or_exchange([9; 32], &Constraints::default(), async {
                             calls.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             Err(down("down"))
@@ -881,14 +959,16 @@ mod tests {
         // By whole seconds of the wall clock: the first, kept 3 s, is gone within (2 s, 3 s]; the
         // one that replaces it 1 s later, kept 5 s, stays until past 5 s from the start.
         cache
-            .get_or_exchange([3; 32], async { Ok(kept_for(3)) })
+            .get_or_exchange([3; 32], &Constraints::default(), async { Ok(kept_for(3)) })
             .await
             .expect("exchange");
         tokio::time::sleep(Duration::from_millis(1000)).await;
         cache.replace([3; 32], kept_for(5));
         tokio::time::sleep(Duration::from_millis(2050)).await;
         let (_, status) = cache
-            .get_or_exchange([3; 32], async { Err(down("must not exchange")) })
+            .get_or_exchange([3; 32], &Constraints::default(), async {
+                Err(down("must not exchange"))
+            })
             .await
             .expect("the refreshed token is served");
         assert_eq!(status, CacheStatus::Hit);
@@ -897,14 +977,22 @@ mod tests {
     #[tokio::test]
     async fn errors_are_not_cached_and_expired_entries_are_not_served() {
         let cache = TokenCache::new(100, Duration::ZERO);
-        let err = cache.get_or_exchange([1; 32], async { Err(down("down")) }).await;
+        let err = cache
+            .get_or_exchange([1; 32], &Constraints::default(), async { Err(down("down")) })
+            .await;
         assert_eq!(err.map(|_| ()).map_err(|e| e.description.clone()), Err("down".into()));
         let short = || async { Ok::<_, Denial>(kept_for(1)) };
-        let (_, first) = cache.get_or_exchange([1; 32], short()).await.expect("exchange");
+        let (_, first) = cache
+            .get_or_exchange([1; 32], &Constraints::default(), short())
+            .await
+            .expect("exchange");
         assert_eq!(first, CacheStatus::Miss);
         // A ttl of 1 s: gone after it, so the next call exchanges again.
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let (_, second) = cache.get_or_exchange([1; 32], short()).await.expect("exchange");
+        let (_, second) = cache
+            .get_or_exchange([1; 32], &Constraints::default(), short())
+            .await
+            .expect("exchange");
         assert_eq!(second, CacheStatus::Miss);
         let zero = || async {
             let lifetimes = Lifetimes {
@@ -913,12 +1001,219 @@ mod tests {
             };
             Ok::<_, Denial>(Arc::new(issued_at(unix_now(), lifetimes, 30)))
         };
-        cache.get_or_exchange([2; 32], zero()).await.expect("exchange");
-        let (_, again) = cache.get_or_exchange([2; 32], zero()).await.expect("exchange");
+        cache
+            .get_or_exchange([2; 32], &Constraints::default(), zero())
+            .await
+            .expect("exchange");
+        let (_, again) = cache
+            .get_or_exchange([2; 32], &Constraints::default(), zero())
+            .await
+            .expect("exchange");
         assert_eq!(
             again,
             CacheStatus::Miss,
             "a token shorter than the margin is never served from the cache"
+        );
+    }
+
+    // === Issue 12 section 4: no destination is served a token that breaks its constraints ===
+
+    /// A destination of the property test: an audience shared with others, and its limits.
+    #[derive(Clone, Debug)]
+    struct Dest {
+        audience: &'static str,
+        constraints: Constraints,
+    }
+
+    /// Which layer keeps tokens where they belong in a run.
+    #[derive(Clone, Copy, Debug)]
+    enum Layers {
+        /// What Baton does: the key covers the destination, and each hit is checked.
+        Both,
+        /// Keys by audience only (as before issue 12), the check on each hit alone.
+        CheckOnly,
+        /// The key alone, no check on a hit.
+        KeyOnly,
+    }
+
+    /// One step: a request by a user for a destination (a miss exchanges now, a token `depth`
+    /// deep), or, with `earlier`, what that destination's exchange (or refresh ahead) `age` seconds
+    /// ago left in the cache: the clock moves only through the entries' ages.
+    #[derive(Clone, Debug)]
+    struct Step {
+        dest: usize,
+        user: usize,
+        age: u64,
+        depth: usize,
+        earlier: bool,
+    }
+
+    fn dest_strategy() -> impl proptest::strategy::Strategy<Value = Dest> {
+        use proptest::prelude::*;
+        (
+            prop::sample::select(vec!["https://a.example", "https://b.example"]),
+            prop::option::of(0usize..3),
+            prop::option::of(1u64..8),
+        )
+            .prop_map(|(audience, max_delegation_depth, max_token_lifetime)| Dest {
+                audience,
+                constraints: Constraints {
+                    max_delegation_depth,
+                    max_token_lifetime,
+                },
+            })
+    }
+
+    fn step_strategy(dests: usize) -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        (0..dests, 0usize..2, 0u64..10, 0usize..4, prop::bool::weighted(0.2)).prop_map(
+            |(dest, user, age, depth, earlier)| Step {
+                dest,
+                user,
+                age,
+                depth,
+                earlier,
+            },
+        )
+    }
+
+    /// What the exchange for `dest` does (as `Authz::exchange`): a token deeper than the
+    /// destination allows is refused, and its stay is capped by `max_token_lifetime`.
+    fn exchanged(dest: &Dest, step: &Step, age: u64) -> Result<Arc<Delegated>, Denial> {
+        if dest
+            .constraints
+            .max_delegation_depth
+            .is_some_and(|max| step.depth > max)
+        {
+            return Err(Denial::new(crate::reason::Reason::DelegationTooDeep, "too deep"));
+        }
+        let lifetimes = Lifetimes {
+            expires_in: Some(300),
+            max: dest.constraints.max_token_lifetime,
+            ..Default::default()
+        };
+        let token = issued_at(unix_now() - age, lifetimes, 0).with_actors(vec!["svc".into(); step.depth]);
+        Ok(Arc::new(token))
+    }
+
+    /// The rule, written out on its own (not `Constraints::permits`): the chain no longer than
+    /// the destination's depth, the token younger than its lifetime.
+    fn meets(dest: &Dest, token: &Delegated, now: u64) -> bool {
+        let c = dest.constraints;
+        c.max_delegation_depth.is_none_or(|max| token.actors().len() <= max)
+            && c.max_token_lifetime.is_none_or(|max| now - token.issued_at() < max)
+    }
+
+    async fn run(dests: &[Dest], steps: &[Step], layers: Layers) -> Result<(), String> {
+        let cache = TokenCache::new(1000, Duration::ZERO);
+        for step in steps {
+            let dest = &dests[step.dest];
+            let params = match layers {
+                Layers::CheckOnly => params_digest(&[dest.audience]),
+                Layers::Both | Layers::KeyOnly => {
+                    destination_key(&format!("dest-{}", step.dest), &dest.constraints, &[dest.audience])
+                }
+            };
+            let key = key(&params, "", &digest(&format!("user-{}", step.user)));
+            let constraints = match layers {
+                Layers::KeyOnly => Constraints::default(),
+                Layers::Both | Layers::CheckOnly => dest.constraints,
+            };
+            if step.earlier {
+                if let Ok(earlier) = exchanged(dest, step, step.age) {
+                    cache.replace(key, earlier);
+                }
+                continue;
+            }
+            // Judged as of before the request: a served token was servable then or later.
+            let now = unix_now();
+            if let Ok((token, status)) = cache
+                .get_or_exchange(key, &constraints, async { exchanged(dest, step, 0) })
+                .await
+                && !meets(dest, &token, now)
+            {
+                return Err(format!(
+                    "{step:?} ({status:?}) served a token of depth {} issued at {} to {dest:?}",
+                    token.actors().len(),
+                    token.issued_at()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Random destinations sharing audiences with different limits, random request orders:
+        /// with the key and the check on each hit, and with either layer alone, no destination is
+        /// ever served a token that breaks its constraints.
+        #[test]
+        fn no_destination_is_served_a_token_that_breaks_its_constraints(
+            (dests, steps) in proptest::collection::vec(dest_strategy(), 2..6)
+                .prop_flat_map(|dests| {
+                    let n = dests.len();
+                    (proptest::strategy::Just(dests), proptest::collection::vec(step_strategy(n), 1..40))
+                })
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+            for layers in [Layers::Both, Layers::CheckOnly, Layers::KeyOnly] {
+                let outcome = runtime.block_on(run(&dests, &steps, layers));
+                if let Err(wrong) = outcome {
+                    proptest::prop_assert!(false, "{layers:?}: {wrong}");
+                }
+            }
+        }
+    }
+
+    /// The property test's premise: with keys by audience and no check, as before issue 12, a
+    /// destination is served another's token (so the property can fail).
+    #[tokio::test]
+    async fn without_either_layer_a_shared_audience_leaks_limits() {
+        let dests = [
+            Dest {
+                audience: "https://a.example",
+                constraints: Constraints::default(),
+            },
+            Dest {
+                audience: "https://a.example",
+                constraints: Constraints {
+                    max_delegation_depth: Some(0),
+                    max_token_lifetime: Some(3),
+                },
+            },
+        ];
+        let cache = TokenCache::new(100, Duration::ZERO);
+        let key = key(&params_digest(&["https://a.example"]), "", &digest("user"));
+        let step = Step {
+            dest: 0,
+            user: 0,
+            age: 5,
+            depth: 1,
+            earlier: true,
+        };
+        // a's token, exchanged 5 s ago.
+        cache.replace(key, exchanged(&dests[0], &step, step.age).expect("a"));
+        let (served, status) = cache
+            .get_or_exchange(key, &Constraints::default(), async { exchanged(&dests[1], &step, 0) })
+            .await
+            .expect("b");
+        assert_eq!(status, CacheStatus::Hit);
+        assert!(
+            !meets(&dests[1], &served, unix_now()),
+            "the unguarded cache hands b a's token"
+        );
+        let (served, _) = cache
+            .get_or_exchange(key, &dests[1].constraints, async {
+                exchanged(&dests[1], &Step { depth: 0, ..step }, 0)
+            })
+            .await
+            .expect("b, checked");
+        assert!(
+            meets(&dests[1], &served, unix_now()),
+            "checked on the hit: exchanged again"
         );
     }
 }

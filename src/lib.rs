@@ -2,7 +2,7 @@
 //! scoped to each outbound destination (OAuth 2.0 Token Exchange, RFC 8693).
 //!
 //! The data path, one module a step: [`extract`] -> [`route`] -> [`authz`] (the decision) ->
-//! [`cache`] / [`exchange`] (behind a [`breaker`]) -> [`respond`]. [`server`] serves it (ext_authz, and [`ext_proc`]); [`app`]
+//! [`cache`] / [`exchange`] (behind a [`breaker`]; the answer held to what was asked by [`issued`]) -> [`respond`]. [`server`] serves it (ext_authz, and [`ext_proc`]); [`app`]
 //! builds it from [`config`]; [`envoy_config`] writes the Envoy configuration that points at it;
 //! [`telemetry`] reports each decision (traces, metrics, audit log).
 
@@ -20,6 +20,7 @@ pub mod exchange;
 pub mod ext_proc;
 pub mod extract;
 pub mod inject;
+pub mod issued;
 pub mod jwt;
 pub mod policy;
 pub mod reason;

@@ -28,6 +28,9 @@ pub enum Reason {
     SubjectTokenNotYetValid,
     SubjectTokenAudienceMismatch,
     SubjectTokenOpaque,
+    /// The subject token's JOSE header lists in `crit` a parameter Baton does not understand
+    /// (RFC 7515 section 4.1.11).
+    SubjectTokenCritUnsupported,
     /// Introspection (RFC 7662) says the token is not active.
     SubjectTokenInactive,
     /// No signing keys of the issuer could be fetched yet.
@@ -76,6 +79,20 @@ pub enum Reason {
     TokenServiceCircuitOpen,
     /// The workload's own (actor) token could not be read or obtained.
     ActorTokenUnavailable,
+    // The token service issued a token Baton will not use (503): the token service misbehaves, the
+    // caller did nothing wrong. Never cached, never remembered as a refusal.
+    /// The issued token is the subject token (or the actor token) itself.
+    IssuedTokenIsSubjectToken,
+    /// The issued JWT's `aud` does not name the audience or resource asked for.
+    IssuedTokenAudienceMismatch,
+    /// The issued JWT's `exp` has passed.
+    IssuedTokenExpired,
+    /// Baton sent an actor token, and the issued JWT's `act` does not name that actor.
+    IssuedTokenActorMissing,
+    /// More scope was granted than Baton asked for.
+    IssuedTokenScopeExceeded,
+    /// The issued JWT breaks a JWT rule (`crit`, a time that is not a NumericDate).
+    IssuedTokenMalformed,
 }
 
 /// The class of a reason, which fixes the HTTP status and the gRPC code of the reply.
@@ -106,6 +123,7 @@ impl Reason {
             Self::SubjectTokenNotYetValid => "subject_token_not_yet_valid",
             Self::SubjectTokenAudienceMismatch => "subject_token_audience_mismatch",
             Self::SubjectTokenOpaque => "subject_token_opaque",
+            Self::SubjectTokenCritUnsupported => "subject_token_crit_unsupported",
             Self::SubjectTokenInactive => "subject_token_inactive",
             Self::IssuerKeysUnavailable => "issuer_keys_unavailable",
             Self::CallerUnauthenticated => "caller_unauthenticated",
@@ -134,6 +152,12 @@ impl Reason {
             Self::TokenServiceClientRejected => "token_service_client_rejected",
             Self::TokenServiceBadResponse => "token_service_bad_response",
             Self::TokenServiceCircuitOpen => "token_service_circuit_open",
+            Self::IssuedTokenIsSubjectToken => "issued_token_is_subject_token",
+            Self::IssuedTokenAudienceMismatch => "issued_token_audience_mismatch",
+            Self::IssuedTokenExpired => "issued_token_expired",
+            Self::IssuedTokenActorMissing => "issued_token_actor_missing",
+            Self::IssuedTokenScopeExceeded => "issued_token_scope_exceeded",
+            Self::IssuedTokenMalformed => "issued_token_malformed",
         }
     }
 
@@ -165,6 +189,7 @@ impl Reason {
             | Self::SubjectTokenNotYetValid
             | Self::SubjectTokenAudienceMismatch
             | Self::SubjectTokenOpaque
+            | Self::SubjectTokenCritUnsupported
             | Self::SubjectTokenInactive
             | Self::IssuerKeysUnavailable
             | Self::CallerUnauthenticated
@@ -192,7 +217,13 @@ impl Reason {
             | Self::TokenServiceClientRejected
             | Self::TokenServiceBadResponse
             | Self::TokenServiceCircuitOpen
-            | Self::ActorTokenUnavailable => Class::Unavailable,
+            | Self::ActorTokenUnavailable
+            | Self::IssuedTokenIsSubjectToken
+            | Self::IssuedTokenAudienceMismatch
+            | Self::IssuedTokenExpired
+            | Self::IssuedTokenActorMissing
+            | Self::IssuedTokenScopeExceeded
+            | Self::IssuedTokenMalformed => Class::Unavailable,
         }
     }
 }

@@ -151,7 +151,15 @@ impl Introspection {
             ));
         }
         let now = unix_now() as i64;
-        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now + 60);
+        let exp = match claims.get("exp") {
+            None => now + 60,
+            Some(exp) => crate::jwt::expiry(exp).map_err(|_| {
+                Denial::new(
+                    Reason::SubjectTokenMalformed,
+                    "the introspection answer's exp is not a NumericDate",
+                )
+            })?,
+        };
         if exp <= now {
             return Err(Denial::new(
                 Reason::SubjectTokenExpired,
@@ -422,7 +430,22 @@ impl Verifier {
                 "the subject token is not signed (alg none)",
             ));
         }
-        let issuer_name = crate::jwt::unverified_issuer(token)
+        // jsonwebtoken ignores `crit` and reads a fractional or absurd `exp` its own way: both are
+        // judged here first, by the rules every JWT reader in Baton shares.
+        crate::jwt::check_crit(&header.all).map_err(subject_jwt_error)?;
+        let unverified = match crate::jwt::Unverified::parse(token) {
+            Ok(Some(claims)) => claims,
+            Ok(None) => {
+                return Err(Denial::new(
+                    Reason::SubjectTokenMalformed,
+                    "the subject token's claims are not JSON",
+                ));
+            }
+            Err(e) => return Err(subject_jwt_error(e)),
+        };
+        let issuer_name = unverified
+            .issuer()
+            .map(str::to_owned)
             .ok_or_else(|| Denial::new(Reason::SubjectTokenMalformed, "the subject token has no issuer"))?;
         let issuer = self.issuers.get(&issuer_name).ok_or_else(|| {
             Denial::new(
@@ -448,10 +471,11 @@ impl Verifier {
     }
 }
 
-#[derive(Deserialize)]
+/// A JOSE header: what Baton reads from it, and all of it (for `crit`).
 struct Header {
     alg: String,
     kid: Option<String>,
+    all: Map<String, Value>,
 }
 
 /// The JOSE header of a compact JWS, if `token` is one. (jsonwebtoken's own parser refuses
@@ -466,7 +490,42 @@ fn jwt_header(token: &str) -> Option<Header> {
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
         .ok()?;
-    serde_json::from_slice(&json).ok()
+    let Value::Object(all) = serde_json::from_slice(&json).ok()? else {
+        return None;
+    };
+    let alg = all.get("alg")?.as_str()?.to_owned();
+    let kid = match all.get("kid") {
+        None | Some(Value::Null) => None,
+        Some(kid) => Some(kid.as_str()?.to_owned()),
+    };
+    Some(Header { alg, kid, all })
+}
+
+/// A subject token that breaks a JWT rule of `crate::jwt`.
+pub(crate) fn subject_jwt_error(e: crate::jwt::JwtError) -> Denial {
+    use crate::jwt::JwtError;
+    match e {
+        JwtError::CritUnsupported => Denial::new(
+            Reason::SubjectTokenCritUnsupported,
+            "the subject token marks a header parameter Baton does not understand as critical",
+        ),
+        JwtError::CritMalformed => Denial::new(
+            Reason::SubjectTokenMalformed,
+            "the subject token's crit header is not a non-empty list of names",
+        ),
+        JwtError::NotAnObject => Denial::new(
+            Reason::SubjectTokenMalformed,
+            "the subject token's header or claims are not a JSON object",
+        ),
+        JwtError::TooLarge => Denial::new(
+            Reason::SubjectTokenMalformed,
+            "the subject token's claims are larger than Baton reads",
+        ),
+        JwtError::BadNumericDate(_) => Denial::new(
+            Reason::SubjectTokenMalformed,
+            "the subject token's exp, nbf or iat is not a NumericDate",
+        ),
+    }
 }
 
 impl Issuer {
@@ -496,7 +555,8 @@ impl Issuer {
         for key in keys.candidates(kid, alg) {
             match decode(token, key, alg, &self.config) {
                 Ok(claims) => {
-                    let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+                    // Required, and already checked to be a NumericDate (`jwt::Unverified::parse`).
+                    let exp = claims.get("exp").and_then(|e| crate::jwt::expiry(e).ok()).unwrap_or(0);
                     return Ok(Subject {
                         claims,
                         issuer: self.config.issuer.clone(),
@@ -636,6 +696,7 @@ fn decode(token: &str, key: &DecodingKey, alg: Algorithm, config: &IssuerConfig)
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::config::Config;
 
     #[test]
@@ -646,6 +707,83 @@ mod tests {
         let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
         for expected in ["trusted_issuers[0].jwks_refresh", "trusted_issuers[0].jwks_min_refetch"] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+    }
+
+    /// What jsonwebtoken does on its own with the JWT forms of issue 12 section 6, beside Baton's
+    /// rules (`jwt::Unverified::parse`, run before it): it ignores `crit`, accepts an `exp` past
+    /// `i64` and never looks at `iat`, so Baton's own reader must refuse those; a fractional `exp`
+    /// it accepts (rounded), and so does Baton (cut to the whole second).
+    #[test]
+    fn baton_s_jwt_rules_cover_what_jsonwebtoken_lets_through() {
+        use crate::jwt::{JwtError, Unverified};
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+
+        let pair = rcgen::KeyPair::generate().expect("a P-256 key");
+        let signing = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).expect("signing key");
+        let verifying = DecodingKey::from_ec_pem(pair.public_key_pem().as_bytes()).expect("public key");
+        let config = IssuerConfig {
+            issuer: "https://idp.example".into(),
+            jwks_uri: None,
+            audiences: vec!["me".into()],
+            algorithms: vec![Algorithm::ES256],
+            leeway: Duration::from_secs(5),
+            refresh: Duration::from_secs(300),
+            min_refetch: Duration::from_secs(10),
+        };
+        let sign = |header: &str, claims: &str| {
+            let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
+            let signature = jsonwebtoken::crypto::sign(input.as_bytes(), &signing, Algorithm::ES256).expect("sign");
+            format!("{input}.{signature}")
+        };
+        let now = unix_now();
+        let claims = |exp: &str, more: &str| format!(r#"{{"iss":"https://idp.example","aud":"me","exp":{exp}{more}}}"#);
+        let plain = r#"{"alg":"ES256"}"#;
+        let future = (now + 600).to_string();
+        /// (header, claims, jsonwebtoken accepts it, what Baton's reader says of `exp`).
+        type Row<'a> = (&'a str, String, bool, Result<Option<i64>, JwtError>);
+        let rows: [Row<'_>; 6] = [
+            (plain, claims(&future, ""), true, Ok(Some(now as i64 + 600))),
+            (
+                r#"{"alg":"ES256","crit":["x"],"x":1}"#,
+                claims(&future, ""),
+                true,
+                Err(JwtError::CritUnsupported),
+            ),
+            (
+                plain,
+                claims(&format!("{future}.9"), ""),
+                true,
+                Ok(Some(now as i64 + 600)),
+            ),
+            (
+                plain,
+                claims("10000000000000000000", ""),
+                true,
+                Err(JwtError::BadNumericDate("exp")),
+            ),
+            (
+                plain,
+                claims(&future, r#","iat":"yesterday""#),
+                true,
+                Err(JwtError::BadNumericDate("iat")),
+            ),
+            (plain, claims("1e300", ""), false, Err(JwtError::BadNumericDate("exp"))),
+        ];
+        for (header, claims, library_accepts, baton) in rows {
+            let token = sign(header, &claims);
+            assert_eq!(
+                decode(&token, &verifying, Algorithm::ES256, &config).is_ok(),
+                library_accepts,
+                "jsonwebtoken on {header} {claims}"
+            );
+            assert_eq!(
+                Unverified::parse(&token).map(|u| u.and_then(|u| u.exp())),
+                baton,
+                "Baton on {header} {claims}"
+            );
         }
     }
 }

@@ -248,7 +248,7 @@ async fn token_service_answers_wrongly_under_load() {
         ..Default::default()
     };
     let bad_response: &'static [&'static str] = &["token_service_bad_response", CIRCUIT_OPEN];
-    let rows: [(&str, PeerOptions, Outcome); 10] = [
+    let rows: [(&str, PeerOptions, Outcome); 13] = [
         (
             "500",
             status(500),
@@ -288,6 +288,23 @@ async fn token_service_answers_wrongly_under_load() {
             "expires_in negative",
             answer("expires_in_negative"),
             Outcome::Serves { cached: false },
+        ),
+        // A token Baton must not use (issue 12 section 5): refused every time, under concurrent
+        // misses too, never cached; the service answered, so its breaker stays closed.
+        (
+            "with the subject token",
+            answer("subject_token"),
+            Outcome::Fails(&["issued_token_is_subject_token"]),
+        ),
+        (
+            "with a token for another audience",
+            answer("wrong_audience"),
+            Outcome::Fails(&["issued_token_audience_mismatch"]),
+        ),
+        (
+            "with an expired token",
+            answer("expired"),
+            Outcome::Fails(&["issued_token_expired"]),
         ),
     ];
     let pool = 4;

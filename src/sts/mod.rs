@@ -86,6 +86,58 @@ pub enum AnswerFault {
     ExpiresInNegative,
     /// `expires_in: 10^12`.
     ExpiresInHuge,
+    // Tokens a misbehaving token service issues (issue 12 section 5); a client must refuse them.
+    /// The subject token itself, as if it were the issued one.
+    SubjectToken,
+    /// The subject token with `=` padding appended: the same token to a destination.
+    SubjectTokenPadded,
+    /// `aud` names another audience than the one asked for.
+    WrongAudience,
+    /// `aud` names the audience asked for and another one.
+    ExtraAudience,
+    /// No `aud` at all.
+    NoAudience,
+    /// An actor token was presented, yet no `act`: the user impersonated instead of delegated.
+    NoAct,
+    /// `act` names someone other than the actor token's subject.
+    OtherActor,
+    /// The answer's `scope` grants one more scope than asked.
+    ExtraScope,
+    /// No `scope` in the answer, and the token's `scope` claim grants one more than asked.
+    ExtraScopeClaim,
+    /// `exp` a minute ago (while `expires_in` still says 300).
+    Expired,
+    /// `exp` as a string.
+    ExpString,
+    /// A JOSE header with `crit: ["x-baton-test"]`, an extension nobody understands.
+    CritHeader,
+    /// A fractional `exp` (RFC 7519 allows it): a correct answer, which must be used.
+    FractionalExp,
+    /// `aud` twice in the claims, another audience first (parsers differ on which one counts).
+    DuplicateAudience,
+    /// Claims that only a lenient parser reads (`"exp": NaN`), signed.
+    LenientJson,
+}
+
+impl AnswerFault {
+    /// Spoil the claims of an exchanged token as this fault says; `asked` is the audience asked for.
+    fn spoil_claims(self, claims: &mut Value, asked: &str, now: u64) {
+        match self {
+            Self::WrongAudience => claims["aud"] = json!("https://wrong.example"),
+            Self::ExtraAudience => claims["aud"] = json!([asked, "https://other.example"]),
+            Self::NoAudience => drop(claims.as_object_mut().and_then(|c| c.remove("aud"))),
+            Self::NoAct => drop(claims.as_object_mut().and_then(|c| c.remove("act"))),
+            Self::OtherActor => claims["act"] = json!({ "sub": "someone-else" }),
+            Self::ExtraScopeClaim => {
+                let scope = claims["scope"].as_str().unwrap_or_default().to_owned();
+                claims["scope"] = json!(format!("{scope} admin").trim());
+            }
+            Self::Expired => claims["exp"] = json!(now - 60),
+            Self::ExpString => claims["exp"] = json!((now + 300).to_string()),
+            Self::FractionalExp => claims["exp"] = json!(now as f64 + 300.5),
+            _ => {}
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -375,6 +427,8 @@ async fn answer_wrongly(response: Response, fault: AnswerFault) -> Response {
         AnswerFault::ExpiresInZero => Some(json!(0)),
         AnswerFault::ExpiresInNegative => Some(json!(-60)),
         AnswerFault::ExpiresInHuge => Some(json!(1_000_000_000_000u64)),
+        // The token itself was spoilt when it was issued (`AnswerFault::spoil_claims`).
+        _ => return response,
     };
     let Ok(bytes) = axum::body::to_bytes(response.into_body(), 64 * 1024).await else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -529,6 +583,9 @@ fn exchange(sts: &Sts, client_id: &str, client: &Client, params: &[(String, Stri
             chain["act"] = prior.clone();
         }
         act = Some(chain);
+    } else if let Some(prior) = subject.get("act") {
+        // An exchange without a new actor keeps the delegation chain it was given.
+        act = Some(prior.clone());
     }
 
     let now = unix_now();
@@ -551,10 +608,35 @@ fn exchange(sts: &Sts, client_id: &str, client: &Client, params: &[(String, Stri
     if let Some(act) = act {
         claims["act"] = act;
     }
-    let token = sts
-        .sign(&claims)
-        .map_err(|_| oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot sign"))?;
+    let fault = sts.fault_answer;
+    if let Some(fault) = fault {
+        fault.spoil_claims(&mut claims, audience, now);
+    }
+    let crit = fault == Some(AnswerFault::CritHeader);
+    let raw = |claims: String| {
+        sts.sign_text(&claims)
+            .map_err(|_| oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot sign"))
+    };
+    let token = match fault {
+        Some(AnswerFault::SubjectToken) => subject_token.to_owned(),
+        Some(AnswerFault::SubjectTokenPadded) => format!("{subject_token}="),
+        Some(AnswerFault::DuplicateAudience) => raw(format!(
+            r#"{{"aud":"https://wrong.example",{}"#,
+            &claims.to_string()[1..]
+        ))?,
+        Some(AnswerFault::LenientJson) => raw(format!(r#"{{"nbf":NaN,{}"#, &claims.to_string()[1..]))?,
+        _ => sts
+            .sign_with(&claims, crit)
+            .map_err(|_| oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot sign"))?,
+    };
     tracing::info!(client = client_id, audience, issued = %crate::secret::fingerprint(&token), "token exchanged");
+    let scope = match (fault, scope) {
+        (Some(AnswerFault::ExtraScope), scope) => {
+            Some(format!("{} admin", scope.unwrap_or_default()).trim().to_owned())
+        }
+        (Some(AnswerFault::ExtraScopeClaim), _) => None,
+        (_, scope) => scope,
+    };
     Ok(token_response(
         &token,
         issued_type,
@@ -718,9 +800,28 @@ async fn mint(State(sts): State<Arc<Sts>>, axum::Form(request): axum::Form<MintR
 
 impl Sts {
     fn sign(&self, claims: &Value) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign_with(claims, false)
+    }
+
+    /// Sign claims given as text, exactly as written (for faults no serializer would write).
+    fn sign_text(&self, claims: &str) -> Result<String, jsonwebtoken::errors::Error> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = json!({"alg": "ES256", "kid": self.key.kid, "typ": "at+jwt"}).to_string();
+        let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
+        let signature = jsonwebtoken::crypto::sign(input.as_bytes(), &self.key.encoding, Algorithm::ES256)?;
+        Ok(format!("{input}.{signature}"))
+    }
+
+    /// Sign `claims`; with `crit`, the header marks an extension nobody implements as critical
+    /// (the `crit_header` fault).
+    fn sign_with(&self, claims: &Value, crit: bool) -> Result<String, jsonwebtoken::errors::Error> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.key.kid.clone());
         header.typ = Some("at+jwt".into());
+        if crit {
+            header.crit = Some(vec!["x-baton-test".into()]);
+            header.extras.insert("x-baton-test", "1");
+        }
         jsonwebtoken::encode(&header, claims, &self.key.encoding)
     }
 

@@ -7,8 +7,9 @@
 //! One module a class: who may ask Baton (`listener`), which path and host a token is delegated for
 //! (`paths`, `hosts`), and what Baton does with the tokens it holds and receives (`tokens`).
 
-mod listener;
 #[path = "../support/mod.rs"]
 mod support;
 
 mod broker;
+mod listener;
+mod tokens;

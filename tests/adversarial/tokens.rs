@@ -1,0 +1,538 @@
+//! What Baton does with the tokens it holds and receives (issue 12 sections 4, 5, 6), through the
+//! real Envoy, ext_authz and ext_proc:
+//! - a misbehaving token service (`baton sts` fault modes): the issued token is the subject token,
+//!   names another audience, has expired, impersonates instead of delegating, grants more scope,
+//!   breaks a JWT rule. Each is a 503 with its own reason, and nothing is cached or remembered;
+//! - cached tokens: two destinations with one audience and different limits never share a token;
+//! - a hostile subject token: `crit` headers, and time claims of every odd form.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// One issuer for every `baton sts` here (with one signing key), so a user or actor token minted
+/// by one is valid at all of them.
+const ISSUER: &str = "http://sts.adversarial.test";
+/// Baton's actor: the `sub` of the token in `actor.token_file`.
+const ACTOR: &str = "spiffe://cluster.local/ns/shop/sa/web";
+const APIS: [Api; 2] = [Api::ExtAuthz, Api::ExtProc];
+
+/// A `baton sts` with the shared issuer and key, answering wrongly as `answer` says.
+async fn sts(scratch: &Scratch, key: &Path, name: &'static str, answer: Option<&'static str>) -> TokenService {
+    let options = PeerOptions {
+        answer,
+        port: Some(free_port()),
+        issuer: Some(ISSUER.to_owned()),
+        signing_key_file: Some(key.to_path_buf()),
+        name: Some(name),
+        ..Default::default()
+    };
+    TokenService::start_with(Peer::BatonSts, scratch, options).await
+}
+
+/// A `token_services:` entry named `name` for `service`.
+fn token_service_entry(scratch: &Scratch, name: &str, service: &TokenService) -> String {
+    let body = basic_auth_to(scratch, &format!("token_endpoint: {}", service.token_endpoint));
+    let body: String = body.lines().map(|line| format!("  {line}\n")).collect();
+    format!("  {name}:\n{body}")
+}
+
+/// Rows of a misbehaving token service: (fault, what Envoy must answer: a status and a reason, or
+/// a delegated token).
+const FAULTS: &[(&str, u16, &str)] = &[
+    ("subject_token", 503, "issued_token_is_subject_token"),
+    ("subject_token_padded", 503, "issued_token_is_subject_token"),
+    ("wrong_audience", 503, "issued_token_audience_mismatch"),
+    ("extra_audience", 503, "issued_token_audience_mismatch"),
+    ("no_audience", 503, "issued_token_audience_mismatch"),
+    ("no_act", 503, "issued_token_actor_missing"),
+    ("other_actor", 503, "issued_token_actor_missing"),
+    ("extra_scope", 503, "issued_token_scope_exceeded"),
+    ("extra_scope_claim", 503, "issued_token_scope_exceeded"),
+    ("expired", 503, "issued_token_expired"),
+    ("exp_string", 503, "issued_token_malformed"),
+    ("crit_header", 503, "issued_token_malformed"),
+    ("duplicate_audience", 503, "issued_token_malformed"),
+    ("lenient_json", 503, "issued_token_malformed"),
+    // A correct answer in an unusual form (RFC 7519 allows a fractional NumericDate): used.
+    ("fractional_exp", 200, ""),
+];
+
+fn host_of(fault: &str) -> String {
+    format!("{}.faults.example", fault.replace('_', "-"))
+}
+
+fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("JSON claims")
+}
+
+/// A misbehaving token service never gets its token to the destination, and its refusal is not
+/// kept: the same request asks it again (so a fixed token service is used at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_token_service_never_gets_its_token_through() {
+    let scratch = Scratch::new("adversarial-tokens-faults");
+    let key = sts_signing_key(&scratch, "shared");
+    let good = sts(&scratch, &key, "good", None).await;
+    let mut faulty = Vec::new();
+    for (fault, _, _) in FAULTS {
+        faulty.push(sts(&scratch, &key, fault, Some(fault)).await);
+    }
+    let actor = good.mint_with(&[("sub", ACTOR)]).await;
+    leaks::secret(&actor);
+    let actor_file = scratch.write("actor.jwt", &actor);
+
+    let mut yaml = format!("actor:\n  token_file: {}\ntoken_services:\n", actor_file.display());
+    yaml.push_str(&token_service_entry(&scratch, "default", &good));
+    for ((fault, _, _), service) in FAULTS.iter().zip(&faulty) {
+        yaml.push_str(&token_service_entry(&scratch, &format!("f-{fault}"), service));
+    }
+    yaml.push_str("cache:\n  max_entries: 1000\n  expiry_margin: 30s\n  negative_ttl: 60s\ndestinations:\n");
+    yaml.push_str(&format!(
+        "  - name: fine\n    hosts: [fine.example]\n    audience: {ORDERS}\n    scopes: [orders.read]\n"
+    ));
+    for (fault, _, _) in FAULTS {
+        yaml.push_str(&format!(
+            "  - name: f-{fault}\n    hosts: [{}]\n    audience: {ORDERS}\n    scopes: [orders.read]\n    token_service: f-{fault}\n",
+            host_of(fault)
+        ));
+    }
+    let baton = Baton::start_raw(&scratch, &yaml, "baton=debug,info").await;
+    let upstream = Upstream::start().await;
+    let user = good.mint("alice", "orders.read orders.write").await;
+    let mut wrong = Vec::new();
+
+    for api in APIS {
+        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        // The control row: a token service that behaves gets its token through, with the act chain.
+        let reply = send(&envoy, "fine.example", "/control", Some(&bearer(&user))).await;
+        let claims = claims_of(reply.upstream_token());
+        assert_eq!(
+            (&claims["aud"], &claims["act"]["sub"]),
+            (&json!(ORDERS), &json!(ACTOR)),
+            "{api:?}"
+        );
+
+        for ((fault, status, reason), service) in FAULTS.iter().zip(&faulty) {
+            for attempt in 0..2 {
+                let before = service.exchanges().await;
+                let reply = send(&envoy, &host_of(fault), "/tokens", Some(&bearer(&user))).await;
+                let row = format!("{api:?} {fault} (attempt {attempt})");
+                if reply.status != *status {
+                    wrong.push(format!("{row}: {} {}, not {status}", reply.status, reply.reason()));
+                    continue;
+                }
+                if *status == 200 {
+                    let token = reply.upstream_token();
+                    assert!(token != user, "{row}");
+                    assert_eq!(claims_of(token)["aud"], json!(ORDERS), "{row}");
+                    continue;
+                }
+                if reply.reason() != *reason {
+                    wrong.push(format!("{row}: {}, not {reason}", reply.reason()));
+                }
+                assert!(
+                    reply.body["authorization"].is_null(),
+                    "{row}: nothing reached the upstream"
+                );
+                let after = service.exchanges().await;
+                if after != before + 1 {
+                    wrong.push(format!(
+                        "{row}: {} exchanges, not 1: cached or remembered",
+                        after - before
+                    ));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "rows answered wrongly:\n{}", wrong.join("\n"));
+}
+
+/// Issue 12 section 4's examples: destinations with the same audience and different limits,
+/// `alias-a` (depth 1) and `alias-b` (depth 0); `alias-c` (3 s lifetime) and `alias-d` (none).
+async fn aliases(name: &str) -> (Scratch, TokenService, Baton, Upstream) {
+    let scratch = Scratch::new(name);
+    let key = sts_signing_key(&scratch, "shared");
+    let service = sts(&scratch, &key, "cache-sts", None).await;
+    let mut yaml = format!(
+        "token_services:\n{}",
+        token_service_entry(&scratch, "default", &service)
+    );
+    yaml.push_str(&format!(
+        r#"cache:
+  max_entries: 1000
+  expiry_margin: 30s
+destinations:
+  - name: alias-a
+    hosts: [alias-a.example]
+    audience: {ORDERS}
+    policy: {{max_delegation_depth: 1}}
+  - name: alias-b
+    hosts: [alias-b.example]
+    audience: {ORDERS}
+    policy: {{max_delegation_depth: 0}}
+  - name: alias-c
+    hosts: [alias-c.example]
+    audience: {BILLING}
+    policy: {{max_token_lifetime: 3s}}
+  - name: alias-d
+    hosts: [alias-d.example]
+    audience: {BILLING}
+"#
+    ));
+    let baton = Baton::start_raw(&scratch, &yaml, "baton=debug,info").await;
+    let upstream = Upstream::start().await;
+    (scratch, service, baton, upstream)
+}
+
+/// `alias-b` (depth 0) is never served the depth-1 token `alias-a` cached for the same user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_token_never_exceeds_the_asking_destination_s_depth() {
+    let (scratch, service, baton, upstream) = aliases("adversarial-tokens-depth").await;
+    for api in APIS {
+        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        // A user token that already carries a delegation (a gateway acted for the user): Baton does
+        // not verify it here, so only the issued token's chain shows the depth.
+        let claims = json!({"act": {"sub": "gateway"}}).to_string();
+        let sub = format!("carol-{api:?}");
+        let user = service
+            .mint_with(&[("sub", sub.as_str()), ("claims", claims.as_str())])
+            .await;
+        let deep = send(&envoy, "alias-a.example", "/a", Some(&bearer(&user))).await;
+        assert_eq!(
+            claims_of(deep.upstream_token())["act"]["sub"],
+            json!("gateway"),
+            "{api:?}"
+        );
+        for attempt in 0..2 {
+            let reply = send(&envoy, "alias-b.example", "/b", Some(&bearer(&user))).await;
+            assert_eq!(
+                (reply.status, reply.reason()),
+                (403, "delegation_too_deep"),
+                "{api:?} attempt {attempt}: alias-b was served alias-a's depth-1 token"
+            );
+        }
+    }
+}
+
+/// `alias-c` (3 s) is never served the token `alias-d` cached 4 s earlier for the same user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_token_never_outlives_the_asking_destination_s_lifetime() {
+    let (scratch, service, baton, upstream) = aliases("adversarial-tokens-lifetime").await;
+    for api in APIS {
+        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        let user = service.mint(&format!("dave-{api:?}"), "orders.read").await;
+        let long = send(&envoy, "alias-d.example", "/d", Some(&bearer(&user))).await;
+        let long_token = long.upstream_token().to_owned();
+        tokio::time::sleep(Duration::from_millis(4100)).await;
+        let before = service.exchanges().await;
+        let short = send(&envoy, "alias-c.example", "/c", Some(&bearer(&user))).await;
+        let short_token = short.upstream_token();
+        assert!(
+            short_token != long_token,
+            "{api:?}: alias-c (3 s) was served alias-d's token 4 s after its exchange"
+        );
+        let iat = claims_of(short_token)["iat"].as_u64().expect("iat");
+        assert!(
+            unix_now().saturating_sub(iat) <= 3,
+            "{api:?}: alias-c's token is too old"
+        );
+        assert_eq!(
+            service.exchanges().await,
+            before + 1,
+            "{api:?}: alias-c exchanged its own"
+        );
+        let again = send(&envoy, "alias-d.example", "/d", Some(&bearer(&user))).await;
+        assert!(
+            again.upstream_token() == long_token,
+            "{api:?}: alias-d keeps its cached token"
+        );
+    }
+}
+
+/// A subject token signed by the trusted issuer's key, with this JOSE header and these claims
+/// (JSON text, so that odd forms are sent exactly as written).
+fn signed(key: &Path, header: &str, claims: &str) -> String {
+    let pem = std::fs::read(key).expect("signing key");
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(&pem).expect("an EC key");
+    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
+    let signature = jsonwebtoken::crypto::sign(input.as_bytes(), &key, jsonwebtoken::Algorithm::ES256).expect("sign");
+    format!("{input}.{signature}")
+}
+
+/// A hostile subject token: RFC 7515 `crit`, and time claims of every odd form. A fractional
+/// NumericDate is valid and compared correctly; anything else is refused with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_subject_token_is_judged_by_the_jwt_rules() {
+    let scratch = Scratch::new("adversarial-tokens-subject");
+    let key = sts_signing_key(&scratch, "shared");
+    let service = sts(&scratch, &key, "subject-sts", None).await;
+    let mut yaml = format!(
+        "token_services:\n{}",
+        token_service_entry(&scratch, "default", &service)
+    );
+    yaml.push_str(&format!(
+        "trusted_issuers:\n  - issuer: {ISSUER}\n    jwks_uri: {}\n    audiences: [baton-sts]\n    leeway: 5s\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n",
+        service.jwks_uri
+    ));
+    let baton = Baton::start_raw(&scratch, &yaml, "baton=debug,info").await;
+    let upstream = Upstream::start().await;
+    let now = unix_now();
+    let header = r#"{"alg":"ES256","typ":"at+jwt"}"#;
+    let claims = |extra: &str| {
+        format!(
+            r#"{{"iss":"{ISSUER}","sub":"erin","aud":"baton-sts","iat":{now},"exp":{},{extra}"jti":"j"}}"#,
+            now + 600
+        )
+    };
+    let times =
+        |exp: &str, more: &str| format!(r#"{{"iss":"{ISSUER}","sub":"erin","aud":"baton-sts","exp":{exp}{more}}}"#);
+    let malformed = (401, "subject_token_malformed");
+    let crit = |value: &str| format!(r#"{{"alg":"ES256","crit":{value},"x-ext":1}}"#);
+    let rows: Vec<(&str, String, String, (u16, &str))> = vec![
+        ("control", header.into(), claims(""), (200, "")),
+        (
+            "crit names an extension",
+            crit(r#"["x-ext"]"#),
+            claims(""),
+            (401, "subject_token_crit_unsupported"),
+        ),
+        (
+            "crit names a registered claim",
+            crit(r#"["exp"]"#),
+            claims(""),
+            (401, "subject_token_crit_unsupported"),
+        ),
+        (
+            "crit names two",
+            crit(r#"["x-ext","b64"]"#),
+            claims(""),
+            (401, "subject_token_crit_unsupported"),
+        ),
+        ("crit empty", crit("[]"), claims(""), malformed),
+        ("crit a string", crit(r#""x-ext""#), claims(""), malformed),
+        ("crit null", crit("null"), claims(""), malformed),
+        ("crit numbers", crit("[1]"), claims(""), malformed),
+        (
+            "exp fractional, future",
+            header.into(),
+            times(&format!("{}.9", now + 600), ""),
+            (200, ""),
+        ),
+        (
+            "exp exponent form",
+            header.into(),
+            times(&format!("{}e0", now + 600), ""),
+            (200, ""),
+        ),
+        (
+            "exp fractional, past",
+            header.into(),
+            times(&format!("{}.5", now - 60), ""),
+            (401, "subject_token_expired"),
+        ),
+        (
+            "exp a string",
+            header.into(),
+            times(&format!("\"{}\"", now + 600), ""),
+            malformed,
+        ),
+        ("exp true", header.into(), times("true", ""), malformed),
+        ("exp null", header.into(), times("null", ""), malformed),
+        ("exp negative", header.into(), times("-1", ""), malformed),
+        ("exp 1e300", header.into(), times("1e300", ""), malformed),
+        (
+            "exp beyond i64",
+            header.into(),
+            times("9223372036854775808", ""),
+            malformed,
+        ),
+        (
+            "exp beyond u64",
+            header.into(),
+            times("18446744073709551616", ""),
+            malformed,
+        ),
+        (
+            "exp an array",
+            header.into(),
+            times(&format!("[{}]", now + 600), ""),
+            malformed,
+        ),
+        (
+            "nbf fractional, past",
+            header.into(),
+            times(&(now + 600).to_string(), &format!(r#","nbf":{}.5"#, now - 60)),
+            (200, ""),
+        ),
+        (
+            "nbf fractional, future",
+            header.into(),
+            times(&(now + 600).to_string(), &format!(r#","nbf":{}.5"#, now + 300)),
+            (401, "subject_token_not_yet_valid"),
+        ),
+        (
+            "nbf a string",
+            header.into(),
+            times(&(now + 600).to_string(), r#","nbf":"0""#),
+            malformed,
+        ),
+        (
+            "iat a string",
+            header.into(),
+            times(&(now + 600).to_string(), r#","iat":"yesterday""#),
+            malformed,
+        ),
+        (
+            "iat 1e300",
+            header.into(),
+            times(&(now + 600).to_string(), r#","iat":1e300"#),
+            malformed,
+        ),
+        (
+            "iat negative",
+            header.into(),
+            times(&(now + 600).to_string(), r#","iat":-5"#),
+            malformed,
+        ),
+        // Claims that parsers read differently: each must refuse, never pick one.
+        (
+            "exp twice, past then future",
+            header.into(),
+            times(&(now - 60).to_string(), &format!(r#","exp":{}"#, now + 600)),
+            malformed,
+        ),
+        (
+            "aud twice",
+            header.into(),
+            times(&(now + 600).to_string(), r#","aud":"someone-else""#),
+            malformed,
+        ),
+        (
+            "nbf NaN",
+            header.into(),
+            times(&(now + 600).to_string(), r#","nbf":NaN"#),
+            malformed,
+        ),
+        (
+            "claims an array",
+            header.into(),
+            format!(r#"[{}]"#, times(&(now + 600).to_string(), "")),
+            malformed,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for api in APIS {
+        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        for (name, header, claims, (status, reason)) in &rows {
+            let token = signed(&key, header, claims);
+            let reply = send(&envoy, "orders.example", "/subject", Some(&bearer(&token))).await;
+            let row = format!("{api:?} {name}");
+            if reply.status != *status {
+                wrong.push(format!(
+                    "{row}: {} {}, not {status} {reason}",
+                    reply.status,
+                    reply.reason()
+                ));
+            } else if *status == 200 {
+                assert_eq!(claims_of(reply.upstream_token())["sub"], json!("erin"), "{row}");
+            } else if reply.reason() != *reason {
+                wrong.push(format!("{row}: {}, not {reason}", reply.reason()));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "rows answered wrongly:\n{}", wrong.join("\n"));
+}
+
+/// Without `trusted_issuers` Baton does not verify the subject token, but it still reads its `exp`
+/// (to cap the cached token's life): a JWT that breaks the JWT rules is refused, never read as
+/// "no exp", and never sent to the token service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unverified_subject_token_is_still_held_to_the_jwt_rules() {
+    let (scratch, service, baton, upstream) = aliases("adversarial-tokens-unverified").await;
+    let unsigned = |header: &str, claims: &str| {
+        format!(
+            "{}.{}.c2lnbmF0dXJl",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        )
+    };
+    let now = unix_now();
+    let header = r#"{"alg":"ES256"}"#;
+    let malformed = "subject_token_malformed";
+    let rows = [
+        (
+            "crit",
+            r#"{"alg":"ES256","crit":["x-ext"],"x-ext":1}"#.to_owned(),
+            format!(r#"{{"sub":"f","exp":{}}}"#, now + 600),
+            "subject_token_crit_unsupported",
+        ),
+        (
+            "crit empty",
+            r#"{"alg":"ES256","crit":[]}"#.to_owned(),
+            format!(r#"{{"sub":"f","exp":{}}}"#, now + 600),
+            malformed,
+        ),
+        (
+            "exp a string",
+            header.to_owned(),
+            format!(r#"{{"sub":"f","exp":"{}"}}"#, now + 600),
+            malformed,
+        ),
+        (
+            "exp 1e300",
+            header.to_owned(),
+            r#"{"sub":"f","exp":1e300}"#.to_owned(),
+            malformed,
+        ),
+        (
+            "exp negative",
+            header.to_owned(),
+            r#"{"sub":"f","exp":-1}"#.to_owned(),
+            malformed,
+        ),
+        (
+            "exp true",
+            header.to_owned(),
+            r#"{"sub":"f","exp":true}"#.to_owned(),
+            malformed,
+        ),
+        (
+            "iat a string",
+            header.to_owned(),
+            format!(r#"{{"sub":"f","exp":{},"iat":"x"}}"#, now + 600),
+            malformed,
+        ),
+        (
+            "exp fractional, past",
+            header.to_owned(),
+            format!(r#"{{"sub":"f","exp":{}.9}}"#, now - 10),
+            "subject_token_expired",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for api in APIS {
+        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        for (name, header, claims, reason) in &rows {
+            let before = service.exchanges().await;
+            let token = unsigned(header, claims);
+            let reply = send(&envoy, "alias-d.example", "/unverified", Some(&bearer(&token))).await;
+            if (reply.status, reply.reason()) != (401, *reason) {
+                wrong.push(format!(
+                    "{api:?} {name}: {} {}, not 401 {reason}",
+                    reply.status,
+                    reply.reason()
+                ));
+            }
+            if service.exchanges().await != before {
+                wrong.push(format!("{api:?} {name}: sent to the token service"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "rows answered wrongly:\n{}", wrong.join("\n"));
+}
