@@ -32,8 +32,8 @@ pub enum PathError {
     Control,
     #[error("the path has a percent-encoded dot segment")]
     EncodedDotSegment,
-    #[error("the path has a segment some servers read as a dot segment (`..;x`, `...`, `.. `)")]
-    AmbiguousDotSegment,
+    #[error("the path has a segment some servers read as a dot segment or as empty (`..;x`, `...`, `.. `, `;x`)")]
+    AmbiguousSegment,
     #[error("the path has an empty segment before a `..`, which servers resolve differently")]
     EmptySegmentBeforeDotDot,
     #[error("the path has a double-encoded escape (%25 followed by hex)")]
@@ -92,8 +92,8 @@ pub fn path(target: &str) -> Result<String, PathError> {
                 }
             }
             text => {
-                if looks_like_a_dot_segment(text) {
-                    return Err(PathError::AmbiguousDotSegment);
+                if ambiguous_segment(text) {
+                    return Err(PathError::AmbiguousSegment);
                 }
                 out.push(segment.text);
             }
@@ -175,10 +175,11 @@ fn never_safe(b: u8) -> Result<(), PathError> {
     }
 }
 
-/// A segment that is not `.` or `..` but that some server reads as one: a dot segment with `;`
-/// parameters (Tomcat and Spring cut `;...` before resolving), or dots padded with more dots or
-/// spaces (Windows drops trailing dots and spaces).
-fn looks_like_a_dot_segment(text: &str) -> bool {
+/// A segment that is not `.`, `..` or empty but that some server reads as one: a dot segment with
+/// `;` parameters or parameters only (Tomcat and Spring cut `;...` before resolving, so
+/// `/items/;x/price` is their `/items/price`), or dots padded with more dots or spaces (Windows
+/// drops trailing dots and spaces).
+fn ambiguous_segment(text: &str) -> bool {
     // An encoded `;` too: a server that decodes before it cuts parameters reads `..%3B` as `..`.
     let before_parameters = text.split(';').next().unwrap_or(text);
     let before_parameters = before_parameters.split("%3B").next().unwrap_or(before_parameters);
@@ -186,8 +187,8 @@ fn looks_like_a_dot_segment(text: &str) -> bool {
     while let Some(r) = rest.strip_suffix("%20").or_else(|| rest.strip_suffix('.')) {
         rest = r;
     }
-    // `text` is not `.` or `..` itself: `path` handled those.
-    before_parameters.starts_with('.') && rest.is_empty()
+    // `text` is not `.`, `..` or empty itself: `path` handled those.
+    before_parameters.is_empty() || (before_parameters.starts_with('.') && rest.is_empty())
 }
 
 fn hex(b: &u8) -> Option<u8> {
@@ -390,12 +391,13 @@ mod tests {
             ("/a/..//b", "/b"),
             ("/%7Euser/%41%62c", "/~user/Abc"),
             ("/a%2db%5fc", "/a-b_c"),
-            ("/caf%c3%a9/%3b%3f", "/caf%C3%A9/%3B%3F"),
+            ("/caf%c3%a9/x%3b%3f", "/caf%C3%A9/x%3B%3F"),
             ("/café", "/caf%C3%A9"),
             ("/a b/{x}|", "/a%20b/%7Bx%7D%7C"),
             ("/100%25", "/100%25"),
             ("/orders;jsessionid=1/42", "/orders;jsessionid=1/42"),
             ("/admin;x/..", "/"),
+            ("/a/b;c=d", "/a/b;c=d"),
             ("/a%2eb", "/a.b"),
             ("/items/*/price", "/items/*/price"),
         ] {
@@ -424,14 +426,17 @@ mod tests {
             ("/orders/.%2e/admin", EncodedDotSegment),
             ("/orders/%2E./admin", EncodedDotSegment),
             ("/orders/%2e/admin", EncodedDotSegment),
-            ("/orders/..;/admin", AmbiguousDotSegment),
-            ("/orders/..;x=1/admin", AmbiguousDotSegment),
-            ("/orders/.;/admin", AmbiguousDotSegment),
-            ("/orders/.../admin", AmbiguousDotSegment),
-            ("/orders/..%20/admin", AmbiguousDotSegment),
-            ("/orders/.. /admin", AmbiguousDotSegment),
-            ("/orders/%2e%2e;x/admin", AmbiguousDotSegment),
-            ("/orders/..%3b/admin", AmbiguousDotSegment),
+            ("/orders/..;/admin", AmbiguousSegment),
+            ("/orders/..;x=1/admin", AmbiguousSegment),
+            ("/orders/.;/admin", AmbiguousSegment),
+            ("/orders/.../admin", AmbiguousSegment),
+            ("/orders/..%20/admin", AmbiguousSegment),
+            ("/orders/.. /admin", AmbiguousSegment),
+            ("/orders/%2e%2e;x/admin", AmbiguousSegment),
+            ("/orders/..%3b/admin", AmbiguousSegment),
+            ("/items/;x/price", AmbiguousSegment),
+            ("/items/%3Bx/price", AmbiguousSegment),
+            ("/;jsessionid=1", AmbiguousSegment),
             ("/orders//../admin", EmptySegmentBeforeDotDot),
             ("/orders/%252e%252e/admin", DoubleEncoded),
             ("/orders/%25%32%65", DoubleEncoded),

@@ -783,10 +783,16 @@ fn validate_destinations(
         }
         let mut lowered = Vec::with_capacity(d.hosts.len());
         for (j, host) in d.hosts.iter().enumerate() {
-            let host = host.to_ascii_lowercase();
-            if let Err(why) = crate::route::check_host_pattern(&host) {
-                errors.add(at(&format!("hosts[{j}]")), format!("`{host}` {why}"));
-            } else if !hosts.insert(host.clone()) {
+            // The same canonical form requests are matched in (lower-case, no trailing dot, one
+            // spelling of the port), so two spellings of one host cannot hide a conflict.
+            let host = match crate::canonical::host_pattern(host) {
+                Ok(pattern) => pattern.to_string(),
+                Err(why) => {
+                    errors.add(at(&format!("hosts[{j}]")), format!("`{host}` {why}"));
+                    continue;
+                }
+            };
+            if !hosts.insert(host.clone()) {
                 errors.add(
                     at(&format!("hosts[{j}]")),
                     format!("`{host}` is claimed by an earlier destination"),

@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::canonical::{self, HostPattern};
 use crate::config::Config;
 use crate::ext_proc::DESTINATION_METADATA;
-use crate::route::{CONTEXT_KEY, split_port};
+use crate::route::CONTEXT_KEY;
 
 /// The outbound listener's address when none is given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:15001";
@@ -116,6 +117,12 @@ pub fn bootstrap(config: &Config, options: &Options) -> Result<Value, String> {
                     "stat_prefix": "baton_outbound",
                     // The application may use the listener as its HTTP proxy (absolute-form URLs).
                     "http_protocol_options": { "allow_absolute_url": true },
+                    // The upstream must act on the path Baton judged: Envoy resolves dot segments
+                    // and merges slashes before Baton's filter sees the path, and refuses an
+                    // encoded `/` (`%2F`, `%5C`), which Baton refuses too.
+                    "normalize_path": true,
+                    "merge_slashes": true,
+                    "path_with_escaped_slashes_action": "REJECT_REQUEST",
                     "route_config": {
                         "name": "baton_outbound",
                         // A Baton host pattern without a port matches any port.
@@ -282,47 +289,50 @@ fn duration(d: Duration) -> String {
 // === Routes ===
 
 /// One virtual host per host name (or `*.suffix`) of the configured patterns, then the catch-all.
-/// In each: a route per `host:port` pattern, matching the whole `:authority`, then one for the host
-/// without a port (named if a pattern covers any port, unnamed otherwise).
+/// In each: a route per `host:port` pattern, then one for the host on any port (if a pattern
+/// claims it), each naming its destination only when the whole `:authority` is one Baton matches
+/// to it (see [`authority_regex`]); then an unnamed route for everything else in the virtual host.
 fn virtual_hosts(config: &Config, api: Api) -> Result<Vec<Value>, String> {
     let mut hosts: Vec<HostPatterns<'_>> = Vec::new();
     for d in &config.destinations {
-        for pattern in &d.hosts {
-            let (host, port) = split_port(pattern);
-            let i = match hosts.iter().position(|h| h.host == host) {
+        for text in &d.hosts {
+            let pattern = canonical::host_pattern(text).map_err(|e| format!("host pattern `{text}` {e}"))?;
+            let domain = match pattern.wildcard {
+                true => format!("*.{}", pattern.authority.host()),
+                false => pattern.authority.host().to_owned(),
+            };
+            let i = match hosts.iter().position(|h| h.domain == domain) {
                 Some(i) => i,
                 None => {
                     hosts.push(HostPatterns {
-                        host,
+                        domain,
                         ported: Vec::new(),
                         any_port: None,
                     });
                     hosts.len() - 1
                 }
             };
-            match port {
-                Some(port) => hosts[i].ported.push((port, &d.name)),
-                None => hosts[i].any_port = Some(&d.name),
+            match pattern.authority.port() {
+                Some(_) => hosts[i].ported.push((pattern, &d.name)),
+                None => hosts[i].any_port = Some((pattern, &d.name)),
             }
         }
     }
     let mut out = Vec::with_capacity(hosts.len() + 1);
-    for HostPatterns { host, ported, any_port } in hosts {
-        let mut routes = Vec::with_capacity(ported.len() + 1);
-        for (port, name) in ported {
-            // `*.suffix:port` is any authority ending in `.suffix:port`; Envoy already chose this
-            // virtual host, so the label before the suffix is not empty.
-            let authority = match host.strip_prefix('*') {
-                Some(suffix) => json!({ "suffix": format!("{suffix}:{port}"), "ignore_case": true }),
-                None => json!({ "exact": format!("{host}:{port}"), "ignore_case": true }),
-            };
-            routes.push(route(
-                Some(json!([{ "name": ":authority", "string_match": authority }])),
-                Some(naming(api, name)?),
-            ));
+    for HostPatterns {
+        domain,
+        ported,
+        any_port,
+    } in hosts
+    {
+        let mut routes = Vec::with_capacity(ported.len() + 2);
+        for (pattern, name) in ported.iter().chain(any_port.as_ref()) {
+            routes.push(route(Some(authority_matcher(pattern)), Some(naming(api, name)?)));
         }
-        routes.push(route(None, any_port.map(|name| naming(api, name)).transpose()?));
-        out.push(json!({ "name": host, "domains": [host], "routes": routes }));
+        // The rest of this virtual host (`orders:abc`, `orders:8080.evil.example`, another port):
+        // unnamed, for Baton to judge.
+        routes.push(route(None, None));
+        out.push(json!({ "name": domain, "domains": [domain], "routes": routes }));
     }
     // Anything else: Baton applies its own host matching and `unknown_destination`.
     out.push(json!({ "name": "other", "domains": ["*"], "routes": [route(None, None)] }));
@@ -331,11 +341,58 @@ fn virtual_hosts(config: &Config, api: Api) -> Result<Vec<Value>, String> {
 
 /// The destinations claiming one host name (or `*.suffix`), in configuration order.
 struct HostPatterns<'a> {
-    host: &'a str,
-    /// `host:port` patterns: (port, destination).
-    ported: Vec<(u16, &'a str)>,
-    /// The destination of the pattern without a port, if there is one.
-    any_port: Option<&'a str>,
+    /// The virtual host's domain: `host` or `*.suffix`.
+    domain: String,
+    /// `host:port` patterns, with their destination.
+    ported: Vec<(HostPattern, &'a str)>,
+    /// The pattern without a port and its destination, if there is one.
+    any_port: Option<(HostPattern, &'a str)>,
+}
+
+/// A decimal port 1 to 65535 without leading zeros, as [`canonical::authority`] takes it.
+const PORT_REGEX: &str = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})";
+
+/// An RE2 regex matching exactly the raw `:authority` values whose canonical form
+/// ([`canonical::authority`]) `pattern` claims: any case, one optional trailing dot, the port
+/// written one way. Envoy's virtual-host matching cuts the port at the last `:` whatever follows
+/// it, so without this `orders:8080.evil.example` would reach the route naming `orders`.
+pub fn authority_regex(pattern: &HostPattern) -> String {
+    let host = pattern.authority.host();
+    let mut re = String::from("^");
+    if pattern.authority.is_ipv6() {
+        re.push_str(&regex_escape(host));
+    } else {
+        re.push_str("(?i)");
+        if pattern.wildcard {
+            re.push_str(r"([a-z0-9_-]+\.)+");
+        }
+        re.push_str(&regex_escape(host));
+        re.push_str(r"\.?");
+    }
+    match pattern.authority.port() {
+        Some(port) => re.push_str(&format!(":{port}")),
+        None => re.push_str(&format!("(:{PORT_REGEX})?")),
+    }
+    re.push('$');
+    re
+}
+
+fn authority_matcher(pattern: &HostPattern) -> Value {
+    json!([{
+        "name": ":authority",
+        "string_match": { "safe_regex": { "regex": authority_regex(pattern) } },
+    }])
+}
+
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if !c.is_ascii_alphanumeric() && c != '_' && c != '-' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn route(headers: Option<Value>, naming: Option<Value>) -> Value {
@@ -438,24 +495,45 @@ destinations:
             let orders = vhost(&doc, "orders");
             assert_eq!(orders["domains"], json!(["orders"]));
             let routes = orders["routes"].as_array().expect("routes");
-            assert_eq!(routes.len(), 2, "{routes:?}");
-            assert_eq!(routes[0]["match"]["headers"][0]["string_match"]["exact"], "orders:9000");
+            assert_eq!(routes.len(), 3, "{routes:?}");
+            assert_eq!(
+                routes[0]["match"]["headers"][0]["string_match"]["safe_regex"]["regex"],
+                r"^(?i)orders\.?:9000$"
+            );
             assert_eq!(named(&routes[0]), Some("admin"));
             assert_eq!(named(&routes[1]), Some("orders"));
+            assert_eq!(
+                named(&routes[2]),
+                None,
+                "the rest of the virtual host is Baton's to judge"
+            );
+            assert!(routes[2]["match"].get("headers").is_none());
 
             let wild = vhost(&doc, "*.svc.local")["routes"].as_array().expect("routes").clone();
             assert_eq!(
-                wild[0]["match"]["headers"][0]["string_match"]["suffix"],
-                ".svc.local:8443"
+                wild[0]["match"]["headers"][0]["string_match"]["safe_regex"]["regex"],
+                r"^(?i)([a-z0-9_-]+\.)+svc\.local\.?:8443$"
             );
-            assert_eq!((named(&wild[0]), named(&wild[1])), (Some("admin"), Some("wild")));
+            assert_eq!(
+                (named(&wild[0]), named(&wild[1]), named(&wild[2])),
+                (Some("admin"), Some("wild"), None)
+            );
 
             // A host only claimed with a port: other ports go unnamed, for Baton to judge.
             let v6 = vhost(&doc, "[::1]")["routes"].as_array().expect("routes").clone();
             assert_eq!((named(&v6[0]), named(&v6[1])), (Some("v6"), None));
+            assert_eq!(
+                v6[0]["match"]["headers"][0]["string_match"]["safe_regex"]["regex"],
+                r"^\[\:\:1\]:8080$"
+            );
             let other = vhost(&doc, "other");
             assert_eq!(other["domains"], json!(["*"]));
             assert_eq!(named(&other["routes"][0]), None);
+
+            let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+            assert_eq!(hcm["normalize_path"], true);
+            assert_eq!(hcm["merge_slashes"], true);
+            assert_eq!(hcm["path_with_escaped_slashes_action"], "REJECT_REQUEST");
         }
     }
 
