@@ -332,7 +332,12 @@ fn virtual_hosts(config: &Config, api: Api) -> Result<Vec<Value>, String> {
         // The rest of this virtual host (`orders:abc`, `orders:8080.evil.example`, another port):
         // unnamed, for Baton to judge.
         routes.push(route(None, None));
-        out.push(json!({ "name": domain, "domains": [domain], "routes": routes }));
+        // The fully qualified spelling (`orders.local.`) is the same host to Baton.
+        let domains = match domain.ends_with(']') {
+            true => json!([domain]),
+            false => json!([domain, format!("{domain}.")]),
+        };
+        out.push(json!({ "name": domain, "domains": domains, "routes": routes }));
     }
     // Anything else: Baton applies its own host matching and `unknown_destination`.
     out.push(json!({ "name": "other", "domains": ["*"], "routes": [route(None, None)] }));
@@ -358,11 +363,10 @@ const PORT_REGEX: &str = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3
 /// it, so without this `orders:8080.evil.example` would reach the route naming `orders`.
 pub fn authority_regex(pattern: &HostPattern) -> String {
     let host = pattern.authority.host();
-    let mut re = String::from("^");
+    let mut re = String::from("^(?i)");
     if pattern.authority.is_ipv6() {
         re.push_str(&regex_escape(host));
     } else {
-        re.push_str("(?i)");
         if pattern.wildcard {
             re.push_str(r"([a-z0-9_-]+\.)+");
         }
@@ -493,7 +497,7 @@ destinations:
         for api in [Api::ExtAuthz, Api::ExtProc] {
             let doc = bootstrap(&config(), &options(api)).expect("bootstrap");
             let orders = vhost(&doc, "orders");
-            assert_eq!(orders["domains"], json!(["orders"]));
+            assert_eq!(orders["domains"], json!(["orders", "orders."]));
             let routes = orders["routes"].as_array().expect("routes");
             assert_eq!(routes.len(), 3, "{routes:?}");
             assert_eq!(
@@ -524,7 +528,7 @@ destinations:
             assert_eq!((named(&v6[0]), named(&v6[1])), (Some("v6"), None));
             assert_eq!(
                 v6[0]["match"]["headers"][0]["string_match"]["safe_regex"]["regex"],
-                r"^\[\:\:1\]:8080$"
+                r"^(?i)\[\:\:1\]:8080$"
             );
             let other = vhost(&doc, "other");
             assert_eq!(other["domains"], json!(["*"]));
@@ -613,5 +617,183 @@ destinations:
         assert!(yaml.starts_with("static_resources:"), "{yaml}");
         let back: Value = serde_saphyr::from_str(&yaml).expect("parse back");
         assert_eq!(back, doc);
+    }
+
+    // === Envoy's routes and Baton's matching agree ===
+
+    /// What the generated routes make Envoy name for an `:authority`: its virtual-host choice (port
+    /// cut at the last `:` unless a `]` follows, lower-cased; exact domain, then the longest `*.`
+    /// suffix, then `*`), then the first route whose `:authority` regexes all match.
+    fn envoy_names(doc: &Value, authority: &str) -> Option<String> {
+        let route_config =
+            &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"];
+        assert_eq!(route_config["ignore_port_in_host_matching"], true);
+        let mut host = authority;
+        if let Some(colon) = host.rfind(':')
+            && host.rfind(']').is_none_or(|bracket| bracket < colon)
+        {
+            host = &host[..colon];
+        }
+        let host = host.to_ascii_lowercase();
+        let vhosts = route_config["virtual_hosts"].as_array().expect("virtual hosts");
+        let domains = |v: &&Value| -> Vec<String> {
+            v["domains"]
+                .as_array()
+                .expect("domains")
+                .iter()
+                .filter_map(|d| d.as_str().map(str::to_owned))
+                .collect()
+        };
+        let vhost = vhosts
+            .iter()
+            .find(|v| domains(v).contains(&host))
+            .or_else(|| {
+                vhosts
+                    .iter()
+                    .filter_map(|v| {
+                        let suffix = domains(&v)
+                            .into_iter()
+                            .find_map(|d| d.strip_prefix('*').map(str::to_owned))?;
+                        (!suffix.is_empty() && host.len() > suffix.len() && host.ends_with(&suffix))
+                            .then_some((suffix.len(), v))
+                    })
+                    .max_by_key(|(len, _)| *len)
+                    .map(|(_, v)| v)
+            })
+            .or_else(|| vhosts.iter().find(|v| domains(v) == ["*"]))?;
+        let route = vhost["routes"].as_array().expect("routes").iter().find(|r| {
+            r["match"]["headers"].as_array().is_none_or(|headers| {
+                headers.iter().all(|h| {
+                    assert_eq!(h["name"], ":authority");
+                    let re = h["string_match"]["safe_regex"]["regex"].as_str().expect("a regex");
+                    regex::Regex::new(re).expect("regex").is_match(authority)
+                })
+            })
+        })?;
+        named(route).map(str::to_owned)
+    }
+
+    fn agreement_config() -> Config {
+        Config::from_yaml(
+            r#"
+listen: { grpc: 127.0.0.1:9191 }
+token_service: { token_endpoint: http://127.0.0.1:9400/token, client_id: c, auth: { method: none } }
+destinations:
+  - { name: orders, hosts: ["orders.local", "orders", "api.orders.example"], audience: a }
+  - { name: admin, hosts: ["orders.local:8443", "orders:9000", "*.svc.local:8443"], audience: b }
+  - { name: wild, hosts: ["*.svc.local", "*.orders.example:8443"], audience: c }
+  - { name: deep, hosts: ["*.a.svc.local"], audience: d }
+  - { name: exact, hosts: ["x.svc.local"], audience: e }
+  - { name: v6, hosts: ["[::1]:8080", "[2001:db8::1]"], audience: f }
+"#,
+        )
+        .expect("config")
+    }
+
+    /// Baton's destination for an `:authority`, as `Authz::decide` finds it.
+    fn baton_names(routes: &crate::route::Routes<String>, authority: &str) -> Option<String> {
+        let authority = canonical::authority(authority).ok()?;
+        routes.by_authority(&authority).map(|d| (**d).clone())
+    }
+
+    fn agreement() -> (Value, crate::route::Routes<String>) {
+        let config = agreement_config();
+        let doc = bootstrap(&config, &options(Api::ExtAuthz)).expect("bootstrap");
+        let routes = crate::route::Routes::new(
+            config
+                .destinations
+                .iter()
+                .map(|d| (d.name.clone(), d.hosts.clone(), d.name.clone())),
+        );
+        (doc, routes)
+    }
+
+    #[test]
+    fn envoy_names_a_destination_only_where_baton_matches_it() {
+        let (doc, routes) = agreement();
+        // Issue 12's examples, and their neighbours: Envoy cuts the port at the last `:`.
+        for (authority, envoy) in [
+            ("orders.local", Some("orders")),
+            ("ORDERS.local.:80", Some("orders")),
+            ("orders.local:8443", Some("admin")),
+            ("orders.local.:8443", Some("admin")),
+            ("orders.local:08443", None),
+            ("orders.local:008443", None),
+            ("orders.local:abc", None),
+            ("orders.local:8080.evil.example", None),
+            ("api.orders.example:evil.example", None),
+            ("orders.local..", None),
+            ("orders.local:0", None),
+            ("orders.local:65536", None),
+            ("a.svc.local:8443", Some("admin")),
+            ("x.svc.local:8443", Some("exact")),
+            ("b.a.svc.local:8443", Some("deep")),
+            ("b.svc.local:1", Some("wild")),
+            ("[::1]:8080", Some("v6")),
+            ("[::1]:08080", None),
+            ("[2001:DB8::1]:443", Some("v6")),
+        ] {
+            assert_eq!(envoy_names(&doc, authority).as_deref(), envoy, "{authority}");
+            if let Some(d) = envoy {
+                assert_eq!(baton_names(&routes, authority).as_deref(), Some(d), "{authority}");
+            }
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn authority() -> impl Strategy<Value = String> {
+            let label = prop::sample::select(vec![
+                "orders", "ORDERS", "local", "svc", "a", "x", "api", "example", "evil", "b", "", "-", "_", "0",
+            ]);
+            let host = prop::collection::vec(label, 1..5).prop_map(|l| l.join("."));
+            let v6 = prop::sample::select(vec![
+                "[::1]",
+                "[0::1]",
+                "[::1%25lo]",
+                "[2001:db8::1]",
+                "[::1",
+                "::1",
+                "[]",
+            ])
+            .prop_map(str::to_owned);
+            let dots = prop::sample::select(vec!["", ".", "..", ". "]);
+            let port = prop::sample::select(vec![
+                "",
+                ":",
+                ":8443",
+                ":08443",
+                ":9000",
+                ":8080",
+                ":0",
+                ":1",
+                ":65535",
+                ":65536",
+                ":99999",
+                ":abc",
+                ":8080.evil.example",
+                ":evil.example",
+                ":443:443",
+                ": 80",
+                ":+80",
+            ]);
+            let prefix = prop::sample::select(vec!["", "", "", "user@", " ", "*."]);
+            (prefix, prop_oneof![4 => host, 1 => v6], dots, port).prop_map(|(p, h, d, port)| format!("{p}{h}{d}{port}"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// Whenever the generated routes name destination D, Baton's matching gives D too.
+            #[test]
+            fn generated_routes_agree_with_batons_matching(authority in authority()) {
+                let (doc, routes) = agreement();
+                if let Some(envoy) = envoy_names(&doc, &authority) {
+                    prop_assert_eq!(Some(envoy), baton_names(&routes, &authority), "{}", authority);
+                }
+            }
+        }
     }
 }
