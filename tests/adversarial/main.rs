@@ -9,3 +9,6 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+
+mod hosts;
+mod paths;
