@@ -418,10 +418,10 @@ async fn paths_outside_the_policy_never_get_a_token() {
             let label = format!("{api:?}/{shape:?} {}: {:.80}", row.what, row.target);
             match outcome.strip_prefix("delegate:") {
                 Some(_) => {
-                    let received = reply.body["path"].as_str().unwrap_or("");
+                    let received: String = reply.body["path"].as_str().unwrap_or("").chars().take(80).collect();
                     if !row.ok.contains(&"delegate") {
                         failures.push(format!("{label}: a token reached the upstream for {received:?}"));
-                    } else if !inside_policy(row.host, received) {
+                    } else if !inside_policy(row.host, reply.body["path"].as_str().unwrap_or("")) {
                         failures.push(format!(
                             "{label}: the upstream received {received:?}, outside the policy"
                         ));
