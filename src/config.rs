@@ -1272,6 +1272,39 @@ destinations:
     }
 
     #[test]
+    fn host_patterns_are_canonical_and_two_spellings_of_one_conflict() {
+        let yaml = r#"
+token_service: { token_endpoint: http://127.0.0.1:9/token, client_id: c, auth: { method: none } }
+destinations:
+  - name: orders
+    hosts: ["Orders.Local.:8443", "*.Svc.Local."]
+    audience: a
+  - name: admin
+    hosts: ["orders.local:8443", "orders:08443", "[::1", "user@orders"]
+    audience: b
+"#;
+        let err = Config::from_yaml(yaml).expect_err("conflict and malformed patterns");
+        let found: Vec<(&str, &str)> = err.0.iter().map(|e| (e.path.as_str(), e.message.as_str())).collect();
+        for (path, says) in [
+            ("destinations[1].hosts[0]", "claimed by an earlier destination"),
+            ("destinations[1].hosts[1]", "port"),
+            ("destinations[1].hosts[2]", "IPv6"),
+            ("destinations[1].hosts[3]", "character"),
+        ] {
+            assert!(
+                found.iter().any(|(p, m)| *p == path && m.contains(says)),
+                "{path}: {says} in {found:?}"
+            );
+        }
+        let ok = Config::from_yaml(&yaml.replace(
+            r#"["orders.local:8443", "orders:08443", "[::1", "user@orders"]"#,
+            "[admin]",
+        ))
+        .expect("valid");
+        assert_eq!(ok.destinations[0].hosts, ["orders.local:8443", "*.svc.local"]);
+    }
+
+    #[test]
     fn unknown_fields_and_bad_enums_are_errors() {
         let err = Config::from_yaml("token_servise: {}\n").expect_err("typo");
         assert!(err.to_string().contains("token_servise"), "{err}");

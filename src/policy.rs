@@ -187,13 +187,11 @@ impl Policy {
             canonical::path(facts.path)
                 .map_err(|e| Denial::new(Reason::PathNotCanonical, format!("the path cannot be judged: {e}")))?
         };
-        if !self.paths.is_empty() {
-            if !self.paths.iter().any(|p| p.matches(&path)) {
-                return Err(Denial::new(
-                    Reason::PathNotAllowed,
-                    "the path is not allowed towards this destination",
-                ));
-            }
+        if !self.paths.is_empty() && !self.paths.iter().any(|p| p.matches(&path)) {
+            return Err(Denial::new(
+                Reason::PathNotAllowed,
+                "the path is not allowed towards this destination",
+            ));
         }
         for (name, wanted) in &self.claims {
             let held = facts.claims.and_then(|c| c.get(name));
