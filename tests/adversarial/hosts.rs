@@ -247,3 +247,51 @@ async fn only_a_canonical_authority_reaches_a_destination() {
         failures.join("\n")
     );
 }
+
+/// Under `unknown_destination: strip` (the default) a malformed authority reaches no destination
+/// either: the request goes on without the user's token, never with it, never delegated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_authority_is_stripped_under_strip() {
+    let scratch = Arc::new(Scratch::new("adv-hosts-strip"));
+    let options = PeerOptions {
+        audiences: vec![ORDERS.to_owned(), BILLING.to_owned(), ADMIN.to_owned()],
+        ..PeerOptions::default()
+    };
+    let service = TokenService::start_with(Peer::BatonSts, &scratch, options).await;
+    let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
+    let destinations = DESTINATIONS.replace("unknown_destination: passthrough", "unknown_destination: strip");
+    let body = format!("token_service:\n{token_service}\n{destinations}");
+    let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
+    let upstream = Upstream::start().await;
+    let user = service.mint("alice", "orders.read").await;
+    let audiences = TokenServiceAudiences::default();
+    let mut failures = Vec::new();
+    for (api, shape) in STACKS {
+        let envoy = envoy(&scratch, &baton, &upstream, api, shape).await;
+        for authority in [
+            "orders.local:08443",
+            "orders.local:abc",
+            "orders.local:8080.evil.example",
+            "api.orders.example:evil.example",
+            "orders.local..",
+            "orders.local:0",
+        ] {
+            let reply = raw(
+                &envoy,
+                &format!("GET /x HTTP/1.1\r\nhost: {authority}"),
+                Some(&bearer(&user)),
+            )
+            .await;
+            let outcome = reply.outcome(&user, &audiences);
+            if outcome != "strip" {
+                failures.push(format!("{api:?}/{shape:?} {authority}: {outcome} ({})", reply.status));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
