@@ -181,7 +181,9 @@ impl Policy {
             ));
         }
         // Path rules and CEL judge the canonical path; a destination with neither pays nothing.
-        let path = if self.paths.is_empty() && self.when.is_none() {
+        let path = if (self.paths.is_empty() && self.when.is_none()) || facts.path.is_empty() {
+            // No path at all (a broker call: no HTTP request) matches no `paths` rule, and CEL's
+            // `request.path` is "".
             String::new()
         } else {
             canonical::path(facts.path)
@@ -615,10 +617,14 @@ paths: ["/orders/", "/items/*/price", "/v2/**/status"]
             "/orders/%00",
             "/orders/%zz",
             "*",
-            "",
         ] {
             assert_eq!(path(never), Err(Reason::PathNotCanonical), "{never:?}");
         }
+        assert_eq!(
+            path(""),
+            Err(Reason::PathNotAllowed),
+            "no path (a broker call) matches no rule"
+        );
         // CEL's request.path is the same canonical path (no query).
         let cel = compile(r#"when: 'request.path.startsWith("/orders/")'"#, true).expect("compiles");
         assert_eq!(

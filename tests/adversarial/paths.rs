@@ -374,7 +374,7 @@ fn rows() -> Vec<Row> {
         method: "CONNECT",
         target: "orders.example:443".to_owned(),
         host: "orders.example:443",
-        ok: &[PNC, "envoy"],
+        ok: &[PNC, PNA, "envoy"],
     });
     rows.push(Row {
         what: "OPTIONS *",
