@@ -107,6 +107,11 @@ pub fn path(target: &str) -> Result<String, PathError> {
     if canonical.is_empty() || trailing_slash {
         canonical.push('/');
     }
+    // Encoding raw characters can lengthen the path: the bound holds for what is judged too, so
+    // that the canonical form is accepted again (found by the `canonical_path` fuzz target).
+    if canonical.len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong);
+    }
     Ok(canonical)
 }
 
@@ -452,6 +457,9 @@ mod tests {
         }
         let long = format!("/{}", "a".repeat(MAX_PATH_BYTES));
         assert_eq!(path(&long), Err(PathError::TooLong));
+        // Nor may the canonical form outgrow it (`é` is 2 bytes raw, 6 encoded).
+        let wide = format!("/{}", "é".repeat(MAX_PATH_BYTES / 4));
+        assert_eq!(path(&wide), Err(PathError::TooLong));
         // The query does not count.
         let query = format!("/a?{}", "a".repeat(MAX_PATH_BYTES));
         assert_eq!(path(&query).as_deref(), Ok("/a"));
