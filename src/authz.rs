@@ -10,6 +10,7 @@ use tracing::Instrument as _;
 
 use crate::actor::{self, ActorToken};
 use crate::cache::{self, CacheStatus, Constraints, Delegated, Key, Lifetimes, TokenCache};
+use crate::canonical;
 use crate::config::{Broker, Config, Destination, DestinationActor, MissingToken, UnknownDestination};
 use crate::exchange::{ExchangeError, Target, TokenService, TokenServices};
 use crate::extract::{self, Headers, Outbound};
@@ -165,17 +166,18 @@ impl Authz {
 
     /// The decision for an outbound request, whichever Envoy API asked.
     pub async fn decide(&self, outbound: &Outbound<'_>) -> Result<Allow, Denial> {
-        let destination = match outbound.route_destination {
-            Some(name) => self.routes.by_name(name).ok_or_else(|| {
-                Denial::new(
-                    Reason::DestinationNotConfigured,
-                    "the route names a destination Baton does not have",
-                )
-            })?,
-            None => match self.routes.by_authority(outbound.authority) {
-                Some(route) => route,
-                None => return self.unknown_destination(),
-            },
+        let destination = match self.destination(outbound) {
+            Ok(Some(route)) => route,
+            Ok(None) => return self.unknown_destination(),
+            // A malformed authority reaches no destination: never delegated, never passed through
+            // with the user's token.
+            Err(denial) if denial.reason == Reason::AuthorityMalformed => {
+                return match self.unknown_destination {
+                    UnknownDestination::Strip => Ok(Allow::Strip),
+                    UnknownDestination::Passthrough | UnknownDestination::Deny => Err(denial),
+                };
+            }
+            Err(denial) => return Err(denial),
         };
         let Some(subject_token) = extract::subject_token(&outbound.authorization, self.max_token_bytes)? else {
             return match self.missing_token {
@@ -419,10 +421,38 @@ impl Authz {
     /// The configured destination an outbound request names, if any (what `decide` looks up first),
     /// for reporting a decision that did not delegate.
     pub fn destination_of(&self, outbound: &Outbound<'_>) -> Option<&Arc<Route>> {
-        match outbound.route_destination {
-            Some(name) => self.routes.by_name(name),
-            None => self.routes.by_authority(outbound.authority),
+        self.destination(outbound).ok().flatten()
+    }
+
+    /// Where an outbound request goes, judged on its canonical authority (issue 12): the destination
+    /// the route names, which must also be the one Baton matches the authority to when it claims
+    /// hosts (`destination_host_mismatch` otherwise), or the destination the authority matches
+    /// (`None`: no destination). A malformed authority is `authority_malformed`, before any match.
+    fn destination(&self, outbound: &Outbound<'_>) -> Result<Option<&Arc<Route>>, Denial> {
+        let authority = canonical::authority(outbound.authority)
+            .map_err(|e| Denial::new(Reason::AuthorityMalformed, format!("the request's authority {e}")));
+        let Some(name) = outbound.route_destination else {
+            return Ok(self.routes.by_authority(&authority?));
+        };
+        let route = self.routes.by_name(name).ok_or_else(|| {
+            Denial::new(
+                Reason::DestinationNotConfigured,
+                "the route names a destination Baton does not have",
+            )
+        })?;
+        let authority = authority?;
+        if self.routes.claims_hosts(name)
+            && !self
+                .routes
+                .by_authority(&authority)
+                .is_some_and(|matched| Arc::ptr_eq(matched, route))
+        {
+            return Err(Denial::new(
+                Reason::DestinationHostMismatch,
+                "the route names a destination whose hosts do not include the request's authority",
+            ));
         }
+        Ok(Some(route))
     }
 
     /// A route for the broker API: a configured destination, optionally with other scopes.

@@ -1012,10 +1012,16 @@ fn validate_destinations(
         }
         let mut lowered = Vec::with_capacity(d.hosts.len());
         for (j, host) in d.hosts.iter().enumerate() {
-            let host = host.to_ascii_lowercase();
-            if let Err(why) = crate::route::check_host_pattern(&host) {
-                errors.add(at(&format!("hosts[{j}]")), format!("`{host}` {why}"));
-            } else if !hosts.insert(host.clone()) {
+            // The same canonical form requests are matched in (lower-case, no trailing dot, one
+            // spelling of the port), so two spellings of one host cannot hide a conflict.
+            let host = match crate::canonical::host_pattern(host) {
+                Ok(pattern) => pattern.to_string(),
+                Err(why) => {
+                    errors.add(at(&format!("hosts[{j}]")), format!("`{host}` {why}"));
+                    continue;
+                }
+            };
+            if !hosts.insert(host.clone()) {
                 errors.add(
                     at(&format!("hosts[{j}]")),
                     format!("`{host}` is claimed by an earlier destination"),
@@ -1501,6 +1507,39 @@ destinations:
         ] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
         }
+    }
+
+    #[test]
+    fn host_patterns_are_canonical_and_two_spellings_of_one_conflict() {
+        let yaml = r#"
+token_service: { token_endpoint: http://127.0.0.1:9/token, client_id: c, auth: { method: none } }
+destinations:
+  - name: orders
+    hosts: ["Orders.Local.:8443", "*.Svc.Local."]
+    audience: a
+  - name: admin
+    hosts: ["orders.local:8443", "orders:08443", "[::1", "user@orders"]
+    audience: b
+"#;
+        let err = Config::from_yaml(yaml).expect_err("conflict and malformed patterns");
+        let found: Vec<(&str, &str)> = err.0.iter().map(|e| (e.path.as_str(), e.message.as_str())).collect();
+        for (path, says) in [
+            ("destinations[1].hosts[0]", "claimed by an earlier destination"),
+            ("destinations[1].hosts[1]", "port"),
+            ("destinations[1].hosts[2]", "IPv6"),
+            ("destinations[1].hosts[3]", "character"),
+        ] {
+            assert!(
+                found.iter().any(|(p, m)| *p == path && m.contains(says)),
+                "{path}: {says} in {found:?}"
+            );
+        }
+        let ok = Config::from_yaml(&yaml.replace(
+            r#"["orders.local:8443", "orders:08443", "[::1", "user@orders"]"#,
+            "[admin]",
+        ))
+        .expect("valid");
+        assert_eq!(ok.destinations[0].hosts, ["orders.local:8443", "*.svc.local"]);
     }
 
     #[test]

@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::canonical::{self, HostPattern};
 use crate::config::Config;
 use crate::ext_proc::DESTINATION_METADATA;
-use crate::route::{CONTEXT_KEY, split_port};
+use crate::route::CONTEXT_KEY;
 
 /// The outbound listener's address when none is given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:15001";
@@ -169,6 +170,12 @@ pub fn bootstrap(config: &Config, options: &Options) -> Result<Value, String> {
                     "stat_prefix": "baton_outbound",
                     // The application may use the listener as its HTTP proxy (absolute-form URLs).
                     "http_protocol_options": { "allow_absolute_url": true },
+                    // The upstream must act on the path Baton judged: Envoy resolves dot segments
+                    // and merges slashes before Baton's filter sees the path, and refuses an
+                    // encoded `/` (`%2F`, `%5C`), which Baton refuses too.
+                    "normalize_path": true,
+                    "merge_slashes": true,
+                    "path_with_escaped_slashes_action": "REJECT_REQUEST",
                     "route_config": {
                         "name": "baton_outbound",
                         // A Baton host pattern without a port matches any port.
@@ -368,47 +375,55 @@ fn duration(d: Duration) -> String {
 // === Routes ===
 
 /// One virtual host per host name (or `*.suffix`) of the configured patterns, then the catch-all.
-/// In each: a route per `host:port` pattern, matching the whole `:authority`, then one for the host
-/// without a port (named if a pattern covers any port, unnamed otherwise).
+/// In each: a route per `host:port` pattern, then one for the host on any port (if a pattern
+/// claims it), each naming its destination only when the whole `:authority` is one Baton matches
+/// to it (see [`authority_regex`]); then an unnamed route for everything else in the virtual host.
 fn virtual_hosts(config: &Config, api: Api) -> Result<Vec<Value>, String> {
     let mut hosts: Vec<HostPatterns<'_>> = Vec::new();
     for d in &config.destinations {
-        for pattern in &d.hosts {
-            let (host, port) = split_port(pattern);
-            let i = match hosts.iter().position(|h| h.host == host) {
+        for text in &d.hosts {
+            let pattern = canonical::host_pattern(text).map_err(|e| format!("host pattern `{text}` {e}"))?;
+            let domain = match pattern.wildcard {
+                true => format!("*.{}", pattern.authority.host()),
+                false => pattern.authority.host().to_owned(),
+            };
+            let i = match hosts.iter().position(|h| h.domain == domain) {
                 Some(i) => i,
                 None => {
                     hosts.push(HostPatterns {
-                        host,
+                        domain,
                         ported: Vec::new(),
                         any_port: None,
                     });
                     hosts.len() - 1
                 }
             };
-            match port {
-                Some(port) => hosts[i].ported.push((port, &d.name)),
-                None => hosts[i].any_port = Some(&d.name),
+            match pattern.authority.port() {
+                Some(_) => hosts[i].ported.push((pattern, &d.name)),
+                None => hosts[i].any_port = Some((pattern, &d.name)),
             }
         }
     }
     let mut out = Vec::with_capacity(hosts.len() + 1);
-    for HostPatterns { host, ported, any_port } in hosts {
-        let mut routes = Vec::with_capacity(ported.len() + 1);
-        for (port, name) in ported {
-            // `*.suffix:port` is any authority ending in `.suffix:port`; Envoy already chose this
-            // virtual host, so the label before the suffix is not empty.
-            let authority = match host.strip_prefix('*') {
-                Some(suffix) => json!({ "suffix": format!("{suffix}:{port}"), "ignore_case": true }),
-                None => json!({ "exact": format!("{host}:{port}"), "ignore_case": true }),
-            };
-            routes.push(route(
-                Some(json!([{ "name": ":authority", "string_match": authority }])),
-                Some(naming(api, name)?),
-            ));
+    for HostPatterns {
+        domain,
+        ported,
+        any_port,
+    } in hosts
+    {
+        let mut routes = Vec::with_capacity(ported.len() + 2);
+        for (pattern, name) in ported.iter().chain(any_port.as_ref()) {
+            routes.push(route(Some(authority_matcher(pattern)), Some(naming(api, name)?)));
         }
-        routes.push(route(None, any_port.map(|name| naming(api, name)).transpose()?));
-        out.push(json!({ "name": host, "domains": [host], "routes": routes }));
+        // The rest of this virtual host (`orders:abc`, `orders:8080.evil.example`, another port):
+        // unnamed, for Baton to judge.
+        routes.push(route(None, None));
+        // The fully qualified spelling (`orders.local.`) is the same host to Baton.
+        let domains = match domain.ends_with(']') {
+            true => json!([domain]),
+            false => json!([domain, format!("{domain}.")]),
+        };
+        out.push(json!({ "name": domain, "domains": domains, "routes": routes }));
     }
     // Anything else: Baton applies its own host matching and `unknown_destination`.
     out.push(json!({ "name": "other", "domains": ["*"], "routes": [route(None, None)] }));
@@ -417,11 +432,57 @@ fn virtual_hosts(config: &Config, api: Api) -> Result<Vec<Value>, String> {
 
 /// The destinations claiming one host name (or `*.suffix`), in configuration order.
 struct HostPatterns<'a> {
-    host: &'a str,
-    /// `host:port` patterns: (port, destination).
-    ported: Vec<(u16, &'a str)>,
-    /// The destination of the pattern without a port, if there is one.
-    any_port: Option<&'a str>,
+    /// The virtual host's domain: `host` or `*.suffix`.
+    domain: String,
+    /// `host:port` patterns, with their destination.
+    ported: Vec<(HostPattern, &'a str)>,
+    /// The pattern without a port and its destination, if there is one.
+    any_port: Option<(HostPattern, &'a str)>,
+}
+
+/// A decimal port 1 to 65535 without leading zeros, as [`canonical::authority`] takes it.
+const PORT_REGEX: &str = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})";
+
+/// An RE2 regex matching exactly the raw `:authority` values whose canonical form
+/// ([`canonical::authority`]) `pattern` claims: any case, one optional trailing dot, the port
+/// written one way. Envoy's virtual-host matching cuts the port at the last `:` whatever follows
+/// it, so without this `orders:8080.evil.example` would reach the route naming `orders`.
+pub fn authority_regex(pattern: &HostPattern) -> String {
+    let host = pattern.authority.host();
+    let mut re = String::from("^(?i)");
+    if pattern.authority.is_ipv6() {
+        re.push_str(&regex_escape(host));
+    } else {
+        if pattern.wildcard {
+            re.push_str(r"([a-z0-9_-]+\.)+");
+        }
+        re.push_str(&regex_escape(host));
+        re.push_str(r"\.?");
+    }
+    match pattern.authority.port() {
+        Some(port) => re.push_str(&format!(":{port}")),
+        None => re.push_str(&format!("(:{PORT_REGEX})?")),
+    }
+    re.push('$');
+    re
+}
+
+fn authority_matcher(pattern: &HostPattern) -> Value {
+    json!([{
+        "name": ":authority",
+        "string_match": { "safe_regex": { "regex": authority_regex(pattern) } },
+    }])
+}
+
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if !c.is_ascii_alphanumeric() && c != '_' && c != '-' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn route(headers: Option<Value>, naming: Option<Value>) -> Value {
@@ -523,26 +584,47 @@ destinations:
         for api in [Api::ExtAuthz, Api::ExtProc] {
             let doc = bootstrap(&config(), &options(api)).expect("bootstrap");
             let orders = vhost(&doc, "orders");
-            assert_eq!(orders["domains"], json!(["orders"]));
+            assert_eq!(orders["domains"], json!(["orders", "orders."]));
             let routes = orders["routes"].as_array().expect("routes");
-            assert_eq!(routes.len(), 2, "{routes:?}");
-            assert_eq!(routes[0]["match"]["headers"][0]["string_match"]["exact"], "orders:9000");
+            assert_eq!(routes.len(), 3, "{routes:?}");
+            assert_eq!(
+                routes[0]["match"]["headers"][0]["string_match"]["safe_regex"]["regex"],
+                r"^(?i)orders\.?:9000$"
+            );
             assert_eq!(named(&routes[0]), Some("admin"));
             assert_eq!(named(&routes[1]), Some("orders"));
+            assert_eq!(
+                named(&routes[2]),
+                None,
+                "the rest of the virtual host is Baton's to judge"
+            );
+            assert!(routes[2]["match"].get("headers").is_none());
 
             let wild = vhost(&doc, "*.svc.local")["routes"].as_array().expect("routes").clone();
             assert_eq!(
-                wild[0]["match"]["headers"][0]["string_match"]["suffix"],
-                ".svc.local:8443"
+                wild[0]["match"]["headers"][0]["string_match"]["safe_regex"]["regex"],
+                r"^(?i)([a-z0-9_-]+\.)+svc\.local\.?:8443$"
             );
-            assert_eq!((named(&wild[0]), named(&wild[1])), (Some("admin"), Some("wild")));
+            assert_eq!(
+                (named(&wild[0]), named(&wild[1]), named(&wild[2])),
+                (Some("admin"), Some("wild"), None)
+            );
 
             // A host only claimed with a port: other ports go unnamed, for Baton to judge.
             let v6 = vhost(&doc, "[::1]")["routes"].as_array().expect("routes").clone();
             assert_eq!((named(&v6[0]), named(&v6[1])), (Some("v6"), None));
+            assert_eq!(
+                v6[0]["match"]["headers"][0]["string_match"]["safe_regex"]["regex"],
+                r"^(?i)\[\:\:1\]:8080$"
+            );
             let other = vhost(&doc, "other");
             assert_eq!(other["domains"], json!(["*"]));
             assert_eq!(named(&other["routes"][0]), None);
+
+            let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+            assert_eq!(hcm["normalize_path"], true);
+            assert_eq!(hcm["merge_slashes"], true);
+            assert_eq!(hcm["path_with_escaped_slashes_action"], "REJECT_REQUEST");
         }
     }
 
@@ -629,5 +711,183 @@ destinations:
         assert!(yaml.starts_with("static_resources:"), "{yaml}");
         let back: Value = serde_saphyr::from_str(&yaml).expect("parse back");
         assert_eq!(back, doc);
+    }
+
+    // === Envoy's routes and Baton's matching agree ===
+
+    /// What the generated routes make Envoy name for an `:authority`: its virtual-host choice (port
+    /// cut at the last `:` unless a `]` follows, lower-cased; exact domain, then the longest `*.`
+    /// suffix, then `*`), then the first route whose `:authority` regexes all match.
+    fn envoy_names(doc: &Value, authority: &str) -> Option<String> {
+        let route_config =
+            &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"];
+        assert_eq!(route_config["ignore_port_in_host_matching"], true);
+        let mut host = authority;
+        if let Some(colon) = host.rfind(':')
+            && host.rfind(']').is_none_or(|bracket| bracket < colon)
+        {
+            host = &host[..colon];
+        }
+        let host = host.to_ascii_lowercase();
+        let vhosts = route_config["virtual_hosts"].as_array().expect("virtual hosts");
+        let domains = |v: &&Value| -> Vec<String> {
+            v["domains"]
+                .as_array()
+                .expect("domains")
+                .iter()
+                .filter_map(|d| d.as_str().map(str::to_owned))
+                .collect()
+        };
+        let vhost = vhosts
+            .iter()
+            .find(|v| domains(v).contains(&host))
+            .or_else(|| {
+                vhosts
+                    .iter()
+                    .filter_map(|v| {
+                        let suffix = domains(&v)
+                            .into_iter()
+                            .find_map(|d| d.strip_prefix('*').map(str::to_owned))?;
+                        (!suffix.is_empty() && host.len() > suffix.len() && host.ends_with(&suffix))
+                            .then_some((suffix.len(), v))
+                    })
+                    .max_by_key(|(len, _)| *len)
+                    .map(|(_, v)| v)
+            })
+            .or_else(|| vhosts.iter().find(|v| domains(v) == ["*"]))?;
+        let route = vhost["routes"].as_array().expect("routes").iter().find(|r| {
+            r["match"]["headers"].as_array().is_none_or(|headers| {
+                headers.iter().all(|h| {
+                    assert_eq!(h["name"], ":authority");
+                    let re = h["string_match"]["safe_regex"]["regex"].as_str().expect("a regex");
+                    regex::Regex::new(re).expect("regex").is_match(authority)
+                })
+            })
+        })?;
+        named(route).map(str::to_owned)
+    }
+
+    fn agreement_config() -> Config {
+        Config::from_yaml(
+            r#"
+listen: { grpc: 127.0.0.1:9191 }
+token_service: { token_endpoint: http://127.0.0.1:9400/token, client_id: c, auth: { method: none } }
+destinations:
+  - { name: orders, hosts: ["orders.local", "orders", "api.orders.example"], audience: a }
+  - { name: admin, hosts: ["orders.local:8443", "orders:9000", "*.svc.local:8443"], audience: b }
+  - { name: wild, hosts: ["*.svc.local", "*.orders.example:8443"], audience: c }
+  - { name: deep, hosts: ["*.a.svc.local"], audience: d }
+  - { name: exact, hosts: ["x.svc.local"], audience: e }
+  - { name: v6, hosts: ["[::1]:8080", "[2001:db8::1]"], audience: f }
+"#,
+        )
+        .expect("config")
+    }
+
+    /// Baton's destination for an `:authority`, as `Authz::decide` finds it.
+    fn baton_names(routes: &crate::route::Routes<String>, authority: &str) -> Option<String> {
+        let authority = canonical::authority(authority).ok()?;
+        routes.by_authority(&authority).map(|d| (**d).clone())
+    }
+
+    fn agreement() -> (Value, crate::route::Routes<String>) {
+        let config = agreement_config();
+        let doc = bootstrap(&config, &options(Api::ExtAuthz)).expect("bootstrap");
+        let routes = crate::route::Routes::new(
+            config
+                .destinations
+                .iter()
+                .map(|d| (d.name.clone(), d.hosts.clone(), d.name.clone())),
+        );
+        (doc, routes)
+    }
+
+    #[test]
+    fn envoy_names_a_destination_only_where_baton_matches_it() {
+        let (doc, routes) = agreement();
+        // Issue 12's examples, and their neighbours: Envoy cuts the port at the last `:`.
+        for (authority, envoy) in [
+            ("orders.local", Some("orders")),
+            ("ORDERS.local.:80", Some("orders")),
+            ("orders.local:8443", Some("admin")),
+            ("orders.local.:8443", Some("admin")),
+            ("orders.local:08443", None),
+            ("orders.local:008443", None),
+            ("orders.local:abc", None),
+            ("orders.local:8080.evil.example", None),
+            ("api.orders.example:evil.example", None),
+            ("orders.local..", None),
+            ("orders.local:0", None),
+            ("orders.local:65536", None),
+            ("a.svc.local:8443", Some("admin")),
+            ("x.svc.local:8443", Some("exact")),
+            ("b.a.svc.local:8443", Some("deep")),
+            ("b.svc.local:1", Some("wild")),
+            ("[::1]:8080", Some("v6")),
+            ("[::1]:08080", None),
+            ("[2001:DB8::1]:443", Some("v6")),
+        ] {
+            assert_eq!(envoy_names(&doc, authority).as_deref(), envoy, "{authority}");
+            if let Some(d) = envoy {
+                assert_eq!(baton_names(&routes, authority).as_deref(), Some(d), "{authority}");
+            }
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn authority() -> impl Strategy<Value = String> {
+            let label = prop::sample::select(vec![
+                "orders", "ORDERS", "local", "svc", "a", "x", "api", "example", "evil", "b", "", "-", "_", "0",
+            ]);
+            let host = prop::collection::vec(label, 1..5).prop_map(|l| l.join("."));
+            let v6 = prop::sample::select(vec![
+                "[::1]",
+                "[0::1]",
+                "[::1%25lo]",
+                "[2001:db8::1]",
+                "[::1",
+                "::1",
+                "[]",
+            ])
+            .prop_map(str::to_owned);
+            let dots = prop::sample::select(vec!["", ".", "..", ". "]);
+            let port = prop::sample::select(vec![
+                "",
+                ":",
+                ":8443",
+                ":08443",
+                ":9000",
+                ":8080",
+                ":0",
+                ":1",
+                ":65535",
+                ":65536",
+                ":99999",
+                ":abc",
+                ":8080.evil.example",
+                ":evil.example",
+                ":443:443",
+                ": 80",
+                ":+80",
+            ]);
+            let prefix = prop::sample::select(vec!["", "", "", "user@", " ", "*."]);
+            (prefix, prop_oneof![4 => host, 1 => v6], dots, port).prop_map(|(p, h, d, port)| format!("{p}{h}{d}{port}"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// Whenever the generated routes name destination D, Baton's matching gives D too.
+            #[test]
+            fn generated_routes_agree_with_batons_matching(authority in authority()) {
+                let (doc, routes) = agreement();
+                if let Some(envoy) = envoy_names(&doc, &authority) {
+                    prop_assert_eq!(Some(envoy), baton_names(&routes, &authority), "{}", authority);
+                }
+            }
+        }
     }
 }

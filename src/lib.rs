@@ -12,6 +12,7 @@ pub mod authz;
 pub mod breaker;
 pub mod broker;
 pub mod cache;
+pub mod canonical;
 pub mod config;
 pub mod credentials;
 pub mod discovery;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::canonical::{self, path_only};
 use crate::config::{Errors, parse_duration};
 use crate::reason::{Denial, Reason};
 
@@ -110,10 +111,20 @@ impl RawPolicy {
         }
         let mut paths = Vec::new();
         for (i, p) in self.paths.iter().enumerate() {
-            if p.starts_with('/') {
-                paths.push(PathRule::new(p));
-            } else {
+            // A rule is written in the canonical form requests are judged in, so `/orders/%7e`
+            // and `/orders/~` are one rule; a rule with a dot segment could never match one.
+            if !p.starts_with('/') {
                 errors.add(format!("{at}.paths[{i}]"), "must start with /");
+            } else if path_only(p) != p || p.split('/').any(|s| s == "." || s == "..") {
+                errors.add(
+                    format!("{at}.paths[{i}]"),
+                    "must be a plain path: no `.` or `..` segment, no query or fragment",
+                );
+            } else {
+                match canonical::path(p) {
+                    Ok(canonical) => paths.push(PathRule::new(&canonical)),
+                    Err(e) => errors.add(format!("{at}.paths[{i}]"), e.to_string()),
+                }
             }
         }
         let when = self
@@ -169,14 +180,20 @@ impl Policy {
                 "the method is not allowed towards this destination",
             ));
         }
-        if !self.paths.is_empty() {
-            let path = facts.path.split(['?', '#']).next().unwrap_or("");
-            if !self.paths.iter().any(|p| p.matches(path)) {
-                return Err(Denial::new(
-                    Reason::PathNotAllowed,
-                    "the path is not allowed towards this destination",
-                ));
-            }
+        // Path rules and CEL judge the canonical path; a destination with neither pays nothing.
+        let path = if (self.paths.is_empty() && self.when.is_none()) || facts.path.is_empty() {
+            // No path at all (a broker call: no HTTP request) matches no `paths` rule, and CEL's
+            // `request.path` is "".
+            String::new()
+        } else {
+            canonical::path(facts.path)
+                .map_err(|e| Denial::new(Reason::PathNotCanonical, format!("the path cannot be judged: {e}")))?
+        };
+        if !self.paths.is_empty() && !self.paths.iter().any(|p| p.matches(&path)) {
+            return Err(Denial::new(
+                Reason::PathNotAllowed,
+                "the path is not allowed towards this destination",
+            ));
         }
         for (name, wanted) in &self.claims {
             let held = facts.claims.and_then(|c| c.get(name));
@@ -188,7 +205,7 @@ impl Policy {
             }
         }
         if let Some(expression) = &self.when {
-            expression.check(facts)?;
+            expression.check(facts, &path)?;
         }
         Ok(())
     }
@@ -357,7 +374,8 @@ impl Expression {
         })
     }
 
-    fn check(&self, facts: &Facts<'_>) -> Result<(), Denial> {
+    /// `path` is the canonical path: what `request.path` is.
+    fn check(&self, facts: &Facts<'_>, path: &str) -> Result<(), Denial> {
         let error = |why: &str| {
             tracing::warn!(expression = %self.source, error = why, "policy expression failed; refusing");
             Denial::new(
@@ -373,7 +391,7 @@ impl Expression {
                 headers.insert(name.to_owned(), Value::String(v.to_owned()));
             }
         }
-        let request = serde_json::json!({ "method": facts.method, "path": facts.path, "headers": headers });
+        let request = serde_json::json!({ "method": facts.method, "path": path, "headers": headers });
         for (name, value) in [
             ("subject", subject),
             ("request", request),
@@ -572,5 +590,128 @@ paths: ["/orders/", "/items/*/price", "/v2/**/status"]
             compile("{}", true).expect("empty").scopes(&configured, Some(&none)),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn paths_are_judged_in_their_canonical_form() {
+        let policy = compile(r#"paths: ["/orders/", "/items/*/price"]"#, true).expect("compiles");
+        let alice = claims(r#"{"sub":"alice"}"#);
+        let path = |p: &str| decide(&policy, &alice, None, "GET", p);
+        // Issue 12's examples: a dot segment leaves the rule, whatever the upstream resolves.
+        assert_eq!(path("/orders/../admin"), Err(Reason::PathNotAllowed));
+        assert_eq!(path("/items/../price"), Err(Reason::PathNotAllowed));
+        assert_eq!(path("/orders/42/../../admin?x=/orders/"), Err(Reason::PathNotAllowed));
+        assert_eq!(path("/orders/./42"), Ok(()));
+        assert_eq!(
+            path("/items/%31/price"),
+            Ok(()),
+            "an unreserved escape is its character"
+        );
+        assert_eq!(path("/orders/42?next=/../admin"), Ok(()));
+        for never in [
+            "/orders/%2e%2e/admin",
+            "/orders/..%2fadmin",
+            "/orders/..%2Fadmin",
+            "/orders/..;/admin",
+            "/orders/..\\admin",
+            "/orders/%00",
+            "/orders/%zz",
+            "*",
+        ] {
+            assert_eq!(path(never), Err(Reason::PathNotCanonical), "{never:?}");
+        }
+        assert_eq!(
+            path(""),
+            Err(Reason::PathNotAllowed),
+            "no path (a broker call) matches no rule"
+        );
+        // CEL's request.path is the same canonical path (no query).
+        let cel = compile(r#"when: 'request.path.startsWith("/orders/")'"#, true).expect("compiles");
+        assert_eq!(
+            decide(&cel, &alice, None, "GET", "/orders/../admin"),
+            Err(Reason::PolicyExpressionFalse)
+        );
+        assert_eq!(
+            decide(&cel, &alice, None, "GET", "/orders/%2e%2e/admin"),
+            Err(Reason::PathNotCanonical)
+        );
+        assert_eq!(decide(&cel, &alice, None, "GET", "/orders/1?a=b"), Ok(()));
+        let exact = compile(r#"when: 'request.path == "/orders/1"'"#, true).expect("compiles");
+        assert_eq!(
+            decide(&exact, &alice, None, "GET", "/orders//1/?a#b"),
+            Err(Reason::PolicyExpressionFalse)
+        );
+        assert_eq!(decide(&exact, &alice, None, "GET", "/orders//1?a#b"), Ok(()));
+        // Without path rules or CEL, the path is not judged.
+        let none = compile("methods: [GET]", true).expect("compiles");
+        assert_eq!(decide(&none, &alice, None, "GET", "/orders/%2e%2e"), Ok(()));
+    }
+
+    #[test]
+    fn path_rules_are_canonical_or_config_errors() {
+        let policy = compile(r#"paths: ["/caf%c3%a9/%7Eme/"]"#, true).expect("compiles");
+        let alice = claims("{}");
+        assert_eq!(decide(&policy, &alice, None, "GET", "/café/~me/x"), Ok(()));
+        for bad in ["/orders/../admin", "/a/./b", "/a%2fb", "/a?b", "/a%zz"] {
+            let errors = compile(&format!("paths: [\"{bad}\"]"), true).expect_err(bad);
+            assert!(errors[0].starts_with("policy.paths[0]:"), "{errors:?}");
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn raw_path() -> impl Strategy<Value = String> {
+            let segment = prop::sample::select(vec![
+                "items", "orders", "admin", "price", "1", "", ".", "..", "%2e", "%2e%2e", "..;", "%2f", "%5c", "%31",
+                "%70rice", "pr%69ce", ";x", "..%3b", "%252e", "*",
+            ]);
+            prop::collection::vec(segment, 0..7).prop_map(|s| format!("/{}", s.join("/")))
+        }
+
+        /// A plain path: what a server resolving the request (decoding once, `;` cut, dot segments
+        /// resolved) acts on.
+        fn plain(raw: &str) -> String {
+            let decoded = raw
+                .replace("%2e", ".")
+                .replace("%2f", "/")
+                .replace("%5c", "/")
+                .replace("%3b", ";")
+                .replace("%31", "1")
+                .replace("%70", "p")
+                .replace("%69", "i")
+                .replace("%25", "%");
+            let mut out: Vec<&str> = Vec::new();
+            for s in decoded.split('/').skip(1) {
+                match s.split(';').next().unwrap_or(s) {
+                    "" | "." => {}
+                    ".." => {
+                        out.pop();
+                    }
+                    s => out.push(s),
+                }
+            }
+            format!("/{}", out.join("/"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            /// A request the path rules allow is one whose plain path they allow too.
+            #[test]
+            fn nothing_outside_a_paths_rule_is_allowed(raw in raw_path()) {
+                let policy = compile(r#"paths: ["/orders/", "/items/*/price"]"#, true).expect("compiles");
+                let alice = claims("{}");
+                if decide(&policy, &alice, None, "GET", &raw).is_ok() {
+                    let plain = plain(&raw);
+                    let rule = ["/orders/", "/items/*/price"].map(PathRule::new);
+                    prop_assert!(
+                        rule.iter().any(|r| r.matches(&plain)) || plain == "/orders",
+                        "{raw:?} allowed, but a server acts on {plain:?}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -65,6 +65,14 @@ pub enum Reason {
     ScopeRefused,
     /// Envoy sent a CheckRequest without the HTTP attributes Baton needs.
     CheckRequestMalformed,
+    /// The path has no canonical form (an encoded `/`, a backslash, a control character, an encoded or
+    /// disguised dot segment, a bad escape, not origin-form, too long): path rules cannot judge it.
+    PathNotCanonical,
+    /// The authority is not a host name or bracketed IPv6 address with an optional port 1-65535
+    /// written without leading zeros.
+    AuthorityMalformed,
+    /// The route names a destination whose `hosts` do not claim the request's authority.
+    DestinationHostMismatch,
     // The token service could not give an answer (503). Fail closed.
     TokenServiceUnavailable,
     TokenServiceTimeout,
@@ -145,6 +153,9 @@ impl Reason {
             Self::ClientUnauthorized => "client_unauthorized",
             Self::ScopeRefused => "scope_refused",
             Self::CheckRequestMalformed => "check_request_malformed",
+            Self::PathNotCanonical => "path_not_canonical",
+            Self::AuthorityMalformed => "authority_malformed",
+            Self::DestinationHostMismatch => "destination_host_mismatch",
             Self::TokenServiceUnavailable => "token_service_unavailable",
             Self::TokenServiceTimeout => "token_service_timeout",
             Self::TokenServiceError => "token_service_error",
@@ -200,6 +211,9 @@ impl Reason {
             | Self::ClientUnauthorized
             | Self::ScopeRefused
             | Self::CheckRequestMalformed
+            | Self::PathNotCanonical
+            | Self::AuthorityMalformed
+            | Self::DestinationHostMismatch
             | Self::SourceNotAllowed
             | Self::ClaimRequirementFailed
             | Self::MethodNotAllowed

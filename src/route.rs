@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::canonical::{self, Authority};
+
 /// The `context_extensions` key an Envoy route sets to name a destination.
 pub const CONTEXT_KEY: &str = "baton.destination";
 
@@ -13,27 +15,33 @@ pub const CONTEXT_KEY: &str = "baton.destination";
 #[derive(Debug)]
 pub struct Routes<T> {
     by_name: HashMap<String, Arc<T>>,
-    /// `host` (any port) and `host:port` (that port only), lower-case.
+    /// The names of the destinations that claim at least one host.
+    with_hosts: std::collections::HashSet<String>,
+    /// Canonical `host` (any port) and `host:port` (that port only).
     exact: HashMap<String, Arc<T>>,
     /// `*.example.com[:port]` as (".example.com", port), longest suffix first.
     wildcards: Vec<(String, Option<u16>, Arc<T>)>,
 }
 
 impl<T> Routes<T> {
-    /// Build from (name, host patterns, value). Patterns were checked by config validation.
+    /// Build from (name, host patterns, value). Patterns were checked by config validation (with
+    /// [`canonical::host_pattern`]); one that does not parse matches nothing.
     pub fn new(entries: impl IntoIterator<Item = (String, Vec<String>, T)>) -> Self {
         let mut by_name = HashMap::new();
+        let mut with_hosts = std::collections::HashSet::new();
         let mut exact = HashMap::new();
         let mut wildcards = Vec::new();
         for (name, hosts, value) in entries {
             let value = Arc::new(value);
-            for host in hosts {
-                let host = host.to_ascii_lowercase();
-                if let Some(rest) = host.strip_prefix('*') {
-                    let (suffix, port) = split_port(rest);
-                    wildcards.push((suffix.to_owned(), port, value.clone()));
+            if !hosts.is_empty() {
+                with_hosts.insert(name.clone());
+            }
+            for pattern in hosts.iter().filter_map(|h| canonical::host_pattern(h).ok()) {
+                if pattern.wildcard {
+                    let suffix = format!(".{}", pattern.authority.host());
+                    wildcards.push((suffix, pattern.authority.port(), value.clone()));
                 } else {
-                    exact.insert(host, value.clone());
+                    exact.insert(pattern.authority.to_string(), value.clone());
                 }
             }
             by_name.insert(name, value);
@@ -41,6 +49,7 @@ impl<T> Routes<T> {
         wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(b.1.is_some().cmp(&a.1.is_some())));
         Self {
             by_name,
+            with_hosts,
             exact,
             wildcards,
         }
@@ -50,22 +59,18 @@ impl<T> Routes<T> {
         self.by_name.get(name)
     }
 
-    /// Match an HTTP authority (`host`, `host:port`, `[v6]:port`), case-insensitively: an exact
-    /// `host:port` pattern first, then an exact `host`, then the longest `*.` suffix.
-    pub fn by_authority(&self, authority: &str) -> Option<&Arc<T>> {
-        // Authorities are almost always lower-case already: avoid the allocation then.
-        let lowered;
-        let authority = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
-            lowered = authority.to_ascii_lowercase();
-            lowered.as_str()
-        } else {
-            authority
-        };
-        let (host, port) = split_port(authority);
-        // A fully qualified name (`orders.example.`) is the same host.
-        let host = host.strip_suffix('.').unwrap_or(host);
+    /// Whether the destination `name` claims hosts: a route naming it must then agree with them.
+    pub fn claims_hosts(&self, name: &str) -> bool {
+        self.with_hosts.contains(name)
+    }
+
+    /// Match a canonical authority ([`canonical::authority`]): an exact `host:port` pattern first,
+    /// then an exact `host`, then the longest `*.` suffix (with its port, if it names one).
+    pub fn by_authority(&self, authority: &Authority) -> Option<&Arc<T>> {
+        let host = authority.host();
+        let port = authority.port();
         if port.is_some()
-            && let Some(v) = self.exact.get(authority)
+            && let Some(v) = self.exact.get(&authority.to_string())
         {
             return Some(v);
         }
@@ -81,43 +86,6 @@ impl<T> Routes<T> {
             })
             .map(|(_, _, v)| v)
     }
-}
-
-/// `host:port` -> (host, Some(port)); `[::1]:80` -> ("[::1]", Some(80)); a bad port is part of the host
-/// (so it matches nothing).
-pub(crate) fn split_port(authority: &str) -> (&str, Option<u16>) {
-    let colon = match authority.rfind(':') {
-        Some(i) if !authority[i..].contains(']') => i,
-        _ => return (authority, None),
-    };
-    // A bare IPv6 address without brackets has several colons and no port.
-    if !authority.starts_with('[') && authority[..colon].contains(':') {
-        return (authority, None);
-    }
-    match authority[colon + 1..].parse() {
-        Ok(port) => (&authority[..colon], Some(port)),
-        Err(_) => (authority, None),
-    }
-}
-
-/// Why a host pattern from the configuration cannot be used, if it cannot.
-pub fn check_host_pattern(pattern: &str) -> Result<(), &'static str> {
-    let rest = pattern.strip_prefix("*.").unwrap_or(pattern);
-    let (host, _) = split_port(rest);
-    if host.is_empty() {
-        return Err("is empty");
-    }
-    if host.contains('*') {
-        return Err("may only use `*.` at the start");
-    }
-    let valid = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':');
-    if !host.bytes().all(valid) {
-        return Err("is not a host name, `host:port` or `*.suffix`");
-    }
-    if rest.ends_with(':') {
-        return Err("has an empty port");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -140,7 +108,8 @@ mod tests {
     }
 
     fn find(authority: &str) -> Option<&'static str> {
-        routes().by_authority(authority).map(|v| **v)
+        let authority = canonical::authority(authority).ok()?;
+        routes().by_authority(&authority).map(|v| **v)
     }
 
     #[test]
@@ -175,24 +144,29 @@ mod tests {
     #[test]
     fn ipv6_authorities_split_at_the_bracket() {
         assert_eq!(find("[::1]:8080"), Some("v6"));
+        assert_eq!(find("[0::1]:8080"), Some("v6"), "one form of an IPv6 address");
         assert_eq!(find("[::1]:9090"), None);
-        assert_eq!(split_port("::1"), ("::1", None));
+    }
+
+    #[test]
+    fn the_port_and_the_trailing_dot_have_one_form() {
+        // `orders:9000` belongs to `admin`: no other spelling of it may reach `orders`.
+        assert_eq!(find("orders.:9000"), Some("admin"));
+        assert_eq!(find("ORDERS:9000"), Some("admin"));
+        for malformed in [
+            "orders:09000",
+            "orders:009000",
+            "orders..:9000",
+            "orders:9000.evil",
+            "orders:abc",
+        ] {
+            assert_eq!(find(malformed), None, "{malformed}");
+        }
     }
 
     #[test]
     fn names_come_from_the_route() {
         assert_eq!(routes().by_name("admin").map(|v| **v), Some("admin"));
         assert!(routes().by_name("nope").is_none());
-    }
-
-    #[test]
-    fn bad_patterns_are_refused() {
-        assert!(check_host_pattern("orders").is_ok());
-        assert!(check_host_pattern("*.orders.example:8443").is_ok());
-        assert!(check_host_pattern("*bad*").is_err());
-        assert!(check_host_pattern("a.*.b").is_err());
-        assert!(check_host_pattern("").is_err());
-        assert!(check_host_pattern("orders:").is_err());
-        assert!(check_host_pattern("has space").is_err());
     }
 }

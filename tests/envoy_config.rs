@@ -30,7 +30,7 @@ fn baton_config(
 }
 
 const DESTINATIONS: &str = r#"  - name: orders
-    hosts: ["orders.example", "orders", "orders:8080", "*.orders.example", "*.orders.example:8443", "[::1]:9000"]
+    hosts: ["orders.example", "orders", "orders:8080", "*.orders.example", "*.orders.example:8443", "[::1]:9000", "orders.shop-production.svc.cluster.local", "*.orders-production.svc.cluster.local"]
     audience: https://orders.example
   - name: billing
     hosts: ["*.billing.example"]
@@ -269,8 +269,8 @@ async fn a_tls_baton_gets_a_tls_cluster_and_never_a_plain_one() {
 
 /// The generated bootstrap, run by the real Envoy, with its outbound cluster (a DNS forward proxy)
 /// swapped for the test upstream. It is generated from hosts that differ from Baton's on purpose:
-/// `orders.example` names `billing` there, so an upstream that receives a billing token proves that
-/// Envoy's route, not Baton's host matching, named the destination.
+/// `orders.example` names `billing` there, so a refusal `destination_host_mismatch` proves that
+/// Envoy's route named the destination, and that Baton checks it against its own hosts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_generated_bootstrap_names_each_destination_through_envoy() {
     let scratch = Scratch::new("envoy-config-run");
@@ -301,9 +301,14 @@ async fn the_generated_bootstrap_names_each_destination_through_envoy() {
         let bootstrap = baton::envoy_config::to_yaml(&bootstrap).expect("yaml");
         let envoy = Envoy::start_with_bootstrap(&scratch, &bootstrap).await;
 
+        // The route names billing, whose hosts in Baton's own configuration do not include
+        // `orders.example`: Baton refuses the route's word against its own (issue 12).
         let routed = send(&envoy, "orders.example", "/", Some(&bearer(&user))).await;
-        let claims = service.verify(routed.upstream_token()).await;
-        assert_eq!(audiences(&claims), [BILLING], "{api}: the route names billing");
+        assert_eq!(
+            (routed.status, routed.reason()),
+            (403, "destination_host_mismatch"),
+            "{api}: the route names billing"
+        );
         // A `host:port` pattern is a route of its own, ahead of the host's.
         let ported = send(&envoy, "orders.example:9000", "/", Some(&bearer(&user))).await;
         let claims = service.verify(ported.upstream_token()).await;
@@ -314,7 +319,7 @@ async fn the_generated_bootstrap_names_each_destination_through_envoy() {
         assert_eq!(audiences(&claims), [BILLING], "{api}");
         let unknown = send(&envoy, "elsewhere.example", "/", Some(&bearer(&user))).await;
         assert_eq!(unknown.upstream_authorization(), None, "{api}: a user token leaked");
-        let denied = send(&envoy, "orders.example", "/", None).await;
+        let denied = send(&envoy, "x.billing.example", "/", None).await;
         assert_eq!((denied.status, denied.reason()), (401, "missing_token"), "{api}");
     }
 }

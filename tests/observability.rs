@@ -494,7 +494,7 @@ fn cases(token: &str) -> Vec<Case> {
             Some("hit"),
         ),
         case(
-            "anything.example",
+            "routed.billing.example",
             "/routed/obs/3",
             user.clone(),
             200,

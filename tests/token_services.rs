@@ -356,7 +356,13 @@ destinations:
     let billing = reply.upstream_token().to_owned();
     assert_eq!(audiences(&west.verify(&billing).await), [BILLING]);
     // The route names the destination; its token service follows: a cache hit here.
-    let routed = send(&envoy, "anything.example", "/routed/x", Some(&bearer(&alice_west))).await;
+    let routed = send(
+        &envoy,
+        "routed.billing.example",
+        "/routed/x",
+        Some(&bearer(&alice_west)),
+    )
+    .await;
     assert_eq!(routed.upstream_token(), billing);
 
     assert_eq!(east.exchanges().await, 1, "east: orders only");

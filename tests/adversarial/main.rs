@@ -11,5 +11,7 @@
 mod support;
 
 mod broker;
+mod hosts;
 mod listener;
+mod paths;
 mod tokens;
