@@ -1512,6 +1512,7 @@ destinations:
     #[test]
     fn host_patterns_are_canonical_and_two_spellings_of_one_conflict() {
         let yaml = r#"
+listen: { grpc: 127.0.0.1:9191 }
 token_service: { token_endpoint: http://127.0.0.1:9/token, client_id: c, auth: { method: none } }
 destinations:
   - name: orders
