@@ -17,10 +17,27 @@ pub struct Routes<T> {
     by_name: HashMap<String, Arc<T>>,
     /// The names of the destinations that claim at least one host.
     with_hosts: std::collections::HashSet<String>,
-    /// Canonical `host` (any port) and `host:port` (that port only).
-    exact: HashMap<String, Arc<T>>,
+    /// By canonical host: the destination of `host` (any port), and of `host:port` by port. Two
+    /// levels, so that a lookup allocates nothing.
+    exact: HashMap<String, ExactHost<T>>,
     /// `*.example.com[:port]` as (".example.com", port), longest suffix first.
     wildcards: Vec<(String, Option<u16>, Arc<T>)>,
+}
+
+/// The destinations of one exact host name.
+#[derive(Debug)]
+struct ExactHost<T> {
+    any_port: Option<Arc<T>>,
+    ports: HashMap<u16, Arc<T>>,
+}
+
+impl<T> Default for ExactHost<T> {
+    fn default() -> Self {
+        Self {
+            any_port: None,
+            ports: HashMap::new(),
+        }
+    }
 }
 
 impl<T> Routes<T> {
@@ -41,7 +58,13 @@ impl<T> Routes<T> {
                     let suffix = format!(".{}", pattern.authority.host());
                     wildcards.push((suffix, pattern.authority.port(), value.clone()));
                 } else {
-                    exact.insert(pattern.authority.to_string(), value.clone());
+                    let entry: &mut ExactHost<T> = exact.entry(pattern.authority.host().to_owned()).or_default();
+                    match pattern.authority.port() {
+                        Some(port) => {
+                            entry.ports.insert(port, value.clone());
+                        }
+                        None => entry.any_port = Some(value.clone()),
+                    }
                 }
             }
             by_name.insert(name, value);
@@ -69,13 +92,11 @@ impl<T> Routes<T> {
     pub fn by_authority(&self, authority: &Authority) -> Option<&Arc<T>> {
         let host = authority.host();
         let port = authority.port();
-        if port.is_some()
-            && let Some(v) = self.exact.get(&authority.to_string())
-        {
-            return Some(v);
-        }
-        if let Some(v) = self.exact.get(host) {
-            return Some(v);
+        if let Some(exact) = self.exact.get(host) {
+            let ported = port.and_then(|p| exact.ports.get(&p));
+            if let Some(v) = ported.or(exact.any_port.as_ref()) {
+                return Some(v);
+            }
         }
         self.wildcards
             .iter()

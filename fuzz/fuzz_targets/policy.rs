@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+use baton::canonical;
 use baton::config::{Errors, parse_yaml};
 use baton::extract::Headers;
 use baton::policy::{Facts, Policy, RawPolicy};
@@ -97,7 +98,8 @@ fuzz_target!(|data: &[u8]| {
                 "source {source:?} allowed"
             );
             assert!(matches!(input.method.to_ascii_uppercase().as_str(), "GET" | "POST"));
-            let path = input.path.split(['?', '#']).next().unwrap_or("");
+            // Path rules judge the canonical path (issue 12).
+            let path = canonical::path(&input.path).expect("an allowed path is canonical");
             assert!(path.starts_with('/'), "path {path:?} allowed");
             assert!(holds("tenant", &["acme"]), "tenant {:?} allowed", claim("tenant"));
             assert!(
@@ -112,6 +114,7 @@ fuzz_target!(|data: &[u8]| {
                 Reason::SourceNotAllowed
                     | Reason::MethodNotAllowed
                     | Reason::PathNotAllowed
+                    | Reason::PathNotCanonical
                     | Reason::ClaimRequirementFailed
             ),
             "{denial}"
@@ -144,7 +147,7 @@ fuzz_target!(|data: &[u8]| {
         Err(denial) => assert!(
             matches!(
                 denial.reason,
-                Reason::PolicyExpressionFalse | Reason::PolicyExpressionError
+                Reason::PolicyExpressionFalse | Reason::PolicyExpressionError | Reason::PathNotCanonical
             ),
             "{denial}"
         ),
@@ -156,14 +159,15 @@ fuzz_target!(|data: &[u8]| {
                 || claim("groups")
                     .and_then(Value::as_object)
                     .is_some_and(|g| g.contains_key("admins"));
-            assert!(admin || input.path.starts_with("/public/"));
+            let path = canonical::path(&input.path).unwrap_or_default();
+            assert!(admin || path.starts_with("/public/"));
             assert!(input.source.as_deref().unwrap_or("").ends_with("/frontend"));
             assert!(claim("age").and_then(Value::as_f64).is_some_and(|age| age >= 18.0));
         }
         Err(denial) => assert!(
             matches!(
                 denial.reason,
-                Reason::PolicyExpressionFalse | Reason::PolicyExpressionError
+                Reason::PolicyExpressionFalse | Reason::PolicyExpressionError | Reason::PathNotCanonical
             ),
             "{denial}"
         ),

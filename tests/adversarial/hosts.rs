@@ -295,3 +295,59 @@ async fn a_malformed_authority_is_stripped_under_strip() {
         failures.join("\n")
     );
 }
+
+/// HTTP/2: `:authority` is the request's authority; a `host` header beside it (naming admin's
+/// `orders.local:8443`) must not change where the token goes, nor which token it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_host_header_does_not_override_the_authority() {
+    let scratch = Arc::new(Scratch::new("adv-hosts-h2"));
+    let options = PeerOptions {
+        audiences: vec![ORDERS.to_owned(), BILLING.to_owned(), ADMIN.to_owned()],
+        ..PeerOptions::default()
+    };
+    let service = TokenService::start_with(Peer::BatonSts, &scratch, options).await;
+    let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
+    let body = format!("token_service:\n{token_service}\n{DESTINATIONS}");
+    let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
+    let upstream = Upstream::start().await;
+    let user = service.mint("alice", "orders.read").await;
+    let authorization = bearer(&user);
+    leaks::credential(&authorization);
+    for (api, shape) in STACKS {
+        let envoy = envoy(&scratch, &baton, &upstream, api, shape).await;
+        let admin = send(&envoy, "orders.local:8443", "/", Some(&authorization)).await;
+        let admin_token = admin.upstream_token().to_owned();
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .resolve("eu.billing.example", ([127, 0, 0, 1], envoy.port).into())
+            .build()
+            .expect("an HTTP/2 client");
+        let reply = client
+            .get(format!("http://eu.billing.example:{}/x", envoy.port))
+            .header("host", "orders.local:8443")
+            .header("authorization", &authorization)
+            .send()
+            .await
+            .expect("an HTTP/2 request through envoy");
+        assert_eq!(reply.version(), reqwest::Version::HTTP_2, "{api:?}/{shape:?}");
+        let status = reply.status().as_u16();
+        let bytes = reply.bytes().await.unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let received = body["authorization"].as_str().unwrap_or("");
+        if !received.is_empty() {
+            leaks::credential(received);
+        }
+        assert!(
+            status != 200 || (received != authorization && received != format!("Bearer {admin_token}")),
+            "{api:?}/{shape:?}: {status} {body}"
+        );
+        if status == 200 {
+            let claims = service.verify(received.trim_start_matches("Bearer ")).await;
+            assert_eq!(
+                audiences(&claims),
+                [BILLING],
+                "{api:?}/{shape:?}: the :authority's destination"
+            );
+        }
+    }
+}
