@@ -455,8 +455,7 @@ impl Authz {
         Ok(Some(route))
     }
 
-    /// A route for the broker API: a configured destination, optionally with other scopes.
-    /// The destination `name` for a broker call asking for `scopes`: the destination's own scopes
+    /// The route for a broker call to destination `name` asking for `scopes`: the destination's own scopes
     /// when `scopes` is empty, else exactly the ones asked for, each of which must be in its
     /// `broker_allowed_scopes` (a caller narrows what a destination grants, never widens it).
     /// Duplicates and order do not matter: the same set is the same exchange and cache entry.

@@ -324,31 +324,6 @@ async fn the_generated_bootstrap_names_each_destination_through_envoy() {
     }
 }
 
-/// Route the outbound cluster to the test upstream instead of resolving `:authority` by DNS.
-fn to_test_upstream(bootstrap: &mut Value, port: u16) {
-    let resources = &mut bootstrap["static_resources"];
-    let clusters = resources["clusters"].as_array_mut().expect("clusters");
-    let outbound = clusters
-        .iter_mut()
-        .find(|c| c["name"] == "baton_outbound")
-        .expect("the outbound cluster");
-    *outbound = json!({
-        "name": "baton_outbound",
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": "baton_outbound",
-            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
-                "socket_address": { "address": "127.0.0.1", "port_value": port },
-            } } }] }],
-        },
-    });
-    let filters = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
-        .as_array_mut()
-        .expect("http filters");
-    filters.retain(|f| f["name"] != "envoy.filters.http.dynamic_forward_proxy");
-}
-
 /// What cannot be generated says why, and exits 1.
 #[test]
 fn envoy_config_refuses_what_it_cannot_generate() {

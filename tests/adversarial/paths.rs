@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
@@ -146,27 +146,7 @@ fn generated(scratch: &Scratch, api: Api, port: u16, upstream: u16) -> String {
         .expect("run baton envoy-config");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut bootstrap: Value = serde_saphyr::from_str(&String::from_utf8_lossy(&out.stdout)).expect("YAML");
-    let resources = &mut bootstrap["static_resources"];
-    let clusters = resources["clusters"].as_array_mut().expect("clusters");
-    let outbound = clusters
-        .iter_mut()
-        .find(|c| c["name"] == "baton_outbound")
-        .expect("the outbound cluster");
-    *outbound = json!({
-        "name": "baton_outbound",
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": "baton_outbound",
-            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
-                "socket_address": { "address": "127.0.0.1", "port_value": upstream },
-            } } }] }],
-        },
-    });
-    let filters = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
-        .as_array_mut()
-        .expect("http filters");
-    filters.retain(|f| f["name"] != "envoy.filters.http.dynamic_forward_proxy");
+    to_test_upstream(&mut bootstrap, upstream);
     baton::envoy_config::to_yaml(&bootstrap).expect("yaml")
 }
 
