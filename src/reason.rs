@@ -319,4 +319,32 @@ mod tests {
             tonic::Code::Unavailable
         );
     }
+
+    /// Every wire name (read from `as_str` above) has a row in the README's reason table, so an
+    /// operator can look up any code Baton sends.
+    #[test]
+    fn every_reason_is_in_the_readme_table() {
+        let source = include_str!("reason.rs");
+        let readme = include_str!("../README.md");
+        let table: Vec<&str> = readme
+            .lines()
+            .filter(|l| l.starts_with("| 40") || l.starts_with("| 50"))
+            .collect();
+        let names: Vec<&str> = source
+            .lines()
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("Self::")?
+                    .split_once(" => \"")?
+                    .1
+                    .strip_suffix("\",")
+            })
+            .collect();
+        assert!(names.len() > 40, "as_str was not read: {names:?}");
+        let missing: Vec<&&str> = names
+            .iter()
+            .filter(|name| !table.iter().any(|row| row.contains(&format!("`{name}`"))))
+            .collect();
+        assert!(missing.is_empty(), "reason codes without a README row: {missing:?}");
+    }
 }
