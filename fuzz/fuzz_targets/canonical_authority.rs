@@ -14,9 +14,17 @@ fn routes() -> &'static Routes<&'static str> {
     static ROUTES: OnceLock<Routes<&'static str>> = OnceLock::new();
     ROUTES.get_or_init(|| {
         Routes::new([
-            ("orders".to_owned(), vec!["orders.local".to_owned(), "orders".to_owned()], "orders"),
+            (
+                "orders".to_owned(),
+                vec!["orders.local".to_owned(), "orders".to_owned()],
+                "orders",
+            ),
             ("admin".to_owned(), vec!["orders.local:8443".to_owned()], "admin"),
-            ("wild".to_owned(), vec!["*.svc.local".to_owned(), "[::1]:80".to_owned()], "wild"),
+            (
+                "wild".to_owned(),
+                vec!["*.svc.local".to_owned(), "[::1]:80".to_owned()],
+                "wild",
+            ),
         ])
     })
 }
@@ -34,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
     let text = canonical.to_string();
     assert_eq!(authority(&text), Ok(canonical.clone()), "not idempotent: {raw:?}");
     assert_eq!(text, text.to_ascii_lowercase(), "{raw:?}");
-    assert!(!canonical.host().is_empty() && !canonical.host().ends_with('.'), "{raw:?} -> {text:?}");
+    assert!(
+        !canonical.host().is_empty() && !canonical.host().ends_with('.'),
+        "{raw:?} -> {text:?}"
+    );
     if let Some(port) = canonical.port() {
         assert!(port >= 1, "{raw:?}");
         assert!(text.ends_with(&format!(":{port}")), "{raw:?} -> {text:?}");
