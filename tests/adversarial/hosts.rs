@@ -201,18 +201,33 @@ fn rows() -> Vec<Row> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_a_canonical_authority_reaches_a_destination() {
-    let scratch = Arc::new(Scratch::new("adv-hosts"));
+/// `baton sts` (issuing for the three audiences), Baton with `destinations`, and the upstream.
+async fn start(name: &str, destinations: &str) -> (Arc<Scratch>, TokenService, Baton, Upstream) {
+    let scratch = Arc::new(Scratch::new(name));
     let options = PeerOptions {
         audiences: vec![ORDERS.to_owned(), BILLING.to_owned(), ADMIN.to_owned()],
         ..PeerOptions::default()
     };
     let service = TokenService::start_with(Peer::BatonSts, &scratch, options).await;
     let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
-    let body = format!("token_service:\n{token_service}\n{DESTINATIONS}");
+    let body = format!("token_service:\n{token_service}\n{destinations}");
     let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
-    let upstream = Upstream::start().await;
+    (scratch, service, baton, Upstream::start().await)
+}
+
+/// Every row that went wrong, at once.
+fn no_failures(failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_canonical_authority_reaches_a_destination() {
+    let (scratch, service, baton, upstream) = start("adv-hosts", DESTINATIONS).await;
     let user = service.mint("alice", "orders.read").await;
     let mut failures = Vec::new();
     for (api, shape) in STACKS {
@@ -240,29 +255,15 @@ async fn only_a_canonical_authority_reaches_a_destination() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} rows failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    no_failures(&failures);
 }
 
 /// Under `unknown_destination: strip` (the default) a malformed authority reaches no destination
 /// either: the request goes on without the user's token, never with it, never delegated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_authority_is_stripped_under_strip() {
-    let scratch = Arc::new(Scratch::new("adv-hosts-strip"));
-    let options = PeerOptions {
-        audiences: vec![ORDERS.to_owned(), BILLING.to_owned(), ADMIN.to_owned()],
-        ..PeerOptions::default()
-    };
-    let service = TokenService::start_with(Peer::BatonSts, &scratch, options).await;
-    let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
     let destinations = DESTINATIONS.replace("unknown_destination: passthrough", "unknown_destination: strip");
-    let body = format!("token_service:\n{token_service}\n{destinations}");
-    let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
-    let upstream = Upstream::start().await;
+    let (scratch, service, baton, upstream) = start("adv-hosts-strip", &destinations).await;
     let user = service.mint("alice", "orders.read").await;
     let audiences = TokenServiceAudiences::default();
     let mut failures = Vec::new();
@@ -288,28 +289,14 @@ async fn a_malformed_authority_is_stripped_under_strip() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} rows failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    no_failures(&failures);
 }
 
 /// HTTP/2: `:authority` is the request's authority; a `host` header beside it (naming admin's
 /// `orders.local:8443`) must not change where the token goes, nor which token it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_host_header_does_not_override_the_authority() {
-    let scratch = Arc::new(Scratch::new("adv-hosts-h2"));
-    let options = PeerOptions {
-        audiences: vec![ORDERS.to_owned(), BILLING.to_owned(), ADMIN.to_owned()],
-        ..PeerOptions::default()
-    };
-    let service = TokenService::start_with(Peer::BatonSts, &scratch, options).await;
-    let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
-    let body = format!("token_service:\n{token_service}\n{DESTINATIONS}");
-    let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
-    let upstream = Upstream::start().await;
+    let (scratch, service, baton, upstream) = start("adv-hosts-h2", DESTINATIONS).await;
     let user = service.mint("alice", "orders.read").await;
     let authorization = bearer(&user);
     leaks::credential(&authorization);
