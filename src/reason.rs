@@ -320,13 +320,13 @@ mod tests {
         );
     }
 
-    /// Every wire name (read from `as_str` above) has a row in the README's reason table, so an
-    /// operator can look up any code Baton sends.
+    /// Every wire name (read from `as_str` above) has a row in the reason table of
+    /// docs/operations.md, so an operator can look up any code Baton sends.
     #[test]
-    fn every_reason_is_in_the_readme_table() {
+    fn every_reason_is_in_the_operations_table() {
         let source = include_str!("reason.rs");
-        let readme = include_str!("../README.md");
-        let table: Vec<&str> = readme
+        let operations = include_str!("../docs/operations.md");
+        let table: Vec<&str> = operations
             .lines()
             .filter(|l| l.starts_with("| 40") || l.starts_with("| 50"))
             .collect();
@@ -345,6 +345,9 @@ mod tests {
             .iter()
             .filter(|name| !table.iter().any(|row| row.contains(&format!("`{name}`"))))
             .collect();
-        assert!(missing.is_empty(), "reason codes without a README row: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "reasons without a row in docs/operations.md: {missing:?}"
+        );
     }
 }
