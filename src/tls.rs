@@ -6,7 +6,7 @@
 //! handed to tonic; it must never log what a key file holds, nor anything a caller sends after the
 //! handshake.
 //!
-//! The matching rule (documented in README.md): a pattern starting `spiffe://` is compared with the
+//! The matching rule (documented in docs/configuration.md): a pattern starting `spiffe://` is compared with the
 //! certificate's URI SANs, any other with its DNS SANs. A pattern matches exactly, or its single `*`
 //! stands for one whole path segment at the end (`spiffe://td/ns/shop/sa/*`) or one whole leading
 //! DNS label (`*.shop.svc.cluster.local`). Never a substring, a prefix, or several segments or labels.

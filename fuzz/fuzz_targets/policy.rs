@@ -1,4 +1,4 @@
-//! Fixed destination policies (rules and CEL `when:` expressions, as in the README) evaluated
+//! Fixed destination policies (rules and CEL `when:` expressions, as in docs/configuration.md) evaluated
 //! against fuzzed facts: claims, source, method, path and headers, given as one JSON object. Never a
 //! panic; a refusal names its rule; an allowed request really meets every rule.
 #![no_main]

@@ -2,7 +2,7 @@
 //! request only queues a record (bounded; when full the record is dropped and counted, a request
 //! never waits on the disk); a thread of its own formats and writes. A record names people and
 //! workloads and never holds a token: tokens appear in it as nothing at all, not even fingerprints.
-//! The schema is documented in README.md ("Audit log").
+//! The schema is documented in docs/observability.md ("Audit log").
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
