@@ -18,7 +18,8 @@ struct Block {
 
 impl Block {
     fn at(&self) -> String {
-        format!("{}:{} (yaml {})", self.file.display(), self.line, self.kind)
+        let file = self.file.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap_or(&self.file);
+        format!("{}:{} (yaml {})", file.display(), self.line, self.kind)
     }
 }
 
