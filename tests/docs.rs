@@ -52,7 +52,7 @@ fn yaml_blocks(file: &Path, markdown: &str) -> Vec<Block> {
                 if let Some(info) = trimmed.strip_prefix("```") {
                     let mut words = info.split_whitespace();
                     let kind = match words.next() {
-                        Some("yaml") => words.next().unwrap_or("").to_string(),
+                        Some("yaml" | "yml") => words.next().unwrap_or("").to_string(),
                         // Another language's block (or none): read to its closing fence, not kept.
                         _ => OTHER.into(),
                     };
