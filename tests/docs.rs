@@ -4,7 +4,8 @@
 //! (```` ```yaml baton ````). A `baton` block is parsed and validated as Baton's configuration, an
 //! `injector` block as `baton inject`'s, an `sts` block as `baton sts`'s; any other kind (`envoy`,
 //! `k8s`, `otel`, or `baton-fragment` for a deliberate piece of a file) is parsed as YAML. A block
-//! without a kind fails the test. This file never changes the docs: it only reads them.
+//! without a kind fails the test. Files an example names (secrets, keys) are placeholders: an error
+//! that only says such a file cannot be read is not counted. This file only reads the docs.
 
 use std::path::{Path, PathBuf};
 
@@ -36,11 +37,11 @@ fn documents() -> Vec<PathBuf> {
     files
 }
 
-/// The fenced YAML blocks of a Markdown text (fences may be indented, as in a list item). A block
-/// whose info string is `yaml` alone has the kind "".
 /// The kind given to a block of another language while it is skipped.
 const OTHER: &str = "\u{0}other";
 
+/// The fenced YAML blocks of a Markdown text (fences may be indented, as in a list item). A block
+/// whose info string is `yaml` alone has the kind "".
 fn yaml_blocks(file: &Path, markdown: &str) -> Vec<Block> {
     let mut blocks = Vec::new();
     let mut open: Option<(usize, usize, String, String)> = None; // (line, indent, kind, text)
