@@ -134,8 +134,14 @@ impl InjectConfig {
         crate::config::parse_yaml::<RawInjectConfig>(text)?.validate()
     }
 
-    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        Self::from_yaml(&crate::config::read_file(path)?)
+    /// The file at `path` (read with the configuration file's size bound), with `listen`
+    /// overriding the file's address when given (the command line's `--listen`).
+    pub fn from_file(path: &std::path::Path, listen: Option<String>) -> Result<Self, ConfigError> {
+        let mut raw = crate::config::parse_yaml::<RawInjectConfig>(&crate::config::read_file(path)?)?;
+        if listen.is_some() {
+            raw.listen = listen;
+        }
+        raw.validate()
     }
 }
 
