@@ -363,6 +363,25 @@ pub fn is_quantity(text: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// Before: `baton inject` read its file with `read_to_string`, with no bound.
+    #[test]
+    fn the_file_is_read_with_a_bound_and_listen_overrides_it() {
+        let dir = std::env::temp_dir().join(format!("baton-inject-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("inject.yaml");
+        std::fs::write(&path, "baton:\n  image: registry.example/baton:0.1.0\n").expect("write");
+        let config = InjectConfig::from_file(&path, Some("127.0.0.1:0".into())).expect("valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:0");
+        let huge = format!(
+            "baton:\n  image: registry.example/baton:0.1.0\n#{}\n",
+            "x".repeat(5 * 1024 * 1024)
+        );
+        std::fs::write(&path, huge).expect("write");
+        let err = InjectConfig::from_file(&path, None).expect_err("too large");
+        assert!(err.to_string().contains("larger than"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
+
     #[test]
     fn defaults_need_only_the_baton_image() {
         let config = InjectConfig::from_yaml("baton:\n  image: registry.example/baton:0.1.0\n").expect("valid");
