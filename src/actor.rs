@@ -8,14 +8,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::io::AsyncReadExt as _;
 
 use crate::cache::unix_now;
 use crate::config::{Errors, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
+use crate::credentials::{Watched, read_bounded};
 use crate::exchange::TokenService;
 use crate::reason::{Denial, Reason};
 use crate::secret::Secret;
@@ -39,26 +38,25 @@ pub struct RawClientCredentials {
 }
 
 impl RawActor {
+    /// The actor as configured; a token file is read now, so a missing or unreadable file is a
+    /// configuration error at load, not a refusal on the first request.
     pub fn validate(self, errors: &mut Errors) -> Option<ActorToken> {
         let (source, default_type) = match (self.token_file, self.client_credentials) {
-            (Some(path), None) => (
-                Source::File {
-                    path,
-                    current: tokio::sync::Mutex::new(None),
+            (Some(path), None) => match Watched::new(vec![path.clone()], move || read_token(&path)) {
+                Ok(watched) => (Source::File(watched), TOKEN_TYPE_JWT),
+                Err(e) => {
+                    errors.add("actor.token_file", e);
+                    return None;
+                }
+            },
+            (None, Some(cc)) => (
+                Source::ClientCredentials {
+                    audience: cc.audience,
+                    scope: cc.scope,
+                    per_service: std::sync::Mutex::default(),
                 },
-                TOKEN_TYPE_JWT,
+                TOKEN_TYPE_ACCESS_TOKEN,
             ),
-            (None, Some(cc)) => {
-                let cached = tokio::sync::Mutex::new(HashMap::new());
-                (
-                    Source::ClientCredentials {
-                        audience: cc.audience,
-                        scope: cc.scope,
-                        cached,
-                    },
-                    TOKEN_TYPE_ACCESS_TOKEN,
-                )
-            }
             _ => {
                 errors.add(
                     "actor",
@@ -98,17 +96,21 @@ impl Actor {
     }
 }
 
-type FileState = tokio::sync::Mutex<Option<(SystemTime, Arc<Actor>)>>;
+/// One token service's client_credentials token: (expires at, token), behind its own lock, so a
+/// slow service holds up only the requests that need its token.
+type Slot = Arc<tokio::sync::Mutex<Option<(u64, Arc<Actor>)>>>;
 
 #[derive(Debug)]
 enum Source {
-    /// A file that may be replaced at any time, with (modification time, token) of the last read.
-    File { path: PathBuf, current: FileState },
-    /// From each token service by client_credentials, kept as (expires at, token) per service.
+    /// A file that may be replaced at any time (the kubelet rotates it): re-read when it changes,
+    /// the last good token kept if a re-read fails, like every credential file.
+    File(Watched<Arc<Actor>>),
+    /// From each token service by client_credentials. One slot per service a destination names
+    /// (so bounded by the configuration).
     ClientCredentials {
         audience: Option<String>,
         scope: Option<String>,
-        cached: tokio::sync::Mutex<HashMap<String, (u64, Arc<Actor>)>>,
+        per_service: std::sync::Mutex<HashMap<String, Slot>>,
     },
 }
 
@@ -116,15 +118,22 @@ impl ActorToken {
     /// The token to present to `service`.
     pub async fn token(&self, service: &TokenService) -> Result<Arc<Actor>, Denial> {
         match &self.source {
-            Source::File { path, current } => from_file(path, current).await,
+            Source::File(watched) => Ok(watched.get().await),
             Source::ClientCredentials {
                 audience,
                 scope,
-                cached,
+                per_service,
             } => {
-                let mut cached = cached.lock().await;
+                let slot = per_service
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(service.name().to_owned())
+                    .or_default()
+                    .clone();
+                // Held across the call: concurrent requests for the same service wait for one.
+                let mut cached = slot.lock().await;
                 let now = unix_now();
-                if let Some((expires_at, token)) = cached.get(service.name())
+                if let Some((expires_at, token)) = cached.as_ref()
                     && *expires_at > now
                 {
                     return Ok(token.clone());
@@ -147,46 +156,25 @@ impl ActorToken {
                 let lifetime = issued.expires_in.unwrap_or(330).saturating_sub(30);
                 let token = Arc::new(Actor::new(issued.access_token));
                 tracing::info!(token_service = service.name(), actor = %token.token.fingerprint(), "actor token obtained");
-                cached.insert(service.name().to_owned(), (now + lifetime, token.clone()));
+                *cached = Some((now + lifetime, token.clone()));
                 Ok(token)
             }
         }
     }
 }
 
-/// The token as the file holds it now: re-read only when its modification time changed.
-async fn from_file(path: &Path, current: &FileState) -> Result<Arc<Actor>, Denial> {
-    let unavailable = |why: String| {
-        tracing::warn!(path = %path.display(), error = %why, "actor token unavailable");
-        Denial::new(Reason::ActorTokenUnavailable, "the workload's own token cannot be read")
-    };
-    let modified = tokio::fs::metadata(path)
-        .await
-        .and_then(|m| m.modified())
-        .map_err(|e| unavailable(e.to_string()))?;
-    let mut current = current.lock().await;
-    if let Some((at, token)) = current.as_ref()
-        && *at == modified
-    {
-        return Ok(token.clone());
-    }
+/// An actor token file: UTF-8 text, at most 64 KiB, not empty once trimmed. The error names the
+/// file, never its content.
+fn read_token(path: &Path) -> Result<Arc<Actor>, String> {
     const MAX_BYTES: u64 = 64 * 1024;
-    let mut bytes = Vec::new();
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    file.take(MAX_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| unavailable("not UTF-8 text".into()))?;
+    let bytes = read_bounded(path, MAX_BYTES)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
     let text = text.trim();
-    if text.is_empty() || bytes.len() as u64 > MAX_BYTES {
-        return Err(unavailable("empty or larger than 64 KiB".into()));
+    if text.is_empty() {
+        return Err(format!("{} is empty", path.display()));
     }
     let token = Arc::new(Actor::new(Secret::new(text)));
     tracing::info!(path = %path.display(), actor = %token.token.fingerprint(), "actor token loaded");
-    *current = Some((modified, token.clone()));
     Ok(token)
 }
 
@@ -218,47 +206,121 @@ mod tests {
         assert!(chain(Some(&serde_json::json!("not an object")), 10).is_empty());
     }
 
-    #[tokio::test]
-    async fn a_rotated_file_is_read_again() {
-        let path = std::env::temp_dir().join(format!("baton-actor-{}", std::process::id()));
-        std::fs::write(&path, "first-token\n").expect("write");
-        let mut errors = Errors::default();
-        let raw = RawActor {
-            token_file: Some(path.clone()),
-            ..Default::default()
-        };
-        let Some(ActorToken {
-            source: Source::File { current, .. },
-            ..
-        }) = raw.validate(&mut errors)
-        else {
-            panic!("a file source")
-        };
-        assert_eq!(
-            from_file(&path, &current).await.expect("read").token.expose(),
-            "first-token"
-        );
-        // Same mtime: served from memory even if unchanged on disk.
-        assert_eq!(
-            from_file(&path, &current).await.expect("read").token.expose(),
-            "first-token"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::write(&path, "second-token").expect("rotate");
-        let later = SystemTime::now() + std::time::Duration::from_secs(1);
+    /// Write `text` to `path` with a modification time `later_by` from now, so a rewrite within the
+    /// file system's timestamp granularity still shows.
+    fn write(path: &Path, text: &str, later_by: u64) {
+        std::fs::write(path, text).expect("write");
+        let at = std::time::SystemTime::now() + std::time::Duration::from_secs(later_by);
         std::fs::File::options()
             .write(true)
-            .open(&path)
-            .and_then(|f| f.set_modified(later))
+            .open(path)
+            .and_then(|f| f.set_modified(at))
             .expect("touch");
-        assert_eq!(
-            from_file(&path, &current).await.expect("reread").token.expose(),
-            "second-token"
-        );
+    }
+
+    fn from_file(path: &Path) -> Result<ActorToken, Errors> {
+        let mut errors = Errors::default();
+        let raw = RawActor {
+            token_file: Some(path.to_owned()),
+            ..Default::default()
+        };
+        raw.validate(&mut errors).ok_or(errors)
+    }
+
+    #[tokio::test]
+    async fn a_rotated_file_is_read_again_and_a_vanished_one_keeps_the_last_token() {
+        let dir = std::env::temp_dir().join(format!("baton-actor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("token");
+        write(&path, "first-token\n", 0);
+        let actor = from_file(&path).expect("valid");
+        let Source::File(watched) = &actor.source else {
+            panic!("a file source")
+        };
+        assert_eq!(watched.get().await.token.expose(), "first-token");
+        write(&path, "second-token", 1);
+        assert_eq!(watched.get().await.token.expose(), "second-token");
+        // The kubelet swaps the file by a rename: a moment without it is not an outage.
         std::fs::remove_file(&path).expect("remove");
-        assert_eq!(
-            from_file(&path, &current).await.map_err(|d| d.reason).err(),
-            Some(Reason::ActorTokenUnavailable)
-        );
+        assert_eq!(watched.get().await.token.expose(), "second-token");
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
+
+    /// Before: the file was first read on the first request that needed it, so a wrong path was a
+    /// refusal per request instead of an error at load.
+    #[test]
+    fn a_missing_or_empty_file_is_a_configuration_error() {
+        let dir = std::env::temp_dir().join(format!("baton-actor-missing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let errors = from_file(&dir.join("absent")).expect_err("missing");
+        assert_eq!(errors.0[0].path, "actor.token_file", "{errors:?}");
+        let empty = dir.join("empty");
+        write(&empty, " \n", 0);
+        let errors = from_file(&empty).expect_err("empty");
+        assert!(errors.0[0].message.contains("empty"), "{errors:?}");
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
+
+    /// Before: one lock over every token service's client_credentials token was held across the
+    /// call, so a token service that never answers stalled the actor token of all the others.
+    #[tokio::test]
+    async fn a_silent_token_service_does_not_hold_up_the_others() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let silent_port = silent.local_addr().expect("addr").port();
+        let _silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket);
+            }
+        });
+        let answering = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let answering_port = answering.local_addr().expect("addr").port();
+        let _answering = tokio::spawn(async move {
+            let body = r#"{"access_token":"own-token","token_type":"Bearer","expires_in":300}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            while let Ok((mut socket, _)) = answering.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        let service = |port: u16| {
+            format!(
+                "  s{port}:\n    token_endpoint: http://127.0.0.1:{port}/token\n    client_id: c\n    auth: {{method: none}}\n    retries: 0\n    timeout: 60s\n"
+            )
+        };
+        let config = crate::config::Config::from_yaml(&format!(
+            "listen:\n  grpc: 127.0.0.1:0\nactor:\n  client_credentials: {{}}\ntoken_services:\n{}{}",
+            service(silent_port),
+            service(answering_port)
+        ))
+        .expect("config");
+        let services: Vec<_> = config
+            .token_services
+            .iter()
+            .map(|s| Arc::new(TokenService::new(s).expect("service")))
+            .collect();
+        let (silent_service, answering_service) = if services[0].name() == format!("s{silent_port}") {
+            (services[0].clone(), services[1].clone())
+        } else {
+            (services[1].clone(), services[0].clone())
+        };
+        let actor = Arc::new(config.actor.expect("actor"));
+        let waiting = {
+            let actor = actor.clone();
+            tokio::spawn(async move { actor.token(&silent_service).await.map(|_| ()) })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let own = tokio::time::timeout(std::time::Duration::from_secs(20), actor.token(&answering_service))
+            .await
+            .expect("not held up by the silent service")
+            .expect("token");
+        assert_eq!(own.token.expose(), "own-token");
+        assert!(!waiting.is_finished(), "the silent service is still being waited for");
+        waiting.abort();
     }
 }

@@ -134,8 +134,14 @@ impl InjectConfig {
         crate::config::parse_yaml::<RawInjectConfig>(text)?.validate()
     }
 
-    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        Self::from_yaml(&crate::config::read_file(path)?)
+    /// The file at `path` (read with the configuration file's size bound), with `listen`
+    /// overriding the file's address when given (the command line's `--listen`).
+    pub fn from_file(path: &std::path::Path, listen: Option<String>) -> Result<Self, ConfigError> {
+        let mut raw = crate::config::parse_yaml::<RawInjectConfig>(&crate::config::read_file(path)?)?;
+        if listen.is_some() {
+            raw.listen = listen;
+        }
+        raw.validate()
     }
 }
 
@@ -356,6 +362,25 @@ pub fn is_quantity(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Before: `baton inject` read its file with `read_to_string`, with no bound.
+    #[test]
+    fn the_file_is_read_with_a_bound_and_listen_overrides_it() {
+        let dir = std::env::temp_dir().join(format!("baton-inject-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("inject.yaml");
+        std::fs::write(&path, "baton:\n  image: registry.example/baton:0.1.0\n").expect("write");
+        let config = InjectConfig::from_file(&path, Some("127.0.0.1:0".into())).expect("valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:0");
+        let huge = format!(
+            "baton:\n  image: registry.example/baton:0.1.0\n#{}\n",
+            "x".repeat(5 * 1024 * 1024)
+        );
+        std::fs::write(&path, huge).expect("write");
+        let err = InjectConfig::from_file(&path, None).expect_err("too large");
+        assert!(err.to_string().contains("larger than"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
 
     #[test]
     fn defaults_need_only_the_baton_image() {
