@@ -4,14 +4,15 @@
 //! each checked by the library itself. Then who may call it: a user's token, however valid, is no
 //! caller's credential, and a caller narrows a destination's scopes but never widens them.
 
-mod support;
-
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use baton::broker::pb::ExchangeRequest;
 use baton::broker::pb::delegation_broker_client::DelegationBrokerClient;
-use support::*;
+use baton_test_support::*;
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 /// A P-256 key: (PKCS#8 PEM for Baton, public JWKS JSON for the token service).
 fn client_key() -> (String, String) {
@@ -51,7 +52,7 @@ async fn exchange(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_exchanges_with_every_client_authentication_method() {
-    let scratch = Scratch::new("broker");
+    let scratch = Scratch::new(BATON_BIN, "broker");
     let (pem, jwks) = client_key();
     let options = PeerOptions {
         env: vec![("JWT_CLIENT_JWKS", jwks)],
@@ -142,7 +143,7 @@ struct Guarded {
 
 impl Guarded {
     async fn start(name: &str) -> Self {
-        let scratch = Scratch::new(name);
+        let scratch = Scratch::new(BATON_BIN, name);
         let idp = TokenService::start(Peer::BatonSts, &scratch).await;
         let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", idp.token_endpoint));
         let body = format!(
@@ -328,7 +329,7 @@ async fn a_broker_caller_narrows_scopes_and_never_widens_them() {
 /// Without a `broker:` section the broker API answers no one, whatever they present.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_is_off_without_its_section() {
-    let scratch = Scratch::new("broker-off");
+    let scratch = Scratch::new(BATON_BIN, "broker-off");
     let baton = Baton::start(&scratch, "http://127.0.0.1:9/token", "").await;
     let mut client = DelegationBrokerClient::connect(format!("http://127.0.0.1:{}", baton.grpc))
         .await

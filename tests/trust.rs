@@ -3,15 +3,16 @@
 //! presents the workload's own token as actor. `baton sts` is the issuer, the token service and the
 //! source of the workload's token.
 
-mod support;
-
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use baton_test_support::*;
 use futures_util::future::join_all;
 use serde_json::Value;
-use support::*;
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 const WORKLOAD: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
 
@@ -25,7 +26,7 @@ struct Trust {
 
 impl Trust {
     async fn start(name: &str) -> Self {
-        let scratch = Scratch::new(name);
+        let scratch = Scratch::new(BATON_BIN, name);
         let idp = TokenService::start(Peer::BatonSts, &scratch).await;
         let actor = idp.mint_with(&[("sub", "svc-frontend"), ("aud", "baton-sts")]).await;
         let actor_file = scratch.write("actor-token", &actor);
@@ -193,7 +194,7 @@ async fn verified_subjects_policy_and_actor_through_envoy() {
     );
 
     // Another issuer, even a real one, is not trusted.
-    let scratch = Scratch::new("other-issuer");
+    let scratch = Scratch::new(BATON_BIN, "other-issuer");
     let other = TokenService::start(Peer::BatonSts, &scratch).await;
     let foreign = other.mint_with(&[("sub", "alice"), ("aud", "frontend")]).await;
     let reply = t.get("orders.example", "/orders/1", &foreign).await;
@@ -345,7 +346,7 @@ async fn an_unreachable_jwks_endpoint() {
         "recovers once the issuer is back"
     );
 
-    let scratch = Scratch::new("no-keys");
+    let scratch = Scratch::new(BATON_BIN, "no-keys");
     let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", t.idp.token_endpoint));
     let body = format!(
         "token_service:\n{token_service}\ntrusted_issuers:\n  - issuer: {}\n    jwks_uri: http://127.0.0.1:{}/jwks\n    audiences: [frontend]\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n",
@@ -368,7 +369,7 @@ async fn an_unreachable_jwks_endpoint() {
 /// subject whose `may_act` names another workload is refused by the token service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actor_and_may_act_with_oidc_provider() {
-    let scratch = Scratch::new("actor-oidc");
+    let scratch = Scratch::new(BATON_BIN, "actor-oidc");
     let service = TokenService::start(Peer::OidcProvider, &scratch).await;
     let workload = service.mint("svc-frontend", "").await;
     let actor_file = scratch.write("actor-token", &workload);
@@ -503,7 +504,7 @@ async fn the_broker_authenticates_callers_and_applies_policy() {
 /// service: `act` names Baton's client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actor_by_client_credentials() {
-    let scratch = Scratch::new("actor-cc");
+    let scratch = Scratch::new(BATON_BIN, "actor-cc");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let baton = Baton::start(&scratch, &service.token_endpoint, "actor:\n  client_credentials: {}\n").await;
     let upstream = Upstream::start().await;
@@ -524,7 +525,7 @@ async fn actor_by_client_credentials() {
 /// delegated and its claims feed the policy; an unknown one is `subject_token_inactive`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opaque_tokens_by_introspection() {
-    let scratch = Scratch::new("introspection");
+    let scratch = Scratch::new(BATON_BIN, "introspection");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
     let body = format!(

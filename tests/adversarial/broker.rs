@@ -14,7 +14,9 @@ use baton::broker::pb::ExchangeRequest;
 use baton::broker::pb::delegation_broker_client::DelegationBrokerClient;
 use tonic::Code;
 
-use crate::support::*;
+use baton_test_support::*;
+
+use crate::BATON_BIN;
 
 const CALLER_AUDIENCE: &str = "baton-broker";
 const CALLER_CLIENT: &str = "batch-worker";
@@ -69,7 +71,7 @@ fn alg_none(claims: &serde_json::Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_token_is_no_broker_caller_and_scopes_never_widen() {
-    let scratch = Scratch::new("adversarial-broker");
+    let scratch = Scratch::new(BATON_BIN, "adversarial-broker");
     let idp = TokenService::start(Peer::BatonSts, &scratch).await;
     // Another issuer, not trusted: it mints tokens with every claim a caller's should have.
     let rogue = TokenService::start_with(
@@ -472,7 +474,7 @@ broker:
 /// that only serves Envoy offers no second way to ask for tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_api_is_off_unless_configured() {
-    let scratch = Scratch::new("adversarial-broker-off");
+    let scratch = Scratch::new(BATON_BIN, "adversarial-broker-off");
     let idp = TokenService::start(Peer::BatonSts, &scratch).await;
     let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", idp.token_endpoint));
     let body = format!(

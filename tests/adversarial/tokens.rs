@@ -13,7 +13,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
-use crate::support::*;
+use baton_test_support::*;
+
+use crate::BATON_BIN;
 
 /// One issuer for every `baton sts` here (with one signing key), so a user or actor token minted
 /// by one is valid at all of them.
@@ -76,7 +78,7 @@ fn claims_of(token: &str) -> Value {
 /// kept: the same request asks it again (so a fixed token service is used at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misbehaving_token_service_never_gets_its_token_through() {
-    let scratch = Scratch::new("adversarial-tokens-faults");
+    let scratch = Scratch::new(BATON_BIN, "adversarial-tokens-faults");
     let key = sts_signing_key(&scratch, "shared");
     let good = sts(&scratch, &key, "good", None).await;
     let mut faulty = Vec::new();
@@ -156,7 +158,7 @@ async fn a_misbehaving_token_service_never_gets_its_token_through() {
 /// Issue 12 section 4's examples: destinations with the same audience and different limits,
 /// `alias-a` (depth 1) and `alias-b` (depth 0); `alias-c` (3 s lifetime) and `alias-d` (none).
 async fn aliases(name: &str) -> (Scratch, TokenService, Baton, Upstream) {
-    let scratch = Scratch::new(name);
+    let scratch = Scratch::new(BATON_BIN, name);
     let key = sts_signing_key(&scratch, "shared");
     let service = sts(&scratch, &key, "cache-sts", None).await;
     let mut yaml = format!(
@@ -269,7 +271,7 @@ fn signed(key: &Path, header: &str, claims: &str) -> String {
 /// NumericDate is valid and compared correctly; anything else is refused with a reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_subject_token_is_judged_by_the_jwt_rules() {
-    let scratch = Scratch::new("adversarial-tokens-subject");
+    let scratch = Scratch::new(BATON_BIN, "adversarial-tokens-subject");
     let key = sts_signing_key(&scratch, "shared");
     let service = sts(&scratch, &key, "subject-sts", None).await;
     let mut yaml = format!(

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::repo;
+use crate::repo;
 
 /// The Kubernetes version the manifests are validated against: the oldest they support (native
 /// sidecars are GA in 1.33), the same as k8s-openapi's feature in Cargo.toml.

@@ -1,5 +1,5 @@
 //! Load at a fixed rate, and the soak built on it: shared by `tests/soak.rs` and the benchmarks
-//! (`benches/load.rs`, `benches/soak.rs`), which include this file with `#[path]`.
+//! (`benches/load.rs`, `benches/soak.rs`).
 //!
 //! The load is an open loop: request `i` is due at `start + i / rate`, whatever happened to the ones
 //! before it, and its latency is counted from that due time. A closed loop (each worker waits for its
@@ -7,15 +7,18 @@
 //! (coordinated omission); an open loop does not. Every run is bounded by its request count and a
 //! per-request timeout.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::*;
+use crate::check::Delegation;
+use crate::envoy::Envoy;
+use crate::{
+    BILLING, Baton, ORDERS, Peer, PeerOptions, Scratch, TokenService, Upstream, audiences, basic_auth_to, bearer, http,
+    leaks, rss_kib,
+};
 
 /// One request's latency from its due time, and whether it went as it should.
 #[derive(Clone, Copy, Debug)]
@@ -202,14 +205,6 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// The claims of a JWT, unverified (the soak verifies each distinct token's signature once, apart).
-pub fn jwt_claims(token: &str) -> Option<Value> {
-    use base64::Engine as _;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
 pub fn us(d: Duration) -> String {
     if d >= Duration::from_millis(10) {
         format!("{:.1} ms", d.as_secs_f64() * 1e3)
@@ -227,6 +222,8 @@ pub fn mib(bytes: u64) -> String {
 /// How a soak runs.
 #[derive(Clone, Debug)]
 pub struct SoakPlan {
+    /// The `baton` binary under test (`env!("CARGO_BIN_EXE_baton")`).
+    pub baton: &'static str,
     pub duration: Duration,
     /// Requests per second through Envoy.
     pub rate: f64,
@@ -293,6 +290,8 @@ impl SoakReport {
         (first, last, max)
     }
 
+    /// The report, for the reader of the run (the soak test and the soak benchmark).
+    #[allow(clippy::print_stdout, reason = "a soak reports on stdout")]
     pub fn print(&self) {
         let (first, last, max) = self.rss_first_last_max();
         let (low, high) = self.expected_exchanges();
@@ -343,7 +342,7 @@ const DESTINATIONS: [(&str, &str); 2] = [("orders.example", ORDERS), ("api.billi
 /// `plan.token_lifetime`; `plan.users` users x 2 destinations, requested round robin at `plan.rate`.
 /// Every upstream token is checked for its audience and user, and each distinct one verified.
 pub async fn soak(plan: SoakPlan) -> SoakReport {
-    let scratch = Scratch::new("soak");
+    let scratch = Scratch::new(plan.baton, "soak");
     let service = TokenService::start_with(
         Peer::BatonSts,
         &scratch,
@@ -547,19 +546,15 @@ async fn one_soak_request(
     let Ok(body) = serde_json::from_slice::<Value>(&bytes) else {
         return Verdict::Failed;
     };
-    let Some(token) = body["authorization"].as_str().and_then(|a| a.strip_prefix("Bearer ")) else {
+    let delegation = Delegation {
+        user_token: authorization.strip_prefix("Bearer ").unwrap_or(authorization),
+        sub,
+        aud: audience,
+        issuer: None,
+    };
+    let Ok(token) = delegation.check(&body) else {
         return Verdict::Wrong;
     };
-    let Some(claims) = jwt_claims(token) else {
-        return Verdict::Wrong;
-    };
-    if claims["sub"] != sub || !audiences(&claims).iter().any(|a| a == audience) {
-        return Verdict::Wrong;
-    }
-    // Never served past its life.
-    if claims["exp"].as_u64().is_none_or(|exp| exp <= unix_now()) {
-        return Verdict::Wrong;
-    }
     let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
     if !seen.contains_key(token) {
         leaks::secret(token);
