@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use baton_test_support::*;
 use futures_util::future::join_all;
 
@@ -187,8 +186,7 @@ async fn delegation_suite(api: Api, peer: Peer) {
 
 /// A JWT-shaped token with this payload and no valid signature.
 fn unsigned_jwt(payload: &str) -> String {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    format!("{}.{}.c2ln", b64.encode(r#"{"alg":"ES256"}"#), b64.encode(payload))
+    forge_jwt(r#"{"alg":"ES256"}"#, payload, "c2ln")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,19 +112,6 @@ destinations:
     }
 }
 
-fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).expect("a JWT");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64")).expect("json")
-}
-
-fn forged(header: &str, payload: &Value, signature: &str) -> String {
-    format!(
-        "{}.{}.{signature}",
-        URL_SAFE_NO_PAD.encode(header),
-        URL_SAFE_NO_PAD.encode(payload.to_string())
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verified_subjects_policy_and_actor_through_envoy() {
     let t = Trust::start("trust").await;
@@ -148,7 +135,7 @@ async fn verified_subjects_policy_and_actor_through_envoy() {
 
     // Verification failures: each with its own reason, none reaches the token service.
     let before = t.idp.exchanges().await;
-    let good = claims_of(&alice);
+    let good = jwt_claims(&alice).expect("a JWT");
     let sig = alice.rsplit('.').next().expect("signature");
     let kid = serde_json::from_slice::<Value>(
         &URL_SAFE_NO_PAD
@@ -160,13 +147,16 @@ async fn verified_subjects_policy_and_actor_through_envoy() {
     let mut tampered = good.clone();
     tampered["sub"] = "mallory".into();
     let cases = [
-        (forged(r#"{"alg":"none"}"#, &good, ""), "subject_token_unsigned"),
+        (
+            forge_jwt(r#"{"alg":"none"}"#, &good.to_string(), ""),
+            "subject_token_unsigned",
+        ),
         (
             hs256_with_public_key(&t, &good).await,
             "subject_token_algorithm_not_allowed",
         ),
         (
-            forged(&format!(r#"{{"alg":"ES256","kid":{kid}}}"#), &tampered, sig),
+            forge_jwt(&format!(r#"{{"alg":"ES256","kid":{kid}}}"#), &tampered.to_string(), sig),
             "subject_token_signature_invalid",
         ),
         (
@@ -295,11 +285,15 @@ async fn a_flood_of_unknown_kids_is_rate_limited() {
     // Past the minimum interval since the start-up fetch, so the flood may cause one fetch.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let before = t.idp.stat("jwks").await;
-    let good = claims_of(&alice);
+    let good = jwt_claims(&alice).expect("a JWT");
     let sig = alice.rsplit('.').next().expect("signature").to_owned();
     let started = std::time::Instant::now();
     let replies = join_all((0..50).map(|i| {
-        let token = forged(&format!(r#"{{"alg":"ES256","kid":"random-{i}"}}"#), &good, &sig);
+        let token = forge_jwt(
+            &format!(r#"{{"alg":"ES256","kid":"random-{i}"}}"#),
+            &good.to_string(),
+            &sig,
+        );
         let t = &t;
         async move { t.get("orders.example", "/orders/1", &token).await }
     }))
@@ -414,28 +408,13 @@ async fn actor_and_may_act_with_oidc_provider() {
 /// policy with the caller as `source`, and re-verifies the user's token at call time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_authenticates_callers_and_applies_policy() {
-    use baton::broker::pb::ExchangeRequest;
-    use baton::broker::pb::delegation_broker_client::DelegationBrokerClient;
     let t = Trust::start("broker-auth").await;
-    let mut client = DelegationBrokerClient::connect(format!("http://127.0.0.1:{}", t.baton.grpc))
-        .await
-        .expect("connect");
+    let mut client = broker_client(t.baton.grpc).await;
     let alice = t.user("alice", &[]).await;
     // A workload's token: it names its client (`azp`), which the broker's caller rule lists.
     let job = t.user("batch-job", &[("claims", r#"{"azp":"batch-job"}"#)]).await;
-    let call = |subject: &str, destination: &str, caller: Option<&str>| {
-        let mut request = tonic::Request::new(ExchangeRequest {
-            subject_token: subject.to_owned(),
-            destination: destination.to_owned(),
-            scopes: Vec::new(),
-        });
-        if let Some(caller) = caller {
-            request
-                .metadata_mut()
-                .insert("authorization", bearer(caller).parse().expect("metadata"));
-        }
-        request
-    };
+    let call =
+        |subject: &str, destination: &str, caller: Option<&str>| broker_request(caller, subject, destination, &[]);
     let refused = client
         .exchange(call(&alice, "direct", None))
         .await

@@ -11,9 +11,10 @@
 //!
 //! One module per concern: `scratch` (directories, ports, waits), `token_service`, `sidecar` (Baton),
 //! `envoy` and `upstream` (the processes), `config` (the YAML every test writes alike), `tokens`
-//! (claims, bearer values, keys, forged tokens), `client` (HTTP and gRPC through what was started),
+//! (claims, bearer values, keys, forged tokens), `client` (HTTP through Envoy), `broker` (Baton's gRPC broker API and the guarded broker),
 //! `check` (what a delegated answer must carry), `load` and `open_loop` (the load drivers), `k8s`.
 
+pub mod broker;
 pub mod check;
 pub mod client;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod upstream;
 
 use std::path::{Path, PathBuf};
 
+pub use broker::*;
 pub use client::*;
 pub use config::*;
 pub use envoy::*;
