@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use baton_test_support::open_loop::{SoakPlan, mib, soak};
+use baton_test_support::open_loop::mib;
+use baton_test_support::soak::{SoakPlan, soak};
 
 /// The binary under test, passed to the harness (only this package can name it).
 const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");

@@ -10,19 +10,19 @@ use crate::tokens::{audiences, jwt_claims, unix_now};
 
 /// What the upstream must have received for one request.
 #[derive(Clone, Copy, Debug)]
-pub struct Delegation<'a> {
+pub(crate) struct Delegation<'a> {
     /// The user's own token, which must never reach the upstream.
-    pub user_token: &'a str,
-    pub sub: &'a str,
-    pub aud: &'a str,
+    pub(crate) user_token: &'a str,
+    pub(crate) sub: &'a str,
+    pub(crate) aud: &'a str,
     /// The issuer the token must name, if the test knows it.
-    pub issuer: Option<&'a str>,
+    pub(crate) issuer: Option<&'a str>,
 }
 
 impl Delegation<'_> {
     /// The token the upstream received (the echo's JSON `body`), if it is what this delegation
     /// should have produced; otherwise what is wrong with it.
-    pub fn check<'b>(&self, body: &'b Value) -> Result<&'b str, String> {
+    pub(crate) fn check<'b>(&self, body: &'b Value) -> Result<&'b str, String> {
         if body["authorization_count"] != 1 {
             return Err(format!(
                 "{} Authorization headers upstream",

@@ -134,11 +134,11 @@ impl Drop for Envoy {
 }
 
 /// Replaced by the access log's path when Envoy starts.
-pub const ACCESS_LOG_PATH: &str = "@ACCESS_LOG@";
+const ACCESS_LOG_PATH: &str = "@ACCESS_LOG@";
 
 /// The access-log format documented in README.md: Envoy's request fields, then what Baton told Envoy
 /// in `dynamic_metadata` (`envoy.filters.http.ext_authz` namespace).
-pub const ACCESS_LOG_FORMAT: &str = r#"                json_format:
+const ACCESS_LOG_FORMAT: &str = r#"                json_format:
                   start_time: "%START_TIME%"
                   method: "%REQ(:METHOD)%"
                   authority: "%REQ(:AUTHORITY)%"

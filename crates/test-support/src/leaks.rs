@@ -96,7 +96,7 @@ pub fn assert_none(outputs: &[(String, String)]) {
 }
 
 /// GET over a plain socket (usable from `Drop`, outside async code), bounded by 2 s.
-pub fn get_blocking(port: u16, path: &str) -> Option<String> {
+pub(crate) fn get_blocking(port: u16, path: &str) -> Option<String> {
     use std::io::{Read as _, Write as _};
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;

@@ -9,13 +9,15 @@
 //! (`env!("CARGO_BIN_EXE_baton")`), so they pass it to `Scratch::new` (and `Stack::start`), and every
 //! process started in that scratch directory runs it. This crate never builds or looks for it.
 //!
-//! One module per concern: `scratch` (directories, ports, waits), `token_service`, `sidecar` (Baton),
-//! `envoy` and `upstream` (the processes), `config` (the YAML every test writes alike), `tokens`
-//! (claims, bearer values, keys, forged tokens), `client` (HTTP through Envoy), `broker` (Baton's gRPC broker API and the guarded broker),
-//! `check` (what a delegated answer must carry), `load` and `open_loop` (the load drivers), `k8s`.
+//! One module per concern: `scratch` (directories, ports, waits); the processes `token_service`,
+//! `sidecar` (Baton), `envoy` and `upstream`, and `stack` (all four at once); `config` (the YAML
+//! every test writes alike); `tokens` (claims, bearer values, keys, forged tokens); `client` (HTTP
+//! through Envoy, scrapes); `broker` (Baton's gRPC broker API and the guarded broker); `leaks`; the
+//! load drivers `load` (closed loop) and `open_loop`, and `soak` on top of it, which judge answers
+//! with one routine (`check`, private); `k8s` (offline Kubernetes and Istio validation).
 
 pub mod broker;
-pub mod check;
+mod check;
 pub mod client;
 pub mod config;
 pub mod envoy;
@@ -25,6 +27,7 @@ pub mod load;
 pub mod open_loop;
 pub mod scratch;
 pub mod sidecar;
+pub mod soak;
 pub mod stack;
 pub mod token_service;
 pub mod tokens;

@@ -16,7 +16,7 @@ use crate::check::Delegation;
 use crate::leaks;
 
 /// A request past this is a hang: a wrong answer.
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Issued tokens registered for the leak scans, per load (a sample: every token would make the scans
 /// of a large run slow).
