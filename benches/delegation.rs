@@ -11,18 +11,18 @@
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton::authz::Authz;
+use baton_test_support::*;
 use common::*;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use support::*;
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 /// Fixed concurrency levels: light (latency) and saturating (the 2-core machine's limit).
 const CONCURRENCY: [usize; 2] = [4, 16];
@@ -59,7 +59,7 @@ const PROFILE_FLAG: &str = "--profile-hits";
 const PROFILE_MISSES_FLAG: &str = "--profile-misses";
 
 async fn run() {
-    let scratch = Scratch::new("bench");
+    let scratch = Scratch::new(BATON_BIN, "bench");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let user = service.mint("alice", "orders.read").await;
     println!(
@@ -326,7 +326,7 @@ mod profile {
     use super::*;
 
     pub(super) fn hits(runtime: &tokio::runtime::Runtime, n: usize) {
-        let scratch = Scratch::new("profile");
+        let scratch = Scratch::new(BATON_BIN, "profile");
         let (service, authz, request) = runtime.block_on(async {
             let service = TokenService::start(Peer::BatonSts, &scratch).await;
             let user = service.mint("alice", "orders.read").await;
@@ -349,7 +349,7 @@ mod profile {
     /// Everything on one current-thread runtime, so the HTTP client's connection tasks run inside
     /// the measured functions; the token service is another process, not measured.
     pub(super) fn misses(n: usize) {
-        let scratch = Scratch::new("profile-misses");
+        let scratch = Scratch::new(BATON_BIN, "profile-misses");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

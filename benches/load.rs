@@ -19,20 +19,17 @@
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
-#[path = "../tests/support/open_loop.rs"]
-mod open_loop;
-
 mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use baton_test_support::open_loop::{Sample, Summary, load_average, open_loop, open_loop_on, summarize, us};
+use baton_test_support::*;
 use common::*;
-use open_loop::{Sample, Summary, load_average, open_loop, open_loop_on, summarize, us};
-use support::*;
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 const MAX_CONCURRENCY: usize = 16;
 /// Where Baton (ext_authz) is among the setups.
@@ -59,7 +56,7 @@ fn main() {
 }
 
 async fn run() {
-    let scratch = Scratch::new("bench-load");
+    let scratch = Scratch::new(BATON_BIN, "bench-load");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let user = service.mint("alice", "orders.read").await;
     println!(
@@ -252,7 +249,7 @@ async fn direct_round_trips(
     println!("| --- | --- | --- | --- |");
     for ((name, _), mut samples) in servers.iter().zip(latencies) {
         samples.sort();
-        let at = |p: f64| us(open_loop::percentile(&samples, p));
+        let at = |p: f64| us(baton_test_support::open_loop::percentile(&samples, p));
         println!("| {name} | {} | {} | {} |", at(50.0), at(90.0), at(99.0));
     }
 }
@@ -435,7 +432,7 @@ async fn miss_path(scratch: &Scratch, service: &TokenService) {
     .await;
     let exchanges = service.exchanges().await - before;
     let kind = |k: u64| {
-        let picked: Vec<open_loop::Sample> = samples
+        let picked: Vec<baton_test_support::open_loop::Sample> = samples
             .iter()
             .enumerate()
             .filter(|(i, _)| *i as u64 % KINDS == k)

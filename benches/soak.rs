@@ -6,15 +6,13 @@
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
-#[path = "../tests/support/open_loop.rs"]
-mod open_loop;
-
 use std::time::Duration;
 
-use open_loop::{SoakPlan, mib, soak};
+use baton_test_support::open_loop::mib;
+use baton_test_support::soak::{SoakPlan, soak};
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 fn main() {
     let secs: u64 = std::env::var("SOAK_SECS")
@@ -27,6 +25,7 @@ fn main() {
         .unwrap_or(300.0);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let report = runtime.block_on(soak(SoakPlan {
+        baton: BATON_BIN,
         duration: Duration::from_secs(secs),
         rate,
         users: 50,

@@ -3,18 +3,19 @@
 //! once and stops calling it), and once a healthy one is back on the same address a single probe
 //! goes through and delegation resumes.
 
-mod support;
-
 use std::time::Duration;
 
+use baton_test_support::*;
 use futures_util::future::join_all;
-use support::*;
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 const OPEN_FOR: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_token_service_is_cut_off_then_probed_back() {
-    let scratch = Scratch::new("breaker");
+    let scratch = Scratch::new(BATON_BIN, "breaker");
     let port = free_port();
     let failing = TokenService::start_with(
         Peer::BatonSts,

@@ -4,36 +4,11 @@
 //! each checked by the library itself. Then who may call it: a user's token, however valid, is no
 //! caller's credential, and a caller narrows a destination's scopes but never widens them.
 
-mod support;
-
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
-use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use baton::broker::pb::ExchangeRequest;
 use baton::broker::pb::delegation_broker_client::DelegationBrokerClient;
-use support::*;
+use baton_test_support::*;
 
-/// A P-256 key: (PKCS#8 PEM for Baton, public JWKS JSON for the token service).
-fn client_key() -> (String, String) {
-    let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("key");
-    let der = pair.to_pkcs8v1().expect("pkcs8");
-    let b64 = STANDARD.encode(der.as_ref());
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).expect("ascii"))
-        .collect();
-    let pem = format!(
-        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-        lines.join("\n")
-    );
-    let point = pair.public_key().as_ref();
-    let jwks = serde_json::json!({"keys": [{
-        "kty": "EC", "crv": "P-256", "kid": "baton-test", "alg": "ES256", "use": "sig",
-        "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
-    }]});
-    (pem, jwks.to_string())
-}
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 async fn exchange(
     client: &mut DelegationBrokerClient<tonic::transport::Channel>,
@@ -41,17 +16,12 @@ async fn exchange(
     destination: &str,
     scopes: &[&str],
 ) -> Result<baton::broker::pb::ExchangeResponse, tonic::Status> {
-    let request = ExchangeRequest {
-        subject_token: token.to_owned(),
-        destination: destination.to_owned(),
-        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-    };
-    client.exchange(request).await.map(tonic::Response::into_inner)
+    broker_exchange(client, None, token, destination, scopes).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_exchanges_with_every_client_authentication_method() {
-    let scratch = Scratch::new("broker");
+    let scratch = Scratch::new(BATON_BIN, "broker");
     let (pem, jwks) = client_key();
     let options = PeerOptions {
         env: vec![("JWT_CLIENT_JWKS", jwks)],
@@ -85,9 +55,7 @@ async fn broker_exchanges_with_every_client_authentication_method() {
     let user = service.mint("alice", "orders.read").await;
     for (method, token_service) in methods {
         let baton = Baton::start_with(&scratch, &token_service, "broker: { callers: any }\n").await;
-        let mut client = DelegationBrokerClient::connect(format!("http://127.0.0.1:{}", baton.grpc))
-            .await
-            .expect("connect to the broker");
+        let mut client = broker_client(baton.grpc).await;
 
         let issued = exchange(&mut client, &user, "orders", &[])
             .await
@@ -132,95 +100,17 @@ async fn broker_exchanges_with_every_client_authentication_method() {
     }
 }
 
-/// A broker whose callers are told from users by an audience of their own and a client allow-list,
-/// with `baton sts` as the issuer of both kinds of token and as the token service.
-struct Guarded {
-    idp: TokenService,
-    baton: Baton,
-    _scratch: Scratch,
-}
-
-impl Guarded {
-    async fn start(name: &str) -> Self {
-        let scratch = Scratch::new(name);
-        let idp = TokenService::start(Peer::BatonSts, &scratch).await;
-        let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", idp.token_endpoint));
-        let body = format!(
-            r#"token_service:
-{token_service}
-trusted_issuers:
-  - issuer: {issuer}
-    audiences: [frontend, baton-broker]
-destinations:
-  - name: orders
-    audience: {ORDERS}
-    scopes: [orders.read]
-  - name: billing
-    audience: {BILLING}
-    scopes: [invoices.read]
-    broker_allowed_scopes: [invoices.read, invoices.write]
-broker:
-  callers: authenticated
-  caller_audience: baton-broker
-  caller_client_ids: [batch-worker]
-"#,
-            issuer = idp.issuer
-        );
-        let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
-        Self {
-            idp,
-            baton,
-            _scratch: scratch,
-        }
-    }
-
-    async fn client(&self) -> DelegationBrokerClient<tonic::transport::Channel> {
-        DelegationBrokerClient::connect(format!("http://127.0.0.1:{}", self.baton.grpc))
-            .await
-            .expect("connect to the broker")
-    }
-
-    /// A token of the trusted issuer: `aud`, and `claims` (a JSON object) besides.
-    async fn token(&self, sub: &str, aud: &str, claims: &str, extra: &[(&str, &str)]) -> String {
-        let mut form = vec![
-            ("sub", sub),
-            ("aud", aud),
-            ("scope", "orders.read invoices.read invoices.write"),
-            ("claims", claims),
-        ];
-        form.extend_from_slice(extra);
-        self.idp.mint_with(&form).await
-    }
-}
-
-async fn call(
-    client: &mut DelegationBrokerClient<tonic::transport::Channel>,
-    caller: &str,
-    subject: &str,
-    destination: &str,
-    scopes: &[&str],
-) -> Result<baton::broker::pb::ExchangeResponse, tonic::Status> {
-    let mut request = tonic::Request::new(ExchangeRequest {
-        subject_token: subject.to_owned(),
-        destination: destination.to_owned(),
-        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", bearer(caller).parse().expect("metadata"));
-    client.exchange(request).await.map(tonic::Response::into_inner)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_token_never_authenticates_a_broker_caller() {
-    let g = Guarded::start("broker-callers").await;
+    let scratch = Scratch::new(BATON_BIN, "broker-callers");
+    let g = GuardedBroker::start(&scratch).await;
     let mut client = g.client().await;
     let alice = g.token("alice", "frontend", r#"{"azp":"web-app"}"#, &[]).await;
     let worker = g
         .token("svc-batch", "baton-broker", r#"{"azp":"batch-worker"}"#, &[])
         .await;
 
-    let issued = call(&mut client, &worker, &alice, "orders", &[])
+    let issued = broker_exchange(&mut client, Some(&worker), &alice, "orders", &[])
         .await
         .expect("a workload's token is a caller's");
     assert_eq!(g.idp.verify(&issued.access_token).await["sub"], "alice");
@@ -241,7 +131,9 @@ async fn a_users_token_never_authenticates_a_broker_caller() {
             g.token("alice", "frontend", r#"{"azp":"batch-worker"}"#, &[]).await,
         ),
     ] {
-        let refused = call(&mut client, &caller, &alice, "orders", &[]).await.expect_err(what);
+        let refused = broker_exchange(&mut client, Some(&caller), &alice, "orders", &[])
+            .await
+            .expect_err(what);
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{what}");
         assert!(
             refused.message().starts_with("caller_not_workload"),
@@ -257,7 +149,7 @@ async fn a_users_token_never_authenticates_a_broker_caller() {
             &[("expires_in", "-120")],
         )
         .await;
-    let refused = call(&mut client, &expired, &alice, "orders", &[])
+    let refused = broker_exchange(&mut client, Some(&expired), &alice, "orders", &[])
         .await
         .expect_err("expired caller");
     assert!(
@@ -269,20 +161,21 @@ async fn a_users_token_never_authenticates_a_broker_caller() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_caller_narrows_scopes_and_never_widens_them() {
-    let g = Guarded::start("broker-scopes").await;
+    let scratch = Scratch::new(BATON_BIN, "broker-scopes");
+    let g = GuardedBroker::start(&scratch).await;
     let mut client = g.client().await;
     let alice = g.token("alice", "frontend", "{}", &[]).await;
     let worker = g
         .token("svc-batch", "baton-broker", r#"{"azp":"batch-worker"}"#, &[])
         .await;
 
-    let own = call(&mut client, &worker, &alice, "billing", &[])
+    let own = broker_exchange(&mut client, Some(&worker), &alice, "billing", &[])
         .await
         .expect("own scopes");
     assert_eq!(g.idp.verify(&own.access_token).await["scope"], "invoices.read");
-    let both = call(
+    let both = broker_exchange(
         &mut client,
-        &worker,
+        Some(&worker),
         &alice,
         "billing",
         &["invoices.write", "invoices.read"],
@@ -295,9 +188,9 @@ async fn a_broker_caller_narrows_scopes_and_never_widens_them() {
     );
     // Another set of scopes is another exchange; the same set, however written, is the same one.
     assert_ne!(both.access_token, own.access_token);
-    let again = call(
+    let again = broker_exchange(
         &mut client,
-        &worker,
+        Some(&worker),
         &alice,
         "billing",
         &["invoices.read", "invoices.write", "invoices.read"],
@@ -313,7 +206,7 @@ async fn a_broker_caller_narrows_scopes_and_never_widens_them() {
         ("billing", &["Invoices.Write"]),
         ("billing", &["invoices.admin"]),
     ] {
-        let refused = call(&mut client, &worker, &alice, destination, scopes)
+        let refused = broker_exchange(&mut client, Some(&worker), &alice, destination, scopes)
             .await
             .expect_err("escalation");
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{scopes:?}");
@@ -328,11 +221,9 @@ async fn a_broker_caller_narrows_scopes_and_never_widens_them() {
 /// Without a `broker:` section the broker API answers no one, whatever they present.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_is_off_without_its_section() {
-    let scratch = Scratch::new("broker-off");
+    let scratch = Scratch::new(BATON_BIN, "broker-off");
     let baton = Baton::start(&scratch, "http://127.0.0.1:9/token", "").await;
-    let mut client = DelegationBrokerClient::connect(format!("http://127.0.0.1:{}", baton.grpc))
-        .await
-        .expect("connect");
+    let mut client = broker_client(baton.grpc).await;
     let refused = exchange(&mut client, "a.b.c", "orders", &[]).await.expect_err("off");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert!(

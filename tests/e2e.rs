@@ -3,17 +3,17 @@
 //! (request headers only), so both APIs are held to the same contract. Each suite starts its own
 //! stack on free loopback ports and checks what the upstream receives.
 
-mod support;
-
 use std::time::Duration;
 
-use base64::Engine as _;
+use baton_test_support::*;
 use futures_util::future::join_all;
-use support::*;
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 /// The whole delegation contract against one token service, through one Envoy API.
 async fn delegation_suite(api: Api, peer: Peer) {
-    let stack = Stack::start_for(api, peer, &format!("{api:?}-{peer:?}").to_lowercase()).await;
+    let stack = Stack::start_for(BATON_BIN, api, peer, &format!("{api:?}-{peer:?}").to_lowercase()).await;
     let svc = &stack.service;
 
     // The upstream gets a token for itself, on behalf of the user, that is not the user's token.
@@ -186,8 +186,7 @@ async fn delegation_suite(api: Api, peer: Peer) {
 
 /// A JWT-shaped token with this payload and no valid signature.
 fn unsigned_jwt(payload: &str) -> String {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    format!("{}.{}.c2ln", b64.encode(r#"{"alg":"ES256"}"#), b64.encode(payload))
+    forge_jwt(r#"{"alg":"ES256"}"#, payload, "c2ln")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +246,7 @@ async fn token_service_faults_fail_closed_with_503() {
             "token_service_busy",
         ),
     ] {
-        let scratch = Scratch::new("faults");
+        let scratch = Scratch::new(BATON_BIN, "faults");
         let service = TokenService::start_with(Peer::BatonSts, &scratch, faults.clone()).await;
         let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
         let upstream = Upstream::start().await;
@@ -289,7 +288,7 @@ async fn token_service_faults_fail_closed_with_503() {
 /// A token service that does not listen at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_token_service_is_503() {
-    let scratch = Scratch::new("unreachable");
+    let scratch = Scratch::new(BATON_BIN, "unreachable");
     let closed = free_port();
     let baton = Baton::start(&scratch, &format!("http://127.0.0.1:{closed}/token"), "").await;
     let upstream = Upstream::start().await;
@@ -306,7 +305,7 @@ async fn unreachable_token_service_is_503() {
 /// `unknown_destination: deny` and `missing_token: passthrough`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_destination_and_missing_token_policies() {
-    let scratch = Scratch::new("policies");
+    let scratch = Scratch::new(BATON_BIN, "policies");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let baton = Baton::start(
         &scratch,
@@ -345,7 +344,7 @@ async fn odd_token_service_answers() {
         ("expires_in_negative", 200, "", Some(false)),
     ];
     for (answer, status, reason, cached) in cases {
-        let scratch = Scratch::new("answers");
+        let scratch = Scratch::new(BATON_BIN, "answers");
         let options = PeerOptions {
             answer: Some(answer),
             ..Default::default()
@@ -380,7 +379,7 @@ async fn odd_token_service_answers() {
 /// being served from the cache with a fresh token and none waits on an exchange.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_near_expiry_refresh_in_the_background() {
-    let scratch = Scratch::new("refresh");
+    let scratch = Scratch::new(BATON_BIN, "refresh");
     let options = PeerOptions {
         lifetime: Some("40s"),
         ..Default::default()
@@ -425,7 +424,7 @@ async fn hits_near_expiry_refresh_in_the_background() {
 /// the third is refused at once with 503 `token_service_busy`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_exchanges_are_bounded() {
-    let scratch = Scratch::new("bounded");
+    let scratch = Scratch::new(BATON_BIN, "bounded");
     let options = PeerOptions {
         delay: Some("300ms"),
         ..Default::default()

@@ -2,13 +2,14 @@
 //! Unix socket, bootstrap / fragment) passes `envoy --mode validate`, and a generated bootstrap,
 //! run, routes each destination's hosts to Baton with the destination named by the route.
 
-mod support;
-
 use std::path::Path;
 
+use baton_test_support::*;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
-use support::*;
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 /// A Baton configuration for `baton envoy-config`, reaching Baton on `grpc` (or its socket).
 fn baton_config(
@@ -39,7 +40,7 @@ const DESTINATIONS: &str = r#"  - name: orders
 
 /// `baton envoy-config ARGS`: its stdout, or a panic with its stderr.
 fn envoy_config(args: &[&str]) -> String {
-    let out = std::process::Command::new(baton_bin())
+    let out = std::process::Command::new(BATON_BIN)
         .arg("envoy-config")
         .args(args)
         .output()
@@ -130,7 +131,7 @@ fn around_fragment(fragment: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_generated_variant_passes_envoy_validate() {
-    let scratch = Scratch::new("envoy-config-validate");
+    let scratch = Scratch::new(BATON_BIN, "envoy-config-validate");
     let tcp = baton_config(&scratch, "tcp.yaml", 9191, None, DESTINATIONS);
     let uds_socket = scratch.0.join("baton.sock");
     let uds = baton_config(&scratch, "uds.yaml", 9191, Some(&uds_socket), DESTINATIONS);
@@ -168,7 +169,7 @@ async fn every_generated_variant_passes_envoy_validate() {
 /// with certificate files made here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_baton_gets_a_tls_cluster_and_never_a_plain_one() {
-    let scratch = Scratch::new("envoy-config-tls");
+    let scratch = Scratch::new(BATON_BIN, "envoy-config-tls");
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -240,7 +241,7 @@ async fn a_tls_baton_gets_a_tls_cluster_and_never_a_plain_one() {
     assert!(failures.is_empty(), "Envoy refused:\n{}", failures.join("\n"));
 
     let refused = |args: &[&str]| {
-        let out = std::process::Command::new(baton_bin())
+        let out = std::process::Command::new(BATON_BIN)
             .arg("envoy-config")
             .args(args)
             .output()
@@ -273,7 +274,7 @@ async fn a_tls_baton_gets_a_tls_cluster_and_never_a_plain_one() {
 /// Envoy's route named the destination, and that Baton checks it against its own hosts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_generated_bootstrap_names_each_destination_through_envoy() {
-    let scratch = Scratch::new("envoy-config-run");
+    let scratch = Scratch::new(BATON_BIN, "envoy-config-run");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
     let upstream = Upstream::start().await;
@@ -327,9 +328,9 @@ async fn the_generated_bootstrap_names_each_destination_through_envoy() {
 /// What cannot be generated says why, and exits 1.
 #[test]
 fn envoy_config_refuses_what_it_cannot_generate() {
-    let scratch = Scratch::new("envoy-config-errors");
+    let scratch = Scratch::new(BATON_BIN, "envoy-config-errors");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(baton_bin())
+        let out = std::process::Command::new(BATON_BIN)
             .arg("envoy-config")
             .args(args)
             .output()

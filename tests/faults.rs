@@ -1,20 +1,21 @@
 //! Fault injection under load, through the real Envoy, on loopback: the token service killed and
 //! restarted, slower than the timeout, answering wrongly; the issuer's JWKS gone; Envoy restarted
 //! while Baton runs; many more users and destinations than the cache holds. Each scenario runs a
-//! bounded load (`support::load`), judges every answer (a 200 must carry a live token for that
+//! bounded load (`baton_test_support::load`), judges every answer (a 200 must carry a live token for that
 //! request's audience and user, a 503 must name an intended reason) and prints one `faults:` line
 //! with the tally. A wrong answer fails the test. The scenarios run one at a time: they share two
 //! cores, and a scenario's latency bounds must not pay for another's load.
-
-mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use baton_test_support::load::{Expect, Job, Load, Tallies};
+use baton_test_support::*;
 use futures_util::future::join_all;
-use support::load::{Expect, Job, Load, Tallies};
-use support::*;
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 /// The circuit breaker's reason for a 503 answered while it is open (src/breaker.rs).
 const CIRCUIT_OPEN: &str = "token_service_circuit_open";
@@ -117,7 +118,7 @@ fn cached_and_fresh(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_service_killed_and_restarted_under_load() {
     let _serial = SERIAL.lock().await;
-    let scratch = Scratch::new("faults-restart");
+    let scratch = Scratch::new(BATON_BIN, "faults-restart");
     let options = PeerOptions {
         port: Some(free_port()),
         signing_key_file: Some(sts_signing_key(&scratch, "sts")),
@@ -178,7 +179,7 @@ async fn token_service_killed_and_restarted_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_service_slower_than_the_timeout_under_load() {
     let _serial = SERIAL.lock().await;
-    let scratch = Scratch::new("faults-slow");
+    let scratch = Scratch::new(BATON_BIN, "faults-slow");
     let options = PeerOptions {
         signing_key_file: Some(sts_signing_key(&scratch, "sts")),
         ..Default::default()
@@ -313,7 +314,7 @@ async fn token_service_answers_wrongly_under_load() {
     let pool = 4;
     for (name, options, outcome) in rows {
         let scenario = format!("token service answers {name}");
-        let scratch = Scratch::new("faults-answers");
+        let scratch = Scratch::new(BATON_BIN, "faults-answers");
         let service = TokenService::start_with(Peer::BatonSts, &scratch, options).await;
         let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
         let upstream = Upstream::start().await;
@@ -381,7 +382,7 @@ async fn token_service_answers_wrongly_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_endpoint_down_under_load() {
     let _serial = SERIAL.lock().await;
-    let scratch = Scratch::new("faults-jwks");
+    let scratch = Scratch::new(BATON_BIN, "faults-jwks");
     let key = sts_signing_key(&scratch, "idp");
     let idp = TokenService::start_with(
         Peer::BatonSts,
@@ -515,7 +516,7 @@ async fn jwks_endpoint_down_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_restarted_while_baton_runs() {
     let _serial = SERIAL.lock().await;
-    let scratch = Scratch::new("faults-envoy");
+    let scratch = Scratch::new(BATON_BIN, "faults-envoy");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
     let pid = baton.pid();
@@ -583,7 +584,7 @@ async fn many_users_and_destinations_through_a_small_cache() {
     const MAX_ENTRIES: u64 = 500;
     const FIRST_PASS: usize = 100;
     let _serial = SERIAL.lock().await;
-    let scratch = Scratch::new("faults-memory");
+    let scratch = Scratch::new(BATON_BIN, "faults-memory");
     let audience = |d: usize| format!("https://d{d}.example");
     let options = PeerOptions {
         audiences: (0..DESTINATIONS).map(audience).collect(),

@@ -4,17 +4,18 @@
 //! hand-written sidecar example; an injected pod is left alone; bad input gets an error answer and
 //! the server keeps serving.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
+use baton_test_support::k8s::*;
+use baton_test_support::*;
 use serde_json::{Value, json};
-use support::k8s::*;
-use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 /// The name the API server would call the webhook by (the Service in k8s/overlays/injector).
 const SERVICE_NAME: &str = "baton-inject.baton-system.svc";
@@ -52,7 +53,7 @@ impl Injector {
             "inject.yaml",
             &shipped.replace("/etc/baton-inject/tls/", &format!("{}/", tls.display())),
         );
-        let mut child = Command::new(baton_bin())
+        let mut child = Command::new(BATON_BIN)
             .arg("inject")
             .arg("--config")
             .arg(&config)
@@ -163,7 +164,7 @@ fn assert_pod_valid(scratch: &Scratch, name: &str, pod: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_annotated_pod_gets_the_sidecar_example_and_passes_the_schemas() {
-    let scratch = Scratch::new("inject");
+    let scratch = Scratch::new(BATON_BIN, "inject");
     let injector = Injector::start(&scratch).await;
     let injected = yaml_docs(&kustomize(&repo().join("k8s/overlays/injected")));
     let pod = pod_from(find(&injected, "Deployment", "reports"));
@@ -200,7 +201,7 @@ async fn an_annotated_pod_gets_the_sidecar_example_and_passes_the_schemas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_init_containers_and_volumes_are_kept() {
-    let scratch = Scratch::new("inject-existing");
+    let scratch = Scratch::new(BATON_BIN, "inject-existing");
     let injector = Injector::start(&scratch).await;
     let pod = json!({
         "apiVersion": "v1",
@@ -234,7 +235,7 @@ async fn existing_init_containers_and_volumes_are_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_not_asking_and_bad_input_are_answered_without_a_patch() {
-    let scratch = Scratch::new("inject-bad");
+    let scratch = Scratch::new(BATON_BIN, "inject-bad");
     let injector = Injector::start(&scratch).await;
 
     // Not annotated: admitted as is.
@@ -343,12 +344,12 @@ async fn pods_not_asking_and_bad_input_are_answered_without_a_patch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_configuration_is_refused_with_every_error() {
-    let scratch = Scratch::new("inject-config");
+    let scratch = Scratch::new(BATON_BIN, "inject-config");
     let config = scratch.write(
         "inject.yaml",
         "run_as_user: 0\nbaton:\n  resources:\n    limits: { memory: lots }\n",
     );
-    let output = tokio::process::Command::new(baton_bin())
+    let output = tokio::process::Command::new(BATON_BIN)
         .arg("inject")
         .arg("--config")
         .arg(&config)

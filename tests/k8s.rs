@@ -3,14 +3,15 @@
 //! schemas, the Envoy configuration in them passes the real Envoy's validation, and the Baton
 //! configurations in them pass `baton check-config`.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use baton_test_support::k8s::*;
+use baton_test_support::*;
 use serde_json::{Value, json};
-use support::k8s::*;
-use support::*;
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 fn k8s() -> PathBuf {
     repo().join("k8s")
@@ -70,7 +71,7 @@ fn every_manifest_passes_the_kubernetes_schemas() {
 
 #[test]
 fn every_overlay_renders_and_passes_the_kubernetes_schemas() {
-    let scratch = Scratch::new("kustomize");
+    let scratch = Scratch::new(BATON_BIN, "kustomize");
     for overlay in OVERLAYS {
         let rendered = kustomize(&k8s().join("overlays").join(overlay));
         let documents = yaml_docs(&rendered).len();
@@ -83,7 +84,7 @@ fn every_overlay_renders_and_passes_the_kubernetes_schemas() {
 /// The check above is live: a manifest with a misspelt field fails it.
 #[test]
 fn the_strict_schema_check_refuses_an_unknown_field() {
-    let scratch = Scratch::new("strict");
+    let scratch = Scratch::new(BATON_BIN, "strict");
     let file = scratch.write(
         "bad.yaml",
         "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: x\nautomountServiceAcountToken: false\n",
@@ -195,7 +196,7 @@ fn every_container_is_hardened_and_bounded() {
 /// `baton check-config FILE` with `text`: Ok, or its output.
 fn check_config(scratch: &Scratch, name: &str, text: &str) -> Result<(), String> {
     let file = scratch.write(&format!("{name}.yaml"), text);
-    let output = Command::new(baton_bin())
+    let output = Command::new(BATON_BIN)
         .arg("check-config")
         .arg(&file)
         .output()
@@ -235,7 +236,7 @@ fn write_tls_files(dir: &Path) {
 /// pod).
 #[test]
 fn the_baton_configurations_pass_check_config() {
-    let scratch = Scratch::new("k8s-check-config");
+    let scratch = Scratch::new(BATON_BIN, "k8s-check-config");
     let secret = scratch.write("client-secret", "not-a-real-secret");
     let tls = scratch.0.join("tls");
     write_tls_files(&tls);
@@ -451,7 +452,7 @@ fn envoy_validate(scratch: &Scratch, name: &str, config: &str) {
 
 #[test]
 fn the_sidecar_envoy_bootstrap_passes_envoy_validation() {
-    let scratch = Scratch::new("k8s-envoy");
+    let scratch = Scratch::new(BATON_BIN, "k8s-envoy");
     let docs = yaml_docs(&kustomize(&k8s().join("overlays/sidecar")));
     let bootstrap = find(&docs, "ConfigMap", "baton-envoy")["data"]["envoy.yaml"]
         .as_str()
@@ -480,7 +481,7 @@ fn the_istio_objects_pass_istios_schemas() {
     assert_eq!(output.lines().filter(|l| l.starts_with("ok ")).count(), 2, "{output}");
 
     // The rendered kustomization too.
-    let scratch = Scratch::new("istio");
+    let scratch = Scratch::new(BATON_BIN, "istio");
     let rendered = scratch.write("istio.yaml", &kustomize(&k8s().join("istio")));
     let (ok, output) = istio_validate(&[rendered]);
     assert!(ok, "{output}");
@@ -489,7 +490,7 @@ fn the_istio_objects_pass_istios_schemas() {
 /// The check above is live: a wrong `applyTo` fails it.
 #[test]
 fn istios_schema_refuses_a_broken_envoyfilter() {
-    let scratch = Scratch::new("istio-bad");
+    let scratch = Scratch::new(BATON_BIN, "istio-bad");
     let good = std::fs::read_to_string(k8s().join("istio/envoyfilter.yaml")).expect("read");
     let bad = good.replace("applyTo: HTTP_FILTER", "applyTo: HTTP_FILTERS");
     assert_ne!(good, bad);
@@ -548,7 +549,7 @@ fn the_istio_patches_pass_envoy_validation() {
             "clusters": [cluster],
         },
     });
-    let scratch = Scratch::new("istio-envoy");
+    let scratch = Scratch::new(BATON_BIN, "istio-envoy");
     envoy_validate(&scratch, "bootstrap.json", &bootstrap.to_string());
 }
 
@@ -560,7 +561,7 @@ fn the_istio_patches_pass_envoy_validation() {
 /// is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecar_bootstrap_delegates_through_the_real_envoy() {
-    let scratch = Scratch::new("k8s-sidecar");
+    let scratch = Scratch::new(BATON_BIN, "k8s-sidecar");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let upstream = Upstream::start().await;
     let socket = scratch.0.join("baton.sock");
@@ -575,7 +576,7 @@ async fn the_sidecar_bootstrap_delegates_through_the_real_envoy() {
             upstream.port
         ),
     );
-    let mut baton = tokio::process::Command::new(baton_bin())
+    let mut baton = tokio::process::Command::new(BATON_BIN)
         .arg("run")
         .arg("--config")
         .arg(&config)

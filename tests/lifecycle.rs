@@ -1,16 +1,17 @@
 //! How Baton behaves as a process: Envoy reaching it over a Unix socket, draining in-flight checks
 //! on SIGTERM, readiness, and `check-config`.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use baton_test_support::*;
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 /// The sidecar shape: Envoy talks to Baton over a Unix socket (`listen.grpc_uds`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_reaches_baton_over_a_unix_socket() {
-    let scratch = Scratch::new("uds");
+    let scratch = Scratch::new(BATON_BIN, "uds");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let socket = scratch.0.join("baton.sock");
     // A socket file left by an earlier run is replaced, not an error.
@@ -33,7 +34,7 @@ async fn envoy_reaches_baton_over_a_unix_socket() {
 /// then Baton exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_checks() {
-    let scratch = Scratch::new("drain");
+    let scratch = Scratch::new(BATON_BIN, "drain");
     let options = PeerOptions {
         delay: Some("700ms"),
         ..Default::default()
@@ -79,7 +80,7 @@ async fn sigterm_drains_in_flight_checks() {
 /// Not ready while the token endpoint is unknown (discovery keeps failing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_until_the_token_endpoint_is_known() {
-    let scratch = Scratch::new("ready");
+    let scratch = Scratch::new(BATON_BIN, "ready");
     let token_service = basic_auth_to(&scratch, &format!("issuer: http://127.0.0.1:{}", free_port()));
     let admin = free_port();
     let config = scratch.write(
@@ -89,7 +90,7 @@ async fn not_ready_until_the_token_endpoint_is_known() {
             free_port()
         ),
     );
-    let _child = tokio::process::Command::new(baton_bin())
+    let _child = tokio::process::Command::new(BATON_BIN)
         .args(["run", "--config"])
         .arg(&config)
         .stderr(scratch.log("baton.log"))
@@ -111,7 +112,7 @@ async fn not_ready_until_the_token_endpoint_is_known() {
 
 #[test]
 fn check_config_reports_every_error_and_never_a_secret() {
-    let scratch = Scratch::new("check-config");
+    let scratch = Scratch::new(BATON_BIN, "check-config");
     let secret = scratch.write("secret", "hunter2-very-secret");
     let good = scratch.write(
         "good.yaml",
@@ -120,7 +121,7 @@ fn check_config_reports_every_error_and_never_a_secret() {
             secret.display()
         ),
     );
-    let out = std::process::Command::new(baton_bin())
+    let out = std::process::Command::new(BATON_BIN)
         .arg("check-config")
         .arg(&good)
         .output()
@@ -141,7 +142,7 @@ fn check_config_reports_every_error_and_never_a_secret() {
             secret.display()
         ),
     );
-    let out = std::process::Command::new(baton_bin())
+    let out = std::process::Command::new(BATON_BIN)
         .arg("check-config")
         .arg(&bad)
         .output()
@@ -167,7 +168,7 @@ fn check_config_reports_every_error_and_never_a_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_changes_only_what_the_new_config_says() {
     use std::sync::Arc;
-    let scratch = Scratch::new("reload");
+    let scratch = Scratch::new(BATON_BIN, "reload");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
     let config = |with_billing: bool| {
@@ -185,17 +186,17 @@ async fn reload_under_load_changes_only_what_the_new_config_says() {
     let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
     let alice = service.mint("alice", "orders.read").await;
 
-    // Steady load on the destination every version of the configuration keeps (`support::load`
+    // Steady load on the destination every version of the configuration keeps (`baton_test_support::load`
     // judges each answer: a live token for orders on behalf of alice, nothing else).
     let load = {
         let alice: (String, Arc<str>) = ("alice".into(), Arc::from(alice.as_str()));
-        support::load::Load::start(envoy.port, 4, Duration::from_millis(5), "reloads", move |_| {
-            support::load::Job {
+        baton_test_support::load::Load::start(envoy.port, 4, Duration::from_millis(5), "reloads", move |_| {
+            baton_test_support::load::Job {
                 group: "orders",
                 host: "orders.example".into(),
                 path: "/".into(),
                 token: alice.1.clone(),
-                expect: support::load::Expect::Delegated {
+                expect: baton_test_support::load::Expect::Delegated {
                     sub: alice.0.clone(),
                     aud: ORDERS.into(),
                     issuer: None,

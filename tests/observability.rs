@@ -5,17 +5,18 @@
 //! line by line against those requests; the Grafana dashboard against `/metrics`; and the leak
 //! detector the harness runs over everything Baton and Envoy emit.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton::broker::pb::ExchangeRequest;
 use baton::broker::pb::delegation_broker_client::DelegationBrokerClient;
+use baton_test_support::*;
 use fake_opentelemetry_collector::ExportedSpan;
 use serde_json::Value;
-use support::*;
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 // === Helpers ===
 
@@ -180,7 +181,7 @@ layered_runtime:
 /// denial carries its reason; a broker call is a span of its own with its exchange as a child.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_links_envoy_baton_and_the_token_exchange() {
-    let scratch = Scratch::new("traces");
+    let scratch = Scratch::new(BATON_BIN, "traces");
     let collector = leaks::SpanSink::start().await;
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let (front, traceparents) = recording_front(service.token_endpoint.clone()).await;
@@ -373,7 +374,7 @@ async fn spans_export_over_otlp_http_with_the_configured_headers() {
         let _ = axum::serve(listener, app).await;
     });
 
-    let scratch = Scratch::new("otlp-http");
+    let scratch = Scratch::new(BATON_BIN, "otlp-http");
     let key = scratch.write("collector-key-secret", "collector-api-key-0123456789");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let baton = Baton::start(
@@ -568,7 +569,7 @@ async fn metrics_audit_and_access_log_match_the_requests_made_through_ext_proc()
 /// Baton keys are null (through both filters) while the request is delegated all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_dynamic_metadata_the_access_log_has_no_baton_keys() {
-    let scratch = Scratch::new("no-metadata");
+    let scratch = Scratch::new(BATON_BIN, "no-metadata");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     // A `telemetry:` section of its own, so the harness adds neither tracing nor the metadata.
     let baton = Baton::start(&scratch, &service.token_endpoint, "telemetry:\n  service_name: baton\n").await;
@@ -591,7 +592,7 @@ async fn without_dynamic_metadata_the_access_log_has_no_baton_keys() {
 }
 
 async fn observed_requests(api: Api, api_label: &str) {
-    let scratch = Scratch::new(&format!("observed-{api_label}"));
+    let scratch = Scratch::new(BATON_BIN, &format!("observed-{api_label}"));
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     // The harness's defaults: audit to audit.log, spans to its own receiver.
     let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
@@ -779,7 +780,7 @@ async fn the_dashboard_queries_only_metrics_baton_exports() {
     collect_exprs(&dashboard, &mut exprs);
     assert!(exprs.len() >= 4, "the dashboard has its panels' queries: {exprs:?}");
 
-    let scratch = Scratch::new("dashboard");
+    let scratch = Scratch::new(BATON_BIN, "dashboard");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
     let upstream = Upstream::start().await;

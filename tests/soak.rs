@@ -5,14 +5,13 @@
 
 #![allow(clippy::print_stdout, reason = "the soak prints its figures")]
 
-mod support;
-
-#[path = "support/open_loop.rs"]
-mod open_loop;
-
 use std::time::Duration;
 
-use open_loop::{SoakPlan, mib, soak};
+use baton_test_support::open_loop::mib;
+use baton_test_support::soak::{SoakPlan, soak};
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 /// Baton's RSS may grow by this much from the end of warm-up to the end of the run: room for the
 /// allocator settling, far below what keeping every refreshed token (tens of MiB here) would take.
@@ -21,6 +20,7 @@ const RSS_GROWTH_BOUND: u64 = 8 * 1024 * 1024;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_tokens_refresh_ahead_under_steady_load() {
     let report = soak(SoakPlan {
+        baton: BATON_BIN,
         duration: Duration::from_secs(35),
         rate: 150.0,
         users: 15,

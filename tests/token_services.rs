@@ -5,14 +5,15 @@
 //! JWT-bearer grant (test glue speaking Entra's dialect); and two `baton sts` instances serving
 //! different destinations through the real Envoy.
 
-mod support;
-
 use std::path::PathBuf;
 
 use baton::broker::pb::ExchangeRequest;
 use baton::broker::pb::delegation_broker_client::DelegationBrokerClient;
+use baton_test_support::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use support::*;
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 type Client = DelegationBrokerClient<tonic::transport::Channel>;
 
@@ -96,7 +97,7 @@ impl Pki {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_client_authentication_and_the_entra_on_behalf_of_profile() {
-    let scratch = Scratch::new("mtls");
+    let scratch = Scratch::new(BATON_BIN, "mtls");
     let client_id = format!("{CLIENT_ID}-mtls");
     let pki = Pki::new(&scratch, &client_id);
     let path = |p: &PathBuf| p.display().to_string();
@@ -245,7 +246,7 @@ fn signed_assertion(key: &jsonwebtoken::EncodingKey, client_id: &str, audience: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_assertion_file_is_sent_and_re_read_when_it_rotates() {
-    let scratch = Scratch::new("assertion-file");
+    let scratch = Scratch::new(BATON_BIN, "assertion-file");
     let (key, jwks) = assertion_key();
     let options = PeerOptions {
         env: vec![("JWT_CLIENT_JWKS", jwks)],
@@ -301,8 +302,8 @@ async fn a_client_assertion_file_is_sent_and_re_read_when_it_rotates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_token_services_serve_different_destinations_through_envoy() {
-    let scratch = Scratch::new("two-services");
-    let (scratch_east, scratch_west) = (Scratch::new("sts-east"), Scratch::new("sts-west"));
+    let scratch = Scratch::new(BATON_BIN, "two-services");
+    let (scratch_east, scratch_west) = (Scratch::new(BATON_BIN, "sts-east"), Scratch::new(BATON_BIN, "sts-west"));
     let east = TokenService::start(Peer::BatonSts, &scratch_east).await;
     let west = TokenService::start(Peer::BatonSts, &scratch_west).await;
     let secret = scratch.write("client-secret", CLIENT_SECRET);

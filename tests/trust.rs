@@ -3,15 +3,16 @@
 //! presents the workload's own token as actor. `baton sts` is the issuer, the token service and the
 //! source of the workload's token.
 
-mod support;
-
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use baton_test_support::*;
 use futures_util::future::join_all;
 use serde_json::Value;
-use support::*;
+
+/// The binary under test, passed to the harness (only this package can name it).
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 const WORKLOAD: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
 
@@ -25,7 +26,7 @@ struct Trust {
 
 impl Trust {
     async fn start(name: &str) -> Self {
-        let scratch = Scratch::new(name);
+        let scratch = Scratch::new(BATON_BIN, name);
         let idp = TokenService::start(Peer::BatonSts, &scratch).await;
         let actor = idp.mint_with(&[("sub", "svc-frontend"), ("aud", "baton-sts")]).await;
         let actor_file = scratch.write("actor-token", &actor);
@@ -111,19 +112,6 @@ destinations:
     }
 }
 
-fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).expect("a JWT");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64")).expect("json")
-}
-
-fn forged(header: &str, payload: &Value, signature: &str) -> String {
-    format!(
-        "{}.{}.{signature}",
-        URL_SAFE_NO_PAD.encode(header),
-        URL_SAFE_NO_PAD.encode(payload.to_string())
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verified_subjects_policy_and_actor_through_envoy() {
     let t = Trust::start("trust").await;
@@ -147,7 +135,7 @@ async fn verified_subjects_policy_and_actor_through_envoy() {
 
     // Verification failures: each with its own reason, none reaches the token service.
     let before = t.idp.exchanges().await;
-    let good = claims_of(&alice);
+    let good = jwt_claims(&alice).expect("a JWT");
     let sig = alice.rsplit('.').next().expect("signature");
     let kid = serde_json::from_slice::<Value>(
         &URL_SAFE_NO_PAD
@@ -159,13 +147,16 @@ async fn verified_subjects_policy_and_actor_through_envoy() {
     let mut tampered = good.clone();
     tampered["sub"] = "mallory".into();
     let cases = [
-        (forged(r#"{"alg":"none"}"#, &good, ""), "subject_token_unsigned"),
+        (
+            forge_jwt(r#"{"alg":"none"}"#, &good.to_string(), ""),
+            "subject_token_unsigned",
+        ),
         (
             hs256_with_public_key(&t, &good).await,
             "subject_token_algorithm_not_allowed",
         ),
         (
-            forged(&format!(r#"{{"alg":"ES256","kid":{kid}}}"#), &tampered, sig),
+            forge_jwt(&format!(r#"{{"alg":"ES256","kid":{kid}}}"#), &tampered.to_string(), sig),
             "subject_token_signature_invalid",
         ),
         (
@@ -193,7 +184,7 @@ async fn verified_subjects_policy_and_actor_through_envoy() {
     );
 
     // Another issuer, even a real one, is not trusted.
-    let scratch = Scratch::new("other-issuer");
+    let scratch = Scratch::new(BATON_BIN, "other-issuer");
     let other = TokenService::start(Peer::BatonSts, &scratch).await;
     let foreign = other.mint_with(&[("sub", "alice"), ("aud", "frontend")]).await;
     let reply = t.get("orders.example", "/orders/1", &foreign).await;
@@ -294,11 +285,15 @@ async fn a_flood_of_unknown_kids_is_rate_limited() {
     // Past the minimum interval since the start-up fetch, so the flood may cause one fetch.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let before = t.idp.stat("jwks").await;
-    let good = claims_of(&alice);
+    let good = jwt_claims(&alice).expect("a JWT");
     let sig = alice.rsplit('.').next().expect("signature").to_owned();
     let started = std::time::Instant::now();
     let replies = join_all((0..50).map(|i| {
-        let token = forged(&format!(r#"{{"alg":"ES256","kid":"random-{i}"}}"#), &good, &sig);
+        let token = forge_jwt(
+            &format!(r#"{{"alg":"ES256","kid":"random-{i}"}}"#),
+            &good.to_string(),
+            &sig,
+        );
         let t = &t;
         async move { t.get("orders.example", "/orders/1", &token).await }
     }))
@@ -345,7 +340,7 @@ async fn an_unreachable_jwks_endpoint() {
         "recovers once the issuer is back"
     );
 
-    let scratch = Scratch::new("no-keys");
+    let scratch = Scratch::new(BATON_BIN, "no-keys");
     let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", t.idp.token_endpoint));
     let body = format!(
         "token_service:\n{token_service}\ntrusted_issuers:\n  - issuer: {}\n    jwks_uri: http://127.0.0.1:{}/jwks\n    audiences: [frontend]\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n",
@@ -368,7 +363,7 @@ async fn an_unreachable_jwks_endpoint() {
 /// subject whose `may_act` names another workload is refused by the token service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actor_and_may_act_with_oidc_provider() {
-    let scratch = Scratch::new("actor-oidc");
+    let scratch = Scratch::new(BATON_BIN, "actor-oidc");
     let service = TokenService::start(Peer::OidcProvider, &scratch).await;
     let workload = service.mint("svc-frontend", "").await;
     let actor_file = scratch.write("actor-token", &workload);
@@ -413,28 +408,13 @@ async fn actor_and_may_act_with_oidc_provider() {
 /// policy with the caller as `source`, and re-verifies the user's token at call time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_authenticates_callers_and_applies_policy() {
-    use baton::broker::pb::ExchangeRequest;
-    use baton::broker::pb::delegation_broker_client::DelegationBrokerClient;
     let t = Trust::start("broker-auth").await;
-    let mut client = DelegationBrokerClient::connect(format!("http://127.0.0.1:{}", t.baton.grpc))
-        .await
-        .expect("connect");
+    let mut client = broker_client(t.baton.grpc).await;
     let alice = t.user("alice", &[]).await;
     // A workload's token: it names its client (`azp`), which the broker's caller rule lists.
     let job = t.user("batch-job", &[("claims", r#"{"azp":"batch-job"}"#)]).await;
-    let call = |subject: &str, destination: &str, caller: Option<&str>| {
-        let mut request = tonic::Request::new(ExchangeRequest {
-            subject_token: subject.to_owned(),
-            destination: destination.to_owned(),
-            scopes: Vec::new(),
-        });
-        if let Some(caller) = caller {
-            request
-                .metadata_mut()
-                .insert("authorization", bearer(caller).parse().expect("metadata"));
-        }
-        request
-    };
+    let call =
+        |subject: &str, destination: &str, caller: Option<&str>| broker_request(caller, subject, destination, &[]);
     let refused = client
         .exchange(call(&alice, "direct", None))
         .await
@@ -503,7 +483,7 @@ async fn the_broker_authenticates_callers_and_applies_policy() {
 /// service: `act` names Baton's client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actor_by_client_credentials() {
-    let scratch = Scratch::new("actor-cc");
+    let scratch = Scratch::new(BATON_BIN, "actor-cc");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let baton = Baton::start(&scratch, &service.token_endpoint, "actor:\n  client_credentials: {}\n").await;
     let upstream = Upstream::start().await;
@@ -524,7 +504,7 @@ async fn actor_by_client_credentials() {
 /// delegated and its claims feed the policy; an unknown one is `subject_token_inactive`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opaque_tokens_by_introspection() {
-    let scratch = Scratch::new("introspection");
+    let scratch = Scratch::new(BATON_BIN, "introspection");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
     let body = format!(

@@ -10,7 +10,7 @@ use baton::config::Config;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
-use crate::support::*;
+use baton_test_support::*;
 
 /// The flag that makes a benchmark binary serve the allow-all floor instead of measuring. Followed
 /// by a number, the floor also rewrites `Authorization` to a fixed value that long.

@@ -8,16 +8,12 @@
 //! fail the caller rule, `caller_not_workload`), a caller credential that is not a verified token,
 //! and scope escalation (a scope outside `broker_allowed_scopes`, however it is spelled).
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use baton::broker::pb::ExchangeRequest;
-use baton::broker::pb::delegation_broker_client::DelegationBrokerClient;
 use tonic::Code;
 
-use crate::support::*;
+use baton_test_support::*;
 
-const CALLER_AUDIENCE: &str = "baton-broker";
-const CALLER_CLIENT: &str = "batch-worker";
+use crate::BATON_BIN;
 
 /// What the caller puts in the call's `authorization` metadata.
 enum Credential {
@@ -47,30 +43,10 @@ struct Row {
     expected: Outcome,
 }
 
-/// A token of `service` for `sub` with this `aud`, extra `claims` (a JSON object) and mint fields.
-async fn mint(service: &TokenService, sub: &str, aud: &str, claims: &str, extra: &[(&str, &str)]) -> String {
-    let mut form = vec![
-        ("sub", sub),
-        ("aud", aud),
-        ("scope", "orders.read invoices.read invoices.write"),
-        ("claims", claims),
-    ];
-    form.extend_from_slice(extra);
-    service.mint_with(&form).await
-}
-
-fn alg_none(claims: &serde_json::Value) -> String {
-    format!(
-        "{}.{}.",
-        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_token_is_no_broker_caller_and_scopes_never_widen() {
-    let scratch = Scratch::new("adversarial-broker");
-    let idp = TokenService::start(Peer::BatonSts, &scratch).await;
+    let scratch = Scratch::new(BATON_BIN, "adversarial-broker");
+    let GuardedBroker { idp, baton } = GuardedBroker::start(&scratch).await;
     // Another issuer, not trusted: it mints tokens with every claim a caller's should have.
     let rogue = TokenService::start_with(
         Peer::BatonSts,
@@ -81,39 +57,14 @@ async fn a_users_token_is_no_broker_caller_and_scopes_never_widen() {
         },
     )
     .await;
-    let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", idp.token_endpoint));
-    let body = format!(
-        r#"token_service:
-{token_service}
-trusted_issuers:
-  - issuer: {issuer}
-    audiences: [frontend, {CALLER_AUDIENCE}]
-destinations:
-  - name: orders
-    audience: {ORDERS}
-    scopes: [orders.read]
-  - name: billing
-    audience: {BILLING}
-    scopes: [invoices.read]
-    broker_allowed_scopes: [invoices.read, invoices.write]
-broker:
-  callers: authenticated
-  caller_audience: {CALLER_AUDIENCE}
-  caller_client_ids: [{CALLER_CLIENT}]
-"#,
-        issuer = idp.issuer
-    );
-    let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
-    let mut client = DelegationBrokerClient::connect(format!("http://127.0.0.1:{}", baton.grpc))
-        .await
-        .expect("connect to the broker");
+    let mut client = broker_client(baton.grpc).await;
 
-    let alice = mint(&idp, "alice", "frontend", r#"{"azp":"web-app"}"#, &[]).await;
+    let alice = mint_for(&idp, "alice", "frontend", r#"{"azp":"web-app"}"#, &[]).await;
     let worker_claims = format!(r#"{{"azp":"{CALLER_CLIENT}"}}"#);
-    let worker = mint(&idp, "svc-batch", CALLER_AUDIENCE, &worker_claims, &[]).await;
+    let worker = mint_for(&idp, "svc-batch", CALLER_AUDIENCE, &worker_claims, &[]).await;
     let user = |claims: &'static str, aud: &'static str| {
         let idp = &idp;
-        async move { Credential::Bearer(mint(idp, "mallory", aud, claims, &[]).await) }
+        async move { Credential::Bearer(mint_for(idp, "mallory", aud, claims, &[]).await) }
     };
     let refused_caller = Refused(Code::Unauthenticated, "caller_not_workload");
     let escalation = Refused(Code::PermissionDenied, "scope_not_allowed");
@@ -210,7 +161,7 @@ broker:
         Row {
             variant: "the workload's token, expired",
             credential: Credential::Bearer(
-                mint(
+                mint_for(
                     &idp,
                     "svc-batch",
                     CALLER_AUDIENCE,
@@ -226,7 +177,7 @@ broker:
         Row {
             variant: "the workload's token, not valid yet",
             credential: Credential::Bearer(
-                mint(
+                mint_for(
                     &idp,
                     "svc-batch",
                     CALLER_AUDIENCE,
@@ -241,14 +192,18 @@ broker:
         },
         Row {
             variant: "every caller claim, from an untrusted issuer",
-            credential: Credential::Bearer(mint(&rogue, "svc-batch", CALLER_AUDIENCE, &worker_claims, &[]).await),
+            credential: Credential::Bearer(mint_for(&rogue, "svc-batch", CALLER_AUDIENCE, &worker_claims, &[]).await),
             destination: "orders",
             scopes: &[],
             expected: Refused(Code::Unauthenticated, "subject_token_issuer_untrusted"),
         },
         Row {
             variant: "every caller claim, unsigned (alg none)",
-            credential: Credential::Bearer(alg_none(&forged_claims)),
+            credential: Credential::Bearer(forge_jwt(
+                r#"{"alg":"none","typ":"JWT"}"#,
+                &forged_claims.to_string(),
+                "",
+            )),
             destination: "orders",
             scopes: &[],
             expected: Refused(Code::Unauthenticated, "subject_token_unsigned"),
@@ -472,7 +427,7 @@ broker:
 /// that only serves Envoy offers no second way to ask for tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_api_is_off_unless_configured() {
-    let scratch = Scratch::new("adversarial-broker-off");
+    let scratch = Scratch::new(BATON_BIN, "adversarial-broker-off");
     let idp = TokenService::start(Peer::BatonSts, &scratch).await;
     let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", idp.token_endpoint));
     let body = format!(
@@ -480,28 +435,17 @@ async fn the_broker_api_is_off_unless_configured() {
         idp.issuer
     );
     let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
-    let mut client = DelegationBrokerClient::connect(format!("http://127.0.0.1:{}", baton.grpc))
-        .await
-        .expect("connect to the broker");
-    let alice = mint(&idp, "alice", "frontend", "{}", &[]).await;
+    let mut client = broker_client(baton.grpc).await;
+    let alice = mint_for(&idp, "alice", "frontend", "{}", &[]).await;
     let worker_claims = format!(r#"{{"azp":"{CALLER_CLIENT}"}}"#);
-    let worker = mint(&idp, "svc-batch", CALLER_AUDIENCE, &worker_claims, &[]).await;
+    let worker = mint_for(&idp, "svc-batch", CALLER_AUDIENCE, &worker_claims, &[]).await;
     for (variant, credential, destination) in [
         ("no credential", None, "orders"),
         ("a user's token", Some(&alice), "orders"),
         ("a workload's token", Some(&worker), "orders"),
         ("a workload's token, an unknown destination", Some(&worker), "nowhere"),
     ] {
-        let mut request = tonic::Request::new(ExchangeRequest {
-            subject_token: alice.clone(),
-            destination: destination.to_owned(),
-            scopes: Vec::new(),
-        });
-        if let Some(token) = credential {
-            request
-                .metadata_mut()
-                .insert("authorization", bearer(token).parse().expect("metadata"));
-        }
+        let request = broker_request(credential.map(String::as_str), &alice, destination, &[]);
         let refused = client.exchange(request).await.expect_err(variant);
         assert_eq!(refused.code(), Code::PermissionDenied, "{variant}");
         assert!(

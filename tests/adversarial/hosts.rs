@@ -10,7 +10,9 @@
 use std::sync::Arc;
 
 use crate::paths::{STACKS, Shape, TokenServiceAudiences, envoy, raw};
-use crate::support::*;
+use baton_test_support::*;
+
+use crate::BATON_BIN;
 
 const ADMIN: &str = "https://admin.example";
 
@@ -203,7 +205,7 @@ fn rows() -> Vec<Row> {
 
 /// `baton sts` (issuing for the three audiences), Baton with `destinations`, and the upstream.
 async fn start(name: &str, destinations: &str) -> (Arc<Scratch>, TokenService, Baton, Upstream) {
-    let scratch = Arc::new(Scratch::new(name));
+    let scratch = Arc::new(Scratch::new(BATON_BIN, name));
     let options = PeerOptions {
         audiences: vec![ORDERS.to_owned(), BILLING.to_owned(), ADMIN.to_owned()],
         ..PeerOptions::default()

@@ -18,7 +18,9 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::*;
+use baton_test_support::*;
+
+use crate::BATON_BIN;
 
 const ENVOY_ID: &str = "spiffe://cluster.local/ns/shop/sa/envoy";
 const BATON_NAME: &str = "baton.test";
@@ -154,7 +156,7 @@ enum Expect {
 /// text or skips any of the checks: each refused row is one check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_an_envoy_with_an_allowed_client_certificate_gets_a_decision() {
-    let scratch = Scratch::new("adv-listener-mtls");
+    let scratch = Scratch::new(BATON_BIN, "adv-listener-mtls");
     let ca = new_ca(&scratch, "mesh-ca");
     let rogue = new_ca(&scratch, "rogue-ca");
     let server = leaf(
@@ -300,7 +302,7 @@ async fn only_an_envoy_with_an_allowed_client_certificate_gets_a_decision() {
         let outcomes = join_all(rows.iter().map(|(variant, cert, expect)| {
             let (baton, upstream, user, ca_file) = (baton.grpc, upstream.port, user.clone(), ca.file.clone());
             async move {
-                let scratch = Scratch::new("adv-listener-envoy");
+                let scratch = Scratch::new(BATON_BIN, "adv-listener-envoy");
                 let tls = ClientTls {
                     cert_file: cert
                         .as_ref()
@@ -481,7 +483,7 @@ async fn tls_connect(port: u16, server_ca: &Path, cert: Option<&Leaf>) -> (Optio
 /// without an allowed certificate (the control row with one is served).
 #[tokio::test]
 async fn a_direct_caller_without_an_allowed_certificate_never_reaches_grpc() {
-    let scratch = Scratch::new("adv-listener-direct");
+    let scratch = Scratch::new(BATON_BIN, "adv-listener-direct");
     let ca = new_ca(&scratch, "mesh-ca");
     let rogue = new_ca(&scratch, "rogue-ca");
     let server = leaf(
@@ -553,7 +555,7 @@ async fn a_direct_caller_without_an_allowed_certificate_never_reaches_grpc() {
 /// good one.
 #[tokio::test]
 async fn a_rotated_server_certificate_is_presented_to_new_connections() {
-    let scratch = Scratch::new("adv-listener-rotate");
+    let scratch = Scratch::new(BATON_BIN, "adv-listener-rotate");
     let ca = new_ca(&scratch, "mesh-ca");
     let first = leaf(
         &scratch,
@@ -619,7 +621,7 @@ async fn a_rotated_server_certificate_is_presented_to_new_connections() {
 async fn only_the_sockets_owner_and_group_may_connect() {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     const GROUP: u32 = 4242;
-    let scratch = Scratch::new("adv-listener-uds");
+    let scratch = Scratch::new(BATON_BIN, "adv-listener-uds");
     // The socket's directory must be traversable by the attacker, as an emptyDir shared by two
     // containers is: only the socket's own mode then stands between it and Baton.
     std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -635,7 +637,7 @@ async fn only_the_sockets_owner_and_group_may_connect() {
         ("a group member, mode 0600", Some("0600"), GROUP, false),
     ];
     for (i, (variant, mode, gid, served)) in rows.into_iter().enumerate() {
-        let run = Scratch::new("adv-listener-uds-run");
+        let run = Scratch::new(BATON_BIN, "adv-listener-uds-run");
         std::fs::set_permissions(&run.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let socket = run.0.join(format!("baton-{i}.sock"));
         let mode_line = mode.map(|m| format!("  grpc_uds_mode: \"{m}\"\n")).unwrap_or_default();
@@ -746,7 +748,7 @@ type BrokerRow<'a> = (&'a str, &'a Leaf, Option<&'a str>, Result<(), &'a str>);
 #[tokio::test]
 async fn under_callers_mtls_the_broker_caller_is_the_certificates_identity() {
     const REPORTER: &str = "spiffe://cluster.local/ns/jobs/sa/reporter";
-    let scratch = Scratch::new("adv-listener-broker-mtls");
+    let scratch = Scratch::new(BATON_BIN, "adv-listener-broker-mtls");
     let ca = new_ca(&scratch, "mesh-ca");
     let server = leaf(
         &scratch,
@@ -812,7 +814,7 @@ type ConfigRow = (&'static str, &'static str, Result<(), &'static [&'static str]
 /// defaulted to 127.0.0.1:9191 and any address was served in plain text.
 #[test]
 fn check_config_refuses_a_listener_anyone_could_reach() {
-    let scratch = Scratch::new("adv-listener-check-config");
+    let scratch = Scratch::new(BATON_BIN, "adv-listener-check-config");
     let ts = "token_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth: { method: none }\n";
     let rows: [ConfigRow; 10] = [
         (
@@ -864,7 +866,7 @@ fn check_config_refuses_a_listener_anyone_could_reach() {
     ];
     for (i, (variant, listen, expected)) in rows.into_iter().enumerate() {
         let file = scratch.write(&format!("config-{i}.yaml"), &format!("{listen}{ts}"));
-        let out = std::process::Command::new(baton_bin())
+        let out = std::process::Command::new(BATON_BIN)
             .arg("check-config")
             .arg(&file)
             .output()

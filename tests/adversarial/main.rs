@@ -7,11 +7,11 @@
 //! One module a class: who may ask Baton (`listener`), which path and host a token is delegated for
 //! (`paths`, `hosts`), and what Baton does with the tokens it holds and receives (`tokens`).
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod broker;
 mod hosts;
 mod listener;
 mod paths;
 mod tokens;
+
+/// The binary under test, passed to the harness (only this package can name it).
+pub(crate) const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");

@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::*;
+use baton_test_support::*;
+
+use crate::BATON_BIN;
 
 // === Shared by paths and hosts: raw requests and generated configurations ===
 
@@ -119,7 +121,7 @@ pub(crate) async fn envoy(scratch: &Scratch, baton: &Baton, upstream: &Upstream,
         Shape::Hand => envoy_bootstrap_for(api, port, baton.grpc, upstream.port),
         Shape::Generated => generated(scratch, api, port, upstream.port),
     };
-    let dir = Scratch::new(&format!("{}-{api:?}-{shape:?}", scratch_name(scratch)));
+    let dir = Scratch::new(BATON_BIN, &format!("{}-{api:?}-{shape:?}", scratch_name(scratch)));
     Envoy::start_with_bootstrap(&dir, &bootstrap).await
 }
 
@@ -137,7 +139,7 @@ fn generated(scratch: &Scratch, api: Api, port: u16, upstream: u16) -> String {
         Api::ExtAuthz => "ext_authz",
         Api::ExtProc => "ext_proc",
     };
-    let out = std::process::Command::new(baton_bin())
+    let out = std::process::Command::new(BATON_BIN)
         .arg("envoy-config")
         .arg("--config")
         .arg(scratch.0.join("baton.yaml"))
@@ -368,7 +370,7 @@ fn rows() -> Vec<Row> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_outside_the_policy_never_get_a_token() {
-    let scratch = Arc::new(Scratch::new("adv-paths"));
+    let scratch = Arc::new(Scratch::new(BATON_BIN, "adv-paths"));
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
     let baton = Baton::start_raw(

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::support::*;
+use baton_test_support::*;
+
+use crate::BATON_BIN;
 
 /// One issuer for every `baton sts` here (with one signing key), so a user or actor token minted
 /// by one is valid at all of them.
@@ -67,16 +69,11 @@ fn host_of(fault: &str) -> String {
     format!("{}.faults.example", fault.replace('_', "-"))
 }
 
-fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).expect("a JWT");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("JSON claims")
-}
-
 /// A misbehaving token service never gets its token to the destination, and its refusal is not
 /// kept: the same request asks it again (so a fixed token service is used at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misbehaving_token_service_never_gets_its_token_through() {
-    let scratch = Scratch::new("adversarial-tokens-faults");
+    let scratch = Scratch::new(BATON_BIN, "adversarial-tokens-faults");
     let key = sts_signing_key(&scratch, "shared");
     let good = sts(&scratch, &key, "good", None).await;
     let mut faulty = Vec::new();
@@ -111,7 +108,7 @@ async fn a_misbehaving_token_service_never_gets_its_token_through() {
         let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
         // The control row: a token service that behaves gets its token through, with the act chain.
         let reply = send(&envoy, "fine.example", "/control", Some(&bearer(&user))).await;
-        let claims = claims_of(reply.upstream_token());
+        let claims = jwt_claims(reply.upstream_token()).expect("JSON claims");
         assert_eq!(
             (&claims["aud"], &claims["act"]["sub"]),
             (&json!(ORDERS), &json!(ACTOR)),
@@ -130,7 +127,7 @@ async fn a_misbehaving_token_service_never_gets_its_token_through() {
                 if *status == 200 {
                     let token = reply.upstream_token();
                     assert!(token != user, "{row}");
-                    assert_eq!(claims_of(token)["aud"], json!(ORDERS), "{row}");
+                    assert_eq!(jwt_claims(token).expect("JSON claims")["aud"], json!(ORDERS), "{row}");
                     continue;
                 }
                 if reply.reason() != *reason {
@@ -156,7 +153,7 @@ async fn a_misbehaving_token_service_never_gets_its_token_through() {
 /// Issue 12 section 4's examples: destinations with the same audience and different limits,
 /// `alias-a` (depth 1) and `alias-b` (depth 0); `alias-c` (3 s lifetime) and `alias-d` (none).
 async fn aliases(name: &str) -> (Scratch, TokenService, Baton, Upstream) {
-    let scratch = Scratch::new(name);
+    let scratch = Scratch::new(BATON_BIN, name);
     let key = sts_signing_key(&scratch, "shared");
     let service = sts(&scratch, &key, "cache-sts", None).await;
     let mut yaml = format!(
@@ -205,7 +202,7 @@ async fn a_cached_token_never_exceeds_the_asking_destination_s_depth() {
             .await;
         let deep = send(&envoy, "alias-a.example", "/a", Some(&bearer(&user))).await;
         assert_eq!(
-            claims_of(deep.upstream_token())["act"]["sub"],
+            jwt_claims(deep.upstream_token()).expect("JSON claims")["act"]["sub"],
             json!("gateway"),
             "{api:?}"
         );
@@ -237,7 +234,9 @@ async fn a_cached_token_never_outlives_the_asking_destination_s_lifetime() {
             short_token != long_token,
             "{api:?}: alias-c (3 s) was served alias-d's token 4 s after its exchange"
         );
-        let iat = claims_of(short_token)["iat"].as_u64().expect("iat");
+        let iat = jwt_claims(short_token).expect("JSON claims")["iat"]
+            .as_u64()
+            .expect("iat");
         assert!(
             unix_now().saturating_sub(iat) <= 3,
             "{api:?}: alias-c's token is too old"
@@ -269,7 +268,7 @@ fn signed(key: &Path, header: &str, claims: &str) -> String {
 /// NumericDate is valid and compared correctly; anything else is refused with a reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_subject_token_is_judged_by_the_jwt_rules() {
-    let scratch = Scratch::new("adversarial-tokens-subject");
+    let scratch = Scratch::new(BATON_BIN, "adversarial-tokens-subject");
     let key = sts_signing_key(&scratch, "shared");
     let service = sts(&scratch, &key, "subject-sts", None).await;
     let mut yaml = format!(
@@ -440,7 +439,11 @@ async fn a_hostile_subject_token_is_judged_by_the_jwt_rules() {
                     reply.reason()
                 ));
             } else if *status == 200 {
-                assert_eq!(claims_of(reply.upstream_token())["sub"], json!("erin"), "{row}");
+                assert_eq!(
+                    jwt_claims(reply.upstream_token()).expect("JSON claims")["sub"],
+                    json!("erin"),
+                    "{row}"
+                );
             } else if reply.reason() != *reason {
                 wrong.push(format!("{row}: {}, not {reason}", reply.reason()));
             }

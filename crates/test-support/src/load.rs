@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use serde_json::Value;
 
-use super::{audiences, leaks, unix_now};
+use crate::check::Delegation;
+use crate::leaks;
 
 /// A request past this is a hang: a wrong answer.
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Issued tokens registered for the leak scans, per load (a sample: every token would make the scans
 /// of a large run slow).
@@ -215,6 +215,7 @@ struct Phase {
 }
 
 /// Load running in the background; see the module comment.
+#[derive(Debug)]
 pub struct Load {
     phase: Arc<Mutex<Phase>>,
     phases: Arc<Mutex<Vec<String>>>,
@@ -413,10 +414,23 @@ fn judge(job: &Job, answer: Result<Answer, reqwest::Error>, refused_ok: bool, re
             issuer,
             unavailable,
         } => match status {
-            200 => match delegated(&body, &job.token, sub, aud, issuer.as_deref(), registered) {
-                Ok(()) => Outcome::Correct,
-                Err(what) => Outcome::Wrong(format!("200 for {sub} -> {aud}: {what}")),
-            },
+            200 => {
+                let delegation = Delegation {
+                    user_token: &job.token,
+                    sub,
+                    aud,
+                    issuer: issuer.as_deref(),
+                };
+                match delegation.check(&body) {
+                    Ok(token) => {
+                        if registered.fetch_add(1, Ordering::Relaxed) < REGISTERED_PER_LOAD {
+                            leaks::secret(token);
+                        }
+                        Outcome::Correct
+                    }
+                    Err(what) => Outcome::Wrong(format!("200 for {sub} -> {aud}: {what}")),
+                }
+            }
             503 if unavailable.contains(&reason.as_str()) => Outcome::Unavailable {
                 reason,
                 retry_after: retry_after.is_some(),
@@ -430,56 +444,5 @@ fn judge(job: &Job, answer: Result<Answer, reqwest::Error>, refused_ok: bool, re
                 Outcome::Wrong(format!("{status} {reason}, wanted {want} {reasons:?}"))
             }
         }
-    }
-}
-
-/// Whether the upstream got exactly what it should: one bearer token, not the user's, a JWT for
-/// `aud` on behalf of `sub`, not expired.
-fn delegated(
-    body: &Value,
-    user_token: &str,
-    sub: &str,
-    aud: &str,
-    issuer: Option<&str>,
-    registered: &AtomicU64,
-) -> Result<(), String> {
-    if body["authorization_count"] != 1 {
-        return Err(format!(
-            "{} Authorization headers upstream",
-            body["authorization_count"]
-        ));
-    }
-    let token = body["authorization"]
-        .as_str()
-        .ok_or("no Authorization upstream")?
-        .strip_prefix("Bearer ")
-        .ok_or("not a bearer token upstream")?;
-    if token == user_token {
-        return Err("the user's own token reached the upstream".into());
-    }
-    if registered.fetch_add(1, Ordering::Relaxed) < REGISTERED_PER_LOAD {
-        leaks::secret(token);
-    }
-    let claims = token
-        .split('.')
-        .nth(1)
-        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
-        .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
-        .ok_or("the upstream's token is not a JWT")?;
-    if audiences(&claims) != [aud] {
-        return Err(format!("aud {:?}", audiences(&claims)));
-    }
-    if claims["sub"] != sub {
-        return Err(format!("sub {}", claims["sub"]));
-    }
-    if let Some(issuer) = issuer
-        && claims["iss"] != issuer
-    {
-        return Err(format!("iss {}", claims["iss"]));
-    }
-    let now = unix_now();
-    match claims["exp"].as_u64() {
-        Some(exp) if exp > now => Ok(()),
-        exp => Err(format!("exp {exp:?} is not after now ({now})")),
     }
 }

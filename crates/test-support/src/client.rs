@@ -1,0 +1,102 @@
+//! Clients of what the harness starts: HTTP through Envoy (`send`, `Reply`), scrapes of Prometheus
+//! text and a process's memory. Every credential sent or received is registered for the leak scans.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::envoy::Envoy;
+use crate::leaks;
+
+/// A process's resident set (`VmRSS` in /proc/<pid>/status), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// The value of an unlabelled sample in Prometheus text (`name value`).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("http client")
+}
+
+/// What a request through Envoy came back with.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The Authorization the upstream received (`None` if it got none).
+    pub fn upstream_authorization(&self) -> Option<&str> {
+        assert_eq!(
+            self.status, 200,
+            "expected the request to reach the upstream: {:?}",
+            self.body
+        );
+        self.body["authorization"].as_str()
+    }
+
+    /// The token the upstream received.
+    pub fn upstream_token(&self) -> &str {
+        let header = self
+            .upstream_authorization()
+            .expect("the upstream received an Authorization header");
+        header.strip_prefix("Bearer ").expect("a bearer token")
+    }
+
+    /// The reason code of a denial.
+    pub fn reason(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("<no error field>")
+    }
+
+    /// A response header, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub async fn send(envoy: &Envoy, host: &str, path: &str, authorization: Option<&str>) -> Reply {
+    send_with(envoy, host, path, authorization, &[]).await
+}
+
+/// Like `send`, with extra request headers (e.g. `traceparent`).
+pub async fn send_with(
+    envoy: &Envoy,
+    host: &str,
+    path: &str,
+    authorization: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut request = http().get(envoy.url(path)).header("host", host);
+    if let Some(a) = authorization {
+        leaks::credential(a);
+        request = request.header("authorization", a);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("request through envoy");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("body");
+    let body: Value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    if let Some(received) = body["authorization"].as_str() {
+        leaks::credential(received);
+    }
+    Reply { status, headers, body }
+}
