@@ -14,11 +14,12 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::AsyncReadExt as _;
 
-use crate::cache::unix_now;
-use crate::config::{Errors, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
+use crate::clock::unix_now;
 use crate::exchange::TokenService;
+use crate::oauth::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 use crate::reason::{Denial, Reason};
 use crate::secret::Secret;
+use crate::settings::Errors;
 
 /// `actor:`.
 #[derive(Debug, Default, Deserialize)]

@@ -166,7 +166,7 @@ fn resolve_group(group: &UdsGroup) -> Result<u32, String> {
         UdsGroup::Id(gid) => return Ok(*gid),
         UdsGroup::Name(name) => name,
     };
-    let text = crate::credentials::read_bounded(Path::new("/etc/group"), 4 * 1024 * 1024)
+    let text = crate::files::read_bounded(Path::new("/etc/group"), 4 * 1024 * 1024)
         .map_err(|e| format!("listen.grpc_uds_group `{name}`: {e} (a numeric gid needs no /etc/group)"))?;
     String::from_utf8_lossy(&text)
         .lines()
@@ -191,7 +191,7 @@ pub async fn run(path: PathBuf, config: Config, shutdown: impl Future<Output = (
         .collect();
     if let Some(addr) = config.listen.grpc
         && config.listen.grpc_tls.is_none()
-        && !crate::config::is_loopback(addr.ip())
+        && !crate::settings::is_loopback(addr.ip())
     {
         tracing::warn!(%addr, "listen.grpc serves plain text beyond loopback (insecure_plaintext): anyone who reaches it may ask for tokens");
     }

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
 
+use crate::clock::unix_now;
 use crate::jwt::DelegationClaims;
 use crate::reason::Denial;
 use crate::secret::Secret;
@@ -99,8 +100,8 @@ const FIELDS: usize = 8;
 
 const KNOWN_TOKEN_TYPES: [&str; 4] = [
     "Bearer",
-    "urn:ietf:params:oauth:token-type:access_token",
-    "urn:ietf:params:oauth:token-type:jwt",
+    crate::oauth::TOKEN_TYPE_ACCESS_TOKEN,
+    crate::oauth::TOKEN_TYPE_JWT,
     "N_A",
 ];
 
@@ -643,13 +644,6 @@ fn to_key(d: digest::Digest) -> Key {
     let mut key = [0u8; 32];
     key.copy_from_slice(d.as_ref());
     key
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 //! are read here (from a file or the environment) and never appear in an error or a log line.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,10 +10,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use crate::files::{parse_yaml, read_file, read_secret};
+use crate::oauth::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 use crate::secret::Secret;
-
-pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
-pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+use crate::settings::{ConfigError, Errors};
+use crate::settings::{duration, http_url, is_loopback, is_scope_token};
 
 // === The YAML shape ===
 
@@ -445,77 +445,7 @@ pub struct Destination {
     pub token_service: String,
 }
 
-// === Errors ===
-
-/// One problem, at one field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-/// Everything wrong with a configuration file.
-#[derive(Debug)]
-pub struct ConfigError(pub Vec<FieldError>);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.len();
-        writeln!(f, "{n} configuration error{}:", if n == 1 { "" } else { "s" })?;
-        for e in &self.0 {
-            writeln!(f, "  {}: {}", e.path, e.message)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Problems collected while validating, so all are reported at once.
-#[derive(Debug, Default)]
-pub struct Errors(pub Vec<FieldError>);
-
-impl Errors {
-    pub fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-}
-
 // === Parsing and validation ===
-
-/// A YAML document into its `Raw*` shape: a syntax or shape error is one error at `(yaml)`.
-pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
-    serde_saphyr::from_str(text).map_err(|e| {
-        ConfigError(vec![FieldError {
-            path: "(yaml)".into(),
-            message: e.to_string(),
-        }])
-    })
-}
-
-/// A configuration file's text; an unreadable file is one error naming it.
-pub fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
-    read_text(path, MAX_CONFIG_BYTES).map_err(|message| {
-        ConfigError(vec![FieldError {
-            path: path.display().to_string(),
-            message,
-        }])
-    })
-}
-
-/// The largest configuration file read.
-const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
-/// The largest secret file (client secret, key, header value) read.
-const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
-
-/// A UTF-8 file of at most `max` bytes.
-fn read_text(path: &std::path::Path, max: u64) -> Result<String, String> {
-    let bytes = crate::credentials::read_bounded(path, max)?;
-    String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))
-}
 
 impl Config {
     /// Parse YAML and validate it; every problem is reported, not only the first.
@@ -750,14 +680,6 @@ fn validate_listen(raw: RawListen, errors: &mut Errors) -> Option<Listen> {
     })
 }
 
-/// Loopback is 127.0.0.0/8 and ::1 only (not `0.0.0.0`, not an IPv4-mapped address).
-pub fn is_loopback(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.is_loopback(),
-        std::net::IpAddr::V6(v6) => v6.is_loopback(),
-    }
-}
-
 /// Octal permission bits (`"0660"`, `"660"`, `"0o660"`), none for others
 /// (connecting to a Unix socket needs write permission; "others" is every local user).
 fn uds_mode(text: &str) -> Result<u32, String> {
@@ -919,14 +841,11 @@ fn validate_token_service(name: &str, raw: RawTokenService, at: &str, errors: &m
     })
 }
 
-/// The largest client assertion file Baton reads (a service-account token is about 1 KiB).
-pub const MAX_ASSERTION_BYTES: u64 = 16 * 1024;
-
 fn validate_auth(raw: RawClientAuth, at: &str, errors: &mut Errors) -> Option<ClientAuth> {
     let field = |name: &str| format!("{at}.{name}");
     let secret = |errors: &mut Errors| -> Option<Secret> {
         match (&raw.secret_file, &raw.secret_env) {
-            (Some(path), None) => read_secret_file(path, &field("secret_file"), errors),
+            (Some(path), None) => read_secret(path, &field("secret_file"), errors),
             (None, Some(name)) => match std::env::var(name) {
                 Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
                 _ => {
@@ -953,7 +872,7 @@ fn validate_auth(raw: RawClientAuth, at: &str, errors: &mut Errors) -> Option<Cl
                 errors.add(field("key_file"), "is required for private_key_jwt");
                 return None;
             };
-            let key_pem = read_secret_file(path, &field("key_file"), errors)?;
+            let key_pem = read_secret(path, &field("key_file"), errors)?;
             if jsonwebtoken::EncodingKey::from_rsa_pem(key_pem.expose().as_bytes()).is_err()
                 && jsonwebtoken::EncodingKey::from_ec_pem(key_pem.expose().as_bytes()).is_err()
             {
@@ -1110,59 +1029,11 @@ fn validate_destinations(
     out
 }
 
-/// RFC 6749 3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
-pub fn is_scope_token(scope: &str) -> bool {
-    !scope.is_empty()
-        && scope
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-}
-
-fn read_secret_file(path: &std::path::Path, field: &str, errors: &mut Errors) -> Option<Secret> {
-    match read_text(path, MAX_SECRET_FILE_BYTES) {
-        Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
-        Ok(_) => {
-            errors.add(field, format!("{} is empty", path.display()));
-            None
-        }
-        Err(e) => {
-            errors.add(field, e);
-            None
-        }
-    }
-}
-
-/// `500ms`, `2s`, `1m`, `1h30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|_| format!("`{text}` is not a duration like 500ms, 2s or 1m"))
-}
-
-fn duration(text: Option<&str>, field: &str, default: Duration, errors: &mut Errors) -> Duration {
-    match text.map(parse_duration) {
-        None => default,
-        Some(Ok(d)) => d,
-        Some(Err(e)) => {
-            errors.add(field, e);
-            default
-        }
-    }
-}
-
 fn socket_addr(text: &str, field: &str, errors: &mut Errors) -> Option<SocketAddr> {
     match text.parse() {
         Ok(addr) => Some(addr),
         Err(_) => {
             errors.add(field, format!("`{text}` is not an address like 127.0.0.1:9191"));
-            None
-        }
-    }
-}
-
-fn http_url(text: &str, field: &str, errors: &mut Errors) -> Option<Url> {
-    match Url::parse(text) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
-        _ => {
-            errors.add(field, format!("`{text}` is not an http(s) URL"));
             None
         }
     }
@@ -1304,7 +1175,7 @@ fn validate_telemetry(raw: RawTelemetry, errors: &mut Errors) -> Telemetry {
             }
             let value = match (h.value, &h.value_file, &h.value_env) {
                 (Some(v), None, None) => Some(Secret::new(v)),
-                (None, Some(path), None) => read_secret_file(path, &at("value_file"), errors),
+                (None, Some(path), None) => read_secret(path, &at("value_file"), errors),
                 (None, None, Some(var)) => match std::env::var(var) {
                     Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
                     _ => {
@@ -1949,14 +1820,6 @@ token_service:
         ))
         .expect("mtls with grpc_tls");
         assert_eq!(config.broker.map(|b| b.callers), Some(BrokerCallers::Mtls));
-    }
-
-    #[test]
-    fn durations_accept_the_usual_units() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("2 parsecs").is_err());
     }
 
     // === broker: ===

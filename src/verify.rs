@@ -16,10 +16,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::cache::{Expiring, Key, at_unix, unix_now};
-use crate::config::{Errors, parse_duration};
-use crate::exchange::read_bounded;
+use crate::cache::{Expiring, Key, at_unix};
+use crate::clock::unix_now;
+use crate::http::read_bounded;
 use crate::reason::{Denial, Reason};
+use crate::settings::{Errors, duration, http_url};
 use crate::telemetry::metrics::OutcomeLabels;
 
 /// The counter of JWKS fetches, from `telemetry::Metrics::jwks_refreshes`.
@@ -79,24 +80,13 @@ pub struct IntrospectionConfig {
 
 impl RawIntrospection {
     pub fn validate(self, errors: &mut Errors) -> Option<IntrospectionConfig> {
-        let endpoint = match Url::parse(&self.endpoint) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
-            _ => {
-                errors.add(
-                    "introspection.endpoint",
-                    format!("`{}` is not an http(s) URL", self.endpoint),
-                );
-                None
-            }
-        };
-        let cache_ttl = match self.cache_ttl.as_deref().map(parse_duration) {
-            None => Duration::from_secs(30),
-            Some(Ok(d)) => d,
-            Some(Err(e)) => {
-                errors.add("introspection.cache_ttl", e);
-                Duration::from_secs(30)
-            }
-        };
+        let endpoint = http_url(&self.endpoint, "introspection.endpoint", errors);
+        let cache_ttl = duration(
+            self.cache_ttl.as_deref(),
+            "introspection.cache_ttl",
+            Duration::from_secs(30),
+            errors,
+        );
         let token_service = self
             .token_service
             .unwrap_or_else(|| crate::config::DEFAULT_TOKEN_SERVICE.to_owned());
@@ -252,19 +242,14 @@ impl RawIssuer {
         if algorithms.is_empty() {
             algorithms = ASYMMETRIC.to_vec();
         }
-        let mut duration =
-            |text: &Option<String>, field: &str, default: Duration| match text.as_deref().map(parse_duration) {
-                None => default,
-                Some(Ok(d)) => d,
-                Some(Err(e)) => {
-                    errors.add(format!("{at}.{field}"), e);
-                    ok = false;
-                    default
-                }
-            };
-        let leeway = duration(&self.leeway, "leeway", Duration::from_secs(30));
-        let refresh = duration(&self.jwks_refresh, "jwks_refresh", Duration::from_secs(300));
-        let min_refetch = duration(&self.jwks_min_refetch, "jwks_min_refetch", Duration::from_secs(10));
+        let before = errors.0.len();
+        let mut span = |text: &Option<String>, field: &str, default: Duration| {
+            duration(text.as_deref(), &format!("{at}.{field}"), default, errors)
+        };
+        let leeway = span(&self.leeway, "leeway", Duration::from_secs(30));
+        let refresh = span(&self.jwks_refresh, "jwks_refresh", Duration::from_secs(300));
+        let min_refetch = span(&self.jwks_min_refetch, "jwks_min_refetch", Duration::from_secs(10));
+        ok &= errors.0.len() == before;
         // Each paces fetches from the issuer: zero would fetch in a loop (refresh) or once per
         // token with an unknown kid (a flood of them would become one on the issuer).
         for (value, field) in [(refresh, "jwks_refresh"), (min_refetch, "jwks_min_refetch")] {
@@ -358,7 +343,7 @@ impl Verifier {
         if issuers.is_empty() && introspection.is_none() {
             return Ok(None);
         }
-        let http = crate::exchange::http_client(Duration::from_secs(5)).map_err(|e| format!("JWKS client: {e}"))?;
+        let http = crate::http::http_client(Duration::from_secs(5)).map_err(|e| format!("JWKS client: {e}"))?;
         let issuers = issuers
             .into_iter()
             .map(|config| {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use baton::config::Errors;
+use baton::settings::Errors;
 use baton::extract::Headers;
 use baton::policy::{Facts, RawPolicy};
 use baton::reason::Reason;

@@ -1,9 +1,10 @@
-//! Configuration parsing: YAML text into `RawConfig` (`config::parse_yaml`), then `validate`, which
+//! Configuration parsing: YAML text into `RawConfig` (`files::parse_yaml`), then `validate`, which
 //! also compiles every policy and its CEL expression. Never a panic; a refused file names at least
 //! one problem, each with the path of its field.
 #![no_main]
 
-use baton::config::{Config, RawConfig, parse_yaml};
+use baton::config::{Config, RawConfig};
+use baton::files::parse_yaml;
 use baton::sts::RawStsConfig;
 use libfuzzer_sys::fuzz_target;
 
@@ -44,7 +45,7 @@ fn check(config: &Config) {
             d.name
         );
         for scope in &d.scopes {
-            assert!(baton::config::is_scope_token(scope), "{scope:?}");
+            assert!(baton::settings::is_scope_token(scope), "{scope:?}");
         }
     }
 }

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use baton::canonical;
-use baton::config::{Errors, parse_yaml};
+use baton::files::parse_yaml;
+use baton::settings::Errors;
 use baton::extract::Headers;
 use baton::policy::{Facts, Policy, RawPolicy};
 use baton::reason::Reason;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, FieldError};
+use crate::settings::{ConfigError, FieldError};
 
 // === The YAML shape ===
 
@@ -131,11 +131,11 @@ pub const DEFAULT_ENVOY_IMAGE: &str = "envoyproxy/envoy:v1.40.0";
 
 impl InjectConfig {
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        crate::config::parse_yaml::<RawInjectConfig>(text)?.validate()
+        crate::files::parse_yaml::<RawInjectConfig>(text)?.validate()
     }
 
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        Self::from_yaml(&crate::config::read_file(path)?)
+        Self::from_yaml(&crate::files::read_file(path)?)
     }
 }
 
