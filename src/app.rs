@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::authz::Authz;
-use crate::config::{Config, Endpoint, UdsGroup};
+use crate::config::Config;
 use crate::exchange::{TokenService, TokenServices};
+use crate::listen::UdsGroup;
 use crate::reload::{self, Current};
 use crate::server::{self, Listeners};
 use crate::telemetry::Telemetry;
+use crate::token_service::Endpoint;
 use crate::verify::{Introspection, Verifier};
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};

@@ -10,8 +10,10 @@ use tracing::Instrument as _;
 
 use crate::actor::{self, ActorToken};
 use crate::cache::{self, CacheStatus, Constraints, Delegated, Key, Lifetimes, TokenCache};
+use crate::callers::Settings as Broker;
 use crate::canonical;
-use crate::config::{Broker, Config, Destination, DestinationActor, MissingToken, UnknownDestination};
+use crate::config::{Config, MissingToken, UnknownDestination};
+use crate::destination::{DestinationActor, Settings as Destination};
 use crate::exchange::{ExchangeError, Target, TokenService, TokenServices};
 use crate::extract::{self, Headers, Outbound};
 use crate::issued;

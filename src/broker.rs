@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::authz::{Allow, Authz, Caller};
 use crate::cache;
-use crate::config::{BrokerCallers, CallerRule};
+use crate::callers::{BrokerCallers, CallerRule};
 use crate::extract::{Authorization, Headers, check_token, subject_token};
 use crate::reason::{Denial, Reason};
 use crate::reload::Current;

@@ -16,13 +16,13 @@ use url::Url;
 
 use crate::breaker::{Breaker, Outcome};
 use crate::clock::{unix_ms, unix_now};
-use crate::config::{ClientAuth, Endpoint, Profile, TokenService as TokenServiceConfig};
 use crate::credentials::{self, Watched};
 use crate::extract::is_b64token;
 use crate::http::{BodyError, error_chain, http_client_builder, random_id, read_bounded};
 use crate::oauth::{CLIENT_ASSERTION_TYPE, GRANT_JWT_BEARER, GRANT_TOKEN_EXCHANGE};
 use crate::reason::{Denial, Reason};
 use crate::secret::Secret;
+use crate::token_service::{ClientAuth, Endpoint, Profile, Settings as TokenServiceConfig};
 
 /// What is asked for one destination: everything the token service sees besides the tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -20,7 +20,7 @@ pub type Current = Arc<ArcSwap<Authz>>;
 
 /// Watch `path` (every `interval`, and on SIGHUP) and swap a rebuilt core into `current` on each
 /// valid change. Runs until the process ends.
-pub async fn watch(path: PathBuf, listen: crate::config::Listen, current: Current, interval: Option<Duration>) {
+pub async fn watch(path: PathBuf, listen: crate::listen::Settings, current: Current, interval: Option<Duration>) {
     let mut seen = Stamp::of_path(&path);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -51,7 +51,7 @@ pub async fn watch(path: PathBuf, listen: crate::config::Listen, current: Curren
 /// Read, validate, build and swap. The exchanged-token cache carries over when its size is
 /// unchanged: its keys cover every exchange parameter, so a destination whose parameters changed
 /// never reuses a token obtained under the old ones.
-fn reload(path: &Path, listen: &crate::config::Listen, current: &Current) -> Result<(), String> {
+fn reload(path: &Path, listen: &crate::listen::Settings, current: &Current) -> Result<(), String> {
     let config = Config::from_file(path).map_err(|e| e.to_string().trim_end().replace('\n', "; "))?;
     if config.listen != *listen {
         tracing::warn!("the `listen` section changed: it takes effect only after a restart");

@@ -19,6 +19,7 @@ use url::Url;
 use crate::cache::{Expiring, Key, at_unix};
 use crate::clock::unix_now;
 use crate::http::read_bounded;
+use crate::oauth::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 use crate::reason::{Denial, Reason};
 use crate::settings::{Errors, duration, http_url};
 use crate::telemetry::metrics::OutcomeLabels;
@@ -89,7 +90,7 @@ impl RawIntrospection {
         );
         let token_service = self
             .token_service
-            .unwrap_or_else(|| crate::config::DEFAULT_TOKEN_SERVICE.to_owned());
+            .unwrap_or_else(|| crate::token_service::DEFAULT_TOKEN_SERVICE.to_owned());
         Some(IntrospectionConfig {
             endpoint: endpoint?,
             token_service,
@@ -676,6 +677,46 @@ fn decode(token: &str, key: &DecodingKey, alg: Algorithm, config: &IssuerConfig)
             }
             _ => Denial::new(Reason::SubjectTokenMalformed, "the subject token cannot be decoded"),
         }),
+    }
+}
+
+// === The `subject_token:` section ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSubjectToken {
+    pub max_bytes: Option<usize>,
+    /// `access_token` (default) or `jwt`: the `subject_token_type` sent to the token service.
+    pub token_type: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct SubjectToken {
+    pub max_bytes: usize,
+    pub token_type: &'static str,
+}
+
+impl RawSubjectToken {
+    /// The `subject_token:` section, its problems added to `errors`.
+    pub fn validate(self, errors: &mut Errors) -> SubjectToken {
+        let subject_token = SubjectToken {
+            max_bytes: self.max_bytes.unwrap_or(16 * 1024),
+            token_type: match self.token_type.as_deref() {
+                None | Some("access_token") | Some(TOKEN_TYPE_ACCESS_TOKEN) => TOKEN_TYPE_ACCESS_TOKEN,
+                Some("jwt") | Some(TOKEN_TYPE_JWT) => TOKEN_TYPE_JWT,
+                Some(other) => {
+                    errors.add(
+                        "subject_token.token_type",
+                        format!("`{other}` is not `access_token` or `jwt`"),
+                    );
+                    TOKEN_TYPE_ACCESS_TOKEN
+                }
+            },
+        };
+        if subject_token.max_bytes == 0 {
+            errors.add("subject_token.max_bytes", "must be at least 1");
+        }
+        subject_token
     }
 }
 
