@@ -859,10 +859,11 @@ mod tests {
 
     /// A token service at `127.0.0.1:port` without client authentication or retries, plus `extra`.
     fn local_config(port: u16, extra: &str) -> crate::config::Config {
-        crate::config::Config::from_yaml(&format!(
+        crate::file::Config::from_yaml(&format!(
             "listen:\n  grpc: 127.0.0.1:0\ntoken_service:\n  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n{extra}"
         ))
         .expect("config")
+        .decision
     }
 
     fn local_service(port: u16, extra: &str) -> TokenService {
@@ -961,11 +962,11 @@ mod tests {
         reloaded.succeed(&service);
         let e = reloaded.exchange("user", &target).await.expect_err("still open");
         assert!(matches!(e, ExchangeError::CircuitOpen(_)), "{e}");
-        let changed = crate::config::Config::from_yaml(&format!(
+        let changed = crate::file::Config::from_yaml(&format!(
             "listen:\n  grpc: 127.0.0.1:0\ntoken_service:\n  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n  circuit_breaker:\n    min_requests: 4\n"
         ))
         .expect("config");
-        let mut reloaded = TokenService::new(&changed.token_services[0]).expect("service");
+        let mut reloaded = TokenService::new(&changed.decision.token_services[0]).expect("service");
         reloaded.succeed(&service);
         let e = reloaded.exchange("user", &target).await.expect_err("dropped");
         assert!(matches!(e, ExchangeError::Unreachable(_)), "{e}");

@@ -23,6 +23,7 @@ pub mod envoy_config;
 pub mod exchange;
 pub mod ext_proc;
 pub mod extract;
+pub mod file;
 pub mod files;
 pub mod http;
 pub mod inject;

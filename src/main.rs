@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use baton::config::Config;
 use baton::envoy_config;
+use baton::file::Config;
 use baton::sts::{self, RawStsConfig};
 use clap::{Parser, Subcommand};
 
@@ -207,6 +207,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             #[allow(clippy::print_stdout)]
             {
                 let services: Vec<String> = config
+                    .decision
                     .token_services
                     .iter()
                     .map(|ts| {
@@ -226,8 +227,12 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 println!(
                     "{}: ok ({} destination{}, token service{} {})",
                     file.display(),
-                    config.destinations.len(),
-                    if config.destinations.len() == 1 { "" } else { "s" },
+                    config.decision.destinations.len(),
+                    if config.decision.destinations.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    },
                     if services.len() == 1 { "" } else { "s" },
                     services.join(", ")
                 );

@@ -11,8 +11,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::authz::Authz;
-use crate::config::Config;
 use crate::credentials::Stamp;
+use crate::file::Config;
 use crate::telemetry::metrics::OutcomeLabels;
 
 /// The running decision core, replaced whole on reload.
@@ -57,7 +57,7 @@ fn reload(path: &Path, listen: &crate::listen::Settings, current: &Current) -> R
         tracing::warn!("the `listen` section changed: it takes effect only after a restart");
     }
     let old = current.load_full();
-    let fresh = crate::app::build_with(config, Some(&old))?;
+    let fresh = crate::app::build_with(config.decision, Some(&old))?;
     current.store(fresh);
     Ok(())
 }

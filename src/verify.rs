@@ -99,6 +99,34 @@ impl RawIntrospection {
     }
 }
 
+/// The `introspection:` section, which `opaque_tokens: introspect` needs and no other mode uses.
+pub fn introspection(
+    opaque_tokens: OpaqueTokens,
+    raw: Option<RawIntrospection>,
+    errors: &mut Errors,
+) -> Option<IntrospectionConfig> {
+    match (opaque_tokens, raw) {
+        (OpaqueTokens::Introspect, Some(raw)) => raw.validate(errors),
+        (OpaqueTokens::Introspect, None) => {
+            errors.add("introspection", "is required with `opaque_tokens: introspect`");
+            None
+        }
+        (_, Some(_)) => {
+            errors.add("introspection", "is used only with `opaque_tokens: introspect`");
+            None
+        }
+        (_, None) => None,
+    }
+}
+
+/// Every audience a trusted issuer's tokens may carry.
+pub fn audiences(issuers: &[IssuerConfig]) -> Vec<&str> {
+    issuers
+        .iter()
+        .flat_map(|i| i.audiences.iter().map(String::as_str))
+        .collect()
+}
+
 /// RFC 7662 introspection, ready to use.
 #[derive(Debug)]
 pub struct Introspection {
@@ -723,7 +751,7 @@ impl RawSubjectToken {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::file::Config;
 
     #[test]
     fn jwks_fetches_are_paced_by_at_least_a_second() {

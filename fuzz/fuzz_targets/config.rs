@@ -3,7 +3,8 @@
 //! one problem, each with the path of its field.
 #![no_main]
 
-use baton::config::{Config, RawConfig};
+use baton::config::Config;
+use baton::file::RawConfig;
 use baton::files::parse_yaml;
 use baton::sts::RawStsConfig;
 use libfuzzer_sys::fuzz_target;
@@ -14,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     };
     match parse_yaml::<RawConfig>(text) {
         Ok(raw) => match raw.validate() {
-            Ok(config) => check(&config),
+            Ok(config) => check(&config.decision),
             Err(errors) => {
                 assert!(!errors.0.is_empty(), "refused without a reason");
                 for e in &errors.0 {
