@@ -858,16 +858,19 @@ mod tests {
     }
 
     /// A token service at `127.0.0.1:port` without client authentication or retries, plus `extra`.
-    fn local_config(port: u16, extra: &str) -> crate::config::Config {
-        crate::file::Config::from_yaml(&format!(
-            "listen:\n  grpc: 127.0.0.1:0\ntoken_service:\n  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n{extra}"
+    fn local_config(port: u16, extra: &str) -> TokenServiceConfig {
+        let raw = crate::files::parse_yaml(&format!(
+            "  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n{extra}"
         ))
-        .expect("config")
-        .decision
+        .expect("yaml");
+        let mut errors = crate::settings::Errors::default();
+        let checked = crate::token_service::validate(Some(raw), Default::default(), &mut errors);
+        assert!(errors.0.is_empty(), "{errors:?}");
+        checked.valid().and_then(|s| s.into_iter().next()).expect("config")
     }
 
     fn local_service(port: u16, extra: &str) -> TokenService {
-        TokenService::new(&local_config(port, extra).token_services[0]).expect("service")
+        TokenService::new(&local_config(port, extra)).expect("service")
     }
 
     /// A token endpoint on loopback that counts the connections it accepts and answers each with
@@ -937,7 +940,7 @@ mod tests {
     async fn an_open_breaker_stops_calling_the_service() {
         let (port, accepted, server) = counting_endpoint(None).await;
         let config = local_config(port, "  circuit_breaker:\n    min_requests: 3\n    open_for: 1m\n");
-        let service = TokenService::new(&config.token_services[0]).expect("service");
+        let service = TokenService::new(&config).expect("service");
         let target = audience_a();
         for _ in 0..3 {
             let e = service.exchange("user", &target).await.expect_err("dropped");
@@ -958,15 +961,12 @@ mod tests {
 
         // A reload that leaves the service as it was keeps its breaker open; one that changes the
         // breaker's settings starts afresh.
-        let mut reloaded = TokenService::new(&config.token_services[0]).expect("service");
+        let mut reloaded = TokenService::new(&config).expect("service");
         reloaded.succeed(&service);
         let e = reloaded.exchange("user", &target).await.expect_err("still open");
         assert!(matches!(e, ExchangeError::CircuitOpen(_)), "{e}");
-        let changed = crate::file::Config::from_yaml(&format!(
-            "listen:\n  grpc: 127.0.0.1:0\ntoken_service:\n  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n  circuit_breaker:\n    min_requests: 4\n"
-        ))
-        .expect("config");
-        let mut reloaded = TokenService::new(&changed.decision.token_services[0]).expect("service");
+        let changed = local_config(port, "  circuit_breaker:\n    min_requests: 4\n");
+        let mut reloaded = TokenService::new(&changed).expect("service");
         reloaded.succeed(&service);
         let e = reloaded.exchange("user", &target).await.expect_err("dropped");
         assert!(matches!(e, ExchangeError::Unreachable(_)), "{e}");

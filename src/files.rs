@@ -33,7 +33,7 @@ pub fn read_file(path: &Path) -> Result<String, ConfigError> {
 }
 
 /// A UTF-8 file of at most `max` bytes.
-pub fn read_text(path: &Path, max: u64) -> Result<String, String> {
+fn read_text(path: &Path, max: u64) -> Result<String, String> {
     let bytes = read_bounded(path, max)?;
     String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))
 }

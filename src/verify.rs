@@ -751,14 +751,17 @@ impl RawSubjectToken {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::file::Config;
 
     #[test]
     fn jwks_fetches_are_paced_by_at_least_a_second() {
-        let yaml =
-            "trusted_issuers:\n  - issuer: https://idp.example\n    jwks_refresh: 0s\n    jwks_min_refetch: 500ms\n";
-        let err = Config::from_yaml(yaml).expect_err("unpaced JWKS fetches");
-        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        let yaml = "issuer: https://idp.example\njwks_refresh: 0s\njwks_min_refetch: 500ms\n";
+        let raw: RawIssuer = crate::files::parse_yaml(yaml).expect("yaml");
+        let mut errors = Errors::default();
+        assert!(
+            raw.validate("trusted_issuers[0]", &mut errors).is_none(),
+            "unpaced JWKS fetches"
+        );
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
         for expected in ["trusted_issuers[0].jwks_refresh", "trusted_issuers[0].jwks_min_refetch"] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
         }
