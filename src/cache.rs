@@ -671,7 +671,7 @@ pub struct Settings {
 
 impl Raw {
     /// The `cache:` section, its problems added to `errors`.
-    pub fn validate(self, errors: &mut Errors) -> Settings {
+    pub(crate) fn validate(self, errors: &mut Errors) -> Settings {
         let settings = Settings {
             max_entries: self.max_entries.unwrap_or(100_000),
             expiry_margin: duration(

@@ -57,7 +57,7 @@ impl Raw {
     /// `audiences`: every audience a trusted issuer's tokens may carry, which the caller's token
     /// is verified against before the rule is applied; `verified`: callers' tokens can be verified
     /// at all (trusted issuers or introspection).
-    pub fn validate(self, audiences: &[&str], verified: bool, errors: &mut Errors) -> Settings {
+    pub(crate) fn validate(self, audiences: &[&str], verified: bool, errors: &mut Errors) -> Settings {
         let rule = CallerRule {
             audience: self.caller_audience,
             client_ids: self.caller_client_ids,

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::settings::Errors;
+use crate::files::parse_yaml;
+use crate::settings::{ConfigError, Errors};
 
 // === The YAML shape ===
 
@@ -92,6 +93,18 @@ pub struct Config {
 }
 
 // === Parsing and validation ===
+
+impl Config {
+    /// The decision's sections alone (a file's other sections, such as `listen:`, are unknown
+    /// keys here), parsed and validated; every problem is reported, not only the first.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let mut errors = Errors::default();
+        match parse_yaml::<RawConfig>(text)?.validate(&mut errors) {
+            Some(config) if errors.0.is_empty() => Ok(config),
+            _ => Err(ConfigError(errors.0)),
+        }
+    }
+}
 
 impl RawConfig {
     /// The decision's sections, their problems added to `errors`; `None` when a token service is

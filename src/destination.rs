@@ -59,7 +59,7 @@ pub struct Settings {
 
 /// Every destination, its problems added to `errors`; `verified`: the subject token's claims are
 /// verified (trusted issuers or introspection), so a policy may read them.
-pub fn validate(raw: Vec<Raw>, verified: bool, errors: &mut Errors) -> Vec<Settings> {
+pub(crate) fn validate(raw: Vec<Raw>, verified: bool, errors: &mut Errors) -> Vec<Settings> {
     let mut names = HashSet::new();
     let mut hosts = HashSet::new();
     let mut out = Vec::with_capacity(raw.len());

@@ -52,7 +52,7 @@ pub enum UdsGroup {
 
 impl Raw {
     /// The listeners, or `None` when `listen.grpc` is not an address (reported).
-    pub fn validate(self, errors: &mut Errors) -> Option<Settings> {
+    pub(crate) fn validate(self, errors: &mut Errors) -> Option<Settings> {
         let grpc = self
             .grpc
             .as_deref()

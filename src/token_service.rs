@@ -131,31 +131,31 @@ pub enum ClientAuth {
 /// The token services by name, as far as they validated: a name whose section has errors is still
 /// known (`None`), so destinations naming it are not reported a second time.
 #[derive(Debug)]
-pub struct Checked(Vec<(String, Option<Settings>)>);
+pub(crate) struct Checked(Vec<(String, Option<Settings>)>);
 
 impl Checked {
-    pub fn get(&self, name: &str) -> Option<&Option<Settings>> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Option<Settings>> {
         self.0.iter().find(|(n, _)| n == name).map(|(_, ts)| ts)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn names(&self) -> String {
+    pub(crate) fn names(&self) -> String {
         let names: Vec<&str> = self.0.iter().map(|(n, _)| n.as_str()).collect();
         names.join(", ")
     }
 
     /// Every service, if every one validated.
-    pub fn valid(self) -> Option<Vec<Settings>> {
+    pub(crate) fn valid(self) -> Option<Vec<Settings>> {
         self.0.into_iter().map(|(_, ts)| ts).collect()
     }
 }
 
 /// `token_service:` is the service named `default`; `token_services:` names others (or `default`,
 /// when `token_service:` is absent). At least one is required.
-pub fn validate(single: Option<Raw>, named: BTreeMap<String, Raw>, errors: &mut Errors) -> Checked {
+pub(crate) fn validate(single: Option<Raw>, named: BTreeMap<String, Raw>, errors: &mut Errors) -> Checked {
     let mut out = Vec::with_capacity(named.len() + 1);
     if single.is_none() && named.is_empty() {
         errors.add(

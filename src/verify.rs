@@ -100,7 +100,7 @@ impl RawIntrospection {
 }
 
 /// The `introspection:` section, which `opaque_tokens: introspect` needs and no other mode uses.
-pub fn introspection(
+pub(crate) fn introspection(
     opaque_tokens: OpaqueTokens,
     raw: Option<RawIntrospection>,
     errors: &mut Errors,
@@ -120,7 +120,7 @@ pub fn introspection(
 }
 
 /// Every audience a trusted issuer's tokens may carry.
-pub fn audiences(issuers: &[IssuerConfig]) -> Vec<&str> {
+pub(crate) fn audiences(issuers: &[IssuerConfig]) -> Vec<&str> {
     issuers
         .iter()
         .flat_map(|i| i.audiences.iter().map(String::as_str))
@@ -726,7 +726,7 @@ pub struct SubjectToken {
 
 impl RawSubjectToken {
     /// The `subject_token:` section, its problems added to `errors`.
-    pub fn validate(self, errors: &mut Errors) -> SubjectToken {
+    pub(crate) fn validate(self, errors: &mut Errors) -> SubjectToken {
         let subject_token = SubjectToken {
             max_bytes: self.max_bytes.unwrap_or(16 * 1024),
             token_type: match self.token_type.as_deref() {

@@ -124,130 +124,122 @@ pub enum AuditSink {
     },
 }
 
-fn validate_telemetry(raw: RawTelemetry, errors: &mut Errors) -> Telemetry {
-    let service_name = raw.service_name.unwrap_or_else(|| "baton".to_owned());
-    if service_name.trim().is_empty() {
-        errors.add("telemetry.service_name", "must not be empty");
-    }
-    let tracing = raw.tracing.and_then(|t| {
-        let endpoint = match &t.endpoint {
-            Some(url) => http_url(url, "telemetry.tracing.endpoint", errors),
-            None => {
-                errors.add("telemetry.tracing.endpoint", "is required to export traces");
-                None
-            }
-        };
-        let mut headers = Vec::with_capacity(t.headers.len());
-        for (i, h) in t.headers.into_iter().enumerate() {
-            let at = |field: &str| format!("telemetry.tracing.headers[{i}].{field}");
-            let name = h.name.to_ascii_lowercase();
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                errors.add(at("name"), format!("`{}` is not a header name", h.name));
-            }
-            let value = match (h.value, &h.value_file, &h.value_env) {
-                (Some(v), None, None) => Some(Secret::new(v)),
-                (None, Some(path), None) => read_secret(path, &at("value_file"), errors),
-                (None, None, Some(var)) => match std::env::var(var) {
-                    Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
-                    _ => {
-                        errors.add(at("value_env"), format!("`{var}` is not set or empty"));
-                        None
-                    }
-                },
-                _ => {
-                    errors.add(at("value"), "set exactly one of `value`, `value_file`, `value_env`");
+impl RawTelemetry {
+    /// The `telemetry:` section, its problems added to `errors`.
+    pub(crate) fn validate(self, errors: &mut Errors) -> Telemetry {
+        let service_name = self.service_name.unwrap_or_else(|| "baton".to_owned());
+        if service_name.trim().is_empty() {
+            errors.add("telemetry.service_name", "must not be empty");
+        }
+        let tracing = self.tracing.and_then(|t| {
+            let endpoint = match &t.endpoint {
+                Some(url) => http_url(url, "telemetry.tracing.endpoint", errors),
+                None => {
+                    errors.add("telemetry.tracing.endpoint", "is required to export traces");
                     None
                 }
             };
-            if let Some(v) = value {
-                if v.expose().bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
-                    headers.push((name, v));
-                } else {
-                    errors.add(at("value"), "must be visible ASCII");
+            let mut headers = Vec::with_capacity(t.headers.len());
+            for (i, h) in t.headers.into_iter().enumerate() {
+                let at = |field: &str| format!("telemetry.tracing.headers[{i}].{field}");
+                let name = h.name.to_ascii_lowercase();
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                    errors.add(at("name"), format!("`{}` is not a header name", h.name));
+                }
+                let value = match (h.value, &h.value_file, &h.value_env) {
+                    (Some(v), None, None) => Some(Secret::new(v)),
+                    (None, Some(path), None) => read_secret(path, &at("value_file"), errors),
+                    (None, None, Some(var)) => match std::env::var(var) {
+                        Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+                        _ => {
+                            errors.add(at("value_env"), format!("`{var}` is not set or empty"));
+                            None
+                        }
+                    },
+                    _ => {
+                        errors.add(at("value"), "set exactly one of `value`, `value_file`, `value_env`");
+                        None
+                    }
+                };
+                if let Some(v) = value {
+                    if v.expose().bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+                        headers.push((name, v));
+                    } else {
+                        errors.add(at("value"), "must be visible ASCII");
+                    }
                 }
             }
-        }
-        let sampler_ratio = t.sampler_ratio.unwrap_or(1.0);
-        if !(0.0..=1.0).contains(&sampler_ratio) {
-            errors.add("telemetry.tracing.sampler_ratio", "must be between 0 and 1");
-        }
-        let timeout = duration(
-            t.timeout.as_deref(),
-            "telemetry.tracing.timeout",
-            Duration::from_secs(5),
-            errors,
-        );
-        if timeout.is_zero() {
-            errors.add("telemetry.tracing.timeout", "must be more than 0");
-        }
-        Some(Tracing {
-            endpoint: endpoint?,
-            protocol: t.protocol,
-            headers,
-            sampler_ratio,
-            timeout,
-            subject: t.subject,
-        })
-    });
-    Telemetry {
-        service_name,
-        tracing,
-        dynamic_metadata: raw.dynamic_metadata,
-    }
-}
-
-fn validate_audit(raw: RawAudit, errors: &mut Errors) -> Audit {
-    let max_bytes = raw.max_bytes.unwrap_or(100 * 1024 * 1024);
-    let max_files = raw.max_files.unwrap_or(5);
-    let sink = match (raw.sink, raw.path) {
-        (AuditSinkKind::Off, _) => AuditSink::Off,
-        (AuditSinkKind::Stdout, None) => AuditSink::Stdout,
-        (AuditSinkKind::Stdout, Some(_)) => {
-            errors.add("audit.path", "is only for `sink: file`");
-            AuditSink::Stdout
-        }
-        (AuditSinkKind::File, None) => {
-            errors.add("audit.path", "is required for `sink: file`");
-            AuditSink::Off
-        }
-        (AuditSinkKind::File, Some(path)) => {
-            if path.as_os_str().is_empty() || path.file_name().is_none() {
-                errors.add("audit.path", "must be a file path");
+            let sampler_ratio = t.sampler_ratio.unwrap_or(1.0);
+            if !(0.0..=1.0).contains(&sampler_ratio) {
+                errors.add("telemetry.tracing.sampler_ratio", "must be between 0 and 1");
             }
-            AuditSink::File {
-                path,
-                max_bytes,
-                max_files,
+            let timeout = duration(
+                t.timeout.as_deref(),
+                "telemetry.tracing.timeout",
+                Duration::from_secs(5),
+                errors,
+            );
+            if timeout.is_zero() {
+                errors.add("telemetry.tracing.timeout", "must be more than 0");
             }
+            Some(Tracing {
+                endpoint: endpoint?,
+                protocol: t.protocol,
+                headers,
+                sampler_ratio,
+                timeout,
+                subject: t.subject,
+            })
+        });
+        Telemetry {
+            service_name,
+            tracing,
+            dynamic_metadata: self.dynamic_metadata,
         }
-    };
-    if max_bytes < 4096 {
-        errors.add("audit.max_bytes", "must be at least 4096");
-    }
-    if !(1..=100).contains(&max_files) {
-        errors.add("audit.max_files", "must be between 1 and 100");
-    }
-    let buffer = raw.buffer.unwrap_or(8192);
-    if !(1..=1_000_000).contains(&buffer) {
-        errors.add("audit.buffer", "must be between 1 and 1000000");
-    }
-    Audit {
-        sink,
-        buffer,
-        subject: raw.subject,
-    }
-}
-
-impl RawTelemetry {
-    /// The `telemetry:` section, its problems added to `errors`.
-    pub fn validate(self, errors: &mut Errors) -> Telemetry {
-        validate_telemetry(self, errors)
     }
 }
 
 impl RawAudit {
     /// The `audit:` section, its problems added to `errors`.
-    pub fn validate(self, errors: &mut Errors) -> Audit {
-        validate_audit(self, errors)
+    pub(crate) fn validate(self, errors: &mut Errors) -> Audit {
+        let max_bytes = self.max_bytes.unwrap_or(100 * 1024 * 1024);
+        let max_files = self.max_files.unwrap_or(5);
+        let sink = match (self.sink, self.path) {
+            (AuditSinkKind::Off, _) => AuditSink::Off,
+            (AuditSinkKind::Stdout, None) => AuditSink::Stdout,
+            (AuditSinkKind::Stdout, Some(_)) => {
+                errors.add("audit.path", "is only for `sink: file`");
+                AuditSink::Stdout
+            }
+            (AuditSinkKind::File, None) => {
+                errors.add("audit.path", "is required for `sink: file`");
+                AuditSink::Off
+            }
+            (AuditSinkKind::File, Some(path)) => {
+                if path.as_os_str().is_empty() || path.file_name().is_none() {
+                    errors.add("audit.path", "must be a file path");
+                }
+                AuditSink::File {
+                    path,
+                    max_bytes,
+                    max_files,
+                }
+            }
+        };
+        if max_bytes < 4096 {
+            errors.add("audit.max_bytes", "must be at least 4096");
+        }
+        if !(1..=100).contains(&max_files) {
+            errors.add("audit.max_files", "must be between 1 and 100");
+        }
+        let buffer = self.buffer.unwrap_or(8192);
+        if !(1..=1_000_000).contains(&buffer) {
+            errors.add("audit.buffer", "must be between 1 and 1000000");
+        }
+        Audit {
+            sink,
+            buffer,
+            subject: self.subject,
+        }
     }
 }
