@@ -223,7 +223,7 @@ impl RawIssuer {
             errors.add(format!("{at}.issuer"), "is required");
             ok = false;
         }
-        let jwks_uri = match self.jwks_uri.as_deref().map(Url::parse) {
+        let jwks_uri = match self.jwks_uri.as_deref() {
             None => {
                 if Url::parse(&self.issuer).is_err() {
                     errors.add(
@@ -234,11 +234,10 @@ impl RawIssuer {
                 }
                 None
             }
-            Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => Some(url),
-            Some(_) => {
-                errors.add(format!("{at}.jwks_uri"), "is not an http(s) URL");
-                ok = false;
-                None
+            Some(text) => {
+                let url = http_url(text, &format!("{at}.jwks_uri"), errors);
+                ok &= url.is_some();
+                url
             }
         };
         if self.audiences.is_empty() {
