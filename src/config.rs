@@ -15,6 +15,8 @@ use crate::settings::{ConfigError, Errors};
 
 // === The YAML shape ===
 
+/// The decision's sections, as YAML. `file::RawConfig` lists them again beside the serving ones
+/// (`listen:`, `reload:`, `shutdown_grace:`) and moves them here.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawConfig {

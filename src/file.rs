@@ -15,6 +15,8 @@ use crate::settings::{ConfigError, Errors, duration};
 
 /// The file's YAML shape. The decision's fields are listed here again, not flattened: serde's
 /// `flatten` cannot refuse unknown keys, and a misspelt key must be an error, not a default.
+/// `validate` moves each into `config::RawConfig` by name, so a section added there and not here
+/// does not compile.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawConfig {
