@@ -206,3 +206,446 @@ fn check_token_services(
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::callers::{BrokerCallers, CallerRule, Settings as Broker};
+    use crate::token_service::{ClientAuth, Profile};
+    use std::time::Duration;
+
+    pub(crate) fn secret_file() -> (tempfile_path::TempPath, String) {
+        let path = tempfile_path::TempPath::new("secret", "s3cr3t-value\n");
+        let p = path.0.display().to_string();
+        (path, p)
+    }
+
+    /// A file removed when the test ends, without a crate for it.
+    pub(crate) mod tempfile_path {
+        pub(crate) struct TempPath(pub(crate) std::path::PathBuf);
+        impl TempPath {
+            pub(crate) fn new(name: &str, contents: &str) -> Self {
+                let path = std::env::temp_dir().join(format!(
+                    "baton-test-{}-{name}-{:?}",
+                    std::process::id(),
+                    std::thread::current().id()
+                ));
+                std::fs::write(&path, contents).expect("write temp file");
+                Self(path)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn host_patterns_are_canonical_and_two_spellings_of_one_conflict() {
+        let yaml = r#"
+token_service: { token_endpoint: http://127.0.0.1:9/token, client_id: c, auth: { method: none } }
+destinations:
+  - name: orders
+    hosts: ["Orders.Local.:8443", "*.Svc.Local."]
+    audience: a
+  - name: admin
+    hosts: ["orders.local:8443", "orders:08443", "[::1", "user@orders"]
+    audience: b
+"#;
+        let err = Config::from_yaml(yaml).expect_err("conflict and malformed patterns");
+        let found: Vec<(&str, &str)> = err.0.iter().map(|e| (e.path.as_str(), e.message.as_str())).collect();
+        for (path, says) in [
+            ("destinations[1].hosts[0]", "claimed by an earlier destination"),
+            ("destinations[1].hosts[1]", "port"),
+            ("destinations[1].hosts[2]", "IPv6"),
+            ("destinations[1].hosts[3]", "character"),
+        ] {
+            assert!(
+                found.iter().any(|(p, m)| *p == path && m.contains(says)),
+                "{path}: {says} in {found:?}"
+            );
+        }
+        let ok = Config::from_yaml(&yaml.replace(
+            r#"["orders.local:8443", "orders:08443", "[::1", "user@orders"]"#,
+            "[admin]",
+        ))
+        .expect("valid");
+        assert_eq!(ok.destinations[0].hosts, ["orders.local:8443", "*.svc.local"]);
+    }
+
+    #[test]
+    fn secrets_never_appear_in_errors() {
+        let yaml = "token_service:\n  token_endpoint: http://x/token\n  client_id: c\n  auth:\n    method: client_secret_basic\n    secret_env: BATON_TEST_UNSET_SECRET_VAR\ndestinations:\n  - name: a\n    audience: ''\n";
+        let err = Config::from_yaml(yaml).expect_err("invalid").to_string();
+        assert!(err.contains("BATON_TEST_UNSET_SECRET_VAR"), "{err}");
+        let (_guard, secret) = secret_file();
+        let yaml = format!(
+            "token_service:\n  token_endpoint: http://x/token\n  client_id: c\n  auth:\n    method: client_secret_basic\n    secret_file: {secret}\ncache:\n  expiry_margin: nope\n"
+        );
+        let err = Config::from_yaml(&yaml).expect_err("invalid").to_string();
+        assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn secret_files_are_read_within_a_bound() {
+        let big = tempfile_path::TempPath::new("big-secret", &"s".repeat(64 * 1024 + 1));
+        for (path, why) in [
+            (big.0.display().to_string(), "larger than 65536 bytes"),
+            ("/dev/zero".to_owned(), "larger than 65536 bytes"),
+        ] {
+            let yaml = format!(
+                "token_service:\n  token_endpoint: http://x/token\n  client_id: c\n  auth:\n    method: client_secret_basic\n    secret_file: {path}\n"
+            );
+            let err = Config::from_yaml(&yaml).expect_err("too large").to_string();
+            assert!(
+                err.contains("token_service.auth.secret_file") && err.contains(why),
+                "{err}"
+            );
+            assert!(!err.contains("sss"), "{err}");
+        }
+    }
+
+    #[test]
+    fn several_token_services_each_serve_the_destinations_that_name_them() {
+        let (_guard, secret) = secret_file();
+        let yaml = format!(
+            r#"
+token_service:
+  token_endpoint: http://127.0.0.1:9400/token
+  client_id: sidecar
+  auth: {{method: client_secret_basic, secret_file: {secret}}}
+token_services:
+  entra:
+    issuer: https://login.microsoftonline.com/tenant/v2.0
+    client_id: 00000000-0000-0000-0000-000000000001
+    profile: entra_obo
+    auth: {{method: client_secret_post, secret_file: {secret}}}
+destinations:
+  - name: orders
+    hosts: [orders]
+    audience: https://orders.example
+  - name: graph
+    hosts: [graph.microsoft.com]
+    audience: https://graph.microsoft.com
+    token_service: entra
+"#
+        );
+        let config = Config::from_yaml(&yaml).expect("valid");
+        let names: Vec<&str> = config.token_services.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["default", "entra"]);
+        assert_eq!(config.token_services[1].profile, Profile::EntraObo);
+        assert_eq!(config.destinations[0].token_service, "default");
+        assert_eq!(config.destinations[1].token_service, "entra");
+
+        // Only `token_services:`: a destination must name one that exists, or `default` must exist.
+        let yaml = r#"
+token_services:
+  a: {token_endpoint: "http://a/token", client_id: x, auth: {method: none}}
+  "bad name": {token_endpoint: "http://b/token", client_id: y, auth: {method: none}}
+destinations:
+  - {name: one, hosts: [one], audience: one, token_service: a}
+  - {name: two, hosts: [two], audience: two, token_service: nope}
+  - {name: three, hosts: [three], audience: three}
+"#;
+        let err = Config::from_yaml(yaml).expect_err("unknown names");
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "token_services.bad name",
+                "destinations[1].token_service",
+                "destinations[2].token_service"
+            ],
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("`nope` is not a configured token service"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn token_service_errors_carry_the_service_name_and_default_is_taken_once() {
+        let (_guard, secret) = secret_file();
+        let yaml = format!(
+            r#"
+token_service:
+  token_endpoint: http://127.0.0.1:9400/token
+  client_id: sidecar
+  auth: {{method: client_secret_basic, secret_file: {secret}}}
+token_services:
+  default: {{token_endpoint: "http://a/token", client_id: x, auth: {{method: none}}}}
+  entra:
+    token_endpoint: http://entra/token
+    profile: entra_obo
+    auth: {{method: tls_client_auth}}
+    timeout: 0s
+  files:
+    token_endpoint: http://files/token
+    client_id: f
+    ca_file: /nonexistent/ca.pem
+    auth: {{method: jwt_bearer_assertion_file, assertion_file: /nonexistent/token}}
+destinations:
+  - name: graph
+    hosts: [graph]
+    audience: https://graph.microsoft.com
+    requested_token_type: urn:ietf:params:oauth:token-type:jwt
+    token_service: entra
+"#
+        );
+        let err = Config::from_yaml(&yaml).expect_err("invalid");
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        for expected in [
+            "token_services.default",
+            "token_services.entra.client_id",
+            "token_services.entra.auth",
+            "token_services.entra.timeout",
+            "token_services.files.auth.assertion_file",
+            "token_services.files.ca_file",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+        let err = Config::from_yaml(
+            "token_services: {}
+",
+        )
+        .expect_err("none");
+        assert!(err.0.iter().any(|e| e.path == "token_service"), "{err}");
+    }
+
+    #[test]
+    fn each_token_service_has_its_own_circuit_breaker_settings() {
+        let yaml = r#"
+token_service:
+  token_endpoint: http://127.0.0.1:9400/token
+  client_id: sidecar
+  auth: {method: none}
+token_services:
+  quiet:
+    token_endpoint: http://quiet/token
+    client_id: q
+    auth: {method: none}
+    circuit_breaker: {enabled: false}
+  tuned:
+    token_endpoint: http://tuned/token
+    client_id: t
+    auth: {method: none}
+    circuit_breaker: {failure_ratio: 0.25, min_requests: 5, window: 30s, open_for: 1s}
+"#;
+        let config = Config::from_yaml(yaml).expect("valid");
+        let breaker = |name: &str| {
+            config
+                .token_services
+                .iter()
+                .find(|ts| ts.name == name)
+                .expect("service")
+                .circuit_breaker
+                .clone()
+        };
+        assert_eq!(breaker("default"), Some(crate::breaker::Settings::default()));
+        assert_eq!(breaker("quiet"), None);
+        assert_eq!(
+            breaker("tuned").map(|s| (s.min_requests, s.open_for)),
+            Some((5, Duration::from_secs(1)))
+        );
+        let err = Config::from_yaml(
+            &yaml
+                .replace("failure_ratio: 0.25", "failure_ratio: 2")
+                .replace("open_for: 1s", "open_for: 1h"),
+        )
+        .expect_err("invalid");
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "token_services.tuned.circuit_breaker.failure_ratio",
+                "token_services.tuned.circuit_breaker.open_for",
+            ]
+        );
+        let err = Config::from_yaml(&yaml.replace("enabled: false", "enable: false")).expect_err("unknown field");
+        assert!(err.to_string().contains("enable"), "{err}");
+    }
+
+    #[test]
+    fn entra_obo_has_no_requested_token_type() {
+        let yaml = r#"
+token_service:
+  token_endpoint: http://entra/token
+  client_id: app
+  profile: entra_obo
+  auth: {method: none}
+destinations:
+  - {name: graph, hosts: [graph], audience: "https://graph", requested_token_type: "urn:ietf:params:oauth:token-type:jwt"}
+"#;
+        let err = Config::from_yaml(yaml).expect_err("invalid");
+        assert_eq!(err.0[0].path, "destinations[0].requested_token_type", "{err}");
+
+        // Nor an actor token: a destination must opt out of `actor:` explicitly.
+        let (_guard, token) = secret_file();
+        let yaml = |actor: &str| {
+            format!(
+                "actor: {{token_file: {token}}}\ntoken_service: {{token_endpoint: 'http://entra/token', client_id: app, profile: entra_obo, auth: {{method: none}}}}\ndestinations:\n  - {{name: graph, hosts: [graph], audience: 'https://graph'{actor}}}\n"
+            )
+        };
+        let err = Config::from_yaml(&yaml("")).expect_err("actor with entra_obo");
+        assert_eq!(err.0[0].path, "destinations[0].actor", "{err}");
+        Config::from_yaml(&yaml(", actor: none")).expect("actor: none");
+        let err = Config::from_yaml(
+            "token_service: {profile: obo}
+",
+        )
+        .expect_err("bad profile");
+        assert!(err.to_string().contains("obo"), "{err}");
+    }
+
+    #[test]
+    fn mutual_tls_files_are_checked_at_load() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["baton.test".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let cert_file = tempfile_path::TempPath::new("cert.pem", &cert.pem());
+        let key_file = tempfile_path::TempPath::new("key.pem", &key.serialize_pem());
+        let other_key = rcgen::KeyPair::generate().expect("key");
+        let other_key_file = tempfile_path::TempPath::new("other-key.pem", &other_key.serialize_pem());
+        let yaml = |key: &std::path::Path, ca: &std::path::Path| {
+            format!(
+                "token_service:
+  token_endpoint: https://as.example/token
+  client_id: c
+  ca_file: {}
+  auth:
+    method: tls_client_auth
+    cert_file: {}
+    key_file: {}
+",
+                ca.display(),
+                cert_file.0.display(),
+                key.display()
+            )
+        };
+        let config = Config::from_yaml(&yaml(&key_file.0, &cert_file.0)).expect("valid");
+        assert!(matches!(
+            config.token_services[0].auth,
+            ClientAuth::TlsClientAuth { .. }
+        ));
+        assert_eq!(config.token_services[0].ca_file.as_deref(), Some(cert_file.0.as_path()));
+
+        let err = Config::from_yaml(&yaml(&other_key_file.0, &key_file.0)).expect_err("mismatch");
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["token_service.auth.cert_file", "token_service.ca_file"],
+            "{err}"
+        );
+        assert!(!err.to_string().contains("PRIVATE KEY"), "{err}");
+    }
+
+    // === broker: ===
+
+    fn with_broker(secret: &str, broker: &str) -> String {
+        format!(
+            r#"
+token_service:
+  token_endpoint: http://127.0.0.1:9400/token
+  client_id: sidecar
+  auth: {{method: client_secret_basic, secret_file: {secret}}}
+trusted_issuers:
+  - issuer: https://idp.example
+    jwks_uri: https://idp.example/jwks
+    audiences: [frontend, baton-broker]
+destinations:
+  - name: orders
+    audience: https://orders.example
+    scopes: [orders.read]
+  - name: billing
+    audience: https://billing.example
+    scopes: [invoices.read]
+    broker_allowed_scopes: [invoices.read, invoices.write]
+{broker}"#
+        )
+    }
+
+    fn broker_error_paths(yaml: &str) -> Vec<String> {
+        match Config::from_yaml(yaml) {
+            Ok(_) => Vec::new(),
+            Err(err) => err.0.into_iter().map(|e| e.path).collect(),
+        }
+    }
+
+    #[test]
+    fn the_broker_is_off_without_its_section() {
+        let (_guard, secret) = secret_file();
+        let config = Config::from_yaml(&with_broker(&secret, "")).expect("valid");
+        assert_eq!(config.broker, None);
+    }
+
+    #[test]
+    fn authenticated_callers_need_a_rule_that_tells_workloads_from_users() {
+        let (_guard, secret) = secret_file();
+        for broker in [
+            "broker: {}",
+            "broker:
+  callers: authenticated",
+            "broker:
+  caller_client_ids: []",
+        ] {
+            let err = Config::from_yaml(&with_broker(&secret, broker)).expect_err(broker);
+            assert!(err.0.iter().any(|e| e.path == "broker"), "{broker}: {err}");
+            assert!(err.to_string().contains("caller_audience"), "{err}");
+        }
+        let config = Config::from_yaml(&with_broker(
+            &secret,
+            "broker:\n  caller_audience: baton-broker\n  caller_client_ids: [batch-worker]",
+        ))
+        .expect("valid");
+        assert_eq!(
+            config.broker,
+            Some(Broker {
+                callers: BrokerCallers::Authenticated,
+                rule: CallerRule {
+                    audience: Some("baton-broker".into()),
+                    client_ids: vec!["batch-worker".into()],
+                },
+            })
+        );
+        let config = Config::from_yaml(&with_broker(&secret, "broker: { callers: any }")).expect("any");
+        assert_eq!(config.broker.map(|b| b.callers), Some(BrokerCallers::Any));
+    }
+
+    #[test]
+    fn a_caller_rule_that_can_never_match_is_an_error() {
+        let (_guard, secret) = secret_file();
+        for (broker, path) in [
+            // No trusted issuer accepts this audience: no caller's token would ever verify.
+            ("broker: { caller_audience: elsewhere }", "broker.caller_audience"),
+            ("broker: { caller_audience: '' }", "broker.caller_audience"),
+            ("broker: { caller_client_ids: [''] }", "broker.caller_client_ids[0]"),
+            // A rule under `any` would look like protection and be none.
+            ("broker: { callers: any, caller_client_ids: [job] }", "broker"),
+        ] {
+            let paths = broker_error_paths(&with_broker(&secret, broker));
+            assert!(paths.iter().any(|p| p == path), "{broker}: {paths:?}");
+        }
+        // Without any verification, `authenticated` cannot authenticate anyone.
+        let yaml = format!(
+            "token_service:\n  token_endpoint: http://x/token\n  client_id: c\n  auth: {{method: client_secret_basic, secret_file: {secret}}}\nbroker: {{ caller_client_ids: [job] }}\n"
+        );
+        assert_eq!(broker_error_paths(&yaml), ["broker.callers"]);
+    }
+
+    #[test]
+    fn broker_allowed_scopes_default_to_the_destination_scopes() {
+        let (_guard, secret) = secret_file();
+        let config = Config::from_yaml(&with_broker(&secret, "")).expect("valid");
+        assert_eq!(config.destinations[0].broker_allowed_scopes, ["orders.read"]);
+        assert_eq!(
+            config.destinations[1].broker_allowed_scopes,
+            ["invoices.read", "invoices.write"]
+        );
+        let yaml = with_broker(&secret, "").replace("invoices.write]", "'two words']");
+        assert_eq!(broker_error_paths(&yaml), ["destinations[1].broker_allowed_scopes[1]"]);
+    }
+}
