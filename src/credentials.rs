@@ -134,7 +134,7 @@ impl<T: Clone + Send + 'static> Watched<T> {
 // === What the files hold ===
 
 /// The largest client assertion file Baton reads (a service-account token is about 1 KiB).
-pub const MAX_ASSERTION_BYTES: u64 = 16 * 1024;
+const MAX_ASSERTION_BYTES: u64 = 16 * 1024;
 
 /// Read a client assertion: one JWS compact serialization (`header.payload.signature`), at most
 /// `MAX_ASSERTION_BYTES`. The error names the file, never its content.

@@ -13,7 +13,7 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error>
 }
 
 /// `http_client`'s settings, for a caller that adds TLS roots or a client certificate.
-pub fn http_client_builder(timeout: Duration) -> reqwest::ClientBuilder {
+pub(crate) fn http_client_builder(timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout)

@@ -40,7 +40,7 @@ pub struct Settings {
 }
 
 /// The default `listen.grpc_uds_mode`: the owner and the group may connect, nobody else.
-pub const DEFAULT_UDS_MODE: u32 = 0o660;
+const DEFAULT_UDS_MODE: u32 = 0o660;
 
 /// `listen.grpc_uds_group`: resolved when the socket is created (the file is checked where Baton runs,
 /// not where `check-config` does).
