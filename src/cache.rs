@@ -4,7 +4,8 @@
 //! key and a token for one destination is never served for another, not even for one with the same
 //! audience. Concurrent misses for one key share one exchange. An entry is never served past
 //! `min(expires_in, issued exp, subject exp) - margin`, nor to a destination whose constraints it
-//! does not meet (checked again on every hit).
+//! does not meet (checked again on every hit). The `cache:` section (`Raw`, validated into
+//! `Settings`) is read here too.
 
 use std::future::Future;
 use std::sync::Arc;

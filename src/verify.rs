@@ -3,7 +3,8 @@
 //! allowed asymmetric algorithm, `exp`/`nbf` with leeway, and an accepted audience. A verified
 //! token's claims are cached by token digest until its `exp`, so a hit does not pay the signature
 //! check again. It never accepts `alg: none` or an HMAC algorithm, and keeps serving the last good
-//! keys when an issuer's JWKS is unreachable.
+//! keys when an issuer's JWKS is unreachable. The sections that say how (`trusted_issuers:`,
+//! `opaque_tokens:`, `introspection:`, `subject_token:`) are validated here too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
