@@ -263,7 +263,8 @@ async fn memory_at_100k_tokens() {
 }
 
 async fn memory_of(n: usize, token_bytes: usize, with_claims: bool) -> baton::cache::TokenCache {
-    use baton::cache::{Delegated, Lifetimes, TokenCache, unix_now};
+    use baton::cache::{Delegated, Lifetimes, TokenCache};
+    use baton::clock::unix_now;
     use baton::jwt::DelegationClaims;
     use baton::secret::Secret;
     let cache = TokenCache::new(n as u64, Duration::ZERO);

@@ -12,12 +12,14 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cache::unix_now;
-use crate::config::{Errors, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
-use crate::credentials::{Watched, read_bounded};
+use crate::clock::unix_now;
+use crate::credentials::Watched;
 use crate::exchange::TokenService;
+use crate::files::read_bounded;
+use crate::oauth::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 use crate::reason::{Denial, Reason};
 use crate::secret::Secret;
+use crate::settings::Errors;
 
 /// `actor:`.
 #[derive(Debug, Default, Deserialize)]
@@ -294,7 +296,7 @@ mod tests {
             )
         };
         let config = crate::config::Config::from_yaml(&format!(
-            "listen:\n  grpc: 127.0.0.1:0\nactor:\n  client_credentials: {{}}\ntoken_services:\n{}{}",
+            "actor:\n  client_credentials: {{}}\ntoken_services:\n{}{}",
             service(silent_port),
             service(answering_port)
         ))

@@ -7,11 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::authz::Authz;
-use crate::config::{Config, Endpoint, UdsGroup};
+use crate::config::Config;
 use crate::exchange::{TokenService, TokenServices};
+use crate::file::Config as File;
+use crate::listen::UdsGroup;
 use crate::reload::{self, Current};
 use crate::server::{self, Listeners};
 use crate::telemetry::Telemetry;
+use crate::token_service::Endpoint;
 use crate::verify::{Introspection, Verifier};
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
@@ -87,7 +90,7 @@ pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Au
 
 /// Bind the configured listeners, and read the gRPC listener's TLS files. A stale Unix socket file
 /// from an earlier run is replaced. An error names the listener and its address.
-pub async fn bind(config: &Config) -> Result<Listeners, String> {
+pub async fn bind(config: &File) -> Result<Listeners, String> {
     let tcp = |name: &'static str, addr: std::net::SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
@@ -166,7 +169,7 @@ fn resolve_group(group: &UdsGroup) -> Result<u32, String> {
         UdsGroup::Id(gid) => return Ok(*gid),
         UdsGroup::Name(name) => name,
     };
-    let text = crate::credentials::read_bounded(Path::new("/etc/group"), 4 * 1024 * 1024)
+    let text = crate::files::read_bounded(Path::new("/etc/group"), 4 * 1024 * 1024)
         .map_err(|e| format!("listen.grpc_uds_group `{name}`: {e} (a numeric gid needs no /etc/group)"))?;
     String::from_utf8_lossy(&text)
         .lines()
@@ -181,7 +184,7 @@ fn resolve_group(group: &UdsGroup) -> Result<u32, String> {
 
 /// Load, build, bind and serve until `shutdown`; then drain for at most `shutdown_grace`. The
 /// configuration is reloaded from `path` when it changes or on SIGHUP.
-pub async fn run(path: PathBuf, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn run(path: PathBuf, config: File, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let listeners = bind(&config).await?;
     let allowed_callers: Vec<String> = config
         .listen
@@ -191,7 +194,7 @@ pub async fn run(path: PathBuf, config: Config, shutdown: impl Future<Output = (
         .collect();
     if let Some(addr) = config.listen.grpc
         && config.listen.grpc_tls.is_none()
-        && !crate::config::is_loopback(addr.ip())
+        && !crate::settings::is_loopback(addr.ip())
     {
         tracing::warn!(%addr, "listen.grpc serves plain text beyond loopback (insecure_plaintext): anyone who reaches it may ask for tokens");
     }
@@ -202,15 +205,15 @@ pub async fn run(path: PathBuf, config: Config, shutdown: impl Future<Output = (
         grpc_uds = ?config.listen.grpc_uds,
         grpc_uds_mode = format_args!("{:04o}", config.listen.grpc_uds_mode),
         admin = ?config.listen.admin,
-        destinations = config.destinations.len(),
-        trusted_issuers = config.trusted_issuers.len(),
-        tracing = config.telemetry.tracing.is_some(),
-        audit = ?config.audit.sink,
+        destinations = config.decision.destinations.len(),
+        trusted_issuers = config.decision.trusted_issuers.len(),
+        tracing = config.decision.telemetry.tracing.is_some(),
+        audit = ?config.decision.audit.sink,
         "baton serving"
     );
     let grace = config.shutdown_grace;
     let (listen, poll) = (config.listen.clone(), config.reload_interval);
-    let authz = build(config)?;
+    let authz = build(config.decision)?;
     let telemetry = authz.telemetry().clone();
     let authz: Current = Arc::new(ArcSwap::new(authz));
     let reloader = tokio::spawn(reload::watch(path, listen, authz.clone(), poll));

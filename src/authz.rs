@@ -10,8 +10,10 @@ use tracing::Instrument as _;
 
 use crate::actor::{self, ActorToken};
 use crate::cache::{self, CacheStatus, Constraints, Delegated, Key, Lifetimes, TokenCache};
+use crate::callers::Settings as Broker;
 use crate::canonical;
-use crate::config::{Broker, Config, Destination, DestinationActor, MissingToken, UnknownDestination};
+use crate::config::{Config, MissingToken, UnknownDestination};
+use crate::destination::{DestinationActor, Settings as Destination};
 use crate::exchange::{ExchangeError, Target, TokenService, TokenServices};
 use crate::extract::{self, Headers, Outbound};
 use crate::issued;
@@ -252,7 +254,7 @@ impl Authz {
             )
             .await
             .map_err(|e| (*e).clone())?;
-        if status == CacheStatus::Hit && token.claim_refresh(cache::unix_now()) {
+        if status == CacheStatus::Hit && token.claim_refresh(crate::clock::unix_now()) {
             self.refresh(route.clone(), subject_token, subject, scope, key);
         }
         Ok((token, status))
@@ -296,7 +298,7 @@ impl Authz {
         if let Some(refused) = self.cache.refused(&key) {
             return Err(refused);
         }
-        let now = cache::unix_now();
+        let now = crate::clock::unix_now();
         // Each JWT payload is decoded once: the subject's only when verification did not already.
         // Unverified (verification off, or an opaque token forwarded), a JWT is still held to the
         // JWT rules: its `exp` caps the cached token's life, so a `crit` Baton does not understand

@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::config::{Errors, parse_duration};
+use crate::settings::{Errors, optional_duration};
 use crate::telemetry::metrics::{CircuitStateLabels, CircuitTransitionLabels, Metrics};
 
 /// The rolling window is kept as this many buckets, each a tenth of it: outcomes leave the count
@@ -78,15 +78,11 @@ impl RawCircuitBreaker {
         }
         let mut span = |text: Option<String>, field: &str, default: Duration| {
             let path = format!("{at}.{field}");
-            match text.as_deref().map(parse_duration) {
+            match optional_duration(text.as_deref(), &path, errors) {
                 None => default,
-                Some(Ok(d)) if (Duration::from_millis(100)..=Duration::from_secs(600)).contains(&d) => d,
-                Some(Ok(_)) => {
+                Some(d) if (Duration::from_millis(100)..=Duration::from_secs(600)).contains(&d) => d,
+                Some(_) => {
                     errors.add(path, "must be between 100ms and 10m");
-                    default
-                }
-                Some(Err(e)) => {
-                    errors.add(path, e);
                     default
                 }
             }
@@ -757,7 +753,7 @@ mod tests {
     #[test]
     fn settings_validate_with_field_paths() {
         let parse = |yaml: &str| {
-            let raw: RawCircuitBreaker = crate::config::parse_yaml(yaml).expect("yaml");
+            let raw: RawCircuitBreaker = crate::files::parse_yaml(yaml).expect("yaml");
             let mut errors = Errors::default();
             let settings = raw.validate("token_service.circuit_breaker", &mut errors);
             (settings, errors.0.into_iter().map(|e| e.path).collect::<Vec<_>>())

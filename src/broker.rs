@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::authz::{Allow, Authz, Caller};
 use crate::cache;
-use crate::config::{BrokerCallers, CallerRule};
+use crate::callers::{BrokerCallers, CallerRule};
 use crate::extract::{Authorization, Headers, check_token, subject_token};
 use crate::reason::{Denial, Reason};
 use crate::reload::Current;
@@ -195,8 +195,8 @@ mod tests {
     use serde_json::{Map, Value, json};
 
     use super::*;
-    use crate::config::Config;
     use crate::exchange::{TokenService, TokenServices};
+    use crate::file::Config;
 
     fn claims(value: Value) -> Map<String, Value> {
         match value {
@@ -314,7 +314,7 @@ destinations:
     broker_allowed_scopes: [invoices.read, invoices.write, invoices.admin]
 broker: { callers: any }
 "#;
-        let config = Config::from_yaml(yaml).expect("valid");
+        let config = Config::from_yaml(yaml).expect("valid").decision;
         let services = config
             .token_services
             .iter()

@@ -4,7 +4,8 @@
 //! key and a token for one destination is never served for another, not even for one with the same
 //! audience. Concurrent misses for one key share one exchange. An entry is never served past
 //! `min(expires_in, issued exp, subject exp) - margin`, nor to a destination whose constraints it
-//! does not meet (checked again on every hit).
+//! does not meet (checked again on every hit). The `cache:` section (`Raw`, validated into
+//! `Settings`) is read here too.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,10 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
+use serde::Deserialize;
 
+use crate::clock::unix_now;
 use crate::jwt::DelegationClaims;
 use crate::reason::Denial;
 use crate::secret::Secret;
+use crate::settings::{Errors, duration};
 
 const BEARER: &str = "Bearer ";
 
@@ -99,8 +103,8 @@ const FIELDS: usize = 8;
 
 const KNOWN_TOKEN_TYPES: [&str; 4] = [
     "Bearer",
-    "urn:ietf:params:oauth:token-type:access_token",
-    "urn:ietf:params:oauth:token-type:jwt",
+    crate::oauth::TOKEN_TYPE_ACCESS_TOKEN,
+    crate::oauth::TOKEN_TYPE_JWT,
     "N_A",
 ];
 
@@ -645,11 +649,56 @@ fn to_key(d: digest::Digest) -> Key {
     key
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
+// === The `cache:` section ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Raw {
+    pub max_entries: Option<u64>,
+    pub expiry_margin: Option<String>,
+    pub negative_ttl: Option<String>,
+    pub refresh_ahead: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Settings {
+    pub max_entries: u64,
+    pub expiry_margin: Duration,
+    /// How long a definite refusal by the token service is remembered (0: not at all).
+    pub negative_ttl: Duration,
+    /// A hit this close to the cache expiry refreshes the token in the background (0: never).
+    pub refresh_ahead: Duration,
+}
+
+impl Raw {
+    /// The `cache:` section, its problems added to `errors`.
+    pub(crate) fn validate(self, errors: &mut Errors) -> Settings {
+        let settings = Settings {
+            max_entries: self.max_entries.unwrap_or(100_000),
+            expiry_margin: duration(
+                self.expiry_margin.as_deref(),
+                "cache.expiry_margin",
+                Duration::from_secs(30),
+                errors,
+            ),
+            negative_ttl: duration(
+                self.negative_ttl.as_deref(),
+                "cache.negative_ttl",
+                Duration::from_secs(5),
+                errors,
+            ),
+            refresh_ahead: duration(
+                self.refresh_ahead.as_deref(),
+                "cache.refresh_ahead",
+                Duration::from_secs(60),
+                errors,
+            ),
+        };
+        if settings.max_entries == 0 {
+            errors.add("cache.max_entries", "must be at least 1");
+        }
+        settings
+    }
 }
 
 #[cfg(test)]

@@ -1,54 +1,42 @@
-//! Baton's configuration: the YAML shape (`Raw*`, serde with defaults), then `validate`, which turns
-//! it into typed values and reports every problem at once, each with the path of the field. Secrets
-//! are read here (from a file or the environment) and never appear in an error or a log line.
+//! The decision's configuration: every section the decision reads (token services, cache, subject
+//! token, destinations, trusted issuers, introspection, workload, actor, broker callers, telemetry,
+//! audit), each parsed and validated by the module that owns it, gathered here with the checks that
+//! span sections (a destination's or introspection's token service exists, the broker's caller
+//! audience is one an issuer accepts). Every problem is reported at once, each with the path of its
+//! field. It knows no section's insides, never reads a file, and never logs a secret. The whole file
+//! (these sections and the serving ones) is `crate::file`.
 
-use std::collections::{BTreeMap, HashSet};
-use std::fmt;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use url::Url;
 
-use crate::secret::Secret;
-
-pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
-pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+use crate::files::parse_yaml;
+use crate::settings::{ConfigError, Errors};
 
 // === The YAML shape ===
 
+/// The decision's sections, as YAML. `file::RawConfig` lists them again beside the serving ones
+/// (`listen:`, `reload:`, `shutdown_grace:`) and moves them here.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawConfig {
-    pub listen: RawListen,
     /// The token service named `default`; `token_services` may add (or be) others.
-    pub token_service: Option<RawTokenService>,
-    pub token_services: BTreeMap<String, RawTokenService>,
-    pub cache: RawCache,
-    pub subject_token: RawSubjectToken,
+    pub token_service: Option<crate::token_service::Raw>,
+    pub token_services: BTreeMap<String, crate::token_service::Raw>,
+    pub cache: crate::cache::Raw,
+    pub subject_token: crate::verify::RawSubjectToken,
     pub unknown_destination: UnknownDestination,
     pub missing_token: MissingToken,
-    pub destinations: Vec<RawDestination>,
-    pub shutdown_grace: Option<String>,
+    pub destinations: Vec<crate::destination::Raw>,
     pub trusted_issuers: Vec<crate::verify::RawIssuer>,
     pub opaque_tokens: crate::verify::OpaqueTokens,
     pub introspection: Option<crate::verify::RawIntrospection>,
     pub workload: RawWorkload,
     pub actor: Option<crate::actor::RawActor>,
     /// Absent: the broker API is off.
-    pub broker: Option<RawBroker>,
-    pub reload: RawReload,
-    pub telemetry: RawTelemetry,
-    pub audit: RawAudit,
-}
-
-/// `reload:`: how the configuration file is watched (SIGHUP always reloads it).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawReload {
-    /// How often the file is checked for a change (default 2s); `0s`: only on SIGHUP.
-    pub poll_interval: Option<String>,
+    pub broker: Option<crate::callers::Raw>,
+    pub telemetry: crate::telemetry::settings::RawTelemetry,
+    pub audit: crate::telemetry::settings::RawAudit,
 }
 
 /// `workload:`: who this Baton acts for, in sidecar mode.
@@ -58,222 +46,6 @@ pub struct RawWorkload {
     /// The calling workload's identity (e.g. its SPIFFE ID), used as the policy's `source` when
     /// Envoy reports no source principal.
     pub identity: Option<String>,
-}
-
-/// `broker:`: who may call `baton.v1.DelegationBroker`. Without this section the broker API
-/// refuses every call (`broker_disabled`): a sidecar that only serves Envoy exposes no second way
-/// to ask for tokens.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawBroker {
-    pub callers: BrokerCallers,
-    /// `callers: authenticated`: the caller's token must carry this audience in `aud`, one that
-    /// names the broker and that user tokens never carry.
-    pub caller_audience: Option<String>,
-    /// `callers: authenticated`: the caller's token must name one of these clients in `azp` or
-    /// `client_id` (a token with neither is not a caller's).
-    pub caller_client_ids: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BrokerCallers {
-    /// A bearer token in the call's `authorization` metadata, verified against `trusted_issuers`
-    /// and accepted only if it meets the caller rule (`caller_audience`, `caller_client_ids`);
-    /// its `sub` is the caller (the policy's `source`).
-    #[default]
-    Authenticated,
-    /// Anyone who can reach the listener (development, or a listener only the workload can reach).
-    Any,
-    /// The verified identity of the caller's TLS client certificate (`listen.grpc_tls`); calls that
-    /// did not come over that listener are refused.
-    Mtls,
-}
-
-/// The validated `broker:` section.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Broker {
-    pub callers: BrokerCallers,
-    /// What tells a workload's token from a user's, under `callers: authenticated`.
-    pub rule: CallerRule,
-}
-
-/// Both parts that are set must hold: a caller's token carries `audience` (when set) and names a
-/// listed client in `azp`/`client_id` (when the list is not empty).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CallerRule {
-    pub audience: Option<String>,
-    pub client_ids: Vec<String>,
-}
-
-impl RawBroker {
-    /// `audiences`: every audience a trusted issuer's tokens may carry, which the caller's token
-    /// is verified against before the rule is applied; `verified`: callers' tokens can be verified
-    /// at all (trusted issuers or introspection).
-    fn validate(self, audiences: &[&str], verified: bool, errors: &mut Errors) -> Broker {
-        let rule = CallerRule {
-            audience: self.caller_audience,
-            client_ids: self.caller_client_ids,
-        };
-        if let Some(aud) = &rule.audience {
-            if aud.is_empty() {
-                errors.add("broker.caller_audience", "must not be empty");
-            } else if self.callers == BrokerCallers::Authenticated
-                && !audiences.is_empty()
-                && !audiences.contains(&aud.as_str())
-            {
-                // The caller's token is verified like a subject token first: an audience no issuer
-                // accepts would refuse every caller.
-                errors.add(
-                    "broker.caller_audience",
-                    format!("`{aud}` must also be in a trusted_issuers[].audiences, or no caller's token verifies"),
-                );
-            }
-        }
-        for (i, id) in rule.client_ids.iter().enumerate() {
-            if id.is_empty() {
-                errors.add(format!("broker.caller_client_ids[{i}]"), "must not be empty");
-            }
-        }
-        match self.callers {
-            BrokerCallers::Authenticated if !verified => errors.add(
-                "broker.callers",
-                "`authenticated` verifies each caller's token: configure trusted_issuers (or introspection)",
-            ),
-            BrokerCallers::Authenticated if rule.audience.is_none() && rule.client_ids.is_empty() => errors.add(
-                "broker",
-                "`callers: authenticated` needs a rule that tells workloads from users: set `caller_audience` \
-                 (an audience only callers' tokens carry), `caller_client_ids` (the clients allowed, by azp or \
-                 client_id), or both",
-            ),
-            // Any other mode (`any`, or a transport identity) never reads a bearer token: a rule
-            // there would look like protection and be none.
-            callers if callers != BrokerCallers::Authenticated && rule != CallerRule::default() => errors.add(
-                "broker",
-                "`caller_audience` and `caller_client_ids` apply only to `callers: authenticated`, which reads \
-                 the caller's bearer token",
-            ),
-            _ => {}
-        }
-        Broker {
-            callers: self.callers,
-            rule,
-        }
-    }
-}
-
-/// `destinations[].actor`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DestinationActor {
-    /// Present the workload's actor token when `actor:` is configured.
-    #[default]
-    Inherit,
-    /// Never present an actor token to this destination's exchanges.
-    None,
-}
-
-/// `listen:`. At least one of `grpc` and `grpc_uds`; neither has a default address.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawListen {
-    /// TCP gRPC listener (opt-in). Plain text only on loopback, unless `insecure_plaintext`.
-    pub grpc: Option<String>,
-    /// Unix socket gRPC listener: the sidecar's transport.
-    pub grpc_uds: Option<PathBuf>,
-    /// The socket's permission bits, octal text (default "0660").
-    pub grpc_uds_mode: Option<String>,
-    /// A group name or numeric gid the socket is given to.
-    pub grpc_uds_group: Option<String>,
-    /// Mutual TLS on `grpc`.
-    pub grpc_tls: Option<crate::tls::RawGrpcTls>,
-    /// Allow plain-text `grpc` on a non-loopback address.
-    pub insecure_plaintext: bool,
-    pub admin: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawTokenService {
-    pub token_endpoint: Option<String>,
-    pub issuer: Option<String>,
-    pub client_id: Option<String>,
-    pub profile: Profile,
-    pub auth: RawClientAuth,
-    /// PEM CA bundle: the only roots trusted for this token service's TLS certificate.
-    pub ca_file: Option<PathBuf>,
-    pub timeout: Option<String>,
-    pub retries: Option<u32>,
-    pub max_response_bytes: Option<usize>,
-    /// Exchanges in flight at once towards this service (default 64); as many more may wait for a
-    /// turn within the timeout, and any beyond that are refused at once with 503.
-    pub max_concurrent_exchanges: Option<usize>,
-    pub circuit_breaker: crate::breaker::RawCircuitBreaker,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawClientAuth {
-    pub method: AuthMethod,
-    pub secret_file: Option<PathBuf>,
-    pub secret_env: Option<String>,
-    pub key_file: Option<PathBuf>,
-    pub key_id: Option<String>,
-    pub cert_file: Option<PathBuf>,
-    pub assertion_file: Option<PathBuf>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthMethod {
-    #[default]
-    ClientSecretBasic,
-    ClientSecretPost,
-    PrivateKeyJwt,
-    /// RFC 8705 mutual TLS with a CA-issued client certificate.
-    TlsClientAuth,
-    /// An RFC 7523 client assertion someone else signs and rotates in a file (a projected
-    /// service-account token): workload identity federation, no static secret.
-    JwtBearerAssertionFile,
-    None,
-}
-
-/// How a token service is asked for a token.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Profile {
-    /// RFC 8693 token exchange.
-    #[default]
-    Rfc8693,
-    /// Microsoft Entra ID on-behalf-of: the RFC 7523 JWT-bearer grant with
-    /// `requested_token_use=on_behalf_of`.
-    EntraObo,
-}
-
-impl Profile {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Rfc8693 => "rfc8693",
-            Self::EntraObo => "entra_obo",
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawCache {
-    pub max_entries: Option<u64>,
-    pub expiry_margin: Option<String>,
-    pub negative_ttl: Option<String>,
-    pub refresh_ahead: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawSubjectToken {
-    pub max_bytes: Option<usize>,
-    /// `access_token` (default) or `jwt`: the `subject_token_type` sent to the token service.
-    pub token_type: Option<String>,
 }
 
 /// What to do with a request whose destination is not configured.
@@ -300,1117 +72,159 @@ pub enum MissingToken {
     Passthrough,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawDestination {
-    pub name: String,
-    pub hosts: Vec<String>,
-    pub audience: Option<String>,
-    pub resource: Option<String>,
-    pub scopes: Vec<String>,
-    /// The scopes a broker caller may ask for at this destination (default: `scopes`). A broker
-    /// call asking for any other scope is refused (`scope_not_allowed`).
-    pub broker_allowed_scopes: Option<Vec<String>>,
-    pub requested_token_type: Option<String>,
-    pub policy: crate::policy::RawPolicy,
-    pub actor: DestinationActor,
-    /// The name of the token service this destination's tokens come from (default `default`).
-    pub token_service: Option<String>,
-}
-
 // === The validated configuration ===
 
 #[derive(Debug)]
 pub struct Config {
-    pub listen: Listen,
     /// At least one; names are unique.
-    pub token_services: Vec<TokenService>,
-    pub cache: Cache,
-    pub subject_token: SubjectToken,
+    pub token_services: Vec<crate::token_service::Settings>,
+    pub cache: crate::cache::Settings,
+    pub subject_token: crate::verify::SubjectToken,
     pub unknown_destination: UnknownDestination,
     pub missing_token: MissingToken,
-    pub destinations: Vec<Destination>,
-    pub shutdown_grace: Duration,
+    pub destinations: Vec<crate::destination::Settings>,
     pub trusted_issuers: Vec<crate::verify::IssuerConfig>,
     pub opaque_tokens: crate::verify::OpaqueTokens,
     pub introspection: Option<crate::verify::IntrospectionConfig>,
     pub workload_identity: Option<String>,
     pub actor: Option<crate::actor::ActorToken>,
     /// `None`: the broker API refuses every call.
-    pub broker: Option<Broker>,
-    /// How often the file is checked for changes; `None`: only on SIGHUP.
-    pub reload_interval: Option<Duration>,
-    pub telemetry: Telemetry,
-    pub audit: Audit,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Listen {
-    pub grpc: Option<SocketAddr>,
-    pub grpc_uds: Option<PathBuf>,
-    /// Permission bits of the socket (never any for "others").
-    pub grpc_uds_mode: u32,
-    pub grpc_uds_group: Option<UdsGroup>,
-    pub grpc_tls: Option<crate::tls::GrpcTls>,
-    pub admin: Option<SocketAddr>,
-}
-
-/// The default `listen.grpc_uds_mode`: the owner and the group may connect, nobody else.
-pub const DEFAULT_UDS_MODE: u32 = 0o660;
-
-/// `listen.grpc_uds_group`: resolved when the socket is created (the file is checked where Baton runs,
-/// not where `check-config` does).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum UdsGroup {
-    Id(u32),
-    Name(String),
-}
-
-/// The name of the token service `token_service:` configures, and destinations use by default.
-pub const DEFAULT_TOKEN_SERVICE: &str = "default";
-
-#[derive(Debug)]
-pub struct TokenService {
-    pub name: String,
-    pub endpoint: Endpoint,
-    pub client_id: String,
-    pub profile: Profile,
-    pub auth: ClientAuth,
-    /// Trust only these roots (PEM bundle, checked at load) for the token service's certificate.
-    pub ca_file: Option<PathBuf>,
-    pub timeout: Duration,
-    pub retries: u32,
-    pub max_response_bytes: usize,
-    pub max_concurrent_exchanges: usize,
-    /// `None`: the circuit breaker is turned off.
-    pub circuit_breaker: Option<crate::breaker::Settings>,
-}
-
-/// Where the token endpoint is: given, or found by RFC 8414 / OpenID discovery from the issuer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Token(Url),
-    Discover { issuer: Url },
-}
-
-#[derive(Clone, Debug)]
-pub enum ClientAuth {
-    None,
-    SecretBasic(Secret),
-    SecretPost(Secret),
-    /// RFC 7523 client assertion, signed with this PEM key (RSA or EC P-256).
-    PrivateKeyJwt {
-        key_pem: Secret,
-        key_id: Option<String>,
-    },
-    /// RFC 8705 `tls_client_auth`: this certificate chain and key (PEM files, checked at load and
-    /// re-read when they change).
-    TlsClientAuth {
-        cert_file: PathBuf,
-        key_file: PathBuf,
-    },
-    /// A client assertion read from this file (checked at load, re-read when it changes).
-    JwtBearerAssertionFile(PathBuf),
-}
-
-#[derive(Debug)]
-pub struct Cache {
-    pub max_entries: u64,
-    pub expiry_margin: Duration,
-    /// How long a definite refusal by the token service is remembered (0: not at all).
-    pub negative_ttl: Duration,
-    /// A hit this close to the cache expiry refreshes the token in the background (0: never).
-    pub refresh_ahead: Duration,
-}
-
-#[derive(Debug)]
-pub struct SubjectToken {
-    pub max_bytes: usize,
-    pub token_type: &'static str,
-}
-
-#[derive(Debug)]
-pub struct Destination {
-    pub name: String,
-    pub hosts: Vec<String>,
-    pub audience: Option<String>,
-    pub resource: Option<String>,
-    pub scopes: Vec<String>,
-    /// What a broker call may ask for instead of `scopes` (a subset of it, never more).
-    pub broker_allowed_scopes: Vec<String>,
-    pub requested_token_type: Option<String>,
-    pub policy: crate::policy::Policy,
-    pub actor: DestinationActor,
-    /// The name of one of `Config::token_services`.
-    pub token_service: String,
-}
-
-// === Errors ===
-
-/// One problem, at one field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-/// Everything wrong with a configuration file.
-#[derive(Debug)]
-pub struct ConfigError(pub Vec<FieldError>);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.len();
-        writeln!(f, "{n} configuration error{}:", if n == 1 { "" } else { "s" })?;
-        for e in &self.0 {
-            writeln!(f, "  {}: {}", e.path, e.message)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Problems collected while validating, so all are reported at once.
-#[derive(Debug, Default)]
-pub struct Errors(pub Vec<FieldError>);
-
-impl Errors {
-    pub fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
+    pub broker: Option<crate::callers::Settings>,
+    pub telemetry: crate::telemetry::settings::Telemetry,
+    pub audit: crate::telemetry::settings::Audit,
 }
 
 // === Parsing and validation ===
 
-/// A YAML document into its `Raw*` shape: a syntax or shape error is one error at `(yaml)`.
-pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
-    serde_saphyr::from_str(text).map_err(|e| {
-        ConfigError(vec![FieldError {
-            path: "(yaml)".into(),
-            message: e.to_string(),
-        }])
-    })
-}
-
-/// A configuration file's text; an unreadable file is one error naming it.
-pub fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
-    read_text(path, MAX_CONFIG_BYTES).map_err(|message| {
-        ConfigError(vec![FieldError {
-            path: path.display().to_string(),
-            message,
-        }])
-    })
-}
-
-/// The largest configuration file read.
-const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
-/// The largest secret file (client secret, key, header value) read.
-const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
-
-/// A UTF-8 file of at most `max` bytes.
-fn read_text(path: &std::path::Path, max: u64) -> Result<String, String> {
-    let bytes = crate::credentials::read_bounded(path, max)?;
-    String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))
-}
-
 impl Config {
-    /// Parse YAML and validate it; every problem is reported, not only the first.
+    /// The decision's sections alone (a file's other sections, such as `listen:`, are unknown
+    /// keys here), parsed and validated; every problem is reported, not only the first.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        parse_yaml::<RawConfig>(text)?.validate()
-    }
-
-    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        Self::from_yaml(&read_file(path)?)
-    }
-}
-
-impl RawConfig {
-    pub fn validate(self) -> Result<Config, ConfigError> {
         let mut errors = Errors::default();
-        let listen = validate_listen(self.listen, &mut errors);
-        if self.broker.as_ref().is_some_and(|b| b.callers == BrokerCallers::Mtls)
-            && listen.as_ref().is_some_and(|l| l.grpc_tls.is_none())
-        {
-            errors.add(
-                "broker.callers",
-                "`mtls` takes the caller from its TLS client certificate: configure listen.grpc_tls",
-            );
-        }
-        let token_services = validate_token_services(self.token_service, self.token_services, &mut errors);
-        let cache = Cache {
-            max_entries: self.cache.max_entries.unwrap_or(100_000),
-            expiry_margin: duration(
-                self.cache.expiry_margin.as_deref(),
-                "cache.expiry_margin",
-                Duration::from_secs(30),
-                &mut errors,
-            ),
-            negative_ttl: duration(
-                self.cache.negative_ttl.as_deref(),
-                "cache.negative_ttl",
-                Duration::from_secs(5),
-                &mut errors,
-            ),
-            refresh_ahead: duration(
-                self.cache.refresh_ahead.as_deref(),
-                "cache.refresh_ahead",
-                Duration::from_secs(60),
-                &mut errors,
-            ),
-        };
-        if cache.max_entries == 0 {
-            errors.add("cache.max_entries", "must be at least 1");
-        }
-        let subject_token = SubjectToken {
-            max_bytes: self.subject_token.max_bytes.unwrap_or(16 * 1024),
-            token_type: match self.subject_token.token_type.as_deref() {
-                None | Some("access_token") | Some(TOKEN_TYPE_ACCESS_TOKEN) => TOKEN_TYPE_ACCESS_TOKEN,
-                Some("jwt") | Some(TOKEN_TYPE_JWT) => TOKEN_TYPE_JWT,
-                Some(other) => {
-                    errors.add(
-                        "subject_token.token_type",
-                        format!("`{other}` is not `access_token` or `jwt`"),
-                    );
-                    TOKEN_TYPE_ACCESS_TOKEN
-                }
-            },
-        };
-        if subject_token.max_bytes == 0 {
-            errors.add("subject_token.max_bytes", "must be at least 1");
-        }
-        let trusted_issuers: Vec<_> = self
-            .trusted_issuers
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, raw)| raw.validate(&format!("trusted_issuers[{i}]"), &mut errors))
-            .collect();
-        let introspection = match (self.opaque_tokens, self.introspection) {
-            (crate::verify::OpaqueTokens::Introspect, Some(raw)) => raw.validate(&mut errors).filter(|i| {
-                let known = token_services.get(&i.token_service).is_some();
-                if !known {
-                    let names = token_services.names();
-                    errors.add(
-                        "introspection.token_service",
-                        format!(
-                            "`{}` is not a configured token service (there are: {names})",
-                            i.token_service
-                        ),
-                    );
-                }
-                known
-            }),
-            (crate::verify::OpaqueTokens::Introspect, None) => {
-                errors.add("introspection", "is required with `opaque_tokens: introspect`");
-                None
-            }
-            (_, Some(_)) => {
-                errors.add("introspection", "is used only with `opaque_tokens: introspect`");
-                None
-            }
-            (_, None) => None,
-        };
-        // Claims the policy reads come from Baton's own verification or from introspection.
-        let verified = !trusted_issuers.is_empty() || introspection.is_some();
-        let actor = self.actor.and_then(|a| a.validate(&mut errors));
-        let broker = self.broker.map(|b| {
-            let audiences: Vec<&str> = trusted_issuers
-                .iter()
-                .flat_map(|i| i.audiences.iter().map(String::as_str))
-                .collect();
-            b.validate(&audiences, verified, &mut errors)
-        });
-        let destinations = validate_destinations(
-            self.destinations,
-            &token_services,
-            verified,
-            actor.is_some(),
-            &mut errors,
-        );
-        let reload_interval = duration(
-            self.reload.poll_interval.as_deref(),
-            "reload.poll_interval",
-            Duration::from_secs(2),
-            &mut errors,
-        );
-        let shutdown_grace = duration(
-            self.shutdown_grace.as_deref(),
-            "shutdown_grace",
-            Duration::from_secs(10),
-            &mut errors,
-        );
-        let (telemetry, audit) = (
-            validate_telemetry(self.telemetry, &mut errors),
-            validate_audit(self.audit, &mut errors),
-        );
-        match (listen, token_services.valid()) {
-            (Some(listen), Some(token_services)) if errors.0.is_empty() => Ok(Config {
-                listen,
-                token_services,
-                cache,
-                subject_token,
-                unknown_destination: self.unknown_destination,
-                missing_token: self.missing_token,
-                destinations,
-                shutdown_grace,
-                trusted_issuers,
-                opaque_tokens: self.opaque_tokens,
-                introspection,
-                workload_identity: self.workload.identity,
-                actor,
-                broker,
-                reload_interval: Some(reload_interval).filter(|d| !d.is_zero()),
-                telemetry,
-                audit,
-            }),
+        match parse_yaml::<RawConfig>(text)?.validate(&mut errors) {
+            Some(config) if errors.0.is_empty() => Ok(config),
             _ => Err(ConfigError(errors.0)),
         }
     }
 }
 
-fn validate_listen(raw: RawListen, errors: &mut Errors) -> Option<Listen> {
-    let grpc = raw
-        .grpc
-        .as_deref()
-        .map(|g| socket_addr(g, "listen.grpc", errors).ok_or(()))
-        .transpose();
-    let admin = raw
-        .admin
-        .as_deref()
-        .and_then(|a| socket_addr(a, "listen.admin", errors));
-    if raw.grpc.is_none() && raw.grpc_uds.is_none() {
-        errors.add(
-            "listen",
-            "Baton has no gRPC listener: add `grpc_uds: /var/run/baton/baton.sock` (the sidecar's Unix socket), \
-             or `grpc: 127.0.0.1:9191` (TCP; with `grpc_tls` unless it is loopback)",
-        );
-    }
-    if let Some(path) = &raw.grpc_uds
-        && path.as_os_str().is_empty()
-    {
-        errors.add("listen.grpc_uds", "must be a path");
-    }
-    let grpc_uds_mode = match raw.grpc_uds_mode.as_deref() {
-        None => DEFAULT_UDS_MODE,
-        Some(text) => match uds_mode(text) {
-            Ok(mode) => mode,
-            Err(why) => {
-                errors.add("listen.grpc_uds_mode", why);
-                DEFAULT_UDS_MODE
+impl RawConfig {
+    /// The decision's sections, their problems added to `errors`; `None` when a token service is
+    /// invalid (the configuration is unusable then even if nothing else is wrong).
+    pub fn validate(self, errors: &mut Errors) -> Option<Config> {
+        let token_services = crate::token_service::validate(self.token_service, self.token_services, errors);
+        let cache = self.cache.validate(errors);
+        let subject_token = self.subject_token.validate(errors);
+        let trusted_issuers: Vec<_> = self
+            .trusted_issuers
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, raw)| raw.validate(&format!("trusted_issuers[{i}]"), errors))
+            .collect();
+        let introspection = crate::verify::introspection(self.opaque_tokens, self.introspection, errors).filter(|i| {
+            let known = token_services.get(&i.token_service).is_some();
+            if !known {
+                let names = token_services.names();
+                errors.add(
+                    "introspection.token_service",
+                    format!(
+                        "`{}` is not a configured token service (there are: {names})",
+                        i.token_service
+                    ),
+                );
             }
-        },
-    };
-    let grpc_uds_group = raw.grpc_uds_group.as_deref().and_then(|g| match uds_group(g) {
-        Ok(group) => Some(group),
-        Err(why) => {
-            errors.add("listen.grpc_uds_group", why);
-            None
-        }
-    });
-    if raw.grpc_uds.is_none() {
-        for (set, field) in [
-            (raw.grpc_uds_mode.is_some(), "listen.grpc_uds_mode"),
-            (raw.grpc_uds_group.is_some(), "listen.grpc_uds_group"),
-        ] {
-            if set {
-                errors.add(field, "applies to listen.grpc_uds, which is not set");
-            }
-        }
-    }
-    let grpc_tls = raw.grpc_tls.and_then(|t| t.validate(errors));
-    if let Ok(Some(addr)) = grpc {
-        if grpc_tls.is_none() && !raw.insecure_plaintext && !is_loopback(addr.ip()) {
-            errors.add(
-                "listen.grpc",
-                format!(
-                    "`{addr}` is not a loopback address, and plain text there lets anyone who reaches it ask for tokens: \
-                     add `grpc_tls` (mutual TLS), use `grpc_uds`, or set `insecure_plaintext: true` if something else protects it"
-                ),
-            );
-        }
-    } else if grpc == Ok(None) && grpc_tls.is_some() {
-        errors.add("listen.grpc_tls", "applies to listen.grpc, which is not set");
-    }
-    if let (Ok(Some(grpc)), Some(admin)) = (grpc, admin)
-        && grpc.port() != 0
-        && grpc == admin
-    {
-        errors.add("listen.admin", format!("`{admin}` is also listen.grpc"));
-    }
-    Some(Listen {
-        grpc: grpc.ok()?,
-        grpc_uds: raw.grpc_uds,
-        grpc_uds_mode,
-        grpc_uds_group,
-        grpc_tls,
-        admin,
-    })
-}
-
-/// Loopback is 127.0.0.0/8 and ::1 only (not `0.0.0.0`, not an IPv4-mapped address).
-pub fn is_loopback(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.is_loopback(),
-        std::net::IpAddr::V6(v6) => v6.is_loopback(),
+            known
+        });
+        // Claims the policy reads come from Baton's own verification or from introspection.
+        let verified = !trusted_issuers.is_empty() || introspection.is_some();
+        let actor = self.actor.and_then(|a| a.validate(errors));
+        let broker = self.broker.map(|b| {
+            let audiences = crate::verify::audiences(&trusted_issuers);
+            b.validate(&audiences, verified, errors)
+        });
+        let destinations = crate::destination::validate(self.destinations, verified, errors);
+        check_token_services(&destinations, &token_services, actor.is_some(), errors);
+        let (telemetry, audit) = (self.telemetry.validate(errors), self.audit.validate(errors));
+        Some(Config {
+            token_services: token_services.valid()?,
+            cache,
+            subject_token,
+            unknown_destination: self.unknown_destination,
+            missing_token: self.missing_token,
+            destinations,
+            trusted_issuers,
+            opaque_tokens: self.opaque_tokens,
+            introspection,
+            workload_identity: self.workload.identity,
+            actor,
+            broker,
+            telemetry,
+            audit,
+        })
     }
 }
 
-/// Octal permission bits (`"0660"`, `"660"`, `"0o660"`), none for others
-/// (connecting to a Unix socket needs write permission; "others" is every local user).
-fn uds_mode(text: &str) -> Result<u32, String> {
-    let digits = text.strip_prefix("0o").unwrap_or(text);
-    let mode = u32::from_str_radix(digits, 8)
-        .ok()
-        .filter(|_| !digits.is_empty() && digits.len() <= 4)
-        .ok_or_else(|| format!("`{text}` is not an octal mode like \"0660\""))?;
-    if mode & !0o777 != 0 {
-        return Err(format!("`{text}`: only permission bits (0o777) are allowed"));
-    }
-    if mode & 0o007 != 0 {
-        return Err(format!(
-            "`{text}` lets every local user connect: give access through the group (`grpc_uds_group`) instead"
-        ));
-    }
-    Ok(mode)
-}
-
-/// A numeric gid, or a group name (POSIX portable characters).
-fn uds_group(text: &str) -> Result<UdsGroup, String> {
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text
-            .parse()
-            .map(UdsGroup::Id)
-            .map_err(|_| format!("`{text}` is not a valid gid"));
-    }
-    let portable = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
-    if text.is_empty() || text.len() > 64 || text.starts_with('-') || !text.bytes().all(portable) {
-        return Err(format!("`{text}` is neither a group name nor a numeric gid"));
-    }
-    Ok(UdsGroup::Name(text.to_owned()))
-}
-
-/// The token services by name, as far as they validated: a name whose section has errors is still
-/// known (`None`), so destinations naming it are not reported a second time.
-struct TokenServices(Vec<(String, Option<TokenService>)>);
-
-impl TokenServices {
-    fn get(&self, name: &str) -> Option<&Option<TokenService>> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, ts)| ts)
-    }
-
-    fn names(&self) -> String {
-        let names: Vec<&str> = self.0.iter().map(|(n, _)| n.as_str()).collect();
-        names.join(", ")
-    }
-
-    /// Every service, if every one validated.
-    fn valid(self) -> Option<Vec<TokenService>> {
-        self.0.into_iter().map(|(_, ts)| ts).collect()
-    }
-}
-
-/// `token_service:` is the service named `default`; `token_services:` names others (or `default`,
-/// when `token_service:` is absent). At least one is required.
-fn validate_token_services(
-    single: Option<RawTokenService>,
-    named: BTreeMap<String, RawTokenService>,
-    errors: &mut Errors,
-) -> TokenServices {
-    let mut out = Vec::with_capacity(named.len() + 1);
-    if single.is_none() && named.is_empty() {
-        errors.add(
-            "token_service",
-            "is required (or `token_services`, a map of named ones)",
-        );
-    }
-    if let Some(raw) = single {
-        if named.contains_key(DEFAULT_TOKEN_SERVICE) {
-            errors.add(
-                format!("token_services.{DEFAULT_TOKEN_SERVICE}"),
-                "`token_service` already is the one named `default`",
-            );
-        }
-        let ts = validate_token_service(DEFAULT_TOKEN_SERVICE, raw, "token_service", errors);
-        out.push((DEFAULT_TOKEN_SERVICE.to_owned(), ts));
-    }
-    for (name, raw) in named {
-        let at = format!("token_services.{name}");
-        if !is_service_name(&name) {
-            errors.add(&at, "a name is 1 to 64 of A-Z a-z 0-9 _ . -");
-        }
-        if out.iter().any(|(n, _)| *n == name) {
-            continue;
-        }
-        let ts = validate_token_service(&name, raw, &at, errors);
-        out.push((name, ts));
-    }
-    TokenServices(out)
-}
-
-fn is_service_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-fn validate_token_service(name: &str, raw: RawTokenService, at: &str, errors: &mut Errors) -> Option<TokenService> {
-    let endpoint = match (&raw.token_endpoint, &raw.issuer) {
-        (Some(url), None) => http_url(url, &format!("{at}.token_endpoint"), errors).map(Endpoint::Token),
-        (None, Some(url)) => http_url(url, &format!("{at}.issuer"), errors).map(|issuer| Endpoint::Discover { issuer }),
-        (Some(_), Some(_)) => {
-            errors.add(at, "set `token_endpoint` or `issuer`, not both");
-            None
-        }
-        (None, None) => {
-            errors.add(at, "set `token_endpoint`, or `issuer` for discovery");
-            None
-        }
-    };
-    let client_id = raw.client_id.unwrap_or_default();
-    if client_id.is_empty() {
-        errors.add(format!("{at}.client_id"), "is required");
-    }
-    let auth = validate_auth(raw.auth, &format!("{at}.auth"), errors);
-    let ca_file = raw.ca_file.filter(|path| match crate::credentials::ca_bundle(path) {
-        Ok(_) => true,
-        Err(e) => {
-            errors.add(format!("{at}.ca_file"), e);
-            false
-        }
-    });
-    let timeout = duration(
-        raw.timeout.as_deref(),
-        &format!("{at}.timeout"),
-        Duration::from_secs(2),
-        errors,
-    );
-    if timeout.is_zero() {
-        errors.add(format!("{at}.timeout"), "must be more than 0");
-    }
-    let retries = raw.retries.unwrap_or(2);
-    if retries > 5 {
-        errors.add(format!("{at}.retries"), "at most 5: retries share the timeout");
-    }
-    let max_concurrent_exchanges = raw.max_concurrent_exchanges.unwrap_or(64);
-    if !(1..=10_000).contains(&max_concurrent_exchanges) {
-        errors.add(format!("{at}.max_concurrent_exchanges"), "must be between 1 and 10000");
-    }
-    let circuit_breaker = raw.circuit_breaker.validate(&format!("{at}.circuit_breaker"), errors);
-    let max_response_bytes = raw.max_response_bytes.unwrap_or(64 * 1024);
-    if !(1024..=1024 * 1024).contains(&max_response_bytes) {
-        errors.add(format!("{at}.max_response_bytes"), "must be between 1024 and 1048576");
-    }
-    Some(TokenService {
-        name: name.to_owned(),
-        endpoint: endpoint?,
-        client_id,
-        profile: raw.profile,
-        auth: auth?,
-        ca_file,
-        timeout,
-        retries,
-        max_response_bytes,
-        max_concurrent_exchanges,
-        circuit_breaker,
-    })
-}
-
-/// The largest client assertion file Baton reads (a service-account token is about 1 KiB).
-pub const MAX_ASSERTION_BYTES: u64 = 16 * 1024;
-
-fn validate_auth(raw: RawClientAuth, at: &str, errors: &mut Errors) -> Option<ClientAuth> {
-    let field = |name: &str| format!("{at}.{name}");
-    let secret = |errors: &mut Errors| -> Option<Secret> {
-        match (&raw.secret_file, &raw.secret_env) {
-            (Some(path), None) => read_secret_file(path, &field("secret_file"), errors),
-            (None, Some(name)) => match std::env::var(name) {
-                Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
-                _ => {
-                    errors.add(field("secret_env"), format!("`{name}` is not set or empty"));
-                    None
-                }
-            },
-            (Some(_), Some(_)) => {
-                errors.add(at, "set `secret_file` or `secret_env`, not both");
-                None
-            }
-            (None, None) => {
-                errors.add(at, "this method needs `secret_file` or `secret_env`");
-                None
-            }
-        }
-    };
-    match raw.method {
-        AuthMethod::None => Some(ClientAuth::None),
-        AuthMethod::ClientSecretBasic => secret(errors).map(ClientAuth::SecretBasic),
-        AuthMethod::ClientSecretPost => secret(errors).map(ClientAuth::SecretPost),
-        AuthMethod::PrivateKeyJwt => {
-            let Some(path) = &raw.key_file else {
-                errors.add(field("key_file"), "is required for private_key_jwt");
-                return None;
-            };
-            let key_pem = read_secret_file(path, &field("key_file"), errors)?;
-            if jsonwebtoken::EncodingKey::from_rsa_pem(key_pem.expose().as_bytes()).is_err()
-                && jsonwebtoken::EncodingKey::from_ec_pem(key_pem.expose().as_bytes()).is_err()
-            {
-                errors.add(field("key_file"), "is not a PEM RSA or EC private key");
-                return None;
-            }
-            Some(ClientAuth::PrivateKeyJwt {
-                key_pem,
-                key_id: raw.key_id,
-            })
-        }
-        AuthMethod::TlsClientAuth => {
-            let (Some(cert_file), Some(key_file)) = (&raw.cert_file, &raw.key_file) else {
-                errors.add(at, "tls_client_auth needs `cert_file` and `key_file`");
-                return None;
-            };
-            if let Err(e) = crate::credentials::client_identity(cert_file, key_file) {
-                errors.add(field("cert_file"), e);
-                return None;
-            }
-            Some(ClientAuth::TlsClientAuth {
-                cert_file: cert_file.clone(),
-                key_file: key_file.clone(),
-            })
-        }
-        AuthMethod::JwtBearerAssertionFile => {
-            let Some(path) = &raw.assertion_file else {
-                errors.add(field("assertion_file"), "is required for jwt_bearer_assertion_file");
-                return None;
-            };
-            if let Err(e) = crate::credentials::read_assertion(path) {
-                errors.add(field("assertion_file"), e);
-                return None;
-            }
-            Some(ClientAuth::JwtBearerAssertionFile(path.clone()))
-        }
-    }
-}
-
-fn validate_destinations(
-    raw: Vec<RawDestination>,
-    services: &TokenServices,
-    verified: bool,
+/// Each destination's token service is configured, and what it asks for that service can give
+/// (spans `destinations:` and the token services).
+fn check_token_services(
+    destinations: &[crate::destination::Settings],
+    services: &crate::token_service::Checked,
     has_actor: bool,
     errors: &mut Errors,
-) -> Vec<Destination> {
-    let mut names = HashSet::new();
-    let mut hosts = HashSet::new();
-    let mut out = Vec::with_capacity(raw.len());
-    for (i, d) in raw.into_iter().enumerate() {
+) {
+    for (i, d) in destinations.iter().enumerate() {
         let at = |field: &str| format!("destinations[{i}].{field}");
-        if d.name.is_empty() {
-            errors.add(at("name"), "is required");
-        } else if !names.insert(d.name.clone()) {
-            errors.add(at("name"), format!("`{}` is used by an earlier destination", d.name));
-        }
-        let mut lowered = Vec::with_capacity(d.hosts.len());
-        for (j, host) in d.hosts.iter().enumerate() {
-            // The same canonical form requests are matched in (lower-case, no trailing dot, one
-            // spelling of the port), so two spellings of one host cannot hide a conflict.
-            let host = match crate::canonical::host_pattern(host) {
-                Ok(pattern) => pattern.to_string(),
-                Err(why) => {
-                    errors.add(at(&format!("hosts[{j}]")), format!("`{host}` {why}"));
-                    continue;
-                }
-            };
-            if !hosts.insert(host.clone()) {
-                errors.add(
-                    at(&format!("hosts[{j}]")),
-                    format!("`{host}` is claimed by an earlier destination"),
-                );
-            }
-            lowered.push(host);
-        }
-        if d.audience.is_none() && d.resource.is_none() {
-            errors.add(at("audience"), "set `audience`, `resource`, or both");
-        }
-        if d.audience.as_deref() == Some("") {
-            errors.add(at("audience"), "must not be empty");
-        }
-        if let Some(resource) = &d.resource {
-            // RFC 8707: an absolute URI without a fragment.
-            match Url::parse(resource) {
-                Ok(url) if url.fragment().is_none() => {}
-                _ => errors.add(at("resource"), "must be an absolute URI without a fragment"),
-            }
-        }
-        for (j, scope) in d.scopes.iter().enumerate() {
-            if !is_scope_token(scope) {
-                errors.add(at(&format!("scopes[{j}]")), "is not a valid scope token (RFC 6749 3.3)");
-            }
-        }
-        for (j, scope) in d.broker_allowed_scopes.iter().flatten().enumerate() {
-            if !is_scope_token(scope) {
-                errors.add(
-                    at(&format!("broker_allowed_scopes[{j}]")),
-                    "is not a valid scope token (RFC 6749 3.3)",
-                );
-            }
-        }
-        if let Some(t) = &d.requested_token_type
-            && !t.starts_with("urn:")
-        {
-            errors.add(
-                at("requested_token_type"),
-                "must be a token type URN (urn:ietf:params:oauth:token-type:...)",
-            );
-        }
-        let policy = d.policy.compile(&at("policy"), verified, errors);
-        let token_service = d.token_service.unwrap_or_else(|| DEFAULT_TOKEN_SERVICE.to_owned());
-        match services.get(&token_service) {
-            None if !services.0.is_empty() => errors.add(
+        let token_service = &d.token_service;
+        match services.get(token_service) {
+            None if !services.is_empty() => errors.add(
                 at("token_service"),
                 format!(
                     "`{token_service}` is not a configured token service (there are: {})",
                     services.names()
                 ),
             ),
-            Some(Some(ts)) if ts.profile == Profile::EntraObo => {
+            Some(Some(ts)) if ts.profile == crate::token_service::Profile::EntraObo => {
                 if d.requested_token_type.is_some() {
                     errors.add(
-                        at("requested_token_type"),
-                        format!(
-                            "token service `{token_service}` uses the entra_obo profile, which has no requested_token_type"
-                        ),
-                    );
+                    at("requested_token_type"),
+                    format!(
+                        "token service `{token_service}` uses the entra_obo profile, which has no requested_token_type"
+                    ),
+                );
                 }
                 // Entra's on-behalf-of request has no actor token: say so rather than drop it.
-                if has_actor && d.actor == DestinationActor::Inherit {
+                if has_actor && d.actor == crate::destination::DestinationActor::Inherit {
                     errors.add(
-                        at("actor"),
-                        format!(
-                            "token service `{token_service}` uses the entra_obo profile, which cannot present an actor token: set `actor: none`"
-                        ),
-                    );
+                    at("actor"),
+                    format!(
+                        "token service `{token_service}` uses the entra_obo profile, which cannot present an actor token: set `actor: none`"
+                    ),
+                );
                 }
             }
             _ => {}
         }
-        out.push(Destination {
-            name: d.name,
-            hosts: lowered,
-            audience: d.audience,
-            resource: d.resource,
-            broker_allowed_scopes: d.broker_allowed_scopes.unwrap_or_else(|| d.scopes.clone()),
-            scopes: d.scopes,
-            requested_token_type: d.requested_token_type,
-            policy,
-            actor: d.actor,
-            token_service,
-        });
-    }
-    out
-}
-
-/// RFC 6749 3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
-pub fn is_scope_token(scope: &str) -> bool {
-    !scope.is_empty()
-        && scope
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-}
-
-fn read_secret_file(path: &std::path::Path, field: &str, errors: &mut Errors) -> Option<Secret> {
-    match read_text(path, MAX_SECRET_FILE_BYTES) {
-        Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
-        Ok(_) => {
-            errors.add(field, format!("{} is empty", path.display()));
-            None
-        }
-        Err(e) => {
-            errors.add(field, e);
-            None
-        }
-    }
-}
-
-/// `500ms`, `2s`, `1m`, `1h30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|_| format!("`{text}` is not a duration like 500ms, 2s or 1m"))
-}
-
-fn duration(text: Option<&str>, field: &str, default: Duration, errors: &mut Errors) -> Duration {
-    match text.map(parse_duration) {
-        None => default,
-        Some(Ok(d)) => d,
-        Some(Err(e)) => {
-            errors.add(field, e);
-            default
-        }
-    }
-}
-
-fn socket_addr(text: &str, field: &str, errors: &mut Errors) -> Option<SocketAddr> {
-    match text.parse() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
-            errors.add(field, format!("`{text}` is not an address like 127.0.0.1:9191"));
-            None
-        }
-    }
-}
-
-fn http_url(text: &str, field: &str, errors: &mut Errors) -> Option<Url> {
-    match Url::parse(text) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
-        _ => {
-            errors.add(field, format!("`{text}` is not an http(s) URL"));
-            None
-        }
-    }
-}
-
-// === Telemetry and audit (the YAML shape, the validated values, validation; used by src/telemetry) ===
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawTelemetry {
-    /// `service.name` of Baton's spans (default `baton`).
-    pub service_name: Option<String>,
-    /// OTLP trace export; absent = no tracing (the default).
-    pub tracing: Option<RawTracing>,
-    /// Envoy `dynamic_metadata` on every reply, for the access log; off by default, like the audit
-    /// log and traces (it costs every request, see BENCHMARKS.md).
-    pub dynamic_metadata: bool,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawTracing {
-    pub endpoint: Option<String>,
-    pub protocol: OtlpProtocol,
-    pub headers: Vec<RawHeader>,
-    pub sampler_ratio: Option<f64>,
-    pub timeout: Option<String>,
-    pub subject: SubjectMode,
-}
-
-/// A header sent with every export; a value that is a credential comes from a file or the environment.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawHeader {
-    pub name: String,
-    pub value: Option<String>,
-    pub value_file: Option<PathBuf>,
-    pub value_env: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OtlpProtocol {
-    /// OTLP/gRPC (port 4317 by convention).
-    #[default]
-    Grpc,
-    /// OTLP/HTTP with protobuf bodies (port 4318, path `/v1/traces`).
-    HttpProtobuf,
-}
-
-/// How the subject's `sub` is written: as it is, or as `sha256:<fingerprint>`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SubjectMode {
-    #[default]
-    Plain,
-    Hashed,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawAudit {
-    pub sink: AuditSinkKind,
-    pub path: Option<PathBuf>,
-    pub max_bytes: Option<u64>,
-    pub max_files: Option<u32>,
-    pub buffer: Option<usize>,
-    pub subject: SubjectMode,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuditSinkKind {
-    #[default]
-    Off,
-    Stdout,
-    File,
-}
-
-#[derive(Debug)]
-pub struct Telemetry {
-    pub service_name: String,
-    pub tracing: Option<Tracing>,
-    pub dynamic_metadata: bool,
-}
-
-#[derive(Debug)]
-pub struct Tracing {
-    pub endpoint: Url,
-    pub protocol: OtlpProtocol,
-    /// Lower-case names; values are secrets (an API key is common).
-    pub headers: Vec<(String, Secret)>,
-    /// For traces that do not arrive with a sampling decision (no sampled `traceparent`).
-    pub sampler_ratio: f64,
-    pub timeout: Duration,
-    pub subject: SubjectMode,
-}
-
-#[derive(Debug)]
-pub struct Audit {
-    pub sink: AuditSink,
-    /// Records queued for the writer; past this a record is dropped and counted, never waited for.
-    pub buffer: usize,
-    pub subject: SubjectMode,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AuditSink {
-    Off,
-    Stdout,
-    /// Rotated when the next line would pass `max_bytes`: `path` becomes `path.1`, and so on up to
-    /// `path.<max_files>`.
-    File {
-        path: PathBuf,
-        max_bytes: u64,
-        max_files: u32,
-    },
-}
-
-fn validate_telemetry(raw: RawTelemetry, errors: &mut Errors) -> Telemetry {
-    let service_name = raw.service_name.unwrap_or_else(|| "baton".to_owned());
-    if service_name.trim().is_empty() {
-        errors.add("telemetry.service_name", "must not be empty");
-    }
-    let tracing = raw.tracing.and_then(|t| {
-        let endpoint = match &t.endpoint {
-            Some(url) => http_url(url, "telemetry.tracing.endpoint", errors),
-            None => {
-                errors.add("telemetry.tracing.endpoint", "is required to export traces");
-                None
-            }
-        };
-        let mut headers = Vec::with_capacity(t.headers.len());
-        for (i, h) in t.headers.into_iter().enumerate() {
-            let at = |field: &str| format!("telemetry.tracing.headers[{i}].{field}");
-            let name = h.name.to_ascii_lowercase();
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                errors.add(at("name"), format!("`{}` is not a header name", h.name));
-            }
-            let value = match (h.value, &h.value_file, &h.value_env) {
-                (Some(v), None, None) => Some(Secret::new(v)),
-                (None, Some(path), None) => read_secret_file(path, &at("value_file"), errors),
-                (None, None, Some(var)) => match std::env::var(var) {
-                    Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
-                    _ => {
-                        errors.add(at("value_env"), format!("`{var}` is not set or empty"));
-                        None
-                    }
-                },
-                _ => {
-                    errors.add(at("value"), "set exactly one of `value`, `value_file`, `value_env`");
-                    None
-                }
-            };
-            if let Some(v) = value {
-                if v.expose().bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
-                    headers.push((name, v));
-                } else {
-                    errors.add(at("value"), "must be visible ASCII");
-                }
-            }
-        }
-        let sampler_ratio = t.sampler_ratio.unwrap_or(1.0);
-        if !(0.0..=1.0).contains(&sampler_ratio) {
-            errors.add("telemetry.tracing.sampler_ratio", "must be between 0 and 1");
-        }
-        let timeout = duration(
-            t.timeout.as_deref(),
-            "telemetry.tracing.timeout",
-            Duration::from_secs(5),
-            errors,
-        );
-        if timeout.is_zero() {
-            errors.add("telemetry.tracing.timeout", "must be more than 0");
-        }
-        Some(Tracing {
-            endpoint: endpoint?,
-            protocol: t.protocol,
-            headers,
-            sampler_ratio,
-            timeout,
-            subject: t.subject,
-        })
-    });
-    Telemetry {
-        service_name,
-        tracing,
-        dynamic_metadata: raw.dynamic_metadata,
-    }
-}
-
-fn validate_audit(raw: RawAudit, errors: &mut Errors) -> Audit {
-    let max_bytes = raw.max_bytes.unwrap_or(100 * 1024 * 1024);
-    let max_files = raw.max_files.unwrap_or(5);
-    let sink = match (raw.sink, raw.path) {
-        (AuditSinkKind::Off, _) => AuditSink::Off,
-        (AuditSinkKind::Stdout, None) => AuditSink::Stdout,
-        (AuditSinkKind::Stdout, Some(_)) => {
-            errors.add("audit.path", "is only for `sink: file`");
-            AuditSink::Stdout
-        }
-        (AuditSinkKind::File, None) => {
-            errors.add("audit.path", "is required for `sink: file`");
-            AuditSink::Off
-        }
-        (AuditSinkKind::File, Some(path)) => {
-            if path.as_os_str().is_empty() || path.file_name().is_none() {
-                errors.add("audit.path", "must be a file path");
-            }
-            AuditSink::File {
-                path,
-                max_bytes,
-                max_files,
-            }
-        }
-    };
-    if max_bytes < 4096 {
-        errors.add("audit.max_bytes", "must be at least 4096");
-    }
-    if !(1..=100).contains(&max_files) {
-        errors.add("audit.max_files", "must be between 1 and 100");
-    }
-    let buffer = raw.buffer.unwrap_or(8192);
-    if !(1..=1_000_000).contains(&buffer) {
-        errors.add("audit.buffer", "must be between 1 and 1000000");
-    }
-    Audit {
-        sink,
-        buffer,
-        subject: raw.subject,
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::callers::{BrokerCallers, CallerRule, Settings as Broker};
+    use crate::token_service::{ClientAuth, Profile};
+    use std::time::Duration;
 
-    fn secret_file() -> (tempfile_path::TempPath, String) {
+    pub(crate) fn secret_file() -> (tempfile_path::TempPath, String) {
         let path = tempfile_path::TempPath::new("secret", "s3cr3t-value\n");
         let p = path.0.display().to_string();
         (path, p)
     }
 
     /// A file removed when the test ends, without a crate for it.
-    mod tempfile_path {
-        pub(super) struct TempPath(pub(super) std::path::PathBuf);
+    pub(crate) mod tempfile_path {
+        pub(crate) struct TempPath(pub(crate) std::path::PathBuf);
         impl TempPath {
-            pub(super) fn new(name: &str, contents: &str) -> Self {
+            pub(crate) fn new(name: &str, contents: &str) -> Self {
                 let path = std::env::temp_dir().join(format!(
                     "baton-test-{}-{name}-{:?}",
                     std::process::id(),
@@ -1428,91 +242,8 @@ mod tests {
     }
 
     #[test]
-    fn the_documented_example_parses() {
-        let (_guard, secret) = secret_file();
-        let yaml = format!(
-            r#"
-listen:
-  grpc: 127.0.0.1:9191
-  grpc_uds: /var/run/baton/baton.sock
-  admin: 127.0.0.1:9901
-token_service:
-  token_endpoint: http://127.0.0.1:9400/token
-  client_id: sidecar
-  auth:
-    method: client_secret_basic
-    secret_file: {secret}
-  timeout: 2s
-cache:
-  max_entries: 100000
-  expiry_margin: 30s
-unknown_destination: strip
-missing_token: deny
-destinations:
-  - name: orders
-    hosts: ["orders.default.svc.cluster.local", "Orders", "orders:8080", "*.orders.example"]
-    audience: https://orders.example
-    resource: https://orders.example/api
-    scopes: [orders.read]
-    requested_token_type: urn:ietf:params:oauth:token-type:access_token
-"#
-        );
-        let config = Config::from_yaml(&yaml).expect("valid");
-        assert_eq!(config.listen.grpc, Some("127.0.0.1:9191".parse().expect("addr")));
-        let ts = &config.token_services[0];
-        assert_eq!((ts.name.as_str(), ts.profile), ("default", Profile::Rfc8693));
-        assert_eq!(ts.timeout, Duration::from_secs(2));
-        assert!(matches!(&ts.auth, ClientAuth::SecretBasic(s) if s.expose() == "s3cr3t-value"));
-        assert_eq!(config.destinations[0].token_service, "default");
-        assert_eq!(config.cache.expiry_margin, Duration::from_secs(30));
-        assert_eq!(config.destinations[0].hosts[1], "orders", "hosts are lower-cased");
-        assert_eq!(config.subject_token.max_bytes, 16 * 1024);
-        assert_eq!(config.unknown_destination, UnknownDestination::Strip);
-    }
-
-    #[test]
-    fn every_error_is_reported_at_once_with_its_path() {
-        let yaml = r#"
-listen:
-  grpc: not-an-address
-token_service:
-  token_endpoint: ftp://example
-  auth:
-    method: client_secret_post
-  timeout: fast
-cache:
-  max_entries: 0
-destinations:
-  - name: orders
-    hosts: ["orders", "*bad*"]
-  - name: orders
-    hosts: ["ORDERS"]
-    audience: a
-    scopes: ["two words"]
-"#;
-        let err = Config::from_yaml(yaml).expect_err("invalid");
-        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
-        for expected in [
-            "listen.grpc",
-            "token_service.token_endpoint",
-            "token_service.client_id",
-            "token_service.auth",
-            "token_service.timeout",
-            "cache.max_entries",
-            "destinations[0].hosts[1]",
-            "destinations[0].audience",
-            "destinations[1].name",
-            "destinations[1].hosts[0]",
-            "destinations[1].scopes[0]",
-        ] {
-            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
-        }
-    }
-
-    #[test]
     fn host_patterns_are_canonical_and_two_spellings_of_one_conflict() {
         let yaml = r#"
-listen: { grpc: 127.0.0.1:9191 }
 token_service: { token_endpoint: http://127.0.0.1:9/token, client_id: c, auth: { method: none } }
 destinations:
   - name: orders
@@ -1541,14 +272,6 @@ destinations:
         ))
         .expect("valid");
         assert_eq!(ok.destinations[0].hosts, ["orders.local:8443", "*.svc.local"]);
-    }
-
-    #[test]
-    fn unknown_fields_and_bad_enums_are_errors() {
-        let err = Config::from_yaml("token_servise: {}\n").expect_err("typo");
-        assert!(err.to_string().contains("token_servise"), "{err}");
-        let err = Config::from_yaml("unknown_destination: drop\n").expect_err("bad enum");
-        assert!(err.to_string().contains("drop"), "{err}");
     }
 
     #[test]
@@ -1588,8 +311,6 @@ destinations:
         let (_guard, secret) = secret_file();
         let yaml = format!(
             r#"
-listen:
-  grpc: 127.0.0.1:0
 token_service:
   token_endpoint: http://127.0.0.1:9400/token
   client_id: sidecar
@@ -1619,8 +340,6 @@ destinations:
 
         // Only `token_services:`: a destination must name one that exists, or `default` must exist.
         let yaml = r#"
-listen:
-  grpc: 127.0.0.1:0
 token_services:
   a: {token_endpoint: "http://a/token", client_id: x, auth: {method: none}}
   "bad name": {token_endpoint: "http://b/token", client_id: y, auth: {method: none}}
@@ -1698,8 +417,6 @@ destinations:
     #[test]
     fn each_token_service_has_its_own_circuit_breaker_settings() {
         let yaml = r#"
-listen:
-  grpc: 127.0.0.1:0
 token_service:
   token_endpoint: http://127.0.0.1:9400/token
   client_id: sidecar
@@ -1753,8 +470,6 @@ token_services:
     #[test]
     fn entra_obo_has_no_requested_token_type() {
         let yaml = r#"
-listen:
-  grpc: 127.0.0.1:0
 token_service:
   token_endpoint: http://entra/token
   client_id: app
@@ -1770,7 +485,7 @@ destinations:
         let (_guard, token) = secret_file();
         let yaml = |actor: &str| {
             format!(
-                "listen:\n  grpc: 127.0.0.1:0\nactor: {{token_file: {token}}}\ntoken_service: {{token_endpoint: 'http://entra/token', client_id: app, profile: entra_obo, auth: {{method: none}}}}\ndestinations:\n  - {{name: graph, hosts: [graph], audience: 'https://graph'{actor}}}\n"
+                "actor: {{token_file: {token}}}\ntoken_service: {{token_endpoint: 'http://entra/token', client_id: app, profile: entra_obo, auth: {{method: none}}}}\ndestinations:\n  - {{name: graph, hosts: [graph], audience: 'https://graph'{actor}}}\n"
             )
         };
         let err = Config::from_yaml(&yaml("")).expect_err("actor with entra_obo");
@@ -1797,9 +512,7 @@ destinations:
         let other_key_file = tempfile_path::TempPath::new("other-key.pem", &other_key.serialize_pem());
         let yaml = |key: &std::path::Path, ca: &std::path::Path| {
             format!(
-                "listen:
-  grpc: 127.0.0.1:0
-token_service:
+                "token_service:
   token_endpoint: https://as.example/token
   client_id: c
   ca_file: {}
@@ -1830,141 +543,11 @@ token_service:
         assert!(!err.to_string().contains("PRIVATE KEY"), "{err}");
     }
 
-    #[test]
-    fn admin_and_grpc_cannot_share_an_address() {
-        let yaml = "listen:\n  grpc: 127.0.0.1:9191\n  admin: 127.0.0.1:9191\n";
-        let err = Config::from_yaml(yaml).expect_err("same address");
-        assert!(err.0.iter().any(|e| e.path == "listen.admin"), "{err}");
-    }
-
-    /// The listener rules of issue 12: no default TCP listener, plain text only on loopback unless
-    /// the file says `insecure_plaintext`, a socket mode that never lets "others" in.
-    #[test]
-    fn listeners_are_opt_in_and_plain_text_stays_on_loopback() {
-        const TS: &str = "token_service: {token_endpoint: http://x/token, client_id: c, auth: {method: none}}\n";
-        let listen = |body: &str| Config::from_yaml(&format!("listen:\n{body}{TS}")).map(|c| c.listen);
-        let errors = |body: &str| {
-            let err = listen(body).expect_err(body);
-            err.0
-                .iter()
-                .map(|e| (e.path.clone(), e.message.clone()))
-                .collect::<Vec<_>>()
-        };
-
-        // Neither listener: an error that says what to add.
-        let err = Config::from_yaml(TS).expect_err("no listener");
-        assert!(
-            err.0
-                .iter()
-                .any(|e| e.path == "listen" && e.message.contains("grpc_uds:")),
-            "{err}"
-        );
-        assert!(errors("  admin: 127.0.0.1:9901\n").iter().any(|(p, _)| p == "listen"));
-
-        // A Unix socket alone: no TCP listener, mode 0660 by default.
-        let l = listen("  grpc_uds: /run/baton.sock\n").expect("uds");
-        assert_eq!((l.grpc, l.grpc_uds_mode, l.grpc_uds_group), (None, 0o660, None));
-        let l =
-            listen("  grpc_uds: /run/baton.sock\n  grpc_uds_mode: \"0600\"\n  grpc_uds_group: envoy\n").expect("uds");
-        assert_eq!(
-            (l.grpc_uds_mode, l.grpc_uds_group),
-            (0o600, Some(UdsGroup::Name("envoy".into())))
-        );
-        let l = listen("  grpc_uds: /run/baton.sock\n  grpc_uds_group: \"1337\"\n").expect("uds");
-        assert_eq!(l.grpc_uds_group, Some(UdsGroup::Id(1337)));
-        for bad in [
-            "\"0666\"",
-            "\"0661\"",
-            "\"0777\"",
-            "\"4660\"",
-            "\"rw\"",
-            "\"\"",
-            "\"0o1777\"",
-            "\"99\"",
-        ] {
-            let errs = errors(&format!("  grpc_uds: /s\n  grpc_uds_mode: {bad}\n"));
-            assert!(errs.iter().any(|(p, _)| p == "listen.grpc_uds_mode"), "{bad}: {errs:?}");
-        }
-        for bad in ["\"\"", "\"-x\"", "\"a:b\"", "\"a b\"", "\"99999999999\""] {
-            let errs = errors(&format!("  grpc_uds: /s\n  grpc_uds_group: {bad}\n"));
-            assert!(
-                errs.iter().any(|(p, _)| p == "listen.grpc_uds_group"),
-                "{bad}: {errs:?}"
-            );
-        }
-        assert!(
-            errors("  grpc: 127.0.0.1:1\n  grpc_uds_mode: \"0600\"\n")
-                .iter()
-                .any(|(p, _)| p == "listen.grpc_uds_mode")
-        );
-
-        // Plain text: loopback (127.0.0.0/8, ::1) only, unless insecure_plaintext.
-        for ok in ["127.0.0.1:9191", "127.1.2.3:9191", "\"[::1]:9191\""] {
-            listen(&format!("  grpc: {ok}\n")).expect(ok);
-        }
-        for bad in [
-            "0.0.0.0:9191",
-            "10.0.0.7:9191",
-            "\"[::]:9191\"",
-            "\"[::ffff:127.0.0.1]:9191\"",
-            "192.168.1.1:1",
-        ] {
-            let errs = errors(&format!("  grpc: {bad}\n"));
-            let (_, message) = errs.iter().find(|(p, _)| p == "listen.grpc").expect(bad);
-            assert!(
-                message.contains("grpc_tls") && message.contains("insecure_plaintext"),
-                "{message}"
-            );
-            listen(&format!("  grpc: {bad}\n  insecure_plaintext: true\n")).expect(bad);
-        }
-
-        // grpc_tls: every file, a non-empty allow-list of valid patterns, and a TCP listener.
-        let tls = "  grpc_tls:\n    cert_file: /c\n    key_file: /k\n    client_ca_file: /ca\n    allowed_callers: [\"spiffe://td/ns/a/sa/*\", envoy.example]\n";
-        let l = listen(&format!("  grpc: 0.0.0.0:9191\n{tls}")).expect("tls on any address");
-        assert_eq!(l.grpc_tls.expect("tls").allowed_callers.len(), 2);
-        assert!(errors(tls).iter().any(|(p, _)| p == "listen.grpc_tls"));
-        let errs = errors("  grpc: 0.0.0.0:1\n  grpc_tls: {allowed_callers: []}\n");
-        for field in ["cert_file", "key_file", "client_ca_file", "allowed_callers"] {
-            assert!(
-                errs.iter().any(|(p, _)| *p == format!("listen.grpc_tls.{field}")),
-                "{field}: {errs:?}"
-            );
-        }
-        let errs = errors(
-            "  grpc: 127.0.0.1:1\n  grpc_tls: {cert_file: /c, key_file: /k, client_ca_file: /ca, allowed_callers: [\"*\"]}\n",
-        );
-        assert!(
-            errs.iter().any(|(p, _)| p == "listen.grpc_tls.allowed_callers[0]"),
-            "{errs:?}"
-        );
-
-        // broker.callers: mtls needs the TLS listener.
-        let err = Config::from_yaml(&format!(
-            "listen:\n  grpc: 127.0.0.1:1\nbroker: {{callers: mtls}}\n{TS}"
-        ))
-        .expect_err("mtls");
-        assert!(err.0.iter().any(|e| e.path == "broker.callers"), "{err}");
-        let config = Config::from_yaml(&format!(
-            "listen:\n  grpc: 127.0.0.1:1\n{tls}broker: {{callers: mtls}}\n{TS}"
-        ))
-        .expect("mtls with grpc_tls");
-        assert_eq!(config.broker.map(|b| b.callers), Some(BrokerCallers::Mtls));
-    }
-
-    #[test]
-    fn durations_accept_the_usual_units() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("2 parsecs").is_err());
-    }
-
     // === broker: ===
 
     fn with_broker(secret: &str, broker: &str) -> String {
         format!(
             r#"
-listen: {{grpc: 127.0.0.1:9191}}
 token_service:
   token_endpoint: http://127.0.0.1:9400/token
   client_id: sidecar
@@ -2048,7 +631,7 @@ destinations:
         }
         // Without any verification, `authenticated` cannot authenticate anyone.
         let yaml = format!(
-            "listen: {{grpc: 127.0.0.1:9191}}\ntoken_service:\n  token_endpoint: http://x/token\n  client_id: c\n  auth: {{method: client_secret_basic, secret_file: {secret}}}\nbroker: {{ caller_client_ids: [job] }}\n"
+            "token_service:\n  token_endpoint: http://x/token\n  client_id: c\n  auth: {{method: client_secret_basic, secret_file: {secret}}}\nbroker: {{ caller_client_ids: [job] }}\n"
         );
         assert_eq!(broker_error_paths(&yaml), ["broker.callers"]);
     }

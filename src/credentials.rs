@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::MAX_ASSERTION_BYTES;
+use crate::files::read_bounded;
 use crate::secret::Secret;
 
 /// A value loaded from files, reloaded on use when one of them changed. A failed reload keeps the
@@ -133,6 +133,9 @@ impl<T: Clone + Send + 'static> Watched<T> {
 
 // === What the files hold ===
 
+/// The largest client assertion file Baton reads (a service-account token is about 1 KiB).
+const MAX_ASSERTION_BYTES: u64 = 16 * 1024;
+
 /// Read a client assertion: one JWS compact serialization (`header.payload.signature`), at most
 /// `MAX_ASSERTION_BYTES`. The error names the file, never its content.
 pub fn read_assertion(path: &Path) -> Result<Secret, String> {
@@ -170,7 +173,7 @@ pub fn client_identity(cert_file: &Path, key_file: &Path) -> Result<reqwest::Ide
                 "{} and {} do not make a TLS client identity: {}",
                 cert_file.display(),
                 key_file.display(),
-                crate::exchange::error_chain(&e)
+                crate::http::error_chain(&e)
             )
         })?;
     Ok(identity)
@@ -201,22 +204,7 @@ pub fn tls_client(
     }
     builder
         .build()
-        .map_err(|e| format!("cannot build the TLS client: {}", crate::exchange::error_chain(&e)))
-}
-
-/// A file's bytes, refused when larger than `max` (never read past it: `/dev/zero` is an error, not
-/// an endless read). The error names the file, never its content.
-pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if bytes.len() as u64 > max {
-        return Err(format!("{} is larger than {max} bytes", path.display()));
-    }
-    Ok(bytes)
+        .map_err(|e| format!("cannot build the TLS client: {}", crate::http::error_chain(&e)))
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use crate::exchange::{TokenService, read_bounded};
+use crate::exchange::TokenService;
+use crate::http::read_bounded;
 
 #[derive(Deserialize)]
 struct RawMetadata {

@@ -17,8 +17,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::canonical::{self, HostPattern};
-use crate::config::Config;
 use crate::ext_proc::DESTINATION_METADATA;
+use crate::file::Config;
 use crate::route::CONTEXT_KEY;
 
 /// The outbound listener's address when none is given.
@@ -148,6 +148,7 @@ impl Options {
 /// The longest a token exchange may take (retries share it), whichever token service it goes to.
 fn longest_exchange(config: &Config) -> Duration {
     config
+        .decision
         .token_services
         .iter()
         .map(|t| t.timeout)
@@ -206,7 +207,7 @@ pub fn bootstrap(config: &Config, options: &Options) -> Result<Value, String> {
 /// per destination the `typed_per_filter_config` to put on the routes that reach it.
 pub fn fragment(config: &Config, options: &Options) -> Result<Value, String> {
     let mut destinations = serde_json::Map::new();
-    for d in &config.destinations {
+    for d in &config.decision.destinations {
         destinations.insert(
             d.name.clone(),
             json!({ "typed_per_filter_config": naming(options.api, &d.name)? }),
@@ -380,7 +381,7 @@ fn duration(d: Duration) -> String {
 /// to it (see [`authority_regex`]); then an unnamed route for everything else in the virtual host.
 fn virtual_hosts(config: &Config, api: Api) -> Result<Vec<Value>, String> {
     let mut hosts: Vec<HostPatterns<'_>> = Vec::new();
-    for d in &config.destinations {
+    for d in &config.decision.destinations {
         for text in &d.hosts {
             let pattern = canonical::host_pattern(text).map_err(|e| format!("host pattern `{text}` {e}"))?;
             let domain = match pattern.wildcard {
@@ -795,6 +796,7 @@ destinations:
         let doc = bootstrap(&config, &options(Api::ExtAuthz)).expect("bootstrap");
         let routes = crate::route::Routes::new(
             config
+                .decision
                 .destinations
                 .iter()
                 .map(|d| (d.name.clone(), d.hosts.clone(), d.name.clone())),

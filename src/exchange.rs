@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -15,16 +15,14 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::breaker::{Breaker, Outcome};
-use crate::config::{ClientAuth, Endpoint, Profile, TokenService as TokenServiceConfig};
+use crate::clock::{unix_ms, unix_now};
 use crate::credentials::{self, Watched};
 use crate::extract::is_b64token;
+use crate::http::{BodyError, error_chain, http_client_builder, random_id, read_bounded};
+use crate::oauth::{CLIENT_ASSERTION_TYPE, GRANT_JWT_BEARER, GRANT_TOKEN_EXCHANGE};
 use crate::reason::{Denial, Reason};
 use crate::secret::Secret;
-
-pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-/// RFC 7523 section 2.1, the grant Entra ID's on-behalf-of flow uses.
-pub const GRANT_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
-const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+use crate::token_service::{ClientAuth, Endpoint, Profile, Settings as TokenServiceConfig};
 
 /// What is asked for one destination: everything the token service sees besides the tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +71,15 @@ pub enum ExchangeError {
     NotDiscovered,
     #[error("the circuit breaker is open: the token service failed too often lately")]
     CircuitOpen(Duration),
+}
+
+impl From<BodyError> for ExchangeError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge => Self::BadResponse("the answer is larger than max_response_bytes"),
+            BodyError::Read(why) => Self::Unreachable(why),
+        }
+    }
 }
 
 /// Signing Baton's own client assertion failed: a local problem, not the service's answer.
@@ -540,19 +547,6 @@ pub fn entra_obo_scope(target: &Target) -> String {
     format!("{}/.default", resource.trim_end_matches('/'))
 }
 
-/// An error with its causes ("error sending request: ... : invalid peer certificate"), so a TLS
-/// failure says why. For reqwest errors, never the form body.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// Every configured token service, by name.
 #[derive(Debug, Default)]
 pub struct TokenServices {
@@ -580,21 +574,6 @@ impl TokenServices {
     }
 }
 
-/// The HTTP client every token-service call uses: rustls, pooled, no redirects, bounded waits.
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    http_client_builder(timeout).build()
-}
-
-/// `http_client`'s settings, for a caller that adds TLS roots or a client certificate.
-pub fn http_client_builder(timeout: Duration) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
-}
-
 /// `Retry-After` in delta-seconds (RFC 9110 10.2.3); an HTTP-date is not honoured.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<u64> {
     headers
@@ -604,35 +583,6 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Read at most `max` bytes of body; a longer one is an error, not a truncation.
-pub async fn read_bounded(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, ExchangeError> {
-    if response.content_length().is_some_and(|n| n > max as u64) {
-        return Err(ExchangeError::BadResponse(
-            "the answer is larger than max_response_bytes",
-        ));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| ExchangeError::Unreachable(e.without_url().to_string()))?
-    {
-        if body.len() + chunk.len() > max {
-            return Err(ExchangeError::BadResponse(
-                "the answer is larger than max_response_bytes",
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 #[derive(Deserialize)]
@@ -725,10 +675,7 @@ fn client_assertion(
         Ok(key) => (key, Algorithm::ES256),
         Err(_) => (EncodingKey::from_rsa_pem(pem)?, Algorithm::RS256),
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = unix_now();
     let claims = serde_json::json!({
         "iss": client_id,
         "sub": client_id,
@@ -740,12 +687,6 @@ fn client_assertion(
     let mut header = Header::new(alg);
     header.kid = key_id.map(str::to_owned);
     jsonwebtoken::encode(&header, &claims, &key)
-}
-
-/// 128 random bits, base64url.
-pub fn random_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// 25 ms, 50 ms, 100 ms, ... each scaled by a random factor in [0.5, 1.0).
@@ -874,7 +815,7 @@ mod tests {
             resource: resource.map(str::to_owned),
             scope: scope.map(str::to_owned),
             requested_token_type: None,
-            subject_token_type: crate::config::TOKEN_TYPE_ACCESS_TOKEN,
+            subject_token_type: crate::oauth::TOKEN_TYPE_ACCESS_TOKEN,
             actor: None,
         };
         assert_eq!(
@@ -917,15 +858,19 @@ mod tests {
     }
 
     /// A token service at `127.0.0.1:port` without client authentication or retries, plus `extra`.
-    fn local_config(port: u16, extra: &str) -> crate::config::Config {
-        crate::config::Config::from_yaml(&format!(
-            "listen:\n  grpc: 127.0.0.1:0\ntoken_service:\n  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n{extra}"
+    fn local_config(port: u16, extra: &str) -> TokenServiceConfig {
+        let raw = crate::files::parse_yaml(&format!(
+            "  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n{extra}"
         ))
-        .expect("config")
+        .expect("yaml");
+        let mut errors = crate::settings::Errors::default();
+        let checked = crate::token_service::validate(Some(raw), Default::default(), &mut errors);
+        assert!(errors.0.is_empty(), "{errors:?}");
+        checked.valid().and_then(|s| s.into_iter().next()).expect("config")
     }
 
     fn local_service(port: u16, extra: &str) -> TokenService {
-        TokenService::new(&local_config(port, extra).token_services[0]).expect("service")
+        TokenService::new(&local_config(port, extra)).expect("service")
     }
 
     /// A token endpoint on loopback that counts the connections it accepts and answers each with
@@ -957,7 +902,7 @@ mod tests {
             resource: None,
             scope: None,
             requested_token_type: None,
-            subject_token_type: crate::config::TOKEN_TYPE_ACCESS_TOKEN,
+            subject_token_type: crate::oauth::TOKEN_TYPE_ACCESS_TOKEN,
             actor: None,
         }
     }
@@ -995,7 +940,7 @@ mod tests {
     async fn an_open_breaker_stops_calling_the_service() {
         let (port, accepted, server) = counting_endpoint(None).await;
         let config = local_config(port, "  circuit_breaker:\n    min_requests: 3\n    open_for: 1m\n");
-        let service = TokenService::new(&config.token_services[0]).expect("service");
+        let service = TokenService::new(&config).expect("service");
         let target = audience_a();
         for _ in 0..3 {
             let e = service.exchange("user", &target).await.expect_err("dropped");
@@ -1016,15 +961,12 @@ mod tests {
 
         // A reload that leaves the service as it was keeps its breaker open; one that changes the
         // breaker's settings starts afresh.
-        let mut reloaded = TokenService::new(&config.token_services[0]).expect("service");
+        let mut reloaded = TokenService::new(&config).expect("service");
         reloaded.succeed(&service);
         let e = reloaded.exchange("user", &target).await.expect_err("still open");
         assert!(matches!(e, ExchangeError::CircuitOpen(_)), "{e}");
-        let changed = crate::config::Config::from_yaml(&format!(
-            "listen:\n  grpc: 127.0.0.1:0\ntoken_service:\n  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n  circuit_breaker:\n    min_requests: 4\n"
-        ))
-        .expect("config");
-        let mut reloaded = TokenService::new(&changed.token_services[0]).expect("service");
+        let changed = local_config(port, "  circuit_breaker:\n    min_requests: 4\n");
+        let mut reloaded = TokenService::new(&changed).expect("service");
         reloaded.succeed(&service);
         let e = reloaded.exchange("user", &target).await.expect_err("dropped");
         assert!(matches!(e, ExchangeError::Unreachable(_)), "{e}");

@@ -232,14 +232,14 @@ mod tests {
     use tonic::transport::Channel;
 
     use super::*;
-    use crate::config::Config;
+    use crate::file::Config;
 
     /// Baton's ext_proc service on a loopback port, with a token service nobody listens on: these
     /// tests never reach an exchange.
     async fn client() -> ExternalProcessorClient<Channel> {
         let yaml = "listen:\n  grpc: 127.0.0.1:0\ntoken_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth: { method: none }\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: https://orders.example\n";
         let config = Config::from_yaml(yaml).expect("config");
-        let authz = crate::app::build(config).expect("build");
+        let authz = crate::app::build(config.decision).expect("build");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let incoming = tonic::transport::server::TcpIncoming::from(listener);

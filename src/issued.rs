@@ -10,10 +10,10 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use crate::actor::Actor;
-use crate::config::Profile;
 use crate::exchange::Issued;
 use crate::jwt::{JwtError, Unverified};
 use crate::reason::{Denial, Reason};
+use crate::token_service::Profile;
 
 /// What Baton asked the token service for, to hold the answer against.
 #[derive(Clone, Copy, Debug)]

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::canonical::{self, path_only};
-use crate::config::{Errors, parse_duration};
 use crate::reason::{Denial, Reason};
+use crate::settings::{Errors, optional_duration};
 
 // === The YAML shape ===
 
@@ -92,16 +92,11 @@ impl RawPolicy {
                 "require_claims and scopes_from_subject read the subject token's claims: configure trusted_issuers so they are verified",
             );
         }
-        let max_token_lifetime = self
-            .max_token_lifetime
-            .as_deref()
-            .and_then(|t| match parse_duration(t) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    errors.add(format!("{at}.max_token_lifetime"), e);
-                    None
-                }
-            });
+        let max_token_lifetime = optional_duration(
+            self.max_token_lifetime.as_deref(),
+            &format!("{at}.max_token_lifetime"),
+            errors,
+        );
         let methods: Vec<String> = self.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
         if let Some(bad) = methods
             .iter()

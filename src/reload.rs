@@ -11,8 +11,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::authz::Authz;
-use crate::config::Config;
 use crate::credentials::Stamp;
+use crate::file::Config;
 use crate::telemetry::metrics::OutcomeLabels;
 
 /// The running decision core, replaced whole on reload.
@@ -20,7 +20,7 @@ pub type Current = Arc<ArcSwap<Authz>>;
 
 /// Watch `path` (every `interval`, and on SIGHUP) and swap a rebuilt core into `current` on each
 /// valid change. Runs until the process ends.
-pub async fn watch(path: PathBuf, listen: crate::config::Listen, current: Current, interval: Option<Duration>) {
+pub async fn watch(path: PathBuf, listen: crate::listen::Settings, current: Current, interval: Option<Duration>) {
     let mut seen = Stamp::of_path(&path);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -51,13 +51,13 @@ pub async fn watch(path: PathBuf, listen: crate::config::Listen, current: Curren
 /// Read, validate, build and swap. The exchanged-token cache carries over when its size is
 /// unchanged: its keys cover every exchange parameter, so a destination whose parameters changed
 /// never reuses a token obtained under the old ones.
-fn reload(path: &Path, listen: &crate::config::Listen, current: &Current) -> Result<(), String> {
+fn reload(path: &Path, listen: &crate::listen::Settings, current: &Current) -> Result<(), String> {
     let config = Config::from_file(path).map_err(|e| e.to_string().trim_end().replace('\n', "; "))?;
     if config.listen != *listen {
         tracing::warn!("the `listen` section changed: it takes effect only after a restart");
     }
     let old = current.load_full();
-    let fresh = crate::app::build_with(config, Some(&old))?;
+    let fresh = crate::app::build_with(config.decision, Some(&old))?;
     current.store(fresh);
     Ok(())
 }

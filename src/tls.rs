@@ -29,8 +29,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 
-use crate::config::Errors;
-use crate::credentials::{Watched, read_bounded};
+use crate::credentials::Watched;
+use crate::files::read_bounded;
+use crate::settings::Errors;
 
 /// The largest certificate chain, key or CA bundle file read.
 const MAX_PEM_BYTES: u64 = 1024 * 1024;

@@ -3,7 +3,8 @@
 //! allowed asymmetric algorithm, `exp`/`nbf` with leeway, and an accepted audience. A verified
 //! token's claims are cached by token digest until its `exp`, so a hit does not pay the signature
 //! check again. It never accepts `alg: none` or an HMAC algorithm, and keeps serving the last good
-//! keys when an issuer's JWKS is unreachable.
+//! keys when an issuer's JWKS is unreachable. The sections that say how (`trusted_issuers:`,
+//! `opaque_tokens:`, `introspection:`, `subject_token:`) are validated here too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,10 +17,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::cache::{Expiring, Key, at_unix, unix_now};
-use crate::config::{Errors, parse_duration};
-use crate::exchange::read_bounded;
+use crate::cache::{Expiring, Key, at_unix};
+use crate::clock::unix_now;
+use crate::http::read_bounded;
+use crate::oauth::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 use crate::reason::{Denial, Reason};
+use crate::settings::{Errors, duration, http_url};
 use crate::telemetry::metrics::OutcomeLabels;
 
 /// The counter of JWKS fetches, from `telemetry::Metrics::jwks_refreshes`.
@@ -79,33 +82,50 @@ pub struct IntrospectionConfig {
 
 impl RawIntrospection {
     pub fn validate(self, errors: &mut Errors) -> Option<IntrospectionConfig> {
-        let endpoint = match Url::parse(&self.endpoint) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
-            _ => {
-                errors.add(
-                    "introspection.endpoint",
-                    format!("`{}` is not an http(s) URL", self.endpoint),
-                );
-                None
-            }
-        };
-        let cache_ttl = match self.cache_ttl.as_deref().map(parse_duration) {
-            None => Duration::from_secs(30),
-            Some(Ok(d)) => d,
-            Some(Err(e)) => {
-                errors.add("introspection.cache_ttl", e);
-                Duration::from_secs(30)
-            }
-        };
+        let endpoint = http_url(&self.endpoint, "introspection.endpoint", errors);
+        let cache_ttl = duration(
+            self.cache_ttl.as_deref(),
+            "introspection.cache_ttl",
+            Duration::from_secs(30),
+            errors,
+        );
         let token_service = self
             .token_service
-            .unwrap_or_else(|| crate::config::DEFAULT_TOKEN_SERVICE.to_owned());
+            .unwrap_or_else(|| crate::token_service::DEFAULT_TOKEN_SERVICE.to_owned());
         Some(IntrospectionConfig {
             endpoint: endpoint?,
             token_service,
             cache_ttl,
         })
     }
+}
+
+/// The `introspection:` section, which `opaque_tokens: introspect` needs and no other mode uses.
+pub(crate) fn introspection(
+    opaque_tokens: OpaqueTokens,
+    raw: Option<RawIntrospection>,
+    errors: &mut Errors,
+) -> Option<IntrospectionConfig> {
+    match (opaque_tokens, raw) {
+        (OpaqueTokens::Introspect, Some(raw)) => raw.validate(errors),
+        (OpaqueTokens::Introspect, None) => {
+            errors.add("introspection", "is required with `opaque_tokens: introspect`");
+            None
+        }
+        (_, Some(_)) => {
+            errors.add("introspection", "is used only with `opaque_tokens: introspect`");
+            None
+        }
+        (_, None) => None,
+    }
+}
+
+/// Every audience a trusted issuer's tokens may carry.
+pub(crate) fn audiences(issuers: &[IssuerConfig]) -> Vec<&str> {
+    issuers
+        .iter()
+        .flat_map(|i| i.audiences.iter().map(String::as_str))
+        .collect()
 }
 
 /// RFC 7662 introspection, ready to use.
@@ -204,7 +224,7 @@ impl RawIssuer {
             errors.add(format!("{at}.issuer"), "is required");
             ok = false;
         }
-        let jwks_uri = match self.jwks_uri.as_deref().map(Url::parse) {
+        let jwks_uri = match self.jwks_uri.as_deref() {
             None => {
                 if Url::parse(&self.issuer).is_err() {
                     errors.add(
@@ -215,11 +235,10 @@ impl RawIssuer {
                 }
                 None
             }
-            Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => Some(url),
-            Some(_) => {
-                errors.add(format!("{at}.jwks_uri"), "is not an http(s) URL");
-                ok = false;
-                None
+            Some(text) => {
+                let url = http_url(text, &format!("{at}.jwks_uri"), errors);
+                ok &= url.is_some();
+                url
             }
         };
         if self.audiences.is_empty() {
@@ -252,19 +271,14 @@ impl RawIssuer {
         if algorithms.is_empty() {
             algorithms = ASYMMETRIC.to_vec();
         }
-        let mut duration =
-            |text: &Option<String>, field: &str, default: Duration| match text.as_deref().map(parse_duration) {
-                None => default,
-                Some(Ok(d)) => d,
-                Some(Err(e)) => {
-                    errors.add(format!("{at}.{field}"), e);
-                    ok = false;
-                    default
-                }
-            };
-        let leeway = duration(&self.leeway, "leeway", Duration::from_secs(30));
-        let refresh = duration(&self.jwks_refresh, "jwks_refresh", Duration::from_secs(300));
-        let min_refetch = duration(&self.jwks_min_refetch, "jwks_min_refetch", Duration::from_secs(10));
+        let before = errors.0.len();
+        let mut span = |text: &Option<String>, field: &str, default: Duration| {
+            duration(text.as_deref(), &format!("{at}.{field}"), default, errors)
+        };
+        let leeway = span(&self.leeway, "leeway", Duration::from_secs(30));
+        let refresh = span(&self.jwks_refresh, "jwks_refresh", Duration::from_secs(300));
+        let min_refetch = span(&self.jwks_min_refetch, "jwks_min_refetch", Duration::from_secs(10));
+        ok &= errors.0.len() == before;
         // Each paces fetches from the issuer: zero would fetch in a loop (refresh) or once per
         // token with an unknown kid (a flood of them would become one on the issuer).
         for (value, field) in [(refresh, "jwks_refresh"), (min_refetch, "jwks_min_refetch")] {
@@ -358,7 +372,7 @@ impl Verifier {
         if issuers.is_empty() && introspection.is_none() {
             return Ok(None);
         }
-        let http = crate::exchange::http_client(Duration::from_secs(5)).map_err(|e| format!("JWKS client: {e}"))?;
+        let http = crate::http::http_client(Duration::from_secs(5)).map_err(|e| format!("JWKS client: {e}"))?;
         let issuers = issuers
             .into_iter()
             .map(|config| {
@@ -694,17 +708,60 @@ fn decode(token: &str, key: &DecodingKey, alg: Algorithm, config: &IssuerConfig)
     }
 }
 
+// === The `subject_token:` section ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSubjectToken {
+    pub max_bytes: Option<usize>,
+    /// `access_token` (default) or `jwt`: the `subject_token_type` sent to the token service.
+    pub token_type: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct SubjectToken {
+    pub max_bytes: usize,
+    pub token_type: &'static str,
+}
+
+impl RawSubjectToken {
+    /// The `subject_token:` section, its problems added to `errors`.
+    pub(crate) fn validate(self, errors: &mut Errors) -> SubjectToken {
+        let subject_token = SubjectToken {
+            max_bytes: self.max_bytes.unwrap_or(16 * 1024),
+            token_type: match self.token_type.as_deref() {
+                None | Some("access_token") | Some(TOKEN_TYPE_ACCESS_TOKEN) => TOKEN_TYPE_ACCESS_TOKEN,
+                Some("jwt") | Some(TOKEN_TYPE_JWT) => TOKEN_TYPE_JWT,
+                Some(other) => {
+                    errors.add(
+                        "subject_token.token_type",
+                        format!("`{other}` is not `access_token` or `jwt`"),
+                    );
+                    TOKEN_TYPE_ACCESS_TOKEN
+                }
+            },
+        };
+        if subject_token.max_bytes == 0 {
+            errors.add("subject_token.max_bytes", "must be at least 1");
+        }
+        subject_token
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     #[test]
     fn jwks_fetches_are_paced_by_at_least_a_second() {
-        let yaml =
-            "trusted_issuers:\n  - issuer: https://idp.example\n    jwks_refresh: 0s\n    jwks_min_refetch: 500ms\n";
-        let err = Config::from_yaml(yaml).expect_err("unpaced JWKS fetches");
-        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        let yaml = "issuer: https://idp.example\njwks_refresh: 0s\njwks_min_refetch: 500ms\n";
+        let raw: RawIssuer = crate::files::parse_yaml(yaml).expect("yaml");
+        let mut errors = Errors::default();
+        assert!(
+            raw.validate("trusted_issuers[0]", &mut errors).is_none(),
+            "unpaced JWKS fetches"
+        );
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
         for expected in ["trusted_issuers[0].jwks_refresh", "trusted_issuers[0].jwks_min_refetch"] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
         }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use baton::authz::Authz;
-use baton::config::Config;
+use baton::file::Config;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
@@ -170,7 +170,7 @@ pub fn in_process_authz(scratch: &Scratch, token_endpoint: &str, extra: &str) ->
         "listen:\n  grpc: 127.0.0.1:0\ntoken_service:\n{token_service}\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n    scopes: [orders.read]\n{extra}"
     );
     let config = Config::from_yaml(&yaml).expect("config");
-    baton::app::build(config).expect("build")
+    baton::app::build(config.decision).expect("build")
 }
 
 /// A CheckRequest as Envoy sends it: six headers, the user's token among them.

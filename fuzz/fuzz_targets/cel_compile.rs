@@ -5,10 +5,10 @@
 
 use std::collections::HashMap;
 
-use baton::config::Errors;
 use baton::extract::Headers;
 use baton::policy::{Facts, RawPolicy};
 use baton::reason::Reason;
+use baton::settings::Errors;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
 

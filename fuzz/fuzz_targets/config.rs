@@ -1,9 +1,11 @@
-//! Configuration parsing: YAML text into `RawConfig` (`config::parse_yaml`), then `validate`, which
+//! Configuration parsing: YAML text into `RawConfig` (`files::parse_yaml`), then `validate`, which
 //! also compiles every policy and its CEL expression. Never a panic; a refused file names at least
 //! one problem, each with the path of its field.
 #![no_main]
 
-use baton::config::{Config, RawConfig, parse_yaml};
+use baton::config::Config;
+use baton::file::RawConfig;
+use baton::files::parse_yaml;
 use baton::sts::RawStsConfig;
 use libfuzzer_sys::fuzz_target;
 
@@ -13,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     };
     match parse_yaml::<RawConfig>(text) {
         Ok(raw) => match raw.validate() {
-            Ok(config) => check(&config),
+            Ok(config) => check(&config.decision),
             Err(errors) => {
                 assert!(!errors.0.is_empty(), "refused without a reason");
                 for e in &errors.0 {
@@ -44,7 +46,7 @@ fn check(config: &Config) {
             d.name
         );
         for scope in &d.scopes {
-            assert!(baton::config::is_scope_token(scope), "{scope:?}");
+            assert!(baton::settings::is_scope_token(scope), "{scope:?}");
         }
     }
 }

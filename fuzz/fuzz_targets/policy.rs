@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use baton::canonical;
-use baton::config::{Errors, parse_yaml};
 use baton::extract::Headers;
+use baton::files::parse_yaml;
 use baton::policy::{Facts, Policy, RawPolicy};
 use baton::reason::Reason;
+use baton::settings::Errors;
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use serde_json::{Map, Value};

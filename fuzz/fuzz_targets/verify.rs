@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use baton::cache::{digest, unix_now};
+use baton::cache::digest;
+use baton::clock::unix_now;
 use baton::reason::{Class, Reason};
 use baton::sts::{SigningKey, StsConfig, serve};
 use baton::verify::{IssuerConfig, OpaqueTokens, Verified, Verifier};

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use baton::config::Config;
+use baton::file::Config;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -26,6 +26,7 @@ impl Args {
         match checked {
             Ok(config) => {
                 let services: Vec<String> = config
+                    .decision
                     .token_services
                     .iter()
                     .map(|ts| {
@@ -45,8 +46,12 @@ impl Args {
                 crate::print(&format!(
                     "{}: ok ({} destination{}, token service{} {})\n",
                     file.display(),
-                    config.destinations.len(),
-                    if config.destinations.len() == 1 { "" } else { "s" },
+                    config.decision.destinations.len(),
+                    if config.decision.destinations.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    },
                     if services.len() == 1 { "" } else { "s" },
                     services.join(", ")
                 ));

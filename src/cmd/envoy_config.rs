@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use baton::config::Config;
 use baton::envoy_config;
+use baton::file::Config;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use baton::config::Config;
+use baton::file::Config;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {

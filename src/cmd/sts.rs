@@ -72,9 +72,9 @@ impl Mint {
 async fn serve(config: Option<PathBuf>, listen: Option<String>) -> ExitCode {
     let mut raw: RawStsConfig = match &config {
         // Read with the configuration file's size bound, like Baton's own.
-        Some(path) => match baton::config::read_file(path)
+        Some(path) => match baton::files::read_file(path)
             .map_err(|e| e.to_string())
-            .and_then(|text| baton::config::parse_yaml(&text).map_err(|e| e.to_string()))
+            .and_then(|text| baton::files::parse_yaml(&text).map_err(|e| e.to_string()))
         {
             Ok(raw) => raw,
             Err(e) => return crate::fail(format!("{}: {e}", path.display())),

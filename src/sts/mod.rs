@@ -22,10 +22,11 @@ use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::cache::unix_now;
-use crate::config::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, parse_duration};
-use crate::exchange::{GRANT_TOKEN_EXCHANGE, random_id};
+use crate::clock::unix_now;
+use crate::http::random_id;
+use crate::oauth::{GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 use crate::secret::Secret;
+use crate::settings::parse_duration;
 pub use keys::SigningKey;
 
 const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";

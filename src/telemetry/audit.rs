@@ -15,9 +15,9 @@ use opentelemetry::trace::TraceId;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
+use super::settings::{Audit as AuditConfig, AuditSink, SubjectMode};
 use crate::authz::Route;
 use crate::cache::{CacheStatus, Delegated};
-use crate::config::{Audit as AuditConfig, AuditSink, SubjectMode};
 use crate::reason::Reason;
 use crate::secret::fingerprint;
 

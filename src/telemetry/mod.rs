@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod envoy;
 pub mod metrics;
+pub mod settings;
 pub mod trace;
 
 use std::future::Future;
@@ -21,9 +22,10 @@ use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tr
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use prometheus_client::registry::Registry;
 
+use self::settings::SubjectMode;
 use crate::authz::{Allow, Authz, Route};
 use crate::cache::Delegated;
-use crate::config::{Config, SubjectMode};
+use crate::config::Config;
 use crate::exchange::{ExchangeError, Issued};
 use crate::extract::{Headers, Outbound};
 use crate::reason::{Class, Denial};
@@ -462,17 +464,17 @@ fn delegated_attributes(d: &Delegated, subject: SubjectMode) -> Vec<KeyValue> {
 
 #[cfg(test)]
 mod tests {
+    use super::settings::{AuditSink, OtlpProtocol};
     use super::*;
     use crate::cache::{CacheStatus, Lifetimes};
-    use crate::config::{AuditSink, OtlpProtocol};
     use crate::exchange::{TokenService, TokenServices};
     use crate::jwt::DelegationClaims;
     use crate::reason::Reason;
     use crate::secret::Secret;
 
-    const BASE: &str = "listen:\n  grpc: 127.0.0.1:0\ntoken_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth:\n    method: none\ndestinations:\n  - name: orders\n    hosts: [orders]\n    audience: https://orders.example\n    scopes: [orders.read, orders.list]\n";
+    const BASE: &str = "token_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth:\n    method: none\ndestinations:\n  - name: orders\n    hosts: [orders]\n    audience: https://orders.example\n    scopes: [orders.read, orders.list]\n";
 
-    fn config(extra: &str) -> Result<Config, crate::config::ConfigError> {
+    fn config(extra: &str) -> Result<Config, crate::settings::ConfigError> {
         Config::from_yaml(&format!("{BASE}{extra}"))
     }
 

@@ -9,7 +9,7 @@ use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicCo
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 
-use crate::config::{OtlpProtocol, SubjectMode, Telemetry as TelemetryConfig};
+use super::settings::{OtlpProtocol, SubjectMode, Telemetry as TelemetryConfig};
 use crate::extract::Headers;
 
 /// A running exporter and the tracer that feeds it.

@@ -1,0 +1,142 @@
+//! A destination: the `destinations:` section (the hosts it answers for, what is asked for it, its
+//! policy, its token service, whether the workload's actor token goes along), validated into
+//! `Settings`. Host patterns are checked in the canonical form requests are matched in, so two
+//! spellings of one host cannot hide a conflict. Whether a named token service exists is checked
+//! by `config`, which sees both sections.
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::settings::{Errors, is_scope_token};
+use crate::token_service::DEFAULT_TOKEN_SERVICE;
+
+/// `destinations[].actor`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationActor {
+    /// Present the workload's actor token when `actor:` is configured.
+    #[default]
+    Inherit,
+    /// Never present an actor token to this destination's exchanges.
+    None,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Raw {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+    pub scopes: Vec<String>,
+    /// The scopes a broker caller may ask for at this destination (default: `scopes`). A broker
+    /// call asking for any other scope is refused (`scope_not_allowed`).
+    pub broker_allowed_scopes: Option<Vec<String>>,
+    pub requested_token_type: Option<String>,
+    pub policy: crate::policy::RawPolicy,
+    pub actor: DestinationActor,
+    /// The name of the token service this destination's tokens come from (default `default`).
+    pub token_service: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Settings {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+    pub scopes: Vec<String>,
+    /// What a broker call may ask for instead of `scopes` (a subset of it, never more).
+    pub broker_allowed_scopes: Vec<String>,
+    pub requested_token_type: Option<String>,
+    pub policy: crate::policy::Policy,
+    pub actor: DestinationActor,
+    /// The name of one of `Config::token_services`.
+    pub token_service: String,
+}
+
+/// Every destination, its problems added to `errors`; `verified`: the subject token's claims are
+/// verified (trusted issuers or introspection), so a policy may read them.
+pub(crate) fn validate(raw: Vec<Raw>, verified: bool, errors: &mut Errors) -> Vec<Settings> {
+    let mut names = HashSet::new();
+    let mut hosts = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, d) in raw.into_iter().enumerate() {
+        let at = |field: &str| format!("destinations[{i}].{field}");
+        if d.name.is_empty() {
+            errors.add(at("name"), "is required");
+        } else if !names.insert(d.name.clone()) {
+            errors.add(at("name"), format!("`{}` is used by an earlier destination", d.name));
+        }
+        let mut lowered = Vec::with_capacity(d.hosts.len());
+        for (j, host) in d.hosts.iter().enumerate() {
+            // The same canonical form requests are matched in (lower-case, no trailing dot, one
+            // spelling of the port), so two spellings of one host cannot hide a conflict.
+            let host = match crate::canonical::host_pattern(host) {
+                Ok(pattern) => pattern.to_string(),
+                Err(why) => {
+                    errors.add(at(&format!("hosts[{j}]")), format!("`{host}` {why}"));
+                    continue;
+                }
+            };
+            if !hosts.insert(host.clone()) {
+                errors.add(
+                    at(&format!("hosts[{j}]")),
+                    format!("`{host}` is claimed by an earlier destination"),
+                );
+            }
+            lowered.push(host);
+        }
+        if d.audience.is_none() && d.resource.is_none() {
+            errors.add(at("audience"), "set `audience`, `resource`, or both");
+        }
+        if d.audience.as_deref() == Some("") {
+            errors.add(at("audience"), "must not be empty");
+        }
+        if let Some(resource) = &d.resource {
+            // RFC 8707: an absolute URI without a fragment.
+            match Url::parse(resource) {
+                Ok(url) if url.fragment().is_none() => {}
+                _ => errors.add(at("resource"), "must be an absolute URI without a fragment"),
+            }
+        }
+        for (j, scope) in d.scopes.iter().enumerate() {
+            if !is_scope_token(scope) {
+                errors.add(at(&format!("scopes[{j}]")), "is not a valid scope token (RFC 6749 3.3)");
+            }
+        }
+        for (j, scope) in d.broker_allowed_scopes.iter().flatten().enumerate() {
+            if !is_scope_token(scope) {
+                errors.add(
+                    at(&format!("broker_allowed_scopes[{j}]")),
+                    "is not a valid scope token (RFC 6749 3.3)",
+                );
+            }
+        }
+        if let Some(t) = &d.requested_token_type
+            && !t.starts_with("urn:")
+        {
+            errors.add(
+                at("requested_token_type"),
+                "must be a token type URN (urn:ietf:params:oauth:token-type:...)",
+            );
+        }
+        let policy = d.policy.compile(&at("policy"), verified, errors);
+        let token_service = d.token_service.unwrap_or_else(|| DEFAULT_TOKEN_SERVICE.to_owned());
+        out.push(Settings {
+            name: d.name,
+            hosts: lowered,
+            audience: d.audience,
+            resource: d.resource,
+            broker_allowed_scopes: d.broker_allowed_scopes.unwrap_or_else(|| d.scopes.clone()),
+            scopes: d.scopes,
+            requested_token_type: d.requested_token_type,
+            policy,
+            actor: d.actor,
+            token_service,
+        });
+    }
+    out
+}

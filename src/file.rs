@@ -1,0 +1,355 @@
+//! The whole configuration file: the decision's sections (`crate::config`) and the serving ones
+//! (`listen:`, `reload:`, `shutdown_grace:`), in one YAML document. `Config::from_file` reads it
+//! (bounded), refuses unknown keys at every level, and reports every problem at once, each with the
+//! path of its field: a parse error is one error at `(yaml)`, then validation reports them all.
+//! It owns no section's insides, and never logs a secret.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::files::{parse_yaml, read_file};
+use crate::settings::{ConfigError, Errors, duration};
+
+/// The file's YAML shape. The decision's fields are listed here again, not flattened: serde's
+/// `flatten` cannot refuse unknown keys, and a misspelt key must be an error, not a default.
+/// `validate` moves each into `config::RawConfig` by name, so a section added there and not here
+/// does not compile.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: crate::listen::Raw,
+    pub reload: RawReload,
+    pub shutdown_grace: Option<String>,
+    /// The token service named `default`; `token_services` may add (or be) others.
+    pub token_service: Option<crate::token_service::Raw>,
+    pub token_services: BTreeMap<String, crate::token_service::Raw>,
+    pub cache: crate::cache::Raw,
+    pub subject_token: crate::verify::RawSubjectToken,
+    pub unknown_destination: crate::config::UnknownDestination,
+    pub missing_token: crate::config::MissingToken,
+    pub destinations: Vec<crate::destination::Raw>,
+    pub trusted_issuers: Vec<crate::verify::RawIssuer>,
+    pub opaque_tokens: crate::verify::OpaqueTokens,
+    pub introspection: Option<crate::verify::RawIntrospection>,
+    pub workload: crate::config::RawWorkload,
+    pub actor: Option<crate::actor::RawActor>,
+    /// Absent: the broker API is off.
+    pub broker: Option<crate::callers::Raw>,
+    pub telemetry: crate::telemetry::settings::RawTelemetry,
+    pub audit: crate::telemetry::settings::RawAudit,
+}
+
+/// `reload:`: how the configuration file is watched (SIGHUP always reloads it).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawReload {
+    /// How often the file is checked for a change (default 2s); `0s`: only on SIGHUP.
+    pub poll_interval: Option<String>,
+}
+
+/// A validated configuration file.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: crate::listen::Settings,
+    /// How often the file is checked for changes; `None`: only on SIGHUP.
+    pub reload_interval: Option<Duration>,
+    pub shutdown_grace: Duration,
+    /// What the decision is built from (`app::build`).
+    pub decision: crate::config::Config,
+}
+
+impl Config {
+    /// Parse YAML and validate it; every problem is reported, not only the first.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        parse_yaml::<RawConfig>(text)?.validate()
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        Self::from_yaml(&read_file(path)?)
+    }
+}
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let mut errors = Errors::default();
+        let listen = self.listen.validate(&mut errors);
+        // Spans a serving section and a decision one: the caller's identity comes from the listener.
+        if self
+            .broker
+            .as_ref()
+            .is_some_and(|b| b.callers == crate::callers::BrokerCallers::Mtls)
+            && listen.as_ref().is_some_and(|l| l.grpc_tls.is_none())
+        {
+            errors.add(
+                "broker.callers",
+                "`mtls` takes the caller from its TLS client certificate: configure listen.grpc_tls",
+            );
+        }
+        let decision = crate::config::RawConfig {
+            token_service: self.token_service,
+            token_services: self.token_services,
+            cache: self.cache,
+            subject_token: self.subject_token,
+            unknown_destination: self.unknown_destination,
+            missing_token: self.missing_token,
+            destinations: self.destinations,
+            trusted_issuers: self.trusted_issuers,
+            opaque_tokens: self.opaque_tokens,
+            introspection: self.introspection,
+            workload: self.workload,
+            actor: self.actor,
+            broker: self.broker,
+            telemetry: self.telemetry,
+            audit: self.audit,
+        }
+        .validate(&mut errors);
+        let reload_interval = duration(
+            self.reload.poll_interval.as_deref(),
+            "reload.poll_interval",
+            Duration::from_secs(2),
+            &mut errors,
+        );
+        let shutdown_grace = duration(
+            self.shutdown_grace.as_deref(),
+            "shutdown_grace",
+            Duration::from_secs(10),
+            &mut errors,
+        );
+        match (listen, decision) {
+            (Some(listen), Some(decision)) if errors.0.is_empty() => Ok(Config {
+                listen,
+                reload_interval: Some(reload_interval).filter(|d| !d.is_zero()),
+                shutdown_grace,
+                decision,
+            }),
+            _ => Err(ConfigError(errors.0)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callers::BrokerCallers;
+    use crate::config::UnknownDestination;
+    use crate::config::tests::secret_file;
+    use crate::listen::UdsGroup;
+    use crate::token_service::{ClientAuth, Profile};
+
+    #[test]
+    fn the_documented_example_parses() {
+        let (_guard, secret) = secret_file();
+        let yaml = format!(
+            r#"
+listen:
+  grpc: 127.0.0.1:9191
+  grpc_uds: /var/run/baton/baton.sock
+  admin: 127.0.0.1:9901
+token_service:
+  token_endpoint: http://127.0.0.1:9400/token
+  client_id: sidecar
+  auth:
+    method: client_secret_basic
+    secret_file: {secret}
+  timeout: 2s
+cache:
+  max_entries: 100000
+  expiry_margin: 30s
+unknown_destination: strip
+missing_token: deny
+destinations:
+  - name: orders
+    hosts: ["orders.default.svc.cluster.local", "Orders", "orders:8080", "*.orders.example"]
+    audience: https://orders.example
+    resource: https://orders.example/api
+    scopes: [orders.read]
+    requested_token_type: urn:ietf:params:oauth:token-type:access_token
+"#
+        );
+        let config = Config::from_yaml(&yaml).expect("valid");
+        assert_eq!(config.listen.grpc, Some("127.0.0.1:9191".parse().expect("addr")));
+        let ts = &config.decision.token_services[0];
+        assert_eq!((ts.name.as_str(), ts.profile), ("default", Profile::Rfc8693));
+        assert_eq!(ts.timeout, Duration::from_secs(2));
+        assert!(matches!(&ts.auth, ClientAuth::SecretBasic(s) if s.expose() == "s3cr3t-value"));
+        assert_eq!(config.decision.destinations[0].token_service, "default");
+        assert_eq!(config.decision.cache.expiry_margin, Duration::from_secs(30));
+        assert_eq!(
+            config.decision.destinations[0].hosts[1], "orders",
+            "hosts are lower-cased"
+        );
+        assert_eq!(config.decision.subject_token.max_bytes, 16 * 1024);
+        assert_eq!(config.decision.unknown_destination, UnknownDestination::Strip);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_its_path() {
+        let yaml = r#"
+listen:
+  grpc: not-an-address
+token_service:
+  token_endpoint: ftp://example
+  auth:
+    method: client_secret_post
+  timeout: fast
+cache:
+  max_entries: 0
+destinations:
+  - name: orders
+    hosts: ["orders", "*bad*"]
+  - name: orders
+    hosts: ["ORDERS"]
+    audience: a
+    scopes: ["two words"]
+"#;
+        let err = Config::from_yaml(yaml).expect_err("invalid");
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        for expected in [
+            "listen.grpc",
+            "token_service.token_endpoint",
+            "token_service.client_id",
+            "token_service.auth",
+            "token_service.timeout",
+            "cache.max_entries",
+            "destinations[0].hosts[1]",
+            "destinations[0].audience",
+            "destinations[1].name",
+            "destinations[1].hosts[0]",
+            "destinations[1].scopes[0]",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_enums_are_errors() {
+        let err = Config::from_yaml("token_servise: {}\n").expect_err("typo");
+        assert!(err.to_string().contains("token_servise"), "{err}");
+        let err = Config::from_yaml("unknown_destination: drop\n").expect_err("bad enum");
+        assert!(err.to_string().contains("drop"), "{err}");
+    }
+
+    #[test]
+    fn admin_and_grpc_cannot_share_an_address() {
+        let yaml = "listen:\n  grpc: 127.0.0.1:9191\n  admin: 127.0.0.1:9191\n";
+        let err = Config::from_yaml(yaml).expect_err("same address");
+        assert!(err.0.iter().any(|e| e.path == "listen.admin"), "{err}");
+    }
+
+    /// The listener rules of issue 12: no default TCP listener, plain text only on loopback unless
+    /// the file says `insecure_plaintext`, a socket mode that never lets "others" in.
+    #[test]
+    fn listeners_are_opt_in_and_plain_text_stays_on_loopback() {
+        const TS: &str = "token_service: {token_endpoint: http://x/token, client_id: c, auth: {method: none}}\n";
+        let listen = |body: &str| Config::from_yaml(&format!("listen:\n{body}{TS}")).map(|c| c.listen);
+        let errors = |body: &str| {
+            let err = listen(body).expect_err(body);
+            err.0
+                .iter()
+                .map(|e| (e.path.clone(), e.message.clone()))
+                .collect::<Vec<_>>()
+        };
+
+        // Neither listener: an error that says what to add.
+        let err = Config::from_yaml(TS).expect_err("no listener");
+        assert!(
+            err.0
+                .iter()
+                .any(|e| e.path == "listen" && e.message.contains("grpc_uds:")),
+            "{err}"
+        );
+        assert!(errors("  admin: 127.0.0.1:9901\n").iter().any(|(p, _)| p == "listen"));
+
+        // A Unix socket alone: no TCP listener, mode 0660 by default.
+        let l = listen("  grpc_uds: /run/baton.sock\n").expect("uds");
+        assert_eq!((l.grpc, l.grpc_uds_mode, l.grpc_uds_group), (None, 0o660, None));
+        let l =
+            listen("  grpc_uds: /run/baton.sock\n  grpc_uds_mode: \"0600\"\n  grpc_uds_group: envoy\n").expect("uds");
+        assert_eq!(
+            (l.grpc_uds_mode, l.grpc_uds_group),
+            (0o600, Some(UdsGroup::Name("envoy".into())))
+        );
+        let l = listen("  grpc_uds: /run/baton.sock\n  grpc_uds_group: \"1337\"\n").expect("uds");
+        assert_eq!(l.grpc_uds_group, Some(UdsGroup::Id(1337)));
+        for bad in [
+            "\"0666\"",
+            "\"0661\"",
+            "\"0777\"",
+            "\"4660\"",
+            "\"rw\"",
+            "\"\"",
+            "\"0o1777\"",
+            "\"99\"",
+        ] {
+            let errs = errors(&format!("  grpc_uds: /s\n  grpc_uds_mode: {bad}\n"));
+            assert!(errs.iter().any(|(p, _)| p == "listen.grpc_uds_mode"), "{bad}: {errs:?}");
+        }
+        for bad in ["\"\"", "\"-x\"", "\"a:b\"", "\"a b\"", "\"99999999999\""] {
+            let errs = errors(&format!("  grpc_uds: /s\n  grpc_uds_group: {bad}\n"));
+            assert!(
+                errs.iter().any(|(p, _)| p == "listen.grpc_uds_group"),
+                "{bad}: {errs:?}"
+            );
+        }
+        assert!(
+            errors("  grpc: 127.0.0.1:1\n  grpc_uds_mode: \"0600\"\n")
+                .iter()
+                .any(|(p, _)| p == "listen.grpc_uds_mode")
+        );
+
+        // Plain text: loopback (127.0.0.0/8, ::1) only, unless insecure_plaintext.
+        for ok in ["127.0.0.1:9191", "127.1.2.3:9191", "\"[::1]:9191\""] {
+            listen(&format!("  grpc: {ok}\n")).expect(ok);
+        }
+        for bad in [
+            "0.0.0.0:9191",
+            "10.0.0.7:9191",
+            "\"[::]:9191\"",
+            "\"[::ffff:127.0.0.1]:9191\"",
+            "192.168.1.1:1",
+        ] {
+            let errs = errors(&format!("  grpc: {bad}\n"));
+            let (_, message) = errs.iter().find(|(p, _)| p == "listen.grpc").expect(bad);
+            assert!(
+                message.contains("grpc_tls") && message.contains("insecure_plaintext"),
+                "{message}"
+            );
+            listen(&format!("  grpc: {bad}\n  insecure_plaintext: true\n")).expect(bad);
+        }
+
+        // grpc_tls: every file, a non-empty allow-list of valid patterns, and a TCP listener.
+        let tls = "  grpc_tls:\n    cert_file: /c\n    key_file: /k\n    client_ca_file: /ca\n    allowed_callers: [\"spiffe://td/ns/a/sa/*\", envoy.example]\n";
+        let l = listen(&format!("  grpc: 0.0.0.0:9191\n{tls}")).expect("tls on any address");
+        assert_eq!(l.grpc_tls.expect("tls").allowed_callers.len(), 2);
+        assert!(errors(tls).iter().any(|(p, _)| p == "listen.grpc_tls"));
+        let errs = errors("  grpc: 0.0.0.0:1\n  grpc_tls: {allowed_callers: []}\n");
+        for field in ["cert_file", "key_file", "client_ca_file", "allowed_callers"] {
+            assert!(
+                errs.iter().any(|(p, _)| *p == format!("listen.grpc_tls.{field}")),
+                "{field}: {errs:?}"
+            );
+        }
+        let errs = errors(
+            "  grpc: 127.0.0.1:1\n  grpc_tls: {cert_file: /c, key_file: /k, client_ca_file: /ca, allowed_callers: [\"*\"]}\n",
+        );
+        assert!(
+            errs.iter().any(|(p, _)| p == "listen.grpc_tls.allowed_callers[0]"),
+            "{errs:?}"
+        );
+
+        // broker.callers: mtls needs the TLS listener.
+        let err = Config::from_yaml(&format!(
+            "listen:\n  grpc: 127.0.0.1:1\nbroker: {{callers: mtls}}\n{TS}"
+        ))
+        .expect_err("mtls");
+        assert!(err.0.iter().any(|e| e.path == "broker.callers"), "{err}");
+        let config = Config::from_yaml(&format!(
+            "listen:\n  grpc: 127.0.0.1:1\n{tls}broker: {{callers: mtls}}\n{TS}"
+        ))
+        .expect("mtls with grpc_tls");
+        assert_eq!(config.decision.broker.map(|b| b.callers), Some(BrokerCallers::Mtls));
+    }
+}
