@@ -325,7 +325,7 @@ mod tests {
     #[test]
     fn every_reason_is_in_the_operations_table() {
         let source = include_str!("reason.rs");
-        let operations = include_str!("../docs/operations.md");
+        let operations = include_str!("../../../docs/operations.md");
         let table: Vec<&str> = operations
             .lines()
             .filter(|l| l.starts_with("| 40") || l.starts_with("| 50"))
