@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::digest;
 use serde::Deserialize;
 
 use crate::clock::unix_now;
@@ -23,8 +22,9 @@ use crate::settings::{Errors, duration};
 
 const BEARER: &str = "Bearer ";
 
-/// SHA-256 over the exchange inputs.
-pub type Key = [u8; 32];
+/// SHA-256 over the exchange inputs, derived in the pure crate so an in-proxy filter derives the
+/// same keys.
+pub use baton_decide::key::{Key, digest, key, params_digest};
 
 /// How a token was obtained, for logs, traces, audit and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -613,40 +613,6 @@ pub fn destination_key(name: &str, constraints: &Constraints, exchange: &[&str])
     let mut fields = vec!["destination", name, &depth, &lifetime];
     fields.extend_from_slice(exchange);
     params_digest(&fields)
-}
-
-/// Digest of the parameters that, with the subject token, identify an exchange. Each field is
-/// length-prefixed so no two inputs can collide by moving a boundary.
-pub fn params_digest(fields: &[&str]) -> Key {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    for field in fields {
-        ctx.update(&(field.len() as u64).to_be_bytes());
-        ctx.update(field.as_bytes());
-    }
-    to_key(ctx.finish())
-}
-
-/// SHA-256 of a subject token: computed once per request, it keys both the verification cache
-/// and (inside `key`) the token cache.
-pub fn digest(subject_token: &str) -> Key {
-    to_key(digest::digest(&digest::SHA256, subject_token.as_bytes()))
-}
-
-/// The cache key: the destination's parameter digest, the scope asked for when policy narrowed it
-/// (else empty), then the subject token's digest.
-pub fn key(params: &Key, scope: &str, subject_digest: &Key) -> Key {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(params);
-    ctx.update(&(scope.len() as u64).to_be_bytes());
-    ctx.update(scope.as_bytes());
-    ctx.update(subject_digest);
-    to_key(ctx.finish())
-}
-
-fn to_key(d: digest::Digest) -> Key {
-    let mut key = [0u8; 32];
-    key.copy_from_slice(d.as_ref());
-    key
 }
 
 // === The `cache:` section ===

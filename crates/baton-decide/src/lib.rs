@@ -8,6 +8,7 @@
 //! `scripts/test` builds it for that target.
 
 pub mod canonical;
+pub mod key;
 pub mod policy;
 pub mod reason;
 pub mod route;
