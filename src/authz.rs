@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use tracing::Instrument as _;
 
 use crate::actor::{self, ActorToken};
@@ -13,11 +12,11 @@ use crate::cache::{self, CacheStatus, Constraints, Delegated, Key, Lifetimes, To
 use crate::canonical;
 use crate::config::{Broker, Config, Destination, DestinationActor, MissingToken, UnknownDestination};
 use crate::exchange::{ExchangeError, Target, TokenService, TokenServices};
-use crate::extract::{self, Headers, Outbound};
 use crate::issued;
 use crate::jwt;
 use crate::policy::{Facts, Policy};
 use crate::reason::{Denial, Reason};
+use crate::request::{self, Headers, Outbound};
 use crate::route::Routes;
 use crate::secret::fingerprint;
 use crate::telemetry::Telemetry;
@@ -159,11 +158,6 @@ impl Authz {
         &self.cache
     }
 
-    /// Envoy's ext_authz question: may this outbound request go, and with which Authorization?
-    pub async fn check(&self, request: &CheckRequest) -> Result<Allow, Denial> {
-        self.decide(&extract::outbound(request)?).await
-    }
-
     /// The decision for an outbound request, whichever Envoy API asked.
     pub async fn decide(&self, outbound: &Outbound<'_>) -> Result<Allow, Denial> {
         let destination = match self.destination(outbound) {
@@ -179,7 +173,7 @@ impl Authz {
             }
             Err(denial) => return Err(denial),
         };
-        let Some(subject_token) = extract::subject_token(&outbound.authorization, self.max_token_bytes)? else {
+        let Some(subject_token) = request::subject_token(&outbound.authorization, self.max_token_bytes)? else {
             return match self.missing_token {
                 MissingToken::Deny => Err(Denial::new(Reason::MissingToken, "the request has no bearer token")),
                 MissingToken::Passthrough => Ok(Allow::Passthrough),

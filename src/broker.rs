@@ -16,9 +16,9 @@ use tonic::{Request, Response, Status};
 use crate::authz::{Allow, Authz, Caller};
 use crate::cache;
 use crate::config::{BrokerCallers, CallerRule};
-use crate::extract::{Authorization, Headers, check_token, subject_token};
 use crate::reason::{Denial, Reason};
 use crate::reload::Current;
+use crate::request::{Authorization, Headers, check_token, subject_token};
 use crate::telemetry::{Api, Decided};
 
 pub mod pb {
@@ -64,7 +64,7 @@ impl DelegationBroker for Broker {
                     source,
                     method: "",
                     path: "",
-                    headers: Headers::Lines(&[]),
+                    headers: Headers::NONE,
                 };
                 observation
                     .run(authz.delegate(route, subject, &caller))

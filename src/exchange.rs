@@ -17,8 +17,8 @@ use url::Url;
 use crate::breaker::{Breaker, Outcome};
 use crate::config::{ClientAuth, Endpoint, Profile, TokenService as TokenServiceConfig};
 use crate::credentials::{self, Watched};
-use crate::extract::is_b64token;
 use crate::reason::{Denial, Reason};
+use crate::request::is_b64token;
 use crate::secret::Secret;
 
 pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";

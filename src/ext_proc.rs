@@ -161,9 +161,12 @@ impl Exchange {
     /// Baton's dynamic metadata.
     async fn decide(&self, request: &ProcessingRequest) -> ProcessingResponse {
         let destination = self.destination.clone();
-        let outbound = match &destination {
-            Ok(name) => extract::processing_outbound(request, name.as_deref()),
-            Err(denial) => Err(denial.clone()),
+        let processing = destination
+            .as_ref()
+            .map(|name| extract::Processing::new(request, name.as_deref()));
+        let outbound = match &processing {
+            Ok(processing) => processing.outbound(),
+            Err(denial) => Err(Denial::clone(denial)),
         };
         let outbound = outbound.as_ref();
         let observation =

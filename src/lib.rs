@@ -1,7 +1,7 @@
 //! Baton: an Envoy external-authorization server that exchanges the caller's user token for one
 //! scoped to each outbound destination (OAuth 2.0 Token Exchange, RFC 8693).
 //!
-//! The data path, one module a step: [`extract`] -> [`route`] -> [`authz`] (the decision) ->
+//! The data path, one module a step: [`extract`] (Envoy -> [`request`]) -> [`route`] -> [`authz`] (the decision) ->
 //! [`cache`] / [`exchange`] (behind a [`breaker`]; the answer held to what was asked by [`issued`]) -> [`respond`]. [`server`] serves it (ext_authz, and [`ext_proc`]); [`app`]
 //! builds it from [`config`]; [`envoy_config`] writes the Envoy configuration that points at it;
 //! [`telemetry`] reports each decision (traces, metrics, audit log).
@@ -26,6 +26,7 @@ pub mod jwt;
 pub mod policy;
 pub mod reason;
 pub mod reload;
+pub mod request;
 pub mod respond;
 pub mod route;
 pub mod secret;

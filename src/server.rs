@@ -113,7 +113,8 @@ impl Authorization for CheckService {
 /// One Check, from the request to the reply, observed (span, metrics, audit line, Envoy dynamic
 /// metadata). `metadata` is the gRPC call's, where Envoy puts the `traceparent` of its own span.
 pub async fn check(authz: &Authz, metadata: &tonic::metadata::MetadataMap, request: &CheckRequest) -> CheckResponse {
-    let outbound = extract::outbound(request);
+    let check = extract::Check::new(request);
+    let outbound = check.outbound();
     let outbound = outbound.as_ref();
     let observation = authz
         .telemetry()

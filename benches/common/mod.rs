@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
-use baton::authz::Authz;
+use baton::authz::{Allow, Authz};
 use baton::config::Config;
+use baton::reason::Denial;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
@@ -227,4 +228,10 @@ pub async fn raw_exchange(client: &reqwest::Client, token_endpoint: &str, subjec
     };
     let ok = r.status().is_success();
     ok && r.bytes().await.is_ok()
+}
+
+/// Envoy's ext_authz question answered in process, as the server does: extract, then decide.
+pub async fn decide(authz: &Authz, request: &CheckRequest) -> Result<Allow, Denial> {
+    let check = baton::extract::Check::new(request);
+    authz.decide(&check.outbound()?).await
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use baton::config::Errors;
-use baton::extract::Headers;
+use baton::request::Headers;
 use baton::policy::{Facts, RawPolicy};
 use baton::reason::Reason;
 use libfuzzer_sys::fuzz_target;

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use baton::canonical;
 use baton::config::{Errors, parse_yaml};
-use baton::extract::Headers;
+use baton::request::Headers;
 use baton::policy::{Facts, Policy, RawPolicy};
 use baton::reason::Reason;
 use libfuzzer_sys::fuzz_target;

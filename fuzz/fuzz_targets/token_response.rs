@@ -4,7 +4,7 @@
 #![no_main]
 
 use baton::exchange::parse_response;
-use baton::extract::is_b64token;
+use baton::request::is_b64token;
 use baton::reason::{Class, Denial, Reason};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;

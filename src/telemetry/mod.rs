@@ -25,8 +25,8 @@ use crate::authz::{Allow, Authz, Route};
 use crate::cache::Delegated;
 use crate::config::{Config, SubjectMode};
 use crate::exchange::{ExchangeError, Issued};
-use crate::extract::{Headers, Outbound};
 use crate::reason::{Class, Denial};
+use crate::request::{Headers, Outbound};
 use crate::secret::fingerprint;
 
 use self::metrics::{DecisionLabels, DestinationLabel, ExchangeLabels, Metrics, TokenServiceLabels};

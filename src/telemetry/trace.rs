@@ -10,7 +10,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 
 use crate::config::{OtlpProtocol, SubjectMode, Telemetry as TelemetryConfig};
-use crate::extract::Headers;
+use crate::request::Headers;
 
 /// A running exporter and the tracer that feeds it.
 #[derive(Debug)]
