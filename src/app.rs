@@ -6,10 +6,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::authz::Authz;
+use crate::authz::{Authz, Current};
 use crate::config::{Config, Endpoint, UdsGroup};
 use crate::exchange::{TokenService, TokenServices};
-use crate::reload::{self, Current};
+use crate::reload;
 use crate::server::{self, Listeners};
 use crate::telemetry::Telemetry;
 use crate::verify::{Introspection, Verifier};
@@ -213,7 +213,7 @@ pub async fn run(path: PathBuf, config: Config, shutdown: impl Future<Output = (
     let authz = build(config)?;
     let telemetry = authz.telemetry().clone();
     let authz: Current = Arc::new(ArcSwap::new(authz));
-    let reloader = tokio::spawn(reload::watch(path, listen, authz.clone(), poll));
+    let reloader = tokio::spawn(reload::watch(path, listen, authz.clone(), poll, build_with));
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = server::serve(authz, listeners, async move {
         shutdown.await;

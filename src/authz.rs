@@ -3,6 +3,7 @@
 //! or a `Denial`; turning either into a reply is `respond`'s job. It never logs a token: only
 //! fingerprints.
 
+use arc_swap::ArcSwap;
 use std::sync::Arc;
 
 use tracing::Instrument as _;
@@ -21,6 +22,10 @@ use crate::route::Routes;
 use crate::secret::fingerprint;
 use crate::telemetry::Telemetry;
 use crate::verify::{Subject, Verified, Verifier};
+
+/// The running decision core, replaced whole on reload (see `reload`); the servers load it once
+/// per request, so a request finishes on the core it started with.
+pub type Current = Arc<ArcSwap<Authz>>;
 
 /// What Envoy should do with an allowed request.
 #[derive(Debug)]

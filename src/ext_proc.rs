@@ -18,10 +18,9 @@ use futures_util::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::authz::{Allow, Authz};
+use crate::authz::{Allow, Authz, Current};
 use crate::extract;
 use crate::reason::{Denial, Reason};
-use crate::reload::Current;
 use crate::respond;
 use crate::telemetry::{self, Api, Decided};
 

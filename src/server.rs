@@ -16,12 +16,11 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::authz::{Allow, Authz};
+use crate::authz::{Allow, Authz, Current};
 use crate::broker::Broker;
 use crate::broker::pb::delegation_broker_server::DelegationBrokerServer;
 use crate::ext_proc::ExtProcService;
 use crate::extract;
-use crate::reload::Current;
 use crate::respond;
 use crate::telemetry::{self, Api, Decided};
 use crate::tls::Acceptor;
