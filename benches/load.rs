@@ -261,7 +261,7 @@ async fn direct_round_trips(
 async fn delegated_header_len(scratch: &Scratch, token_endpoint: &str, user: &str) -> usize {
     let authz = in_process_authz(scratch, token_endpoint, "");
     match decide(&authz, &check_request("orders.example", user)).await {
-        Ok(baton::authz::Allow::Delegate { token, .. }) => token.authorization.expose().len(),
+        Ok(baton::decision::Allow::Delegate { token, .. }) => token.authorization.expose().len(),
         other => panic!("expected a delegation, got {other:?}"),
     }
 }

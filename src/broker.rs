@@ -13,9 +13,10 @@
 
 use tonic::{Request, Response, Status};
 
-use crate::authz::{Allow, Authz, Caller, Current};
+use crate::authz::{Authz, Caller, Current};
 use crate::cache;
 use crate::config::{BrokerCallers, CallerRule};
+use crate::decision::Allow;
 use crate::reason::{Denial, Reason};
 use crate::request::{Authorization, Headers, check_token, subject_token};
 use crate::telemetry::{Api, Decided};

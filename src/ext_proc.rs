@@ -18,11 +18,12 @@ use futures_util::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::authz::{Allow, Authz, Current};
+use crate::authz::{Authz, Current};
 use crate::extract;
+use crate::outcome;
 use crate::reason::{Denial, Reason};
 use crate::respond;
-use crate::telemetry::{self, Api, Decided};
+use crate::telemetry::Api;
 
 /// The gRPC metadata key a route sets to name its destination.
 pub const DESTINATION_METADATA: &str = "baton-destination";
@@ -167,31 +168,18 @@ impl Exchange {
             Ok(processing) => processing.outbound(),
             Err(denial) => Err(Denial::clone(denial)),
         };
-        let outbound = outbound.as_ref();
-        let observation =
-            self.authz
-                .telemetry()
-                .observe(Api::ExtProc, &self.metadata, outbound.ok().map(|o| o.headers));
-        let outcome = match outbound {
-            Ok(outbound) => observation.run(self.authz.decide(outbound)).await,
-            Err(denial) => Err(denial.clone()),
-        };
-        log_outcome(&outcome);
-        let route = telemetry::destination(&self.authz, outbound.ok(), &outcome);
-        let mut reply = respond::request_headers_response(&outcome);
-        reply.dynamic_metadata = self
-            .authz
-            .telemetry()
-            .envoy_metadata(Api::ExtProc, &outcome, route.map(|r| &**r));
-        observation.finish(Decided {
-            outcome: &outcome,
-            destination: route,
-            source: outbound
-                .ok()
-                .and_then(|o| o.source_principal)
-                .or(self.authz.workload_identity()),
-        });
-        reply
+        outcome::decide(
+            &self.authz,
+            Api::ExtProc,
+            &self.metadata,
+            outbound.as_ref(),
+            |outcome, envoy_metadata| {
+                let mut reply = respond::request_headers_response(outcome);
+                reply.dynamic_metadata = envoy_metadata;
+                reply
+            },
+        )
+        .await
     }
 
     /// End the stream with this gRPC error.
@@ -199,26 +187,6 @@ impl Exchange {
         tracing::warn!(code = ?status.code(), message = status.message(), "ext_proc stream refused");
         self.state = State::Closed;
         Some((Err(status), self))
-    }
-}
-
-fn log_outcome(outcome: &Result<Allow, Denial>) {
-    match outcome {
-        Ok(Allow::Delegate {
-            destination,
-            token,
-            cache,
-        }) => {
-            tracing::debug!(api = "ext_proc", destination = %destination.name, cache = cache.as_str(), issued = %token.fingerprint(), "delegated");
-        }
-        Ok(Allow::Strip) => tracing::debug!(api = "ext_proc", "unknown destination: authorization stripped"),
-        Ok(Allow::Passthrough) => tracing::debug!(api = "ext_proc", "passed through"),
-        Err(denial) => tracing::info!(
-            api = "ext_proc",
-            reason = denial.reason.as_str(),
-            "denied: {}",
-            denial.description
-        ),
     }
 }
 

@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc;
 
-use crate::authz::Allow;
+use crate::decision::Allow;
 use crate::reason::{Class, Denial, Reason};
 
 // === ext_authz ===

@@ -16,13 +16,14 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::authz::{Allow, Authz, Current};
+use crate::authz::{Authz, Current};
 use crate::broker::Broker;
 use crate::broker::pb::delegation_broker_server::DelegationBrokerServer;
 use crate::ext_proc::ExtProcService;
 use crate::extract;
+use crate::outcome;
 use crate::respond;
-use crate::telemetry::{self, Api, Decided};
+use crate::telemetry::{self, Api};
 use crate::tls::Acceptor;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -114,40 +115,18 @@ impl Authorization for CheckService {
 pub async fn check(authz: &Authz, metadata: &tonic::metadata::MetadataMap, request: &CheckRequest) -> CheckResponse {
     let check = extract::Check::new(request);
     let outbound = check.outbound();
-    let outbound = outbound.as_ref();
-    let observation = authz
-        .telemetry()
-        .observe(Api::Check, metadata, outbound.ok().map(|o| o.headers));
-    let outcome = match outbound {
-        Ok(outbound) => observation.run(authz.decide(outbound)).await,
-        Err(denial) => Err(denial.clone()),
-    };
-    match &outcome {
-        Ok(Allow::Delegate {
-            destination,
-            token,
-            cache,
-        }) => {
-            tracing::debug!(destination = %destination.name, cache = cache.as_str(), issued = %token.fingerprint(), "delegated");
-        }
-        Ok(Allow::Strip) => tracing::debug!("unknown destination: authorization stripped"),
-        Ok(Allow::Passthrough) => tracing::debug!("passed through"),
-        Err(denial) => tracing::info!(reason = denial.reason.as_str(), "denied: {}", denial.description),
-    }
-    let destination = telemetry::destination(authz, outbound.ok(), &outcome);
-    let mut response = respond::check_response(&outcome);
-    response.dynamic_metadata = authz
-        .telemetry()
-        .envoy_metadata(Api::Check, &outcome, destination.map(|d| &**d));
-    observation.finish(Decided {
-        outcome: &outcome,
-        destination,
-        source: outbound
-            .ok()
-            .and_then(|o| o.source_principal)
-            .or(authz.workload_identity()),
-    });
-    response
+    outcome::decide(
+        authz,
+        Api::Check,
+        metadata,
+        outbound.as_ref(),
+        |outcome, envoy_metadata| {
+            let mut response = respond::check_response(outcome);
+            response.dynamic_metadata = envoy_metadata;
+            response
+        },
+    )
+    .await
 }
 
 // === admin ===

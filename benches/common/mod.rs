@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
-use baton::authz::{Allow, Authz};
+use baton::authz::Authz;
 use baton::config::Config;
+use baton::decision::Allow;
 use baton::reason::Denial;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};

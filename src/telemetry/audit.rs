@@ -15,9 +15,9 @@ use opentelemetry::trace::TraceId;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
-use crate::authz::Route;
 use crate::cache::{CacheStatus, Delegated};
 use crate::config::{Audit as AuditConfig, AuditSink, SubjectMode};
+use crate::decision::Destination;
 use crate::reason::Reason;
 use crate::secret::fingerprint;
 
@@ -30,7 +30,7 @@ pub(crate) struct Entry {
     pub(crate) reason: Option<Reason>,
     pub(crate) trace_id: Option<TraceId>,
     pub(crate) source: Option<String>,
-    pub(crate) destination: Option<Arc<Route>>,
+    pub(crate) destination: Option<Arc<Destination>>,
     pub(crate) delegated: Option<Arc<Delegated>>,
     pub(crate) cache: Option<CacheStatus>,
 }
@@ -93,7 +93,7 @@ impl Entry {
             subject,
             actors,
             delegation_depth: actors.len(),
-            destination: self.destination.as_ref().map(|r| r.name.as_str()),
+            destination: self.destination.as_ref().map(|r| &*r.name),
             audience: target.and_then(|t| t.audience.as_deref()),
             resource: target.and_then(|t| t.resource.as_deref()),
             scopes_requested: scopes(

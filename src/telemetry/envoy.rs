@@ -9,7 +9,7 @@
 
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 
-use crate::authz::{Allow, Route};
+use crate::decision::{Allow, Destination};
 use crate::reason::Denial;
 
 /// Where ext_authz keeps Baton's metadata (the filter's name).
@@ -19,7 +19,7 @@ pub const EXT_AUTHZ_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 pub const EXT_PROC_NAMESPACE: &str = "envoy.filters.http.ext_proc";
 
 /// For a ProcessingResponse: `dynamic_metadata` under `EXT_PROC_NAMESPACE`.
-pub fn ext_proc_metadata(outcome: &Result<Allow, Denial>, destination: Option<&Route>) -> Struct {
+pub fn ext_proc_metadata(outcome: &Result<Allow, Denial>, destination: Option<&Destination>) -> Struct {
     let inner = dynamic_metadata(outcome, destination);
     let mut fields = std::collections::HashMap::with_capacity(1);
     fields.insert(
@@ -33,7 +33,7 @@ pub fn ext_proc_metadata(outcome: &Result<Allow, Denial>, destination: Option<&R
 
 /// The metadata for `outcome`; `destination` is the resolved destination when the outcome does not
 /// carry it (a denial after the destination was known).
-pub fn dynamic_metadata(outcome: &Result<Allow, Denial>, destination: Option<&Route>) -> Struct {
+pub fn dynamic_metadata(outcome: &Result<Allow, Denial>, destination: Option<&Destination>) -> Struct {
     let mut fields = std::collections::HashMap::with_capacity(5);
     let mut put = |key: &str, value: &str| {
         fields.insert(

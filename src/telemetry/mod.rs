@@ -21,12 +21,11 @@ use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tr
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use prometheus_client::registry::Registry;
 
-use crate::authz::{Allow, Authz, Route};
 use crate::cache::Delegated;
 use crate::config::{Config, SubjectMode};
-use crate::exchange::{ExchangeError, Issued};
+use crate::decision::{Allow, Destination};
 use crate::reason::{Class, Denial};
-use crate::request::{Headers, Outbound};
+use crate::request::Headers;
 use crate::secret::fingerprint;
 
 use self::metrics::{DecisionLabels, DestinationLabel, ExchangeLabels, Metrics, TokenServiceLabels};
@@ -67,19 +66,6 @@ pub fn decision_name(outcome: &Result<Allow, Denial>) -> &'static str {
         Ok(Allow::Strip) => "strip",
         Ok(Allow::Passthrough) => "passthrough",
         Err(_) => "deny",
-    }
-}
-
-/// Where the request was going: the delegated destination, or, for other outcomes, the configured
-/// destination the request names (none for an unknown host).
-pub fn destination<'a>(
-    authz: &'a Authz,
-    outbound: Option<&Outbound<'_>>,
-    outcome: &'a Result<Allow, Denial>,
-) -> Option<&'a Arc<Route>> {
-    match outcome {
-        Ok(Allow::Delegate { destination, .. }) => Some(destination),
-        _ => outbound.and_then(|o| authz.destination_of(o)),
     }
 }
 
@@ -154,7 +140,7 @@ impl Telemetry {
         &self,
         api: Api,
         outcome: &Result<Allow, Denial>,
-        destination: Option<&Route>,
+        destination: Option<&Destination>,
     ) -> Option<envoy_types::pb::google::protobuf::Struct> {
         if !self.inner.dynamic_metadata {
             return None;
@@ -217,9 +203,10 @@ impl Telemetry {
 
     /// One token exchange, in a client span (child of the decision's span) and counted by outcome;
     /// `exchange::TokenService` puts this span's `traceparent` on its request.
-    pub async fn exchange<F>(&self, route: &Route, exchange: F) -> Result<Issued, ExchangeError>
+    pub async fn exchange<F, T, E>(&self, route: &Destination, exchange: F) -> Result<T, E>
     where
-        F: Future<Output = Result<Issued, ExchangeError>>,
+        F: Future<Output = Result<T, E>>,
+        for<'e> Denial: From<&'e E>,
     {
         let started = Instant::now();
         let inner = &*self.inner;
@@ -229,7 +216,7 @@ impl Telemetry {
             Some(tracing) => {
                 let parent = Context::current();
                 let mut attributes = vec![
-                    KeyValue::new("baton.destination", route.name.clone()),
+                    KeyValue::new("baton.destination", route.name.to_string()),
                     KeyValue::new("baton.token_service", service.name().to_owned()),
                     KeyValue::new("url.full", service.locator().to_owned()),
                 ];
@@ -290,7 +277,7 @@ impl Telemetry {
 pub struct Decided<'a> {
     pub outcome: &'a Result<Allow, Denial>,
     /// The configured destination the request was for, when known (see `destination`).
-    pub destination: Option<&'a Arc<Route>>,
+    pub destination: Option<&'a Arc<Destination>>,
     /// The calling workload (Envoy's `source.principal`), if any.
     pub source: Option<&'a str>,
 }
@@ -337,7 +324,7 @@ impl Observation<'_> {
                 api: self.api.as_str(),
                 decision,
                 reason: reason.map_or("none", |r| r.as_str()),
-                destination: DestinationLabel(decided.destination.cloned()),
+                destination: DestinationLabel(decided.destination.map(|d| d.name.clone())),
             })
             .inc();
         // Indexes in declaration order: Api check, ext_proc, broker; CacheStatus hit, miss, coalesced.
@@ -364,7 +351,7 @@ impl Observation<'_> {
                     attributes.push(KeyValue::new("baton.source", source.to_owned()));
                 }
                 if let Some(route) = decided.destination {
-                    attributes.push(KeyValue::new("baton.destination", route.name.clone()));
+                    attributes.push(KeyValue::new("baton.destination", route.name.to_string()));
                     attributes.push(KeyValue::new(
                         "baton.token_service",
                         route.token_service.name().to_owned(),
@@ -411,7 +398,7 @@ fn split_scopes(scope: Option<&str>) -> impl Iterator<Item = String> + '_ {
 
 /// What is asked for a destination: audience, resource, scopes (as asked, when a token was: the
 /// policy may narrow the configured ones).
-fn target_attributes(route: &Route, delegated: Option<&Delegated>) -> Vec<KeyValue> {
+fn target_attributes(route: &Destination, delegated: Option<&Delegated>) -> Vec<KeyValue> {
     let t = &route.target;
     let scope = delegated
         .and_then(|d| d.claims().requested_scope)
@@ -465,7 +452,7 @@ mod tests {
     use super::*;
     use crate::cache::{CacheStatus, Lifetimes};
     use crate::config::{AuditSink, OtlpProtocol};
-    use crate::exchange::{TokenService, TokenServices};
+    use crate::exchange::{Target, TokenService};
     use crate::jwt::DelegationClaims;
     use crate::reason::Reason;
     use crate::secret::Secret;
@@ -487,7 +474,7 @@ mod tests {
 
     #[tokio::test]
     async fn replies_carry_envoy_metadata_only_when_configured() {
-        let route = authz().route_for("orders", &[]).expect("route");
+        let route = orders();
         let outcome = Ok(Allow::Delegate {
             destination: route.clone(),
             token: delegated(),
@@ -612,14 +599,27 @@ audit:
         assert!(err.to_string().contains("telemetry.tracing.headers[0].value"), "{err}");
     }
 
-    fn authz() -> Authz {
+    /// The `orders` destination of `BASE`, compiled as `authz` does.
+    fn orders() -> Arc<Destination> {
         let config = config("").expect("valid");
-        let services = config
-            .token_services
-            .iter()
-            .map(|ts| TokenService::new(ts).expect("client"))
-            .collect::<Vec<_>>();
-        Authz::new(config, TokenServices::new(services), None)
+        let service = TokenService::new(&config.token_services[0]).expect("client");
+        let d = &config.destinations[0];
+        let target = Target {
+            audience: d.audience.clone(),
+            resource: None,
+            scope: Some(d.scopes.join(" ")),
+            requested_token_type: None,
+            subject_token_type: config.subject_token.token_type,
+            actor: None,
+        };
+        Arc::new(Destination::new(
+            d.name.as_str().into(),
+            target,
+            d.scopes.clone(),
+            Arc::new(crate::policy::Policy::default()),
+            false,
+            Arc::new(service),
+        ))
     }
 
     fn delegated() -> Arc<Delegated> {
@@ -657,8 +657,7 @@ audit:
 
     #[test]
     fn envoy_metadata_names_the_delegation_and_never_the_token() {
-        let authz = authz();
-        let route = authz.route_for("orders", &[]).expect("route");
+        let route = orders();
         let outcome = Ok(Allow::Delegate {
             destination: route.clone(),
             token: delegated(),
@@ -684,9 +683,8 @@ audit:
 
     #[tokio::test]
     async fn a_finished_observation_moves_the_metrics_once() {
-        let authz = authz();
-        let telemetry = authz.telemetry();
-        let route = authz.route_for("orders", &[]).expect("route");
+        let telemetry = &Telemetry::off();
+        let route = orders();
         for cache in [CacheStatus::Miss, CacheStatus::Hit, CacheStatus::Hit] {
             let observation = telemetry.observe(Api::Check, &tonic::metadata::MetadataMap::new(), None);
             let outcome = Ok(Allow::Delegate {
