@@ -129,7 +129,7 @@ impl Authz {
         self
     }
 
-    pub fn shared_cache(&self) -> Arc<TokenCache> {
+    pub(crate) fn shared_cache(&self) -> Arc<TokenCache> {
         self.cache.clone()
     }
 

@@ -14,7 +14,6 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
-use futures_util::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -32,7 +31,7 @@ pub const DESTINATION_METADATA: &str = "baton-destination";
 /// is not Envoy, and does not get to hold it open.
 const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(10);
 
-type Replies = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+type Replies = Pin<Box<dyn futures_util::Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
 #[derive(Debug)]
 pub struct ExtProcService {
@@ -50,7 +49,7 @@ impl ExternalProcessor for ExtProcService {
     type ProcessStream = Replies;
 
     async fn process(&self, request: Request<Streaming<ProcessingRequest>>) -> Result<Response<Replies>, Status> {
-        let stream = Exchange {
+        let stream = Stream {
             // One configuration for the stream's life, even if a reload lands meanwhile.
             authz: self.authz.load_full(),
             destination: route_destination(request.metadata()),
@@ -60,7 +59,7 @@ impl ExternalProcessor for ExtProcService {
         };
         Ok(Response::new(Box::pin(futures_util::stream::unfold(
             stream,
-            Exchange::next,
+            Stream::next,
         ))))
     }
 }
@@ -84,10 +83,10 @@ fn route_destination(metadata: &MetadataMap) -> Result<Option<String>, Denial> {
     }
 }
 
-// === impl Exchange ===
+// === impl Stream ===
 
 /// One HTTP request's stream.
-struct Exchange {
+struct Stream {
     authz: Arc<Authz>,
     destination: Result<Option<String>, Denial>,
     /// The stream's gRPC metadata: where Envoy puts the `traceparent` of its span for the stream.
@@ -103,7 +102,7 @@ enum State {
     Closed,
 }
 
-impl Exchange {
+impl Stream {
     /// The reply to Envoy's next message; `None` ends the stream with OK.
     async fn next(mut self) -> Option<(Result<ProcessingResponse, Status>, Self)> {
         loop {

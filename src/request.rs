@@ -50,7 +50,7 @@ impl<'l> dyn HeaderLines + 'l {
 
 /// No header lines at all (a call that carries no HTTP request, such as the broker's).
 #[derive(Debug)]
-pub struct NoLines;
+struct NoLines;
 
 impl HeaderLines for NoLines {
     fn line(&self, _: usize) -> Option<(&str, Option<&str>)> {

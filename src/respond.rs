@@ -175,7 +175,7 @@ fn http_status(class: Class) -> HttpStatus {
 }
 
 /// `{"error":"<reason>","error_description":"..."}`, the RFC 6749 error shape.
-pub fn error_body(denial: &Denial) -> String {
+fn error_body(denial: &Denial) -> String {
     serde_json::json!({ "error": denial.reason.as_str(), "error_description": denial.description }).to_string()
 }
 

@@ -12,8 +12,6 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use crate::decision::{Allow, Destination};
 use crate::reason::Denial;
 
-/// Where ext_authz keeps Baton's metadata (the filter's name).
-pub const EXT_AUTHZ_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 /// The namespace Baton's ext_proc replies write (Envoy must list it in
 /// `metadata_options.receiving_namespaces.untyped`).
 pub const EXT_PROC_NAMESPACE: &str = "envoy.filters.http.ext_proc";

@@ -60,7 +60,7 @@ impl Api {
 }
 
 /// `delegate`, `strip`, `passthrough` or `deny`: the decision label, span attribute and audit field.
-pub fn decision_name(outcome: &Result<Allow, Denial>) -> &'static str {
+fn decision_name(outcome: &Result<Allow, Denial>) -> &'static str {
     match outcome {
         Ok(Allow::Delegate { .. }) => "delegate",
         Ok(Allow::Strip) => "strip",
@@ -149,10 +149,6 @@ impl Telemetry {
             Api::ExtProc => envoy::ext_proc_metadata(outcome, destination),
             Api::Check | Api::Broker => envoy::dynamic_metadata(outcome, destination),
         })
-    }
-
-    pub fn tracing_enabled(&self) -> bool {
-        self.inner.tracing.is_some()
     }
 
     /// Start observing one decision: the clock, and the span (a child of the request's trace
