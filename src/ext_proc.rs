@@ -208,7 +208,12 @@ mod tests {
     async fn client() -> ExternalProcessorClient<Channel> {
         let yaml = "listen:\n  grpc: 127.0.0.1:0\ntoken_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth: { method: none }\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: https://orders.example\n";
         let config = Config::from_yaml(yaml).expect("config");
-        let authz = crate::app::build(config).expect("build");
+        let services = config
+            .token_services
+            .iter()
+            .map(|ts| crate::exchange::TokenService::new(ts).expect("client"))
+            .collect::<Vec<_>>();
+        let authz = Authz::new(config, crate::exchange::TokenServices::new(services), None).into_shared();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
