@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::cache::{self, CacheStatus, Constraints, Delegated, Key};
 use crate::exchange::{Target, TokenService};
 use crate::policy::Policy;
+use crate::reason::Denial;
 
 /// What Envoy should do with an allowed request.
 #[derive(Debug)]
@@ -84,5 +85,15 @@ impl Destination {
             constraints,
             key_params,
         }
+    }
+}
+
+/// `delegate`, `strip`, `passthrough` or `deny`: the decision label, span attribute and audit field.
+pub fn decision_name(outcome: &Result<Allow, Denial>) -> &'static str {
+    match outcome {
+        Ok(Allow::Delegate { .. }) => "delegate",
+        Ok(Allow::Strip) => "strip",
+        Ok(Allow::Passthrough) => "passthrough",
+        Err(_) => "deny",
     }
 }

@@ -262,7 +262,7 @@ fn baton_filter(options: &Options) -> Value {
                 // Baton's dynamic metadata (decision, destination, audience, cache, reason, jti), for
                 // the access log, when Baton's `telemetry.dynamic_metadata` is on.
                 "metadata_options": {
-                    "receiving_namespaces": { "untyped": [crate::telemetry::envoy::EXT_PROC_NAMESPACE] },
+                    "receiving_namespaces": { "untyped": [crate::respond::EXT_PROC_NAMESPACE] },
                 },
                 "processing_mode": {
                     "request_header_mode": "SEND",

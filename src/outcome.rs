@@ -12,6 +12,7 @@ use crate::authz::Authz;
 use crate::decision::{Allow, Destination};
 use crate::reason::Denial;
 use crate::request::Outbound;
+use crate::respond;
 use crate::telemetry::{Api, Decided};
 
 /// One decision, from the extracted request (or why it could not be read) to the reply: observed
@@ -36,7 +37,8 @@ pub(crate) async fn decide<R>(
     let destination = destination(authz, outbound.ok(), &outcome);
     let envoy_metadata = authz
         .telemetry()
-        .envoy_metadata(api, &outcome, destination.map(|d| &**d));
+        .dynamic_metadata()
+        .then(|| respond::dynamic_metadata(api, &outcome, destination.map(|d| &**d)));
     let response = reply(&outcome, envoy_metadata);
     observation.finish(Decided {
         outcome: &outcome,

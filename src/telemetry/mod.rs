@@ -7,7 +7,6 @@
 //! `server::check`, `ext_proc` and `broker` show the pattern.
 
 pub mod audit;
-pub mod envoy;
 pub mod metrics;
 pub mod trace;
 
@@ -23,7 +22,7 @@ use prometheus_client::registry::Registry;
 
 use crate::cache::Delegated;
 use crate::config::{Config, SubjectMode};
-use crate::decision::{Allow, Destination};
+use crate::decision::{Allow, Destination, decision_name};
 use crate::reason::{Class, Denial};
 use crate::request::Headers;
 use crate::secret::fingerprint;
@@ -56,16 +55,6 @@ impl Api {
             Self::ExtProc => "baton.ext_proc",
             Self::Broker => "baton.broker",
         }
-    }
-}
-
-/// `delegate`, `strip`, `passthrough` or `deny`: the decision label, span attribute and audit field.
-fn decision_name(outcome: &Result<Allow, Denial>) -> &'static str {
-    match outcome {
-        Ok(Allow::Delegate { .. }) => "delegate",
-        Ok(Allow::Strip) => "strip",
-        Ok(Allow::Passthrough) => "passthrough",
-        Err(_) => "deny",
     }
 }
 
@@ -135,20 +124,10 @@ impl Telemetry {
         metrics::encode(&self.inner.registry)
     }
 
-    /// The `dynamic_metadata` of a reply to `api` (see `envoy`), when the configuration asks for it.
-    pub fn envoy_metadata(
-        &self,
-        api: Api,
-        outcome: &Result<Allow, Denial>,
-        destination: Option<&Destination>,
-    ) -> Option<envoy_types::pb::google::protobuf::Struct> {
-        if !self.inner.dynamic_metadata {
-            return None;
-        }
-        Some(match api {
-            Api::ExtProc => envoy::ext_proc_metadata(outcome, destination),
-            Api::Check | Api::Broker => envoy::dynamic_metadata(outcome, destination),
-        })
+    /// `telemetry.dynamic_metadata`: whether replies carry Baton's Envoy dynamic metadata (built by
+    /// `respond`; it costs every request).
+    pub fn dynamic_metadata(&self) -> bool {
+        self.inner.dynamic_metadata
     }
 
     /// Start observing one decision: the clock, and the span (a child of the request's trace
@@ -468,27 +447,15 @@ mod tests {
         assert!(!config.telemetry.dynamic_metadata);
     }
 
-    #[tokio::test]
-    async fn replies_carry_envoy_metadata_only_when_configured() {
-        let route = orders();
-        let outcome = Ok(Allow::Delegate {
-            destination: route.clone(),
-            token: delegated(),
-            cache: CacheStatus::Hit,
-        });
+    #[test]
+    fn replies_carry_envoy_metadata_only_when_configured() {
         for (extra, on) in [
             ("", false),
             ("telemetry:\n  dynamic_metadata: false\n", false),
             ("telemetry:\n  dynamic_metadata: true\n", true),
         ] {
             let telemetry = Telemetry::start(&config(extra).expect("valid")).expect("start");
-            let check = telemetry.envoy_metadata(Api::Check, &outcome, Some(&route));
-            let ext_proc = telemetry.envoy_metadata(Api::ExtProc, &outcome, Some(&route));
-            assert_eq!(check.is_some(), on, "{extra:?}");
-            assert_eq!(ext_proc.is_some(), on, "{extra:?}");
-            if let Some(m) = check {
-                assert_eq!(text(&m, "decision").as_deref(), Some("delegate"));
-            }
+            assert_eq!(telemetry.dynamic_metadata(), on, "{extra:?}");
         }
         assert!(config("telemetry:\n  dynamic_metadata: sometimes\n").is_err());
     }
@@ -642,39 +609,6 @@ audit:
         .with_claims(claims)
         .with_actors(vec!["spiffe://cluster/ns/a/sa/frontend".into()]);
         Arc::new(delegated)
-    }
-
-    fn text(s: &envoy_types::pb::google::protobuf::Struct, key: &str) -> Option<String> {
-        match s.fields.get(key)?.kind.as_ref()? {
-            envoy_types::pb::google::protobuf::value::Kind::StringValue(v) => Some(v.clone()),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn envoy_metadata_names_the_delegation_and_never_the_token() {
-        let route = orders();
-        let outcome = Ok(Allow::Delegate {
-            destination: route.clone(),
-            token: delegated(),
-            cache: CacheStatus::Hit,
-        });
-        let m = envoy::dynamic_metadata(&outcome, None);
-        assert_eq!(text(&m, "decision").as_deref(), Some("delegate"));
-        assert_eq!(text(&m, "destination").as_deref(), Some("orders"));
-        assert_eq!(text(&m, "audience").as_deref(), Some("https://orders.example"));
-        assert_eq!(text(&m, "cache").as_deref(), Some("hit"));
-        assert_eq!(text(&m, "jti").as_deref(), Some("jti-1"));
-        assert_eq!(text(&m, "reason"), None);
-        assert!(!format!("{m:?}").contains("issued.token.value"));
-
-        let denied = Err(Denial::new(Reason::TargetRefused, "no"));
-        let m = envoy::dynamic_metadata(&denied, Some(&route));
-        assert_eq!(text(&m, "decision").as_deref(), Some("deny"));
-        assert_eq!(text(&m, "reason").as_deref(), Some("target_refused"));
-        assert_eq!(text(&m, "destination").as_deref(), Some("orders"));
-        let m = envoy::dynamic_metadata(&Ok(Allow::Strip), None);
-        assert_eq!(m.fields.len(), 1, "{m:?}");
     }
 
     #[tokio::test]
