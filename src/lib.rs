@@ -1,10 +1,12 @@
 //! Baton: an Envoy external-authorization server that exchanges the caller's user token for one
 //! scoped to each outbound destination (OAuth 2.0 Token Exchange, RFC 8693).
 //!
-//! The data path, one module a step: [`extract`] (Envoy -> [`request`]) -> [`route`] -> [`authz`] (the decision) ->
-//! [`cache`] / [`exchange`] (behind a [`breaker`]; the answer held to what was asked by [`issued`]) -> [`respond`]. [`server`] serves it (ext_authz, and [`ext_proc`]); [`app`]
-//! builds it from [`config`]; [`envoy_config`] writes the Envoy configuration that points at it;
-//! [`telemetry`] reports each decision (traces, metrics, audit log).
+//! The data path, one module a step: [`extract`] (Envoy's messages -> [`request`]) -> [`route`] ->
+//! [`authz`] (the decision, about a [`decision::Destination`]) -> [`cache`] / [`exchange`] (behind a
+//! [`breaker`]; the answer held to what was asked by [`issued`]) -> [`respond`]. [`server`] serves it
+//! (ext_authz, and [`ext_proc`]), both through one observe -> decide -> respond -> finish path
+//! (`outcome`); [`app`] builds it from [`config`]; [`envoy_config`] writes the Envoy configuration
+//! that points at it; [`telemetry`] reports each decision (traces, metrics, audit log).
 
 pub mod actor;
 pub mod app;

@@ -4,7 +4,8 @@
 //! the decision inside `Observation::run`, and calls `Observation::finish` once with the outcome:
 //! the span, the metrics and the audit line are all fed from that one call, so they cannot disagree.
 //! `Telemetry::exchange` wraps each token exchange in a client span and its metrics.
-//! `server::check`, `ext_proc` and `broker` show the pattern.
+//! `outcome::decide` (Check and ext_proc) and `broker` show the pattern. It never names Envoy's
+//! types: the dynamic metadata Envoy reads is built by `respond`.
 
 pub mod audit;
 pub mod metrics;
