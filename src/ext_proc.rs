@@ -159,8 +159,8 @@ impl Stream {
     /// The reply to the request headers: the decision, observed (span, metrics, audit line), with
     /// Baton's dynamic metadata.
     async fn decide(&self, request: &ProcessingRequest) -> ProcessingResponse {
-        let destination = self.destination.clone();
-        let processing = destination
+        let processing = self
+            .destination
             .as_ref()
             .map(|name| extract::Processing::new(request, name.as_deref()));
         let outbound = match &processing {
@@ -172,11 +172,7 @@ impl Stream {
             Api::ExtProc,
             &self.metadata,
             outbound.as_ref(),
-            |outcome, envoy_metadata| {
-                let mut reply = respond::request_headers_response(outcome);
-                reply.dynamic_metadata = envoy_metadata;
-                reply
-            },
+            respond::request_headers_reply,
         )
         .await
     }

@@ -16,15 +16,16 @@ use crate::respond;
 use crate::telemetry::{Api, Decided};
 
 /// One decision, from the extracted request (or why it could not be read) to the reply: observed
-/// (span, metrics, audit line), logged, answered by `reply` (a `respond` function, given the
-/// outcome and Baton's Envoy dynamic metadata) and finished. `metadata` is the gRPC call's, where
+/// (span, metrics, audit line), logged, answered by `reply` (`respond::check_reply` or
+/// `respond::request_headers_reply`, given the outcome and Baton's Envoy dynamic metadata) and
+/// finished. `metadata` is the gRPC call's, where
 /// Envoy puts the `traceparent` of its own span.
 pub(crate) async fn decide<R>(
     authz: &Authz,
     api: Api,
     metadata: &tonic::metadata::MetadataMap,
     outbound: Result<&Outbound<'_>, &Denial>,
-    reply: impl FnOnce(&Result<Allow, Denial>, Option<Struct>) -> R,
+    reply: fn(&Result<Allow, Denial>, Option<Struct>) -> R,
 ) -> R {
     let observation = authz
         .telemetry()

@@ -32,6 +32,14 @@ use crate::telemetry::Api;
 
 // === ext_authz ===
 
+/// The Check reply, carrying Baton's dynamic metadata when there is some (see `dynamic_metadata`).
+pub fn check_reply(outcome: &Result<Allow, Denial>, metadata: Option<Struct>) -> CheckResponse {
+    CheckResponse {
+        dynamic_metadata: metadata,
+        ..check_response(outcome)
+    }
+}
+
 pub fn check_response(outcome: &Result<Allow, Denial>) -> CheckResponse {
     match outcome {
         Ok(allow) => allowed(allow),
@@ -75,6 +83,15 @@ fn denied(denial: &Denial) -> CheckResponse {
 }
 
 // === ext_proc ===
+
+/// ext_proc's reply to the request-headers message, carrying Baton's dynamic metadata when there is
+/// some (see `dynamic_metadata`).
+pub fn request_headers_reply(outcome: &Result<Allow, Denial>, metadata: Option<Struct>) -> ProcessingResponse {
+    ProcessingResponse {
+        dynamic_metadata: metadata,
+        ..request_headers_response(outcome)
+    }
+}
 
 /// ext_proc's answer to the request-headers message: continue with `Authorization` set (or removed),
 /// or an ImmediateResponse that denies, with the same status, headers and body as ext_authz's.

@@ -115,18 +115,7 @@ impl Authorization for CheckService {
 pub async fn check(authz: &Authz, metadata: &tonic::metadata::MetadataMap, request: &CheckRequest) -> CheckResponse {
     let check = extract::Check::new(request);
     let outbound = check.outbound();
-    outcome::decide(
-        authz,
-        Api::Check,
-        metadata,
-        outbound.as_ref(),
-        |outcome, envoy_metadata| {
-            let mut response = respond::check_response(outcome);
-            response.dynamic_metadata = envoy_metadata;
-            response
-        },
-    )
-    .await
+    outcome::decide(authz, Api::Check, metadata, outbound.as_ref(), respond::check_reply).await
 }
 
 // === admin ===
