@@ -16,7 +16,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton::authz::Authz;
+use baton_core::authz::Authz;
 use baton_test_support::*;
 use common::*;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
@@ -116,7 +116,7 @@ async fn run() {
     // then the whole Check handler with each kind of telemetry.
     let authz = in_process_authz(&scratch, &service.token_endpoint, "");
     let request = check_request("orders.example", &user);
-    authz.check(&request).await.expect("warm the cache");
+    decide(&authz, &request).await.expect("warm the cache");
     let (p50, p99, per_sec) = hit_latency(&authz, &request, InProcess::Decision).await;
     let trusting = format!(
         "trusted_issuers:\n  - issuer: {}\n    audiences: [frontend]\n",
@@ -127,7 +127,7 @@ async fn run() {
         .mint_with(&[("sub", "alice"), ("aud", "frontend"), ("scope", "orders.read")])
         .await;
     let verified_request = check_request("orders.example", &for_frontend);
-    verifying.check(&verified_request).await.expect("warm both caches");
+    decide(&verifying, &verified_request).await.expect("warm both caches");
     let (vp50, vp99, vper_sec) = hit_latency(&verifying, &verified_request, InProcess::Decision).await;
     println!("\n## In process: Authz::check on a cache hit (one thread)\n");
     println!("| subject token | p50 | p99 | checks/s on one core |");
@@ -165,7 +165,7 @@ async fn run() {
         ),
     );
     for a in [&with_metadata, &audited, &traced] {
-        a.check(&request).await.expect("warm the cache");
+        decide(a, &request).await.expect("warm the cache");
     }
     let paths = [
         ("`Authz::check`: the decision", &authz, InProcess::Decision),
@@ -212,8 +212,7 @@ async fn run() {
         // One miss for another user first: after the hit runs the connection to the token service
         // may have gone idle, and the raw calls above were timed on a warm one.
         let warm = service.mint(&format!("stampede-warm-{n}"), "orders.read").await;
-        authz
-            .check(&check_request("orders.example", &warm))
+        decide(&authz, &check_request("orders.example", &warm))
             .await
             .expect("warm");
         let before = service.exchanges().await;
@@ -225,7 +224,7 @@ async fn run() {
                 let (authz, request) = (authz.clone(), request.clone());
                 tokio::spawn(async move {
                     let t = Instant::now();
-                    authz.check(&request).await.expect("check");
+                    decide(&authz, &request).await.expect("check");
                     t.elapsed()
                 })
             })
@@ -262,11 +261,11 @@ async fn memory_at_100k_tokens() {
     drop((bare, audited));
 }
 
-async fn memory_of(n: usize, token_bytes: usize, with_claims: bool) -> baton::cache::TokenCache {
-    use baton::cache::{Delegated, Lifetimes, TokenCache};
-    use baton::clock::unix_now;
-    use baton::jwt::DelegationClaims;
-    use baton::secret::Secret;
+async fn memory_of(n: usize, token_bytes: usize, with_claims: bool) -> baton_core::cache::TokenCache {
+    use baton_core::cache::{Delegated, Lifetimes, TokenCache};
+    use baton_core::clock::unix_now;
+    use baton_core::jwt::DelegationClaims;
+    use baton_core::secret::Secret;
     let cache = TokenCache::new(n as u64, Duration::ZERO);
     let before = rss_bytes();
     let now = unix_now();
@@ -333,7 +332,7 @@ mod profile {
             let user = service.mint("alice", "orders.read").await;
             let authz = in_process_authz(&scratch, &service.token_endpoint, "");
             let request = check_request("orders.example", &user);
-            authz.check(&request).await.expect("warm the cache");
+            decide(&authz, &request).await.expect("warm the cache");
             (service, authz, request)
         });
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -366,7 +365,7 @@ mod profile {
                 subjects.push(service.mint(&format!("raw-{i}"), "orders.read").await);
             }
             // Warm both connections to the token service.
-            authz.check(&requests[n]).await.expect("warm");
+            decide(&authz, &requests[n]).await.expect("warm");
             assert!(raw_exchange(&client, &service.token_endpoint, &subjects[n]).await);
             (service, authz, client, requests, subjects)
         });
@@ -394,7 +393,7 @@ mod profile {
     fn missed(rt: &tokio::runtime::Runtime, authz: &Authz, requests: &[CheckRequest]) {
         rt.block_on(async {
             for request in requests {
-                assert!(authz.check(request).await.is_ok());
+                assert!(decide(authz, request).await.is_ok());
             }
         });
     }
@@ -403,7 +402,7 @@ mod profile {
     fn decisions(rt: &tokio::runtime::Runtime, authz: &Authz, request: &CheckRequest, n: usize) {
         rt.block_on(async {
             for _ in 0..n {
-                assert!(authz.check(request).await.is_ok());
+                assert!(decide(authz, request).await.is_ok());
             }
         });
     }
@@ -413,7 +412,7 @@ mod profile {
         let metadata = tonic::metadata::MetadataMap::new();
         rt.block_on(async {
             for _ in 0..n {
-                let response = baton::server::check(authz, &metadata, request).await;
+                let response = baton_envoy::server::check(authz, &metadata, request).await;
                 assert!(response.status.is_some_and(|s| s.code == 0));
             }
         });
@@ -509,12 +508,12 @@ enum InProcess {
 
 async fn once(authz: &Authz, request: &CheckRequest, metadata: &tonic::metadata::MetadataMap, path: InProcess) -> bool {
     match path {
-        InProcess::Decision => authz.check(request).await.is_ok(),
+        InProcess::Decision => decide(authz, request).await.is_ok(),
         InProcess::Reply => {
-            let outcome = authz.check(request).await;
-            outcome.is_ok() && baton::respond::check_response(&outcome).http_response.is_some()
+            let outcome = decide(authz, request).await;
+            outcome.is_ok() && baton_envoy::respond::check_response(&outcome).http_response.is_some()
         }
-        InProcess::Served => baton::server::check(authz, metadata, request)
+        InProcess::Served => baton_envoy::server::check(authz, metadata, request)
             .await
             .status
             .is_some_and(|s| s.code == 0),

@@ -257,8 +257,8 @@ async fn direct_round_trips(
 /// The length of the `Authorization` Baton sets for `user` at `orders`, from one exchange in process.
 async fn delegated_header_len(scratch: &Scratch, token_endpoint: &str, user: &str) -> usize {
     let authz = in_process_authz(scratch, token_endpoint, "");
-    match authz.check(&check_request("orders.example", user)).await {
-        Ok(baton::authz::Allow::Delegate { token, .. }) => token.authorization.expose().len(),
+    match decide(&authz, &check_request("orders.example", user)).await {
+        Ok(baton_core::decision::Allow::Delegate { token, .. }) => token.authorization.expose().len(),
         other => panic!("expected a delegation, got {other:?}"),
     }
 }
@@ -385,8 +385,7 @@ async fn miss_path(scratch: &Scratch, service: &TokenService) {
         .mint_with(&[("sub", "warm"), ("aud", "frontend"), ("scope", "orders.read")])
         .await;
     for authz in [&plain, &verifying] {
-        authz
-            .check(&check_request("orders.example", &warm))
+        decide(authz, &check_request("orders.example", &warm))
             .await
             .expect("warm");
     }
@@ -424,8 +423,8 @@ async fn miss_path(scratch: &Scratch, service: &TokenService) {
             let n = (i / KINDS) as usize;
             match i % KINDS {
                 0 => raw_exchange(&raw_client, &endpoint, &raw_tokens[n]).await,
-                1 => plain.check(&plain_requests[n]).await.is_ok(),
-                _ => verifying.check(&verified_requests[n]).await.is_ok(),
+                1 => decide(&plain, &plain_requests[n]).await.is_ok(),
+                _ => decide(&verifying, &verified_requests[n]).await.is_ok(),
             }
         }
     })

@@ -4,7 +4,7 @@
 //! each checked by the library itself. Then who may call it: a user's token, however valid, is no
 //! caller's credential, and a caller narrows a destination's scopes but never widens them.
 
-use baton::broker::pb::delegation_broker_client::DelegationBrokerClient;
+use baton_envoy::broker::pb::delegation_broker_client::DelegationBrokerClient;
 use baton_test_support::*;
 
 /// The binary under test, passed to the harness (only this package can name it).
@@ -15,7 +15,7 @@ async fn exchange(
     token: &str,
     destination: &str,
     scopes: &[&str],
-) -> Result<baton::broker::pb::ExchangeResponse, tonic::Status> {
+) -> Result<baton_envoy::broker::pb::ExchangeResponse, tonic::Status> {
     broker_exchange(client, None, token, destination, scopes).await
 }
 

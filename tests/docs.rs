@@ -105,7 +105,7 @@ fn is_placeholder_file(message: &str, block: &str) -> bool {
 /// Baton's configuration: parsed, then validated, every error kept. The one place that names
 /// Baton's configuration API, so the restructure moves only this call.
 fn baton_config_errors(text: &str) -> Vec<String> {
-    match baton::config::Config::from_yaml(text) {
+    match baton_core::config::Config::from_yaml(text) {
         Ok(_) => Vec::new(),
         Err(e) => e.0.into_iter().map(|f| format!("{}: {}", f.path, f.message)).collect(),
     }
@@ -113,7 +113,7 @@ fn baton_config_errors(text: &str) -> Vec<String> {
 
 /// `baton inject`'s configuration, parsed and validated as `baton inject --config` does.
 fn injector_config_errors(text: &str) -> Vec<String> {
-    match baton::inject::InjectConfig::from_yaml(text) {
+    match baton_inject::InjectConfig::from_yaml(text) {
         Ok(_) => Vec::new(),
         Err(e) => e.0.into_iter().map(|f| format!("{}: {}", f.path, f.message)).collect(),
     }
@@ -132,7 +132,7 @@ fn sts_config_errors(text: &str) -> Vec<String> {
             None => format!("{line}\n"),
         })
         .collect();
-    let errors = match serde_saphyr::from_str::<baton::sts::RawStsConfig>(&text) {
+    let errors = match serde_saphyr::from_str::<baton_sts::RawStsConfig>(&text) {
         Ok(raw) => raw.validate().err().unwrap_or_default(),
         Err(e) => vec![format!("(yaml): {e}")],
     };

@@ -149,7 +149,7 @@ async fn every_generated_variant_passes_envoy_validate() {
             let fragment: Value =
                 serde_saphyr::from_str(&envoy_config(&["--config", config, "--api", api, "--fragment"]))
                     .expect("the fragment is YAML");
-            let wrapped = baton::envoy_config::to_yaml(&around_fragment(&fragment)).expect("yaml");
+            let wrapped = baton_envoy::envoy_config::to_yaml(&around_fragment(&fragment)).expect("yaml");
             files.push(scratch.write(&format!("{api}-{transport}-fragment.yaml"), &wrapped));
         }
     }
@@ -229,11 +229,11 @@ async fn a_tls_baton_gets_a_tls_cluster_and_never_a_plain_one() {
         assert!(baton.to_string().contains("127.0.0.1"), "{baton}");
         files.push(scratch.write(
             &format!("{api}-tls.yaml"),
-            &baton::envoy_config::to_yaml(&bootstrap).expect("yaml"),
+            &baton_envoy::envoy_config::to_yaml(&bootstrap).expect("yaml"),
         ));
         args.push("--fragment");
         let fragment: Value = serde_saphyr::from_str(&envoy_config(&args)).expect("yaml");
-        let wrapped = baton::envoy_config::to_yaml(&around_fragment(&fragment)).expect("yaml");
+        let wrapped = baton_envoy::envoy_config::to_yaml(&around_fragment(&fragment)).expect("yaml");
         files.push(scratch.write(&format!("{api}-tls-fragment.yaml"), &wrapped));
     }
     let results = join_all(files.into_iter().map(validate)).await;
@@ -299,7 +299,7 @@ async fn the_generated_bootstrap_names_each_destination_through_envoy() {
         ]);
         let mut bootstrap: Value = serde_saphyr::from_str(&generated).expect("YAML");
         to_test_upstream(&mut bootstrap, upstream.port);
-        let bootstrap = baton::envoy_config::to_yaml(&bootstrap).expect("yaml");
+        let bootstrap = baton_envoy::envoy_config::to_yaml(&bootstrap).expect("yaml");
         let envoy = Envoy::start_with_bootstrap(&scratch, &bootstrap).await;
 
         // The route names billing, whose hosts in Baton's own configuration do not include

@@ -148,7 +148,7 @@ fn the_injector_webhook_is_scoped_and_fails_closed() {
     // The configuration it mounts is valid.
     let config = find_prefixed(&docs, "ConfigMap", "baton-inject");
     let yaml = config["data"]["inject.yaml"].as_str().expect("inject.yaml");
-    baton::inject::InjectConfig::from_yaml(yaml).unwrap_or_else(|e| panic!("inject.yaml: {e}"));
+    baton_inject::InjectConfig::from_yaml(yaml).unwrap_or_else(|e| panic!("inject.yaml: {e}"));
 }
 
 /// kustomize suffixes generated names with a hash.
@@ -356,7 +356,7 @@ fn in_the_sidecar_pod_only_envoy_can_reach_baton() {
     assert_socket_only_for_the_proxy("sidecar", spec, &listen, Some("baton-envoy"), 65532);
     // The injector's defaults are the same: one design, hand-written and injected.
     let inject = std::fs::read_to_string(k8s().join("overlays/injector/inject.yaml")).expect("read");
-    let sidecar = baton::inject::InjectConfig::from_yaml(&inject)
+    let sidecar = baton_inject::InjectConfig::from_yaml(&inject)
         .expect("inject.yaml")
         .sidecar;
     assert_eq!(Some(sidecar.socket_group), gid(&listen["grpc_uds_group"]));

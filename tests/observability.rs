@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton::broker::pb::ExchangeRequest;
-use baton::broker::pb::delegation_broker_client::DelegationBrokerClient;
+use baton_envoy::broker::pb::ExchangeRequest;
+use baton_envoy::broker::pb::delegation_broker_client::DelegationBrokerClient;
 use baton_test_support::*;
 use fake_opentelemetry_collector::ExportedSpan;
 use serde_json::Value;
@@ -308,7 +308,7 @@ async fn one_trace_links_envoy_baton_and_the_token_exchange() {
     assert_eq!(a("baton.subject.iss").as_deref(), Some(service.issuer.as_str()));
     assert_eq!(
         a("baton.subject.sub"),
-        Some(baton::secret::fingerprint("alice")),
+        Some(baton_core::secret::fingerprint("alice")),
         "subject: hashed"
     );
     assert_eq!(a("baton.issued.jti").as_deref(), issued["jti"].as_str());

@@ -7,8 +7,8 @@
 
 use std::path::PathBuf;
 
-use baton::broker::pb::ExchangeRequest;
-use baton::broker::pb::delegation_broker_client::DelegationBrokerClient;
+use baton_envoy::broker::pb::ExchangeRequest;
+use baton_envoy::broker::pb::delegation_broker_client::DelegationBrokerClient;
 use baton_test_support::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
@@ -27,7 +27,7 @@ async fn exchange(
     client: &mut Client,
     token: &str,
     destination: &str,
-) -> Result<baton::broker::pb::ExchangeResponse, tonic::Status> {
+) -> Result<baton_envoy::broker::pb::ExchangeResponse, tonic::Status> {
     let request = ExchangeRequest {
         subject_token: token.to_owned(),
         destination: destination.to_owned(),
@@ -37,7 +37,7 @@ async fn exchange(
 }
 
 /// A refusal's gRPC code and reason code (the start of its message).
-fn refusal(result: Result<baton::broker::pb::ExchangeResponse, tonic::Status>) -> (tonic::Code, String) {
+fn refusal(result: Result<baton_envoy::broker::pb::ExchangeResponse, tonic::Status>) -> (tonic::Code, String) {
     let status = result.expect_err("refused");
     let reason = status.message().split(':').next().unwrap_or_default().to_owned();
     (status.code(), reason)

@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
-use baton::authz::Authz;
-use baton::file::Config;
+use baton_core::authz::Authz;
+use baton_core::decision::Allow;
+use baton_decide::reason::Denial;
+use baton_envoy::file::Config;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
@@ -170,7 +172,7 @@ pub fn in_process_authz(scratch: &Scratch, token_endpoint: &str, extra: &str) ->
         "listen:\n  grpc: 127.0.0.1:0\ntoken_service:\n{token_service}\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n    scopes: [orders.read]\n{extra}"
     );
     let config = Config::from_yaml(&yaml).expect("config");
-    baton::app::build(config.decision).expect("build")
+    baton_envoy::app::build(config.decision).expect("build")
 }
 
 /// A CheckRequest as Envoy sends it: six headers, the user's token among them.
@@ -227,4 +229,10 @@ pub async fn raw_exchange(client: &reqwest::Client, token_endpoint: &str, subjec
     };
     let ok = r.status().is_success();
     ok && r.bytes().await.is_ok()
+}
+
+/// Envoy's ext_authz question answered in process, as the server does: extract, then decide.
+pub async fn decide(authz: &Authz, request: &CheckRequest) -> Result<Allow, Denial> {
+    let check = baton_envoy::extract::Check::new(request);
+    authz.decide(&check.outbound()?).await
 }

@@ -3,8 +3,9 @@
 //! characters; everything else is refused with one of the caller-token reasons.
 #![no_main]
 
-use baton::extract::{Authorization, Headers, is_b64token, subject_token};
-use baton::reason::Reason;
+use baton_envoy::extract::Lines;
+use baton_decide::request::{Authorization, Headers, is_b64token, subject_token};
+use baton_decide::reason::Reason;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use libfuzzer_sys::fuzz_target;
 
@@ -31,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .filter(|h| h.key.eq_ignore_ascii_case("authorization"))
         .count();
-    match Headers::Lines(&lines).one("authorization") {
+    match Headers::Lines(&Lines::new(&lines)).one("authorization") {
         Ok(Authorization::Missing) => assert_eq!(named, 0),
         Ok(Authorization::Several) => assert!(named > 1),
         Ok(Authorization::One(v)) => {

@@ -6,8 +6,8 @@
 
 use std::sync::OnceLock;
 
-use baton::canonical::{authority, host_pattern};
-use baton::route::Routes;
+use baton_decide::canonical::{authority, host_pattern};
+use baton_decide::route::Routes;
 use libfuzzer_sys::fuzz_target;
 
 fn routes() -> &'static Routes<&'static str> {

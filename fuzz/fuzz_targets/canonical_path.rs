@@ -3,7 +3,7 @@
 //! encoded `/`, `\` or control character, and only upper-case escapes.
 #![no_main]
 
-use baton::canonical::{path, path_only};
+use baton_decide::canonical::{path, path_only};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,9 +6,10 @@
 
 use std::collections::HashMap;
 
-use baton::extract::{Authorization, Headers, Outbound, outbound, processing_outbound, subject_token};
-use baton::reason::Reason;
-use baton::route::CONTEXT_KEY;
+use baton_envoy::extract::{Check, Processing};
+use baton_decide::request::{Authorization, Headers, Outbound, subject_token};
+use baton_decide::reason::Reason;
+use baton_decide::route::CONTEXT_KEY;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRequest;
 use libfuzzer_sys::fuzz_target;
@@ -20,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(request) = ProcessingRequest::decode(data) {
         for route in [None, Some("orders"), Some("")] {
-            match processing_outbound(&request, route) {
+            match Processing::new(&request, route).outbound() {
                 Ok(out) => {
                     assert_eq!(out.route_destination, route.filter(|r| !r.is_empty()));
                     check_outbound(&out, &[]);
@@ -35,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check_authz(request: &CheckRequest) {
-    match outbound(request) {
+    match Check::new(request).outbound() {
         Ok(out) => {
             let attributes = request.attributes.as_ref().expect("extracted");
             let http = attributes
@@ -100,10 +101,6 @@ fn check_outbound(out: &Outbound<'_>, fields: &[&str]) {
 fn header_values<'a>(headers: Headers<'a>) -> Box<dyn Iterator<Item = &'a str> + 'a> {
     match headers {
         Headers::Folded(map) => Box::new(map.values().map(String::as_str)),
-        Headers::Lines(lines) => Box::new(lines.iter().flat_map(|h| {
-            [Some(h.value.as_str()), std::str::from_utf8(&h.raw_value).ok()]
-                .into_iter()
-                .flatten()
-        })),
+        Headers::Lines(lines) => Box::new(lines.iter().filter_map(|(_, value)| value)),
     }
 }

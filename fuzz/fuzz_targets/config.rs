@@ -3,10 +3,10 @@
 //! one problem, each with the path of its field.
 #![no_main]
 
-use baton::config::Config;
-use baton::file::RawConfig;
-use baton::files::parse_yaml;
-use baton::sts::RawStsConfig;
+use baton_core::config::Config;
+use baton_envoy::file::RawConfig;
+use baton_core::files::parse_yaml;
+use baton_sts::RawStsConfig;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -46,7 +46,7 @@ fn check(config: &Config) {
             d.name
         );
         for scope in &d.scopes {
-            assert!(baton::settings::is_scope_token(scope), "{scope:?}");
+            assert!(baton_decide::settings::is_scope_token(scope), "{scope:?}");
         }
     }
 }

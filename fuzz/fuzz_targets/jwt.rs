@@ -4,7 +4,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use baton::jwt::{DelegationClaims, MAX_CLAIM_LEN, unverified_exp, unverified_issuer};
+use baton_core::jwt::{DelegationClaims, MAX_CLAIM_LEN, unverified_exp, unverified_issuer};
 use libfuzzer_sys::fuzz_target;
 use serde::Deserializer as _;
 use serde::de::{IgnoredAny, MapAccess, Visitor};

@@ -3,9 +3,9 @@
 //! characters; every failure maps to a stable reason and never echoes the service's free text.
 #![no_main]
 
-use baton::exchange::parse_response;
-use baton::extract::is_b64token;
-use baton::reason::{Class, Denial, Reason};
+use baton_core::exchange::parse_response;
+use baton_decide::request::is_b64token;
+use baton_decide::reason::{Class, Denial, Reason};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

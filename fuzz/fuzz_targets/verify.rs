@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use baton::cache::digest;
-use baton::clock::unix_now;
-use baton::reason::{Class, Reason};
-use baton::sts::{SigningKey, StsConfig, serve};
-use baton::verify::{IssuerConfig, OpaqueTokens, Verified, Verifier};
+use baton_core::cache::digest;
+use baton_core::clock::unix_now;
+use baton_decide::reason::{Class, Reason};
+use baton_sts::{SigningKey, StsConfig, serve};
+use baton_core::verify::{IssuerConfig, OpaqueTokens, Verified, Verifier};
 use jsonwebtoken::{Algorithm, Header};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use baton::file::Config;
+use baton_envoy::file::Config;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -18,7 +18,7 @@ impl Args {
             Config::from_file(file)
                 .map_err(|e| e.to_string())
                 .and_then(|config| match &config.listen.grpc_tls {
-                    Some(tls) => baton::tls::server_config(tls)
+                    Some(tls) => baton_envoy::tls::server_config(tls)
                         .map(|_| config)
                         .map_err(|e| format!("listen.grpc_tls: {e}\n")),
                     None => Ok(config),

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use baton::envoy_config;
-use baton::file::Config;
+use baton_envoy::envoy_config;
+use baton_envoy::file::Config;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {

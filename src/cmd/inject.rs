@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use baton::inject::InjectConfig;
+use baton_inject::InjectConfig;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -22,7 +22,7 @@ impl Args {
             Ok(config) => config,
             Err(e) => return crate::fail(format!("{}: {e}", self.config.display())),
         };
-        let served = baton::inject::serve(config, crate::shutdown_signal(), |addr| {
+        let served = baton_inject::serve(config, crate::shutdown_signal(), |addr| {
             // One JSON line on stdout, so scripts and tests learn the real port.
             crate::print(&format!(
                 "{}\n",

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use baton::file::Config;
+use baton_envoy::file::Config;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -14,7 +14,7 @@ pub(crate) struct Args {
 impl Args {
     pub(crate) async fn run(self) -> ExitCode {
         match Config::from_file(&self.config) {
-            Ok(parsed) => baton::app::run(self.config, parsed, crate::shutdown_signal())
+            Ok(parsed) => baton_envoy::app::run(self.config, parsed, crate::shutdown_signal())
                 .await
                 .map_or_else(crate::fail, |()| ExitCode::SUCCESS),
             Err(e) => crate::fail(e.to_string()),

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use baton::sts::{self, RawStsConfig};
+use baton_sts::RawStsConfig;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -59,7 +59,7 @@ impl Mint {
         form.extend(self.scope.map(|v| ("scope", v)));
         form.extend(self.expires_in.map(|v| ("expires_in", v.to_string())));
         form.extend(self.may_act.map(|v| ("may_act", v)));
-        match sts::mint_remote(&self.url, &form).await {
+        match baton_sts::mint_remote(&self.url, &form).await {
             Ok(token) => {
                 crate::print(&format!("{token}\n"));
                 ExitCode::SUCCESS
@@ -72,9 +72,9 @@ impl Mint {
 async fn serve(config: Option<PathBuf>, listen: Option<String>) -> ExitCode {
     let mut raw: RawStsConfig = match &config {
         // Read with the configuration file's size bound, like Baton's own.
-        Some(path) => match baton::files::read_file(path)
+        Some(path) => match baton_core::files::read_file(path)
             .map_err(|e| e.to_string())
-            .and_then(|text| baton::files::parse_yaml(&text).map_err(|e| e.to_string()))
+            .and_then(|text| baton_core::files::parse_yaml(&text).map_err(|e| e.to_string()))
         {
             Ok(raw) => raw,
             Err(e) => return crate::fail(format!("{}: {e}", path.display())),
@@ -93,7 +93,7 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> ExitCode {
         Err(e) => return crate::fail(format!("cannot listen on {}: {e}", config.listen)),
     };
     tracing::warn!("baton sts is a development token service: do not use it in production");
-    let served = sts::serve(config, listener, crate::shutdown_signal(), |endpoints| {
+    let served = baton_sts::serve(config, listener, crate::shutdown_signal(), |endpoints| {
         // One JSON line on stdout, so scripts and tests learn the real port.
         crate::print(&format!("{}\n", serde_json::to_string(endpoints).unwrap_or_default()));
     })

@@ -8,7 +8,7 @@
 //! fail the caller rule, `caller_not_workload`), a caller credential that is not a verified token,
 //! and scope escalation (a scope outside `broker_allowed_scopes`, however it is spelled).
 
-use baton::broker::pb::ExchangeRequest;
+use baton_envoy::broker::pb::ExchangeRequest;
 use tonic::Code;
 
 use baton_test_support::*;

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use baton::envoy_config::{ClientTls, transport_socket};
+use baton_envoy::envoy_config::{ClientTls, transport_socket};
 use futures_util::future::join_all;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -705,7 +705,7 @@ async fn broker_exchange(
         .http2_prior_knowledge()
         .build()
         .expect("client");
-    let message = baton::broker::pb::ExchangeRequest {
+    let message = baton_envoy::broker::pb::ExchangeRequest {
         subject_token: subject.to_owned(),
         destination: "orders".to_owned(),
         scopes: Vec::new(),
@@ -734,8 +734,8 @@ async fn broker_exchange(
         return Err(format!("{status:?} {}", message.unwrap_or_default()));
     }
     let bytes = response.bytes().await.map_err(|e| format!("body: {e}"))?;
-    let reply =
-        baton::broker::pb::ExchangeResponse::decode(bytes.get(5..).unwrap_or_default()).map_err(|e| e.to_string())?;
+    let reply = baton_envoy::broker::pb::ExchangeResponse::decode(bytes.get(5..).unwrap_or_default())
+        .map_err(|e| e.to_string())?;
     Ok(reply.access_token)
 }
 

@@ -149,7 +149,7 @@ fn generated(scratch: &Scratch, api: Api, port: u16, upstream: u16) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut bootstrap: Value = serde_saphyr::from_str(&String::from_utf8_lossy(&out.stdout)).expect("YAML");
     to_test_upstream(&mut bootstrap, upstream);
-    baton::envoy_config::to_yaml(&bootstrap).expect("yaml")
+    baton_envoy::envoy_config::to_yaml(&bootstrap).expect("yaml")
 }
 
 /// Every (api, shape) pair a row runs through.

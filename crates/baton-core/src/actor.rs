@@ -17,9 +17,9 @@ use crate::credentials::Watched;
 use crate::exchange::TokenService;
 use crate::files::read_bounded;
 use crate::oauth::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
-use crate::reason::{Denial, Reason};
 use crate::secret::Secret;
-use crate::settings::Errors;
+use baton_decide::reason::{Denial, Reason};
+use baton_decide::settings::Errors;
 
 /// `actor:`.
 #[derive(Debug, Default, Deserialize)]

@@ -3,61 +3,32 @@
 //! or a `Denial`; turning either into a reply is `respond`'s job. It never logs a token: only
 //! fingerprints.
 
+use arc_swap::ArcSwap;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use tracing::Instrument as _;
 
 use crate::actor::{self, ActorToken};
-use crate::cache::{self, CacheStatus, Constraints, Delegated, Key, Lifetimes, TokenCache};
+use crate::cache::{self, CacheStatus, Delegated, Key, Lifetimes, TokenCache};
 use crate::callers::Settings as Broker;
-use crate::canonical;
 use crate::config::{Config, MissingToken, UnknownDestination};
-use crate::destination::{DestinationActor, Settings as Destination};
-use crate::exchange::{ExchangeError, Target, TokenService, TokenServices};
-use crate::extract::{self, Headers, Outbound};
+use crate::decision::{Allow, Destination};
+use crate::destination::DestinationActor;
+use crate::exchange::{ExchangeError, Target, TokenServices};
 use crate::issued;
 use crate::jwt;
-use crate::policy::{Facts, Policy};
-use crate::reason::{Denial, Reason};
-use crate::route::Routes;
 use crate::secret::fingerprint;
 use crate::telemetry::Telemetry;
 use crate::verify::{Subject, Verified, Verifier};
+use baton_decide::canonical;
+use baton_decide::policy::Facts;
+use baton_decide::reason::{Denial, Reason};
+use baton_decide::request::{self, Headers, Outbound};
+use baton_decide::route::Routes;
 
-/// What Envoy should do with an allowed request.
-#[derive(Debug)]
-pub enum Allow {
-    /// Overwrite `Authorization` with the token for the destination.
-    Delegate {
-        destination: Arc<Route>,
-        token: Arc<Delegated>,
-        cache: CacheStatus,
-    },
-    /// Remove `Authorization`: the destination is not configured (`unknown_destination: strip`).
-    Strip,
-    /// Leave the request alone (`passthrough` settings).
-    Passthrough,
-}
-
-/// A configured destination: what its exchanges send, and the policy that guards it.
-#[derive(Debug)]
-pub struct Route {
-    pub name: String,
-    pub target: Target,
-    scopes: Vec<String>,
-    /// The scopes a broker call may ask for here (`broker_allowed_scopes`, default `scopes`).
-    broker_allowed_scopes: Arc<[String]>,
-    policy: Arc<Policy>,
-    use_actor: bool,
-    /// Where this destination's tokens come from.
-    pub token_service: Arc<TokenService>,
-    /// What this destination demands of the token it is served (see `cache::Constraints`).
-    constraints: Constraints,
-    /// Digest of the destination's name, `target`, the token service, the client identity and
-    /// `constraints`: the first half of every cache key.
-    key_params: Key,
-}
+/// The running decision core, replaced whole on reload (see `reload`); the servers load it once
+/// per request, so a request finishes on the core it started with.
+pub type Current = Arc<ArcSwap<Authz>>;
 
 /// Who asks, and for which request: what the policy looks at besides the subject token.
 #[derive(Debug)]
@@ -72,7 +43,7 @@ pub struct Caller<'a> {
 /// Everything the decision needs, built once from the configuration.
 #[derive(Debug)]
 pub struct Authz {
-    routes: Routes<Route>,
+    routes: Routes<Destination>,
     cache: Arc<TokenCache>,
     token_services: TokenServices,
     unknown_destination: UnknownDestination,
@@ -101,7 +72,14 @@ impl Authz {
             let hosts = d.hosts.clone();
             let use_actor = has_actor && d.actor == DestinationActor::Inherit;
             let token_service = token_services.get(&d.token_service)?.clone();
-            let mut route = Route::new(d.name, target, d.scopes, Arc::new(d.policy), use_actor, token_service);
+            let mut route = Destination::new(
+                d.name.into(),
+                target,
+                d.scopes,
+                Arc::new(d.policy),
+                use_actor,
+                token_service,
+            );
             route.broker_allowed_scopes = d.broker_allowed_scopes.into();
             Some((name, hosts, route))
         }));
@@ -161,11 +139,6 @@ impl Authz {
         &self.cache
     }
 
-    /// Envoy's ext_authz question: may this outbound request go, and with which Authorization?
-    pub async fn check(&self, request: &CheckRequest) -> Result<Allow, Denial> {
-        self.decide(&extract::outbound(request)?).await
-    }
-
     /// The decision for an outbound request, whichever Envoy API asked.
     pub async fn decide(&self, outbound: &Outbound<'_>) -> Result<Allow, Denial> {
         let destination = match self.destination(outbound) {
@@ -181,7 +154,7 @@ impl Authz {
             }
             Err(denial) => return Err(denial),
         };
-        let Some(subject_token) = extract::subject_token(&outbound.authorization, self.max_token_bytes)? else {
+        let Some(subject_token) = request::subject_token(&outbound.authorization, self.max_token_bytes)? else {
             return match self.missing_token {
                 MissingToken::Deny => Err(Denial::new(Reason::MissingToken, "the request has no bearer token")),
                 MissingToken::Passthrough => Ok(Allow::Passthrough),
@@ -220,7 +193,7 @@ impl Authz {
     /// exchanged once for all concurrent callers.
     pub async fn delegate(
         &self,
-        route: &Arc<Route>,
+        route: &Arc<Destination>,
         subject_token: &str,
         caller: &Caller<'_>,
     ) -> Result<(Arc<Delegated>, CacheStatus), Denial> {
@@ -264,7 +237,7 @@ impl Authz {
     /// one serving until its expiry.
     fn refresh(
         &self,
-        route: Arc<Route>,
+        route: Arc<Destination>,
         subject_token: &str,
         subject: Option<Arc<Subject>>,
         scope: Option<String>,
@@ -288,7 +261,7 @@ impl Authz {
     /// One exchange for `route` on behalf of `subject_token`: what a cache miss runs, and a refresh.
     async fn exchange(
         &self,
-        route: &Route,
+        route: &Destination,
         subject_token: &str,
         subject: Option<&Subject>,
         scope: Option<&str>,
@@ -422,7 +395,7 @@ impl Authz {
 
     /// The configured destination an outbound request names, if any (what `decide` looks up first),
     /// for reporting a decision that did not delegate.
-    pub fn destination_of(&self, outbound: &Outbound<'_>) -> Option<&Arc<Route>> {
+    pub fn destination_of(&self, outbound: &Outbound<'_>) -> Option<&Arc<Destination>> {
         self.destination(outbound).ok().flatten()
     }
 
@@ -430,7 +403,7 @@ impl Authz {
     /// the route names, which must also be the one Baton matches the authority to when it claims
     /// hosts (`destination_host_mismatch` otherwise), or the destination the authority matches
     /// (`None`: no destination). A malformed authority is `authority_malformed`, before any match.
-    fn destination(&self, outbound: &Outbound<'_>) -> Result<Option<&Arc<Route>>, Denial> {
+    fn destination(&self, outbound: &Outbound<'_>) -> Result<Option<&Arc<Destination>>, Denial> {
         let authority = canonical::authority(outbound.authority)
             .map_err(|e| Denial::new(Reason::AuthorityMalformed, format!("the request's authority {e}")));
         let Some(name) = outbound.route_destination else {
@@ -461,7 +434,7 @@ impl Authz {
     /// when `scopes` is empty, else exactly the ones asked for, each of which must be in its
     /// `broker_allowed_scopes` (a caller narrows what a destination grants, never widens it).
     /// Duplicates and order do not matter: the same set is the same exchange and cache entry.
-    pub fn route_for(&self, name: &str, scopes: &[String]) -> Result<Arc<Route>, Denial> {
+    pub fn route_for(&self, name: &str, scopes: &[String]) -> Result<Arc<Destination>, Denial> {
         let base = self
             .routes
             .by_name(name)
@@ -492,7 +465,7 @@ impl Authz {
         }
         let mut target = base.target.clone();
         target.scope = Some(wanted.join(" "));
-        let mut route = Route::new(
+        let mut route = Destination::new(
             base.name.clone(),
             target,
             wanted,
@@ -527,51 +500,7 @@ fn too_deep() -> Denial {
     )
 }
 
-impl Route {
-    fn new(
-        name: String,
-        target: Target,
-        scopes: Vec<String>,
-        policy: Arc<Policy>,
-        use_actor: bool,
-        token_service: Arc<TokenService>,
-    ) -> Self {
-        let constraints = Constraints {
-            max_delegation_depth: policy.max_delegation_depth,
-            max_token_lifetime: policy.max_token_lifetime.map(|d| d.as_secs()),
-        };
-        // Everything the exchange sends (what the token is), with the destination it is for and
-        // what that destination demands of it: a token is served only where all are the same.
-        let key_params = cache::destination_key(
-            &name,
-            &constraints,
-            &[
-                token_service.name(),
-                token_service.locator(),
-                token_service.client_id(),
-                target.audience.as_deref().unwrap_or(""),
-                target.resource.as_deref().unwrap_or(""),
-                target.scope.as_deref().unwrap_or(""),
-                target.requested_token_type.as_deref().unwrap_or(""),
-                target.subject_token_type,
-                if use_actor { "actor" } else { "" },
-            ],
-        );
-        Self {
-            name,
-            target,
-            scopes,
-            broker_allowed_scopes: Arc::from([]),
-            policy,
-            use_actor,
-            token_service,
-            constraints,
-            key_params,
-        }
-    }
-}
-
-fn target(d: &Destination, subject_token_type: &'static str) -> Target {
+fn target(d: &crate::destination::Settings, subject_token_type: &'static str) -> Target {
     Target {
         audience: d.audience.clone(),
         resource: d.resource.clone(),

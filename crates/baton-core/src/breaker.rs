@@ -21,8 +21,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::settings::{Errors, optional_duration};
 use crate::telemetry::metrics::{CircuitStateLabels, CircuitTransitionLabels, Metrics};
+use baton_decide::settings::{Errors, optional_duration};
 
 /// The rolling window is kept as this many buckets, each a tenth of it: outcomes leave the count
 /// a bucket at a time.

@@ -16,9 +16,9 @@ use serde::Deserialize;
 
 use crate::clock::unix_now;
 use crate::jwt::DelegationClaims;
-use crate::reason::Denial;
 use crate::secret::Secret;
-use crate::settings::{Errors, duration};
+use baton_decide::reason::Denial;
+use baton_decide::settings::{Errors, duration};
 
 const BEARER: &str = "Bearer ";
 
@@ -675,7 +675,7 @@ mod tests {
     const NOW: u64 = 1_700_000_000;
 
     fn down(why: &'static str) -> Denial {
-        Denial::new(crate::reason::Reason::TokenServiceTimeout, why)
+        Denial::new(baton_decide::reason::Reason::TokenServiceTimeout, why)
     }
 
     fn delegated(lifetimes: Lifetimes, margin: u64) -> Delegated {
@@ -941,7 +941,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_definite_refusals_are_remembered() {
-        use crate::reason::Reason;
+        use baton_decide::reason::Reason;
         let cache = TokenCache::new(100, Duration::from_secs(60));
         cache.remember_refusal([1; 32], &Denial::new(Reason::TargetRefused, "no"));
         cache.remember_refusal([2; 32], &Denial::new(Reason::TokenServiceTimeout, "slow"));
@@ -1100,7 +1100,7 @@ mod tests {
             .max_delegation_depth
             .is_some_and(|max| step.depth > max)
         {
-            return Err(Denial::new(crate::reason::Reason::DelegationTooDeep, "too deep"));
+            return Err(Denial::new(baton_decide::reason::Reason::DelegationTooDeep, "too deep"));
         }
         let lifetimes = Lifetimes {
             expires_in: Some(300),

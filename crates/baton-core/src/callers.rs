@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::settings::Errors;
+use baton_decide::settings::Errors;
 
 /// `broker:`: who may call `baton.v1.DelegationBroker`. Without this section the broker API
 /// refuses every call (`broker_disabled`): a sidecar that only serves Envoy exposes no second way

@@ -4,14 +4,14 @@
 //! span sections (a destination's or introspection's token service exists, the broker's caller
 //! audience is one an issuer accepts). Every problem is reported at once, each with the path of its
 //! field. It knows no section's insides, never reads a file, and never logs a secret. The whole file
-//! (these sections and the serving ones) is `crate::file`.
+//! (these sections and the serving ones) is `baton_envoy::file`.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
 use crate::files::parse_yaml;
-use crate::settings::{ConfigError, Errors};
+use baton_decide::settings::{ConfigError, Errors};
 
 // === The YAML shape ===
 

@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use serde::Deserialize;
 use url::Url;
 
-use crate::settings::{Errors, is_scope_token};
 use crate::token_service::DEFAULT_TOKEN_SERVICE;
+use baton_decide::settings::{Errors, is_scope_token};
 
 /// `destinations[].actor`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -35,7 +35,7 @@ pub struct Raw {
     /// call asking for any other scope is refused (`scope_not_allowed`).
     pub broker_allowed_scopes: Option<Vec<String>>,
     pub requested_token_type: Option<String>,
-    pub policy: crate::policy::RawPolicy,
+    pub policy: baton_decide::policy::RawPolicy,
     pub actor: DestinationActor,
     /// The name of the token service this destination's tokens come from (default `default`).
     pub token_service: Option<String>,
@@ -51,7 +51,7 @@ pub struct Settings {
     /// What a broker call may ask for instead of `scopes` (a subset of it, never more).
     pub broker_allowed_scopes: Vec<String>,
     pub requested_token_type: Option<String>,
-    pub policy: crate::policy::Policy,
+    pub policy: baton_decide::policy::Policy,
     pub actor: DestinationActor,
     /// The name of one of `Config::token_services`.
     pub token_service: String,
@@ -74,7 +74,7 @@ pub(crate) fn validate(raw: Vec<Raw>, verified: bool, errors: &mut Errors) -> Ve
         for (j, host) in d.hosts.iter().enumerate() {
             // The same canonical form requests are matched in (lower-case, no trailing dot, one
             // spelling of the port), so two spellings of one host cannot hide a conflict.
-            let host = match crate::canonical::host_pattern(host) {
+            let host = match baton_decide::canonical::host_pattern(host) {
                 Ok(pattern) => pattern.to_string(),
                 Err(why) => {
                     errors.add(at(&format!("hosts[{j}]")), format!("`{host}` {why}"));

@@ -17,12 +17,12 @@ use url::Url;
 use crate::breaker::{Breaker, Outcome};
 use crate::clock::{unix_ms, unix_now};
 use crate::credentials::{self, Watched};
-use crate::extract::is_b64token;
 use crate::http::{BodyError, error_chain, http_client_builder, random_id, read_bounded};
 use crate::oauth::{CLIENT_ASSERTION_TYPE, GRANT_JWT_BEARER, GRANT_TOKEN_EXCHANGE};
-use crate::reason::{Denial, Reason};
 use crate::secret::Secret;
 use crate::token_service::{ClientAuth, Endpoint, Profile, Settings as TokenServiceConfig};
+use baton_decide::reason::{Denial, Reason};
+use baton_decide::request::is_b64token;
 
 /// What is asked for one destination: everything the token service sees besides the tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -863,7 +863,7 @@ mod tests {
             "  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n{extra}"
         ))
         .expect("yaml");
-        let mut errors = crate::settings::Errors::default();
+        let mut errors = baton_decide::settings::Errors::default();
         let checked = crate::token_service::validate(Some(raw), Default::default(), &mut errors);
         assert!(errors.0.is_empty(), "{errors:?}");
         checked.valid().and_then(|s| s.into_iter().next()).expect("config")

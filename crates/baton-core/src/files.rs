@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::secret::Secret;
-use crate::settings::{ConfigError, Errors, FieldError};
+use baton_decide::settings::{ConfigError, Errors, FieldError};
 
 /// The largest configuration file read.
 const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;

@@ -12,8 +12,8 @@ use serde_json::Value;
 use crate::actor::Actor;
 use crate::exchange::Issued;
 use crate::jwt::{JwtError, Unverified};
-use crate::reason::{Denial, Reason};
 use crate::token_service::Profile;
+use baton_decide::reason::{Denial, Reason};
 
 /// What Baton asked the token service for, to hold the answer against.
 #[derive(Clone, Copy, Debug)]

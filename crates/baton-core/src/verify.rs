@@ -21,9 +21,9 @@ use crate::cache::{Expiring, Key, at_unix};
 use crate::clock::unix_now;
 use crate::http::read_bounded;
 use crate::oauth::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
-use crate::reason::{Denial, Reason};
-use crate::settings::{Errors, duration, http_url};
 use crate::telemetry::metrics::OutcomeLabels;
+use baton_decide::reason::{Denial, Reason};
+use baton_decide::settings::{Errors, duration, http_url};
 
 /// The counter of JWKS fetches, from `telemetry::Metrics::jwks_refreshes`.
 pub type JwksRefreshes =

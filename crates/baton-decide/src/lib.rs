@@ -11,5 +11,6 @@ pub mod canonical;
 pub mod key;
 pub mod policy;
 pub mod reason;
+pub mod request;
 pub mod route;
 pub mod settings;

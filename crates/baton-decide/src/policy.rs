@@ -78,7 +78,7 @@ pub struct Facts<'a> {
     pub source: Option<&'a str>,
     pub method: &'a str,
     pub path: &'a str,
-    pub headers: crate::extract::Headers<'a>,
+    pub headers: crate::request::Headers<'a>,
     pub destination: &'a str,
 }
 
@@ -445,7 +445,7 @@ mod tests {
             source,
             method,
             path,
-            headers: crate::extract::Headers::Folded(&empty),
+            headers: crate::request::Headers::Folded(&empty),
             destination: "orders",
         };
         policy.check(&facts).map_err(|d| d.reason)

@@ -256,14 +256,6 @@ impl Class {
             Self::Unavailable => 503,
         }
     }
-
-    pub const fn grpc_code(self) -> tonic::Code {
-        match self {
-            Self::Unauthenticated => tonic::Code::Unauthenticated,
-            Self::PermissionDenied => tonic::Code::PermissionDenied,
-            Self::Unavailable => tonic::Code::Unavailable,
-        }
-    }
 }
 
 /// A refusal: the reason code and a sentence for a human. The sentence is built by Baton, never
@@ -314,10 +306,6 @@ mod tests {
         assert_eq!(Reason::DestinationUnknown.class().http_status(), 403);
         assert_eq!(Reason::TokenServiceTimeout.class().http_status(), 503);
         assert_eq!(Reason::TokenServiceCircuitOpen.class().http_status(), 503);
-        assert_eq!(
-            Reason::TokenServiceClientRejected.class().grpc_code(),
-            tonic::Code::Unavailable
-        );
     }
 
     /// Every wire name (read from `as_str` above) has a row in the reason table of

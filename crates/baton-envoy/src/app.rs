@@ -6,17 +6,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::authz::Authz;
-use crate::config::Config;
-use crate::exchange::{TokenService, TokenServices};
 use crate::file::Config as File;
 use crate::listen::UdsGroup;
-use crate::reload::{self, Current};
+use crate::reload;
 use crate::server::{self, Listeners};
-use crate::telemetry::Telemetry;
-use crate::token_service::Endpoint;
-use crate::verify::{Introspection, Verifier};
 use arc_swap::ArcSwap;
+use baton_core::authz::{Authz, Current};
+use baton_core::config::Config;
+use baton_core::exchange::{TokenService, TokenServices};
+use baton_core::telemetry::Telemetry;
+use baton_core::token_service::Endpoint;
+use baton_core::verify::{Introspection, Verifier};
 use std::path::{Path, PathBuf};
 
 /// Build the decision core from a validated configuration; starts discovery for each token service
@@ -50,7 +50,7 @@ pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Au
     }
     for ts in &config.token_services {
         if let (Endpoint::Discover { issuer }, Some(service)) = (&ts.endpoint, services.get(&ts.name)) {
-            tokio::spawn(crate::discovery::run(Arc::downgrade(service), issuer.clone()));
+            tokio::spawn(baton_core::discovery::run(Arc::downgrade(service), issuer.clone()));
         }
     }
     let telemetry = match previous {
@@ -169,7 +169,7 @@ fn resolve_group(group: &UdsGroup) -> Result<u32, String> {
         UdsGroup::Id(gid) => return Ok(*gid),
         UdsGroup::Name(name) => name,
     };
-    let text = crate::files::read_bounded(Path::new("/etc/group"), 4 * 1024 * 1024)
+    let text = baton_core::files::read_bounded(Path::new("/etc/group"), 4 * 1024 * 1024)
         .map_err(|e| format!("listen.grpc_uds_group `{name}`: {e} (a numeric gid needs no /etc/group)"))?;
     String::from_utf8_lossy(&text)
         .lines()
@@ -194,7 +194,7 @@ pub async fn run(path: PathBuf, config: File, shutdown: impl Future<Output = ()>
         .collect();
     if let Some(addr) = config.listen.grpc
         && config.listen.grpc_tls.is_none()
-        && !crate::settings::is_loopback(addr.ip())
+        && !baton_decide::settings::is_loopback(addr.ip())
     {
         tracing::warn!(%addr, "listen.grpc serves plain text beyond loopback (insecure_plaintext): anyone who reaches it may ask for tokens");
     }
@@ -216,7 +216,7 @@ pub async fn run(path: PathBuf, config: File, shutdown: impl Future<Output = ()>
     let authz = build(config.decision)?;
     let telemetry = authz.telemetry().clone();
     let authz: Current = Arc::new(ArcSwap::new(authz));
-    let reloader = tokio::spawn(reload::watch(path, listen, authz.clone(), poll));
+    let reloader = tokio::spawn(reload::watch(path, listen, authz.clone(), poll, build_with));
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = server::serve(authz, listeners, async move {
         shutdown.await;

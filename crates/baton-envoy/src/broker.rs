@@ -13,13 +13,13 @@
 
 use tonic::{Request, Response, Status};
 
-use crate::authz::{Allow, Authz, Caller};
-use crate::cache;
-use crate::callers::{BrokerCallers, CallerRule};
-use crate::extract::{Authorization, Headers, check_token, subject_token};
-use crate::reason::{Denial, Reason};
-use crate::reload::Current;
-use crate::telemetry::{Api, Decided};
+use baton_core::authz::{Authz, Caller, Current};
+use baton_core::cache;
+use baton_core::callers::{BrokerCallers, CallerRule};
+use baton_core::decision::Allow;
+use baton_core::telemetry::{Api, Decided};
+use baton_decide::reason::{Denial, Reason};
+use baton_decide::request::{Authorization, Headers, check_token, subject_token};
 
 pub mod pb {
     tonic::include_proto!("baton.v1");
@@ -64,7 +64,7 @@ impl DelegationBroker for Broker {
                     source,
                     method: "",
                     path: "",
-                    headers: Headers::Lines(&[]),
+                    headers: Headers::NONE,
                 };
                 observation
                     .run(authz.delegate(route, subject, &caller))
@@ -187,7 +187,7 @@ fn is_caller(rule: &CallerRule, claims: &serde_json::Map<String, serde_json::Val
 }
 
 fn status(denial: &Denial) -> Status {
-    Status::new(denial.reason.class().grpc_code(), denial.to_string())
+    Status::new(crate::respond::grpc_code(denial.reason.class()), denial.to_string())
 }
 
 #[cfg(test)]
@@ -195,8 +195,8 @@ mod tests {
     use serde_json::{Map, Value, json};
 
     use super::*;
-    use crate::exchange::{TokenService, TokenServices};
     use crate::file::Config;
+    use baton_core::exchange::{TokenService, TokenServices};
 
     fn claims(value: Value) -> Map<String, Value> {
         match value {

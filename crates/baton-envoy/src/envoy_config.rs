@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::canonical::{self, HostPattern};
 use crate::ext_proc::DESTINATION_METADATA;
 use crate::file::Config;
-use crate::route::CONTEXT_KEY;
+use baton_decide::canonical::{self, HostPattern};
+use baton_decide::route::CONTEXT_KEY;
 
 /// The outbound listener's address when none is given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:15001";
@@ -263,7 +263,7 @@ fn baton_filter(options: &Options) -> Value {
                 // Baton's dynamic metadata (decision, destination, audience, cache, reason, jti), for
                 // the access log, when Baton's `telemetry.dynamic_metadata` is on.
                 "metadata_options": {
-                    "receiving_namespaces": { "untyped": [crate::telemetry::envoy::EXT_PROC_NAMESPACE] },
+                    "receiving_namespaces": { "untyped": [crate::respond::EXT_PROC_NAMESPACE] },
                 },
                 "processing_mode": {
                     "request_header_mode": "SEND",
@@ -786,15 +786,15 @@ destinations:
     }
 
     /// Baton's destination for an `:authority`, as `Authz::decide` finds it.
-    fn baton_names(routes: &crate::route::Routes<String>, authority: &str) -> Option<String> {
+    fn baton_names(routes: &baton_decide::route::Routes<String>, authority: &str) -> Option<String> {
         let authority = canonical::authority(authority).ok()?;
         routes.by_authority(&authority).map(|d| (**d).clone())
     }
 
-    fn agreement() -> (Value, crate::route::Routes<String>) {
+    fn agreement() -> (Value, baton_decide::route::Routes<String>) {
         let config = agreement_config();
         let doc = bootstrap(&config, &options(Api::ExtAuthz)).expect("bootstrap");
-        let routes = crate::route::Routes::new(
+        let routes = baton_decide::route::Routes::new(
             config
                 .decision
                 .destinations

@@ -14,16 +14,15 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
-use futures_util::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::authz::{Allow, Authz};
 use crate::extract;
-use crate::reason::{Denial, Reason};
-use crate::reload::Current;
+use crate::outcome;
 use crate::respond;
-use crate::telemetry::{self, Api, Decided};
+use baton_core::authz::{Authz, Current};
+use baton_core::telemetry::Api;
+use baton_decide::reason::{Denial, Reason};
 
 /// The gRPC metadata key a route sets to name its destination.
 pub const DESTINATION_METADATA: &str = "baton-destination";
@@ -32,7 +31,7 @@ pub const DESTINATION_METADATA: &str = "baton-destination";
 /// is not Envoy, and does not get to hold it open.
 const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(10);
 
-type Replies = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+type Replies = Pin<Box<dyn futures_util::Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
 #[derive(Debug)]
 pub struct ExtProcService {
@@ -50,7 +49,7 @@ impl ExternalProcessor for ExtProcService {
     type ProcessStream = Replies;
 
     async fn process(&self, request: Request<Streaming<ProcessingRequest>>) -> Result<Response<Replies>, Status> {
-        let stream = Exchange {
+        let stream = Stream {
             // One configuration for the stream's life, even if a reload lands meanwhile.
             authz: self.authz.load_full(),
             destination: route_destination(request.metadata()),
@@ -60,7 +59,7 @@ impl ExternalProcessor for ExtProcService {
         };
         Ok(Response::new(Box::pin(futures_util::stream::unfold(
             stream,
-            Exchange::next,
+            Stream::next,
         ))))
     }
 }
@@ -84,10 +83,10 @@ fn route_destination(metadata: &MetadataMap) -> Result<Option<String>, Denial> {
     }
 }
 
-// === impl Exchange ===
+// === impl Stream ===
 
 /// One HTTP request's stream.
-struct Exchange {
+struct Stream {
     authz: Arc<Authz>,
     destination: Result<Option<String>, Denial>,
     /// The stream's gRPC metadata: where Envoy puts the `traceparent` of its span for the stream.
@@ -103,7 +102,7 @@ enum State {
     Closed,
 }
 
-impl Exchange {
+impl Stream {
     /// The reply to Envoy's next message; `None` ends the stream with OK.
     async fn next(mut self) -> Option<(Result<ProcessingResponse, Status>, Self)> {
         loop {
@@ -160,36 +159,22 @@ impl Exchange {
     /// The reply to the request headers: the decision, observed (span, metrics, audit line), with
     /// Baton's dynamic metadata.
     async fn decide(&self, request: &ProcessingRequest) -> ProcessingResponse {
-        let destination = self.destination.clone();
-        let outbound = match &destination {
-            Ok(name) => extract::processing_outbound(request, name.as_deref()),
-            Err(denial) => Err(denial.clone()),
+        let processing = self
+            .destination
+            .as_ref()
+            .map(|name| extract::Processing::new(request, name.as_deref()));
+        let outbound = match &processing {
+            Ok(processing) => processing.outbound(),
+            Err(denial) => Err(Denial::clone(denial)),
         };
-        let outbound = outbound.as_ref();
-        let observation =
-            self.authz
-                .telemetry()
-                .observe(Api::ExtProc, &self.metadata, outbound.ok().map(|o| o.headers));
-        let outcome = match outbound {
-            Ok(outbound) => observation.run(self.authz.decide(outbound)).await,
-            Err(denial) => Err(denial.clone()),
-        };
-        log_outcome(&outcome);
-        let route = telemetry::destination(&self.authz, outbound.ok(), &outcome);
-        let mut reply = respond::request_headers_response(&outcome);
-        reply.dynamic_metadata = self
-            .authz
-            .telemetry()
-            .envoy_metadata(Api::ExtProc, &outcome, route.map(|r| &**r));
-        observation.finish(Decided {
-            outcome: &outcome,
-            destination: route,
-            source: outbound
-                .ok()
-                .and_then(|o| o.source_principal)
-                .or(self.authz.workload_identity()),
-        });
-        reply
+        outcome::decide(
+            &self.authz,
+            Api::ExtProc,
+            &self.metadata,
+            outbound.as_ref(),
+            respond::request_headers_reply,
+        )
+        .await
     }
 
     /// End the stream with this gRPC error.
@@ -197,26 +182,6 @@ impl Exchange {
         tracing::warn!(code = ?status.code(), message = status.message(), "ext_proc stream refused");
         self.state = State::Closed;
         Some((Err(status), self))
-    }
-}
-
-fn log_outcome(outcome: &Result<Allow, Denial>) {
-    match outcome {
-        Ok(Allow::Delegate {
-            destination,
-            token,
-            cache,
-        }) => {
-            tracing::debug!(api = "ext_proc", destination = %destination.name, cache = cache.as_str(), issued = %token.fingerprint(), "delegated");
-        }
-        Ok(Allow::Strip) => tracing::debug!(api = "ext_proc", "unknown destination: authorization stripped"),
-        Ok(Allow::Passthrough) => tracing::debug!(api = "ext_proc", "passed through"),
-        Err(denial) => tracing::info!(
-            api = "ext_proc",
-            reason = denial.reason.as_str(),
-            "denied: {}",
-            denial.description
-        ),
     }
 }
 
@@ -239,7 +204,18 @@ mod tests {
     async fn client() -> ExternalProcessorClient<Channel> {
         let yaml = "listen:\n  grpc: 127.0.0.1:0\ntoken_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth: { method: none }\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: https://orders.example\n";
         let config = Config::from_yaml(yaml).expect("config");
-        let authz = crate::app::build(config.decision).expect("build");
+        let services = config
+            .decision
+            .token_services
+            .iter()
+            .map(|ts| baton_core::exchange::TokenService::new(ts).expect("client"))
+            .collect::<Vec<_>>();
+        let authz = Authz::new(
+            config.decision,
+            baton_core::exchange::TokenServices::new(services),
+            None,
+        )
+        .into_shared();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let incoming = tonic::transport::server::TcpIncoming::from(listener);

@@ -1,9 +1,7 @@
-//! The first step of the data path: from Envoy's CheckRequest (ext_authz) or request-headers
-//! ProcessingRequest (ext_proc) to what Baton needs (the route's destination name, the authority, the
-//! caller's `Authorization`), and from `Authorization` to a subject token. It reads only those headers, borrows rather than copies, and refuses anything that
-//! is not one well-formed RFC 6750 bearer token.
-
-use std::collections::HashMap;
+//! The Envoy side of the first step of the data path: from Envoy's CheckRequest (ext_authz) or
+//! request-headers ProcessingRequest (ext_proc) to the Envoy-neutral [`Outbound`]. It reads only the
+//! headers the decision needs and borrows rather than copies; parsing the bearer token is
+//! `request`'s, never this module's.
 
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
@@ -11,73 +9,23 @@ use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRequest;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
 use envoy_types::pb::google::protobuf::value::Kind;
 
-use crate::reason::{Denial, Reason};
-use crate::route::CONTEXT_KEY;
+use baton_decide::reason::{Denial, Reason};
+use baton_decide::request::{HeaderLines, Headers, Outbound};
+use baton_decide::route::CONTEXT_KEY;
 
-/// The parts of an outbound request that decide its delegation, whichever Envoy API asked.
-#[derive(Debug)]
-pub struct Outbound<'a> {
-    /// The destination the Envoy route names: ext_authz `context_extensions["baton.destination"]`,
-    /// or ext_proc's `baton-destination` gRPC metadata.
-    pub route_destination: Option<&'a str>,
-    /// The `:authority` (host) of the request.
-    pub authority: &'a str,
-    pub method: &'a str,
-    pub path: &'a str,
-    /// The calling workload as Envoy saw it (`source.principal`: a SPIFFE ID under mTLS), if any.
-    pub source_principal: Option<&'a str>,
-    pub authorization: Authorization<'a>,
-    pub headers: Headers<'a>,
-}
-
-/// The `Authorization` header as Envoy sent it.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Authorization<'a> {
-    Missing,
-    One(&'a str),
-    Several,
-}
-
-/// Request headers as Envoy sent them: folded into a map (ext_authz's default, repeated headers
-/// joined by ","), or every line (`header_map` with `encode_raw_headers`, and ext_proc). Keys are
-/// lower-case in both.
+/// Envoy's header lines, read in place as [`HeaderLines`].
 #[derive(Clone, Copy, Debug)]
-pub enum Headers<'a> {
-    Folded(&'a HashMap<String, String>),
-    Lines(&'a [HeaderValue]),
+pub struct Lines<'r>(&'r [HeaderValue]);
+
+impl<'r> Lines<'r> {
+    pub fn new(lines: &'r [HeaderValue]) -> Self {
+        Self(lines)
+    }
 }
 
-impl<'a> Headers<'a> {
-    /// The one value of `name`: `Several` when the header appears more than once (or was folded).
-    pub fn one(&self, name: &str) -> Result<Authorization<'a>, Denial> {
-        match *self {
-            Headers::Folded(map) => Ok(match map.get(name) {
-                None => Authorization::Missing,
-                Some(value) if value.contains(',') => Authorization::Several,
-                Some(value) => Authorization::One(value),
-            }),
-            Headers::Lines(lines) => {
-                let mut found = lines.iter().filter(|h| h.key.eq_ignore_ascii_case(name));
-                match (found.next(), found.next()) {
-                    (None, _) => Ok(Authorization::Missing),
-                    (Some(_), Some(_)) => Ok(Authorization::Several),
-                    (Some(h), None) => line_value(h)
-                        .map(Authorization::One)
-                        .ok_or_else(|| Denial::new(Reason::MalformedToken, "the Authorization header is not UTF-8")),
-                }
-            }
-        }
-    }
-
-    /// The first value of `name`, if it is text.
-    pub fn get(&self, name: &str) -> Option<&'a str> {
-        match *self {
-            Headers::Folded(map) => map.get(name).map(String::as_str),
-            Headers::Lines(lines) => lines
-                .iter()
-                .find(|h| h.key.eq_ignore_ascii_case(name))
-                .and_then(line_value),
-        }
+impl HeaderLines for Lines<'_> {
+    fn line(&self, index: usize) -> Option<(&str, Option<&str>)> {
+        self.0.get(index).map(|h| (h.key.as_str(), line_value(h)))
     }
 }
 
@@ -90,8 +38,64 @@ fn line_value(h: &HeaderValue) -> Option<&str> {
     }
 }
 
-/// From an ext_authz CheckRequest.
-pub fn outbound(request: &CheckRequest) -> Result<Outbound<'_>, Denial> {
+/// An ext_authz CheckRequest, ready to be read as an [`Outbound`]. Made first and kept by the
+/// caller, so that the `Outbound` can borrow its header lines without copying them.
+#[derive(Clone, Copy, Debug)]
+pub struct Check<'r> {
+    request: &'r CheckRequest,
+    lines: Lines<'r>,
+}
+
+impl<'r> Check<'r> {
+    pub fn new(request: &'r CheckRequest) -> Self {
+        let lines = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .and_then(|h| h.header_map.as_ref())
+            .map_or(&[][..], |m| m.headers.as_slice());
+        Self {
+            request,
+            lines: Lines(lines),
+        }
+    }
+
+    pub fn outbound(&self) -> Result<Outbound<'_>, Denial> {
+        outbound(self.request, &self.lines)
+    }
+}
+
+/// An ext_proc request-headers message, ready to be read as an [`Outbound`] (kept by the caller,
+/// like [`Check`]). `route_destination` is what the route put in the stream's `baton-destination`
+/// gRPC metadata (ext_proc has no `context_extensions`).
+#[derive(Clone, Copy, Debug)]
+pub struct Processing<'r> {
+    request: &'r ProcessingRequest,
+    route_destination: Option<&'r str>,
+    lines: Option<Lines<'r>>,
+}
+
+impl<'r> Processing<'r> {
+    pub fn new(request: &'r ProcessingRequest, route_destination: Option<&'r str>) -> Self {
+        let lines = match &request.request {
+            Some(Phase::RequestHeaders(h)) => h.headers.as_ref().map(|m| Lines(&m.headers)),
+            _ => None,
+        };
+        Self {
+            request,
+            route_destination,
+            lines,
+        }
+    }
+
+    pub fn outbound(&self) -> Result<Outbound<'_>, Denial> {
+        processing_outbound(self.request, self.route_destination, self.lines.as_ref())
+    }
+}
+
+/// From an ext_authz CheckRequest; `lines` are its `header_map`'s.
+fn outbound<'a>(request: &'a CheckRequest, lines: &'a Lines<'a>) -> Result<Outbound<'a>, Denial> {
     let attributes = request.attributes.as_ref();
     let http = attributes
         .and_then(|a| a.request.as_ref())
@@ -110,9 +114,10 @@ pub fn outbound(request: &CheckRequest) -> Result<Outbound<'_>, Denial> {
         .and_then(|a| a.source.as_ref())
         .map(|s| s.principal.as_str())
         .filter(|p| !p.is_empty());
-    let headers = match http.header_map.as_ref().filter(|m| !m.headers.is_empty()) {
-        Some(map) => Headers::Lines(&map.headers),
-        None => Headers::Folded(&http.headers),
+    let headers = if lines.0.is_empty() {
+        Headers::Folded(&http.headers)
+    } else {
+        Headers::Lines(lines)
     };
     Ok(Outbound {
         route_destination,
@@ -125,18 +130,14 @@ pub fn outbound(request: &CheckRequest) -> Result<Outbound<'_>, Denial> {
     })
 }
 
-/// From an ext_proc request-headers message. `route_destination` is what the route put in the
-/// stream's `baton-destination` gRPC metadata (ext_proc has no `context_extensions`); Envoy sends
-/// the pseudo-headers (`:authority`, `:method`, `:path`) among the header lines.
-pub fn processing_outbound<'a>(
+/// From an ext_proc request-headers message; `lines` are its headers, if it carries any. Envoy
+/// sends the pseudo-headers (`:authority`, `:method`, `:path`) among the header lines.
+fn processing_outbound<'a>(
     request: &'a ProcessingRequest,
     route_destination: Option<&'a str>,
+    lines: Option<&'a Lines<'a>>,
 ) -> Result<Outbound<'a>, Denial> {
-    let lines = match &request.request {
-        Some(Phase::RequestHeaders(h)) => h.headers.as_ref().map(|m| m.headers.as_slice()),
-        _ => None,
-    }
-    .ok_or_else(|| {
+    let lines = lines.ok_or_else(|| {
         Denial::new(
             Reason::CheckRequestMalformed,
             "the ProcessingRequest carries no request headers",
@@ -174,71 +175,10 @@ fn field_or_header<'a>(field: &'a str, headers: Headers<'a>, names: &[&str]) -> 
     names.iter().find_map(|n| headers.get(n)).unwrap_or("")
 }
 
-/// The subject token from `Authorization: Bearer <token>`, or why there is none to use.
-/// `Ok(None)` means no header at all: the caller's `missing_token` setting decides.
-pub fn subject_token<'a>(authorization: &Authorization<'a>, max_bytes: usize) -> Result<Option<&'a str>, Denial> {
-    let value = match authorization {
-        Authorization::Missing => return Ok(None),
-        Authorization::Several => {
-            return Err(Denial::new(
-                Reason::MultipleAuthorizationHeaders,
-                "the request has more than one Authorization header",
-            ));
-        }
-        Authorization::One(value) => value.trim_matches([' ', '\t']),
-    };
-    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Denial::new(
-            Reason::UnsupportedAuthorizationScheme,
-            "the Authorization header does not use the Bearer scheme",
-        ));
-    }
-    check_token(token.trim_start_matches(' '), max_bytes).map(Some)
-}
-
-/// A bearer token's own rules: present, within the size bound, RFC 6750 characters only.
-pub fn check_token(token: &str, max_bytes: usize) -> Result<&str, Denial> {
-    if token.is_empty() {
-        return Err(Denial::new(Reason::EmptyToken, "the bearer token is empty"));
-    }
-    if token.len() > max_bytes {
-        return Err(Denial::new(
-            Reason::TokenTooLarge,
-            format!("the bearer token is larger than {max_bytes} bytes"),
-        ));
-    }
-    if !is_b64token(token) {
-        return Err(Denial::new(
-            Reason::MalformedToken,
-            "the bearer token has characters outside RFC 6750's b64token",
-        ));
-    }
-    Ok(token)
-}
-
-/// RFC 6750 2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
-pub fn is_b64token(token: &str) -> bool {
-    let body = token.trim_end_matches('=');
-    !body.is_empty() && body.bytes().all(|b| B64TOKEN[usize::from(b)])
-}
-
-/// The characters of a b64token body, as a table: this check runs over every byte of every token on
-/// every request, and one lookup per byte costs a fraction of the comparisons.
-static B64TOKEN: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
-        b += 1;
-    }
-    table
-};
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baton_decide::request::Authorization;
     use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
@@ -261,14 +201,11 @@ mod tests {
         }
     }
 
-    fn token_of(header: &str) -> Result<Option<&str>, Reason> {
-        subject_token(&Authorization::One(header), 64).map_err(|d| d.reason)
-    }
-
     #[test]
     fn reads_route_host_and_authorization() {
         let req = check(&[("authorization", "Bearer abc")], "orders:8080", Some("orders"));
-        let out = outbound(&req).expect("extract");
+        let extracted = Check::new(&req);
+        let out = extracted.outbound().expect("extract");
         assert_eq!(out.route_destination, Some("orders"));
         assert_eq!(out.authority, "orders:8080");
         assert_eq!(out.authorization, Authorization::One("Bearer abc"));
@@ -279,7 +216,8 @@ mod tests {
             "",
             None,
         );
-        let out = outbound(&req).expect("extract");
+        let extracted = Check::new(&req);
+        let out = extracted.outbound().expect("extract");
         assert_eq!((out.authority, out.method, out.path), ("h", "POST", "/orders?x=1"));
         assert_eq!(out.headers.get("host"), Some("h"));
     }
@@ -287,7 +225,8 @@ mod tests {
     #[test]
     fn falls_back_to_the_authority_header_and_ignores_an_empty_route() {
         let req = check(&[(":authority", "billing")], "", Some(""));
-        let out = outbound(&req).expect("extract");
+        let extracted = Check::new(&req);
+        let out = extracted.outbound().expect("extract");
         assert_eq!(out.route_destination, None);
         assert_eq!(out.authority, "billing");
         assert_eq!(out.authorization, Authorization::Missing);
@@ -296,7 +235,10 @@ mod tests {
     #[test]
     fn folded_or_repeated_headers_count_as_several() {
         let req = check(&[("authorization", "Bearer a,Bearer b")], "x", None);
-        assert_eq!(outbound(&req).expect("extract").authorization, Authorization::Several);
+        assert_eq!(
+            Check::new(&req).outbound().expect("extract").authorization,
+            Authorization::Several
+        );
 
         let mut req = check(&[], "x", None);
         let http = req
@@ -313,7 +255,10 @@ mod tests {
         http.header_map = Some(HeaderMap {
             headers: vec![line("Bearer a"), line("Bearer b")],
         });
-        assert_eq!(outbound(&req).expect("extract").authorization, Authorization::Several);
+        assert_eq!(
+            Check::new(&req).outbound().expect("extract").authorization,
+            Authorization::Several
+        );
         let http = req
             .attributes
             .as_mut()
@@ -324,48 +269,17 @@ mod tests {
             headers: vec![line("Bearer a")],
         });
         assert_eq!(
-            outbound(&req).expect("extract").authorization,
+            Check::new(&req).outbound().expect("extract").authorization,
             Authorization::One("Bearer a")
         );
     }
 
     #[test]
     fn a_request_without_http_attributes_is_refused() {
-        let err = outbound(&CheckRequest::default()).expect_err("no attributes");
+        let err = Check::new(&CheckRequest::default())
+            .outbound()
+            .expect_err("no attributes");
         assert_eq!(err.reason, Reason::CheckRequestMalformed);
-    }
-
-    #[test]
-    fn bearer_parsing_follows_rfc_6750() {
-        assert_eq!(token_of("Bearer abc.DEF-_~+/=="), Ok(Some("abc.DEF-_~+/==")));
-        assert_eq!(token_of("bearer abc"), Ok(Some("abc")));
-        assert_eq!(token_of("BEARER   abc"), Ok(Some("abc")));
-        assert_eq!(
-            subject_token(&Authorization::Missing, 64).map_err(|d| d.reason),
-            Ok(None)
-        );
-        assert_eq!(
-            subject_token(&Authorization::Several, 64).map_err(|d| d.reason),
-            Err(Reason::MultipleAuthorizationHeaders)
-        );
-        assert_eq!(
-            token_of("Basic dXNlcjpwYXNz"),
-            Err(Reason::UnsupportedAuthorizationScheme)
-        );
-        assert_eq!(token_of("Bearer"), Err(Reason::EmptyToken));
-        assert_eq!(token_of("Bearer "), Err(Reason::EmptyToken));
-        assert_eq!(token_of("Bearer a b"), Err(Reason::MalformedToken));
-        assert_eq!(token_of("Bearer a\r\nX-Evil: 1"), Err(Reason::MalformedToken));
-        assert_eq!(token_of("Bearer ==="), Err(Reason::MalformedToken));
-        assert_eq!(token_of("Bearer a=b"), Err(Reason::MalformedToken));
-        assert_eq!(
-            token_of(&format!("Bearer {}", "a".repeat(65))),
-            Err(Reason::TokenTooLarge)
-        );
-        assert_eq!(
-            token_of(&format!("Bearer {}", "a".repeat(64))).map(|t| t.map(str::len)),
-            Ok(Some(64))
-        );
     }
 
     #[test]
@@ -400,13 +314,15 @@ mod tests {
                 fields: [("source.principal".to_owned(), principal)].into(),
             },
         );
-        let out = processing_outbound(&request, Some("orders")).expect("extract");
+        let processing = Processing::new(&request, Some("orders"));
+        let out = processing.outbound().expect("extract");
         assert_eq!(out.route_destination, Some("orders"));
         assert_eq!((out.authority, out.method, out.path), ("orders:8080", "GET", "/a?b"));
         assert_eq!(out.source_principal, Some("spiffe://cluster.local/ns/a/sa/b"));
         assert_eq!(out.authorization, Authorization::One("Bearer abc"));
         assert_eq!(
-            processing_outbound(&request, Some(""))
+            Processing::new(&request, Some(""))
+                .outbound()
                 .expect("extract")
                 .route_destination,
             None
@@ -419,14 +335,15 @@ mod tests {
                 .headers
                 .push(line("Authorization", "Bearer def"));
         }
-        let out = processing_outbound(&request, None).expect("extract");
+        let processing = Processing::new(&request, None);
+        let out = processing.outbound().expect("extract");
         assert_eq!(out.authorization, Authorization::Several);
 
         let body_only = ProcessingRequest {
             request: Some(Phase::RequestBody(Default::default())),
             ..Default::default()
         };
-        let err = processing_outbound(&body_only, None).expect_err("no headers");
+        let err = Processing::new(&body_only, None).outbound().expect_err("no headers");
         assert_eq!(err.reason, Reason::CheckRequestMalformed);
     }
 }

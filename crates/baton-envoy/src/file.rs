@@ -1,4 +1,4 @@
-//! The whole configuration file: the decision's sections (`crate::config`) and the serving ones
+//! The whole configuration file: the decision's sections (`baton_core::config`) and the serving ones
 //! (`listen:`, `reload:`, `shutdown_grace:`), in one YAML document. `Config::from_file` reads it
 //! (bounded), refuses unknown keys at every level, and reports every problem at once, each with the
 //! path of its field: a parse error is one error at `(yaml)`, then validation reports them all.
@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::files::{parse_yaml, read_file};
-use crate::settings::{ConfigError, Errors, duration};
+use baton_core::files::{parse_yaml, read_file};
+use baton_decide::settings::{ConfigError, Errors, duration};
 
 /// The file's YAML shape. The decision's fields are listed here again, not flattened: serde's
 /// `flatten` cannot refuse unknown keys, and a misspelt key must be an error, not a default.
@@ -24,22 +24,22 @@ pub struct RawConfig {
     pub reload: RawReload,
     pub shutdown_grace: Option<String>,
     /// The token service named `default`; `token_services` may add (or be) others.
-    pub token_service: Option<crate::token_service::Raw>,
-    pub token_services: BTreeMap<String, crate::token_service::Raw>,
-    pub cache: crate::cache::Raw,
-    pub subject_token: crate::verify::RawSubjectToken,
-    pub unknown_destination: crate::config::UnknownDestination,
-    pub missing_token: crate::config::MissingToken,
-    pub destinations: Vec<crate::destination::Raw>,
-    pub trusted_issuers: Vec<crate::verify::RawIssuer>,
-    pub opaque_tokens: crate::verify::OpaqueTokens,
-    pub introspection: Option<crate::verify::RawIntrospection>,
-    pub workload: crate::config::RawWorkload,
-    pub actor: Option<crate::actor::RawActor>,
+    pub token_service: Option<baton_core::token_service::Raw>,
+    pub token_services: BTreeMap<String, baton_core::token_service::Raw>,
+    pub cache: baton_core::cache::Raw,
+    pub subject_token: baton_core::verify::RawSubjectToken,
+    pub unknown_destination: baton_core::config::UnknownDestination,
+    pub missing_token: baton_core::config::MissingToken,
+    pub destinations: Vec<baton_core::destination::Raw>,
+    pub trusted_issuers: Vec<baton_core::verify::RawIssuer>,
+    pub opaque_tokens: baton_core::verify::OpaqueTokens,
+    pub introspection: Option<baton_core::verify::RawIntrospection>,
+    pub workload: baton_core::config::RawWorkload,
+    pub actor: Option<baton_core::actor::RawActor>,
     /// Absent: the broker API is off.
-    pub broker: Option<crate::callers::Raw>,
-    pub telemetry: crate::telemetry::settings::RawTelemetry,
-    pub audit: crate::telemetry::settings::RawAudit,
+    pub broker: Option<baton_core::callers::Raw>,
+    pub telemetry: baton_core::telemetry::settings::RawTelemetry,
+    pub audit: baton_core::telemetry::settings::RawAudit,
 }
 
 /// `reload:`: how the configuration file is watched (SIGHUP always reloads it).
@@ -58,7 +58,7 @@ pub struct Config {
     pub reload_interval: Option<Duration>,
     pub shutdown_grace: Duration,
     /// What the decision is built from (`app::build`).
-    pub decision: crate::config::Config,
+    pub decision: baton_core::config::Config,
 }
 
 impl Config {
@@ -80,7 +80,7 @@ impl RawConfig {
         if self
             .broker
             .as_ref()
-            .is_some_and(|b| b.callers == crate::callers::BrokerCallers::Mtls)
+            .is_some_and(|b| b.callers == baton_core::callers::BrokerCallers::Mtls)
             && listen.as_ref().is_some_and(|l| l.grpc_tls.is_none())
         {
             errors.add(
@@ -88,7 +88,7 @@ impl RawConfig {
                 "`mtls` takes the caller from its TLS client certificate: configure listen.grpc_tls",
             );
         }
-        let decision = crate::config::RawConfig {
+        let decision = baton_core::config::RawConfig {
             token_service: self.token_service,
             token_services: self.token_services,
             cache: self.cache,
@@ -133,11 +133,30 @@ impl RawConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::callers::BrokerCallers;
-    use crate::config::UnknownDestination;
-    use crate::config::tests::secret_file;
     use crate::listen::UdsGroup;
-    use crate::token_service::{ClientAuth, Profile};
+    use baton_core::callers::BrokerCallers;
+    use baton_core::config::UnknownDestination;
+    use baton_core::token_service::{ClientAuth, Profile};
+
+    /// A client secret file, removed when the guard drops.
+    fn secret_file() -> (Removed, String) {
+        let path = std::env::temp_dir().join(format!(
+            "baton-file-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, "s3cr3t-value\n").expect("write");
+        let shown = path.display().to_string();
+        (Removed(path), shown)
+    }
+
+    struct Removed(std::path::PathBuf);
+
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
 
     #[test]
     fn the_documented_example_parses() {

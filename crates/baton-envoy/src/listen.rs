@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::settings::{Errors, is_loopback};
+use baton_decide::settings::{Errors, is_loopback};
 
 /// `listen:`. At least one of `grpc` and `grpc_uds`; neither has a default address.
 #[derive(Debug, Default, Deserialize)]

@@ -8,19 +8,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-
-use crate::authz::Authz;
-use crate::credentials::Stamp;
 use crate::file::Config;
-use crate::telemetry::metrics::OutcomeLabels;
+use baton_core::authz::{Authz, Current};
+use baton_core::credentials::Stamp;
+use baton_core::telemetry::metrics::OutcomeLabels;
 
-/// The running decision core, replaced whole on reload.
-pub type Current = Arc<ArcSwap<Authz>>;
+/// How a new core is built from a validated configuration, carrying over from the running one
+/// (`app::build_with`: passed in, so that reloading does not depend on the composition that starts it).
+pub type Build = fn(baton_core::config::Config, Option<&Authz>) -> Result<Arc<Authz>, String>;
 
-/// Watch `path` (every `interval`, and on SIGHUP) and swap a rebuilt core into `current` on each
-/// valid change. Runs until the process ends.
-pub async fn watch(path: PathBuf, listen: crate::listen::Settings, current: Current, interval: Option<Duration>) {
+/// Watch `path` (every `interval`, and on SIGHUP) and swap a core rebuilt by `build` into `current`
+/// on each valid change. Runs until the process ends.
+pub async fn watch(
+    path: PathBuf,
+    listen: crate::listen::Settings,
+    current: Current,
+    interval: Option<Duration>,
+    build: Build,
+) {
     let mut seen = Stamp::of_path(&path);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -33,7 +38,7 @@ pub async fn watch(path: PathBuf, listen: crate::listen::Settings, current: Curr
             continue;
         }
         seen = now;
-        let outcome = reload(&path, &listen, &current);
+        let outcome = reload(&path, &listen, &current, build);
         let counted = current.load().telemetry().metrics().config_reloads.clone();
         match outcome {
             Ok(()) => {
@@ -51,13 +56,13 @@ pub async fn watch(path: PathBuf, listen: crate::listen::Settings, current: Curr
 /// Read, validate, build and swap. The exchanged-token cache carries over when its size is
 /// unchanged: its keys cover every exchange parameter, so a destination whose parameters changed
 /// never reuses a token obtained under the old ones.
-fn reload(path: &Path, listen: &crate::listen::Settings, current: &Current) -> Result<(), String> {
+fn reload(path: &Path, listen: &crate::listen::Settings, current: &Current, build: Build) -> Result<(), String> {
     let config = Config::from_file(path).map_err(|e| e.to_string().trim_end().replace('\n', "; "))?;
     if config.listen != *listen {
         tracing::warn!("the `listen` section changed: it takes effect only after a restart");
     }
     let old = current.load_full();
-    let fresh = crate::app::build_with(config.decision, Some(&old))?;
+    let fresh = build(config.decision, Some(&old))?;
     current.store(fresh);
     Ok(())
 }

@@ -3,6 +3,14 @@
 //! ImmediateResponse), with the status and a JSON body carrying the stable reason code, never a gRPC
 //! error, so Envoy answers with it instead of treating Baton as failed. Both APIs share the headers
 //! and the body, so they answer alike.
+//!
+//! What Envoy learns about a decision besides the verdict is here too: `dynamic_metadata` on the
+//! reply, which its access log can print, e.g. `%DYNAMIC_METADATA(envoy.filters.http.ext_authz:audience)%`.
+//! Only with `telemetry.dynamic_metadata: true` (it costs every request). ext_authz stores a
+//! CheckResponse's under its own name; ext_proc stores each top-level key of a ProcessingResponse's
+//! as a namespace (and only those its `metadata_options.receiving_namespaces` allows), so Baton puts
+//! its keys under `envoy.filters.http.ext_proc` there. Keys: `decision`, `destination`, `audience`,
+//! `cache`, `reason`, `jti`; a key without a value is left out. Never a token.
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
@@ -15,12 +23,22 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     TrailersResponse,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 
-use crate::authz::Allow;
-use crate::reason::{Class, Denial, Reason};
+use baton_core::decision::{Allow, Destination, decision_name};
+use baton_core::telemetry::Api;
+use baton_decide::reason::{Class, Denial, Reason};
 
 // === ext_authz ===
+
+/// The Check reply, carrying Baton's dynamic metadata when there is some (see `dynamic_metadata`).
+pub fn check_reply(outcome: &Result<Allow, Denial>, metadata: Option<Struct>) -> CheckResponse {
+    CheckResponse {
+        dynamic_metadata: metadata,
+        ..check_response(outcome)
+    }
+}
 
 pub fn check_response(outcome: &Result<Allow, Denial>) -> CheckResponse {
     match outcome {
@@ -55,7 +73,7 @@ fn denied(denial: &Denial) -> CheckResponse {
     };
     CheckResponse {
         status: Some(rpc::Status {
-            code: class.grpc_code() as i32,
+            code: grpc_code(class) as i32,
             message: denial.reason.as_str().to_owned(),
             details: Vec::new(),
         }),
@@ -65,6 +83,15 @@ fn denied(denial: &Denial) -> CheckResponse {
 }
 
 // === ext_proc ===
+
+/// ext_proc's reply to the request-headers message, carrying Baton's dynamic metadata when there is
+/// some (see `dynamic_metadata`).
+pub fn request_headers_reply(outcome: &Result<Allow, Denial>, metadata: Option<Struct>) -> ProcessingResponse {
+    ProcessingResponse {
+        dynamic_metadata: metadata,
+        ..request_headers_response(outcome)
+    }
+}
 
 /// ext_proc's answer to the request-headers message: continue with `Authorization` set (or removed),
 /// or an ImmediateResponse that denies, with the same status, headers and body as ext_authz's.
@@ -168,6 +195,15 @@ fn denial_headers(denial: &Denial) -> Vec<HeaderValueOption> {
     headers
 }
 
+/// The gRPC status of a refusal of this class (the broker's answer, and ext_authz's `status`).
+pub fn grpc_code(class: Class) -> tonic::Code {
+    match class {
+        Class::Unauthenticated => tonic::Code::Unauthenticated,
+        Class::PermissionDenied => tonic::Code::PermissionDenied,
+        Class::Unavailable => tonic::Code::Unavailable,
+    }
+}
+
 fn http_status(class: Class) -> HttpStatus {
     HttpStatus {
         code: i32::from(class.http_status()),
@@ -175,7 +211,7 @@ fn http_status(class: Class) -> HttpStatus {
 }
 
 /// `{"error":"<reason>","error_description":"..."}`, the RFC 6749 error shape.
-pub fn error_body(denial: &Denial) -> String {
+fn error_body(denial: &Denial) -> String {
     serde_json::json!({ "error": denial.reason.as_str(), "error_description": denial.description }).to_string()
 }
 
@@ -197,6 +233,73 @@ fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOpti
         append_action: action as i32,
         ..Default::default()
     }
+}
+
+// === dynamic metadata ===
+
+/// The `dynamic_metadata` of a reply to `api` for `outcome`; `destination` is the resolved
+/// destination when the outcome does not carry it (a denial after the destination was known).
+pub fn dynamic_metadata(api: Api, outcome: &Result<Allow, Denial>, destination: Option<&Destination>) -> Struct {
+    match api {
+        Api::ExtProc => ext_proc_metadata(outcome, destination),
+        Api::Check | Api::Broker => metadata(outcome, destination),
+    }
+}
+
+/// The namespace Baton's ext_proc replies write (Envoy must list it in
+/// `metadata_options.receiving_namespaces.untyped`).
+pub const EXT_PROC_NAMESPACE: &str = "envoy.filters.http.ext_proc";
+
+/// For a ProcessingResponse: `dynamic_metadata` under `EXT_PROC_NAMESPACE`.
+fn ext_proc_metadata(outcome: &Result<Allow, Denial>, destination: Option<&Destination>) -> Struct {
+    let inner = metadata(outcome, destination);
+    let mut fields = std::collections::HashMap::with_capacity(1);
+    fields.insert(
+        EXT_PROC_NAMESPACE.to_owned(),
+        Value {
+            kind: Some(Kind::StructValue(inner)),
+        },
+    );
+    Struct { fields }
+}
+
+/// The metadata for `outcome`, as ext_authz stores it.
+fn metadata(outcome: &Result<Allow, Denial>, destination: Option<&Destination>) -> Struct {
+    let mut fields = std::collections::HashMap::with_capacity(5);
+    let mut put = |key: &str, value: &str| {
+        fields.insert(
+            key.to_owned(),
+            Value {
+                kind: Some(Kind::StringValue(value.to_owned())),
+            },
+        );
+    };
+    put("decision", decision_name(outcome));
+    let route = match outcome {
+        Ok(Allow::Delegate {
+            destination,
+            token,
+            cache,
+        }) => {
+            put("cache", cache.as_str());
+            if let Some(jti) = token.claims().jti {
+                put("jti", jti);
+            }
+            Some(&**destination)
+        }
+        Err(denial) => {
+            put("reason", denial.reason.as_str());
+            destination
+        }
+        Ok(_) => destination,
+    };
+    if let Some(route) = route {
+        put("destination", &route.name);
+        if let Some(audience) = &route.target.audience {
+            put("audience", audience);
+        }
+    }
+    Struct { fields }
 }
 
 #[cfg(test)]
@@ -341,5 +444,74 @@ mod tests {
             reply(Phase::ResponseTrailers(HttpTrailers::default())),
             ProcessingReply::ResponseTrailers(_)
         ));
+    }
+
+    /// The `orders` destination of a configuration, compiled by `Authz`.
+    fn orders() -> std::sync::Arc<Destination> {
+        use baton_core::exchange::{TokenService, TokenServices};
+        let yaml = "listen:\n  grpc: 127.0.0.1:0\ntoken_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth:\n    method: none\ndestinations:\n  - name: orders\n    hosts: [orders]\n    audience: https://orders.example\n    scopes: [orders.read, orders.list]\n";
+        let config = baton_core::config::Config::from_yaml(yaml).expect("valid");
+        let services = config
+            .token_services
+            .iter()
+            .map(|ts| TokenService::new(ts).expect("client"))
+            .collect::<Vec<_>>();
+        let authz = baton_core::authz::Authz::new(config, TokenServices::new(services), None);
+        authz.route_for("orders", &[]).expect("route")
+    }
+
+    /// An issued token with the claims the metadata reads.
+    fn delegated() -> std::sync::Arc<baton_core::cache::Delegated> {
+        let claims = baton_core::jwt::DelegationClaims {
+            jti: Some("jti-1".into()),
+            ..Default::default()
+        };
+        let delegated = baton_core::cache::Delegated::new(
+            baton_core::secret::Secret::new("issued.token.value"),
+            "Bearer".into(),
+            None,
+            Some("orders.read".into()),
+            baton_core::cache::Lifetimes {
+                expires_in: Some(300),
+                ..Default::default()
+            },
+            std::time::Duration::from_secs(30),
+            1_700_000_000,
+        )
+        .with_claims(claims);
+        std::sync::Arc::new(delegated)
+    }
+
+    fn text(s: &envoy_types::pb::google::protobuf::Struct, key: &str) -> Option<String> {
+        match s.fields.get(key)?.kind.as_ref()? {
+            envoy_types::pb::google::protobuf::value::Kind::StringValue(v) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn envoy_metadata_names_the_delegation_and_never_the_token() {
+        let route = orders();
+        let outcome = Ok(Allow::Delegate {
+            destination: route.clone(),
+            token: delegated(),
+            cache: baton_core::cache::CacheStatus::Hit,
+        });
+        let m = metadata(&outcome, None);
+        assert_eq!(text(&m, "decision").as_deref(), Some("delegate"));
+        assert_eq!(text(&m, "destination").as_deref(), Some("orders"));
+        assert_eq!(text(&m, "audience").as_deref(), Some("https://orders.example"));
+        assert_eq!(text(&m, "cache").as_deref(), Some("hit"));
+        assert_eq!(text(&m, "jti").as_deref(), Some("jti-1"));
+        assert_eq!(text(&m, "reason"), None);
+        assert!(!format!("{m:?}").contains("issued.token.value"));
+
+        let denied = Err(Denial::new(Reason::TargetRefused, "no"));
+        let m = metadata(&denied, Some(&route));
+        assert_eq!(text(&m, "decision").as_deref(), Some("deny"));
+        assert_eq!(text(&m, "reason").as_deref(), Some("target_refused"));
+        assert_eq!(text(&m, "destination").as_deref(), Some("orders"));
+        let m = metadata(&Ok(Allow::Strip), None);
+        assert_eq!(m.fields.len(), 1, "{m:?}");
     }
 }

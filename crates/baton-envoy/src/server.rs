@@ -16,15 +16,15 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::authz::{Allow, Authz};
 use crate::broker::Broker;
 use crate::broker::pb::delegation_broker_server::DelegationBrokerServer;
 use crate::ext_proc::ExtProcService;
 use crate::extract;
-use crate::reload::Current;
+use crate::outcome;
 use crate::respond;
-use crate::telemetry::{self, Api, Decided};
 use crate::tls::Acceptor;
+use baton_core::authz::{Authz, Current};
+use baton_core::telemetry::{self, Api};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -113,41 +113,9 @@ impl Authorization for CheckService {
 /// One Check, from the request to the reply, observed (span, metrics, audit line, Envoy dynamic
 /// metadata). `metadata` is the gRPC call's, where Envoy puts the `traceparent` of its own span.
 pub async fn check(authz: &Authz, metadata: &tonic::metadata::MetadataMap, request: &CheckRequest) -> CheckResponse {
-    let outbound = extract::outbound(request);
-    let outbound = outbound.as_ref();
-    let observation = authz
-        .telemetry()
-        .observe(Api::Check, metadata, outbound.ok().map(|o| o.headers));
-    let outcome = match outbound {
-        Ok(outbound) => observation.run(authz.decide(outbound)).await,
-        Err(denial) => Err(denial.clone()),
-    };
-    match &outcome {
-        Ok(Allow::Delegate {
-            destination,
-            token,
-            cache,
-        }) => {
-            tracing::debug!(destination = %destination.name, cache = cache.as_str(), issued = %token.fingerprint(), "delegated");
-        }
-        Ok(Allow::Strip) => tracing::debug!("unknown destination: authorization stripped"),
-        Ok(Allow::Passthrough) => tracing::debug!("passed through"),
-        Err(denial) => tracing::info!(reason = denial.reason.as_str(), "denied: {}", denial.description),
-    }
-    let destination = telemetry::destination(authz, outbound.ok(), &outcome);
-    let mut response = respond::check_response(&outcome);
-    response.dynamic_metadata = authz
-        .telemetry()
-        .envoy_metadata(Api::Check, &outcome, destination.map(|d| &**d));
-    observation.finish(Decided {
-        outcome: &outcome,
-        destination,
-        source: outbound
-            .ok()
-            .and_then(|o| o.source_principal)
-            .or(authz.workload_identity()),
-    });
-    response
+    let check = extract::Check::new(request);
+    let outbound = check.outbound();
+    outcome::decide(authz, Api::Check, metadata, outbound.as_ref(), respond::check_reply).await
 }
 
 // === admin ===

@@ -29,9 +29,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 
-use crate::credentials::Watched;
-use crate::files::read_bounded;
-use crate::settings::Errors;
+use baton_core::credentials::Watched;
+use baton_core::files::read_bounded;
+use baton_decide::settings::Errors;
 
 /// The largest certificate chain, key or CA bundle file read.
 const MAX_PEM_BYTES: u64 = 1024 * 1024;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::settings::{ConfigError, FieldError};
+use baton_decide::settings::{ConfigError, FieldError};
 
 // === The YAML shape ===
 
@@ -131,13 +131,13 @@ pub const DEFAULT_ENVOY_IMAGE: &str = "envoyproxy/envoy:v1.40.0";
 
 impl InjectConfig {
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        crate::files::parse_yaml::<RawInjectConfig>(text)?.validate()
+        baton_core::files::parse_yaml::<RawInjectConfig>(text)?.validate()
     }
 
     /// The file at `path` (read with the configuration file's size bound), with `listen`
     /// overriding the file's address when given (the command line's `--listen`).
     pub fn from_file(path: &std::path::Path, listen: Option<String>) -> Result<Self, ConfigError> {
-        let mut raw = crate::files::parse_yaml::<RawInjectConfig>(&crate::files::read_file(path)?)?;
+        let mut raw = baton_core::files::parse_yaml::<RawInjectConfig>(&baton_core::files::read_file(path)?)?;
         if listen.is_some() {
             raw.listen = listen;
         }

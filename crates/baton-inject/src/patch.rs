@@ -402,7 +402,7 @@ fn volumes_for(sidecar: &Sidecar, config_map: &str, client_secret: &str) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inject::config::InjectConfig;
+    use crate::config::InjectConfig;
 
     fn sidecar() -> Sidecar {
         InjectConfig::from_yaml("baton:\n  image: registry.example/baton:test\n")

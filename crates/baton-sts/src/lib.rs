@@ -22,11 +22,11 @@ use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::clock::unix_now;
-use crate::http::random_id;
-use crate::oauth::{GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
-use crate::secret::Secret;
-use crate::settings::parse_duration;
+use baton_core::clock::unix_now;
+use baton_core::http::random_id;
+use baton_core::oauth::{GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
+use baton_core::secret::Secret;
+use baton_decide::settings::parse_duration;
 pub use keys::SigningKey;
 
 const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
@@ -630,7 +630,7 @@ fn exchange(sts: &Sts, client_id: &str, client: &Client, params: &[(String, Stri
             .sign_with(&claims, crit)
             .map_err(|_| oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot sign"))?,
     };
-    tracing::info!(client = client_id, audience, issued = %crate::secret::fingerprint(&token), "token exchanged");
+    tracing::info!(client = client_id, audience, issued = %baton_core::secret::fingerprint(&token), "token exchanged");
     let scope = match (fault, scope) {
         (Some(AnswerFault::ExtraScope), scope) => {
             Some(format!("{} admin", scope.unwrap_or_default()).trim().to_owned())

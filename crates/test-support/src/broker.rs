@@ -3,8 +3,8 @@
 //! an audience of their own and a client allow-list, `baton sts` as the issuer of both kinds of
 //! token and as the token service. Never logs the tokens it sends.
 
-use baton::broker::pb::delegation_broker_client::DelegationBrokerClient;
-use baton::broker::pb::{ExchangeRequest, ExchangeResponse};
+use baton_envoy::broker::pb::delegation_broker_client::DelegationBrokerClient;
+use baton_envoy::broker::pb::{ExchangeRequest, ExchangeResponse};
 use tonic::transport::Channel;
 
 use crate::config::{BILLING, ORDERS, basic_auth_to};

@@ -16,10 +16,10 @@ use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
 use super::settings::{Audit as AuditConfig, AuditSink, SubjectMode};
-use crate::authz::Route;
 use crate::cache::{CacheStatus, Delegated};
-use crate::reason::Reason;
+use crate::decision::Destination;
 use crate::secret::fingerprint;
+use baton_decide::reason::Reason;
 
 /// What one decision leaves in the audit log; formatted on the writer's thread.
 #[derive(Debug)]
@@ -30,7 +30,7 @@ pub(crate) struct Entry {
     pub(crate) reason: Option<Reason>,
     pub(crate) trace_id: Option<TraceId>,
     pub(crate) source: Option<String>,
-    pub(crate) destination: Option<Arc<Route>>,
+    pub(crate) destination: Option<Arc<Destination>>,
     pub(crate) delegated: Option<Arc<Delegated>>,
     pub(crate) cache: Option<CacheStatus>,
 }
@@ -93,7 +93,7 @@ impl Entry {
             subject,
             actors,
             delegation_depth: actors.len(),
-            destination: self.destination.as_ref().map(|r| r.name.as_str()),
+            destination: self.destination.as_ref().map(|r| &*r.name),
             audience: target.and_then(|t| t.audience.as_deref()),
             resource: target.and_then(|t| t.resource.as_deref()),
             scopes_requested: scopes(

@@ -15,8 +15,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::authz::Route;
-
 /// A Check, ext_proc or broker decision.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -77,11 +75,11 @@ pub struct OutcomeLabels {
 /// A configured destination's name, or `unknown`: a route or host that names no configured
 /// destination is never copied into a label.
 #[derive(Clone, Debug)]
-pub struct DestinationLabel(pub Option<Arc<Route>>);
+pub struct DestinationLabel(pub Option<Arc<str>>);
 
 impl DestinationLabel {
     fn name(&self) -> &str {
-        self.0.as_ref().map_or("unknown", |r| r.name.as_str())
+        self.0.as_deref().unwrap_or("unknown")
     }
 }
 

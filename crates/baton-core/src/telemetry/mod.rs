@@ -4,10 +4,10 @@
 //! the decision inside `Observation::run`, and calls `Observation::finish` once with the outcome:
 //! the span, the metrics and the audit line are all fed from that one call, so they cannot disagree.
 //! `Telemetry::exchange` wraps each token exchange in a client span and its metrics.
-//! `server::check`, `ext_proc` and `broker` show the pattern.
+//! `outcome::decide` (Check and ext_proc) and `broker` show the pattern. It never names Envoy's
+//! types: the dynamic metadata Envoy reads is built by `respond`.
 
 pub mod audit;
-pub mod envoy;
 pub mod metrics;
 pub mod settings;
 pub mod trace;
@@ -23,13 +23,12 @@ use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use prometheus_client::registry::Registry;
 
 use self::settings::SubjectMode;
-use crate::authz::{Allow, Authz, Route};
 use crate::cache::Delegated;
 use crate::config::Config;
-use crate::exchange::{ExchangeError, Issued};
-use crate::extract::{Headers, Outbound};
-use crate::reason::{Class, Denial};
+use crate::decision::{Allow, Destination, decision_name};
 use crate::secret::fingerprint;
+use baton_decide::reason::{Class, Denial};
+use baton_decide::request::Headers;
 
 use self::metrics::{DecisionLabels, DestinationLabel, ExchangeLabels, Metrics, TokenServiceLabels};
 
@@ -59,29 +58,6 @@ impl Api {
             Self::ExtProc => "baton.ext_proc",
             Self::Broker => "baton.broker",
         }
-    }
-}
-
-/// `delegate`, `strip`, `passthrough` or `deny`: the decision label, span attribute and audit field.
-pub fn decision_name(outcome: &Result<Allow, Denial>) -> &'static str {
-    match outcome {
-        Ok(Allow::Delegate { .. }) => "delegate",
-        Ok(Allow::Strip) => "strip",
-        Ok(Allow::Passthrough) => "passthrough",
-        Err(_) => "deny",
-    }
-}
-
-/// Where the request was going: the delegated destination, or, for other outcomes, the configured
-/// destination the request names (none for an unknown host).
-pub fn destination<'a>(
-    authz: &'a Authz,
-    outbound: Option<&Outbound<'_>>,
-    outcome: &'a Result<Allow, Denial>,
-) -> Option<&'a Arc<Route>> {
-    match outcome {
-        Ok(Allow::Delegate { destination, .. }) => Some(destination),
-        _ => outbound.and_then(|o| authz.destination_of(o)),
     }
 }
 
@@ -151,24 +127,10 @@ impl Telemetry {
         metrics::encode(&self.inner.registry)
     }
 
-    /// The `dynamic_metadata` of a reply to `api` (see `envoy`), when the configuration asks for it.
-    pub fn envoy_metadata(
-        &self,
-        api: Api,
-        outcome: &Result<Allow, Denial>,
-        destination: Option<&Route>,
-    ) -> Option<envoy_types::pb::google::protobuf::Struct> {
-        if !self.inner.dynamic_metadata {
-            return None;
-        }
-        Some(match api {
-            Api::ExtProc => envoy::ext_proc_metadata(outcome, destination),
-            Api::Check | Api::Broker => envoy::dynamic_metadata(outcome, destination),
-        })
-    }
-
-    pub fn tracing_enabled(&self) -> bool {
-        self.inner.tracing.is_some()
+    /// `telemetry.dynamic_metadata`: whether replies carry Baton's Envoy dynamic metadata (built by
+    /// `respond`; it costs every request).
+    pub fn dynamic_metadata(&self) -> bool {
+        self.inner.dynamic_metadata
     }
 
     /// Start observing one decision: the clock, and the span (a child of the request's trace
@@ -219,9 +181,10 @@ impl Telemetry {
 
     /// One token exchange, in a client span (child of the decision's span) and counted by outcome;
     /// `exchange::TokenService` puts this span's `traceparent` on its request.
-    pub async fn exchange<F>(&self, route: &Route, exchange: F) -> Result<Issued, ExchangeError>
+    pub async fn exchange<F, T, E>(&self, route: &Destination, exchange: F) -> Result<T, E>
     where
-        F: Future<Output = Result<Issued, ExchangeError>>,
+        F: Future<Output = Result<T, E>>,
+        for<'e> Denial: From<&'e E>,
     {
         let started = Instant::now();
         let inner = &*self.inner;
@@ -231,7 +194,7 @@ impl Telemetry {
             Some(tracing) => {
                 let parent = Context::current();
                 let mut attributes = vec![
-                    KeyValue::new("baton.destination", route.name.clone()),
+                    KeyValue::new("baton.destination", route.name.to_string()),
                     KeyValue::new("baton.token_service", service.name().to_owned()),
                     KeyValue::new("url.full", service.locator().to_owned()),
                 ];
@@ -292,7 +255,7 @@ impl Telemetry {
 pub struct Decided<'a> {
     pub outcome: &'a Result<Allow, Denial>,
     /// The configured destination the request was for, when known (see `destination`).
-    pub destination: Option<&'a Arc<Route>>,
+    pub destination: Option<&'a Arc<Destination>>,
     /// The calling workload (Envoy's `source.principal`), if any.
     pub source: Option<&'a str>,
 }
@@ -339,7 +302,7 @@ impl Observation<'_> {
                 api: self.api.as_str(),
                 decision,
                 reason: reason.map_or("none", |r| r.as_str()),
-                destination: DestinationLabel(decided.destination.cloned()),
+                destination: DestinationLabel(decided.destination.map(|d| d.name.clone())),
             })
             .inc();
         // Indexes in declaration order: Api check, ext_proc, broker; CacheStatus hit, miss, coalesced.
@@ -366,7 +329,7 @@ impl Observation<'_> {
                     attributes.push(KeyValue::new("baton.source", source.to_owned()));
                 }
                 if let Some(route) = decided.destination {
-                    attributes.push(KeyValue::new("baton.destination", route.name.clone()));
+                    attributes.push(KeyValue::new("baton.destination", route.name.to_string()));
                     attributes.push(KeyValue::new(
                         "baton.token_service",
                         route.token_service.name().to_owned(),
@@ -413,7 +376,7 @@ fn split_scopes(scope: Option<&str>) -> impl Iterator<Item = String> + '_ {
 
 /// What is asked for a destination: audience, resource, scopes (as asked, when a token was: the
 /// policy may narrow the configured ones).
-fn target_attributes(route: &Route, delegated: Option<&Delegated>) -> Vec<KeyValue> {
+fn target_attributes(route: &Destination, delegated: Option<&Delegated>) -> Vec<KeyValue> {
     let t = &route.target;
     let scope = delegated
         .and_then(|d| d.claims().requested_scope)
@@ -467,14 +430,14 @@ mod tests {
     use super::settings::{AuditSink, OtlpProtocol};
     use super::*;
     use crate::cache::{CacheStatus, Lifetimes};
-    use crate::exchange::{TokenService, TokenServices};
+    use crate::exchange::{Target, TokenService};
     use crate::jwt::DelegationClaims;
-    use crate::reason::Reason;
     use crate::secret::Secret;
+    use baton_decide::reason::Reason;
 
     const BASE: &str = "token_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth:\n    method: none\ndestinations:\n  - name: orders\n    hosts: [orders]\n    audience: https://orders.example\n    scopes: [orders.read, orders.list]\n";
 
-    fn config(extra: &str) -> Result<Config, crate::settings::ConfigError> {
+    fn config(extra: &str) -> Result<Config, baton_decide::settings::ConfigError> {
         Config::from_yaml(&format!("{BASE}{extra}"))
     }
 
@@ -487,27 +450,15 @@ mod tests {
         assert!(!config.telemetry.dynamic_metadata);
     }
 
-    #[tokio::test]
-    async fn replies_carry_envoy_metadata_only_when_configured() {
-        let route = authz().route_for("orders", &[]).expect("route");
-        let outcome = Ok(Allow::Delegate {
-            destination: route.clone(),
-            token: delegated(),
-            cache: CacheStatus::Hit,
-        });
+    #[test]
+    fn replies_carry_envoy_metadata_only_when_configured() {
         for (extra, on) in [
             ("", false),
             ("telemetry:\n  dynamic_metadata: false\n", false),
             ("telemetry:\n  dynamic_metadata: true\n", true),
         ] {
             let telemetry = Telemetry::start(&config(extra).expect("valid")).expect("start");
-            let check = telemetry.envoy_metadata(Api::Check, &outcome, Some(&route));
-            let ext_proc = telemetry.envoy_metadata(Api::ExtProc, &outcome, Some(&route));
-            assert_eq!(check.is_some(), on, "{extra:?}");
-            assert_eq!(ext_proc.is_some(), on, "{extra:?}");
-            if let Some(m) = check {
-                assert_eq!(text(&m, "decision").as_deref(), Some("delegate"));
-            }
+            assert_eq!(telemetry.dynamic_metadata(), on, "{extra:?}");
         }
         assert!(config("telemetry:\n  dynamic_metadata: sometimes\n").is_err());
     }
@@ -614,14 +565,27 @@ audit:
         assert!(err.to_string().contains("telemetry.tracing.headers[0].value"), "{err}");
     }
 
-    fn authz() -> Authz {
+    /// The `orders` destination of `BASE`, compiled as `authz` does.
+    fn orders() -> Arc<Destination> {
         let config = config("").expect("valid");
-        let services = config
-            .token_services
-            .iter()
-            .map(|ts| TokenService::new(ts).expect("client"))
-            .collect::<Vec<_>>();
-        Authz::new(config, TokenServices::new(services), None)
+        let service = TokenService::new(&config.token_services[0]).expect("client");
+        let d = &config.destinations[0];
+        let target = Target {
+            audience: d.audience.clone(),
+            resource: None,
+            scope: Some(d.scopes.join(" ")),
+            requested_token_type: None,
+            subject_token_type: config.subject_token.token_type,
+            actor: None,
+        };
+        Arc::new(Destination::new(
+            d.name.as_str().into(),
+            target,
+            d.scopes.clone(),
+            Arc::new(baton_decide::policy::Policy::default()),
+            false,
+            Arc::new(service),
+        ))
     }
 
     fn delegated() -> Arc<Delegated> {
@@ -650,45 +614,10 @@ audit:
         Arc::new(delegated)
     }
 
-    fn text(s: &envoy_types::pb::google::protobuf::Struct, key: &str) -> Option<String> {
-        match s.fields.get(key)?.kind.as_ref()? {
-            envoy_types::pb::google::protobuf::value::Kind::StringValue(v) => Some(v.clone()),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn envoy_metadata_names_the_delegation_and_never_the_token() {
-        let authz = authz();
-        let route = authz.route_for("orders", &[]).expect("route");
-        let outcome = Ok(Allow::Delegate {
-            destination: route.clone(),
-            token: delegated(),
-            cache: CacheStatus::Hit,
-        });
-        let m = envoy::dynamic_metadata(&outcome, None);
-        assert_eq!(text(&m, "decision").as_deref(), Some("delegate"));
-        assert_eq!(text(&m, "destination").as_deref(), Some("orders"));
-        assert_eq!(text(&m, "audience").as_deref(), Some("https://orders.example"));
-        assert_eq!(text(&m, "cache").as_deref(), Some("hit"));
-        assert_eq!(text(&m, "jti").as_deref(), Some("jti-1"));
-        assert_eq!(text(&m, "reason"), None);
-        assert!(!format!("{m:?}").contains("issued.token.value"));
-
-        let denied = Err(Denial::new(Reason::TargetRefused, "no"));
-        let m = envoy::dynamic_metadata(&denied, Some(&route));
-        assert_eq!(text(&m, "decision").as_deref(), Some("deny"));
-        assert_eq!(text(&m, "reason").as_deref(), Some("target_refused"));
-        assert_eq!(text(&m, "destination").as_deref(), Some("orders"));
-        let m = envoy::dynamic_metadata(&Ok(Allow::Strip), None);
-        assert_eq!(m.fields.len(), 1, "{m:?}");
-    }
-
     #[tokio::test]
     async fn a_finished_observation_moves_the_metrics_once() {
-        let authz = authz();
-        let telemetry = authz.telemetry();
-        let route = authz.route_for("orders", &[]).expect("route");
+        let telemetry = &Telemetry::off();
+        let route = orders();
         for cache in [CacheStatus::Miss, CacheStatus::Hit, CacheStatus::Hit] {
             let observation = telemetry.observe(Api::Check, &tonic::metadata::MetadataMap::new(), None);
             let outcome = Ok(Allow::Delegate {

@@ -10,7 +10,7 @@ use url::Url;
 
 use crate::files::read_secret;
 use crate::secret::Secret;
-use crate::settings::{Errors, duration, http_url};
+use baton_decide::settings::{Errors, duration, http_url};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]

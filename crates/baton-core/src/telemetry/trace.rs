@@ -3,14 +3,14 @@
 //! Spans carry reason codes, names and claims Baton chose to report; never a token or a secret.
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
-use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceId};
+use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 
 use super::settings::{OtlpProtocol, SubjectMode, Telemetry as TelemetryConfig};
-use crate::extract::Headers;
+use baton_decide::request::Headers;
 
 /// A running exporter and the tracer that feeds it.
 #[derive(Debug)]
@@ -157,11 +157,6 @@ pub fn current_traceparent() -> Option<String> {
     let sc = span.span_context();
     sc.is_valid()
         .then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
-}
-
-/// A trace id as it appears in logs and the audit record: 32 lower-case hex digits.
-pub fn trace_id_hex(id: TraceId) -> String {
-    id.to_string()
 }
 
 #[cfg(test)]

@@ -1,0 +1,99 @@
+//! What a decision is about and what it ends in: the compiled `Destination` a request goes to (what
+//! its exchanges send, its policy, its share of the cache key) and `Allow`, the decision's outcome
+//! when the request may go. Below both `authz`, which makes them, and `telemetry`, which reports
+//! them; it does no I/O and decides nothing.
+
+use std::sync::Arc;
+
+use crate::cache::{self, CacheStatus, Constraints, Delegated, Key};
+use crate::exchange::{Target, TokenService};
+use baton_decide::policy::Policy;
+use baton_decide::reason::Denial;
+
+/// What Envoy should do with an allowed request.
+#[derive(Debug)]
+pub enum Allow {
+    /// Overwrite `Authorization` with the token for the destination.
+    Delegate {
+        destination: Arc<Destination>,
+        token: Arc<Delegated>,
+        cache: CacheStatus,
+    },
+    /// Remove `Authorization`: the destination is not configured (`unknown_destination: strip`).
+    Strip,
+    /// Leave the request alone (`passthrough` settings).
+    Passthrough,
+}
+
+/// A configured destination: what its exchanges send, and the policy that guards it.
+#[derive(Debug)]
+pub struct Destination {
+    pub name: Arc<str>,
+    pub target: Target,
+    pub(crate) scopes: Vec<String>,
+    /// The scopes a broker call may ask for here (`broker_allowed_scopes`, default `scopes`).
+    pub(crate) broker_allowed_scopes: Arc<[String]>,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) use_actor: bool,
+    /// Where this destination's tokens come from.
+    pub token_service: Arc<TokenService>,
+    /// What this destination demands of the token it is served (see `cache::Constraints`).
+    pub(crate) constraints: Constraints,
+    /// Digest of the destination's name, `target`, the token service, the client identity and
+    /// `constraints`: the first half of every cache key.
+    pub(crate) key_params: Key,
+}
+
+impl Destination {
+    pub(crate) fn new(
+        name: Arc<str>,
+        target: Target,
+        scopes: Vec<String>,
+        policy: Arc<Policy>,
+        use_actor: bool,
+        token_service: Arc<TokenService>,
+    ) -> Self {
+        let constraints = Constraints {
+            max_delegation_depth: policy.max_delegation_depth,
+            max_token_lifetime: policy.max_token_lifetime.map(|d| d.as_secs()),
+        };
+        // Everything the exchange sends (what the token is), with the destination it is for and
+        // what that destination demands of it: a token is served only where all are the same.
+        let key_params = cache::destination_key(
+            &name,
+            &constraints,
+            &[
+                token_service.name(),
+                token_service.locator(),
+                token_service.client_id(),
+                target.audience.as_deref().unwrap_or(""),
+                target.resource.as_deref().unwrap_or(""),
+                target.scope.as_deref().unwrap_or(""),
+                target.requested_token_type.as_deref().unwrap_or(""),
+                target.subject_token_type,
+                if use_actor { "actor" } else { "" },
+            ],
+        );
+        Self {
+            name,
+            target,
+            scopes,
+            broker_allowed_scopes: Arc::from([]),
+            policy,
+            use_actor,
+            token_service,
+            constraints,
+            key_params,
+        }
+    }
+}
+
+/// `delegate`, `strip`, `passthrough` or `deny`: the decision label, span attribute and audit field.
+pub fn decision_name(outcome: &Result<Allow, Denial>) -> &'static str {
+    match outcome {
+        Ok(Allow::Delegate { .. }) => "delegate",
+        Ok(Allow::Strip) => "strip",
+        Ok(Allow::Passthrough) => "passthrough",
+        Err(_) => "deny",
+    }
+}
