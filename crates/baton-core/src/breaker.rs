@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::telemetry::metrics::{CircuitStateLabels, CircuitTransitionLabels, Metrics};
+use crate::metrics::{CircuitStateLabels, CircuitTransitionLabels, Metrics};
 use baton_decide::settings::{Errors, optional_duration};
 
 /// The rolling window is kept as this many buckets, each a tenth of it: outcomes leave the count
@@ -690,7 +690,7 @@ mod tests {
         let t0 = Instant::now();
         let b = Breaker::new("default", Some(settings()));
         b.report_to(&metrics);
-        let text = crate::telemetry::metrics::encode(&registry);
+        let text = crate::metrics::encode(&registry);
         assert!(
             text.contains("baton_circuit_breaker_state{token_service=\"default\",state=\"closed\"} 1"),
             "{text}"
@@ -698,7 +698,7 @@ mod tests {
         for _ in 0..4 {
             call(&b, Outcome::Failed, t0).expect("closed");
         }
-        let text = crate::telemetry::metrics::encode(&registry);
+        let text = crate::metrics::encode(&registry);
         for line in [
             "baton_circuit_breaker_state{token_service=\"default\",state=\"open\"} 1",
             "baton_circuit_breaker_state{token_service=\"default\",state=\"closed\"} 0",
@@ -708,7 +708,7 @@ mod tests {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
         call(&b, Outcome::Healthy, t0 + Duration::from_secs(5)).expect("the probe");
-        let text = crate::telemetry::metrics::encode(&registry);
+        let text = crate::metrics::encode(&registry);
         for line in [
             "baton_circuit_breaker_state{token_service=\"default\",state=\"closed\"} 1",
             "baton_circuit_breaker_transitions_total{token_service=\"default\",to=\"half_open\"} 1",
@@ -727,7 +727,7 @@ mod tests {
         old.report_to(&metrics);
         let slow = old.admit_at(t0).expect("closed");
         old.retire();
-        let text = crate::telemetry::metrics::encode(&registry);
+        let text = crate::metrics::encode(&registry);
         assert!(
             text.contains("baton_circuit_breaker_state{token_service=\"default\",state=\"closed\"} 0"),
             "{text}"
@@ -740,7 +740,7 @@ mod tests {
             call(&old, Outcome::Failed, t0).expect("closed");
         }
         assert_eq!(old.state_at(t0), State::Open);
-        let text = crate::telemetry::metrics::encode(&registry);
+        let text = crate::metrics::encode(&registry);
         for line in [
             "baton_circuit_breaker_state{token_service=\"default\",state=\"closed\"} 1",
             "baton_circuit_breaker_state{token_service=\"default\",state=\"open\"} 0",

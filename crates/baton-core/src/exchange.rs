@@ -467,7 +467,7 @@ impl TokenService {
         let mut request = http.post(endpoint.clone()).header("accept", "application/json");
         // W3C trace context of the current span (the exchange's), so the token service's spans join
         // the trace.
-        if let Some(traceparent) = crate::telemetry::trace::current_traceparent() {
+        if let Some(traceparent) = crate::http::current_traceparent() {
             request = request.header("traceparent", traceparent);
         }
         let assertion;

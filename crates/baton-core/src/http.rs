@@ -70,3 +70,13 @@ pub fn random_id() -> String {
     let bytes: [u8; 16] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
+
+/// The `traceparent` for an outgoing call made in the current span (the exchange span, while a token
+/// exchange runs), if there is one. `exchange` sends it to the token service.
+pub fn current_traceparent() -> Option<String> {
+    let cx = opentelemetry::Context::current();
+    let span = opentelemetry::trace::TraceContextExt::span(&cx);
+    let sc = span.span_context();
+    sc.is_valid()
+        .then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
+}

@@ -24,6 +24,7 @@ pub mod files;
 pub mod http;
 pub mod issued;
 pub mod jwt;
+pub mod metrics;
 pub mod oauth;
 pub mod secret;
 pub mod telemetry;

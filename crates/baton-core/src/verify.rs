@@ -20,8 +20,8 @@ use url::Url;
 use crate::cache::{Expiring, Key, at_unix};
 use crate::clock::unix_now;
 use crate::http::read_bounded;
+use crate::metrics::OutcomeLabels;
 use crate::oauth::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
-use crate::telemetry::metrics::OutcomeLabels;
 use baton_decide::reason::{Denial, Reason};
 use baton_decide::settings::{Errors, duration, http_url};
 

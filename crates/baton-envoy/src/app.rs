@@ -55,7 +55,7 @@ pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Au
     }
     let telemetry = match previous {
         Some(previous) => previous.telemetry().clone(),
-        None => Telemetry::start(&config)?,
+        None => Telemetry::start(&config.telemetry, &config.audit)?,
     };
     for service in services.iter() {
         service.breaker().report_to(telemetry.metrics());

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::file::Config;
 use baton_core::authz::{Authz, Current};
 use baton_core::credentials::Stamp;
-use baton_core::telemetry::metrics::OutcomeLabels;
+use baton_core::metrics::OutcomeLabels;
 
 /// How a new core is built from a validated configuration, carrying over from the running one
 /// (`app::build_with`: passed in, so that reloading does not depend on the composition that starts it).

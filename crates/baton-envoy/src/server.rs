@@ -24,7 +24,7 @@ use crate::outcome;
 use crate::respond;
 use crate::tls::Acceptor;
 use baton_core::authz::{Authz, Current};
-use baton_core::telemetry::{self, Api};
+use baton_core::telemetry::Api;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -147,7 +147,7 @@ fn admin_router(authz: Current, stopping: Arc<AtomicBool>) -> axum::Router {
                     let entries = i64::try_from(authz.cache().entry_count()).unwrap_or(i64::MAX);
                     telemetry.metrics().cache_entries.set(entries);
                     (
-                        [(axum::http::header::CONTENT_TYPE, telemetry::metrics::CONTENT_TYPE)],
+                        [(axum::http::header::CONTENT_TYPE, baton_core::metrics::CONTENT_TYPE)],
                         telemetry.encode_metrics(),
                     )
                 }

@@ -1,8 +1,6 @@
 //! Clients of what the harness starts: HTTP through Envoy (`send`, `Reply`), scrapes of Prometheus
 //! text and a process's memory. Every credential sent or received is registered for the leak scans.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
 use crate::envoy::Envoy;
@@ -24,12 +22,7 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("http client")
-}
+pub use crate::scratch::http;
 
 /// What a request through Envoy came back with.
 #[derive(Debug)]

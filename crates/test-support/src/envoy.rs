@@ -10,8 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use crate::client::http;
-use crate::scratch::{DirGuard, Scratch, free_port, wait_until};
+use crate::scratch::{DirGuard, Scratch, free_port, http, wait_until};
 use crate::{leaks, repo};
 
 /// The real Envoy, as installed by `scripts/deps` (or `BATON_ENVOY`).

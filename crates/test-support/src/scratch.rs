@@ -129,3 +129,12 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An HTTP client for the harness's own calls (probes, scrapes, requests through Envoy), with a
+/// deadline so a stuck test fails instead of hanging.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("http client")
+}

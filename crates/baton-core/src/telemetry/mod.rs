@@ -8,7 +8,6 @@
 //! types: the dynamic metadata Envoy reads is built by `respond`.
 
 pub mod audit;
-pub mod metrics;
 pub mod settings;
 pub mod trace;
 
@@ -24,13 +23,12 @@ use prometheus_client::registry::Registry;
 
 use self::settings::SubjectMode;
 use crate::cache::Delegated;
-use crate::config::Config;
 use crate::decision::{Allow, Destination, decision_name};
 use crate::secret::fingerprint;
 use baton_decide::reason::{Class, Denial};
 use baton_decide::request::Headers;
 
-use self::metrics::{DecisionLabels, DestinationLabel, ExchangeLabels, Metrics, TokenServiceLabels};
+use crate::metrics::{self, DecisionLabels, DestinationLabel, ExchangeLabels, Metrics, TokenServiceLabels};
 
 /// Which API asked for the decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -102,18 +100,18 @@ impl Telemetry {
     /// Everything the configuration asks for: the metrics registry, the OTLP exporter (when
     /// `telemetry.tracing` is set), the audit writer (when `audit.sink` is not `off`). Must run in the
     /// Tokio runtime.
-    pub fn start(config: &Config) -> Result<Self, String> {
+    pub fn start(telemetry: &settings::Telemetry, audit: &settings::Audit) -> Result<Self, String> {
         let mut registry = Registry::with_prefix("baton");
         let metrics = Metrics::register(&mut registry);
-        let tracing = trace::start(&config.telemetry)?;
-        let audit = audit::Audit::start(&config.audit, metrics.audit_dropped.clone())?;
+        let tracing = trace::start(telemetry)?;
+        let audit = audit::Audit::start(audit, metrics.audit_dropped.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 registry,
                 metrics,
                 tracing,
                 audit,
-                dynamic_metadata: config.telemetry.dynamic_metadata,
+                dynamic_metadata: telemetry.dynamic_metadata,
             }),
         })
     }
@@ -437,8 +435,8 @@ mod tests {
 
     const BASE: &str = "token_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth:\n    method: none\ndestinations:\n  - name: orders\n    hosts: [orders]\n    audience: https://orders.example\n    scopes: [orders.read, orders.list]\n";
 
-    fn config(extra: &str) -> Result<Config, baton_decide::settings::ConfigError> {
-        Config::from_yaml(&format!("{BASE}{extra}"))
+    fn config(extra: &str) -> Result<crate::config::Config, baton_decide::settings::ConfigError> {
+        crate::config::Config::from_yaml(&format!("{BASE}{extra}"))
     }
 
     #[test]
@@ -457,7 +455,8 @@ mod tests {
             ("telemetry:\n  dynamic_metadata: false\n", false),
             ("telemetry:\n  dynamic_metadata: true\n", true),
         ] {
-            let telemetry = Telemetry::start(&config(extra).expect("valid")).expect("start");
+            let config = config(extra).expect("valid");
+            let telemetry = Telemetry::start(&config.telemetry, &config.audit).expect("start");
             assert_eq!(telemetry.dynamic_metadata(), on, "{extra:?}");
         }
         assert!(config("telemetry:\n  dynamic_metadata: sometimes\n").is_err());

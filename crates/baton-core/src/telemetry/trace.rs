@@ -2,9 +2,9 @@
 //! the W3C `traceparent` a request arrives with, and the one Baton sends on to the token service.
 //! Spans carry reason codes, names and claims Baton chose to report; never a token or a secret.
 
+use opentelemetry::KeyValue;
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::trace::{SpanContext, TraceContextExt as _};
-use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
@@ -149,16 +149,6 @@ pub fn parent(metadata: &tonic::metadata::MetadataMap, headers: Option<Headers<'
         .find(SpanContext::is_valid)
 }
 
-/// The `traceparent` for an outgoing call made in the current span (the exchange span, while a token
-/// exchange runs), if there is one. `exchange` sends it to the token service.
-pub fn current_traceparent() -> Option<String> {
-    let cx = Context::current();
-    let span = cx.span();
-    let sc = span.span_context();
-    sc.is_valid()
-        .then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +192,6 @@ mod tests {
 
     #[test]
     fn no_current_span_means_no_traceparent() {
-        assert_eq!(current_traceparent(), None);
+        assert_eq!(crate::http::current_traceparent(), None);
     }
 }
