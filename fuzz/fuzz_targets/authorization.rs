@@ -3,9 +3,9 @@
 //! characters; everything else is refused with one of the caller-token reasons.
 #![no_main]
 
-use baton_envoy::extract::Lines;
-use baton_decide::request::{Authorization, Headers, is_b64token, subject_token};
 use baton_decide::reason::Reason;
+use baton_decide::request::{Authorization, Headers, is_b64token, subject_token};
+use baton_envoy::extract::Lines;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use libfuzzer_sys::fuzz_target;
 

@@ -5,10 +5,9 @@
 
 use std::collections::HashMap;
 
-use baton_decide::request::Headers;
-use baton_decide::settings::Errors;
 use baton_decide::policy::{Facts, RawPolicy};
 use baton_decide::reason::Reason;
+use baton_decide::request::Headers;
 use baton_decide::settings::Errors;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};

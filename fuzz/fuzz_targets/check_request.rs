@@ -6,10 +6,10 @@
 
 use std::collections::HashMap;
 
-use baton_envoy::extract::{Check, Processing};
-use baton_decide::request::{Authorization, Headers, Outbound, subject_token};
 use baton_decide::reason::Reason;
+use baton_decide::request::{Authorization, Headers, Outbound, subject_token};
 use baton_decide::route::CONTEXT_KEY;
+use baton_envoy::extract::{Check, Processing};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRequest;
 use libfuzzer_sys::fuzz_target;

@@ -4,8 +4,8 @@
 #![no_main]
 
 use baton_core::config::Config;
-use baton_envoy::file::RawConfig;
 use baton_core::files::parse_yaml;
+use baton_envoy::file::RawConfig;
 use baton_sts::RawStsConfig;
 use libfuzzer_sys::fuzz_target;
 

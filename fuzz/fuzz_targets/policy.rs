@@ -6,12 +6,11 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use baton_decide::canonical;
 use baton_core::files::parse_yaml;
-use baton_decide::request::Headers;
-use baton_decide::settings::Errors;
+use baton_decide::canonical;
 use baton_decide::policy::{Facts, Policy, RawPolicy};
 use baton_decide::reason::Reason;
+use baton_decide::request::Headers;
 use baton_decide::settings::Errors;
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;

@@ -4,8 +4,8 @@
 #![no_main]
 
 use baton_core::exchange::parse_response;
-use baton_decide::request::is_b64token;
 use baton_decide::reason::{Class, Denial, Reason};
+use baton_decide::request::is_b64token;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
