@@ -105,7 +105,7 @@ fn is_placeholder_file(message: &str, block: &str) -> bool {
 /// Baton's configuration: parsed, then validated, every error kept. The one place that names
 /// Baton's configuration API, so the restructure moves only this call.
 fn baton_config_errors(text: &str) -> Vec<String> {
-    match baton_core::config::Config::from_yaml(text) {
+    match baton_envoy::file::Config::from_yaml(text) {
         Ok(_) => Vec::new(),
         Err(e) => e.0.into_iter().map(|f| format!("{}: {}", f.path, f.message)).collect(),
     }

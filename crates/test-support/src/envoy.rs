@@ -33,7 +33,7 @@ pub fn envoy_bin() -> PathBuf {
 pub struct Envoy {
     pub port: u16,
     child: Child,
-    /// Its access log (`envoy.access.log`, JSON lines, see README), scanned for leaks on drop.
+    /// Its access log (`envoy.access.log`, JSON lines, see docs/observability.md), scanned for leaks on drop.
     pub access_log: PathBuf,
     _dir: Arc<DirGuard>,
 }
@@ -135,7 +135,7 @@ impl Drop for Envoy {
 /// Replaced by the access log's path when Envoy starts.
 const ACCESS_LOG_PATH: &str = "@ACCESS_LOG@";
 
-/// The access-log format documented in README.md: Envoy's request fields, then what Baton told Envoy
+/// The access-log format documented in docs/observability.md: Envoy's request fields, then what Baton told Envoy
 /// in `dynamic_metadata` (`envoy.filters.http.ext_authz` namespace).
 const ACCESS_LOG_FORMAT: &str = r#"                json_format:
                   start_time: "%START_TIME%"
