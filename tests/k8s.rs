@@ -232,12 +232,13 @@ fn write_tls_files(dir: &Path) {
 }
 
 /// The ConfigMaps' baton.yaml files pass `baton check-config`, with the mounted files' paths (the
-/// client secret, the broker's TLS files) pointed at scratch files (the real ones only exist in a
-/// pod).
+/// client secret, the projected actor token, the broker's TLS files) pointed at scratch files (the
+/// real ones only exist in a pod).
 #[test]
 fn the_baton_configurations_pass_check_config() {
     let scratch = Scratch::new(BATON_BIN, "k8s-check-config");
     let secret = scratch.write("client-secret", "not-a-real-secret");
+    let actor_token = scratch.write("actor-token", "not-a-real-service-account-token");
     let tls = scratch.0.join("tls");
     write_tls_files(&tls);
     for (name, path) in [("base", "base/baton.yaml"), ("broker", "overlays/broker/baton.yaml")] {
@@ -248,6 +249,7 @@ fn the_baton_configurations_pass_check_config() {
         );
         let local = text
             .replace("/etc/baton/secret/client-secret", &secret.display().to_string())
+            .replace("/var/run/secrets/baton/token", &actor_token.display().to_string())
             .replace("/etc/baton/tls/", &format!("{}/", tls.display()));
         check_config(&scratch, name, &local).unwrap_or_else(|said| panic!("{path}: {said}"));
     }

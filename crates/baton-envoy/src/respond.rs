@@ -449,7 +449,7 @@ mod tests {
     /// The `orders` destination of a configuration, compiled by `Authz`.
     fn orders() -> std::sync::Arc<Destination> {
         use baton_core::exchange::{TokenService, TokenServices};
-        let yaml = "listen:\n  grpc: 127.0.0.1:0\ntoken_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth:\n    method: none\ndestinations:\n  - name: orders\n    hosts: [orders]\n    audience: https://orders.example\n    scopes: [orders.read, orders.list]\n";
+        let yaml = "token_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth:\n    method: none\ndestinations:\n  - name: orders\n    hosts: [orders]\n    audience: https://orders.example\n    scopes: [orders.read, orders.list]\n";
         let config = baton_core::config::Config::from_yaml(yaml).expect("valid");
         let services = config
             .token_services
