@@ -43,7 +43,10 @@ impl Broker {
 impl DelegationBroker for Broker {
     async fn exchange(&self, request: Request<ExchangeRequest>) -> Result<Response<ExchangeResponse>, Status> {
         let authz = self.authz.load_full();
-        let observation = authz.telemetry().observe(Api::Broker, request.metadata(), None);
+        let observation =
+            authz
+                .telemetry()
+                .observe(Api::Broker, crate::outcome::trace_context(request.metadata()), None);
         let caller = caller(&authz, &request).await;
         let request = request.into_inner();
         // Only an authenticated caller learns which destinations and scopes exist: its denial

@@ -11,6 +11,7 @@ use envoy_types::pb::google::protobuf::Struct;
 use crate::respond;
 use baton_core::authz::Authz;
 use baton_core::decision::{Allow, Destination};
+use baton_core::telemetry::trace::TraceContext;
 use baton_core::telemetry::{Api, Decided};
 use baton_decide::reason::Denial;
 use baton_decide::request::Outbound;
@@ -29,7 +30,7 @@ pub(crate) async fn decide<R>(
 ) -> R {
     let observation = authz
         .telemetry()
-        .observe(api, metadata, outbound.ok().map(|o| o.headers));
+        .observe(api, trace_context(metadata), outbound.ok().map(|o| o.headers));
     let outcome = match outbound {
         Ok(outbound) => observation.run(authz.decide(outbound)).await,
         Err(denial) => Err(denial.clone()),
@@ -50,6 +51,16 @@ pub(crate) async fn decide<R>(
             .or(authz.workload_identity()),
     });
     response
+}
+
+/// The trace context of a gRPC call: Envoy's span for its call to Baton, when Envoy traces (or the
+/// broker caller's). Values that are not visible ASCII are ignored.
+pub(crate) fn trace_context(metadata: &tonic::metadata::MetadataMap) -> Option<TraceContext<'_>> {
+    let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
+    Some(TraceContext {
+        traceparent: text("traceparent")?,
+        tracestate: text("tracestate"),
+    })
 }
 
 /// Where the request was going: the delegated destination, or, for other outcomes, the configured
@@ -78,5 +89,26 @@ fn log(api: Api, outcome: &Result<Allow, Denial>) {
         Ok(Allow::Strip) => tracing::debug!(api, "unknown destination: authorization stripped"),
         Ok(Allow::Passthrough) => tracing::debug!(api, "passed through"),
         Err(denial) => tracing::info!(api, reason = denial.reason.as_str(), "denied: {}", denial.description),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grpc_calls_trace_context_is_read_from_its_metadata() {
+        const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        assert!(trace_context(&metadata).is_none(), "no traceparent, no context");
+        metadata.insert("tracestate", "vendor=1".parse().expect("ascii"));
+        assert!(trace_context(&metadata).is_none(), "a tracestate alone is no context");
+        metadata.insert("traceparent", TP.parse().expect("ascii"));
+        let context = trace_context(&metadata).expect("context");
+        assert_eq!((context.traceparent, context.tracestate), (TP, Some("vendor=1")));
+        // Not visible ASCII: ignored, never an error.
+        let opaque = tonic::metadata::MetadataValue::try_from(&b"00-\xff"[..]).expect("obs-text is a valid value");
+        metadata.insert("traceparent", opaque);
+        assert!(trace_context(&metadata).is_none());
     }
 }

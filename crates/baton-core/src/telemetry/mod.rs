@@ -132,11 +132,11 @@ impl Telemetry {
     }
 
     /// Start observing one decision: the clock, and the span (a child of the request's trace
-    /// context: the gRPC call's `traceparent`, else the request headers') when tracing is on.
+    /// context: the gRPC call's (`grpc`), else the request headers') when tracing is on.
     pub fn observe(
         &self,
         api: Api,
-        metadata: &tonic::metadata::MetadataMap,
+        grpc: Option<trace::TraceContext<'_>>,
         headers: Option<Headers<'_>>,
     ) -> Observation<'_> {
         let started = Instant::now();
@@ -151,7 +151,7 @@ impl Telemetry {
                 trace_id: None,
             };
         }
-        let parent = trace::parent(metadata, headers);
+        let parent = trace::parent(grpc, headers);
         let (cx, trace_id) = match &inner.tracing {
             Some(tracing) => {
                 let parent_cx = match parent {
@@ -618,7 +618,7 @@ audit:
         let telemetry = &Telemetry::off();
         let route = orders();
         for cache in [CacheStatus::Miss, CacheStatus::Hit, CacheStatus::Hit] {
-            let observation = telemetry.observe(Api::Check, &tonic::metadata::MetadataMap::new(), None);
+            let observation = telemetry.observe(Api::Check, None, None);
             let outcome = Ok(Allow::Delegate {
                 destination: route.clone(),
                 token: delegated(),
@@ -630,7 +630,7 @@ audit:
                 source: None,
             });
         }
-        let observation = telemetry.observe(Api::Broker, &tonic::metadata::MetadataMap::new(), None);
+        let observation = telemetry.observe(Api::Broker, None, None);
         observation.finish(Decided {
             outcome: &Err(Denial::new(Reason::MalformedToken, "no")),
             destination: None,

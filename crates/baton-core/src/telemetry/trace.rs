@@ -98,13 +98,15 @@ impl Tracing {
 
 // === W3C trace context ===
 
-/// One `traceparent` / `tracestate` pair, however it arrived.
-struct Pair<'a> {
-    traceparent: &'a str,
-    tracestate: Option<&'a str>,
+/// One W3C `traceparent` / `tracestate` pair, however it arrived (the gRPC call's metadata, which
+/// the serving side reads, or the request's headers).
+#[derive(Clone, Copy, Debug)]
+pub struct TraceContext<'a> {
+    pub traceparent: &'a str,
+    pub tracestate: Option<&'a str>,
 }
 
-impl Extractor for Pair<'_> {
+impl Extractor for TraceContext<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         match key {
             "traceparent" => Some(self.traceparent),
@@ -118,25 +120,18 @@ impl Extractor for Pair<'_> {
     }
 }
 
-/// The span this request continues: the `traceparent` of the gRPC call (Envoy's span for its call to
-/// Baton, when Envoy traces), else the one in the request's own headers (the application's). `None`
-/// when neither is a valid W3C trace context.
-pub fn parent(metadata: &tonic::metadata::MetadataMap, headers: Option<Headers<'_>>) -> Option<SpanContext> {
-    fn text(v: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>) -> Option<&str> {
-        v.to_str().ok()
-    }
-    let from_grpc = metadata.get("traceparent").and_then(text).map(|traceparent| Pair {
-        traceparent,
-        tracestate: metadata.get("tracestate").and_then(text),
-    });
+/// The span this request continues: the trace context of the gRPC call (`grpc`: Envoy's span for
+/// its call to Baton, when Envoy traces), else the one in the request's own headers (the
+/// application's). `None` when neither is a valid W3C trace context.
+pub fn parent(grpc: Option<TraceContext<'_>>, headers: Option<Headers<'_>>) -> Option<SpanContext> {
     let from_headers = || {
         let headers = headers?;
-        Some(Pair {
+        Some(TraceContext {
             traceparent: headers.get("traceparent")?,
             tracestate: headers.get("tracestate"),
         })
     };
-    [from_grpc, from_headers()]
+    [grpc, from_headers()]
         .into_iter()
         .flatten()
         .map(|pair| {
@@ -157,7 +152,6 @@ mod tests {
 
     #[test]
     fn the_grpc_traceparent_wins_over_the_request_headers() {
-        let mut metadata = tonic::metadata::MetadataMap::new();
         let map: std::collections::HashMap<String, String> = [(
             "traceparent".to_owned(),
             "00-11111111111111111111111111111111-2222222222222222-01".to_owned(),
@@ -165,10 +159,13 @@ mod tests {
         .into_iter()
         .collect();
         let headers = Headers::Folded(&map);
-        let from_headers = parent(&metadata, Some(headers)).expect("from headers");
+        let from_headers = parent(None, Some(headers)).expect("from headers");
         assert_eq!(from_headers.trace_id().to_string(), "11111111111111111111111111111111");
-        metadata.insert("traceparent", TP.parse().expect("ascii"));
-        let from_grpc = parent(&metadata, Some(headers)).expect("from grpc");
+        let grpc = TraceContext {
+            traceparent: TP,
+            tracestate: None,
+        };
+        let from_grpc = parent(Some(grpc), Some(headers)).expect("from grpc");
         assert_eq!(from_grpc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(from_grpc.span_id().to_string(), "00f067aa0ba902b7");
         assert!(from_grpc.is_remote() && from_grpc.is_sampled());
@@ -176,7 +173,6 @@ mod tests {
 
     #[test]
     fn invalid_trace_contexts_are_ignored() {
-        let mut metadata = tonic::metadata::MetadataMap::new();
         for bad in [
             "",
             "garbage",
@@ -184,10 +180,13 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
-            metadata.insert("traceparent", bad.parse().expect("ascii"));
-            assert!(parent(&metadata, None).is_none(), "{bad}");
+            let grpc = TraceContext {
+                traceparent: bad,
+                tracestate: None,
+            };
+            assert!(parent(Some(grpc), None).is_none(), "{bad}");
         }
-        assert!(parent(&tonic::metadata::MetadataMap::new(), None).is_none());
+        assert!(parent(None, None).is_none());
     }
 
     #[test]
