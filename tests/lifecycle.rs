@@ -28,6 +28,14 @@ async fn envoy_reaches_baton_over_a_unix_socket() {
     let reply = send(&envoy, "orders.example", "/", Some(&bearer(&user))).await;
     let claims = service.verify(reply.upstream_token()).await;
     assert_eq!(audiences(&claims), [ORDERS]);
+    // The startup line shows its values as a person reads them, not Rust's `Some(..)`/`None`.
+    let log = std::fs::read_to_string(scratch.0.join("baton.log")).expect("log");
+    let serving = log
+        .lines()
+        .find(|l| l.contains("baton serving"))
+        .expect("a startup line");
+    assert!(serving.contains(&format!("grpc_uds={}", socket.display())), "{serving}");
+    assert!(!serving.contains("Some(") && !serving.contains("None"), "{serving}");
 }
 
 /// SIGTERM: readiness goes false, an in-flight Check (waiting on a slow exchange) still completes,
@@ -108,6 +116,43 @@ async fn not_ready_until_the_token_endpoint_is_known() {
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 503);
+}
+
+/// Every command takes its configuration file the same way (`--config`; `check-config` keeps its
+/// positional form), and a file that cannot be read is named once, by the one error it gives.
+#[test]
+fn every_command_takes_config_alike_and_names_a_missing_file_once() {
+    let scratch = Scratch::new(BATON_BIN, "config-flag");
+    let good = scratch.write(
+        "good.yaml",
+        "listen:\n  grpc_uds: /var/run/baton/baton.sock\ntoken_service:\n  token_endpoint: http://127.0.0.1:9400/token\n  client_id: sidecar\n  auth:\n    method: none\ndestinations:\n  - name: orders\n    hosts: [orders]\n    audience: https://orders.example\n",
+    );
+    let baton = |args: &[&std::ffi::OsStr]| std::process::Command::new(BATON_BIN).args(args).output().expect("run");
+    for args in [
+        vec!["check-config".as_ref(), good.as_os_str()],
+        vec!["check-config".as_ref(), "--config".as_ref(), good.as_os_str()],
+        vec!["check-config".as_ref(), "-c".as_ref(), good.as_os_str()],
+    ] {
+        let out = baton(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let missing = scratch.0.join("missing.yaml");
+    let shown = missing.display().to_string();
+    for command in ["check-config", "run", "envoy-config"] {
+        let out = baton(&[command.as_ref(), "--config".as_ref(), missing.as_os_str()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
+        assert_eq!(
+            stderr.matches(&shown).count(),
+            1,
+            "{command} names the file once: {stderr}"
+        );
+        assert!(stderr.contains("No such file"), "{command}: {stderr}");
+    }
 }
 
 #[test]

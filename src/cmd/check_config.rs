@@ -3,26 +3,31 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use baton_envoy::file::Config;
-
 #[derive(clap::Args)]
+#[group(required = true, multiple = false)]
 pub(crate) struct Args {
-    file: PathBuf,
+    /// Baton's configuration file (YAML), as `run --config` takes it.
+    #[arg(long, short, value_name = "CONFIG")]
+    config: Option<PathBuf>,
+    /// The same, given without `--config`.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
 }
 
 impl Args {
     pub(crate) fn run(self) -> ExitCode {
-        let file = &self.file;
+        // clap requires exactly one of the two.
+        let Some(file) = self.config.or(self.file) else {
+            return crate::fail("a configuration file is required".to_owned());
+        };
+        let file = &file;
         // The listener's TLS files are read as `run` would read them.
-        let checked =
-            Config::from_file(file)
-                .map_err(|e| e.to_string())
-                .and_then(|config| match &config.listen.grpc_tls {
-                    Some(tls) => baton_envoy::tls::server_config(tls)
-                        .map(|_| config)
-                        .map_err(|e| format!("listen.grpc_tls: {e}\n")),
-                    None => Ok(config),
-                });
+        let checked = super::load(file).and_then(|config| match &config.listen.grpc_tls {
+            Some(tls) => baton_envoy::tls::server_config(tls)
+                .map(|_| config)
+                .map_err(|e| format!("{}: listen.grpc_tls: {e}\n", file.display())),
+            None => Ok(config),
+        });
         match checked {
             Ok(config) => {
                 let services: Vec<String> = config
@@ -58,7 +63,7 @@ impl Args {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprint!("{}: {e}", file.display());
+                eprint!("{e}");
                 ExitCode::FAILURE
             }
         }

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use baton_envoy::envoy_config;
-use baton_envoy::file::Config;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -47,10 +46,10 @@ enum Api {
 
 impl Args {
     pub(crate) fn run(self) -> ExitCode {
-        let config = match Config::from_file(&self.config) {
+        let config = match super::load(&self.config) {
             Ok(config) => config,
             Err(e) => {
-                eprint!("{}: {e}", self.config.display());
+                eprint!("{e}");
                 return ExitCode::FAILURE;
             }
         };

@@ -29,10 +29,13 @@ struct Mint {
     /// Base URL of the running service.
     #[arg(long, default_value = "http://127.0.0.1:9400")]
     url: String,
+    /// The user the token is for (`sub`).
     #[arg(long)]
     sub: String,
+    /// The audience (`aud`); default `baton-sts`.
     #[arg(long)]
     aud: Option<String>,
+    /// Space-separated scopes (`scope`).
     #[arg(long)]
     scope: Option<String>,
     /// Lifetime in seconds (0 or negative mints an expired token).

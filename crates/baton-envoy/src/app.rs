@@ -15,6 +15,7 @@ use baton_core::authz::{Authz, Current};
 use baton_core::config::Config;
 use baton_core::exchange::{TokenService, TokenServices};
 use baton_core::telemetry::Telemetry;
+use baton_core::telemetry::settings::AuditSink;
 use baton_core::token_service::Endpoint;
 use baton_core::verify::{Introspection, Verifier};
 use std::path::{Path, PathBuf};
@@ -198,17 +199,24 @@ pub async fn run(path: PathBuf, config: File, shutdown: impl Future<Output = ()>
     {
         tracing::warn!(%addr, "listen.grpc serves plain text beyond loopback (insecure_plaintext): anyone who reaches it may ask for tokens");
     }
+    // Values as a person reads them: an address or `off`, never Rust's `Some(..)`/`None`.
+    let shown = |value: Option<String>| value.unwrap_or_else(|| "off".to_owned());
+    let audit = match &config.decision.audit.sink {
+        AuditSink::Off => "off".to_owned(),
+        AuditSink::Stdout => "stdout".to_owned(),
+        AuditSink::File { path, .. } => path.display().to_string(),
+    };
     tracing::info!(
-        grpc = ?config.listen.grpc,
+        grpc = %shown(config.listen.grpc.map(|a| a.to_string())),
         grpc_tls = config.listen.grpc_tls.is_some(),
-        ?allowed_callers,
-        grpc_uds = ?config.listen.grpc_uds,
+        allowed_callers = %allowed_callers.join(", "),
+        grpc_uds = %shown(config.listen.grpc_uds.as_ref().map(|p| p.display().to_string())),
         grpc_uds_mode = format_args!("{:04o}", config.listen.grpc_uds_mode),
-        admin = ?config.listen.admin,
+        admin = %shown(config.listen.admin.map(|a| a.to_string())),
         destinations = config.decision.destinations.len(),
         trusted_issuers = config.decision.trusted_issuers.len(),
         tracing = config.decision.telemetry.tracing.is_some(),
-        audit = ?config.decision.audit.sink,
+        %audit,
         "baton serving"
     );
     let grace = config.shutdown_grace;
