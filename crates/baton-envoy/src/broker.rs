@@ -46,7 +46,7 @@ impl DelegationBroker for Broker {
         let observation =
             authz
                 .telemetry()
-                .observe(Api::Broker, crate::outcome::trace_context(request.metadata()), None);
+                .observe(Api::Broker, || crate::outcome::trace_context(request.metadata()), None);
         let caller = caller(&authz, &request).await;
         let request = request.into_inner();
         // Only an authenticated caller learns which destinations and scopes exist: its denial

@@ -30,7 +30,7 @@ pub(crate) async fn decide<R>(
 ) -> R {
     let observation = authz
         .telemetry()
-        .observe(api, trace_context(metadata), outbound.ok().map(|o| o.headers));
+        .observe(api, || trace_context(metadata), outbound.ok().map(|o| o.headers));
     let outcome = match outbound {
         Ok(outbound) => observation.run(authz.decide(outbound)).await,
         Err(denial) => Err(denial.clone()),

@@ -132,11 +132,12 @@ impl Telemetry {
     }
 
     /// Start observing one decision: the clock, and the span (a child of the request's trace
-    /// context: the gRPC call's (`grpc`), else the request headers') when tracing is on.
-    pub fn observe(
+    /// context: the gRPC call's (`grpc`, read only when tracing or audit is on), else the request
+    /// headers') when tracing is on.
+    pub fn observe<'m>(
         &self,
         api: Api,
-        grpc: Option<trace::TraceContext<'_>>,
+        grpc: impl FnOnce() -> Option<trace::TraceContext<'m>>,
         headers: Option<Headers<'_>>,
     ) -> Observation<'_> {
         let started = Instant::now();
@@ -151,7 +152,7 @@ impl Telemetry {
                 trace_id: None,
             };
         }
-        let parent = trace::parent(grpc, headers);
+        let parent = trace::parent(grpc(), headers);
         let (cx, trace_id) = match &inner.tracing {
             Some(tracing) => {
                 let parent_cx = match parent {
@@ -618,7 +619,7 @@ audit:
         let telemetry = &Telemetry::off();
         let route = orders();
         for cache in [CacheStatus::Miss, CacheStatus::Hit, CacheStatus::Hit] {
-            let observation = telemetry.observe(Api::Check, None, None);
+            let observation = telemetry.observe(Api::Check, || None, None);
             let outcome = Ok(Allow::Delegate {
                 destination: route.clone(),
                 token: delegated(),
@@ -630,7 +631,7 @@ audit:
                 source: None,
             });
         }
-        let observation = telemetry.observe(Api::Broker, None, None);
+        let observation = telemetry.observe(Api::Broker, || None, None);
         observation.finish(Decided {
             outcome: &Err(Denial::new(Reason::MalformedToken, "no")),
             destination: None,
