@@ -52,6 +52,7 @@ fn world() -> &'static World {
                     key: SigningKey::from_pem(KEY).expect("dev key"),
                     clients: Default::default(),
                     dev_mint: false,
+                    trusted_subject_issuers: Vec::new(),
                     fault_delay: Duration::ZERO,
                     fault_status: None,
                     fault_answer: None,

@@ -1,7 +1,8 @@
 //! `baton sts`: a small token service for development, demos and fault-injection tests. It speaks
 //! RFC 8693 token exchange (and client_credentials), publishes its JWKS and RFC 8414 metadata, and
 //! mints user tokens on request (`/dev/mint`). It is not a production authorization server: it has
-//! no users, no consent and no persistence. It never logs a token.
+//! no users, no consent and no persistence. It never logs a token. Subject tokens are its own, or
+//! (`trusted_subject_issuers`, for the edge shape) another issuer's, verified by Baton's verifier.
 
 mod keys;
 
@@ -26,7 +27,8 @@ use baton_core::clock::unix_now;
 use baton_core::http::random_id;
 use baton_core::oauth::{GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 use baton_core::secret::Secret;
-use baton_decide::settings::parse_duration;
+use baton_core::verify::{IssuerConfig, OpaqueTokens, RawIssuer, Verified, Verifier};
+use baton_decide::settings::{Errors, parse_duration};
 pub use keys::SigningKey;
 
 const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
@@ -42,6 +44,9 @@ pub struct RawStsConfig {
     pub signing_key_file: Option<PathBuf>,
     pub clients: Vec<RawClient>,
     pub dev_mint: Option<bool>,
+    /// Other issuers whose access tokens it accepts as subject tokens (the edge shape: an external
+    /// identity provider's token exchanged for one of this service's). Actor tokens stay its own.
+    pub trusted_subject_issuers: Vec<RawIssuer>,
     pub faults: RawFaults,
 }
 
@@ -149,6 +154,7 @@ pub struct StsConfig {
     pub key: SigningKey,
     pub clients: HashMap<String, Client>,
     pub dev_mint: bool,
+    pub trusted_subject_issuers: Vec<IssuerConfig>,
     pub fault_delay: Duration,
     pub fault_status: Option<StatusCode>,
     pub fault_answer: Option<AnswerFault>,
@@ -220,6 +226,32 @@ impl RawStsConfig {
         if clients.is_empty() && errors.is_empty() {
             errors.push("clients: at least one client is required".into());
         }
+        // Checked as Baton checks its own `trusted_issuers` (audiences required, no HMAC, ...).
+        let mut issuer_errors = Errors::default();
+        for (i, raw) in self.trusted_subject_issuers.iter().enumerate() {
+            if self
+                .issuer
+                .as_deref()
+                .is_some_and(|own| own.trim_end_matches('/') == raw.issuer)
+            {
+                issuer_errors.add(
+                    format!("trusted_subject_issuers[{i}].issuer"),
+                    "is this service's own issuer",
+                );
+            }
+        }
+        let trusted_subject_issuers: Vec<IssuerConfig> = self
+            .trusted_subject_issuers
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, raw)| raw.validate(&format!("trusted_subject_issuers[{i}]"), &mut issuer_errors))
+            .collect();
+        errors.extend(
+            issuer_errors
+                .0
+                .into_iter()
+                .map(|e| format!("{}: {}", e.path, e.message)),
+        );
         match (listen, key) {
             (Ok(listen), Ok(key)) if errors.is_empty() => Ok(StsConfig {
                 listen,
@@ -228,6 +260,7 @@ impl RawStsConfig {
                 key,
                 clients,
                 dev_mint: self.dev_mint.unwrap_or(true),
+                trusted_subject_issuers,
                 fault_delay,
                 fault_status,
                 fault_answer: self.faults.answer,
@@ -246,6 +279,8 @@ struct Sts {
     key: SigningKey,
     clients: HashMap<String, Client>,
     dev_mint: bool,
+    /// Verifies subject tokens of `trusted_subject_issuers` (their JWKS, fetched and refreshed).
+    foreign: Option<Arc<Verifier>>,
     fault_delay: Duration,
     fault_status: Option<StatusCode>,
     fault_answer: Option<AnswerFault>,
@@ -277,6 +312,22 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let issuer = config.issuer.unwrap_or_else(|| format!("http://{local}"));
     let issuer = issuer.trim_end_matches('/').to_owned();
+    if config.trusted_subject_issuers.iter().any(|t| t.issuer == issuer) {
+        return Err(std::io::Error::other(
+            "trusted_subject_issuers: lists this service's own issuer",
+        ));
+    }
+    let foreign = Verifier::new(
+        config.trusted_subject_issuers,
+        OpaqueTokens::Reject,
+        None,
+        MAX_OPAQUE_TOKENS as u64,
+        Default::default(),
+    )
+    .map_err(std::io::Error::other)?;
+    if let Some(verifier) = &foreign {
+        verifier.spawn_refresh();
+    }
     let endpoints = Endpoints {
         ready: true,
         token_endpoint: format!("{issuer}/token"),
@@ -289,6 +340,7 @@ pub async fn serve(
         key: config.key,
         clients: config.clients,
         dev_mint: config.dev_mint,
+        foreign,
         fault_delay: config.fault_delay,
         fault_status: config.fault_status,
         fault_answer: config.fault_answer,
@@ -391,7 +443,7 @@ async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: String) ->
         Err(e) => return e.into_response(),
     };
     let result = match grant_type {
-        Some(GRANT_TOKEN_EXCHANGE) => match (exchange(&sts, client_id, client, &params), sts.fault_answer) {
+        Some(GRANT_TOKEN_EXCHANGE) => match (exchange(&sts, client_id, client, &params).await, sts.fault_answer) {
             (Ok(response), Some(fault)) => Ok(answer_wrongly(response, fault).await),
             (result, _) => result,
         },
@@ -502,7 +554,12 @@ fn authenticate<'a>(
     Ok((stored_id.as_str(), client))
 }
 
-fn exchange(sts: &Sts, client_id: &str, client: &Client, params: &[(String, String)]) -> Result<Response, OAuthError> {
+async fn exchange(
+    sts: &Sts,
+    client_id: &str,
+    client: &Client,
+    params: &[(String, String)],
+) -> Result<Response, OAuthError> {
     let bad_request =
         |error: &'static str, description: &'static str| oauth_error(StatusCode::BAD_REQUEST, error, description);
     let subject_token =
@@ -551,7 +608,8 @@ fn exchange(sts: &Sts, client_id: &str, client: &Client, params: &[(String, Stri
         ));
     }
     let subject = sts
-        .verify(subject_token)
+        .verify_subject(subject_token)
+        .await
         .map_err(|_| bad_request("invalid_grant", "the subject token is invalid or expired"))?;
     let scope = requested_scope(client, single(params, "scope"))
         .map_err(|_| bad_request("invalid_scope", "the requested scope is not allowed for this client"))?
@@ -826,6 +884,25 @@ impl Sts {
         jsonwebtoken::encode(&header, claims, &self.key.encoding)
     }
 
+    /// A subject token: one this service issued, or one of a `trusted_subject_issuers` issuer,
+    /// verified by Baton's verifier (issuer, JWKS key by `kid`, algorithm, `aud`, `exp`/`nbf`).
+    async fn verify_subject(&self, token: &str) -> Result<Value, ()> {
+        let foreign = self.foreign.as_ref().filter(|_| {
+            baton_core::jwt::Unverified::parse(token)
+                .ok()
+                .flatten()
+                .and_then(|claims| claims.issuer().map(|iss| iss != self.issuer))
+                .unwrap_or(false)
+        });
+        let Some(verifier) = foreign else {
+            return self.verify(token);
+        };
+        match verifier.verify(token, &baton_core::cache::digest(token)).await {
+            Ok(Verified::Subject(subject)) => Ok(Value::Object(subject.claims.clone())),
+            Ok(Verified::Forwarded) | Err(_) => Err(()),
+        }
+    }
+
     /// A token this service issued: an opaque one it still holds, or a JWT with its signature,
     /// issuer and expiry (no leeway).
     fn verify(&self, token: &str) -> Result<Value, ()> {
@@ -883,5 +960,47 @@ pub async fn mint_remote(url: &str, form: &[(&str, String)]) -> Result<String, S
     match body.get("access_token").and_then(Value::as_str) {
         Some(token) if status.is_success() => Ok(token.to_owned()),
         _ => Err(format!("{base} answered {status}: {body}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `yaml` with one client whose secret is in a file, validated.
+    fn validate(extra: &str) -> Result<StsConfig, Vec<String>> {
+        let secret = std::env::temp_dir().join(format!("baton-sts-test-secret-{}", std::process::id()));
+        std::fs::write(&secret, "secret").expect("write secret");
+        let yaml = format!(
+            "issuer: http://sts.internal\nclients:\n  - client_id: edge\n    secret_file: {}\n    audiences: [https://orders.internal]\n{extra}",
+            secret.display()
+        );
+        let raw: RawStsConfig = baton_core::files::parse_yaml(&yaml).expect("yaml");
+        raw.validate()
+    }
+
+    #[test]
+    fn trusted_subject_issuers_are_checked_like_batons_trusted_issuers() {
+        let config = validate(
+            "trusted_subject_issuers:\n  - issuer: https://idp.example\n    jwks_uri: https://idp.example/jwks\n    audiences: [https://api.example]\n",
+        )
+        .expect("valid");
+        assert_eq!(config.trusted_subject_issuers.len(), 1);
+        assert_eq!(config.trusted_subject_issuers[0].issuer, "https://idp.example");
+
+        // Every error at once, each at its field's path.
+        let errors = validate(
+            "trusted_subject_issuers:\n  - issuer: https://idp.example\n    algorithms: [HS256]\n  - issuer: http://sts.internal\n    audiences: [x]\n    jwks_uri: not a url\n",
+        )
+        .expect_err("invalid");
+        let joined = errors.join("\n");
+        for expected in [
+            "trusted_subject_issuers[0].audiences:",
+            "trusted_subject_issuers[0].algorithms[0]:",
+            "trusted_subject_issuers[1].jwks_uri:",
+            "trusted_subject_issuers[1].issuer: is this service's own issuer",
+        ] {
+            assert!(joined.contains(expected), "{expected} not in:\n{joined}");
+        }
     }
 }
