@@ -47,6 +47,8 @@ pub struct PeerOptions {
     pub audiences: Vec<String>,
     /// Names its config and log files (default: the peer's name), for several in one scratch dir.
     pub name: Option<&'static str>,
+    /// More top-level `baton sts` configuration (YAML), e.g. `trusted_subject_issuers:`.
+    pub sts_extra: Option<String>,
 }
 
 /// A P-256 PKCS#8 PEM key for `baton sts` (`PeerOptions::signing_key_file`), written to `scratch`.
@@ -81,8 +83,9 @@ impl TokenService {
         };
         let name = faults.name.map_or_else(|| format!("{peer:?}"), str::to_owned);
         assert!(
-            peer == Peer::BatonSts || (faults.signing_key_file.is_none() && faults.issuer.is_none()),
-            "signing_key_file and issuer are `baton sts` options"
+            peer == Peer::BatonSts
+                || (faults.signing_key_file.is_none() && faults.issuer.is_none() && faults.sts_extra.is_none()),
+            "signing_key_file, issuer and sts_extra are `baton sts` options"
         );
         assert!(
             faults.issuer.is_none() || faults.port.is_some(),
@@ -102,6 +105,10 @@ impl TokenService {
                 }
                 if let Some(issuer) = &faults.issuer {
                     yaml.push_str(&format!("issuer: {issuer}\n"));
+                }
+                if let Some(extra) = &faults.sts_extra {
+                    yaml.push_str(extra);
+                    yaml.push('\n');
                 }
                 if faults.delay.is_some() || faults.status.is_some() || faults.answer.is_some() {
                     yaml.push_str("faults:\n");
