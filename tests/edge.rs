@@ -2,8 +2,9 @@
 //! provider's token for an internal token service's token, at the trust boundary. Two real token
 //! services: panva's oidc-provider as the external identity provider, and `baton sts` as the
 //! internal one (another issuer), which accepts the external tokens through its
-//! `trusted_subject_issuers`. The edge Envoy runs `examples/edge/envoy.yaml` and Baton
-//! `examples/edge/baton.yaml`, changed only where they must point at this test's processes. Also:
+//! `trusted_subject_issuers`. The edge Envoy runs `examples/edge/envoy.yaml` (ext_authz) or
+//! `envoy-ext-proc.yaml` (ext_proc) and Baton `examples/edge/baton.yaml`, changed only where they
+//! must point at this test's processes. Also:
 //! the Istio ingress-gateway manifests in `k8s/edge/` against their schemas.
 
 use std::path::PathBuf;
@@ -44,7 +45,8 @@ struct Edge {
 }
 
 impl Edge {
-    async fn start(name: &str) -> Self {
+    /// The edge with the Envoy bootstrap `examples/edge/<bootstrap>`.
+    async fn start(name: &str, bootstrap: &str) -> Self {
         let scratch = Scratch::new(BATON_BIN, name);
         let external = TokenService::start_with(
             Peer::OidcProvider,
@@ -95,7 +97,7 @@ impl Edge {
         // The edge Envoy: the example with this test's addresses; its filters, routes and
         // connection-manager settings as written.
         let (orders, billing) = (Upstream::start().await, Upstream::start().await);
-        let mut bootstrap = example("envoy.yaml");
+        let mut bootstrap = example(bootstrap);
         for (from, to) in [
             (
                 "address: 0.0.0.0, port_value: 8080".to_owned(),
@@ -156,7 +158,7 @@ impl Edge {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_external_token_reaches_the_backend_as_an_internal_token() {
-    let edge = Edge::start("edge-exchange").await;
+    let edge = Edge::start("edge-exchange", "envoy.yaml").await;
     let alice = edge.external_token("alice").await;
 
     let reply = edge.get("/orders/42", Some(&alice)).await;
@@ -210,7 +212,7 @@ async fn an_external_token_reaches_the_backend_as_an_internal_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_refuses_what_it_must_not_exchange() {
-    let edge = Edge::start("edge-refusals").await;
+    let edge = Edge::start("edge-refusals", "envoy.yaml").await;
 
     // An internal token presented from outside: its issuer is not trusted at the edge.
     let internal = edge.internal.mint("alice", "orders.read").await;
@@ -290,6 +292,47 @@ async fn the_edge_refuses_what_it_must_not_exchange() {
     assert_eq!((status, &body["error"]), (400, &json!("invalid_grant")), "{body}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ext_proc_edge_exchanges_and_refuses_the_same_way() {
+    let edge = Edge::start("edge-ext-proc", "envoy-ext-proc.yaml").await;
+    let alice = edge.external_token("alice").await;
+    let reply = edge.get("/orders/1", Some(&alice)).await;
+    let internal = reply.upstream_token().to_owned();
+    assert_ne!(internal, alice);
+    let claims = edge.internal.verify(&internal).await;
+    assert_eq!(
+        (audiences(&claims), &claims["sub"]),
+        (vec![ORDERS_INTERNAL.to_owned()], &json!("alice"))
+    );
+    assert_eq!(edge.get("/orders/2", Some(&alice)).await.upstream_token(), internal);
+    let claims = edge
+        .internal
+        .verify(edge.get("/billing/3", Some(&alice)).await.upstream_token())
+        .await;
+    assert_eq!(audiences(&claims), [BILLING_INTERNAL]);
+    assert_eq!(
+        edge.internal.exchanges().await,
+        2,
+        "orders once (then the cache), billing once"
+    );
+
+    let outsider = edge.internal.mint("alice", "orders.read").await;
+    let reply = edge.get("/orders/4", Some(&outsider)).await;
+    assert_eq!((reply.status, reply.reason()), (401, "subject_token_issuer_untrusted"));
+    let reply = edge.get("/orders/5", None).await;
+    assert_eq!((reply.status, reply.reason()), (401, "missing_token"));
+    assert_eq!(edge.get("/admin", Some(&alice)).await.status, 404);
+    for (path, cache) in [("/orders/1", "miss"), ("/orders/2", "hit"), ("/billing/3", "miss")] {
+        let line = edge.access_line(path).await;
+        assert_eq!(
+            (&line["baton_decision"], &line["baton_cache"]),
+            (&json!("delegate"), &json!(cache)),
+            "{line}"
+        );
+    }
+    assert_eq!(edge.internal.exchanges().await, 2);
+}
+
 /// An RFC 8693 exchange at `service` as Baton's client, without Baton: (status, JSON body).
 async fn exchange_directly(service: &TokenService, subject_token: &str, audience: &str) -> (u16, Value) {
     let response = http()
@@ -353,26 +396,28 @@ fn the_edge_examples_pass_check_config_and_envoys_validation() {
         docs.contains(&format!("```yaml baton\n{}```", example("baton.yaml"))),
         "docs/edge.md's `yaml baton` block is not examples/edge/baton.yaml"
     );
-    // The edge Envoy's bootstrap, verbatim, through the real Envoy's validation.
-    let file = scratch.write("edge-envoy.yaml", &example("envoy.yaml"));
-    let output = Command::new(envoy_bin())
-        .args([
-            "--mode",
-            "validate",
-            "--disable-hot-restart",
-            "--log-level",
-            "error",
-            "-c",
-        ])
-        .arg(&file)
-        .output()
-        .expect("run envoy");
-    assert!(
-        output.status.success(),
-        "envoy rejected examples/edge/envoy.yaml:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    // The edge Envoy's bootstraps, verbatim, through the real Envoy's validation.
+    for name in ["envoy.yaml", "envoy-ext-proc.yaml"] {
+        let file = scratch.write(name, &example(name));
+        let output = Command::new(envoy_bin())
+            .args([
+                "--mode",
+                "validate",
+                "--disable-hot-restart",
+                "--log-level",
+                "error",
+                "-c",
+            ])
+            .arg(&file)
+            .output()
+            .expect("run envoy");
+        assert!(
+            output.status.success(),
+            "envoy rejected examples/edge/{name}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 // === Istio's ingress gateway (k8s/edge) ===
