@@ -118,6 +118,9 @@ pub struct Metrics {
     pub jwks_refreshes: Family<OutcomeLabels, Counter>,
     /// For configuration reloads to count themselves.
     pub config_reloads: Family<OutcomeLabels, Counter>,
+    /// 1 when the last configuration reload succeeded (or none was tried yet), 0 when it was refused:
+    /// what an alert asks, which the reload counters cannot answer once both have moved.
+    pub config_last_reload_ok: Gauge,
     pub audit_dropped: Counter,
     /// 1 for each token service's current circuit-breaker state, 0 for the others.
     pub circuit_state: Family<CircuitStateLabels, Gauge>,
@@ -164,6 +167,7 @@ impl Metrics {
             exchange_duration: Family::new_with_constructor(exchange_histogram),
             jwks_refreshes: Family::default(),
             config_reloads: Family::default(),
+            config_last_reload_ok: Gauge::default(),
             audit_dropped: Counter::default(),
             circuit_state: Family::default(),
             circuit_transitions: Family::default(),
@@ -212,6 +216,11 @@ impl Metrics {
             metrics.config_reloads.clone(),
         );
         registry.register(
+            "config_last_reload_successful",
+            "1 if the last configuration reload succeeded (or none was tried yet), 0 if it was refused",
+            metrics.config_last_reload_ok.clone(),
+        );
+        registry.register(
             "audit_dropped",
             "Audit records dropped because the writer could not keep up or failed",
             metrics.audit_dropped.clone(),
@@ -236,6 +245,8 @@ impl Metrics {
             let _ = metrics.jwks_refreshes.get_or_create(&OutcomeLabels { outcome });
             let _ = metrics.config_reloads.get_or_create(&OutcomeLabels { outcome });
         }
+        // The configuration Baton started with is good: it would not have started otherwise.
+        metrics.config_last_reload_ok.set(1);
         metrics
     }
 }
@@ -305,6 +316,7 @@ mod tests {
             "baton_jwks_refreshes_total{outcome=\"ok\"} 0",
             "baton_build_info{version=\"",
             "baton_cache_entries 0",
+            "baton_config_last_reload_successful 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
