@@ -3,7 +3,8 @@
 //! quiet in another); the prometheus-operator objects (`k8s/monitoring/`) carry the same groups and
 //! pass prometheus-operator's schemas; every metric and label the rules use is one Baton's
 //! `/metrics` serves; and a real Prometheus server scraping a running Baton fires an alert when
-//! Baton refuses a configuration reload, and resolves it after a good one.
+//! Baton refuses a configuration reload (and resolves it after a good one), and the token-service
+//! alerts when the token service is down.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -427,6 +428,63 @@ async fn prometheus_fires_an_alert_when_baton_refuses_a_reload() {
     })
     .await;
     drop(prometheus);
+}
+
+/// The token service down (nothing listens at its address): Baton's exchanges all fail, its circuit
+/// breaker opens (after 3 failures here, and stays open for a minute), and a real Prometheus fires
+/// BatonTokenExchangeFailing and BatonCircuitOpen (`for:` shortened to 1s) from what it scrapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_fires_the_token_service_alerts_when_it_is_down() {
+    let scratch = Scratch::new(BATON_BIN, "alert-token-service");
+    // Only to mint the user's token: Baton exchanges with an address where nothing listens.
+    let minter = TokenService::start(Peer::BatonSts, &scratch).await;
+    let alice = bearer(&minter.mint("alice", "orders.read").await);
+    let dead = format!("token_endpoint: http://127.0.0.1:{}/token", free_port());
+    let token_service = format!(
+        "{}\n  circuit_breaker:\n    min_requests: 3\n    open_for: 60s",
+        basic_auth_to(&scratch, &dead)
+    );
+    let baton = Baton::start_with(&scratch, &token_service, "").await;
+    let upstream = Upstream::start().await;
+    let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
+    let rules = rules_for_a_quick_test(&scratch);
+    let prometheus = Prometheus::start(&scratch, &rules, &[format!("127.0.0.1:{}", baton.admin)]).await;
+
+    // A request every 250 ms (each a 503: the exchange fails, then the circuit is open) until both
+    // alerts fire for the token service `default`.
+    let wanted = ["BatonTokenExchangeFailing", "BatonCircuitOpen"];
+    let firing = eventually("both token-service alerts firing", Duration::from_secs(40), || async {
+        let reply = send(&envoy, "orders.example", "/o", Some(&alice)).await;
+        assert_eq!(reply.status, 503, "{:?}", reply.body);
+        let alerts = prometheus.alerts().await;
+        let all = wanted.iter().all(|name| {
+            named(&alerts, name).iter().any(|a| {
+                a["state"] == "firing"
+                    && a["labels"]["token_service"] == "default"
+                    && a["labels"]["severity"] == "critical"
+            })
+        });
+        if all {
+            Ok(alerts)
+        } else {
+            Err(Value::from(alerts).to_string())
+        }
+    })
+    .await;
+    let ratio = prometheus.query("baton:exchange_failures:ratio_rate5m").await;
+    assert_eq!(ratio.len(), 1, "{}", Value::from(ratio.clone()));
+    assert_eq!(
+        ratio[0]["value"][1],
+        "1",
+        "every exchange failed: {}",
+        Value::from(ratio.clone())
+    );
+    // Nothing else fired: no reload was refused, no record dropped, the keys are not in question.
+    for alert in &firing {
+        let name = alert["labels"]["alertname"].as_str().unwrap_or("");
+        assert!(wanted.contains(&name), "{name} fired too: {alert}");
+    }
+    drop(envoy);
 }
 
 fn hangup(pid: u32) {
