@@ -46,6 +46,15 @@ pub struct ExchangeLabels {
     pub outcome: &'static str,
 }
 
+/// The `source` label of a source `telemetry.metric_sources` does not name (or of a request with none).
+pub const OTHER_SOURCE: &str = "other";
+
+/// The calling workload of a request: a source named in `telemetry.metric_sources`, or `other`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: Arc<str>,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenServiceLabels {
     pub token_service: Arc<str>,
@@ -114,6 +123,8 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     pub exchanges: Family<ExchangeLabels, Counter>,
     pub exchange_duration: Histograms<TokenServiceLabels>,
+    /// Exchanges that issued a token, by the source whose request caused them.
+    pub source_exchanges: Family<SourceLabels, Counter>,
     /// For the JWKS cache (subject-token verification) to count its fetches.
     pub jwks_refreshes: Family<OutcomeLabels, Counter>,
     /// For configuration reloads to count themselves.
@@ -165,6 +176,7 @@ impl Metrics {
             cache_entries: Gauge::default(),
             exchanges: Family::default(),
             exchange_duration: Family::new_with_constructor(exchange_histogram),
+            source_exchanges: Family::default(),
             jwks_refreshes: Family::default(),
             config_reloads: Family::default(),
             config_last_reload_ok: Gauge::default(),
@@ -206,6 +218,11 @@ impl Metrics {
             metrics.exchange_duration.clone(),
         );
         registry.register(
+            "source_exchanges",
+            "Token exchanges that issued a token, by the calling workload (named in telemetry.metric_sources, else other)",
+            metrics.source_exchanges.clone(),
+        );
+        registry.register(
             "jwks_refreshes",
             "JWKS fetches by outcome",
             metrics.jwks_refreshes.clone(),
@@ -245,6 +262,9 @@ impl Metrics {
             let _ = metrics.jwks_refreshes.get_or_create(&OutcomeLabels { outcome });
             let _ = metrics.config_reloads.get_or_create(&OutcomeLabels { outcome });
         }
+        let _ = metrics.source_exchanges.get_or_create(&SourceLabels {
+            source: Arc::from(OTHER_SOURCE),
+        });
         // The configuration Baton started with is good: it would not have started otherwise.
         metrics.config_last_reload_ok.set(1);
         metrics
@@ -317,6 +337,7 @@ mod tests {
             "baton_build_info{version=\"",
             "baton_cache_entries 0",
             "baton_config_last_reload_successful 1",
+            "baton_source_exchanges_total{source=\"other\"} 0",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
