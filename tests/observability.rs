@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use baton_envoy::broker::pb::ExchangeRequest;
 use baton_envoy::broker::pb::delegation_broker_client::DelegationBrokerClient;
+use baton_test_support::promql::{label_names, metric_names};
 use baton_test_support::*;
 use fake_opentelemetry_collector::ExportedSpan;
 use serde_json::Value;
@@ -834,42 +835,6 @@ fn collect_exprs(value: &Value, out: &mut Vec<String>) {
         Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
         _ => {}
     }
-}
-
-/// `baton_...` identifiers in a PromQL expression.
-fn metric_names(expr: &str) -> Vec<String> {
-    let mut names: Vec<String> = expr
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        .filter(|w| w.starts_with("baton_"))
-        .map(str::to_owned)
-        .collect();
-    names.dedup();
-    names
-}
-
-/// Label names in `{matchers}` and in `by (...)` / `without (...)`.
-fn label_names(expr: &str) -> Vec<String> {
-    let mut labels = Vec::new();
-    for part in expr.split('{').skip(1) {
-        let matchers = part.split('}').next().unwrap_or("");
-        for m in matchers.split(',') {
-            let name: String = m
-                .trim()
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if !name.is_empty() {
-                labels.push(name);
-            }
-        }
-    }
-    for keyword in ["by (", "by(", "without (", "without("] {
-        for part in expr.split(keyword).skip(1) {
-            let list = part.split(')').next().unwrap_or("");
-            labels.extend(list.split(',').map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()));
-        }
-    }
-    labels
 }
 
 // === The leak detector itself ===

@@ -46,6 +46,15 @@ pub struct ExchangeLabels {
     pub outcome: &'static str,
 }
 
+/// The `source` label of a source `telemetry.metric_sources` does not name (or of a request with none).
+pub const OTHER_SOURCE: &str = "other";
+
+/// The calling workload of a request: a source named in `telemetry.metric_sources`, or `other`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: Arc<str>,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenServiceLabels {
     pub token_service: Arc<str>,
@@ -114,10 +123,15 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     pub exchanges: Family<ExchangeLabels, Counter>,
     pub exchange_duration: Histograms<TokenServiceLabels>,
+    /// Exchanges that issued a token, by the source whose request caused them.
+    pub source_exchanges: Family<SourceLabels, Counter>,
     /// For the JWKS cache (subject-token verification) to count its fetches.
     pub jwks_refreshes: Family<OutcomeLabels, Counter>,
     /// For configuration reloads to count themselves.
     pub config_reloads: Family<OutcomeLabels, Counter>,
+    /// 1 when the last configuration reload succeeded (or none was tried yet), 0 when it was refused:
+    /// what an alert asks, which the reload counters cannot answer once both have moved.
+    pub config_last_reload_ok: Gauge,
     pub audit_dropped: Counter,
     /// 1 for each token service's current circuit-breaker state, 0 for the others.
     pub circuit_state: Family<CircuitStateLabels, Gauge>,
@@ -162,8 +176,10 @@ impl Metrics {
             cache_entries: Gauge::default(),
             exchanges: Family::default(),
             exchange_duration: Family::new_with_constructor(exchange_histogram),
+            source_exchanges: Family::default(),
             jwks_refreshes: Family::default(),
             config_reloads: Family::default(),
+            config_last_reload_ok: Gauge::default(),
             audit_dropped: Counter::default(),
             circuit_state: Family::default(),
             circuit_transitions: Family::default(),
@@ -202,6 +218,11 @@ impl Metrics {
             metrics.exchange_duration.clone(),
         );
         registry.register(
+            "source_exchanges",
+            "Token exchanges that issued a token, by the calling workload (named in telemetry.metric_sources, else other)",
+            metrics.source_exchanges.clone(),
+        );
+        registry.register(
             "jwks_refreshes",
             "JWKS fetches by outcome",
             metrics.jwks_refreshes.clone(),
@@ -210,6 +231,11 @@ impl Metrics {
             "config_reloads",
             "Configuration reloads by outcome",
             metrics.config_reloads.clone(),
+        );
+        registry.register(
+            "config_last_reload_successful",
+            "1 if the last configuration reload succeeded (or none was tried yet), 0 if it was refused",
+            metrics.config_last_reload_ok.clone(),
         );
         registry.register(
             "audit_dropped",
@@ -236,6 +262,11 @@ impl Metrics {
             let _ = metrics.jwks_refreshes.get_or_create(&OutcomeLabels { outcome });
             let _ = metrics.config_reloads.get_or_create(&OutcomeLabels { outcome });
         }
+        let _ = metrics.source_exchanges.get_or_create(&SourceLabels {
+            source: Arc::from(OTHER_SOURCE),
+        });
+        // The configuration Baton started with is good: it would not have started otherwise.
+        metrics.config_last_reload_ok.set(1);
         metrics
     }
 }
@@ -305,6 +336,8 @@ mod tests {
             "baton_jwks_refreshes_total{outcome=\"ok\"} 0",
             "baton_build_info{version=\"",
             "baton_cache_entries 0",
+            "baton_config_last_reload_successful 1",
+            "baton_source_exchanges_total{source=\"other\"} 0",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

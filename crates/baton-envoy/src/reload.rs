@@ -39,7 +39,9 @@ pub async fn watch(
         }
         seen = now;
         let outcome = reload(&path, &listen, &current, build);
-        let counted = current.load().telemetry().metrics().config_reloads.clone();
+        let metrics = current.load().telemetry().metrics().clone();
+        let counted = &metrics.config_reloads;
+        metrics.config_last_reload_ok.set(i64::from(outcome.is_ok()));
         match outcome {
             Ok(()) => {
                 counted.get_or_create(&OutcomeLabels { outcome: "ok" }).inc();

@@ -27,6 +27,8 @@ pub const ANNOTATION_STATUS: &str = "baton.dev/status";
 
 pub const BATON_CONTAINER: &str = "baton";
 pub const ENVOY_CONTAINER: &str = "baton-envoy";
+/// The name of Baton's admin port (probes, and `/metrics`, which k8s/monitoring's PodMonitor scrapes).
+pub const ADMIN_PORT: &str = "baton-admin";
 const VOLUME_SOCKET: &str = "baton-socket";
 const VOLUME_CONFIG: &str = "baton-config";
 const VOLUME_SECRET: &str = "baton-client-secret";
@@ -293,15 +295,15 @@ fn baton_container(sidecar: &Sidecar) -> Container {
         // A native sidecar: starts before the app containers, stops after them.
         restart_policy: Some("Always".into()),
         ports: Some(vec![ContainerPort {
-            name: Some("baton-admin".into()),
+            name: Some(ADMIN_PORT.into()),
             container_port: sidecar.admin_port,
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
         // The app starts once the process serves; the pod is Ready once Baton is.
-        startup_probe: Some(http_probe("/healthz", "baton-admin", 1, 30)),
-        liveness_probe: Some(http_probe("/healthz", "baton-admin", 10, 3)),
-        readiness_probe: Some(http_probe("/readyz", "baton-admin", 5, 2)),
+        startup_probe: Some(http_probe("/healthz", ADMIN_PORT, 1, 30)),
+        liveness_probe: Some(http_probe("/healthz", ADMIN_PORT, 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", ADMIN_PORT, 5, 2)),
         resources: Some(resources(&sidecar.baton_resources)),
         security_context: Some(security_context(sidecar.baton_user, sidecar)),
         volume_mounts: Some(vec![

@@ -14,7 +14,8 @@
 //! every test writes alike); `tokens` (claims, bearer values, keys, forged tokens); `client` (HTTP
 //! through Envoy, scrapes); `broker` (Baton's gRPC broker API and the guarded broker); `leaks`; the
 //! load drivers `load` (closed loop) and `open_loop`, and `soak` on top of it, which judge answers
-//! with one routine (`check`, private); `k8s` (offline Kubernetes and Istio validation).
+//! with one routine (`check`, private); `k8s` (offline Kubernetes and Istio validation);
+//! `prometheus` (promtool and a real Prometheus server) and `promql` (the metrics a query names).
 
 pub mod broker;
 mod check;
@@ -25,6 +26,8 @@ pub mod k8s;
 pub mod leaks;
 pub mod load;
 pub mod open_loop;
+pub mod prometheus;
+pub mod promql;
 pub mod scratch;
 pub mod sidecar;
 pub mod soak;

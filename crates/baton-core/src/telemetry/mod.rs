@@ -28,7 +28,11 @@ use crate::secret::fingerprint;
 use baton_decide::reason::{Class, Denial};
 use baton_decide::request::Headers;
 
-use crate::metrics::{self, DecisionLabels, DestinationLabel, ExchangeLabels, Metrics, TokenServiceLabels};
+use crate::cache::CacheStatus;
+use crate::metrics::{
+    self, DecisionLabels, DestinationLabel, ExchangeLabels, Metrics, OTHER_SOURCE, SourceLabels, TokenServiceLabels,
+};
+use prometheus_client::metrics::counter::Counter;
 
 /// Which API asked for the decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,6 +77,10 @@ struct Inner {
     audit: Option<audit::Audit>,
     /// `telemetry.dynamic_metadata`: Envoy metadata on every reply.
     dynamic_metadata: bool,
+    /// `telemetry.metric_sources`, each with its `baton_source_exchanges_total` series, and the
+    /// series of every other source.
+    sources: Vec<(String, Counter)>,
+    other_source: Counter,
 }
 
 impl Default for Telemetry {
@@ -86,6 +94,7 @@ impl Telemetry {
     pub fn off() -> Self {
         let mut registry = Registry::with_prefix("baton");
         let metrics = Metrics::register(&mut registry);
+        let other_source = source_counter(&metrics, OTHER_SOURCE);
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -93,6 +102,8 @@ impl Telemetry {
                 tracing: None,
                 audit: None,
                 dynamic_metadata: false,
+                sources: Vec::new(),
+                other_source,
             }),
         }
     }
@@ -105,6 +116,12 @@ impl Telemetry {
         let metrics = Metrics::register(&mut registry);
         let tracing = trace::start(telemetry)?;
         let audit = audit::Audit::start(audit, metrics.audit_dropped.clone())?;
+        let sources = telemetry
+            .metric_sources
+            .iter()
+            .map(|name| (name.clone(), source_counter(&metrics, name)))
+            .collect();
+        let other_source = source_counter(&metrics, OTHER_SOURCE);
         Ok(Self {
             inner: Arc::new(Inner {
                 registry,
@@ -112,6 +129,8 @@ impl Telemetry {
                 tracing,
                 audit,
                 dynamic_metadata: telemetry.dynamic_metadata,
+                sources,
+                other_source,
             }),
         })
     }
@@ -249,6 +268,25 @@ impl Telemetry {
     }
 }
 
+/// The `baton_source_exchanges_total` series of `source`, present (at zero) from the start.
+fn source_counter(metrics: &Metrics, source: &str) -> Counter {
+    metrics
+        .source_exchanges
+        .get_or_create(&SourceLabels {
+            source: Arc::from(source),
+        })
+        .clone()
+}
+
+impl Inner {
+    /// The series a source's exchanges count in: its own if `telemetry.metric_sources` names it.
+    fn source_exchanges(&self, source: Option<&str>) -> &Counter {
+        source
+            .and_then(|s| self.sources.iter().find(|(name, _)| name == s))
+            .map_or(&self.other_source, |(_, counter)| counter)
+    }
+}
+
 /// What `finish` reports: the outcome and the facts around it that it does not carry itself.
 #[derive(Debug)]
 pub struct Decided<'a> {
@@ -310,6 +348,9 @@ impl Observation<'_> {
         m.decision_duration(api, cache_label).observe(elapsed.as_secs_f64());
         if let Some(cache) = cache {
             m.cache_request((cache as usize, cache.as_str())).inc();
+            if cache == CacheStatus::Miss {
+                inner.source_exchanges(decided.source).inc();
+            }
         }
         if let (Some(cx), Some(tracing)) = (&self.cx, &inner.tracing) {
             let span = cx.span();
@@ -647,5 +688,48 @@ audit:
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+    }
+
+    /// Exchanges (cache misses) count by the source named in `telemetry.metric_sources`; any other
+    /// source, or none, counts as `other` and never becomes a label.
+    #[tokio::test]
+    async fn exchanges_count_by_listed_source_and_others_as_other() {
+        let frontend = "spiffe://c/ns/shop/sa/frontend";
+        let config = config(&format!("telemetry:\n  metric_sources: [\"{frontend}\"]\n")).expect("valid");
+        let telemetry = &Telemetry::start(&config.telemetry, &config.audit).expect("start");
+        let before = telemetry.encode_metrics();
+        assert!(
+            before.contains(&format!("baton_source_exchanges_total{{source=\"{frontend}\"}} 0")),
+            "{before}"
+        );
+        let route = orders();
+        let stranger = "spiffe://c/ns/elsewhere/sa/stranger";
+        for (cache, source) in [
+            (CacheStatus::Miss, Some(frontend)),
+            (CacheStatus::Hit, Some(frontend)),
+            (CacheStatus::Coalesced, Some(frontend)),
+            (CacheStatus::Miss, Some(stranger)),
+            (CacheStatus::Miss, None),
+        ] {
+            let observation = telemetry.observe(Api::Check, || None, None);
+            let outcome = Ok(Allow::Delegate {
+                destination: route.clone(),
+                token: delegated(),
+                cache,
+            });
+            observation.finish(Decided {
+                outcome: &outcome,
+                destination: Some(&route),
+                source,
+            });
+        }
+        let text = telemetry.encode_metrics();
+        for line in [
+            format!("baton_source_exchanges_total{{source=\"{frontend}\"}} 1"),
+            "baton_source_exchanges_total{source=\"other\"} 2".to_owned(),
+        ] {
+            assert!(text.contains(&line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains(stranger), "{text}");
     }
 }

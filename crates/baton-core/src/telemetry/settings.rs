@@ -9,6 +9,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::files::read_secret;
+use crate::metrics::OTHER_SOURCE;
 use crate::secret::Secret;
 use baton_decide::settings::{Errors, duration, http_url};
 
@@ -22,6 +23,10 @@ pub struct RawTelemetry {
     /// Envoy `dynamic_metadata` on every reply, for the access log; off by default, like the audit
     /// log and traces (it costs every request, see BENCHMARKS.md).
     pub dynamic_metadata: bool,
+    /// The calling workloads (a request's `source`: Envoy's `source.principal`, or the broker's
+    /// caller) whose token exchanges `baton_source_exchanges_total` counts by name; any other source
+    /// is counted as `other`. Named here, never taken from a request, so the label stays bounded.
+    pub metric_sources: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +94,8 @@ pub struct Telemetry {
     pub service_name: String,
     pub tracing: Option<Tracing>,
     pub dynamic_metadata: bool,
+    /// The sources counted by name in `baton_source_exchanges_total`.
+    pub metric_sources: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -123,6 +130,9 @@ pub enum AuditSink {
         max_files: u32,
     },
 }
+
+/// `telemetry.metric_sources` is a bounded list: each entry is a series of its own.
+const MAX_METRIC_SOURCES: usize = 1000;
 
 impl RawTelemetry {
     /// The `telemetry:` section, its problems added to `errors`.
@@ -191,10 +201,27 @@ impl RawTelemetry {
                 subject: t.subject,
             })
         });
+        if self.metric_sources.len() > MAX_METRIC_SOURCES {
+            errors.add(
+                "telemetry.metric_sources",
+                format!("at most {MAX_METRIC_SOURCES} (each is a metric series)"),
+            );
+        }
+        for (i, source) in self.metric_sources.iter().enumerate() {
+            let at = format!("telemetry.metric_sources[{i}]");
+            if source.trim().is_empty() {
+                errors.add(at, "must not be empty");
+            } else if source == OTHER_SOURCE {
+                errors.add(at, format!("`{OTHER_SOURCE}` is the label of every source not listed"));
+            } else if self.metric_sources[..i].contains(source) {
+                errors.add(at, format!("`{source}` is listed twice"));
+            }
+        }
         Telemetry {
             service_name,
             tracing,
             dynamic_metadata: self.dynamic_metadata,
+            metric_sources: self.metric_sources,
         }
     }
 }
@@ -241,5 +268,36 @@ impl RawAudit {
             buffer,
             subject: self.subject,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(yaml: &str) -> (Telemetry, Vec<String>) {
+        let raw: RawTelemetry = crate::files::parse_yaml(yaml).expect("yaml");
+        let mut errors = Errors::default();
+        let telemetry = raw.validate(&mut errors);
+        (
+            telemetry,
+            errors.0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect(),
+        )
+    }
+
+    #[test]
+    fn metric_sources_are_named_once_and_never_other() {
+        let (telemetry, errors) = validate("metric_sources: [spiffe://c/ns/shop/sa/frontend, svc-b]\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(telemetry.metric_sources, ["spiffe://c/ns/shop/sa/frontend", "svc-b"]);
+        let (_, errors) = validate("metric_sources: [a, '', other, a]\n");
+        assert_eq!(
+            errors,
+            [
+                "telemetry.metric_sources[1]: must not be empty",
+                "telemetry.metric_sources[2]: `other` is the label of every source not listed",
+                "telemetry.metric_sources[3]: `a` is listed twice",
+            ]
+        );
     }
 }
