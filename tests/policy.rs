@@ -1,7 +1,7 @@
 //! `baton policy test` and `baton explain`: the example suite, what a mismatch and a bad test file
 //! do, the JUnit report read back by an XML parser, what an explanation shows; and the agreement
 //! test: for many requests, what `policy test` and `explain` predict is what a running Baton does
-//! through the real Envoy, with `baton sts` as issuer and token service.
+//! through the real Envoy (ext_authz and ext_proc), with `baton sts` as issuer and token service.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -472,7 +472,17 @@ destinations:
     );
     let baton_run = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
     let upstream = Upstream::start().await;
-    let envoy = Envoy::start(&scratch, baton_run.grpc, upstream.port).await;
+    // Both Envoy APIs ask the same Baton: each must answer as predicted.
+    let envoys = [
+        (
+            Api::ExtAuthz,
+            Envoy::start_for(Api::ExtAuthz, &scratch, baton_run.grpc, upstream.port).await,
+        ),
+        (
+            Api::ExtProc,
+            Envoy::start_for(Api::ExtProc, &scratch, baton_run.grpc, upstream.port).await,
+        ),
+    ];
     let config = scratch.0.join("baton.yaml");
 
     let alice = || {
@@ -635,34 +645,48 @@ destinations:
             }
             None => (None, None),
         };
-        // What the running Baton does, through Envoy.
+        // What the running Baton does, through Envoy (each API).
         let authorization = token.as_deref().map(bearer);
-        let (status, reply) = raw(&envoy, probe.method, probe.host, probe.path, authorization.as_deref()).await;
-        let seen = match status {
-            200 => match reply["authorization"].as_str() {
-                None => Seen::Strip,
-                Some(a) if Some(a) == authorization.as_deref() => Seen::Passthrough,
-                Some(a) => {
-                    // The audience the token was issued for; the scopes Baton asked for, as its audit
-                    // line for this token (by `jti`) records them (the token service may grant others
-                    // when none are asked: baton sts then grants the subject's).
-                    let issued = idp.verify(a.strip_prefix("Bearer ").expect("bearer")).await;
-                    let jti = issued["jti"].as_str().expect("jti").to_owned();
-                    let mut scopes: Vec<String> = audited(&scratch.0.join("audit.log"), &jti).await["scopes_requested"]
-                        .as_array()
-                        .expect("scopes_requested")
-                        .iter()
-                        .filter_map(|s| s.as_str().map(str::to_owned))
-                        .collect();
-                    scopes.sort();
-                    Seen::Delegate {
-                        audience: audiences(&issued).join(" "),
-                        scopes,
+        let mut answers = Vec::new();
+        for (api, envoy) in &envoys {
+            let (status, reply) = raw(envoy, probe.method, probe.host, probe.path, authorization.as_deref()).await;
+            let seen = match status {
+                200 => match reply["authorization"].as_str() {
+                    None => Seen::Strip,
+                    Some(a) if Some(a) == authorization.as_deref() => Seen::Passthrough,
+                    Some(a) => {
+                        // The audience the token was issued for; the scopes Baton asked for, as its
+                        // audit line for this token (by `jti`) records them (the token service may
+                        // grant others when none are asked: baton sts then grants the subject's).
+                        let issued = idp.verify(a.strip_prefix("Bearer ").expect("bearer")).await;
+                        let jti = issued["jti"].as_str().expect("jti").to_owned();
+                        let mut scopes: Vec<String> =
+                            audited(&scratch.0.join("audit.log"), &jti).await["scopes_requested"]
+                                .as_array()
+                                .expect("scopes_requested")
+                                .iter()
+                                .filter_map(|s| s.as_str().map(str::to_owned))
+                                .collect();
+                        scopes.sort();
+                        Seen::Delegate {
+                            audience: audiences(&issued).join(" "),
+                            scopes,
+                        }
                     }
-                }
-            },
-            _ => Seen::Deny(reply["error"].as_str().unwrap_or("<no reason>").to_owned()),
-        };
+                },
+                _ => Seen::Deny(reply["error"].as_str().unwrap_or("<no reason>").to_owned()),
+            };
+            answers.push((*api, status, seen));
+        }
+        let (_, status, seen) = answers.remove(0);
+        for (api, other_status, other) in answers {
+            assert_eq!(
+                (other_status, &other),
+                (status, &seen),
+                "{}: {api:?} answered otherwise than ext_authz",
+                probe.name
+            );
+        }
 
         // What explain predicts for the same request.
         let mut args = vec![
@@ -772,6 +796,6 @@ destinations:
         "policy agreement: {} requests, {delegated} delegated, reasons {reasons:?}",
         probes.len()
     );
-    drop(envoy);
+    drop(envoys);
     drop(baton_run);
 }

@@ -376,13 +376,20 @@ mod tests {
     #[test]
     fn all_reasons_read_back_from_their_names() {
         let source = include_str!("reason.rs");
-        let names = source
+        let names: Vec<&str> = source
             .lines()
-            .filter(|l| l.trim().starts_with("Self::") && l.contains(" => \""))
-            .count();
-        assert_eq!(Reason::ALL.len(), names);
-        for reason in Reason::ALL {
-            assert_eq!(Reason::from_name(reason.as_str()), Some(reason));
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("Self::")?
+                    .split_once(" => \"")?
+                    .1
+                    .strip_suffix("\",")
+            })
+            .collect();
+        assert_eq!(Reason::ALL.len(), names.len());
+        for name in names {
+            let reason = Reason::from_name(name).unwrap_or_else(|| panic!("`{name}` is not in Reason::ALL"));
+            assert_eq!(reason.as_str(), name);
         }
         assert_eq!(Reason::from_name("no_such_reason"), None);
     }
