@@ -341,6 +341,69 @@ async fn explain_shows_the_match_the_rules_the_canonical_path_and_the_exchange()
     }
 }
 
+/// Loading a configuration for a dry run contacts nothing: its token service (found by discovery),
+/// its trusted issuer's JWKS and its trace exporter all point at a listener that must see no
+/// connection, while `explain` and `policy test` still answer and say what they could not check.
+#[tokio::test]
+async fn a_dry_run_sends_nothing() {
+    let scratch = Scratch::new(BATON_BIN, "policy-offline");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let here = format!("http://{}", listener.local_addr().expect("addr"));
+    let config = scratch.write(
+        "baton.yaml",
+        &format!(
+            r#"listen:
+  grpc: 127.0.0.1:9
+token_service:
+  issuer: {here}
+  client_id: sidecar
+  auth: {{ method: none }}
+trusted_issuers:
+  - issuer: {here}
+    jwks_uri: {here}/jwks
+    audiences: [frontend]
+telemetry:
+  tracing:
+    endpoint: {here}
+destinations:
+  - name: orders
+    hosts: [orders.example]
+    audience: https://orders.example
+    policy:
+      require_claims: {{ tenant: acme }}
+"#
+        ),
+    );
+    let config = config.to_str().expect("utf-8");
+    let ran = baton(&[
+        "explain",
+        "-c",
+        config,
+        "--url",
+        "http://orders.example/x",
+        "--claims",
+        r#"{"sub":"alice","tenant":"acme"}"#,
+    ])
+    .await;
+    assert_eq!(ran.code, 0, "{}{}", ran.stdout, ran.stderr);
+    assert!(ran.stdout.contains("decision     delegate"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains(&format!(
+            "not checked  token service `default`: its endpoint comes from {here}"
+        )),
+        "{}",
+        ran.stdout
+    );
+    let tests = scratch.write(
+        "tests.yaml",
+        "config: baton.yaml\ncases:\n  - name: other tenant\n    request: { host: orders.example, claims: { tenant: evil } }\n    expect: { deny: claim_requirement_failed }\n",
+    );
+    let ran = baton(&["policy", "test", tests.to_str().expect("utf-8")]).await;
+    assert_eq!(ran.code, 0, "{}{}", ran.stdout, ran.stderr);
+    let contacted = tokio::time::timeout(Duration::from_millis(500), listener.accept()).await;
+    assert!(contacted.is_err(), "a dry run opened a connection: {contacted:?}");
+}
+
 // === Agreement with a running Baton ===
 
 /// One request of the agreement test.
