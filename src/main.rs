@@ -32,6 +32,10 @@ enum Command {
     EnvoyConfig(cmd::envoy_config::Args),
     /// The development token service (RFC 8693). For development and tests, not production.
     Sts(cmd::sts::Args),
+    /// Policy tests: `baton policy test FILE...` runs request cases against the real decision, offline.
+    Policy(cmd::policy::Args),
+    /// Explain what Baton would decide for one request, and why; sends nothing.
+    Explain(cmd::explain::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,8 @@ fn main() -> ExitCode {
             Command::Inject(args) => args.run().await,
             Command::EnvoyConfig(args) => args.run(),
             Command::Sts(args) => args.run().await,
+            Command::Policy(args) => args.run(),
+            Command::Explain(args) => args.run(),
         }
     })
 }

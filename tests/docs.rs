@@ -2,8 +2,9 @@
 //!
 //! Every fenced YAML block in README.md and docs/*.md names its kind after `yaml` in its info string
 //! (```` ```yaml baton ````). A `baton` block is parsed and validated as Baton's configuration, an
-//! `injector` block as `baton inject`'s, an `sts` block as `baton sts`'s; any other kind (`envoy`,
-//! `k8s`, `otel`, or `baton-fragment` for a deliberate piece of a file) is parsed as YAML. A block
+//! `injector` block as `baton inject`'s, an `sts` block as `baton sts`'s, a `policy-test` block as a
+//! `baton policy test` file (its shape and reason codes); any other kind (`envoy`, `k8s`, `otel`, or
+//! `baton-fragment` for a deliberate piece of a file) is parsed as YAML. A block
 //! without a kind fails the test. Files an example names (secrets, keys) are placeholders: an error
 //! that only says such a file cannot be read is not counted. This file only reads the docs.
 
@@ -149,6 +150,11 @@ fn check(block: &Block) -> Vec<String> {
         "baton" => baton_config_errors(&block.text),
         "injector" => injector_config_errors(&block.text),
         "sts" => sts_config_errors(&block.text),
+        // A `baton policy test` file: its shape and its reason codes.
+        "policy-test" => baton_envoy::dry_run::TestFile::parse(&block.text)
+            .err()
+            .into_iter()
+            .collect(),
         _ => match serde_saphyr::from_str::<serde_json::Value>(&block.text) {
             Ok(_) => Vec::new(),
             Err(e) => vec![format!("not YAML: {e}")],

@@ -7,7 +7,9 @@ use baton_envoy::file::Config;
 
 pub(crate) mod check_config;
 pub(crate) mod envoy_config;
+pub(crate) mod explain;
 pub(crate) mod inject;
+pub(crate) mod policy;
 pub(crate) mod run;
 pub(crate) mod sts;
 

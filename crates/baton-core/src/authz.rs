@@ -4,6 +4,7 @@
 //! fingerprints.
 
 use arc_swap::ArcSwap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use tracing::Instrument as _;
@@ -21,10 +22,10 @@ use crate::secret::fingerprint;
 use crate::telemetry::Telemetry;
 use crate::verify::{Subject, Verified, Verifier};
 use baton_decide::canonical;
-use baton_decide::policy::Facts;
+use baton_decide::policy::{Facts, Rule, Verdict};
 use baton_decide::reason::{Denial, Reason};
 use baton_decide::request::{self, Headers, Outbound};
-use baton_decide::route::Routes;
+use baton_decide::route::{HostMatch, Routes};
 
 /// The running decision core, replaced whole on reload (see `reload`); the servers load it once
 /// per request, so a request finishes on the core it started with.
@@ -38,6 +39,38 @@ pub struct Caller<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub headers: Headers<'a>,
+}
+
+/// Where `admit` leaves a request.
+#[derive(Debug)]
+pub enum Admitted<'a> {
+    /// Decided before any token is looked at.
+    Settled(Allow, Settled),
+    /// A configured destination and a well-formed bearer token: verify, policy, exchange follow.
+    Delegate {
+        destination: &'a Arc<Destination>,
+        matched: Matched<'a>,
+        subject_token: &'a str,
+        caller: Caller<'a>,
+    },
+}
+
+/// Why a request was let go without an exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// No destination's hosts match the authority: `unknown_destination`.
+    UnknownDestination,
+    /// The authority has no canonical form, so it matches no destination: stripped.
+    AuthorityMalformed,
+    /// A configured destination, no `Authorization`: `missing_token: passthrough`.
+    MissingToken,
+}
+
+/// How the destination was found: named by the Envoy route, and/or by the host pattern that matched.
+#[derive(Clone, Copy, Debug)]
+pub struct Matched<'a> {
+    pub by_route: bool,
+    pub host: Option<HostMatch<'a>>,
 }
 
 /// Everything the decision needs, built once from the configuration.
@@ -141,14 +174,39 @@ impl Authz {
 
     /// The decision for an outbound request, whichever Envoy API asked.
     pub async fn decide(&self, outbound: &Outbound<'_>) -> Result<Allow, Denial> {
-        let destination = match self.destination(outbound) {
-            Ok(Some(route)) => route,
-            Ok(None) => return self.unknown_destination(),
+        match self.admit(outbound)? {
+            Admitted::Settled(allow, _) => Ok(allow),
+            Admitted::Delegate {
+                destination,
+                subject_token,
+                caller,
+                ..
+            } => {
+                let (token, cache) = self.delegate(destination, subject_token, &caller).await?;
+                Ok(Allow::Delegate {
+                    destination: destination.clone(),
+                    token,
+                    cache,
+                })
+            }
+        }
+    }
+
+    /// The steps before the subject token is verified: the destination, then the bearer token.
+    /// `decide` and an explanation (`explain`) both start here.
+    pub fn admit<'a>(&'a self, outbound: &Outbound<'a>) -> Result<Admitted<'a>, Denial> {
+        let (destination, matched) = match self.destination(outbound) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                return self
+                    .unknown_destination()
+                    .map(|a| Admitted::Settled(a, Settled::UnknownDestination));
+            }
             // A malformed authority reaches no destination: never delegated, never passed through
             // with the user's token.
             Err(denial) if denial.reason == Reason::AuthorityMalformed => {
                 return match self.unknown_destination {
-                    UnknownDestination::Strip => Ok(Allow::Strip),
+                    UnknownDestination::Strip => Ok(Admitted::Settled(Allow::Strip, Settled::AuthorityMalformed)),
                     UnknownDestination::Passthrough | UnknownDestination::Deny => Err(denial),
                 };
             }
@@ -157,7 +215,7 @@ impl Authz {
         let Some(subject_token) = request::subject_token(&outbound.authorization, self.max_token_bytes)? else {
             return match self.missing_token {
                 MissingToken::Deny => Err(Denial::new(Reason::MissingToken, "the request has no bearer token")),
-                MissingToken::Passthrough => Ok(Allow::Passthrough),
+                MissingToken::Passthrough => Ok(Admitted::Settled(Allow::Passthrough, Settled::MissingToken)),
             };
         };
         let caller = Caller {
@@ -166,11 +224,11 @@ impl Authz {
             path: outbound.path,
             headers: outbound.headers,
         };
-        let (token, cache) = self.delegate(destination, subject_token, &caller).await?;
-        Ok(Allow::Delegate {
-            destination: destination.clone(),
-            token,
-            cache,
+        Ok(Admitted::Delegate {
+            destination,
+            matched,
+            subject_token,
+            caller,
         })
     }
 
@@ -200,23 +258,7 @@ impl Authz {
         let digest = cache::digest(subject_token);
         let subject = self.verify(subject_token, &digest).await?;
         let claims = subject.as_deref().map(|s| &s.claims);
-        let facts = Facts {
-            claims,
-            source: caller.source,
-            method: caller.method,
-            path: caller.path,
-            headers: caller.headers,
-            destination: &route.name,
-        };
-        route.policy.check(&facts)?;
-        let scope = route.policy.scopes(&route.scopes, claims)?;
-        let max_depth = route.policy.max_delegation_depth;
-        if let Some(max) = max_depth {
-            let held = actor::chain(claims.and_then(|c| c.get("act")), max + 1).len();
-            if held + usize::from(route.use_actor) > max {
-                return Err(too_deep());
-            }
-        }
+        let scope = self.authorize(route, claims, caller, None)?;
         let key = cache::key(&route.key_params, scope.as_deref().unwrap_or(""), &digest);
         let (token, status) = self
             .cache
@@ -231,6 +273,81 @@ impl Authz {
             self.refresh(route.clone(), subject_token, subject, scope, key);
         }
         Ok((token, status))
+    }
+
+    /// May `route` be delegated to for a subject with `claims`, on this caller's request? The
+    /// policy's rules, then the scope to ask for (`Some` when the policy narrowed it) and the
+    /// delegation depth. With `trace`, every verdict is recorded there and evaluation goes on past
+    /// a refusal (an explanation); without, it stops at the first. The outcome is the same.
+    pub fn authorize<'r>(
+        &self,
+        route: &'r Destination,
+        claims: Option<&serde_json::Map<String, serde_json::Value>>,
+        caller: &Caller<'_>,
+        mut trace: Option<&mut Vec<Verdict<'r>>>,
+    ) -> Result<Option<String>, Denial> {
+        let facts = Facts {
+            claims,
+            source: caller.source,
+            method: caller.method,
+            path: caller.path,
+            headers: caller.headers,
+            destination: &route.name,
+        };
+        let mut refused: Option<Denial> = None;
+        // Records a verdict; false when evaluation should stop.
+        let mut note = |trace: &mut Option<&mut Vec<Verdict<'r>>>, verdict: Verdict<'r>| -> bool {
+            if let Err(denial) = &verdict.outcome
+                && refused.is_none()
+            {
+                refused = Some(denial.clone());
+            }
+            match trace {
+                Some(trace) => {
+                    trace.push(verdict);
+                    true
+                }
+                None => refused.is_none(),
+            }
+        };
+        route.policy.evaluate(&facts, |verdict| {
+            if note(&mut trace, verdict) {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        });
+        // Both are pure and cheap: judged even after a refusal, which stays the outcome.
+        let mut scope = None;
+        if route.policy.scopes_from_subject {
+            let outcome = route.policy.scopes(&route.scopes, claims).map(|s| scope = s);
+            note(
+                &mut trace,
+                Verdict {
+                    rule: Rule::ScopesFromSubject,
+                    outcome,
+                },
+            );
+        }
+        if let Some(max) = route.policy.max_delegation_depth {
+            let held = actor::chain(claims.and_then(|c| c.get("act")), max + 1).len();
+            let outcome = if held + usize::from(route.use_actor) > max {
+                Err(too_deep())
+            } else {
+                Ok(())
+            };
+            note(
+                &mut trace,
+                Verdict {
+                    rule: Rule::MaxDelegationDepth,
+                    outcome,
+                },
+            );
+        }
+        match refused {
+            Some(denial) => Err(denial),
+            None => Ok(scope),
+        }
     }
 
     /// Exchange again in the background and replace the cached token; a failure leaves the cached
@@ -396,18 +513,26 @@ impl Authz {
     /// The configured destination an outbound request names, if any (what `decide` looks up first),
     /// for reporting a decision that did not delegate.
     pub fn destination_of(&self, outbound: &Outbound<'_>) -> Option<&Arc<Destination>> {
-        self.destination(outbound).ok().flatten()
+        self.destination(outbound).ok().flatten().map(|(d, _)| d)
     }
 
     /// Where an outbound request goes, judged on its canonical authority (issue 12): the destination
     /// the route names, which must also be the one Baton matches the authority to when it claims
     /// hosts (`destination_host_mismatch` otherwise), or the destination the authority matches
     /// (`None`: no destination). A malformed authority is `authority_malformed`, before any match.
-    fn destination(&self, outbound: &Outbound<'_>) -> Result<Option<&Arc<Destination>>, Denial> {
+    fn destination(&self, outbound: &Outbound<'_>) -> Result<Option<(&Arc<Destination>, Matched<'_>)>, Denial> {
         let authority = canonical::authority(outbound.authority)
             .map_err(|e| Denial::new(Reason::AuthorityMalformed, format!("the request's authority {e}")));
         let Some(name) = outbound.route_destination else {
-            return Ok(self.routes.by_authority(&authority?));
+            return Ok(self.routes.lookup(&authority?).map(|(d, host)| {
+                (
+                    d,
+                    Matched {
+                        by_route: false,
+                        host: Some(host),
+                    },
+                )
+            }));
         };
         let route = self.routes.by_name(name).ok_or_else(|| {
             Denial::new(
@@ -416,18 +541,19 @@ impl Authz {
             )
         })?;
         let authority = authority?;
-        if self.routes.claims_hosts(name)
-            && !self
-                .routes
-                .by_authority(&authority)
-                .is_some_and(|matched| Arc::ptr_eq(matched, route))
-        {
-            return Err(Denial::new(
-                Reason::DestinationHostMismatch,
-                "the route names a destination whose hosts do not include the request's authority",
-            ));
+        let mut host = None;
+        if self.routes.claims_hosts(name) {
+            match self.routes.lookup(&authority) {
+                Some((matched, pattern)) if Arc::ptr_eq(matched, route) => host = Some(pattern),
+                _ => {
+                    return Err(Denial::new(
+                        Reason::DestinationHostMismatch,
+                        "the route names a destination whose hosts do not include the request's authority",
+                    ));
+                }
+            }
         }
-        Ok(Some(route))
+        Ok(Some((route, Matched { by_route: true, host })))
     }
 
     /// The route for a broker call to destination `name` asking for `scopes`: the destination's own scopes
@@ -475,6 +601,11 @@ impl Authz {
         );
         route.broker_allowed_scopes = base.broker_allowed_scopes.clone();
         Ok(Arc::new(route))
+    }
+
+    /// What happens to a request no destination matches (`unknown_destination`).
+    pub fn unknown_destination_action(&self) -> UnknownDestination {
+        self.unknown_destination
     }
 
     pub fn max_token_bytes(&self) -> usize {

@@ -20,6 +20,7 @@ pub mod decision;
 pub mod destination;
 pub mod discovery;
 pub mod exchange;
+pub mod explain;
 pub mod files;
 pub mod http;
 pub mod issued;

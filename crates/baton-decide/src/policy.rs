@@ -5,6 +5,8 @@
 //! position); evaluation never panics, and an erroring expression refuses (fail closed).
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +82,54 @@ pub struct Facts<'a> {
     pub path: &'a str,
     pub headers: crate::request::Headers<'a>,
     pub destination: &'a str,
+}
+
+/// A rule of a destination's policy, as an explanation names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rule<'p> {
+    AllowedSources,
+    Methods,
+    /// Not a rule of its own: the path must have a canonical form before `paths` or `when` judge it.
+    CanonicalPath,
+    Paths,
+    RequireClaim(&'p str),
+    When,
+    /// `scopes_from_subject` (judged by `Policy::scopes`).
+    ScopesFromSubject,
+    /// `max_delegation_depth` (judged where the actor is known: `baton_core::authz`).
+    MaxDelegationDepth,
+}
+
+impl Rule<'_> {
+    /// The rule's name in the configuration (`require_claims.tenant`).
+    pub fn name(&self) -> String {
+        match self {
+            Self::AllowedSources => "allowed_sources".to_owned(),
+            Self::Methods => "methods".to_owned(),
+            Self::CanonicalPath => "canonical_path".to_owned(),
+            Self::Paths => "paths".to_owned(),
+            Self::RequireClaim(name) => format!("require_claims.{name}"),
+            Self::When => "when".to_owned(),
+            Self::ScopesFromSubject => "scopes_from_subject".to_owned(),
+            Self::MaxDelegationDepth => "max_delegation_depth".to_owned(),
+        }
+    }
+}
+
+/// One rule's verdict on a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict<'p> {
+    pub rule: Rule<'p>,
+    pub outcome: Result<(), Denial>,
+}
+
+impl<'p> Verdict<'p> {
+    fn new(rule: Rule<'p>, allowed: bool, reason: Reason, why: &'static str) -> Self {
+        Self {
+            rule,
+            outcome: if allowed { Ok(()) } else { Err(Denial::new(reason, why)) },
+        }
+    }
 }
 
 impl RawPolicy {
@@ -163,46 +213,130 @@ impl RawPolicy {
 impl Policy {
     /// Every rule, cheapest first; the first that refuses names itself in the reason.
     pub fn check(&self, facts: &Facts<'_>) -> Result<(), Denial> {
-        if !self.sources.is_empty() && !facts.source.is_some_and(|s| self.sources.iter().any(|p| p.matches(s))) {
-            return Err(Denial::new(
+        let mut outcome = Ok(());
+        self.evaluate(facts, |verdict| match verdict.outcome {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(denial) => {
+                outcome = Err(denial);
+                ControlFlow::Break(())
+            }
+        });
+        outcome
+    }
+
+    /// Each configured rule's verdict, cheapest first, handed to `each`, which stops the evaluation
+    /// by breaking. `check` stops at the first refusal; an explanation (`baton explain`) goes on
+    /// to show every rule. One evaluation for both, so they cannot disagree.
+    pub fn evaluate<'p>(&'p self, facts: &Facts<'_>, mut each: impl FnMut(Verdict<'p>) -> ControlFlow<()>) {
+        let _ = self.evaluate_rules(facts, &mut each);
+    }
+
+    fn evaluate_rules<'p>(
+        &'p self,
+        facts: &Facts<'_>,
+        each: &mut impl FnMut(Verdict<'p>) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        if !self.sources.is_empty() {
+            let allowed = facts.source.is_some_and(|s| self.sources.iter().any(|p| p.matches(s)));
+            each(Verdict::new(
+                Rule::AllowedSources,
+                allowed,
                 Reason::SourceNotAllowed,
                 "this workload may not delegate to this destination",
-            ));
+            ))?;
         }
-        if !self.methods.is_empty() && !self.methods.iter().any(|m| m.eq_ignore_ascii_case(facts.method)) {
-            return Err(Denial::new(
+        if !self.methods.is_empty() {
+            let allowed = self.methods.iter().any(|m| m.eq_ignore_ascii_case(facts.method));
+            each(Verdict::new(
+                Rule::Methods,
+                allowed,
                 Reason::MethodNotAllowed,
                 "the method is not allowed towards this destination",
-            ));
+            ))?;
         }
         // Path rules and CEL judge the canonical path; a destination with neither pays nothing.
         let path = if (self.paths.is_empty() && self.when.is_none()) || facts.path.is_empty() {
             // No path at all (a broker call: no HTTP request) matches no `paths` rule, and CEL's
             // `request.path` is "".
-            String::new()
+            Ok(String::new())
         } else {
-            canonical::path(facts.path)
-                .map_err(|e| Denial::new(Reason::PathNotCanonical, format!("the path cannot be judged: {e}")))?
+            let canonical = canonical::path(facts.path)
+                .map_err(|e| Denial::new(Reason::PathNotCanonical, format!("the path cannot be judged: {e}")));
+            each(Verdict {
+                rule: Rule::CanonicalPath,
+                outcome: canonical.as_ref().map(|_| ()).map_err(Clone::clone),
+            })?;
+            canonical
         };
-        if !self.paths.is_empty() && !self.paths.iter().any(|p| p.matches(&path)) {
-            return Err(Denial::new(
-                Reason::PathNotAllowed,
-                "the path is not allowed towards this destination",
-            ));
+        if !self.paths.is_empty() {
+            let outcome = match &path {
+                Ok(path) if self.paths.iter().any(|p| p.matches(path)) => Ok(()),
+                Ok(_) => Err(Denial::new(
+                    Reason::PathNotAllowed,
+                    "the path is not allowed towards this destination",
+                )),
+                Err(unjudged) => Err(unjudged.clone()),
+            };
+            each(Verdict {
+                rule: Rule::Paths,
+                outcome,
+            })?;
         }
         for (name, wanted) in &self.claims {
             let held = facts.claims.and_then(|c| c.get(name));
-            if !held.is_some_and(|h| claim_matches(h, wanted)) {
-                return Err(Denial::new(
-                    Reason::ClaimRequirementFailed,
-                    format!("the subject token's `{name}` claim does not meet the destination's requirement"),
-                ));
-            }
+            each(Verdict {
+                rule: Rule::RequireClaim(name),
+                outcome: if held.is_some_and(|h| claim_matches(h, wanted)) {
+                    Ok(())
+                } else {
+                    Err(Denial::new(
+                        Reason::ClaimRequirementFailed,
+                        format!("the subject token's `{name}` claim does not meet the destination's requirement"),
+                    ))
+                },
+            })?;
         }
         if let Some(expression) = &self.when {
-            expression.check(facts, &path)?;
+            let outcome = match &path {
+                Ok(path) => expression.check(facts, path),
+                Err(unjudged) => Err(unjudged.clone()),
+            };
+            each(Verdict {
+                rule: Rule::When,
+                outcome,
+            })?;
         }
-        Ok(())
+        ControlFlow::Continue(())
+    }
+
+    /// What `rule` of this policy says, for a person (`baton explain`).
+    pub fn describe(&self, rule: &Rule<'_>) -> String {
+        let list = |items: Vec<String>| format!("[{}]", items.join(", "));
+        match rule {
+            Rule::AllowedSources => format!(
+                "allowed_sources: {}",
+                list(self.sources.iter().map(Pattern::to_string).collect())
+            ),
+            Rule::Methods => format!("methods: {}", list(self.methods.clone())),
+            Rule::CanonicalPath => "the path has one canonical form (needed by paths and when)".to_owned(),
+            Rule::Paths => format!("paths: {}", list(self.paths.iter().map(PathRule::to_string).collect())),
+            Rule::RequireClaim(name) => {
+                let wanted = self
+                    .claims
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, values)| values.iter().map(Value::to_string).collect())
+                    .unwrap_or_default();
+                format!("require_claims.{name}: one of {}", list(wanted))
+            }
+            Rule::When => format!("when: {}", self.when.as_ref().map_or("", |e| e.source.as_str())),
+            Rule::ScopesFromSubject => "scopes_from_subject: intersect".to_owned(),
+            Rule::MaxDelegationDepth => format!(
+                "max_delegation_depth: {}",
+                self.max_delegation_depth
+                    .map_or_else(|| "none".to_owned(), |d| d.to_string())
+            ),
+        }
     }
 
     /// `scopes_from_subject: intersect`: the configured scopes the subject holds, in configured order.
@@ -263,6 +397,12 @@ struct Pattern {
     prefix: bool,
 }
 
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.text, if self.prefix { "*" } else { "" })
+    }
+}
+
 impl Pattern {
     fn new(text: &str) -> Self {
         match text.strip_suffix('*') {
@@ -292,6 +432,15 @@ impl Pattern {
 enum PathRule {
     Prefix(String),
     Glob(Vec<String>),
+}
+
+impl fmt::Display for PathRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Prefix(prefix) => f.write_str(prefix),
+            Self::Glob(segments) => f.write_str(&segments.join("/")),
+        }
+    }
 }
 
 impl PathRule {
@@ -508,6 +657,65 @@ paths: ["/orders/", "/items/*/price", "/v2/**/status"]
         assert_eq!(
             decide(&policy, &missing, src, "GET", "/orders/1"),
             Err(Reason::ClaimRequirementFailed)
+        );
+    }
+
+    /// Every rule's verdict, past the first refusal; `check` is that first refusal.
+    #[test]
+    fn an_evaluation_goes_on_past_a_refusal_and_check_is_its_first() {
+        let policy = compile(
+            r#"
+allowed_sources: ["spiffe://cluster.local/ns/shop/*"]
+require_claims: { tenant: acme }
+methods: [GET]
+paths: ["/orders/"]
+when: 'request.method == "GET"'
+"#,
+            true,
+        )
+        .expect("compiles");
+        let empty = HashMap::new();
+        let mallory = claims(r#"{"tenant":"evil"}"#);
+        let verdicts = |method: &str, path: &str| {
+            let facts = Facts {
+                claims: Some(&mallory),
+                source: Some("spiffe://cluster.local/ns/shop/sa/x"),
+                method,
+                path,
+                headers: crate::request::Headers::Folded(&empty),
+                destination: "orders",
+            };
+            let mut all = Vec::new();
+            policy.evaluate(&facts, |v| {
+                all.push((v.rule.name(), v.outcome.map_err(|d| d.reason)));
+                ControlFlow::Continue(())
+            });
+            let first = all.iter().find_map(|(_, o)| o.err());
+            assert_eq!(policy.check(&facts).map_err(|d| d.reason).err(), first);
+            all
+        };
+        assert_eq!(
+            verdicts("DELETE", "/orders/../admin"),
+            [
+                ("allowed_sources".to_owned(), Ok(())),
+                ("methods".to_owned(), Err(Reason::MethodNotAllowed)),
+                ("canonical_path".to_owned(), Ok(())),
+                ("paths".to_owned(), Err(Reason::PathNotAllowed)),
+                ("require_claims.tenant".to_owned(), Err(Reason::ClaimRequirementFailed)),
+                ("when".to_owned(), Err(Reason::PolicyExpressionFalse)),
+            ]
+        );
+        // A path with no canonical form: the rules that judge it cannot, for the same reason.
+        let unjudged = verdicts("GET", "/orders/%2e%2e/admin");
+        assert_eq!(
+            unjudged[2],
+            ("canonical_path".to_owned(), Err(Reason::PathNotCanonical))
+        );
+        assert_eq!(unjudged[3], ("paths".to_owned(), Err(Reason::PathNotCanonical)));
+        assert_eq!(policy.describe(&Rule::Paths), "paths: [/orders/]");
+        assert_eq!(
+            policy.describe(&Rule::AllowedSources),
+            "allowed_sources: [spiffe://cluster.local/ns/shop/*]"
         );
     }
 

@@ -112,6 +112,70 @@ pub enum Class {
 }
 
 impl Reason {
+    /// Every reason, for reading a wire name back (`from_name`): a test holds it to `as_str`.
+    pub const ALL: [Reason; 55] = [
+        Self::MissingToken,
+        Self::MultipleAuthorizationHeaders,
+        Self::UnsupportedAuthorizationScheme,
+        Self::EmptyToken,
+        Self::MalformedToken,
+        Self::TokenTooLarge,
+        Self::SubjectTokenExpired,
+        Self::SubjectTokenRejected,
+        Self::SubjectTokenMalformed,
+        Self::SubjectTokenUnsigned,
+        Self::SubjectTokenAlgorithmNotAllowed,
+        Self::SubjectTokenIssuerUntrusted,
+        Self::SubjectTokenKeyUnknown,
+        Self::SubjectTokenSignatureInvalid,
+        Self::SubjectTokenNotYetValid,
+        Self::SubjectTokenAudienceMismatch,
+        Self::SubjectTokenOpaque,
+        Self::SubjectTokenCritUnsupported,
+        Self::SubjectTokenInactive,
+        Self::IssuerKeysUnavailable,
+        Self::CallerUnauthenticated,
+        Self::CallerNotWorkload,
+        Self::ScopeNotAllowed,
+        Self::BrokerDisabled,
+        Self::SourceNotAllowed,
+        Self::ClaimRequirementFailed,
+        Self::MethodNotAllowed,
+        Self::PathNotAllowed,
+        Self::ScopeNotHeld,
+        Self::PolicyExpressionFalse,
+        Self::PolicyExpressionError,
+        Self::DelegationTooDeep,
+        Self::ActorTokenUnavailable,
+        Self::DestinationUnknown,
+        Self::DestinationNotConfigured,
+        Self::TargetRefused,
+        Self::ClientUnauthorized,
+        Self::ScopeRefused,
+        Self::CheckRequestMalformed,
+        Self::PathNotCanonical,
+        Self::AuthorityMalformed,
+        Self::DestinationHostMismatch,
+        Self::TokenServiceUnavailable,
+        Self::TokenServiceTimeout,
+        Self::TokenServiceError,
+        Self::TokenServiceBusy,
+        Self::TokenServiceClientRejected,
+        Self::TokenServiceBadResponse,
+        Self::TokenServiceCircuitOpen,
+        Self::IssuedTokenIsSubjectToken,
+        Self::IssuedTokenAudienceMismatch,
+        Self::IssuedTokenExpired,
+        Self::IssuedTokenActorMissing,
+        Self::IssuedTokenScopeExceeded,
+        Self::IssuedTokenMalformed,
+    ];
+
+    /// The reason whose wire name is `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::MissingToken => "missing_token",
@@ -306,6 +370,28 @@ mod tests {
         assert_eq!(Reason::DestinationUnknown.class().http_status(), 403);
         assert_eq!(Reason::TokenServiceTimeout.class().http_status(), 503);
         assert_eq!(Reason::TokenServiceCircuitOpen.class().http_status(), 503);
+    }
+
+    /// `ALL` lists every reason `as_str` names, once, so every wire name reads back.
+    #[test]
+    fn all_reasons_read_back_from_their_names() {
+        let source = include_str!("reason.rs");
+        let names: Vec<&str> = source
+            .lines()
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("Self::")?
+                    .split_once(" => \"")?
+                    .1
+                    .strip_suffix("\",")
+            })
+            .collect();
+        assert_eq!(Reason::ALL.len(), names.len());
+        for name in names {
+            let reason = Reason::from_name(name).unwrap_or_else(|| panic!("`{name}` is not in Reason::ALL"));
+            assert_eq!(reason.as_str(), name);
+        }
+        assert_eq!(Reason::from_name("no_such_reason"), None);
     }
 
     /// Every wire name (read from `as_str` above) has a row in the reason table of

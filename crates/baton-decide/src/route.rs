@@ -90,12 +90,19 @@ impl<T> Routes<T> {
     /// Match a canonical authority ([`canonical::authority`]): an exact `host:port` pattern first,
     /// then an exact `host`, then the longest `*.` suffix (with its port, if it names one).
     pub fn by_authority(&self, authority: &Authority) -> Option<&Arc<T>> {
+        self.lookup(authority).map(|(value, _)| value)
+    }
+
+    /// Like `by_authority`, also naming the pattern that matched (for `baton explain`).
+    pub fn lookup(&self, authority: &Authority) -> Option<(&Arc<T>, HostMatch<'_>)> {
         let host = authority.host();
         let port = authority.port();
-        if let Some(exact) = self.exact.get(host) {
-            let ported = port.and_then(|p| exact.ports.get(&p));
-            if let Some(v) = ported.or(exact.any_port.as_ref()) {
-                return Some(v);
+        if let Some((exact_host, exact)) = self.exact.get_key_value(host) {
+            if let Some(v) = port.and_then(|p| exact.ports.get(&p)) {
+                return Some((v, HostMatch::exact(exact_host, port)));
+            }
+            if let Some(v) = exact.any_port.as_ref() {
+                return Some((v, HostMatch::exact(exact_host, None)));
             }
         }
         self.wildcards
@@ -105,7 +112,49 @@ impl<T> Routes<T> {
                     && host.ends_with(suffix.as_str())
                     && want_port.is_none_or(|p| Some(p) == port)
             })
-            .map(|(_, _, v)| v)
+            .map(|(suffix, want_port, v)| {
+                (
+                    v,
+                    HostMatch {
+                        host: suffix,
+                        wildcard: true,
+                        port: *want_port,
+                    },
+                )
+            })
+    }
+}
+
+/// The host pattern an authority matched, as the configuration's canonical form writes it
+/// (`orders.example`, `orders:9000`, `*.billing.example`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostMatch<'a> {
+    /// The host, or for a wildcard the suffix after `*` (starting with `.`).
+    host: &'a str,
+    wildcard: bool,
+    port: Option<u16>,
+}
+
+impl<'a> HostMatch<'a> {
+    fn exact(host: &'a str, port: Option<u16>) -> Self {
+        Self {
+            host,
+            wildcard: false,
+            port,
+        }
+    }
+}
+
+impl std::fmt::Display for HostMatch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.wildcard {
+            f.write_str("*")?;
+        }
+        f.write_str(self.host)?;
+        match self.port {
+            Some(port) => write!(f, ":{port}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -183,6 +232,19 @@ mod tests {
         ] {
             assert_eq!(find(malformed), None, "{malformed}");
         }
+    }
+
+    #[test]
+    fn a_match_names_its_pattern() {
+        let pattern = |authority: &str| {
+            let authority = canonical::authority(authority).expect("canonical");
+            routes().lookup(&authority).map(|(_, m)| m.to_string())
+        };
+        assert_eq!(pattern("ORDERS:8080").as_deref(), Some("orders"));
+        assert_eq!(pattern("orders:9000").as_deref(), Some("orders:9000"));
+        assert_eq!(pattern("a.b.example.com").as_deref(), Some("*.example.com"));
+        assert_eq!(pattern("a.svc.local:8443").as_deref(), Some("*.svc.local:8443"));
+        assert_eq!(pattern("nowhere"), None);
     }
 
     #[test]

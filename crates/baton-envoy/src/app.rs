@@ -32,18 +32,7 @@ pub fn build(config: Config) -> Result<Arc<Authz>, String> {
 /// reuses a token obtained under the old parameters), and each token service's circuit breaker
 /// when its endpoint and settings are unchanged.
 pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Authz>, String> {
-    let services = config
-        .token_services
-        .iter()
-        .map(|ts| {
-            let mut service = TokenService::new(ts).map_err(|e| format!("token service `{}`: {e}", ts.name))?;
-            if let Some(old) = previous.and_then(|p| p.token_services().get(&ts.name)) {
-                service.succeed(old);
-            }
-            Ok(service)
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    let services = TokenServices::new(services);
+    let services = token_services(&config, previous)?;
     for old in previous.iter().flat_map(|p| p.token_services().iter()) {
         if services.get(old.name()).is_none() {
             old.breaker().retire();
@@ -61,18 +50,7 @@ pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Au
     for service in services.iter() {
         service.breaker().report_to(telemetry.metrics());
     }
-    let issuers = std::mem::take(&mut config.trusted_issuers);
-    let introspection = config.introspection.take().and_then(|i| {
-        let service = services.get(&i.token_service)?.clone();
-        Some(Introspection::new(i, service, config.cache.max_entries))
-    });
-    let verifier = Verifier::new(
-        issuers,
-        config.opaque_tokens,
-        introspection,
-        config.cache.max_entries,
-        telemetry.metrics().jwks_refreshes.clone(),
-    )?;
+    let verifier = verifier(&mut config, &services, &telemetry)?;
     match &verifier {
         Some(verifier) => verifier.spawn_refresh(),
         None => {
@@ -87,6 +65,53 @@ pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Au
         authz = authz.with_cache(cache);
     }
     Ok(authz.into_shared())
+}
+
+/// The decision core as `build` makes it, but started nowhere: no discovery, no JWKS fetch, no
+/// exporter, nothing sent (`baton explain`, `baton policy test`). A token service found by
+/// discovery has no endpoint yet, and subject tokens are never verified by it.
+pub fn build_offline(mut config: Config) -> Result<Authz, String> {
+    let services = token_services(&config, None)?;
+    let telemetry = Telemetry::off();
+    let verifier = verifier(&mut config, &services, &telemetry)?;
+    Ok(Authz::new(config, services, verifier))
+}
+
+/// Every token service of `config`, each carrying over `previous`'s circuit breaker (a reload).
+fn token_services(config: &Config, previous: Option<&Authz>) -> Result<TokenServices, String> {
+    let services = config
+        .token_services
+        .iter()
+        .map(|ts| {
+            let mut service = TokenService::new(ts).map_err(|e| format!("token service `{}`: {e}", ts.name))?;
+            if let Some(old) = previous.and_then(|p| p.token_services().get(&ts.name)) {
+                service.succeed(old);
+            }
+            Ok(service)
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(TokenServices::new(services))
+}
+
+/// The subject-token verifier (trusted issuers, introspection), if the configuration has one;
+/// it fetches nothing until it is used or its refresh is spawned.
+fn verifier(
+    config: &mut Config,
+    services: &TokenServices,
+    telemetry: &Telemetry,
+) -> Result<Option<Arc<Verifier>>, String> {
+    let issuers = std::mem::take(&mut config.trusted_issuers);
+    let introspection = config.introspection.take().and_then(|i| {
+        let service = services.get(&i.token_service)?.clone();
+        Some(Introspection::new(i, service, config.cache.max_entries))
+    });
+    Verifier::new(
+        issuers,
+        config.opaque_tokens,
+        introspection,
+        config.cache.max_entries,
+        telemetry.metrics().jwks_refreshes.clone(),
+    )
 }
 
 /// Bind the configured listeners, and read the gRPC listener's TLS files. A stale Unix socket file

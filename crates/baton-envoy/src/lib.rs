@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod broker;
+pub mod dry_run;
 pub mod envoy_config;
 pub mod ext_proc;
 pub mod extract;

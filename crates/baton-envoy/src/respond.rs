@@ -235,6 +235,46 @@ fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOpti
     }
 }
 
+// === described, for a dry run ===
+
+/// What Envoy would be told for a decision (`baton explain`), read from the ext_authz reply this
+/// module builds: the HTTP status, the headers set and removed, a denial's body. A delegation's
+/// token does not exist in a dry run: it is shown as `<exchanged token>`.
+pub fn described(decision: &str, denial: Option<&Denial>) -> serde_json::Value {
+    let reply = match (decision, denial) {
+        (_, Some(denial)) => check_response(&Err(denial.clone())),
+        ("strip", None) => check_response(&Ok(Allow::Strip)),
+        ("passthrough", None) => check_response(&Ok(Allow::Passthrough)),
+        _ => {
+            return serde_json::json!({
+                "status": 200,
+                "set_headers": { "authorization": "Bearer <exchanged token>" },
+                "remove_headers": [],
+            });
+        }
+    };
+    let headers = |options: &[HeaderValueOption]| -> serde_json::Map<String, serde_json::Value> {
+        options
+            .iter()
+            .filter_map(|o| o.header.as_ref())
+            .map(|h| (h.key.clone(), serde_json::Value::String(h.value.clone())))
+            .collect()
+    };
+    match reply.http_response {
+        Some(HttpResponse::DeniedResponse(denied)) => serde_json::json!({
+            "status": denied.status.map_or(403, |s| s.code),
+            "set_headers": headers(&denied.headers),
+            "body": serde_json::from_str::<serde_json::Value>(&denied.body).unwrap_or(serde_json::Value::String(denied.body)),
+        }),
+        Some(HttpResponse::OkResponse(ok)) => serde_json::json!({
+            "status": 200,
+            "set_headers": headers(&ok.headers),
+            "remove_headers": ok.headers_to_remove,
+        }),
+        _ => serde_json::json!({}),
+    }
+}
+
 // === dynamic metadata ===
 
 /// The `dynamic_metadata` of a reply to `api` for `outcome`; `destination` is the resolved
