@@ -207,6 +207,34 @@ fn check_config_reports_every_error_and_never_a_secret() {
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
 
+/// A template (examples/demo's, which scripts/demo fills in) is refused as one: every command that
+/// reads the file names its placeholders and points at the ready-to-use examples/local.
+#[test]
+fn a_template_is_named_as_one_with_its_placeholders() {
+    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo/baton.yaml");
+    for args in [
+        vec!["check-config", template],
+        vec!["run", "--config", template],
+        vec!["envoy-config", "--config", template],
+    ] {
+        let out = std::process::Command::new(BATON_BIN).args(&args).output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        for expected in [
+            "(template): this looks like a template",
+            "{{grpc_port}}, {{admin_port}}, {{token_endpoint}}, {{secret_file}};",
+            "fill the placeholders",
+            "examples/local/baton.yaml",
+        ] {
+            assert!(
+                stderr.contains(expected),
+                "{args:?}: `{expected}` missing from:\n{stderr}"
+            );
+        }
+    }
+}
+
 /// Hot reload under load through the real Envoy: a watched file change adds a destination, an
 /// invalid file changes nothing, SIGHUP applies a change that removes it; requests that the
 /// configuration never meant to refuse never fail.
