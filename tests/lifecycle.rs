@@ -324,7 +324,7 @@ async fn reload_under_load_changes_only_what_the_new_config_says() {
     .await;
 
     let tallies = load.stop().await;
-    eprintln!("{}", tallies.report("config reloaded three times under load"));
+    report::line(&tallies.report("config reloaded three times under load"));
     let total = tallies.total();
     assert!(total.sent > 20, "the load ran: {}", total.counts());
     total.assert_no_wrong("config reloaded under load");

@@ -14,7 +14,8 @@
 //! every test writes alike); `tokens` (claims, bearer values, keys, forged tokens); `client` (HTTP
 //! through Envoy, scrapes); `broker` (Baton's gRPC broker API and the guarded broker); `leaks`; the
 //! load drivers `load` (closed loop) and `open_loop`, and `soak` on top of it, which judge answers
-//! with one routine (`check`, private); `k8s` (offline Kubernetes and Istio validation).
+//! with one routine (`check`, private); `report` (what a test measured, also in
+//! `target/test-reports/`, which `scripts/test` prints); `k8s` (offline Kubernetes and Istio validation).
 
 pub mod broker;
 mod check;
@@ -25,6 +26,7 @@ pub mod k8s;
 pub mod leaks;
 pub mod load;
 pub mod open_loop;
+pub mod report;
 pub mod scratch;
 pub mod sidecar;
 pub mod soak;
