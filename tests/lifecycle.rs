@@ -208,24 +208,45 @@ fn check_config_reports_every_error_and_never_a_secret() {
 }
 
 /// A template (examples/demo's, which scripts/demo fills in) is refused as one: every command that
-/// reads the file names its placeholders and points at the ready-to-use examples/local.
+/// reads a configuration file names its placeholders and points at the ready-to-use examples/local.
 #[test]
 fn a_template_is_named_as_one_with_its_placeholders() {
-    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo/baton.yaml");
-    for args in [
-        vec!["check-config", template],
-        vec!["run", "--config", template],
-        vec!["envoy-config", "--config", template],
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo/");
+    let (baton, sts) = (format!("{demo}baton.yaml"), format!("{demo}sts.yaml"));
+    let baton_placeholders = "{{grpc_port}}, {{admin_port}}, {{token_endpoint}}, {{secret_file}};";
+    for (args, placeholders) in [
+        (vec!["check-config", &baton], baton_placeholders),
+        (vec!["run", "--config", &baton], baton_placeholders),
+        (vec!["envoy-config", "--config", &baton], baton_placeholders),
+        (
+            vec!["sts", "--config", &sts, "--listen", "127.0.0.1:0"],
+            "placeholder {{secret_file}};",
+        ),
     ] {
-        let out = std::process::Command::new(BATON_BIN).args(&args).output().expect("run");
+        // Bounded: a command that took the template would serve until stopped.
+        let mut child = std::process::Command::new(BATON_BIN)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{args:?} took the template and kept running");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("output");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{args:?}");
         for expected in [
             "(template): this looks like a template",
-            "{{grpc_port}}, {{admin_port}}, {{token_endpoint}}, {{secret_file}};",
+            placeholders,
             "fill the placeholders",
-            "examples/local/baton.yaml",
+            "examples/local/",
         ] {
             assert!(
                 stderr.contains(expected),

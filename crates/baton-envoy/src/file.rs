@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use baton_core::files::{parse_yaml, read_file};
-use baton_decide::settings::{ConfigError, Errors, FieldError, duration};
+use baton_core::files::{parse_yaml, read_file, template_hint};
+use baton_decide::settings::{ConfigError, Errors, duration};
 
 /// The file's YAML shape. The decision's fields are listed here again, not flattened: serde's
 /// `flatten` cannot refuse unknown keys, and a misspelt key must be an error, not a default.
@@ -63,17 +63,15 @@ pub struct Config {
 
 impl Config {
     /// Parse YAML and validate it; every problem is reported, not only the first. A refused file
-    /// that still holds `{{name}}` placeholders is a template (like `examples/demo/`'s): that is
-    /// said first, since the errors it causes (a YAML flow mapping where a string belongs) do not.
+    /// that still holds `{{name}}` placeholders is told it looks like a template
+    /// ([`template_hint`], which `parse_yaml` adds to a parse error itself).
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        parse_yaml::<RawConfig>(text)
-            .and_then(RawConfig::validate)
-            .map_err(|mut e| {
-                if let Some(hint) = template_hint(text) {
-                    e.0.insert(0, hint);
-                }
-                e
-            })
+        parse_yaml::<RawConfig>(text)?.validate().map_err(|mut e| {
+            if let Some(hint) = template_hint(text) {
+                e.0.insert(0, hint);
+            }
+            e
+        })
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -137,59 +135,6 @@ impl RawConfig {
             _ => Err(ConfigError(errors.0)),
         }
     }
-}
-
-/// At most this many placeholders are named; more add nothing to the hint.
-const MAX_PLACEHOLDERS_NAMED: usize = 8;
-
-/// The hint for a file holding `{{name}}` placeholders outside its comments, if it has any.
-fn template_hint(text: &str) -> Option<FieldError> {
-    let mut names: Vec<&str> = Vec::new();
-    for line in text.lines() {
-        // A comment starts at a `#` that begins the line or follows a blank.
-        let code = line
-            .char_indices()
-            .find(|&(at, c)| c == '#' && (at == 0 || line[..at].ends_with([' ', '\t'])))
-            .map_or(line, |(at, _)| &line[..at]);
-        let mut rest = code;
-        while let Some(open) = rest.find("{{") {
-            rest = &rest[open + 2..];
-            let Some(close) = rest.find("}}") else { break };
-            let name = rest[..close].trim();
-            let is_name = !name.is_empty()
-                && name.len() <= 64
-                && name.bytes().any(|b| b.is_ascii_alphanumeric())
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-            if is_name && !names.contains(&name) {
-                names.push(name);
-            }
-            rest = &rest[close + 2..];
-        }
-    }
-    if names.is_empty() {
-        return None;
-    }
-    let shown: Vec<String> = names
-        .iter()
-        .take(MAX_PLACEHOLDERS_NAMED)
-        .map(|n| format!("{{{{{n}}}}}"))
-        .collect();
-    let more = names.len().saturating_sub(MAX_PLACEHOLDERS_NAMED);
-    let more = if more > 0 {
-        format!(" and {more} more")
-    } else {
-        String::new()
-    };
-    Some(FieldError {
-        path: "(template)".into(),
-        message: format!(
-            "this looks like a template: it still holds the placeholder{} {}{more}; fill the placeholders \
-             (scripts/demo fills examples/demo's), or start from a ready-to-use configuration such as \
-             examples/local/baton.yaml in Baton's repository",
-            if names.len() == 1 { "" } else { "s" },
-            shown.join(", ")
-        ),
-    })
 }
 
 #[cfg(test)]
@@ -436,28 +381,20 @@ destinations:
 
     #[test]
     fn a_refused_template_is_named_first_with_its_placeholders() {
-        let template = "# {{...}} and {{not_this}} are in a comment\nlisten:\n  grpc: 127.0.0.1:{{grpc_port}}\n\
-                        token_service:\n  token_endpoint: {{token_endpoint}}\n  client_id: c\n\
-                        url: \"{{ token_endpoint }}#x\"\n";
-        let e = Config::from_yaml(template).expect_err("a template");
-        assert_eq!(e.0[0].path, "(template)", "{e}");
-        let hint = &e.0[0].message;
-        assert!(
-            hint.contains("placeholders {{grpc_port}}, {{token_endpoint}};"),
-            "{hint}"
-        );
-        assert!(hint.contains("examples/local/baton.yaml"), "{hint}");
-        assert!(!hint.contains("not_this"), "a comment is not the template: {hint}");
-        assert!(e.0.len() > 1, "the file's own errors follow: {e}");
-    }
-
-    #[test]
-    fn braces_without_a_placeholder_give_no_hint() {
-        let e = Config::from_yaml("listen: {{}}\n").expect_err("bad");
-        assert!(e.0.iter().all(|f| f.path != "(template)"), "{e}");
-        assert!(template_hint("a: '{{ }}' # {{x}}\nb: \"{{a b}}\"\n").is_none());
-        let many: String = (0..12).map(|n| format!("k{n}: {{{{p{n}}}}}\n")).collect();
-        let hint = template_hint(&many).expect("a template").message;
-        assert!(hint.contains("{{p7}} and 4 more"), "{hint}");
+        // Refused when parsed (a flow mapping where a string belongs), and when validated.
+        for template in [
+            "listen:\n  grpc: 127.0.0.1:{{grpc_port}}\ntoken_service:\n  token_endpoint: {{token_endpoint}}\n",
+            "listen:\n  grpc: 127.0.0.1:{{grpc_port}}\ntoken_service:\n  token_endpoint: \"{{token_endpoint}}\"\n",
+        ] {
+            let e = Config::from_yaml(template).expect_err("a template");
+            assert_eq!(e.0[0].path, "(template)", "{e}");
+            assert_eq!(e.0.iter().filter(|f| f.path == "(template)").count(), 1, "{e}");
+            let hint = &e.0[0].message;
+            assert!(
+                hint.contains("placeholders {{grpc_port}}, {{token_endpoint}};"),
+                "{hint}"
+            );
+            assert!(e.0.len() > 1, "the file's own errors follow: {e}");
+        }
     }
 }
