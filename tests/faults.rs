@@ -84,7 +84,7 @@ async fn warm(envoy: &Envoy, users: &[User]) {
 }
 
 fn report(tallies: &Tallies, scenario: &str) {
-    eprintln!("{}", tallies.report(scenario));
+    report::line(&tallies.report(scenario));
     tallies.total().assert_no_wrong(scenario);
 }
 
@@ -215,10 +215,10 @@ async fn token_service_slower_than_the_timeout_under_load() {
 
     report(&tallies, "token service slower than the timeout");
     let (cached, new) = (tallies.get("slow", "cached"), tallies.get("slow", "new"));
-    eprintln!(
+    report::line(&format!(
         "faults: token service slower than the timeout: slowest 503 {:?}, slowest cache hit {:?}",
         new.slowest_unavailable, cached.slowest
-    );
+    ));
     assert!(cached.correct > 0, "{}", cached.counts());
     assert!(new.reasons.contains_key("token_service_timeout"), "{}", new.counts());
     assert!(
@@ -332,7 +332,7 @@ async fn token_service_answers_wrongly_under_load() {
         let tallies = load.stop().await;
         let total = tallies.total();
         let exchanges = service.exchanges().await;
-        eprintln!("{} exchanges={exchanges}", tallies.report(&scenario));
+        report::line(&format!("{} exchanges={exchanges}", tallies.report(&scenario)));
         total.assert_no_wrong(&scenario);
         assert!(total.sent >= 20, "{scenario}: the load ran: {}", total.counts());
         match outcome {
@@ -641,12 +641,12 @@ async fn many_users_and_destinations_through_a_small_cache() {
     tallies.by.extend(rest.by);
     tallies.elapsed = elapsed;
     report(&tallies, "1000 users x 20 destinations, cache of 500");
-    eprintln!(
+    report::line(&format!(
         "faults: 1000 users x 20 destinations, cache of 500: RSS {rss_start} KiB at start, {rss_first} KiB after {} tokens, {rss_end} KiB after {}; cache entries {entries_first} then {entries_end}; exchanges {}",
         FIRST_PASS * DESTINATIONS,
         USERS * DESTINATIONS,
         service.exchanges().await
-    );
+    ));
     let total = tallies.total();
     assert_eq!(total.sent, (USERS * DESTINATIONS) as u64, "every request was sent");
     assert_eq!(total.correct, total.sent, "{}", total.counts());

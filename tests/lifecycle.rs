@@ -207,6 +207,55 @@ fn check_config_reports_every_error_and_never_a_secret() {
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
 
+/// A template (examples/demo's, which scripts/demo fills in) is refused as one: every command that
+/// reads a configuration file names its placeholders and points at the ready-to-use examples/local.
+#[test]
+fn a_template_is_named_as_one_with_its_placeholders() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo/");
+    let (baton, sts) = (format!("{demo}baton.yaml"), format!("{demo}sts.yaml"));
+    let baton_placeholders = "{{grpc_port}}, {{admin_port}}, {{token_endpoint}}, {{secret_file}};";
+    for (args, placeholders) in [
+        (vec!["check-config", &baton], baton_placeholders),
+        (vec!["run", "--config", &baton], baton_placeholders),
+        (vec!["envoy-config", "--config", &baton], baton_placeholders),
+        (
+            vec!["sts", "--config", &sts, "--listen", "127.0.0.1:0"],
+            "placeholder {{secret_file}};",
+        ),
+    ] {
+        // Bounded: a command that took the template would serve until stopped.
+        let mut child = std::process::Command::new(BATON_BIN)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{args:?} took the template and kept running");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("output");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        for expected in [
+            "(template): this looks like a template",
+            placeholders,
+            "fill the placeholders",
+            "examples/local/",
+        ] {
+            assert!(
+                stderr.contains(expected),
+                "{args:?}: `{expected}` missing from:\n{stderr}"
+            );
+        }
+    }
+}
+
 /// Hot reload under load through the real Envoy: a watched file change adds a destination, an
 /// invalid file changes nothing, SIGHUP applies a change that removes it; requests that the
 /// configuration never meant to refuse never fail.
@@ -296,7 +345,7 @@ async fn reload_under_load_changes_only_what_the_new_config_says() {
     .await;
 
     let tallies = load.stop().await;
-    eprintln!("{}", tallies.report("config reloaded three times under load"));
+    report::line(&tallies.report("config reloaded three times under load"));
     let total = tallies.total();
     assert!(total.sent > 20, "the load ran: {}", total.counts());
     total.assert_no_wrong("config reloaded under load");

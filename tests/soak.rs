@@ -30,7 +30,10 @@ async fn short_tokens_refresh_ahead_under_steady_load() {
         rss_every: Duration::from_secs(1),
     })
     .await;
-    report.print();
+    // On stderr and in target/test-reports/soak.txt, which scripts/test prints.
+    for line in report.lines() {
+        baton_test_support::report::line(&line);
+    }
     assert_eq!(report.failed, 0, "every request answered 200");
     assert_eq!(report.wrong, 0, "every upstream token for its user and destination");
     assert_eq!(report.right, report.sent);

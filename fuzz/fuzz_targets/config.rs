@@ -24,8 +24,13 @@ fuzz_target!(|data: &[u8]| {
             }
         },
         Err(errors) => {
-            assert_eq!(errors.0.len(), 1);
-            assert_eq!(errors.0[0].path, "(yaml)");
+            // One error at `(yaml)`, after the template hint if the text holds `{{name}}` placeholders.
+            let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+            let expected: &[&str] = match baton_core::files::template_hint(text) {
+                Some(_) => &["(template)", "(yaml)"],
+                None => &["(yaml)"],
+            };
+            assert_eq!(paths, expected, "{errors}");
         }
     }
     // The same text as `baton sts`'s configuration.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use baton_core::files::{parse_yaml, read_file};
+use baton_core::files::{parse_yaml, read_file, template_hint};
 use baton_decide::settings::{ConfigError, Errors, duration};
 
 /// The file's YAML shape. The decision's fields are listed here again, not flattened: serde's
@@ -62,9 +62,16 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parse YAML and validate it; every problem is reported, not only the first.
+    /// Parse YAML and validate it; every problem is reported, not only the first. A refused file
+    /// that still holds `{{name}}` placeholders is told it looks like a template
+    /// ([`template_hint`], which `parse_yaml` adds to a parse error itself).
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        parse_yaml::<RawConfig>(text)?.validate()
+        parse_yaml::<RawConfig>(text)?.validate().map_err(|mut e| {
+            if let Some(hint) = template_hint(text) {
+                e.0.insert(0, hint);
+            }
+            e
+        })
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -370,5 +377,24 @@ destinations:
         ))
         .expect("mtls with grpc_tls");
         assert_eq!(config.decision.broker.map(|b| b.callers), Some(BrokerCallers::Mtls));
+    }
+
+    #[test]
+    fn a_refused_template_is_named_first_with_its_placeholders() {
+        // Refused when parsed (a flow mapping where a string belongs), and when validated.
+        for template in [
+            "listen:\n  grpc: 127.0.0.1:{{grpc_port}}\ntoken_service:\n  token_endpoint: {{token_endpoint}}\n",
+            "listen:\n  grpc: 127.0.0.1:{{grpc_port}}\ntoken_service:\n  token_endpoint: \"{{token_endpoint}}\"\n",
+        ] {
+            let e = Config::from_yaml(template).expect_err("a template");
+            assert_eq!(e.0[0].path, "(template)", "{e}");
+            assert_eq!(e.0.iter().filter(|f| f.path == "(template)").count(), 1, "{e}");
+            let hint = &e.0[0].message;
+            assert!(
+                hint.contains("placeholders {{grpc_port}}, {{token_endpoint}};"),
+                "{hint}"
+            );
+            assert!(e.0.len() > 1, "the file's own errors follow: {e}");
+        }
     }
 }

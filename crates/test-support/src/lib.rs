@@ -14,8 +14,10 @@
 //! every test writes alike); `tokens` (claims, bearer values, keys, forged tokens); `client` (HTTP
 //! through Envoy, scrapes); `broker` (Baton's gRPC broker API and the guarded broker); `leaks`; the
 //! load drivers `load` (closed loop) and `open_loop`, and `soak` on top of it, which judge answers
-//! with one routine (`check`, private); `k8s` (offline Kubernetes and Istio validation);
-//! `prometheus` (promtool and a real Prometheus server) and `promql` (the metrics a query names).
+//! with one routine (`check`, private); `report` (what a test measured, also in
+//! `target/test-reports/`, which `scripts/test` prints); `k8s` (offline Kubernetes and Istio
+//! validation); `prometheus` (promtool and a real Prometheus server) and `promql` (the metrics a
+//! query names).
 
 pub mod broker;
 mod check;
@@ -28,6 +30,7 @@ pub mod load;
 pub mod open_loop;
 pub mod prometheus;
 pub mod promql;
+pub mod report;
 pub mod scratch;
 pub mod sidecar;
 pub mod soak;

@@ -91,46 +91,55 @@ impl SoakReport {
     /// The report, for the reader of the run (the soak test and the soak benchmark).
     #[allow(clippy::print_stdout, reason = "a soak reports on stdout")]
     pub fn print(&self) {
+        for line in self.lines() {
+            println!("{line}");
+        }
+    }
+
+    /// The report's lines (the soak test hands them to `report::line`, so a normal run shows them).
+    pub fn lines(&self) -> Vec<String> {
         let (first, last, max) = self.rss_first_last_max();
         let (low, high) = self.expected_exchanges();
-        println!(
-            "soak: {:?} at {:.0} req/s through Envoy, {} users x 2 destinations = {} keys, token lifetime {} (expiry margin {}), warm-up {:?}; load average before {} / after {}",
-            self.plan.duration,
-            self.plan.rate,
-            self.plan.users,
-            self.keys,
-            self.plan.token_lifetime,
-            self.plan.expiry_margin,
-            self.plan.warmup,
-            self.load_before,
-            self.load_after
-        );
-        println!(
-            "requests: {} sent, {} right, {} wrong, {} failed; {} distinct upstream tokens, each verified",
-            self.sent, self.right, self.wrong, self.failed, self.distinct_tokens
-        );
-        println!(
-            "waited on an exchange (cache miss + coalesced): {} in warm-up, {} after",
-            self.waited_in_warmup, self.waited_after_warmup
-        );
-        println!(
-            "exchanges after warm-up: {} (expected {low}..{high} from refresh ahead); the token service counted {} in all",
-            self.exchanges_after_warmup, self.sts_exchanges_total
-        );
-        println!(
-            "latency from due time: p50 {} p99 {} max {}",
-            us(self.p50),
-            us(self.p99),
-            us(self.max)
-        );
-        println!(
-            "Baton RSS ({} samples every {:?}): first {} last {} max {}",
-            self.rss.len(),
-            self.plan.rss_every,
-            mib(first),
-            mib(last),
-            mib(max)
-        );
+        vec![
+            format!(
+                "soak: {:?} at {:.0} req/s through Envoy, {} users x 2 destinations = {} keys, token lifetime {} (expiry margin {}), warm-up {:?}; load average before {} / after {}",
+                self.plan.duration,
+                self.plan.rate,
+                self.plan.users,
+                self.keys,
+                self.plan.token_lifetime,
+                self.plan.expiry_margin,
+                self.plan.warmup,
+                self.load_before,
+                self.load_after
+            ),
+            format!(
+                "requests: {} sent, {} right, {} wrong, {} failed; {} distinct upstream tokens, each verified",
+                self.sent, self.right, self.wrong, self.failed, self.distinct_tokens
+            ),
+            format!(
+                "waited on an exchange (cache miss + coalesced): {} in warm-up, {} after",
+                self.waited_in_warmup, self.waited_after_warmup
+            ),
+            format!(
+                "exchanges after warm-up: {} (expected {low}..{high} from refresh ahead); the token service counted {} in all",
+                self.exchanges_after_warmup, self.sts_exchanges_total
+            ),
+            format!(
+                "latency from due time: p50 {} p99 {} max {}",
+                us(self.p50),
+                us(self.p99),
+                us(self.max)
+            ),
+            format!(
+                "Baton RSS ({} samples every {:?}): first {} last {} max {}",
+                self.rss.len(),
+                self.plan.rss_every,
+                mib(first),
+                mib(last),
+                mib(max)
+            ),
+        ]
     }
 }
 
