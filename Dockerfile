@@ -5,8 +5,8 @@
 # runs (phase `static`), so the binary CI builds and runs through the demo is the one shipped here.
 # The second holds that binary and nothing able to run beside it: no shell, no package manager, no
 # libc (the binary is static, musl). It runs as a numeric non-root user and writes nothing to its
-# root file system: the only path Baton writes is its Unix socket, in a mounted volume
-# (/var/run/baton in k8s/); its audit lines and logs go to stdout and stderr.
+# root file system: Baton writes its Unix socket to a mounted volume (/var/run/baton in k8s/), its
+# logs to stderr and its audit lines to stdout (or, with `audit.sink: file`, to a mounted volume).
 
 # The toolchain CI and the benchmarks use (README.md: Rust 1.89 or later).
 FROM rust:1.95.0-bookworm AS build
