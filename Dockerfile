@@ -11,9 +11,11 @@
 # The toolchain CI and the benchmarks use (README.md: Rust 1.89 or later).
 FROM rust:1.95.0-bookworm AS build
 # What scripts/deps installs for the static build: musl's C compiler (for the C in aws-lc-rs and
-# ring) and Rust's musl target.
+# ring) and Rust's musl target. musl-tools is not pinned to a version (hadolint's DL3008): the pinned
+# bookworm image fixes the release, and a pinned Debian version vanishes with its security update.
+# hadolint ignore=DL3008
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends musl-tools=1.2.3-1 \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/* \
  && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
