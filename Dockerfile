@@ -8,11 +8,12 @@
 # root file system: Baton writes its Unix socket to a mounted volume (/var/run/baton in k8s/), its
 # logs to stderr and its audit lines to stdout (or, with `audit.sink: file`, to a mounted volume).
 
-# The toolchain CI and the benchmarks use (README.md: Rust 1.89 or later).
+# The toolchain the static build was measured with (README.md: Baton needs Rust 1.89 or later).
 FROM rust:1.95.0-bookworm AS build
-# What scripts/deps installs for the static build: musl's C compiler (for the C in aws-lc-rs and
-# ring) and Rust's musl target. musl-tools is not pinned to a version (hadolint's DL3008): the pinned
-# bookworm image fixes the release, and a pinned Debian version vanishes with its security update.
+# What scripts/deps installs for the static build: musl's C compiler (for the C in aws-lc-rs, ring
+# and mimalloc) and Rust's musl target. musl-tools is not pinned to a version (hadolint's DL3008):
+# the pinned bookworm image fixes the release, and a pinned Debian version vanishes with its
+# security update.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends musl-tools \
