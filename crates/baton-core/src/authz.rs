@@ -18,6 +18,7 @@ use crate::destination::DestinationActor;
 use crate::exchange::{ExchangeError, Target, TokenServices};
 use crate::issued;
 use crate::jwt;
+use crate::revocation::{self, Holder, Selector};
 use crate::secret::fingerprint;
 use crate::telemetry::Telemetry;
 use crate::verify::{Subject, Verified, Verifier};
@@ -89,6 +90,9 @@ pub struct Authz {
     workload_identity: Option<String>,
     /// `None`: no `broker:` section, the broker API is off.
     pub broker: Option<Broker>,
+    /// What is revoked, shared across reloads; `revocation`'s settings (the admin secret).
+    revocations: Arc<revocation::Store>,
+    revocation: revocation::Settings,
     telemetry: Telemetry,
     /// Itself, once shared, so a hit can start a background refresh that outlives the request.
     me: std::sync::Weak<Authz>,
@@ -129,6 +133,8 @@ impl Authz {
             actor: config.actor,
             workload_identity: config.workload_identity,
             broker: config.broker,
+            revocations: Arc::new(revocation::Store::new(&config.revocation)),
+            revocation: config.revocation,
             telemetry: Telemetry::off(),
             me: std::sync::Weak::new(),
         }
@@ -162,6 +168,48 @@ impl Authz {
     pub fn with_cache(mut self, cache: Arc<TokenCache>) -> Self {
         self.cache = cache;
         self
+    }
+
+    /// Keep every revocation an earlier configuration remembers (a reload must not forget one).
+    pub fn with_revocations_of(mut self, previous: &Authz) -> Self {
+        self.revocations = Arc::new(revocation::Store::carried_over(&previous.revocations, &self.revocation));
+        self
+    }
+
+    pub fn revocations(&self) -> &revocation::Store {
+        &self.revocations
+    }
+
+    /// `revocation:`: whether, and to whom, `POST /revoke` answers.
+    pub fn revocation_settings(&self) -> &revocation::Settings {
+        &self.revocation
+    }
+
+    /// End the authority of whoever `selector` names, from `event` (`operator`, ...): remembered
+    /// first, so a decision from now on refuses them, then every cached token, verified subject and
+    /// introspection answer of theirs purged (an exchange finishing later is checked again before
+    /// it is served or kept). The entries purged; refused, with nothing changed, when the store is full.
+    pub fn revoke(&self, event: &'static str, selector: &Selector) -> Result<usize, revocation::StoreError> {
+        let span = tracing::info_span!(
+            "revocation",
+            event,
+            kind = selector.kind(),
+            purged = tracing::field::Empty
+        );
+        let _entered = span.enter();
+        if let Err(full) = self.revocations.revoke(selector, crate::clock::unix_now()) {
+            tracing::warn!(event, kind = selector.kind(), error = %full, "revocation refused");
+            self.telemetry.revocation(event, selector, "full", 0, &self.revocations);
+            return Err(full);
+        }
+        let everything = *selector == Selector::All;
+        let named = |holder: &Holder<'_>| revocation::names(selector, holder);
+        let purged = self.cache.purge(named, everything) + self.verifier.as_ref().map_or(0, |v| v.purge(named));
+        span.record("purged", purged);
+        tracing::info!(event, kind = selector.kind(), purged, "revoked");
+        self.telemetry
+            .revocation(event, selector, "ok", purged, &self.revocations);
+        Ok(purged)
     }
 
     pub fn shared_cache(&self) -> Arc<TokenCache> {
@@ -257,6 +305,8 @@ impl Authz {
     ) -> Result<(Arc<Delegated>, CacheStatus), Denial> {
         let digest = cache::digest(subject_token);
         let subject = self.verify(subject_token, &digest).await?;
+        // Before any cached token is looked at: nothing cached may serve a revoked subject.
+        self.not_revoked(subject.as_deref(), subject_token)?;
         let claims = subject.as_deref().map(|s| &s.claims);
         let scope = self.authorize(route, claims, caller, None)?;
         let key = cache::key(&route.key_params, scope.as_deref().unwrap_or(""), &digest);
@@ -269,6 +319,14 @@ impl Authz {
             )
             .await
             .map_err(|e| (*e).clone())?;
+        // A revocation while this exchange ran: its purge may have come before the token was put
+        // in the cache, so it is taken out here (a hit was checked above, under the same store).
+        if status != CacheStatus::Hit
+            && let Err(revoked) = self.not_revoked(subject.as_deref(), subject_token)
+        {
+            self.cache.forget(&key, &token);
+            return Err(revoked);
+        }
         if status == CacheStatus::Hit && token.claim_refresh(crate::clock::unix_now()) {
             self.refresh(route.clone(), subject_token, subject, scope, key);
         }
@@ -350,6 +408,39 @@ impl Authz {
         }
     }
 
+    /// Refused with `subject_revoked` when the subject token's holder (its verified claims, or its
+    /// payload read unverified) was revoked after it was issued. One atomic load while nothing is
+    /// revoked. A token with no claims to read (opaque, forwarded) matches only `all`.
+    fn not_revoked(&self, subject: Option<&Subject>, subject_token: &str) -> Result<(), Denial> {
+        if self.revocations.is_empty() {
+            return Ok(());
+        }
+        let now = crate::clock::unix_now();
+        let revoked = match subject {
+            Some(s) => self.revocations.is_revoked(&Holder::of_claims(&s.claims), now),
+            None => {
+                let payload = jwt::Unverified::parse(subject_token).ok().flatten().unwrap_or_default();
+                fn text(v: &Option<serde_json::Value>) -> Option<&str> {
+                    v.as_ref().and_then(serde_json::Value::as_str)
+                }
+                let holder = Holder {
+                    iss: text(&payload.iss),
+                    sub: text(&payload.sub),
+                    sid: text(&payload.sid),
+                    iat: payload.iat(),
+                };
+                self.revocations.is_revoked(&holder, now)
+            }
+        };
+        if revoked {
+            return Err(Denial::new(
+                Reason::SubjectRevoked,
+                "the subject's authority was revoked after this token was issued",
+            ));
+        }
+        Ok(())
+    }
+
     /// Exchange again in the background and replace the cached token; a failure leaves the cached
     /// one serving until its expiry.
     fn refresh(
@@ -367,7 +458,13 @@ impl Authz {
                 .exchange(&route, &subject_token, subject.as_deref(), scope.as_deref(), key)
                 .await
             {
-                Ok(fresh) => me.cache.replace(key, fresh),
+                Ok(fresh) => {
+                    me.cache.replace(key, fresh.clone());
+                    // Revoked while the refresh ran: the old authority does not come back.
+                    if me.not_revoked(subject.as_deref(), &subject_token).is_err() {
+                        me.cache.forget(&key, &fresh);
+                    }
+                }
                 Err(denial) => {
                     tracing::debug!(destination = %route.name, reason = denial.reason.as_str(), "refresh ahead failed; the cached token serves until it expires")
                 }
@@ -476,6 +573,12 @@ impl Authz {
             (Some(s), _) => (s.claims.get("iss"), s.claims.get("sub")),
             (None, u) => u.as_ref().map_or((None, None), |u| (u.iss.as_ref(), u.sub.as_ref())),
         };
+        let subject_sid = match (subject, &unverified_subject) {
+            (Some(s), _) => s.claims.get("sid"),
+            (None, u) => u.as_ref().and_then(|u| u.sid.as_ref()),
+        }
+        .and_then(serde_json::Value::as_str)
+        .filter(|sid| sid.len() <= jwt::MAX_CLAIM_LEN);
         let mut claims = jwt::DelegationClaims::issued(&issued_claims).with_subject(subject_iss, subject_sub);
         // Kept only when the policy narrowed it: audit and traces fall back to the destination's own.
         if target.scope != route.target.scope {
@@ -497,6 +600,7 @@ impl Authz {
             now,
         )
         .with_claims(claims)
+        .with_subject_sid(subject_sid)
         .with_actors(actors)
         .refresh_ahead(self.refresh_ahead);
         tracing::debug!(

@@ -40,6 +40,7 @@ pub struct RawConfig {
     pub broker: Option<baton_core::callers::Raw>,
     pub telemetry: baton_core::telemetry::settings::RawTelemetry,
     pub audit: baton_core::telemetry::settings::RawAudit,
+    pub revocation: baton_core::revocation::Raw,
 }
 
 /// `reload:`: how the configuration file is watched (SIGHUP always reloads it).
@@ -95,6 +96,13 @@ impl RawConfig {
                 "`mtls` takes the caller from its TLS client certificate: configure listen.grpc_tls",
             );
         }
+        // Spans a serving section and a decision one: the operator's endpoint is on the admin listener.
+        if self.revocation.admin_secret_file.is_some() && listen.as_ref().is_some_and(|l| l.admin.is_none()) {
+            errors.add(
+                "revocation.admin_secret_file",
+                "`POST /revoke` is served on the admin listener: configure listen.admin",
+            );
+        }
         let decision = baton_core::config::RawConfig {
             token_service: self.token_service,
             token_services: self.token_services,
@@ -111,6 +119,7 @@ impl RawConfig {
             broker: self.broker,
             telemetry: self.telemetry,
             audit: self.audit,
+            revocation: self.revocation,
         }
         .validate(&mut errors);
         let reload_interval = duration(
