@@ -274,6 +274,38 @@ destinations:
         assert!(err.0.iter().any(|e| e.path == "listen.admin"), "{err}");
     }
 
+    /// `POST /revoke` lives on the admin listener: its secret without one is an error, and a
+    /// secret file that is missing or empty is reported at its field.
+    #[test]
+    fn the_revocation_endpoint_needs_the_admin_listener_and_a_secret() {
+        const TS: &str = "token_service: {token_endpoint: http://x/token, client_id: c, auth: {method: none}}\n";
+        let dir = std::env::temp_dir().join(format!("baton-file-revocation-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cret-for-a-unit-test\n").expect("secret");
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").expect("empty");
+        let with = |listen: &str, file: &std::path::Path| {
+            Config::from_yaml(&format!(
+                "listen:\n  grpc: 127.0.0.1:9191\n{listen}{TS}revocation:\n  admin_secret_file: {}\n",
+                file.display()
+            ))
+        };
+        let config = with("  admin: 127.0.0.1:9192\n", &secret).expect("valid");
+        assert!(config.decision.revocation.admin_secret.is_some());
+        let paths = |r: Result<Config, ConfigError>| -> Vec<String> {
+            r.expect_err("refused").0.into_iter().map(|e| e.path).collect()
+        };
+        assert_eq!(paths(with("", &secret)), ["revocation.admin_secret_file"]);
+        assert_eq!(
+            paths(with("  admin: 127.0.0.1:9192\n", &empty)),
+            ["revocation.admin_secret_file"]
+        );
+        let err = with("  admin: 127.0.0.1:9192\n", &empty).expect_err("empty");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// The listener rules of issue 12: no default TCP listener, plain text only on loopback unless
     /// the file says `insecure_plaintext`, a socket mode that never lets "others" in.
     #[test]
