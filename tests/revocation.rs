@@ -24,10 +24,14 @@ struct Revocable {
 
 impl Revocable {
     async fn start(api: Api, name: &str) -> Self {
+        Self::start_with(api, name, PeerOptions::default()).await
+    }
+
+    async fn start_with(api: Api, name: &str, options: PeerOptions) -> Self {
         let scratch = Scratch::new(BATON_BIN, name);
         leaks::secret(ADMIN_SECRET);
         let secret_file = scratch.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
-        let service = TokenService::start(Peer::BatonSts, &scratch).await;
+        let service = TokenService::start_with(Peer::BatonSts, &scratch, options).await;
         let extra = format!(
             "revocation:\n  remember: 1h\n  max_entries: 100\n  admin_secret_file: {}\n",
             secret_file.display()
@@ -276,6 +280,76 @@ async fn operator_revocation_through_envoy_ext_authz() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_revocation_through_envoy_ext_proc() {
     revocation_suite(Api::ExtProc).await;
+}
+
+/// An exchange in flight when the revocation comes cannot put the old authority back: neither a
+/// refresh ahead started by a hit, nor a first exchange (a miss). The token service answers after
+/// 700 ms (Baton's timeout is 1 s), and the revocation is sent while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_finishing_after_the_purge_puts_nothing_back() {
+    let options = PeerOptions {
+        delay: Some("700ms"),
+        // Kept 10 s (40 s minus the 30 s margin): a hit after 5 s refreshes ahead.
+        lifetime: Some("40s"),
+        ..Default::default()
+    };
+    let stack = Revocable::start_with(Api::ExtAuthz, "revocation-in-flight", options).await;
+    let svc = &stack.service;
+    let authorized = format!("Bearer {ADMIN_SECRET}");
+    let entries = |metrics: String| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("baton_cache_entries ").map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let exchanges_reach = |n: u64| async move {
+        wait_until(
+            "the exchange to reach the token service",
+            Duration::from_secs(5),
+            || async { svc.exchanges().await >= n },
+        )
+        .await;
+    };
+
+    // A refresh ahead in flight.
+    let alice = svc.mint("alice", "orders.read").await;
+    assert_eq!(stack.get(&alice).await.status, 200);
+    assert_eq!(svc.exchanges().await, 1);
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    assert_eq!(stack.get(&alice).await.status, 200, "the hit that starts the refresh");
+    exchanges_reach(2).await;
+    let (status, answer) = stack.post(Some(&authorized), r#"{"sub":"alice"}"#.into()).await;
+    assert_eq!((status, answer["purged"].as_u64()), (200, Some(1)), "{answer}");
+    // The refresh answers after the purge; it must not be kept.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        entries(stack.baton.metrics().await),
+        "0",
+        "the refreshed token was put back"
+    );
+    assert_eq!(stack.get(&alice).await.reason(), "subject_revoked");
+
+    // A first exchange (a miss) in flight.
+    let bob = svc.mint("bob", "orders.read").await;
+    let pending = stack.get(&bob);
+    let revoke = async {
+        exchanges_reach(3).await;
+        stack.post(Some(&authorized), r#"{"sub":"bob"}"#.into()).await
+    };
+    let (reply, (status, answer)) = tokio::join!(pending, revoke);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (reply.status, reply.reason()),
+        (401, "subject_revoked"),
+        "an exchange that finished after the revocation was served: {:?}",
+        reply.body
+    );
+    assert_eq!(
+        entries(stack.baton.metrics().await),
+        "0",
+        "the exchanged token was kept"
+    );
+    assert_eq!(svc.exchanges().await, 3);
 }
 
 /// Without `revocation.admin_secret_file` the endpoint is not there at all.
