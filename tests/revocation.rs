@@ -24,18 +24,26 @@ struct Revocable {
 
 impl Revocable {
     async fn start(api: Api, name: &str) -> Self {
-        Self::start_with(api, name, PeerOptions::default()).await
+        Self::start_with(api, name, PeerOptions::default(), false).await
     }
 
-    async fn start_with(api: Api, name: &str, options: PeerOptions) -> Self {
+    /// With `verified`, Baton verifies subject tokens (`trusted_issuers`: the token service, for
+    /// audience `frontend`), so it also holds verified subjects to purge.
+    async fn start_with(api: Api, name: &str, options: PeerOptions, verified: bool) -> Self {
         let scratch = Scratch::new(BATON_BIN, name);
         leaks::secret(ADMIN_SECRET);
         let secret_file = scratch.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
         let service = TokenService::start_with(Peer::BatonSts, &scratch, options).await;
-        let extra = format!(
+        let mut extra = format!(
             "revocation:\n  remember: 1h\n  max_entries: 100\n  admin_secret_file: {}\n",
             secret_file.display()
         );
+        if verified {
+            extra.push_str(&format!(
+                "trusted_issuers:\n  - issuer: {}\n    audiences: [frontend]\n",
+                service.issuer
+            ));
+        }
         let baton = Baton::start(&scratch, &service.token_endpoint, &extra).await;
         let upstream = Upstream::start().await;
         let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
@@ -293,7 +301,7 @@ async fn an_exchange_finishing_after_the_purge_puts_nothing_back() {
         lifetime: Some("40s"),
         ..Default::default()
     };
-    let stack = Revocable::start_with(Api::ExtAuthz, "revocation-in-flight", options).await;
+    let stack = Revocable::start_with(Api::ExtAuthz, "revocation-in-flight", options, false).await;
     let svc = &stack.service;
     let authorized = format!("Bearer {ADMIN_SECRET}");
     let entries = |metrics: String| {
@@ -350,6 +358,52 @@ async fn an_exchange_finishing_after_the_purge_puts_nothing_back() {
         "the exchanged token was kept"
     );
     assert_eq!(svc.exchanges().await, 3);
+}
+
+/// When Baton verifies subject tokens, a revocation names the issuer too, and purges the verified
+/// subject with the delegated tokens; the same `sub` from another issuer is someone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_subject_is_revoked_by_issuer_and_sub() {
+    let stack = Revocable::start_with(Api::ExtAuthz, "revocation-verified", PeerOptions::default(), true).await;
+    let svc = &stack.service;
+    let alice = svc
+        .mint_with(&[("sub", "alice"), ("scope", "orders.read"), ("aud", "frontend")])
+        .await;
+    let bob = svc
+        .mint_with(&[("sub", "bob"), ("scope", "orders.read"), ("aud", "frontend")])
+        .await;
+    for user in [&alice, &bob] {
+        let reply = stack.get(user).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    }
+    assert_eq!(svc.exchanges().await, 2);
+
+    let (ok, answer, stderr) = stack
+        .revoke(&["--issuer", "https://another.example", "--sub", "alice"])
+        .await;
+    assert!(ok, "{stderr}");
+    assert_eq!(answer["purged"], 0, "alice of another issuer: {answer}");
+    assert_eq!(
+        stack.get(&alice).await.status,
+        200,
+        "alice of this issuer is not revoked"
+    );
+
+    let (ok, answer, stderr) = stack.revoke(&["--issuer", &svc.issuer, "--sub", "alice"]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        answer["purged"], 2,
+        "her delegated token and her verified subject: {answer}"
+    );
+    let reply = stack.get(&alice).await;
+    assert_eq!(
+        (reply.status, reply.reason()),
+        (401, "subject_revoked"),
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(stack.get(&bob).await.status, 200);
+    assert_eq!(svc.exchanges().await, 2, "nothing exchanged again");
 }
 
 /// Without `revocation.admin_secret_file` the endpoint is not there at all.
