@@ -404,6 +404,29 @@ async fn a_verified_subject_is_revoked_by_issuer_and_sub() {
     );
     assert_eq!(stack.get(&bob).await.status, 200);
     assert_eq!(svc.exchanges().await, 2, "nothing exchanged again");
+
+    // A reload (SIGHUP) keeps what was revoked.
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &stack.baton.pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success(), "kill -HUP");
+    wait_until("the reload", Duration::from_secs(10), || async {
+        stack
+            .baton
+            .metrics()
+            .await
+            .contains(r#"baton_config_reloads_total{outcome="ok"} 1"#)
+    })
+    .await;
+    let reply = stack.get(&alice).await;
+    assert_eq!(
+        (reply.status, reply.reason()),
+        (401, "subject_revoked"),
+        "after a reload: {:?}",
+        reply.body
+    );
+    assert!(stack.baton.metrics().await.contains("baton_revocations_remembered 2"));
 }
 
 /// Without `revocation.admin_secret_file` the endpoint is not there at all.

@@ -170,9 +170,11 @@ impl Authz {
         self
     }
 
-    /// Keep every revocation an earlier configuration remembers (a reload must not forget one).
+    /// Share an earlier configuration's revocations (a reload must not forget one, not even one
+    /// made while it runs), under this configuration's `remember` and `max_entries`.
     pub fn with_revocations_of(mut self, previous: &Authz) -> Self {
-        self.revocations = Arc::new(revocation::Store::carried_over(&previous.revocations, &self.revocation));
+        previous.revocations.configure(&self.revocation);
+        self.revocations = previous.revocations.clone();
         self
     }
 

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -257,8 +257,9 @@ pub struct Store {
     /// Entries held (`all` counts as one); 0 lets a decision skip the lock.
     held: AtomicUsize,
     inner: RwLock<Inner>,
-    remember: u64,
-    max_entries: usize,
+    /// Seconds; both set again by a reload (`configure`), which keeps the store itself.
+    remember: AtomicU64,
+    max_entries: AtomicUsize,
 }
 
 /// The issuers a `sub` is revoked for (`None`: every issuer), each with when.
@@ -296,23 +297,19 @@ impl Store {
         Self {
             held: AtomicUsize::new(0),
             inner: RwLock::new(Inner::default()),
-            remember: settings.remember.as_secs().max(1),
-            max_entries: settings.max_entries,
+            remember: AtomicU64::new(settings.remember.as_secs().max(1)),
+            max_entries: AtomicUsize::new(settings.max_entries),
         }
     }
 
-    /// A store with `settings` that remembers what `old` does (a reload must not forget a
-    /// revocation). Past a lowered bound every entry is still kept, and new revocations are
+    /// Take a reloaded configuration's `remember` and `max_entries`. The store itself is shared by
+    /// the old and the new configuration, so no revocation is lost across a reload, not even one
+    /// made while it happens. Past a lowered bound every entry is kept, and new revocations are
     /// refused until the store is below the bound again.
-    pub fn carried_over(old: &Store, settings: &Settings) -> Self {
-        let inner = old.read().clone();
-        let held = inner.len();
-        Self {
-            held: AtomicUsize::new(held),
-            inner: RwLock::new(inner),
-            remember: settings.remember.as_secs().max(1),
-            max_entries: settings.max_entries,
-        }
+    pub fn configure(&self, settings: &Settings) {
+        self.remember
+            .store(settings.remember.as_secs().max(1), Ordering::Release);
+        self.max_entries.store(settings.max_entries, Ordering::Release);
     }
 
     #[inline]
@@ -325,7 +322,11 @@ impl Store {
     }
 
     pub fn max_entries(&self) -> usize {
-        self.max_entries
+        self.max_entries.load(Ordering::Acquire)
+    }
+
+    fn remember(&self) -> u64 {
+        self.remember.load(Ordering::Acquire)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -337,8 +338,9 @@ impl Store {
     /// `remember`; an `All` replaces every entry it covers.
     pub fn revoke(&self, selector: &Selector, now: u64) -> Result<(), StoreError> {
         let mut inner = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        inner.forget_before(now.saturating_sub(self.remember));
-        let fits = |inner: &Inner, new: bool| !new || inner.len() < self.max_entries;
+        inner.forget_before(now.saturating_sub(self.remember()));
+        let max_entries = self.max_entries();
+        let fits = |inner: &Inner, new: bool| !new || inner.len() < max_entries;
 
         match selector {
             Selector::Subject { issuer, sub } => {
@@ -354,7 +356,7 @@ impl Store {
                     }
                     None if !fits(&inner, true) => {
                         self.held.store(inner.len(), Ordering::Release);
-                        return Err(StoreError::Full(self.max_entries));
+                        return Err(StoreError::Full(max_entries));
                     }
                     None => {
                         let issuer = issuer.as_deref().map(Box::from);
@@ -371,7 +373,7 @@ impl Store {
                 let key = Box::from(sid.as_str());
                 if !fits(&inner, !inner.sessions.contains_key(&key)) {
                     self.held.store(inner.len(), Ordering::Release);
-                    return Err(StoreError::Full(self.max_entries));
+                    return Err(StoreError::Full(max_entries));
                 }
                 inner.sessions.insert(key, now);
             }
@@ -390,7 +392,7 @@ impl Store {
     /// Forget what is older than `remember` (also done by every `revoke`); the entries held.
     pub fn expire(&self, now: u64) -> usize {
         let mut inner = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        inner.forget_before(now.saturating_sub(self.remember));
+        inner.forget_before(now.saturating_sub(self.remember()));
         let held = inner.len();
         self.held.store(held, Ordering::Release);
         held
@@ -404,7 +406,7 @@ impl Store {
             return false;
         }
         let inner = self.read();
-        let since = now.saturating_sub(self.remember);
+        let since = now.saturating_sub(self.remember());
         let mut latest = inner.all;
         if let Some(issuers) = holder.sub.and_then(|sub| inner.subjects.get(sub)) {
             for (issuer, at) in issuers {
@@ -555,9 +557,17 @@ mod tests {
     fn a_reload_keeps_what_was_revoked() {
         let s = store(10);
         s.revoke(&subject(None, "alice"), NOW).expect("fits");
-        let reloaded = Store::carried_over(&s, &Settings::default());
-        assert!(reloaded.is_revoked(&alice(None), NOW + 1));
-        assert_eq!(reloaded.max_entries(), DEFAULT_MAX_ENTRIES);
+        s.revoke(&subject(None, "bob"), NOW).expect("fits");
+        s.configure(&Settings {
+            max_entries: 1,
+            ..Settings::default()
+        });
+        assert!(
+            s.is_revoked(&alice(None), NOW + 3601),
+            "remembered for the new `remember`"
+        );
+        assert_eq!((s.len(), s.max_entries()), (2, 1), "a lowered bound forgets nothing");
+        assert_eq!(s.revoke(&subject(None, "carol"), NOW), Err(StoreError::Full(1)));
     }
 
     #[test]
