@@ -307,8 +307,12 @@ impl Authz {
     ) -> Result<(Arc<Delegated>, CacheStatus), Denial> {
         let digest = cache::digest(subject_token);
         let subject = self.verify(subject_token, &digest).await?;
-        // Before any cached token is looked at: nothing cached may serve a revoked subject.
-        self.not_revoked(subject.as_deref(), subject_token)?;
+        // Verified claims are at hand: checked before any cached token is looked at. An unverified
+        // subject token is checked on a hit against what the entry keeps of its subject (its
+        // payload is not decoded on a hit), and before any exchange.
+        if let Some(verified) = subject.as_deref() {
+            self.holder_not_revoked(&Holder::of_claims(&verified.claims))?;
+        }
         let claims = subject.as_deref().map(|s| &s.claims);
         let scope = self.authorize(route, claims, caller, None)?;
         let key = cache::key(&route.key_params, scope.as_deref().unwrap_or(""), &digest);
@@ -323,11 +327,23 @@ impl Authz {
             .map_err(|e| (*e).clone())?;
         // A revocation while this exchange ran: its purge may have come before the token was put
         // in the cache, so it is taken out here (a hit was checked above, under the same store).
-        if status != CacheStatus::Hit
-            && let Err(revoked) = self.not_revoked(subject.as_deref(), subject_token)
-        {
-            self.cache.forget(&key, &token);
-            return Err(revoked);
+        if !self.revocations.is_empty() {
+            let checked = match (status, subject.is_some()) {
+                (CacheStatus::Hit, true) => Ok(()),
+                // Every entry older than a revocation of its holder was purged; one exchanged since
+                // passed the check. So an entry is refused when its holder was revoked at or after
+                // the time it was exchanged: it escaped the purge.
+                (CacheStatus::Hit, false) => {
+                    let mut holder = token.holder();
+                    holder.iat = i64::try_from(token.issued_at()).ok();
+                    self.holder_not_revoked(&holder)
+                }
+                _ => self.not_revoked(subject.as_deref(), subject_token),
+            };
+            if let Err(revoked) = checked {
+                self.cache.forget(&key, &token);
+                return Err(revoked);
+            }
         }
         if status == CacheStatus::Hit && token.claim_refresh(crate::clock::unix_now()) {
             self.refresh(route.clone(), subject_token, subject, scope, key);
@@ -417,24 +433,17 @@ impl Authz {
         if self.revocations.is_empty() {
             return Ok(());
         }
-        let now = crate::clock::unix_now();
-        let revoked = match subject {
-            Some(s) => self.revocations.is_revoked(&Holder::of_claims(&s.claims), now),
+        match subject {
+            Some(s) => self.holder_not_revoked(&Holder::of_claims(&s.claims)),
             None => {
                 let payload = jwt::Unverified::parse(subject_token).ok().flatten().unwrap_or_default();
-                fn text(v: &Option<serde_json::Value>) -> Option<&str> {
-                    v.as_ref().and_then(serde_json::Value::as_str)
-                }
-                let holder = Holder {
-                    iss: text(&payload.iss),
-                    sub: text(&payload.sub),
-                    sid: text(&payload.sid),
-                    iat: payload.iat(),
-                };
-                self.revocations.is_revoked(&holder, now)
+                self.holder_not_revoked(&unverified_holder(&payload))
             }
-        };
-        if revoked {
+        }
+    }
+
+    fn holder_not_revoked(&self, holder: &Holder<'_>) -> Result<(), Denial> {
+        if self.revocations.is_revoked(holder, crate::clock::unix_now()) {
             return Err(Denial::new(
                 Reason::SubjectRevoked,
                 "the subject's authority was revoked after this token was issued",
@@ -500,6 +509,9 @@ impl Authz {
                     .unwrap_or_default(),
             ),
         };
+        if let Some(payload) = &unverified_subject {
+            self.holder_not_revoked(&unverified_holder(payload))?;
+        }
         let subject_exp = subject.map(|s| s.exp).or_else(|| unverified_subject.as_ref()?.exp());
         if subject_exp.is_some_and(|exp| exp <= now as i64) {
             return Err(Denial::new(
@@ -727,6 +739,19 @@ impl Authz {
                 "no configured destination matches this host",
             )),
         }
+    }
+}
+
+/// The holder of an unverified subject token, from its payload.
+fn unverified_holder(payload: &jwt::Unverified) -> Holder<'_> {
+    fn text(v: &Option<serde_json::Value>) -> Option<&str> {
+        v.as_ref().and_then(serde_json::Value::as_str)
+    }
+    Holder {
+        iss: text(&payload.iss),
+        sub: text(&payload.sub),
+        sid: text(&payload.sid),
+        iat: payload.iat(),
     }
 }
 

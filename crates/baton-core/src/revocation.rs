@@ -131,7 +131,8 @@ impl Selector {
     fn names(&self, holder: &Holder<'_>) -> bool {
         match self {
             Self::Subject { issuer, sub } => {
-                holder.sub == Some(sub.as_str()) && issuer.as_deref().is_none_or(|i| holder.iss == Some(i))
+                holder.sub == Some(sub.as_str())
+                    && (issuer.is_none() || holder.iss.is_none() || issuer.as_deref() == holder.iss)
             }
             Self::Session { sid } => holder.sid == Some(sid.as_str()),
             Self::All => true,
@@ -141,8 +142,9 @@ impl Selector {
 
 /// The longest request body `POST /revoke` reads.
 pub const MAX_REQUEST_BYTES: usize = 4096;
-/// The longest issuer, subject or session id a revocation may name.
-const MAX_VALUE_LEN: usize = 1024;
+/// The longest issuer, subject or session id a revocation may name: what a cached entry keeps of
+/// its subject (longer claims are not kept), so every one a revocation can name can be purged.
+const MAX_VALUE_LEN: usize = crate::jwt::MAX_CLAIM_LEN;
 
 /// Why a revocation request was refused; `code` is the stable wire name.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -269,11 +271,14 @@ type Issuers = Vec<(Option<Box<str>>, u64)>;
 struct Inner {
     /// sub -> (issuer, or `None` for every issuer; when): looked up by the borrowed `sub`, no
     /// allocation on a decision.
-    subjects: HashMap<Box<str>, Issuers>,
+    subjects: HashMap<Box<str>, Issuers, Hasher>,
     subject_entries: usize,
-    sessions: HashMap<Box<str>, u64>,
+    sessions: HashMap<Box<str>, u64, Hasher>,
     all: Option<u64>,
 }
+
+/// The caches' hasher: a lookup on a decision costs less than with SipHash.
+type Hasher = quick_cache::DefaultHashBuilder;
 
 impl Inner {
     fn len(&self) -> usize {
@@ -410,7 +415,8 @@ impl Store {
         let mut latest = inner.all;
         if let Some(issuers) = holder.sub.and_then(|sub| inner.subjects.get(sub)) {
             for (issuer, at) in issuers {
-                if issuer.is_none() || issuer.as_deref() == holder.iss {
+                // A holder whose issuer is unknown is matched by every issuer's revocation.
+                if issuer.is_none() || holder.iss.is_none() || issuer.as_deref() == holder.iss {
                     latest = latest.max(Some(*at));
                 }
             }
