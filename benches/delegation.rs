@@ -335,6 +335,19 @@ mod profile {
             decide(&authz, &request).await.expect("warm the cache");
             (service, authz, request)
         });
+        // `BATON_PROFILE_REVOKED=N`: N other subjects revoked first, so the hits pay the lookup of a
+        // non-empty revocation store (at most `revocation.max_entries`, 10000 by default).
+        let revoked: usize = std::env::var("BATON_PROFILE_REVOKED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        for i in 0..revoked {
+            let selector = baton_core::revocation::Selector::Subject {
+                issuer: None,
+                sub: format!("revoked-{i}"),
+            };
+            authz.revoke("operator", &selector).expect("the store has room");
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -43,6 +43,8 @@ enum Command {
     Policy(cmd::policy::Args),
     /// Explain what Baton would decide for one request, and why; sends nothing.
     Explain(cmd::explain::Args),
+    /// Revoke a subject, a session or everything at a running Baton (`POST /revoke` on its admin listener).
+    Revoke(cmd::revoke::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
             Command::Sts(args) => args.run().await,
             Command::Policy(args) => args.run(),
             Command::Explain(args) => args.run(),
+            Command::Revoke(args) => args.run().await,
         }
     })
 }

@@ -10,6 +10,7 @@ pub(crate) mod envoy_config;
 pub(crate) mod explain;
 pub(crate) mod inject;
 pub(crate) mod policy;
+pub(crate) mod revoke;
 pub(crate) mod run;
 pub(crate) mod sts;
 

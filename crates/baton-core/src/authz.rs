@@ -18,6 +18,7 @@ use crate::destination::DestinationActor;
 use crate::exchange::{ExchangeError, Target, TokenServices};
 use crate::issued;
 use crate::jwt;
+use crate::revocation::{self, Holder, Selector};
 use crate::secret::fingerprint;
 use crate::telemetry::Telemetry;
 use crate::verify::{Subject, Verified, Verifier};
@@ -89,6 +90,9 @@ pub struct Authz {
     workload_identity: Option<String>,
     /// `None`: no `broker:` section, the broker API is off.
     pub broker: Option<Broker>,
+    /// What is revoked, shared across reloads; `revocation`'s settings (the admin secret).
+    revocations: Arc<revocation::Store>,
+    revocation: revocation::Settings,
     telemetry: Telemetry,
     /// Itself, once shared, so a hit can start a background refresh that outlives the request.
     me: std::sync::Weak<Authz>,
@@ -129,6 +133,8 @@ impl Authz {
             actor: config.actor,
             workload_identity: config.workload_identity,
             broker: config.broker,
+            revocations: Arc::new(revocation::Store::new(&config.revocation)),
+            revocation: config.revocation,
             telemetry: Telemetry::off(),
             me: std::sync::Weak::new(),
         }
@@ -162,6 +168,50 @@ impl Authz {
     pub fn with_cache(mut self, cache: Arc<TokenCache>) -> Self {
         self.cache = cache;
         self
+    }
+
+    /// Share an earlier configuration's revocations (a reload must not forget one, not even one
+    /// made while it runs), under this configuration's `remember` and `max_entries`.
+    pub fn with_revocations_of(mut self, previous: &Authz) -> Self {
+        previous.revocations.configure(&self.revocation);
+        self.revocations = previous.revocations.clone();
+        self
+    }
+
+    pub fn revocations(&self) -> &revocation::Store {
+        &self.revocations
+    }
+
+    /// `revocation:`: whether, and to whom, `POST /revoke` answers.
+    pub fn revocation_settings(&self) -> &revocation::Settings {
+        &self.revocation
+    }
+
+    /// End the authority of whoever `selector` names, from `event` (`operator`, ...): remembered
+    /// first, so a decision from now on refuses them, then every cached token, verified subject and
+    /// introspection answer of theirs purged (an exchange finishing later is checked again before
+    /// it is served or kept). The entries purged; refused, with nothing changed, when the store is full.
+    pub fn revoke(&self, event: &'static str, selector: &Selector) -> Result<usize, revocation::StoreError> {
+        let span = tracing::info_span!(
+            "revocation",
+            event,
+            kind = selector.kind(),
+            purged = tracing::field::Empty
+        );
+        let _entered = span.enter();
+        if let Err(full) = self.revocations.revoke(selector, crate::clock::unix_now()) {
+            tracing::warn!(event, kind = selector.kind(), error = %full, "revocation refused");
+            self.telemetry.revocation(event, selector, "full", 0, &self.revocations);
+            return Err(full);
+        }
+        let everything = *selector == Selector::All;
+        let named = |holder: &Holder<'_>| revocation::names(selector, holder);
+        let purged = self.cache.purge(named, everything) + self.verifier.as_ref().map_or(0, |v| v.purge(named));
+        span.record("purged", purged);
+        tracing::info!(event, kind = selector.kind(), purged, "revoked");
+        self.telemetry
+            .revocation(event, selector, "ok", purged, &self.revocations);
+        Ok(purged)
     }
 
     pub fn shared_cache(&self) -> Arc<TokenCache> {
@@ -257,6 +307,12 @@ impl Authz {
     ) -> Result<(Arc<Delegated>, CacheStatus), Denial> {
         let digest = cache::digest(subject_token);
         let subject = self.verify(subject_token, &digest).await?;
+        // Verified claims are at hand: checked before any cached token is looked at. An unverified
+        // subject token is checked on a hit against what the entry keeps of its subject (its
+        // payload is not decoded on a hit), and before any exchange.
+        if let Some(verified) = subject.as_deref() {
+            self.holder_not_revoked(&Holder::of_claims(&verified.claims))?;
+        }
         let claims = subject.as_deref().map(|s| &s.claims);
         let scope = self.authorize(route, claims, caller, None)?;
         let key = cache::key(&route.key_params, scope.as_deref().unwrap_or(""), &digest);
@@ -269,6 +325,26 @@ impl Authz {
             )
             .await
             .map_err(|e| (*e).clone())?;
+        // A revocation while this exchange ran: its purge may have come before the token was put
+        // in the cache, so it is taken out here (a hit was checked above, under the same store).
+        if !self.revocations.is_empty() {
+            let checked = match (status, subject.is_some()) {
+                (CacheStatus::Hit, true) => Ok(()),
+                // Every entry older than a revocation of its holder was purged; one exchanged since
+                // passed the check. So an entry is refused when its holder was revoked at or after
+                // the time it was exchanged: it escaped the purge.
+                (CacheStatus::Hit, false) => {
+                    let mut holder = token.holder();
+                    holder.iat = i64::try_from(token.issued_at()).ok();
+                    self.holder_not_revoked(&holder)
+                }
+                _ => self.not_revoked(subject.as_deref(), subject_token),
+            };
+            if let Err(revoked) = checked {
+                self.cache.forget(&key, &token);
+                return Err(revoked);
+            }
+        }
         if status == CacheStatus::Hit && token.claim_refresh(crate::clock::unix_now()) {
             self.refresh(route.clone(), subject_token, subject, scope, key);
         }
@@ -350,6 +426,32 @@ impl Authz {
         }
     }
 
+    /// Refused with `subject_revoked` when the subject token's holder (its verified claims, or its
+    /// payload read unverified) was revoked after it was issued. One atomic load while nothing is
+    /// revoked. A token with no claims to read (opaque, forwarded) matches only `all`.
+    fn not_revoked(&self, subject: Option<&Subject>, subject_token: &str) -> Result<(), Denial> {
+        if self.revocations.is_empty() {
+            return Ok(());
+        }
+        match subject {
+            Some(s) => self.holder_not_revoked(&Holder::of_claims(&s.claims)),
+            None => {
+                let payload = jwt::Unverified::parse(subject_token).ok().flatten().unwrap_or_default();
+                self.holder_not_revoked(&unverified_holder(&payload))
+            }
+        }
+    }
+
+    fn holder_not_revoked(&self, holder: &Holder<'_>) -> Result<(), Denial> {
+        if self.revocations.is_revoked(holder, crate::clock::unix_now()) {
+            return Err(Denial::new(
+                Reason::SubjectRevoked,
+                "the subject's authority was revoked after this token was issued",
+            ));
+        }
+        Ok(())
+    }
+
     /// Exchange again in the background and replace the cached token; a failure leaves the cached
     /// one serving until its expiry.
     fn refresh(
@@ -367,7 +469,13 @@ impl Authz {
                 .exchange(&route, &subject_token, subject.as_deref(), scope.as_deref(), key)
                 .await
             {
-                Ok(fresh) => me.cache.replace(key, fresh),
+                Ok(fresh) => {
+                    me.cache.replace(key, fresh.clone());
+                    // Revoked while the refresh ran: the old authority does not come back.
+                    if me.not_revoked(subject.as_deref(), &subject_token).is_err() {
+                        me.cache.forget(&key, &fresh);
+                    }
+                }
                 Err(denial) => {
                     tracing::debug!(destination = %route.name, reason = denial.reason.as_str(), "refresh ahead failed; the cached token serves until it expires")
                 }
@@ -401,6 +509,9 @@ impl Authz {
                     .unwrap_or_default(),
             ),
         };
+        if let Some(payload) = &unverified_subject {
+            self.holder_not_revoked(&unverified_holder(payload))?;
+        }
         let subject_exp = subject.map(|s| s.exp).or_else(|| unverified_subject.as_ref()?.exp());
         if subject_exp.is_some_and(|exp| exp <= now as i64) {
             return Err(Denial::new(
@@ -476,6 +587,12 @@ impl Authz {
             (Some(s), _) => (s.claims.get("iss"), s.claims.get("sub")),
             (None, u) => u.as_ref().map_or((None, None), |u| (u.iss.as_ref(), u.sub.as_ref())),
         };
+        let subject_sid = match (subject, &unverified_subject) {
+            (Some(s), _) => s.claims.get("sid"),
+            (None, u) => u.as_ref().and_then(|u| u.sid.as_ref()),
+        }
+        .and_then(serde_json::Value::as_str)
+        .filter(|sid| sid.len() <= jwt::MAX_CLAIM_LEN);
         let mut claims = jwt::DelegationClaims::issued(&issued_claims).with_subject(subject_iss, subject_sub);
         // Kept only when the policy narrowed it: audit and traces fall back to the destination's own.
         if target.scope != route.target.scope {
@@ -497,6 +614,7 @@ impl Authz {
             now,
         )
         .with_claims(claims)
+        .with_subject_sid(subject_sid)
         .with_actors(actors)
         .refresh_ahead(self.refresh_ahead);
         tracing::debug!(
@@ -621,6 +739,19 @@ impl Authz {
                 "no configured destination matches this host",
             )),
         }
+    }
+}
+
+/// The holder of an unverified subject token, from its payload.
+fn unverified_holder(payload: &jwt::Unverified) -> Holder<'_> {
+    fn text(v: &Option<serde_json::Value>) -> Option<&str> {
+        v.as_ref().and_then(serde_json::Value::as_str)
+    }
+    Holder {
+        iss: text(&payload.iss),
+        sub: text(&payload.sub),
+        sid: text(&payload.sid),
+        iat: payload.iat(),
     }
 }
 

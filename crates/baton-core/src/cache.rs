@@ -74,7 +74,7 @@ struct About {
     /// Where each field ends in `text` (it starts where the one before ends).
     ends: [u32; FIELDS],
     /// Bit `f` set: field `f` is present (possibly empty).
-    present: u8,
+    present: u16,
     /// The token types when well-known: an index into `KNOWN_TOKEN_TYPES` plus one; 0: in `text`
     /// (or absent).
     token_type: u8,
@@ -98,8 +98,10 @@ enum Field {
     /// The issued token's `scope` claim (kept only when the token service named no scope).
     ClaimScope,
     RequestedScope,
+    /// The subject token's `sid`, for revoking a session (`revocation`).
+    SubjectSid,
 }
-const FIELDS: usize = 8;
+const FIELDS: usize = 9;
 
 const KNOWN_TOKEN_TYPES: [&str; 4] = [
     "Bearer",
@@ -145,7 +147,7 @@ impl About {
             };
         }
         let mut text = String::with_capacity(fields.iter().flatten().map(|s| s.len()).sum());
-        let (mut ends, mut present) = ([0u32; FIELDS], 0u8);
+        let (mut ends, mut present) = ([0u32; FIELDS], 0u16);
         for (f, field) in fields.iter().enumerate() {
             if let Some(value) = field {
                 text.push_str(value);
@@ -293,6 +295,30 @@ impl Delegated {
         about.exp = claims.exp;
         self.drop_empty_about();
         self
+    }
+
+    /// The subject token's session (`sid`), so a revoked session's entries can be found.
+    pub fn with_subject_sid(mut self, sid: Option<&str>) -> Self {
+        if sid.is_none() {
+            return self;
+        }
+        let mut changes: [Option<Option<&str>>; FIELDS] = Default::default();
+        changes[Field::SubjectSid as usize] = Some(sid);
+        self.about_mut().set(changes);
+        self
+    }
+
+    /// Whose entry it is, as a revocation matches it.
+    pub fn holder(&self) -> crate::revocation::Holder<'_> {
+        let Some(a) = self.about.as_deref() else {
+            return crate::revocation::Holder::default();
+        };
+        crate::revocation::Holder {
+            iss: a.get(Field::SubjectIss),
+            sub: a.get(Field::SubjectSub),
+            sid: a.get(Field::SubjectSid),
+            iat: None,
+        }
     }
 
     pub fn with_actors(mut self, actors: Vec<String>) -> Self {
@@ -480,6 +506,12 @@ impl TokenCache {
         self.inner.insert(key, Ok(fresh));
     }
 
+    /// Take out `token` if it is still the one held for `key`.
+    pub fn forget(&self, key: &Key, token: &Arc<Delegated>) {
+        self.inner
+            .remove_if(key, |slot| slot.as_ref().is_ok_and(|t| Arc::ptr_eq(t, token)));
+    }
+
     /// A refusal remembered for `key`, if any.
     pub fn refused(&self, key: &Key) -> Option<Denial> {
         self.refusals.as_ref()?.get(key, SystemTime::now())
@@ -548,6 +580,24 @@ impl TokenCache {
     pub fn entry_count(&self) -> u64 {
         self.inner.len() as u64
     }
+
+    /// Remove every token whose holder `revoked` names (a scan: revocation time, never a hit), and
+    /// with `everything`, the remembered refusals too (they are keyed by digest, so a subject's
+    /// own cannot be told apart; they only ever refuse, for `negative_ttl`). The tokens removed.
+    pub fn purge(&self, revoked: impl Fn(&crate::revocation::Holder<'_>) -> bool, everything: bool) -> usize {
+        let purged = std::sync::atomic::AtomicUsize::new(0);
+        self.inner.retain(|_, slot| match slot {
+            Ok(token) if revoked(&token.holder()) => {
+                purged.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            _ => true,
+        });
+        if everything && let Some(refusals) = &self.refusals {
+            refusals.purge(|_| true);
+        }
+        purged.into_inner()
+    }
 }
 
 /// A bounded map from a digest to what was learned about it (a verified subject, a refusal), each
@@ -589,6 +639,19 @@ impl<V: Clone> Expiring<V> {
 
     pub fn entry_count(&self) -> usize {
         self.inner.len()
+    }
+
+    /// Remove every entry `matches` (a scan); how many.
+    pub fn purge(&self, matches: impl Fn(&V) -> bool) -> usize {
+        let purged = std::sync::atomic::AtomicUsize::new(0);
+        self.inner.retain(|_, (_, value)| {
+            let hit = matches(value);
+            if hit {
+                purged.fetch_add(1, Ordering::Relaxed);
+            }
+            !hit
+        });
+        purged.into_inner()
     }
 }
 

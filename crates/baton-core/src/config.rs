@@ -37,6 +37,7 @@ pub struct RawConfig {
     pub broker: Option<crate::callers::Raw>,
     pub telemetry: crate::telemetry::settings::RawTelemetry,
     pub audit: crate::telemetry::settings::RawAudit,
+    pub revocation: crate::revocation::Raw,
 }
 
 /// `workload:`: who this Baton acts for, in sidecar mode.
@@ -92,6 +93,7 @@ pub struct Config {
     pub broker: Option<crate::callers::Settings>,
     pub telemetry: crate::telemetry::settings::Telemetry,
     pub audit: crate::telemetry::settings::Audit,
+    pub revocation: crate::revocation::Settings,
 }
 
 // === Parsing and validation ===
@@ -145,6 +147,7 @@ impl RawConfig {
         let destinations = crate::destination::validate(self.destinations, verified, errors);
         check_token_services(&destinations, &token_services, actor.is_some(), errors);
         let (telemetry, audit) = (self.telemetry.validate(errors), self.audit.validate(errors));
+        let revocation = self.revocation.validate(errors);
         Some(Config {
             token_services: token_services.valid()?,
             cache,
@@ -160,6 +163,7 @@ impl RawConfig {
             broker,
             telemetry,
             audit,
+            revocation,
         })
     }
 }

@@ -91,6 +91,8 @@ pub struct Unverified {
     pub scp: Option<Value>,
     /// The delegation chain (RFC 8693 section 4.1), outermost actor first.
     pub act: Option<Value>,
+    /// The session (OpenID Connect `sid`), which a revocation may name.
+    pub sid: Option<Value>,
 }
 
 /// A member that is there, whatever its value, `null` included.
@@ -156,6 +158,11 @@ impl Unverified {
     /// `exp`, in whole seconds since the Unix epoch, a fraction cut (see `expiry`).
     pub fn exp(&self) -> Option<i64> {
         expiry(self.exp.as_ref()?).ok()
+    }
+
+    /// `iat`, in whole seconds since the Unix epoch (a fraction cut).
+    pub fn iat(&self) -> Option<i64> {
+        numeric_date(self.iat.as_ref()?, "iat").ok().map(|v| v.floor() as i64)
     }
 
     pub fn issuer(&self) -> Option<&str> {

@@ -27,6 +27,7 @@ pub mod issued;
 pub mod jwt;
 pub mod metrics;
 pub mod oauth;
+pub mod revocation;
 pub mod secret;
 pub mod telemetry;
 pub mod token_service;

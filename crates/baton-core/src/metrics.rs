@@ -75,6 +75,15 @@ pub struct CircuitTransitionLabels {
     pub to: &'static str,
 }
 
+/// One revocation signal: what it named, and what became of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevocationLabels {
+    /// `subject`, `session` or `all`.
+    pub kind: &'static str,
+    /// `ok`, or `full` (the store is at `revocation.max_entries`: not remembered, nothing purged).
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// `ok` or `error`.
@@ -136,6 +145,10 @@ pub struct Metrics {
     /// 1 for each token service's current circuit-breaker state, 0 for the others.
     pub circuit_state: Family<CircuitStateLabels, Gauge>,
     pub circuit_transitions: Family<CircuitTransitionLabels, Counter>,
+    pub revocations: Family<RevocationLabels, Counter>,
+    /// Revocations remembered, and their bound (`revocation.max_entries`).
+    pub revocations_remembered: Gauge,
+    pub revocations_max: Gauge,
     /// The series every delegated decision updates, looked up once each.
     hot: Arc<HotSeries>,
 }
@@ -183,6 +196,9 @@ impl Metrics {
             audit_dropped: Counter::default(),
             circuit_state: Family::default(),
             circuit_transitions: Family::default(),
+            revocations: Family::default(),
+            revocations_remembered: Gauge::default(),
+            revocations_max: Gauge::default(),
             hot: Arc::default(),
         };
         registry.register(
@@ -251,6 +267,21 @@ impl Metrics {
             "circuit_breaker_transitions",
             "Circuit-breaker state changes by token service and the state entered",
             metrics.circuit_transitions.clone(),
+        );
+        registry.register(
+            "revocations",
+            "Revocation signals by kind (subject, session, all) and outcome (ok, full)",
+            metrics.revocations.clone(),
+        );
+        registry.register(
+            "revocations_remembered",
+            "Revocations remembered, each until revocation.remember has passed",
+            metrics.revocations_remembered.clone(),
+        );
+        registry.register(
+            "revocations_max",
+            "The most revocations remembered at once (revocation.max_entries)",
+            metrics.revocations_max.clone(),
         );
         registry.register(
             "build",

@@ -361,6 +361,13 @@ pub enum Verified {
 }
 
 impl Verifier {
+    /// Forget every verified subject and introspection answer whose holder `revoked` names (a
+    /// scan, at revocation time); how many.
+    pub fn purge(&self, revoked: impl Fn(&crate::revocation::Holder<'_>) -> bool) -> usize {
+        let matches = |s: &Arc<Subject>| revoked(&crate::revocation::Holder::of_claims(&s.claims));
+        self.verified.purge(matches) + self.introspection.as_ref().map_or(0, |i| i.answers.purge(matches))
+    }
+
     /// `None` when no issuer is trusted (verification off: the token service judges).
     pub fn new(
         issuers: Vec<IssuerConfig>,

@@ -33,6 +33,8 @@ pub enum Reason {
     SubjectTokenCritUnsupported,
     /// Introspection (RFC 7662) says the token is not active.
     SubjectTokenInactive,
+    /// The subject (or its session) was revoked after this token was issued (`revocation`).
+    SubjectRevoked,
     /// No signing keys of the issuer could be fetched yet.
     IssuerKeysUnavailable,
     /// The broker API's caller did not authenticate.
@@ -113,7 +115,7 @@ pub enum Class {
 
 impl Reason {
     /// Every reason, for reading a wire name back (`from_name`): a test holds it to `as_str`.
-    pub const ALL: [Reason; 55] = [
+    pub const ALL: [Reason; 56] = [
         Self::MissingToken,
         Self::MultipleAuthorizationHeaders,
         Self::UnsupportedAuthorizationScheme,
@@ -133,6 +135,7 @@ impl Reason {
         Self::SubjectTokenOpaque,
         Self::SubjectTokenCritUnsupported,
         Self::SubjectTokenInactive,
+        Self::SubjectRevoked,
         Self::IssuerKeysUnavailable,
         Self::CallerUnauthenticated,
         Self::CallerNotWorkload,
@@ -197,6 +200,7 @@ impl Reason {
             Self::SubjectTokenOpaque => "subject_token_opaque",
             Self::SubjectTokenCritUnsupported => "subject_token_crit_unsupported",
             Self::SubjectTokenInactive => "subject_token_inactive",
+            Self::SubjectRevoked => "subject_revoked",
             Self::IssuerKeysUnavailable => "issuer_keys_unavailable",
             Self::CallerUnauthenticated => "caller_unauthenticated",
             Self::CallerNotWorkload => "caller_not_workload",
@@ -266,6 +270,7 @@ impl Reason {
             | Self::SubjectTokenOpaque
             | Self::SubjectTokenCritUnsupported
             | Self::SubjectTokenInactive
+            | Self::SubjectRevoked
             | Self::IssuerKeysUnavailable
             | Self::CallerUnauthenticated
             | Self::CallerNotWorkload => Class::Unauthenticated,

@@ -64,6 +64,10 @@ pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Au
     if let Some(cache) = cache {
         authz = authz.with_cache(cache);
     }
+    if let Some(previous) = previous {
+        authz = authz.with_revocations_of(previous);
+    }
+    authz.telemetry().revocations_held(authz.revocations());
     Ok(authz.into_shared())
 }
 

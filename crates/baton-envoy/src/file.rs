@@ -40,6 +40,7 @@ pub struct RawConfig {
     pub broker: Option<baton_core::callers::Raw>,
     pub telemetry: baton_core::telemetry::settings::RawTelemetry,
     pub audit: baton_core::telemetry::settings::RawAudit,
+    pub revocation: baton_core::revocation::Raw,
 }
 
 /// `reload:`: how the configuration file is watched (SIGHUP always reloads it).
@@ -95,6 +96,13 @@ impl RawConfig {
                 "`mtls` takes the caller from its TLS client certificate: configure listen.grpc_tls",
             );
         }
+        // Spans a serving section and a decision one: the operator's endpoint is on the admin listener.
+        if self.revocation.admin_secret_file.is_some() && listen.as_ref().is_some_and(|l| l.admin.is_none()) {
+            errors.add(
+                "revocation.admin_secret_file",
+                "`POST /revoke` is served on the admin listener: configure listen.admin",
+            );
+        }
         let decision = baton_core::config::RawConfig {
             token_service: self.token_service,
             token_services: self.token_services,
@@ -111,6 +119,7 @@ impl RawConfig {
             broker: self.broker,
             telemetry: self.telemetry,
             audit: self.audit,
+            revocation: self.revocation,
         }
         .validate(&mut errors);
         let reload_interval = duration(
@@ -263,6 +272,38 @@ destinations:
         let yaml = "listen:\n  grpc: 127.0.0.1:9191\n  admin: 127.0.0.1:9191\n";
         let err = Config::from_yaml(yaml).expect_err("same address");
         assert!(err.0.iter().any(|e| e.path == "listen.admin"), "{err}");
+    }
+
+    /// `POST /revoke` lives on the admin listener: its secret without one is an error, and a
+    /// secret file that is missing or empty is reported at its field.
+    #[test]
+    fn the_revocation_endpoint_needs_the_admin_listener_and_a_secret() {
+        const TS: &str = "token_service: {token_endpoint: http://x/token, client_id: c, auth: {method: none}}\n";
+        let dir = std::env::temp_dir().join(format!("baton-file-revocation-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cret-for-a-unit-test\n").expect("secret");
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").expect("empty");
+        let with = |listen: &str, file: &std::path::Path| {
+            Config::from_yaml(&format!(
+                "listen:\n  grpc: 127.0.0.1:9191\n{listen}{TS}revocation:\n  admin_secret_file: {}\n",
+                file.display()
+            ))
+        };
+        let config = with("  admin: 127.0.0.1:9192\n", &secret).expect("valid");
+        assert!(config.decision.revocation.admin_secret.is_some());
+        let paths = |r: Result<Config, ConfigError>| -> Vec<String> {
+            r.expect_err("refused").0.into_iter().map(|e| e.path).collect()
+        };
+        assert_eq!(paths(with("", &secret)), ["revocation.admin_secret_file"]);
+        assert_eq!(
+            paths(with("  admin: 127.0.0.1:9192\n", &empty)),
+            ["revocation.admin_secret_file"]
+        );
+        let err = with("  admin: 127.0.0.1:9192\n", &empty).expect_err("empty");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The listener rules of issue 12: no default TCP listener, plain text only on loopback unless

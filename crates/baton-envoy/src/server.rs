@@ -121,9 +121,14 @@ pub async fn check(authz: &Authz, metadata: &tonic::metadata::MetadataMap, reque
 // === admin ===
 
 fn admin_router(authz: Current, stopping: Arc<AtomicBool>) -> axum::Router {
-    use axum::routing::get;
+    use axum::routing::{get, post};
     let metrics = authz.clone();
+    let revoking = authz.clone();
     axum::Router::new()
+        .route(
+            "/revoke",
+            post(move |headers, body| revoke(revoking.load_full(), headers, body)),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
@@ -146,6 +151,8 @@ fn admin_router(authz: Current, stopping: Arc<AtomicBool>) -> axum::Router {
                     let telemetry = authz.telemetry();
                     let entries = i64::try_from(authz.cache().entry_count()).unwrap_or(i64::MAX);
                     telemetry.metrics().cache_entries.set(entries);
+                    authz.revocations().expire(baton_core::clock::unix_now());
+                    telemetry.revocations_held(authz.revocations());
                     (
                         [(axum::http::header::CONTENT_TYPE, baton_core::metrics::CONTENT_TYPE)],
                         telemetry.encode_metrics(),
@@ -153,4 +160,70 @@ fn admin_router(authz: Current, stopping: Arc<AtomicBool>) -> axum::Router {
                 }
             }),
         )
+}
+
+/// `POST /revoke`: the operator's revocation signal. Off (404) without
+/// `revocation.admin_secret_file`; 401 without its bearer secret; 400 with a stable `error` code for
+/// a body that is not exactly one selector; 503 `revocation_store_full`. Nothing changes unless it
+/// answers 200 with the entries purged.
+async fn revoke(
+    authz: Arc<baton_core::authz::Authz>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    use baton_core::revocation::{MAX_REQUEST_BYTES, Selector};
+    let answer = |status: StatusCode, body: serde_json::Value| (status, axum::Json(body)).into_response();
+    let refuse = |status: StatusCode, code: &str, message: &str| {
+        answer(status, serde_json::json!({ "error": code, "message": message }))
+    };
+    let settings = authz.revocation_settings();
+    if settings.admin_secret.is_none() {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "revocation.admin_secret_file is not configured",
+        );
+    }
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !settings.admits(presented) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "POST /revoke needs `Authorization: Bearer` with the admin secret",
+        );
+    }
+    // One byte past the bound is enough to know it is too long.
+    let bytes = match axum::body::to_bytes(body, MAX_REQUEST_BYTES + 1).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "body_too_large",
+                &format!("the body is longer than {MAX_REQUEST_BYTES} bytes"),
+            );
+        }
+    };
+    let selector = match Selector::from_json(&bytes) {
+        Ok(selector) => selector,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.code, &e.message),
+    };
+    match authz.revoke("operator", &selector) {
+        Ok(purged) => answer(
+            StatusCode::OK,
+            serde_json::json!({
+                "revoked": selector.kind(),
+                "purged": purged,
+                "remembered": authz.revocations().len(),
+                "max_entries": authz.revocations().max_entries(),
+            }),
+        ),
+        Err(full) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "revocation_store_full",
+            &full.to_string(),
+        ),
+    }
 }

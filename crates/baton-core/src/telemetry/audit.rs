@@ -35,6 +35,80 @@ pub(crate) struct Entry {
     pub(crate) cache: Option<CacheStatus>,
 }
 
+/// What one revocation signal leaves in the audit log (`api: revocation`).
+#[derive(Debug)]
+pub(crate) struct Revoked {
+    pub(crate) time: SystemTime,
+    /// Where the signal came from: `operator` (later: back-channel logout, SSF, a destination).
+    pub(crate) event: &'static str,
+    pub(crate) selector: crate::revocation::Selector,
+    /// `ok`, or `full`.
+    pub(crate) outcome: &'static str,
+    pub(crate) purged: usize,
+}
+
+#[derive(Serialize)]
+struct RevokedLine<'a> {
+    time: String,
+    api: &'static str,
+    event: &'a str,
+    kind: &'a str,
+    outcome: &'a str,
+    subject: Option<Subject<'a>>,
+    /// A fingerprint of the session id, never the id.
+    session: Option<String>,
+    purged: usize,
+}
+
+impl Revoked {
+    fn line(&self, subject_mode: SubjectMode) -> String {
+        use crate::revocation::Selector;
+        let (subject, session) = match &self.selector {
+            Selector::Subject { issuer, sub } => (
+                Some(Subject {
+                    iss: issuer.as_deref(),
+                    sub: Some(match subject_mode {
+                        SubjectMode::Plain => sub.as_str().into(),
+                        SubjectMode::Hashed => fingerprint(sub).into(),
+                    }),
+                }),
+                None,
+            ),
+            Selector::Session { sid } => (None, Some(fingerprint(sid))),
+            Selector::All => (None, None),
+        };
+        let line = RevokedLine {
+            time: humantime::format_rfc3339_millis(self.time).to_string(),
+            api: "revocation",
+            event: self.event,
+            kind: self.selector.kind(),
+            outcome: self.outcome,
+            subject,
+            session,
+            purged: self.purged,
+        };
+        let mut text = serde_json::to_string(&line).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+}
+
+/// What the writer is sent.
+#[derive(Debug)]
+pub(crate) enum Record {
+    Decision(Entry),
+    Revocation(Revoked),
+}
+
+impl Record {
+    fn line(&self, subject_mode: SubjectMode) -> String {
+        match self {
+            Self::Decision(entry) => entry.line(subject_mode),
+            Self::Revocation(revoked) => revoked.line(subject_mode),
+        }
+    }
+}
+
 /// The line's shape. Field order is the documented one.
 #[derive(Serialize)]
 struct Line<'a> {
@@ -115,7 +189,7 @@ impl Entry {
 /// The queue to the writer thread.
 #[derive(Debug)]
 pub(crate) struct Audit {
-    tx: std::sync::Mutex<Option<SyncSender<Entry>>>,
+    tx: std::sync::Mutex<Option<SyncSender<Record>>>,
     done: std::sync::Mutex<Option<Receiver<()>>>,
     dropped: Counter,
 }
@@ -135,7 +209,7 @@ impl Audit {
                     .map_err(|e| format!("audit.path: cannot open {}: {e}", path.display()))?,
             ),
         };
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Entry>(config.buffer);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Record>(config.buffer);
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let subject = config.subject;
         let errors = dropped.clone();
@@ -143,7 +217,7 @@ impl Audit {
             .name("baton-audit".into())
             .spawn(move || {
                 let mut failing = false;
-                let mut write = |sink: &mut Sink, entry: Entry| match sink.write(entry.line(subject).as_bytes()) {
+                let mut write = |sink: &mut Sink, entry: Record| match sink.write(entry.line(subject).as_bytes()) {
                     Ok(()) => failing = false,
                     Err(e) => {
                         errors.inc();
@@ -174,8 +248,17 @@ impl Audit {
         }))
     }
 
-    /// Queue a record; never waits.
+    /// Queue a decision's record; never waits.
     pub(crate) fn record(&self, entry: Entry) {
+        self.send(Record::Decision(entry));
+    }
+
+    /// Queue a revocation's record; never waits.
+    pub(crate) fn record_revocation(&self, revoked: Revoked) {
+        self.send(Record::Revocation(revoked));
+    }
+
+    fn send(&self, entry: Record) {
         // The lock is held for a non-blocking send only.
         let sent = match self.tx.lock() {
             Ok(tx) => match tx.as_ref() {

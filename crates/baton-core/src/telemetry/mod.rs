@@ -139,6 +139,47 @@ impl Telemetry {
         &self.inner.metrics
     }
 
+    /// One revocation signal: its counter, the gauges of the store, its audit record. The selector
+    /// is shown in the audit as `audit.subject` says (a session id only as a fingerprint).
+    pub fn revocation(
+        &self,
+        event: &'static str,
+        selector: &crate::revocation::Selector,
+        outcome: &'static str,
+        purged: usize,
+        store: &crate::revocation::Store,
+    ) {
+        let metrics = &self.inner.metrics;
+        metrics
+            .revocations
+            .get_or_create(&crate::metrics::RevocationLabels {
+                kind: selector.kind(),
+                outcome,
+            })
+            .inc();
+        self.revocations_held(store);
+        if let Some(audit) = &self.inner.audit {
+            audit.record_revocation(audit::Revoked {
+                time: SystemTime::now(),
+                event,
+                selector: selector.clone(),
+                outcome,
+                purged,
+            });
+        }
+    }
+
+    /// The revocation store's size and bound, as gauges (also set on each scrape).
+    pub fn revocations_held(&self, store: &crate::revocation::Store) {
+        let metrics = &self.inner.metrics;
+        metrics
+            .revocations_remembered
+            .set(i64::try_from(store.len()).unwrap_or(i64::MAX));
+        metrics
+            .revocations_max
+            .set(i64::try_from(store.max_entries()).unwrap_or(i64::MAX));
+    }
+
     /// `/metrics`: the registry as OpenMetrics text.
     pub fn encode_metrics(&self) -> String {
         metrics::encode(&self.inner.registry)

@@ -1,0 +1,656 @@
+//! Revocation: the subjects (`iss`, `sub`) and sessions (`sid`) whose authority ended, each with
+//! when, remembered for `revocation.remember` so a token issued before then is refused
+//! (`subject_revoked`) instead of exchanged again; the `revocation:` section; the operator's
+//! request (`POST /revoke`) read into a `Selector`. It owns no cache: `authz::Authz::revoke` purges
+//! those. It never holds a token or the admin secret in anything it reports.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::files::read_secret;
+use crate::secret::Secret;
+use baton_decide::settings::{Errors, duration};
+
+// === The `revocation:` section ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Raw {
+    /// How long a revocation is remembered (default 24h): longer than any subject token it covers lives.
+    pub remember: Option<String>,
+    /// How many revocations are remembered at most (default 10000).
+    pub max_entries: Option<usize>,
+    /// A file holding the bearer secret of `POST /revoke` on the admin listener; absent: the
+    /// endpoint is off (404).
+    pub admin_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct Settings {
+    pub remember: Duration,
+    pub max_entries: usize,
+    /// `None`: no operator endpoint.
+    pub admin_secret: Option<Secret>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            remember: DEFAULT_REMEMBER,
+            max_entries: DEFAULT_MAX_ENTRIES,
+            admin_secret: None,
+        }
+    }
+}
+
+const DEFAULT_REMEMBER: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_MAX_ENTRIES: usize = 10_000;
+/// Past this, one entry per subject would be a memory problem rather than a bound.
+const MAX_MAX_ENTRIES: usize = 10_000_000;
+
+impl Raw {
+    /// The `revocation:` section, its problems added to `errors`.
+    pub(crate) fn validate(self, errors: &mut Errors) -> Settings {
+        let remember = duration(
+            self.remember.as_deref(),
+            "revocation.remember",
+            DEFAULT_REMEMBER,
+            errors,
+        );
+        if remember.is_zero() {
+            errors.add("revocation.remember", "must be longer than 0s");
+        }
+        let max_entries = self.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES);
+        if max_entries == 0 || max_entries > MAX_MAX_ENTRIES {
+            errors.add(
+                "revocation.max_entries",
+                format!("must be between 1 and {MAX_MAX_ENTRIES}"),
+            );
+        }
+        let admin_secret = self
+            .admin_secret_file
+            .as_deref()
+            .and_then(|path| read_secret(path, "revocation.admin_secret_file", errors));
+        Settings {
+            remember,
+            max_entries,
+            admin_secret,
+        }
+    }
+}
+
+impl Settings {
+    /// Does `presented` (the request's `Authorization` value) carry the admin secret? Both are
+    /// hashed first, so the comparison takes the same time whatever their lengths and contents.
+    pub fn admits(&self, presented: Option<&str>) -> bool {
+        let (Some(secret), Some(presented)) = (&self.admin_secret, presented) else {
+            return false;
+        };
+        let Some(bearer) = presented
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, b)| b.trim())
+        else {
+            return false;
+        };
+        let digest = |s: &str| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes());
+        aws_lc_rs::constant_time::verify_slices_are_equal(digest(bearer).as_ref(), digest(secret.expose()).as_ref())
+            .is_ok()
+    }
+}
+
+// === What a revocation names ===
+
+/// Whose authority a revocation ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// A subject; without an issuer, that `sub` from every issuer.
+    Subject { issuer: Option<String>, sub: String },
+    /// One session (`sid`), whoever its subject.
+    Session { sid: String },
+    /// Every token issued until now.
+    All,
+}
+
+impl Selector {
+    /// Low-cardinality, for metrics and the audit record.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Subject { .. } => "subject",
+            Self::Session { .. } => "session",
+            Self::All => "all",
+        }
+    }
+
+    /// Does it name the holder of a token with these claims?
+    fn names(&self, holder: &Holder<'_>) -> bool {
+        match self {
+            Self::Subject { issuer, sub } => {
+                holder.sub == Some(sub.as_str())
+                    && (issuer.is_none() || holder.iss.is_none() || issuer.as_deref() == holder.iss)
+            }
+            Self::Session { sid } => holder.sid == Some(sid.as_str()),
+            Self::All => true,
+        }
+    }
+}
+
+/// The longest request body `POST /revoke` reads.
+pub const MAX_REQUEST_BYTES: usize = 4096;
+/// The longest issuer, subject or session id a revocation may name: what a cached entry keeps of
+/// its subject (longer claims are not kept), so every one a revocation can name can be purged.
+const MAX_VALUE_LEN: usize = crate::jwt::MAX_CLAIM_LEN;
+
+/// Why a revocation request was refused; `code` is the stable wire name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn refuse(code: &'static str, message: impl Into<String>) -> RequestError {
+    RequestError {
+        code,
+        message: message.into(),
+    }
+}
+
+/// The body of `POST /revoke`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequest {
+    issuer: Option<String>,
+    sub: Option<String>,
+    sid: Option<String>,
+    all: Option<bool>,
+}
+
+impl Selector {
+    /// `{"issuer":..,"sub":..}` (issuer optional), `{"sid":..}` or `{"all":true}`: exactly one.
+    pub fn from_json(body: &[u8]) -> Result<Self, RequestError> {
+        if body.len() > MAX_REQUEST_BYTES {
+            return Err(refuse(
+                "body_too_large",
+                format!("the body is longer than {MAX_REQUEST_BYTES} bytes"),
+            ));
+        }
+        let raw: RawRequest = serde_json::from_slice(body)
+            .map_err(|e| refuse("malformed_body", format!("the body is not a revocation request: {e}")))?;
+        for (name, value) in [("issuer", &raw.issuer), ("sub", &raw.sub), ("sid", &raw.sid)] {
+            match value {
+                Some(v) if v.is_empty() => return Err(refuse("empty_value", format!("`{name}` is empty"))),
+                Some(v) if v.len() > MAX_VALUE_LEN => {
+                    return Err(refuse(
+                        "value_too_long",
+                        format!("`{name}` is longer than {MAX_VALUE_LEN} bytes"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let named = [raw.sub.is_some(), raw.sid.is_some(), raw.all.is_some()];
+        if named.iter().filter(|n| **n).count() > 1 {
+            return Err(refuse(
+                "ambiguous_selector",
+                "name one of `sub` (with an optional `issuer`), `sid` or `all`",
+            ));
+        }
+        match (raw.issuer, raw.sub, raw.sid, raw.all) {
+            (issuer, Some(sub), None, None) => Ok(Self::Subject { issuer, sub }),
+            (None, None, Some(sid), None) => Ok(Self::Session { sid }),
+            (None, None, None, Some(true)) => Ok(Self::All),
+            (None, None, None, Some(false)) => Err(refuse("malformed_body", "`all` must be true")),
+            (Some(_), None, _, _) => Err(refuse("issuer_without_sub", "`issuer` needs a `sub`")),
+            _ => Err(refuse(
+                "no_selector",
+                "name one of `sub` (with an optional `issuer`), `sid` or `all`",
+            )),
+        }
+    }
+}
+
+// === The store ===
+
+/// Who a subject token speaks for, as a revocation matches it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Holder<'a> {
+    pub iss: Option<&'a str>,
+    pub sub: Option<&'a str>,
+    pub sid: Option<&'a str>,
+    /// When the token was issued (Unix seconds); `None`: unknown, so older than any revocation.
+    pub iat: Option<i64>,
+}
+
+impl<'a> Holder<'a> {
+    /// From claims (verified, introspected, or a JWT payload decoded unverified).
+    pub fn of_claims(claims: &'a serde_json::Map<String, serde_json::Value>) -> Self {
+        let text = |name: &str| claims.get(name).and_then(serde_json::Value::as_str);
+        Self {
+            iss: text("iss"),
+            sub: text("sub"),
+            sid: text("sid"),
+            iat: claims
+                .get("iat")
+                .and_then(|v| crate::jwt::numeric_date(v, "iat").ok())
+                .map(|v| v.floor() as i64),
+        }
+    }
+}
+
+/// Why a revocation was not remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// `max_entries` revocations are remembered: refused, nothing purged (fail closed means the
+    /// operator learns it; `{"all": true}` always fits, and replaces every older entry).
+    #[error("the revocation store is full ({0} entries): revoke all, or raise revocation.max_entries")]
+    Full(usize),
+}
+
+/// The revocations remembered, bounded by `max_entries`, each for `remember`. `is_empty` is one
+/// atomic load: what every decision pays while nothing is revoked.
+#[derive(Debug)]
+pub struct Store {
+    /// Entries held (`all` counts as one); 0 lets a decision skip the lock.
+    held: AtomicUsize,
+    inner: RwLock<Inner>,
+    /// Seconds; both set again by a reload (`configure`), which keeps the store itself.
+    remember: AtomicU64,
+    max_entries: AtomicUsize,
+}
+
+/// The issuers a `sub` is revoked for (`None`: every issuer), each with when.
+type Issuers = Vec<(Option<Box<str>>, u64)>;
+
+#[derive(Debug, Default, Clone)]
+struct Inner {
+    /// sub -> (issuer, or `None` for every issuer; when): looked up by the borrowed `sub`, no
+    /// allocation on a decision.
+    subjects: HashMap<Box<str>, Issuers, Hasher>,
+    subject_entries: usize,
+    sessions: HashMap<Box<str>, u64, Hasher>,
+    all: Option<u64>,
+}
+
+/// The caches' hasher: a lookup on a decision costs less than with SipHash.
+type Hasher = quick_cache::DefaultHashBuilder;
+
+impl Inner {
+    fn len(&self) -> usize {
+        self.subject_entries + self.sessions.len() + usize::from(self.all.is_some())
+    }
+
+    /// Forget what was revoked before `since`.
+    fn forget_before(&mut self, since: u64) {
+        self.subjects.retain(|_, issuers| {
+            issuers.retain(|(_, at)| *at >= since);
+            !issuers.is_empty()
+        });
+        self.subject_entries = self.subjects.values().map(Vec::len).sum();
+        self.sessions.retain(|_, at| *at >= since);
+        self.all = self.all.filter(|at| *at >= since);
+    }
+}
+
+impl Store {
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            held: AtomicUsize::new(0),
+            inner: RwLock::new(Inner::default()),
+            remember: AtomicU64::new(settings.remember.as_secs().max(1)),
+            max_entries: AtomicUsize::new(settings.max_entries),
+        }
+    }
+
+    /// Take a reloaded configuration's `remember` and `max_entries`. The store itself is shared by
+    /// the old and the new configuration, so no revocation is lost across a reload, not even one
+    /// made while it happens. Past a lowered bound every entry is kept, and new revocations are
+    /// refused until the store is below the bound again.
+    pub fn configure(&self, settings: &Settings) {
+        self.remember
+            .store(settings.remember.as_secs().max(1), Ordering::Release);
+        self.max_entries.store(settings.max_entries, Ordering::Release);
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.held.load(Ordering::Acquire) == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    pub fn max_entries(&self) -> usize {
+        self.max_entries.load(Ordering::Acquire)
+    }
+
+    fn remember(&self) -> u64 {
+        self.remember.load(Ordering::Acquire)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent maps (each change is one insert).
+        self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remember `selector` as revoked at `now` (Unix seconds). Forgets first what is older than
+    /// `remember`; an `All` replaces every entry it covers.
+    pub fn revoke(&self, selector: &Selector, now: u64) -> Result<(), StoreError> {
+        let mut inner = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.forget_before(now.saturating_sub(self.remember()));
+        let max_entries = self.max_entries();
+        let fits = |inner: &Inner, new: bool| !new || inner.len() < max_entries;
+
+        match selector {
+            Selector::Subject { issuer, sub } => {
+                let known = inner
+                    .subjects
+                    .get(sub.as_str())
+                    .and_then(|issuers| issuers.iter().position(|(i, _)| i.as_deref() == issuer.as_deref()));
+                match known {
+                    Some(at) => {
+                        if let Some(issuers) = inner.subjects.get_mut(sub.as_str()) {
+                            issuers[at].1 = now;
+                        }
+                    }
+                    None if !fits(&inner, true) => {
+                        self.held.store(inner.len(), Ordering::Release);
+                        return Err(StoreError::Full(max_entries));
+                    }
+                    None => {
+                        let issuer = issuer.as_deref().map(Box::from);
+                        inner
+                            .subjects
+                            .entry(Box::from(sub.as_str()))
+                            .or_default()
+                            .push((issuer, now));
+                        inner.subject_entries += 1;
+                    }
+                }
+            }
+            Selector::Session { sid } => {
+                let key = Box::from(sid.as_str());
+                if !fits(&inner, !inner.sessions.contains_key(&key)) {
+                    self.held.store(inner.len(), Ordering::Release);
+                    return Err(StoreError::Full(max_entries));
+                }
+                inner.sessions.insert(key, now);
+            }
+            Selector::All => {
+                // Every entry up to now is covered by this one (the rule compares with the latest).
+                inner.subjects.clear();
+                inner.subject_entries = 0;
+                inner.sessions.clear();
+                inner.all = Some(now);
+            }
+        }
+        self.held.store(inner.len(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Forget what is older than `remember` (also done by every `revoke`); the entries held.
+    pub fn expire(&self, now: u64) -> usize {
+        let mut inner = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.forget_before(now.saturating_sub(self.remember()));
+        let held = inner.len();
+        self.held.store(held, Ordering::Release);
+        held
+    }
+
+    /// Is a token of `holder` refused? Yes when its subject, its session, or everything was revoked
+    /// (within `remember` of `now`) no earlier than the token was issued, or its issue time is
+    /// unknown. A token issued after the revocation (the user signed in again) passes.
+    pub fn is_revoked(&self, holder: &Holder<'_>, now: u64) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let inner = self.read();
+        let since = now.saturating_sub(self.remember());
+        let mut latest = inner.all;
+        if let Some(issuers) = holder.sub.and_then(|sub| inner.subjects.get(sub)) {
+            for (issuer, at) in issuers {
+                // A holder whose issuer is unknown is matched by every issuer's revocation.
+                if issuer.is_none() || holder.iss.is_none() || issuer.as_deref() == holder.iss {
+                    latest = latest.max(Some(*at));
+                }
+            }
+        }
+        if let Some(sid) = holder.sid {
+            latest = latest.max(inner.sessions.get(sid).copied());
+        }
+        match latest.filter(|at| *at >= since) {
+            None => false,
+            // Seconds: a token issued in the revocation's own second is refused (fail closed).
+            Some(at) => holder
+                .iat
+                .is_none_or(|iat| iat <= i64::try_from(at).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+/// Does `selector` name the holder of a cached entry (for the purge)? Entries hold no `iat`:
+/// every entry of a named subject or session predates the revocation.
+pub fn names(selector: &Selector, holder: &Holder<'_>) -> bool {
+    selector.names(holder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn store(max: usize) -> Store {
+        Store::new(&Settings {
+            remember: Duration::from_secs(3600),
+            max_entries: max,
+            admin_secret: None,
+        })
+    }
+
+    fn alice(iat: Option<i64>) -> Holder<'static> {
+        Holder {
+            iss: Some("https://idp"),
+            sub: Some("alice"),
+            sid: Some("s-1"),
+            iat,
+        }
+    }
+
+    fn subject(issuer: Option<&str>, sub: &str) -> Selector {
+        Selector::Subject {
+            issuer: issuer.map(str::to_owned),
+            sub: sub.into(),
+        }
+    }
+
+    #[test]
+    fn a_revoked_subject_is_refused_until_it_signs_in_again() {
+        let s = store(10);
+        let before = Some(NOW as i64 - 10);
+        assert!(s.is_empty());
+        assert!(!s.is_revoked(&alice(before), NOW));
+        s.revoke(&subject(Some("https://idp"), "alice"), NOW).expect("fits");
+        assert!(!s.is_empty());
+        assert!(s.is_revoked(&alice(before), NOW + 1));
+        assert!(
+            s.is_revoked(&alice(Some(NOW as i64)), NOW + 1),
+            "the same second is refused"
+        );
+        assert!(s.is_revoked(&alice(None), NOW + 1), "no iat: older than anything");
+        assert!(
+            !s.is_revoked(&alice(Some(NOW as i64 + 1)), NOW + 1),
+            "a later sign-in passes"
+        );
+        let bob = Holder {
+            sub: Some("bob"),
+            sid: Some("s-2"),
+            ..alice(before)
+        };
+        assert!(!s.is_revoked(&bob, NOW + 1));
+        let other_issuer = Holder {
+            iss: Some("https://other"),
+            ..alice(before)
+        };
+        assert!(
+            !s.is_revoked(&other_issuer, NOW + 1),
+            "alice of another issuer is someone else"
+        );
+    }
+
+    #[test]
+    fn a_subject_without_issuer_a_session_and_all() {
+        let before = Some(NOW as i64 - 10);
+        let s = store(10);
+        s.revoke(&subject(None, "alice"), NOW).expect("fits");
+        let other_issuer = Holder {
+            iss: Some("https://other"),
+            ..alice(before)
+        };
+        assert!(s.is_revoked(&other_issuer, NOW));
+
+        let s = store(10);
+        s.revoke(&Selector::Session { sid: "s-1".into() }, NOW).expect("fits");
+        assert!(s.is_revoked(&alice(before), NOW));
+        let other_session = Holder {
+            sid: Some("s-2"),
+            ..alice(before)
+        };
+        assert!(!s.is_revoked(&other_session, NOW));
+
+        let s = store(10);
+        s.revoke(&subject(None, "bob"), NOW - 5).expect("fits");
+        s.revoke(&Selector::All, NOW).expect("fits");
+        assert_eq!(s.len(), 1, "all replaces the entries it covers");
+        assert!(s.is_revoked(&Holder::default(), NOW));
+        assert!(!s.is_revoked(&alice(Some(NOW as i64 + 1)), NOW + 1));
+    }
+
+    #[test]
+    fn remembered_for_remember_only_and_bounded() {
+        let before = Some(NOW as i64 - 10);
+        let s = store(2);
+        s.revoke(&subject(None, "alice"), NOW).expect("fits");
+        assert!(s.is_revoked(&alice(before), NOW + 3600), "remembered for `remember`");
+        assert!(!s.is_revoked(&alice(before), NOW + 3601), "then forgotten");
+        s.revoke(&subject(None, "bob"), NOW).expect("fits");
+        s.revoke(&subject(None, "bob"), NOW + 1).expect("fits");
+        assert_eq!(s.revoke(&subject(None, "carol"), NOW + 1), Err(StoreError::Full(2)));
+        assert!(
+            !s.is_revoked(
+                &Holder {
+                    sub: Some("carol"),
+                    ..alice(before)
+                },
+                NOW + 1
+            ),
+            "a refused revocation changes nothing"
+        );
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.expire(NOW + 3601), 1, "alice forgotten, bob kept");
+        s.revoke(&subject(None, "carol"), NOW + 3601).expect("fits");
+        s.revoke(&Selector::All, NOW + 3602).expect("fits");
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_reload_keeps_what_was_revoked() {
+        let s = store(10);
+        s.revoke(&subject(None, "alice"), NOW).expect("fits");
+        s.revoke(&subject(None, "bob"), NOW).expect("fits");
+        s.configure(&Settings {
+            max_entries: 1,
+            ..Settings::default()
+        });
+        assert!(
+            s.is_revoked(&alice(None), NOW + 3601),
+            "remembered for the new `remember`"
+        );
+        assert_eq!((s.len(), s.max_entries()), (2, 1), "a lowered bound forgets nothing");
+        assert_eq!(s.revoke(&subject(None, "carol"), NOW), Err(StoreError::Full(1)));
+    }
+
+    #[test]
+    fn requests_are_one_selector_or_a_clear_refusal() {
+        let ok = |body: &str| Selector::from_json(body.as_bytes());
+        assert_eq!(
+            ok(r#"{"issuer":"https://idp","sub":"alice"}"#),
+            Ok(subject(Some("https://idp"), "alice"))
+        );
+        assert_eq!(ok(r#"{"sub":"alice"}"#), Ok(subject(None, "alice")));
+        assert_eq!(ok(r#"{"sid":"s-1"}"#), Ok(Selector::Session { sid: "s-1".into() }));
+        assert_eq!(ok(r#"{"all":true}"#), Ok(Selector::All));
+        let long = format!(r#"{{"sub":"{}"}}"#, "a".repeat(MAX_VALUE_LEN + 1));
+        let huge = format!(r#"{{"sub":"{}"}}"#, "a".repeat(MAX_REQUEST_BYTES));
+        for (body, code) in [
+            ("", "malformed_body"),
+            ("not json", "malformed_body"),
+            ("[]", "malformed_body"),
+            (r#"{"sub":"alice","extra":1}"#, "malformed_body"),
+            (r#"{"sub":1}"#, "malformed_body"),
+            (r#"{"all":false}"#, "malformed_body"),
+            ("{}", "no_selector"),
+            (r#"{"issuer":"https://idp"}"#, "issuer_without_sub"),
+            (r#"{"sub":"alice","sid":"s-1"}"#, "ambiguous_selector"),
+            (r#"{"sub":"alice","all":true}"#, "ambiguous_selector"),
+            (r#"{"issuer":"https://idp","sid":"s-1"}"#, "issuer_without_sub"),
+            (r#"{"sub":""}"#, "empty_value"),
+            (&long, "value_too_long"),
+            (&huge, "body_too_large"),
+        ] {
+            assert_eq!(ok(body).map_err(|e| e.code), Err(code), "{body:.60}");
+        }
+    }
+
+    #[test]
+    fn only_the_admin_secret_is_admitted() {
+        let settings = Settings {
+            admin_secret: Some(Secret::new("s3cret")),
+            ..Settings::default()
+        };
+        assert!(settings.admits(Some("Bearer s3cret")));
+        assert!(settings.admits(Some("bearer s3cret")));
+        for wrong in [
+            None,
+            Some("Bearer s3cre"),
+            Some("Bearer s3cret2"),
+            Some("Basic s3cret"),
+            Some("s3cret"),
+            Some("Bearer "),
+        ] {
+            assert!(!settings.admits(wrong), "{wrong:?}");
+        }
+        assert!(!Settings::default().admits(Some("Bearer s3cret")), "no secret: nobody");
+    }
+
+    #[test]
+    fn the_section_reports_every_error() {
+        let mut errors = Errors::default();
+        let raw = Raw {
+            remember: Some("0s".into()),
+            max_entries: Some(0),
+            admin_secret_file: Some("/nonexistent/baton-admin-secret".into()),
+        };
+        raw.validate(&mut errors);
+        let paths: Vec<_> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "revocation.remember",
+                "revocation.max_entries",
+                "revocation.admin_secret_file"
+            ]
+        );
+        let mut errors = Errors::default();
+        let settings = Raw::default().validate(&mut errors);
+        assert!(errors.0.is_empty());
+        assert_eq!(settings.remember, DEFAULT_REMEMBER);
+        assert!(settings.admin_secret.is_none());
+    }
+}
