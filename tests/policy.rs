@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use baton_test_support::*;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// The binary under test, passed to the harness (only this package can name it).
 const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
@@ -435,32 +434,7 @@ async fn raw(envoy: &Envoy, method: &str, host: &str, path: &str, authorization:
         request.push_str(&format!("authorization: {a}\r\n"));
     }
     request.push_str("\r\n");
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", envoy.port))
-        .await
-        .expect("connect to envoy");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .expect("envoy answered within 10 s")
-        .expect("read");
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    let body: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    if let Some(received) = body["authorization"].as_str() {
-        leaks::credential(received);
-    }
-    (status, body)
+    client::raw(envoy, &request).await
 }
 
 /// The audit line of the delegation that issued the token `jti`, within 5 s.
@@ -482,19 +456,6 @@ async fn audited(log: &Path, jti: &str) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

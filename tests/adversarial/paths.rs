@@ -8,10 +8,8 @@
 //! refusal's reason code.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use baton_test_support::*;
 
@@ -68,40 +66,8 @@ pub(crate) async fn raw(envoy: &Envoy, head: &str, authorization: Option<&str>) 
         request.push_str(&format!("\r\nauthorization: {a}"));
     }
     request.push_str("\r\nconnection: close\r\n\r\n");
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", envoy.port))
-        .await
-        .expect("connect to envoy");
-    stream.write_all(request.as_bytes()).await.expect("write the request");
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
-    assert!(read.is_ok(), "envoy did not answer {head:?}");
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let (head_part, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head_part
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let chunked = head_part.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(body) } else { body.to_owned() };
-    let body = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    if let Some(received) = body["authorization"].as_str() {
-        leaks::credential(received);
-    }
+    let (status, body) = client::raw(envoy, &request).await;
     Raw { status, body }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// Which Envoy configuration a stack runs.

@@ -93,3 +93,49 @@ pub async fn send_with(
     }
     Reply { status, headers, body }
 }
+
+/// Send `request` (a whole HTTP/1.1 request, headers ended, `Connection: close`) to Envoy byte for
+/// byte, as HTTP clients would not (they normalize paths), and read the answer within 10 s: its
+/// status and its body (de-chunked; JSON when it is). A received `authorization` is registered for
+/// the leak scans; register what you send with `leaks::credential`.
+pub async fn raw(envoy: &Envoy, request: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", envoy.port))
+        .await
+        .expect("connect to envoy");
+    stream.write_all(request.as_bytes()).await.expect("write the request");
+    let mut answer = Vec::new();
+    // A reset after the answer (Envoy closing on a request it refused) keeps what was read.
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "envoy did not answer {request:?} within 10 s");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    let body = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    if let Some(received) = body["authorization"].as_str() {
+        leaks::credential(received);
+    }
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
