@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton_test_support::k8s::{find, kustomize, yaml_docs};
+use baton_test_support::k8s::{find, kustomize, operator_validate, yaml_docs};
 use baton_test_support::prometheus::{Prometheus, promtool};
 use baton_test_support::promql::{label_names, metric_names, served_series};
 use baton_test_support::*;
@@ -160,26 +160,6 @@ fn the_prometheus_rule_carries_the_same_groups() {
 }
 
 /// prometheus-operator's schemas, through tests/prometheus-operator/validate.mjs: (success, output).
-fn operator_validate(files: &[PathBuf]) -> (bool, String) {
-    let dir = repo().join("tests/prometheus-operator");
-    assert!(
-        dir.join("node_modules/@kubernetes-models/prometheus-operator").is_dir(),
-        "@kubernetes-models/prometheus-operator is not installed: run `scripts/test` (or `scripts/deps`), \
-         which runs npm ci in tests/prometheus-operator"
-    );
-    let output = std::process::Command::new("node")
-        .arg(dir.join("validate.mjs"))
-        .args(files)
-        .output()
-        .expect("run node");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
-
 #[test]
 fn the_operator_objects_pass_prometheus_operators_schemas() {
     let dir = repo().join("k8s/monitoring");

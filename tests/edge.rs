@@ -398,25 +398,7 @@ fn the_edge_examples_pass_check_config_and_envoys_validation() {
     );
     // The edge Envoy's bootstraps, verbatim, through the real Envoy's validation.
     for name in ["envoy.yaml", "envoy-ext-proc.yaml"] {
-        let file = scratch.write(name, &example(name));
-        let output = Command::new(envoy_bin())
-            .args([
-                "--mode",
-                "validate",
-                "--disable-hot-restart",
-                "--log-level",
-                "error",
-                "-c",
-            ])
-            .arg(&file)
-            .output()
-            .expect("run envoy");
-        assert!(
-            output.status.success(),
-            "envoy rejected examples/edge/{name}:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        envoy::validate(&scratch, name, &example(name));
     }
 }
 

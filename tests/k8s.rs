@@ -432,29 +432,6 @@ fn the_central_broker_listens_only_with_tls() {
     assert_eq!(mount["readOnly"], true);
 }
 
-/// `envoy --mode validate` with the real binary.
-fn envoy_validate(scratch: &Scratch, name: &str, config: &str) {
-    let file = scratch.write(name, config);
-    let output = Command::new(envoy_bin())
-        .args([
-            "--mode",
-            "validate",
-            "--disable-hot-restart",
-            "--log-level",
-            "error",
-            "-c",
-        ])
-        .arg(&file)
-        .output()
-        .expect("run envoy");
-    assert!(
-        output.status.success(),
-        "envoy rejected {name}:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn the_sidecar_envoy_bootstrap_passes_envoy_validation() {
     let scratch = Scratch::new(BATON_BIN, "k8s-envoy");
@@ -465,7 +442,7 @@ fn the_sidecar_envoy_bootstrap_passes_envoy_validation() {
     for required in ["failure_mode_allow: false", "timeout: 3s", "http2_protocol_options"] {
         assert!(bootstrap.contains(required), "the bootstrap lacks {required}");
     }
-    envoy_validate(&scratch, "envoy.yaml", bootstrap);
+    envoy::validate(&scratch, "envoy.yaml", bootstrap);
 }
 
 // === Istio ===
@@ -555,7 +532,7 @@ fn the_istio_patches_pass_envoy_validation() {
         },
     });
     let scratch = Scratch::new(BATON_BIN, "istio-envoy");
-    envoy_validate(&scratch, "bootstrap.json", &bootstrap.to_string());
+    envoy::validate(&scratch, "bootstrap.json", &bootstrap.to_string());
 }
 
 // === The sidecar bootstrap, running ===

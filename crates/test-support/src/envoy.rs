@@ -285,3 +285,27 @@ pub fn to_test_upstream(bootstrap: &mut Value, port: u16) {
         .expect("http filters");
     filters.retain(|f| f["name"] != "envoy.filters.http.dynamic_forward_proxy");
 }
+
+/// `envoy --mode validate` on `config` (written to `scratch` as `name`) with the real binary; a
+/// refusal fails the test with Envoy's output.
+pub fn validate(scratch: &crate::scratch::Scratch, name: &str, config: &str) {
+    let file = scratch.write(name, config);
+    let output = std::process::Command::new(envoy_bin())
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "--log-level",
+            "error",
+            "-c",
+        ])
+        .arg(&file)
+        .output()
+        .expect("run envoy");
+    assert!(
+        output.status.success(),
+        "envoy rejected {name}:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -91,10 +91,20 @@ pub fn assert_valid(files: &[PathBuf], documents: usize) {
 
 /// Istio's schemas, through tests/istio/validate.mjs: (success, output).
 pub fn istio_validate(files: &[PathBuf]) -> (bool, String) {
-    let dir = repo().join("tests/istio");
+    schema_validate("istio", "@kubernetes-models/istio", files)
+}
+
+/// prometheus-operator's schemas, through tests/prometheus-operator/validate.mjs: (success, output).
+pub fn operator_validate(files: &[PathBuf]) -> (bool, String) {
+    schema_validate("prometheus-operator", "@kubernetes-models/prometheus-operator", files)
+}
+
+/// `node tests/FOLDER/validate.mjs FILES...` with `package` installed there by `scripts/deps`.
+fn schema_validate(folder: &str, package: &str, files: &[PathBuf]) -> (bool, String) {
+    let dir = repo().join("tests").join(folder);
     assert!(
-        dir.join("node_modules/@kubernetes-models/istio").is_dir(),
-        "@kubernetes-models/istio is not installed: run `scripts/test` (or `scripts/deps`), which runs npm ci in tests/istio"
+        dir.join("node_modules").join(package).is_dir(),
+        "{package} is not installed: run `scripts/test` (or `scripts/deps`), which runs npm ci in tests/{folder}"
     );
     let output = Command::new("node")
         .arg(dir.join("validate.mjs"))
