@@ -93,6 +93,8 @@ pub struct Authz {
     /// What is revoked, shared across reloads; `revocation`'s settings (the admin secret).
     revocations: Arc<revocation::Store>,
     revocation: revocation::Settings,
+    /// `None`: no `backchannel_logout:` section.
+    backchannel_logout: Option<crate::logout::Settings>,
     telemetry: Telemetry,
     /// Itself, once shared, so a hit can start a background refresh that outlives the request.
     me: std::sync::Weak<Authz>,
@@ -135,6 +137,7 @@ impl Authz {
             broker: config.broker,
             revocations: Arc::new(revocation::Store::new(&config.revocation)),
             revocation: config.revocation,
+            backchannel_logout: config.backchannel_logout,
             telemetry: Telemetry::off(),
             me: std::sync::Weak::new(),
         }
@@ -212,6 +215,13 @@ impl Authz {
         self.telemetry
             .revocation(event, selector, "ok", purged, &self.revocations);
         Ok(purged)
+    }
+
+    /// `backchannel_logout:`, and the verifier whose issuers' keys check a logout token.
+    pub fn backchannel_logout(&self) -> Option<(&crate::logout::Settings, Option<&Verifier>)> {
+        self.backchannel_logout
+            .as_ref()
+            .map(|settings| (settings, self.verifier.as_deref()))
     }
 
     pub fn shared_cache(&self) -> Arc<TokenCache> {

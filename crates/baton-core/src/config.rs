@@ -38,6 +38,8 @@ pub struct RawConfig {
     pub telemetry: crate::telemetry::settings::RawTelemetry,
     pub audit: crate::telemetry::settings::RawAudit,
     pub revocation: crate::revocation::Raw,
+    /// Absent: `POST /backchannel-logout` is off (404).
+    pub backchannel_logout: Option<crate::logout::Raw>,
 }
 
 /// `workload:`: who this Baton acts for, in sidecar mode.
@@ -94,6 +96,7 @@ pub struct Config {
     pub telemetry: crate::telemetry::settings::Telemetry,
     pub audit: crate::telemetry::settings::Audit,
     pub revocation: crate::revocation::Settings,
+    pub backchannel_logout: Option<crate::logout::Settings>,
 }
 
 // === Parsing and validation ===
@@ -148,6 +151,10 @@ impl RawConfig {
         check_token_services(&destinations, &token_services, actor.is_some(), errors);
         let (telemetry, audit) = (self.telemetry.validate(errors), self.audit.validate(errors));
         let revocation = self.revocation.validate(errors);
+        let backchannel_logout = self.backchannel_logout.and_then(|raw| {
+            let trusted: Vec<&str> = trusted_issuers.iter().map(|i| i.issuer.as_str()).collect();
+            raw.validate(&trusted, errors)
+        });
         Some(Config {
             token_services: token_services.valid()?,
             cache,
@@ -164,6 +171,7 @@ impl RawConfig {
             telemetry,
             audit,
             revocation,
+            backchannel_logout,
         })
     }
 }

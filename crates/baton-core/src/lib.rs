@@ -25,6 +25,7 @@ pub mod files;
 pub mod http;
 pub mod issued;
 pub mod jwt;
+pub mod logout;
 pub mod metrics;
 pub mod oauth;
 pub mod revocation;

@@ -149,6 +149,8 @@ pub struct Metrics {
     /// Revocations remembered, and their bound (`revocation.max_entries`).
     pub revocations_remembered: Gauge,
     pub revocations_max: Gauge,
+    /// Back-channel logout requests by outcome: `ok`, or a `logout::Refusal` code.
+    pub backchannel_logouts: Family<OutcomeLabels, Counter>,
     /// The series every delegated decision updates, looked up once each.
     hot: Arc<HotSeries>,
 }
@@ -199,6 +201,7 @@ impl Metrics {
             revocations: Family::default(),
             revocations_remembered: Gauge::default(),
             revocations_max: Gauge::default(),
+            backchannel_logouts: Family::default(),
             hot: Arc::default(),
         };
         registry.register(
@@ -282,6 +285,11 @@ impl Metrics {
             "revocations_max",
             "The most revocations remembered at once (revocation.max_entries)",
             metrics.revocations_max.clone(),
+        );
+        registry.register(
+            "backchannel_logouts",
+            "OpenID Connect back-channel logout requests by outcome (ok, or the refusal's code)",
+            metrics.backchannel_logouts.clone(),
         );
         registry.register(
             "build",

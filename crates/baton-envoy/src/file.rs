@@ -41,6 +41,8 @@ pub struct RawConfig {
     pub telemetry: baton_core::telemetry::settings::RawTelemetry,
     pub audit: baton_core::telemetry::settings::RawAudit,
     pub revocation: baton_core::revocation::Raw,
+    /// Absent: `POST /backchannel-logout` is off.
+    pub backchannel_logout: Option<baton_core::logout::Raw>,
 }
 
 /// `reload:`: how the configuration file is watched (SIGHUP always reloads it).
@@ -103,6 +105,13 @@ impl RawConfig {
                 "`POST /revoke` is served on the admin listener: configure listen.admin",
             );
         }
+        // Spans a serving section and a decision one: the identity provider posts to the admin listener.
+        if self.backchannel_logout.is_some() && listen.as_ref().is_some_and(|l| l.admin.is_none()) {
+            errors.add(
+                "backchannel_logout",
+                "`POST /backchannel-logout` is served on the admin listener: configure listen.admin",
+            );
+        }
         let decision = baton_core::config::RawConfig {
             token_service: self.token_service,
             token_services: self.token_services,
@@ -120,6 +129,7 @@ impl RawConfig {
             telemetry: self.telemetry,
             audit: self.audit,
             revocation: self.revocation,
+            backchannel_logout: self.backchannel_logout,
         }
         .validate(&mut errors);
         let reload_interval = duration(

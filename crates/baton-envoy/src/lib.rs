@@ -8,6 +8,7 @@
 //! It must never decide a delegation itself: every allow or deny comes from `baton_core`.
 
 pub mod app;
+mod backchannel;
 pub mod broker;
 pub mod dry_run;
 pub mod envoy_config;

@@ -124,7 +124,12 @@ fn admin_router(authz: Current, stopping: Arc<AtomicBool>) -> axum::Router {
     use axum::routing::{get, post};
     let metrics = authz.clone();
     let revoking = authz.clone();
+    let (logouts, replays) = (authz.clone(), Arc::new(baton_core::logout::Replays::new()));
     axum::Router::new()
+        .route(
+            "/backchannel-logout",
+            post(move |headers, body| crate::backchannel::logout(logouts.load_full(), replays.clone(), headers, body)),
+        )
         .route(
             "/revoke",
             post(move |headers, body| revoke(revoking.load_full(), headers, body)),
