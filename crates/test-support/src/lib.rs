@@ -27,6 +27,7 @@ pub mod envoy;
 pub mod k8s;
 pub mod leaks;
 pub mod load;
+pub mod oidc_session;
 pub mod open_loop;
 pub mod prometheus;
 pub mod promql;

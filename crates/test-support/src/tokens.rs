@@ -65,3 +65,18 @@ pub fn client_key() -> (String, String) {
     }]});
     (pem, jwks.to_string())
 }
+
+/// A JWT signed ES256 with this PKCS#8 PEM key (e.g. a `baton sts`'s `signing_key_file`), with
+/// this header (its `alg` is set to ES256) and these claims: a token that key's issuer vouches for,
+/// saying whatever a test of what must be refused needs it to say.
+pub fn sign_es256(pem: &str, mut header: Value, claims: &Value) -> String {
+    header["alg"] = Value::from("ES256");
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).expect("a P-256 PKCS#8 PEM key");
+    let signature = jsonwebtoken::crypto::sign(input.as_bytes(), &key, jsonwebtoken::Algorithm::ES256).expect("sign");
+    format!("{input}.{signature}")
+}

@@ -81,6 +81,17 @@ if (TLS_CLIENT_CA_FILE && !TLS_CERT_FILE) {
   throw new Error('TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE');
 }
 const MINT_DEFAULT_LIFETIME = 3600;
+// Not in the contract: OpenID Connect Back-Channel Logout. When set, the library's
+// `backchannelLogout` feature (and, to sign a user in, its development interactions) is on, and a
+// client APP_CLIENT_ID (secret APP_CLIENT_SECRET) that users sign in to by the authorization code
+// flow is registered with this `backchannel_logout_uri` (and `backchannel_logout_session_required`).
+// When a session ends (RP-initiated logout at /session/end), the library builds, signs and POSTs
+// the logout token there. Unset: none of this exists, and other tests see the usual peer.
+const BACKCHANNEL_LOGOUT_URI = env('BACKCHANNEL_LOGOUT_URI', '');
+const APP_CLIENT_ID = env('APP_CLIENT_ID', 'test-app');
+const APP_CLIENT_SECRET = env('APP_CLIENT_SECRET', 'test-app-secret');
+const APP_REDIRECT_URI = 'http://127.0.0.1/callback';
+const APP_POST_LOGOUT_REDIRECT_URI = 'http://127.0.0.1/logged-out';
 
 function log(...args) {
   console.error('[oidc-provider peer]', ...args);
@@ -177,6 +188,18 @@ const provider = new Provider(issuer, {
       redirect_uris: [],
       id_token_signed_response_alg: SIGNING_ALG,
     }] : []),
+    ...(BACKCHANNEL_LOGOUT_URI ? [{
+      client_id: APP_CLIENT_ID,
+      client_secret: APP_CLIENT_SECRET,
+      token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      redirect_uris: [APP_REDIRECT_URI],
+      post_logout_redirect_uris: [APP_POST_LOGOUT_REDIRECT_URI],
+      backchannel_logout_uri: BACKCHANNEL_LOGOUT_URI,
+      backchannel_logout_session_required: true,
+      id_token_signed_response_alg: SIGNING_ALG,
+    }] : []),
     {
       client_id: LOGIN_CLIENT_ID,
       client_secret: crypto.randomBytes(32).toString('base64url'),
@@ -199,7 +222,10 @@ const provider = new Provider(issuer, {
     id_token_signed_response_alg: SIGNING_ALG,
   },
   features: {
-    devInteractions: { enabled: false },
+    // The library's own login and consent pages, only for the back-channel logout tests: any
+    // login name signs in as that user (there is no other way to get a real session).
+    devInteractions: { enabled: Boolean(BACKCHANNEL_LOGOUT_URI) },
+    backchannelLogout: { enabled: Boolean(BACKCHANNEL_LOGOUT_URI) },
     // RFC 8705 client authentication (glue: the three hooks hand the library the TLS peer
     // certificate Node verified; the library decides).
     mTLS: {
@@ -225,7 +251,24 @@ const provider = new Provider(issuer, {
   ttl: {
     AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL ?? TOKEN_LIFETIME,
   },
-  extraTokenClaims: (ctx, token) => extraClaims.get(token),
+  // `sid`: an access token issued in a session (authorization code) names it, as the ID token
+  // and the logout token do, so a session's logout can be matched to its access tokens.
+  extraTokenClaims: (ctx, token) => {
+    const extra = extraClaims.get(token);
+    return BACKCHANNEL_LOGOUT_URI && token.sid ? { ...extra, sid: token.sid } : extra;
+  },
+  // The library refuses to send to a special-use address such as loopback (its SSRF protection);
+  // the tests' Baton listens on loopback, so the back-channel logout URI alone, exactly as
+  // configured, is sent without that check. Everything else keeps it.
+  ...(BACKCHANNEL_LOGOUT_URI ? {
+    fetch: (url, options) => {
+      if (String(url) !== new URL(BACKCHANNEL_LOGOUT_URI).href) {
+        return globalThis.fetch(url, options);
+      }
+      const { dispatcher, ...direct } = options;
+      return globalThis.fetch(url, direct);
+    },
+  } : undefined),
   // JSON errors for every client, whatever its Accept header says.
   async renderError(ctx, out) {
     ctx.type = 'json';
@@ -439,6 +482,12 @@ provider.on('grant.success', (ctx) => {
 });
 provider.on('grant.error', (ctx, err) => {
   log('token endpoint refused:', err.message, err.error_description ?? '', err.error_detail ?? '');
+});
+provider.on('backchannel.success', (ctx, client, accountId, sid) => {
+  log('back-channel logout delivered to', client.clientId, 'for', accountId, 'session', sid);
+});
+provider.on('backchannel.error', (ctx, err, client) => {
+  log('back-channel logout to', client.clientId, 'failed:', err.message);
 });
 provider.on('server_error', (ctx, err) => {
   log('server error:', err);
