@@ -39,7 +39,7 @@ pub(crate) struct Entry {
 #[derive(Debug)]
 pub(crate) struct Revoked {
     pub(crate) time: SystemTime,
-    /// Where the signal came from: `operator` (later: back-channel logout, SSF, a destination).
+    /// Where the signal came from: `operator`, `backchannel_logout` (later: SSF, a destination).
     pub(crate) event: &'static str,
     pub(crate) selector: crate::revocation::Selector,
     /// `ok`, or `full`.
