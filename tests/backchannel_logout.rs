@@ -422,3 +422,19 @@ async fn backchannel_logout_through_envoy_ext_authz() {
 async fn backchannel_logout_through_envoy_ext_proc() {
     suite(Api::ExtProc).await;
 }
+
+/// Without a `backchannel_logout:` section the endpoint is off: 404, whatever is posted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_section_the_endpoint_is_off() {
+    let scratch = Scratch::new(BATON_BIN, "backchannel-logout-off");
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
+    let response = http()
+        .post(format!("http://127.0.0.1:{}/backchannel-logout", baton.admin))
+        .header("content-type", FORM)
+        .body("logout_token=a.b.c")
+        .send()
+        .await
+        .expect("POST /backchannel-logout");
+    assert_eq!(response.status().as_u16(), 404);
+}

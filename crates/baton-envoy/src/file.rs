@@ -284,6 +284,31 @@ destinations:
         assert!(err.0.iter().any(|e| e.path == "listen.admin"), "{err}");
     }
 
+    /// `POST /backchannel-logout` lives on the admin listener, and a logout token's issuer must be
+    /// a trusted one (its keys verify it): each is reported at its field, with the others.
+    #[test]
+    fn the_backchannel_logout_endpoint_needs_the_admin_listener_and_a_trusted_issuer() {
+        const TS: &str = "token_service: {token_endpoint: http://x/token, client_id: c, auth: {method: none}}\n";
+        const TRUSTED: &str = "trusted_issuers:\n  - issuer: https://idp.example\n    audiences: [app]\n";
+        let with = |listen: &str, issuer: &str| {
+            Config::from_yaml(&format!(
+                "listen:\n  grpc: 127.0.0.1:9191\n{listen}{TS}{TRUSTED}backchannel_logout:\n  client_id: app\n  issuers: [{issuer}]\n"
+            ))
+        };
+        let config = with("  admin: 127.0.0.1:9192\n", "https://idp.example").expect("valid");
+        let section = config.decision.backchannel_logout.expect("the section");
+        assert_eq!((section.client_id.as_str(), section.issuers.len()), ("app", 1));
+        let paths = |r: Result<Config, ConfigError>| -> Vec<String> {
+            r.expect_err("refused").0.into_iter().map(|e| e.path).collect()
+        };
+        assert_eq!(
+            paths(with("", "https://stranger.example")),
+            ["backchannel_logout", "backchannel_logout.issuers[0]"]
+        );
+        let absent = Config::from_yaml(&format!("listen:\n  grpc: 127.0.0.1:9191\n{TS}")).expect("valid");
+        assert!(absent.decision.backchannel_logout.is_none());
+    }
+
     /// `POST /revoke` lives on the admin listener: its secret without one is an error, and a
     /// secret file that is missing or empty is reported at its field.
     #[test]
