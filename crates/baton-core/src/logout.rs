@@ -582,7 +582,8 @@ mod tests {
 
     #[test]
     fn every_claim_rule_has_its_refusal() {
-        let rows: Vec<(&str, Box<dyn FnOnce(&mut Map<String, Value>)>, Refusal)> = vec![
+        type Change = Box<dyn FnOnce(&mut Map<String, Value>)>;
+        let rows: Vec<(&str, Change, Refusal)> = vec![
             (
                 "stale",
                 Box::new(|c| drop(c.insert("iat".into(), (NOW - 151).into()))),
