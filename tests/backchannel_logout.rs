@@ -360,7 +360,9 @@ async fn suite(api: Api) {
 
     // A good logout token is acted on once: its replay is refused and changes nothing more.
     let carol = form(&stack.forged(typ.clone(), &stack.claims("carol", "j-carol")));
+    let posted = std::time::Instant::now();
     let (status, answer, cache_control) = stack.post(FORM, carol.clone()).await;
+    let handled = posted.elapsed();
     assert_eq!((status, cache_control.as_str()), (200, "no-store"), "{answer}");
     let (status, answer, _) = stack.post(FORM, carol).await;
     assert_eq!(status, 400, "{answer}");
@@ -375,7 +377,19 @@ async fn suite(api: Api) {
     // Alice's session ends at the provider, which sends Baton the logout token itself (before it
     // answers the browser): her token is refused from then on, without an exchange.
     let alice_token = alice.access_token.clone();
+    let ending = std::time::Instant::now();
     alice.end().await;
+    let ended = ending.elapsed();
+    let refused = stack.get(&alice_token).await;
+    let signal_to_refusal = ending.elapsed();
+    assert_eq!(refused.reason(), "subject_revoked", "{api:?}: {:?}", refused.body);
+    // Measured, not asserted (debug build, loopback, shared machine).
+    report::line(&format!(
+        "backchannel_logout {api:?}: one logout POST verified and acted on in {} ms; the session's end at oidc-provider (its logout page, the confirm, the logout token built, signed, delivered and answered) {} ms; the first refused request {} ms after the end began",
+        handled.as_millis(),
+        ended.as_millis(),
+        signal_to_refusal.as_millis()
+    ));
     for _ in 0..2 {
         let reply = stack.get(&alice_token).await;
         assert_eq!(
