@@ -364,14 +364,33 @@ async fn suite(api: Api) {
     let (status, answer, cache_control) = stack.post(FORM, carol.clone()).await;
     let handled = posted.elapsed();
     assert_eq!((status, cache_control.as_str()), (200, "no-store"), "{answer}");
-    let (status, answer, _) = stack.post(FORM, carol).await;
-    assert_eq!(status, 400, "{answer}");
-    assert!(
-        answer["error_description"]
-            .as_str()
-            .is_some_and(|d| d.starts_with("logout_token_replayed: ")),
-        "{answer}"
-    );
+    // Replayed, also after a configuration reload (the jtis are kept across it).
+    for reload in [false, true] {
+        if reload {
+            let status = std::process::Command::new("kill")
+                .arg("-HUP")
+                .arg(stack.baton.pid().to_string())
+                .status()
+                .expect("kill -HUP");
+            assert!(status.success());
+            wait_until("the reload", Duration::from_secs(10), || async {
+                stack
+                    .baton
+                    .metrics()
+                    .await
+                    .contains(r#"baton_config_reloads_total{outcome="ok"} 1"#)
+            })
+            .await;
+        }
+        let (status, answer, _) = stack.post(FORM, carol.clone()).await;
+        assert_eq!(status, 400, "reload {reload}: {answer}");
+        assert!(
+            answer["error_description"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("logout_token_replayed: ")),
+            "reload {reload}: {answer}"
+        );
+    }
     assert!(stack.baton.metrics().await.contains("baton_revocations_remembered 1"));
 
     // Alice's session ends at the provider, which sends Baton the logout token itself (before it
@@ -408,7 +427,7 @@ async fn suite(api: Api) {
     );
     // alice's session and alice herself, and carol.
     assert!(metrics.contains("baton_revocations_remembered 3"), "{metrics}");
-    assert!(metrics.contains(r#"baton_backchannel_logouts_total{outcome="logout_token_replayed"} 1"#));
+    assert!(metrics.contains(r#"baton_backchannel_logouts_total{outcome="logout_token_replayed"} 2"#));
     assert_eq!(idp.exchanges().await, before + 2, "bob is served from the cache");
 
     // The audit records name the event, never a token.
