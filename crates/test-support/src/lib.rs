@@ -17,7 +17,7 @@
 //! with one routine (`check`, private); `report` (what a test measured, also in
 //! `target/test-reports/`, which `scripts/test` prints); `k8s` (offline Kubernetes and Istio
 //! validation); `prometheus` (promtool and a real Prometheus server) and `promql` (the metrics a
-//! query names).
+//! query names); `relay` (a service in a chain of services, gateway -> A -> B -> C).
 
 pub mod broker;
 mod check;
@@ -30,6 +30,7 @@ pub mod load;
 pub mod open_loop;
 pub mod prometheus;
 pub mod promql;
+pub mod relay;
 pub mod report;
 pub mod scratch;
 pub mod sidecar;
@@ -51,6 +52,7 @@ pub use stack::Stack;
 pub use token_service::*;
 pub use tokens::*;
 pub use upstream::Upstream;
+pub use relay::Relay;
 
 /// The repository's root (the tests' peers, `.cache` with Envoy and the virtualenv).
 pub fn repo() -> PathBuf {
