@@ -200,7 +200,8 @@ impl Chain {
             .await
             .expect("call A");
         let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let bytes = response.bytes().await.expect("A's answer");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 }
 
@@ -285,9 +286,27 @@ async fn a_policy_that_refuses_at_b_stops_the_chain_there() {
     // (where B calls, the trace, the reply's status and reason, whether B's token service was
     // asked: a refusal of the subject's own chain comes before any exchange)
     let cases = [
-        ("svc-c-only-b.example", "1af7651916cd43dd8448eb211c80319c", 403, "actor_not_allowed", false),
-        ("svc-c-shallow.example", "2af7651916cd43dd8448eb211c80319c", 403, "delegation_too_deep", false),
-        ("svc-c-only-a.example", "3af7651916cd43dd8448eb211c80319c", 403, "actor_not_allowed", true),
+        (
+            "svc-c-only-b.example",
+            "1af7651916cd43dd8448eb211c80319c",
+            403,
+            "actor_not_allowed",
+            false,
+        ),
+        (
+            "svc-c-shallow.example",
+            "2af7651916cd43dd8448eb211c80319c",
+            403,
+            "delegation_too_deep",
+            false,
+        ),
+        (
+            "svc-c-only-a.example",
+            "3af7651916cd43dd8448eb211c80319c",
+            403,
+            "actor_not_allowed",
+            true,
+        ),
     ];
     for (b_calls, trace, status, reason, exchanged) in cases {
         // A token of her own for each case, so no hop answers from its cache.
@@ -297,7 +316,11 @@ async fn a_policy_that_refuses_at_b_stops_the_chain_there() {
             .await;
         let before = chain.service.exchanges().await;
         let (got, body) = chain.call(&alice, trace, b_calls).await;
-        assert_eq!((got, body["error"].as_str()), (status, Some(reason)), "{b_calls}: {body}");
+        assert_eq!(
+            (got, body["error"].as_str()),
+            (status, Some(reason)),
+            "{b_calls}: {body}"
+        );
         // A's exchange for B always; B's for C only when the issued chain was what refused.
         let asked = chain.service.exchanges().await - before;
         assert_eq!(asked, 1 + u64::from(exchanged), "{b_calls}: exchanges");

@@ -595,18 +595,22 @@ impl Authz {
             return Err(Denial::from(e));
         }
         // The chain as the token service wrote it: authenticated first when asked, then judged.
-        let chain_verified =
-            crate::chain::check_issued(route, self.verifier.as_deref(), &issued, parsed.as_ref().ok().and_then(Option::as_ref))
-                .await
-                .inspect_err(|denial| {
-                    tracing::warn!(
-                        destination = %route.name,
-                        subject = %fingerprint(subject_token),
-                        issued = %fingerprint(issued.access_token.expose()),
-                        reason = denial.reason.as_str(),
-                        "the issued token's chain is refused"
-                    );
-                })?;
+        let chain_verified = crate::chain::check_issued(
+            route,
+            self.verifier.as_deref(),
+            &issued,
+            parsed.as_ref().ok().and_then(Option::as_ref),
+        )
+        .await
+        .inspect_err(|denial| {
+            tracing::warn!(
+                destination = %route.name,
+                subject = %fingerprint(subject_token),
+                issued = %fingerprint(issued.access_token.expose()),
+                reason = denial.reason.as_str(),
+                "the issued token's chain is refused"
+            );
+        })?;
         let issued_claims = parsed.ok().flatten().unwrap_or_default();
         let actors = actor::chain(issued_claims.act.as_ref(), max_depth.map_or(16, |m| m + 1));
         if max_depth.is_some_and(|max| actors.len() > max) {

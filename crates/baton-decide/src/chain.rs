@@ -33,7 +33,9 @@ pub enum ChainError {
     #[error("the act chain is malformed: {0}")]
     Malformed(String),
     /// The actor at `position` (0: the current, outermost actor) matches no pattern.
-    #[error("the actor at position {position} of the act chain (0 is the current actor) matches no allowed_actors pattern")]
+    #[error(
+        "the actor at position {position} of the act chain (0 is the current actor) matches no allowed_actors pattern"
+    )]
     NotAllowed { position: usize },
 }
 
@@ -59,9 +61,7 @@ pub fn read(act: Option<&Value>) -> Result<Vec<&str>, ChainError> {
                 )));
             }
             _ => {
-                return Err(ChainError::Malformed(format!(
-                    "entry {position} has no string sub"
-                )));
+                return Err(ChainError::Malformed(format!("entry {position} has no string sub")));
             }
         };
         if entry.get("iss").is_some_and(|iss| !iss.is_string()) {
@@ -156,7 +156,11 @@ impl AllowedActors {
 
     /// The patterns, comma-separated, for a cache key and `baton explain`.
     pub fn describe(&self) -> String {
-        self.patterns.iter().map(ActorPattern::to_string).collect::<Vec<_>>().join(", ")
+        self.patterns
+            .iter()
+            .map(ActorPattern::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -227,7 +231,15 @@ mod tests {
         for yes in ["svc-a", "spiffe://shop/", "spiffe://shop/sa/b"] {
             assert!(allowed.allows(yes), "{yes}");
         }
-        for no in ["svc-A", "svc-a ", "svc-ab", " svc-a", "spiffe://shop", "SPIFFE://shop/x", "spiffe://shoq/x"] {
+        for no in [
+            "svc-A",
+            "svc-a ",
+            "svc-ab",
+            " svc-a",
+            "spiffe://shop",
+            "SPIFFE://shop/x",
+            "spiffe://shoq/x",
+        ] {
             assert!(!allowed.allows(no), "{no}");
         }
         assert!(compiled(&["*"]).allows("anyone"));
@@ -267,7 +279,10 @@ mod tests {
     #[test]
     fn bad_patterns_are_configuration_errors_all_at_once() {
         let mut errors = Errors::default();
-        let raw: Vec<String> = ["", "svc-*-a", "**", "ok", "a\u{7}b"].iter().map(|s| (*s).to_owned()).collect();
+        let raw: Vec<String> = ["", "svc-*-a", "**", "ok", "a\u{7}b"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
         let allowed = AllowedActors::compile(&raw, "p.allowed_actors", &mut errors);
         let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(

@@ -46,13 +46,13 @@ pub use broker::*;
 pub use client::*;
 pub use config::*;
 pub use envoy::*;
+pub use relay::Relay;
 pub use scratch::*;
 pub use sidecar::Baton;
 pub use stack::Stack;
 pub use token_service::*;
 pub use tokens::*;
 pub use upstream::Upstream;
-pub use relay::Relay;
 
 /// The repository's root (the tests' peers, `.cache` with Envoy and the virtualenv).
 pub fn repo() -> PathBuf {
