@@ -2,7 +2,8 @@
 //! of A and B with its own real Envoy and its own Baton, and panva's oidc-provider as the one
 //! authorization server (it issued the user's token, and exchanges at each hop, nesting `act`). The
 //! test plays the gateway: it sends the user's token and a W3C `traceparent` to A. A and B are test
-//! relays (`Relay`); C records what it receives.
+//! relays (`Relay`); C records what it receives. A's Envoy asks its Baton by ext_authz, B's by
+//! ext_proc.
 //!
 //! Asserted: C gets a token for C, for the user, whose `act` names B with A nested inside, each
 //! hop's audit record and span in the one trace the gateway started, the chain authenticated
@@ -33,9 +34,11 @@ struct Hop {
 
 impl Hop {
     /// Baton as workload `actor` (its own token from the token service), verifying subject tokens
-    /// for `own_audience`, with `destinations` (YAML list items); its Envoy's upstream is `next`.
+    /// for `own_audience`, with `destinations` (YAML list items); its Envoy asks it through `api`
+    /// and goes to `next`.
     async fn start(
         name: &str,
+        api: Api,
         service: &TokenService,
         actor: &str,
         own_audience: &str,
@@ -63,7 +66,7 @@ destinations:
             actor_file = actor_file.display(),
         );
         let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
-        let envoy = Envoy::start(&scratch, baton.grpc, next).await;
+        let envoy = Envoy::start_for(api, &scratch, baton.grpc, next).await;
         Self { baton, envoy, scratch }
     }
 
@@ -124,8 +127,10 @@ impl Chain {
         let c = Relay::last("c").await;
         // B may call C for the user when A and B are the chain's actors, at most two deep; the
         // other destinations are the same C under stricter rules, to refuse at B.
+        // A's Envoy asks its Baton by ext_authz, B's by ext_proc: the chain crosses both APIs.
         let b = Hop::start(
             "chain-b",
+            Api::ExtProc,
             &service,
             "svc-b",
             B_AUD,
@@ -160,6 +165,7 @@ impl Chain {
         let relay_b = Relay::calling("b", b.envoy.port, "svc-c.example").await;
         let a = Hop::start(
             "chain-a",
+            Api::ExtAuthz,
             &service,
             "svc-a",
             A_AUD,
@@ -205,11 +211,12 @@ impl Chain {
     }
 }
 
-fn span_in_trace(baton: &Baton, trace: &str) -> bool {
+/// Whether `baton` exported its decision span (`baton.check`, `baton.ext_proc`) in `trace`.
+fn span_in_trace(baton: &Baton, name: &str, trace: &str) -> bool {
     baton
         .exported_spans()
         .iter()
-        .any(|s| s.name == "baton.check" && s.trace_id == trace)
+        .any(|s| s.name == name && s.trace_id == trace)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,8 +281,10 @@ async fn a_user_s_token_crosses_three_services_with_the_act_chain_nested_hop_by_
         (&json!("delegate"), &json!(["svc-b", "svc-a"]), &json!(2), &json!(true)),
         "{audit_b}"
     );
-    eventually("both Batons' Check spans in the gateway's trace", || {
-        (span_in_trace(&chain.a.baton, TRACE_ID) && span_in_trace(&chain.b.baton, TRACE_ID)).then_some(())
+    eventually("both Batons' decision spans in the gateway's trace", || {
+        let a = span_in_trace(&chain.a.baton, "baton.check", TRACE_ID);
+        let b = span_in_trace(&chain.b.baton, "baton.ext_proc", TRACE_ID);
+        (a && b).then_some(())
     })
     .await;
 }
