@@ -80,3 +80,82 @@ pub(crate) async fn check_issued(
     }
     Ok(verified)
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    use crate::authz::Authz;
+    use crate::exchange::{TokenService, TokenServices};
+    use baton_decide::reason::Reason;
+    use baton_decide::request::{Authorization, Headers, Outbound};
+
+    /// Subject tokens are not verified here (no trusted_issuers), and the token service listens
+    /// nowhere: a refusal by the chain rules proves they were judged before any exchange.
+    fn authz(policy: &str) -> Authz {
+        let yaml = format!(
+            "token_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n  timeout: 1s\ndestinations:\n  - name: c\n    hosts: [svc-c.example]\n    audience: https://svc-c.example\n    policy:\n{policy}"
+        );
+        let config = crate::config::Config::from_yaml(&yaml).expect("valid");
+        let services = config
+            .token_services
+            .iter()
+            .map(|ts| TokenService::new(ts).expect("client"))
+            .collect::<Vec<_>>();
+        Authz::new(config, TokenServices::new(services), None)
+    }
+
+    fn subject(act: &str) -> String {
+        let payload = format!(r#"{{"sub":"alice","exp":4102444800{act}}}"#);
+        format!("eyJhbGciOiJFUzI1NiJ9.{}.c2ln", URL_SAFE_NO_PAD.encode(payload))
+    }
+
+    async fn decide(authz: &Authz, token: &str) -> Reason {
+        let authorization = format!("Bearer {token}");
+        let outbound = Outbound {
+            route_destination: None,
+            authority: "svc-c.example",
+            method: "GET",
+            path: "/",
+            source_principal: None,
+            authorization: Authorization::One(&authorization),
+            headers: Headers::NONE,
+        };
+        authz.decide(&outbound).await.expect_err("refused").reason
+    }
+
+    #[tokio::test]
+    async fn an_unverified_subject_s_chain_is_judged_before_any_exchange() {
+        let strict = authz("      allowed_actors: [svc-b]\n");
+        let from_a = subject(r#","act":{"sub":"svc-a"}"#);
+        assert_eq!(decide(&strict, &from_a).await, Reason::ActorNotAllowed);
+        let malformed = subject(r#","act":{"sub":7}"#);
+        assert_eq!(decide(&strict, &malformed).await, Reason::SubjectTokenMalformed);
+        let nested = subject(r#","act":{"sub":"svc-b","act":"svc-a"}"#);
+        assert_eq!(decide(&strict, &nested).await, Reason::SubjectTokenMalformed);
+        // Allowed: on to the exchange, which fails here (nobody listens).
+        let from_b = subject(r#","act":{"sub":"svc-b"}"#);
+        assert_eq!(decide(&strict, &from_b).await, Reason::TokenServiceUnavailable);
+        assert_eq!(decide(&strict, &subject("")).await, Reason::TokenServiceUnavailable);
+
+        let shallow = authz("      max_delegation_depth: 1\n");
+        let two = subject(r#","act":{"sub":"svc-b","act":{"sub":"svc-a"}}"#);
+        assert_eq!(decide(&shallow, &two).await, Reason::DelegationTooDeep);
+        assert_eq!(decide(&shallow, &from_b).await, Reason::TokenServiceUnavailable);
+    }
+
+    #[test]
+    fn bad_chain_settings_are_configuration_errors_all_at_once() {
+        let yaml = "token_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth:\n    method: none\ndestinations:\n  - name: c\n    hosts: [svc-c.example]\n    audience: https://svc-c.example\n    verify_issued: true\n    policy:\n      allowed_actors: ['', 'a*b']\n";
+        let errors = crate::config::Config::from_yaml(yaml).expect_err("invalid");
+        let text = errors.to_string();
+        for path in [
+            "destinations[0].verify_issued",
+            "destinations[0].policy.allowed_actors[0]",
+            "destinations[0].policy.allowed_actors[1]",
+        ] {
+            assert!(text.contains(path), "{path} in {text}");
+        }
+    }
+}
