@@ -344,3 +344,67 @@ async fn a_policy_that_refuses_at_b_stops_the_chain_there() {
     assert!(chain.c.received().is_empty(), "C received nothing");
     assert_eq!(chain.relay_b.received().len(), 3, "each call reached B");
 }
+
+/// `verify_issued` refuses an issued token whose signature does not verify against the keys Baton
+/// holds for its issuer, as a forged chain would not: here Baton is given another issuer's keys for
+/// the token service (`baton sts`, which accepts the identity provider's tokens as subject tokens;
+/// panva's oidc-provider is the identity provider). The token never reaches the upstream, and is
+/// not cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_issued_refuses_a_token_its_issuer_s_keys_did_not_sign() {
+    let scratch = Scratch::new(BATON_BIN, "chain-forged");
+    let idp = TokenService::start(Peer::OidcProvider, &scratch).await;
+    let trusted = format!(
+        "trusted_subject_issuers:\n  - issuer: {}\n    jwks_uri: {}\n    audiences: [\"{A_AUD}\"]\n",
+        idp.issuer, idp.jwks_uri
+    );
+    let service = TokenService::start_with(
+        Peer::BatonSts,
+        &scratch,
+        PeerOptions {
+            audiences: vec![B_AUD.to_owned()],
+            sts_extra: Some(trusted),
+            ..PeerOptions::default()
+        },
+    )
+    .await;
+    let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
+    // The token service's issuer, with the identity provider's keys: what Baton would see if the
+    // token service's answer had been forged by someone without its key.
+    let body = format!(
+        r#"token_service:
+{token_service}
+trusted_issuers:
+  - issuer: {idp}
+    jwks_uri: {idp_jwks}
+    audiences: ["{A_AUD}"]
+  - issuer: {ts}
+    jwks_uri: {idp_jwks}
+    audiences: ["{A_AUD}"]
+    jwks_min_refetch: 1s
+destinations:
+  - name: svc-b
+    hosts: [svc-b.example]
+    audience: {B_AUD}
+    verify_issued: true
+"#,
+        idp = idp.issuer,
+        idp_jwks = idp.jwks_uri,
+        ts = service.issuer,
+    );
+    let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
+    let upstream = Upstream::start().await;
+    let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
+
+    let alice = idp.mint_with(&[("sub", "alice"), ("aud", A_AUD)]).await;
+    for attempt in 1..=2 {
+        let reply = send(&envoy, "svc-b.example", "/", Some(&bearer(&alice))).await;
+        assert_eq!(
+            (reply.status, reply.reason()),
+            (503, "issued_token_signature_invalid"),
+            "attempt {attempt}: {:?}",
+            reply.body
+        );
+    }
+    assert_eq!(service.exchanges().await, 2, "a refused token is not cached");
+}
