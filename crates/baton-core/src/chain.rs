@@ -145,6 +145,26 @@ mod tests {
         assert_eq!(decide(&shallow, &from_b).await, Reason::TokenServiceUnavailable);
     }
 
+    /// A reload that changes a chain rule must not serve tokens judged by the old one: each rule
+    /// is part of the destination's cache keys.
+    #[test]
+    fn the_chain_rules_are_part_of_the_cache_key() {
+        let key = |policy: &str| authz(policy).route_for("c", &[]).expect("route").key_params;
+        let base = key("      methods: [GET]\n");
+        let keys = [
+            key("      allowed_actors: [svc-a]\n"),
+            key("      allowed_actors: [svc-a, svc-b]\n"),
+            key("      allowed_actors: ['svc-*']\n"),
+            key("      require_delegation: true\n"),
+            key("      require_delegation: false\n"),
+        ];
+        for (i, k) in keys.iter().enumerate() {
+            assert_ne!(*k, base, "{i}");
+            assert!(keys[i + 1..].iter().all(|other| other != k), "{i}");
+        }
+        assert_eq!(key("      methods: [GET]\n"), base, "the same rules, the same key");
+    }
+
     #[test]
     fn bad_chain_settings_are_configuration_errors_all_at_once() {
         let yaml = "token_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth:\n    method: none\ndestinations:\n  - name: c\n    hosts: [svc-c.example]\n    audience: https://svc-c.example\n    verify_issued: true\n    policy:\n      allowed_actors: ['', 'a*b']\n";
