@@ -145,6 +145,34 @@ mod tests {
         assert_eq!(decide(&shallow, &from_b).await, Reason::TokenServiceUnavailable);
     }
 
+    /// `baton explain` agrees with `baton run` on an unverified subject's chain: judged on the
+    /// claims given, before the exchange.
+    #[test]
+    fn an_explanation_judges_the_unverified_chain_as_a_decision_does() {
+        let strict = authz("      allowed_actors: [svc-b]\n");
+        let token = subject("");
+        let authorization = format!("Bearer {token}");
+        let outbound = Outbound {
+            route_destination: None,
+            authority: "svc-c.example",
+            method: "GET",
+            path: "/",
+            source_principal: None,
+            authorization: Authorization::One(&authorization),
+            headers: Headers::NONE,
+        };
+        let claims = |act: serde_json::Value| {
+            serde_json::json!({"sub": "alice", "act": act})
+                .as_object()
+                .cloned()
+                .expect("an object")
+        };
+        let from_a = crate::explain::explain(&strict, &outbound, Some(&claims(serde_json::json!({"sub": "svc-a"}))));
+        assert_eq!((from_a.decision, from_a.reason), ("deny", Some("actor_not_allowed")));
+        let from_b = crate::explain::explain(&strict, &outbound, Some(&claims(serde_json::json!({"sub": "svc-b"}))));
+        assert_eq!(from_b.decision, "delegate");
+    }
+
     /// A reload that changes a chain rule must not serve tokens judged by the old one: each rule
     /// is part of the destination's cache keys.
     #[test]
