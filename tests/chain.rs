@@ -211,12 +211,17 @@ impl Chain {
     }
 }
 
-/// Whether `baton` exported its decision span (`baton.check`, `baton.ext_proc`) in `trace`.
+/// Whether `baton` exported its decision span (`baton.check`, `baton.ext_proc`) in `trace`, saying
+/// the chain it delegated with was verified (`baton.delegation.chain_verified`, a debug rendering
+/// of the OTLP value).
 fn span_in_trace(baton: &Baton, name: &str, trace: &str) -> bool {
-    baton
-        .exported_spans()
-        .iter()
-        .any(|s| s.name == name && s.trace_id == trace)
+    baton.exported_spans().iter().any(|s| {
+        s.name == name
+            && s.trace_id == trace
+            && s.attributes
+                .get("baton.delegation.chain_verified")
+                .is_some_and(|v| v.contains("BoolValue(true)"))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
