@@ -182,6 +182,7 @@ mod tests {
         let keys = [
             key("      allowed_actors: [svc-a]\n"),
             key("      allowed_actors: [svc-a, svc-b]\n"),
+            key("      allowed_actors: ['svc-a, svc-b']\n"),
             key("      allowed_actors: ['svc-*']\n"),
             key("      require_delegation: true\n"),
             key("      require_delegation: false\n"),

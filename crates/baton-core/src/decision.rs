@@ -61,8 +61,8 @@ impl Destination {
         };
         // The chain rules too: a reload that changes them starts afresh.
         let chain_rules = format!(
-            "allowed_actors=[{}];require_delegation={:?}",
-            policy.allowed_actors.describe(),
+            "allowed_actors={};require_delegation={:?}",
+            policy.allowed_actors.key_text(),
             policy.require_delegation
         );
         // Everything the exchange sends (what the token is), with the destination it is for and

@@ -154,13 +154,21 @@ impl AllowedActors {
         Ok(actors.len())
     }
 
-    /// The patterns, comma-separated, for a cache key and `baton explain`.
+    /// The patterns, comma-separated, for `baton explain`.
     pub fn describe(&self) -> String {
         self.patterns
             .iter()
             .map(ActorPattern::to_string)
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// The patterns, quoted and escaped (`["a, b"]` and `["a", "b"]` differ), for a cache key.
+    pub fn key_text(&self) -> String {
+        format!(
+            "{:?}",
+            self.patterns.iter().map(ActorPattern::to_string).collect::<Vec<_>>()
+        )
     }
 }
 
