@@ -118,7 +118,8 @@ impl Authz {
                 Arc::new(d.policy),
                 use_actor,
                 token_service,
-            );
+            )
+            .with_verify_issued(d.verify_issued);
             route.broker_allowed_scopes = d.broker_allowed_scopes.into();
             Some((name, hosts, route))
         }));
@@ -430,6 +431,17 @@ impl Authz {
                 },
             );
         }
+        // The subject's own chain, before any exchange (an unverified subject's: in `exchange`).
+        if !route.policy.allowed_actors.is_empty() && claims.is_some() {
+            let outcome = crate::chain::subject_chain(route, claims.and_then(|c| c.get("act")));
+            note(
+                &mut trace,
+                Verdict {
+                    rule: Rule::AllowedActors,
+                    outcome,
+                },
+            );
+        }
         match refused {
             Some(denial) => Err(denial),
             None => Ok(scope),
@@ -521,6 +533,9 @@ impl Authz {
         };
         if let Some(payload) = &unverified_subject {
             self.holder_not_revoked(&unverified_holder(payload))?;
+            // Not verified, so not judged by `authorize`: the subject's own chain, before the
+            // exchange, by the same rules.
+            crate::chain::unverified_subject_chain(route, payload.act.as_ref())?;
         }
         let subject_exp = subject.map(|s| s.exp).or_else(|| unverified_subject.as_ref()?.exp());
         if subject_exp.is_some_and(|exp| exp <= now as i64) {
@@ -570,6 +585,7 @@ impl Authz {
             resource: target.resource.as_deref(),
             scope: target.scope.as_deref(),
             profile: route.token_service.profile(),
+            require_delegation: route.policy.require_delegation.unwrap_or(actor.is_some()),
         };
         // Refused, it is not cached, and not remembered as a refusal either: the token service
         // misbehaved, not the caller, and the next exchange may well be answered properly.
@@ -588,6 +604,23 @@ impl Authz {
             );
             return Err(Denial::from(e));
         }
+        // The chain as the token service wrote it: authenticated first when asked, then judged.
+        let chain_verified = crate::chain::check_issued(
+            route,
+            self.verifier.as_deref(),
+            &issued,
+            parsed.as_ref().ok().and_then(Option::as_ref),
+        )
+        .await
+        .inspect_err(|denial| {
+            tracing::warn!(
+                destination = %route.name,
+                subject = %fingerprint(subject_token),
+                issued = %fingerprint(issued.access_token.expose()),
+                reason = denial.reason.as_str(),
+                "the issued token's chain is refused"
+            );
+        })?;
         let issued_claims = parsed.ok().flatten().unwrap_or_default();
         let actors = actor::chain(issued_claims.act.as_ref(), max_depth.map_or(16, |m| m + 1));
         if max_depth.is_some_and(|max| actors.len() > max) {
@@ -626,6 +659,7 @@ impl Authz {
         .with_claims(claims)
         .with_subject_sid(subject_sid)
         .with_actors(actors)
+        .with_chain_verified(chain_verified)
         .refresh_ahead(self.refresh_ahead);
         tracing::debug!(
             destination = %route.name,
@@ -726,7 +760,8 @@ impl Authz {
             base.policy.clone(),
             base.use_actor,
             base.token_service.clone(),
-        );
+        )
+        .with_verify_issued(base.verify_issued);
         route.broker_allowed_scopes = base.broker_allowed_scopes.clone();
         Ok(Arc::new(route))
     }

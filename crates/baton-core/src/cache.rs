@@ -83,6 +83,8 @@ struct About {
     exp: Option<i64>,
     /// The delegation chain in the issued token's `act`, current actor first.
     actors: Box<[Box<str>]>,
+    /// The issued token's signature was verified (`verify_issued`), so `actors` is authenticated.
+    chain_verified: bool,
 }
 
 /// The strings `About` keeps, in the order they sit in its `text`.
@@ -167,6 +169,7 @@ impl About {
             && self.issued_token_type == 0
             && self.exp.is_none()
             && self.actors.is_empty()
+            && !self.chain_verified
     }
 }
 
@@ -325,6 +328,19 @@ impl Delegated {
         self.about_mut().actors = actors.into_iter().map(String::into_boxed_str).collect();
         self.drop_empty_about();
         self
+    }
+
+    /// The issued token's signature was verified (`verify_issued`): its chain is authenticated.
+    pub fn with_chain_verified(mut self, verified: bool) -> Self {
+        if verified {
+            self.about_mut().chain_verified = true;
+        }
+        self
+    }
+
+    /// Whether the chain in `actors` was read from a token whose signature was verified.
+    pub fn chain_verified(&self) -> bool {
+        self.about.as_ref().is_some_and(|a| a.chain_verified)
     }
 
     fn about_mut(&mut self) -> &mut About {

@@ -42,6 +42,8 @@ pub struct Destination {
     /// Digest of the destination's name, `target`, the token service, the client identity and
     /// `constraints`: the first half of every cache key.
     pub(crate) key_params: Key,
+    /// `verify_issued`: the issued token's signature is verified before use.
+    pub(crate) verify_issued: bool,
 }
 
 impl Destination {
@@ -57,6 +59,12 @@ impl Destination {
             max_delegation_depth: policy.max_delegation_depth,
             max_token_lifetime: policy.max_token_lifetime.map(|d| d.as_secs()),
         };
+        // The chain rules too: a reload that changes them starts afresh.
+        let chain_rules = format!(
+            "allowed_actors={};require_delegation={:?}",
+            policy.allowed_actors.key_text(),
+            policy.require_delegation
+        );
         // Everything the exchange sends (what the token is), with the destination it is for and
         // what that destination demands of it: a token is served only where all are the same.
         let key_params = cache::destination_key(
@@ -72,6 +80,7 @@ impl Destination {
                 target.requested_token_type.as_deref().unwrap_or(""),
                 target.subject_token_type,
                 if use_actor { "actor" } else { "" },
+                &chain_rules,
             ],
         );
         Self {
@@ -84,7 +93,19 @@ impl Destination {
             token_service,
             constraints,
             key_params,
+            verify_issued: false,
         }
+    }
+
+    /// Turn on `verify_issued`; its cache keys change with it (a reload that turns it on serves no
+    /// token that was not verified).
+    pub(crate) fn with_verify_issued(mut self, on: bool) -> Self {
+        if on {
+            self.verify_issued = true;
+            let params = format!("{:?}", self.key_params);
+            self.key_params = cache::params_digest(&[&params, "verify_issued"]);
+        }
+        self
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Raw {
     pub actor: DestinationActor,
     /// The name of the token service this destination's tokens come from (default `default`).
     pub token_service: Option<String>,
+    /// Verify the issued token's signature against its issuer's keys (`trusted_issuers`) before
+    /// it is used, so the chain audited is authenticated (docs/delegation-chains.md).
+    pub verify_issued: bool,
 }
 
 #[derive(Debug)]
@@ -55,6 +58,7 @@ pub struct Settings {
     pub actor: DestinationActor,
     /// The name of one of `Config::token_services`.
     pub token_service: String,
+    pub verify_issued: bool,
 }
 
 /// Every destination, its problems added to `errors`; `verified`: the subject token's claims are
@@ -124,6 +128,12 @@ pub(crate) fn validate(raw: Vec<Raw>, verified: bool, errors: &mut Errors) -> Ve
             );
         }
         let policy = d.policy.compile(&at("policy"), verified, errors);
+        if d.verify_issued && !verified {
+            errors.add(
+                at("verify_issued"),
+                "verifies with the keys of a trusted issuer: list the token service's issuer in trusted_issuers",
+            );
+        }
         let token_service = d.token_service.unwrap_or_else(|| DEFAULT_TOKEN_SERVICE.to_owned());
         out.push(Settings {
             name: d.name,
@@ -136,6 +146,7 @@ pub(crate) fn validate(raw: Vec<Raw>, verified: bool, errors: &mut Errors) -> Ve
             policy,
             actor: d.actor,
             token_service,
+            verify_issued: d.verify_issued,
         });
     }
     out

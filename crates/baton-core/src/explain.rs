@@ -186,6 +186,13 @@ pub fn explain(authz: &Authz, outbound: &Outbound<'_>, claims: Option<&Map<Strin
         Ok(scope) => scope,
         Err(denial) => return explanation.denied(denial),
     };
+    // Unverified, the subject's own `act` chain is judged where `baton run` judges it: before the
+    // exchange (`chain`), on the claims given.
+    if !authz.verifies()
+        && let Err(denial) = crate::chain::unverified_subject_chain(destination, claims.and_then(|c| c.get("act")))
+    {
+        return explanation.denied(denial);
+    }
     let target = &destination.target;
     let service = &destination.token_service;
     let scope = scope.or_else(|| target.scope.clone());

@@ -26,6 +26,9 @@ pub struct Asked<'a> {
     /// Space-separated, as sent.
     pub scope: Option<&'a str>,
     pub profile: Profile,
+    /// `policy.require_delegation`, resolved: the issued token must show an `act` chain (a JWT
+    /// with `act`; an opaque token cannot show one and is refused).
+    pub require_delegation: bool,
 }
 
 /// Why an issued token is not used.
@@ -43,6 +46,8 @@ pub enum IssuedError {
     ScopeExceeded,
     #[error("the issued token breaks a JWT rule: {0}")]
     Malformed(JwtError),
+    #[error("the issued token is opaque, so it cannot show the delegation chain require_delegation asks for")]
+    ChainUnreadable,
 }
 
 impl From<IssuedError> for Denial {
@@ -51,7 +56,7 @@ impl From<IssuedError> for Denial {
             IssuedError::IsSubjectToken => Reason::IssuedTokenIsSubjectToken,
             IssuedError::AudienceMismatch => Reason::IssuedTokenAudienceMismatch,
             IssuedError::Expired => Reason::IssuedTokenExpired,
-            IssuedError::ActorMissing => Reason::IssuedTokenActorMissing,
+            IssuedError::ActorMissing | IssuedError::ChainUnreadable => Reason::IssuedTokenActorMissing,
             IssuedError::ScopeExceeded => Reason::IssuedTokenScopeExceeded,
             IssuedError::Malformed(_) => Reason::IssuedTokenMalformed,
         };
@@ -83,9 +88,19 @@ pub fn check(
             return Err(IssuedError::Expired);
         }
         // Entra's profile sends no actor token, so an actor is only asked for under RFC 8693.
-        if let (true, Some(actor)) = (rfc8693, asked.actor) {
-            check_actor(claims.act.as_ref(), actor)?;
+        // Without `require_delegation` a token with no `act` is taken (impersonation, accepted on
+        // purpose); one with an `act` must still name Baton's actor.
+        if rfc8693 {
+            match asked.actor {
+                Some(actor) if asked.require_delegation || claims.act.is_some() => {
+                    check_actor(claims.act.as_ref(), actor)?;
+                }
+                None if asked.require_delegation && claims.act.is_none() => return Err(IssuedError::ActorMissing),
+                _ => {}
+            }
         }
+    } else if rfc8693 && asked.require_delegation {
+        return Err(IssuedError::ChainUnreadable);
     }
     if rfc8693 && let Some(asked_scope) = asked.scope {
         let granted = issued.scope.as_deref().map(Granted::Text).or_else(|| {
@@ -212,6 +227,7 @@ mod tests {
             resource: None,
             scope,
             profile: Profile::Rfc8693,
+            require_delegation: actor.is_some(),
         }
     }
 
@@ -362,6 +378,44 @@ mod tests {
             judge(&jwt(r#"{"aud":"https://orders.example"}"#), None, &a),
             Err(IssuedError::ActorMissing)
         );
+    }
+
+    #[test]
+    fn require_delegation_refuses_a_token_that_cannot_show_its_chain() {
+        let actor_jwt = jwt(r#"{"sub":"svc-b"}"#).replace("aXNzdWVkLXNpZw", "YWN0b3Itc2ln");
+        let actor = Actor::new(Secret::new(actor_jwt));
+        let no_act = jwt(r#"{"aud":"https://orders.example"}"#);
+        let with_act = jwt(r#"{"aud":"https://orders.example","act":{"sub":"svc-b","act":{"sub":"svc-a"}}}"#);
+        let other_act = jwt(r#"{"aud":"https://orders.example","act":{"sub":"svc-x"}}"#);
+        // The default with an actor token: required.
+        let required = asked(Some(&actor), None);
+        assert_eq!(judge(&no_act, None, &required), Err(IssuedError::ActorMissing));
+        assert_eq!(
+            judge("an-opaque-token", None, &required),
+            Err(IssuedError::ChainUnreadable),
+            "an opaque token cannot show its chain"
+        );
+        assert_eq!(
+            Denial::from(IssuedError::ChainUnreadable).reason,
+            Reason::IssuedTokenActorMissing
+        );
+        assert_eq!(judge(&with_act, None, &required), Ok(()));
+        // Turned off: no `act` (or an opaque token) is taken, a wrong `act` still is not.
+        let optional = Asked {
+            require_delegation: false,
+            ..required
+        };
+        assert_eq!(judge(&no_act, None, &optional), Ok(()));
+        assert_eq!(judge("an-opaque-token", None, &optional), Ok(()));
+        assert_eq!(judge(&other_act, None, &optional), Err(IssuedError::ActorMissing));
+        // Required without an actor token: any chain (the subject's own, kept), but a chain.
+        let bare = Asked {
+            require_delegation: true,
+            ..asked(None, None)
+        };
+        assert_eq!(judge(&no_act, None, &bare), Err(IssuedError::ActorMissing));
+        assert_eq!(judge(&other_act, None, &bare), Ok(()));
+        assert_eq!(judge("an-opaque-token", None, &bare), Err(IssuedError::ChainUnreadable));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod authz;
 pub mod breaker;
 pub mod cache;
 pub mod callers;
+mod chain;
 pub mod clock;
 pub mod config;
 pub mod credentials;

@@ -540,6 +540,53 @@ impl Verifier {
     }
 }
 
+impl Verifier {
+    /// `verify_issued`: the signature, issuer, algorithm and expiry of a token a token service
+    /// issued, against the keys of the trusted issuer it names, fetched and rotated by the same
+    /// code as for subject tokens (no second fetcher). Its `aud` is the destination's, which
+    /// `crate::issued` checks, not this workload's, so it is not held to `audiences` here.
+    pub async fn verify_issued(&self, token: &str) -> Result<(), Denial> {
+        let fail = |why: &str| {
+            Denial::new(
+                Reason::IssuedTokenSignatureInvalid,
+                format!("the issued token cannot be verified: {why}"),
+            )
+        };
+        let header = jwt_header(token).ok_or_else(|| fail("it is not a JWT"))?;
+        if header.alg.eq_ignore_ascii_case("none") {
+            return Err(fail("it is not signed (alg none)"));
+        }
+        let unverified = crate::jwt::Unverified::parse(token)
+            .ok()
+            .flatten()
+            .ok_or_else(|| fail("its claims cannot be read"))?;
+        let name = unverified.issuer().ok_or_else(|| fail("it has no iss"))?;
+        let issuer = self
+            .issuers
+            .get(name)
+            .ok_or_else(|| fail("its issuer is not in trusted_issuers"))?;
+        let alg = header
+            .alg
+            .parse::<Algorithm>()
+            .ok()
+            .filter(|a| issuer.config.algorithms.contains(a))
+            .ok_or_else(|| fail("its algorithm is not allowed for its issuer"))?;
+        issuer
+            .check(&self.http, token, alg, header.kid.as_deref(), false)
+            .await
+            .map(|_| ())
+            .map_err(|denial| {
+                fail(match denial.reason {
+                    Reason::IssuerKeysUnavailable => "the issuer's keys could not be fetched",
+                    Reason::SubjectTokenKeyUnknown => "no key of the issuer matches its kid",
+                    Reason::SubjectTokenExpired => "it has expired",
+                    Reason::SubjectTokenSignatureInvalid => "its signature is invalid",
+                    _ => "it does not decode as a signed JWT of its issuer",
+                })
+            })
+    }
+}
+
 /// A JOSE header: what Baton reads from it, and all of it (for `crit`).
 pub(crate) struct Header {
     pub(crate) alg: String,
@@ -605,6 +652,19 @@ impl Issuer {
         alg: Algorithm,
         kid: Option<&str>,
     ) -> Result<Subject, Denial> {
+        self.check(http, token, alg, kid, true).await
+    }
+
+    /// `verify`, with the `audiences` check only when `audience` (an issued token's audience is
+    /// the destination's, judged elsewhere).
+    async fn check(
+        &self,
+        http: &reqwest::Client,
+        token: &str,
+        alg: Algorithm,
+        kid: Option<&str>,
+        audience: bool,
+    ) -> Result<Subject, Denial> {
         let mut keys = self.keys.load_full();
         if !keys.has(kid, alg) {
             // Rotation, or our first use: fetch, at most once per `min_refetch`.
@@ -622,7 +682,7 @@ impl Issuer {
             "no key of the issuer matches the subject token's kid",
         );
         for key in keys.candidates(kid, alg) {
-            match decode(token, key, alg, &self.config) {
+            match decode(token, key, alg, &self.config, audience) {
                 Ok(claims) => {
                     // Required, and already checked to be a NumericDate (`jwt::Unverified::parse`).
                     let exp = claims.get("exp").and_then(|e| crate::jwt::expiry(e).ok()).unwrap_or(0);
@@ -723,13 +783,23 @@ impl KeySet {
     }
 }
 
-fn decode(token: &str, key: &DecodingKey, alg: Algorithm, config: &IssuerConfig) -> Result<Map<String, Value>, Denial> {
+fn decode(
+    token: &str,
+    key: &DecodingKey,
+    alg: Algorithm,
+    config: &IssuerConfig,
+    audience: bool,
+) -> Result<Map<String, Value>, Denial> {
     use jsonwebtoken::errors::ErrorKind;
     let mut validation = Validation::new(alg);
     validation.leeway = config.leeway.as_secs();
     validation.validate_nbf = true;
     validation.set_issuer(&[&config.issuer]);
-    validation.set_audience(&config.audiences);
+    if audience {
+        validation.set_audience(&config.audiences);
+    } else {
+        validation.validate_aud = false;
+    }
     validation.set_required_spec_claims(&["exp", "iss", "aud"]);
     match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
         Ok(data) => Ok(data.claims),
@@ -887,7 +957,7 @@ mod tests {
         for (header, claims, library_accepts, baton) in rows {
             let token = sign(header, &claims);
             assert_eq!(
-                decode(&token, &verifying, Algorithm::ES256, &config).is_ok(),
+                decode(&token, &verifying, Algorithm::ES256, &config, true).is_ok(),
                 library_accepts,
                 "jsonwebtoken on {header} {claims}"
             );

@@ -42,6 +42,12 @@ pub struct RawPolicy {
     pub max_delegation_depth: Option<usize>,
     /// A CEL expression over `subject`, `request`, `source`, `destination`; must be true.
     pub when: Option<String>,
+    /// Patterns every actor of the `act` chain must match, the subject token's own chain before
+    /// any exchange and the issued token's after it (`crate::chain`). Empty: any actor.
+    pub allowed_actors: Vec<String>,
+    /// The issued token must carry an `act` chain (naming Baton's actor when one is sent).
+    /// Default: true when Baton sends an actor token to this destination's token service.
+    pub require_delegation: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -70,6 +76,10 @@ pub struct Policy {
     pub max_token_lifetime: Option<Duration>,
     pub max_delegation_depth: Option<usize>,
     when: Option<Expression>,
+    /// `allowed_actors` (judged where the chains are known: `baton_core::authz`).
+    pub allowed_actors: crate::chain::AllowedActors,
+    /// `None`: whether Baton sends an actor token decides.
+    pub require_delegation: Option<bool>,
 }
 
 /// What the policy looks at.
@@ -98,6 +108,8 @@ pub enum Rule<'p> {
     ScopesFromSubject,
     /// `max_delegation_depth` (judged where the actor is known: `baton_core::authz`).
     MaxDelegationDepth,
+    /// `allowed_actors`, on the subject token's own chain (judged in `baton_core::authz`).
+    AllowedActors,
 }
 
 impl Rule<'_> {
@@ -112,6 +124,7 @@ impl Rule<'_> {
             Self::When => "when".to_owned(),
             Self::ScopesFromSubject => "scopes_from_subject".to_owned(),
             Self::MaxDelegationDepth => "max_delegation_depth".to_owned(),
+            Self::AllowedActors => "allowed_actors".to_owned(),
         }
     }
 }
@@ -190,6 +203,8 @@ impl RawPolicy {
                     None
                 }
             });
+        let allowed_actors =
+            crate::chain::AllowedActors::compile(&self.allowed_actors, &format!("{at}.allowed_actors"), errors);
         Policy {
             sources: self.allowed_sources.iter().map(|s| Pattern::new(s)).collect(),
             claims: self
@@ -206,6 +221,8 @@ impl RawPolicy {
             max_token_lifetime,
             max_delegation_depth: self.max_delegation_depth,
             when,
+            allowed_actors,
+            require_delegation: self.require_delegation,
         }
     }
 }
@@ -336,6 +353,7 @@ impl Policy {
                 self.max_delegation_depth
                     .map_or_else(|| "none".to_owned(), |d| d.to_string())
             ),
+            Rule::AllowedActors => format!("allowed_actors: [{}]", self.allowed_actors.describe()),
         }
     }
 

@@ -103,6 +103,12 @@ pub enum Reason {
     IssuedTokenScopeExceeded,
     /// The issued JWT breaks a JWT rule (`crit`, a time that is not a NumericDate).
     IssuedTokenMalformed,
+    /// An actor of the subject's or the issued token's `act` chain matches none of the
+    /// destination's `allowed_actors` (403).
+    ActorNotAllowed,
+    /// `verify_issued`: the issued token's signature does not verify against the token service's
+    /// keys (503).
+    IssuedTokenSignatureInvalid,
 }
 
 /// The class of a reason, which fixes the HTTP status and the gRPC code of the reply.
@@ -115,7 +121,7 @@ pub enum Class {
 
 impl Reason {
     /// Every reason, for reading a wire name back (`from_name`): a test holds it to `as_str`.
-    pub const ALL: [Reason; 56] = [
+    pub const ALL: [Reason; 58] = [
         Self::MissingToken,
         Self::MultipleAuthorizationHeaders,
         Self::UnsupportedAuthorizationScheme,
@@ -172,6 +178,8 @@ impl Reason {
         Self::IssuedTokenActorMissing,
         Self::IssuedTokenScopeExceeded,
         Self::IssuedTokenMalformed,
+        Self::ActorNotAllowed,
+        Self::IssuedTokenSignatureInvalid,
     ];
 
     /// The reason whose wire name is `name`.
@@ -237,6 +245,8 @@ impl Reason {
             Self::IssuedTokenActorMissing => "issued_token_actor_missing",
             Self::IssuedTokenScopeExceeded => "issued_token_scope_exceeded",
             Self::IssuedTokenMalformed => "issued_token_malformed",
+            Self::ActorNotAllowed => "actor_not_allowed",
+            Self::IssuedTokenSignatureInvalid => "issued_token_signature_invalid",
         }
     }
 
@@ -292,7 +302,8 @@ impl Reason {
             | Self::PolicyExpressionError
             | Self::DelegationTooDeep
             | Self::ScopeNotAllowed
-            | Self::BrokerDisabled => Class::PermissionDenied,
+            | Self::BrokerDisabled
+            | Self::ActorNotAllowed => Class::PermissionDenied,
             Self::TokenServiceUnavailable
             | Self::TokenServiceTimeout
             | Self::TokenServiceError
@@ -306,7 +317,8 @@ impl Reason {
             | Self::IssuedTokenExpired
             | Self::IssuedTokenActorMissing
             | Self::IssuedTokenScopeExceeded
-            | Self::IssuedTokenMalformed => Class::Unavailable,
+            | Self::IssuedTokenMalformed
+            | Self::IssuedTokenSignatureInvalid => Class::Unavailable,
         }
     }
 }

@@ -17,7 +17,7 @@
 //! with one routine (`check`, private); `report` (what a test measured, also in
 //! `target/test-reports/`, which `scripts/test` prints); `k8s` (offline Kubernetes and Istio
 //! validation); `prometheus` (promtool and a real Prometheus server) and `promql` (the metrics a
-//! query names).
+//! query names); `relay` (a service in a chain of services, gateway -> A -> B -> C).
 
 pub mod broker;
 mod check;
@@ -31,6 +31,7 @@ pub mod oidc_session;
 pub mod open_loop;
 pub mod prometheus;
 pub mod promql;
+pub mod relay;
 pub mod report;
 pub mod scratch;
 pub mod sidecar;
@@ -46,6 +47,7 @@ pub use broker::*;
 pub use client::*;
 pub use config::*;
 pub use envoy::*;
+pub use relay::Relay;
 pub use scratch::*;
 pub use sidecar::Baton;
 pub use stack::Stack;

@@ -129,6 +129,8 @@ struct Line<'a> {
     jti: Option<&'a str>,
     exp: Option<i64>,
     cache: Option<&'a str>,
+    /// The `actors` were read from an issued token whose signature was verified (`verify_issued`).
+    chain_verified: bool,
 }
 
 #[derive(Serialize)]
@@ -179,6 +181,7 @@ impl Entry {
             jti: claims.and_then(|c| c.jti),
             exp: claims.and_then(|c| c.exp),
             cache: self.cache.map(CacheStatus::as_str),
+            chain_verified: self.delegated.as_ref().is_some_and(|d| d.chain_verified()),
         };
         let mut text = serde_json::to_string(&line).unwrap_or_default();
         text.push('\n');

@@ -493,6 +493,7 @@ fn delegated_attributes(d: &Delegated, subject: SubjectMode) -> Vec<KeyValue> {
         strings(actors.iter().map(|a| a.to_string())),
     ));
     out.push(KeyValue::new("baton.delegation.depth", actors.len() as i64));
+    out.push(KeyValue::new("baton.delegation.chain_verified", d.chain_verified()));
     out.push(KeyValue::new(
         "baton.scopes.granted",
         strings(split_scopes(d.scope().or(c.scope))),
