@@ -6,6 +6,11 @@
 //! ext_proc has no `context_extensions`: a route names its destination with a per-route
 //! `ExtProcPerRoute.overrides.grpc_initial_metadata` entry, `baton-destination: NAME`, which Envoy
 //! sends as gRPC metadata when it opens the stream (see `envoy_config`).
+//!
+//! With `response_header_mode: SEND`, the stream keeps the cache entry that served the request
+//! (its key and token, never the subject token) until the response headers arrive: a 401 whose
+//! challenge says `invalid_token` purges exactly that entry (`refused`, `Authz::purge_served`), so the
+//! next request exchanges again. Every other response changes nothing.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,8 +24,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::extract;
 use crate::outcome;
+use crate::refused;
 use crate::respond;
 use baton_core::authz::{Authz, Current};
+use baton_core::cache::{Delegated, Key};
+use baton_core::decision::Allow;
 use baton_core::telemetry::Api;
 use baton_decide::reason::{Denial, Reason};
 
@@ -56,6 +64,7 @@ impl ExternalProcessor for ExtProcService {
             metadata: request.metadata().clone(),
             inbound: request.into_inner(),
             state: State::AwaitingHeaders,
+            served: None,
         };
         Ok(Response::new(Box::pin(futures_util::stream::unfold(
             stream,
@@ -93,6 +102,15 @@ struct Stream {
     metadata: MetadataMap,
     inbound: Streaming<ProcessingRequest>,
     state: State,
+    /// The cache entry that served this request, until its response headers are seen.
+    served: Option<Served>,
+}
+
+/// What a destination's `invalid_token` purges: one entry, named by its key and held token.
+struct Served {
+    destination: Arc<str>,
+    key: Key,
+    token: Arc<Delegated>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -132,9 +150,24 @@ impl Stream {
             }
             match (&request.request, self.state) {
                 (Some(Phase::RequestHeaders(_)), State::AwaitingHeaders) => {
-                    let reply = self.decide(&request).await;
+                    let (reply, served) = self.decide(&request).await;
+                    self.served = served;
                     self.state = State::Decided;
                     return Some((Ok(reply), self));
+                }
+                (Some(phase @ Phase::ResponseHeaders(response)), State::Decided) => {
+                    // Once: the response's headers are the destination's answer.
+                    if let Some(served) = self.served.take()
+                        && refused::says_invalid_token(response)
+                    {
+                        self.authz.purge_served(
+                            &served.destination,
+                            &served.key,
+                            &served.token,
+                            outcome::trace_context(&self.metadata),
+                        );
+                    }
+                    return Some((Ok(respond::continue_response(phase)), self));
                 }
                 (Some(Phase::RequestHeaders(_)), _) => {
                     return self.fail(Status::invalid_argument(
@@ -157,8 +190,8 @@ impl Stream {
     }
 
     /// The reply to the request headers: the decision, observed (span, metrics, audit line), with
-    /// Baton's dynamic metadata.
-    async fn decide(&self, request: &ProcessingRequest) -> ProcessingResponse {
+    /// Baton's dynamic metadata; and the cache entry that served it, if it was delegated.
+    async fn decide(&self, request: &ProcessingRequest) -> (ProcessingResponse, Option<Served>) {
         let processing = self
             .destination
             .as_ref()
@@ -172,7 +205,7 @@ impl Stream {
             Api::ExtProc,
             &self.metadata,
             outbound.as_ref(),
-            respond::request_headers_reply,
+            reply_and_served,
         )
         .await
     }
@@ -183,6 +216,27 @@ impl Stream {
         self.state = State::Closed;
         Some((Err(status), self))
     }
+}
+
+/// `respond::request_headers_reply`, and what a later `invalid_token` would purge.
+fn reply_and_served(
+    outcome: &Result<Allow, Denial>,
+    metadata: Option<envoy_types::pb::google::protobuf::Struct>,
+) -> (ProcessingResponse, Option<Served>) {
+    let served = match outcome {
+        Ok(Allow::Delegate {
+            destination,
+            token,
+            key,
+            ..
+        }) => Some(Served {
+            destination: destination.name.clone(),
+            key: *key,
+            token: token.clone(),
+        }),
+        _ => None,
+    };
+    (respond::request_headers_reply(outcome, metadata), served)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod ext_proc;
 pub mod extract;
 pub mod file;
 pub mod listen;
+mod refused;
 mod outcome;
 pub mod reload;
 pub mod respond;
