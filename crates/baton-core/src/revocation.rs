@@ -697,20 +697,37 @@ mod tests {
         for (body, code) in [
             (r#"{"destination":"orders","sub":"alice"}"#, "ambiguous_selector"),
             (r#"{"destination":"orders","all":true}"#, "ambiguous_selector"),
-            (r#"{"destination":"orders","issuer":"https://idp"}"#, "issuer_without_sub"),
+            (
+                r#"{"destination":"orders","issuer":"https://idp"}"#,
+                "issuer_without_sub",
+            ),
             (r#"{"destination":""}"#, "empty_value"),
             (r#"{"destination":7}"#, "malformed_body"),
         ] {
             assert_eq!(ok(body).map_err(|e| e.code), Err(code), "{body}");
         }
         let s = store(1);
-        for purge in [orders, Selector::Served { destination: "orders".into() }] {
+        for purge in [
+            orders,
+            Selector::Served {
+                destination: "orders".into(),
+            },
+        ] {
             assert!(!purge.is_remembered());
             assert!(!names(&purge, &alice(None)), "names no holder");
             s.revoke(&purge, NOW).expect("nothing to hold");
             assert!(s.is_empty());
             assert!(!s.is_revoked(&alice(None), NOW));
         }
-        assert_eq!((Selector::All.kind(), Selector::Served { destination: String::new() }.kind()), ("all", "served"));
+        assert_eq!(
+            (
+                Selector::All.kind(),
+                Selector::Served {
+                    destination: String::new()
+                }
+                .kind()
+            ),
+            ("all", "served")
+        );
     }
 }

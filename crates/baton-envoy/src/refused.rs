@@ -65,7 +65,10 @@ mod tests {
 
     #[test]
     fn only_a_401_with_an_invalid_token_challenge() {
-        assert!(says_invalid_token(&response(&[(":status", b"401"), ("www-authenticate", INVALID)])));
+        assert!(says_invalid_token(&response(&[
+            (":status", b"401"),
+            ("www-authenticate", INVALID)
+        ])));
         assert!(says_invalid_token(&response(&[
             (":status", b"401"),
             ("www-authenticate", b"Basic realm=\"x\""),
@@ -75,7 +78,10 @@ mod tests {
             response(&[(":status", b"403"), ("www-authenticate", INVALID)]),
             response(&[(":status", b"200"), ("www-authenticate", INVALID)]),
             response(&[(":status", b"401")]),
-            response(&[(":status", b"401"), ("www-authenticate", b"Bearer error=\"insufficient_scope\"")]),
+            response(&[
+                (":status", b"401"),
+                ("www-authenticate", b"Bearer error=\"insufficient_scope\""),
+            ]),
             response(&[(":status", b"401"), ("www-authenticate", b"Bearer realm=\"x\"")]),
             response(&[(":status", b"401"), ("x-www-authenticate", INVALID)]),
             response(&[(":status", b"401 "), ("www-authenticate", INVALID)]),
@@ -86,7 +92,10 @@ mod tests {
             assert!(!says_invalid_token(&no), "{no:?}");
         }
         let mut many = vec![(":status", b"401".as_slice())];
-        many.extend(std::iter::repeat_n(("www-authenticate", b"Basic".as_slice()), MAX_CHALLENGE_LINES));
+        many.extend(std::iter::repeat_n(
+            ("www-authenticate", b"Basic".as_slice()),
+            MAX_CHALLENGE_LINES,
+        ));
         many.push(("www-authenticate", INVALID));
         assert!(!says_invalid_token(&response(&many)), "bounded");
     }
