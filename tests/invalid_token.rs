@@ -9,8 +9,8 @@
 //! - `baton revoke --destination NAME` purges that destination's tokens and remembers nothing (the
 //!   same user is delegated again); an unknown name is a 400 `destination_not_configured`.
 //!
-//! The destination is a stand-in (`StandInDestination`): an HTTP server that answers by path, as a
-//! resource server would, since what matters is the response Envoy hands Baton.
+//! The destination is the harness's stand-in (`StandInDestination`): an HTTP server that answers by
+//! path, as a resource server would, since what matters is the response Envoy hands Baton.
 
 use std::time::Duration;
 
@@ -19,60 +19,6 @@ use baton_test_support::*;
 const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 const ADMIN_SECRET: &str = "invalid-token-admin-secret-for-tests-0123456789";
-
-/// A resource server stand-in behind Envoy: `/refuse` answers 401 with an RFC 6750
-/// `invalid_token` challenge, `/login` a 401 with a challenge and no error, `/forbid` a 403
-/// `insufficient_scope`; any other path 200 with the Authorization it received (echoed as the
-/// harness's upstream does).
-struct StandInDestination {
-    port: u16,
-    _task: tokio::task::JoinHandle<()>,
-}
-
-impl StandInDestination {
-    async fn start() -> Self {
-        use axum::http::{HeaderMap, StatusCode, Uri, header};
-        use axum::response::IntoResponse as _;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let app = axum::Router::new().fallback(|uri: Uri, headers: HeaderMap| async move {
-            let challenge = |value: &'static str| [(header::WWW_AUTHENTICATE, value)];
-            let body = axum::Json(serde_json::json!({ "error": "refused by the destination" }));
-            match uri.path() {
-                "/refuse" => (
-                    StatusCode::UNAUTHORIZED,
-                    challenge(r#"Basic realm="x", Bearer realm="orders", error="invalid_token", error_description="The access token expired""#),
-                    body,
-                )
-                    .into_response(),
-                "/login" => (StatusCode::UNAUTHORIZED, challenge(r#"Bearer realm="orders""#), body).into_response(),
-                "/forbid" => (
-                    StatusCode::FORBIDDEN,
-                    challenge(r#"Bearer error="insufficient_scope", scope="orders.write""#),
-                    body,
-                )
-                    .into_response(),
-                path => {
-                    let all: Vec<&str> = headers
-                        .get_all(header::AUTHORIZATION)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok())
-                        .collect();
-                    axum::Json(serde_json::json!({
-                        "authorization": all.first(),
-                        "authorization_count": all.len(),
-                        "path": path,
-                    }))
-                    .into_response()
-                }
-            }
-        });
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self { port, _task: task }
-    }
-}
 
 struct Setup {
     scratch: Scratch,
