@@ -174,6 +174,13 @@ impl Stream {
                         "a second request_headers message on one stream",
                     ));
                 }
+                // Envoy's own reply to a request that never reached this filter (refused before it,
+                // e.g. a malformed request line): with response headers sent, the stream opens on
+                // the response. Nothing was decided or served: continued as is.
+                (Some(phase @ Phase::ResponseHeaders(_)), State::AwaitingHeaders) => {
+                    self.state = State::Decided;
+                    return Some((Ok(respond::continue_response(phase)), self));
+                }
                 (_, State::AwaitingHeaders) => {
                     return self.fail(Status::invalid_argument(
                         "the first ext_proc message must be request_headers: set processing_mode.request_header_mode to SEND",
@@ -381,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_that_breaks_the_protocol_gets_a_grpc_error() {
         let (tx, mut replies) = open(None).await;
-        tx.send(message(Phase::ResponseHeaders(headers(&[]))))
+        tx.send(message(Phase::RequestBody(Default::default())))
             .await
             .expect("send");
         let status = reply(&mut replies).await.expect_err("not request_headers first");
@@ -404,6 +411,24 @@ mod tests {
         tx.send(observing).await.expect("send");
         let status = reply(&mut replies).await.expect_err("observability mode");
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    }
+
+    /// Envoy's own reply (a request refused before the filter) opens the stream on the response
+    /// headers: continued, never an error (Envoy would reset the client's connection).
+    #[tokio::test]
+    async fn a_stream_opened_by_envoys_own_reply_is_continued() {
+        let (tx, mut replies) = open(None).await;
+        let response = headers(&[
+            (":status", "401"),
+            ("www-authenticate", "Bearer error=\"invalid_token\""),
+        ]);
+        tx.send(message(Phase::ResponseHeaders(response))).await.expect("send");
+        assert!(matches!(
+            reply(&mut replies).await,
+            Ok(Some(Reply::ResponseHeaders(h))) if h.response.is_none()
+        ));
+        drop(tx);
+        assert!(matches!(reply(&mut replies).await, Ok(None)), "stream ends with OK");
     }
 
     #[test]
