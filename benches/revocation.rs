@@ -85,7 +85,9 @@ async fn run() {
     let extra = format!("revocation:\n  admin_secret_file: {}\n", secret_file.display());
     let baton = Baton::start_quiet_with(&scratch, &service.token_endpoint, &extra).await;
     let destination = StandInDestination::start().await;
-    let envoy = Envoy::start_for(Api::ExtProc, &scratch, baton.grpc, destination.port).await;
+    let bootstrap = envoy_bootstrap_for(Api::ExtProc, free_port(), baton.grpc, destination.port)
+        .replace("response_header_mode: SKIP", "response_header_mode: SEND");
+    let envoy = Envoy::start_with_bootstrap(&scratch, &bootstrap).await;
     let client = reqwest::Client::new();
     let get = |path: &'static str| {
         client
@@ -161,8 +163,8 @@ async fn hits(scratch: &Scratch, baton: u16, mode: &str, token: &str) -> (f64, D
         bootstrap.find("          route_config:").expect("route config"),
     );
     bootstrap.replace_range(start..end, "");
-    assert!(bootstrap.contains("response_header_mode: SEND"));
-    bootstrap = bootstrap.replace("response_header_mode: SEND", &format!("response_header_mode: {mode}"));
+    assert!(bootstrap.contains("response_header_mode: SKIP"));
+    bootstrap = bootstrap.replace("response_header_mode: SKIP", &format!("response_header_mode: {mode}"));
     let envoy = Envoy::start_with_bootstrap(scratch, &bootstrap).await;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CONCURRENCY)

@@ -38,7 +38,10 @@ impl Setup {
         let extra = format!("revocation:\n  admin_secret_file: {}\n", secret_file.display());
         let baton = Baton::start(&scratch, &service.token_endpoint, &extra).await;
         let destination = StandInDestination::start().await;
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, destination.port).await;
+        // Response headers sent to Baton: not yet the harness's (nor `baton envoy-config`'s) default.
+        let bootstrap = envoy_bootstrap_for(api, free_port(), baton.grpc, destination.port)
+            .replace("response_header_mode: SKIP", "response_header_mode: SEND");
+        let envoy = Envoy::start_with_bootstrap(&scratch, &bootstrap).await;
         Self {
             scratch,
             service,

@@ -265,11 +265,12 @@ fn baton_filter(options: &Options) -> Value {
                 "metadata_options": {
                     "receiving_namespaces": { "untyped": [crate::respond::EXT_PROC_NAMESPACE] },
                 },
-                // Response headers too: a destination's 401 `invalid_token` purges the cache entry
-                // that served the request (see `ext_proc`).
+                // Response headers stay off for now: with SEND, a destination's 401 `invalid_token`
+                // purges the entry that served the request (see `ext_proc`), but tests/adversarial
+                // found malformed requests answered with nothing under SEND (not understood yet).
                 "processing_mode": {
                     "request_header_mode": "SEND",
-                    "response_header_mode": "SEND",
+                    "response_header_mode": "SKIP",
                     "request_body_mode": "NONE",
                     "response_body_mode": "NONE",
                     "request_trailer_mode": "SKIP",
@@ -665,7 +666,7 @@ destinations:
         assert_eq!(filter["message_timeout"], "2.500s");
         assert_eq!(filter["failure_mode_allow"], false);
         assert_eq!(filter["processing_mode"]["request_header_mode"], "SEND");
-        assert_eq!(filter["processing_mode"]["response_header_mode"], "SEND");
+        assert_eq!(filter["processing_mode"]["response_header_mode"], "SKIP");
     }
 
     #[test]

@@ -195,7 +195,7 @@ pub fn envoy_bootstrap_for(api: Api, port: u16, baton_grpc: u16, upstream: u16) 
                 receiving_namespaces: { untyped: [envoy.filters.http.ext_proc] }
               processing_mode:
                 request_header_mode: SEND
-                response_header_mode: SEND
+                response_header_mode: SKIP
                 request_body_mode: NONE
                 response_body_mode: NONE
                 request_trailer_mode: SKIP
