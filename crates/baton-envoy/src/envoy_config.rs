@@ -267,7 +267,7 @@ fn baton_filter(options: &Options) -> Value {
                 },
                 // Response headers stay off for now: with SEND, a destination's 401 `invalid_token`
                 // purges the entry that served the request (see `ext_proc`), but tests/adversarial
-                // found malformed requests answered with nothing under SEND (not understood yet).
+                // found `GET * HTTP/1.1` answered with nothing under SEND (not understood yet).
                 "processing_mode": {
                     "request_header_mode": "SEND",
                     "response_header_mode": "SKIP",
