@@ -267,6 +267,7 @@ async fn memory_of(n: usize, token_bytes: usize, with_claims: bool) -> baton_cor
     use baton_core::jwt::DelegationClaims;
     use baton_core::secret::Secret;
     let cache = TokenCache::new(n as u64, Duration::ZERO);
+    let destination: Arc<str> = Arc::from("orders");
     let before = rss_bytes();
     let now = unix_now();
     for i in 0..n {
@@ -297,6 +298,9 @@ async fn memory_of(n: usize, token_bytes: usize, with_claims: bool) -> baton_cor
                 requested_scope: None,
             });
         }
+        // Every exchanged entry names its destination (issue 14: the purge by destination), one
+        // name shared by all of them, as `Authz` shares the configured one.
+        delegated = delegated.with_destination(destination.clone());
         let mut key = [0u8; 32];
         key[..8].copy_from_slice(&(i as u64).to_be_bytes());
         cache.replace(key, Arc::new(delegated));
@@ -305,6 +309,10 @@ async fn memory_of(n: usize, token_bytes: usize, with_claims: bool) -> baton_cor
     let grown = rss_bytes().saturating_sub(before);
     // Per entry held: the cache may keep slightly fewer than `max_entries` (it bounds each shard).
     let per_entry = grown as f64 / held as f64;
+    println!(
+        "size_of::<Delegated>() = {} B",
+        std::mem::size_of::<baton_core::cache::Delegated>()
+    );
     let overhead = per_entry - token_bytes as f64;
     println!(
         "{}: RSS grew by {:.1} MiB ({held} entries held) · {per_entry:.0} B per entry · {overhead:.0} B per entry over the token itself",

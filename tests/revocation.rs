@@ -250,8 +250,8 @@ async fn revocation_suite(api: Api) {
     // Metrics and the audit record.
     let metrics = stack.baton.metrics().await;
     for line in [
-        r#"baton_revocations_total{kind="subject",outcome="ok"} 1"#,
-        r#"baton_revocations_total{kind="session",outcome="ok"} 1"#,
+        r#"baton_revocations_total{event="operator",kind="subject",outcome="ok"} 1"#,
+        r#"baton_revocations_total{event="operator",kind="session",outcome="ok"} 1"#,
         "baton_revocations_remembered 2",
         "baton_revocations_max 100",
     ] {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("selector").required(true).args(["sub", "sid", "all"])))]
+#[command(group(clap::ArgGroup::new("selector").required(true).args(["sub", "sid", "all", "destination"])))]
 pub(crate) struct Args {
     /// Baton's admin listener, as `listen.admin` serves it (`http://127.0.0.1:9901`).
     #[arg(long, value_name = "URL")]
@@ -26,6 +26,10 @@ pub(crate) struct Args {
     /// Revoke every token issued until now, whoever it names.
     #[arg(long)]
     all: bool,
+    /// Purge the delegated tokens cached for this destination (its `name`): nothing is remembered
+    /// and nobody is revoked; the next requests there exchange again.
+    #[arg(long, value_name = "NAME")]
+    destination: Option<String>,
     /// How long to wait for Baton's answer, in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300), value_name = "SECONDS")]
     timeout: u64,
@@ -46,13 +50,14 @@ impl Args {
     }
 
     fn body(&self) -> serde_json::Value {
-        match (&self.sub, &self.sid) {
-            (Some(sub), _) => match &self.issuer {
+        match (&self.sub, &self.sid, &self.destination) {
+            (Some(sub), _, _) => match &self.issuer {
                 Some(issuer) => serde_json::json!({ "issuer": issuer, "sub": sub }),
                 None => serde_json::json!({ "sub": sub }),
             },
-            (None, Some(sid)) => serde_json::json!({ "sid": sid }),
-            (None, None) => serde_json::json!({ "all": true }),
+            (None, Some(sid), _) => serde_json::json!({ "sid": sid }),
+            (None, None, Some(name)) => serde_json::json!({ "destination": name }),
+            (None, None, None) => serde_json::json!({ "all": true }),
         }
     }
 

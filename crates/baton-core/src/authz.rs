@@ -203,14 +203,20 @@ impl Authz {
             purged = tracing::field::Empty
         );
         let _entered = span.enter();
-        if let Err(full) = self.revocations.revoke(selector, crate::clock::unix_now()) {
+        if selector.is_remembered()
+            && let Err(full) = self.revocations.revoke(selector, crate::clock::unix_now())
+        {
             tracing::warn!(event, kind = selector.kind(), error = %full, "revocation refused");
             self.telemetry.revocation(event, selector, "full", 0, &self.revocations);
             return Err(full);
         }
         let everything = *selector == Selector::All;
         let named = |holder: &Holder<'_>| revocation::names(selector, holder);
-        let purged = self.cache.purge(named, everything) + self.verifier.as_ref().map_or(0, |v| v.purge(named));
+        let purged = match selector {
+            // A destination's tokens only: its users' verified subjects stay (nobody was revoked).
+            Selector::Destination { name } => self.cache.purge_destination(name),
+            _ => self.cache.purge(named, everything) + self.verifier.as_ref().map_or(0, |v| v.purge(named)),
+        };
         span.record("purged", purged);
         tracing::info!(event, kind = selector.kind(), purged, "revoked");
         self.telemetry
@@ -223,6 +229,39 @@ impl Authz {
         self.backchannel_logout
             .as_ref()
             .map(|settings| (settings, self.verifier.as_deref()))
+    }
+
+    /// A destination answered a request with 401 and a Bearer (or DPoP) `invalid_token` challenge
+    /// (seen by ext_proc): the one cache entry that served it (`key`, still holding `token`) is
+    /// purged, so the next request exchanges again. Nothing is remembered, nobody's authority ends;
+    /// recorded like every signal (`event: invalid_token`, `kind: served`), its span a child of
+    /// the request's trace (`parent`). Whether the entry was still there to purge.
+    pub fn purge_served(
+        &self,
+        destination: &str,
+        key: &Key,
+        token: &Arc<Delegated>,
+        parent: Option<crate::telemetry::trace::TraceContext<'_>>,
+    ) -> bool {
+        let purged = self.cache.take(key, token);
+        tracing::info!(
+            destination,
+            issued = %token.fingerprint(),
+            purged,
+            "the destination refused the delegated token (invalid_token): its cache entry purged"
+        );
+        let selector = Selector::Served {
+            destination: destination.to_owned(),
+        };
+        self.telemetry.revocation_in(
+            parent,
+            "invalid_token",
+            &selector,
+            "ok",
+            usize::from(purged),
+            &self.revocations,
+        );
+        purged
     }
 
     pub fn shared_cache(&self) -> Arc<TokenCache> {
@@ -243,11 +282,12 @@ impl Authz {
                 caller,
                 ..
             } => {
-                let (token, cache) = self.delegate(destination, subject_token, &caller).await?;
+                let (token, cache, key) = self.delegate(destination, subject_token, &caller).await?;
                 Ok(Allow::Delegate {
                     destination: destination.clone(),
                     token,
                     cache,
+                    key,
                 })
             }
         }
@@ -309,13 +349,13 @@ impl Authz {
     }
 
     /// verify -> policy -> the token for `route` on behalf of `subject_token`: cached, or
-    /// exchanged once for all concurrent callers.
+    /// exchanged once for all concurrent callers; with the key of the cache entry that holds it.
     pub async fn delegate(
         &self,
         route: &Arc<Destination>,
         subject_token: &str,
         caller: &Caller<'_>,
-    ) -> Result<(Arc<Delegated>, CacheStatus), Denial> {
+    ) -> Result<(Arc<Delegated>, CacheStatus, Key), Denial> {
         let digest = cache::digest(subject_token);
         let subject = self.verify(subject_token, &digest).await?;
         // Verified claims are at hand: checked before any cached token is looked at. An unverified
@@ -359,7 +399,7 @@ impl Authz {
         if status == CacheStatus::Hit && token.claim_refresh(crate::clock::unix_now()) {
             self.refresh(route.clone(), subject_token, subject, scope, key);
         }
-        Ok((token, status))
+        Ok((token, status, key))
     }
 
     /// May `route` be delegated to for a subject with `claims`, on this caller's request? The
@@ -658,6 +698,7 @@ impl Authz {
         )
         .with_claims(claims)
         .with_subject_sid(subject_sid)
+        .with_destination(route.name.clone())
         .with_actors(actors)
         .with_chain_verified(chain_verified)
         .refresh_ahead(self.refresh_ahead);

@@ -62,6 +62,9 @@ pub struct Delegated {
     /// Set by the one hit that starts the refresh, so there is at most one per entry.
     refresh_claimed: AtomicBool,
     about: Option<Box<About>>,
+    /// The destination it was exchanged for (its name, shared with the configuration), so an
+    /// operator can purge one destination's tokens (`revocation::Selector::Destination`).
+    destination: Option<Arc<str>>,
 }
 
 /// What the token service said besides the token, and what audit and traces report about it,
@@ -233,6 +236,7 @@ impl Delegated {
             ttl,
             refresh_claimed: AtomicBool::new(false),
             about: None,
+            destination: None,
         };
         let token_type = (token_type != "Bearer").then_some(token_type);
         if token_type.is_some() || issued_token_type.is_some() || scope.is_some() {
@@ -309,6 +313,16 @@ impl Delegated {
         changes[Field::SubjectSid as usize] = Some(sid);
         self.about_mut().set(changes);
         self
+    }
+
+    /// The destination it is for (see `destination`).
+    pub fn with_destination(mut self, name: Arc<str>) -> Self {
+        self.destination = Some(name);
+        self
+    }
+
+    pub fn destination(&self) -> Option<&str> {
+        self.destination.as_deref()
     }
 
     /// Whose entry it is, as a revocation matches it.
@@ -526,6 +540,28 @@ impl TokenCache {
     pub fn forget(&self, key: &Key, token: &Arc<Delegated>) {
         self.inner
             .remove_if(key, |slot| slot.as_ref().is_ok_and(|t| Arc::ptr_eq(t, token)));
+    }
+
+    /// Take out `token` if it is still the one held for `key`: whether it was (the purge of the one
+    /// entry that served a request its destination refused, `invalid_token`).
+    pub fn take(&self, key: &Key, token: &Arc<Delegated>) -> bool {
+        self.inner
+            .remove_if(key, |slot| slot.as_ref().is_ok_and(|t| Arc::ptr_eq(t, token)))
+            .is_some()
+    }
+
+    /// Remove every token exchanged for the destination named `name` (a scan); how many. Its
+    /// remembered refusals stay: they only ever refuse, for `negative_ttl`.
+    pub fn purge_destination(&self, name: &str) -> usize {
+        let purged = std::sync::atomic::AtomicUsize::new(0);
+        self.inner.retain(|_, slot| match slot {
+            Ok(token) if token.destination() == Some(name) => {
+                purged.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            _ => true,
+        });
+        purged.into_inner()
     }
 
     /// A refusal remembered for `key`, if any.

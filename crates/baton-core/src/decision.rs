@@ -18,6 +18,8 @@ pub enum Allow {
         destination: Arc<Destination>,
         token: Arc<Delegated>,
         cache: CacheStatus,
+        /// The cache entry that served it: what a destination's `invalid_token` purges.
+        key: Key,
     },
     /// Remove `Authorization`: the destination is not configured (`unknown_destination: strip`).
     Strip,

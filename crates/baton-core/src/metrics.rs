@@ -78,7 +78,9 @@ pub struct CircuitTransitionLabels {
 /// One revocation signal: what it named, and what became of it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RevocationLabels {
-    /// `subject`, `session` or `all`.
+    /// Where the signal came from: `operator`, `invalid_token` (a destination's 401), ...
+    pub event: &'static str,
+    /// `subject`, `session`, `all`, `destination` or `served`.
     pub kind: &'static str,
     /// `ok`, or `full` (the store is at `revocation.max_entries`: not remembered, nothing purged).
     pub outcome: &'static str,
@@ -273,7 +275,7 @@ impl Metrics {
         );
         registry.register(
             "revocations",
-            "Revocation signals by kind (subject, session, all) and outcome (ok, full)",
+            "Revocation signals by event (operator, invalid_token, ...), kind (subject, session, all, destination, served) and outcome (ok, full)",
             metrics.revocations.clone(),
         );
         registry.register(

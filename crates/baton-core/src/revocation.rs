@@ -115,6 +115,12 @@ pub enum Selector {
     Session { sid: String },
     /// Every token issued until now.
     All,
+    /// Every delegated token cached for one destination: a purge, nothing remembered, no user's
+    /// authority ends (their next request there is exchanged again).
+    Destination { name: String },
+    /// The one cached token that served a request the destination answered with a 401
+    /// `invalid_token` (ext_proc): a purge of that entry, nothing remembered.
+    Served { destination: String },
 }
 
 impl Selector {
@@ -124,7 +130,15 @@ impl Selector {
             Self::Subject { .. } => "subject",
             Self::Session { .. } => "session",
             Self::All => "all",
+            Self::Destination { .. } => "destination",
+            Self::Served { .. } => "served",
         }
+    }
+
+    /// Is it remembered, so a later request is refused (`subject_revoked`)? Only what names
+    /// whose authority ends; a destination's purges are not.
+    pub fn is_remembered(&self) -> bool {
+        matches!(self, Self::Subject { .. } | Self::Session { .. } | Self::All)
     }
 
     /// Does it name the holder of a token with these claims?
@@ -136,6 +150,7 @@ impl Selector {
             }
             Self::Session { sid } => holder.sid == Some(sid.as_str()),
             Self::All => true,
+            Self::Destination { .. } | Self::Served { .. } => false,
         }
     }
 }
@@ -169,10 +184,12 @@ struct RawRequest {
     sub: Option<String>,
     sid: Option<String>,
     all: Option<bool>,
+    destination: Option<String>,
 }
 
 impl Selector {
-    /// `{"issuer":..,"sub":..}` (issuer optional), `{"sid":..}` or `{"all":true}`: exactly one.
+    /// `{"issuer":..,"sub":..}` (issuer optional), `{"sid":..}`, `{"all":true}` or
+    /// `{"destination":..}`: exactly one.
     pub fn from_json(body: &[u8]) -> Result<Self, RequestError> {
         if body.len() > MAX_REQUEST_BYTES {
             return Err(refuse(
@@ -182,7 +199,12 @@ impl Selector {
         }
         let raw: RawRequest = serde_json::from_slice(body)
             .map_err(|e| refuse("malformed_body", format!("the body is not a revocation request: {e}")))?;
-        for (name, value) in [("issuer", &raw.issuer), ("sub", &raw.sub), ("sid", &raw.sid)] {
+        for (name, value) in [
+            ("issuer", &raw.issuer),
+            ("sub", &raw.sub),
+            ("sid", &raw.sid),
+            ("destination", &raw.destination),
+        ] {
             match value {
                 Some(v) if v.is_empty() => return Err(refuse("empty_value", format!("`{name}` is empty"))),
                 Some(v) if v.len() > MAX_VALUE_LEN => {
@@ -194,12 +216,23 @@ impl Selector {
                 _ => {}
             }
         }
-        let named = [raw.sub.is_some(), raw.sid.is_some(), raw.all.is_some()];
+        let named = [
+            raw.sub.is_some(),
+            raw.sid.is_some(),
+            raw.all.is_some(),
+            raw.destination.is_some(),
+        ];
         if named.iter().filter(|n| **n).count() > 1 {
             return Err(refuse(
                 "ambiguous_selector",
-                "name one of `sub` (with an optional `issuer`), `sid` or `all`",
+                "name one of `sub` (with an optional `issuer`), `sid`, `all` or `destination`",
             ));
+        }
+        if let Some(name) = raw.destination {
+            if raw.issuer.is_some() {
+                return Err(refuse("issuer_without_sub", "`issuer` needs a `sub`"));
+            }
+            return Ok(Self::Destination { name });
         }
         match (raw.issuer, raw.sub, raw.sid, raw.all) {
             (issuer, Some(sub), None, None) => Ok(Self::Subject { issuer, sub }),
@@ -389,6 +422,8 @@ impl Store {
                 inner.sessions.clear();
                 inner.all = Some(now);
             }
+            // Purges only: nothing to remember.
+            Selector::Destination { .. } | Selector::Served { .. } => {}
         }
         self.held.store(inner.len(), Ordering::Release);
         Ok(())
@@ -652,5 +687,47 @@ mod tests {
         assert!(errors.0.is_empty());
         assert_eq!(settings.remember, DEFAULT_REMEMBER);
         assert!(settings.admin_secret.is_none());
+    }
+
+    #[test]
+    fn a_destination_is_a_purge_never_remembered() {
+        let ok = |body: &str| Selector::from_json(body.as_bytes());
+        let orders = Selector::Destination { name: "orders".into() };
+        assert_eq!(ok(r#"{"destination":"orders"}"#), Ok(orders.clone()));
+        for (body, code) in [
+            (r#"{"destination":"orders","sub":"alice"}"#, "ambiguous_selector"),
+            (r#"{"destination":"orders","all":true}"#, "ambiguous_selector"),
+            (
+                r#"{"destination":"orders","issuer":"https://idp"}"#,
+                "issuer_without_sub",
+            ),
+            (r#"{"destination":""}"#, "empty_value"),
+            (r#"{"destination":7}"#, "malformed_body"),
+        ] {
+            assert_eq!(ok(body).map_err(|e| e.code), Err(code), "{body}");
+        }
+        let s = store(1);
+        for purge in [
+            orders,
+            Selector::Served {
+                destination: "orders".into(),
+            },
+        ] {
+            assert!(!purge.is_remembered());
+            assert!(!names(&purge, &alice(None)), "names no holder");
+            s.revoke(&purge, NOW).expect("nothing to hold");
+            assert!(s.is_empty());
+            assert!(!s.is_revoked(&alice(None), NOW));
+        }
+        assert_eq!(
+            (
+                Selector::All.kind(),
+                Selector::Served {
+                    destination: String::new()
+                }
+                .kind()
+            ),
+            ("all", "served")
+        );
     }
 }

@@ -72,10 +72,11 @@ impl DelegationBroker for Broker {
                 observation
                     .run(authz.delegate(route, subject, &caller))
                     .await
-                    .map(|(token, cache)| Allow::Delegate {
+                    .map(|(token, cache, key)| Allow::Delegate {
                         destination: route.clone(),
                         token,
                         cache,
+                        key,
                     })
             }
         };

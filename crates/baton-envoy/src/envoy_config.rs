@@ -265,6 +265,9 @@ fn baton_filter(options: &Options) -> Value {
                 "metadata_options": {
                     "receiving_namespaces": { "untyped": [crate::respond::EXT_PROC_NAMESPACE] },
                 },
+                // Response headers stay off for now: with SEND, a destination's 401 `invalid_token`
+                // purges the entry that served the request (see `ext_proc`), but tests/adversarial
+                // found `GET * HTTP/1.1` answered with nothing under SEND (not understood yet).
                 "processing_mode": {
                     "request_header_mode": "SEND",
                     "response_header_mode": "SKIP",

@@ -6,6 +6,11 @@
 //! ext_proc has no `context_extensions`: a route names its destination with a per-route
 //! `ExtProcPerRoute.overrides.grpc_initial_metadata` entry, `baton-destination: NAME`, which Envoy
 //! sends as gRPC metadata when it opens the stream (see `envoy_config`).
+//!
+//! With `response_header_mode: SEND`, the stream keeps the cache entry that served the request
+//! (its key and token, never the subject token) until the response headers arrive: a 401 whose
+//! challenge says `invalid_token` purges exactly that entry (`refused`, `Authz::purge_served`), so the
+//! next request exchanges again. Every other response changes nothing.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,8 +24,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::extract;
 use crate::outcome;
+use crate::refused;
 use crate::respond;
 use baton_core::authz::{Authz, Current};
+use baton_core::cache::{Delegated, Key};
+use baton_core::decision::Allow;
 use baton_core::telemetry::Api;
 use baton_decide::reason::{Denial, Reason};
 
@@ -56,6 +64,7 @@ impl ExternalProcessor for ExtProcService {
             metadata: request.metadata().clone(),
             inbound: request.into_inner(),
             state: State::AwaitingHeaders,
+            served: None,
         };
         Ok(Response::new(Box::pin(futures_util::stream::unfold(
             stream,
@@ -93,6 +102,15 @@ struct Stream {
     metadata: MetadataMap,
     inbound: Streaming<ProcessingRequest>,
     state: State,
+    /// The cache entry that served this request, until its response headers are seen.
+    served: Option<Served>,
+}
+
+/// What a destination's `invalid_token` purges: one entry, named by its key and held token.
+struct Served {
+    destination: Arc<str>,
+    key: Key,
+    token: Arc<Delegated>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -132,14 +150,36 @@ impl Stream {
             }
             match (&request.request, self.state) {
                 (Some(Phase::RequestHeaders(_)), State::AwaitingHeaders) => {
-                    let reply = self.decide(&request).await;
+                    let (reply, served) = self.decide(&request).await;
+                    self.served = served;
                     self.state = State::Decided;
                     return Some((Ok(reply), self));
+                }
+                (Some(phase @ Phase::ResponseHeaders(response)), State::Decided) => {
+                    // Once: the response's headers are the destination's answer.
+                    if let Some(served) = self.served.take()
+                        && refused::says_invalid_token(response)
+                    {
+                        self.authz.purge_served(
+                            &served.destination,
+                            &served.key,
+                            &served.token,
+                            outcome::trace_context(&self.metadata),
+                        );
+                    }
+                    return Some((Ok(respond::continue_response(phase)), self));
                 }
                 (Some(Phase::RequestHeaders(_)), _) => {
                     return self.fail(Status::invalid_argument(
                         "a second request_headers message on one stream",
                     ));
+                }
+                // Envoy's own reply to a request that never reached this filter (refused before it,
+                // e.g. a malformed request line): with response headers sent, the stream opens on
+                // the response. Nothing was decided or served: continued as is.
+                (Some(phase @ Phase::ResponseHeaders(_)), State::AwaitingHeaders) => {
+                    self.state = State::Decided;
+                    return Some((Ok(respond::continue_response(phase)), self));
                 }
                 (_, State::AwaitingHeaders) => {
                     return self.fail(Status::invalid_argument(
@@ -157,8 +197,8 @@ impl Stream {
     }
 
     /// The reply to the request headers: the decision, observed (span, metrics, audit line), with
-    /// Baton's dynamic metadata.
-    async fn decide(&self, request: &ProcessingRequest) -> ProcessingResponse {
+    /// Baton's dynamic metadata; and the cache entry that served it, if it was delegated.
+    async fn decide(&self, request: &ProcessingRequest) -> (ProcessingResponse, Option<Served>) {
         let processing = self
             .destination
             .as_ref()
@@ -172,7 +212,7 @@ impl Stream {
             Api::ExtProc,
             &self.metadata,
             outbound.as_ref(),
-            respond::request_headers_reply,
+            reply_and_served,
         )
         .await
     }
@@ -183,6 +223,27 @@ impl Stream {
         self.state = State::Closed;
         Some((Err(status), self))
     }
+}
+
+/// `respond::request_headers_reply`, and what a later `invalid_token` would purge.
+fn reply_and_served(
+    outcome: &Result<Allow, Denial>,
+    metadata: Option<envoy_types::pb::google::protobuf::Struct>,
+) -> (ProcessingResponse, Option<Served>) {
+    let served = match outcome {
+        Ok(Allow::Delegate {
+            destination,
+            token,
+            key,
+            ..
+        }) => Some(Served {
+            destination: destination.name.clone(),
+            key: *key,
+            token: token.clone(),
+        }),
+        _ => None,
+    };
+    (respond::request_headers_reply(outcome, metadata), served)
 }
 
 #[cfg(test)]
@@ -327,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_that_breaks_the_protocol_gets_a_grpc_error() {
         let (tx, mut replies) = open(None).await;
-        tx.send(message(Phase::ResponseHeaders(headers(&[]))))
+        tx.send(message(Phase::RequestBody(Default::default())))
             .await
             .expect("send");
         let status = reply(&mut replies).await.expect_err("not request_headers first");
@@ -350,6 +411,24 @@ mod tests {
         tx.send(observing).await.expect("send");
         let status = reply(&mut replies).await.expect_err("observability mode");
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    }
+
+    /// Envoy's own reply (a request refused before the filter) opens the stream on the response
+    /// headers: continued, never an error (Envoy would reset the client's connection).
+    #[tokio::test]
+    async fn a_stream_opened_by_envoys_own_reply_is_continued() {
+        let (tx, mut replies) = open(None).await;
+        let response = headers(&[
+            (":status", "401"),
+            ("www-authenticate", "Bearer error=\"invalid_token\""),
+        ]);
+        tx.send(message(Phase::ResponseHeaders(response))).await.expect("send");
+        assert!(matches!(
+            reply(&mut replies).await,
+            Ok(Some(Reply::ResponseHeaders(h))) if h.response.is_none()
+        ));
+        drop(tx);
+        assert!(matches!(reply(&mut replies).await, Ok(None)), "stream ends with OK");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod extract;
 pub mod file;
 pub mod listen;
 mod outcome;
+mod refused;
 pub mod reload;
 pub mod respond;
 pub mod server;

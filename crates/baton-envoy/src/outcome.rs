@@ -83,6 +83,7 @@ fn log(api: Api, outcome: &Result<Allow, Denial>) {
             destination,
             token,
             cache,
+            ..
         }) => {
             tracing::debug!(api, destination = %destination.name, cache = cache.as_str(), issued = %token.fingerprint(), "delegated");
         }

@@ -320,6 +320,7 @@ fn metadata(outcome: &Result<Allow, Denial>, destination: Option<&Destination>) 
             destination,
             token,
             cache,
+            ..
         }) => {
             put("cache", cache.as_str());
             if let Some(jti) = token.claims().jti {
@@ -536,6 +537,7 @@ mod tests {
             destination: route.clone(),
             token: delegated(),
             cache: baton_core::cache::CacheStatus::Hit,
+            key: [0; 32],
         });
         let m = metadata(&outcome, None);
         assert_eq!(text(&m, "decision").as_deref(), Some("delegate"));

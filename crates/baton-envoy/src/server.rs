@@ -215,6 +215,15 @@ async fn revoke(
         Ok(selector) => selector,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e.code, &e.message),
     };
+    if let Selector::Destination { name } = &selector
+        && authz.route_for(name, &[]).is_err()
+    {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "destination_not_configured",
+            "no destination has this name",
+        );
+    }
     match authz.revoke("operator", &selector) {
         Ok(purged) => answer(
             StatusCode::OK,

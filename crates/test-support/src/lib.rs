@@ -53,7 +53,7 @@ pub use sidecar::Baton;
 pub use stack::Stack;
 pub use token_service::*;
 pub use tokens::*;
-pub use upstream::Upstream;
+pub use upstream::{StandInDestination, Upstream};
 
 /// The repository's root (the tests' peers, `.cache` with Envoy and the virtualenv).
 pub fn repo() -> PathBuf {

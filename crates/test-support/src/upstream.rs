@@ -1,4 +1,5 @@
-//! The in-process upstream behind Envoy: it echoes the Authorization it received.
+//! The in-process upstreams behind Envoy: one echoes the Authorization it received; a stand-in
+//! destination also refuses by path (401 `invalid_token`, 401, 403).
 
 /// An HTTP server that answers every request with the Authorization header it received, as JSON
 /// `{"authorization": "..." | null, "authorization_count": n, "path": "..."}`.
@@ -26,6 +27,61 @@ impl Upstream {
                 "authorization_count": all.len(),
                 "path": uri.path(),
             }))
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { port, _task: task }
+    }
+}
+
+/// A resource server stand-in behind Envoy: `/refuse` answers 401 with an RFC 6750
+/// `invalid_token` challenge, `/login` a 401 with a challenge and no error, `/forbid` a 403
+/// `insufficient_scope`; any other path 200 with the Authorization it received (echoed as the
+/// `Upstream` does). For the tests and benchmarks of a destination's `invalid_token` (issue 14).
+#[derive(Debug)]
+pub struct StandInDestination {
+    pub port: u16,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl StandInDestination {
+    pub async fn start() -> Self {
+        use axum::http::{HeaderMap, StatusCode, Uri, header};
+        use axum::response::IntoResponse as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let app = axum::Router::new().fallback(|uri: Uri, headers: HeaderMap| async move {
+            let challenge = |value: &'static str| [(header::WWW_AUTHENTICATE, value)];
+            let body = axum::Json(serde_json::json!({ "error": "refused by the destination" }));
+            match uri.path() {
+                "/refuse" => (
+                    StatusCode::UNAUTHORIZED,
+                    challenge(r#"Basic realm="x", Bearer realm="orders", error="invalid_token", error_description="The access token expired""#),
+                    body,
+                )
+                    .into_response(),
+                "/login" => (StatusCode::UNAUTHORIZED, challenge(r#"Bearer realm="orders""#), body).into_response(),
+                "/forbid" => (
+                    StatusCode::FORBIDDEN,
+                    challenge(r#"Bearer error="insufficient_scope", scope="orders.write""#),
+                    body,
+                )
+                    .into_response(),
+                path => {
+                    let all: Vec<&str> = headers
+                        .get_all(header::AUTHORIZATION)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .collect();
+                    axum::Json(serde_json::json!({
+                        "authorization": all.first(),
+                        "authorization_count": all.len(),
+                        "path": path,
+                    }))
+                    .into_response()
+                }
+            }
         });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

@@ -39,7 +39,7 @@ pub(crate) struct Entry {
 #[derive(Debug)]
 pub(crate) struct Revoked {
     pub(crate) time: SystemTime,
-    /// Where the signal came from: `operator`, `backchannel_logout` (later: SSF, a destination).
+    /// Where the signal came from: `operator`, `backchannel_logout`, `invalid_token` (a destination's 401), ...
     pub(crate) event: &'static str,
     pub(crate) selector: crate::revocation::Selector,
     /// `ok`, or `full`.
@@ -58,6 +58,9 @@ struct RevokedLine<'a> {
     /// A fingerprint of the session id, never the id.
     session: Option<String>,
     purged: usize,
+    /// A destination's purges (`destination`, `served`): its configured name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destination: Option<&'a str>,
 }
 
 impl Revoked {
@@ -75,7 +78,11 @@ impl Revoked {
                 None,
             ),
             Selector::Session { sid } => (None, Some(fingerprint(sid))),
-            Selector::All => (None, None),
+            Selector::All | Selector::Destination { .. } | Selector::Served { .. } => (None, None),
+        };
+        let destination = match &self.selector {
+            Selector::Destination { name: d } | Selector::Served { destination: d } => Some(d.as_str()),
+            _ => None,
         };
         let line = RevokedLine {
             time: humantime::format_rfc3339_millis(self.time).to_string(),
@@ -86,6 +93,7 @@ impl Revoked {
             subject,
             session,
             purged: self.purged,
+            destination,
         };
         let mut text = serde_json::to_string(&line).unwrap_or_default();
         text.push('\n');

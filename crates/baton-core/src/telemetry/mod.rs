@@ -8,6 +8,7 @@
 //! types: the dynamic metadata Envoy reads is built by `respond`.
 
 pub mod audit;
+mod revocation_span;
 pub mod settings;
 pub mod trace;
 
@@ -139,10 +140,24 @@ impl Telemetry {
         &self.inner.metrics
     }
 
-    /// One revocation signal: its counter, the gauges of the store, its audit record. The selector
-    /// is shown in the audit as `audit.subject` says (a session id only as a fingerprint).
+    /// One revocation signal: its counter, the gauges of the store, its audit record, its span
+    /// (`baton.revocation`, a root span). The selector is shown in the audit as `audit.subject`
+    /// says (a session id only as a fingerprint).
     pub fn revocation(
         &self,
+        event: &'static str,
+        selector: &crate::revocation::Selector,
+        outcome: &'static str,
+        purged: usize,
+        store: &crate::revocation::Store,
+    ) {
+        self.revocation_in(None, event, selector, outcome, purged, store);
+    }
+
+    /// `revocation`, its span a child of `parent` (the trace of the request that caused it).
+    pub fn revocation_in(
+        &self,
+        parent: Option<trace::TraceContext<'_>>,
         event: &'static str,
         selector: &crate::revocation::Selector,
         outcome: &'static str,
@@ -153,10 +168,12 @@ impl Telemetry {
         metrics
             .revocations
             .get_or_create(&crate::metrics::RevocationLabels {
+                event,
                 kind: selector.kind(),
                 outcome,
             })
             .inc();
+        self.revocation_span(parent, event, selector, outcome, purged);
         self.revocations_held(store);
         if let Some(audit) = &self.inner.audit {
             audit.record_revocation(audit::Revoked {
@@ -707,6 +724,7 @@ audit:
                 destination: route.clone(),
                 token: delegated(),
                 cache,
+                key: [0; 32],
             });
             observation.finish(Decided {
                 outcome: &outcome,
@@ -758,6 +776,7 @@ audit:
                 destination: route.clone(),
                 token: delegated(),
                 cache,
+                key: [0; 32],
             });
             observation.finish(Decided {
                 outcome: &outcome,

@@ -1,0 +1,280 @@
+//! Issue 14, the destination's and the operator's purges, through the real Envoy against `baton sts`:
+//! - under ext_proc (response headers sent to Baton), a destination's 401 with a Bearer
+//!   `error="invalid_token"` challenge purges the cache entry that served the request, and the next
+//!   request is exchanged again (counted at the token service); a 401 without it, and a 403, change
+//!   nothing. Recorded: the metric (`event="invalid_token"`), the audit line, the `baton.revocation`
+//!   span at the harness's OTLP receiver.
+//! - under ext_authz Baton never sees the response: the same 401 purges nothing (documented in
+//!   docs/operations.md, "Revocation": use ext_proc).
+//! - `baton revoke --destination NAME` purges that destination's tokens and remembers nothing (the
+//!   same user is delegated again); an unknown name is a 400 `destination_not_configured`.
+//!
+//! The destination is the harness's stand-in (`StandInDestination`): an HTTP server that answers by
+//! path, as a resource server would, since what matters is the response Envoy hands Baton.
+
+use std::time::Duration;
+
+use baton_test_support::*;
+
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
+
+const ADMIN_SECRET: &str = "invalid-token-admin-secret-for-tests-0123456789";
+
+struct Setup {
+    scratch: Scratch,
+    service: TokenService,
+    baton: Baton,
+    _destination: StandInDestination,
+    envoy: Envoy,
+    secret_file: std::path::PathBuf,
+}
+
+impl Setup {
+    async fn start(api: Api, name: &str) -> Self {
+        let scratch = Scratch::new(BATON_BIN, name);
+        leaks::secret(ADMIN_SECRET);
+        let secret_file = scratch.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
+        let service = TokenService::start(Peer::BatonSts, &scratch).await;
+        let extra = format!("revocation:\n  admin_secret_file: {}\n", secret_file.display());
+        let baton = Baton::start(&scratch, &service.token_endpoint, &extra).await;
+        let destination = StandInDestination::start().await;
+        // Response headers sent to Baton: not yet the harness's (nor `baton envoy-config`'s) default.
+        let bootstrap = envoy_bootstrap_for(api, free_port(), baton.grpc, destination.port)
+            .replace("response_header_mode: SKIP", "response_header_mode: SEND");
+        let envoy = Envoy::start_with_bootstrap(&scratch, &bootstrap).await;
+        Self {
+            scratch,
+            service,
+            baton,
+            _destination: destination,
+            envoy,
+            secret_file,
+        }
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Reply {
+        send(&self.envoy, "orders.example", path, Some(&bearer(token))).await
+    }
+
+    /// A request that reaches the destination and is answered 200: the token it received.
+    async fn delegated(&self, token: &str) -> String {
+        let reply = self.get("/orders/1", token).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        reply.upstream_token().to_owned()
+    }
+
+    async fn revoke(&self, selector: &[&str]) -> (bool, serde_json::Value, String) {
+        let output = tokio::process::Command::new(BATON_BIN)
+            .arg("revoke")
+            .arg("--admin")
+            .arg(format!("http://127.0.0.1:{}", self.baton.admin))
+            .arg("--secret-file")
+            .arg(&self.secret_file)
+            .args(selector)
+            .output()
+            .await
+            .expect("run baton revoke");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (
+            output.status.success(),
+            serde_json::from_str(&stdout).unwrap_or_default(),
+            stderr,
+        )
+    }
+
+    async fn audit_revocations(&self, expected: usize) -> Vec<serde_json::Value> {
+        let audit = self.scratch.0.join("audit.log");
+        let mut records = Vec::new();
+        wait_until("the audit records", Duration::from_secs(5), || {
+            records = std::fs::read_to_string(&audit)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|r| r["api"] == "revocation")
+                .collect();
+            std::future::ready(records.len() >= expected)
+        })
+        .await;
+        records
+    }
+}
+
+/// A string or int attribute of an exported span, as the receiver prints it.
+fn attr(span: &fake_opentelemetry_collector::ExportedSpan, key: &str) -> Option<String> {
+    let debug = span.attributes.get(key)?;
+    for (open, close) in [("StringValue(\"", "\")"), ("IntValue(", ")")] {
+        if let Some(start) = debug.find(open) {
+            let rest = &debug[start + open.len()..];
+            return rest.find(close).map(|end| rest[..end].to_owned());
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destinations_invalid_token_purges_the_entry_that_served_it_under_ext_proc() {
+    let setup = Setup::start(Api::ExtProc, "invalid-token-ext-proc").await;
+    let svc = &setup.service;
+    let alice = svc.mint_with(&[("sub", "alice"), ("scope", "orders.read")]).await;
+    let bob = svc.mint_with(&[("sub", "bob"), ("scope", "orders.read")]).await;
+
+    let start = svc.exchanges().await;
+    let first = setup.delegated(&alice).await;
+    setup.delegated(&bob).await;
+    assert_eq!(setup.delegated(&alice).await, first, "served from the cache");
+    assert_eq!(svc.exchanges().await, start + 2);
+
+    // Other refusals change nothing: the same cached token keeps serving.
+    for (path, status) in [("/login", 401), ("/forbid", 403)] {
+        let reply = setup.get(path, &alice).await;
+        assert_eq!(reply.status, status, "{path}: {:?}", reply.body);
+        assert_eq!(setup.delegated(&alice).await, first, "{path} purged nothing");
+    }
+    assert_eq!(
+        svc.exchanges().await,
+        start + 2,
+        "no exchange after a 401 without invalid_token or a 403"
+    );
+
+    // The destination says the token is bad: that entry is purged before Envoy answers the app.
+    let reply = setup.get("/refuse", &alice).await;
+    assert_eq!(
+        reply.status, 401,
+        "the destination's answer reaches the application: {:?}",
+        reply.body
+    );
+    assert_eq!(svc.exchanges().await, start + 2, "the refused request itself was a hit");
+    let second = setup.delegated(&alice).await;
+    assert_eq!(svc.exchanges().await, start + 3, "the next request exchanged again");
+    assert_ne!(second, first, "a new token");
+    assert_eq!(setup.delegated(&alice).await, second, "and that one is cached");
+    setup.delegated(&bob).await;
+    assert_eq!(svc.exchanges().await, start + 3, "another user's entry was not touched");
+
+    // Nobody was revoked: the subject is not remembered.
+    let metrics = setup.baton.metrics().await;
+    for line in [
+        r#"baton_revocations_total{event="invalid_token",kind="served",outcome="ok"} 1"#,
+        "baton_revocations_remembered 0",
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in /metrics");
+    }
+    let records = setup.audit_revocations(1).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(
+        (&r["event"], &r["kind"], &r["destination"], &r["purged"], &r["outcome"]),
+        (
+            &serde_json::json!("invalid_token"),
+            &serde_json::json!("served"),
+            &serde_json::json!("orders"),
+            &serde_json::json!(1),
+            &serde_json::json!("ok")
+        ),
+        "{r}"
+    );
+
+    // The span, at the real OTLP receiver the harness gives every Baton.
+    let mut span = None;
+    wait_until("the baton.revocation span", Duration::from_secs(10), || {
+        span = setup
+            .baton
+            .exported_spans()
+            .into_iter()
+            .find(|s| s.name == "baton.revocation");
+        std::future::ready(span.is_some())
+    })
+    .await;
+    let span = span.expect("span");
+    for (key, value) in [
+        ("baton.revocation.event", "invalid_token"),
+        ("baton.revocation.kind", "served"),
+        ("baton.revocation.outcome", "ok"),
+        ("baton.revocation.purged", "1"),
+        ("baton.destination", "orders"),
+    ] {
+        assert_eq!(attr(&span, key).as_deref(), Some(value), "{key} in {span:?}");
+    }
+    assert_eq!(
+        span.attributes.len(),
+        5,
+        "nothing else, never a token or a subject: {span:?}"
+    );
+}
+
+/// Under ext_authz Baton answers before the request goes on and never sees the response: a
+/// destination's `invalid_token` purges nothing, the cached token keeps serving until it expires
+/// (docs/operations.md says so, and to use ext_proc for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_ext_authz_the_destinations_answer_is_not_seen() {
+    let setup = Setup::start(Api::ExtAuthz, "invalid-token-ext-authz").await;
+    let svc = &setup.service;
+    let alice = svc.mint_with(&[("sub", "alice"), ("scope", "orders.read")]).await;
+    let first = setup.delegated(&alice).await;
+    let exchanged = svc.exchanges().await;
+    let reply = setup.get("/refuse", &alice).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(setup.delegated(&alice).await, first, "still served from the cache");
+    assert_eq!(svc.exchanges().await, exchanged);
+    let metrics = setup.baton.metrics().await;
+    assert!(
+        !metrics.contains(r#"event="invalid_token""#),
+        "no signal under ext_authz"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_purges_one_destination_and_nobody_is_revoked() {
+    let setup = Setup::start(Api::ExtProc, "invalid-token-destination").await;
+    let svc = &setup.service;
+    let alice = svc.mint_with(&[("sub", "alice"), ("scope", "orders.read")]).await;
+    let bob = svc.mint_with(&[("sub", "bob"), ("scope", "orders.read")]).await;
+    setup.delegated(&alice).await;
+    setup.delegated(&bob).await;
+    let exchanged = svc.exchanges().await;
+
+    let (ok, answer, stderr) = setup.revoke(&["--destination", "orders"]).await;
+    assert!(ok, "baton revoke --destination failed: {stderr}");
+    assert_eq!(
+        (
+            answer["revoked"].as_str(),
+            answer["purged"].as_u64(),
+            answer["remembered"].as_u64()
+        ),
+        (Some("destination"), Some(2), Some(0)),
+        "{answer}"
+    );
+    // The same users, the same tokens: delegated again, each exchanged once more.
+    setup.delegated(&alice).await;
+    setup.delegated(&bob).await;
+    setup.delegated(&alice).await;
+    assert_eq!(svc.exchanges().await, exchanged + 2);
+
+    // An unknown destination is a clear refusal, and changes nothing.
+    let (ok, _, stderr) = setup.revoke(&["--destination", "nonesuch"]).await;
+    assert!(
+        !ok && stderr.contains("400") && stderr.contains("destination_not_configured"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = setup.revoke(&["--destination", "orders", "--sub", "alice"]).await;
+    assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
+    setup.delegated(&alice).await;
+    assert_eq!(svc.exchanges().await, exchanged + 2);
+
+    let metrics = setup.baton.metrics().await;
+    assert!(
+        metrics.contains(r#"baton_revocations_total{event="operator",kind="destination",outcome="ok"} 1"#),
+        "{metrics}"
+    );
+    let records = setup.audit_revocations(1).await;
+    assert_eq!(records.len(), 1, "the refused call left no record: {records:?}");
+    assert_eq!(
+        (&records[0]["kind"], &records[0]["destination"], &records[0]["purged"]),
+        (
+            &serde_json::json!("destination"),
+            &serde_json::json!("orders"),
+            &serde_json::json!(2)
+        )
+    );
+}
