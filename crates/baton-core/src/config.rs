@@ -38,6 +38,8 @@ pub struct RawConfig {
     pub telemetry: crate::telemetry::settings::RawTelemetry,
     pub audit: crate::telemetry::settings::RawAudit,
     pub revocation: crate::revocation::Raw,
+    /// Absent: Defer and Redeem are off.
+    pub deferred: Option<crate::deferred::Raw>,
 }
 
 /// `workload:`: who this Baton acts for, in sidecar mode.
@@ -94,6 +96,8 @@ pub struct Config {
     pub telemetry: crate::telemetry::settings::Telemetry,
     pub audit: crate::telemetry::settings::Audit,
     pub revocation: crate::revocation::Settings,
+    /// `None`: Defer and Redeem refuse every call.
+    pub deferred: Option<crate::deferred::Settings>,
 }
 
 // === Parsing and validation ===
@@ -148,6 +152,15 @@ impl RawConfig {
         check_token_services(&destinations, &token_services, actor.is_some(), errors);
         let (telemetry, audit) = (self.telemetry.validate(errors), self.audit.validate(errors));
         let revocation = self.revocation.validate(errors);
+        let deferred = self.deferred.map(|d| {
+            let around = crate::deferred::Around {
+                trusted_issuers: &trusted_issuers,
+                token_services: &token_services,
+                broker: broker.as_ref(),
+                remember: revocation.remember,
+            };
+            d.validate(&around, errors)
+        });
         Some(Config {
             token_services: token_services.valid()?,
             cache,
@@ -164,6 +177,7 @@ impl RawConfig {
             telemetry,
             audit,
             revocation,
+            deferred,
         })
     }
 }

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod decision;
+pub mod deferred;
 pub mod destination;
 pub mod discovery;
 pub mod exchange;

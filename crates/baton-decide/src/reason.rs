@@ -103,6 +103,23 @@ pub enum Reason {
     IssuedTokenScopeExceeded,
     /// The issued JWT breaks a JWT rule (`crit`, a time that is not a NumericDate).
     IssuedTokenMalformed,
+    // Deferred jobs (`deferred`): Defer and Redeem on the broker API.
+    /// A job grant presented to Redeem does not verify, or is not a grant Baton asked for.
+    GrantInvalid,
+    /// The job grant's `exp` has passed.
+    GrantExpired,
+    /// The job was revoked (`{"job": ...}`) after its grant was issued.
+    JobRevoked,
+    /// Redeem asked for a destination the job grant does not name.
+    DestinationNotInGrant,
+    /// A Defer or Redeem request is malformed (job id, destinations, max age).
+    JobRequestInvalid,
+    /// Deferred jobs are off: the configuration has no `deferred:` section.
+    DeferredDisabled,
+    /// A job grant was presented as an ordinary subject token: only Redeem may use it.
+    GrantAsSubjectToken,
+    /// The token service answered Defer with a token that does not carry the job's binding.
+    IssuedGrantUnbound,
 }
 
 /// The class of a reason, which fixes the HTTP status and the gRPC code of the reply.
@@ -115,7 +132,7 @@ pub enum Class {
 
 impl Reason {
     /// Every reason, for reading a wire name back (`from_name`): a test holds it to `as_str`.
-    pub const ALL: [Reason; 56] = [
+    pub const ALL: [Reason; 64] = [
         Self::MissingToken,
         Self::MultipleAuthorizationHeaders,
         Self::UnsupportedAuthorizationScheme,
@@ -172,6 +189,14 @@ impl Reason {
         Self::IssuedTokenActorMissing,
         Self::IssuedTokenScopeExceeded,
         Self::IssuedTokenMalformed,
+        Self::GrantInvalid,
+        Self::GrantExpired,
+        Self::JobRevoked,
+        Self::DestinationNotInGrant,
+        Self::JobRequestInvalid,
+        Self::DeferredDisabled,
+        Self::GrantAsSubjectToken,
+        Self::IssuedGrantUnbound,
     ];
 
     /// The reason whose wire name is `name`.
@@ -237,6 +262,14 @@ impl Reason {
             Self::IssuedTokenActorMissing => "issued_token_actor_missing",
             Self::IssuedTokenScopeExceeded => "issued_token_scope_exceeded",
             Self::IssuedTokenMalformed => "issued_token_malformed",
+            Self::GrantInvalid => "grant_invalid",
+            Self::GrantExpired => "grant_expired",
+            Self::JobRevoked => "job_revoked",
+            Self::DestinationNotInGrant => "destination_not_in_grant",
+            Self::JobRequestInvalid => "job_request_invalid",
+            Self::DeferredDisabled => "deferred_disabled",
+            Self::GrantAsSubjectToken => "grant_as_subject_token",
+            Self::IssuedGrantUnbound => "issued_grant_unbound",
         }
     }
 
@@ -273,7 +306,11 @@ impl Reason {
             | Self::SubjectRevoked
             | Self::IssuerKeysUnavailable
             | Self::CallerUnauthenticated
-            | Self::CallerNotWorkload => Class::Unauthenticated,
+            | Self::CallerNotWorkload
+            | Self::GrantInvalid
+            | Self::GrantExpired
+            | Self::JobRevoked
+            | Self::GrantAsSubjectToken => Class::Unauthenticated,
             Self::DestinationUnknown
             | Self::DestinationNotConfigured
             | Self::TargetRefused
@@ -292,7 +329,10 @@ impl Reason {
             | Self::PolicyExpressionError
             | Self::DelegationTooDeep
             | Self::ScopeNotAllowed
-            | Self::BrokerDisabled => Class::PermissionDenied,
+            | Self::BrokerDisabled
+            | Self::DestinationNotInGrant
+            | Self::JobRequestInvalid
+            | Self::DeferredDisabled => Class::PermissionDenied,
             Self::TokenServiceUnavailable
             | Self::TokenServiceTimeout
             | Self::TokenServiceError
@@ -306,7 +346,8 @@ impl Reason {
             | Self::IssuedTokenExpired
             | Self::IssuedTokenActorMissing
             | Self::IssuedTokenScopeExceeded
-            | Self::IssuedTokenMalformed => Class::Unavailable,
+            | Self::IssuedTokenMalformed
+            | Self::IssuedGrantUnbound => Class::Unavailable,
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct RawConfig {
     pub telemetry: baton_core::telemetry::settings::RawTelemetry,
     pub audit: baton_core::telemetry::settings::RawAudit,
     pub revocation: baton_core::revocation::Raw,
+    /// Absent: Defer and Redeem are off.
+    pub deferred: Option<baton_core::deferred::Raw>,
 }
 
 /// `reload:`: how the configuration file is watched (SIGHUP always reloads it).
@@ -120,6 +122,7 @@ impl RawConfig {
             telemetry: self.telemetry,
             audit: self.audit,
             revocation: self.revocation,
+            deferred: self.deferred,
         }
         .validate(&mut errors);
         let reload_interval = duration(

@@ -33,6 +33,8 @@ pub(crate) struct Entry {
     pub(crate) destination: Option<Arc<Destination>>,
     pub(crate) delegated: Option<Arc<Delegated>>,
     pub(crate) cache: Option<CacheStatus>,
+    /// The deferred job a Defer or Redeem decision was for.
+    pub(crate) job: Option<Box<str>>,
 }
 
 /// What one revocation signal leaves in the audit log (`api: revocation`).
@@ -58,6 +60,9 @@ struct RevokedLine<'a> {
     /// A fingerprint of the session id, never the id.
     session: Option<String>,
     purged: usize,
+    /// The deferred job revoked (`kind: job`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<&'a str>,
 }
 
 impl Revoked {
@@ -75,7 +80,11 @@ impl Revoked {
                 None,
             ),
             Selector::Session { sid } => (None, Some(fingerprint(sid))),
-            Selector::All => (None, None),
+            Selector::All | Selector::Job { .. } => (None, None),
+        };
+        let job = match &self.selector {
+            Selector::Job { job } => Some(job.as_str()),
+            _ => None,
         };
         let line = RevokedLine {
             time: humantime::format_rfc3339_millis(self.time).to_string(),
@@ -86,6 +95,7 @@ impl Revoked {
             subject,
             session,
             purged: self.purged,
+            job,
         };
         let mut text = serde_json::to_string(&line).unwrap_or_default();
         text.push('\n');
@@ -129,6 +139,9 @@ struct Line<'a> {
     jti: Option<&'a str>,
     exp: Option<i64>,
     cache: Option<&'a str>,
+    /// The deferred job (Defer, Redeem); absent on every other decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -179,6 +192,7 @@ impl Entry {
             jti: claims.and_then(|c| c.jti),
             exp: claims.and_then(|c| c.exp),
             cache: self.cache.map(CacheStatus::as_str),
+            job: self.job.as_deref(),
         };
         let mut text = serde_json::to_string(&line).unwrap_or_default();
         text.push('\n');
