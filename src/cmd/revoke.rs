@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("selector").required(true).args(["sub", "sid", "all"])))]
+#[command(group(clap::ArgGroup::new("selector").required(true).args(["sub", "sid", "all", "job"])))]
 pub(crate) struct Args {
     /// Baton's admin listener, as `listen.admin` serves it (`http://127.0.0.1:9901`).
     #[arg(long, value_name = "URL")]
@@ -26,6 +26,9 @@ pub(crate) struct Args {
     /// Revoke every token issued until now, whoever it names.
     #[arg(long)]
     all: bool,
+    /// Revoke one deferred job: its grants are refused at Redeem (`job_revoked`).
+    #[arg(long, value_name = "JOB")]
+    job: Option<String>,
     /// How long to wait for Baton's answer, in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300), value_name = "SECONDS")]
     timeout: u64,
@@ -46,6 +49,9 @@ impl Args {
     }
 
     fn body(&self) -> serde_json::Value {
+        if let Some(job) = &self.job {
+            return serde_json::json!({ "job": job });
+        }
         match (&self.sub, &self.sid) {
             (Some(sub), _) => match &self.issuer {
                 Some(issuer) => serde_json::json!({ "issuer": issuer, "sub": sub }),
