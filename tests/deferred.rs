@@ -82,7 +82,12 @@ deferred:
     /// A user's token (audience `frontend`) in session `sid`.
     async fn user(&self, sub: &str, sid: &str) -> String {
         self.idp
-            .mint_with(&[("sub", sub), ("aud", "frontend"), ("scope", "orders.read"), ("sid", sid)])
+            .mint_with(&[
+                ("sub", sub),
+                ("aud", "frontend"),
+                ("scope", "orders.read"),
+                ("sid", sid),
+            ])
             .await
     }
 
@@ -94,14 +99,25 @@ deferred:
         request
     }
 
-    async fn defer(&self, user: &str, job: &str, destinations: &[&str], max_age: u64) -> Result<DeferResponse, tonic::Status> {
+    async fn defer(
+        &self,
+        user: &str,
+        job: &str,
+        destinations: &[&str],
+        max_age: u64,
+    ) -> Result<DeferResponse, tonic::Status> {
         let request = self.authorized(DeferRequest {
             subject_token: user.to_owned(),
             job_id: job.to_owned(),
             destinations: destinations.iter().map(|d| (*d).to_owned()).collect(),
             max_age_seconds: max_age,
         });
-        let answer = self.client.clone().defer(request).await.map(tonic::Response::into_inner);
+        let answer = self
+            .client
+            .clone()
+            .defer(request)
+            .await
+            .map(tonic::Response::into_inner);
         if let Ok(a) = &answer {
             leaks::secret(&a.grant);
         }
@@ -113,7 +129,12 @@ deferred:
             grant: grant.to_owned(),
             destination: destination.to_owned(),
         });
-        let answer = self.client.clone().redeem(request).await.map(tonic::Response::into_inner);
+        let answer = self
+            .client
+            .clone()
+            .redeem(request)
+            .await
+            .map(tonic::Response::into_inner);
         if let Ok(a) = &answer {
             leaks::secret(&a.access_token);
         }
@@ -168,7 +189,10 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
 
     // Defer: a grant the token service issued, bound to the job, no longer-lived than asked.
     let before = jobs.cache_entries().await;
-    let deferred = jobs.defer(&alice, "report-1", &["orders"], 600).await.expect("deferred");
+    let deferred = jobs
+        .defer(&alice, "report-1", &["orders"], 600)
+        .await
+        .expect("deferred");
     let grant = jobs.idp.verify(&deferred.grant).await;
     assert_eq!(audiences(&grant), [JOBS]);
     assert_eq!(grant["sub"], "alice");
@@ -215,7 +239,13 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
     );
 
     // A grant is usable by Redeem only: through Envoy, or to Exchange, it is refused.
-    let reply = send(&jobs.envoy, "orders.example", "/orders/1", Some(&bearer(&deferred.grant))).await;
+    let reply = send(
+        &jobs.envoy,
+        "orders.example",
+        "/orders/1",
+        Some(&bearer(&deferred.grant)),
+    )
+    .await;
     assert_eq!((reply.status, reply.reason()), (401, "grant_as_subject_token"));
     let mut client = jobs.client.clone();
     let exchanged = broker_exchange(&mut client, Some(&jobs.caller), &deferred.grant, "orders", &[]).await;
@@ -233,23 +263,38 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
     assert_eq!(reply.status, 200, "{:?}", reply.body);
 
     // A job revoked by its id (`baton revoke --job`) fails at Redeem; alice's other jobs run.
-    let second = jobs.defer(&alice, "report-2", &["orders", "billing"], 600).await.expect("deferred");
-    let third = jobs.defer(&alice, "report-3", &["orders"], 600).await.expect("deferred");
+    let second = jobs
+        .defer(&alice, "report-2", &["orders", "billing"], 600)
+        .await
+        .expect("deferred");
+    let third = jobs
+        .defer(&alice, "report-3", &["orders"], 600)
+        .await
+        .expect("deferred");
     assert!(jobs.revoke(&["--job", "report-2"]).await, "baton revoke --job");
     assert_eq!(
         refused(jobs.redeem(&second.grant, "billing").await),
         (tonic::Code::Unauthenticated, "job_revoked".into())
     );
     assert_eq!(
-        jobs.redeem(&third.grant, "orders").await.expect("another job runs").job_id,
+        jobs.redeem(&third.grant, "orders")
+            .await
+            .expect("another job runs")
+            .job_id,
         "report-3"
     );
 
     // A job whose user's session ended fails `subject_revoked`; another user's job runs.
     let bob = jobs.user("bob", "s-bob").await;
     let carol = jobs.user("carol", "s-carol").await;
-    let bobs = jobs.defer(&bob, "export-bob", &["orders"], 600).await.expect("deferred");
-    let carols = jobs.defer(&carol, "export-carol", &["orders"], 600).await.expect("deferred");
+    let bobs = jobs
+        .defer(&bob, "export-bob", &["orders"], 600)
+        .await
+        .expect("deferred");
+    let carols = jobs
+        .defer(&carol, "export-carol", &["orders"], 600)
+        .await
+        .expect("deferred");
     jobs.redeem(&bobs.grant, "orders").await.expect("bob is live");
     assert_eq!(jobs.post_revoke(r#"{"sid":"s-bob"}"#).await, 200);
     assert_eq!(
@@ -270,7 +315,10 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
     );
 
     // An expired grant has its own reason.
-    let short = jobs.defer(&alice, "report-short", &["orders"], 1).await.expect("deferred");
+    let short = jobs
+        .defer(&alice, "report-short", &["orders"], 1)
+        .await
+        .expect("deferred");
     let claims = jobs.idp.verify(&short.grant).await;
     assert!(claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat") <= 1);
     tokio::time::sleep(Duration::from_millis(2_100)).await;
@@ -325,7 +373,11 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
         .mint_with(&[("sub", "alice"), ("aud", JOBS), ("scope", "orders.read")])
         .await;
     assert_eq!(refused(jobs.redeem(&unbound, "orders").await).1, "grant_invalid");
-    assert_eq!(jobs.idp.exchanges().await, exchanges, "no refused request reached the token service");
+    assert_eq!(
+        jobs.idp.exchanges().await,
+        exchanges,
+        "no refused request reached the token service"
+    );
 
     // Without a caller's credential, nothing.
     let anonymous = jobs

@@ -793,6 +793,105 @@ mod tests {
         assert!(check_issued(&jwt(good), &binding(), &s, None, now).is_err());
     }
 
+    fn config(deferred: &str, broker: &str) -> Result<crate::config::Config, Vec<String>> {
+        let yaml = format!(
+            r#"
+token_service: {{ token_endpoint: http://127.0.0.1:9/token, client_id: c, auth: {{ method: none }} }}
+trusted_issuers:
+  - issuer: https://sts.example
+    jwks_uri: https://sts.example/jwks
+    audiences: [frontend, baton-broker, baton-jobs]
+destinations:
+  - name: orders
+    audience: https://orders.example
+{broker}
+{deferred}
+"#
+        );
+        crate::config::Config::from_yaml(&yaml).map_err(|e| e.0.into_iter().map(|e| e.path).collect())
+    }
+
+    const BROKER: &str = "broker: { caller_audience: baton-broker }";
+
+    #[test]
+    fn the_section_is_off_by_default_and_checked_against_the_others() {
+        assert_eq!(config("", BROKER).expect("valid").deferred, None);
+        let on = config(
+            "deferred: { audience: baton-jobs, grant_issuer: https://sts.example }",
+            BROKER,
+        )
+        .expect("valid");
+        let settings = on.deferred.expect("on");
+        assert_eq!(settings.max_age, DEFAULT_MAX_AGE);
+        assert_eq!(
+            (
+                settings.max_job_id_bytes,
+                settings.max_destinations,
+                settings.token_service.as_str()
+            ),
+            (DEFAULT_MAX_JOB_ID_BYTES, DEFAULT_MAX_DESTINATIONS, "default")
+        );
+        assert_eq!(
+            config(
+                "deferred: { audience: baton-jobs, grant_issuer: https://sts.example, max_age: 2h }",
+                BROKER
+            )
+            .expect("shorter than remember")
+            .deferred
+            .map(|d| d.max_age),
+            Some(Duration::from_secs(7200))
+        );
+    }
+
+    #[test]
+    fn the_section_reports_every_error_at_once() {
+        // Every field wrong at once: every path reported.
+        let all_wrong = "deferred:
+  grant_issuer: https://elsewhere.example
+  token_service: nowhere
+  max_age: 25h
+  max_job_id_bytes: 0
+  max_destinations: 65";
+        assert_eq!(
+            config(all_wrong, "").expect_err("invalid"),
+            [
+                "deferred.audience",
+                "deferred.grant_issuer",
+                "deferred",
+                "deferred.token_service",
+                "deferred.max_age",
+                "deferred.max_job_id_bytes",
+                "deferred.max_destinations",
+            ]
+        );
+        for (deferred, path) in [
+            (
+                "deferred: { audience: other, grant_issuer: https://sts.example }",
+                "deferred.audience",
+            ),
+            (
+                "deferred: { audience: baton-broker, grant_issuer: https://sts.example }",
+                "deferred.audience",
+            ),
+            ("deferred: { audience: baton-jobs }", "deferred.grant_issuer"),
+            (
+                "deferred: { audience: baton-jobs, grant_issuer: https://sts.example, max_age: 0s }",
+                "deferred.max_age",
+            ),
+            (
+                "deferred: { audience: baton-jobs, grant_issuer: https://sts.example, max_job_id_bytes: 201 }",
+                "deferred.max_job_id_bytes",
+            ),
+            (
+                "deferred: { audience: baton-jobs, grant_issuer: https://sts.example, unknown: 1 }",
+                "(yaml)",
+            ),
+        ] {
+            let paths = config(deferred, BROKER).expect_err(deferred);
+            assert!(paths.iter().any(|p| p == path), "{deferred}: {paths:?}");
+        }
+    }
+
     #[test]
     fn names_are_a_small_alphabet() {
         assert!(is_name("report-7.v2_x", 16));

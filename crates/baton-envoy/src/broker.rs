@@ -558,6 +558,22 @@ broker: { callers: any }
     }
 
     #[tokio::test]
+    async fn without_a_deferred_section_defer_and_redeem_are_refused() {
+        let authz = authz();
+        let caller = broker_caller(None);
+        let asked = deferred::DeferRequest {
+            subject_token: "t",
+            job_id: "j",
+            destinations: &["orders".to_owned()],
+            max_age_seconds: 60,
+        };
+        let deferred = deferred::defer(&authz, &asked, &caller).await.map(|_| ());
+        assert_eq!(deferred.map_err(|d| d.reason), Err(Reason::DeferredDisabled));
+        let redeemed = deferred::redeem(&authz, "t", "orders", &caller).await.map(|_| ());
+        assert_eq!(redeemed.map_err(|d| d.reason), Err(Reason::DeferredDisabled));
+    }
+
+    #[tokio::test]
     async fn without_a_broker_section_every_call_is_refused() {
         let mut authz = authz();
         authz.broker = None;

@@ -446,6 +446,7 @@ mod tests {
             destination: None,
             delegated: None,
             cache: None,
+            job: None,
         };
         for _ in 0..10_000 {
             audit.record(entry());
