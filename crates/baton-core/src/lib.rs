@@ -25,6 +25,7 @@ pub mod explain;
 pub mod files;
 pub mod http;
 pub mod issued;
+pub mod jobs;
 pub mod jwt;
 pub mod metrics;
 pub mod oauth;

@@ -19,7 +19,7 @@ use baton_core::authz::{Authz, Caller, Current};
 use baton_core::cache;
 use baton_core::callers::{BrokerCallers, CallerRule};
 use baton_core::decision::Allow;
-use baton_core::deferred;
+use baton_core::jobs;
 use baton_core::telemetry::{Api, Decided};
 use baton_decide::reason::{Denial, Reason};
 use baton_decide::request::{Authorization, Headers, check_token, subject_token};
@@ -114,14 +114,14 @@ impl DelegationBroker for Broker {
         let outcome = match &caller {
             Err(denial) => Err(denial.clone()),
             Ok(_) => {
-                let asked = deferred::DeferRequest {
+                let asked = jobs::DeferRequest {
                     subject_token: &request.subject_token,
                     job_id: &request.job_id,
                     destinations: &request.destinations,
                     max_age_seconds: request.max_age_seconds,
                 };
                 observation
-                    .run(deferred::defer(&authz, &asked, &broker_caller(source)))
+                    .run(jobs::defer(&authz, &asked, &broker_caller(source)))
                     .await
             }
         };
@@ -164,7 +164,7 @@ impl DelegationBroker for Broker {
         let request = request.into_inner();
         // The job, for the audit record, as the grant names it (read before it is verified: a
         // refused Redeem is audited with the job it claimed).
-        let observation = match deferred::job_of(&authz, &request.grant) {
+        let observation = match jobs::job_of(&authz, &request.grant) {
             Some(job) => observation.with_job(&job),
             None => observation,
         };
@@ -173,7 +173,7 @@ impl DelegationBroker for Broker {
             Err(denial) => Err(denial.clone()),
             Ok(_) => {
                 observation
-                    .run(deferred::redeem(
+                    .run(jobs::redeem(
                         &authz,
                         &request.grant,
                         &request.destination,
@@ -561,15 +561,15 @@ broker: { callers: any }
     async fn without_a_deferred_section_defer_and_redeem_are_refused() {
         let authz = authz();
         let caller = broker_caller(None);
-        let asked = deferred::DeferRequest {
+        let asked = jobs::DeferRequest {
             subject_token: "t",
             job_id: "j",
             destinations: &["orders".to_owned()],
             max_age_seconds: 60,
         };
-        let deferred = deferred::defer(&authz, &asked, &caller).await.map(|_| ());
+        let deferred = jobs::defer(&authz, &asked, &caller).await.map(|_| ());
         assert_eq!(deferred.map_err(|d| d.reason), Err(Reason::DeferredDisabled));
-        let redeemed = deferred::redeem(&authz, "t", "orders", &caller).await.map(|_| ());
+        let redeemed = jobs::redeem(&authz, "t", "orders", &caller).await.map(|_| ());
         assert_eq!(redeemed.map_err(|d| d.reason), Err(Reason::DeferredDisabled));
     }
 
