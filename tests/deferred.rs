@@ -5,7 +5,8 @@
 //! `job_revoked`, an expired grant `grant_expired`, a destination the grant does not name
 //! `destination_not_in_grant`; a grant presented through Envoy (or to Exchange) as an ordinary
 //! subject token is refused; malformed requests get `job_request_invalid` and change nothing. Baton
-//! keeps nothing of the job: its token cache is as empty after Defer as before.
+//! keeps nothing of the job: its token cache is as empty after Defer as before. `baton sts`, the
+//! development token service, issues job grants too.
 
 use std::time::Duration;
 
@@ -31,15 +32,15 @@ struct Jobs {
 }
 
 impl Jobs {
-    async fn start() -> Self {
-        let scratch = Scratch::new(BATON_BIN, "deferred");
+    async fn start(peer: Peer) -> Self {
+        let scratch = Scratch::new(BATON_BIN, &format!("deferred-{peer:?}").to_lowercase());
         leaks::secret(ADMIN_SECRET);
         let secret_file = scratch.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
         let options = PeerOptions {
             audiences: vec![ORDERS.into(), BILLING.into(), JOBS.into()],
             ..PeerOptions::default()
         };
-        let idp = TokenService::start_with(Peer::OidcProvider, &scratch, options).await;
+        let idp = TokenService::start_with(peer, &scratch, options).await;
         let extra = format!(
             r#"trusted_issuers:
   - issuer: {issuer}
@@ -81,13 +82,14 @@ deferred:
 
     /// A user's token (audience `frontend`) in session `sid`.
     async fn user(&self, sub: &str, sid: &str) -> String {
+        // `baton sts` takes extra claims as JSON; the oidc-provider glue takes `sid` itself.
+        let claims = format!(r#"{{"sid":"{sid}"}}"#);
+        let session = match self.idp.peer {
+            Peer::BatonSts => ("claims", claims.as_str()),
+            _ => ("sid", sid),
+        };
         self.idp
-            .mint_with(&[
-                ("sub", sub),
-                ("aud", "frontend"),
-                ("scope", "orders.read"),
-                ("sid", sid),
-            ])
+            .mint_with(&[("sub", sub), ("aud", "frontend"), ("scope", "orders.read"), session])
             .await
     }
 
@@ -184,7 +186,7 @@ fn refused<T: std::fmt::Debug>(answer: Result<T, tonic::Status>) -> (tonic::Code
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_jobs_are_reauthorized_when_they_run() {
-    let jobs = Jobs::start().await;
+    let jobs = Jobs::start(Peer::OidcProvider).await;
     let alice = jobs.user("alice", "s-alice").await;
 
     // Defer: a grant the token service issued, bound to the job, no longer-lived than asked.
@@ -391,5 +393,24 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
     assert_eq!(
         refused(anonymous),
         (tonic::Code::Unauthenticated, "caller_unauthenticated".into())
+    );
+}
+
+/// The development token service (`baton sts`) issues job grants too: a job runs for a live user
+/// and is refused once the user's session was revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baton_sts_issues_job_grants_too() {
+    let jobs = Jobs::start(Peer::BatonSts).await;
+    let alice = jobs.user("alice", "s-alice").await;
+    let deferred = jobs.defer(&alice, "nightly", &["orders"], 120).await.expect("deferred");
+    let grant = jobs.idp.verify(&deferred.grant).await;
+    assert_eq!(audiences(&grant), [JOBS]);
+    assert!(grant["exp"].as_i64().expect("exp") - grant["iat"].as_i64().expect("iat") <= 120);
+    let redeemed = jobs.redeem(&deferred.grant, "orders").await.expect("redeemed");
+    assert_eq!(audiences(&jobs.idp.verify(&redeemed.access_token).await), [ORDERS]);
+    assert_eq!(jobs.post_revoke(r#"{"sid":"s-alice"}"#).await, 200);
+    assert_eq!(
+        refused(jobs.redeem(&deferred.grant, "orders").await),
+        (tonic::Code::Unauthenticated, "subject_revoked".into())
     );
 }

@@ -1017,4 +1017,26 @@ mod tests {
             assert!(joined.contains(expected), "{expected} not in:\n{joined}");
         }
     }
+
+    #[test]
+    fn a_job_grant_lives_its_max_age_and_nothing_else_sets_a_lifetime() {
+        assert_eq!(
+            grant_max_age("baton:job:j baton:dest:orders baton:max_age:600"),
+            Some(600)
+        );
+        assert_eq!(grant_max_age("baton:max_age:1"), Some(1));
+        for scope in [
+            "",
+            "orders.read",
+            "baton:max_age:",
+            "baton:max_age:0",
+            "baton:max_age:060",
+            "baton:max_age:-5",
+            "baton:max_age:1e3",
+            "baton:max_age:1000000000",
+            "Baton:max_age:60",
+        ] {
+            assert_eq!(grant_max_age(scope), None, "{scope:?}");
+        }
+    }
 }
