@@ -3,7 +3,8 @@
 //! exchanges it for a destination's token while the user is live, with the job id in the audit
 //! record; a job whose user's session was revoked fails `subject_revoked`, a revoked job
 //! `job_revoked`, an expired grant `grant_expired`, a destination the grant does not name
-//! `destination_not_in_grant`; a grant presented through Envoy (or to Exchange) as an ordinary
+//! `destination_not_in_grant`, a caller the destination's policy does not allow (at Defer and again
+//! at Redeem) `source_not_allowed`; a grant presented through Envoy (or to Exchange) as an ordinary
 //! subject token is refused; malformed requests get `job_request_invalid` and change nothing. Baton
 //! keeps nothing of the job: its token cache is as empty after Defer as before. `baton sts`, the
 //! development token service, issues job grants too.
@@ -28,7 +29,10 @@ struct Jobs {
     envoy: Envoy,
     secret_file: std::path::PathBuf,
     client: DelegationBrokerClient<Channel>,
+    /// `report-worker`'s token, a broker caller.
     caller: String,
+    /// `other-worker`'s token, a broker caller `reports` does not allow.
+    other_caller: String,
 }
 
 impl Jobs {
@@ -61,12 +65,38 @@ deferred:
             issuer = idp.issuer,
             secret = secret_file.display(),
         );
-        let baton = Baton::start(&scratch, &idp.token_endpoint, &extra).await;
+        // The standard destinations, and `reports`, whose policy lets only the report worker
+        // act for a user there.
+        let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", idp.token_endpoint));
+        let body = format!(
+            r#"token_service:
+{token_service}
+destinations:
+  - name: orders
+    hosts: ["orders.example"]
+    audience: {ORDERS}
+    scopes: [orders.read]
+  - name: billing
+    hosts: ["billing.example"]
+    audience: {BILLING}
+  - name: forbidden
+    hosts: ["forbidden.example"]
+    audience: {FORBIDDEN}
+  - name: reports
+    audience: {BILLING}
+    policy:
+      allowed_sources: [report-worker]
+{extra}"#
+        );
+        let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
         let upstream = Upstream::start().await;
         let envoy = Envoy::start_for(Api::ExtAuthz, &scratch, baton.grpc, upstream.port).await;
         let client = broker_client(baton.grpc).await;
         let caller = idp
             .mint_with(&[("sub", "report-worker"), ("aud", CALLER_AUDIENCE)])
+            .await;
+        let other_caller = idp
+            .mint_with(&[("sub", "other-worker"), ("aud", CALLER_AUDIENCE)])
             .await;
         Self {
             scratch,
@@ -77,6 +107,7 @@ deferred:
             secret_file,
             client,
             caller,
+            other_caller,
         }
     }
 
@@ -93,11 +124,11 @@ deferred:
             .await
     }
 
-    fn authorized<T>(&self, message: T) -> tonic::Request<T> {
+    fn authorized<T>(caller: &str, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request
             .metadata_mut()
-            .insert("authorization", bearer(&self.caller).parse().expect("metadata"));
+            .insert("authorization", bearer(caller).parse().expect("metadata"));
         request
     }
 
@@ -108,12 +139,26 @@ deferred:
         destinations: &[&str],
         max_age: u64,
     ) -> Result<DeferResponse, tonic::Status> {
-        let request = self.authorized(DeferRequest {
-            subject_token: user.to_owned(),
-            job_id: job.to_owned(),
-            destinations: destinations.iter().map(|d| (*d).to_owned()).collect(),
-            max_age_seconds: max_age,
-        });
+        self.defer_as(&self.caller, user, job, destinations, max_age).await
+    }
+
+    async fn defer_as(
+        &self,
+        caller: &str,
+        user: &str,
+        job: &str,
+        destinations: &[&str],
+        max_age: u64,
+    ) -> Result<DeferResponse, tonic::Status> {
+        let request = Self::authorized(
+            caller,
+            DeferRequest {
+                subject_token: user.to_owned(),
+                job_id: job.to_owned(),
+                destinations: destinations.iter().map(|d| (*d).to_owned()).collect(),
+                max_age_seconds: max_age,
+            },
+        );
         let answer = self
             .client
             .clone()
@@ -127,10 +172,17 @@ deferred:
     }
 
     async fn redeem(&self, grant: &str, destination: &str) -> Result<RedeemResponse, tonic::Status> {
-        let request = self.authorized(RedeemRequest {
-            grant: grant.to_owned(),
-            destination: destination.to_owned(),
-        });
+        self.redeem_as(&self.caller, grant, destination).await
+    }
+
+    async fn redeem_as(&self, caller: &str, grant: &str, destination: &str) -> Result<RedeemResponse, tonic::Status> {
+        let request = Self::authorized(
+            caller,
+            RedeemRequest {
+                grant: grant.to_owned(),
+                destination: destination.to_owned(),
+            },
+        );
         let answer = self
             .client
             .clone()
@@ -239,6 +291,26 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
         refused(jobs.redeem(&deferred.grant, "nowhere").await),
         (tonic::Code::PermissionDenied, "destination_not_in_grant".into())
     );
+
+    // The destination's policy runs at Defer and again at Redeem, for the caller asking then.
+    let report = jobs
+        .defer(&alice, "report-policy", &["reports"], 600)
+        .await
+        .expect("report-worker may act for alice at reports");
+    assert_eq!(
+        refused(
+            jobs.defer_as(&jobs.other_caller, &alice, "report-other", &["reports"], 600)
+                .await
+        ),
+        (tonic::Code::PermissionDenied, "source_not_allowed".into())
+    );
+    assert_eq!(
+        refused(jobs.redeem_as(&jobs.other_caller, &report.grant, "reports").await),
+        (tonic::Code::PermissionDenied, "source_not_allowed".into())
+    );
+    jobs.redeem(&report.grant, "reports")
+        .await
+        .expect("the report worker redeems");
 
     // A grant is usable by Redeem only: through Envoy, or to Exchange, it is refused.
     let reply = send(
