@@ -158,6 +158,7 @@ impl RawConfig {
                 token_services: &token_services,
                 broker: broker.as_ref(),
                 remember: revocation.remember,
+                destinations: &destinations,
             };
             d.validate(&around, errors)
         });

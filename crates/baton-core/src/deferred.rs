@@ -68,6 +68,7 @@ pub(crate) struct Around<'a> {
     pub token_services: &'a crate::token_service::Checked,
     pub broker: Option<&'a crate::callers::Settings>,
     pub remember: Duration,
+    pub destinations: &'a [crate::destination::Settings],
 }
 
 impl Raw {
@@ -104,6 +105,20 @@ impl Raw {
             errors.add(
                 "deferred.audience",
                 "must differ from broker.caller_audience: a grant must never pass for a caller's token",
+            );
+        }
+        // A token Baton obtains for a destination must never read as a job grant, nor the reverse.
+        if let Some(d) = around.destinations.iter().find(|d| {
+            [&d.audience, &d.resource]
+                .iter()
+                .any(|a| a.as_deref() == Some(audience.as_str()))
+        }) {
+            errors.add(
+                "deferred.audience",
+                format!(
+                    "must differ from the audience and resource of every destination (`{}` has it)",
+                    d.name
+                ),
             );
         }
         if around.broker.is_none() {
@@ -413,7 +428,7 @@ token_service: {{ token_endpoint: http://127.0.0.1:9/token, client_id: c, auth: 
 trusted_issuers:
   - issuer: https://sts.example
     jwks_uri: https://sts.example/jwks
-    audiences: [frontend, baton-broker, baton-jobs]
+    audiences: [frontend, baton-broker, baton-jobs, 'https://orders.example']
 destinations:
   - name: orders
     audience: https://orders.example
@@ -487,6 +502,10 @@ destinations:
                 "deferred.audience",
             ),
             ("deferred: { audience: baton-jobs }", "deferred.grant_issuer"),
+            (
+                "deferred: { audience: 'https://orders.example', grant_issuer: https://sts.example }",
+                "deferred.audience",
+            ),
             (
                 "deferred: { audience: baton-jobs, grant_issuer: https://sts.example, max_age: 0s }",
                 "deferred.max_age",
