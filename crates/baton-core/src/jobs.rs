@@ -172,6 +172,12 @@ pub struct Redeemed {
     pub job: String,
 }
 
+/// `job_id` when it is a job id this Baton accepts (`deferred.max_job_id_bytes`, the alphabet).
+pub fn well_formed<'a>(authz: &Authz, job_id: &'a str) -> Option<&'a str> {
+    let settings = &authz.deferred.as_ref()?.settings;
+    is_name(job_id, settings.max_job_id_bytes).then_some(job_id)
+}
+
 /// The job a grant names, read unverified: for the audit record of a Redeem that was refused
 /// before the grant verified, only when it is a well-formed job id.
 pub fn job_of(authz: &Authz, grant: &str) -> Option<String> {

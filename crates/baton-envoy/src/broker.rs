@@ -7,7 +7,7 @@
 //! its `sub` is the policy's `source`. A caller may narrow a destination's scopes, never widen them
 //! (`broker_allowed_scopes`). Refusals are gRPC errors here (there is no Envoy to answer for), with
 //! the same reason codes. Without a `broker:` section every call is refused (`broker_disabled`).
-//! `Defer` and `Redeem` (deferred jobs) are carried here and decided in `baton_core::deferred`,
+//! `Defer` and `Redeem` (deferred jobs) are carried here and decided in `baton_core::jobs`,
 //! after the same caller check.
 //!
 //! This module owns who counts as a broker caller; it must never accept a caller on a token that
@@ -109,7 +109,11 @@ impl DelegationBroker for Broker {
                 .observe(Api::Broker, || crate::outcome::trace_context(request.metadata()), None);
         let caller = caller(&authz, &request).await;
         let request = request.into_inner();
-        let observation = observation.with_job(&request.job_id);
+        // Only a well-formed job id reaches the audit record and the span (bounded, nothing to escape).
+        let observation = match jobs::well_formed(&authz, &request.job_id) {
+            Some(job) => observation.with_job(job),
+            None => observation,
+        };
         let source = caller.as_ref().ok().and_then(|c| c.as_deref());
         let outcome = match &caller {
             Err(denial) => Err(denial.clone()),
