@@ -350,6 +350,18 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
         refused(jobs.redeem(&second.grant, "billing").await),
         (tonic::Code::Unauthenticated, "job_revoked".into())
     );
+    let metrics = jobs.baton.metrics().await;
+    assert!(
+        metrics.contains(r#"baton_revocations_total{kind="job",outcome="ok"} 1"#),
+        "{metrics}"
+    );
+    wait_until("the job's revocation audit record", Duration::from_secs(10), || async {
+        std::fs::read_to_string(&audit).unwrap_or_default().lines().any(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            record["api"] == "revocation" && record["kind"] == "job" && record["job"] == "report-2"
+        })
+    })
+    .await;
     assert_eq!(
         jobs.redeem(&third.grant, "orders")
             .await

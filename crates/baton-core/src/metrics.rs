@@ -78,7 +78,7 @@ pub struct CircuitTransitionLabels {
 /// One revocation signal: what it named, and what became of it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RevocationLabels {
-    /// `subject`, `session` or `all`.
+    /// `subject`, `session`, `all` or `job` (a deferred job).
     pub kind: &'static str,
     /// `ok`, or `full` (the store is at `revocation.max_entries`: not remembered, nothing purged).
     pub outcome: &'static str,
