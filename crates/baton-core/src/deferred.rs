@@ -535,4 +535,40 @@ destinations:
             assert!(!is_scope_token(bad), "{bad:?}");
         }
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every binding Defer can ask for reads back as itself, in either scope form; and whatever
+        /// a scope holds, a binding read from it is well-formed and writes back as the same values.
+        #[test]
+        fn a_binding_round_trips_and_nothing_else_reads_as_one(
+            job in "[A-Za-z0-9._-]{1,16}",
+            destinations in proptest::collection::btree_set("[a-z]{1,8}", 1..=3),
+            max_age in 1u64..=3600,
+            sid in proptest::option::of("[!#-\\[\\]-~]{1,20}"),
+            noise in proptest::collection::vec("[ -~]{0,24}", 0..6),
+        ) {
+            let s = settings();
+            let binding = Binding {
+                job,
+                destinations: destinations.into_iter().collect(),
+                max_age,
+                sid,
+                iss: Some("https://idp.example".into()),
+            };
+            let scope = binding.scope();
+            prop_assert_eq!(Binding::parse(Some(&json!(scope)), &s), Some(binding.clone()));
+            let list: Vec<&str> = scope.split(' ').collect();
+            prop_assert_eq!(Binding::parse(Some(&json!(list)), &s), Some(binding));
+            let noisy = noise.join(" ");
+            if let Some(read) = Binding::parse(Some(&json!(noisy)), &s) {
+                let mut wrote: Vec<String> = read.scope().split(' ').map(str::to_owned).collect();
+                let mut had: Vec<String> = noisy.split(' ').filter(|v| !v.is_empty()).map(str::to_owned).collect();
+                wrote.sort();
+                had.sort();
+                prop_assert_eq!(wrote, had);
+            }
+        }
+    }
 }
