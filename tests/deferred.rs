@@ -36,7 +36,8 @@ struct Jobs {
 }
 
 impl Jobs {
-    async fn start(peer: Peer) -> Self {
+    /// With `bind_caller`, grants are bound to the caller that deferred them.
+    async fn start(peer: Peer, bind_caller: bool) -> Self {
         let scratch = Scratch::new(BATON_BIN, &format!("deferred-{peer:?}").to_lowercase());
         leaks::secret(ADMIN_SECRET);
         let secret_file = scratch.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
@@ -61,6 +62,7 @@ deferred:
   max_age: 1h
   max_job_id_bytes: 32
   max_destinations: 2
+  bind_caller: {bind_caller}
 "#,
             issuer = idp.issuer,
             secret = secret_file.display(),
@@ -238,7 +240,7 @@ fn refused<T: std::fmt::Debug>(answer: Result<T, tonic::Status>) -> (tonic::Code
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_jobs_are_reauthorized_when_they_run() {
-    let jobs = Jobs::start(Peer::OidcProvider).await;
+    let jobs = Jobs::start(Peer::OidcProvider, false).await;
     let alice = jobs.user("alice", "s-alice").await;
 
     // Defer: a grant the token service issued, bound to the job, no longer-lived than asked.
@@ -481,15 +483,22 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
 }
 
 /// The development token service (`baton sts`) issues job grants too: a job runs for a live user
-/// and is refused once the user's session was revoked.
+/// and is refused once the user's session was revoked. Under `deferred.bind_caller`, only the
+/// caller that deferred a job redeems it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baton_sts_issues_job_grants_too() {
-    let jobs = Jobs::start(Peer::BatonSts).await;
+    let jobs = Jobs::start(Peer::BatonSts, true).await;
     let alice = jobs.user("alice", "s-alice").await;
     let deferred = jobs.defer(&alice, "nightly", &["orders"], 120).await.expect("deferred");
     let grant = jobs.idp.verify(&deferred.grant).await;
     assert_eq!(audiences(&grant), [JOBS]);
     assert!(grant["exp"].as_i64().expect("exp") - grant["iat"].as_i64().expect("iat") <= 120);
+    let bound = grant["scope"].as_str().expect("scope");
+    assert!(bound.split(' ').any(|v| v == "baton:caller:report-worker"), "{bound}");
+    assert_eq!(
+        refused(jobs.redeem_as(&jobs.other_caller, &deferred.grant, "orders").await),
+        (tonic::Code::PermissionDenied, "grant_caller_mismatch".into())
+    );
     let redeemed = jobs.redeem(&deferred.grant, "orders").await.expect("redeemed");
     assert_eq!(audiences(&jobs.idp.verify(&redeemed.access_token).await), [ORDERS]);
     assert_eq!(jobs.post_revoke(r#"{"sid":"s-alice"}"#).await, 200);

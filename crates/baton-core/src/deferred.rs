@@ -40,6 +40,9 @@ pub struct Raw {
     pub max_job_id_bytes: Option<usize>,
     /// The most destinations one job may name (default 8, at most 64).
     pub max_destinations: Option<usize>,
+    /// Bind each grant to the broker caller that deferred it (`baton:caller:<its sub or identity>`):
+    /// only that caller may redeem it (default false: a queue's worker is often another workload).
+    pub bind_caller: Option<bool>,
 }
 
 /// The validated `deferred:` section.
@@ -51,6 +54,7 @@ pub struct Settings {
     pub max_age: Duration,
     pub max_job_id_bytes: usize,
     pub max_destinations: usize,
+    pub bind_caller: bool,
 }
 
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -163,6 +167,17 @@ impl Raw {
                 format!("must be between 1 and {MAX_MAX_DESTINATIONS}"),
             );
         }
+        let bind_caller = self.bind_caller.unwrap_or(false);
+        if bind_caller
+            && around
+                .broker
+                .is_some_and(|b| b.callers == crate::callers::BrokerCallers::Any)
+        {
+            errors.add(
+                "deferred.bind_caller",
+                "binds a grant to its caller's identity, and `broker.callers: any` identifies no caller",
+            );
+        }
         Settings {
             audience,
             grant_issuer,
@@ -170,6 +185,7 @@ impl Raw {
             max_age,
             max_job_id_bytes,
             max_destinations,
+            bind_caller,
         }
     }
 }
@@ -181,6 +197,7 @@ const DEST: &str = "baton:dest:";
 const MAX_AGE: &str = "baton:max_age:";
 const SID: &str = "baton:sid:";
 const ISS: &str = "baton:iss:";
+const CALLER: &str = "baton:caller:";
 
 /// What a grant is bound to, as its scope values say.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,6 +210,8 @@ pub struct Binding {
     pub sid: Option<String>,
     /// The user's token's issuer (a revocation of `issuer` + `sub` names the user by it).
     pub iss: Option<String>,
+    /// The only broker caller that may redeem it (`deferred.bind_caller`).
+    pub caller: Option<String>,
 }
 
 /// A job id or a destination name: 1 to `max` bytes of `[A-Za-z0-9._-]`, so it is one scope value
@@ -227,6 +246,9 @@ impl Binding {
         if let Some(iss) = &self.iss {
             values.push(format!("{ISS}{iss}"));
         }
+        if let Some(caller) = &self.caller {
+            values.push(format!("{CALLER}{caller}"));
+        }
         values.join(" ")
     }
 
@@ -239,7 +261,7 @@ impl Binding {
             Value::Array(list) => list.iter().map(Value::as_str).collect::<Option<_>>()?,
             _ => return None,
         };
-        let (mut job, mut max_age, mut sid, mut iss) = (None, None, None, None);
+        let (mut job, mut max_age, mut sid, mut iss, mut caller) = (None, None, None, None, None);
         let mut destinations: Vec<String> = Vec::new();
         let once = |slot: &mut Option<String>, value: &str| slot.replace(value.to_owned()).is_none();
         for value in values {
@@ -257,6 +279,8 @@ impl Binding {
                 is_scope_token(v) && once(&mut sid, v)
             } else if let Some(v) = value.strip_prefix(ISS) {
                 is_scope_token(v) && once(&mut iss, v)
+            } else if let Some(v) = value.strip_prefix(CALLER) {
+                is_scope_token(v) && once(&mut caller, v)
             } else {
                 false
             };
@@ -273,6 +297,7 @@ impl Binding {
             max_age: max_age?.parse().ok()?,
             sid,
             iss,
+            caller,
         })
     }
 }
@@ -363,6 +388,7 @@ mod tests {
             max_age: Duration::from_secs(3600),
             max_job_id_bytes: 16,
             max_destinations: 3,
+            bind_caller: false,
         }
     }
 
@@ -373,6 +399,7 @@ mod tests {
             max_age: 600,
             sid: Some("s-1".into()),
             iss: Some("https://idp.example".into()),
+            caller: None,
         }
     }
 
@@ -515,11 +542,21 @@ destinations:
                 "deferred.max_job_id_bytes",
             ),
             (
+                "deferred: { audience: baton-jobs, grant_issuer: https://sts.example, bind_caller: true }",
+                "deferred.bind_caller",
+            ),
+            (
                 "deferred: { audience: baton-jobs, grant_issuer: https://sts.example, unknown: 1 }",
                 "(yaml)",
             ),
         ] {
-            let paths = config(deferred, BROKER).expect_err(deferred);
+            // `bind_caller` is judged against `callers: any`, which identifies no caller.
+            let broker = if deferred.contains("bind_caller") {
+                "broker: { callers: any }"
+            } else {
+                BROKER
+            };
+            let paths = config(deferred, broker).expect_err(deferred);
             assert!(paths.iter().any(|p| p == path), "{deferred}: {paths:?}");
         }
     }
@@ -556,6 +593,7 @@ destinations:
                 max_age,
                 sid,
                 iss: Some("https://idp.example".into()),
+                caller: Some("spiffe://cluster.local/ns/jobs/sa/reports".into()),
             };
             let scope = binding.scope();
             prop_assert_eq!(Binding::parse(Some(&json!(scope)), &s), Some(binding.clone()));

@@ -111,6 +111,7 @@ pub async fn defer(authz: &Authz, request: &DeferRequest<'_>, caller: &Caller<'_
         max_age: request.max_age_seconds,
         sid: carried("sid")?,
         iss: carried("iss")?,
+        caller: bound_caller(settings, caller)?,
     };
     let scope = binding.scope();
     let key = cache::key(&deferred.route.key_params, &scope, &digest);
@@ -123,6 +124,20 @@ pub async fn defer(authz: &Authz, request: &DeferRequest<'_>, caller: &Caller<'_
         Denial::new(Reason::IssuedGrantUnbound, why)
     })?;
     Ok(Grant { grant, expires_at })
+}
+
+/// The caller a grant is bound to under `deferred.bind_caller`: its identity must be one a scope
+/// value can carry.
+fn bound_caller(settings: &Settings, caller: &Caller<'_>) -> Result<Option<String>, Denial> {
+    if !settings.bind_caller {
+        return Ok(None);
+    }
+    match caller.source {
+        Some(source) if is_scope_token(source) => Ok(Some(source.to_owned())),
+        _ => Err(invalid_request(
+            "deferred.bind_caller: the caller's identity cannot be carried in a grant",
+        )),
+    }
 }
 
 /// Does the grant the token service issued carry exactly the job's binding, for this user, within
@@ -217,6 +232,18 @@ pub async fn redeem(authz: &Authz, grant: &str, destination: &str, caller: &Call
     let now = crate::clock::unix_now();
     let claims = &subject.claims;
     let binding = read_grant(claims, settings, now)?;
+    // A grant bound to the caller that deferred it is redeemed by that caller only, whatever the
+    // configuration says now.
+    if binding
+        .caller
+        .as_deref()
+        .is_some_and(|bound| Some(bound) != caller.source)
+    {
+        return Err(Denial::new(
+            Reason::GrantCallerMismatch,
+            "the grant is bound to another broker caller",
+        ));
+    }
     if !binding.destinations.iter().any(|d| d == destination) {
         return Err(Denial::new(
             Reason::DestinationNotInGrant,
@@ -309,6 +336,7 @@ mod tests {
             max_age: Duration::from_secs(3600),
             max_job_id_bytes: 16,
             max_destinations: 3,
+            bind_caller: false,
         }
     }
 
@@ -319,6 +347,7 @@ mod tests {
             max_age: 600,
             sid: Some("s-1".into()),
             iss: Some("https://idp.example".into()),
+            caller: None,
         }
     }
 

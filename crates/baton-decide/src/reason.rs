@@ -120,6 +120,8 @@ pub enum Reason {
     GrantAsSubjectToken,
     /// The token service answered Defer with a token that does not carry the job's binding.
     IssuedGrantUnbound,
+    /// Redeem by a broker caller other than the one the grant is bound to (`deferred.bind_caller`).
+    GrantCallerMismatch,
 }
 
 /// The class of a reason, which fixes the HTTP status and the gRPC code of the reply.
@@ -132,7 +134,7 @@ pub enum Class {
 
 impl Reason {
     /// Every reason, for reading a wire name back (`from_name`): a test holds it to `as_str`.
-    pub const ALL: [Reason; 64] = [
+    pub const ALL: [Reason; 65] = [
         Self::MissingToken,
         Self::MultipleAuthorizationHeaders,
         Self::UnsupportedAuthorizationScheme,
@@ -197,6 +199,7 @@ impl Reason {
         Self::DeferredDisabled,
         Self::GrantAsSubjectToken,
         Self::IssuedGrantUnbound,
+        Self::GrantCallerMismatch,
     ];
 
     /// The reason whose wire name is `name`.
@@ -270,6 +273,7 @@ impl Reason {
             Self::DeferredDisabled => "deferred_disabled",
             Self::GrantAsSubjectToken => "grant_as_subject_token",
             Self::IssuedGrantUnbound => "issued_grant_unbound",
+            Self::GrantCallerMismatch => "grant_caller_mismatch",
         }
     }
 
@@ -332,7 +336,8 @@ impl Reason {
             | Self::BrokerDisabled
             | Self::DestinationNotInGrant
             | Self::JobRequestInvalid
-            | Self::DeferredDisabled => Class::PermissionDenied,
+            | Self::DeferredDisabled
+            | Self::GrantCallerMismatch => Class::PermissionDenied,
             Self::TokenServiceUnavailable
             | Self::TokenServiceTimeout
             | Self::TokenServiceError
