@@ -36,8 +36,9 @@ struct Jobs {
 }
 
 impl Jobs {
-    /// With `bind_caller`, grants are bound to the caller that deferred them.
-    async fn start(peer: Peer, bind_caller: bool) -> Self {
+    /// With `bind_caller`, grants are bound to the caller that deferred them; Envoy asks Baton
+    /// through `api`.
+    async fn start(peer: Peer, bind_caller: bool, api: Api) -> Self {
         let scratch = Scratch::new(BATON_BIN, &format!("deferred-{peer:?}").to_lowercase());
         leaks::secret(ADMIN_SECRET);
         let secret_file = scratch.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
@@ -92,7 +93,7 @@ destinations:
         );
         let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
         let upstream = Upstream::start().await;
-        let envoy = Envoy::start_for(Api::ExtAuthz, &scratch, baton.grpc, upstream.port).await;
+        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
         let client = broker_client(baton.grpc).await;
         let caller = idp
             .mint_with(&[("sub", "report-worker"), ("aud", CALLER_AUDIENCE)])
@@ -240,7 +241,7 @@ fn refused<T: std::fmt::Debug>(answer: Result<T, tonic::Status>) -> (tonic::Code
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_jobs_are_reauthorized_when_they_run() {
-    let jobs = Jobs::start(Peer::OidcProvider, false).await;
+    let jobs = Jobs::start(Peer::OidcProvider, false, Api::ExtAuthz).await;
     let alice = jobs.user("alice", "s-alice").await;
 
     // Defer: a grant the token service issued, bound to the job, no longer-lived than asked.
@@ -484,10 +485,10 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
 
 /// The development token service (`baton sts`) issues job grants too: a job runs for a live user
 /// and is refused once the user's session was revoked. Under `deferred.bind_caller`, only the
-/// caller that deferred a job redeems it.
+/// caller that deferred a job redeems it; through ext_proc, a grant is refused as a subject token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baton_sts_issues_job_grants_too() {
-    let jobs = Jobs::start(Peer::BatonSts, true).await;
+    let jobs = Jobs::start(Peer::BatonSts, true, Api::ExtProc).await;
     let alice = jobs.user("alice", "s-alice").await;
     let deferred = jobs.defer(&alice, "nightly", &["orders"], 120).await.expect("deferred");
     let grant = jobs.idp.verify(&deferred.grant).await;
@@ -501,6 +502,15 @@ async fn baton_sts_issues_job_grants_too() {
     );
     let redeemed = jobs.redeem(&deferred.grant, "orders").await.expect("redeemed");
     assert_eq!(audiences(&jobs.idp.verify(&redeemed.access_token).await), [ORDERS]);
+    // Through Envoy's ext_proc too, a grant is no subject token.
+    let reply = send(
+        &jobs.envoy,
+        "orders.example",
+        "/orders/1",
+        Some(&bearer(&deferred.grant)),
+    )
+    .await;
+    assert_eq!((reply.status, reply.reason()), (401, "grant_as_subject_token"));
     assert_eq!(jobs.post_revoke(r#"{"sid":"s-alice"}"#).await, 200);
     assert_eq!(
         refused(jobs.redeem(&deferred.grant, "orders").await),
