@@ -348,6 +348,7 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
         .defer(&alice, "report-3", &["orders"], 600)
         .await
         .expect("deferred");
+    assert_eq!(jobs.post_revoke(r#"{"job":"report 2"}"#).await, 400, "not a job id");
     assert!(jobs.revoke(&["--job", "report-2"]).await, "baton revoke --job");
     assert_eq!(
         refused(jobs.redeem(&second.grant, "billing").await),

@@ -491,7 +491,7 @@ impl Authz {
     }
 
     /// One exchange for `route` on behalf of `subject_token`: what a cache miss runs, and a refresh
-    /// (and, uncached, Defer and Redeem: `deferred`).
+    /// (and, uncached, Defer and Redeem: `jobs`).
     pub(crate) async fn exchange(
         &self,
         route: &Destination,

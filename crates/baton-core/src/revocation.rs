@@ -218,6 +218,13 @@ impl Selector {
             ));
         }
         if let Some(job) = raw.job {
+            // A deferred job's id is of this alphabet (`deferred`): anything else names no grant.
+            if !job
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return Err(refuse("malformed_job", "`job` is a job id: A-Z a-z 0-9 . _ -"));
+            }
             return match raw.issuer {
                 None => Ok(Self::Job { job }),
                 Some(_) => Err(refuse("issuer_without_sub", "`issuer` needs a `sub`")),
@@ -657,6 +664,8 @@ mod tests {
             (r#"{"sid":"s-1","job":"j"}"#, "ambiguous_selector"),
             (r#"{"issuer":"https://idp","job":"j"}"#, "issuer_without_sub"),
             (r#"{"job":""}"#, "empty_value"),
+            (r#"{"job":"a b"}"#, "malformed_job"),
+            (r#"{"job":"x\u0000"}"#, "malformed_job"),
             (r#"{"issuer":"https://idp","sid":"s-1"}"#, "issuer_without_sub"),
             (r#"{"sub":""}"#, "empty_value"),
             (&long, "value_too_long"),
