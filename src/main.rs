@@ -43,7 +43,7 @@ enum Command {
     Policy(cmd::policy::Args),
     /// Explain what Baton would decide for one request, and why; sends nothing.
     Explain(cmd::explain::Args),
-    /// Revoke a subject, a session or everything at a running Baton (`POST /revoke` on its admin listener).
+    /// Revoke a subject, a session, a deferred job or everything at a running Baton (`POST /revoke` on its admin listener).
     Revoke(cmd::revoke::Args),
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("selector").required(true).args(["sub", "sid", "all", "destination"])))]
+#[command(group(clap::ArgGroup::new("selector").required(true).args(["sub", "sid", "all", "destination", "job"])))]
 pub(crate) struct Args {
     /// Baton's admin listener, as `listen.admin` serves it (`http://127.0.0.1:9901`).
     #[arg(long, value_name = "URL")]
@@ -30,6 +30,9 @@ pub(crate) struct Args {
     /// and nobody is revoked; the next requests there exchange again.
     #[arg(long, value_name = "NAME")]
     destination: Option<String>,
+    /// Revoke one deferred job: its grants are refused at Redeem (`job_revoked`).
+    #[arg(long, value_name = "JOB")]
+    job: Option<String>,
     /// How long to wait for Baton's answer, in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300), value_name = "SECONDS")]
     timeout: u64,
@@ -50,6 +53,9 @@ impl Args {
     }
 
     fn body(&self) -> serde_json::Value {
+        if let Some(job) = &self.job {
+            return serde_json::json!({ "job": job });
+        }
         match (&self.sub, &self.sid, &self.destination) {
             (Some(sub), _, _) => match &self.issuer {
                 Some(issuer) => serde_json::json!({ "issuer": issuer, "sub": sub }),

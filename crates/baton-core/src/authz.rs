@@ -98,12 +98,17 @@ pub struct Authz {
     telemetry: Telemetry,
     /// Itself, once shared, so a hit can start a background refresh that outlives the request.
     me: std::sync::Weak<Authz>,
+    /// `None`: no `deferred:` section, Defer and Redeem are off (see `deferred`).
+    pub deferred: Option<crate::deferred::Deferred>,
 }
 
 impl Authz {
     /// `token_services` holds every service a destination names (config validation saw to it).
     pub fn new(config: Config, token_services: TokenServices, verifier: Option<Arc<Verifier>>) -> Self {
         let subject_token_type = config.subject_token.token_type;
+        let deferred = config
+            .deferred
+            .and_then(|d| crate::deferred::Deferred::new(d, &token_services, subject_token_type));
         let has_actor = config.actor.is_some();
         let routes = Routes::new(config.destinations.into_iter().filter_map(|d| {
             let target = target(&d, subject_token_type);
@@ -141,6 +146,7 @@ impl Authz {
             backchannel_logout: config.backchannel_logout,
             telemetry: Telemetry::off(),
             me: std::sync::Weak::new(),
+            deferred,
         }
     }
 
@@ -362,6 +368,7 @@ impl Authz {
         // subject token is checked on a hit against what the entry keeps of its subject (its
         // payload is not decoded on a hit), and before any exchange.
         if let Some(verified) = subject.as_deref() {
+            crate::deferred::not_a_grant(self.deferred.as_ref(), &verified.claims)?;
             self.holder_not_revoked(&Holder::of_claims(&verified.claims))?;
         }
         let claims = subject.as_deref().map(|s| &s.claims);
@@ -504,7 +511,7 @@ impl Authz {
         }
     }
 
-    fn holder_not_revoked(&self, holder: &Holder<'_>) -> Result<(), Denial> {
+    pub(crate) fn holder_not_revoked(&self, holder: &Holder<'_>) -> Result<(), Denial> {
         if self.revocations.is_revoked(holder, crate::clock::unix_now()) {
             return Err(Denial::new(
                 Reason::SubjectRevoked,
@@ -545,8 +552,9 @@ impl Authz {
         });
     }
 
-    /// One exchange for `route` on behalf of `subject_token`: what a cache miss runs, and a refresh.
-    async fn exchange(
+    /// One exchange for `route` on behalf of `subject_token`: what a cache miss runs, and a refresh
+    /// (and, uncached, Defer and Redeem: `jobs`).
+    pub(crate) async fn exchange(
         &self,
         route: &Destination,
         subject_token: &str,

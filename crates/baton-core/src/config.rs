@@ -40,6 +40,8 @@ pub struct RawConfig {
     pub revocation: crate::revocation::Raw,
     /// Absent: `POST /backchannel-logout` is off (404).
     pub backchannel_logout: Option<crate::logout::Raw>,
+    /// Absent: Defer and Redeem are off.
+    pub deferred: Option<crate::deferred::Raw>,
 }
 
 /// `workload:`: who this Baton acts for, in sidecar mode.
@@ -97,6 +99,8 @@ pub struct Config {
     pub audit: crate::telemetry::settings::Audit,
     pub revocation: crate::revocation::Settings,
     pub backchannel_logout: Option<crate::logout::Settings>,
+    /// `None`: Defer and Redeem refuse every call.
+    pub deferred: Option<crate::deferred::Settings>,
 }
 
 // === Parsing and validation ===
@@ -155,6 +159,16 @@ impl RawConfig {
             let trusted: Vec<&str> = trusted_issuers.iter().map(|i| i.issuer.as_str()).collect();
             raw.validate(&trusted, errors)
         });
+        let deferred = self.deferred.map(|d| {
+            let around = crate::deferred::Around {
+                trusted_issuers: &trusted_issuers,
+                token_services: &token_services,
+                broker: broker.as_ref(),
+                remember: revocation.remember,
+                destinations: &destinations,
+            };
+            d.validate(&around, errors)
+        });
         Some(Config {
             token_services: token_services.valid()?,
             cache,
@@ -172,6 +186,7 @@ impl RawConfig {
             audit,
             revocation,
             backchannel_logout,
+            deferred,
         })
     }
 }

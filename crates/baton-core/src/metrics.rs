@@ -80,7 +80,7 @@ pub struct CircuitTransitionLabels {
 pub struct RevocationLabels {
     /// Where the signal came from: `operator`, `invalid_token` (a destination's 401), ...
     pub event: &'static str,
-    /// `subject`, `session`, `all`, `destination` or `served`.
+    /// `subject`, `session`, `all`, `destination`, `served` or `job` (a deferred job).
     pub kind: &'static str,
     /// `ok`, or `full` (the store is at `revocation.max_entries`: not remembered, nothing purged).
     pub outcome: &'static str,

@@ -121,6 +121,8 @@ pub enum Selector {
     /// The one cached token that served a request the destination answered with a 401
     /// `invalid_token` (ext_proc): a purge of that entry, nothing remembered.
     Served { destination: String },
+    /// One deferred job's grants (`deferred`), whoever its user: refused at Redeem (`job_revoked`).
+    Job { job: String },
 }
 
 impl Selector {
@@ -132,6 +134,7 @@ impl Selector {
             Self::All => "all",
             Self::Destination { .. } => "destination",
             Self::Served { .. } => "served",
+            Self::Job { .. } => "job",
         }
     }
 
@@ -151,6 +154,8 @@ impl Selector {
             Self::Session { sid } => holder.sid == Some(sid.as_str()),
             Self::All => true,
             Self::Destination { .. } | Self::Served { .. } => false,
+            // Baton caches nothing for a job (Redeem exchanges every time): no entry to purge.
+            Self::Job { .. } => false,
         }
     }
 }
@@ -185,6 +190,7 @@ struct RawRequest {
     sid: Option<String>,
     all: Option<bool>,
     destination: Option<String>,
+    job: Option<String>,
 }
 
 impl Selector {
@@ -204,6 +210,7 @@ impl Selector {
             ("sub", &raw.sub),
             ("sid", &raw.sid),
             ("destination", &raw.destination),
+            ("job", &raw.job),
         ] {
             match value {
                 Some(v) if v.is_empty() => return Err(refuse("empty_value", format!("`{name}` is empty"))),
@@ -221,11 +228,12 @@ impl Selector {
             raw.sid.is_some(),
             raw.all.is_some(),
             raw.destination.is_some(),
+            raw.job.is_some(),
         ];
         if named.iter().filter(|n| **n).count() > 1 {
             return Err(refuse(
                 "ambiguous_selector",
-                "name one of `sub` (with an optional `issuer`), `sid`, `all` or `destination`",
+                "name one of `sub` (with an optional `issuer`), `sid`, `job`, `all` or `destination`",
             ));
         }
         if let Some(name) = raw.destination {
@@ -233,6 +241,19 @@ impl Selector {
                 return Err(refuse("issuer_without_sub", "`issuer` needs a `sub`"));
             }
             return Ok(Self::Destination { name });
+        }
+        if let Some(job) = raw.job {
+            // A deferred job's id is of this alphabet (`deferred`): anything else names no grant.
+            if !job
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return Err(refuse("malformed_job", "`job` is a job id: A-Z a-z 0-9 . _ -"));
+            }
+            return match raw.issuer {
+                None => Ok(Self::Job { job }),
+                Some(_) => Err(refuse("issuer_without_sub", "`issuer` needs a `sub`")),
+            };
         }
         match (raw.issuer, raw.sub, raw.sid, raw.all) {
             (issuer, Some(sub), None, None) => Ok(Self::Subject { issuer, sub }),
@@ -308,6 +329,8 @@ struct Inner {
     subject_entries: usize,
     sessions: HashMap<Box<str>, u64, Hasher>,
     all: Option<u64>,
+    /// Deferred jobs whose grants are refused (`Selector::Job`), each with when.
+    jobs: HashMap<Box<str>, u64, Hasher>,
 }
 
 /// The caches' hasher: a lookup on a decision costs less than with SipHash.
@@ -315,7 +338,7 @@ type Hasher = quick_cache::DefaultHashBuilder;
 
 impl Inner {
     fn len(&self) -> usize {
-        self.subject_entries + self.sessions.len() + usize::from(self.all.is_some())
+        self.subject_entries + self.sessions.len() + usize::from(self.all.is_some()) + self.jobs.len()
     }
 
     /// Forget what was revoked before `since`.
@@ -327,6 +350,7 @@ impl Inner {
         self.subject_entries = self.subjects.values().map(Vec::len).sum();
         self.sessions.retain(|_, at| *at >= since);
         self.all = self.all.filter(|at| *at >= since);
+        self.jobs.retain(|_, at| *at >= since);
     }
 }
 
@@ -420,10 +444,19 @@ impl Store {
                 inner.subjects.clear();
                 inner.subject_entries = 0;
                 inner.sessions.clear();
+                inner.jobs.clear();
                 inner.all = Some(now);
             }
             // Purges only: nothing to remember.
             Selector::Destination { .. } | Selector::Served { .. } => {}
+            Selector::Job { job } => {
+                let key = Box::from(job.as_str());
+                if !fits(&inner, !inner.jobs.contains_key(&key)) {
+                    self.held.store(inner.len(), Ordering::Release);
+                    return Err(StoreError::Full(max_entries));
+                }
+                inner.jobs.insert(key, now);
+            }
         }
         self.held.store(inner.len(), Ordering::Release);
         Ok(())
@@ -465,6 +498,23 @@ impl Store {
             Some(at) => holder
                 .iat
                 .is_none_or(|iat| iat <= i64::try_from(at).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+impl Store {
+    /// Is a grant of deferred job `job`, issued at `iat`, refused? Yes when the job was revoked
+    /// (within `remember` of `now`) no earlier than the grant was issued, or `iat` is unknown. Its
+    /// user's revocation is `is_revoked`'s, with the grant's holder.
+    pub fn is_job_revoked(&self, job: &str, iat: Option<i64>, now: u64) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let inner = self.read();
+        let since = now.saturating_sub(self.remember());
+        match inner.jobs.get(job).copied().filter(|at| *at >= since) {
+            None => false,
+            Some(at) => iat.is_none_or(|iat| iat <= i64::try_from(at).unwrap_or(i64::MAX)),
         }
     }
 }
@@ -621,6 +671,10 @@ mod tests {
         assert_eq!(ok(r#"{"sub":"alice"}"#), Ok(subject(None, "alice")));
         assert_eq!(ok(r#"{"sid":"s-1"}"#), Ok(Selector::Session { sid: "s-1".into() }));
         assert_eq!(ok(r#"{"all":true}"#), Ok(Selector::All));
+        assert_eq!(
+            ok(r#"{"job":"report-7"}"#),
+            Ok(Selector::Job { job: "report-7".into() })
+        );
         let long = format!(r#"{{"sub":"{}"}}"#, "a".repeat(MAX_VALUE_LEN + 1));
         let huge = format!(r#"{{"sub":"{}"}}"#, "a".repeat(MAX_REQUEST_BYTES));
         for (body, code) in [
@@ -634,6 +688,11 @@ mod tests {
             (r#"{"issuer":"https://idp"}"#, "issuer_without_sub"),
             (r#"{"sub":"alice","sid":"s-1"}"#, "ambiguous_selector"),
             (r#"{"sub":"alice","all":true}"#, "ambiguous_selector"),
+            (r#"{"sid":"s-1","job":"j"}"#, "ambiguous_selector"),
+            (r#"{"issuer":"https://idp","job":"j"}"#, "issuer_without_sub"),
+            (r#"{"job":""}"#, "empty_value"),
+            (r#"{"job":"a b"}"#, "malformed_job"),
+            (r#"{"job":"x\u0000"}"#, "malformed_job"),
             (r#"{"issuer":"https://idp","sid":"s-1"}"#, "issuer_without_sub"),
             (r#"{"sub":""}"#, "empty_value"),
             (&long, "value_too_long"),

@@ -109,6 +109,25 @@ pub enum Reason {
     /// `verify_issued`: the issued token's signature does not verify against the token service's
     /// keys (503).
     IssuedTokenSignatureInvalid,
+    // Deferred jobs (`deferred`): Defer and Redeem on the broker API.
+    /// A job grant presented to Redeem does not verify, or is not a grant Baton asked for.
+    GrantInvalid,
+    /// The job grant's `exp` has passed.
+    GrantExpired,
+    /// The job was revoked (`{"job": ...}`) after its grant was issued.
+    JobRevoked,
+    /// Redeem asked for a destination the job grant does not name.
+    DestinationNotInGrant,
+    /// A Defer or Redeem request is malformed (job id, destinations, max age).
+    JobRequestInvalid,
+    /// Deferred jobs are off: the configuration has no `deferred:` section.
+    DeferredDisabled,
+    /// A job grant was presented as an ordinary subject token: only Redeem may use it.
+    GrantAsSubjectToken,
+    /// The token service answered Defer with a token that does not carry the job's binding.
+    IssuedGrantUnbound,
+    /// Redeem by a broker caller other than the one the grant is bound to (`deferred.bind_caller`).
+    GrantCallerMismatch,
 }
 
 /// The class of a reason, which fixes the HTTP status and the gRPC code of the reply.
@@ -121,7 +140,7 @@ pub enum Class {
 
 impl Reason {
     /// Every reason, for reading a wire name back (`from_name`): a test holds it to `as_str`.
-    pub const ALL: [Reason; 58] = [
+    pub const ALL: [Reason; 67] = [
         Self::MissingToken,
         Self::MultipleAuthorizationHeaders,
         Self::UnsupportedAuthorizationScheme,
@@ -180,6 +199,15 @@ impl Reason {
         Self::IssuedTokenMalformed,
         Self::ActorNotAllowed,
         Self::IssuedTokenSignatureInvalid,
+        Self::GrantInvalid,
+        Self::GrantExpired,
+        Self::JobRevoked,
+        Self::DestinationNotInGrant,
+        Self::JobRequestInvalid,
+        Self::DeferredDisabled,
+        Self::GrantAsSubjectToken,
+        Self::IssuedGrantUnbound,
+        Self::GrantCallerMismatch,
     ];
 
     /// The reason whose wire name is `name`.
@@ -247,6 +275,15 @@ impl Reason {
             Self::IssuedTokenMalformed => "issued_token_malformed",
             Self::ActorNotAllowed => "actor_not_allowed",
             Self::IssuedTokenSignatureInvalid => "issued_token_signature_invalid",
+            Self::GrantInvalid => "grant_invalid",
+            Self::GrantExpired => "grant_expired",
+            Self::JobRevoked => "job_revoked",
+            Self::DestinationNotInGrant => "destination_not_in_grant",
+            Self::JobRequestInvalid => "job_request_invalid",
+            Self::DeferredDisabled => "deferred_disabled",
+            Self::GrantAsSubjectToken => "grant_as_subject_token",
+            Self::IssuedGrantUnbound => "issued_grant_unbound",
+            Self::GrantCallerMismatch => "grant_caller_mismatch",
         }
     }
 
@@ -283,7 +320,11 @@ impl Reason {
             | Self::SubjectRevoked
             | Self::IssuerKeysUnavailable
             | Self::CallerUnauthenticated
-            | Self::CallerNotWorkload => Class::Unauthenticated,
+            | Self::CallerNotWorkload
+            | Self::GrantInvalid
+            | Self::GrantExpired
+            | Self::JobRevoked
+            | Self::GrantAsSubjectToken => Class::Unauthenticated,
             Self::DestinationUnknown
             | Self::DestinationNotConfigured
             | Self::TargetRefused
@@ -303,7 +344,11 @@ impl Reason {
             | Self::DelegationTooDeep
             | Self::ScopeNotAllowed
             | Self::BrokerDisabled
-            | Self::ActorNotAllowed => Class::PermissionDenied,
+            | Self::ActorNotAllowed
+            | Self::DestinationNotInGrant
+            | Self::JobRequestInvalid
+            | Self::DeferredDisabled
+            | Self::GrantCallerMismatch => Class::PermissionDenied,
             Self::TokenServiceUnavailable
             | Self::TokenServiceTimeout
             | Self::TokenServiceError
@@ -318,7 +363,8 @@ impl Reason {
             | Self::IssuedTokenActorMissing
             | Self::IssuedTokenScopeExceeded
             | Self::IssuedTokenMalformed
-            | Self::IssuedTokenSignatureInvalid => Class::Unavailable,
+            | Self::IssuedTokenSignatureInvalid
+            | Self::IssuedGrantUnbound => Class::Unavailable,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! its `sub` is the policy's `source`. A caller may narrow a destination's scopes, never widen them
 //! (`broker_allowed_scopes`). Refusals are gRPC errors here (there is no Envoy to answer for), with
 //! the same reason codes. Without a `broker:` section every call is refused (`broker_disabled`).
+//! `Defer` and `Redeem` (deferred jobs) are carried here and decided in `baton_core::jobs`,
+//! after the same caller check.
 //!
 //! This module owns who counts as a broker caller; it must never accept a caller on a token that
 //! only proves a user, nor echo a token or a caller-supplied string in a refusal.
@@ -17,6 +19,7 @@ use baton_core::authz::{Authz, Caller, Current};
 use baton_core::cache;
 use baton_core::callers::{BrokerCallers, CallerRule};
 use baton_core::decision::Allow;
+use baton_core::jobs;
 use baton_core::telemetry::{Api, Decided};
 use baton_decide::reason::{Denial, Reason};
 use baton_decide::request::{Authorization, Headers, check_token, subject_token};
@@ -26,7 +29,7 @@ pub mod pb {
 }
 
 use pb::delegation_broker_server::DelegationBroker;
-use pb::{ExchangeRequest, ExchangeResponse};
+use pb::{DeferRequest, DeferResponse, ExchangeRequest, ExchangeResponse, RedeemRequest, RedeemResponse};
 
 #[derive(Debug)]
 pub struct Broker {
@@ -98,12 +101,145 @@ impl DelegationBroker for Broker {
             Err(denial) => Err(status(&denial)),
         }
     }
+
+    async fn defer(&self, request: Request<DeferRequest>) -> Result<Response<DeferResponse>, Status> {
+        let authz = self.authz.load_full();
+        let observation =
+            authz
+                .telemetry()
+                .observe(Api::Broker, || crate::outcome::trace_context(request.metadata()), None);
+        let caller = caller(&authz, &request).await;
+        let request = request.into_inner();
+        // Only a well-formed job id reaches the audit record and the span (bounded, nothing to escape).
+        let observation = match jobs::well_formed(&authz, &request.job_id) {
+            Some(job) => observation.with_job(job),
+            None => observation,
+        };
+        let source = caller.as_ref().ok().and_then(|c| c.as_deref());
+        let outcome = match &caller {
+            Err(denial) => Err(denial.clone()),
+            Ok(_) => {
+                let asked = jobs::DeferRequest {
+                    subject_token: &request.subject_token,
+                    job_id: &request.job_id,
+                    destinations: &request.destinations,
+                    max_age_seconds: request.max_age_seconds,
+                };
+                observation
+                    .run(jobs::defer(&authz, &asked, &broker_caller(source)))
+                    .await
+            }
+        };
+        let route = authz.deferred.as_ref().map(|d| d.route().clone());
+        let (outcome, expires_at) = match (outcome, &route) {
+            (Ok(granted), Some(route)) => (
+                Ok(Allow::Delegate {
+                    destination: route.clone(),
+                    token: granted.grant,
+                    cache: cache::CacheStatus::Miss,
+                    // Never cached (a grant, or a Redeem's token): no entry to purge.
+                    key: [0; 32],
+                }),
+                granted.expires_at,
+            ),
+            // `defer` grants only with a `deferred:` section.
+            (Ok(_), None) => (Err(Denial::new(Reason::DeferredDisabled, "deferred jobs are off")), 0),
+            (Err(denial), _) => (Err(denial), 0),
+        };
+        observation.finish(Decided {
+            outcome: &outcome,
+            destination: route.as_ref(),
+            source,
+        });
+        match outcome {
+            Ok(Allow::Delegate { token, .. }) => Ok(Response::new(DeferResponse {
+                grant: token.token().to_owned(),
+                expires_at,
+            })),
+            Ok(_) => Err(Status::internal("no grant was issued")),
+            Err(denial) => Err(status(&denial)),
+        }
+    }
+
+    async fn redeem(&self, request: Request<RedeemRequest>) -> Result<Response<RedeemResponse>, Status> {
+        let authz = self.authz.load_full();
+        let observation =
+            authz
+                .telemetry()
+                .observe(Api::Broker, || crate::outcome::trace_context(request.metadata()), None);
+        let caller = caller(&authz, &request).await;
+        let request = request.into_inner();
+        // The job, for the audit record, as the grant names it (read before it is verified: a
+        // refused Redeem is audited with the job it claimed).
+        let observation = match jobs::job_of(&authz, &request.grant) {
+            Some(job) => observation.with_job(&job),
+            None => observation,
+        };
+        let source = caller.as_ref().ok().and_then(|c| c.as_deref());
+        let outcome = match &caller {
+            Err(denial) => Err(denial.clone()),
+            Ok(_) => {
+                observation
+                    .run(jobs::redeem(
+                        &authz,
+                        &request.grant,
+                        &request.destination,
+                        &broker_caller(source),
+                    ))
+                    .await
+            }
+        };
+        let named = authz.route_for(&request.destination, &[]).ok();
+        let (outcome, job) = match outcome {
+            Ok(redeemed) => (
+                Ok(Allow::Delegate {
+                    destination: redeemed.destination,
+                    token: redeemed.token,
+                    cache: cache::CacheStatus::Miss,
+                    // Never cached (a grant, or a Redeem's token): no entry to purge.
+                    key: [0; 32],
+                }),
+                redeemed.job,
+            ),
+            Err(denial) => (Err(denial), String::new()),
+        };
+        observation.finish(Decided {
+            outcome: &outcome,
+            destination: match &outcome {
+                Ok(Allow::Delegate { destination, .. }) => Some(destination),
+                _ => named.as_ref(),
+            },
+            source,
+        });
+        match outcome {
+            Ok(Allow::Delegate { token, .. }) => Ok(Response::new(RedeemResponse {
+                access_token: token.token().to_owned(),
+                issued_token_type: token.issued_token_type().unwrap_or_default().to_owned(),
+                token_type: token.token_type().to_owned(),
+                expires_at: i64::try_from(token.expires_at).unwrap_or(i64::MAX),
+                scope: token.scope().unwrap_or_default().to_owned(),
+                job_id: job,
+            })),
+            Ok(_) => Err(Status::internal("no token was delegated")),
+            Err(denial) => Err(status(&denial)),
+        }
+    }
+}
+
+/// A broker call has no HTTP request: destinations with method or path rules refuse it.
+fn broker_caller(source: Option<&str>) -> Caller<'_> {
+    Caller {
+        source,
+        method: "",
+        path: "",
+        headers: Headers::NONE,
+    }
 }
 
 /// Who is calling: the verified `sub` of the call's bearer token, once the token meets the caller
 /// rule, or under `callers: mtls` the verified identity of its TLS client certificate (`None` under
 /// `callers: any`).
-async fn caller(authz: &Authz, request: &Request<ExchangeRequest>) -> Result<Option<String>, Denial> {
+async fn caller<T>(authz: &Authz, request: &Request<T>) -> Result<Option<String>, Denial> {
     let Some(broker) = &authz.broker else {
         return Err(Denial::new(
             Reason::BrokerDisabled,
@@ -428,6 +564,22 @@ broker: { callers: any }
                 }
             }
         }
+    }
+
+    #[tokio::test]
+    async fn without_a_deferred_section_defer_and_redeem_are_refused() {
+        let authz = authz();
+        let caller = broker_caller(None);
+        let asked = jobs::DeferRequest {
+            subject_token: "t",
+            job_id: "j",
+            destinations: &["orders".to_owned()],
+            max_age_seconds: 60,
+        };
+        let deferred = jobs::defer(&authz, &asked, &caller).await.map(|_| ());
+        assert_eq!(deferred.map_err(|d| d.reason), Err(Reason::DeferredDisabled));
+        let redeemed = jobs::redeem(&authz, "t", "orders", &caller).await.map(|_| ());
+        assert_eq!(redeemed.map_err(|d| d.reason), Err(Reason::DeferredDisabled));
     }
 
     #[tokio::test]

@@ -43,6 +43,8 @@ pub struct RawConfig {
     pub revocation: baton_core::revocation::Raw,
     /// Absent: `POST /backchannel-logout` is off.
     pub backchannel_logout: Option<baton_core::logout::Raw>,
+    /// Absent: Defer and Redeem are off.
+    pub deferred: Option<baton_core::deferred::Raw>,
 }
 
 /// `reload:`: how the configuration file is watched (SIGHUP always reloads it).
@@ -130,6 +132,7 @@ impl RawConfig {
             audit: self.audit,
             revocation: self.revocation,
             backchannel_logout: self.backchannel_logout,
+            deferred: self.deferred,
         }
         .validate(&mut errors);
         let reload_interval = duration(

@@ -652,6 +652,11 @@ async fn exchange(
     if let Some(subject_exp) = subject.get("exp").and_then(Value::as_u64) {
         exp = exp.min(subject_exp);
     }
+    // Baton's deferred jobs: a grant asked for with `baton:max_age:<seconds>` lives exactly that
+    // long, past the user's own token (a revocation, not an expiry, ends a job early).
+    if let Some(max_age) = scope.as_deref().and_then(grant_max_age) {
+        exp = now + max_age;
+    }
     let mut claims = json!({
         "iss": sts.issuer,
         "sub": subject.get("sub").cloned().unwrap_or(Value::Null),
@@ -743,6 +748,15 @@ fn client_credentials(
         exp - now,
         scope.as_deref(),
     ))
+}
+
+/// The `baton:max_age:<seconds>` a deferred job's grant is asked for with (digits, 1 to 10^9).
+fn grant_max_age(scope: &str) -> Option<u64> {
+    scope
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("baton:max_age:"))
+        .find(|v| !v.is_empty() && v.len() <= 9 && !v.starts_with('0') && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse().ok())
 }
 
 /// The requested scope if the client may have all of it; `Ok(None)` when none was requested.
@@ -1001,6 +1015,28 @@ mod tests {
             "trusted_subject_issuers[1].issuer: is this service's own issuer",
         ] {
             assert!(joined.contains(expected), "{expected} not in:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn a_job_grant_lives_its_max_age_and_nothing_else_sets_a_lifetime() {
+        assert_eq!(
+            grant_max_age("baton:job:j baton:dest:orders baton:max_age:600"),
+            Some(600)
+        );
+        assert_eq!(grant_max_age("baton:max_age:1"), Some(1));
+        for scope in [
+            "",
+            "orders.read",
+            "baton:max_age:",
+            "baton:max_age:0",
+            "baton:max_age:060",
+            "baton:max_age:-5",
+            "baton:max_age:1e3",
+            "baton:max_age:1000000000",
+            "Baton:max_age:60",
+        ] {
+            assert_eq!(grant_max_age(scope), None, "{scope:?}");
         }
     }
 }

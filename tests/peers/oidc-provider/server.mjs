@@ -366,6 +366,9 @@ async function tokenExchange(ctx) {
   const scope = requested
     .filter(Set.prototype.has.bind(resourceServer.scopes))
     .join(' ') || undefined;
+  // Baton's deferred jobs: a grant asked for with `baton:max_age:<seconds>` lives that long.
+  const maxAge = requested.map((s) => /^baton:max_age:([1-9][0-9]{0,8})$/.exec(s)?.[1]).find(Boolean);
+  if (maxAge) resourceServer.accessTokenTTL = Number(maxAge);
 
   const token = new provider.AccessToken({
     client,
@@ -523,10 +526,13 @@ async function mint(form) {
     exp: now + expiresIn,
     resourceServer: new provider.ResourceServer(aud, resourceServerInfo(aud, scope)),
   });
-  if (form.get('may_act')) {
-    // Read back by the extraTokenClaims hook, like `act` for exchanged tokens.
-    extraClaims.set(token, { may_act: { sub: form.get('may_act') } });
-  }
+  // Read back by the extraTokenClaims hook, like `act` for exchanged tokens.
+  const extra = {
+    ...(form.get('may_act') ? { may_act: { sub: form.get('may_act') } } : undefined),
+    // The login session (OpenID Connect `sid`), which a revocation or a logout may name.
+    ...(form.get('sid') ? { sid: form.get('sid') } : undefined),
+  };
+  if (Object.keys(extra).length > 0) extraClaims.set(token, extra);
   const value = await token.save();
   return [200, { access_token: value, expires_in: expiresIn }];
 }

@@ -33,6 +33,8 @@ pub(crate) struct Entry {
     pub(crate) destination: Option<Arc<Destination>>,
     pub(crate) delegated: Option<Arc<Delegated>>,
     pub(crate) cache: Option<CacheStatus>,
+    /// The deferred job a Defer or Redeem decision was for.
+    pub(crate) job: Option<Box<str>>,
 }
 
 /// What one revocation signal leaves in the audit log (`api: revocation`).
@@ -61,6 +63,9 @@ struct RevokedLine<'a> {
     /// A destination's purges (`destination`, `served`): its configured name.
     #[serde(skip_serializing_if = "Option::is_none")]
     destination: Option<&'a str>,
+    /// The deferred job revoked (`kind: job`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<&'a str>,
 }
 
 impl Revoked {
@@ -78,10 +83,16 @@ impl Revoked {
                 None,
             ),
             Selector::Session { sid } => (None, Some(fingerprint(sid))),
-            Selector::All | Selector::Destination { .. } | Selector::Served { .. } => (None, None),
+            Selector::All | Selector::Destination { .. } | Selector::Served { .. } | Selector::Job { .. } => {
+                (None, None)
+            }
         };
         let destination = match &self.selector {
             Selector::Destination { name: d } | Selector::Served { destination: d } => Some(d.as_str()),
+            _ => None,
+        };
+        let job = match &self.selector {
+            Selector::Job { job } => Some(job.as_str()),
             _ => None,
         };
         let line = RevokedLine {
@@ -94,6 +105,7 @@ impl Revoked {
             session,
             purged: self.purged,
             destination,
+            job,
         };
         let mut text = serde_json::to_string(&line).unwrap_or_default();
         text.push('\n');
@@ -139,6 +151,9 @@ struct Line<'a> {
     cache: Option<&'a str>,
     /// The `actors` were read from an issued token whose signature was verified (`verify_issued`).
     chain_verified: bool,
+    /// The deferred job (Defer, Redeem); absent on every other decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -190,6 +205,7 @@ impl Entry {
             exp: claims.and_then(|c| c.exp),
             cache: self.cache.map(CacheStatus::as_str),
             chain_verified: self.delegated.as_ref().is_some_and(|d| d.chain_verified()),
+            job: self.job.as_deref(),
         };
         let mut text = serde_json::to_string(&line).unwrap_or_default();
         text.push('\n');
@@ -443,6 +459,7 @@ mod tests {
             destination: None,
             delegated: None,
             cache: None,
+            job: None,
         };
         for _ in 0..10_000 {
             audit.record(entry());

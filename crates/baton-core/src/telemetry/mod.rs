@@ -227,6 +227,7 @@ impl Telemetry {
                 started,
                 cx: None,
                 trace_id: None,
+                job: None,
             };
         }
         let parent = trace::parent(grpc(), headers);
@@ -252,6 +253,7 @@ impl Telemetry {
             started,
             cx,
             trace_id,
+            job: None,
         }
     }
 
@@ -365,9 +367,20 @@ pub struct Observation<'t> {
     /// The context holding this decision's span, when tracing.
     cx: Option<Context>,
     trace_id: Option<TraceId>,
+    /// The deferred job this decision is for (Defer, Redeem): in the audit record and the span.
+    job: Option<Box<str>>,
 }
 
 impl Observation<'_> {
+    /// Name the deferred job this decision is for (`job` in the audit record, `baton.job` on the span).
+    pub fn with_job(mut self, job: &str) -> Self {
+        if let (Some(cx), true) = (&self.cx, !job.is_empty()) {
+            cx.span().set_attribute(KeyValue::new("baton.job", job.to_owned()));
+        }
+        self.job = Some(Box::from(job));
+        self
+    }
+
     /// Run the decision inside this observation's span, so an exchange it makes is a child span.
     pub fn run<F: Future>(&self, decision: F) -> impl Future<Output = F::Output> {
         match &self.cx {
@@ -455,6 +468,7 @@ impl Observation<'_> {
                 destination: decided.destination.cloned(),
                 delegated: delegated.cloned(),
                 cache,
+                job: self.job.clone(),
             });
         }
     }
