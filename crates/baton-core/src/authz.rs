@@ -94,6 +94,8 @@ pub struct Authz {
     revocations: Arc<revocation::Store>,
     revocation: revocation::Settings,
     telemetry: Telemetry,
+    /// The Shared Signals receiver (`ssf:`), built by the composition (`with_ssf`).
+    ssf: Option<Arc<crate::ssf::Receiver>>,
     /// Itself, once shared, so a hit can start a background refresh that outlives the request.
     me: std::sync::Weak<Authz>,
 }
@@ -136,6 +138,7 @@ impl Authz {
             revocations: Arc::new(revocation::Store::new(&config.revocation)),
             revocation: config.revocation,
             telemetry: Telemetry::off(),
+            ssf: None,
             me: std::sync::Weak::new(),
         }
     }
@@ -153,6 +156,16 @@ impl Authz {
 
     pub fn telemetry(&self) -> &Telemetry {
         &self.telemetry
+    }
+
+    /// Receive Shared Signals through `receiver`.
+    pub fn with_ssf(mut self, receiver: Arc<crate::ssf::Receiver>) -> Self {
+        self.ssf = Some(receiver);
+        self
+    }
+
+    pub fn ssf(&self) -> Option<&Arc<crate::ssf::Receiver>> {
+        self.ssf.as_ref()
     }
 
     /// The calling workload when Envoy names none (`workload_identity`), as the policy sees it.
@@ -752,6 +765,7 @@ fn unverified_holder(payload: &jwt::Unverified) -> Holder<'_> {
         sub: text(&payload.sub),
         sid: text(&payload.sid),
         iat: payload.iat(),
+        claims: None,
     }
 }
 

@@ -318,6 +318,7 @@ impl Delegated {
             sub: a.get(Field::SubjectSub),
             sid: a.get(Field::SubjectSid),
             iat: None,
+            claims: None,
         }
     }
 

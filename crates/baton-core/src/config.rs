@@ -38,6 +38,8 @@ pub struct RawConfig {
     pub telemetry: crate::telemetry::settings::RawTelemetry,
     pub audit: crate::telemetry::settings::RawAudit,
     pub revocation: crate::revocation::Raw,
+    /// Absent: no Shared Signals receiver.
+    pub ssf: Option<crate::ssf::Raw>,
 }
 
 /// `workload:`: who this Baton acts for, in sidecar mode.
@@ -94,6 +96,7 @@ pub struct Config {
     pub telemetry: crate::telemetry::settings::Telemetry,
     pub audit: crate::telemetry::settings::Audit,
     pub revocation: crate::revocation::Settings,
+    pub ssf: Option<crate::ssf::Settings>,
 }
 
 // === Parsing and validation ===
@@ -148,6 +151,7 @@ impl RawConfig {
         check_token_services(&destinations, &token_services, actor.is_some(), errors);
         let (telemetry, audit) = (self.telemetry.validate(errors), self.audit.validate(errors));
         let revocation = self.revocation.validate(errors);
+        let ssf = self.ssf.and_then(|s| s.validate(errors));
         Some(Config {
             token_services: token_services.valid()?,
             cache,
@@ -164,6 +168,7 @@ impl RawConfig {
             telemetry,
             audit,
             revocation,
+            ssf,
         })
     }
 }

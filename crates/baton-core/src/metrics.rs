@@ -78,9 +78,19 @@ pub struct CircuitTransitionLabels {
 /// One revocation signal: what it named, and what became of it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RevocationLabels {
-    /// `subject`, `session` or `all`.
+    /// `subject`, `session`, `all` or `email`.
     pub kind: &'static str,
     /// `ok`, or `full` (the store is at `revocation.max_entries`: not remembered, nothing purged).
+    pub outcome: &'static str,
+}
+
+/// One Shared Signals event (a SET, or one event of it) and what became of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SsfEventLabels {
+    /// The event type's short name (`session-revoked`, ...), `unknown` for one Baton does not act
+    /// on, `none` for a SET refused before its events were read.
+    pub event: &'static str,
+    /// `revoked`, `ignored`, `replayed`, `full`, or an RFC 8935 error code (`invalid_key`, ...).
     pub outcome: &'static str,
 }
 
@@ -149,6 +159,8 @@ pub struct Metrics {
     /// Revocations remembered, and their bound (`revocation.max_entries`).
     pub revocations_remembered: Gauge,
     pub revocations_max: Gauge,
+    /// Shared Signals events received (`ssf`), by event type and outcome.
+    pub ssf_events: Family<SsfEventLabels, Counter>,
     /// The series every delegated decision updates, looked up once each.
     hot: Arc<HotSeries>,
 }
@@ -199,6 +211,7 @@ impl Metrics {
             revocations: Family::default(),
             revocations_remembered: Gauge::default(),
             revocations_max: Gauge::default(),
+            ssf_events: Family::default(),
             hot: Arc::default(),
         };
         registry.register(
@@ -282,6 +295,11 @@ impl Metrics {
             "revocations_max",
             "The most revocations remembered at once (revocation.max_entries)",
             metrics.revocations_max.clone(),
+        );
+        registry.register(
+            "ssf_events",
+            "Shared Signals events (SETs) received by event type (session-revoked, ..., unknown, none) and outcome (revoked, ignored, replayed, full, or the RFC 8935 error code)",
+            metrics.ssf_events.clone(),
         );
         registry.register(
             "build",

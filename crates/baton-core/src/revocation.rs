@@ -85,22 +85,9 @@ impl Raw {
 }
 
 impl Settings {
-    /// Does `presented` (the request's `Authorization` value) carry the admin secret? Both are
-    /// hashed first, so the comparison takes the same time whatever their lengths and contents.
+    /// Does `presented` (the request's `Authorization` value) carry the admin secret?
     pub fn admits(&self, presented: Option<&str>) -> bool {
-        let (Some(secret), Some(presented)) = (&self.admin_secret, presented) else {
-            return false;
-        };
-        let Some(bearer) = presented
-            .split_once(' ')
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, b)| b.trim())
-        else {
-            return false;
-        };
-        let digest = |s: &str| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes());
-        aws_lc_rs::constant_time::verify_slices_are_equal(digest(bearer).as_ref(), digest(secret.expose()).as_ref())
-            .is_ok()
+        self.admin_secret.as_ref().is_some_and(|s| s.admits_bearer(presented))
     }
 }
 
@@ -115,6 +102,9 @@ pub enum Selector {
     Session { sid: String },
     /// Every token issued until now.
     All,
+    /// A user by e-mail address (a Shared Signals `email` subject), matched against the verified
+    /// `email` claim, ASCII case-insensitively; held lower-cased.
+    Email { email: String },
 }
 
 impl Selector {
@@ -124,6 +114,7 @@ impl Selector {
             Self::Subject { .. } => "subject",
             Self::Session { .. } => "session",
             Self::All => "all",
+            Self::Email { .. } => "email",
         }
     }
 
@@ -136,6 +127,7 @@ impl Selector {
             }
             Self::Session { sid } => holder.sid == Some(sid.as_str()),
             Self::All => true,
+            Self::Email { email } => holder.email().is_some_and(|e| e.eq_ignore_ascii_case(email)),
         }
     }
 }
@@ -225,6 +217,9 @@ pub struct Holder<'a> {
     pub sid: Option<&'a str>,
     /// When the token was issued (Unix seconds); `None`: unknown, so older than any revocation.
     pub iat: Option<i64>,
+    /// The verified claims, read only when an e-mail revocation is held (`email`), so a decision
+    /// pays nothing for it otherwise.
+    pub claims: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 impl<'a> Holder<'a> {
@@ -239,7 +234,13 @@ impl<'a> Holder<'a> {
                 .get("iat")
                 .and_then(|v| crate::jwt::numeric_date(v, "iat").ok())
                 .map(|v| v.floor() as i64),
+            claims: Some(claims),
         }
+    }
+
+    /// The verified `email` claim, if the holder came from claims.
+    pub fn email(&self) -> Option<&'a str> {
+        self.claims?.get("email")?.as_str()
     }
 }
 
@@ -275,6 +276,8 @@ struct Inner {
     subject_entries: usize,
     sessions: HashMap<Box<str>, u64, Hasher>,
     all: Option<u64>,
+    /// Lower-cased e-mail address -> when; looked at only when not empty.
+    emails: HashMap<Box<str>, u64, Hasher>,
 }
 
 /// The caches' hasher: a lookup on a decision costs less than with SipHash.
@@ -282,7 +285,7 @@ type Hasher = quick_cache::DefaultHashBuilder;
 
 impl Inner {
     fn len(&self) -> usize {
-        self.subject_entries + self.sessions.len() + usize::from(self.all.is_some())
+        self.subject_entries + self.sessions.len() + usize::from(self.all.is_some()) + self.emails.len()
     }
 
     /// Forget what was revoked before `since`.
@@ -293,6 +296,7 @@ impl Inner {
         });
         self.subject_entries = self.subjects.values().map(Vec::len).sum();
         self.sessions.retain(|_, at| *at >= since);
+        self.emails.retain(|_, at| *at >= since);
         self.all = self.all.filter(|at| *at >= since);
     }
 }
@@ -382,11 +386,20 @@ impl Store {
                 }
                 inner.sessions.insert(key, now);
             }
+            Selector::Email { email } => {
+                let key = Box::from(email.to_ascii_lowercase().as_str());
+                if !fits(&inner, !inner.emails.contains_key(&key)) {
+                    self.held.store(inner.len(), Ordering::Release);
+                    return Err(StoreError::Full(max_entries));
+                }
+                inner.emails.insert(key, now);
+            }
             Selector::All => {
                 // Every entry up to now is covered by this one (the rule compares with the latest).
                 inner.subjects.clear();
                 inner.subject_entries = 0;
                 inner.sessions.clear();
+                inner.emails.clear();
                 inner.all = Some(now);
             }
         }
@@ -424,6 +437,11 @@ impl Store {
         if let Some(sid) = holder.sid {
             latest = latest.max(inner.sessions.get(sid).copied());
         }
+        if !inner.emails.is_empty()
+            && let Some(email) = holder.email()
+        {
+            latest = latest.max(inner.emails.get(email.to_ascii_lowercase().as_str()).copied());
+        }
         match latest.filter(|at| *at >= since) {
             None => false,
             // Seconds: a token issued in the revocation's own second is refused (fail closed).
@@ -460,6 +478,7 @@ mod tests {
             sub: Some("alice"),
             sid: Some("s-1"),
             iat,
+            claims: None,
         }
     }
 
@@ -530,6 +549,30 @@ mod tests {
         assert_eq!(s.len(), 1, "all replaces the entries it covers");
         assert!(s.is_revoked(&Holder::default(), NOW));
         assert!(!s.is_revoked(&alice(Some(NOW as i64 + 1)), NOW + 1));
+    }
+
+    #[test]
+    fn an_email_matches_the_verified_email_claim_only() {
+        let claims: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"iss":"https://idp","sub":"alice","email":"Alice@Example.com","iat":1799999990}"#)
+                .expect("claims");
+        let s = store(10);
+        let email = Selector::Email {
+            email: "alice@example.COM".into(),
+        };
+        s.revoke(&email, NOW).expect("fits");
+        assert_eq!(email.kind(), "email");
+        assert!(s.is_revoked(&Holder::of_claims(&claims), NOW), "case-insensitive");
+        assert!(names(&email, &Holder::of_claims(&claims)));
+        assert!(
+            !s.is_revoked(&alice(Some(NOW as i64 - 10)), NOW),
+            "a holder without verified claims has no e-mail to match"
+        );
+        let bob: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"sub":"bob","email":"bob@example.com","iat":1799999990}"#).expect("claims");
+        assert!(!s.is_revoked(&Holder::of_claims(&bob), NOW));
+        s.revoke(&Selector::All, NOW + 1).expect("fits");
+        assert_eq!(s.len(), 1, "all replaces the e-mail entry");
     }
 
     #[test]

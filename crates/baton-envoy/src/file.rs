@@ -41,6 +41,7 @@ pub struct RawConfig {
     pub telemetry: baton_core::telemetry::settings::RawTelemetry,
     pub audit: baton_core::telemetry::settings::RawAudit,
     pub revocation: baton_core::revocation::Raw,
+    pub ssf: Option<baton_core::ssf::Raw>,
 }
 
 /// `reload:`: how the configuration file is watched (SIGHUP always reloads it).
@@ -103,6 +104,13 @@ impl RawConfig {
                 "`POST /revoke` is served on the admin listener: configure listen.admin",
             );
         }
+        // Spans a serving section and a decision one: SETs are pushed to the admin listener.
+        if self.ssf.as_ref().is_some_and(|s| s.push.is_some()) && listen.as_ref().is_some_and(|l| l.admin.is_none()) {
+            errors.add(
+                "ssf.push",
+                "`POST /ssf/push` is served on the admin listener: configure listen.admin",
+            );
+        }
         let decision = baton_core::config::RawConfig {
             token_service: self.token_service,
             token_services: self.token_services,
@@ -120,6 +128,7 @@ impl RawConfig {
             telemetry: self.telemetry,
             audit: self.audit,
             revocation: self.revocation,
+            ssf: self.ssf,
         }
         .validate(&mut errors);
         let reload_interval = duration(

@@ -19,4 +19,5 @@ mod outcome;
 pub mod reload;
 pub mod respond;
 pub mod server;
+pub mod ssf;
 pub mod tls;

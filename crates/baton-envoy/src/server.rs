@@ -125,6 +125,7 @@ fn admin_router(authz: Current, stopping: Arc<AtomicBool>) -> axum::Router {
     let metrics = authz.clone();
     let revoking = authz.clone();
     axum::Router::new()
+        .merge(crate::ssf::router(authz.clone()))
         .route(
             "/revoke",
             post(move |headers, body| revoke(revoking.load_full(), headers, body)),

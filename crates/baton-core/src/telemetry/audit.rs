@@ -76,6 +76,17 @@ impl Revoked {
             ),
             Selector::Session { sid } => (None, Some(fingerprint(sid))),
             Selector::All => (None, None),
+            // An e-mail address is a subject as `audit.subject` says (plain, or a fingerprint).
+            Selector::Email { email } => (
+                Some(Subject {
+                    iss: None,
+                    sub: Some(match subject_mode {
+                        SubjectMode::Plain => email.as_str().into(),
+                        SubjectMode::Hashed => fingerprint(email).into(),
+                    }),
+                }),
+                None,
+            ),
         };
         let line = RevokedLine {
             time: humantime::format_rfc3339_millis(self.time).to_string(),
