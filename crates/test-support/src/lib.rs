@@ -16,7 +16,7 @@
 //! load drivers `load` (closed loop) and `open_loop`, and `soak` on top of it, which judge answers
 //! with one routine (`check`, private); `report` (what a test measured, also in
 //! `target/test-reports/`, which `scripts/test` prints); `k8s` (offline Kubernetes and Istio
-//! validation); `prometheus` (promtool and a real Prometheus server) and `promql` (the metrics a
+//! validation); `ssf_test_transmitter` (a test Shared Signals transmitter); `prometheus` (promtool and a real Prometheus server) and `promql` (the metrics a
 //! query names).
 
 pub mod broker;
@@ -34,6 +34,7 @@ pub mod report;
 pub mod scratch;
 pub mod sidecar;
 pub mod soak;
+pub mod ssf_test_transmitter;
 pub mod stack;
 pub mod token_service;
 pub mod tokens;
