@@ -25,6 +25,18 @@ async fn next_second() {
     tokio::time::sleep(Duration::from_millis(1_050 - u64::from(now.subsec_millis()))).await;
 }
 
+/// A user token for `sub` with these extra claims, meant for this workload (`aud` frontend).
+async fn user(service: &TokenService, sub: &str, claims: &str) -> String {
+    service
+        .mint_with(&[
+            ("sub", sub),
+            ("scope", "orders.read"),
+            ("aud", "frontend"),
+            ("claims", claims),
+        ])
+        .await
+}
+
 /// One pod: Baton (verifying `baton sts`'s tokens, receiving Shared Signals as `ssf` says), the
 /// real Envoy in front of it, the echoing upstream.
 struct Pod {
@@ -98,20 +110,8 @@ async fn a_pushed_session_revoked_ends_the_session_and_bad_sets_change_nothing()
     let pod = Pod::start("ssf-push", &service, &ssf_push(&tx, &secret_file)).await;
     tx.push_stream(&pod.push_url(), PUSH_SECRET);
 
-    let alice = service
-        .mint_with(&[
-            ("sub", "alice"),
-            ("scope", "orders.read"),
-            ("claims", r#"{"sid":"s-alice"}"#),
-        ])
-        .await;
-    let bob = service
-        .mint_with(&[
-            ("sub", "bob"),
-            ("scope", "orders.read"),
-            ("claims", r#"{"sid":"s-bob"}"#),
-        ])
-        .await;
+    let alice = user(&service, "alice", r#"{"sid":"s-alice"}"#).await;
+    let bob = user(&service, "bob", r#"{"sid":"s-bob"}"#).await;
     for user in [&alice, &bob] {
         let reply = pod.get(user).await;
         assert_eq!(reply.status, 200, "{:?}", reply.body);
@@ -246,13 +246,7 @@ async fn a_pushed_session_revoked_ends_the_session_and_bad_sets_change_nothing()
 
     // Alice signs in again; a replay of the SET is refused and does not end her new session.
     next_second().await;
-    let fresh = service
-        .mint_with(&[
-            ("sub", "alice"),
-            ("scope", "orders.read"),
-            ("claims", r#"{"sid":"s-alice"}"#),
-        ])
-        .await;
+    let fresh = user(&service, "alice", r#"{"sid":"s-alice"}"#).await;
     assert_eq!(pod.get(&fresh).await.status, 200);
     let (status, answer) = push(&pod.push_url(), Some(&auth), set_type, set).await;
     assert_eq!(
@@ -293,7 +287,7 @@ async fn a_pushed_session_revoked_ends_the_session_and_bad_sets_change_nothing()
     .await;
     assert_eq!(records[0]["event"], "ssf.session-revoked");
     assert_eq!(records[0]["kind"], "session");
-    assert_eq!(records[0]["purged"], 1);
+    assert_eq!(records[0]["purged"], 2, "her token for orders and her verified subject");
     assert_eq!(records[1]["event"], "ssf.account-purged");
     assert_eq!(records[1]["subject"]["sub"], "bob");
     let log = std::fs::read_to_string(pod.scratch.0.join("baton.log")).unwrap_or_default();
@@ -308,20 +302,8 @@ async fn a_polled_account_disabled_names_the_user_by_email() {
     let secret_file = scratch.write("ssf-poll-secret", &format!("{}\n", tx.secret));
     let pod = Pod::start("ssf-poll", &service, &ssf_poll(&tx, &secret_file, None)).await;
 
-    let carol = service
-        .mint_with(&[
-            ("sub", "carol"),
-            ("scope", "orders.read"),
-            ("claims", r#"{"email":"carol@example.com"}"#),
-        ])
-        .await;
-    let dave = service
-        .mint_with(&[
-            ("sub", "dave"),
-            ("scope", "orders.read"),
-            ("claims", r#"{"email":"dave@example.com"}"#),
-        ])
-        .await;
+    let carol = user(&service, "carol", r#"{"email":"carol@example.com"}"#).await;
+    let dave = user(&service, "dave", r#"{"email":"dave@example.com"}"#).await;
     for user in [&carol, &dave] {
         assert_eq!(pod.get(user).await.status, 200);
     }
@@ -396,8 +378,8 @@ async fn many_pods_each_polling_its_own_stream_all_stop_delegating() {
     for i in 0..3 {
         pods.push(Pod::start(&format!("ssf-pod-{i}"), &service, &ssf).await);
     }
-    let erin = service.mint("erin", "orders.read").await;
-    let frank = service.mint("frank", "orders.read").await;
+    let erin = user(&service, "erin", "{}").await;
+    let frank = user(&service, "frank", "{}").await;
     for pod in &pods {
         assert_eq!(pod.get(&erin).await.status, 200);
         assert_eq!(pod.get(&frank).await.status, 200);
