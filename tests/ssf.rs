@@ -350,6 +350,20 @@ async fn a_polled_account_disabled_names_the_user_by_email() {
     ] {
         assert!(metrics.contains(line), "no `{line}` in /metrics");
     }
+    let mut records = Vec::new();
+    wait_until("the audit record", Duration::from_secs(5), || {
+        records = pod.audit();
+        std::future::ready(records.len() == 1)
+    })
+    .await;
+    assert_eq!(
+        (&records[0]["event"], &records[0]["kind"]),
+        (&json!("ssf.account-disabled"), &json!("email"))
+    );
+    assert_eq!(
+        records[0]["purged"], 2,
+        "carol's verified subject, and her token for orders found by her (iss, sub)"
+    );
     wait_until("the SET acknowledged", Duration::from_secs(5), || {
         std::future::ready(tx.acked().len() >= 2)
     })

@@ -219,12 +219,41 @@ impl Authz {
         }
         let everything = *selector == Selector::All;
         let named = |holder: &Holder<'_>| revocation::names(selector, holder);
-        let purged = self.cache.purge(named, everything) + self.verifier.as_ref().map_or(0, |v| v.purge(named));
+        let purged = match selector {
+            Selector::Email { .. } => self.purge_by_email(selector),
+            _ => self.cache.purge(named, everything) + self.verifier.as_ref().map_or(0, |v| v.purge(named)),
+        };
         span.record("purged", purged);
         tracing::info!(event, kind = selector.kind(), purged, "revoked");
         self.telemetry
             .revocation(event, selector, "ok", purged, &self.revocations);
         Ok(purged)
+    }
+
+    /// A cached token keeps no e-mail address: the verified subjects an e-mail revocation names say
+    /// whose (`iss`, `sub`) entries go with them.
+    fn purge_by_email(&self, selector: &Selector) -> usize {
+        let named = std::cell::RefCell::new(Vec::new());
+        let verified = self.verifier.as_ref().map_or(0, |v| {
+            v.purge(|holder| {
+                let hit = revocation::names(selector, holder);
+                if let (true, Some(sub)) = (hit, holder.sub) {
+                    named.borrow_mut().push((holder.iss.map(str::to_owned), sub.to_owned()));
+                }
+                hit
+            })
+        });
+        let named = named.into_inner();
+        let entries = self.cache.purge(
+            |holder| {
+                named.iter().any(|(iss, sub)| {
+                    holder.sub == Some(sub.as_str())
+                        && (iss.is_none() || holder.iss.is_none() || holder.iss == iss.as_deref())
+                })
+            },
+            false,
+        );
+        verified + entries
     }
 
     pub fn shared_cache(&self) -> Arc<TokenCache> {

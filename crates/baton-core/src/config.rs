@@ -151,7 +151,10 @@ impl RawConfig {
         check_token_services(&destinations, &token_services, actor.is_some(), errors);
         let (telemetry, audit) = (self.telemetry.validate(errors), self.audit.validate(errors));
         let revocation = self.revocation.validate(errors);
-        let ssf = self.ssf.and_then(|s| s.validate(errors));
+        let ssf = self
+            .ssf
+            .and_then(|s| s.validate(errors))
+            .map(|s| s.matching_emails(verified));
         Some(Config {
             token_services: token_services.valid()?,
             cache,

@@ -89,6 +89,10 @@ pub struct Settings {
     /// `None`: no push endpoint (404).
     pub push_secret: Option<Secret>,
     pub poll: Option<PollSettings>,
+    /// Whether subject tokens' claims are verified (`trusted_issuers` or introspection): an `email`
+    /// subject is matched against the verified `email` claim, so without them it is refused
+    /// (`unsupported_subject`) rather than remembered and never matched.
+    pub emails: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +169,7 @@ impl Raw {
             max_jtis,
             push_secret,
             poll: poll.flatten(),
+            emails: true,
         })
     }
 }
@@ -225,6 +230,12 @@ impl RawPoll {
 }
 
 impl Settings {
+    /// Set by the configuration, which knows whether claims are verified.
+    pub fn matching_emails(mut self, verified: bool) -> Self {
+        self.emails = verified;
+        self
+    }
+
     /// The transmitter as a signer, for `verify::KeySource`.
     pub(crate) fn signer(&self) -> IssuerConfig {
         IssuerConfig {

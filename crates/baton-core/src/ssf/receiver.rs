@@ -324,6 +324,16 @@ impl Receiver {
             _ => return Err(invalid("the SET has no jti (a non-empty string of at most 256 bytes)")),
         };
         let signals = signals(&claims)?;
+        if !self.settings.emails
+            && signals
+                .iter()
+                .any(|s| matches!(s.selector, Some(Selector::Email { .. })))
+        {
+            return Err(SetError {
+                outcome: "unsupported_subject",
+                ..invalid("an email subject needs verified claims to match (trusted_issuers or introspection)")
+            });
+        }
         self.remember(&jti, now)?;
         // Those it acts on are counted by whoever applies them (revoked, or full).
         for signal in signals.iter().filter(|s| s.selector.is_none()) {
