@@ -164,7 +164,7 @@ async fn get_stream(
 }
 
 /// RFC 8936: acknowledge, record errors, then answer up to `maxEvents` SETs (unacknowledged ones
-/// again), waiting up to 5 s for one when `returnImmediately` is false.
+/// again), waiting up to 2 s for one when `returnImmediately` is false.
 async fn poll(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
@@ -219,7 +219,7 @@ async fn poll(
                 return axum::Json(json!({ "sets": sets, "moreAvailable": more })).into_response();
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), notified).await;
     }
     axum::Json(json!({ "sets": {}, "moreAvailable": false })).into_response()
 }
