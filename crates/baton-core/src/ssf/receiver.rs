@@ -672,6 +672,61 @@ mod tests {
         }
     }
 
+    fn receiver(max_jtis: usize) -> Receiver {
+        let settings = Settings {
+            issuer: "https://tx.example".into(),
+            jwks_uri: None,
+            algorithms: vec![Algorithm::ES256],
+            leeway: Duration::from_secs(30),
+            audience: "https://baton.example/ssf".into(),
+            max_age: Duration::from_secs(60),
+            max_jtis,
+            push_secret: None,
+            poll: None,
+            emails: true,
+        };
+        Receiver::new(settings, Default::default(), Default::default()).expect("receiver")
+    }
+
+    #[test]
+    fn jtis_are_remembered_bounded_and_across_a_reload() {
+        const NOW: u64 = 1_800_000_000;
+        let first = receiver(2);
+        first.remember("a", NOW).expect("new");
+        assert!(first.remember("a", NOW + 1).expect_err("again").is_replay());
+        first.remember("b", NOW).expect("new");
+        let full = first.remember("c", NOW).expect_err("full");
+        assert_eq!((full.outcome, full.retry), ("full", true), "full: comes again later");
+        // Remembered for max_age + leeway, then forgotten, which makes room.
+        first.remember("c", NOW + 91).expect("a and b forgotten");
+        first
+            .remember("a", NOW + 91)
+            .expect("a forgotten: its SET is too old to pass anyway");
+        let applied = first.apply("c", &[], |_, _| Ok(0));
+        assert!(applied);
+        let refused = first.apply(
+            "c",
+            &[Signal {
+                event: "account-disabled",
+                audit: "ssf.account-disabled",
+                selector: Some(Selector::All),
+            }],
+            |_, _| Err(StoreError::Full(1)),
+        );
+        assert!(!refused);
+        first
+            .remember("c", NOW + 91)
+            .expect("not applied: forgotten, so it may come again");
+        let reloaded = receiver(2).succeed(&first);
+        assert!(
+            reloaded
+                .remember("a", NOW + 92)
+                .expect_err("seen before the reload")
+                .is_replay(),
+            "a reload keeps the jtis"
+        );
+    }
+
     #[test]
     fn the_legacy_subject_inside_the_event_and_unknown_events() {
         let mut events = Map::new();
