@@ -347,6 +347,7 @@ async fn a_polled_account_disabled_names_the_user_by_email() {
     for line in [
         r#"baton_ssf_events_total{event="account-disabled",outcome="revoked"} 1"#,
         r#"baton_ssf_events_total{event="unknown",outcome="ignored"} 1"#,
+        r#"baton_ssf_polls_total{outcome="ok"}"#,
         r#"baton_revocations_total{kind="email",outcome="ok"} 1"#,
     ] {
         assert!(metrics.contains(line), "no `{line}` in /metrics");

@@ -161,6 +161,8 @@ pub struct Metrics {
     pub revocations_max: Gauge,
     /// Shared Signals events received (`ssf`), by event type and outcome.
     pub ssf_events: Family<SsfEventLabels, Counter>,
+    /// Shared Signals poll requests (RFC 8936), by outcome.
+    pub ssf_polls: Family<OutcomeLabels, Counter>,
     /// The series every delegated decision updates, looked up once each.
     hot: Arc<HotSeries>,
 }
@@ -212,6 +214,7 @@ impl Metrics {
             revocations_remembered: Gauge::default(),
             revocations_max: Gauge::default(),
             ssf_events: Family::default(),
+            ssf_polls: Family::default(),
             hot: Arc::default(),
         };
         registry.register(
@@ -300,6 +303,11 @@ impl Metrics {
             "ssf_events",
             "Shared Signals events (SETs) received by event type (session-revoked, ..., unknown, none) and outcome (revoked, ignored, replayed, full, or the RFC 8935 error code)",
             metrics.ssf_events.clone(),
+        );
+        registry.register(
+            "ssf_polls",
+            "Shared Signals poll requests to the transmitter by outcome (ok, error)",
+            metrics.ssf_polls.clone(),
         );
         registry.register(
             "build",

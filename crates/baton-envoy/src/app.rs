@@ -96,8 +96,12 @@ fn ssf_receiver(
         return Ok(None);
     };
     let metrics = telemetry.metrics();
-    let mut receiver =
-        baton_core::ssf::Receiver::new(settings, metrics.jwks_refreshes.clone(), metrics.ssf_events.clone())?;
+    let mut receiver = baton_core::ssf::Receiver::new(
+        settings,
+        metrics.jwks_refreshes.clone(),
+        metrics.ssf_events.clone(),
+        metrics.ssf_polls.clone(),
+    )?;
     if let Some(old) = previous.and_then(Authz::ssf) {
         receiver = receiver.succeed(old);
     }

@@ -41,6 +41,16 @@ fn http_url(value: &str, field: &str) -> Result<Url, String> {
         .ok_or_else(|| format!("{field} is not an http(s) URL"))
 }
 
+/// A URL the transmitter names, to which Baton will send its bearer token: `https`, or `http` only
+/// when `ssf.issuer` itself is (a development transmitter), so a document cannot downgrade it.
+fn named_url(receiver: &Receiver, value: &str, field: &str) -> Result<Url, String> {
+    let url = http_url(value, field)?;
+    if url.scheme() == "http" && !receiver.settings().issuer.starts_with("http://") {
+        return Err(format!("{field} is plain http while ssf.issuer is https"));
+    }
+    Ok(url)
+}
+
 /// The transmitter's SSF configuration, read once (a failure is tried again on the next use).
 pub(super) async fn configuration(receiver: &Receiver) -> Result<&Configuration, String> {
     receiver
@@ -66,12 +76,12 @@ pub(super) async fn configuration(receiver: &Receiver) -> Result<&Configuration,
             }
             let jwks_uri = match (&receiver.settings().jwks_uri, raw.jwks_uri) {
                 (Some(configured), _) => configured.clone(),
-                (None, Some(uri)) => http_url(&uri, "jwks_uri")?,
+                (None, Some(uri)) => named_url(receiver, &uri, "jwks_uri")?,
                 (None, None) => return Err(format!("{url}: no jwks_uri")),
             };
             let configuration_endpoint = raw
                 .configuration_endpoint
-                .map(|e| http_url(&e, "configuration_endpoint"))
+                .map(|e| named_url(receiver, &e, "configuration_endpoint"))
                 .transpose()?;
             receiver.keys().set_jwks_uri(jwks_uri.clone());
             Ok(Configuration {
@@ -137,7 +147,7 @@ pub async fn poll_endpoint(receiver: &Receiver) -> Result<Url, String> {
                 .as_str()
                 .ok_or("the stream has no delivery.endpoint_url")
                 .map_err(str::to_owned)
-                .and_then(|u| http_url(u, "delivery.endpoint_url"))?;
+                .and_then(|u| named_url(receiver, u, "delivery.endpoint_url"))?;
             tracing::info!(stream_id = stream["stream_id"].as_str().unwrap_or(""), poll = %url, "SSF stream created");
             Ok(url)
         })
@@ -251,7 +261,9 @@ pub async fn run(
             tokio::time::sleep(Duration::from_secs(5)).await;
             continue;
         };
-        match poll_once(&receiver, &mut pending, &revoke).await {
+        let polled = poll_once(&receiver, &mut pending, &revoke).await;
+        receiver.count_poll(if polled.is_ok() { "ok" } else { "error" });
+        match polled {
             Ok(true) => backoff = None,
             Ok(false) => {
                 backoff = None;

@@ -159,10 +159,17 @@ pub struct Receiver {
     /// The poll endpoint: configured, or created once.
     pub(super) stream: Arc<tokio::sync::OnceCell<Url>>,
     events: SsfEvents,
+    polls: JwksRefreshes,
 }
 
 impl Receiver {
-    pub fn new(settings: Settings, refreshes: JwksRefreshes, events: SsfEvents) -> Result<Self, String> {
+    /// `refreshes` counts the transmitter's JWKS fetches, `events` the events, `polls` the polls.
+    pub fn new(
+        settings: Settings,
+        refreshes: JwksRefreshes,
+        events: SsfEvents,
+        polls: JwksRefreshes,
+    ) -> Result<Self, String> {
         let keys = KeySource::new(settings.signer(), refreshes)?;
         let timeout = settings.poll.as_ref().map_or(Duration::from_secs(10), |p| p.timeout);
         let http = crate::http::http_client(timeout).map_err(|e| format!("SSF client: {e}"))?;
@@ -175,6 +182,7 @@ impl Receiver {
             configuration: tokio::sync::OnceCell::new(),
             stream: Arc::new(stream),
             events,
+            polls,
         })
     }
 
@@ -210,6 +218,13 @@ impl Receiver {
     /// Count one event (or one refused SET, `event` `none`).
     pub fn count(&self, event: &'static str, outcome: &'static str) {
         self.events.get_or_create(&SsfEventLabels { event, outcome }).inc();
+    }
+
+    /// Count one poll request (`ok` or `error`).
+    pub(super) fn count_poll(&self, outcome: &'static str) {
+        self.polls
+            .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+            .inc();
     }
 
     /// Verify one SET and read what it asks for. The `jti` is remembered when it is accepted; a
@@ -685,7 +700,7 @@ mod tests {
             poll: None,
             emails: true,
         };
-        Receiver::new(settings, Default::default(), Default::default()).expect("receiver")
+        Receiver::new(settings, Default::default(), Default::default(), Default::default()).expect("receiver")
     }
 
     #[test]
