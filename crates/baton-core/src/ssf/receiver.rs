@@ -338,17 +338,7 @@ impl Receiver {
             Some(Value::String(jti)) if !jti.is_empty() && jti.len() <= MAX_VALUE_LEN => jti.clone(),
             _ => return Err(invalid("the SET has no jti (a non-empty string of at most 256 bytes)")),
         };
-        let signals = signals(&claims)?;
-        if !self.settings.emails
-            && signals
-                .iter()
-                .any(|s| matches!(s.selector, Some(Selector::Email { .. })))
-        {
-            return Err(SetError {
-                outcome: "unsupported_subject",
-                ..invalid("an email subject needs verified claims to match (trusted_issuers or introspection)")
-            });
-        }
+        let signals = signals(&claims, self.settings.emails)?;
         self.remember(&jti, now)?;
         // Those it acts on are counted by whoever applies them (revoked, or full).
         for signal in signals.iter().filter(|s| s.selector.is_none()) {
@@ -460,8 +450,9 @@ fn header(set: &str) -> Result<Map<String, Value>, SetError> {
 // === Events and subjects ===
 
 /// Every event of a verified SET's claims, each with what it revokes. Any event Baton acts on that
-/// names no subject it can match refuses the whole SET (nothing is applied).
-fn signals(claims: &Map<String, Value>) -> Result<Vec<Signal>, SetError> {
+/// names no subject it can match refuses the whole SET (nothing is applied); an `email` subject is
+/// one only when subject tokens' claims are verified (`emails`).
+fn signals(claims: &Map<String, Value>, emails: bool) -> Result<Vec<Signal>, SetError> {
     let Some(Value::Object(events)) = claims.get("events") else {
         return Err(invalid("the SET has no events object"));
     };
@@ -488,10 +479,17 @@ fn signals(claims: &Map<String, Value>) -> Result<Vec<Signal>, SetError> {
             .get("subject")
             .or(top)
             .ok_or_else(|| invalid(format!("the {} event names no subject (sub_id)", known.name)))?;
+        let selector = selector(subject, known.scope)?;
+        if !emails && matches!(selector, Selector::Email { .. }) {
+            return Err(SetError {
+                outcome: "unsupported_subject",
+                ..invalid("an email subject needs verified claims to match (trusted_issuers or introspection)")
+            });
+        }
         signals.push(Signal {
             event: known.name,
             audit: known.audit,
-            selector: Some(selector(subject, known.scope)?),
+            selector: Some(selector),
         });
     }
     Ok(signals)
@@ -616,7 +614,7 @@ mod tests {
         let one = |subject: Value, name: &str| {
             let mut events = Map::new();
             events.insert(event(name), json!({}));
-            signals(&claims(json!({"sub_id": subject, "events": events}))).map(|s| s[0].selector.clone())
+            signals(&claims(json!({"sub_id": subject, "events": events})), true).map(|s| s[0].selector.clone())
         };
         assert_eq!(
             one(
@@ -753,7 +751,7 @@ mod tests {
             "https://schemas.openid.net/secevent/ssf/event-type/verification".into(),
             json!({"state":"x"}),
         );
-        let got = signals(&claims(json!({"events": events}))).expect("read");
+        let got = signals(&claims(json!({"events": events})), true).expect("read");
         assert_eq!(got.len(), 2);
         let unknown = got.iter().find(|s| s.event == "unknown").expect("unknown");
         assert_eq!(unknown.selector, None, "acknowledged and ignored");
@@ -772,7 +770,15 @@ mod tests {
             json!({"events": {(event("account-disabled")): {}}}),
             json!({"events": {(event("account-disabled")): "x"}}),
         ] {
-            assert!(signals(&claims(bad.clone())).is_err(), "{bad}");
+            assert!(signals(&claims(bad.clone()), true).is_err(), "{bad}");
         }
+        let by_email = json!({"sub_id": {"format":"email","email":"a@example.com"},
+            "events": {(event("account-disabled")): {}}});
+        assert!(signals(&claims(by_email.clone()), true).is_ok());
+        assert_eq!(
+            signals(&claims(by_email), false).map_err(|e| e.outcome),
+            Err("unsupported_subject"),
+            "without verified claims an e-mail would be remembered and never matched"
+        );
     }
 }
