@@ -48,6 +48,10 @@ struct Pod {
 
 impl Pod {
     async fn start(name: &str, service: &TokenService, ssf: &str) -> Self {
+        Self::start_for(Api::ExtAuthz, name, service, ssf).await
+    }
+
+    async fn start_for(api: Api, name: &str, service: &TokenService, ssf: &str) -> Self {
         let scratch = Scratch::new(BATON_BIN, name);
         let extra = format!(
             "trusted_issuers:\n  - issuer: {}\n    audiences: [frontend]\nrevocation:\n  remember: 1h\n  max_entries: 100\n{ssf}",
@@ -55,7 +59,7 @@ impl Pod {
         );
         let baton = Baton::start(&scratch, &service.token_endpoint, &extra).await;
         let upstream = Upstream::start().await;
-        let envoy = Envoy::start_for(Api::ExtAuthz, &scratch, baton.grpc, upstream.port).await;
+        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
         Self {
             scratch,
             baton,
@@ -103,12 +107,22 @@ fn ssf_poll(tx: &TestTransmitter, secret_file: &std::path::Path, endpoint: Optio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pushed_session_revoked_ends_the_session_and_bad_sets_change_nothing() {
+    push_suite(Api::ExtAuthz).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_session_revoked_ends_the_session_through_ext_proc() {
+    push_suite(Api::ExtProc).await;
+}
+
+async fn push_suite(api: Api) {
+    let name = format!("ssf-push-{api:?}").to_lowercase();
     let tx = TestTransmitter::start(AUDIENCE).await;
-    let scratch = Scratch::new(BATON_BIN, "ssf-push-sts");
+    let scratch = Scratch::new(BATON_BIN, &format!("{name}-sts"));
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     leaks::secret(PUSH_SECRET);
     let secret_file = scratch.write("ssf-push-secret", &format!("{PUSH_SECRET}\n"));
-    let pod = Pod::start("ssf-push", &service, &ssf_push(&tx, &secret_file)).await;
+    let pod = Pod::start_for(api, &name, &service, &ssf_push(&tx, &secret_file)).await;
     tx.push_stream(&pod.push_url(), PUSH_SECRET);
 
     let alice = user(&service, "alice", r#"{"sid":"s-alice"}"#).await;
