@@ -751,14 +751,26 @@ impl KeySource {
         Ok(Self { issuer, http })
     }
 
+    /// Refresh the keys every `jwks_refresh` in the background, once their URL is known (so a key
+    /// the signer withdrew stops verifying), for as long as this source is in use.
+    pub fn spawn_refresh(&self) {
+        let (issuer, http) = (Arc::downgrade(&self.issuer), self.http.clone());
+        tokio::spawn(async move {
+            while let Some(live) = issuer.upgrade() {
+                if live.jwks_uri.initialized() {
+                    live.refetch(&http, Duration::ZERO).await;
+                }
+                let pause = live.config.refresh;
+                drop(live);
+                tokio::time::sleep(pause).await;
+            }
+        });
+    }
+
     /// Where the keys are, when another document names it (an SSF transmitter's configuration);
     /// ignored once known.
     pub fn set_jwks_uri(&self, uri: Url) {
         let _ = self.issuer.jwks_uri.set(uri);
-    }
-
-    pub fn config(&self) -> &IssuerConfig {
-        &self.issuer.config
     }
 
     /// The keys that may have signed a JWS with this `kid` and `alg` (an allowed one: checked here),

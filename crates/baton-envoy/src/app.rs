@@ -105,6 +105,7 @@ fn ssf_receiver(
     if let Some(old) = previous.and_then(Authz::ssf) {
         receiver = receiver.succeed(old);
     }
+    receiver.spawn_key_refresh();
     Ok(Some(Arc::new(receiver)))
 }
 

@@ -199,6 +199,11 @@ impl Receiver {
         self
     }
 
+    /// Refresh the transmitter's keys in the background (`verify::KeySource::spawn_refresh`).
+    pub fn spawn_key_refresh(&self) {
+        self.keys.spawn_refresh();
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -282,6 +287,7 @@ impl Receiver {
         })?;
         let mut validation = Validation::new(alg);
         validation.leeway = self.settings.leeway.as_secs();
+        validation.validate_nbf = true;
         validation.set_issuer(&[&self.settings.issuer]);
         validation.set_audience(&[&self.settings.audience]);
         validation.set_required_spec_claims(&["iss", "aud"]);
