@@ -305,8 +305,8 @@ async fn push_suite(api: Api) {
     assert_eq!(records[0]["purged"], 2, "her token for orders and her verified subject");
     assert_eq!(records[1]["event"], "ssf.account-purged");
     assert_eq!(records[1]["subject"]["sub"], "bob");
-    let log = std::fs::read_to_string(pod.scratch.0.join("baton.log")).unwrap_or_default();
-    assert!(!log.contains(&tx.sign(&set_claims)[..40]), "a SET in Baton's log");
+    // No SET in anything Baton wrote: the leak scan (every SET the test transmitter signed) runs
+    // when the pod stops.
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
