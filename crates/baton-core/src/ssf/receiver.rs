@@ -174,6 +174,12 @@ impl Receiver {
         let timeout = settings.poll.as_ref().map_or(Duration::from_secs(10), |p| p.timeout);
         let http = crate::http::http_client(timeout).map_err(|e| format!("SSF client: {e}"))?;
         let stream = tokio::sync::OnceCell::new_with(settings.poll.as_ref().and_then(|p| p.endpoint.clone()));
+        // Present at zero from the start when Baton polls, so an alert sees them before a failure.
+        if settings.poll.is_some() {
+            for outcome in ["ok", "error"] {
+                let _ = polls.get_or_create(&crate::metrics::OutcomeLabels { outcome });
+            }
+        }
         Ok(Self {
             settings,
             keys,
