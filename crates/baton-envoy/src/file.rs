@@ -447,4 +447,27 @@ destinations:
             assert!(e.0.len() > 1, "the file's own errors follow: {e}");
         }
     }
+
+    /// `POST /ssf/push` lives on the admin listener too; poll needs no listener.
+    #[test]
+    fn the_ssf_push_endpoint_needs_the_admin_listener() {
+        const TS: &str = "token_service: {token_endpoint: http://x/token, client_id: c, auth: {method: none}}\n";
+        let dir = std::env::temp_dir().join(format!("baton-file-ssf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "ssf-push-secret-for-a-unit-test\n").expect("secret");
+        let with = |listen: &str, delivery: &str| {
+            Config::from_yaml(&format!(
+                "listen:\n  grpc: 127.0.0.1:9191\n{listen}{TS}ssf:\n  issuer: https://tx.example\n  audience: https://baton.example/ssf\n{delivery}"
+            ))
+        };
+        let push = format!("  push:\n    secret_file: {}\n", secret.display());
+        let config = with("  admin: 127.0.0.1:9192\n", &push).expect("valid");
+        assert!(config.decision.ssf.is_some_and(|s| s.push_secret.is_some()));
+        let err = with("", &push).expect_err("no admin listener");
+        let paths: Vec<_> = err.0.into_iter().map(|e| e.path).collect();
+        assert_eq!(paths, ["ssf.push"]);
+        assert!(with("", "  poll: {}\n").is_ok(), "poll calls out: no listener needed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
