@@ -412,7 +412,7 @@ async fn many_pods_each_polling_its_own_stream_all_stop_delegating() {
         ssf_poll(&tx, &secret_file, None, "    return_immediately: false\n"),
         ssf_poll(&tx, &secret_file, Some(&static_stream), ""),
     ];
-    let mut pods = Vec::new();
+    let mut pods: Vec<Pod> = Vec::new();
     for (i, ssf) in configs.iter().enumerate() {
         pods.push(Pod::start(&format!("ssf-pod-{i}"), &service, ssf).await);
     }
@@ -443,6 +443,23 @@ async fn many_pods_each_polling_its_own_stream_all_stop_delegating() {
     for pod in &pods {
         assert_eq!(pod.get(&frank).await.status, 200, "frank is not erin");
     }
+    // A Baton that stops deletes the stream it created; one polling a configured stream leaves it.
+    for i in [0, 2] {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pods[i].baton.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+    for i in [0, 2] {
+        pods[i].baton.wait().await;
+    }
+    assert_eq!(
+        tx.streams_deleted(),
+        1,
+        "pod 0's created stream deleted, pod 2's static one kept"
+    );
+    assert_eq!(tx.streams(), 2);
     report::line(&format!(
         "ssf many pods: 3 Batons, one poll stream each (interval 200ms; one long-polling): all refused the revoked user {} ms after the event was emitted; {} polls on the transmitter",
         all_refusing.as_millis(),

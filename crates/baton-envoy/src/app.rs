@@ -283,6 +283,7 @@ pub async fn run(path: PathBuf, config: File, shutdown: impl Future<Output = ()>
     let authz: Current = Arc::new(ArcSwap::new(authz));
     let reloader = tokio::spawn(reload::watch(path, listen, authz.clone(), poll, build_with));
     let ssf_poll = crate::ssf::spawn_poll(authz.clone());
+    let ssf_current = authz.clone();
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = server::serve(authz, listeners, async move {
         shutdown.await;
@@ -304,6 +305,7 @@ pub async fn run(path: PathBuf, config: File, shutdown: impl Future<Output = ()>
     };
     reloader.abort();
     ssf_poll.abort();
+    crate::ssf::delete_stream(&ssf_current).await;
     // The last decisions' spans and audit lines go out before the process does.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown(Duration::from_secs(5))).await;
     served

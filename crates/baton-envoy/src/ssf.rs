@@ -104,6 +104,23 @@ async fn push(authz: Arc<Authz>, headers: HeaderMap, body: axum::body::Body) -> 
     }
 }
 
+/// On shutdown: delete the stream this Baton created, if any (bounded to 2 s; a failure is logged).
+pub async fn delete_stream(authz: &Current) {
+    let Some(receiver) = authz.load().ssf().cloned() else {
+        return;
+    };
+    let deleted = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        baton_core::ssf::poll::delete_stream(&receiver),
+    )
+    .await;
+    match deleted {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the SSF stream was not deleted"),
+        Err(_) => tracing::warn!("the SSF stream was not deleted within 2s"),
+    }
+}
+
 /// Start the poll loop for the life of the process: each round uses the receiver of the
 /// configuration in use, so a reload that adds, changes or removes `ssf.poll` takes effect.
 pub fn spawn_poll(authz: Current) -> tokio::task::JoinHandle<()> {

@@ -1,7 +1,7 @@
 //! A TEST Shared Signals transmitter, written for Baton's tests from the specifications (OpenID SSF
 //! 1.0, RFC 8417 SETs, RFC 8935 push, RFC 8936 poll, RFC 9493 subjects), because no SSF transmitter
 //! is available from the package registries. It is not a product and implements only what the
-//! tests need: `/.well-known/ssf-configuration`, its JWKS, stream create/get (bearer secret),
+//! tests need: `/.well-known/ssf-configuration`, its JWKS, stream create/get/delete (bearer secret),
 //! a poll endpoint per stream with `ack` and `setErrs`, and push delivery to a URL. It signs SETs
 //! with its own P-256 key; `forge` signs with another, for the refusals.
 
@@ -49,6 +49,7 @@ struct Record {
     set_errs: HashMap<String, Value>,
     polls: u64,
     created: u64,
+    deleted: u64,
 }
 
 struct Inner {
@@ -163,6 +164,24 @@ async fn get_stream(
     }
 }
 
+async fn delete_stream(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if !authorized(&inner, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let mut streams = inner.streams.lock().expect("streams");
+    let before = streams.len();
+    streams.retain(|s| Some(&s.id) != query.get("stream_id"));
+    if streams.len() == before {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    inner.record.lock().expect("record").deleted += 1;
+    StatusCode::NO_CONTENT.into_response()
+}
+
 /// RFC 8936: acknowledge, record errors, then answer up to `maxEvents` SETs (unacknowledged ones
 /// again), waiting up to 2 s for one when `returnImmediately` is false.
 async fn poll(
@@ -262,7 +281,10 @@ impl TestTransmitter {
                 "/jwks",
                 axum::routing::get(|State(inner): State<Arc<Inner>>| async move { axum::Json(inner.jwks.clone()) }),
             )
-            .route("/streams", axum::routing::post(create_stream).get(get_stream))
+            .route(
+                "/streams",
+                axum::routing::post(create_stream).get(get_stream).delete(delete_stream),
+            )
             .route("/poll/{id}", axum::routing::post(poll))
             .with_state(inner.clone());
         let task = tokio::spawn(async move {
@@ -388,6 +410,15 @@ impl TestTransmitter {
 
     pub fn streams_created(&self) -> u64 {
         self.inner.record.lock().expect("record").created
+    }
+
+    /// Streams deleted through the API, and streams there now.
+    pub fn streams_deleted(&self) -> u64 {
+        self.inner.record.lock().expect("record").deleted
+    }
+
+    pub fn streams(&self) -> usize {
+        self.inner.streams.lock().expect("streams").len()
     }
 }
 

@@ -148,11 +148,49 @@ pub async fn poll_endpoint(receiver: &Receiver) -> Result<Url, String> {
                 .ok_or("the stream has no delivery.endpoint_url")
                 .map_err(str::to_owned)
                 .and_then(|u| named_url(receiver, u, "delivery.endpoint_url"))?;
-            tracing::info!(stream_id = stream["stream_id"].as_str().unwrap_or(""), poll = %url, "SSF stream created");
+            let id = stream["stream_id"].as_str().unwrap_or("");
+            if !id.is_empty() && id.len() <= 256 {
+                let _ = receiver.stream_id.set(id.to_owned());
+            }
+            tracing::info!(stream_id = id, poll = %url, "SSF stream created");
             Ok(url)
         })
         .await
         .cloned()
+}
+
+/// Delete the stream Baton created (SSF 1.0 stream management: `DELETE` on the
+/// `configuration_endpoint` with `stream_id`), when the process stops: a pod that goes away leaves
+/// no stream behind at the transmitter. A configured (static) stream is left alone.
+pub async fn delete_stream(receiver: &Receiver) -> Result<(), String> {
+    let Some(id) = receiver.stream_id.get() else {
+        return Ok(());
+    };
+    let Some(endpoint) = receiver
+        .configuration_cell()
+        .get()
+        .and_then(|c| c.configuration_endpoint.clone())
+    else {
+        return Ok(());
+    };
+    let mut url = endpoint.clone();
+    url.query_pairs_mut().append_pair("stream_id", id);
+    let mut request = receiver.http().delete(url);
+    if let Some(secret) = receiver.settings().poll.as_ref().and_then(|p| p.secret.as_ref()) {
+        request = request.bearer_auth(secret.expose());
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("{endpoint}: {}", crate::http::error_chain(&e.without_url())))?;
+    if !response.status().is_success() {
+        return Err(format!(
+            "{endpoint}: deleting the stream: HTTP {}",
+            response.status().as_u16()
+        ));
+    }
+    tracing::info!(stream_id = %id, "SSF stream deleted");
+    Ok(())
 }
 
 /// What one round leaves for the next: the `jti`s to acknowledge, and those refused.

@@ -158,6 +158,8 @@ pub struct Receiver {
     configuration: tokio::sync::OnceCell<super::poll::Configuration>,
     /// The poll endpoint: configured, or created once.
     pub(super) stream: Arc<tokio::sync::OnceCell<Url>>,
+    /// The id of the stream Baton created (none for a configured one), to delete it on shutdown.
+    pub(super) stream_id: Arc<std::sync::OnceLock<String>>,
     events: SsfEvents,
     polls: JwksRefreshes,
 }
@@ -187,6 +189,7 @@ impl Receiver {
             seen: Arc::default(),
             configuration: tokio::sync::OnceCell::new(),
             stream: Arc::new(stream),
+            stream_id: Arc::default(),
             events,
             polls,
         })
@@ -201,6 +204,7 @@ impl Receiver {
             && previous.settings.poll == self.settings.poll;
         if same {
             self.stream = previous.stream.clone();
+            self.stream_id = previous.stream_id.clone();
         }
         self
     }
