@@ -263,7 +263,9 @@ fn container_ports(deployment: &Value) -> Vec<(String, i64)> {
 async fn the_rules_read_only_metrics_baton_exports() {
     let scratch = Scratch::new(BATON_BIN, "alert-metrics");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
-    let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
+    // A Shared Signals poll stream (its transmitter absent: the polls fail), so its series exist.
+    let ssf = "ssf:\n  issuer: http://127.0.0.1:9\n  audience: a\n  poll:\n    endpoint: http://127.0.0.1:9/poll\n";
+    let baton = Baton::start(&scratch, &service.token_endpoint, ssf).await;
     let upstream = Upstream::start().await;
     let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
     let alice = bearer(&service.mint("alice", "orders.read").await);

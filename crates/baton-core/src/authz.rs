@@ -96,6 +96,8 @@ pub struct Authz {
     /// `None`: no `backchannel_logout:` section.
     backchannel_logout: Option<crate::logout::Settings>,
     telemetry: Telemetry,
+    /// The Shared Signals receiver (`ssf:`), built by the composition (`with_ssf`).
+    ssf: Option<Arc<crate::ssf::Receiver>>,
     /// Itself, once shared, so a hit can start a background refresh that outlives the request.
     me: std::sync::Weak<Authz>,
     /// `None`: no `deferred:` section, Defer and Redeem are off (see `deferred`).
@@ -145,6 +147,7 @@ impl Authz {
             revocation: config.revocation,
             backchannel_logout: config.backchannel_logout,
             telemetry: Telemetry::off(),
+            ssf: None,
             me: std::sync::Weak::new(),
             deferred,
         }
@@ -163,6 +166,16 @@ impl Authz {
 
     pub fn telemetry(&self) -> &Telemetry {
         &self.telemetry
+    }
+
+    /// Receive Shared Signals through `receiver`.
+    pub fn with_ssf(mut self, receiver: Arc<crate::ssf::Receiver>) -> Self {
+        self.ssf = Some(receiver);
+        self
+    }
+
+    pub fn ssf(&self) -> Option<&Arc<crate::ssf::Receiver>> {
+        self.ssf.as_ref()
     }
 
     /// The calling workload when Envoy names none (`workload_identity`), as the policy sees it.
@@ -221,6 +234,7 @@ impl Authz {
         let purged = match selector {
             // A destination's tokens only: its users' verified subjects stay (nobody was revoked).
             Selector::Destination { name } => self.cache.purge_destination(name),
+            Selector::Email { .. } => self.purge_by_email(selector),
             _ => self.cache.purge(named, everything) + self.verifier.as_ref().map_or(0, |v| v.purge(named)),
         };
         span.record("purged", purged);
@@ -268,6 +282,32 @@ impl Authz {
             &self.revocations,
         );
         purged
+    }
+
+    /// A cached token keeps no e-mail address: the verified subjects an e-mail revocation names say
+    /// whose (`iss`, `sub`) entries go with them.
+    fn purge_by_email(&self, selector: &Selector) -> usize {
+        let named = std::cell::RefCell::new(Vec::new());
+        let verified = self.verifier.as_ref().map_or(0, |v| {
+            v.purge(|holder| {
+                let hit = revocation::names(selector, holder);
+                if let (true, Some(sub)) = (hit, holder.sub) {
+                    named.borrow_mut().push((holder.iss.map(str::to_owned), sub.to_owned()));
+                }
+                hit
+            })
+        });
+        let named = named.into_inner();
+        let entries = self.cache.purge(
+            |holder| {
+                named.iter().any(|(iss, sub)| {
+                    holder.sub == Some(sub.as_str())
+                        && (iss.is_none() || holder.iss.is_none() || holder.iss == iss.as_deref())
+                })
+            },
+            false,
+        );
+        verified + entries
     }
 
     pub fn shared_cache(&self) -> Arc<TokenCache> {
@@ -846,6 +886,7 @@ fn unverified_holder(payload: &jwt::Unverified) -> Holder<'_> {
         sub: text(&payload.sub),
         sid: text(&payload.sid),
         iat: payload.iat(),
+        claims: None,
     }
 }
 

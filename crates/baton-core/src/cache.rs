@@ -335,6 +335,7 @@ impl Delegated {
             sub: a.get(Field::SubjectSub),
             sid: a.get(Field::SubjectSid),
             iat: None,
+            claims: None,
         }
     }
 

@@ -42,6 +42,8 @@ pub struct RawConfig {
     pub backchannel_logout: Option<crate::logout::Raw>,
     /// Absent: Defer and Redeem are off.
     pub deferred: Option<crate::deferred::Raw>,
+    /// Absent: no Shared Signals receiver.
+    pub ssf: Option<crate::ssf::Raw>,
 }
 
 /// `workload:`: who this Baton acts for, in sidecar mode.
@@ -101,6 +103,7 @@ pub struct Config {
     pub backchannel_logout: Option<crate::logout::Settings>,
     /// `None`: Defer and Redeem refuse every call.
     pub deferred: Option<crate::deferred::Settings>,
+    pub ssf: Option<crate::ssf::Settings>,
 }
 
 // === Parsing and validation ===
@@ -169,6 +172,10 @@ impl RawConfig {
             };
             d.validate(&around, errors)
         });
+        let ssf = self
+            .ssf
+            .and_then(|s| s.validate(errors))
+            .map(|s| s.matching_emails(verified));
         Some(Config {
             token_services: token_services.valid()?,
             cache,
@@ -187,6 +194,7 @@ impl RawConfig {
             revocation,
             backchannel_logout,
             deferred,
+            ssf,
         })
     }
 }

@@ -267,6 +267,9 @@ pub async fn redeem(authz: &Authz, grant: &str, destination: &str, caller: &Call
         sub: claims.get("sub").and_then(Value::as_str),
         sid: binding.sid.as_deref(),
         iat,
+        // A grant carries no e-mail address: an `email` revocation (Shared Signals) does not reach
+        // a job (a known gap: docs/threat-model.md).
+        claims: None,
     };
     authz.holder_not_revoked(&holder)?;
     let route = authz.route_for(destination, &[])?;

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod revocation;
 pub mod secret;
+pub mod ssf;
 pub mod telemetry;
 pub mod token_service;
 pub mod verify;

@@ -80,9 +80,19 @@ pub struct CircuitTransitionLabels {
 pub struct RevocationLabels {
     /// Where the signal came from: `operator`, `invalid_token` (a destination's 401), ...
     pub event: &'static str,
-    /// `subject`, `session`, `all`, `destination`, `served` or `job` (a deferred job).
+    /// `subject`, `session`, `all`, `destination`, `served`, `job` (a deferred job) or `email`.
     pub kind: &'static str,
     /// `ok`, or `full` (the store is at `revocation.max_entries`: not remembered, nothing purged).
+    pub outcome: &'static str,
+}
+
+/// One Shared Signals event (a SET, or one event of it) and what became of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SsfEventLabels {
+    /// The event type's short name (`session-revoked`, ...), `unknown` for one Baton does not act
+    /// on, `none` for a SET refused before its events were read.
+    pub event: &'static str,
+    /// `revoked`, `ignored`, `replayed`, `full`, or an RFC 8935 error code (`invalid_key`, ...).
     pub outcome: &'static str,
 }
 
@@ -153,6 +163,10 @@ pub struct Metrics {
     pub revocations_max: Gauge,
     /// Back-channel logout requests by outcome: `ok`, or a `logout::Refusal` code.
     pub backchannel_logouts: Family<OutcomeLabels, Counter>,
+    /// Shared Signals events received (`ssf`), by event type and outcome.
+    pub ssf_events: Family<SsfEventLabels, Counter>,
+    /// Shared Signals poll requests (RFC 8936), by outcome.
+    pub ssf_polls: Family<OutcomeLabels, Counter>,
     /// The series every delegated decision updates, looked up once each.
     hot: Arc<HotSeries>,
 }
@@ -204,6 +218,8 @@ impl Metrics {
             revocations_remembered: Gauge::default(),
             revocations_max: Gauge::default(),
             backchannel_logouts: Family::default(),
+            ssf_events: Family::default(),
+            ssf_polls: Family::default(),
             hot: Arc::default(),
         };
         registry.register(
@@ -292,6 +308,16 @@ impl Metrics {
             "backchannel_logouts",
             "OpenID Connect back-channel logout requests by outcome (ok, or the refusal's code)",
             metrics.backchannel_logouts.clone(),
+        );
+        registry.register(
+            "ssf_events",
+            "Shared Signals events (SETs) received by event type (session-revoked, ..., unknown, none) and outcome (revoked, ignored, replayed, full, or the RFC 8935 error code)",
+            metrics.ssf_events.clone(),
+        );
+        registry.register(
+            "ssf_polls",
+            "Shared Signals poll requests to the transmitter by outcome (ok, error)",
+            metrics.ssf_polls.clone(),
         );
         registry.register(
             "build",

@@ -85,22 +85,9 @@ impl Raw {
 }
 
 impl Settings {
-    /// Does `presented` (the request's `Authorization` value) carry the admin secret? Both are
-    /// hashed first, so the comparison takes the same time whatever their lengths and contents.
+    /// Does `presented` (the request's `Authorization` value) carry the admin secret?
     pub fn admits(&self, presented: Option<&str>) -> bool {
-        let (Some(secret), Some(presented)) = (&self.admin_secret, presented) else {
-            return false;
-        };
-        let Some(bearer) = presented
-            .split_once(' ')
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, b)| b.trim())
-        else {
-            return false;
-        };
-        let digest = |s: &str| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes());
-        aws_lc_rs::constant_time::verify_slices_are_equal(digest(bearer).as_ref(), digest(secret.expose()).as_ref())
-            .is_ok()
+        self.admin_secret.as_ref().is_some_and(|s| s.admits_bearer(presented))
     }
 }
 
@@ -123,6 +110,9 @@ pub enum Selector {
     Served { destination: String },
     /// One deferred job's grants (`deferred`), whoever its user: refused at Redeem (`job_revoked`).
     Job { job: String },
+    /// A user by e-mail address (a Shared Signals `email` subject), matched against the verified
+    /// `email` claim, ASCII case-insensitively; held lower-cased.
+    Email { email: String },
 }
 
 impl Selector {
@@ -135,6 +125,7 @@ impl Selector {
             Self::Destination { .. } => "destination",
             Self::Served { .. } => "served",
             Self::Job { .. } => "job",
+            Self::Email { .. } => "email",
         }
     }
 
@@ -156,6 +147,7 @@ impl Selector {
             Self::Destination { .. } | Self::Served { .. } => false,
             // Baton caches nothing for a job (Redeem exchanges every time): no entry to purge.
             Self::Job { .. } => false,
+            Self::Email { email } => holder.email().is_some_and(|e| e.eq_ignore_ascii_case(email)),
         }
     }
 }
@@ -279,6 +271,9 @@ pub struct Holder<'a> {
     pub sid: Option<&'a str>,
     /// When the token was issued (Unix seconds); `None`: unknown, so older than any revocation.
     pub iat: Option<i64>,
+    /// The verified claims, read only when an e-mail revocation is held (`email`), so a decision
+    /// pays nothing for it otherwise.
+    pub claims: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 impl<'a> Holder<'a> {
@@ -293,7 +288,13 @@ impl<'a> Holder<'a> {
                 .get("iat")
                 .and_then(|v| crate::jwt::numeric_date(v, "iat").ok())
                 .map(|v| v.floor() as i64),
+            claims: Some(claims),
         }
+    }
+
+    /// The verified `email` claim, if the holder came from claims.
+    pub fn email(&self) -> Option<&'a str> {
+        self.claims?.get("email")?.as_str()
     }
 }
 
@@ -331,6 +332,8 @@ struct Inner {
     all: Option<u64>,
     /// Deferred jobs whose grants are refused (`Selector::Job`), each with when.
     jobs: HashMap<Box<str>, u64, Hasher>,
+    /// Lower-cased e-mail address -> when; looked at only when not empty.
+    emails: HashMap<Box<str>, u64, Hasher>,
 }
 
 /// The caches' hasher: a lookup on a decision costs less than with SipHash.
@@ -338,7 +341,11 @@ type Hasher = quick_cache::DefaultHashBuilder;
 
 impl Inner {
     fn len(&self) -> usize {
-        self.subject_entries + self.sessions.len() + usize::from(self.all.is_some()) + self.jobs.len()
+        self.subject_entries
+            + self.sessions.len()
+            + usize::from(self.all.is_some())
+            + self.jobs.len()
+            + self.emails.len()
     }
 
     /// Forget what was revoked before `since`.
@@ -349,6 +356,7 @@ impl Inner {
         });
         self.subject_entries = self.subjects.values().map(Vec::len).sum();
         self.sessions.retain(|_, at| *at >= since);
+        self.emails.retain(|_, at| *at >= since);
         self.all = self.all.filter(|at| *at >= since);
         self.jobs.retain(|_, at| *at >= since);
     }
@@ -439,12 +447,21 @@ impl Store {
                 }
                 inner.sessions.insert(key, now);
             }
+            Selector::Email { email } => {
+                let key = Box::from(email.to_ascii_lowercase().as_str());
+                if !fits(&inner, !inner.emails.contains_key(&key)) {
+                    self.held.store(inner.len(), Ordering::Release);
+                    return Err(StoreError::Full(max_entries));
+                }
+                inner.emails.insert(key, now);
+            }
             Selector::All => {
                 // Every entry up to now is covered by this one (the rule compares with the latest).
                 inner.subjects.clear();
                 inner.subject_entries = 0;
                 inner.sessions.clear();
                 inner.jobs.clear();
+                inner.emails.clear();
                 inner.all = Some(now);
             }
             // Purges only: nothing to remember.
@@ -491,6 +508,11 @@ impl Store {
         }
         if let Some(sid) = holder.sid {
             latest = latest.max(inner.sessions.get(sid).copied());
+        }
+        if !inner.emails.is_empty()
+            && let Some(email) = holder.email()
+        {
+            latest = latest.max(inner.emails.get(email.to_ascii_lowercase().as_str()).copied());
         }
         match latest.filter(|at| *at >= since) {
             None => false,
@@ -545,6 +567,7 @@ mod tests {
             sub: Some("alice"),
             sid: Some("s-1"),
             iat,
+            claims: None,
         }
     }
 
@@ -615,6 +638,30 @@ mod tests {
         assert_eq!(s.len(), 1, "all replaces the entries it covers");
         assert!(s.is_revoked(&Holder::default(), NOW));
         assert!(!s.is_revoked(&alice(Some(NOW as i64 + 1)), NOW + 1));
+    }
+
+    #[test]
+    fn an_email_matches_the_verified_email_claim_only() {
+        let claims: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"iss":"https://idp","sub":"alice","email":"Alice@Example.com","iat":1799999990}"#)
+                .expect("claims");
+        let s = store(10);
+        let email = Selector::Email {
+            email: "alice@example.COM".into(),
+        };
+        s.revoke(&email, NOW).expect("fits");
+        assert_eq!(email.kind(), "email");
+        assert!(s.is_revoked(&Holder::of_claims(&claims), NOW), "case-insensitive");
+        assert!(names(&email, &Holder::of_claims(&claims)));
+        assert!(
+            !s.is_revoked(&alice(Some(NOW as i64 - 10)), NOW),
+            "a holder without verified claims has no e-mail to match"
+        );
+        let bob: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"sub":"bob","email":"bob@example.com","iat":1799999990}"#).expect("claims");
+        assert!(!s.is_revoked(&Holder::of_claims(&bob), NOW));
+        s.revoke(&Selector::All, NOW + 1).expect("fits");
+        assert_eq!(s.len(), 1, "all replaces the e-mail entry");
     }
 
     #[test]

@@ -26,6 +26,20 @@ impl Secret {
     pub fn fingerprint(&self) -> String {
         fingerprint(&self.0)
     }
+
+    /// Does `presented` (an `Authorization` value) carry this secret as its bearer credential? Both
+    /// are hashed first, so the comparison takes the same time whatever their lengths and contents.
+    pub fn admits_bearer(&self, presented: Option<&str>) -> bool {
+        let Some(bearer) = presented
+            .and_then(|p| p.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, b)| b.trim())
+        else {
+            return false;
+        };
+        let hash = |s: &str| digest::digest(&digest::SHA256, s.as_bytes());
+        aws_lc_rs::constant_time::verify_slices_are_equal(hash(bearer).as_ref(), hash(&self.0).as_ref()).is_ok()
+    }
 }
 
 impl fmt::Debug for Secret {

@@ -833,6 +833,83 @@ fn decode(
     }
 }
 
+// === Keys of another signer ===
+
+/// One party's JWKS, fetched, refreshed and refetched on an unknown `kid` exactly as a trusted
+/// issuer's are (the same code), for JWTs that are not subject tokens: Shared Signals SETs (`ssf`).
+/// It hands out keys; the caller decodes with its own rules.
+pub struct KeySource {
+    issuer: Arc<Issuer>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySource")
+            .field("issuer", &self.issuer.config.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeySource {
+    /// `config.jwks_uri` absent: found by discovery from `config.issuer`, or set later (`set_jwks_uri`).
+    pub fn new(config: IssuerConfig, refreshes: JwksRefreshes) -> Result<Self, String> {
+        let http = crate::http::http_client(Duration::from_secs(5)).map_err(|e| format!("JWKS client: {e}"))?;
+        let jwks_uri = tokio::sync::OnceCell::new_with(config.jwks_uri.clone());
+        let issuer = Arc::new(Issuer {
+            keys: ArcSwap::from_pointee(KeySet {
+                keys: Vec::new(),
+                fetched: false,
+            }),
+            jwks_uri,
+            last_fetch: tokio::sync::Mutex::new(None),
+            refreshes,
+            config,
+        });
+        Ok(Self { issuer, http })
+    }
+
+    /// Refresh the keys every `jwks_refresh` in the background, once their URL is known (so a key
+    /// the signer withdrew stops verifying), for as long as this source is in use.
+    pub fn spawn_refresh(&self) {
+        let (issuer, http) = (Arc::downgrade(&self.issuer), self.http.clone());
+        tokio::spawn(async move {
+            while let Some(live) = issuer.upgrade() {
+                if live.jwks_uri.initialized() {
+                    live.refetch(&http, Duration::ZERO).await;
+                }
+                let pause = live.config.refresh;
+                drop(live);
+                tokio::time::sleep(pause).await;
+            }
+        });
+    }
+
+    /// Where the keys are, when another document names it (an SSF transmitter's configuration);
+    /// ignored once known.
+    pub fn set_jwks_uri(&self, uri: Url) {
+        let _ = self.issuer.jwks_uri.set(uri);
+    }
+
+    /// The keys that may have signed a JWS with this `kid` and `alg` (an allowed one: checked here),
+    /// fetching at most once per `jwks_min_refetch` when none is known. `Err` with a reason when
+    /// the algorithm is not allowed, or no keys could be fetched.
+    pub async fn keys(&self, kid: Option<&str>, alg: Algorithm) -> Result<Vec<DecodingKey>, Reason> {
+        if !self.issuer.config.algorithms.contains(&alg) {
+            return Err(Reason::SubjectTokenAlgorithmNotAllowed);
+        }
+        let mut keys = self.issuer.keys.load_full();
+        if !keys.has(kid, alg) {
+            self.issuer.refetch(&self.http, self.issuer.config.min_refetch).await;
+            keys = self.issuer.keys.load_full();
+            if !keys.fetched {
+                return Err(Reason::IssuerKeysUnavailable);
+            }
+        }
+        Ok(keys.candidates(kid, alg).cloned().collect())
+    }
+}
+
 // === The `subject_token:` section ===
 
 #[derive(Debug, Default, Deserialize)]

@@ -57,6 +57,7 @@ pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Au
             tracing::warn!("no trusted_issuers: subject tokens are not verified by Baton, only by the token service")
         }
     }
+    let ssf = ssf_receiver(&mut config, previous, &telemetry)?;
     let cache = previous
         .map(Authz::shared_cache)
         .filter(|c| c.max_entries() == config.cache.max_entries);
@@ -66,6 +67,9 @@ pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Au
     }
     if let Some(previous) = previous {
         authz = authz.with_revocations_of(previous);
+    }
+    if let Some(ssf) = ssf {
+        authz = authz.with_ssf(ssf);
     }
     authz.telemetry().revocations_held(authz.revocations());
     Ok(authz.into_shared())
@@ -79,6 +83,30 @@ pub fn build_offline(mut config: Config) -> Result<Authz, String> {
     let telemetry = Telemetry::off();
     let verifier = verifier(&mut config, &services, &telemetry)?;
     Ok(Authz::new(config, services, verifier))
+}
+
+/// The Shared Signals receiver of `ssf:`, keeping `previous`'s `jti` memory and created stream (a
+/// reload). Its poll loop is `crate::ssf::spawn_poll`, started once by `run`.
+fn ssf_receiver(
+    config: &mut Config,
+    previous: Option<&Authz>,
+    telemetry: &Telemetry,
+) -> Result<Option<Arc<baton_core::ssf::Receiver>>, String> {
+    let Some(settings) = config.ssf.take() else {
+        return Ok(None);
+    };
+    let metrics = telemetry.metrics();
+    let mut receiver = baton_core::ssf::Receiver::new(
+        settings,
+        metrics.jwks_refreshes.clone(),
+        metrics.ssf_events.clone(),
+        metrics.ssf_polls.clone(),
+    )?;
+    if let Some(old) = previous.and_then(Authz::ssf) {
+        receiver = receiver.succeed(old);
+    }
+    receiver.spawn_key_refresh();
+    Ok(Some(Arc::new(receiver)))
 }
 
 /// Every token service of `config`, each carrying over `previous`'s circuit breaker (a reload).
@@ -254,6 +282,8 @@ pub async fn run(path: PathBuf, config: File, shutdown: impl Future<Output = ()>
     let telemetry = authz.telemetry().clone();
     let authz: Current = Arc::new(ArcSwap::new(authz));
     let reloader = tokio::spawn(reload::watch(path, listen, authz.clone(), poll, build_with));
+    let ssf_poll = crate::ssf::spawn_poll(authz.clone());
+    let ssf_current = authz.clone();
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = server::serve(authz, listeners, async move {
         shutdown.await;
@@ -274,6 +304,8 @@ pub async fn run(path: PathBuf, config: File, shutdown: impl Future<Output = ()>
         },
     };
     reloader.abort();
+    ssf_poll.abort();
+    crate::ssf::delete_stream(&ssf_current).await;
     // The last decisions' spans and audit lines go out before the process does.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown(Duration::from_secs(5))).await;
     served

@@ -45,6 +45,7 @@ pub struct RawConfig {
     pub backchannel_logout: Option<baton_core::logout::Raw>,
     /// Absent: Defer and Redeem are off.
     pub deferred: Option<baton_core::deferred::Raw>,
+    pub ssf: Option<baton_core::ssf::Raw>,
 }
 
 /// `reload:`: how the configuration file is watched (SIGHUP always reloads it).
@@ -114,6 +115,13 @@ impl RawConfig {
                 "`POST /backchannel-logout` is served on the admin listener: configure listen.admin",
             );
         }
+        // Spans a serving section and a decision one: SETs are pushed to the admin listener.
+        if self.ssf.as_ref().is_some_and(|s| s.push.is_some()) && listen.as_ref().is_some_and(|l| l.admin.is_none()) {
+            errors.add(
+                "ssf.push",
+                "`POST /ssf/push` is served on the admin listener: configure listen.admin",
+            );
+        }
         let decision = baton_core::config::RawConfig {
             token_service: self.token_service,
             token_services: self.token_services,
@@ -133,6 +141,7 @@ impl RawConfig {
             revocation: self.revocation,
             backchannel_logout: self.backchannel_logout,
             deferred: self.deferred,
+            ssf: self.ssf,
         }
         .validate(&mut errors);
         let reload_interval = duration(
@@ -475,5 +484,28 @@ destinations:
             );
             assert!(e.0.len() > 1, "the file's own errors follow: {e}");
         }
+    }
+
+    /// `POST /ssf/push` lives on the admin listener too; poll needs no listener.
+    #[test]
+    fn the_ssf_push_endpoint_needs_the_admin_listener() {
+        const TS: &str = "token_service: {token_endpoint: http://x/token, client_id: c, auth: {method: none}}\n";
+        let dir = std::env::temp_dir().join(format!("baton-file-ssf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "ssf-push-secret-for-a-unit-test\n").expect("secret");
+        let with = |listen: &str, delivery: &str| {
+            Config::from_yaml(&format!(
+                "listen:\n  grpc: 127.0.0.1:9191\n{listen}{TS}ssf:\n  issuer: https://tx.example\n  audience: https://baton.example/ssf\n{delivery}"
+            ))
+        };
+        let push = format!("  push:\n    secret_file: {}\n", secret.display());
+        let config = with("  admin: 127.0.0.1:9192\n", &push).expect("valid");
+        assert!(config.decision.ssf.is_some_and(|s| s.push_secret.is_some()));
+        let err = with("", &push).expect_err("no admin listener");
+        let paths: Vec<_> = err.0.into_iter().map(|e| e.path).collect();
+        assert_eq!(paths, ["ssf.push"]);
+        assert!(with("", "  poll: {}\n").is_ok(), "poll calls out: no listener needed");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -21,4 +21,5 @@ mod refused;
 pub mod reload;
 pub mod respond;
 pub mod server;
+pub mod ssf;
 pub mod tls;

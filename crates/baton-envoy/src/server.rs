@@ -126,6 +126,7 @@ fn admin_router(authz: Current, stopping: Arc<AtomicBool>) -> axum::Router {
     let revoking = authz.clone();
     let (logouts, replays) = (authz.clone(), Arc::new(baton_core::logout::Replays::new()));
     axum::Router::new()
+        .merge(crate::ssf::router(authz.clone()))
         .route(
             "/backchannel-logout",
             post(move |headers, body| crate::backchannel::logout(logouts.load_full(), replays.clone(), headers, body)),

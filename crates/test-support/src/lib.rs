@@ -17,7 +17,7 @@
 //! with one routine (`check`, private); `report` (what a test measured, also in
 //! `target/test-reports/`, which `scripts/test` prints); `k8s` (offline Kubernetes and Istio
 //! validation); `prometheus` (promtool and a real Prometheus server) and `promql` (the metrics a
-//! query names); `relay` (a service in a chain of services, gateway -> A -> B -> C).
+//! query names); `ssf_test_transmitter` (a test Shared Signals transmitter); `relay` (a service in a chain of services, gateway -> A -> B -> C).
 
 pub mod broker;
 mod check;
@@ -36,6 +36,7 @@ pub mod report;
 pub mod scratch;
 pub mod sidecar;
 pub mod soak;
+pub mod ssf_test_transmitter;
 pub mod stack;
 pub mod token_service;
 pub mod tokens;

@@ -83,6 +83,17 @@ impl Revoked {
                 None,
             ),
             Selector::Session { sid } => (None, Some(fingerprint(sid))),
+            // An e-mail address is a subject as `audit.subject` says (plain, or a fingerprint).
+            Selector::Email { email } => (
+                Some(Subject {
+                    iss: None,
+                    sub: Some(match subject_mode {
+                        SubjectMode::Plain => email.as_str().into(),
+                        SubjectMode::Hashed => fingerprint(email).into(),
+                    }),
+                }),
+                None,
+            ),
             Selector::All | Selector::Destination { .. } | Selector::Served { .. } | Selector::Job { .. } => {
                 (None, None)
             }
