@@ -16,6 +16,7 @@ pub mod extract;
 pub mod file;
 pub mod listen;
 mod outcome;
+pub mod reads;
 pub mod reload;
 pub mod respond;
 pub mod server;
