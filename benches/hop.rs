@@ -413,7 +413,7 @@ async fn run() {
     }
     println!(
         "machine: {} cores; {rounds} rounds, {n} requests per setup and connection count, interleaved",
-        cores()
+        std::thread::available_parallelism().map_or(0, usize::from)
     );
     // samples[connections][setup][round]
     let mut samples = vec![vec![Vec::new(); setups.len()]; CONNECTIONS.len()];
