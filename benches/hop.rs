@@ -129,7 +129,18 @@ impl BatonProcess {
             .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|p| p.parse().ok())
             .expect("admin port");
-        let child = Command::new(&copy)
+        // `HOP_CALLGRIND=FILE`: Baton runs under callgrind, its profile written to FILE when it stops.
+        let mut command = match std::env::var("HOP_CALLGRIND") {
+            Ok(out) => {
+                let mut c = Command::new("valgrind");
+                c.arg("--tool=callgrind")
+                    .arg(format!("--callgrind-out-file={out}"))
+                    .arg(&copy);
+                c
+            }
+            Err(_) => Command::new(&copy),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&config)
@@ -142,7 +153,7 @@ impl BatonProcess {
             .spawn()
             .expect("start baton");
         let ready = format!("http://127.0.0.1:{admin}/readyz");
-        wait_until("baton /readyz", Duration::from_secs(20), || async {
+        wait_until("baton /readyz", Duration::from_secs(120), || async {
             http().get(&ready).send().await.is_ok_and(|r| r.status().is_success())
         })
         .await;
@@ -324,7 +335,32 @@ fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// `HOP_CALLGRIND=FILE`: one Baton under callgrind behind the generated Envoy configuration, N
+/// cache hits at one connection, then a SIGTERM so callgrind writes its profile. Nothing else.
+async fn profile(out: &str, n: usize) {
+    let scratch = Scratch::new(BATON_BIN, "bench-hop-profile");
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let user = service.mint("alice", "orders.read").await;
+    let request = request_bytes(&user);
+    let config = baton_yaml(
+        &scratch,
+        &service.token_endpoint,
+        &format!("  grpc: 127.0.0.1:{}\n", free_port()),
+    );
+    let mut baton = BatonProcess::start(&scratch, "baton", &config, &[]).await;
+    let envoy = EnvoyProcess::start(&scratch, "profile", &bootstrap(&config, None, true, true)).await;
+    let (_, wrong) = tokio::task::block_in_place(|| drive(envoy.port, 1, n, &request));
+    assert_eq!(wrong, 0, "answers other than 200");
+    let pid = baton.pid().0.to_string();
+    let _ = Command::new("kill").arg("-TERM").arg(&pid).status().await;
+    let _ = baton.child.wait().await;
+    println!("{n} requests through Envoy; callgrind profile of Baton in {out}");
+}
+
 async fn run() {
+    if let Ok(out) = std::env::var("HOP_CALLGRIND") {
+        return profile(&out, env_number("HOP_REQUESTS", 2000)).await;
+    }
     let rounds = env_number("HOP_ROUNDS", 3);
     let n = env_number("HOP_REQUESTS", 4000);
     let scratch = Scratch::new(BATON_BIN, "bench-hop");
@@ -455,8 +491,6 @@ async fn run() {
             );
         }
     }
-    println!(
-        "\nToken exchanges during the run: {exchanges} (the first request of each Baton; every other was a cache hit)."
-    );
+    println!("\nToken exchanges during the whole run (three Batons, warm-ups included): {exchanges}.");
     drop(setups);
 }
