@@ -33,9 +33,9 @@ pub fn matcher(names: &[&str]) -> Value {
 }
 
 /// ext_proc's `forward_rules`: the headers Baton reads, plus the pseudo-headers ext_proc carries the
-/// authority, method and path in (ext_authz sends those as attributes of their own). Envoy applies
-/// the same rules to response headers: code that reads a response header over ext_proc (`:status`,
-/// `www-authenticate`) must add it here, or Envoy will not send it.
+/// authority, method and path in (ext_authz sends those as attributes of their own). The rules are
+/// not specific to request headers (unverified here for response headers): code that comes to read
+/// a response header over ext_proc (`:status`, `www-authenticate`) should add it here.
 pub fn ext_proc_forward_rules(names: &[&'static str]) -> Value {
     let mut all: Vec<&str> = names.to_vec();
     all.extend(EXT_PROC_PSEUDO_HEADERS);
