@@ -359,3 +359,61 @@ fn envoy_config_refuses_what_it_cannot_generate() {
     let err = run(&["--config", unicode.to_str().expect("path"), "--api", "grpc"]);
     assert!(err.contains("ext_authz") && err.contains("ext_proc"), "{err}");
 }
+
+/// Envoy sends Baton only the headers Baton reads (issue 15), and a policy that reads a request
+/// header still gets it through the real Envoy: the generated `allowed_headers` (ext_authz) and
+/// `forward_rules` (ext_proc) come from the policy itself (`Policy::reads_headers`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_filter_sends_the_headers_a_policy_reads() {
+    let scratch = Scratch::new(BATON_BIN, "envoy-config-headers");
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint));
+    let destinations = format!(
+        "  - name: orders\n    hosts: [\"orders.example\"]\n    audience: {ORDERS}\n    scopes: [orders.read]\n    policy:\n      when: \"request.headers['user-agent'] == 'orders-client/1'\"\n"
+    );
+    let baton = Baton::start_raw(
+        &scratch,
+        &format!("token_service:\n{token_service}\ndestinations:\n{destinations}"),
+        "baton=debug,info",
+    )
+    .await;
+    let upstream = Upstream::start().await;
+    let config = baton_config(&scratch, "generate-headers.yaml", baton.grpc, None, &destinations);
+    let user = service.mint("alice", "orders.read").await;
+    for api in ["ext_authz", "ext_proc"] {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let generated = envoy_config(&[
+            "--config",
+            config.to_str().expect("path"),
+            "--api",
+            api,
+            "--listen",
+            &listen,
+        ]);
+        assert!(generated.contains("exact: user-agent"), "{api}: {generated}");
+        assert!(!generated.contains("with_request_body"), "{api}");
+        assert!(!generated.contains("include_peer_certificate"), "{api}");
+        let mut bootstrap: Value = serde_saphyr::from_str(&generated).expect("YAML");
+        to_test_upstream(&mut bootstrap, upstream.port);
+        let bootstrap = baton_envoy::envoy_config::to_yaml(&bootstrap).expect("yaml");
+        let envoy = Envoy::start_with_bootstrap(&scratch, &bootstrap).await;
+
+        let token = bearer(&user);
+        let allowed = send_with(
+            &envoy,
+            "orders.example",
+            "/",
+            Some(&token),
+            &[("user-agent", "orders-client/1"), ("cookie", "session=not-for-baton")],
+        )
+        .await;
+        let claims = service.verify(allowed.upstream_token()).await;
+        assert_eq!(audiences(&claims), [ORDERS], "{api}: the policy saw the user-agent");
+        let refused = send_with(&envoy, "orders.example", "/", Some(&token), &[("user-agent", "other")]).await;
+        assert_eq!(
+            (refused.status, refused.reason()),
+            (403, "policy_expression_false"),
+            "{api}"
+        );
+    }
+}

@@ -103,6 +103,11 @@ impl AllowAllProcess {
         Self::start_copy(scratch, "allow-all", &[]).await
     }
 
+    /// Its process id, for reading its CPU time from `/proc` (benches/hop.rs).
+    pub fn pid(&self) -> u32 {
+        self._child.id().expect("the floor is running")
+    }
+
     /// The floor that also sets `Authorization` to a fixed value of `len` bytes.
     pub async fn start_rewriting(scratch: &Scratch, len: usize) -> Self {
         Self::start_copy(scratch, "allow-all-rewriting", &[len.to_string()]).await

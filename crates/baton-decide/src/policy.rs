@@ -228,6 +228,16 @@ impl RawPolicy {
 }
 
 impl Policy {
+    /// The request headers this policy reads (beyond the method, path and source, which Envoy
+    /// sends as attributes): [`EXPRESSION_HEADERS`] when its `when:` expression reads `request`,
+    /// else none. The Envoy configuration Baton generates asks for these and no more.
+    pub fn reads_headers(&self) -> &'static [&'static str] {
+        match &self.when {
+            Some(e) if e.reads_request => &EXPRESSION_HEADERS,
+            _ => &[],
+        }
+    }
+
     /// Every rule, cheapest first; the first that refuses names itself in the reason.
     pub fn check(&self, facts: &Facts<'_>) -> Result<(), Denial> {
         let mut outcome = Ok(());
@@ -507,6 +517,7 @@ struct Expression {
     program: cel::Program,
     env: Arc<cel::Env>,
     reads_subject: bool,
+    reads_request: bool,
 }
 
 impl std::fmt::Debug for Expression {
@@ -516,6 +527,10 @@ impl std::fmt::Debug for Expression {
 }
 
 const VARIABLES: [&str; 4] = ["subject", "request", "source", "destination"];
+
+/// The request headers a `when:` expression sees as `request.headers`: these and no others, so the
+/// Envoy configuration Baton generates can ask Envoy for exactly them ([`Policy::reads_headers`]).
+pub const EXPRESSION_HEADERS: [&str; 4] = ["content-type", "user-agent", "x-request-id", "x-forwarded-for"];
 
 impl Expression {
     fn compile(source: &str) -> Result<Self, String> {
@@ -528,11 +543,13 @@ impl Expression {
             ));
         }
         let reads_subject = references.has_variable("subject");
+        let reads_request = references.has_variable("request");
         Ok(Self {
             source: source.to_owned(),
             program,
             env,
             reads_subject,
+            reads_request,
         })
     }
 
@@ -548,7 +565,7 @@ impl Expression {
         let mut context = cel::Context::with_env(self.env.clone());
         let subject = facts.claims.map_or(Value::Null, |c| Value::Object(c.clone()));
         let mut headers = serde_json::Map::new();
-        for name in ["content-type", "user-agent", "x-request-id", "x-forwarded-for"] {
+        for name in EXPRESSION_HEADERS {
             if let Some(v) = facts.headers.get(name) {
                 headers.insert(name.to_owned(), Value::String(v.to_owned()));
             }
@@ -616,6 +633,42 @@ mod tests {
             destination: "orders",
         };
         policy.check(&facts).map_err(|d| d.reason)
+    }
+
+    /// The headers a policy reads are the ones its expression can see, and only when it reads
+    /// `request`: the generated Envoy configuration asks Envoy for these (issue 15).
+    #[test]
+    fn a_policy_reads_the_expressions_headers_only_when_it_reads_the_request() {
+        for (yaml, reads) in [
+            ("{}", &[][..]),
+            ("methods: [GET]\npaths: [/orders/]", &[][..]),
+            ("when: destination == 'orders'", &[][..]),
+            ("when: request.method == 'GET'", &EXPRESSION_HEADERS[..]),
+            ("when: request.headers['user-agent'] == 'x'", &EXPRESSION_HEADERS[..]),
+        ] {
+            let policy = compile(yaml, true).expect("compiles");
+            assert_eq!(policy.reads_headers(), reads, "{yaml}");
+        }
+        // A header outside the list is invisible to an expression, whatever Envoy sends.
+        let policy = compile("when: \"'cookie' in request.headers\"", true).expect("compiles");
+        let mut sent = HashMap::new();
+        sent.insert("cookie".to_owned(), "a=b".to_owned());
+        sent.insert("user-agent".to_owned(), "ua".to_owned());
+        let claims = claims("{}");
+        let facts = Facts {
+            claims: Some(&claims),
+            source: None,
+            method: "GET",
+            path: "/",
+            headers: crate::request::Headers::Folded(&sent),
+            destination: "orders",
+        };
+        assert_eq!(
+            policy.check(&facts).map_err(|d| d.reason),
+            Err(Reason::PolicyExpressionFalse)
+        );
+        let policy = compile("when: \"'user-agent' in request.headers\"", true).expect("compiles");
+        assert_eq!(policy.check(&facts).map_err(|d| d.reason), Ok(()));
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct Options {
     pub listen: SocketAddr,
     /// How long Envoy waits for Baton.
     pub timeout: Duration,
+    /// The request headers Envoy sends Baton: those Baton reads ([`crate::reads::headers`]).
+    pub headers: Vec<&'static str>,
 }
 
 impl Options {
@@ -141,6 +143,7 @@ impl Options {
             tls,
             listen,
             timeout: longest_exchange(config) + TIMEOUT_MARGIN,
+            headers: crate::reads::headers(config),
         })
     }
 }
@@ -249,6 +252,8 @@ fn baton_filter(options: &Options) -> Value {
                 "failure_mode_allow": false,
                 // Baton unreachable is an outage, not a refusal.
                 "status_on_error": { "code": "ServiceUnavailable" },
+                // Only the headers Baton reads; no body, no peer certificate (issue 15).
+                "allowed_headers": crate::reads::matcher(&options.headers),
             },
         }),
         Api::ExtProc => json!({
@@ -276,6 +281,8 @@ fn baton_filter(options: &Options) -> Value {
                     "request_trailer_mode": "SKIP",
                     "response_trailer_mode": "SKIP",
                 },
+                // Only the headers Baton reads, and the pseudo-headers (issue 15).
+                "forward_rules": crate::reads::ext_proc_forward_rules(&options.headers),
             },
         }),
     }
@@ -667,6 +674,46 @@ destinations:
         assert_eq!(filter["failure_mode_allow"], false);
         assert_eq!(filter["processing_mode"]["request_header_mode"], "SEND");
         assert_eq!(filter["processing_mode"]["response_header_mode"], "SKIP");
+    }
+
+    /// Envoy sends only what Baton reads: these headers, no body, no peer certificate (issue 15).
+    #[test]
+    fn envoy_is_asked_for_what_baton_reads_only() {
+        let exact = |matcher: &Value| -> Vec<String> {
+            matcher["patterns"]
+                .as_array()
+                .expect("patterns")
+                .iter()
+                .map(|p| p["exact"].as_str().expect("exact").to_owned())
+                .collect()
+        };
+        let doc = bootstrap(&config(), &options(Api::ExtAuthz)).expect("bootstrap");
+        let filter = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+            [0]["typed_config"];
+        assert_eq!(
+            exact(&filter["allowed_headers"]),
+            ["authorization", "traceparent", "tracestate"]
+        );
+        for absent in ["with_request_body", "include_peer_certificate", "include_tls_session"] {
+            assert!(filter.get(absent).is_none(), "{absent}");
+        }
+
+        let doc = bootstrap(&config(), &options(Api::ExtProc)).expect("bootstrap");
+        let filter = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+            [0]["typed_config"];
+        assert_eq!(
+            exact(&filter["forward_rules"]["allowed_headers"]),
+            [
+                ":authority",
+                ":method",
+                ":path",
+                "authorization",
+                "host",
+                "traceparent",
+                "tracestate"
+            ]
+        );
+        assert_eq!(filter["processing_mode"]["request_body_mode"], "NONE");
     }
 
     #[test]

@@ -13,6 +13,13 @@ use baton_decide::reason::{Denial, Reason};
 use baton_decide::request::{HeaderLines, Headers, Outbound};
 use baton_decide::route::CONTEXT_KEY;
 
+/// The header that carries the subject token: the one request header the decision itself reads.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// The pseudo-headers (and `host`) an ext_proc request-headers message must carry: ext_proc has no
+/// parsed attributes, so the authority, method and path come from these lines.
+pub const EXT_PROC_PSEUDO_HEADERS: [&str; 4] = [":authority", "host", ":method", ":path"];
+
 /// Envoy's header lines, read in place as [`HeaderLines`].
 #[derive(Clone, Copy, Debug)]
 pub struct Lines<'r>(&'r [HeaderValue]);
@@ -125,7 +132,7 @@ fn outbound<'a>(request: &'a CheckRequest, lines: &'a Lines<'a>) -> Result<Outbo
         method: field_or_header(&http.method, headers, &[":method"]),
         path: field_or_header(&http.path, headers, &[":path"]),
         source_principal,
-        authorization: headers.one("authorization")?,
+        authorization: headers.one(AUTHORIZATION)?,
         headers,
     })
 }
@@ -146,11 +153,11 @@ fn processing_outbound<'a>(
     let headers = Headers::Lines(lines);
     Ok(Outbound {
         route_destination: route_destination.filter(|name| !name.is_empty()),
-        authority: field_or_header("", headers, &[":authority", "host"]),
-        method: field_or_header("", headers, &[":method"]),
-        path: field_or_header("", headers, &[":path"]),
+        authority: field_or_header("", headers, &EXT_PROC_PSEUDO_HEADERS[..2]),
+        method: field_or_header("", headers, &EXT_PROC_PSEUDO_HEADERS[2..3]),
+        path: field_or_header("", headers, &EXT_PROC_PSEUDO_HEADERS[3..]),
         source_principal: attribute(request, "source.principal"),
-        authorization: headers.one("authorization")?,
+        authorization: headers.one(AUTHORIZATION)?,
         headers,
     })
 }

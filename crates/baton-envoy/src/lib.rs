@@ -17,6 +17,7 @@ pub mod extract;
 pub mod file;
 pub mod listen;
 mod outcome;
+pub mod reads;
 mod refused;
 pub mod reload;
 pub mod respond;

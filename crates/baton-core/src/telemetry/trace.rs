@@ -120,6 +120,9 @@ impl Extractor for TraceContext<'_> {
     }
 }
 
+/// The request headers [`parent`] reads (the generated Envoy configuration asks Envoy for them).
+pub const HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
 /// The span this request continues: the trace context of the gRPC call (`grpc`: Envoy's span for
 /// its call to Baton, when Envoy traces), else the one in the request's own headers (the
 /// application's). `None` when neither is a valid W3C trace context.
@@ -127,8 +130,8 @@ pub fn parent(grpc: Option<TraceContext<'_>>, headers: Option<Headers<'_>>) -> O
     let from_headers = || {
         let headers = headers?;
         Some(TraceContext {
-            traceparent: headers.get("traceparent")?,
-            tracestate: headers.get("tracestate"),
+            traceparent: headers.get(HEADERS[0])?,
+            tracestate: headers.get(HEADERS[1]),
         })
     };
     [grpc, from_headers()]

@@ -1,0 +1,498 @@
+//! The Check hop's cost, as CPU per request (issue 15, step 1; BENCHMARKS.md, "The Check hop: CPU
+//! per request"). One run, interleaved setup by setup, in rounds:
+//!
+//! - Envoy alone (no ext_authz filter);
+//! - Envoy + the allow-all ext_authz server (`common::AllowAll`, the floor of the hop), with the
+//!   Envoy configuration of before issue 15 (Envoy sends every header) and with today's (only the
+//!   headers Baton reads);
+//! - Envoy + Baton on cache hits, with each of those two Envoy configurations;
+//! - candidates: Baton reached on its Unix socket; Baton on a one-worker runtime.
+//!
+//! Every Envoy configuration is the one `baton envoy-config` generates (`envoy_config::bootstrap`),
+//! with its routes answering `direct_response: 200` instead of proxying, so the setups differ only
+//! by the hop. Each setup runs N requests at 1 and at 8 HTTP/1.1 keep-alive connections from plain
+//! blocking threads; the CPU of Envoy's process and of the authz process comes from
+//! `/proc/PID/stat` (utime + stime, all threads) before and after, divided by N. Nothing asserts a
+//! time. `HOP_ROUNDS` (default 3) and `HOP_REQUESTS` (default 4000 per connection count) set the size.
+
+#![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use baton_envoy::envoy_config::{self, Api as FilterApi, Options};
+use baton_envoy::file::Config;
+use baton_test_support::*;
+use common::*;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
+const CONNECTIONS: [usize; 2] = [1, 8];
+
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    if serve_allow_all_if_asked(&runtime) {
+        return;
+    }
+    runtime.block_on(run());
+}
+
+/// One process measured: its pid, read from `/proc`.
+#[derive(Clone, Copy)]
+struct Pid(u32);
+
+impl Pid {
+    /// utime + stime of every thread, in clock ticks, and the ticks per second.
+    fn cpu(self) -> (u64, u64) {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).expect("/proc/PID/stat");
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after `comm`.
+        let utime: u64 = fields[11].parse().expect("utime");
+        let stime: u64 = fields[12].parse().expect("stime");
+        (utime, stime)
+    }
+}
+
+/// Clock ticks per second of `/proc/PID/stat` (USER_HZ): 100 on Linux.
+const TICKS: f64 = 100.0;
+
+struct Setup {
+    name: &'static str,
+    envoy: EnvoyProcess,
+    authz: Option<Pid>,
+}
+
+/// Envoy started by this benchmark (so its pid is known), one worker thread, from the bootstrap.
+struct EnvoyProcess {
+    port: u16,
+    child: Child,
+}
+
+impl EnvoyProcess {
+    async fn start(scratch: &Scratch, name: &str, bootstrap: &Value) -> Self {
+        let port = bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+            .as_u64()
+            .expect("listener port") as u16;
+        let path = scratch.write(
+            &format!("{name}.envoy.yaml"),
+            &envoy_config::to_yaml(bootstrap).expect("yaml"),
+        );
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&path)
+            .arg("--use-dynamic-base-id")
+            .arg("--concurrency")
+            .arg("1")
+            .arg("--log-level")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(scratch.log(&format!("{name}.envoy.stdout.log")))
+            .stderr(scratch.log(&format!("{name}.envoy.log")))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start envoy");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_until("envoy's listener", Duration::from_secs(30), || async move {
+            TcpStream::connect(addr).is_ok()
+        })
+        .await;
+        Self { port, child }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid(self.child.id().expect("envoy running"))
+    }
+}
+
+/// Baton (`baton run`) from a copy of its binary of its own (see `AllowAllProcess::start_copy`),
+/// with `env` added, quiet (warnings only), as shipped otherwise.
+struct BatonProcess {
+    child: Child,
+}
+
+impl BatonProcess {
+    async fn start(scratch: &Scratch, name: &str, yaml: &str, env: &[(&str, &str)]) -> Self {
+        let copy = scratch.0.join(format!("{name}.bin"));
+        std::fs::copy(BATON_BIN, &copy).expect("copy baton");
+        let config = scratch.write(&format!("{name}.yaml"), yaml);
+        let admin: u16 = yaml
+            .split("admin: 127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .expect("admin port");
+        // `HOP_CALLGRIND=FILE`: Baton runs under callgrind, its profile written to FILE when it stops.
+        let mut command = match std::env::var("HOP_CALLGRIND") {
+            Ok(out) => {
+                let mut c = Command::new("valgrind");
+                c.arg("--tool=callgrind")
+                    .arg(format!("--callgrind-out-file={out}"))
+                    .arg(&copy);
+                c
+            }
+            Err(_) => Command::new(&copy),
+        };
+        let child = command
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("BATON_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(scratch.log(&format!("{name}.stdout.log")))
+            .stderr(scratch.log(&format!("{name}.log")))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start baton");
+        let ready = format!("http://127.0.0.1:{admin}/readyz");
+        wait_until("baton /readyz", Duration::from_secs(120), || async {
+            http().get(&ready).send().await.is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        Self { child }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid(self.child.id().expect("baton running"))
+    }
+}
+
+/// Baton's configuration: one destination, `orders.example`, reached on `listen` (TCP or socket).
+fn baton_yaml(scratch: &Scratch, token_endpoint: &str, listen: &str) -> String {
+    let token_service = basic_auth_to(scratch, &format!("token_endpoint: {token_endpoint}"));
+    format!(
+        "listen:\n{listen}  admin: 127.0.0.1:{}\ntoken_service:\n{token_service}\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n    scopes: [orders.read]\n",
+        free_port()
+    )
+}
+
+/// What `baton envoy-config` generates for `yaml`, answering 200 itself where it would proxy.
+/// `trimmed: false` puts back what Envoy sent before issue 15 (every header); `filter: false`
+/// drops Baton's filter (Envoy alone).
+fn bootstrap(yaml: &str, uds: Option<PathBuf>, trimmed: bool, filter: bool) -> Value {
+    let config = Config::from_yaml(yaml).expect("config");
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let options = Options::new(&config, FilterApi::ExtAuthz, uds, None, listen).expect("options");
+    let mut doc = envoy_config::bootstrap(&config, &options).expect("bootstrap");
+    let hcm = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    for vhost in hcm["route_config"]["virtual_hosts"].as_array_mut().expect("vhosts") {
+        for route in vhost["routes"].as_array_mut().expect("routes") {
+            let route = route.as_object_mut().expect("route");
+            route.remove("route");
+            route.insert("direct_response".into(), json!({ "status": 200 }));
+        }
+    }
+    let filters = hcm["http_filters"].as_array_mut().expect("filters");
+    filters.retain(|f| f["name"] != "envoy.filters.http.dynamic_forward_proxy");
+    if !filter {
+        filters.retain(|f| f["name"] != "envoy.filters.http.ext_authz");
+    } else if !trimmed {
+        let authz = filters[0]["typed_config"].as_object_mut().expect("ext_authz");
+        assert!(
+            authz.remove("allowed_headers").is_some(),
+            "the generated filter has allowed_headers"
+        );
+    }
+    let clusters = doc["static_resources"]["clusters"].as_array_mut().expect("clusters");
+    clusters.retain(|c| c["name"] != envoy_config::OUTBOUND_CLUSTER);
+    doc
+}
+
+/// The request an application sends: its user's token and the headers a browser-facing service
+/// typically passes on (a session cookie among them), none of which Baton reads but the three.
+fn request_bytes(token: &str) -> Vec<u8> {
+    let cookie = format!("session={}", "c".repeat(180));
+    format!(
+        "GET /orders/1 HTTP/1.1\r\nhost: orders.example\r\nauthorization: Bearer {token}\r\n\
+         user-agent: Mozilla/5.0 (X11; Linux x86_64) orders-client/1.4\r\naccept: application/json\r\n\
+         accept-language: en-GB,en;q=0.8\r\naccept-encoding: gzip, br\r\ncookie: {cookie}\r\n\
+         x-request-id: 3f1c9a5e-8d2b-4c7e-a1f0-6b9d2e4c8a71\r\n\
+         traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// `n` requests over `connections` keep-alive connections, each from a blocking thread of its own;
+/// every answer's latency, and how many were not 200.
+fn drive(port: u16, connections: usize, n: usize, request: &[u8]) -> (Vec<Duration>, usize) {
+    let per = n / connections;
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..connections)
+            .map(|_| {
+                scope.spawn(move || {
+                    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                    stream.set_nodelay(true).expect("nodelay");
+                    let mut latencies = Vec::with_capacity(per);
+                    let mut wrong = 0;
+                    let mut buf = vec![0u8; 16 * 1024];
+                    for _ in 0..per {
+                        let start = Instant::now();
+                        stream.write_all(request).expect("write");
+                        if read_response(&mut stream, &mut buf) != 200 {
+                            wrong += 1;
+                        }
+                        latencies.push(start.elapsed());
+                    }
+                    (latencies, wrong)
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(n);
+        let mut wrong = 0;
+        for t in threads {
+            let (l, w) = t.join().expect("load thread");
+            all.extend(l);
+            wrong += w;
+        }
+        (all, wrong)
+    })
+}
+
+/// One HTTP/1.1 response (head, then `content-length` bytes of body); its status.
+fn read_response(stream: &mut TcpStream, buf: &mut [u8]) -> u16 {
+    let mut len = 0;
+    loop {
+        let read = stream.read(&mut buf[len..]).expect("read");
+        assert!(read > 0, "envoy closed the connection");
+        len += read;
+        if let Some(end) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).expect("head");
+            let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).expect("status");
+            let body: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while len < end + 4 + body {
+                let read = stream.read(&mut buf[len..]).expect("read body");
+                assert!(read > 0, "envoy closed the connection");
+                len += read;
+            }
+            return status;
+        }
+    }
+}
+
+/// One setup's measurement: CPU per request (us) of Envoy and of the authz process, p50 (us).
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    envoy_us: f64,
+    authz_us: f64,
+    authz_sys_share: f64,
+    p50_us: f64,
+    rate: f64,
+}
+
+fn measure(setup: &Setup, connections: usize, n: usize, request: &[u8]) -> Sample {
+    // Warm-up: connections open, caches hot.
+    let _ = drive(setup.envoy.port, connections, (n / 10).max(connections * 20), request);
+    let envoy = setup.envoy.pid();
+    let (eu0, es0) = envoy.cpu();
+    let a0 = setup.authz.map(Pid::cpu);
+    let start = Instant::now();
+    let (mut latencies, wrong) = drive(setup.envoy.port, connections, n, request);
+    let elapsed = start.elapsed();
+    let (eu1, es1) = envoy.cpu();
+    let a1 = setup.authz.map(Pid::cpu);
+    assert_eq!(wrong, 0, "{}: answers other than 200", setup.name);
+    let done = latencies.len() as f64;
+    latencies.sort_unstable();
+    let per_request = |ticks: u64| ticks as f64 / TICKS * 1e6 / done;
+    let (authz_us, authz_sys_share) = match (a0, a1) {
+        (Some((u0, s0)), Some((u1, s1))) => {
+            let total = (u1 + s1) - (u0 + s0);
+            (per_request(total), (s1 - s0) as f64 / (total as f64).max(1.0))
+        }
+        _ => (0.0, 0.0),
+    };
+    Sample {
+        envoy_us: per_request((eu1 + es1) - (eu0 + es0)),
+        authz_us,
+        authz_sys_share,
+        p50_us: latencies[latencies.len() / 2].as_secs_f64() * 1e6,
+        rate: done / elapsed.as_secs_f64(),
+    }
+}
+
+fn median_and_spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// `HOP_CALLGRIND=FILE`: one Baton under callgrind behind the generated Envoy configuration, N
+/// cache hits at one connection (the first a miss), then a SIGTERM so callgrind writes its profile. Nothing else.
+async fn profile(out: &str, n: usize) {
+    let scratch = Scratch::new(BATON_BIN, "bench-hop-profile");
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let user = service.mint("alice", "orders.read").await;
+    let request = request_bytes(&user);
+    let config = baton_yaml(
+        &scratch,
+        &service.token_endpoint,
+        &format!("  grpc: 127.0.0.1:{}\n", free_port()),
+    );
+    let mut baton = BatonProcess::start(&scratch, "baton", &config, &[]).await;
+    // `HOP_EVERY_HEADER=1`: with the Envoy configuration of before issue 15 (every header sent).
+    let trimmed = std::env::var_os("HOP_EVERY_HEADER").is_none();
+    let envoy = EnvoyProcess::start(&scratch, "profile", &bootstrap(&config, None, trimmed, true)).await;
+    let (_, wrong) = tokio::task::block_in_place(|| drive(envoy.port, 1, n, &request));
+    assert_eq!(wrong, 0, "answers other than 200");
+    let pid = baton.pid().0.to_string();
+    let _ = Command::new("kill").arg("-TERM").arg(&pid).status().await;
+    let _ = baton.child.wait().await;
+    println!("{n} requests through Envoy; callgrind profile of Baton in {out}");
+}
+
+async fn run() {
+    if let Ok(out) = std::env::var("HOP_CALLGRIND") {
+        return profile(&out, env_number("HOP_REQUESTS", 2000)).await;
+    }
+    let rounds = env_number("HOP_ROUNDS", 3);
+    let n = env_number("HOP_REQUESTS", 4000);
+    let scratch = Scratch::new(BATON_BIN, "bench-hop");
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let user = service.mint("alice", "orders.read").await;
+    let request = request_bytes(&user);
+
+    let floor = AllowAllProcess::start(&scratch).await;
+    let floor_pid = Pid(floor.pid());
+    let tcp = |port: u16| format!("  grpc: 127.0.0.1:{port}\n");
+    let (grpc, one_worker_grpc) = (free_port(), free_port());
+    let baton_config = baton_yaml(&scratch, &service.token_endpoint, &tcp(grpc));
+    let baton = BatonProcess::start(&scratch, "baton", &baton_config, &[]).await;
+    let socket = scratch.0.join("baton-uds.sock");
+    let uds_config = baton_yaml(
+        &scratch,
+        &service.token_endpoint,
+        &format!("  grpc_uds: {}\n", socket.display()),
+    );
+    let uds_baton = BatonProcess::start(&scratch, "baton-uds", &uds_config, &[]).await;
+    let one_worker_config = baton_yaml(&scratch, &service.token_endpoint, &tcp(one_worker_grpc));
+    let one_worker = BatonProcess::start(
+        &scratch,
+        "baton-1-worker",
+        &one_worker_config,
+        &[("TOKIO_WORKER_THREADS", "1")],
+    )
+    .await;
+    let floor_config = baton_yaml(&scratch, &service.token_endpoint, &tcp(floor.port));
+
+    let mut setups = Vec::new();
+    for (name, yaml, uds, trimmed, filter, authz) in [
+        ("Envoy alone", &baton_config, None, true, false, None),
+        (
+            "+ allow-all, every header",
+            &floor_config,
+            None,
+            false,
+            true,
+            Some(floor_pid),
+        ),
+        (
+            "+ allow-all, headers Baton reads",
+            &floor_config,
+            None,
+            true,
+            true,
+            Some(floor_pid),
+        ),
+        (
+            "+ Baton, every header (before)",
+            &baton_config,
+            None,
+            false,
+            true,
+            Some(baton.pid()),
+        ),
+        (
+            "+ Baton, headers Baton reads",
+            &baton_config,
+            None,
+            true,
+            true,
+            Some(baton.pid()),
+        ),
+        (
+            "+ Baton, headers Baton reads, Unix socket",
+            &uds_config,
+            Some(socket.clone()),
+            true,
+            true,
+            Some(uds_baton.pid()),
+        ),
+        (
+            "+ Baton, headers Baton reads, 1 runtime worker",
+            &one_worker_config,
+            None,
+            true,
+            true,
+            Some(one_worker.pid()),
+        ),
+    ] {
+        let doc = bootstrap(yaml, uds, trimmed, filter);
+        let envoy = EnvoyProcess::start(&scratch, &format!("setup{}", setups.len()), &doc).await;
+        setups.push(Setup { name, envoy, authz });
+    }
+    println!(
+        "machine: {} cores; {rounds} rounds, {n} requests per setup and connection count, interleaved",
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    // samples[connections][setup][round]
+    let mut samples = vec![vec![Vec::new(); setups.len()]; CONNECTIONS.len()];
+    for round in 0..rounds {
+        for (c, connections) in CONNECTIONS.into_iter().enumerate() {
+            for (s, setup) in setups.iter().enumerate() {
+                let sample = tokio::task::block_in_place(|| measure(setup, connections, n, &request));
+                samples[c][s].push(sample);
+            }
+        }
+        println!("round {} done", round + 1);
+    }
+    let exchanges = service.exchanges().await;
+    for (c, connections) in CONNECTIONS.into_iter().enumerate() {
+        println!("\n## {connections} connection(s): median of {rounds} rounds [min - max]\n");
+        println!(
+            "| setup | Envoy CPU/req | authz CPU/req | of which kernel | added CPU/req (both) | p50 | added p50 | req/s |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+        let alone_envoy = median_and_spread(&samples[c][0].iter().map(|s| s.envoy_us).collect::<Vec<_>>()).0;
+        let alone_p50 = median_and_spread(&samples[c][0].iter().map(|s| s.p50_us).collect::<Vec<_>>()).0;
+        for (s, setup) in setups.iter().enumerate() {
+            let of = |f: fn(&Sample) -> f64| median_and_spread(&samples[c][s].iter().map(f).collect::<Vec<_>>());
+            let fmt = |(m, lo, hi): (f64, f64, f64)| format!("{m:.1} [{lo:.1} - {hi:.1}]");
+            let added: Vec<f64> = samples[c][s]
+                .iter()
+                .map(|x| x.envoy_us + x.authz_us - alone_envoy)
+                .collect();
+            println!(
+                "| {} | {} | {} | {:.0}% | {} | {} | {:.1} | {:.0} |",
+                setup.name,
+                fmt(of(|x| x.envoy_us)),
+                fmt(of(|x| x.authz_us)),
+                of(|x| x.authz_sys_share).0 * 100.0,
+                fmt(median_and_spread(&added)),
+                fmt(of(|x| x.p50_us)),
+                of(|x| x.p50_us).0 - alone_p50,
+                of(|x| x.rate).0,
+            );
+        }
+    }
+    println!("\nToken exchanges during the whole run (three Batons, warm-ups included): {exchanges}.");
+    drop(setups);
+}
