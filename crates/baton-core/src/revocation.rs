@@ -132,7 +132,10 @@ impl Selector {
     /// Is it remembered, so a later request is refused (`subject_revoked`)? Only what names
     /// whose authority ends; a destination's purges are not.
     pub fn is_remembered(&self) -> bool {
-        matches!(self, Self::Subject { .. } | Self::Session { .. } | Self::All)
+        match self {
+            Self::Subject { .. } | Self::Session { .. } | Self::All | Self::Job { .. } | Self::Email { .. } => true,
+            Self::Destination { .. } | Self::Served { .. } => false,
+        }
     }
 
     /// Does it name the holder of a token with these claims?
@@ -797,6 +800,18 @@ mod tests {
 
     #[test]
     fn a_destination_is_a_purge_never_remembered() {
+        // Everything that ends someone's authority is remembered (a match, so a new selector must
+        // say which it is: a job and an e-mail address were once left out by a merge).
+        for revocation in [
+            Selector::Job { job: "report-1".into() },
+            Selector::Email {
+                email: "alice@example.com".into(),
+            },
+            Selector::Session { sid: "s-1".into() },
+            Selector::All,
+        ] {
+            assert!(revocation.is_remembered(), "{revocation:?}");
+        }
         let ok = |body: &str| Selector::from_json(body.as_bytes());
         let orders = Selector::Destination { name: "orders".into() };
         assert_eq!(ok(r#"{"destination":"orders"}"#), Ok(orders.clone()));
