@@ -356,7 +356,7 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
     );
     let metrics = jobs.baton.metrics().await;
     assert!(
-        metrics.contains(r#"baton_revocations_total{kind="job",outcome="ok"} 1"#),
+        metrics.contains(r#"baton_revocations_total{event="operator",kind="job",outcome="ok"} 1"#),
         "{metrics}"
     );
     wait_until("the job's revocation audit record", Duration::from_secs(10), || async {

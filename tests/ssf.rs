@@ -290,7 +290,7 @@ async fn push_suite(api: Api) {
         r#"baton_ssf_events_total{event="none",outcome="invalid_key"} 2"#,
         r#"baton_ssf_events_total{event="none",outcome="authentication_failed"} 2"#,
         r#"baton_ssf_events_total{event="none",outcome="replayed"} 1"#,
-        r#"baton_revocations_total{kind="session",outcome="ok"} 1"#,
+        r#"baton_revocations_total{event="ssf.session-revoked",kind="session",outcome="ok"} 1"#,
     ] {
         assert!(metrics.contains(line), "no `{line}` in /metrics");
     }
@@ -362,7 +362,7 @@ async fn a_polled_account_disabled_names_the_user_by_email() {
         r#"baton_ssf_events_total{event="account-disabled",outcome="revoked"} 1"#,
         r#"baton_ssf_events_total{event="unknown",outcome="ignored"} 1"#,
         r#"baton_ssf_polls_total{outcome="ok"}"#,
-        r#"baton_revocations_total{kind="email",outcome="ok"} 1"#,
+        r#"baton_revocations_total{event="ssf.account-disabled",kind="email",outcome="ok"} 1"#,
     ] {
         assert!(metrics.contains(line), "no `{line}` in /metrics");
     }
