@@ -1,9 +1,10 @@
 //! Deferred jobs end to end (issue 14 §4), against the real panva oidc-provider as the token
 //! service and the real Envoy: a worker's `Defer` obtains a grant bound to the job, `Redeem` later
 //! exchanges it for a destination's token while the user is live, with the job id in the audit
-//! record; a job whose user's session was revoked fails `subject_revoked`, a revoked job
-//! `job_revoked`, an expired grant `grant_expired`, a destination the grant does not name
-//! `destination_not_in_grant`, a caller the destination's policy does not allow (at Defer and again
+//! record; a job whose user's session ended (a real sign-in and logout at the provider, whose
+//! back-channel logout token reaches Baton) fails `subject_revoked` while another user's job
+//! runs, a revoked job `job_revoked`, an expired grant `grant_expired`, a destination the grant
+//! does not name `destination_not_in_grant`, a caller the destination's policy does not allow (at Defer and again
 //! at Redeem) `source_not_allowed`; a grant presented through Envoy (or to Exchange) as an ordinary
 //! subject token is refused; malformed requests get `job_request_invalid` and change nothing. Baton
 //! keeps nothing of the job: its token cache is as empty after Defer as before. `baton sts`, the
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use baton_envoy::broker::pb::delegation_broker_client::DelegationBrokerClient;
 use baton_envoy::broker::pb::{DeferRequest, DeferResponse, RedeemRequest, RedeemResponse};
+use baton_test_support::oidc_session::{APP_CLIENT_ID, Session, backchannel_peer};
 use baton_test_support::*;
 use tonic::transport::Channel;
 
@@ -20,6 +22,8 @@ const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 const ADMIN_SECRET: &str = "deferred-admin-secret-for-tests-0123456789";
 const JOBS: &str = "baton-jobs";
+/// What users sign in for at oidc-provider: the audience of their session's access tokens.
+const APP: &str = "https://app.example";
 
 struct Jobs {
     scratch: Scratch,
@@ -42,15 +46,31 @@ impl Jobs {
         let scratch = Scratch::new(BATON_BIN, &format!("deferred-{peer:?}").to_lowercase());
         leaks::secret(ADMIN_SECRET);
         let secret_file = scratch.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
-        let options = PeerOptions {
-            audiences: vec![ORDERS.into(), BILLING.into(), JOBS.into()],
-            ..PeerOptions::default()
+        let audiences = [ORDERS, BILLING, JOBS, APP];
+        // oidc-provider ends sessions by back-channel logout to Baton's admin listener, so its
+        // issuer (its port) is chosen first and it starts once Baton listens; `baton sts` first.
+        let (issuer, sts) = match peer {
+            Peer::OidcProvider => (format!("http://127.0.0.1:{}", free_port()), None),
+            _ => {
+                let options = PeerOptions {
+                    audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+                    ..PeerOptions::default()
+                };
+                let sts = TokenService::start_with(peer, &scratch, options).await;
+                (sts.issuer.clone(), Some(sts))
+            }
         };
-        let idp = TokenService::start_with(peer, &scratch, options).await;
+        let logout = match peer {
+            Peer::OidcProvider => {
+                format!("backchannel_logout:\n  client_id: {APP_CLIENT_ID}\n  issuers: [{issuer}]\n  max_age: 2m\n")
+            }
+            _ => String::new(),
+        };
         let extra = format!(
             r#"trusted_issuers:
   - issuer: {issuer}
-    audiences: [frontend, {CALLER_AUDIENCE}, {JOBS}]
+    audiences: [frontend, {CALLER_AUDIENCE}, {JOBS}, "{APP}"]
+    jwks_min_refetch: 1s
 broker:
   callers: authenticated
   caller_audience: {CALLER_AUDIENCE}
@@ -64,13 +84,12 @@ deferred:
   max_job_id_bytes: 32
   max_destinations: 2
   bind_caller: {bind_caller}
-"#,
-            issuer = idp.issuer,
+{logout}"#,
             secret = secret_file.display(),
         );
         // The standard destinations, and `reports`, whose policy lets only the report worker
         // act for a user there.
-        let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", idp.token_endpoint));
+        let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {issuer}/token"));
         let body = format!(
             r#"token_service:
 {token_service}
@@ -92,6 +111,19 @@ destinations:
 {extra}"#
         );
         let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
+        let idp = match sts {
+            Some(sts) => sts,
+            None => {
+                let port = issuer.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
+                let logout_uri = format!("http://127.0.0.1:{}/backchannel-logout", baton.admin);
+                let idp = backchannel_peer(&scratch, port, &logout_uri, &audiences).await;
+                assert_eq!(idp.issuer, issuer);
+                // Baton tried the provider's JWKS before it was up: past `jwks_min_refetch`, the
+                // first token fetches it again.
+                tokio::time::sleep(Duration::from_millis(1_100)).await;
+                idp
+            }
+        };
         let upstream = Upstream::start().await;
         let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
         let client = broker_client(baton.grpc).await;
@@ -374,31 +406,45 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
         "report-3"
     );
 
-    // A job whose user's session ended fails `subject_revoked`; another user's job runs.
-    let bob = jobs.user("bob", "s-bob").await;
-    let carol = jobs.user("carol", "s-carol").await;
+    // A job whose user's session ended fails `subject_revoked`; another user's job runs. The
+    // session ends at the identity provider (RP-initiated logout), which itself sends Baton the
+    // back-channel logout token: no operator call.
+    let bob = Session::sign_in(&jobs.idp, "bob", APP).await;
+    let carol = Session::sign_in(&jobs.idp, "carol", APP).await;
     let bobs = jobs
-        .defer(&bob, "export-bob", &["orders"], 600)
+        .defer(&bob.access_token, "export-bob", &["orders"], 600)
         .await
         .expect("deferred");
     let carols = jobs
-        .defer(&carol, "export-carol", &["orders"], 600)
+        .defer(&carol.access_token, "export-carol", &["orders"], 600)
         .await
         .expect("deferred");
+    let bound = jobs.idp.verify(&bobs.grant).await;
+    let bound = bound["scope"].as_str().expect("scope");
+    assert!(
+        bound.split(' ').any(|v| v == format!("baton:sid:{}", bob.sid)),
+        "the grant carries bob's session: {bound}"
+    );
     jobs.redeem(&bobs.grant, "orders").await.expect("bob is live");
-    assert_eq!(jobs.post_revoke(r#"{"sid":"s-bob"}"#).await, 200);
+    let (bob_token, carol_sub) = (bob.access_token.clone(), carol.sub.clone());
+    bob.end().await;
     assert_eq!(
         refused(jobs.redeem(&bobs.grant, "orders").await),
         (tonic::Code::Unauthenticated, "subject_revoked".into())
     );
+    let metrics = jobs.baton.metrics().await;
+    assert!(
+        metrics.contains(r#"baton_backchannel_logouts_total{outcome="ok"} 1"#),
+        "{metrics}"
+    );
     jobs.redeem(&carols.grant, "orders").await.expect("carol is live");
-    // A revoked session cannot defer a new job either.
+    // A logged-out session cannot defer a new job either.
     assert_eq!(
-        refused(jobs.defer(&bob, "export-bob-2", &["orders"], 600).await),
+        refused(jobs.defer(&bob_token, "export-bob-2", &["orders"], 600).await),
         (tonic::Code::Unauthenticated, "subject_revoked".into())
     );
-    // By subject, too.
-    assert!(jobs.revoke(&["--sub", "carol"]).await);
+    // By subject, too (`baton revoke --sub`).
+    assert!(jobs.revoke(&["--sub", &carol_sub]).await);
     assert_eq!(
         refused(jobs.redeem(&carols.grant, "orders").await),
         (tonic::Code::Unauthenticated, "subject_revoked".into())
