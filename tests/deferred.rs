@@ -43,29 +43,44 @@ impl Jobs {
     /// With `bind_caller`, grants are bound to the caller that deferred them; Envoy asks Baton
     /// through `api`.
     async fn start(peer: Peer, bind_caller: bool, api: Api) -> Self {
-        let scratch = Scratch::new(BATON_BIN, &format!("deferred-{peer:?}").to_lowercase());
+        Self::start_with(peer, bind_caller, api, false).await
+    }
+
+    /// With `opaque_grants` (oidc-provider), the provider issues job grants opaque, and Baton
+    /// introspects them (`deferred.introspection_endpoint`) at Defer and Redeem.
+    async fn start_with(peer: Peer, bind_caller: bool, api: Api, opaque_grants: bool) -> Self {
+        let scratch = Scratch::new(
+            BATON_BIN,
+            &format!("deferred-{peer:?}{}", if opaque_grants { "-opaque" } else { "" }).to_lowercase(),
+        );
         leaks::secret(ADMIN_SECRET);
         let secret_file = scratch.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
         let audiences = [ORDERS, BILLING, JOBS, APP];
         // oidc-provider ends sessions by back-channel logout to Baton's admin listener, so its
-        // issuer (its port) is chosen first and it starts once Baton listens; `baton sts` first.
-        let (issuer, sts) = match peer {
-            Peer::OidcProvider => (format!("http://127.0.0.1:{}", free_port()), None),
-            _ => {
-                let options = PeerOptions {
-                    audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
-                    ..PeerOptions::default()
-                };
-                let sts = TokenService::start_with(peer, &scratch, options).await;
-                (sts.issuer.clone(), Some(sts))
-            }
+        // issuer (its port) is chosen first and it starts once Baton listens; the others first.
+        let backchannel = peer == Peer::OidcProvider && !opaque_grants;
+        let (issuer, started) = if backchannel {
+            (format!("http://127.0.0.1:{}", free_port()), None)
+        } else {
+            let options = PeerOptions {
+                audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+                env: if opaque_grants {
+                    vec![("OPAQUE_AUDIENCES", JOBS.to_owned())]
+                } else {
+                    Vec::new()
+                },
+                ..PeerOptions::default()
+            };
+            let started = TokenService::start_with(peer, &scratch, options).await;
+            (started.issuer.clone(), Some(started))
         };
-        let logout = match peer {
-            Peer::OidcProvider => {
-                format!("backchannel_logout:\n  client_id: {APP_CLIENT_ID}\n  issuers: [{issuer}]\n  max_age: 2m\n")
-            }
-            _ => String::new(),
-        };
+        let mut tail = String::new();
+        if backchannel {
+            tail = format!("backchannel_logout:\n  client_id: {APP_CLIENT_ID}\n  issuers: [{issuer}]\n  max_age: 2m\n");
+        }
+        if opaque_grants {
+            tail = format!("  introspection_endpoint: {issuer}/token/introspection\n");
+        }
         let extra = format!(
             r#"trusted_issuers:
   - issuer: {issuer}
@@ -84,7 +99,7 @@ deferred:
   max_job_id_bytes: 32
   max_destinations: 2
   bind_caller: {bind_caller}
-{logout}"#,
+{tail}"#,
             secret = secret_file.display(),
         );
         // The standard destinations, and `reports`, whose policy lets only the report worker
@@ -111,8 +126,8 @@ destinations:
 {extra}"#
         );
         let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
-        let idp = match sts {
-            Some(sts) => sts,
+        let idp = match started {
+            Some(started) => started,
             None => {
                 let port = issuer.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
                 let logout_uri = format!("http://127.0.0.1:{}/backchannel-logout", baton.admin);
@@ -575,4 +590,91 @@ async fn baton_sts_issues_job_grants_too() {
         refused(jobs.redeem(&deferred.grant, "orders").await),
         (tonic::Code::Unauthenticated, "subject_revoked".into())
     );
+}
+
+/// Introspection at Redeem (`deferred.introspection_endpoint`), against oidc-provider's own RFC 7662
+/// endpoint: the provider issues job grants opaque (its introspection judges no JWT), Baton reads
+/// and checks each grant from the provider's answer at Defer and Redeem, and a grant the provider
+/// no longer honours (revoked there by RFC 7009, with no signal to Baton) is refused
+/// `grant_inactive` while another job runs. When the endpoint does not answer, Redeem fails closed
+/// with `grant_introspection_failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeem_asks_the_token_service_whether_the_grant_is_live() {
+    let jobs = Jobs::start_with(Peer::OidcProvider, false, Api::ExtAuthz, true).await;
+    let alice = jobs.user("alice", "s-alice").await;
+    let first = jobs
+        .defer(&alice, "export-1", &["orders"], 600)
+        .await
+        .expect("deferred");
+    let second = jobs
+        .defer(&alice, "export-2", &["orders"], 600)
+        .await
+        .expect("deferred");
+    assert!(
+        first.grant.split('.').count() < 3,
+        "the job grant is opaque (OPAQUE_AUDIENCES)"
+    );
+    assert!(first.expires_at > unix_now() as i64 && first.expires_at <= unix_now() as i64 + 601);
+    let redeemed = jobs.redeem(&first.grant, "orders").await.expect("live");
+    assert_eq!(redeemed.job_id, "export-1");
+    let token = jobs.idp.verify(&redeemed.access_token).await;
+    assert_eq!(
+        (audiences(&token), token["sub"].as_str()),
+        (vec![ORDERS.to_owned()], Some("alice"))
+    );
+    // The rules a JWT grant is held to hold for an introspected one too.
+    assert_eq!(
+        refused(jobs.redeem(&first.grant, "billing").await),
+        (tonic::Code::PermissionDenied, "destination_not_in_grant".into())
+    );
+
+    // The provider stops honouring the first grant (RFC 7009 revocation by its client, Baton's):
+    // Baton hears of it only by asking.
+    let revoked = http()
+        .post(format!("{}/token/revocation", jobs.idp.issuer))
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[("token", first.grant.as_str()), ("token_type_hint", "access_token")])
+        .send()
+        .await
+        .expect("POST /token/revocation");
+    assert_eq!(revoked.status().as_u16(), 200);
+    let exchanges = jobs.idp.exchanges().await;
+    assert_eq!(
+        refused(jobs.redeem(&first.grant, "orders").await),
+        (tonic::Code::Unauthenticated, "grant_inactive".into())
+    );
+    // An opaque value the provider never issued is no grant either.
+    assert_eq!(
+        refused(jobs.redeem("never-issued-by-the-provider", "orders").await),
+        (tonic::Code::Unauthenticated, "grant_inactive".into())
+    );
+    assert_eq!(
+        jobs.idp.exchanges().await,
+        exchanges,
+        "a refused grant reached no exchange"
+    );
+    jobs.redeem(&second.grant, "orders").await.expect("the other job runs");
+    let audit = jobs.scratch.0.join("audit.log");
+    wait_until("the grant_inactive audit record", Duration::from_secs(10), || async {
+        std::fs::read_to_string(&audit).unwrap_or_default().lines().any(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            record["reason"] == "grant_inactive"
+        })
+    })
+    .await;
+
+    // No answer (the provider frozen): fail closed once the token service's `timeout` (1s) passes.
+    jobs.idp.signal("STOP");
+    let started = std::time::Instant::now();
+    let answer = jobs.redeem(&second.grant, "orders").await;
+    let waited = started.elapsed();
+    jobs.idp.signal("CONT");
+    assert_eq!(
+        refused(answer),
+        (tonic::Code::Unavailable, "grant_introspection_failed".into())
+    );
+    report::line(&format!(
+        "deferred: a Redeem whose introspection endpoint does not answer is refused after {waited:?} (token service timeout 1s)"
+    ));
+    jobs.redeem(&second.grant, "orders").await.expect("answered again");
 }
