@@ -80,6 +80,7 @@ pub(crate) struct Around<'a> {
     pub broker: Option<&'a crate::callers::Settings>,
     pub remember: Duration,
     pub destinations: &'a [crate::destination::Settings],
+    pub opaque_tokens: crate::verify::OpaqueTokens,
 }
 
 impl Raw {
@@ -189,6 +190,14 @@ impl Raw {
             .introspection_endpoint
             .as_deref()
             .and_then(|text| http_url(text, "deferred.introspection_endpoint", errors));
+        // An opaque grant is told from a user's token only by introspecting it: forwarded unread
+        // through Envoy or Exchange, it would skip Redeem's checks.
+        if introspection_endpoint.is_some() && around.opaque_tokens == crate::verify::OpaqueTokens::Forward {
+            errors.add(
+                "deferred.introspection_endpoint",
+                "allows opaque grants, which `opaque_tokens: forward` would pass unread as subject tokens (use reject or introspect)",
+            );
+        }
         Settings {
             audience,
             grant_issuer,
@@ -582,6 +591,10 @@ destinations:
             ),
             (
                 "deferred: { audience: baton-jobs, grant_issuer: https://sts.example, introspection_endpoint: 'ftp://sts.example/introspect' }",
+                "deferred.introspection_endpoint",
+            ),
+            (
+                "opaque_tokens: forward\ndeferred: { audience: baton-jobs, grant_issuer: https://sts.example, introspection_endpoint: 'https://sts.example/introspect' }",
                 "deferred.introspection_endpoint",
             ),
         ] {
