@@ -7,7 +7,14 @@
 //! `ExtProcPerRoute.overrides.grpc_initial_metadata` entry, `baton-destination: NAME`, which Envoy
 //! sends as gRPC metadata when it opens the stream (see `envoy_config`).
 //!
-//! With `response_header_mode: SEND`, the stream keeps the cache entry that served the request
+//! The generated configuration skips response headers and lets Baton override that per stream
+//! (`allow_mode_override`): a request Baton delegated is answered with a `mode_override` asking for
+//! its response headers (`delegated_mode`), no other is. Envoy's own reply to a request it refused
+//! before any filter ran (a malformed request line) then never waits on Baton: under a static
+//! `response_header_mode: SEND`, Envoy resets that stream while ext_proc holds the reply, and the
+//! client gets an empty connection instead of a 400 (docs/envoy-istio.md).
+//!
+//! With the response headers sent, the stream keeps the cache entry that served the request
 //! (its key and token, never the subject token) until the response headers arrive: a 401 whose
 //! challenge says `invalid_token` purges exactly that entry (`refused`, `Authz::purge_served`), so the
 //! next request exchanges again. Every other response changes nothing.
@@ -16,6 +23,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{BodySendMode, HeaderSendMode};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
@@ -243,7 +252,26 @@ fn reply_and_served(
         }),
         _ => None,
     };
-    (respond::request_headers_reply(outcome, metadata), served)
+    let mut reply = respond::request_headers_reply(outcome, metadata);
+    if served.is_some() {
+        reply.mode_override = Some(delegated_mode());
+    }
+    (reply, served)
+}
+
+/// The processing mode a delegated request's stream asks for: the configured one (request headers
+/// only) with the response headers sent too, for a destination's `invalid_token`. Spelled out
+/// whole: Envoy compares it, field by field, with the configuration's `allowed_override_modes`,
+/// which allows exactly this mode (and refuses the override otherwise, leaving the purge off).
+pub fn delegated_mode() -> ProcessingMode {
+    ProcessingMode {
+        request_header_mode: HeaderSendMode::Send.into(),
+        response_header_mode: HeaderSendMode::Send.into(),
+        request_body_mode: BodySendMode::None.into(),
+        response_body_mode: BodySendMode::None.into(),
+        request_trailer_mode: HeaderSendMode::Skip.into(),
+        response_trailer_mode: HeaderSendMode::Skip.into(),
+    }
 }
 
 #[cfg(test)]
