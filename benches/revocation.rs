@@ -165,6 +165,11 @@ async fn hits(scratch: &Scratch, baton: u16, mode: &str, token: &str) -> (f64, D
     bootstrap.replace_range(start..end, "");
     assert!(bootstrap.contains("response_header_mode: SKIP"));
     bootstrap = bootstrap.replace("response_header_mode: SKIP", &format!("response_header_mode: {mode}"));
+    // SKIP is the baseline without any response headers: the harness lets a delegated stream ask
+    // for them (`mode_override`), which this measure turns off.
+    if mode == "SKIP" {
+        bootstrap = bootstrap.replace("allow_mode_override: true", "allow_mode_override: false");
+    }
     let envoy = Envoy::start_with_bootstrap(scratch, &bootstrap).await;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CONCURRENCY)
