@@ -51,7 +51,12 @@ async fn run() {
     let mut by_destination = Vec::new();
     let mut by_served = Vec::new();
     for round in 0..ROUNDS * 2 {
-        let Ok(Allow::Delegate { token: old, key, .. }) = decide(&authz, &request).await else {
+        let Ok(Allow::Delegate {
+            token: old,
+            key: Some(key),
+            ..
+        }) = decide(&authz, &request).await
+        else {
             panic!("delegated")
         };
         let started = Instant::now();

@@ -243,7 +243,7 @@ fn reply_and_served(
         Ok(Allow::Delegate {
             destination,
             token,
-            key,
+            key: Some(key),
             ..
         }) => Some(Served {
             destination: destination.name.clone(),

@@ -537,7 +537,7 @@ mod tests {
             destination: route.clone(),
             token: delegated(),
             cache: baton_core::cache::CacheStatus::Hit,
-            key: [0; 32],
+            key: None,
         });
         let m = metadata(&outcome, None);
         assert_eq!(text(&m, "decision").as_deref(), Some("delegate"));
