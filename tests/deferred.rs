@@ -46,8 +46,9 @@ impl Jobs {
         Self::start_with(peer, bind_caller, api, false).await
     }
 
-    /// With `opaque_grants` (oidc-provider), the provider issues job grants opaque, and Baton
-    /// introspects them (`deferred.introspection_endpoint`) at Defer and Redeem.
+    /// With `opaque_grants`, oidc-provider issues job grants opaque, and Baton introspects them
+    /// (`deferred.introspection_endpoint`) at Defer and Redeem; `baton sts` keeps issuing JWT
+    /// grants, which Redeem then introspects after its own checks.
     async fn start_with(peer: Peer, bind_caller: bool, api: Api, opaque_grants: bool) -> Self {
         let scratch = Scratch::new(
             BATON_BIN,
@@ -79,7 +80,12 @@ impl Jobs {
             tail = format!("backchannel_logout:\n  client_id: {APP_CLIENT_ID}\n  issuers: [{issuer}]\n  max_age: 2m\n");
         }
         if opaque_grants {
-            tail = format!("  introspection_endpoint: {issuer}/token/introspection\n");
+            // oidc-provider's RFC 7662 endpoint, or `baton sts`'s (which also introspects JWTs).
+            let path = match peer {
+                Peer::OidcProvider => "token/introspection",
+                _ => "introspect",
+            };
+            tail = format!("  introspection_endpoint: {issuer}/{path}\n");
         }
         let extra = format!(
             r#"trusted_issuers:
@@ -677,4 +683,24 @@ async fn redeem_asks_the_token_service_whether_the_grant_is_live() {
         "deferred: a Redeem whose introspection endpoint does not answer is refused after {waited:?} (token service timeout 1s)"
     ));
     jobs.redeem(&second.grant, "orders").await.expect("answered again");
+}
+
+/// A JWT grant is introspected too, after Redeem's own checks (`baton sts` introspects JWTs): the
+/// job runs while the token service answers, and fails closed while it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_grant_is_introspected_at_redeem_too() {
+    let jobs = Jobs::start_with(Peer::BatonSts, false, Api::ExtAuthz, true).await;
+    let alice = jobs.user("alice", "s-alice").await;
+    let deferred = jobs.defer(&alice, "nightly", &["orders"], 120).await.expect("deferred");
+    assert_eq!(deferred.grant.split('.').count(), 3, "a JWT grant");
+    jobs.redeem(&deferred.grant, "orders").await.expect("live");
+    jobs.idp.signal("STOP");
+    let answer = jobs.redeem(&deferred.grant, "orders").await;
+    jobs.idp.signal("CONT");
+    assert_eq!(
+        refused(answer),
+        (tonic::Code::Unavailable, "grant_introspection_failed".into()),
+        "introspection comes before the exchange"
+    );
+    jobs.redeem(&deferred.grant, "orders").await.expect("answered again");
 }
