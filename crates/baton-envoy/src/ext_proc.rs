@@ -320,6 +320,34 @@ mod tests {
             .expect("connect")
     }
 
+    /// Only a request Baton delegated from a cache entry asks for its response headers (the one
+    /// thing they are read for is purging that entry); nothing else costs Envoy a second message.
+    #[test]
+    fn only_a_delegated_stream_asks_for_its_response_headers() {
+        use baton_core::cache::CacheStatus;
+        let delegate = |key| {
+            Ok(Allow::Delegate {
+                destination: crate::respond::tests::orders(),
+                token: crate::respond::tests::delegated(),
+                cache: CacheStatus::Hit,
+                key,
+            })
+        };
+        let (reply, served) = reply_and_served(&delegate(Some([7; 32])), None);
+        assert_eq!(reply.mode_override, Some(delegated_mode()));
+        assert_eq!(served.map(|s| s.key), Some([7; 32]));
+        for outcome in [
+            delegate(None),
+            Ok(Allow::Strip),
+            Ok(Allow::Passthrough),
+            Err(Denial::new(Reason::MissingToken, "no token")),
+        ] {
+            let (reply, served) = reply_and_served(&outcome, None);
+            assert_eq!(reply.mode_override, None);
+            assert!(served.is_none());
+        }
+    }
+
     fn headers(lines: &[(&str, &str)]) -> HttpHeaders {
         HttpHeaders {
             headers: Some(HeaderMap {
