@@ -51,7 +51,12 @@ async fn run() {
     let mut by_destination = Vec::new();
     let mut by_served = Vec::new();
     for round in 0..ROUNDS * 2 {
-        let Ok(Allow::Delegate { token: old, key, .. }) = decide(&authz, &request).await else {
+        let Ok(Allow::Delegate {
+            token: old,
+            key: Some(key),
+            ..
+        }) = decide(&authz, &request).await
+        else {
             panic!("delegated")
         };
         let started = Instant::now();
@@ -165,6 +170,11 @@ async fn hits(scratch: &Scratch, baton: u16, mode: &str, token: &str) -> (f64, D
     bootstrap.replace_range(start..end, "");
     assert!(bootstrap.contains("response_header_mode: SKIP"));
     bootstrap = bootstrap.replace("response_header_mode: SKIP", &format!("response_header_mode: {mode}"));
+    // SKIP is the baseline without any response headers: the harness lets a delegated stream ask
+    // for them (`mode_override`), which this measure turns off.
+    if mode == "SKIP" {
+        bootstrap = bootstrap.replace("allow_mode_override: true", "allow_mode_override: false");
+    }
     let envoy = Envoy::start_with_bootstrap(scratch, &bootstrap).await;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CONCURRENCY)

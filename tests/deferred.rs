@@ -1,9 +1,10 @@
 //! Deferred jobs end to end (issue 14 §4), against the real panva oidc-provider as the token
 //! service and the real Envoy: a worker's `Defer` obtains a grant bound to the job, `Redeem` later
 //! exchanges it for a destination's token while the user is live, with the job id in the audit
-//! record; a job whose user's session was revoked fails `subject_revoked`, a revoked job
-//! `job_revoked`, an expired grant `grant_expired`, a destination the grant does not name
-//! `destination_not_in_grant`, a caller the destination's policy does not allow (at Defer and again
+//! record; a job whose user's session ended (a real sign-in and logout at the provider, whose
+//! back-channel logout token reaches Baton) fails `subject_revoked` while another user's job
+//! runs, a revoked job `job_revoked`, an expired grant `grant_expired`, a destination the grant
+//! does not name `destination_not_in_grant`, a caller the destination's policy does not allow (at Defer and again
 //! at Redeem) `source_not_allowed`; a grant presented through Envoy (or to Exchange) as an ordinary
 //! subject token is refused; malformed requests get `job_request_invalid` and change nothing. Baton
 //! keeps nothing of the job: its token cache is as empty after Defer as before. `baton sts`, the
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use baton_envoy::broker::pb::delegation_broker_client::DelegationBrokerClient;
 use baton_envoy::broker::pb::{DeferRequest, DeferResponse, RedeemRequest, RedeemResponse};
+use baton_test_support::oidc_session::{APP_CLIENT_ID, Session, backchannel_peer};
 use baton_test_support::*;
 use tonic::transport::Channel;
 
@@ -20,6 +22,8 @@ const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 const ADMIN_SECRET: &str = "deferred-admin-secret-for-tests-0123456789";
 const JOBS: &str = "baton-jobs";
+/// What users sign in for at oidc-provider: the audience of their session's access tokens.
+const APP: &str = "https://app.example";
 
 struct Jobs {
     scratch: Scratch,
@@ -39,18 +43,55 @@ impl Jobs {
     /// With `bind_caller`, grants are bound to the caller that deferred them; Envoy asks Baton
     /// through `api`.
     async fn start(peer: Peer, bind_caller: bool, api: Api) -> Self {
-        let scratch = Scratch::new(BATON_BIN, &format!("deferred-{peer:?}").to_lowercase());
+        Self::start_with(peer, bind_caller, api, false).await
+    }
+
+    /// With `opaque_grants`, oidc-provider issues job grants opaque, and Baton introspects them
+    /// (`deferred.introspection_endpoint`) at Defer and Redeem; `baton sts` keeps issuing JWT
+    /// grants, which Redeem then introspects after its own checks.
+    async fn start_with(peer: Peer, bind_caller: bool, api: Api, opaque_grants: bool) -> Self {
+        let scratch = Scratch::new(
+            BATON_BIN,
+            &format!("deferred-{peer:?}{}", if opaque_grants { "-opaque" } else { "" }).to_lowercase(),
+        );
         leaks::secret(ADMIN_SECRET);
         let secret_file = scratch.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
-        let options = PeerOptions {
-            audiences: vec![ORDERS.into(), BILLING.into(), JOBS.into()],
-            ..PeerOptions::default()
+        let audiences = [ORDERS, BILLING, JOBS, APP];
+        // oidc-provider ends sessions by back-channel logout to Baton's admin listener, so its
+        // issuer (its port) is chosen first and it starts once Baton listens; the others first.
+        let backchannel = peer == Peer::OidcProvider && !opaque_grants;
+        let (issuer, started) = if backchannel {
+            (format!("http://127.0.0.1:{}", free_port()), None)
+        } else {
+            let options = PeerOptions {
+                audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+                env: if opaque_grants {
+                    vec![("OPAQUE_AUDIENCES", JOBS.to_owned())]
+                } else {
+                    Vec::new()
+                },
+                ..PeerOptions::default()
+            };
+            let started = TokenService::start_with(peer, &scratch, options).await;
+            (started.issuer.clone(), Some(started))
         };
-        let idp = TokenService::start_with(peer, &scratch, options).await;
+        let mut tail = String::new();
+        if backchannel {
+            tail = format!("backchannel_logout:\n  client_id: {APP_CLIENT_ID}\n  issuers: [{issuer}]\n  max_age: 2m\n");
+        }
+        if opaque_grants {
+            // oidc-provider's RFC 7662 endpoint, or `baton sts`'s (which also introspects JWTs).
+            let path = match peer {
+                Peer::OidcProvider => "token/introspection",
+                _ => "introspect",
+            };
+            tail = format!("  introspection_endpoint: {issuer}/{path}\n");
+        }
         let extra = format!(
             r#"trusted_issuers:
   - issuer: {issuer}
-    audiences: [frontend, {CALLER_AUDIENCE}, {JOBS}]
+    audiences: [frontend, {CALLER_AUDIENCE}, {JOBS}, "{APP}"]
+    jwks_min_refetch: 1s
 broker:
   callers: authenticated
   caller_audience: {CALLER_AUDIENCE}
@@ -64,13 +105,12 @@ deferred:
   max_job_id_bytes: 32
   max_destinations: 2
   bind_caller: {bind_caller}
-"#,
-            issuer = idp.issuer,
+{tail}"#,
             secret = secret_file.display(),
         );
         // The standard destinations, and `reports`, whose policy lets only the report worker
         // act for a user there.
-        let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {}", idp.token_endpoint));
+        let token_service = basic_auth_to(&scratch, &format!("token_endpoint: {issuer}/token"));
         let body = format!(
             r#"token_service:
 {token_service}
@@ -92,6 +132,19 @@ destinations:
 {extra}"#
         );
         let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
+        let idp = match started {
+            Some(started) => started,
+            None => {
+                let port = issuer.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
+                let logout_uri = format!("http://127.0.0.1:{}/backchannel-logout", baton.admin);
+                let idp = backchannel_peer(&scratch, port, &logout_uri, &audiences).await;
+                assert_eq!(idp.issuer, issuer);
+                // Baton tried the provider's JWKS before it was up: past `jwks_min_refetch`, the
+                // first token fetches it again.
+                tokio::time::sleep(Duration::from_millis(1_100)).await;
+                idp
+            }
+        };
         let upstream = Upstream::start().await;
         let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
         let client = broker_client(baton.grpc).await;
@@ -374,31 +427,45 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
         "report-3"
     );
 
-    // A job whose user's session ended fails `subject_revoked`; another user's job runs.
-    let bob = jobs.user("bob", "s-bob").await;
-    let carol = jobs.user("carol", "s-carol").await;
+    // A job whose user's session ended fails `subject_revoked`; another user's job runs. The
+    // session ends at the identity provider (RP-initiated logout), which itself sends Baton the
+    // back-channel logout token: no operator call.
+    let bob = Session::sign_in(&jobs.idp, "bob", APP).await;
+    let carol = Session::sign_in(&jobs.idp, "carol", APP).await;
     let bobs = jobs
-        .defer(&bob, "export-bob", &["orders"], 600)
+        .defer(&bob.access_token, "export-bob", &["orders"], 600)
         .await
         .expect("deferred");
     let carols = jobs
-        .defer(&carol, "export-carol", &["orders"], 600)
+        .defer(&carol.access_token, "export-carol", &["orders"], 600)
         .await
         .expect("deferred");
+    let bound = jobs.idp.verify(&bobs.grant).await;
+    let bound = bound["scope"].as_str().expect("scope");
+    assert!(
+        bound.split(' ').any(|v| v == format!("baton:sid:{}", bob.sid)),
+        "the grant carries bob's session: {bound}"
+    );
     jobs.redeem(&bobs.grant, "orders").await.expect("bob is live");
-    assert_eq!(jobs.post_revoke(r#"{"sid":"s-bob"}"#).await, 200);
+    let (bob_token, carol_sub) = (bob.access_token.clone(), carol.sub.clone());
+    bob.end().await;
     assert_eq!(
         refused(jobs.redeem(&bobs.grant, "orders").await),
         (tonic::Code::Unauthenticated, "subject_revoked".into())
     );
+    let metrics = jobs.baton.metrics().await;
+    assert!(
+        metrics.contains(r#"baton_backchannel_logouts_total{outcome="ok"} 1"#),
+        "{metrics}"
+    );
     jobs.redeem(&carols.grant, "orders").await.expect("carol is live");
-    // A revoked session cannot defer a new job either.
+    // A logged-out session cannot defer a new job either.
     assert_eq!(
-        refused(jobs.defer(&bob, "export-bob-2", &["orders"], 600).await),
+        refused(jobs.defer(&bob_token, "export-bob-2", &["orders"], 600).await),
         (tonic::Code::Unauthenticated, "subject_revoked".into())
     );
-    // By subject, too.
-    assert!(jobs.revoke(&["--sub", "carol"]).await);
+    // By subject, too (`baton revoke --sub`).
+    assert!(jobs.revoke(&["--sub", &carol_sub]).await);
     assert_eq!(
         refused(jobs.redeem(&carols.grant, "orders").await),
         (tonic::Code::Unauthenticated, "subject_revoked".into())
@@ -529,4 +596,111 @@ async fn baton_sts_issues_job_grants_too() {
         refused(jobs.redeem(&deferred.grant, "orders").await),
         (tonic::Code::Unauthenticated, "subject_revoked".into())
     );
+}
+
+/// Introspection at Redeem (`deferred.introspection_endpoint`), against oidc-provider's own RFC 7662
+/// endpoint: the provider issues job grants opaque (its introspection judges no JWT), Baton reads
+/// and checks each grant from the provider's answer at Defer and Redeem, and a grant the provider
+/// no longer honours (revoked there by RFC 7009, with no signal to Baton) is refused
+/// `grant_inactive` while another job runs. When the endpoint does not answer, Redeem fails closed
+/// with `grant_introspection_failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeem_asks_the_token_service_whether_the_grant_is_live() {
+    let jobs = Jobs::start_with(Peer::OidcProvider, false, Api::ExtAuthz, true).await;
+    let alice = jobs.user("alice", "s-alice").await;
+    let first = jobs
+        .defer(&alice, "export-1", &["orders"], 600)
+        .await
+        .expect("deferred");
+    let second = jobs
+        .defer(&alice, "export-2", &["orders"], 600)
+        .await
+        .expect("deferred");
+    assert!(
+        first.grant.split('.').count() < 3,
+        "the job grant is opaque (OPAQUE_AUDIENCES)"
+    );
+    assert!(first.expires_at > unix_now() as i64 && first.expires_at <= unix_now() as i64 + 601);
+    let redeemed = jobs.redeem(&first.grant, "orders").await.expect("live");
+    assert_eq!(redeemed.job_id, "export-1");
+    let token = jobs.idp.verify(&redeemed.access_token).await;
+    assert_eq!(
+        (audiences(&token), token["sub"].as_str()),
+        (vec![ORDERS.to_owned()], Some("alice"))
+    );
+    // The rules a JWT grant is held to hold for an introspected one too.
+    assert_eq!(
+        refused(jobs.redeem(&first.grant, "billing").await),
+        (tonic::Code::PermissionDenied, "destination_not_in_grant".into())
+    );
+
+    // The provider stops honouring the first grant (RFC 7009 revocation by its client, Baton's):
+    // Baton hears of it only by asking.
+    let revoked = http()
+        .post(format!("{}/token/revocation", jobs.idp.issuer))
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[("token", first.grant.as_str()), ("token_type_hint", "access_token")])
+        .send()
+        .await
+        .expect("POST /token/revocation");
+    assert_eq!(revoked.status().as_u16(), 200);
+    let exchanges = jobs.idp.exchanges().await;
+    assert_eq!(
+        refused(jobs.redeem(&first.grant, "orders").await),
+        (tonic::Code::Unauthenticated, "grant_inactive".into())
+    );
+    // An opaque value the provider never issued is no grant either.
+    assert_eq!(
+        refused(jobs.redeem("never-issued-by-the-provider", "orders").await),
+        (tonic::Code::Unauthenticated, "grant_inactive".into())
+    );
+    assert_eq!(
+        jobs.idp.exchanges().await,
+        exchanges,
+        "a refused grant reached no exchange"
+    );
+    jobs.redeem(&second.grant, "orders").await.expect("the other job runs");
+    let audit = jobs.scratch.0.join("audit.log");
+    wait_until("the grant_inactive audit record", Duration::from_secs(10), || async {
+        std::fs::read_to_string(&audit).unwrap_or_default().lines().any(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            record["reason"] == "grant_inactive"
+        })
+    })
+    .await;
+
+    // No answer (the provider frozen): fail closed once the token service's `timeout` (1s) passes.
+    jobs.idp.signal("STOP");
+    let started = std::time::Instant::now();
+    let answer = jobs.redeem(&second.grant, "orders").await;
+    let waited = started.elapsed();
+    jobs.idp.signal("CONT");
+    assert_eq!(
+        refused(answer),
+        (tonic::Code::Unavailable, "grant_introspection_failed".into())
+    );
+    report::line(&format!(
+        "deferred: a Redeem whose introspection endpoint does not answer is refused after {waited:?} (token service timeout 1s)"
+    ));
+    jobs.redeem(&second.grant, "orders").await.expect("answered again");
+}
+
+/// A JWT grant is introspected too, after Redeem's own checks (`baton sts` introspects JWTs): the
+/// job runs while the token service answers, and fails closed while it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_grant_is_introspected_at_redeem_too() {
+    let jobs = Jobs::start_with(Peer::BatonSts, false, Api::ExtAuthz, true).await;
+    let alice = jobs.user("alice", "s-alice").await;
+    let deferred = jobs.defer(&alice, "nightly", &["orders"], 120).await.expect("deferred");
+    assert_eq!(deferred.grant.split('.').count(), 3, "a JWT grant");
+    jobs.redeem(&deferred.grant, "orders").await.expect("live");
+    jobs.idp.signal("STOP");
+    let answer = jobs.redeem(&deferred.grant, "orders").await;
+    jobs.idp.signal("CONT");
+    assert_eq!(
+        refused(answer),
+        (tonic::Code::Unavailable, "grant_introspection_failed".into()),
+        "introspection comes before the exchange"
+    );
+    jobs.redeem(&deferred.grant, "orders").await.expect("answered again");
 }

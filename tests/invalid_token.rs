@@ -31,6 +31,12 @@ struct Setup {
 
 impl Setup {
     async fn start(api: Api, name: &str) -> Self {
+        Self::start_with(api, name, false).await
+    }
+
+    /// With `generated`, Envoy runs what `baton envoy-config` writes (its outbound cluster pointed
+    /// at the stand-in destination) rather than the harness's hand-written bootstrap.
+    async fn start_with(api: Api, name: &str, generated: bool) -> Self {
         let scratch = Scratch::new(BATON_BIN, name);
         leaks::secret(ADMIN_SECRET);
         let secret_file = scratch.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
@@ -38,10 +44,29 @@ impl Setup {
         let extra = format!("revocation:\n  admin_secret_file: {}\n", secret_file.display());
         let baton = Baton::start(&scratch, &service.token_endpoint, &extra).await;
         let destination = StandInDestination::start().await;
-        // Response headers sent to Baton: not yet the harness's (nor `baton envoy-config`'s) default.
-        let bootstrap = envoy_bootstrap_for(api, free_port(), baton.grpc, destination.port)
-            .replace("response_header_mode: SKIP", "response_header_mode: SEND");
-        let envoy = Envoy::start_with_bootstrap(&scratch, &bootstrap).await;
+        // The harness's configuration as it is: response headers skipped, but a delegated stream
+        // asks for its own (`mode_override`), as under `baton envoy-config`.
+        let envoy = if generated {
+            let api = match api {
+                Api::ExtAuthz => "ext_authz",
+                Api::ExtProc => "ext_proc",
+            };
+            let out = std::process::Command::new(BATON_BIN)
+                .arg("envoy-config")
+                .arg("--config")
+                .arg(scratch.0.join("baton.yaml"))
+                .args(["--api", api, "--listen", &format!("127.0.0.1:{}", free_port())])
+                .output()
+                .expect("run baton envoy-config");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let mut bootstrap: serde_json::Value =
+                serde_saphyr::from_str(&String::from_utf8_lossy(&out.stdout)).expect("YAML");
+            to_test_upstream(&mut bootstrap, destination.port);
+            let bootstrap = baton_envoy::envoy_config::to_yaml(&bootstrap).expect("yaml");
+            Envoy::start_with_bootstrap(&scratch, &bootstrap).await
+        } else {
+            Envoy::start_for(api, &scratch, baton.grpc, destination.port).await
+        };
         Self {
             scratch,
             service,
@@ -277,4 +302,22 @@ async fn the_operator_purges_one_destination_and_nobody_is_revoked() {
             &serde_json::json!(2)
         )
     );
+}
+
+/// What `baton envoy-config` writes purges too: response headers are skipped but for a delegated
+/// request's stream (`mode_override`, allowed by the generated `allowed_override_modes`), and its
+/// `forward_rules` let `:status` and `www-authenticate` through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_envoy_configuration_purges_by_default() {
+    let setup = Setup::start_with(Api::ExtProc, "invalid-token-generated", true).await;
+    let svc = &setup.service;
+    let alice = svc.mint_with(&[("sub", "alice"), ("scope", "orders.read")]).await;
+    let start = svc.exchanges().await;
+    let first = setup.delegated(&alice).await;
+    assert_eq!(setup.delegated(&alice).await, first, "served from the cache");
+    let reply = setup.get("/refuse", &alice).await;
+    assert_eq!(reply.status, 401, "{:?}", reply.body);
+    let second = setup.delegated(&alice).await;
+    assert_ne!(second, first, "the refused token was purged: a new one");
+    assert_eq!(svc.exchanges().await, start + 2);
 }

@@ -427,6 +427,40 @@ async fn a_verified_subject_is_revoked_by_issuer_and_sub() {
         reply.body
     );
     assert!(stack.baton.metrics().await.contains("baton_revocations_remembered 2"));
+
+    // By e-mail address (`baton revoke --email`): the verified `email` claim, whatever its case.
+    let carol = svc
+        .mint_with(&[
+            ("sub", "carol"),
+            ("scope", "orders.read"),
+            ("aud", "frontend"),
+            ("claims", r#"{"email":"Carol@Example.com"}"#),
+        ])
+        .await;
+    assert_eq!(stack.get(&carol).await.status, 200);
+    let (ok, answer, stderr) = stack.revoke(&["--email", "carol@EXAMPLE.com"]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        answer["purged"], 2,
+        "her delegated token and her verified subject: {answer}"
+    );
+    let reply = stack.get(&carol).await;
+    assert_eq!(
+        (reply.status, reply.reason()),
+        (401, "subject_revoked"),
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(stack.get(&bob).await.status, 200, "bob has another address");
+    let (ok, _, stderr) = stack.revoke(&["--email", "not an address"]).await;
+    assert!(!ok && stderr.contains("malformed_email"), "{stderr}");
+    assert!(
+        stack
+            .baton
+            .metrics()
+            .await
+            .contains(r#"baton_revocations_total{event="operator",kind="email",outcome="ok"} 1"#)
+    );
 }
 
 /// Without `revocation.admin_secret_file` the endpoint is not there at all.

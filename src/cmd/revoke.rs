@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("selector").required(true).args(["sub", "sid", "all", "destination", "job"])))]
+#[command(group(clap::ArgGroup::new("selector").required(true).args(["sub", "sid", "all", "destination", "job", "email"])))]
 pub(crate) struct Args {
     /// Baton's admin listener, as `listen.admin` serves it (`http://127.0.0.1:9901`).
     #[arg(long, value_name = "URL")]
@@ -33,6 +33,10 @@ pub(crate) struct Args {
     /// Revoke one deferred job: its grants are refused at Redeem (`job_revoked`).
     #[arg(long, value_name = "JOB")]
     job: Option<String>,
+    /// Revoke a user by e-mail address: matched against the verified `email` claim of their
+    /// tokens, case-insensitively (as a Shared Signals `email` subject is).
+    #[arg(long, value_name = "ADDRESS")]
+    email: Option<String>,
     /// How long to wait for Baton's answer, in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300), value_name = "SECONDS")]
     timeout: u64,
@@ -55,6 +59,9 @@ impl Args {
     fn body(&self) -> serde_json::Value {
         if let Some(job) = &self.job {
             return serde_json::json!({ "job": job });
+        }
+        if let Some(email) = &self.email {
+            return serde_json::json!({ "email": email });
         }
         match (&self.sub, &self.sid, &self.destination) {
             (Some(sub), _, _) => match &self.issuer {

@@ -333,7 +333,7 @@ impl Authz {
                     destination: destination.clone(),
                     token,
                     cache,
-                    key,
+                    key: Some(key),
                 })
             }
         }

@@ -169,6 +169,7 @@ impl RawConfig {
                 broker: broker.as_ref(),
                 remember: revocation.remember,
                 destinations: &destinations,
+                opaque_tokens: self.opaque_tokens,
             };
             d.validate(&around, errors)
         });

@@ -18,8 +18,9 @@ pub enum Allow {
         destination: Arc<Destination>,
         token: Arc<Delegated>,
         cache: CacheStatus,
-        /// The cache entry that served it: what a destination's `invalid_token` purges.
-        key: Key,
+        /// The cache entry that served it: what a destination's `invalid_token` purges. `None`
+        /// for a token that is never cached (a job grant, a Redeem's token): nothing to purge.
+        key: Option<Key>,
     },
     /// Remove `Authorization`: the destination is not configured (`unknown_destination: strip`).
     Strip,

@@ -18,7 +18,7 @@ use crate::jwt;
 use crate::verify::IssuerConfig;
 use baton_decide::policy::Policy;
 use baton_decide::reason::{Denial, Reason};
-use baton_decide::settings::{Errors, duration};
+use baton_decide::settings::{Errors, duration, http_url};
 
 // === The `deferred:` section ===
 
@@ -43,6 +43,12 @@ pub struct Raw {
     /// Bind each grant to the broker caller that deferred it (`baton:caller:<its sub or identity>`):
     /// only that caller may redeem it (default false: a queue's worker is often another workload).
     pub bind_caller: Option<bool>,
+    /// The token service's RFC 7662 introspection endpoint: Redeem asks it whether the grant is
+    /// still active (a user disabled or logged out there, a grant revoked there, whether or not a
+    /// signal reached Baton) and refuses `grant_inactive` when not; an error or no answer within
+    /// the token service's `timeout` refuses `grant_introspection_failed`. Opaque grants (a token
+    /// service that issues them so) are read from its answer; they need this. Default: none.
+    pub introspection_endpoint: Option<String>,
 }
 
 /// The validated `deferred:` section.
@@ -55,6 +61,7 @@ pub struct Settings {
     pub max_job_id_bytes: usize,
     pub max_destinations: usize,
     pub bind_caller: bool,
+    pub introspection_endpoint: Option<url::Url>,
 }
 
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -73,6 +80,7 @@ pub(crate) struct Around<'a> {
     pub broker: Option<&'a crate::callers::Settings>,
     pub remember: Duration,
     pub destinations: &'a [crate::destination::Settings],
+    pub opaque_tokens: crate::verify::OpaqueTokens,
 }
 
 impl Raw {
@@ -178,6 +186,18 @@ impl Raw {
                 "binds a grant to its caller's identity, and `broker.callers: any` identifies no caller",
             );
         }
+        let introspection_endpoint = self
+            .introspection_endpoint
+            .as_deref()
+            .and_then(|text| http_url(text, "deferred.introspection_endpoint", errors));
+        // An opaque grant is told from a user's token only by introspecting it: forwarded unread
+        // through Envoy or Exchange, it would skip Redeem's checks.
+        if introspection_endpoint.is_some() && around.opaque_tokens == crate::verify::OpaqueTokens::Forward {
+            errors.add(
+                "deferred.introspection_endpoint",
+                "allows opaque grants, which `opaque_tokens: forward` would pass unread as subject tokens (use reject or introspect)",
+            );
+        }
         Settings {
             audience,
             grant_issuer,
@@ -186,6 +206,7 @@ impl Raw {
             max_job_id_bytes,
             max_destinations,
             bind_caller,
+            introspection_endpoint,
         }
     }
 }
@@ -375,12 +396,12 @@ pub(crate) fn not_a_grant(deferred: Option<&Deferred>, claims: &Map<String, Valu
     }
 }
 
+/// The `deferred::Settings` and `Binding` the unit tests of this module and of `jobs` share.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
-    use serde_json::json;
 
-    fn settings() -> Settings {
+    pub(crate) fn settings() -> Settings {
         Settings {
             audience: "baton-jobs".into(),
             grant_issuer: "https://sts".into(),
@@ -389,10 +410,11 @@ mod tests {
             max_job_id_bytes: 16,
             max_destinations: 3,
             bind_caller: false,
+            introspection_endpoint: None,
         }
     }
 
-    fn binding() -> Binding {
+    pub(crate) fn binding() -> Binding {
         Binding {
             job: "report-7".into(),
             destinations: vec!["orders".into(), "billing".into()],
@@ -402,6 +424,13 @@ mod tests {
             caller: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{binding, settings};
+    use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_binding_reads_back_from_its_scope_and_nothing_else_does() {
@@ -496,6 +525,17 @@ destinations:
             .map(|d| d.max_age),
             Some(Duration::from_secs(7200))
         );
+        assert_eq!(
+            config(
+                "deferred: { audience: baton-jobs, grant_issuer: https://sts.example, introspection_endpoint: 'https://sts.example/introspect' }",
+                BROKER
+            )
+            .expect("an introspection endpoint")
+            .deferred
+            .and_then(|d| d.introspection_endpoint)
+            .map(String::from),
+            Some("https://sts.example/introspect".to_owned())
+        );
     }
 
     #[test]
@@ -548,6 +588,14 @@ destinations:
             (
                 "deferred: { audience: baton-jobs, grant_issuer: https://sts.example, unknown: 1 }",
                 "(yaml)",
+            ),
+            (
+                "deferred: { audience: baton-jobs, grant_issuer: https://sts.example, introspection_endpoint: 'ftp://sts.example/introspect' }",
+                "deferred.introspection_endpoint",
+            ),
+            (
+                "opaque_tokens: forward\ndeferred: { audience: baton-jobs, grant_issuer: https://sts.example, introspection_endpoint: 'https://sts.example/introspect' }",
+                "deferred.introspection_endpoint",
             ),
         ] {
             // `bind_caller` is judged against `callers: any`, which identifies no caller.

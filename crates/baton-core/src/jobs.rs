@@ -18,6 +18,7 @@ use crate::decision::Destination;
 use crate::deferred::{Binding, Deferred, Settings, grant_as_subject_token, is_name, is_scope_token};
 use crate::jwt;
 use crate::revocation::Holder;
+use crate::verify::Subject;
 use baton_decide::reason::{Denial, Reason};
 
 /// A Defer request, as the broker received it.
@@ -119,10 +120,25 @@ pub async fn defer(authz: &Authz, request: &DeferRequest<'_>, caller: &Caller<'_
     let grant = authz
         .exchange(&deferred.route, subject_token, Some(&subject), Some(&scope), key)
         .await?;
-    let expires_at = check_issued(grant.token(), &binding, settings, subject.sub(), now).map_err(|why| {
+    let unbound = |why: &'static str| {
         tracing::warn!(job = %binding.job, issued = %grant.fingerprint(), why, "the issued grant is refused");
         Denial::new(Reason::IssuedGrantUnbound, why)
-    })?;
+    };
+    let issued = match (jwt::Unverified::parse(grant.token()), &settings.introspection_endpoint) {
+        (Ok(Some(claims)), _) => claims,
+        // An opaque grant: what the token service says of it is all there is to check.
+        (Ok(None), Some(endpoint)) => {
+            let claims = introspect(deferred, endpoint, grant.token()).await?;
+            serde_json::from_value(Value::Object(claims))
+                .map_err(|_| unbound("the introspection answer's claims are not a JWT's claims"))?
+        }
+        _ => {
+            return Err(unbound(
+                "the grant is not a JWT (an opaque grant needs deferred.introspection_endpoint)",
+            ));
+        }
+    };
+    let expires_at = check_issued(&issued, &binding, settings, subject.sub(), now).map_err(unbound)?;
     Ok(Grant { grant, expires_at })
 }
 
@@ -143,16 +159,12 @@ fn bound_caller(settings: &Settings, caller: &Caller<'_>) -> Result<Option<Strin
 /// Does the grant the token service issued carry exactly the job's binding, for this user, within
 /// its maximum age? Its `exp` when it does.
 fn check_issued(
-    token: &str,
+    claims: &jwt::Unverified,
     binding: &Binding,
     settings: &Settings,
     sub: Option<&str>,
     now: u64,
 ) -> Result<i64, &'static str> {
-    let claims = jwt::Unverified::parse(token)
-        .ok()
-        .flatten()
-        .ok_or("the grant is not a JWT")?;
     let aud_is_ours = match &claims.aud {
         Some(Value::String(aud)) => *aud == settings.audience,
         Some(Value::Array(auds)) => auds.len() == 1 && auds[0].as_str() == Some(&settings.audience),
@@ -215,7 +227,15 @@ pub async fn redeem(authz: &Authz, grant: &str, destination: &str, caller: &Call
     let grant = baton_decide::request::check_token(grant, authz.max_token_bytes())
         .map_err(|d| Denial::new(Reason::GrantInvalid, d.description))?;
     let digest = cache::digest(grant);
-    let subject = match authz.verify(grant, &digest).await {
+    let introspection = settings.introspection_endpoint.as_ref();
+    let opaque = matches!(jwt::Unverified::parse(grant), Ok(None));
+    let verified = match (opaque, introspection) {
+        // An opaque grant, under `introspection_endpoint`: the token service's answer is its claims,
+        // held below to every rule a JWT grant's are.
+        (true, Some(endpoint)) => Ok(Some(introspected(introspect(deferred, endpoint, grant).await?))),
+        _ => authz.verify(grant, &digest).await,
+    };
+    let subject = match verified {
         Ok(Some(subject)) => subject,
         Ok(None) => return Err(Denial::new(Reason::GrantInvalid, "the grant is not a JWT")),
         Err(d) if d.reason == Reason::SubjectTokenExpired => {
@@ -272,6 +292,11 @@ pub async fn redeem(authz: &Authz, grant: &str, destination: &str, caller: &Call
         claims: None,
     };
     authz.holder_not_revoked(&holder)?;
+    // A JWT grant that passed every local check: is it still live where it was issued? (An opaque
+    // one was asked above.)
+    if let (false, Some(endpoint)) = (opaque, introspection) {
+        introspect(deferred, endpoint, grant).await?;
+    }
     let route = authz.route_for(destination, &[])?;
     let scope = authz.authorize(&route, Some(claims), caller, None)?;
     let key = cache::key(&route.key_params, scope.as_deref().unwrap_or(""), &digest);
@@ -283,6 +308,40 @@ pub async fn redeem(authz: &Authz, grant: &str, destination: &str, caller: &Call
         token,
         job: binding.job,
     })
+}
+
+/// RFC 7662 introspection of a job grant at `endpoint`, authenticated as the grant token service's
+/// client, within its `timeout`: the answer's other members when `active` is `true`. Fails closed.
+async fn introspect(deferred: &Deferred, endpoint: &url::Url, grant: &str) -> Result<Map<String, Value>, Denial> {
+    let failed = |why: &'static str| Denial::new(Reason::GrantIntrospectionFailed, why);
+    let answer = deferred
+        .route
+        .token_service
+        .introspect(endpoint, grant)
+        .await
+        .map_err(|e| {
+            tracing::warn!(%endpoint, grant = %crate::secret::fingerprint(grant), error = %e, "grant introspection failed");
+            failed("the introspection endpoint did not answer")
+        })?;
+    let Value::Object(mut claims) = answer else {
+        return Err(failed("the introspection answer is not a JSON object"));
+    };
+    match claims.remove("active") {
+        Some(Value::Bool(true)) => Ok(claims),
+        Some(Value::Bool(false)) => Err(Denial::new(
+            Reason::GrantInactive,
+            "the token service says the grant is no longer active",
+        )),
+        _ => Err(failed("the introspection answer has no boolean `active`")),
+    }
+}
+
+/// An opaque grant's introspected claims, as a subject (its `iss` and `exp` are checked by
+/// `read_grant` before use).
+fn introspected(claims: Map<String, Value>) -> Arc<Subject> {
+    let issuer = claims.get("iss").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let exp = claims.get("exp").and_then(|v| jwt::expiry(v).ok()).unwrap_or(0);
+    Arc::new(Subject { claims, issuer, exp })
 }
 
 /// The binding of a verified grant, after the checks verification does not make: issued by
@@ -328,31 +387,8 @@ fn read_grant(claims: &Map<String, Value>, settings: &Settings, now: u64) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deferred::fixtures::{binding, settings};
     use serde_json::json;
-    use std::time::Duration;
-
-    fn settings() -> Settings {
-        Settings {
-            audience: "baton-jobs".into(),
-            grant_issuer: "https://sts".into(),
-            token_service: "default".into(),
-            max_age: Duration::from_secs(3600),
-            max_job_id_bytes: 16,
-            max_destinations: 3,
-            bind_caller: false,
-        }
-    }
-
-    fn binding() -> Binding {
-        Binding {
-            job: "report-7".into(),
-            destinations: vec!["orders".into(), "billing".into()],
-            max_age: 600,
-            sid: Some("s-1".into()),
-            iss: Some("https://idp.example".into()),
-            caller: None,
-        }
-    }
 
     fn grant_claims(now: i64, extra: Value) -> Map<String, Value> {
         let mut claims = json!({
@@ -417,7 +453,8 @@ mod tests {
             "iss": "https://sts", "aud": "baton-jobs", "sub": "alice",
             "iat": now, "exp": now + 600, "scope": binding().scope(),
         });
-        let check = |claims: Value| check_issued(&jwt(claims), &binding(), &s, Some("alice"), now);
+        let read = |claims: Value| jwt::Unverified::read(&jwt(claims)).expect("a JWT");
+        let check = |claims: Value| check_issued(&read(claims), &binding(), &s, Some("alice"), now);
         assert_eq!(check(good.clone()), Ok(now as i64 + 600));
         let with = |key: &str, value: Value| {
             let mut c = good.clone();
@@ -459,7 +496,6 @@ mod tests {
         ] {
             assert!(check(claims).is_err(), "{what}");
         }
-        assert!(check_issued("opaque", &binding(), &s, Some("alice"), now).is_err());
-        assert!(check_issued(&jwt(good), &binding(), &s, None, now).is_err());
+        assert!(check_issued(&read(good), &binding(), &s, None, now).is_err());
     }
 }

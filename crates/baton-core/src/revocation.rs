@@ -186,6 +186,7 @@ struct RawRequest {
     all: Option<bool>,
     destination: Option<String>,
     job: Option<String>,
+    email: Option<String>,
 }
 
 impl Selector {
@@ -206,6 +207,7 @@ impl Selector {
             ("sid", &raw.sid),
             ("destination", &raw.destination),
             ("job", &raw.job),
+            ("email", &raw.email),
         ] {
             match value {
                 Some(v) if v.is_empty() => return Err(refuse("empty_value", format!("`{name}` is empty"))),
@@ -224,11 +226,12 @@ impl Selector {
             raw.all.is_some(),
             raw.destination.is_some(),
             raw.job.is_some(),
+            raw.email.is_some(),
         ];
         if named.iter().filter(|n| **n).count() > 1 {
             return Err(refuse(
                 "ambiguous_selector",
-                "name one of `sub` (with an optional `issuer`), `sid`, `job`, `all` or `destination`",
+                "name one of `sub` (with an optional `issuer`), `sid`, `job`, `email`, `all` or `destination`",
             ));
         }
         if let Some(name) = raw.destination {
@@ -247,6 +250,21 @@ impl Selector {
             }
             return match raw.issuer {
                 None => Ok(Self::Job { job }),
+                Some(_) => Err(refuse("issuer_without_sub", "`issuer` needs a `sub`")),
+            };
+        }
+        if let Some(email) = raw.email {
+            // An addr-spec's shape only (RFC 5322 is looser): one `@` between two non-empty
+            // parts, printable ASCII, no space. Matched case-insensitively, held lower-cased.
+            let parts = email.split_once('@');
+            let printable = email.bytes().all(|b| b.is_ascii_graphic());
+            if !printable || !parts.is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@')) {
+                return Err(refuse("malformed_email", "`email` is an e-mail address: local@domain"));
+            }
+            return match raw.issuer {
+                None => Ok(Self::Email {
+                    email: email.to_ascii_lowercase(),
+                }),
                 Some(_) => Err(refuse("issuer_without_sub", "`issuer` needs a `sub`")),
             };
         }
@@ -725,6 +743,12 @@ mod tests {
             ok(r#"{"job":"report-7"}"#),
             Ok(Selector::Job { job: "report-7".into() })
         );
+        assert_eq!(
+            ok(r#"{"email":"Alice@Example.COM"}"#),
+            Ok(Selector::Email {
+                email: "alice@example.com".into()
+            })
+        );
         let long = format!(r#"{{"sub":"{}"}}"#, "a".repeat(MAX_VALUE_LEN + 1));
         let huge = format!(r#"{{"sub":"{}"}}"#, "a".repeat(MAX_REQUEST_BYTES));
         for (body, code) in [
@@ -743,6 +767,16 @@ mod tests {
             (r#"{"job":""}"#, "empty_value"),
             (r#"{"job":"a b"}"#, "malformed_job"),
             (r#"{"job":"x\u0000"}"#, "malformed_job"),
+            (r#"{"email":"alice"}"#, "malformed_email"),
+            (r#"{"email":"@example.com"}"#, "malformed_email"),
+            (r#"{"email":"alice@"}"#, "malformed_email"),
+            (r#"{"email":"a@b@c"}"#, "malformed_email"),
+            (r#"{"email":"al ice@example.com"}"#, "malformed_email"),
+            (r#"{"email":"alice@example.com\n"}"#, "malformed_email"),
+            (r#"{"email":"al\u00e9@example.com"}"#, "malformed_email"),
+            (r#"{"email":""}"#, "empty_value"),
+            (r#"{"email":"a@b","sub":"alice"}"#, "ambiguous_selector"),
+            (r#"{"issuer":"https://idp","email":"a@b"}"#, "issuer_without_sub"),
             (r#"{"issuer":"https://idp","sid":"s-1"}"#, "issuer_without_sub"),
             (r#"{"sub":""}"#, "empty_value"),
             (&long, "value_too_long"),

@@ -128,6 +128,10 @@ pub enum Reason {
     IssuedGrantUnbound,
     /// Redeem by a broker caller other than the one the grant is bound to (`deferred.bind_caller`).
     GrantCallerMismatch,
+    /// `deferred.introspection_endpoint` says the job grant is no longer active (401).
+    GrantInactive,
+    /// `deferred.introspection_endpoint` did not answer, or not as RFC 7662 says: fail closed (503).
+    GrantIntrospectionFailed,
 }
 
 /// The class of a reason, which fixes the HTTP status and the gRPC code of the reply.
@@ -140,7 +144,7 @@ pub enum Class {
 
 impl Reason {
     /// Every reason, for reading a wire name back (`from_name`): a test holds it to `as_str`.
-    pub const ALL: [Reason; 67] = [
+    pub const ALL: [Reason; 69] = [
         Self::MissingToken,
         Self::MultipleAuthorizationHeaders,
         Self::UnsupportedAuthorizationScheme,
@@ -208,6 +212,8 @@ impl Reason {
         Self::GrantAsSubjectToken,
         Self::IssuedGrantUnbound,
         Self::GrantCallerMismatch,
+        Self::GrantInactive,
+        Self::GrantIntrospectionFailed,
     ];
 
     /// The reason whose wire name is `name`.
@@ -284,6 +290,8 @@ impl Reason {
             Self::GrantAsSubjectToken => "grant_as_subject_token",
             Self::IssuedGrantUnbound => "issued_grant_unbound",
             Self::GrantCallerMismatch => "grant_caller_mismatch",
+            Self::GrantInactive => "grant_inactive",
+            Self::GrantIntrospectionFailed => "grant_introspection_failed",
         }
     }
 
@@ -324,7 +332,8 @@ impl Reason {
             | Self::GrantInvalid
             | Self::GrantExpired
             | Self::JobRevoked
-            | Self::GrantAsSubjectToken => Class::Unauthenticated,
+            | Self::GrantAsSubjectToken
+            | Self::GrantInactive => Class::Unauthenticated,
             Self::DestinationUnknown
             | Self::DestinationNotConfigured
             | Self::TargetRefused
@@ -364,7 +373,8 @@ impl Reason {
             | Self::IssuedTokenScopeExceeded
             | Self::IssuedTokenMalformed
             | Self::IssuedTokenSignatureInvalid
-            | Self::IssuedGrantUnbound => Class::Unavailable,
+            | Self::IssuedGrantUnbound
+            | Self::GrantIntrospectionFailed => Class::Unavailable,
         }
     }
 }

@@ -20,7 +20,7 @@ use baton_core::cache;
 use baton_core::callers::{BrokerCallers, CallerRule};
 use baton_core::decision::Allow;
 use baton_core::jobs;
-use baton_core::telemetry::{Api, Decided};
+use baton_core::telemetry::{Api, Decided, Observation};
 use baton_decide::reason::{Denial, Reason};
 use baton_decide::request::{Authorization, Headers, check_token, subject_token};
 
@@ -46,12 +46,7 @@ impl Broker {
 impl DelegationBroker for Broker {
     async fn exchange(&self, request: Request<ExchangeRequest>) -> Result<Response<ExchangeResponse>, Status> {
         let authz = self.authz.load_full();
-        let observation =
-            authz
-                .telemetry()
-                .observe(Api::Broker, || crate::outcome::trace_context(request.metadata()), None);
-        let caller = caller(&authz, &request).await;
-        let request = request.into_inner();
+        let (observation, caller, request) = opened(&authz, request).await;
         // Only an authenticated caller learns which destinations and scopes exist: its denial
         // comes first. A scope outside the allow-list (whatever its case, separators or
         // repeats) is a refusal of its own, never a wider token.
@@ -79,7 +74,7 @@ impl DelegationBroker for Broker {
                         destination: route.clone(),
                         token,
                         cache,
-                        key,
+                        key: Some(key),
                     })
             }
         };
@@ -104,12 +99,7 @@ impl DelegationBroker for Broker {
 
     async fn defer(&self, request: Request<DeferRequest>) -> Result<Response<DeferResponse>, Status> {
         let authz = self.authz.load_full();
-        let observation =
-            authz
-                .telemetry()
-                .observe(Api::Broker, || crate::outcome::trace_context(request.metadata()), None);
-        let caller = caller(&authz, &request).await;
-        let request = request.into_inner();
+        let (observation, caller, request) = opened(&authz, request).await;
         // Only a well-formed job id reaches the audit record and the span (bounded, nothing to escape).
         let observation = match jobs::well_formed(&authz, &request.job_id) {
             Some(job) => observation.with_job(job),
@@ -138,7 +128,7 @@ impl DelegationBroker for Broker {
                     token: granted.grant,
                     cache: cache::CacheStatus::Miss,
                     // Never cached (a grant, or a Redeem's token): no entry to purge.
-                    key: [0; 32],
+                    key: None,
                 }),
                 granted.expires_at,
             ),
@@ -163,12 +153,7 @@ impl DelegationBroker for Broker {
 
     async fn redeem(&self, request: Request<RedeemRequest>) -> Result<Response<RedeemResponse>, Status> {
         let authz = self.authz.load_full();
-        let observation =
-            authz
-                .telemetry()
-                .observe(Api::Broker, || crate::outcome::trace_context(request.metadata()), None);
-        let caller = caller(&authz, &request).await;
-        let request = request.into_inner();
+        let (observation, caller, request) = opened(&authz, request).await;
         // The job, for the audit record, as the grant names it (read before it is verified: a
         // refused Redeem is audited with the job it claimed).
         let observation = match jobs::job_of(&authz, &request.grant) {
@@ -197,7 +182,7 @@ impl DelegationBroker for Broker {
                     token: redeemed.token,
                     cache: cache::CacheStatus::Miss,
                     // Never cached (a grant, or a Redeem's token): no entry to purge.
-                    key: [0; 32],
+                    key: None,
                 }),
                 redeemed.job,
             ),
@@ -224,6 +209,18 @@ impl DelegationBroker for Broker {
             Err(denial) => Err(status(&denial)),
         }
     }
+}
+
+/// What every broker call starts with: its observation (span, metrics, audit record; the trace
+/// context from the call's metadata), who is calling (or why the caller is refused), and the
+/// request's message.
+async fn opened<'a, T>(authz: &'a Authz, request: Request<T>) -> (Observation<'a>, Result<Option<String>, Denial>, T) {
+    let observation =
+        authz
+            .telemetry()
+            .observe(Api::Broker, || crate::outcome::trace_context(request.metadata()), None);
+    let caller = caller(authz, &request).await;
+    (observation, caller, request.into_inner())
 }
 
 /// A broker call has no HTTP request: destinations with method or path rules refuse it.

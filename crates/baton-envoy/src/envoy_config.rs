@@ -270,9 +270,11 @@ fn baton_filter(options: &Options) -> Value {
                 "metadata_options": {
                     "receiving_namespaces": { "untyped": [crate::respond::EXT_PROC_NAMESPACE] },
                 },
-                // Response headers stay off for now: with SEND, a destination's 401 `invalid_token`
-                // purges the entry that served the request (see `ext_proc`), but tests/adversarial
-                // found `GET * HTTP/1.1` answered with nothing under SEND (not understood yet).
+                // Response headers are skipped, but a stream Baton delegated asks for its own
+                // (`mode_override`, `ext_proc::delegated_mode`), so a destination's 401
+                // `invalid_token` purges the entry that served it. Not SEND for all: Envoy's reply to
+                // a request it refused in its codec (`GET * HTTP/1.1`) would wait on ext_proc while
+                // Envoy resets the stream, and the client would get an empty connection.
                 "processing_mode": {
                     "request_header_mode": "SEND",
                     "response_header_mode": "SKIP",
@@ -281,6 +283,15 @@ fn baton_filter(options: &Options) -> Value {
                     "request_trailer_mode": "SKIP",
                     "response_trailer_mode": "SKIP",
                 },
+                "allow_mode_override": true,
+                "allowed_override_modes": [{
+                    "request_header_mode": "SEND",
+                    "response_header_mode": "SEND",
+                    "request_body_mode": "NONE",
+                    "response_body_mode": "NONE",
+                    "request_trailer_mode": "SKIP",
+                    "response_trailer_mode": "SKIP",
+                }],
                 // Only the headers Baton reads, and the pseudo-headers (issue 15).
                 "forward_rules": crate::reads::ext_proc_forward_rules(&options.headers),
             },
@@ -674,6 +685,26 @@ destinations:
         assert_eq!(filter["failure_mode_allow"], false);
         assert_eq!(filter["processing_mode"]["request_header_mode"], "SEND");
         assert_eq!(filter["processing_mode"]["response_header_mode"], "SKIP");
+        // A delegated stream may ask for its response headers, and for nothing else.
+        assert_eq!(filter["allow_mode_override"], true);
+        let mode = crate::ext_proc::delegated_mode();
+        let allowed = &filter["allowed_override_modes"];
+        assert_eq!(allowed.as_array().map(Vec::len), Some(1));
+        assert_eq!(
+            allowed[0],
+            json!({
+                "request_header_mode": mode.request_header_mode().as_str_name(),
+                "response_header_mode": mode.response_header_mode().as_str_name(),
+                "request_body_mode": mode.request_body_mode().as_str_name(),
+                "response_body_mode": mode.response_body_mode().as_str_name(),
+                "request_trailer_mode": mode.request_trailer_mode().as_str_name(),
+                "response_trailer_mode": mode.response_trailer_mode().as_str_name(),
+            })
+        );
+        // Which is the configured mode with the response headers sent.
+        let mut configured = filter["processing_mode"].clone();
+        configured["response_header_mode"] = json!("SEND");
+        assert_eq!(allowed[0], configured);
     }
 
     /// Envoy sends only what Baton reads: these headers, no body, no peer certificate (issue 15).
@@ -707,10 +738,12 @@ destinations:
                 ":authority",
                 ":method",
                 ":path",
+                ":status",
                 "authorization",
                 "host",
                 "traceparent",
-                "tracestate"
+                "tracestate",
+                "www-authenticate"
             ]
         );
         assert_eq!(filter["processing_mode"]["request_body_mode"], "NONE");

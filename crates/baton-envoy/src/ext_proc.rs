@@ -7,7 +7,14 @@
 //! `ExtProcPerRoute.overrides.grpc_initial_metadata` entry, `baton-destination: NAME`, which Envoy
 //! sends as gRPC metadata when it opens the stream (see `envoy_config`).
 //!
-//! With `response_header_mode: SEND`, the stream keeps the cache entry that served the request
+//! The generated configuration skips response headers and lets Baton override that per stream
+//! (`allow_mode_override`): a request Baton delegated is answered with a `mode_override` asking for
+//! its response headers (`delegated_mode`), no other is. Envoy's own reply to a request it refused
+//! before any filter ran (a malformed request line) then never waits on Baton: under a static
+//! `response_header_mode: SEND`, Envoy resets that stream while ext_proc holds the reply, and the
+//! client gets an empty connection instead of a 400 (docs/envoy-istio.md).
+//!
+//! With the response headers sent, the stream keeps the cache entry that served the request
 //! (its key and token, never the subject token) until the response headers arrive: a 401 whose
 //! challenge says `invalid_token` purges exactly that entry (`refused`, `Authz::purge_served`), so the
 //! next request exchanges again. Every other response changes nothing.
@@ -16,6 +23,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{BodySendMode, HeaderSendMode};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
@@ -234,7 +243,7 @@ fn reply_and_served(
         Ok(Allow::Delegate {
             destination,
             token,
-            key,
+            key: Some(key),
             ..
         }) => Some(Served {
             destination: destination.name.clone(),
@@ -243,7 +252,26 @@ fn reply_and_served(
         }),
         _ => None,
     };
-    (respond::request_headers_reply(outcome, metadata), served)
+    let mut reply = respond::request_headers_reply(outcome, metadata);
+    if served.is_some() {
+        reply.mode_override = Some(delegated_mode());
+    }
+    (reply, served)
+}
+
+/// The processing mode a delegated request's stream asks for: the configured one (request headers
+/// only) with the response headers sent too, for a destination's `invalid_token`. Spelled out
+/// whole: Envoy compares it, field by field, with the configuration's `allowed_override_modes`,
+/// which allows exactly this mode (and refuses the override otherwise, leaving the purge off).
+pub fn delegated_mode() -> ProcessingMode {
+    ProcessingMode {
+        request_header_mode: HeaderSendMode::Send.into(),
+        response_header_mode: HeaderSendMode::Send.into(),
+        request_body_mode: BodySendMode::None.into(),
+        response_body_mode: BodySendMode::None.into(),
+        request_trailer_mode: HeaderSendMode::Skip.into(),
+        response_trailer_mode: HeaderSendMode::Skip.into(),
+    }
 }
 
 #[cfg(test)]
@@ -290,6 +318,34 @@ mod tests {
         ExternalProcessorClient::connect(format!("http://{addr}"))
             .await
             .expect("connect")
+    }
+
+    /// Only a request Baton delegated from a cache entry asks for its response headers (the one
+    /// thing they are read for is purging that entry); nothing else costs Envoy a second message.
+    #[test]
+    fn only_a_delegated_stream_asks_for_its_response_headers() {
+        use baton_core::cache::CacheStatus;
+        let delegate = |key| {
+            Ok(Allow::Delegate {
+                destination: crate::respond::tests::orders(),
+                token: crate::respond::tests::delegated(),
+                cache: CacheStatus::Hit,
+                key,
+            })
+        };
+        let (reply, served) = reply_and_served(&delegate(Some([7; 32])), None);
+        assert_eq!(reply.mode_override, Some(delegated_mode()));
+        assert_eq!(served.map(|s| s.key), Some([7; 32]));
+        for outcome in [
+            delegate(None),
+            Ok(Allow::Strip),
+            Ok(Allow::Passthrough),
+            Err(Denial::new(Reason::MissingToken, "no token")),
+        ] {
+            let (reply, served) = reply_and_served(&outcome, None);
+            assert_eq!(reply.mode_override, None);
+            assert!(served.is_none());
+        }
     }
 
     fn headers(lines: &[(&str, &str)]) -> HttpHeaders {

@@ -33,12 +33,13 @@ pub fn matcher(names: &[&str]) -> Value {
 }
 
 /// ext_proc's `forward_rules`: the headers Baton reads, plus the pseudo-headers ext_proc carries the
-/// authority, method and path in (ext_authz sends those as attributes of their own). The rules are
-/// not specific to request headers (unverified here for response headers): code that comes to read
-/// a response header over ext_proc (`:status`, `www-authenticate`) should add it here.
+/// authority, method and path in (ext_authz sends those as attributes of their own), plus the
+/// response headers `refused` reads (`:status`, `www-authenticate`): the rules apply to every
+/// headers message, the response's too.
 pub fn ext_proc_forward_rules(names: &[&'static str]) -> Value {
     let mut all: Vec<&str> = names.to_vec();
     all.extend(EXT_PROC_PSEUDO_HEADERS);
+    all.extend(crate::refused::READS);
     all.sort_unstable();
     all.dedup();
     json!({ "allowed_headers": matcher(&all) })
@@ -113,10 +114,12 @@ destinations:
                 ":authority",
                 ":method",
                 ":path",
+                ":status",
                 "authorization",
                 "host",
                 "traceparent",
-                "tracestate"
+                "tracestate",
+                "www-authenticate"
             ]
         );
     }

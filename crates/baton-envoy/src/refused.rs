@@ -10,6 +10,10 @@ use envoy_types::pb::envoy::service::ext_proc::v3::HttpHeaders;
 
 use baton_decide::challenge;
 
+/// The response headers this module reads: ext_proc's `forward_rules` must let them through.
+pub(crate) const READS: [&str; 2] = [":status", WWW_AUTHENTICATE];
+const WWW_AUTHENTICATE: &str = "www-authenticate";
+
 /// The most `WWW-Authenticate` lines read from one response; past them the response says no.
 const MAX_CHALLENGE_LINES: usize = 16;
 
@@ -24,7 +28,7 @@ pub(crate) fn says_invalid_token(response: &HttpHeaders) -> bool {
     }
     let challenges: Vec<&[u8]> = lines
         .iter()
-        .filter(|h| h.key.eq_ignore_ascii_case("www-authenticate"))
+        .filter(|h| h.key.eq_ignore_ascii_case(WWW_AUTHENTICATE))
         .map(value)
         .collect();
     challenges.len() <= MAX_CHALLENGE_LINES && challenge::says_invalid_token(challenges)

@@ -344,7 +344,7 @@ fn metadata(outcome: &Result<Allow, Denial>, destination: Option<&Destination>) 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn denied_of(reason: Reason) -> (i32, u16, serde_json::Value, Vec<(String, String)>) {
@@ -488,7 +488,7 @@ mod tests {
     }
 
     /// The `orders` destination of a configuration, compiled by `Authz`.
-    fn orders() -> std::sync::Arc<Destination> {
+    pub(crate) fn orders() -> std::sync::Arc<Destination> {
         use baton_core::exchange::{TokenService, TokenServices};
         let yaml = "token_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth:\n    method: none\ndestinations:\n  - name: orders\n    hosts: [orders]\n    audience: https://orders.example\n    scopes: [orders.read, orders.list]\n";
         let config = baton_core::config::Config::from_yaml(yaml).expect("valid");
@@ -502,7 +502,7 @@ mod tests {
     }
 
     /// An issued token with the claims the metadata reads.
-    fn delegated() -> std::sync::Arc<baton_core::cache::Delegated> {
+    pub(crate) fn delegated() -> std::sync::Arc<baton_core::cache::Delegated> {
         let claims = baton_core::jwt::DelegationClaims {
             jti: Some("jti-1".into()),
             ..Default::default()
@@ -537,7 +537,7 @@ mod tests {
             destination: route.clone(),
             token: delegated(),
             cache: baton_core::cache::CacheStatus::Hit,
-            key: [0; 32],
+            key: None,
         });
         let m = metadata(&outcome, None);
         assert_eq!(text(&m, "decision").as_deref(), Some("delegate"));

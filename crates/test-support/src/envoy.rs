@@ -199,6 +199,14 @@ pub fn envoy_bootstrap_for(api: Api, port: u16, baton_grpc: u16, upstream: u16) 
                 request_body_mode: NONE
                 response_body_mode: NONE
                 request_trailer_mode: SKIP
+                response_trailer_mode: SKIP
+              allow_mode_override: true
+              allowed_override_modes:
+              - request_header_mode: SEND
+                response_header_mode: SEND
+                request_body_mode: NONE
+                response_body_mode: NONE
+                request_trailer_mode: SKIP
                 response_trailer_mode: SKIP"#,
         ),
     };

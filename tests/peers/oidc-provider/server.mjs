@@ -92,6 +92,13 @@ const APP_CLIENT_ID = env('APP_CLIENT_ID', 'test-app');
 const APP_CLIENT_SECRET = env('APP_CLIENT_SECRET', 'test-app-secret');
 const APP_REDIRECT_URI = 'http://127.0.0.1/callback';
 const APP_POST_LOGOUT_REDIRECT_URI = 'http://127.0.0.1/logged-out';
+// Not in the contract: audiences (comma-separated) whose access tokens are issued opaque (the
+// library's `opaque` format, stored by the provider) rather than as JWTs, e.g. Baton's job
+// audience, so that the library's introspection (RFC 7662) and revocation (RFC 7009) endpoints,
+// which refuse JWTs, can judge them. Unset: every token is a JWT.
+const OPAQUE_AUDIENCES = new Set(
+  env('OPAQUE_AUDIENCES', '').split(',').map((s) => s.trim()).filter(Boolean),
+);
 
 function log(...args) {
   console.error('[oidc-provider peer]', ...args);
@@ -138,9 +145,10 @@ function resourceServerInfo(identifier, scope) {
     audience: identifier,
     // Scope policy of these test resource servers: every scope that was requested is granted.
     scope: scope ?? '',
-    accessTokenFormat: 'jwt',
     accessTokenTTL: TOKEN_LIFETIME,
-    jwt: { sign: { alg: SIGNING_ALG } },
+    ...(OPAQUE_AUDIENCES.has(identifier)
+      ? { accessTokenFormat: 'opaque' }
+      : { accessTokenFormat: 'jwt', jwt: { sign: { alg: SIGNING_ALG } } }),
   };
 }
 
@@ -226,6 +234,9 @@ const provider = new Provider(issuer, {
     // login name signs in as that user (there is no other way to get a real session).
     devInteractions: { enabled: Boolean(BACKCHANNEL_LOGOUT_URI) },
     backchannelLogout: { enabled: Boolean(BACKCHANNEL_LOGOUT_URI) },
+    // RFC 7662 and RFC 7009, the library's own (they judge opaque tokens only; see OPAQUE_AUDIENCES).
+    introspection: { enabled: OPAQUE_AUDIENCES.size > 0 },
+    revocation: { enabled: OPAQUE_AUDIENCES.size > 0 },
     // RFC 8705 client authentication (glue: the three hooks hand the library the TLS peer
     // certificate Node verified; the library decides).
     mTLS: {
@@ -282,6 +293,21 @@ provider.proxy = false;
 // Verify a token this provider issued as an access token: signature against the provider's
 // own keys, iss, typ at+jwt (RFC 9068), exp. Returns its payload or throws InvalidGrant.
 async function verifyOwnAccessToken(value, what) {
+  let structured = false;
+  try {
+    structured = Boolean(jose.decodeProtectedHeader(value));
+  } catch {}
+  if (!structured && OPAQUE_AUDIENCES.size > 0) {
+    // An opaque access token of this provider's (OPAQUE_AUDIENCES): the library's stored token, if
+    // it still is one (not expired, not revoked).
+    const token = await provider.AccessToken.find(value);
+    if (!token?.isValid) {
+      throw new errors.InvalidGrant(`${what} is invalid: not an active access token of this provider`);
+    }
+    return {
+      sub: token.accountId, exp: token.exp, iat: token.iat, aud: token.aud, scope: token.scope,
+    };
+  }
   try {
     const { payload } = await jose.jwtVerify(value, ownKeys, {
       issuer,

@@ -738,7 +738,7 @@ audit:
                 destination: route.clone(),
                 token: delegated(),
                 cache,
-                key: [0; 32],
+                key: None,
             });
             observation.finish(Decided {
                 outcome: &outcome,
@@ -790,7 +790,7 @@ audit:
                 destination: route.clone(),
                 token: delegated(),
                 cache,
-                key: [0; 32],
+                key: None,
             });
             observation.finish(Decided {
                 outcome: &outcome,
