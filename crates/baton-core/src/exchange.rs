@@ -71,6 +71,9 @@ pub enum ExchangeError {
     NotDiscovered,
     #[error("the circuit breaker is open: the token service failed too often lately")]
     CircuitOpen(Duration),
+    /// One of the two steps of identity chaining failed (`crate::chaining`), named there.
+    #[error("{0}")]
+    Chaining(Box<crate::chaining::ChainError>),
 }
 
 impl From<BodyError> for ExchangeError {
@@ -97,6 +100,38 @@ impl ExchangeError {
             Self::Busy(_) | Self::Saturated | Self::BadResponse(_) | Self::NotDiscovered | Self::CircuitOpen(_) => {
                 Outcome::Neutral
             }
+            // Each step was counted by the breaker of the service it called.
+            Self::Chaining(_) => Outcome::Neutral,
+        }
+    }
+
+    /// The same error, for each caller that waited on one identity chaining grant.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Self::Refused { status, error } => Self::Refused {
+                status: *status,
+                error: error.clone(),
+            },
+            Self::Unreachable(why) => Self::Unreachable(why.clone()),
+            Self::Timeout(d) => Self::Timeout(*d),
+            Self::Status(s) => Self::Status(*s),
+            Self::Busy(d) => Self::Busy(*d),
+            Self::Saturated => Self::Saturated,
+            Self::BadResponse(why) => Self::BadResponse(why),
+            Self::NotDiscovered => Self::NotDiscovered,
+            Self::CircuitOpen(d) => Self::CircuitOpen(*d),
+            Self::Chaining(e) => Self::Chaining(Box::new(crate::chaining::ChainError {
+                step: e.step,
+                service: e.service.clone(),
+                kind: match &e.kind {
+                    crate::chaining::ChainErrorKind::Exchange(inner) => {
+                        crate::chaining::ChainErrorKind::Exchange(inner.duplicate())
+                    }
+                    crate::chaining::ChainErrorKind::GrantInvalid(why) => {
+                        crate::chaining::ChainErrorKind::GrantInvalid(why)
+                    }
+                },
+            })),
         }
     }
 }
@@ -163,6 +198,7 @@ impl From<&ExchangeError> for Denial {
                 "the token service failed too often lately; it is not called for a moment",
             )
             .retry_after(*left),
+            ExchangeError::Chaining(e) => Denial::from(&**e),
         }
     }
 }
@@ -199,6 +235,8 @@ pub struct TokenService {
     busy_until: std::sync::atomic::AtomicU64,
     /// Shared with the service this one replaced on a reload, when it guards the same endpoint.
     breaker: Arc<Breaker>,
+    /// `profile: identity_chaining`: the home service and the grants (`crate::chaining`).
+    chaining: Option<crate::chaining::Chaining>,
 }
 
 impl TokenService {
@@ -258,7 +296,13 @@ impl TokenService {
             max_waiting: config.max_concurrent_exchanges,
             busy_until: std::sync::atomic::AtomicU64::new(0),
             breaker: Arc::new(Breaker::new(&config.name, config.circuit_breaker.clone())),
+            chaining: config.chaining.clone().map(crate::chaining::Chaining::new),
         })
+    }
+
+    /// Under `profile: identity_chaining`: the home service and the grants.
+    pub fn chaining(&self) -> Option<&crate::chaining::Chaining> {
+        self.chaining.as_ref()
     }
 
     pub fn name(&self) -> &str {
@@ -308,8 +352,18 @@ impl TokenService {
         self.http.get().await
     }
 
-    /// One token exchange, retried on connection errors and 5xx while the deadline allows.
+    /// One token exchange, retried on connection errors and 5xx while the deadline allows. Under
+    /// `profile: identity_chaining`, the two steps (`crate::chaining`), each retried so.
     pub async fn exchange(&self, subject_token: &str, target: &Target) -> Result<Issued, ExchangeError> {
+        if let Some(chaining) = &self.chaining {
+            return chaining.exchange(self, subject_token, target).await;
+        }
+        self.call(subject_token, target).await
+    }
+
+    /// One call to this service's token endpoint in its profile's grant (under identity chaining,
+    /// `subject_token` is the grant, presented as the jwt-bearer assertion).
+    pub(crate) async fn call(&self, subject_token: &str, target: &Target) -> Result<Issued, ExchangeError> {
         let endpoint = self.endpoint.get().ok_or(ExchangeError::NotDiscovered)?;
         self.with_retries(|| self.attempt(endpoint, subject_token, target))
             .await
@@ -454,6 +508,18 @@ impl TokenService {
                     ("scope", &entra_scope),
                 ]
             }
+            // RFC 7523 2.1 with the grant as the assertion; the destination's target and scope as
+            // the draft's step 2 allows (RFC 8707 `resource`, `audience`, `scope`).
+            Profile::IdentityChaining => {
+                let mut form = vec![("grant_type", GRANT_JWT_BEARER), ("assertion", subject_token)];
+                let optional = [
+                    ("audience", &target.audience),
+                    ("resource", &target.resource),
+                    ("scope", &target.scope),
+                ];
+                form.extend(optional.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))));
+                form
+            }
         };
         let (status, body) = self.send_form(endpoint, form).await?;
         parse_response(status, &body)
@@ -555,9 +621,18 @@ pub struct TokenServices {
 
 impl TokenServices {
     pub fn new(services: impl IntoIterator<Item = TokenService>) -> Self {
-        Self {
-            by_name: services.into_iter().map(|s| (s.name.clone(), Arc::new(s))).collect(),
+        let by_name: HashMap<String, Arc<TokenService>> =
+            services.into_iter().map(|s| (s.name.clone(), Arc::new(s))).collect();
+        // Identity chaining: each foreign service gets its home one (validation saw that it exists
+        // and is not itself a chaining one, so there is no cycle).
+        for service in by_name.values() {
+            if let Some(chaining) = &service.chaining
+                && let Some(home) = by_name.get(chaining.home_name())
+            {
+                chaining.set_home(home.clone());
+            }
         }
+        Self { by_name }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<TokenService>> {

@@ -1,0 +1,706 @@
+//! Identity chaining across trust domains (draft-ietf-oauth-identity-chaining): a token service
+//! with `profile: identity_chaining` is a foreign authorization server (AS-B) that trusts grants
+//! from the home one (AS-A, the token service `identity_chaining.home` names). One exchange is two
+//! steps: RFC 8693 at the home service for a JWT authorization grant whose audience is AS-B, then
+//! that grant presented to AS-B with the RFC 7523 jwt-bearer grant for the destination's token.
+//!
+//! This module owns the `identity_chaining:` section, the grant cache (bounded, keyed on every
+//! input of step 1 and the subject token's digest, never past the grant's expiry; concurrent
+//! misses make one call) and the checks on the grant. It never logs or reports a token, and never
+//! judges the grant's signature: AS-B does, and Baton holds no AS-A key for it.
+
+use std::sync::{Arc, OnceLock};
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TraceContextExt as _;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::cache::{CacheStatus, Key, digest, key, params_digest};
+use crate::clock::unix_now;
+use crate::exchange::{ExchangeError, Issued, Target, TokenService};
+use crate::oauth::TOKEN_TYPE_JWT;
+use crate::secret::{Secret, fingerprint};
+use baton_decide::reason::{Denial, Reason};
+use baton_decide::settings::Errors;
+
+/// A grant is not served this close to its expiry: AS-B must still find it valid when it arrives.
+pub const GRANT_EXPIRY_MARGIN: u64 = 10;
+
+// === The `identity_chaining:` section of a token service ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Raw {
+    /// The token service (by name) that issues the grant: the home authorization server.
+    pub home: Option<String>,
+    /// The grant's audience: the foreign authorization server's issuer identifier (default: this
+    /// token service's `issuer`, as written).
+    pub grant_audience: Option<String>,
+    /// An RFC 8707 `resource` to ask the home service for, besides the audience.
+    pub grant_resource: Option<String>,
+    /// Scopes to ask the home service to put in the grant (space-separated).
+    pub grant_scope: Option<String>,
+    /// The grant's `iss` must be this (the home authorization server's issuer), when set.
+    pub grant_issuer: Option<String>,
+    /// Grants kept at once (default 10000).
+    pub max_grants: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub home: String,
+    pub grant_audience: String,
+    pub grant_resource: Option<String>,
+    pub grant_scope: Option<String>,
+    pub grant_issuer: Option<String>,
+    pub max_grants: u64,
+}
+
+impl Raw {
+    /// `issuer`: the token service's own `issuer` setting, as written (the default audience).
+    pub(crate) fn validate(self, issuer: Option<&str>, at: &str, errors: &mut Errors) -> Option<Settings> {
+        let field = |name: &str| format!("{at}.{name}");
+        let home = self.home.filter(|h| !h.is_empty());
+        if home.is_none() {
+            errors.add(field("home"), "is required: the token service that issues the grant");
+        }
+        let grant_audience = self.grant_audience.or_else(|| issuer.map(str::to_owned));
+        match &grant_audience {
+            None => errors.add(
+                field("grant_audience"),
+                "is required (the foreign authorization server's issuer), unless the token service sets `issuer`",
+            ),
+            Some(a) if a.is_empty() || a.len() > 2048 || a.chars().any(char::is_control) => {
+                errors.add(field("grant_audience"), "must be 1 to 2048 printable characters");
+            }
+            Some(_) => {}
+        }
+        let scope = self.grant_scope.filter(|s| !s.trim().is_empty());
+        if let Some(scope) = &scope
+            && !scope
+                .bytes()
+                .all(|b| b == b' ' || (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+        {
+            errors.add(field("grant_scope"), "scopes are printable ASCII without `\"` or `\\`");
+        }
+        let max_grants = self.max_grants.unwrap_or(10_000);
+        if !(1..=1_000_000).contains(&max_grants) {
+            errors.add(field("max_grants"), "must be between 1 and 1000000");
+        }
+        Some(Settings {
+            home: home?,
+            grant_audience: grant_audience?,
+            grant_resource: self.grant_resource,
+            grant_scope: scope,
+            grant_issuer: self.grant_issuer,
+            max_grants,
+        })
+    }
+}
+
+// === Errors ===
+
+/// Which of the two steps failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Step 1: RFC 8693 at the home service for the grant.
+    Grant,
+    /// Step 2: the grant presented to the foreign service (RFC 7523 jwt-bearer).
+    Assertion,
+}
+
+impl Step {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Grant => "grant",
+            Self::Assertion => "assertion",
+        }
+    }
+}
+
+/// Why an identity chaining exchange produced no token: the step, the token service asked, and
+/// what went wrong there. Names the step, never a token.
+#[derive(Debug, thiserror::Error)]
+#[error("identity chaining, step {}: {kind}", self.step_label())]
+pub struct ChainError {
+    pub step: Step,
+    pub service: String,
+    pub kind: ChainErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChainErrorKind {
+    #[error("{0}")]
+    Exchange(ExchangeError),
+    /// The grant the home service issued is not one AS-B can take (step 1 only).
+    #[error("the grant is unusable: {0}")]
+    GrantInvalid(&'static str),
+}
+
+impl ChainError {
+    fn step_label(&self) -> String {
+        match self.step {
+            Step::Grant => format!("1 (grant from token service `{}`)", self.service),
+            Step::Assertion => format!("2 (assertion at token service `{}`)", self.service),
+        }
+    }
+}
+
+impl From<&ChainError> for Denial {
+    fn from(e: &ChainError) -> Self {
+        let label = e.step_label();
+        match &e.kind {
+            ChainErrorKind::GrantInvalid(why) => Denial::new(
+                Reason::ChainingGrantInvalid,
+                format!("identity chaining, step {label}: the grant is unusable: {why}"),
+            ),
+            ChainErrorKind::Exchange(inner) => {
+                let denial = Denial::from(inner);
+                let reason = match (e.step, inner) {
+                    // Baton's own credentials keep their reason: a deployment problem at that service.
+                    (_, ExchangeError::Refused { error, .. }) if error == "invalid_client" => denial.reason,
+                    // The destination's scope or target at AS-B keep theirs too.
+                    (Step::Assertion, ExchangeError::Refused { error, .. })
+                        if matches!(error.as_str(), "invalid_scope" | "invalid_target") =>
+                    {
+                        denial.reason
+                    }
+                    (Step::Grant, ExchangeError::Refused { .. }) => Reason::ChainingGrantRefused,
+                    (Step::Grant, ExchangeError::BadResponse(_) | ExchangeError::Status(_)) => {
+                        Reason::ChainingGrantFailed
+                    }
+                    (Step::Assertion, ExchangeError::Refused { .. }) => Reason::ChainingAssertionRefused,
+                    // Unreachable, timeout, busy, circuit open: the service's own reason (503).
+                    _ => denial.reason,
+                };
+                Denial {
+                    reason,
+                    description: format!("identity chaining, step {label}: {}", denial.description).into(),
+                    retry_after: denial.retry_after,
+                }
+            }
+        }
+    }
+}
+
+fn grant_error(home: &TokenService, kind: ChainErrorKind) -> Arc<ChainError> {
+    Arc::new(ChainError {
+        step: Step::Grant,
+        service: home.name().to_owned(),
+        kind,
+    })
+}
+
+// === The two steps ===
+
+/// A grant the home service issued, checked, until `expires_at` (Unix seconds).
+#[derive(Debug)]
+struct Grant {
+    token: Secret,
+    expires_at: u64,
+}
+
+type Slot = Result<Arc<Grant>, Arc<ChainError>>;
+
+/// The identity chaining of one foreign token service: its settings, the home service (wired by
+/// `TokenServices::new`) and the grants it holds.
+pub struct Chaining {
+    settings: Settings,
+    home: OnceLock<Arc<TokenService>>,
+    grants: quick_cache::sync::Cache<Key, Slot>,
+}
+
+impl std::fmt::Debug for Chaining {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chaining")
+            .field("home", &self.settings.home)
+            .field("grants", &self.grants.len())
+            .finish()
+    }
+}
+
+impl Chaining {
+    pub fn new(settings: Settings) -> Self {
+        let grants = quick_cache::sync::Cache::new(usize::try_from(settings.max_grants).unwrap_or(usize::MAX));
+        Self {
+            settings,
+            home: OnceLock::new(),
+            grants,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The name of the home token service.
+    pub fn home_name(&self) -> &str {
+        &self.settings.home
+    }
+
+    /// Wire the home service (once; configuration validation saw that it exists).
+    pub(crate) fn set_home(&self, home: Arc<TokenService>) {
+        let _ = self.home.set(home);
+    }
+
+    /// Grants held, expired ones included until replaced or evicted.
+    pub fn grants_held(&self) -> usize {
+        self.grants.len()
+    }
+
+    /// Forget every grant (a revocation of everything).
+    pub fn purge(&self) -> usize {
+        let held = self.grants.len();
+        self.grants.clear();
+        held
+    }
+
+    /// Both steps: the grant (cached), then the destination's token from `foreign` (AS-B).
+    pub(crate) async fn exchange(
+        &self,
+        foreign: &TokenService,
+        subject_token: &str,
+        target: &Target,
+    ) -> Result<Issued, ExchangeError> {
+        let home = self.home.get().ok_or(ExchangeError::BadResponse(
+            "identity chaining: the home token service is not configured",
+        ))?;
+        let (grant, status) = self
+            .grant(home, subject_token, target)
+            .await
+            .map_err(|e| ExchangeError::Chaining(Box::new(clone_error(&e))))?;
+        step_event(Step::Grant, home.name(), Some(status), None);
+        tracing::debug!(
+            step = "grant",
+            token_service = home.name(),
+            cache = status.as_str(),
+            grant = %fingerprint(grant.token.expose()),
+            "identity chaining: grant ready"
+        );
+        let result = foreign.call(grant.token.expose(), target).await.map_err(|e| {
+            ExchangeError::Chaining(Box::new(ChainError {
+                step: Step::Assertion,
+                service: foreign.name().to_owned(),
+                kind: ChainErrorKind::Exchange(e),
+            }))
+        });
+        match &result {
+            Ok(_) => step_event(Step::Assertion, foreign.name(), None, None),
+            Err(e) => step_event(Step::Assertion, foreign.name(), None, Some(Denial::from(e).reason)),
+        }
+        result
+    }
+
+    /// The grant for this subject token and step-1 target: cached, or asked of `home` once for all
+    /// concurrent callers. A failure reaches every waiter and is not kept.
+    async fn grant(
+        &self,
+        home: &TokenService,
+        subject_token: &str,
+        target: &Target,
+    ) -> Result<(Arc<Grant>, CacheStatus), Arc<ChainError>> {
+        let s = &self.settings;
+        let actor = target.actor.as_ref().map(|(t, _)| hex(&digest(t.expose())));
+        let params = params_digest(&[
+            "identity_chaining.grant",
+            home.name(),
+            home.locator(),
+            home.client_id(),
+            &s.grant_audience,
+            s.grant_resource.as_deref().unwrap_or(""),
+            s.grant_scope.as_deref().unwrap_or(""),
+            s.grant_issuer.as_deref().unwrap_or(""),
+            target.subject_token_type,
+            actor.as_deref().unwrap_or(""),
+        ]);
+        let key = key(&params, "", &digest(subject_token));
+        let fresh = |g: &Grant| unix_now() < g.expires_at;
+        if let Some(Ok(hit)) = self.grants.get(&key)
+            && fresh(&hit)
+        {
+            return Ok((hit, CacheStatus::Hit));
+        }
+        loop {
+            match self.grants.get_value_or_guard_async(&key).await {
+                Ok(Ok(grant)) if fresh(&grant) => return Ok((grant, CacheStatus::Coalesced)),
+                Ok(Ok(stale)) => {
+                    self.grants
+                        .remove_if(&key, |slot| slot.as_ref().is_ok_and(|g| Arc::ptr_eq(g, &stale)));
+                }
+                Ok(Err(failure)) => return Err(failure),
+                Err(guard) => {
+                    let slot: Slot = self.ask(home, subject_token, target).await;
+                    let _ = guard.insert(slot.clone());
+                    // The waiters have it; keep only a grant that may be used again.
+                    if !slot.as_ref().is_ok_and(|g| fresh(g)) {
+                        self.grants.remove_if(&key, |held| match (held, &slot) {
+                            (Ok(a), Ok(b)) => Arc::ptr_eq(a, b),
+                            (Err(a), Err(b)) => Arc::ptr_eq(a, b),
+                            _ => false,
+                        });
+                    }
+                    if let Err(e) = &slot {
+                        step_event(
+                            Step::Grant,
+                            home.name(),
+                            Some(CacheStatus::Miss),
+                            Some(Denial::from(&**e).reason),
+                        );
+                    }
+                    return slot.map(|g| (g, CacheStatus::Miss));
+                }
+            }
+        }
+    }
+
+    /// Step 1, uncached: RFC 8693 at the home service, then the checks on the grant.
+    async fn ask(&self, home: &TokenService, subject_token: &str, target: &Target) -> Slot {
+        let s = &self.settings;
+        let grant_target = Target {
+            audience: Some(s.grant_audience.clone()),
+            resource: s.grant_resource.clone(),
+            scope: s.grant_scope.clone(),
+            requested_token_type: Some(TOKEN_TYPE_JWT.to_owned()),
+            subject_token_type: target.subject_token_type,
+            actor: target.actor.clone(),
+        };
+        // `call`, not `exchange`: the home service speaks plain RFC 8693 (validation saw to it).
+        let issued = home
+            .call(subject_token, &grant_target)
+            .await
+            .map_err(|e| grant_error(home, ChainErrorKind::Exchange(e)))?;
+        let now = unix_now();
+        let expires_at = check_grant(&issued, s, subject_token, target, now)
+            .map_err(|why| grant_error(home, ChainErrorKind::GrantInvalid(why)))?;
+        Ok(Arc::new(Grant {
+            token: issued.access_token,
+            expires_at,
+        }))
+    }
+}
+
+/// The checks on a grant before it is sent to AS-B or kept: a JWT (the draft's JWT authorization
+/// grant), not the subject token, for AS-B's audience, from the expected issuer, with an `exp`
+/// still ahead. When it stops being used (Unix seconds): its `exp`, `expires_in` and the subject
+/// token's `exp` (when it is a JWT), the earliest, less the margin.
+fn check_grant(
+    issued: &Issued,
+    settings: &Settings,
+    subject_token: &str,
+    target: &Target,
+    now: u64,
+) -> Result<u64, &'static str> {
+    let token = issued.access_token.expose();
+    if issued.issued_token_type.as_deref().is_some_and(|t| t != TOKEN_TYPE_JWT) {
+        return Err("the home token service did not issue a JWT (issued_token_type)");
+    }
+    if token == subject_token || target.actor.as_ref().is_some_and(|(a, _)| a.expose() == token) {
+        return Err("the home token service answered with the subject (or actor) token");
+    }
+    let claims = match crate::jwt::Unverified::parse(token) {
+        Ok(Some(claims)) => claims,
+        Ok(None) => return Err("it is not a JWT"),
+        Err(_) => return Err("it breaks a JWT rule"),
+    };
+    let audience_ok = match &claims.aud {
+        Some(Value::String(one)) => *one == settings.grant_audience,
+        Some(Value::Array(many)) => many.iter().any(|a| a.as_str() == Some(&settings.grant_audience)),
+        _ => false,
+    };
+    if !audience_ok {
+        return Err("its aud does not name the foreign authorization server (grant_audience)");
+    }
+    if let Some(issuer) = &settings.grant_issuer
+        && claims.issuer() != Some(issuer.as_str())
+    {
+        return Err("its iss is not grant_issuer");
+    }
+    let Some(exp) = claims.exp() else {
+        return Err("it has no exp");
+    };
+    let exp = u64::try_from(exp).unwrap_or(0);
+    if exp <= now {
+        return Err("it has expired");
+    }
+    let mut until = exp;
+    if let Some(lifetime) = issued.expires_in {
+        until = until.min(now.saturating_add(lifetime));
+    }
+    if let Some(subject_exp) = crate::jwt::unverified_exp(subject_token) {
+        until = until.min(u64::try_from(subject_exp).unwrap_or(0));
+    }
+    // A grant with less than the margin left is used once and not kept.
+    Ok(until.saturating_sub(GRANT_EXPIRY_MARGIN).max(now.min(until)))
+}
+
+/// A span event on the current span (the exchange's client span): which step, at which token
+/// service, the grant's cache status, and the reason when it failed.
+fn step_event(step: Step, service: &str, cache: Option<CacheStatus>, failed: Option<Reason>) {
+    let cx = opentelemetry::Context::current();
+    let span = cx.span();
+    if !span.is_recording() {
+        return;
+    }
+    let mut attributes = vec![
+        KeyValue::new("baton.chaining.step", step.as_str()),
+        KeyValue::new("baton.token_service", service.to_owned()),
+        KeyValue::new("baton.chaining.outcome", failed.map_or("ok", Reason::as_str)),
+    ];
+    if let Some(cache) = cache {
+        attributes.push(KeyValue::new("baton.cache", cache.as_str()));
+    }
+    span.add_event(format!("baton.chaining.{}", step.as_str()), attributes);
+}
+
+/// A waiter's copy of the leader's failure (`ExchangeError` is not `Clone`): the same step,
+/// service, reason and retry hint.
+fn clone_error(e: &ChainError) -> ChainError {
+    let kind = match &e.kind {
+        ChainErrorKind::GrantInvalid(why) => ChainErrorKind::GrantInvalid(why),
+        ChainErrorKind::Exchange(inner) => ChainErrorKind::Exchange(inner.duplicate()),
+    };
+    ChainError {
+        step: e.step,
+        service: e.service.clone(),
+        kind,
+    }
+}
+
+fn hex(key: &Key) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    const AS_B: &str = "https://as-b.example";
+
+    fn jwt(claims: &Value) -> String {
+        let enc = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        format!(
+            "{}.{}.c2ln",
+            enc(&serde_json::json!({"alg": "ES256", "typ": "JWT"})),
+            enc(claims)
+        )
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            home: "home".into(),
+            grant_audience: AS_B.into(),
+            grant_resource: None,
+            grant_scope: None,
+            grant_issuer: Some("https://as-a.example".into()),
+            max_grants: 10,
+        }
+    }
+
+    fn issued(token: String, token_type: Option<&str>, expires_in: Option<u64>) -> Issued {
+        Issued {
+            access_token: Secret::new(token),
+            issued_token_type: token_type.map(str::to_owned),
+            token_type: "N_A".into(),
+            expires_in,
+            scope: None,
+        }
+    }
+
+    fn target() -> Target {
+        Target {
+            audience: Some("https://orders.example".into()),
+            resource: None,
+            scope: None,
+            requested_token_type: None,
+            subject_token_type: crate::oauth::TOKEN_TYPE_ACCESS_TOKEN,
+            actor: None,
+        }
+    }
+
+    #[test]
+    fn a_grant_for_as_b_from_as_a_is_kept_until_shortly_before_it_expires() {
+        let now = 1_000_000;
+        let grant =
+            jwt(&serde_json::json!({"iss": "https://as-a.example", "aud": AS_B, "exp": now + 300, "sub": "alice"}));
+        let subject = jwt(&serde_json::json!({"exp": now + 100}));
+        let until = check_grant(
+            &issued(grant.clone(), Some(TOKEN_TYPE_JWT), Some(600)),
+            &settings(),
+            &subject,
+            &target(),
+            now,
+        );
+        assert_eq!(
+            until,
+            Ok(now + 100 - GRANT_EXPIRY_MARGIN),
+            "capped by the subject token's exp"
+        );
+        let until = check_grant(
+            &issued(grant.clone(), None, Some(60)),
+            &settings(),
+            "opaque",
+            &target(),
+            now,
+        );
+        assert_eq!(until, Ok(now + 60 - GRANT_EXPIRY_MARGIN), "capped by expires_in");
+        // Less than the margin left: used once, not kept.
+        let short = jwt(&serde_json::json!({"iss": "https://as-a.example", "aud": [AS_B, "x"], "exp": now + 5}));
+        assert_eq!(
+            check_grant(&issued(short, None, None), &settings(), "opaque", &target(), now),
+            Ok(now)
+        );
+    }
+
+    #[test]
+    fn a_grant_as_b_cannot_take_is_refused() {
+        let now = 1_000_000;
+        let good = serde_json::json!({"iss": "https://as-a.example", "aud": AS_B, "exp": now + 300});
+        let with = |k: &str, v: Value| {
+            let mut c = good.clone();
+            match v {
+                Value::Null => {
+                    c.as_object_mut().expect("object").remove(k);
+                }
+                v => c[k] = v,
+            }
+            jwt(&c)
+        };
+        let cases = [
+            (
+                issued(with("aud", "https://elsewhere.example".into()), None, None),
+                "aud",
+            ),
+            (issued(with("aud", Value::Null), None, None), "aud"),
+            (issued(with("iss", "https://rogue.example".into()), None, None), "iss"),
+            (issued(with("exp", (now - 1).into()), None, None), "expired"),
+            (issued(with("exp", Value::Null), None, None), "no exp"),
+            (issued(with("exp", "soon".into()), None, None), "JWT rule"),
+            (issued("opaque-grant".into(), None, None), "not a JWT"),
+            (
+                issued(jwt(&good), Some(crate::oauth::TOKEN_TYPE_ACCESS_TOKEN), None),
+                "issued_token_type",
+            ),
+            (issued("the-subject".into(), None, None), "subject"),
+        ];
+        for (issued, why) in cases {
+            let err = check_grant(&issued, &settings(), "the-subject", &target(), now).expect_err(why);
+            assert!(err.contains(why), "{why}: {err}");
+        }
+    }
+
+    #[test]
+    fn each_step_reports_its_own_reason_and_names_itself() {
+        let denial = |step, kind| {
+            Denial::from(&ChainError {
+                step,
+                service: "as-x".into(),
+                kind,
+            })
+        };
+        let refused = |error: &str| {
+            ChainErrorKind::Exchange(ExchangeError::Refused {
+                status: 400,
+                error: error.into(),
+            })
+        };
+        let d = denial(Step::Grant, refused("invalid_grant"));
+        assert_eq!(d.reason, Reason::ChainingGrantRefused);
+        assert!(
+            d.description.contains("step 1 (grant from token service `as-x`)"),
+            "{d}"
+        );
+        assert_eq!(
+            denial(
+                Step::Grant,
+                ChainErrorKind::Exchange(ExchangeError::BadResponse("no access_token"))
+            )
+            .reason,
+            Reason::ChainingGrantFailed
+        );
+        assert_eq!(
+            denial(Step::Grant, ChainErrorKind::GrantInvalid("it has expired")).reason,
+            Reason::ChainingGrantInvalid
+        );
+        let d = denial(Step::Assertion, refused("invalid_grant"));
+        assert_eq!(d.reason, Reason::ChainingAssertionRefused);
+        assert!(
+            d.description.contains("step 2 (assertion at token service `as-x`)"),
+            "{d}"
+        );
+        assert_eq!(
+            denial(Step::Assertion, refused("invalid_scope")).reason,
+            Reason::ScopeRefused
+        );
+        assert_eq!(
+            denial(Step::Grant, refused("invalid_client")).reason,
+            Reason::TokenServiceClientRejected
+        );
+        let d = denial(
+            Step::Grant,
+            ChainErrorKind::Exchange(ExchangeError::Unreachable("connection refused".into())),
+        );
+        assert_eq!(d.reason, Reason::TokenServiceUnavailable);
+        assert!(d.description.contains("step 1"), "{d}");
+        let d = denial(
+            Step::Assertion,
+            ChainErrorKind::Exchange(ExchangeError::CircuitOpen(std::time::Duration::from_secs(2))),
+        );
+        assert_eq!((d.reason, d.retry_after), (Reason::TokenServiceCircuitOpen, Some(2)));
+    }
+
+    fn config(services: &str) -> Result<crate::config::Config, baton_decide::settings::ConfigError> {
+        crate::config::Config::from_yaml(&format!(
+            "token_services:\n{services}\ndestinations:\n  - {{name: partner, hosts: [partner], audience: 'https://api.b.example', token_service: b}}\n"
+        ))
+    }
+
+    #[test]
+    fn the_profile_names_a_home_service_and_the_grant_audience() {
+        let valid = config(
+            "  a: {token_endpoint: 'http://as-a/token', client_id: c, auth: {method: none}}\n  b: {issuer: 'https://as-b.example', client_id: c, auth: {method: none}, profile: identity_chaining, identity_chaining: {home: a}}\n",
+        )
+        .expect("valid");
+        let b = valid.token_services.iter().find(|t| t.name == "b").expect("b");
+        let chaining = b.chaining.as_ref().expect("chaining");
+        assert_eq!((chaining.home.as_str(), chaining.grant_audience.as_str()), ("a", AS_B));
+
+        for (services, path, why) in [
+            (
+                "  b: {token_endpoint: 'http://as-b/token', client_id: c, auth: {method: none}, profile: identity_chaining}\n",
+                "token_services.b.identity_chaining",
+                "is required",
+            ),
+            (
+                "  b: {token_endpoint: 'http://as-b/token', client_id: c, auth: {method: none}, profile: identity_chaining, identity_chaining: {home: a}}\n",
+                "token_services.b.identity_chaining.grant_audience",
+                "is required",
+            ),
+            (
+                "  b: {token_endpoint: 'http://as-b/token', client_id: c, auth: {method: none}, profile: identity_chaining, identity_chaining: {home: nowhere, grant_audience: x}}\n",
+                "token_services.b.identity_chaining.home",
+                "not a configured token service",
+            ),
+            (
+                "  b: {token_endpoint: 'http://as-b/token', client_id: c, auth: {method: none}, profile: identity_chaining, identity_chaining: {home: b, grant_audience: x}}\n",
+                "token_services.b.identity_chaining.home",
+                "another token service",
+            ),
+            (
+                "  a: {token_endpoint: 'http://as-a/token', client_id: c, auth: {method: none}, profile: entra_obo}\n  b: {token_endpoint: 'http://as-b/token', client_id: c, auth: {method: none}, profile: identity_chaining, identity_chaining: {home: a, grant_audience: x}}\n",
+                "token_services.b.identity_chaining.home",
+                "rfc8693",
+            ),
+            (
+                "  b: {token_endpoint: 'http://as-b/token', client_id: c, auth: {method: none}, identity_chaining: {home: a}}\n",
+                "token_services.b.identity_chaining",
+                "applies only",
+            ),
+        ] {
+            let err = config(services).expect_err(path).to_string();
+            assert!(err.contains(path) && err.contains(why), "{path}: {err}");
+        }
+    }
+}
