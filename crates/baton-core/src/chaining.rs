@@ -194,11 +194,15 @@ fn grant_error(home: &TokenService, kind: ChainErrorKind) -> Arc<ChainError> {
 
 // === The two steps ===
 
-/// A grant the home service issued, checked, until `expires_at` (Unix seconds).
+/// A grant the home service issued, checked, until `expires_at` (Unix seconds), with whose it is
+/// (the subject token's `iss`, `sub`, `sid`, read unverified) so a revocation can purge it.
 #[derive(Debug)]
 struct Grant {
     token: Secret,
     expires_at: u64,
+    iss: Option<Box<str>>,
+    sub: Option<Box<str>>,
+    sid: Option<Box<str>>,
 }
 
 type Slot = Result<Arc<Grant>, Arc<ChainError>>;
@@ -249,11 +253,27 @@ impl Chaining {
         self.grants.len()
     }
 
-    /// Forget every grant (a revocation of everything).
-    pub fn purge(&self) -> usize {
-        let held = self.grants.len();
-        self.grants.clear();
-        held
+    /// Forget every grant whose subject `revoked` names (a scan, at revocation time); how many.
+    pub fn purge(&self, revoked: impl Fn(&crate::revocation::Holder<'_>) -> bool) -> usize {
+        let purged = std::sync::atomic::AtomicUsize::new(0);
+        self.grants.retain(|_, slot| match slot {
+            Ok(grant) => {
+                let holder = crate::revocation::Holder {
+                    iss: grant.iss.as_deref(),
+                    sub: grant.sub.as_deref(),
+                    sid: grant.sid.as_deref(),
+                    iat: None,
+                    claims: None,
+                };
+                let hit = revoked(&holder);
+                if hit {
+                    purged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                !hit
+            }
+            Err(_) => true,
+        });
+        purged.into_inner()
     }
 
     /// Both steps: the grant (cached), then the destination's token from `foreign` (AS-B).
@@ -373,9 +393,19 @@ impl Chaining {
         let now = unix_now();
         let expires_at = check_grant(&issued, s, subject_token, target, now)
             .map_err(|why| grant_error(home, ChainErrorKind::GrantInvalid(why)))?;
+        let subject = crate::jwt::Unverified::read(subject_token).unwrap_or_default();
+        let text = |v: &Option<Value>| {
+            v.as_ref()
+                .and_then(Value::as_str)
+                .filter(|t| t.len() <= crate::jwt::MAX_CLAIM_LEN)
+                .map(Box::from)
+        };
         Ok(Arc::new(Grant {
             token: issued.access_token,
             expires_at,
+            iss: text(&subject.iss),
+            sub: text(&subject.sub),
+            sid: text(&subject.sid),
         }))
     }
 }
@@ -649,6 +679,25 @@ mod tests {
             ChainErrorKind::Exchange(ExchangeError::CircuitOpen(std::time::Duration::from_secs(2))),
         );
         assert_eq!((d.reason, d.retry_after), (Reason::TokenServiceCircuitOpen, Some(2)));
+    }
+
+    #[test]
+    fn a_revocation_purges_the_grants_of_the_subjects_it_names() {
+        let chaining = Chaining::new(settings());
+        for (i, sub) in ["alice", "bob"].into_iter().enumerate() {
+            let grant = Grant {
+                token: Secret::new(format!("grant-{sub}")),
+                expires_at: u64::MAX,
+                iss: Some("https://as-a.example".into()),
+                sub: Some(sub.into()),
+                sid: None,
+            };
+            chaining.grants.insert([i as u8; 32], Ok(Arc::new(grant)));
+        }
+        assert_eq!(chaining.purge(|h| h.sub == Some("alice")), 1);
+        assert_eq!(chaining.grants_held(), 1);
+        assert_eq!(chaining.purge(|_| true), 1);
+        assert_eq!(chaining.grants_held(), 0);
     }
 
     fn config(services: &str) -> Result<crate::config::Config, baton_decide::settings::ConfigError> {

@@ -643,6 +643,15 @@ impl TokenServices {
         self.by_name.values()
     }
 
+    /// Forget the identity chaining grants of every subject `revoked` names; how many.
+    pub fn purge_grants(&self, revoked: impl Fn(&crate::revocation::Holder<'_>) -> bool) -> usize {
+        self.by_name
+            .values()
+            .filter_map(|s| s.chaining.as_ref())
+            .map(|c| c.purge(&revoked))
+            .sum()
+    }
+
     /// Ready when every token service's endpoint is known.
     pub fn ready(&self) -> bool {
         self.by_name.values().all(|s| s.endpoint().get().is_some())
