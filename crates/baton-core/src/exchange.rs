@@ -2,7 +2,10 @@
 //! authentication, an overall deadline, bounded retries on connection errors and 5xx, a
 //! response-size bound, and a strict parse of the answer. It never follows a redirect, never logs a
 //! token, and never retries a definite refusal. Calls to the token endpoint go through the
-//! service's circuit breaker (`crate::breaker`, which says what counts and why).
+//! service's circuit breaker (`crate::breaker`, which says what counts and why). Identity chaining's
+//! two-step exchange is `chaining`.
+
+pub mod chaining;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -71,9 +74,9 @@ pub enum ExchangeError {
     NotDiscovered,
     #[error("the circuit breaker is open: the token service failed too often lately")]
     CircuitOpen(Duration),
-    /// One of the two steps of identity chaining failed (`crate::chaining`), named there.
+    /// One of the two steps of identity chaining failed (`exchange::chaining`), named there.
     #[error("{0}")]
-    Chaining(Box<crate::chaining::ChainError>),
+    Chaining(Box<chaining::ChainError>),
 }
 
 impl From<BodyError> for ExchangeError {
@@ -120,16 +123,12 @@ impl ExchangeError {
             Self::BadResponse(why) => Self::BadResponse(why),
             Self::NotDiscovered => Self::NotDiscovered,
             Self::CircuitOpen(d) => Self::CircuitOpen(*d),
-            Self::Chaining(e) => Self::Chaining(Box::new(crate::chaining::ChainError {
+            Self::Chaining(e) => Self::Chaining(Box::new(chaining::ChainError {
                 step: e.step,
                 service: e.service.clone(),
                 kind: match &e.kind {
-                    crate::chaining::ChainErrorKind::Exchange(inner) => {
-                        crate::chaining::ChainErrorKind::Exchange(inner.duplicate())
-                    }
-                    crate::chaining::ChainErrorKind::GrantInvalid(why) => {
-                        crate::chaining::ChainErrorKind::GrantInvalid(why)
-                    }
+                    chaining::ChainErrorKind::Exchange(inner) => chaining::ChainErrorKind::Exchange(inner.duplicate()),
+                    chaining::ChainErrorKind::GrantInvalid(why) => chaining::ChainErrorKind::GrantInvalid(why),
                 },
             })),
         }
@@ -235,8 +234,8 @@ pub struct TokenService {
     busy_until: std::sync::atomic::AtomicU64,
     /// Shared with the service this one replaced on a reload, when it guards the same endpoint.
     breaker: Arc<Breaker>,
-    /// `profile: identity_chaining`: the home service and the grants (`crate::chaining`).
-    chaining: Option<crate::chaining::Chaining>,
+    /// `profile: identity_chaining`: the home service and the grants (`exchange::chaining`).
+    chaining: Option<chaining::Chaining>,
 }
 
 impl TokenService {
@@ -296,12 +295,12 @@ impl TokenService {
             max_waiting: config.max_concurrent_exchanges,
             busy_until: std::sync::atomic::AtomicU64::new(0),
             breaker: Arc::new(Breaker::new(&config.name, config.circuit_breaker.clone())),
-            chaining: config.chaining.clone().map(crate::chaining::Chaining::new),
+            chaining: config.chaining.clone().map(chaining::Chaining::new),
         })
     }
 
     /// Under `profile: identity_chaining`: the home service and the grants.
-    pub fn chaining(&self) -> Option<&crate::chaining::Chaining> {
+    pub fn chaining(&self) -> Option<&chaining::Chaining> {
         self.chaining.as_ref()
     }
 
@@ -353,7 +352,7 @@ impl TokenService {
     }
 
     /// One token exchange, retried on connection errors and 5xx while the deadline allows. Under
-    /// `profile: identity_chaining`, the two steps (`crate::chaining`), each retried so.
+    /// `profile: identity_chaining`, the two steps (`exchange::chaining`), each retried so.
     pub async fn exchange(&self, subject_token: &str, target: &Target) -> Result<Issued, ExchangeError> {
         if let Some(chaining) = &self.chaining {
             return chaining.exchange(self, subject_token, target).await;

@@ -14,7 +14,6 @@ pub mod breaker;
 pub mod cache;
 pub mod callers;
 mod chain;
-pub mod chaining;
 pub mod clock;
 pub mod config;
 pub mod credentials;

@@ -3,6 +3,8 @@
 //! circuit breaker), validated into `Settings` that `exchange` builds its clients from. Secrets are
 //! read here (from a file or the environment) and never appear in an error or a log line.
 
+pub mod identity_chaining;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,8 +33,8 @@ pub struct Raw {
     /// turn within the timeout, and any beyond that are refused at once with 503.
     pub max_concurrent_exchanges: Option<usize>,
     pub circuit_breaker: crate::breaker::RawCircuitBreaker,
-    /// `profile: identity_chaining`: the home token service and the grant (`crate::chaining`).
-    pub identity_chaining: Option<crate::chaining::Raw>,
+    /// `profile: identity_chaining`: the home token service and the grant (`exchange::chaining`).
+    pub identity_chaining: Option<identity_chaining::Raw>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,7 +108,7 @@ pub struct Settings {
     /// `None`: the circuit breaker is turned off.
     pub circuit_breaker: Option<crate::breaker::Settings>,
     /// Under `profile: identity_chaining` (and only then).
-    pub chaining: Option<crate::chaining::Settings>,
+    pub chaining: Option<identity_chaining::Settings>,
 }
 
 /// Where the token endpoint is: given, or found by RFC 8414 / OpenID discovery from the issuer.

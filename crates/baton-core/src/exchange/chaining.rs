@@ -4,100 +4,28 @@
 //! steps: RFC 8693 at the home service for a JWT authorization grant whose audience is AS-B, then
 //! that grant presented to AS-B with the RFC 7523 jwt-bearer grant for the destination's token.
 //!
-//! This module owns the `identity_chaining:` section, the grant cache (bounded, keyed on every
+//! This module owns the grant cache (bounded, keyed on every
 //! input of step 1 and the subject token's digest, never past the grant's expiry; concurrent
-//! misses make one call) and the checks on the grant. It never logs or reports a token, and never
+//! misses make one call) and the checks on the grant; the section is
+//! `token_service::identity_chaining`'s. It never logs or reports a token, and never
 //! judges the grant's signature: AS-B does, and Baton holds no AS-A key for it.
 
 use std::sync::{Arc, OnceLock};
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TraceContextExt as _;
-use serde::Deserialize;
 use serde_json::Value;
 
+use super::{ExchangeError, Issued, Target, TokenService};
 use crate::cache::{CacheStatus, Key, digest, key, params_digest};
 use crate::clock::unix_now;
-use crate::exchange::{ExchangeError, Issued, Target, TokenService};
 use crate::oauth::TOKEN_TYPE_JWT;
 use crate::secret::{Secret, fingerprint};
+use crate::token_service::identity_chaining::Settings;
 use baton_decide::reason::{Denial, Reason};
-use baton_decide::settings::Errors;
 
 /// A grant is not served this close to its expiry: AS-B must still find it valid when it arrives.
 pub const GRANT_EXPIRY_MARGIN: u64 = 10;
-
-// === The `identity_chaining:` section of a token service ===
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Raw {
-    /// The token service (by name) that issues the grant: the home authorization server.
-    pub home: Option<String>,
-    /// The grant's audience: the foreign authorization server's issuer identifier (default: this
-    /// token service's `issuer`, as written).
-    pub grant_audience: Option<String>,
-    /// An RFC 8707 `resource` to ask the home service for, besides the audience.
-    pub grant_resource: Option<String>,
-    /// Scopes to ask the home service to put in the grant (space-separated).
-    pub grant_scope: Option<String>,
-    /// The grant's `iss` must be this (the home authorization server's issuer), when set.
-    pub grant_issuer: Option<String>,
-    /// Grants kept at once (default 10000).
-    pub max_grants: Option<u64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
-    pub home: String,
-    pub grant_audience: String,
-    pub grant_resource: Option<String>,
-    pub grant_scope: Option<String>,
-    pub grant_issuer: Option<String>,
-    pub max_grants: u64,
-}
-
-impl Raw {
-    /// `issuer`: the token service's own `issuer` setting, as written (the default audience).
-    pub(crate) fn validate(self, issuer: Option<&str>, at: &str, errors: &mut Errors) -> Option<Settings> {
-        let field = |name: &str| format!("{at}.{name}");
-        let home = self.home.filter(|h| !h.is_empty());
-        if home.is_none() {
-            errors.add(field("home"), "is required: the token service that issues the grant");
-        }
-        let grant_audience = self.grant_audience.or_else(|| issuer.map(str::to_owned));
-        match &grant_audience {
-            None => errors.add(
-                field("grant_audience"),
-                "is required (the foreign authorization server's issuer), unless the token service sets `issuer`",
-            ),
-            Some(a) if a.is_empty() || a.len() > 2048 || a.chars().any(char::is_control) => {
-                errors.add(field("grant_audience"), "must be 1 to 2048 printable characters");
-            }
-            Some(_) => {}
-        }
-        let scope = self.grant_scope.filter(|s| !s.trim().is_empty());
-        if let Some(scope) = &scope
-            && !scope
-                .bytes()
-                .all(|b| b == b' ' || (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\')
-        {
-            errors.add(field("grant_scope"), "scopes are printable ASCII without `\"` or `\\`");
-        }
-        let max_grants = self.max_grants.unwrap_or(10_000);
-        if !(1..=1_000_000).contains(&max_grants) {
-            errors.add(field("max_grants"), "must be between 1 and 1000000");
-        }
-        Some(Settings {
-            home: home?,
-            grant_audience: grant_audience?,
-            grant_resource: self.grant_resource,
-            grant_scope: scope,
-            grant_issuer: self.grant_issuer,
-            max_grants,
-        })
-    }
-}
 
 // === Errors ===
 
