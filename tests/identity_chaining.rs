@@ -32,6 +32,8 @@ struct Domains {
     untrusting: TokenService,
     baton: Baton,
     envoy: Envoy,
+    /// A second Envoy asking the same Baton through ext_proc.
+    envoy_proc: Envoy,
     _upstream: Upstream,
     scratch: Scratch,
 }
@@ -112,12 +114,14 @@ destinations:
     let baton = Baton::start_raw(&scratch, &config, "baton=debug,info").await;
     let upstream = Upstream::start().await;
     let envoy = Envoy::start(&scratch, baton.grpc, upstream.port).await;
+    let envoy_proc = Envoy::start_for(Api::ExtProc, &scratch, baton.grpc, upstream.port).await;
     Domains {
         home,
         foreign,
         untrusting,
         baton,
         envoy,
+        envoy_proc,
         _upstream: upstream,
         scratch,
     }
@@ -126,6 +130,11 @@ destinations:
 impl Domains {
     async fn get(&self, host: &str, token: &str) -> Reply {
         send(&self.envoy, host, "/", Some(&format!("Bearer {token}"))).await
+    }
+
+    /// The same request through the ext_proc Envoy.
+    async fn get_proc(&self, host: &str, token: &str) -> Reply {
+        send(&self.envoy_proc, host, "/", Some(&format!("Bearer {token}"))).await
     }
 
     /// Requests that reached each token endpoint: (AS-A token exchanges, AS-B jwt-bearer grants).
@@ -184,6 +193,21 @@ async fn a_request_is_delegated_across_trust_domains_with_each_step_cached_and_c
         "one call per step and per key for concurrent misses"
     );
 
+    // Through ext_proc alike: a miss makes both steps, then the hit is shared with ext_authz.
+    let carol = d.home.mint("carol", "orders.read").await;
+    let reply = d.get_proc("orders.partner.example", &carol).await;
+    let claims = d.foreign.verify(reply.upstream_token()).await;
+    assert_eq!(
+        (audiences(&claims), &claims["sub"]),
+        (vec![ORDERS.to_owned()], &"as-a:carol".into())
+    );
+    assert_eq!(d.calls().await, (3, 5));
+    assert_eq!(
+        d.get("orders.partner.example", &carol).await.upstream_token(),
+        reply.upstream_token()
+    );
+    assert_eq!(d.calls().await, (3, 5));
+
     // Audit and spans name both steps.
     eventually("the exchange span with both steps", || {
         d.baton.exported_spans().into_iter().find(|s| {
@@ -228,6 +252,15 @@ async fn a_foreign_server_refusing_the_grant_or_the_home_one_down_stops_the_requ
     assert!(
         refused.body.get("authorization").is_none(),
         "the upstream answered: {:?}",
+        refused.body
+    );
+    assert_eq!(d.untrusting.stat("jwt_bearer").await, 1);
+    // Through ext_proc the same refusal (remembered: not asked again).
+    let refused = d.get_proc("untrusting.example", &alice).await;
+    assert_eq!(
+        (refused.status, refused.reason()),
+        (403, "chaining_assertion_refused"),
+        "{:?}",
         refused.body
     );
     assert_eq!(d.untrusting.stat("jwt_bearer").await, 1);
