@@ -317,6 +317,19 @@ mod tests {
             ..a
         };
         assert_eq!(judge(&jwt(r#"{"aud":"00000003-0000"}"#), None, &entra), Ok(()));
+        // Identity chaining's token is held to the destination's audience as an exchanged one is.
+        let chained = Asked {
+            profile: Profile::IdentityChaining,
+            ..a
+        };
+        assert_eq!(
+            judge(&jwt(r#"{"aud":"https://as-b.example"}"#), None, &chained),
+            Err(IssuedError::AudienceMismatch)
+        );
+        assert_eq!(
+            judge(&jwt(r#"{"aud":"https://orders.example"}"#), None, &chained),
+            Ok(())
+        );
     }
 
     #[test]
