@@ -96,6 +96,8 @@ async fn domains(name: &str) -> Domains {
   partner: {}
   untrusting: {}
   wrong-audience: {}
+  unlisted: {}
+  other-issuer: {}
 cache:
   max_entries: 1000
   expiry_margin: 30s
@@ -105,11 +107,17 @@ destinations:
   - {{name: partner-billing, hosts: [billing.partner.example], audience: "{BILLING}", token_service: partner}}
   - {{name: untrusting, hosts: [untrusting.example], audience: "{ORDERS}", token_service: untrusting}}
   - {{name: wrong-audience, hosts: [wrong-audience.example], audience: "{ORDERS}", token_service: wrong-audience}}
+  - {{name: unlisted, hosts: [unlisted.example], audience: "{ORDERS}", token_service: unlisted}}
+  - {{name: other-issuer, hosts: [other-issuer.example], audience: "{ORDERS}", token_service: other-issuer}}
 "#,
         home.token_endpoint,
         chained(&foreign.token_endpoint, &foreign.issuer),
         chained(&untrusting.token_endpoint, &untrusting.issuer),
         chained(&foreign.token_endpoint, ELSEWHERE),
+        // AS-A issues no grant for this audience.
+        chained(&foreign.token_endpoint, "https://unlisted.example"),
+        // Expects grants from another issuer than AS-A.
+        chained(&foreign.token_endpoint, &foreign.issuer).replace(&home.issuer, "https://not-as-a.example"),
     );
     let baton = Baton::start_raw(&scratch, &config, "baton=debug,info").await;
     let upstream = Upstream::start().await;
@@ -280,6 +288,31 @@ async fn a_foreign_server_refusing_the_grant_or_the_home_one_down_stops_the_requ
     let again = d.get("wrong-audience.example", &alice).await;
     assert_eq!(again.reason(), "chaining_assertion_refused");
     assert_eq!(d.calls().await, calls);
+
+    // AS-A refuses the grant (an audience it does not issue grants for): step 1's refusal.
+    let before = d.foreign.stat("jwt_bearer").await;
+    let refused = d.get("unlisted.example", &alice).await;
+    assert_eq!(
+        (refused.status, refused.reason()),
+        (403, "chaining_grant_refused"),
+        "{:?}",
+        refused.body
+    );
+    let description = refused.body["error_description"].as_str().unwrap_or_default();
+    assert!(
+        description.contains("step 1") && description.contains("`home`"),
+        "{description}"
+    );
+
+    // AS-A's grant is not from the issuer Baton expects: never presented to AS-B.
+    let refused = d.get("other-issuer.example", &alice).await;
+    assert_eq!(
+        (refused.status, refused.reason()),
+        (503, "chaining_grant_invalid"),
+        "{:?}",
+        refused.body
+    );
+    assert_eq!(d.foreign.stat("jwt_bearer").await, before, "AS-B saw neither");
 
     // AS-A down: step 1 cannot be made; its reason, the step named, nothing upstream.
     d.home.signal("KILL");
