@@ -339,6 +339,9 @@ impl TokenService {
         } else {
             previous.breaker.retire();
         }
+        if let (Some(chaining), Some(before)) = (&mut self.chaining, &previous.chaining) {
+            chaining.keep_grants_of(before);
+        }
     }
 
     /// Whether the client authenticates with mutual TLS (discovery then prefers RFC 8705 aliases).

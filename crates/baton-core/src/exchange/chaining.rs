@@ -140,7 +140,8 @@ type Slot = Result<Arc<Grant>, Arc<ChainError>>;
 pub struct Chaining {
     settings: Settings,
     home: OnceLock<Arc<TokenService>>,
-    grants: quick_cache::sync::Cache<Key, Slot>,
+    /// Shared with the chaining this one replaced on a reload, when its settings are the same.
+    grants: Arc<quick_cache::sync::Cache<Key, Slot>>,
 }
 
 impl std::fmt::Debug for Chaining {
@@ -154,7 +155,9 @@ impl std::fmt::Debug for Chaining {
 
 impl Chaining {
     pub fn new(settings: Settings) -> Self {
-        let grants = quick_cache::sync::Cache::new(usize::try_from(settings.max_grants).unwrap_or(usize::MAX));
+        let grants = Arc::new(quick_cache::sync::Cache::new(
+            usize::try_from(settings.max_grants).unwrap_or(usize::MAX),
+        ));
         Self {
             settings,
             home: OnceLock::new(),
@@ -169,6 +172,14 @@ impl Chaining {
     /// The name of the home token service.
     pub fn home_name(&self) -> &str {
         &self.settings.home
+    }
+
+    /// On a reload, keep the grants `previous` holds when the settings are the same (a grant's key
+    /// holds the home service's name, URL and client, so a changed home service misses anyway).
+    pub(crate) fn keep_grants_of(&mut self, previous: &Chaining) {
+        if previous.settings == self.settings {
+            self.grants = previous.grants.clone();
+        }
     }
 
     /// Wire the home service (once; configuration validation saw that it exists).
@@ -626,6 +637,28 @@ mod tests {
         assert_eq!(chaining.grants_held(), 1);
         assert_eq!(chaining.purge(|_| true), 1);
         assert_eq!(chaining.grants_held(), 0);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_grants_only_under_the_same_settings() {
+        let before = Chaining::new(settings());
+        let grant = Grant {
+            token: Secret::new("grant"),
+            expires_at: u64::MAX,
+            iss: None,
+            sub: None,
+            sid: None,
+        };
+        before.grants.insert([0; 32], Ok(Arc::new(grant)));
+        let mut same = Chaining::new(settings());
+        same.keep_grants_of(&before);
+        assert_eq!(same.grants_held(), 1);
+        let mut changed = Chaining::new(Settings {
+            grant_audience: "https://as-c.example".into(),
+            ..settings()
+        });
+        changed.keep_grants_of(&before);
+        assert_eq!(changed.grants_held(), 0);
     }
 
     fn config(services: &str) -> Result<crate::config::Config, baton_decide::settings::ConfigError> {
