@@ -661,6 +661,107 @@ mod tests {
         assert_eq!(changed.grants_held(), 0);
     }
 
+    /// A home token endpoint stand-in on loopback (a real one is in `tests/identity_chaining.rs`):
+    /// counts the connections it accepts and answers each with `status` and `body` after `delay`.
+    async fn home_endpoint(
+        status: u16,
+        body: String,
+    ) -> (
+        Arc<TokenService>,
+        Arc<std::sync::atomic::AtomicU64>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = accepted.clone();
+        let answer = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let server = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 8192];
+                    let _ = socket.read(&mut request).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        let raw = crate::files::parse_yaml(&format!(
+            "  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n"
+        ))
+        .expect("yaml");
+        let mut errors = baton_decide::settings::Errors::default();
+        let checked = crate::token_service::validate(Some(raw), Default::default(), &mut errors);
+        assert!(errors.0.is_empty(), "{errors:?}");
+        let config = checked.valid().and_then(|s| s.into_iter().next()).expect("config");
+        (Arc::new(TokenService::new(&config).expect("service")), accepted, server)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_grant_misses_make_one_call_and_a_failure_is_shared_not_kept() {
+        let now = unix_now();
+        let grant = jwt(&serde_json::json!({"iss": "https://as-a.example", "aud": AS_B, "exp": now + 300}));
+        let body = format!(
+            r#"{{"access_token":"{grant}","issued_token_type":"{TOKEN_TYPE_JWT}","token_type":"N_A","expires_in":300}}"#
+        );
+        let (home, calls, server) = home_endpoint(200, body).await;
+        let chaining = Arc::new(Chaining::new(settings()));
+        let ask = |subject: &'static str| {
+            let (chaining, home) = (chaining.clone(), home.clone());
+            tokio::spawn(async move {
+                chaining
+                    .grant(&home, subject, &target())
+                    .await
+                    .map(|(_, status)| status)
+            })
+        };
+        let statuses: Vec<CacheStatus> = futures_util::future::join_all((0..16).map(|_| ask("alice")))
+            .await
+            .into_iter()
+            .map(|r| r.expect("task").expect("grant"))
+            .collect();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "{statuses:?}");
+        assert_eq!(statuses.iter().filter(|s| **s == CacheStatus::Miss).count(), 1);
+        assert!(statuses.contains(&CacheStatus::Coalesced), "{statuses:?}");
+        assert_eq!(ask("alice").await.expect("task").expect("grant"), CacheStatus::Hit);
+        assert_eq!(ask("bob").await.expect("task").expect("grant"), CacheStatus::Miss);
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "another subject, another grant"
+        );
+        server.abort();
+
+        let (home, calls, server) = home_endpoint(400, r#"{"error":"invalid_grant"}"#.into()).await;
+        let chaining = Arc::new(Chaining::new(settings()));
+        let ask = |subject: &'static str| {
+            let (chaining, home) = (chaining.clone(), home.clone());
+            tokio::spawn(async move { chaining.grant(&home, subject, &target()).await.map(|_| ()) })
+        };
+        for refused in futures_util::future::join_all((0..8).map(|_| ask("alice"))).await {
+            let e = refused.expect("task").expect_err("refused");
+            assert_eq!(Denial::from(&*e).reason, Reason::ChainingGrantRefused);
+        }
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one call for all waiters"
+        );
+        assert!(ask("alice").await.expect("task").is_err());
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "a failure is not kept"
+        );
+        server.abort();
+    }
+
     fn config(services: &str) -> Result<crate::config::Config, baton_decide::settings::ConfigError> {
         crate::config::Config::from_yaml(&format!(
             "token_services:\n{services}\ndestinations:\n  - {{name: partner, hosts: [partner], audience: 'https://api.b.example', token_service: b}}\n"
