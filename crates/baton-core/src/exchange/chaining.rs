@@ -225,10 +225,13 @@ impl Chaining {
         let home = self.home.get().ok_or(ExchangeError::BadResponse(
             "identity chaining: the home token service is not configured",
         ))?;
-        let (grant, status) = self
-            .grant(home, subject_token, target)
-            .await
-            .map_err(|e| ExchangeError::Chaining(Box::new(clone_error(&e))))?;
+        let (grant, status, key) = match self.grant(home, subject_token, target).await {
+            Ok(found) => found,
+            Err(e) => {
+                step_event(Step::Grant, home.name(), None, Some(Denial::from(&*e).reason));
+                return Err(ExchangeError::Chaining(Box::new(clone_error(&e))));
+            }
+        };
         step_event(Step::Grant, home.name(), Some(status), None);
         tracing::debug!(
             step = "grant",
@@ -246,7 +249,17 @@ impl Chaining {
         });
         match &result {
             Ok(_) => step_event(Step::Assertion, foreign.name(), None, None),
-            Err(e) => step_event(Step::Assertion, foreign.name(), None, Some(Denial::from(e).reason)),
+            Err(e) => {
+                // AS-B refused this grant (expired by its clock, revoked at AS-A, ...): it is not
+                // presented again; the next miss asks AS-A for a fresh one.
+                if let ExchangeError::Chaining(chain) = e
+                    && matches!(chain.kind, ChainErrorKind::Exchange(ExchangeError::Refused { .. }))
+                {
+                    self.grants
+                        .remove_if(&key, |slot| slot.as_ref().is_ok_and(|g| Arc::ptr_eq(g, &grant)));
+                }
+                step_event(Step::Assertion, foreign.name(), None, Some(Denial::from(e).reason));
+            }
         }
         result
     }
@@ -258,7 +271,7 @@ impl Chaining {
         home: &TokenService,
         subject_token: &str,
         target: &Target,
-    ) -> Result<(Arc<Grant>, CacheStatus), Arc<ChainError>> {
+    ) -> Result<(Arc<Grant>, CacheStatus, Key), Arc<ChainError>> {
         let s = &self.settings;
         let actor = target.actor.as_ref().map(|(t, _)| hex(&digest(t.expose())));
         let params = params_digest(&[
@@ -278,11 +291,11 @@ impl Chaining {
         if let Some(Ok(hit)) = self.grants.get(&key)
             && fresh(&hit)
         {
-            return Ok((hit, CacheStatus::Hit));
+            return Ok((hit, CacheStatus::Hit, key));
         }
         loop {
             match self.grants.get_value_or_guard_async(&key).await {
-                Ok(Ok(grant)) if fresh(&grant) => return Ok((grant, CacheStatus::Coalesced)),
+                Ok(Ok(grant)) if fresh(&grant) => return Ok((grant, CacheStatus::Coalesced, key)),
                 Ok(Ok(stale)) => {
                     self.grants
                         .remove_if(&key, |slot| slot.as_ref().is_ok_and(|g| Arc::ptr_eq(g, &stale)));
@@ -299,15 +312,7 @@ impl Chaining {
                             _ => false,
                         });
                     }
-                    if let Err(e) = &slot {
-                        step_event(
-                            Step::Grant,
-                            home.name(),
-                            Some(CacheStatus::Miss),
-                            Some(Denial::from(&**e).reason),
-                        );
-                    }
-                    return slot.map(|g| (g, CacheStatus::Miss));
+                    return slot.map(|g| (g, CacheStatus::Miss, key));
                 }
             }
         }
@@ -718,7 +723,7 @@ mod tests {
                 chaining
                     .grant(&home, subject, &target())
                     .await
-                    .map(|(_, status)| status)
+                    .map(|(_, status, _)| status)
             })
         };
         let statuses: Vec<CacheStatus> = futures_util::future::join_all((0..16).map(|_| ask("alice")))
@@ -760,6 +765,32 @@ mod tests {
             "a failure is not kept"
         );
         server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_grant_the_foreign_server_refused_is_not_presented_again() {
+        let now = unix_now();
+        let grant = jwt(&serde_json::json!({"iss": "https://as-a.example", "aud": AS_B, "exp": now + 300}));
+        let body = format!(r#"{{"access_token":"{grant}","token_type":"N_A","expires_in":300}}"#);
+        let (home, home_calls, home_server) = home_endpoint(200, body).await;
+        let (foreign, foreign_calls, foreign_server) = home_endpoint(400, r#"{"error":"invalid_grant"}"#.into()).await;
+        let chaining = Chaining::new(settings());
+        chaining.set_home(home);
+        for _ in 0..2 {
+            let e = chaining
+                .exchange(&foreign, "alice", &target())
+                .await
+                .expect_err("refused");
+            assert_eq!(Denial::from(&e).reason, Reason::ChainingAssertionRefused);
+        }
+        let calls = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            (calls(&home_calls), calls(&foreign_calls)),
+            (2, 2),
+            "a fresh grant each time"
+        );
+        home_server.abort();
+        foreign_server.abort();
     }
 
     fn config(services: &str) -> Result<crate::config::Config, baton_decide::settings::ConfigError> {
