@@ -836,6 +836,11 @@ mod tests {
                 "rfc8693",
             ),
             (
+                "  a: {token_endpoint: 'http://as-a/token', client_id: c, auth: {method: none}}\n  b: {token_endpoint: 'http://as-b/token', client_id: c, auth: {method: none}, profile: identity_chaining, identity_chaining: {home: a, grant_audience: x, grant_resource: 'urn:x#frag'}}\n",
+                "token_services.b.identity_chaining.grant_resource",
+                "without a fragment",
+            ),
+            (
                 "  b: {token_endpoint: 'http://as-b/token', client_id: c, auth: {method: none}, identity_chaining: {home: a}}\n",
                 "token_services.b.identity_chaining",
                 "applies only",

@@ -61,6 +61,12 @@ impl Raw {
         {
             errors.add(field("grant_scope"), "scopes are printable ASCII without `\"` or `\\`");
         }
+        // RFC 8707 2: an absolute URI without a fragment.
+        if let Some(resource) = &self.grant_resource
+            && !url::Url::parse(resource).is_ok_and(|u| u.fragment().is_none())
+        {
+            errors.add(field("grant_resource"), "must be an absolute URI without a fragment");
+        }
         let max_grants = self.max_grants.unwrap_or(10_000);
         if !(1..=1_000_000).contains(&max_grants) {
             errors.add(field("max_grants"), "must be between 1 and 1000000");
