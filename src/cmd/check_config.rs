@@ -40,8 +40,13 @@ impl Args {
                         } else {
                             ""
                         };
+                        let home = ts
+                            .chaining
+                            .as_ref()
+                            .map(|c| format!(", grant from `{}`", c.home))
+                            .unwrap_or_default();
                         format!(
-                            "`{}` ({}, client `{}`{breaker})",
+                            "`{}` ({}{home}, client `{}`{breaker})",
                             ts.name,
                             ts.profile.as_str(),
                             ts.client_id

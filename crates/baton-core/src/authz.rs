@@ -235,7 +235,11 @@ impl Authz {
             // A destination's tokens only: its users' verified subjects stay (nobody was revoked).
             Selector::Destination { name } => self.cache.purge_destination(name),
             Selector::Email { .. } => self.purge_by_email(selector),
-            _ => self.cache.purge(named, everything) + self.verifier.as_ref().map_or(0, |v| v.purge(named)),
+            _ => {
+                self.cache.purge(named, everything)
+                    + self.verifier.as_ref().map_or(0, |v| v.purge(named))
+                    + self.token_services.purge_grants(named)
+            }
         };
         span.record("purged", purged);
         tracing::info!(event, kind = selector.kind(), purged, "revoked");

@@ -238,6 +238,16 @@ fn check_token_services(
                 );
                 }
             }
+            // The jwt-bearer grant of identity chaining's second step has no requested_token_type.
+            Some(Some(ts))
+                if ts.profile == crate::token_service::Profile::IdentityChaining
+                    && d.requested_token_type.is_some() =>
+            {
+                errors.add(
+                    at("requested_token_type"),
+                    format!("token service `{token_service}` uses the identity_chaining profile, which has no requested_token_type"),
+                );
+            }
             _ => {}
         }
     }

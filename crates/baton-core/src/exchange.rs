@@ -2,7 +2,10 @@
 //! authentication, an overall deadline, bounded retries on connection errors and 5xx, a
 //! response-size bound, and a strict parse of the answer. It never follows a redirect, never logs a
 //! token, and never retries a definite refusal. Calls to the token endpoint go through the
-//! service's circuit breaker (`crate::breaker`, which says what counts and why).
+//! service's circuit breaker (`crate::breaker`, which says what counts and why). Identity chaining's
+//! two-step exchange is `chaining`.
+
+pub mod chaining;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -71,6 +74,9 @@ pub enum ExchangeError {
     NotDiscovered,
     #[error("the circuit breaker is open: the token service failed too often lately")]
     CircuitOpen(Duration),
+    /// One of the two steps of identity chaining failed (`exchange::chaining`), named there.
+    #[error("{0}")]
+    Chaining(Box<chaining::ChainError>),
 }
 
 impl From<BodyError> for ExchangeError {
@@ -97,6 +103,34 @@ impl ExchangeError {
             Self::Busy(_) | Self::Saturated | Self::BadResponse(_) | Self::NotDiscovered | Self::CircuitOpen(_) => {
                 Outcome::Neutral
             }
+            // Each step was counted by the breaker of the service it called.
+            Self::Chaining(_) => Outcome::Neutral,
+        }
+    }
+
+    /// The same error, for each caller that waited on one identity chaining grant.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Self::Refused { status, error } => Self::Refused {
+                status: *status,
+                error: error.clone(),
+            },
+            Self::Unreachable(why) => Self::Unreachable(why.clone()),
+            Self::Timeout(d) => Self::Timeout(*d),
+            Self::Status(s) => Self::Status(*s),
+            Self::Busy(d) => Self::Busy(*d),
+            Self::Saturated => Self::Saturated,
+            Self::BadResponse(why) => Self::BadResponse(why),
+            Self::NotDiscovered => Self::NotDiscovered,
+            Self::CircuitOpen(d) => Self::CircuitOpen(*d),
+            Self::Chaining(e) => Self::Chaining(Box::new(chaining::ChainError {
+                step: e.step,
+                service: e.service.clone(),
+                kind: match &e.kind {
+                    chaining::ChainErrorKind::Exchange(inner) => chaining::ChainErrorKind::Exchange(inner.duplicate()),
+                    chaining::ChainErrorKind::GrantInvalid(why) => chaining::ChainErrorKind::GrantInvalid(why),
+                },
+            })),
         }
     }
 }
@@ -163,6 +197,7 @@ impl From<&ExchangeError> for Denial {
                 "the token service failed too often lately; it is not called for a moment",
             )
             .retry_after(*left),
+            ExchangeError::Chaining(e) => Denial::from(&**e),
         }
     }
 }
@@ -199,6 +234,8 @@ pub struct TokenService {
     busy_until: std::sync::atomic::AtomicU64,
     /// Shared with the service this one replaced on a reload, when it guards the same endpoint.
     breaker: Arc<Breaker>,
+    /// `profile: identity_chaining`: the home service and the grants (`exchange::chaining`).
+    chaining: Option<chaining::Chaining>,
 }
 
 impl TokenService {
@@ -258,7 +295,13 @@ impl TokenService {
             max_waiting: config.max_concurrent_exchanges,
             busy_until: std::sync::atomic::AtomicU64::new(0),
             breaker: Arc::new(Breaker::new(&config.name, config.circuit_breaker.clone())),
+            chaining: config.chaining.clone().map(chaining::Chaining::new),
         })
+    }
+
+    /// Under `profile: identity_chaining`: the home service and the grants.
+    pub fn chaining(&self) -> Option<&chaining::Chaining> {
+        self.chaining.as_ref()
     }
 
     pub fn name(&self) -> &str {
@@ -296,6 +339,9 @@ impl TokenService {
         } else {
             previous.breaker.retire();
         }
+        if let (Some(chaining), Some(before)) = (&mut self.chaining, &previous.chaining) {
+            chaining.keep_grants_of(before);
+        }
     }
 
     /// Whether the client authenticates with mutual TLS (discovery then prefers RFC 8705 aliases).
@@ -308,8 +354,18 @@ impl TokenService {
         self.http.get().await
     }
 
-    /// One token exchange, retried on connection errors and 5xx while the deadline allows.
+    /// One token exchange, retried on connection errors and 5xx while the deadline allows. Under
+    /// `profile: identity_chaining`, the two steps (`exchange::chaining`), each retried so.
     pub async fn exchange(&self, subject_token: &str, target: &Target) -> Result<Issued, ExchangeError> {
+        if let Some(chaining) = &self.chaining {
+            return chaining.exchange(self, subject_token, target).await;
+        }
+        self.call(subject_token, target).await
+    }
+
+    /// One call to this service's token endpoint in its profile's grant (under identity chaining,
+    /// `subject_token` is the grant, presented as the jwt-bearer assertion).
+    pub(crate) async fn call(&self, subject_token: &str, target: &Target) -> Result<Issued, ExchangeError> {
         let endpoint = self.endpoint.get().ok_or(ExchangeError::NotDiscovered)?;
         self.with_retries(|| self.attempt(endpoint, subject_token, target))
             .await
@@ -454,6 +510,18 @@ impl TokenService {
                     ("scope", &entra_scope),
                 ]
             }
+            // RFC 7523 2.1 with the grant as the assertion; the destination's target and scope as
+            // the draft's step 2 allows (RFC 8707 `resource`, `audience`, `scope`).
+            Profile::IdentityChaining => {
+                let mut form = vec![("grant_type", GRANT_JWT_BEARER), ("assertion", subject_token)];
+                let optional = [
+                    ("audience", &target.audience),
+                    ("resource", &target.resource),
+                    ("scope", &target.scope),
+                ];
+                form.extend(optional.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))));
+                form
+            }
         };
         let (status, body) = self.send_form(endpoint, form).await?;
         parse_response(status, &body)
@@ -555,9 +623,18 @@ pub struct TokenServices {
 
 impl TokenServices {
     pub fn new(services: impl IntoIterator<Item = TokenService>) -> Self {
-        Self {
-            by_name: services.into_iter().map(|s| (s.name.clone(), Arc::new(s))).collect(),
+        let by_name: HashMap<String, Arc<TokenService>> =
+            services.into_iter().map(|s| (s.name.clone(), Arc::new(s))).collect();
+        // Identity chaining: each foreign service gets its home one (validation saw that it exists
+        // and is not itself a chaining one, so there is no cycle).
+        for service in by_name.values() {
+            if let Some(chaining) = &service.chaining
+                && let Some(home) = by_name.get(chaining.home_name())
+            {
+                chaining.set_home(home.clone());
+            }
         }
+        Self { by_name }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<TokenService>> {
@@ -566,6 +643,15 @@ impl TokenServices {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<TokenService>> {
         self.by_name.values()
+    }
+
+    /// Forget the identity chaining grants of every subject `revoked` names; how many.
+    pub fn purge_grants(&self, revoked: impl Fn(&crate::revocation::Holder<'_>) -> bool) -> usize {
+        self.by_name
+            .values()
+            .filter_map(|s| s.chaining.as_ref())
+            .map(|c| c.purge(&revoked))
+            .sum()
     }
 
     /// Ready when every token service's endpoint is known.

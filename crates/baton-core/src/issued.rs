@@ -79,7 +79,9 @@ pub fn check(
     let claims = claims.map_err(IssuedError::Malformed)?;
     // Entra's on-behalf-of answers with `aud` set to the resource's application id, which Baton is
     // not told, and with scopes named differently from the request: those two are not judged there.
-    let rfc8693 = asked.profile == Profile::Rfc8693;
+    // Identity chaining's token is asked for with the destination's own audience and scope, so it
+    // is held to them as an exchanged one is.
+    let rfc8693 = asked.profile != Profile::EntraObo;
     if let Some(claims) = claims {
         if rfc8693 {
             check_audience(claims.aud.as_ref(), asked)?;
@@ -315,6 +317,19 @@ mod tests {
             ..a
         };
         assert_eq!(judge(&jwt(r#"{"aud":"00000003-0000"}"#), None, &entra), Ok(()));
+        // Identity chaining's token is held to the destination's audience as an exchanged one is.
+        let chained = Asked {
+            profile: Profile::IdentityChaining,
+            ..a
+        };
+        assert_eq!(
+            judge(&jwt(r#"{"aud":"https://as-b.example"}"#), None, &chained),
+            Err(IssuedError::AudienceMismatch)
+        );
+        assert_eq!(
+            judge(&jwt(r#"{"aud":"https://orders.example"}"#), None, &chained),
+            Ok(())
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! circuit breaker), validated into `Settings` that `exchange` builds its clients from. Secrets are
 //! read here (from a file or the environment) and never appear in an error or a log line.
 
+pub mod identity_chaining;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,6 +33,8 @@ pub struct Raw {
     /// turn within the timeout, and any beyond that are refused at once with 503.
     pub max_concurrent_exchanges: Option<usize>,
     pub circuit_breaker: crate::breaker::RawCircuitBreaker,
+    /// `profile: identity_chaining`: the home token service and the grant (`exchange::chaining`).
+    pub identity_chaining: Option<identity_chaining::Raw>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +74,9 @@ pub enum Profile {
     /// Microsoft Entra ID on-behalf-of: the RFC 7523 JWT-bearer grant with
     /// `requested_token_use=on_behalf_of`.
     EntraObo,
+    /// Identity chaining across trust domains (draft-ietf-oauth-identity-chaining): a grant from
+    /// the home token service, presented here with the RFC 7523 JWT-bearer grant.
+    IdentityChaining,
 }
 
 impl Profile {
@@ -77,6 +84,7 @@ impl Profile {
         match self {
             Self::Rfc8693 => "rfc8693",
             Self::EntraObo => "entra_obo",
+            Self::IdentityChaining => "identity_chaining",
         }
     }
 }
@@ -99,6 +107,8 @@ pub struct Settings {
     pub max_concurrent_exchanges: usize,
     /// `None`: the circuit breaker is turned off.
     pub circuit_breaker: Option<crate::breaker::Settings>,
+    /// Under `profile: identity_chaining` (and only then).
+    pub chaining: Option<identity_chaining::Settings>,
 }
 
 /// Where the token endpoint is: given, or found by RFC 8414 / OpenID discovery from the issuer.
@@ -184,7 +194,31 @@ pub(crate) fn validate(single: Option<Raw>, named: BTreeMap<String, Raw>, errors
         let ts = validate_token_service(&name, raw, &at, errors);
         out.push((name, ts));
     }
+    check_chaining_homes(&out, errors);
     Checked(out)
+}
+
+/// Each identity chaining service names a home service that exists and speaks RFC 8693.
+fn check_chaining_homes(services: &[(String, Option<Settings>)], errors: &mut Errors) {
+    for (name, ts) in services {
+        let Some(chaining) = ts.as_ref().and_then(|ts| ts.chaining.as_ref()) else {
+            continue;
+        };
+        let at = if name == DEFAULT_TOKEN_SERVICE {
+            "token_service.identity_chaining.home".to_owned()
+        } else {
+            format!("token_services.{name}.identity_chaining.home")
+        };
+        match services.iter().find(|(n, _)| *n == chaining.home) {
+            _ if chaining.home == *name => errors.add(at, "must name another token service"),
+            None => errors.add(at, format!("`{}` is not a configured token service", chaining.home)),
+            Some((_, Some(home))) if home.profile != Profile::Rfc8693 => errors.add(
+                at,
+                format!("`{}` must use the rfc8693 profile: it issues the grant", chaining.home),
+            ),
+            Some(_) => {}
+        }
+    }
 }
 
 fn is_service_name(name: &str) -> bool {
@@ -241,6 +275,29 @@ fn validate_token_service(name: &str, raw: Raw, at: &str, errors: &mut Errors) -
     if !(1024..=1024 * 1024).contains(&max_response_bytes) {
         errors.add(format!("{at}.max_response_bytes"), "must be between 1024 and 1048576");
     }
+    let chaining = match (raw.profile, raw.identity_chaining) {
+        (Profile::IdentityChaining, Some(section)) => {
+            section.validate(raw.issuer.as_deref(), &format!("{at}.identity_chaining"), errors)
+        }
+        (Profile::IdentityChaining, None) => {
+            errors.add(
+                format!("{at}.identity_chaining"),
+                "is required by the identity_chaining profile (at least `home`)",
+            );
+            None
+        }
+        (_, Some(_)) => {
+            errors.add(
+                format!("{at}.identity_chaining"),
+                "applies only to `profile: identity_chaining`",
+            );
+            None
+        }
+        (_, None) => None,
+    };
+    if raw.profile == Profile::IdentityChaining && chaining.is_none() {
+        return None;
+    }
     Some(Settings {
         name: name.to_owned(),
         endpoint: endpoint?,
@@ -253,6 +310,7 @@ fn validate_token_service(name: &str, raw: Raw, at: &str, errors: &mut Errors) -
         max_response_bytes,
         max_concurrent_exchanges,
         circuit_breaker,
+        chaining,
     })
 }
 

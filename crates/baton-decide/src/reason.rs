@@ -132,6 +132,17 @@ pub enum Reason {
     GrantInactive,
     /// `deferred.introspection_endpoint` did not answer, or not as RFC 7662 says: fail closed (503).
     GrantIntrospectionFailed,
+    // Identity chaining across trust domains (`profile: identity_chaining`).
+    /// The home token service refused to issue the grant (an OAuth error) (403).
+    ChainingGrantRefused,
+    /// The home token service's answer for the grant is unusable (not a token response, an HTTP
+    /// error) (503).
+    ChainingGrantFailed,
+    /// The grant is not a JWT for the foreign authorization server's audience, from the expected
+    /// issuer, unexpired (503).
+    ChainingGrantInvalid,
+    /// The foreign authorization server refused the grant (RFC 7523 jwt-bearer) (403).
+    ChainingAssertionRefused,
 }
 
 /// The class of a reason, which fixes the HTTP status and the gRPC code of the reply.
@@ -144,7 +155,7 @@ pub enum Class {
 
 impl Reason {
     /// Every reason, for reading a wire name back (`from_name`): a test holds it to `as_str`.
-    pub const ALL: [Reason; 69] = [
+    pub const ALL: [Reason; 73] = [
         Self::MissingToken,
         Self::MultipleAuthorizationHeaders,
         Self::UnsupportedAuthorizationScheme,
@@ -214,6 +225,10 @@ impl Reason {
         Self::GrantCallerMismatch,
         Self::GrantInactive,
         Self::GrantIntrospectionFailed,
+        Self::ChainingGrantRefused,
+        Self::ChainingGrantFailed,
+        Self::ChainingGrantInvalid,
+        Self::ChainingAssertionRefused,
     ];
 
     /// The reason whose wire name is `name`.
@@ -292,6 +307,10 @@ impl Reason {
             Self::GrantCallerMismatch => "grant_caller_mismatch",
             Self::GrantInactive => "grant_inactive",
             Self::GrantIntrospectionFailed => "grant_introspection_failed",
+            Self::ChainingGrantRefused => "chaining_grant_refused",
+            Self::ChainingGrantFailed => "chaining_grant_failed",
+            Self::ChainingGrantInvalid => "chaining_grant_invalid",
+            Self::ChainingAssertionRefused => "chaining_assertion_refused",
         }
     }
 
@@ -300,7 +319,12 @@ impl Reason {
     pub const fn is_definite_refusal(self) -> bool {
         matches!(
             self,
-            Self::SubjectTokenRejected | Self::TargetRefused | Self::ClientUnauthorized | Self::ScopeRefused
+            Self::SubjectTokenRejected
+                | Self::TargetRefused
+                | Self::ClientUnauthorized
+                | Self::ScopeRefused
+                | Self::ChainingGrantRefused
+                | Self::ChainingAssertionRefused
         )
     }
 
@@ -357,7 +381,9 @@ impl Reason {
             | Self::DestinationNotInGrant
             | Self::JobRequestInvalid
             | Self::DeferredDisabled
-            | Self::GrantCallerMismatch => Class::PermissionDenied,
+            | Self::GrantCallerMismatch
+            | Self::ChainingGrantRefused
+            | Self::ChainingAssertionRefused => Class::PermissionDenied,
             Self::TokenServiceUnavailable
             | Self::TokenServiceTimeout
             | Self::TokenServiceError
@@ -374,7 +400,9 @@ impl Reason {
             | Self::IssuedTokenMalformed
             | Self::IssuedTokenSignatureInvalid
             | Self::IssuedGrantUnbound
-            | Self::GrantIntrospectionFailed => Class::Unavailable,
+            | Self::GrantIntrospectionFailed
+            | Self::ChainingGrantFailed
+            | Self::ChainingGrantInvalid => Class::Unavailable,
         }
     }
 }

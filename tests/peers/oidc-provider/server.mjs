@@ -99,6 +99,15 @@ const APP_POST_LOGOUT_REDIRECT_URI = 'http://127.0.0.1/logged-out';
 const OPAQUE_AUDIENCES = new Set(
   env('OPAQUE_AUDIENCES', '').split(',').map((s) => s.trim()).filter(Boolean),
 );
+// Not in the contract: identity chaining across trust domains (draft-ietf-oauth-identity-chaining).
+// When set, this provider is the foreign authorization server: its jwt-bearer grant (RFC 7523),
+// sent without `requested_token_use`, takes a JWT authorization grant issued by this issuer only
+// (signature by the keys its discovery document names, `iss` exactly this, `aud` this provider's
+// issuer, `exp` ahead, `sub` present) and issues a token for the requested audience/resource
+// whose `sub` is GRANT_SUBJECT_PREFIX + the grant's `sub`, carrying the grant's `act`. Unset: the
+// jwt-bearer grant is Entra's on-behalf-of only, as before.
+const TRUSTED_GRANT_ISSUER = env('TRUSTED_GRANT_ISSUER', '');
+const GRANT_SUBJECT_PREFIX = env('GRANT_SUBJECT_PREFIX', '');
 
 function log(...args) {
   console.error('[oidc-provider peer]', ...args);
@@ -410,7 +419,8 @@ async function tokenExchange(ctx) {
 
   ctx.body = {
     access_token: value,
-    issued_token_type: TT_ACCESS_TOKEN,
+    // A JWT asked for (an identity chaining grant): said to be one, as the draft's step 1 answers.
+    issued_token_type: params.requested_token_type === TT_JWT ? TT_JWT : TT_ACCESS_TOKEN,
     token_type: token.tokenType,
     expires_in: token.expiration,
     ...(token.scope ? { scope: token.scope } : undefined),
@@ -486,7 +496,76 @@ async function onBehalfOf(ctx) {
   };
 }
 
-provider.registerGrantType(JWT_BEARER, onBehalfOf, ['assertion', 'requested_token_use', 'scope']);
+// --- Identity chaining, the foreign authorization server's side (glue: trust in the home
+// issuer's grants and the subject mapping; verifying is jose's, issuing is the library's) -------
+
+let trustedGrantKeys;
+// The home issuer's keys, found by its discovery document (once, then jose's remote JWKS keeps
+// them, refetching on an unknown kid).
+async function trustedKeys() {
+  if (!trustedGrantKeys) {
+    const response = await fetch(`${TRUSTED_GRANT_ISSUER}/.well-known/openid-configuration`);
+    if (!response.ok) throw new Error(`discovery of ${TRUSTED_GRANT_ISSUER}: HTTP ${response.status}`);
+    const { issuer: discovered, jwks_uri: jwksUri } = await response.json();
+    if (discovered !== TRUSTED_GRANT_ISSUER) throw new Error('the discovered issuer is not TRUSTED_GRANT_ISSUER');
+    trustedGrantKeys = jose.createRemoteJWKSet(new URL(jwksUri));
+  }
+  return trustedGrantKeys;
+}
+
+async function identityChaining(ctx) {
+  const { client, params } = ctx.oidc;
+  if (!params.assertion) {
+    throw new errors.InvalidRequest('missing required parameter \'assertion\'');
+  }
+  let grant;
+  try {
+    ({ payload: grant } = await jose.jwtVerify(params.assertion, await trustedKeys(), {
+      issuer: TRUSTED_GRANT_ISSUER,
+      audience: issuer,
+      requiredClaims: ['sub', 'exp'],
+    }));
+  } catch (cause) {
+    throw new errors.InvalidGrant({ detail: `the assertion is not a grant this server trusts: ${cause.code ?? cause.message}`, cause });
+  }
+  const targets = [...new Set([...asList(params.audience), ...asList(params.resource)])];
+  if (targets.length !== 1) {
+    throw new errors.InvalidTarget('exactly one audience (or resource) is required');
+  }
+  const [target] = targets;
+  const resourceServer = new provider.ResourceServer(target, await getResourceServerInfo(ctx, target, client));
+  const requested = params.scope ? params.scope.split(' ').filter(Boolean) : [];
+  const scope = requested.filter(Set.prototype.has.bind(resourceServer.scopes)).join(' ') || undefined;
+  const token = new provider.AccessToken({
+    client,
+    accountId: `${GRANT_SUBJECT_PREFIX}${grant.sub}`,
+    gty: JWT_BEARER,
+    scope,
+    resourceServer,
+  });
+  // Claims transcription: the delegation chain the home domain recorded goes on.
+  if (grant.act) extraClaims.set(token, { act: grant.act });
+  ctx.oidc.entity('AccessToken', token);
+  const value = await token.save();
+  ctx.body = {
+    access_token: value,
+    issued_token_type: TT_ACCESS_TOKEN,
+    token_type: token.tokenType,
+    expires_in: token.expiration,
+    ...(token.scope ? { scope: token.scope } : undefined),
+  };
+}
+
+// One grant type, two dialects: Entra's on-behalf-of names `requested_token_use`; identity
+// chaining (only when TRUSTED_GRANT_ISSUER is set) does not.
+provider.registerGrantType(
+  JWT_BEARER,
+  (ctx) => (TRUSTED_GRANT_ISSUER && ctx.oidc.params.requested_token_use === undefined
+    ? identityChaining(ctx)
+    : onBehalfOf(ctx)),
+  ['assertion', 'requested_token_use', 'scope', 'audience', 'resource'],
+  ['audience', 'resource'],
+);
 
 // Count exchange requests (either grant) that reached the token endpoint, granted or refused.
 let tokenExchangeCount = 0;
@@ -598,7 +677,12 @@ server.on('request', async (req, res) => {
   try {
     if (pathname === '/test/stats') {
       if (req.method !== 'GET') return sendJson(res, 405, { error: 'method not allowed' });
-      return sendJson(res, 200, { token_exchange: tokenExchangeCount, on_behalf_of: onBehalfOfCount });
+      // `jwt_bearer`: the same count as `on_behalf_of` (every jwt-bearer request), by its grant's name.
+      return sendJson(res, 200, {
+        token_exchange: tokenExchangeCount,
+        on_behalf_of: onBehalfOfCount,
+        jwt_bearer: onBehalfOfCount,
+      });
     }
     if (pathname === '/test/mint') {
       if (req.method !== 'POST') return sendJson(res, 405, { error: 'method not allowed' });

@@ -165,6 +165,17 @@ struct Line<'a> {
     /// The deferred job (Defer, Redeem); absent on every other decision.
     #[serde(skip_serializing_if = "Option::is_none")]
     job: Option<&'a str>,
+    /// The destination's token service is an identity chaining one: both steps' services.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity_chaining: Option<ChainingSteps<'a>>,
+}
+
+/// Identity chaining's two steps: the token service that issued the grant, and the one it was
+/// presented to.
+#[derive(Serialize)]
+struct ChainingSteps<'a> {
+    grant_from: &'a str,
+    assertion_at: &'a str,
 }
 
 #[derive(Serialize)]
@@ -217,6 +228,12 @@ impl Entry {
             cache: self.cache.map(CacheStatus::as_str),
             chain_verified: self.delegated.as_ref().is_some_and(|d| d.chain_verified()),
             job: self.job.as_deref(),
+            identity_chaining: self.destination.as_ref().and_then(|r| {
+                r.token_service.chaining().map(|c| ChainingSteps {
+                    grant_from: c.home_name(),
+                    assertion_at: r.token_service.name(),
+                })
+            }),
         };
         let mut text = serde_json::to_string(&line).unwrap_or_default();
         text.push('\n');
