@@ -157,13 +157,27 @@ fn raw(mut option: HeaderValueOption) -> HeaderValueOption {
 /// What an allowed request's `Authorization` becomes: (headers to set, headers to remove).
 fn authorization_mutation(allow: &Allow) -> (Vec<HeaderValueOption>, Vec<String>) {
     match allow {
+        // DPoP-bound (RFC 9449 §7.1): the token under the DPoP scheme with this request's proof,
+        // which replaces any the caller sent.
+        Allow::Delegate { bound: Some(bound), .. } => (
+            vec![
+                header(
+                    "authorization",
+                    bound.authorization.expose(),
+                    HeaderAppendAction::OverwriteIfExistsOrAdd,
+                ),
+                header("dpop", bound.proof.expose(), HeaderAppendAction::OverwriteIfExistsOrAdd),
+            ],
+            Vec::new(),
+        ),
+        // A caller's own `DPoP` proof is for its own token, never for the one Baton sets: removed.
         Allow::Delegate { token, .. } => (
             vec![header(
                 "authorization",
                 token.authorization.expose(),
                 HeaderAppendAction::OverwriteIfExistsOrAdd,
             )],
-            Vec::new(),
+            vec!["dpop".to_owned()],
         ),
         Allow::Strip => (Vec::new(), vec!["authorization".to_owned()]),
         Allow::Passthrough => (Vec::new(), Vec::new()),
@@ -249,7 +263,7 @@ pub fn described(decision: &str, denial: Option<&Denial>) -> serde_json::Value {
             return serde_json::json!({
                 "status": 200,
                 "set_headers": { "authorization": "Bearer <exchanged token>" },
-                "remove_headers": [],
+                "remove_headers": ["dpop"],
             });
         }
     };
@@ -538,6 +552,7 @@ pub(crate) mod tests {
             token: delegated(),
             cache: baton_core::cache::CacheStatus::Hit,
             key: None,
+            bound: None,
         });
         let m = metadata(&outcome, None);
         assert_eq!(text(&m, "decision").as_deref(), Some("delegate"));
