@@ -64,7 +64,8 @@ impl Resource {
             .await
             .expect("replay");
         let status = response.status().as_u16();
-        (status, response.json().await.expect("json"))
+        let body = response.bytes().await.expect("body");
+        (status, serde_json::from_slice(&body).expect("json"))
     }
 }
 

@@ -543,4 +543,36 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    #[test]
+    fn the_configuration_is_checked_all_at_once() {
+        let yaml = |dpop: &str, destination: &str| {
+            format!(
+                "token_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth: {{ method: none }}\n{dpop}destinations:\n  - name: orders\n    hosts: [orders]\n    audience: https://orders.example\n{destination}"
+            )
+        };
+        let ok = crate::config::Config::from_yaml(&yaml("", "    binding: dpop\n    upstream_scheme: http\n"))
+            .expect("valid");
+        assert_eq!(
+            ok.dpop.bound_subject_tokens,
+            BoundSubjectTokens::Refuse,
+            "fail closed by default"
+        );
+        assert_eq!(ok.destinations[0].binding, crate::destination::Binding::Dpop);
+        let errors = crate::config::Config::from_yaml(&yaml(
+            "dpop:\n  key_file: /nonexistent/dpop.pem\n  key_check_interval: 1ms\n  bound_subject_tokens: exchange\n",
+            "    upstream_scheme: ftp\n",
+        ))
+        .expect_err("invalid")
+        .0;
+        let text = format!("{errors:?}");
+        for field in [
+            "dpop.key_file",
+            "dpop.key_check_interval",
+            "destinations[0].upstream_scheme",
+        ] {
+            assert!(text.contains(field), "{field} in {text}");
+        }
+        assert!(!text.contains("BEGIN"), "never the key");
+    }
 }
