@@ -792,10 +792,10 @@ pub fn parse_response_as(status: u16, body: &[u8], bound: bool) -> Result<Issued
         ));
     }
     let token_type = parsed.token_type.ok_or(ExchangeError::BadResponse("no token_type"))?;
-    if !token_type.eq_ignore_ascii_case("bearer")
-        && !token_type.eq_ignore_ascii_case("n_a")
-        && !(bound && token_type.eq_ignore_ascii_case("dpop"))
-    {
+    let allowed = token_type.eq_ignore_ascii_case("bearer")
+        || token_type.eq_ignore_ascii_case("n_a")
+        || (bound && token_type.eq_ignore_ascii_case("dpop"));
+    if !allowed {
         return Err(ExchangeError::BadResponse("token_type is neither Bearer nor N_A"));
     }
     let expires_in = match parsed.expires_in {
