@@ -1143,6 +1143,28 @@ mod tests {
         server.abort();
     }
 
+    /// A server that answers every proof with `use_dpop_nonce` gets one retry with its nonce, not a
+    /// loop; the nonce is kept for the next exchange.
+    #[tokio::test]
+    async fn use_dpop_nonce_is_retried_once() {
+        let answer = "HTTP/1.1 400 Bad Request\r\ndpop-nonce: n1\r\ncontent-type: application/json\r\ncontent-length: 26\r\nconnection: close\r\n\r\n{\"error\":\"use_dpop_nonce\"}";
+        let (port, accepted, server) = counting_endpoint(Some(answer)).await;
+        let service = local_service(port, "");
+        let key = crate::dpop::SigningKey::generate().expect("key");
+        let e = service
+            .exchange_bound("user", &audience_a(), &key)
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&e, ExchangeError::Refused { status: 400, error } if error == "use_dpop_nonce"),
+            "{e}"
+        );
+        assert_eq!(Denial::from(&e).reason, Reason::TokenServiceError);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2, "one retry");
+        assert_eq!(service.dpop_nonce.lock().expect("lock").as_deref(), Some("n1"));
+        server.abort();
+    }
+
     #[test]
     fn a_hostile_error_code_is_not_echoed() {
         let err = parse_response(400, br#"{"error":"eyJhbGciOi.secret.token"}"#).expect_err("error");
