@@ -599,7 +599,7 @@ pub(crate) mod tests {
                 destination: orders(),
                 token: token.clone(),
                 cache: baton_core::cache::CacheStatus::Hit,
-                key: [0; 32],
+                key: None,
                 bound,
             });
             let Some(HttpResponse::OkResponse(ok)) = check_response(&outcome).http_response else {
