@@ -102,6 +102,9 @@ pub struct Authz {
     me: std::sync::Weak<Authz>,
     /// `None`: no `deferred:` section, Defer and Redeem are off (see `deferred`).
     pub deferred: Option<crate::deferred::Deferred>,
+    /// The workload's DPoP key (`binding: dpop` destinations) and `bound_subject_tokens`.
+    dpop: Arc<crate::dpop::Keyring>,
+    bound_subject_tokens: crate::dpop::BoundSubjectTokens,
 }
 
 impl Authz {
@@ -126,7 +129,8 @@ impl Authz {
                 use_actor,
                 token_service,
             )
-            .with_verify_issued(d.verify_issued);
+            .with_verify_issued(d.verify_issued)
+            .with_binding(d.binding, d.upstream_scheme);
             route.broker_allowed_scopes = d.broker_allowed_scopes.into();
             Some((name, hosts, route))
         }));
@@ -150,7 +154,24 @@ impl Authz {
             ssf: None,
             me: std::sync::Weak::new(),
             deferred,
+            dpop: Arc::new(crate::dpop::Keyring::new(&config.dpop)),
+            bound_subject_tokens: config.dpop.bound_subject_tokens,
         }
+    }
+
+    /// Keep an earlier configuration's DPoP key when this one names the same source (the same
+    /// file, or none: a generated key survives a reload, only a restart rotates it), so a reload
+    /// does not orphan every bound token in the cache.
+    pub fn with_dpop_of(mut self, previous: &Authz) -> Self {
+        if previous.dpop.same_source(&self.dpop) {
+            self.dpop = previous.dpop.clone();
+        }
+        self
+    }
+
+    /// The DPoP key a request to `route` is bound to now, if its binding is `dpop`.
+    fn signer(&self, route: &Destination) -> Option<Arc<crate::dpop::SigningKey>> {
+        (route.binding == crate::destination::Binding::Dpop).then(|| self.dpop.current())
     }
 
     /// Share it; only a shared `Authz` refreshes tokens ahead of their expiry.
@@ -332,12 +353,32 @@ impl Authz {
                 caller,
                 ..
             } => {
-                let (token, cache, key) = self.delegate(destination, subject_token, &caller).await?;
+                let signer = self.signer(destination);
+                let (token, cache, key) = self
+                    .delegate_with(destination, subject_token, &caller, signer.as_ref())
+                    .await?;
+                // A fresh proof for this very request (RFC 9449 §7.1): the method and URL the
+                // destination sees, `ath` of the token.
+                let bound = match &signer {
+                    None => None,
+                    Some(signer) => {
+                        let htu = crate::dpop::htu(destination.upstream_scheme, outbound.authority, outbound.path);
+                        let now = crate::clock::unix_now();
+                        Some(Box::new(crate::dpop::bind(
+                            signer,
+                            token.token(),
+                            outbound.method,
+                            &htu,
+                            now,
+                        )?))
+                    }
+                };
                 Ok(Allow::Delegate {
                     destination: destination.clone(),
                     token,
                     cache,
                     key: Some(key),
+                    bound,
                 })
             }
         }
@@ -406,6 +447,19 @@ impl Authz {
         subject_token: &str,
         caller: &Caller<'_>,
     ) -> Result<(Arc<Delegated>, CacheStatus, Key), Denial> {
+        let signer = self.signer(route);
+        self.delegate_with(route, subject_token, caller, signer.as_ref()).await
+    }
+
+    /// `delegate`, with the DPoP key of a `binding: dpop` route (taken once, so the cache key, the
+    /// exchange and the request's proof all use the same key, even across a rotation).
+    async fn delegate_with(
+        &self,
+        route: &Arc<Destination>,
+        subject_token: &str,
+        caller: &Caller<'_>,
+        signer: Option<&Arc<crate::dpop::SigningKey>>,
+    ) -> Result<(Arc<Delegated>, CacheStatus, Key), Denial> {
         let digest = cache::digest(subject_token);
         let subject = self.verify(subject_token, &digest).await?;
         // Verified claims are at hand: checked before any cached token is looked at. An unverified
@@ -417,13 +471,23 @@ impl Authz {
         }
         let claims = subject.as_deref().map(|s| &s.claims);
         let scope = self.authorize(route, claims, caller, None)?;
-        let key = cache::key(&route.key_params, scope.as_deref().unwrap_or(""), &digest);
+        let mut key = cache::key(&route.key_params, scope.as_deref().unwrap_or(""), &digest);
+        if let Some(signer) = signer {
+            key = baton_decide::key::bound(&key, signer.thumbprint());
+        }
         let (token, status) = self
             .cache
             .get_or_exchange(
                 key,
                 &route.constraints,
-                self.exchange(route, subject_token, subject.as_deref(), scope.as_deref(), key),
+                self.exchange_with(
+                    route,
+                    subject_token,
+                    subject.as_deref(),
+                    scope.as_deref(),
+                    key,
+                    signer.cloned(),
+                ),
             )
             .await
             .map_err(|e| (*e).clone())?;
@@ -448,7 +512,7 @@ impl Authz {
             }
         }
         if status == CacheStatus::Hit && token.claim_refresh(crate::clock::unix_now()) {
-            self.refresh(route.clone(), subject_token, subject, scope, key);
+            self.refresh(route.clone(), subject_token, subject, scope, key, signer.cloned());
         }
         Ok((token, status, key))
     }
@@ -574,12 +638,20 @@ impl Authz {
         subject: Option<Arc<Subject>>,
         scope: Option<String>,
         key: Key,
+        signer: Option<Arc<crate::dpop::SigningKey>>,
     ) {
         let Some(me) = self.me.upgrade() else { return };
         let subject_token = subject_token.to_owned();
         tokio::spawn(async move {
             match me
-                .exchange(&route, &subject_token, subject.as_deref(), scope.as_deref(), key)
+                .exchange_with(
+                    &route,
+                    &subject_token,
+                    subject.as_deref(),
+                    scope.as_deref(),
+                    key,
+                    signer,
+                )
                 .await
             {
                 Ok(fresh) => {
@@ -606,6 +678,21 @@ impl Authz {
         scope: Option<&str>,
         key: Key,
     ) -> Result<Arc<Delegated>, Denial> {
+        let signer = self.signer(route);
+        self.exchange_with(route, subject_token, subject, scope, key, signer)
+            .await
+    }
+
+    /// `exchange`, bound to `signer` when the route's binding is `dpop`.
+    async fn exchange_with(
+        &self,
+        route: &Destination,
+        subject_token: &str,
+        subject: Option<&Subject>,
+        scope: Option<&str>,
+        key: Key,
+        signer: Option<Arc<crate::dpop::SigningKey>>,
+    ) -> Result<Arc<Delegated>, Denial> {
         let max_depth = route.policy.max_delegation_depth;
         if let Some(refused) = self.cache.refused(&key) {
             return Err(refused);
@@ -628,6 +715,18 @@ impl Authz {
             // Not verified, so not judged by `authorize`: the subject's own chain, before the
             // exchange, by the same rules.
             crate::chain::unverified_subject_chain(route, payload.act.as_ref())?;
+        }
+        // A subject token bound to a key (RFC 9449 `cnf`, or RFC 8705's): its proof was for the hop
+        // into this workload, and Baton cannot check it.
+        let subject_cnf = match subject {
+            Some(s) => s.claims.get("cnf"),
+            None => unverified_subject.as_ref().and_then(|u| u.cnf.as_ref()),
+        };
+        if subject_cnf.is_some() && self.bound_subject_tokens == crate::dpop::BoundSubjectTokens::Refuse {
+            return Err(Denial::new(
+                Reason::SubjectTokenBound,
+                "the subject token is bound to a key (cnf) and its proof cannot be checked here",
+            ));
         }
         let subject_exp = subject.map(|s| s.exp).or_else(|| unverified_subject.as_ref()?.exp());
         if subject_exp.is_some_and(|exp| exp <= now as i64) {
@@ -654,7 +753,12 @@ impl Authz {
         let span = tracing::debug_span!("exchange", destination = %route.name, subject = %fingerprint(subject_token));
         let issued = self
                 .telemetry
-                .exchange(route, route.token_service.exchange(subject_token, target))
+                .exchange(route, async {
+                    match &signer {
+                        Some(signer) => route.token_service.exchange_bound(subject_token, target, signer).await,
+                        None => route.token_service.exchange(subject_token, target).await,
+                    }
+                })
                 .instrument(span)
                 .await
                 .map_err(|e: ExchangeError| {
@@ -695,6 +799,25 @@ impl Authz {
                 "the issued token is refused"
             );
             return Err(Denial::from(e));
+        }
+        // Bound to Baton's key, as asked: else a copy of it would work without the key.
+        if let Some(signer) = &signer {
+            let payload = parsed.as_ref().ok().and_then(Option::as_ref);
+            crate::dpop::check_issued(
+                &issued.token_type,
+                payload.and_then(|p| p.cnf.as_ref()),
+                payload.is_some(),
+                signer,
+            )
+            .inspect_err(|denial| {
+                tracing::warn!(
+                    destination = %route.name,
+                    issued = %fingerprint(issued.access_token.expose()),
+                    jkt = signer.thumbprint(),
+                    reason = denial.reason.as_str(),
+                    "the issued token is not bound to Baton's DPoP key"
+                );
+            })?;
         }
         // The chain as the token service wrote it: authenticated first when asked, then judged.
         let chain_verified = crate::chain::check_issued(
@@ -854,7 +977,8 @@ impl Authz {
             base.use_actor,
             base.token_service.clone(),
         )
-        .with_verify_issued(base.verify_issued);
+        .with_verify_issued(base.verify_issued)
+        .with_binding(base.binding, base.upstream_scheme);
         route.broker_allowed_scopes = base.broker_allowed_scopes.clone();
         Ok(Arc::new(route))
     }

@@ -44,6 +44,8 @@ pub struct RawConfig {
     pub deferred: Option<crate::deferred::Raw>,
     /// Absent: no Shared Signals receiver.
     pub ssf: Option<crate::ssf::Raw>,
+    /// The DPoP key (`binding: dpop` destinations) and `bound_subject_tokens`.
+    pub dpop: crate::dpop::Raw,
 }
 
 /// `workload:`: who this Baton acts for, in sidecar mode.
@@ -104,6 +106,7 @@ pub struct Config {
     /// `None`: Defer and Redeem refuse every call.
     pub deferred: Option<crate::deferred::Settings>,
     pub ssf: Option<crate::ssf::Settings>,
+    pub dpop: crate::dpop::Settings,
 }
 
 // === Parsing and validation ===
@@ -177,6 +180,7 @@ impl RawConfig {
             .ssf
             .and_then(|s| s.validate(errors))
             .map(|s| s.matching_emails(verified));
+        let dpop = self.dpop.validate(errors);
         Some(Config {
             token_services: token_services.valid()?,
             cache,
@@ -196,6 +200,7 @@ impl RawConfig {
             backchannel_logout,
             deferred,
             ssf,
+            dpop: dpop?,
         })
     }
 }

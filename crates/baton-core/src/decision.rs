@@ -21,6 +21,8 @@ pub enum Allow {
         /// The cache entry that served it: what a destination's `invalid_token` purges. `None`
         /// for a token that is never cached (a job grant, a Redeem's token): nothing to purge.
         key: Option<Key>,
+        /// `binding: dpop`: `Authorization: DPoP <token>` and this request's proof; `None`: Bearer.
+        bound: Option<Box<crate::dpop::Bound>>,
     },
     /// Remove `Authorization`: the destination is not configured (`unknown_destination: strip`).
     Strip,
@@ -47,6 +49,9 @@ pub struct Destination {
     pub(crate) key_params: Key,
     /// `verify_issued`: the issued token's signature is verified before use.
     pub(crate) verify_issued: bool,
+    /// `binding`: Bearer, or DPoP-bound with proofs whose `htu` has `upstream_scheme`.
+    pub binding: crate::destination::Binding,
+    pub upstream_scheme: &'static str,
 }
 
 impl Destination {
@@ -97,7 +102,21 @@ impl Destination {
             constraints,
             key_params,
             verify_issued: false,
+            binding: crate::destination::Binding::Bearer,
+            upstream_scheme: "https",
         }
+    }
+
+    /// Set `binding`; a DPoP destination's cache keys differ from a Bearer one's (a reload that
+    /// changes it serves no token of the other kind). The key's thumbprint joins each key on use.
+    pub(crate) fn with_binding(mut self, binding: crate::destination::Binding, upstream_scheme: &'static str) -> Self {
+        self.upstream_scheme = upstream_scheme;
+        if binding == crate::destination::Binding::Dpop {
+            self.binding = binding;
+            let params = format!("{:?}", self.key_params);
+            self.key_params = cache::params_digest(&[&params, "binding=dpop"]);
+        }
+        self
     }
 
     /// Turn on `verify_issued`; its cache keys change with it (a reload that turns it on serves no

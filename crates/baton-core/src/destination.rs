@@ -12,6 +12,18 @@ use url::Url;
 use crate::token_service::DEFAULT_TOKEN_SERVICE;
 use baton_decide::settings::{Errors, is_scope_token};
 
+/// `destinations[].binding`: how the delegated token is presented to the destination.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Binding {
+    /// `Authorization: Bearer <token>`.
+    #[default]
+    Bearer,
+    /// A DPoP-bound token (RFC 9449): `Authorization: DPoP <token>` and a fresh `DPoP` proof signed
+    /// with the workload's key (`dpop:`) on every request.
+    Dpop,
+}
+
 /// `destinations[].actor`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -42,6 +54,10 @@ pub struct Raw {
     /// Verify the issued token's signature against its issuer's keys (`trusted_issuers`) before
     /// it is used, so the chain audited is authenticated (docs/delegation-chains.md).
     pub verify_issued: bool,
+    pub binding: Binding,
+    /// The scheme the destination sees (`http` or `https`, default `https`): the `htu` of each
+    /// request's DPoP proof (`binding: dpop`), which Envoy may have moved to TLS on the way.
+    pub upstream_scheme: Option<String>,
 }
 
 #[derive(Debug)]
@@ -59,6 +75,9 @@ pub struct Settings {
     /// The name of one of `Config::token_services`.
     pub token_service: String,
     pub verify_issued: bool,
+    pub binding: Binding,
+    /// `http` or `https`.
+    pub upstream_scheme: &'static str,
 }
 
 /// Every destination, its problems added to `errors`; `verified`: the subject token's claims are
@@ -134,6 +153,20 @@ pub(crate) fn validate(raw: Vec<Raw>, verified: bool, errors: &mut Errors) -> Ve
                 "verifies with the keys of a trusted issuer: list the token service's issuer in trusted_issuers",
             );
         }
+        let upstream_scheme = match d.upstream_scheme.as_deref() {
+            None | Some("https") => "https",
+            Some("http") => "http",
+            Some(_) => {
+                errors.add(at("upstream_scheme"), "must be `http` or `https`");
+                "https"
+            }
+        };
+        if d.upstream_scheme.is_some() && d.binding != Binding::Dpop {
+            errors.add(
+                at("upstream_scheme"),
+                "is the `htu` of a DPoP proof: set `binding: dpop`",
+            );
+        }
         let token_service = d.token_service.unwrap_or_else(|| DEFAULT_TOKEN_SERVICE.to_owned());
         out.push(Settings {
             name: d.name,
@@ -147,6 +180,8 @@ pub(crate) fn validate(raw: Vec<Raw>, verified: bool, errors: &mut Errors) -> Ve
             actor: d.actor,
             token_service,
             verify_issued: d.verify_issued,
+            binding: d.binding,
+            upstream_scheme,
         });
     }
     out

@@ -90,13 +90,15 @@ impl From<BodyError> for ExchangeError {
 
 /// Signing Baton's own client assertion failed: a local problem, not the service's answer.
 const CANNOT_SIGN: &str = "cannot sign the client assertion";
+/// Signing a DPoP proof failed: a local problem too.
+const CANNOT_SIGN_PROOF: &str = "cannot sign the DPoP proof";
 
 impl ExchangeError {
     /// What this says about the token service's health, for its circuit breaker.
     fn health(&self) -> Outcome {
         match self {
             Self::Unreachable(_) | Self::Timeout(_) | Self::Status(500..=599) => Outcome::Failed,
-            Self::BadResponse(why) if *why != CANNOT_SIGN => Outcome::Failed,
+            Self::BadResponse(why) if *why != CANNOT_SIGN && *why != CANNOT_SIGN_PROOF => Outcome::Failed,
             // An answer from a service that works: a refusal, a 4xx, a redirect.
             Self::Refused { .. } | Self::Status(_) => Outcome::Healthy,
             // Baton's own bounds, a pause the service asked for, or no call at all.
@@ -236,6 +238,8 @@ pub struct TokenService {
     breaker: Arc<Breaker>,
     /// `profile: identity_chaining`: the home service and the grants (`exchange::chaining`).
     chaining: Option<chaining::Chaining>,
+    /// The latest `DPoP-Nonce` it gave (RFC 9449 §8): one per service, at most `dpop::MAX_NONCE_LEN`.
+    dpop_nonce: std::sync::Mutex<Option<String>>,
 }
 
 impl TokenService {
@@ -296,6 +300,7 @@ impl TokenService {
             busy_until: std::sync::atomic::AtomicU64::new(0),
             breaker: Arc::new(Breaker::new(&config.name, config.circuit_breaker.clone())),
             chaining: config.chaining.clone().map(chaining::Chaining::new),
+            dpop_nonce: std::sync::Mutex::new(None),
         })
     }
 
@@ -367,7 +372,22 @@ impl TokenService {
     /// `subject_token` is the grant, presented as the jwt-bearer assertion).
     pub(crate) async fn call(&self, subject_token: &str, target: &Target) -> Result<Issued, ExchangeError> {
         let endpoint = self.endpoint.get().ok_or(ExchangeError::NotDiscovered)?;
-        self.with_retries(|| self.attempt(endpoint, subject_token, target))
+        self.with_retries(|| self.attempt(endpoint, subject_token, target, None))
+            .await
+    }
+
+    /// One token exchange with a DPoP proof of `key` (RFC 9449 §5), for a token bound to it: a
+    /// `use_dpop_nonce` answer is retried once with the nonce it gave, and the latest nonce is
+    /// kept for the next exchange. The answer may be `token_type` `DPoP`; whether the token is
+    /// bound to `key` is the caller's check (`dpop::check_issued`).
+    pub async fn exchange_bound(
+        &self,
+        subject_token: &str,
+        target: &Target,
+        key: &crate::dpop::SigningKey,
+    ) -> Result<Issued, ExchangeError> {
+        let endpoint = self.endpoint.get().ok_or(ExchangeError::NotDiscovered)?;
+        self.with_retries(|| self.attempt(endpoint, subject_token, target, Some(key)))
             .await
     }
 
@@ -479,7 +499,13 @@ impl TokenService {
             .map(Duration::from_millis)
     }
 
-    async fn attempt(&self, endpoint: &Url, subject_token: &str, target: &Target) -> Result<Issued, ExchangeError> {
+    async fn attempt(
+        &self,
+        endpoint: &Url,
+        subject_token: &str,
+        target: &Target,
+        dpop: Option<&crate::dpop::SigningKey>,
+    ) -> Result<Issued, ExchangeError> {
         let entra_scope;
         let form: Vec<(&str, &str)> = match self.profile {
             Profile::Rfc8693 => {
@@ -523,16 +549,55 @@ impl TokenService {
                 form
             }
         };
-        let (status, body) = self.send_form(endpoint, form).await?;
-        parse_response(status, &body)
+        let Some(key) = dpop else {
+            let (status, body) = self.send_form(endpoint, form).await?;
+            return parse_response(status, &body);
+        };
+        let mut htu = endpoint.clone();
+        htu.set_query(None);
+        htu.set_fragment(None);
+        let mut retried = false;
+        loop {
+            let nonce = self.dpop_nonce.lock().ok().and_then(|n| n.clone());
+            let proof = key
+                .proof("POST", htu.as_str(), None, nonce.as_deref(), unix_now())
+                .map_err(|_| ExchangeError::BadResponse(CANNOT_SIGN_PROOF))?;
+            let (status, body, fresh) = self.send(endpoint, form.clone(), Some(&proof)).await?;
+            let given = fresh.is_some();
+            if let (Some(fresh), Ok(mut kept)) = (fresh, self.dpop_nonce.lock()) {
+                *kept = Some(fresh);
+            }
+            // RFC 9449 §8: the server wants a nonce it just gave; once, so a server that keeps
+            // asking cannot loop Baton.
+            if status == 400 && given && !retried && oauth_error(&body).as_deref() == Some("use_dpop_nonce") {
+                retried = true;
+                continue;
+            }
+            return parse_response_as(status, &body, true);
+        }
     }
 
     /// POST a form to this service, with client authentication as configured; the status and the
     /// size-bounded body.
     async fn send_form(&self, endpoint: &Url, form: Vec<(&str, &str)>) -> Result<(u16, Vec<u8>), ExchangeError> {
+        let (status, body, _) = self.send(endpoint, form, None).await?;
+        Ok((status, body))
+    }
+
+    /// `send_form` with a `DPoP` proof header, if any; also the `DPoP-Nonce` the answer carried
+    /// (when it is a well-formed one).
+    async fn send(
+        &self,
+        endpoint: &Url,
+        form: Vec<(&str, &str)>,
+        proof: Option<&str>,
+    ) -> Result<(u16, Vec<u8>, Option<String>), ExchangeError> {
         let mut form = form;
         let http = self.http.get().await;
         let mut request = http.post(endpoint.clone()).header("accept", "application/json");
+        if let Some(proof) = proof {
+            request = request.header("dpop", proof);
+        }
         // W3C trace context of the current span (the exchange's), so the token service's spans join
         // the trace.
         if let Some(traceparent) = crate::http::current_traceparent() {
@@ -580,8 +645,14 @@ impl TokenService {
             self.busy_until.fetch_max(until, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(token_service = %self.name, retry_after = seconds, "the token service asked for a pause");
         }
+        let nonce = response
+            .headers()
+            .get("dpop-nonce")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| crate::dpop::is_nonce(v))
+            .map(str::to_owned);
         let body = read_bounded(response, self.max_response_bytes).await?;
-        Ok((status, body))
+        Ok((status, body, nonce))
     }
 }
 
@@ -685,8 +756,18 @@ struct ErrorBody {
     error: String,
 }
 
+/// The OAuth `error` code of an error answer, if it is one.
+fn oauth_error(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<ErrorBody>(body).ok().map(|e| e.error)
+}
+
 /// Turn the token service's HTTP answer into a token or a precise error.
 pub fn parse_response(status: u16, body: &[u8]) -> Result<Issued, ExchangeError> {
+    parse_response_as(status, body, false)
+}
+
+/// `parse_response`; `bound`: a DPoP proof was sent, so `token_type` may also be `DPoP`.
+pub fn parse_response_as(status: u16, body: &[u8], bound: bool) -> Result<Issued, ExchangeError> {
     match status {
         200 => {}
         429 => return Err(ExchangeError::Busy(None)),
@@ -711,7 +792,10 @@ pub fn parse_response(status: u16, body: &[u8]) -> Result<Issued, ExchangeError>
         ));
     }
     let token_type = parsed.token_type.ok_or(ExchangeError::BadResponse("no token_type"))?;
-    if !token_type.eq_ignore_ascii_case("bearer") && !token_type.eq_ignore_ascii_case("n_a") {
+    let allowed = token_type.eq_ignore_ascii_case("bearer")
+        || token_type.eq_ignore_ascii_case("n_a")
+        || (bound && token_type.eq_ignore_ascii_case("dpop"));
+    if !allowed {
         return Err(ExchangeError::BadResponse("token_type is neither Bearer nor N_A"));
     }
     let expires_in = match parsed.expires_in {
@@ -1056,6 +1140,28 @@ mod tests {
         reloaded.succeed(&service);
         let e = reloaded.exchange("user", &target).await.expect_err("dropped");
         assert!(matches!(e, ExchangeError::Unreachable(_)), "{e}");
+        server.abort();
+    }
+
+    /// A server that answers every proof with `use_dpop_nonce` gets one retry with its nonce, not a
+    /// loop; the nonce is kept for the next exchange.
+    #[tokio::test]
+    async fn use_dpop_nonce_is_retried_once() {
+        let answer = "HTTP/1.1 400 Bad Request\r\ndpop-nonce: n1\r\ncontent-type: application/json\r\ncontent-length: 26\r\nconnection: close\r\n\r\n{\"error\":\"use_dpop_nonce\"}";
+        let (port, accepted, server) = counting_endpoint(Some(answer)).await;
+        let service = local_service(port, "");
+        let key = crate::dpop::SigningKey::generate().expect("key");
+        let e = service
+            .exchange_bound("user", &audience_a(), &key)
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&e, ExchangeError::Refused { status: 400, error } if error == "use_dpop_nonce"),
+            "{e}"
+        );
+        assert_eq!(Denial::from(&e).reason, Reason::TokenServiceError);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2, "one retry");
+        assert_eq!(service.dpop_nonce.lock().expect("lock").as_deref(), Some("n1"));
         server.abort();
     }
 

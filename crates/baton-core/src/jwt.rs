@@ -93,6 +93,8 @@ pub struct Unverified {
     pub act: Option<Value>,
     /// The session (OpenID Connect `sid`), which a revocation may name.
     pub sid: Option<Value>,
+    /// The key the token is bound to (RFC 7800; `jkt` for DPoP, RFC 9449 §6.1).
+    pub cnf: Option<Value>,
 }
 
 /// A member that is there, whatever its value, `null` included.

@@ -21,6 +21,7 @@ pub mod decision;
 pub mod deferred;
 pub mod destination;
 pub mod discovery;
+pub mod dpop;
 pub mod exchange;
 pub mod explain;
 pub mod files;

@@ -35,6 +35,17 @@ pub fn key(params: &Key, scope: &str, subject_digest: &Key) -> Key {
     hasher.finalize().into()
 }
 
+/// The cache key of a DPoP-bound token (`binding: dpop`): `key` with the RFC 7638 thumbprint of the
+/// key it is bound to, so a rotated key never finds a token bound to the one before.
+pub fn bound(key: &Key, thumbprint: &str) -> Key {
+    let mut hasher = Sha256::new();
+    hasher.update(key);
+    hasher.update(b"dpop");
+    hasher.update((thumbprint.len() as u64).to_be_bytes());
+    hasher.update(thumbprint.as_bytes());
+    hasher.finalize().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +70,13 @@ mod tests {
         let subject = digest("token");
         assert_ne!(key(&params, "", &subject), key(&params, "read", &subject));
         assert_eq!(key(&params, "read", &subject), key(&params, "read", &subject));
+    }
+
+    #[test]
+    fn a_bound_key_changes_with_the_thumbprint() {
+        let k = key(&params_digest(&["orders"]), "", &digest("token"));
+        assert_ne!(bound(&k, "jkt-1"), k);
+        assert_ne!(bound(&k, "jkt-1"), bound(&k, "jkt-2"));
+        assert_eq!(bound(&k, "jkt-1"), bound(&k, "jkt-1"));
     }
 }

@@ -143,6 +143,15 @@ pub enum Reason {
     ChainingGrantInvalid,
     /// The foreign authorization server refused the grant (RFC 7523 jwt-bearer) (403).
     ChainingAssertionRefused,
+    // DPoP (RFC 9449) binding, `binding: dpop` destinations.
+    /// The issued token is not DPoP-bound: `token_type` is not `DPoP`, or the JWT has no `cnf.jkt` (503).
+    IssuedTokenNotDpopBound,
+    /// The issued JWT's `cnf.jkt` names another key than Baton's (503).
+    IssuedTokenJktMismatch,
+    /// The subject token is itself DPoP-bound (`cnf`), and `dpop.bound_subject_tokens` is `refuse` (401).
+    SubjectTokenBound,
+    /// Baton could not sign a DPoP proof with its key (503).
+    DpopProofUnavailable,
 }
 
 /// The class of a reason, which fixes the HTTP status and the gRPC code of the reply.
@@ -155,7 +164,7 @@ pub enum Class {
 
 impl Reason {
     /// Every reason, for reading a wire name back (`from_name`): a test holds it to `as_str`.
-    pub const ALL: [Reason; 73] = [
+    pub const ALL: [Reason; 77] = [
         Self::MissingToken,
         Self::MultipleAuthorizationHeaders,
         Self::UnsupportedAuthorizationScheme,
@@ -229,6 +238,10 @@ impl Reason {
         Self::ChainingGrantFailed,
         Self::ChainingGrantInvalid,
         Self::ChainingAssertionRefused,
+        Self::IssuedTokenNotDpopBound,
+        Self::IssuedTokenJktMismatch,
+        Self::SubjectTokenBound,
+        Self::DpopProofUnavailable,
     ];
 
     /// The reason whose wire name is `name`.
@@ -311,6 +324,10 @@ impl Reason {
             Self::ChainingGrantFailed => "chaining_grant_failed",
             Self::ChainingGrantInvalid => "chaining_grant_invalid",
             Self::ChainingAssertionRefused => "chaining_assertion_refused",
+            Self::IssuedTokenNotDpopBound => "issued_token_not_dpop_bound",
+            Self::IssuedTokenJktMismatch => "issued_token_jkt_mismatch",
+            Self::SubjectTokenBound => "subject_token_bound",
+            Self::DpopProofUnavailable => "dpop_proof_unavailable",
         }
     }
 
@@ -357,7 +374,8 @@ impl Reason {
             | Self::GrantExpired
             | Self::JobRevoked
             | Self::GrantAsSubjectToken
-            | Self::GrantInactive => Class::Unauthenticated,
+            | Self::GrantInactive
+            | Self::SubjectTokenBound => Class::Unauthenticated,
             Self::DestinationUnknown
             | Self::DestinationNotConfigured
             | Self::TargetRefused
@@ -402,7 +420,10 @@ impl Reason {
             | Self::IssuedGrantUnbound
             | Self::GrantIntrospectionFailed
             | Self::ChainingGrantFailed
-            | Self::ChainingGrantInvalid => Class::Unavailable,
+            | Self::ChainingGrantInvalid
+            | Self::IssuedTokenNotDpopBound
+            | Self::IssuedTokenJktMismatch
+            | Self::DpopProofUnavailable => Class::Unavailable,
         }
     }
 }

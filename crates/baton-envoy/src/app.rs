@@ -66,7 +66,7 @@ pub fn build_with(mut config: Config, previous: Option<&Authz>) -> Result<Arc<Au
         authz = authz.with_cache(cache);
     }
     if let Some(previous) = previous {
-        authz = authz.with_revocations_of(previous);
+        authz = authz.with_revocations_of(previous).with_dpop_of(previous);
     }
     if let Some(ssf) = ssf {
         authz = authz.with_ssf(ssf);

@@ -75,6 +75,8 @@ impl DelegationBroker for Broker {
                         token,
                         cache,
                         key: Some(key),
+                        // The broker hands the token to its caller, who holds no DPoP key.
+                        bound: None,
                     })
             }
         };
@@ -129,6 +131,7 @@ impl DelegationBroker for Broker {
                     cache: cache::CacheStatus::Miss,
                     // Never cached (a grant, or a Redeem's token): no entry to purge.
                     key: None,
+                    bound: None,
                 }),
                 granted.expires_at,
             ),
@@ -183,6 +186,7 @@ impl DelegationBroker for Broker {
                     cache: cache::CacheStatus::Miss,
                     // Never cached (a grant, or a Redeem's token): no entry to purge.
                     key: None,
+                    bound: None,
                 }),
                 redeemed.job,
             ),

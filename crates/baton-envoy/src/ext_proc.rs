@@ -331,6 +331,7 @@ mod tests {
                 token: crate::respond::tests::delegated(),
                 cache: CacheStatus::Hit,
                 key,
+                bound: None,
             })
         };
         let (reply, served) = reply_and_served(&delegate(Some([7; 32])), None);

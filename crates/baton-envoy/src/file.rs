@@ -46,6 +46,7 @@ pub struct RawConfig {
     /// Absent: Defer and Redeem are off.
     pub deferred: Option<baton_core::deferred::Raw>,
     pub ssf: Option<baton_core::ssf::Raw>,
+    pub dpop: baton_core::dpop::Raw,
 }
 
 /// `reload:`: how the configuration file is watched (SIGHUP always reloads it).
@@ -142,6 +143,7 @@ impl RawConfig {
             backchannel_logout: self.backchannel_logout,
             deferred: self.deferred,
             ssf: self.ssf,
+            dpop: self.dpop,
         }
         .validate(&mut errors);
         let reload_interval = duration(

@@ -157,13 +157,27 @@ fn raw(mut option: HeaderValueOption) -> HeaderValueOption {
 /// What an allowed request's `Authorization` becomes: (headers to set, headers to remove).
 fn authorization_mutation(allow: &Allow) -> (Vec<HeaderValueOption>, Vec<String>) {
     match allow {
+        // DPoP-bound (RFC 9449 §7.1): the token under the DPoP scheme with this request's proof,
+        // which replaces any the caller sent.
+        Allow::Delegate { bound: Some(bound), .. } => (
+            vec![
+                header(
+                    "authorization",
+                    bound.authorization.expose(),
+                    HeaderAppendAction::OverwriteIfExistsOrAdd,
+                ),
+                header("dpop", bound.proof.expose(), HeaderAppendAction::OverwriteIfExistsOrAdd),
+            ],
+            Vec::new(),
+        ),
+        // A caller's own `DPoP` proof is for its own token, never for the one Baton sets: removed.
         Allow::Delegate { token, .. } => (
             vec![header(
                 "authorization",
                 token.authorization.expose(),
                 HeaderAppendAction::OverwriteIfExistsOrAdd,
             )],
-            Vec::new(),
+            vec!["dpop".to_owned()],
         ),
         Allow::Strip => (Vec::new(), vec!["authorization".to_owned()]),
         Allow::Passthrough => (Vec::new(), Vec::new()),
@@ -249,7 +263,7 @@ pub fn described(decision: &str, denial: Option<&Denial>) -> serde_json::Value {
             return serde_json::json!({
                 "status": 200,
                 "set_headers": { "authorization": "Bearer <exchanged token>" },
-                "remove_headers": [],
+                "remove_headers": ["dpop"],
             });
         }
     };
@@ -538,6 +552,7 @@ pub(crate) mod tests {
             token: delegated(),
             cache: baton_core::cache::CacheStatus::Hit,
             key: None,
+            bound: None,
         });
         let m = metadata(&outcome, None);
         assert_eq!(text(&m, "decision").as_deref(), Some("delegate"));
@@ -555,5 +570,61 @@ pub(crate) mod tests {
         assert_eq!(text(&m, "destination").as_deref(), Some("orders"));
         let m = metadata(&Ok(Allow::Strip), None);
         assert_eq!(m.fields.len(), 1, "{m:?}");
+    }
+
+    /// A DPoP-bound delegation sets `Authorization: DPoP` and the request's proof (replacing the
+    /// caller's); a Bearer one removes any proof the caller sent. The same through both APIs.
+    #[test]
+    fn a_bound_delegation_sets_the_dpop_scheme_and_its_proof() {
+        let key = baton_core::dpop::SigningKey::generate().expect("key");
+        let token = delegated();
+        let bound = baton_core::dpop::bind(&key, token.token(), "GET", "https://orders.example/a", 1).expect("bound");
+        let proof = bound.proof.expose().to_owned();
+        for (bound, headers, removed) in [
+            (
+                Some(Box::new(bound)),
+                vec![
+                    ("authorization".to_owned(), "DPoP issued.token.value".to_owned()),
+                    ("dpop".to_owned(), proof),
+                ],
+                Vec::<String>::new(),
+            ),
+            (
+                None,
+                vec![("authorization".to_owned(), "Bearer issued.token.value".to_owned())],
+                vec!["dpop".to_owned()],
+            ),
+        ] {
+            let outcome = Ok(Allow::Delegate {
+                destination: orders(),
+                token: token.clone(),
+                cache: baton_core::cache::CacheStatus::Hit,
+                key: None,
+                bound,
+            });
+            let Some(HttpResponse::OkResponse(ok)) = check_response(&outcome).http_response else {
+                panic!("not ok")
+            };
+            let set: Vec<(String, String)> = ok
+                .headers
+                .iter()
+                .filter_map(|o| o.header.as_ref())
+                .map(|h| (h.key.clone(), h.value.clone()))
+                .collect();
+            assert_eq!(set, headers);
+            assert_eq!(ok.headers_to_remove, removed);
+            let Some(ProcessingReply::RequestHeaders(h)) = request_headers_response(&outcome).response else {
+                panic!("not a headers response")
+            };
+            let mutation = h.response.and_then(|c| c.header_mutation).expect("mutation");
+            let set: Vec<(String, String)> = mutation
+                .set_headers
+                .iter()
+                .filter_map(|o| o.header.as_ref())
+                .map(|h| (h.key.clone(), String::from_utf8(h.raw_value.clone()).expect("utf8")))
+                .collect();
+            assert_eq!(set, headers);
+            assert_eq!(mutation.remove_headers, removed);
+        }
     }
 }

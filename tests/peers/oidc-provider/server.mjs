@@ -24,6 +24,11 @@ console.debug = toStderr;
 
 const jose = await import('jose');
 const { default: Provider, errors } = await import('oidc-provider');
+// The library's own DPoP proof validation (RFC 9449: signature with the embedded key, typ, htm, htu,
+// iat window, nonce) and binding (replay check of the proof's jti, then cnf.jkt on the token). A
+// custom grant handler is given no helpers, so they are imported from the library's files.
+const { default: validateDpop } = await import('oidc-provider/lib/helpers/validate_dpop.js');
+const { applyDpopBinding } = await import('oidc-provider/lib/helpers/grant_common.js');
 
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 // RFC 7523's JWT-bearer grant, as Microsoft Entra ID's on-behalf-of flow uses it.
@@ -88,6 +93,12 @@ const MINT_DEFAULT_LIFETIME = 3600;
 // When a session ends (RP-initiated logout at /session/end), the library builds, signs and POSTs
 // the logout token there. Unset: none of this exists, and other tests see the usual peer.
 const BACKCHANNEL_LOGOUT_URI = env('BACKCHANNEL_LOGOUT_URI', '');
+// Not in the contract: DPoP (RFC 9449) nonces. `DPOP_NONCE=1` gives the library a nonce secret (so
+// it hands out `DPoP-Nonce` and accepts nonces); `DPOP_REQUIRE_NONCE=1` also makes it refuse a
+// proof without one (`use_dpop_nonce`). A token-exchange request with a `DPoP` proof always gets a
+// DPoP-bound token (cnf.jkt, token_type DPoP); without one, a Bearer token as before.
+const DPOP_NONCE = env('DPOP_NONCE', '') === '1' || env('DPOP_REQUIRE_NONCE', '') === '1';
+const DPOP_REQUIRE_NONCE = env('DPOP_REQUIRE_NONCE', '') === '1';
 const APP_CLIENT_ID = env('APP_CLIENT_ID', 'test-app');
 const APP_CLIENT_SECRET = env('APP_CLIENT_SECRET', 'test-app-secret');
 const APP_REDIRECT_URI = 'http://127.0.0.1/callback';
@@ -261,6 +272,11 @@ const provider = new Provider(issuer, {
           && cert?.subject.split('\n').join(',') === expected;
       },
     },
+    dPoP: {
+      enabled: true,
+      ...(DPOP_NONCE ? { nonceSecret: crypto.randomBytes(32) } : undefined),
+      requireNonce: () => DPOP_REQUIRE_NONCE,
+    },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => undefined,
@@ -382,6 +398,9 @@ async function tokenExchange(ctx) {
     await getResourceServerInfo(ctx, target, client),
   );
 
+  // The library checks the proof, if one came (and answers use_dpop_nonce itself).
+  const dPoP = await validateDpop(provider, ctx);
+
   const subject = await verifyOwnAccessToken(params.subject_token, 'subject_token');
 
   let act;
@@ -413,6 +432,8 @@ async function tokenExchange(ctx) {
     resourceServer,
   });
   if (act) extraClaims.set(token, { act });
+  // Bound to the proof's key: cnf.jkt in the JWT, token_type DPoP (the library's).
+  await applyDpopBinding(provider, ctx, dPoP, token);
 
   ctx.oidc.entity('AccessToken', token);
   const value = await token.save();
@@ -637,6 +658,8 @@ async function mint(form) {
     // The login session (OpenID Connect `sid`), which a revocation or a logout may name.
     ...(form.get('sid') ? { sid: form.get('sid') } : undefined),
   };
+  // A user token bound to a DPoP key (`cnf.jkt`), as a DPoP-aware gateway would receive.
+  if (form.get('jkt')) token.setThumbprint('jkt', form.get('jkt'));
   if (Object.keys(extra).length > 0) extraClaims.set(token, extra);
   const value = await token.save();
   return [200, { access_token: value, expires_in: expiresIn }];

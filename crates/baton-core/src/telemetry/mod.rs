@@ -739,6 +739,7 @@ audit:
                 token: delegated(),
                 cache,
                 key: None,
+                bound: None,
             });
             observation.finish(Decided {
                 outcome: &outcome,
@@ -791,6 +792,7 @@ audit:
                 token: delegated(),
                 cache,
                 key: None,
+                bound: None,
             });
             observation.finish(Decided {
                 outcome: &outcome,
