@@ -18,6 +18,7 @@
 //! `target/test-reports/`, which `scripts/test` prints); `k8s` (offline Kubernetes and Istio
 //! validation); `prometheus` (promtool and a real Prometheus server) and `promql` (the metrics a
 //! query names); `ssf_test_transmitter` (a test Shared Signals transmitter); `relay` (a service in a chain of services, gateway -> A -> B -> C).
+//! `revocation_stack`: what the revocation tests share (a pod, the operator's `baton revoke`).
 
 pub mod broker;
 mod check;
@@ -33,6 +34,7 @@ pub mod prometheus;
 pub mod promql;
 pub mod relay;
 pub mod report;
+pub mod revocation_stack;
 pub mod scratch;
 pub mod sidecar;
 pub mod soak;
@@ -49,6 +51,7 @@ pub use client::*;
 pub use config::*;
 pub use envoy::*;
 pub use relay::Relay;
+pub use revocation_stack::{AdminSecret, Front, Operator, Pod};
 pub use scratch::*;
 pub use sidecar::Baton;
 pub use stack::Stack;
