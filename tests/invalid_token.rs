@@ -12,8 +12,6 @@
 //! The destination is the harness's stand-in (`StandInDestination`): an HTTP server that answers by
 //! path, as a resource server would, since what matters is the response Envoy hands Baton.
 
-use std::time::Duration;
-
 use baton_test_support::*;
 
 const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
@@ -52,18 +50,6 @@ impl Setup {
         assert_eq!(reply.status, 200, "{:?}", reply.body);
         reply.upstream_token().to_owned()
     }
-}
-
-/// A string or int attribute of an exported span, as the receiver prints it.
-fn attr(span: &fake_opentelemetry_collector::ExportedSpan, key: &str) -> Option<String> {
-    let debug = span.attributes.get(key)?;
-    for (open, close) in [("StringValue(\"", "\")"), ("IntValue(", ")")] {
-        if let Some(start) = debug.find(open) {
-            let rest = &debug[start + open.len()..];
-            return rest.find(close).map(|end| rest[..end].to_owned());
-        }
-    }
-    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,18 +115,15 @@ async fn a_destinations_invalid_token_purges_the_entry_that_served_it_under_ext_
     );
 
     // The span, at the real OTLP receiver the harness gives every Baton.
-    let mut span = None;
-    wait_until("the baton.revocation span", Duration::from_secs(10), || {
-        span = setup
+    let span = eventually("the baton.revocation span", || {
+        setup
             .pod
             .baton
             .exported_spans()
             .into_iter()
-            .find(|s| s.name == "baton.revocation");
-        std::future::ready(span.is_some())
+            .find(|s| s.name == "baton.revocation")
     })
     .await;
-    let span = span.expect("span");
     for (key, value) in [
         ("baton.revocation.event", "invalid_token"),
         ("baton.revocation.kind", "served"),
@@ -148,7 +131,7 @@ async fn a_destinations_invalid_token_purges_the_entry_that_served_it_under_ext_
         ("baton.revocation.purged", "1"),
         ("baton.destination", "orders"),
     ] {
-        assert_eq!(attr(&span, key).as_deref(), Some(value), "{key} in {span:?}");
+        assert_eq!(span_attr(&span, key).as_deref(), Some(value), "{key} in {span:?}");
     }
     assert_eq!(
         span.attributes.len(),

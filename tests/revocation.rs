@@ -132,13 +132,7 @@ async fn revocation_suite(api: Api) {
     assert_eq!(answer["purged"], 1, "alice's token for orders: {answer}");
     assert_eq!(answer["remembered"], 1, "{answer}");
     for _ in 0..3 {
-        let reply = stack.pod.get(&alice).await;
-        assert_eq!(
-            (reply.status, reply.reason()),
-            (401, "subject_revoked"),
-            "{api:?}: {:?}",
-            reply.body
-        );
+        stack.pod.assert_revoked(&alice, &format!("{api:?}")).await;
     }
     // Bob is not alice: still served from the cache.
     let reply = stack.pod.get(&bob).await;
@@ -170,13 +164,7 @@ async fn revocation_suite(api: Api) {
         (Some("session"), Some(1)),
         "{answer}"
     );
-    let reply = stack.pod.get(&bob).await;
-    assert_eq!(
-        (reply.status, reply.reason()),
-        (401, "subject_revoked"),
-        "{:?}",
-        reply.body
-    );
+    stack.pod.assert_revoked(&bob, "").await;
 
     // The command's own errors are clear and send nothing.
     let (ok, _, stderr) = stack.operator.revoke(&["--sub", "carol", "--all"]).await;
@@ -330,25 +318,13 @@ async fn a_verified_subject_is_revoked_by_issuer_and_sub() {
         answer["purged"], 2,
         "her delegated token and her verified subject: {answer}"
     );
-    let reply = stack.pod.get(&alice).await;
-    assert_eq!(
-        (reply.status, reply.reason()),
-        (401, "subject_revoked"),
-        "{:?}",
-        reply.body
-    );
+    stack.pod.assert_revoked(&alice, "").await;
     assert_eq!(stack.pod.get(&bob).await.status, 200);
     assert_eq!(svc.exchanges().await, 2, "nothing exchanged again");
 
     // A reload (SIGHUP) keeps what was revoked.
     stack.pod.reload().await;
-    let reply = stack.pod.get(&alice).await;
-    assert_eq!(
-        (reply.status, reply.reason()),
-        (401, "subject_revoked"),
-        "after a reload: {:?}",
-        reply.body
-    );
+    stack.pod.assert_revoked(&alice, "after a reload").await;
     assert!(
         stack
             .pod

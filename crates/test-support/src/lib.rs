@@ -19,6 +19,7 @@
 //! validation); `prometheus` (promtool and a real Prometheus server) and `promql` (the metrics a
 //! query names); `ssf_test_transmitter` (a test Shared Signals transmitter); `relay` (a service in a chain of services, gateway -> A -> B -> C).
 //! `revocation_stack`: what the revocation tests share (a pod, the operator's `baton revoke`).
+//! `observe`: a span's attributes, and a bounded wait for what a process emitted.
 
 pub mod broker;
 mod check;
@@ -28,6 +29,7 @@ pub mod envoy;
 pub mod k8s;
 pub mod leaks;
 pub mod load;
+pub mod observe;
 pub mod oidc_session;
 pub mod open_loop;
 pub mod prometheus;
@@ -50,6 +52,7 @@ pub use broker::*;
 pub use client::*;
 pub use config::*;
 pub use envoy::*;
+pub use observe::{eventually, span_attr};
 pub use relay::Relay;
 pub use revocation_stack::{AdminSecret, Front, Operator, Pod};
 pub use scratch::*;

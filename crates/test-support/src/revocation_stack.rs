@@ -97,6 +97,17 @@ impl Pod {
         send(&self.envoy, "orders.example", path, Some(&bearer(token))).await
     }
 
+    /// A GET with this user's token is refused 401 `subject_revoked`; `what` goes in the failure.
+    pub async fn assert_revoked(&self, token: &str, what: &str) {
+        let reply = self.get(token).await;
+        assert_eq!(
+            (reply.status, reply.reason()),
+            (401, "subject_revoked"),
+            "{what}: {:?}",
+            reply.body
+        );
+    }
+
     /// A URL on Baton's admin listener.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.baton.admin)
