@@ -350,13 +350,7 @@ async fn a_verified_subject_is_revoked_by_issuer_and_sub() {
         answer["purged"], 2,
         "her delegated token and her verified subject: {answer}"
     );
-    let reply = stack.pod.get(&carol).await;
-    assert_eq!(
-        (reply.status, reply.reason()),
-        (401, "subject_revoked"),
-        "{:?}",
-        reply.body
-    );
+    stack.pod.assert_revoked(&carol, "").await;
     assert_eq!(stack.pod.get(&bob).await.status, 200, "bob has another address");
     let (ok, _, stderr) = stack.operator.revoke(&["--email", "not an address"]).await;
     assert!(!ok && stderr.contains("malformed_email"), "{stderr}");
