@@ -59,9 +59,7 @@ const PROFILE_FLAG: &str = "--profile-hits";
 const PROFILE_MISSES_FLAG: &str = "--profile-misses";
 
 async fn run() {
-    let scratch = Scratch::new(BATON_BIN, "bench");
-    let service = TokenService::start(Peer::BatonSts, &scratch).await;
-    let user = service.mint("alice", "orders.read").await;
+    let (scratch, service, user) = start_with_a_user(BATON_BIN, "bench").await;
     println!(
         "machine: {} cores; {MEASURE:?} per setup after {WARMUP:?} warm-up",
         cores()
@@ -451,12 +449,6 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-struct Measured {
-    rate: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
 /// Envoy with a direct response, with or without ext_authz pointed at `authz_port`; fixed concurrency.
 async fn through_envoy(
     scratch: &Scratch,
@@ -466,54 +458,7 @@ async fn through_envoy(
     concurrency: usize,
 ) -> Measured {
     let envoy = bench_envoy(scratch, api, authz_port).await;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .expect("client");
-    let url = envoy.url("/bench");
-    let auth = bearer(token);
-    let one = |client: reqwest::Client, url: String, auth: String| async move {
-        let r = client
-            .get(&url)
-            .header("host", "orders.example")
-            .header("authorization", &auth)
-            .send()
-            .await;
-        let status = r.expect("request").status();
-        assert_eq!(status, 200, "every benchmark request must succeed");
-    };
-    one(client.clone(), url.clone(), auth.clone()).await;
-    let deadline = Instant::now() + WARMUP + MEASURE;
-    let measure_from = Instant::now() + WARMUP;
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (client, url, auth) = (client.clone(), url.clone(), auth.clone());
-            tokio::spawn(async move {
-                let mut samples = Vec::with_capacity(100_000);
-                loop {
-                    let t = Instant::now();
-                    if t >= deadline {
-                        break samples;
-                    }
-                    one(client.clone(), url.clone(), auth.clone()).await;
-                    if t >= measure_from {
-                        samples.push(t.elapsed());
-                    }
-                }
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for w in workers {
-        all.extend(w.await.expect("worker"));
-    }
-    all.sort();
-    drop(envoy);
-    Measured {
-        rate: all.len() as f64 / MEASURE.as_secs_f64(),
-        p50: all[all.len() / 2],
-        p99: all[all.len() * 99 / 100],
-    }
+    closed_loop(&envoy, token, concurrency, WARMUP, MEASURE).await
 }
 
 /// What the in-process measurement runs on each hit.
@@ -597,8 +542,4 @@ fn us(d: Duration) -> String {
     } else {
         format!("{:.1} us", d.as_secs_f64() * 1e6)
     }
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }

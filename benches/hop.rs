@@ -36,11 +36,7 @@ const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 const CONNECTIONS: [usize; 2] = [1, 8];
 
 fn main() {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    if serve_allow_all_if_asked(&runtime) {
-        return;
-    }
-    runtime.block_on(run());
+    main_or_floor(run);
 }
 
 /// One process measured: its pid, read from `/proc`.
@@ -338,9 +334,7 @@ fn env_number(name: &str, default: usize) -> usize {
 /// `HOP_CALLGRIND=FILE`: one Baton under callgrind behind the generated Envoy configuration, N
 /// cache hits at one connection (the first a miss), then a SIGTERM so callgrind writes its profile. Nothing else.
 async fn profile(out: &str, n: usize) {
-    let scratch = Scratch::new(BATON_BIN, "bench-hop-profile");
-    let service = TokenService::start(Peer::BatonSts, &scratch).await;
-    let user = service.mint("alice", "orders.read").await;
+    let (scratch, service, user) = start_with_a_user(BATON_BIN, "bench-hop-profile").await;
     let request = request_bytes(&user);
     let config = baton_yaml(
         &scratch,
@@ -365,9 +359,7 @@ async fn run() {
     }
     let rounds = env_number("HOP_ROUNDS", 3);
     let n = env_number("HOP_REQUESTS", 4000);
-    let scratch = Scratch::new(BATON_BIN, "bench-hop");
-    let service = TokenService::start(Peer::BatonSts, &scratch).await;
-    let user = service.mint("alice", "orders.read").await;
+    let (scratch, service, user) = start_with_a_user(BATON_BIN, "bench-hop").await;
     let request = request_bytes(&user);
 
     let floor = AllowAllProcess::start(&scratch).await;

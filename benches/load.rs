@@ -48,20 +48,14 @@ const DIRECT_ONLY_FLAG: &str = "--direct-only";
 const MISS_RATE: f64 = 100.0;
 
 fn main() {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    if serve_allow_all_if_asked(&runtime) {
-        return;
-    }
-    runtime.block_on(run());
+    main_or_floor(run);
 }
 
 async fn run() {
-    let scratch = Scratch::new(BATON_BIN, "bench-load");
-    let service = TokenService::start(Peer::BatonSts, &scratch).await;
-    let user = service.mint("alice", "orders.read").await;
+    let (scratch, service, user) = start_with_a_user(BATON_BIN, "bench-load").await;
     println!(
         "machine: {} cores; load average at the start: {}",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cores(),
         load_average()
     );
 

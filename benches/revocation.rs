@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use baton_core::decision::Allow;
 use baton_core::revocation::Selector;
+use baton_test_support::revocation_stack::envoy_sending_responses;
 use baton_test_support::*;
 use common::*;
 
@@ -29,20 +30,14 @@ const WARMUP: Duration = Duration::from_secs(1);
 const MEASURE: Duration = Duration::from_secs(5);
 
 fn main() {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    if serve_allow_all_if_asked(&runtime) {
-        return;
-    }
-    runtime.block_on(run());
+    main_or_floor(run);
 }
 
 async fn run() {
-    let scratch = Scratch::new(BATON_BIN, "bench-revocation");
-    let service = TokenService::start(Peer::BatonSts, &scratch).await;
-    let user = service.mint("alice", "orders.read").await;
+    let (scratch, service, user) = start_with_a_user(BATON_BIN, "bench-revocation").await;
     println!(
         "machine: {} cores; {ROUNDS} rounds per signal; SEND/SKIP: {MEASURE:?} after {WARMUP:?}, {CONCURRENCY} connections",
-        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        cores()
     );
 
     // 1. In process.
@@ -85,14 +80,10 @@ async fn run() {
     row("`purge_served` (one entry, by key)", &mut by_served);
 
     // 2. Through the real Envoy, ext_proc, with the destination stand-in.
-    leaks::secret(ADMIN_SECRET);
-    let secret_file = scratch.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
-    let extra = format!("revocation:\n  admin_secret_file: {}\n", secret_file.display());
-    let baton = Baton::start_quiet_with(&scratch, &service.token_endpoint, &extra).await;
+    let secret = AdminSecret::write(&scratch, ADMIN_SECRET);
+    let baton = Baton::start_quiet_with(&scratch, &service.token_endpoint, &secret.section("")).await;
     let destination = StandInDestination::start().await;
-    let bootstrap = envoy_bootstrap_for(Api::ExtProc, free_port(), baton.grpc, destination.port)
-        .replace("response_header_mode: SKIP", "response_header_mode: SEND");
-    let envoy = Envoy::start_with_bootstrap(&scratch, &bootstrap).await;
+    let envoy = envoy_sending_responses(Api::ExtProc, &scratch, baton.grpc, destination.port).await;
     let client = reqwest::Client::new();
     let get = |path: &'static str| {
         client
@@ -153,71 +144,22 @@ async fn run() {
     println!("| --- | --- | --- | --- |");
     for mode in ["SKIP", "SEND", "SKIP", "SEND"] {
         let m = hits(&scratch, baton.grpc, mode, &user).await;
-        println!("| {mode} | {:.0} | {} | {} |", m.0, us(m.1), us(m.2));
+        println!("| {mode} | {:.0} | {} | {} |", m.rate, us(m.p50), us(m.p99));
     }
 }
 
-/// Cache hits through Envoy (ext_proc, a direct response) with this `response_header_mode`:
-/// (requests/s, p50, p99).
-async fn hits(scratch: &Scratch, baton: u16, mode: &str, token: &str) -> (f64, Duration, Duration) {
-    let port = free_port();
-    let mut bootstrap = envoy_bootstrap_for(Api::ExtProc, port, baton, 1);
-    bootstrap = bootstrap.replace("route: { cluster: upstream }", "direct_response: { status: 200 }");
-    let (start, end) = (
-        bootstrap.find("          access_log:").expect("access log"),
-        bootstrap.find("          route_config:").expect("route config"),
-    );
-    bootstrap.replace_range(start..end, "");
+/// Cache hits through Envoy (ext_proc, a direct response) with this `response_header_mode`.
+async fn hits(scratch: &Scratch, baton: u16, mode: &str, token: &str) -> Measured {
+    let bootstrap = bench_bootstrap(Api::ExtProc, Some(baton));
     assert!(bootstrap.contains("response_header_mode: SKIP"));
-    bootstrap = bootstrap.replace("response_header_mode: SKIP", &format!("response_header_mode: {mode}"));
+    let mut bootstrap = bootstrap.replace("response_header_mode: SKIP", &format!("response_header_mode: {mode}"));
     // SKIP is the baseline without any response headers: the harness lets a delegated stream ask
     // for them (`mode_override`), which this measure turns off.
     if mode == "SKIP" {
         bootstrap = bootstrap.replace("allow_mode_override: true", "allow_mode_override: false");
     }
     let envoy = Envoy::start_with_bootstrap(scratch, &bootstrap).await;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(CONCURRENCY)
-        .build()
-        .expect("client");
-    let (url, auth) = (envoy.url("/bench"), bearer(token));
-    let deadline = Instant::now() + WARMUP + MEASURE;
-    let measure_from = Instant::now() + WARMUP;
-    let workers: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let (client, url, auth) = (client.clone(), url.clone(), auth.clone());
-            tokio::spawn(async move {
-                let mut samples = Vec::with_capacity(50_000);
-                loop {
-                    let t = Instant::now();
-                    if t >= deadline {
-                        break samples;
-                    }
-                    let r = client
-                        .get(&url)
-                        .header("host", "orders.example")
-                        .header("authorization", &auth)
-                        .send()
-                        .await
-                        .expect("request");
-                    assert_eq!(r.status(), 200);
-                    if t >= measure_from {
-                        samples.push(t.elapsed());
-                    }
-                }
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for w in workers {
-        all.extend(w.await.expect("worker"));
-    }
-    all.sort();
-    (
-        all.len() as f64 / MEASURE.as_secs_f64(),
-        all[all.len() / 2],
-        all[all.len() * 99 / 100],
-    )
+    closed_loop(&envoy, token, CONCURRENCY, WARMUP, MEASURE).await
 }
 
 fn row(name: &str, samples: &mut [Duration]) {

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use baton_test_support::oidc_session::{APP_CLIENT_ID, Session, backchannel_peer};
+use baton_test_support::revocation_stack::{REMEMBER, post_without_the_section};
 use baton_test_support::*;
 use serde_json::{Value, json};
 
@@ -21,7 +22,6 @@ const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 const FORM: &str = "application/x-www-form-urlencoded";
 
 struct Stack {
-    scratch: Scratch,
     /// oidc-provider: users sign in here, Baton exchanges here, and it sends the logout tokens.
     idp: TokenService,
     /// A second trusted issuer whose signing key the test holds, to sign logout tokens that say
@@ -29,9 +29,7 @@ struct Stack {
     forger: TokenService,
     forger_key: String,
     forger_kid: String,
-    baton: Baton,
-    _upstream: Upstream,
-    envoy: Envoy,
+    pod: Pod,
 }
 
 impl Stack {
@@ -63,9 +61,7 @@ impl Stack {
     audiences: ["{APP}"]
     jwks_min_refetch: 1s
 revocation:
-  remember: 1h
-  max_entries: 100
-backchannel_logout:
+{REMEMBER}backchannel_logout:
   client_id: {APP_CLIENT_ID}
   issuers: [{idp_issuer}, {forger}]
   max_age: 2m
@@ -74,12 +70,10 @@ backchannel_logout:
 "#,
             forger = forger.issuer
         );
-        let baton = Baton::start(&scratch, &format!("{idp_issuer}/token"), &extra).await;
-        let logout_uri = format!("http://127.0.0.1:{}/backchannel-logout", baton.admin);
-        let idp = backchannel_peer(&scratch, idp_port, &logout_uri, &[ORDERS, BILLING, APP]).await;
+        let pod = Pod::start(api, scratch, &format!("{idp_issuer}/token"), &extra).await;
+        let logout_uri = pod.admin_url("/backchannel-logout");
+        let idp = backchannel_peer(&pod.scratch, idp_port, &logout_uri, &[ORDERS, BILLING, APP]).await;
         assert_eq!(idp.issuer, idp_issuer);
-        let upstream = Upstream::start().await;
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
         let response = http().get(&forger.jwks_uri).send().await.expect("the forger's JWKS");
         let jwks: Value = serde_json::from_slice(&response.bytes().await.expect("JWKS")).expect("JWKS json");
         let forger_kid = jwks["keys"][0]["kid"].as_str().expect("a kid").to_owned();
@@ -87,25 +81,22 @@ backchannel_logout:
         // first token fetches it again.
         tokio::time::sleep(Duration::from_millis(1_100)).await;
         Self {
-            scratch,
             idp,
             forger,
             forger_key,
             forger_kid,
-            baton,
-            _upstream: upstream,
-            envoy,
+            pod,
         }
     }
 
     async fn get(&self, token: &str) -> Reply {
-        send(&self.envoy, "orders.example", "/orders/1", Some(&bearer(token))).await
+        self.pod.get(token).await
     }
 
     /// `POST /backchannel-logout` with this content type and body: (status, answer, Cache-Control).
     async fn post(&self, content_type: &str, body: String) -> (u16, Value, String) {
         let response = http()
-            .post(format!("http://127.0.0.1:{}/backchannel-logout", self.baton.admin))
+            .post(self.pod.admin_url("/backchannel-logout"))
             .header("content-type", content_type)
             .body(body)
             .send()
@@ -345,7 +336,7 @@ async fn suite(api: Api) {
         );
         assert_eq!(cache_control, "no-store", "{what}");
     }
-    let metrics = stack.baton.metrics().await;
+    let metrics = stack.pod.baton.metrics().await;
     assert!(
         metrics.contains("baton_revocations_remembered 0"),
         "{api:?}: a refused logout token revoked something"
@@ -367,20 +358,7 @@ async fn suite(api: Api) {
     // Replayed, also after a configuration reload (the jtis are kept across it).
     for reload in [false, true] {
         if reload {
-            let status = std::process::Command::new("kill")
-                .arg("-HUP")
-                .arg(stack.baton.pid().to_string())
-                .status()
-                .expect("kill -HUP");
-            assert!(status.success());
-            wait_until("the reload", Duration::from_secs(10), || async {
-                stack
-                    .baton
-                    .metrics()
-                    .await
-                    .contains(r#"baton_config_reloads_total{outcome="ok"} 1"#)
-            })
-            .await;
+            stack.pod.reload().await;
         }
         let (status, answer, _) = stack.post(FORM, carol.clone()).await;
         assert_eq!(status, 400, "reload {reload}: {answer}");
@@ -391,7 +369,14 @@ async fn suite(api: Api) {
             "reload {reload}: {answer}"
         );
     }
-    assert!(stack.baton.metrics().await.contains("baton_revocations_remembered 1"));
+    assert!(
+        stack
+            .pod
+            .baton
+            .metrics()
+            .await
+            .contains("baton_revocations_remembered 1")
+    );
 
     // Alice's session ends at the provider, which sends Baton the logout token itself (before it
     // answers the browser): her token is refused from then on, without an exchange.
@@ -410,17 +395,11 @@ async fn suite(api: Api) {
         signal_to_refusal.as_millis()
     ));
     for _ in 0..2 {
-        let reply = stack.get(&alice_token).await;
-        assert_eq!(
-            (reply.status, reply.reason()),
-            (401, "subject_revoked"),
-            "{api:?}: {:?}",
-            reply.body
-        );
+        stack.pod.assert_revoked(&alice_token, &format!("{api:?}")).await;
         let reply = stack.get(&bob.access_token).await;
         assert_eq!(reply.status, 200, "{api:?}: bob is unaffected: {:?}", reply.body);
     }
-    let metrics = stack.baton.metrics().await;
+    let metrics = stack.pod.baton.metrics().await;
     assert!(
         metrics.contains(r#"baton_backchannel_logouts_total{outcome="ok"} 2"#),
         "carol's and alice's logouts: {metrics}"
@@ -431,19 +410,14 @@ async fn suite(api: Api) {
     assert_eq!(idp.exchanges().await, before + 2, "bob is served from the cache");
 
     // The audit records name the event, never a token.
-    let audit = std::fs::read_to_string(stack.scratch.0.join("audit.log")).expect("audit log");
-    let records: Vec<Value> = audit
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|r: &Value| r["api"] == "revocation")
-        .collect();
+    // Carol; alice's session and subject.
+    let records = stack.pod.wait_for_revocation_records(3).await;
     assert!(
         records
             .iter()
             .all(|r| r["event"] == "backchannel_logout" && r["outcome"] == "ok"),
         "{records:?}"
     );
-    assert_eq!(records.len(), 3, "carol; alice's session and subject: {records:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,15 +433,13 @@ async fn backchannel_logout_through_envoy_ext_proc() {
 /// Without a `backchannel_logout:` section the endpoint is off: 404, whatever is posted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_section_the_endpoint_is_off() {
-    let scratch = Scratch::new(BATON_BIN, "backchannel-logout-off");
-    let service = TokenService::start(Peer::BatonSts, &scratch).await;
-    let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
-    let response = http()
-        .post(format!("http://127.0.0.1:{}/backchannel-logout", baton.admin))
-        .header("content-type", FORM)
-        .body("logout_token=a.b.c")
-        .send()
-        .await
-        .expect("POST /backchannel-logout");
-    assert_eq!(response.status().as_u16(), 404);
+    let status = post_without_the_section(
+        BATON_BIN,
+        "backchannel-logout-off",
+        "/backchannel-logout",
+        ("content-type", FORM),
+        "logout_token=a.b.c",
+    )
+    .await;
+    assert_eq!(status, 404);
 }

@@ -11,8 +11,6 @@
 //! subject's chain, in the issued chain, or a depth limit) stops the chain there with its reason,
 //! C receiving nothing.
 
-use std::time::Duration;
-
 use baton_test_support::*;
 use serde_json::{Value, json};
 
@@ -87,17 +85,6 @@ destinations:
                 .find(|l| l["destination"] == name && l["trace_id"] == trace)
         })
         .await
-    }
-}
-
-async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

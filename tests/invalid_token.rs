@@ -12,8 +12,6 @@
 //! The destination is the harness's stand-in (`StandInDestination`): an HTTP server that answers by
 //! path, as a resource server would, since what matters is the response Envoy hands Baton.
 
-use std::time::Duration;
-
 use baton_test_support::*;
 
 const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
@@ -21,64 +19,29 @@ const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 const ADMIN_SECRET: &str = "invalid-token-admin-secret-for-tests-0123456789";
 
 struct Setup {
-    scratch: Scratch,
     service: TokenService,
-    baton: Baton,
-    _destination: StandInDestination,
-    envoy: Envoy,
-    secret_file: std::path::PathBuf,
+    pod: Pod,
+    operator: Operator,
 }
 
 impl Setup {
     async fn start(api: Api, name: &str) -> Self {
-        Self::start_with(api, name, false).await
+        Self::start_with(api, name, Front::Harness).await
     }
 
-    /// With `generated`, Envoy runs what `baton envoy-config` writes (its outbound cluster pointed
-    /// at the stand-in destination) rather than the harness's hand-written bootstrap.
-    async fn start_with(api: Api, name: &str, generated: bool) -> Self {
+    /// With `Front::Generated`, Envoy runs what `baton envoy-config` writes (its outbound cluster
+    /// pointed at the stand-in destination) rather than the harness's hand-written bootstrap.
+    async fn start_with(api: Api, name: &str, front: Front) -> Self {
         let scratch = Scratch::new(BATON_BIN, name);
-        leaks::secret(ADMIN_SECRET);
-        let secret_file = scratch.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
+        let secret = AdminSecret::write(&scratch, ADMIN_SECRET);
         let service = TokenService::start(Peer::BatonSts, &scratch).await;
-        let extra = format!("revocation:\n  admin_secret_file: {}\n", secret_file.display());
-        let baton = Baton::start(&scratch, &service.token_endpoint, &extra).await;
-        let destination = StandInDestination::start().await;
-        // The harness's configuration as it is: response headers skipped, but a delegated stream
-        // asks for its own (`mode_override`), as under `baton envoy-config`.
-        let envoy = if generated {
-            let api = match api {
-                Api::ExtAuthz => "ext_authz",
-                Api::ExtProc => "ext_proc",
-            };
-            let out = std::process::Command::new(BATON_BIN)
-                .arg("envoy-config")
-                .arg("--config")
-                .arg(scratch.0.join("baton.yaml"))
-                .args(["--api", api, "--listen", &format!("127.0.0.1:{}", free_port())])
-                .output()
-                .expect("run baton envoy-config");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let mut bootstrap: serde_json::Value =
-                serde_saphyr::from_str(&String::from_utf8_lossy(&out.stdout)).expect("YAML");
-            to_test_upstream(&mut bootstrap, destination.port);
-            let bootstrap = baton_envoy::envoy_config::to_yaml(&bootstrap).expect("yaml");
-            Envoy::start_with_bootstrap(&scratch, &bootstrap).await
-        } else {
-            Envoy::start_for(api, &scratch, baton.grpc, destination.port).await
-        };
-        Self {
-            scratch,
-            service,
-            baton,
-            _destination: destination,
-            envoy,
-            secret_file,
-        }
+        let pod = Pod::start_stand_in(api, front, scratch, &service.token_endpoint, &secret.section("")).await;
+        let operator = pod.operator(secret);
+        Self { service, pod, operator }
     }
 
     async fn get(&self, path: &str, token: &str) -> Reply {
-        send(&self.envoy, "orders.example", path, Some(&bearer(token))).await
+        self.pod.get_path(path, token).await
     }
 
     /// A request that reaches the destination and is answered 200: the token it received.
@@ -87,54 +50,6 @@ impl Setup {
         assert_eq!(reply.status, 200, "{:?}", reply.body);
         reply.upstream_token().to_owned()
     }
-
-    async fn revoke(&self, selector: &[&str]) -> (bool, serde_json::Value, String) {
-        let output = tokio::process::Command::new(BATON_BIN)
-            .arg("revoke")
-            .arg("--admin")
-            .arg(format!("http://127.0.0.1:{}", self.baton.admin))
-            .arg("--secret-file")
-            .arg(&self.secret_file)
-            .args(selector)
-            .output()
-            .await
-            .expect("run baton revoke");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        (
-            output.status.success(),
-            serde_json::from_str(&stdout).unwrap_or_default(),
-            stderr,
-        )
-    }
-
-    async fn audit_revocations(&self, expected: usize) -> Vec<serde_json::Value> {
-        let audit = self.scratch.0.join("audit.log");
-        let mut records = Vec::new();
-        wait_until("the audit records", Duration::from_secs(5), || {
-            records = std::fs::read_to_string(&audit)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|r| r["api"] == "revocation")
-                .collect();
-            std::future::ready(records.len() >= expected)
-        })
-        .await;
-        records
-    }
-}
-
-/// A string or int attribute of an exported span, as the receiver prints it.
-fn attr(span: &fake_opentelemetry_collector::ExportedSpan, key: &str) -> Option<String> {
-    let debug = span.attributes.get(key)?;
-    for (open, close) in [("StringValue(\"", "\")"), ("IntValue(", ")")] {
-        if let Some(start) = debug.find(open) {
-            let rest = &debug[start + open.len()..];
-            return rest.find(close).map(|end| rest[..end].to_owned());
-        }
-    }
-    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,15 +93,14 @@ async fn a_destinations_invalid_token_purges_the_entry_that_served_it_under_ext_
     assert_eq!(svc.exchanges().await, start + 3, "another user's entry was not touched");
 
     // Nobody was revoked: the subject is not remembered.
-    let metrics = setup.baton.metrics().await;
+    let metrics = setup.pod.baton.metrics().await;
     for line in [
         r#"baton_revocations_total{event="invalid_token",kind="served",outcome="ok"} 1"#,
         "baton_revocations_remembered 0",
     ] {
         assert!(metrics.contains(line), "no `{line}` in /metrics");
     }
-    let records = setup.audit_revocations(1).await;
-    assert_eq!(records.len(), 1, "{records:?}");
+    let records = setup.pod.wait_for_revocation_records(1).await;
     let r = &records[0];
     assert_eq!(
         (&r["event"], &r["kind"], &r["destination"], &r["purged"], &r["outcome"]),
@@ -201,17 +115,15 @@ async fn a_destinations_invalid_token_purges_the_entry_that_served_it_under_ext_
     );
 
     // The span, at the real OTLP receiver the harness gives every Baton.
-    let mut span = None;
-    wait_until("the baton.revocation span", Duration::from_secs(10), || {
-        span = setup
+    let span = eventually("the baton.revocation span", || {
+        setup
+            .pod
             .baton
             .exported_spans()
             .into_iter()
-            .find(|s| s.name == "baton.revocation");
-        std::future::ready(span.is_some())
+            .find(|s| s.name == "baton.revocation")
     })
     .await;
-    let span = span.expect("span");
     for (key, value) in [
         ("baton.revocation.event", "invalid_token"),
         ("baton.revocation.kind", "served"),
@@ -219,7 +131,7 @@ async fn a_destinations_invalid_token_purges_the_entry_that_served_it_under_ext_
         ("baton.revocation.purged", "1"),
         ("baton.destination", "orders"),
     ] {
-        assert_eq!(attr(&span, key).as_deref(), Some(value), "{key} in {span:?}");
+        assert_eq!(span_attr(&span, key).as_deref(), Some(value), "{key} in {span:?}");
     }
     assert_eq!(
         span.attributes.len(),
@@ -242,7 +154,7 @@ async fn under_ext_authz_the_destinations_answer_is_not_seen() {
     assert_eq!(reply.status, 401);
     assert_eq!(setup.delegated(&alice).await, first, "still served from the cache");
     assert_eq!(svc.exchanges().await, exchanged);
-    let metrics = setup.baton.metrics().await;
+    let metrics = setup.pod.baton.metrics().await;
     assert!(
         !metrics.contains(r#"event="invalid_token""#),
         "no signal under ext_authz"
@@ -259,7 +171,7 @@ async fn the_operator_purges_one_destination_and_nobody_is_revoked() {
     setup.delegated(&bob).await;
     let exchanged = svc.exchanges().await;
 
-    let (ok, answer, stderr) = setup.revoke(&["--destination", "orders"]).await;
+    let (ok, answer, stderr) = setup.operator.revoke(&["--destination", "orders"]).await;
     assert!(ok, "baton revoke --destination failed: {stderr}");
     assert_eq!(
         (
@@ -277,23 +189,26 @@ async fn the_operator_purges_one_destination_and_nobody_is_revoked() {
     assert_eq!(svc.exchanges().await, exchanged + 2);
 
     // An unknown destination is a clear refusal, and changes nothing.
-    let (ok, _, stderr) = setup.revoke(&["--destination", "nonesuch"]).await;
+    let (ok, _, stderr) = setup.operator.revoke(&["--destination", "nonesuch"]).await;
     assert!(
         !ok && stderr.contains("400") && stderr.contains("destination_not_configured"),
         "{stderr}"
     );
-    let (ok, _, stderr) = setup.revoke(&["--destination", "orders", "--sub", "alice"]).await;
+    let (ok, _, stderr) = setup
+        .operator
+        .revoke(&["--destination", "orders", "--sub", "alice"])
+        .await;
     assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
     setup.delegated(&alice).await;
     assert_eq!(svc.exchanges().await, exchanged + 2);
 
-    let metrics = setup.baton.metrics().await;
+    let metrics = setup.pod.baton.metrics().await;
     assert!(
         metrics.contains(r#"baton_revocations_total{event="operator",kind="destination",outcome="ok"} 1"#),
         "{metrics}"
     );
-    let records = setup.audit_revocations(1).await;
-    assert_eq!(records.len(), 1, "the refused call left no record: {records:?}");
+    // One record: the refused calls left none.
+    let records = setup.pod.wait_for_revocation_records(1).await;
     assert_eq!(
         (&records[0]["kind"], &records[0]["destination"], &records[0]["purged"]),
         (
@@ -309,7 +224,7 @@ async fn the_operator_purges_one_destination_and_nobody_is_revoked() {
 /// `forward_rules` let `:status` and `www-authenticate` through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_generated_envoy_configuration_purges_by_default() {
-    let setup = Setup::start_with(Api::ExtProc, "invalid-token-generated", true).await;
+    let setup = Setup::start_with(Api::ExtProc, "invalid-token-generated", Front::Generated).await;
     let svc = &setup.service;
     let alice = svc.mint_with(&[("sub", "alice"), ("scope", "orders.read")]).await;
     let start = svc.exchanges().await;

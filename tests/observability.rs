@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use baton_envoy::broker::pb::ExchangeRequest;
 use baton_envoy::broker::pb::delegation_broker_client::DelegationBrokerClient;
@@ -58,18 +57,6 @@ fn sum(deltas: &BTreeMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// A string (or int) attribute of an exported span.
-fn attr(span: &ExportedSpan, key: &str) -> Option<String> {
-    let debug = span.attributes.get(key)?;
-    for (open, close) in [("StringValue(\"", "\")"), ("IntValue(", ")")] {
-        if let Some(start) = debug.find(open) {
-            let rest = &debug[start + open.len()..];
-            return rest.find(close).map(|end| rest[..end].to_owned());
-        }
-    }
-    None
-}
-
 /// The strings of an array attribute.
 fn attr_list(span: &ExportedSpan, key: &str) -> Vec<String> {
     let debug = span.attributes.get(key).cloned().unwrap_or_default();
@@ -87,17 +74,6 @@ fn jwt_claims(token: &str) -> Value {
         .decode(payload)
         .expect("base64url payload");
     serde_json::from_slice(&json).expect("JSON claims")
-}
-
-async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// An HTTP front for a token endpoint that records the `traceparent` of each request and forwards it
@@ -299,7 +275,7 @@ async fn one_trace_links_envoy_baton_and_the_token_exchange() {
         sent.contains(&format!("00-{t1}-{}-01", exchange.span_id)),
         "the token service received the exchange span's traceparent: {sent:?}"
     );
-    let a = |k: &str| attr(&check, k);
+    let a = |k: &str| span_attr(&check, k);
     assert_eq!(a("baton.api").as_deref(), Some("check"));
     assert_eq!(a("baton.decision").as_deref(), Some("delegate"));
     assert_eq!(a("baton.cache").as_deref(), Some("miss"));
@@ -315,32 +291,32 @@ async fn one_trace_links_envoy_baton_and_the_token_exchange() {
     assert_eq!(a("baton.issued.jti").as_deref(), issued["jti"].as_str());
     assert_eq!(a("baton.issued.exp"), issued["exp"].as_i64().map(|e| e.to_string()));
     assert_eq!(a("baton.delegation.depth").as_deref(), Some("0"));
-    assert_eq!(attr(&exchange, "baton.exchange.outcome").as_deref(), Some("ok"));
-    assert_eq!(attr(&exchange, "baton.destination").as_deref(), Some("orders"));
-    assert_eq!(attr(&exchange, "baton.token_service").as_deref(), Some("default"));
-    assert_eq!(attr(&exchange, "url.full").as_deref(), Some(front.as_str()));
+    assert_eq!(span_attr(&exchange, "baton.exchange.outcome").as_deref(), Some("ok"));
+    assert_eq!(span_attr(&exchange, "baton.destination").as_deref(), Some("orders"));
+    assert_eq!(span_attr(&exchange, "baton.token_service").as_deref(), Some("default"));
+    assert_eq!(span_attr(&exchange, "url.full").as_deref(), Some(front.as_str()));
 
     // Trace 2: a cache hit; trace 3: a denial.
     let hit = in_trace(&spans, &t2, "baton.check").expect("trace 2");
-    assert_eq!(attr(&hit, "baton.cache").as_deref(), Some("hit"));
-    assert_eq!(attr(&hit, "baton.issued.jti").as_deref(), issued["jti"].as_str());
+    assert_eq!(span_attr(&hit, "baton.cache").as_deref(), Some("hit"));
+    assert_eq!(span_attr(&hit, "baton.issued.jti").as_deref(), issued["jti"].as_str());
     assert!(
         in_trace(&spans, &t2, "baton.exchange").is_none(),
         "a hit exchanges nothing"
     );
     let deny = in_trace(&spans, &t3, "baton.check").expect("trace 3");
-    assert_eq!(attr(&deny, "baton.decision").as_deref(), Some("deny"));
-    assert_eq!(attr(&deny, "baton.reason").as_deref(), Some("malformed_token"));
+    assert_eq!(span_attr(&deny, "baton.decision").as_deref(), Some("deny"));
+    assert_eq!(span_attr(&deny, "baton.reason").as_deref(), Some("malformed_token"));
 
     // Trace 4: the broker.
     let broker = in_trace(&spans, &t4, "baton.broker").expect("the broker span");
     let broker_exchange = in_trace(&spans, &t4, "baton.exchange").expect("its exchange");
     assert_eq!(broker.parent_span_id, format!("{:016x}", 5), "the caller's span");
     assert_eq!(broker_exchange.parent_span_id, broker.span_id);
-    assert_eq!(attr(&broker, "baton.api").as_deref(), Some("broker"));
-    assert_eq!(attr(&broker, "baton.destination").as_deref(), Some("billing"));
+    assert_eq!(span_attr(&broker, "baton.api").as_deref(), Some("broker"));
+    assert_eq!(span_attr(&broker, "baton.destination").as_deref(), Some("billing"));
     assert_eq!(
-        attr(&broker, "baton.issued.jti").as_deref(),
+        span_attr(&broker, "baton.issued.jti").as_deref(),
         jwt_claims(&brokered.access_token)["jti"].as_str()
     );
 

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use baton_test_support::revocation_stack::{REMEMBER, next_second, post_without_the_section, trusted_issuer};
 use baton_test_support::*;
 
 /// The binary under test, passed to the harness (only this package can name it).
@@ -14,12 +15,9 @@ const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 const ADMIN_SECRET: &str = "revocation-admin-secret-for-tests-0123456789";
 
 struct Revocable {
-    scratch: Scratch,
     service: TokenService,
-    baton: Baton,
-    _upstream: Upstream,
-    envoy: Envoy,
-    secret_file: std::path::PathBuf,
+    pod: Pod,
+    operator: Operator,
 }
 
 impl Revocable {
@@ -31,84 +29,16 @@ impl Revocable {
     /// audience `frontend`), so it also holds verified subjects to purge.
     async fn start_with(api: Api, name: &str, options: PeerOptions, verified: bool) -> Self {
         let scratch = Scratch::new(BATON_BIN, name);
-        leaks::secret(ADMIN_SECRET);
-        let secret_file = scratch.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
+        let secret = AdminSecret::write(&scratch, ADMIN_SECRET);
         let service = TokenService::start_with(Peer::BatonSts, &scratch, options).await;
-        let mut extra = format!(
-            "revocation:\n  remember: 1h\n  max_entries: 100\n  admin_secret_file: {}\n",
-            secret_file.display()
-        );
+        let mut extra = secret.section(REMEMBER);
         if verified {
-            extra.push_str(&format!(
-                "trusted_issuers:\n  - issuer: {}\n    audiences: [frontend]\n",
-                service.issuer
-            ));
+            extra.push_str(&trusted_issuer(&service.issuer, "frontend"));
         }
-        let baton = Baton::start(&scratch, &service.token_endpoint, &extra).await;
-        let upstream = Upstream::start().await;
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
-        Self {
-            scratch,
-            service,
-            baton,
-            _upstream: upstream,
-            envoy,
-            secret_file,
-        }
+        let pod = Pod::start(api, scratch, &service.token_endpoint, &extra).await;
+        let operator = pod.operator(secret);
+        Self { service, pod, operator }
     }
-
-    async fn get(&self, token: &str) -> Reply {
-        send(&self.envoy, "orders.example", "/orders/1", Some(&bearer(token))).await
-    }
-
-    /// `POST /revoke` as it comes, for the refusals; (status, `error` code or the whole answer).
-    async fn post(&self, authorization: Option<&str>, body: String) -> (u16, serde_json::Value) {
-        let mut request = http()
-            .post(format!("http://127.0.0.1:{}/revoke", self.baton.admin))
-            .header("content-type", "application/json")
-            .body(body);
-        if let Some(a) = authorization {
-            request = request.header("authorization", a);
-        }
-        let response = request.send().await.expect("POST /revoke");
-        let status = response.status().as_u16();
-        let body = serde_json::from_slice(&response.bytes().await.expect("body")).unwrap_or_default();
-        (status, body)
-    }
-
-    /// `baton revoke` with these selector flags; its exit status and stdout.
-    async fn revoke(&self, selector: &[&str]) -> (bool, serde_json::Value, String) {
-        let output = tokio::process::Command::new(BATON_BIN)
-            .arg("revoke")
-            .arg("--admin")
-            .arg(format!("http://127.0.0.1:{}", self.baton.admin))
-            .arg("--secret-file")
-            .arg(&self.secret_file)
-            .args(selector)
-            .output()
-            .await
-            .expect("run baton revoke");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert!(
-            !stdout.contains(ADMIN_SECRET) && !stderr.contains(ADMIN_SECRET),
-            "baton revoke printed the admin secret"
-        );
-        (
-            output.status.success(),
-            serde_json::from_str(&stdout).unwrap_or_default(),
-            stderr,
-        )
-    }
-}
-
-/// Sleep into the next whole second, so a token minted now has an `iat` after a revocation made
-/// before (both are whole seconds; a token of the revocation's own second is refused).
-async fn next_second() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock");
-    tokio::time::sleep(Duration::from_millis(1_050 - u64::from(now.subsec_millis()))).await;
 }
 
 async fn revocation_suite(api: Api) {
@@ -132,7 +62,7 @@ async fn revocation_suite(api: Api) {
     // Both delegated, then served from the cache.
     let before = svc.exchanges().await;
     for user in [&alice, &bob] {
-        let reply = stack.get(user).await;
+        let reply = stack.pod.get(user).await;
         assert_eq!(reply.status, 200, "{api:?}: {:?}", reply.body);
         assert_ne!(reply.upstream_token(), user.as_str());
     }
@@ -172,13 +102,13 @@ async fn revocation_suite(api: Api) {
             "body_too_large",
         ),
     ];
-    let authorized = format!("Bearer {ADMIN_SECRET}");
+    let authorized = stack.operator.secret.bearer();
     for (authorization, body, status, code) in refusals {
         let authorization = authorization.map(|a| if a == "auth" { authorized.as_str() } else { a });
-        let (got, answer) = stack.post(authorization, body).await;
+        let (got, answer) = stack.operator.post(authorization, body).await;
         assert_eq!((got, answer["error"].as_str()), (status, Some(code)), "{answer}");
     }
-    let reply = stack.get(&alice).await;
+    let reply = stack.pod.get(&alice).await;
     assert_eq!(
         reply.status, 200,
         "{api:?}: a refused revocation changed something: {:?}",
@@ -186,27 +116,26 @@ async fn revocation_suite(api: Api) {
     );
     assert_eq!(svc.exchanges().await, before + 2, "alice was not served from the cache");
     assert!(
-        stack.baton.metrics().await.contains("baton_revocations_remembered 0"),
+        stack
+            .pod
+            .baton
+            .metrics()
+            .await
+            .contains("baton_revocations_remembered 0"),
         "nothing is remembered yet"
     );
 
     // The operator revokes alice: her cached token goes, and her token is refused without an exchange.
-    let (ok, answer, stderr) = stack.revoke(&["--sub", "alice"]).await;
+    let (ok, answer, stderr) = stack.operator.revoke(&["--sub", "alice"]).await;
     assert!(ok, "baton revoke failed: {stderr}");
     assert_eq!(answer["revoked"], "subject", "{answer}");
     assert_eq!(answer["purged"], 1, "alice's token for orders: {answer}");
     assert_eq!(answer["remembered"], 1, "{answer}");
     for _ in 0..3 {
-        let reply = stack.get(&alice).await;
-        assert_eq!(
-            (reply.status, reply.reason()),
-            (401, "subject_revoked"),
-            "{api:?}: {:?}",
-            reply.body
-        );
+        stack.pod.assert_revoked(&alice, &format!("{api:?}")).await;
     }
     // Bob is not alice: still served from the cache.
-    let reply = stack.get(&bob).await;
+    let reply = stack.pod.get(&bob).await;
     assert_eq!(reply.status, 200, "{api:?}: {:?}", reply.body);
     assert_eq!(
         svc.exchanges().await,
@@ -217,38 +146,32 @@ async fn revocation_suite(api: Api) {
     // Alice signs in again: a token issued after the revocation is delegated (one new exchange).
     next_second().await;
     let fresh = svc.mint("alice", "orders.read").await;
-    let reply = stack.get(&fresh).await;
+    let reply = stack.pod.get(&fresh).await;
     assert_eq!(
         reply.status, 200,
         "{api:?}: a fresh token after the revocation: {:?}",
         reply.body
     );
     assert_eq!(svc.exchanges().await, before + 3);
-    let reply = stack.get(&alice).await;
+    let reply = stack.pod.get(&alice).await;
     assert_eq!(reply.reason(), "subject_revoked", "the old token stays refused");
 
     // A session: bob's `sid` is revoked, his cached token purged.
-    let (ok, answer, stderr) = stack.revoke(&["--sid", "s-bob"]).await;
+    let (ok, answer, stderr) = stack.operator.revoke(&["--sid", "s-bob"]).await;
     assert!(ok, "baton revoke --sid failed: {stderr}");
     assert_eq!(
         (answer["revoked"].as_str(), answer["purged"].as_u64()),
         (Some("session"), Some(1)),
         "{answer}"
     );
-    let reply = stack.get(&bob).await;
-    assert_eq!(
-        (reply.status, reply.reason()),
-        (401, "subject_revoked"),
-        "{:?}",
-        reply.body
-    );
+    stack.pod.assert_revoked(&bob, "").await;
 
     // The command's own errors are clear and send nothing.
-    let (ok, _, stderr) = stack.revoke(&["--sub", "carol", "--all"]).await;
+    let (ok, _, stderr) = stack.operator.revoke(&["--sub", "carol", "--all"]).await;
     assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
 
     // Metrics and the audit record.
-    let metrics = stack.baton.metrics().await;
+    let metrics = stack.pod.baton.metrics().await;
     for line in [
         r#"baton_revocations_total{event="operator",kind="subject",outcome="ok"} 1"#,
         r#"baton_revocations_total{event="operator",kind="session",outcome="ok"} 1"#,
@@ -257,18 +180,7 @@ async fn revocation_suite(api: Api) {
     ] {
         assert!(metrics.contains(line), "no `{line}` in /metrics");
     }
-    let audit = stack.scratch.0.join("audit.log");
-    let mut records = Vec::new();
-    wait_until("the revocations' audit records", Duration::from_secs(5), || {
-        records = std::fs::read_to_string(&audit)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|r| r["api"] == "revocation")
-            .collect();
-        std::future::ready(records.len() == 2)
-    })
-    .await;
+    let records = stack.pod.wait_for_revocation_records(2).await;
     assert_eq!(records[0]["event"], "operator");
     assert_eq!(records[0]["kind"], "subject");
     assert_eq!(records[0]["subject"]["sub"], "alice");
@@ -303,7 +215,7 @@ async fn an_exchange_finishing_after_the_purge_puts_nothing_back() {
     };
     let stack = Revocable::start_with(Api::ExtAuthz, "revocation-in-flight", options, false).await;
     let svc = &stack.service;
-    let authorized = format!("Bearer {ADMIN_SECRET}");
+    let authorized = stack.operator.secret.bearer();
     let entries = |metrics: String| {
         metrics
             .lines()
@@ -321,28 +233,35 @@ async fn an_exchange_finishing_after_the_purge_puts_nothing_back() {
 
     // A refresh ahead in flight.
     let alice = svc.mint("alice", "orders.read").await;
-    assert_eq!(stack.get(&alice).await.status, 200);
+    assert_eq!(stack.pod.get(&alice).await.status, 200);
     assert_eq!(svc.exchanges().await, 1);
     tokio::time::sleep(Duration::from_millis(5200)).await;
-    assert_eq!(stack.get(&alice).await.status, 200, "the hit that starts the refresh");
+    assert_eq!(
+        stack.pod.get(&alice).await.status,
+        200,
+        "the hit that starts the refresh"
+    );
     exchanges_reach(2).await;
-    let (status, answer) = stack.post(Some(&authorized), r#"{"sub":"alice"}"#.into()).await;
+    let (status, answer) = stack
+        .operator
+        .post(Some(&authorized), r#"{"sub":"alice"}"#.into())
+        .await;
     assert_eq!((status, answer["purged"].as_u64()), (200, Some(1)), "{answer}");
     // The refresh answers after the purge; it must not be kept.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
-        entries(stack.baton.metrics().await),
+        entries(stack.pod.baton.metrics().await),
         "0",
         "the refreshed token was put back"
     );
-    assert_eq!(stack.get(&alice).await.reason(), "subject_revoked");
+    assert_eq!(stack.pod.get(&alice).await.reason(), "subject_revoked");
 
     // A first exchange (a miss) in flight.
     let bob = svc.mint("bob", "orders.read").await;
-    let pending = stack.get(&bob);
+    let pending = stack.pod.get(&bob);
     let revoke = async {
         exchanges_reach(3).await;
-        stack.post(Some(&authorized), r#"{"sub":"bob"}"#.into()).await
+        stack.operator.post(Some(&authorized), r#"{"sub":"bob"}"#.into()).await
     };
     let (reply, (status, answer)) = tokio::join!(pending, revoke);
     assert_eq!(status, 200, "{answer}");
@@ -353,7 +272,7 @@ async fn an_exchange_finishing_after_the_purge_puts_nothing_back() {
         reply.body
     );
     assert_eq!(
-        entries(stack.baton.metrics().await),
+        entries(stack.pod.baton.metrics().await),
         "0",
         "the exchanged token was kept"
     );
@@ -373,60 +292,47 @@ async fn a_verified_subject_is_revoked_by_issuer_and_sub() {
         .mint_with(&[("sub", "bob"), ("scope", "orders.read"), ("aud", "frontend")])
         .await;
     for user in [&alice, &bob] {
-        let reply = stack.get(user).await;
+        let reply = stack.pod.get(user).await;
         assert_eq!(reply.status, 200, "{:?}", reply.body);
     }
     assert_eq!(svc.exchanges().await, 2);
 
     let (ok, answer, stderr) = stack
+        .operator
         .revoke(&["--issuer", "https://another.example", "--sub", "alice"])
         .await;
     assert!(ok, "{stderr}");
     assert_eq!(answer["purged"], 0, "alice of another issuer: {answer}");
     assert_eq!(
-        stack.get(&alice).await.status,
+        stack.pod.get(&alice).await.status,
         200,
         "alice of this issuer is not revoked"
     );
 
-    let (ok, answer, stderr) = stack.revoke(&["--issuer", &svc.issuer, "--sub", "alice"]).await;
+    let (ok, answer, stderr) = stack
+        .operator
+        .revoke(&["--issuer", &svc.issuer, "--sub", "alice"])
+        .await;
     assert!(ok, "{stderr}");
     assert_eq!(
         answer["purged"], 2,
         "her delegated token and her verified subject: {answer}"
     );
-    let reply = stack.get(&alice).await;
-    assert_eq!(
-        (reply.status, reply.reason()),
-        (401, "subject_revoked"),
-        "{:?}",
-        reply.body
-    );
-    assert_eq!(stack.get(&bob).await.status, 200);
+    stack.pod.assert_revoked(&alice, "").await;
+    assert_eq!(stack.pod.get(&bob).await.status, 200);
     assert_eq!(svc.exchanges().await, 2, "nothing exchanged again");
 
     // A reload (SIGHUP) keeps what was revoked.
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &stack.baton.pid().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(status.success(), "kill -HUP");
-    wait_until("the reload", Duration::from_secs(10), || async {
+    stack.pod.reload().await;
+    stack.pod.assert_revoked(&alice, "after a reload").await;
+    assert!(
         stack
+            .pod
             .baton
             .metrics()
             .await
-            .contains(r#"baton_config_reloads_total{outcome="ok"} 1"#)
-    })
-    .await;
-    let reply = stack.get(&alice).await;
-    assert_eq!(
-        (reply.status, reply.reason()),
-        (401, "subject_revoked"),
-        "after a reload: {:?}",
-        reply.body
+            .contains("baton_revocations_remembered 2")
     );
-    assert!(stack.baton.metrics().await.contains("baton_revocations_remembered 2"));
 
     // By e-mail address (`baton revoke --email`): the verified `email` claim, whatever its case.
     let carol = svc
@@ -437,25 +343,20 @@ async fn a_verified_subject_is_revoked_by_issuer_and_sub() {
             ("claims", r#"{"email":"Carol@Example.com"}"#),
         ])
         .await;
-    assert_eq!(stack.get(&carol).await.status, 200);
-    let (ok, answer, stderr) = stack.revoke(&["--email", "carol@EXAMPLE.com"]).await;
+    assert_eq!(stack.pod.get(&carol).await.status, 200);
+    let (ok, answer, stderr) = stack.operator.revoke(&["--email", "carol@EXAMPLE.com"]).await;
     assert!(ok, "{stderr}");
     assert_eq!(
         answer["purged"], 2,
         "her delegated token and her verified subject: {answer}"
     );
-    let reply = stack.get(&carol).await;
-    assert_eq!(
-        (reply.status, reply.reason()),
-        (401, "subject_revoked"),
-        "{:?}",
-        reply.body
-    );
-    assert_eq!(stack.get(&bob).await.status, 200, "bob has another address");
-    let (ok, _, stderr) = stack.revoke(&["--email", "not an address"]).await;
+    stack.pod.assert_revoked(&carol, "").await;
+    assert_eq!(stack.pod.get(&bob).await.status, 200, "bob has another address");
+    let (ok, _, stderr) = stack.operator.revoke(&["--email", "not an address"]).await;
     assert!(!ok && stderr.contains("malformed_email"), "{stderr}");
     assert!(
         stack
+            .pod
             .baton
             .metrics()
             .await
@@ -466,15 +367,13 @@ async fn a_verified_subject_is_revoked_by_issuer_and_sub() {
 /// Without `revocation.admin_secret_file` the endpoint is not there at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_admin_secret_the_endpoint_is_off() {
-    let scratch = Scratch::new(BATON_BIN, "revocation-off");
-    let service = TokenService::start(Peer::BatonSts, &scratch).await;
-    let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
-    let response = http()
-        .post(format!("http://127.0.0.1:{}/revoke", baton.admin))
-        .header("authorization", "Bearer anything")
-        .body(r#"{"all":true}"#)
-        .send()
-        .await
-        .expect("POST /revoke");
-    assert_eq!(response.status().as_u16(), 404);
+    let status = post_without_the_section(
+        BATON_BIN,
+        "revocation-off",
+        "/revoke",
+        ("authorization", "Bearer anything"),
+        r#"{"all":true}"#,
+    )
+    .await;
+    assert_eq!(status, 404);
 }

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use baton_test_support::revocation_stack::{REMEMBER, next_second, trusted_issuer};
 use baton_test_support::ssf_test_transmitter::{TestTransmitter, events, push};
 use baton_test_support::*;
 use serde_json::{Value, json};
@@ -15,15 +16,6 @@ use serde_json::{Value, json};
 const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 const AUDIENCE: &str = "https://baton.test/ssf";
 const PUSH_SECRET: &str = "ssf-push-secret-for-tests-0123456789abcdef";
-
-/// Sleep into the next whole second, so a token minted now has an `iat` after a revocation made
-/// before (both are whole seconds).
-async fn next_second() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock");
-    tokio::time::sleep(Duration::from_millis(1_050 - u64::from(now.subsec_millis()))).await;
-}
 
 /// A user token for `sub` with these extra claims, meant for this workload (`aud` frontend).
 async fn user(service: &TokenService, sub: &str, claims: &str) -> String {
@@ -37,53 +29,22 @@ async fn user(service: &TokenService, sub: &str, claims: &str) -> String {
         .await
 }
 
-/// One pod: Baton (verifying `baton sts`'s tokens, receiving Shared Signals as `ssf` says), the
-/// real Envoy in front of it, the echoing upstream.
-struct Pod {
-    scratch: Scratch,
-    baton: Baton,
-    envoy: Envoy,
-    _upstream: Upstream,
+/// One pod (Baton verifying `baton sts`'s tokens, remembering revocations and receiving Shared
+/// Signals as `ssf` says, the real Envoy asking it through `api`, the echoing upstream).
+async fn pod_for(api: Api, name: &str, service: &TokenService, ssf: &str) -> Pod {
+    let extra = format!(
+        "{}revocation:\n{REMEMBER}{ssf}",
+        trusted_issuer(&service.issuer, "frontend")
+    );
+    Pod::start(api, Scratch::new(BATON_BIN, name), &service.token_endpoint, &extra).await
 }
 
-impl Pod {
-    async fn start(name: &str, service: &TokenService, ssf: &str) -> Self {
-        Self::start_for(Api::ExtAuthz, name, service, ssf).await
-    }
+async fn pod(name: &str, service: &TokenService, ssf: &str) -> Pod {
+    pod_for(Api::ExtAuthz, name, service, ssf).await
+}
 
-    async fn start_for(api: Api, name: &str, service: &TokenService, ssf: &str) -> Self {
-        let scratch = Scratch::new(BATON_BIN, name);
-        let extra = format!(
-            "trusted_issuers:\n  - issuer: {}\n    audiences: [frontend]\nrevocation:\n  remember: 1h\n  max_entries: 100\n{ssf}",
-            service.issuer
-        );
-        let baton = Baton::start(&scratch, &service.token_endpoint, &extra).await;
-        let upstream = Upstream::start().await;
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
-        Self {
-            scratch,
-            baton,
-            envoy,
-            _upstream: upstream,
-        }
-    }
-
-    async fn get(&self, token: &str) -> Reply {
-        send(&self.envoy, "orders.example", "/orders/1", Some(&bearer(token))).await
-    }
-
-    fn push_url(&self) -> String {
-        format!("http://127.0.0.1:{}/ssf/push", self.baton.admin)
-    }
-
-    fn audit(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.scratch.0.join("audit.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|r| r["api"] == "revocation")
-            .collect()
-    }
+fn push_url(pod: &Pod) -> String {
+    pod.admin_url("/ssf/push")
 }
 
 fn ssf_push(tx: &TestTransmitter, secret_file: &std::path::Path) -> String {
@@ -122,8 +83,8 @@ async fn push_suite(api: Api) {
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     leaks::secret(PUSH_SECRET);
     let secret_file = scratch.write("ssf-push-secret", &format!("{PUSH_SECRET}\n"));
-    let pod = Pod::start_for(api, &name, &service, &ssf_push(&tx, &secret_file)).await;
-    tx.push_stream(&pod.push_url(), PUSH_SECRET);
+    let pod = pod_for(api, &name, &service, &ssf_push(&tx, &secret_file)).await;
+    tx.push_stream(&push_url(&pod), PUSH_SECRET);
 
     let alice = user(&service, "alice", r#"{"sid":"s-alice"}"#).await;
     let bob = user(&service, "bob", r#"{"sid":"s-bob"}"#).await;
@@ -228,7 +189,7 @@ async fn push_suite(api: Api) {
         ),
     ];
     for (what, authorization, content_type, body, err) in refusals {
-        let (status, answer) = push(&pod.push_url(), authorization, content_type, body).await;
+        let (status, answer) = push(&push_url(&pod), authorization, content_type, body).await;
         assert_eq!((status, answer["err"].as_str()), (400, Some(err)), "{what}: {answer}");
         assert!(answer["description"].is_string(), "{what}: {answer}");
     }
@@ -240,16 +201,10 @@ async fn push_suite(api: Api) {
     // The transmitter pushes session-revoked: alice's session ends at once, without an exchange.
     let set_claims = claims();
     let set = tx.sign(&set_claims);
-    let (status, answer) = push(&pod.push_url(), Some(&auth), set_type, set.clone()).await;
+    let (status, answer) = push(&push_url(&pod), Some(&auth), set_type, set.clone()).await;
     assert_eq!(status, 202, "{answer}");
     for _ in 0..2 {
-        let reply = pod.get(&alice).await;
-        assert_eq!(
-            (reply.status, reply.reason()),
-            (401, "subject_revoked"),
-            "{:?}",
-            reply.body
-        );
+        pod.assert_revoked(&alice, "").await;
     }
     let reply = pod.get(&bob).await;
     assert_eq!(reply.status, 200, "bob is not alice: {:?}", reply.body);
@@ -263,7 +218,7 @@ async fn push_suite(api: Api) {
     next_second().await;
     let fresh = user(&service, "alice", r#"{"sid":"s-alice"}"#).await;
     assert_eq!(pod.get(&fresh).await.status, 200);
-    let (status, answer) = push(&pod.push_url(), Some(&auth), set_type, set).await;
+    let (status, answer) = push(&push_url(&pod), Some(&auth), set_type, set).await;
     assert_eq!(
         (status, answer["err"].as_str()),
         (400, Some("invalid_request")),
@@ -280,8 +235,7 @@ async fn push_suite(api: Api) {
         )
         .await;
     assert_eq!(statuses, [202]);
-    let reply = pod.get(&bob).await;
-    assert_eq!((reply.status, reply.reason()), (401, "subject_revoked"));
+    pod.assert_revoked(&bob, "").await;
 
     let metrics = pod.baton.metrics().await;
     for line in [
@@ -294,12 +248,7 @@ async fn push_suite(api: Api) {
     ] {
         assert!(metrics.contains(line), "no `{line}` in /metrics");
     }
-    let mut records = Vec::new();
-    wait_until("the audit records", Duration::from_secs(5), || {
-        records = pod.audit();
-        std::future::ready(records.len() == 2)
-    })
-    .await;
+    let records = pod.wait_for_revocation_records(2).await;
     assert_eq!(records[0]["event"], "ssf.session-revoked");
     assert_eq!(records[0]["kind"], "session");
     assert_eq!(records[0]["purged"], 2, "her token for orders and her verified subject");
@@ -315,7 +264,7 @@ async fn a_polled_account_disabled_names_the_user_by_email() {
     let scratch = Scratch::new(BATON_BIN, "ssf-poll-sts");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
     let secret_file = scratch.write("ssf-poll-secret", &format!("{}\n", tx.secret));
-    let pod = Pod::start("ssf-poll", &service, &ssf_poll(&tx, &secret_file, None, "")).await;
+    let pod = pod("ssf-poll", &service, &ssf_poll(&tx, &secret_file, None, "")).await;
 
     let carol = user(&service, "carol", r#"{"email":"carol@example.com"}"#).await;
     let dave = user(&service, "dave", r#"{"email":"dave@example.com"}"#).await;
@@ -366,12 +315,7 @@ async fn a_polled_account_disabled_names_the_user_by_email() {
     ] {
         assert!(metrics.contains(line), "no `{line}` in /metrics");
     }
-    let mut records = Vec::new();
-    wait_until("the audit record", Duration::from_secs(5), || {
-        records = pod.audit();
-        std::future::ready(records.len() == 1)
-    })
-    .await;
+    let records = pod.wait_for_revocation_records(1).await;
     assert_eq!(
         (&records[0]["event"], &records[0]["kind"]),
         (&json!("ssf.account-disabled"), &json!("email"))
@@ -386,7 +330,7 @@ async fn a_polled_account_disabled_names_the_user_by_email() {
     .await;
     // No push endpoint without `ssf.push`.
     let (status, _) = push(
-        &pod.push_url(),
+        &push_url(&pod),
         Some("Bearer x"),
         "application/secevent+jwt",
         "x".into(),
@@ -414,7 +358,7 @@ async fn many_pods_each_polling_its_own_stream_all_stop_delegating() {
     ];
     let mut pods: Vec<Pod> = Vec::new();
     for (i, ssf) in configs.iter().enumerate() {
-        pods.push(Pod::start(&format!("ssf-pod-{i}"), &service, ssf).await);
+        pods.push(pod(&format!("ssf-pod-{i}"), &service, ssf).await);
     }
     let erin = user(&service, "erin", "{}").await;
     let frank = user(&service, "frank", "{}").await;
@@ -445,11 +389,7 @@ async fn many_pods_each_polling_its_own_stream_all_stop_delegating() {
     }
     // A Baton that stops deletes the stream it created; one polling a configured stream leaves it.
     for i in [0, 2] {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pods[i].baton.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        pods[i].signal("TERM");
     }
     for i in [0, 2] {
         pods[i].baton.wait().await;

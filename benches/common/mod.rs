@@ -1,9 +1,13 @@
-//! What the benchmarks share: the allow-all ext_authz server (the floor of the gRPC hop), the Envoy
-//! bootstrap every setup answers from, and an in-process `Authz` with its CheckRequest.
+//! What the benchmarks share: their start (the floor, or the run; `baton sts` and a user's token),
+//! the allow-all ext_authz server (the floor of the gRPC hop), the Envoy bootstrap every setup
+//! answers from and the closed-loop load through it, and an in-process `Authz` with its
+//! CheckRequest.
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use baton_core::authz::Authz;
 use baton_core::decision::Allow;
@@ -27,6 +31,29 @@ pub fn flag_value(flag: &str) -> Option<usize> {
             .and_then(|n| n.parse().ok())
             .expect("a count after the flag"),
     )
+}
+
+/// A benchmark's `main`: serve the floor if this process was started as the floor, else `run`.
+pub fn main_or_floor<F: Future<Output = ()>>(run: impl FnOnce() -> F) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    if serve_allow_all_if_asked(&runtime) {
+        return;
+    }
+    runtime.block_on(run());
+}
+
+/// What most runs start from: a scratch directory named `name` (running the `baton` at `bin`),
+/// `baton sts` in it, and a token of alice's for `orders.read`.
+pub async fn start_with_a_user(bin: &str, name: &str) -> (Scratch, TokenService, String) {
+    let scratch = Scratch::new(bin, name);
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let user = service.mint("alice", "orders.read").await;
+    (scratch, service, user)
+}
+
+/// The machine's cores, for the line every run prints first.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// Serve the floor and never return, when this process was started as the floor.
@@ -150,6 +177,11 @@ impl AllowAllProcess {
 /// Envoy answering with a `direct_response`, with or without the filter of `api` pointed at
 /// `authz_port`, and no access log: every setup differs only by the ext_authz (or ext_proc) hop.
 pub async fn bench_envoy(scratch: &Scratch, api: Api, authz_port: Option<u16>) -> Envoy {
+    Envoy::start_with_bootstrap(scratch, &bench_bootstrap(api, authz_port)).await
+}
+
+/// `bench_envoy`'s bootstrap, for a setup that changes it further.
+pub fn bench_bootstrap(api: Api, authz_port: Option<u16>) -> String {
     let port = free_port();
     let mut bootstrap = envoy_bootstrap_for(api, port, authz_port.unwrap_or(1), 1);
     bootstrap = bootstrap.replace("route: { cluster: upstream }", "direct_response: { status: 200 }");
@@ -167,7 +199,73 @@ pub async fn bench_envoy(scratch: &Scratch, api: Api, authz_port: Option<u16>) -
             .expect("router");
         bootstrap.replace_range(start..end, "");
     }
-    Envoy::start_with_bootstrap(scratch, &bootstrap).await
+    bootstrap
+}
+
+/// What a closed-loop run measured: requests per second, and the latency percentiles.
+pub struct Measured {
+    pub rate: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+/// Closed-loop load through `envoy` at fixed `concurrency` (one connection each, keep-alive): each
+/// worker sends `GET /bench` to `orders.example` with this user's token as soon as the previous
+/// one was answered, for `warmup` (not counted), then `measure`. Every answer must be a 200.
+pub async fn closed_loop(
+    envoy: &Envoy,
+    token: &str,
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> Measured {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("client");
+    let url = envoy.url("/bench");
+    let auth = bearer(token);
+    let one = |client: reqwest::Client, url: String, auth: String| async move {
+        let r = client
+            .get(&url)
+            .header("host", "orders.example")
+            .header("authorization", &auth)
+            .send()
+            .await;
+        let status = r.expect("request").status();
+        assert_eq!(status, 200, "every benchmark request must succeed");
+    };
+    one(client.clone(), url.clone(), auth.clone()).await;
+    let deadline = Instant::now() + warmup + measure;
+    let measure_from = Instant::now() + warmup;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url, auth) = (client.clone(), url.clone(), auth.clone());
+            tokio::spawn(async move {
+                let mut samples = Vec::with_capacity(100_000);
+                loop {
+                    let t = Instant::now();
+                    if t >= deadline {
+                        break samples;
+                    }
+                    one(client.clone(), url.clone(), auth.clone()).await;
+                    if t >= measure_from {
+                        samples.push(t.elapsed());
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.expect("worker"));
+    }
+    all.sort();
+    Measured {
+        rate: all.len() as f64 / measure.as_secs_f64(),
+        p50: all[all.len() / 2],
+        p99: all[all.len() * 99 / 100],
+    }
 }
 
 /// Baton's decision in this process, against `token_endpoint`, with one destination (`orders`).

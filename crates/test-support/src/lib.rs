@@ -18,6 +18,8 @@
 //! `target/test-reports/`, which `scripts/test` prints); `k8s` (offline Kubernetes and Istio
 //! validation); `prometheus` (promtool and a real Prometheus server) and `promql` (the metrics a
 //! query names); `ssf_test_transmitter` (a test Shared Signals transmitter); `relay` (a service in a chain of services, gateway -> A -> B -> C).
+//! `revocation_stack`: what the revocation tests share (a pod, the operator's `baton revoke`).
+//! `observe`: a span's attributes, and a bounded wait for what a process emitted.
 
 pub mod broker;
 mod check;
@@ -27,12 +29,14 @@ pub mod envoy;
 pub mod k8s;
 pub mod leaks;
 pub mod load;
+pub mod observe;
 pub mod oidc_session;
 pub mod open_loop;
 pub mod prometheus;
 pub mod promql;
 pub mod relay;
 pub mod report;
+pub mod revocation_stack;
 pub mod scratch;
 pub mod sidecar;
 pub mod soak;
@@ -48,7 +52,9 @@ pub use broker::*;
 pub use client::*;
 pub use config::*;
 pub use envoy::*;
+pub use observe::{eventually, span_attr};
 pub use relay::Relay;
+pub use revocation_stack::{AdminSecret, Front, Operator, Pod};
 pub use scratch::*;
 pub use sidecar::Baton;
 pub use stack::Stack;

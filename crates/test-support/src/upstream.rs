@@ -1,6 +1,20 @@
 //! The in-process upstreams behind Envoy: one echoes the Authorization it received; a stand-in
 //! destination also refuses by path (401 `invalid_token`, 401, 403).
 
+/// The echo: the first Authorization header received, how many there were, and the path.
+fn echo(path: &str, headers: &axum::http::HeaderMap) -> axum::Json<serde_json::Value> {
+    let all: Vec<&str> = headers
+        .get_all(axum::http::header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    axum::Json(serde_json::json!({
+        "authorization": all.first(),
+        "authorization_count": all.len(),
+        "path": path,
+    }))
+}
+
 /// An HTTP server that answers every request with the Authorization header it received, as JSON
 /// `{"authorization": "..." | null, "authorization_count": n, "path": "..."}`.
 #[derive(Debug)]
@@ -16,18 +30,8 @@ impl Upstream {
             .await
             .expect("bind upstream");
         let port = listener.local_addr().expect("addr").port();
-        let app = axum::Router::new().fallback(|uri: axum::http::Uri, headers: HeaderMap| async move {
-            let all: Vec<&str> = headers
-                .get_all("authorization")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            axum::Json(serde_json::json!({
-                "authorization": all.first(),
-                "authorization_count": all.len(),
-                "path": uri.path(),
-            }))
-        });
+        let app = axum::Router::new()
+            .fallback(|uri: axum::http::Uri, headers: HeaderMap| async move { echo(uri.path(), &headers) });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -68,19 +72,7 @@ impl StandInDestination {
                     body,
                 )
                     .into_response(),
-                path => {
-                    let all: Vec<&str> = headers
-                        .get_all(header::AUTHORIZATION)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok())
-                        .collect();
-                    axum::Json(serde_json::json!({
-                        "authorization": all.first(),
-                        "authorization_count": all.len(),
-                        "path": path,
-                    }))
-                    .into_response()
-                }
+                path => echo(path, &headers).into_response(),
             }
         });
         let task = tokio::spawn(async move {

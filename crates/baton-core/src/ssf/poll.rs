@@ -58,19 +58,8 @@ pub(super) async fn configuration(receiver: &Receiver) -> Result<&Configuration,
         .get_or_try_init(|| async {
             let issuer = &receiver.settings().issuer;
             let url = super::configuration_url(&http_url(issuer, "ssf.issuer")?);
-            let response = receiver
-                .http()
-                .get(url.clone())
-                .send()
-                .await
-                .map_err(|e| format!("{url}: {}", crate::http::error_chain(&e.without_url())))?;
-            if !response.status().is_success() {
-                return Err(format!("{url}: HTTP {}", response.status().as_u16()));
-            }
-            let body = read_bounded(response, MAX_DOCUMENT_BYTES)
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
-            let raw: RawConfiguration = serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))?;
+            let response = send(receiver, receiver.http().get(url.clone()), &url, "", false).await?;
+            let raw: RawConfiguration = read_json(response, MAX_DOCUMENT_BYTES, &url).await?;
             if raw.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
                 return Err(format!("{url}: names another issuer, not ssf.issuer"));
             }
@@ -107,28 +96,9 @@ pub async fn poll_endpoint(receiver: &Receiver) -> Result<Url, String> {
                 "events_requested": supported_events().collect::<Vec<_>>(),
                 "description": "Baton",
             });
-            let mut request = receiver
-                .http()
-                .post(endpoint.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_string());
-            if let Some(secret) = receiver.settings().poll.as_ref().and_then(|p| p.secret.as_ref()) {
-                request = request.bearer_auth(secret.expose());
-            }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| format!("{endpoint}: {}", crate::http::error_chain(&e.without_url())))?;
-            if !response.status().is_success() {
-                return Err(format!(
-                    "{endpoint}: creating the stream: HTTP {}",
-                    response.status().as_u16()
-                ));
-            }
-            let body = read_bounded(response, MAX_DOCUMENT_BYTES)
-                .await
-                .map_err(|e| format!("{endpoint}: {e}"))?;
-            let stream: Value = serde_json::from_slice(&body).map_err(|e| format!("{endpoint}: {e}"))?;
+            let request = post_json(receiver, &endpoint, &body);
+            let response = send(receiver, request, &endpoint, "creating the stream: ", true).await?;
+            let stream: Value = read_json(response, MAX_DOCUMENT_BYTES, &endpoint).await?;
             let audience = &receiver.settings().audience;
             let aud_ok = match &stream["aud"] {
                 Value::String(aud) => aud == audience,
@@ -175,22 +145,63 @@ pub async fn delete_stream(receiver: &Receiver) -> Result<(), String> {
     };
     let mut url = endpoint.clone();
     url.query_pairs_mut().append_pair("stream_id", id);
-    let mut request = receiver.http().delete(url);
-    if let Some(secret) = receiver.settings().poll.as_ref().and_then(|p| p.secret.as_ref()) {
-        request = request.bearer_auth(secret.expose());
-    }
+    send(
+        receiver,
+        receiver.http().delete(url),
+        &endpoint,
+        "deleting the stream: ",
+        true,
+    )
+    .await?;
+    tracing::info!(stream_id = %id, "SSF stream deleted");
+    Ok(())
+}
+
+/// A `POST` of this JSON document to `url`.
+fn post_json(receiver: &Receiver, url: &Url, body: &Value) -> reqwest::RequestBuilder {
+    receiver
+        .http()
+        .post(url.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string())
+}
+
+/// Send one request to the transmitter: every request of this module goes through here. Bounded by
+/// the receiver's client, whose deadline is `ssf.poll.timeout` (10 s without `ssf.poll`), and by
+/// the request's own `timeout` when it has one; never redirected (`crate::http`). With
+/// `authenticated`, the poll secret goes as a bearer token. Anything but a 2xx answer is an error
+/// that names `url` and what was being done (`doing`, e.g. `"creating the stream: "`), never the
+/// secret or a SET.
+async fn send(
+    receiver: &Receiver,
+    request: reqwest::RequestBuilder,
+    url: &Url,
+    doing: &str,
+    authenticated: bool,
+) -> Result<reqwest::Response, String> {
+    let secret = receiver.settings().poll.as_ref().and_then(|p| p.secret.as_ref());
+    let request = match secret.filter(|_| authenticated) {
+        Some(secret) => request.bearer_auth(secret.expose()),
+        None => request,
+    };
     let response = request
         .send()
         .await
-        .map_err(|e| format!("{endpoint}: {}", crate::http::error_chain(&e.without_url())))?;
+        .map_err(|e| format!("{url}: {}", crate::http::error_chain(&e.without_url())))?;
     if !response.status().is_success() {
-        return Err(format!(
-            "{endpoint}: deleting the stream: HTTP {}",
-            response.status().as_u16()
-        ));
+        return Err(format!("{url}: {doing}HTTP {}", response.status().as_u16()));
     }
-    tracing::info!(stream_id = %id, "SSF stream deleted");
-    Ok(())
+    Ok(response)
+}
+
+/// The answer's JSON body, read up to `max` bytes.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+    max: usize,
+    url: &Url,
+) -> Result<T, String> {
+    let body = read_bounded(response, max).await.map_err(|e| format!("{url}: {e}"))?;
+    serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
 }
 
 /// What one round leaves for the next: the `jti`s to acknowledge, and those refused.
@@ -217,27 +228,10 @@ pub async fn poll_once(
         "ack": pending.ack,
         "setErrs": pending.set_errs,
     });
-    let mut request = receiver
-        .http()
-        .post(endpoint.clone())
-        .timeout(poll.timeout)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_string());
-    if let Some(secret) = &poll.secret {
-        request = request.bearer_auth(secret.expose());
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("{endpoint}: {}", crate::http::error_chain(&e.without_url())))?;
-    if !response.status().is_success() {
-        return Err(format!("{endpoint}: HTTP {}", response.status().as_u16()));
-    }
+    let request = post_json(receiver, &endpoint, &body).timeout(poll.timeout);
+    let response = send(receiver, request, &endpoint, "", true).await?;
     // Delivered: the transmitter has them now.
     *pending = Pending::default();
-    let body = read_bounded(response, poll.max_events * (MAX_SET_BYTES + 512) + 1024)
-        .await
-        .map_err(|e| format!("{endpoint}: {e}"))?;
     #[derive(Deserialize)]
     struct Answer {
         #[serde(default)]
@@ -245,7 +239,7 @@ pub async fn poll_once(
         #[serde(default, rename = "moreAvailable")]
         more_available: bool,
     }
-    let answer: Answer = serde_json::from_slice(&body).map_err(|e| format!("{endpoint}: {e}"))?;
+    let answer: Answer = read_json(response, poll.max_events * (MAX_SET_BYTES + 512) + 1024, &endpoint).await?;
     let more = answer.more_available || answer.sets.len() > poll.max_events;
     for (jti, set) in answer.sets.into_iter().take(poll.max_events) {
         if jti.is_empty() || jti.len() > 256 {
