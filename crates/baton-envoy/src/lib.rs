@@ -15,6 +15,7 @@ pub mod envoy_config;
 pub mod ext_proc;
 pub mod extract;
 pub mod file;
+pub mod in_proxy;
 pub mod listen;
 mod outcome;
 pub mod reads;

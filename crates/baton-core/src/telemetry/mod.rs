@@ -44,6 +44,8 @@ pub enum Api {
     ExtProc,
     /// `baton.v1.DelegationBroker/Exchange`.
     Broker,
+    /// `baton.v1.InProxy/Decide`: a miss of the in-proxy filter (`baton.wasm`).
+    InProxy,
 }
 
 impl Api {
@@ -52,6 +54,7 @@ impl Api {
             Self::Check => "check",
             Self::ExtProc => "ext_proc",
             Self::Broker => "broker",
+            Self::InProxy => "in_proxy",
         }
     }
 
@@ -60,6 +63,7 @@ impl Api {
             Self::Check => "baton.check",
             Self::ExtProc => "baton.ext_proc",
             Self::Broker => "baton.broker",
+            Self::InProxy => "baton.in_proxy",
         }
     }
 }
