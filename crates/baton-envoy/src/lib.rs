@@ -25,3 +25,4 @@ pub mod respond;
 pub mod server;
 pub mod ssf;
 pub mod tls;
+pub mod wasm_plugin;

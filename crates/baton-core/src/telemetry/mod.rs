@@ -417,7 +417,7 @@ impl Observation<'_> {
                 destination: DestinationLabel(decided.destination.map(|d| d.name.clone())),
             })
             .inc();
-        // Indexes in declaration order: Api check, ext_proc, broker; CacheStatus hit, miss, coalesced.
+        // Indexes in declaration order: Api check, ext_proc, broker, in_proxy; CacheStatus hit, miss, coalesced.
         let api = (self.api as usize, self.api.as_str());
         let cache_label = cache.map_or((0, "none"), |c| (c as usize + 1, c.as_str()));
         m.decision_duration(api, cache_label).observe(elapsed.as_secs_f64());
