@@ -104,7 +104,8 @@ impl Envoy {
             _dir: scratch.hold(),
         };
         let probe = format!("http://127.0.0.1:{port}/");
-        wait_until("envoy's listener", Duration::from_secs(30), || async {
+        // Up to 90 s: with the Wasm filter, Envoy starts a V8 VM per worker first, slow on a busy machine.
+        wait_until("envoy's listener", Duration::from_secs(90), || async {
             http().get(&probe).header("host", "probe.invalid").send().await.is_ok()
         })
         .await;
