@@ -114,11 +114,17 @@ fn answer(outcome: &Result<Allow, Denial>, _: Option<envoy_types::pb::google::pr
     let mut reply = DecideReply::default();
     let mut subject_expires = None;
     match outcome {
-        Ok(Allow::Delegate { destination, token, .. }) => {
+        Ok(Allow::Delegate {
+            destination,
+            token,
+            key,
+            ..
+        }) => {
             reply.action = Action::Delegate as i32;
             reply.authorization = token.authorization.expose().to_owned();
             reply.destination = destination.name.to_string();
-            subject_expires = Some(token.expires_at);
+            // A token Baton does not cache (`key: None`) is not cached by the filter either.
+            subject_expires = key.map(|_| token.expires_at);
         }
         Ok(Allow::Strip) => reply.action = Action::Strip as i32,
         Ok(Allow::Passthrough) => reply.action = Action::Passthrough as i32,
