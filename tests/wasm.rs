@@ -205,7 +205,8 @@ async fn the_wasm_filter_delegates_serves_hits_and_fails_closed() {
     assert_eq!(stack.get("orders.example", Some(&bearer(&bob))).await.status, 200);
     stack.revoke(serde_json::json!({ "sub": "alice" })).await;
     let revoked_at = Instant::now();
-    let bound = Duration::from_secs(2); // epoch_tick 1s + timeout 1s
+    // epoch_tick (1 s) + the generated timeout (Baton's token service timeout here, 1 s, + 1 s).
+    let bound = Duration::from_secs(3);
     loop {
         let reply = stack.get("orders.example", Some(&bearer(&alice))).await;
         if reply.status == 401 {

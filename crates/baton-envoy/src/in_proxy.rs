@@ -118,13 +118,27 @@ fn answer(outcome: &Result<Allow, Denial>, _: Option<envoy_types::pb::google::pr
             destination,
             token,
             key,
+            bound,
             ..
         }) => {
             reply.action = Action::Delegate as i32;
-            reply.authorization = token.authorization.expose().to_owned();
             reply.destination = destination.name.to_string();
-            // A token Baton does not cache (`key: None`) is not cached by the filter either.
-            subject_expires = key.map(|_| token.expires_at);
+            match bound {
+                // DPoP-bound: this request's proof goes with it, and the filter, which holds no key,
+                // can make none: never cached there (every request is a Decide).
+                Some(bound) => {
+                    reply.authorization = bound.authorization.expose().to_owned();
+                    reply.headers.push(Header {
+                        key: "dpop".to_owned(),
+                        value: bound.proof.expose().to_owned(),
+                    });
+                }
+                None => {
+                    reply.authorization = token.authorization.expose().to_owned();
+                    // A token Baton does not cache (`key: None`) is not cached by the filter either.
+                    subject_expires = key.map(|_| token.expires_at);
+                }
+            }
         }
         Ok(Allow::Strip) => reply.action = Action::Strip as i32,
         Ok(Allow::Passthrough) => reply.action = Action::Passthrough as i32,

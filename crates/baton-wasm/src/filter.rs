@@ -220,7 +220,13 @@ impl Http {
                     return self.unavailable("the sidecar's authorization value is malformed");
                 }
                 self.set_http_request_header("authorization", Some(a));
-                self.remember(key, &reply);
+                // A DPoP-bound delegation's proof (never cached); else a caller's own proof is
+                // for its own token, never the one set here: removed, as ext_authz does.
+                let proof = reply.headers.iter().find(|h| h.key == "dpop").map(|h| h.value.as_str());
+                self.set_http_request_header("dpop", proof);
+                if proof.is_none() {
+                    self.remember(key, &reply);
+                }
                 self.mark("miss", &reply.destination);
                 self.resume_http_request();
             }
@@ -309,6 +315,7 @@ impl HttpContext for Http {
                 authorization,
             } => {
                 self.set_http_request_header("authorization", Some(&authorization));
+                self.set_http_request_header("dpop", None);
                 self.mark("hit", &destination);
                 Action::Continue
             }
