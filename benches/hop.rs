@@ -6,14 +6,19 @@
 //!   Envoy configuration of before issue 15 (Envoy sends every header) and with today's (only the
 //!   headers Baton reads);
 //! - Envoy + Baton on cache hits, with each of those two Envoy configurations;
-//! - candidates: Baton reached on its Unix socket; Baton on a one-worker runtime.
+//! - candidates: Baton reached on its Unix socket; Baton on a one-worker runtime;
+//! - Envoy + `baton.wasm` on hits (in-proxy mode, issue 15 §2): the filter serves the cached
+//!   delegation inside Envoy; Baton only answers its epoch polls. Then the filter's memory per
+//!   worker (Envoy's RSS beside Envoy alone's) and the cost of a miss (every request a new user).
 //!
 //! Every Envoy configuration is the one `baton envoy-config` generates (`envoy_config::bootstrap`),
 //! with its routes answering `direct_response: 200` instead of proxying, so the setups differ only
 //! by the hop. Each setup runs N requests at 1 and at 8 HTTP/1.1 keep-alive connections from plain
 //! blocking threads; the CPU of Envoy's process and of the authz process comes from
 //! `/proc/PID/stat` (utime + stime, all threads) before and after, divided by N. Nothing asserts a
-//! time. `HOP_ROUNDS` (default 3) and `HOP_REQUESTS` (default 4000 per connection count) set the size.
+//! time. `HOP_ROUNDS` (default 3) and `HOP_REQUESTS` (default 4000 per connection count) set the size;
+//! `HOP_ONLY=wasm` runs only Envoy alone, Envoy + Baton (ext_authz) and Envoy + baton.wasm. The
+//! module must be built first: `cargo build --profile wasm -p baton-wasm --target wasm32-wasip1`.
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
@@ -174,9 +179,25 @@ fn baton_yaml(scratch: &Scratch, token_endpoint: &str, listen: &str) -> String {
 /// `trimmed: false` puts back what Envoy sent before issue 15 (every header); `filter: false`
 /// drops Baton's filter (Envoy alone).
 fn bootstrap(yaml: &str, uds: Option<PathBuf>, trimmed: bool, filter: bool) -> Value {
+    bootstrap_for(FilterApi::ExtAuthz, yaml, uds, trimmed, filter)
+}
+
+/// `bootstrap` with the filter of `api` (`Wasm`: `baton.wasm` with the plugin configuration
+/// generated from `yaml`).
+fn bootstrap_for(api: FilterApi, yaml: &str, uds: Option<PathBuf>, trimmed: bool, filter: bool) -> Value {
     let config = Config::from_yaml(yaml).expect("config");
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let options = Options::new(&config, FilterApi::ExtAuthz, uds, None, listen).expect("options");
+    let mut options = Options::new(&config, api, uds, None, listen).expect("options");
+    if api == FilterApi::Wasm {
+        let raw = baton_envoy::wasm_plugin::as_written(yaml).expect("yaml");
+        let plugin =
+            baton_envoy::wasm_plugin::plugin_config(&config, &raw, envoy_config::BATON_CLUSTER, options.timeout)
+                .expect("plugin configuration");
+        options.wasm = Some(baton_envoy::wasm_plugin::Wasm {
+            module: wasm_module(),
+            plugin,
+        });
+    }
     let mut doc = envoy_config::bootstrap(&config, &options).expect("bootstrap");
     let hcm = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
     for vhost in hcm["route_config"]["virtual_hosts"].as_array_mut().expect("vhosts") {
@@ -200,6 +221,17 @@ fn bootstrap(yaml: &str, uds: Option<PathBuf>, trimmed: bool, filter: bool) -> V
     let clusters = doc["static_resources"]["clusters"].as_array_mut().expect("clusters");
     clusters.retain(|c| c["name"] != envoy_config::OUTBOUND_CLUSTER);
     doc
+}
+
+/// `baton.wasm`, built beforehand (see the module's docs).
+fn wasm_module() -> PathBuf {
+    let path = repo().join("target/wasm32-wasip1/wasm/baton_wasm.wasm");
+    assert!(
+        path.is_file(),
+        "baton.wasm is missing at {}: `cargo build --profile wasm -p baton-wasm --target wasm32-wasip1`",
+        path.display()
+    );
+    path
 }
 
 /// The request an application sends: its user's token and the headers a browser-facing service
@@ -358,6 +390,7 @@ async fn run() {
         return profile(&out, env_number("HOP_REQUESTS", 2000)).await;
     }
     let rounds = env_number("HOP_ROUNDS", 3);
+    let only_wasm = std::env::var("HOP_ONLY").is_ok_and(|v| v == "wasm");
     let n = env_number("HOP_REQUESTS", 4000);
     let (scratch, service, user) = start_with_a_user(BATON_BIN, "bench-hop").await;
     let request = request_bytes(&user);
@@ -387,7 +420,7 @@ async fn run() {
 
     let mut setups = Vec::new();
     for (name, yaml, uds, trimmed, filter, authz) in [
-        ("Envoy alone", &baton_config, None, true, false, None),
+        (ALONE_SETUP, &baton_config, None, true, false, None),
         (
             "+ allow-all, every header",
             &floor_config,
@@ -436,8 +469,17 @@ async fn run() {
             true,
             Some(one_worker.pid()),
         ),
+        (WASM_SETUP, &baton_config, None, true, true, Some(baton.pid())),
     ] {
-        let doc = bootstrap(yaml, uds, trimmed, filter);
+        if only_wasm && ![ALONE_SETUP, "+ Baton, headers Baton reads", WASM_SETUP].contains(&name) {
+            continue;
+        }
+        let api = if name == WASM_SETUP {
+            FilterApi::Wasm
+        } else {
+            FilterApi::ExtAuthz
+        };
+        let doc = bootstrap_for(api, yaml, uds, trimmed, filter);
         let envoy = EnvoyProcess::start(&scratch, &format!("setup{}", setups.len()), &doc).await;
         setups.push(Setup { name, envoy, authz });
     }
@@ -486,5 +528,73 @@ async fn run() {
         }
     }
     println!("\nToken exchanges during the whole run (three Batons, warm-ups included): {exchanges}.");
+    wasm_memory_and_misses(&setups, &service).await;
     drop(setups);
+}
+
+const ALONE_SETUP: &str = "Envoy alone";
+const WASM_SETUP: &str = "+ baton.wasm on hits (in-proxy mode)";
+
+/// The filter's memory per worker (each setup's Envoy runs one worker: the wasm Envoy's RSS less
+/// Envoy alone's), and the cost of a miss: `HOP_MISSES` (default 200) requests on one connection,
+/// each with a user token not seen before, through ext_authz and through the filter.
+async fn wasm_memory_and_misses(setups: &[Setup], service: &TokenService) {
+    let find = |name: &str| setups.iter().find(|s| s.name == name);
+    let (Some(alone), Some(wasm), Some(authz)) = (
+        find(ALONE_SETUP),
+        find(WASM_SETUP),
+        find("+ Baton, headers Baton reads"),
+    ) else {
+        return;
+    };
+    let rss = |setup: &Setup| rss_kib(setup.envoy.pid().0);
+    println!(
+        "\nEnvoy RSS, one worker, after the run: alone {} KiB, with baton.wasm {} KiB (the filter's VM, module and cache: {} KiB)",
+        rss(alone),
+        rss(wasm),
+        rss(wasm).saturating_sub(rss(alone))
+    );
+    let misses = env_number("HOP_MISSES", 200);
+    println!("\n## The cost of a miss: {misses} requests, each a new user (an exchange each), 1 connection\n");
+    println!("| setup | Envoy CPU/req | Baton CPU/req | p50 | exchanges |");
+    println!("| --- | --- | --- | --- | --- |");
+    for setup in [authz, wasm] {
+        let mut requests = Vec::with_capacity(misses);
+        for i in 0..misses {
+            let token = service
+                .mint(&format!("miss-{}-{i}", setup.envoy.port), "orders.read")
+                .await;
+            requests.push(request_bytes(&token));
+        }
+        let before = service.exchanges().await;
+        let envoy = setup.envoy.pid();
+        let authz_pid = setup.authz.expect("a Baton");
+        let ((eu0, es0), (au0, as0)) = (envoy.cpu(), authz_pid.cpu());
+        let latencies = tokio::task::block_in_place(|| {
+            let mut stream = TcpStream::connect(("127.0.0.1", setup.envoy.port)).expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut latencies: Vec<Duration> = requests
+                .iter()
+                .map(|request| {
+                    let start = Instant::now();
+                    stream.write_all(request).expect("write");
+                    assert_eq!(read_response(&mut stream, &mut buf), 200, "{}: a miss", setup.name);
+                    start.elapsed()
+                })
+                .collect();
+            latencies.sort_unstable();
+            latencies
+        });
+        let ((eu1, es1), (au1, as1)) = (envoy.cpu(), authz_pid.cpu());
+        let per = |ticks: u64| ticks as f64 / TICKS * 1e6 / misses as f64;
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {} |",
+            setup.name,
+            per((eu1 + es1) - (eu0 + es0)),
+            per((au1 + as1) - (au0 + as0)),
+            latencies[latencies.len() / 2].as_secs_f64() * 1e6,
+            service.exchanges().await - before,
+        );
+    }
 }

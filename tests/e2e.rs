@@ -205,6 +205,11 @@ async fn delegation_through_envoy_with_idpyoidc() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegation_through_envoy_wasm_with_baton_sts() {
+    delegation_suite(Api::Wasm, Peer::BatonSts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delegation_through_envoy_ext_proc_with_baton_sts() {
     delegation_suite(Api::ExtProc, Peer::BatonSts).await;
 }

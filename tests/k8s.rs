@@ -642,3 +642,55 @@ async fn the_sidecar_bootstrap_delegates_through_the_real_envoy() {
     let (status, body) = get(format!("http://localhost:{}/orders", upstream.port)).await;
     assert_eq!(status, 403, "{body}");
 }
+
+// === Istio, in-proxy mode ===
+
+/// The WasmPlugin and its cluster pass Istio's schemas, rendered by kustomize too; its
+/// `pluginConfig` is one the filter accepts (its own parser), naming base/baton.yaml's destinations
+/// with the same hosts; and the schema check is live (an unknown traffic `mode` fails it).
+#[test]
+fn the_wasm_plugin_passes_istios_schema_and_the_filters_own_validation() {
+    let file = k8s().join("istio-wasm/wasmplugin.yaml");
+    let (ok, output) = istio_validate(std::slice::from_ref(&file));
+    assert!(ok, "{output}");
+    assert_eq!(output.lines().filter(|l| l.starts_with("ok ")).count(), 2, "{output}");
+    let scratch = Scratch::new(BATON_BIN, "istio-wasm");
+    let rendered = scratch.write("istio-wasm.yaml", &kustomize(&k8s().join("istio-wasm")));
+    let (ok, output) = istio_validate(&[rendered]);
+    assert!(ok, "{output}");
+
+    let text = std::fs::read_to_string(&file).expect("read");
+    let docs = yaml_docs(&text);
+    let plugin = docs.iter().find(|d| d["kind"] == "WasmPlugin").expect("a WasmPlugin");
+    assert_eq!(plugin["spec"]["failStrategy"], "FAIL_CLOSE");
+    assert_eq!(plugin["spec"]["match"][0]["mode"], "CLIENT", "outbound traffic");
+    let config = plugin["spec"]["pluginConfig"].to_string();
+    let settings = baton_wasm::config::Settings::from_json(config.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(settings.sidecar_cluster, "baton");
+    let cluster = docs.iter().find(|d| d["kind"] == "EnvoyFilter").expect("the cluster");
+    assert_eq!(cluster["spec"]["configPatches"][0]["patch"]["value"]["name"], "baton");
+    let base = yaml_docs(&std::fs::read_to_string(k8s().join("base/baton.yaml")).expect("read"));
+    for destination in plugin["spec"]["pluginConfig"]["destinations"]
+        .as_array()
+        .expect("destinations")
+    {
+        let name = &destination["name"];
+        let configured = base[0]["destinations"]
+            .as_array()
+            .expect("base destinations")
+            .iter()
+            .find(|d| &d["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not in base/baton.yaml"));
+        for host in destination["hosts"].as_array().expect("hosts") {
+            assert!(
+                configured["hosts"].as_array().expect("hosts").contains(host),
+                "{name}: {host} is not one of base/baton.yaml's hosts"
+            );
+        }
+    }
+
+    let bad = scratch.write("bad.yaml", &text.replace("mode: CLIENT", "mode: OUTBOUND"));
+    let (ok, output) = istio_validate(&[bad]);
+    assert!(!ok, "an unknown mode passed: {output}");
+    assert!(output.contains("mode"), "{output}");
+}

@@ -2,7 +2,7 @@
 //! .proto files, tonic-prost-build writes the code, so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/baton/v1/broker.proto"];
+    let protos = ["proto/baton/v1/broker.proto", "proto/baton/v1/in_proxy.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -34,6 +34,9 @@ pub(crate) struct Args {
     /// Print only Baton's filter, its cluster and the per-route settings, for an existing Envoy.
     #[arg(long)]
     fragment: bool,
+    /// `--api wasm`: the path of baton.wasm on the Envoy host.
+    #[arg(long)]
+    wasm_module: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -42,6 +45,9 @@ enum Api {
     ExtAuthz,
     #[value(name = "ext_proc")]
     ExtProc,
+    /// In-proxy mode: baton.wasm in Envoy, asking Baton on a miss.
+    #[value(name = "wasm")]
+    Wasm,
 }
 
 impl Args {
@@ -66,9 +72,18 @@ impl Args {
         let api = match self.api {
             Api::ExtAuthz => envoy_config::Api::ExtAuthz,
             Api::ExtProc => envoy_config::Api::ExtProc,
+            Api::Wasm => envoy_config::Api::Wasm,
         };
+        let wasm_module = self.wasm_module;
+        let config_path = self.config;
         let fragment = self.fragment;
         let yaml = envoy_config::Options::new(&config, api, self.uds, tls, self.listen)
+            .and_then(|mut options| {
+                if let (envoy_config::Api::Wasm, Some(module)) = (api, wasm_module) {
+                    options.wasm = Some(wasm(&config, &config_path, module, options.timeout)?);
+                }
+                Ok(options)
+            })
             .and_then(|options| {
                 if fragment {
                     envoy_config::fragment(&config, &options)
@@ -85,4 +100,17 @@ impl Args {
             Err(e) => crate::fail(e),
         }
     }
+}
+
+/// The module and its plugin configuration, from the file as written (its policies).
+fn wasm(
+    config: &baton_envoy::file::Config,
+    path: &std::path::Path,
+    module: PathBuf,
+    timeout: std::time::Duration,
+) -> Result<baton_envoy::wasm_plugin::Wasm, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let raw = baton_envoy::wasm_plugin::as_written(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let plugin = baton_envoy::wasm_plugin::plugin_config(config, &raw, envoy_config::BATON_CLUSTER, timeout)?;
+    Ok(baton_envoy::wasm_plugin::Wasm { module, plugin })
 }

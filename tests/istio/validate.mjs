@@ -7,11 +7,13 @@ import yaml from 'js-yaml';
 import * as networkingV1alpha3 from '@kubernetes-models/istio/networking.istio.io/v1alpha3';
 import * as networkingV1 from '@kubernetes-models/istio/networking.istio.io/v1';
 import * as securityV1 from '@kubernetes-models/istio/security.istio.io/v1';
+import * as extensionsV1alpha1 from '@kubernetes-models/istio/extensions.istio.io/v1alpha1';
 
 const kinds = {
   'networking.istio.io/v1alpha3': networkingV1alpha3,
   'networking.istio.io/v1': networkingV1,
   'security.istio.io/v1': securityV1,
+  'extensions.istio.io/v1alpha1': extensionsV1alpha1,
 };
 
 const files = process.argv.slice(2);

@@ -219,6 +219,8 @@ impl Authz {
     pub fn with_revocations_of(mut self, previous: &Authz) -> Self {
         previous.revocations.configure(&self.revocation);
         self.revocations = previous.revocations.clone();
+        // In-proxy filters drop what they cached under the previous configuration.
+        self.revocations.bump();
         self
     }
 
@@ -263,6 +265,7 @@ impl Authz {
             }
         };
         span.record("purged", purged);
+        self.revocations.bump();
         tracing::info!(event, kind = selector.kind(), purged, "revoked");
         self.telemetry
             .revocation(event, selector, "ok", purged, &self.revocations);
@@ -289,6 +292,7 @@ impl Authz {
         parent: Option<crate::telemetry::trace::TraceContext<'_>>,
     ) -> bool {
         let purged = self.cache.take(key, token);
+        self.revocations.bump();
         tracing::info!(
             destination,
             issued = %token.fingerprint(),

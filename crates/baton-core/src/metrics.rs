@@ -176,8 +176,8 @@ pub struct Metrics {
 /// lock on every call; a cache hit would pay that twice for labels from a fixed set.
 #[derive(Debug, Default)]
 struct HotSeries {
-    /// By `api` (check, ext_proc, broker), then `cache` (none, hit, miss, coalesced).
-    durations: [[OnceLock<Histogram>; 4]; 3],
+    /// By `api` (check, ext_proc, broker, in_proxy), then `cache` (none, hit, miss, coalesced).
+    durations: [[OnceLock<Histogram>; 4]; 4],
     /// By result: hit, miss, coalesced.
     cache_requests: [OnceLock<Counter>; 3],
 }
@@ -339,7 +339,7 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// `check_duration` for `api` (its index in check, ext_proc, broker) and `cache` (none, hit,
+    /// `check_duration` for `api` (its index in check, ext_proc, broker, in_proxy) and `cache` (none, hit,
     /// miss, coalesced: its index and label).
     pub fn decision_duration(&self, api: (usize, &'static str), cache: (usize, &'static str)) -> &Histogram {
         self.hot.durations[api.0][cache.0].get_or_init(|| {

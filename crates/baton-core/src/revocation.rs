@@ -338,6 +338,9 @@ pub struct Store {
     /// Seconds; both set again by a reload (`configure`), which keeps the store itself.
     remember: AtomicU64,
     max_entries: AtomicUsize,
+    /// Bumped on every revocation, purge and reload (`bump`): what an in-proxy filter polls to
+    /// drop its own cache (`generation`).
+    generation: AtomicU64,
 }
 
 /// The issuers a `sub` is revoked for (`None`: every issuer), each with when.
@@ -390,7 +393,19 @@ impl Store {
             inner: RwLock::new(Inner::default()),
             remember: AtomicU64::new(settings.remember.as_secs().max(1)),
             max_entries: AtomicUsize::new(settings.max_entries),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// How many times anything cached may have been invalidated (a revocation, a purge, a
+    /// reload): an in-proxy filter (`baton.wasm`) that sees it change drops everything it caches.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Something cached elsewhere may no longer be served: a new `generation`.
+    pub fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Take a reloaded configuration's `remember` and `max_entries`. The store itself is shared by

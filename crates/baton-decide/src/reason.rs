@@ -152,6 +152,9 @@ pub enum Reason {
     SubjectTokenBound,
     /// Baton could not sign a DPoP proof with its key (503).
     DpopProofUnavailable,
+    /// In-proxy mode (`baton.wasm`): the filter could not get a decision from the Baton sidecar
+    /// (unreachable, timed out, a bad answer), or has not heard its revocation epoch lately.
+    SidecarUnavailable,
 }
 
 /// The class of a reason, which fixes the HTTP status and the gRPC code of the reply.
@@ -164,7 +167,7 @@ pub enum Class {
 
 impl Reason {
     /// Every reason, for reading a wire name back (`from_name`): a test holds it to `as_str`.
-    pub const ALL: [Reason; 77] = [
+    pub const ALL: [Reason; 78] = [
         Self::MissingToken,
         Self::MultipleAuthorizationHeaders,
         Self::UnsupportedAuthorizationScheme,
@@ -242,6 +245,7 @@ impl Reason {
         Self::IssuedTokenJktMismatch,
         Self::SubjectTokenBound,
         Self::DpopProofUnavailable,
+        Self::SidecarUnavailable,
     ];
 
     /// The reason whose wire name is `name`.
@@ -328,6 +332,7 @@ impl Reason {
             Self::IssuedTokenJktMismatch => "issued_token_jkt_mismatch",
             Self::SubjectTokenBound => "subject_token_bound",
             Self::DpopProofUnavailable => "dpop_proof_unavailable",
+            Self::SidecarUnavailable => "sidecar_unavailable",
         }
     }
 
@@ -423,7 +428,8 @@ impl Reason {
             | Self::ChainingGrantInvalid
             | Self::IssuedTokenNotDpopBound
             | Self::IssuedTokenJktMismatch
-            | Self::DpopProofUnavailable => Class::Unavailable,
+            | Self::DpopProofUnavailable
+            | Self::SidecarUnavailable => Class::Unavailable,
         }
     }
 }

@@ -42,6 +42,9 @@ pub enum Api {
     ExtAuthz,
     /// `envoy.filters.http.ext_proc`, gRPC `ExternalProcessor/Process`, request headers only.
     ExtProc,
+    /// `envoy.filters.http.wasm` running `baton.wasm` (in-proxy mode): hits served inside Envoy,
+    /// misses asked of Baton's `baton.v1.InProxy` (see `wasm_plugin`). Needs `Options::wasm`.
+    Wasm,
 }
 
 /// Where Envoy reaches Baton.
@@ -77,6 +80,8 @@ pub struct Options {
     pub timeout: Duration,
     /// The request headers Envoy sends Baton: those Baton reads ([`crate::reads::headers`]).
     pub headers: Vec<&'static str>,
+    /// `Api::Wasm`: the module and its plugin configuration.
+    pub wasm: Option<crate::wasm_plugin::Wasm>,
 }
 
 impl Options {
@@ -144,6 +149,7 @@ impl Options {
             listen,
             timeout: longest_exchange(config) + TIMEOUT_MARGIN,
             headers: crate::reads::headers(config),
+            wasm: None,
         })
     }
 }
@@ -162,6 +168,7 @@ fn longest_exchange(config: &Config) -> Duration {
 /// A complete Envoy bootstrap: the outbound listener (Baton's filter, a dynamic forward proxy, the
 /// router), a virtual host per destination host, the cluster to Baton and the outbound cluster.
 pub fn bootstrap(config: &Config, options: &Options) -> Result<Value, String> {
+    check_wasm(options)?;
     let routes = virtual_hosts(config, options.api)?;
     let listener = json!({
         "name": "baton_outbound",
@@ -209,6 +216,7 @@ pub fn bootstrap(config: &Config, options: &Options) -> Result<Value, String> {
 /// For an Envoy that exists already: Baton's filter (put it ahead of the router), its cluster, and
 /// per destination the `typed_per_filter_config` to put on the routes that reach it.
 pub fn fragment(config: &Config, options: &Options) -> Result<Value, String> {
+    check_wasm(options)?;
     let mut destinations = serde_json::Map::new();
     for d in &config.decision.destinations {
         destinations.insert(
@@ -233,6 +241,13 @@ pub fn to_yaml(document: &Value) -> Result<String, String> {
 
 // === The filter and the clusters ===
 
+fn check_wasm(options: &Options) -> Result<(), String> {
+    match (options.api, &options.wasm) {
+        (Api::Wasm, None) => Err("--api wasm needs --wasm-module (the path of baton.wasm on the Envoy host)".into()),
+        _ => Ok(()),
+    }
+}
+
 fn baton_filter(options: &Options) -> Value {
     let timeout = duration(options.timeout);
     let grpc_service = |timeout: Option<&str>| {
@@ -243,6 +258,10 @@ fn baton_filter(options: &Options) -> Value {
         service
     };
     match options.api {
+        Api::Wasm => match &options.wasm {
+            Some(wasm) => crate::wasm_plugin::filter(wasm),
+            None => Value::Null,
+        },
         Api::ExtAuthz => json!({
             "name": EXT_AUTHZ,
             "typed_config": {
@@ -513,7 +532,7 @@ fn route(headers: Option<Value>, naming: Option<Value>) -> Value {
         matcher["headers"] = h;
     }
     let mut route = json!({ "match": matcher, "route": { "cluster": OUTBOUND_CLUSTER } });
-    if let Some(n) = naming {
+    if let Some(n) = naming.filter(|n| !n.is_null()) {
         route["typed_per_filter_config"] = n;
     }
     route
@@ -522,6 +541,8 @@ fn route(headers: Option<Value>, naming: Option<Value>) -> Value {
 /// The per-route configuration that names `destination` to Baton.
 fn naming(api: Api, destination: &str) -> Result<Value, String> {
     Ok(match api {
+        // The filter matches hosts itself (the same patterns as Baton): no route names a destination.
+        Api::Wasm => Value::Null,
         Api::ExtAuthz => json!({
             EXT_AUTHZ: {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",

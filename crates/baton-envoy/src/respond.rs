@@ -296,7 +296,7 @@ pub fn described(decision: &str, denial: Option<&Denial>) -> serde_json::Value {
 pub fn dynamic_metadata(api: Api, outcome: &Result<Allow, Denial>, destination: Option<&Destination>) -> Struct {
     match api {
         Api::ExtProc => ext_proc_metadata(outcome, destination),
-        Api::Check | Api::Broker => metadata(outcome, destination),
+        Api::Check | Api::Broker | Api::InProxy => metadata(outcome, destination),
     }
 }
 

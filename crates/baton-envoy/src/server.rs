@@ -51,6 +51,7 @@ pub async fn serve(authz: Current, listeners: Listeners, shutdown: impl Future<O
             .add_service(AuthorizationServer::new(CheckService { authz: authz.clone() }))
             .add_service(ExternalProcessorServer::new(ExtProcService::new(authz.clone())))
             .add_service(DelegationBrokerServer::new(Broker::new(authz.clone())))
+            .add_service(crate::in_proxy::service(authz.clone()))
     };
     let mut tasks: tokio::task::JoinSet<Result<(), BoxError>> = tokio::task::JoinSet::new();
     match (listeners.grpc, listeners.grpc_tls) {

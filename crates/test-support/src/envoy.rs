@@ -46,6 +46,10 @@ pub enum Api {
     ExtAuthz,
     /// `envoy.filters.http.ext_proc` (gRPC `ExternalProcessor/Process`), request headers only.
     ExtProc,
+    /// `envoy.filters.http.wasm` running the real `baton.wasm` (in-proxy mode): hits inside
+    /// Envoy, misses asked of Baton's `InProxy/Decide`. Its plugin configuration names the standard
+    /// test destinations (`WASM_PLUGIN`); routes name no destination (the filter matches hosts).
+    Wasm,
 }
 
 impl Envoy {
@@ -59,7 +63,12 @@ impl Envoy {
     /// stream's `baton-destination` gRPC metadata.
     pub async fn start_for(api: Api, scratch: &Scratch, baton_grpc: u16, upstream: u16) -> Self {
         let bootstrap = envoy_bootstrap_for(api, free_port(), baton_grpc, upstream);
-        Self::start_with_bootstrap(scratch, &bootstrap).await
+        let envoy = Self::start_with_bootstrap(scratch, &bootstrap).await;
+        if api == Api::Wasm {
+            // The filter serves nothing cached before it has heard Baton's epoch (every 1 s).
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+        }
+        envoy
     }
 
     /// Start with a bootstrap from `envoy_bootstrap` (possibly edited); the listener port is read back.
@@ -95,7 +104,8 @@ impl Envoy {
             _dir: scratch.hold(),
         };
         let probe = format!("http://127.0.0.1:{port}/");
-        wait_until("envoy's listener", Duration::from_secs(30), || async {
+        // Up to 90 s: with the Wasm filter, Envoy starts a V8 VM per worker first, slow on a busy machine.
+        wait_until("envoy's listener", Duration::from_secs(90), || async {
             http().get(&probe).header("host", "probe.invalid").send().await.is_ok()
         })
         .await;
@@ -163,8 +173,43 @@ pub fn envoy_bootstrap_for(api: Api, port: u16, baton_grpc: u16, upstream: u16) 
     let access_log_format = match api {
         Api::ExtAuthz => ACCESS_LOG_FORMAT.to_owned(),
         Api::ExtProc => ACCESS_LOG_FORMAT.replace("envoy.filters.http.ext_authz:", "envoy.filters.http.ext_proc:"),
+        // The filter records its decision in the request's filter state.
+        Api::Wasm => ACCESS_LOG_FORMAT
+            .replace(
+                "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision)%",
+                "%FILTER_STATE(wasm.baton.decision:PLAIN)%",
+            )
+            .replace(
+                "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:destination)%",
+                "%FILTER_STATE(wasm.baton.destination:PLAIN)%",
+            )
+            .replace(
+                "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:reason)%",
+                "%FILTER_STATE(wasm.baton.reason:PLAIN)%",
+            ),
     };
+    let wasm_filter;
     let (route_billing, filter) = match api {
+        Api::Wasm => {
+            wasm_filter = format!(
+                r#"- name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: baton
+                root_id: baton
+                fail_open: false
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{WASM_PLUGIN}'
+                vm_config:
+                  vm_id: baton
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {} }} }}"#,
+                wasm_module().display()
+            );
+            ("{}", wasm_filter.as_str())
+        }
         Api::ExtAuthz => (
             r#"envoy.filters.http.ext_authz:
                     "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
@@ -267,6 +312,34 @@ pub fn envoy_bootstrap_for(api: Api, port: u16, baton_grpc: u16, upstream: u16) 
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}
 "#
     )
+}
+
+/// The plugin configuration of `Api::Wasm`: the standard test destinations (`sidecar::Baton`),
+/// written by hand (an independent check of `baton envoy-config --api wasm`, which tests/wasm.rs runs).
+pub const WASM_PLUGIN: &str = r#"{"sidecar_cluster":"baton","timeout":"3s","epoch_tick":"1s","destinations":[{"name":"orders","hosts":["orders.example","orders"]},{"name":"billing","hosts":["*.billing.example"]},{"name":"forbidden","hosts":["forbidden.example"]}]}"#;
+
+/// `baton.wasm` as `scripts/test` builds it before the tests (a test cannot build it: cargo holds
+/// the build directory while tests run). Missing or older than its sources: the test fails.
+pub fn wasm_module() -> PathBuf {
+    const BUILD: &str = "cargo build --profile wasm -p baton-wasm --target wasm32-wasip1";
+    let path = repo().join("target/wasm32-wasip1/wasm/baton_wasm.wasm");
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|_| {
+        panic!(
+            "baton.wasm is missing at {}: run `{BUILD}` (scripts/test does)",
+            path.display()
+        )
+    });
+    for dir in ["crates/baton-wasm/src", "crates/baton-decide/src"] {
+        for entry in std::fs::read_dir(repo().join(dir)).expect("sources").flatten() {
+            let changed = entry.metadata().and_then(|m| m.modified()).expect("mtime");
+            assert!(
+                changed <= built,
+                "baton.wasm is older than {}: run `{BUILD}`",
+                entry.path().display()
+            );
+        }
+    }
+    path
 }
 
 /// Route the outbound cluster to the test upstream instead of resolving `:authority` by DNS.

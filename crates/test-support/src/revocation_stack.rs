@@ -181,12 +181,17 @@ pub enum Front {
 /// What `baton envoy-config` writes for the Baton of `scratch` (its `baton.yaml`) and `api`, on a
 /// free port, its outbound cluster pointed at `upstream` (`to_test_upstream`).
 pub fn generated_bootstrap(api: Api, scratch: &Scratch, upstream: u16) -> String {
+    let mut command = std::process::Command::new(scratch.baton());
+    command.arg("envoy-config");
     let api = match api {
         Api::ExtAuthz => "ext_authz",
         Api::ExtProc => "ext_proc",
+        Api::Wasm => {
+            command.arg("--wasm-module").arg(crate::envoy::wasm_module());
+            "wasm"
+        }
     };
-    let out = std::process::Command::new(scratch.baton())
-        .arg("envoy-config")
+    let out = command
         .arg("--config")
         .arg(scratch.0.join("baton.yaml"))
         .args(["--api", api, "--listen", &format!("127.0.0.1:{}", free_port())])

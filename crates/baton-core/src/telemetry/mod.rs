@@ -44,6 +44,8 @@ pub enum Api {
     ExtProc,
     /// `baton.v1.DelegationBroker/Exchange`.
     Broker,
+    /// `baton.v1.InProxy/Decide`: a miss of the in-proxy filter (`baton.wasm`).
+    InProxy,
 }
 
 impl Api {
@@ -52,6 +54,7 @@ impl Api {
             Self::Check => "check",
             Self::ExtProc => "ext_proc",
             Self::Broker => "broker",
+            Self::InProxy => "in_proxy",
         }
     }
 
@@ -60,6 +63,7 @@ impl Api {
             Self::Check => "baton.check",
             Self::ExtProc => "baton.ext_proc",
             Self::Broker => "baton.broker",
+            Self::InProxy => "baton.in_proxy",
         }
     }
 }
@@ -413,7 +417,7 @@ impl Observation<'_> {
                 destination: DestinationLabel(decided.destination.map(|d| d.name.clone())),
             })
             .inc();
-        // Indexes in declaration order: Api check, ext_proc, broker; CacheStatus hit, miss, coalesced.
+        // Indexes in declaration order: Api check, ext_proc, broker, in_proxy; CacheStatus hit, miss, coalesced.
         let api = (self.api as usize, self.api.as_str());
         let cache_label = cache.map_or((0, "none"), |c| (c as usize + 1, c.as_str()));
         m.decision_duration(api, cache_label).observe(elapsed.as_secs_f64());

@@ -1,0 +1,97 @@
+//! In-proxy mode's Envoy side: the plugin configuration `baton.wasm` runs with, generated from
+//! Baton's own file so the filter and the sidecar judge with the same destinations, host patterns
+//! and policies (crates/baton-wasm `config` reads it), and the `envoy.filters.http.wasm` filter
+//! that loads the module. It only builds documents: it reads no file and never carries a secret
+//! (no token service, no client credential, no key: names, hosts, policies and request settings).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::file::Config;
+use baton_core::config::{MissingToken, UnknownDestination};
+
+const WASM: &str = "envoy.filters.http.wasm";
+
+/// Where the module is and what it is configured with.
+#[derive(Clone, Debug)]
+pub struct Wasm {
+    /// `baton.wasm` on the Envoy host (`cargo build --profile wasm -p baton-wasm --target wasm32-wasip1`).
+    pub module: PathBuf,
+    /// The plugin configuration (`plugin_config`).
+    pub plugin: Value,
+}
+
+/// The plugin configuration for `config`, whose file parsed as plain YAML is `raw` (the policies
+/// as written: the filter compiles them itself, with the same code as the sidecar). `cluster` is
+/// the Envoy cluster that reaches Baton; `timeout` how long the filter waits for it.
+pub fn plugin_config(config: &Config, raw: &Value, cluster: &str, timeout: Duration) -> Result<Value, String> {
+    let decision = &config.decision;
+    let raw_destinations = raw.get("destinations").and_then(Value::as_array);
+    let mut destinations = Vec::with_capacity(decision.destinations.len());
+    for d in &decision.destinations {
+        let policy = raw_destinations
+            .and_then(|all| {
+                all.iter()
+                    .find(|r| r.get("name").and_then(Value::as_str) == Some(d.name.as_str()))
+            })
+            .ok_or_else(|| format!("destination `{}` is not in the file as written", d.name))?
+            .get("policy")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        destinations.push(json!({ "name": d.name, "hosts": d.hosts, "policy": policy }));
+    }
+    let verified = !decision.trusted_issuers.is_empty() || decision.introspection.is_some();
+    let mut plugin = json!({
+        "destinations": destinations,
+        "verified": verified,
+        "unknown_destination": match decision.unknown_destination {
+            UnknownDestination::Strip => "strip",
+            UnknownDestination::Passthrough => "passthrough",
+            UnknownDestination::Deny => "deny",
+        },
+        "missing_token": match decision.missing_token {
+            MissingToken::Deny => "deny",
+            MissingToken::Passthrough => "passthrough",
+        },
+        "max_token_bytes": decision.subject_token.max_bytes,
+        "sidecar_cluster": cluster,
+        "timeout": format!("{}ms", timeout.as_millis()),
+        "epoch_tick": "1s",
+    });
+    if let Some(identity) = &decision.workload_identity {
+        plugin["workload_identity"] = json!(identity);
+    }
+    Ok(plugin)
+}
+
+/// Baton's file as written (plain YAML to JSON), for the policies `plugin_config` copies.
+pub fn as_written(text: &str) -> Result<Value, String> {
+    serde_saphyr::from_str(text).map_err(|e| e.to_string())
+}
+
+/// The `envoy.filters.http.wasm` filter: the module on the V8 runtime, one VM per worker, failing
+/// closed (a module that does not load or configure answers 503, never passes a request through).
+pub fn filter(wasm: &Wasm) -> Value {
+    json!({
+        "name": WASM,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "baton",
+                "root_id": "baton",
+                "fail_open": false,
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": wasm.plugin.to_string(),
+                },
+                "vm_config": {
+                    "vm_id": "baton",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": { "local": { "filename": wasm.module.display().to_string() } },
+                },
+            },
+        },
+    })
+}

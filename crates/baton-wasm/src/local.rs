@@ -1,0 +1,254 @@
+//! What the filter decides by itself, in the order `baton_core::authz::admit` and `delegate` do
+//! and with the same baton-decide functions: the canonical authority, the destination it matches,
+//! the bearer token's rules, the cache key, and on a hit the destination's policy judged on this
+//! request with the claims the sidecar verified. Pure (the caller passes the clock and whether
+//! the sidecar's epoch is fresh), so it is tested natively. Whatever it cannot settle is `Miss`:
+//! the sidecar decides, and audits.
+
+use baton_decide::canonical;
+use baton_decide::key::{self, Key};
+use baton_decide::policy::Facts;
+use baton_decide::reason::{Denial, Reason};
+use baton_decide::request::{self, Headers};
+
+use crate::cache::Cache;
+use crate::config::{Settings, Unknown};
+
+/// The request as the filter reads it from Envoy.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub authority: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The request's headers (without pseudo-headers).
+    pub headers: Headers<'a>,
+}
+
+/// The filter's own verdict.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Local {
+    /// Remove `Authorization`: no destination (`unknown_destination: strip`).
+    Strip,
+    /// Leave the request alone.
+    Passthrough,
+    /// Refuse, before any token is looked at by the sidecar (the same reason it would give).
+    Deny(Denial),
+    /// Served from the cache: `Authorization` becomes `authorization`.
+    Hit { destination: String, authorization: String },
+    /// Ask the sidecar; keep its answer under `key` (`None`: nothing to keep).
+    Miss { destination: String, key: Key },
+}
+
+/// Decide `request` from the configuration and the cache. `fresh`: the sidecar's epoch was heard
+/// within the bound, so cached entries may be served.
+pub fn decide(settings: &Settings, cache: &mut Cache, request: &Request<'_>, now: u64, fresh: bool) -> Local {
+    let authority = match canonical::authority(request.authority) {
+        Ok(authority) => authority,
+        // A malformed authority reaches no destination: stripped, or refused.
+        Err(e) => {
+            return match settings.unknown {
+                Unknown::Strip => Local::Strip,
+                Unknown::Passthrough | Unknown::Deny => Local::Deny(Denial::new(
+                    Reason::AuthorityMalformed,
+                    format!("the request's authority {e}"),
+                )),
+            };
+        }
+    };
+    let Some(destination) = settings.routes.by_authority(&authority) else {
+        return match settings.unknown {
+            Unknown::Strip => Local::Strip,
+            Unknown::Passthrough => Local::Passthrough,
+            Unknown::Deny => Local::Deny(Denial::new(
+                Reason::DestinationUnknown,
+                "no configured destination matches this host",
+            )),
+        };
+    };
+    let token = match request
+        .headers
+        .one("authorization")
+        .and_then(|a| request::subject_token(&a, settings.max_token_bytes))
+    {
+        Ok(Some(token)) => token,
+        Ok(None) if settings.missing_token_passthrough => return Local::Passthrough,
+        Ok(None) => return Local::Deny(Denial::new(Reason::MissingToken, "the request has no bearer token")),
+        Err(denial) => return Local::Deny(denial),
+    };
+    let key = key::key(&destination.params, "", &key::digest(token));
+    let miss = || Local::Miss {
+        destination: destination.name.clone(),
+        key,
+    };
+    if !fresh {
+        return miss();
+    }
+    let Some(entry) = cache.get(&key, now) else {
+        return miss();
+    };
+    let facts = Facts {
+        claims: entry.claims.as_ref(),
+        source: settings.source.as_deref(),
+        method: request.method,
+        path: request.path,
+        headers: request.headers,
+        destination: &destination.name,
+    };
+    // A refusal is the sidecar's to make: it audits it, with the same rules and claims.
+    if destination.policy.check(&facts).is_err() {
+        return miss();
+    }
+    Local::Hit {
+        destination: destination.name.clone(),
+        authorization: entry.authorization.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Entry;
+    use baton_decide::request::HeaderLines;
+
+    #[derive(Debug)]
+    struct Pairs(Vec<(&'static str, &'static str)>);
+
+    impl HeaderLines for Pairs {
+        fn line(&self, index: usize) -> Option<(&str, Option<&str>)> {
+            self.0.get(index).map(|(k, v)| (*k, Some(*v)))
+        }
+    }
+
+    fn settings(extra: &str) -> Settings {
+        let json = format!(
+            r#"{{"sidecar_cluster":"baton","verified":true,{extra}
+            "destinations":[{{"name":"orders","hosts":["orders.internal"],
+              "policy":{{"methods":["GET"],"require_claims":{{"tenant":"acme"}}}}}}]}}"#
+        );
+        Settings::from_json(json.as_bytes()).expect("valid")
+    }
+
+    fn run(settings: &Settings, cache: &mut Cache, authority: &str, method: &str, lines: &Pairs, fresh: bool) -> Local {
+        let request = Request {
+            authority,
+            method,
+            path: "/orders/1",
+            headers: Headers::Lines(lines),
+        };
+        decide(settings, cache, &request, 1_000, fresh)
+    }
+
+    fn claims(tenant: &str) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::json!({ "sub": "alice", "tenant": tenant })
+            .as_object()
+            .cloned()
+            .expect("object")
+    }
+
+    #[test]
+    fn an_unlisted_host_gets_no_token_and_a_bad_authority_matches_nothing() {
+        let s = settings("");
+        let mut cache = Cache::new(8);
+        let user = Pairs(vec![("authorization", "Bearer user-token")]);
+        assert_eq!(run(&s, &mut cache, "evil.example", "GET", &user, true), Local::Strip);
+        assert_eq!(
+            run(&s, &mut cache, "orders.internal@evil", "GET", &user, true),
+            Local::Strip
+        );
+        let deny = settings(r#""unknown_destination":"deny","#);
+        assert!(matches!(
+            run(&deny, &mut cache, "evil.example", "GET", &user, true),
+            Local::Deny(d) if d.reason == Reason::DestinationUnknown
+        ));
+    }
+
+    #[test]
+    fn bad_bearer_tokens_are_refused_with_the_sidecars_reasons() {
+        let s = settings("");
+        let mut cache = Cache::new(8);
+        let reason = |lines: Pairs| match run(&s, &mut Cache::new(1), "orders.internal", "GET", &lines, true) {
+            Local::Deny(d) => d.reason,
+            other => panic!("not denied: {other:?}"),
+        };
+        assert_eq!(reason(Pairs(vec![])), Reason::MissingToken);
+        assert_eq!(
+            reason(Pairs(vec![("authorization", "Basic abc")])),
+            Reason::UnsupportedAuthorizationScheme
+        );
+        assert_eq!(
+            reason(Pairs(vec![("authorization", "Bearer a\r\nx: y")])),
+            Reason::MalformedToken
+        );
+        assert_eq!(
+            reason(Pairs(vec![
+                ("authorization", "Bearer a"),
+                ("authorization", "Bearer b")
+            ])),
+            Reason::MultipleAuthorizationHeaders
+        );
+        let _ = &mut cache;
+    }
+
+    #[test]
+    fn a_hit_is_served_only_when_fresh_and_when_the_policy_allows_this_request() {
+        let s = settings("");
+        let mut cache = Cache::new(8);
+        let user = Pairs(vec![("authorization", "Bearer user-token")]);
+        let Local::Miss { key, .. } = run(&s, &mut cache, "orders.internal", "GET", &user, true) else {
+            panic!("an empty cache misses");
+        };
+        let entry = Entry {
+            authorization: "Bearer issued".to_owned(),
+            expires_at: 2_000,
+            claims: Some(claims("acme")),
+        };
+        assert!(cache.insert(key, entry, 0, 1_000));
+        assert_eq!(
+            run(&s, &mut cache, "ORDERS.internal", "GET", &user, true),
+            Local::Hit {
+                destination: "orders".to_owned(),
+                authorization: "Bearer issued".to_owned()
+            },
+            "the canonical authority matches"
+        );
+        assert!(
+            matches!(
+                run(&s, &mut cache, "orders.internal", "GET", &user, false),
+                Local::Miss { .. }
+            ),
+            "no recent epoch: nothing cached is served"
+        );
+        assert!(
+            matches!(
+                run(&s, &mut cache, "orders.internal", "DELETE", &user, true),
+                Local::Miss { .. }
+            ),
+            "the policy refuses this method: the sidecar decides (and audits)"
+        );
+        let other = Pairs(vec![("authorization", "Bearer someone-else")]);
+        assert!(matches!(
+            run(&s, &mut cache, "orders.internal", "GET", &other, true),
+            Local::Miss { .. }
+        ));
+    }
+
+    #[test]
+    fn claims_that_fail_the_policy_are_not_served() {
+        let s = settings("");
+        let mut cache = Cache::new(8);
+        let user = Pairs(vec![("authorization", "Bearer user-token")]);
+        let Local::Miss { key, .. } = run(&s, &mut cache, "orders.internal", "GET", &user, true) else {
+            panic!("miss");
+        };
+        let entry = Entry {
+            authorization: "Bearer issued".to_owned(),
+            expires_at: 2_000,
+            claims: Some(claims("other")),
+        };
+        cache.insert(key, entry, 0, 1_000);
+        assert!(matches!(
+            run(&s, &mut cache, "orders.internal", "GET", &user, true),
+            Local::Miss { .. }
+        ));
+    }
+}
