@@ -213,7 +213,7 @@ async fn a_bound_subject_token_and_an_unbound_issued_token_are_refused() {
 
     // A user token bound to someone else's key (`cnf.jkt`): its proof cannot be checked here.
     let bound = service
-        .mint_with(&[("sub", "alice"), ("jkt", "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")])
+        .mint_with(&[("sub", "alice"), ("jkt", baton_sts::ANOTHER_KEYS_THUMBPRINT)])
         .await;
     let reply = get(&envoy, "/a", &bound).await;
     assert_eq!(
@@ -238,4 +238,27 @@ async fn a_bound_subject_token_and_an_unbound_issued_token_are_refused() {
         "{}",
         reply.body
     );
+
+    // A token service that binds the token to another key than the proof's: refused, not cached.
+    let scratch = Scratch::new(BATON_BIN, "dpop-refused-other-key");
+    let options = PeerOptions {
+        answer: Some("bound_to_another_key"),
+        ..PeerOptions::default()
+    };
+    let sts = TokenService::start_with(Peer::BatonSts, &scratch, options).await;
+    let (key, _) = key_file(&scratch, "dpop-key.pem");
+    let baton = Baton::start_raw(&scratch, &config(&scratch, &sts, &key), "baton=debug,info").await;
+    let envoy = Envoy::start_for(Api::ExtAuthz, &scratch, baton.grpc, resource.port).await;
+    let token = sts.mint("alice", "").await;
+    // Twice: the second would be a 200 had the first answer been cached.
+    for _ in 0..2 {
+        let reply = get(&envoy, "/a", &token).await;
+        assert_eq!(
+            (reply.status, reply.reason()),
+            (503, "issued_token_jkt_mismatch"),
+            "{}",
+            reply.body
+        );
+    }
+    assert!(sts.exchanges().await >= 1, "the token service was asked");
 }

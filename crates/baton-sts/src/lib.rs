@@ -123,7 +123,12 @@ pub enum AnswerFault {
     DuplicateAudience,
     /// Claims that only a lenient parser reads (`"exp": NaN`), signed.
     LenientJson,
+    /// `token_type: DPoP` and a `cnf.jkt` naming a key that is not the client's (RFC 9449).
+    BoundToAnotherKey,
 }
+
+/// The thumbprint `AnswerFault::BoundToAnotherKey` binds to: no client's key.
+pub const ANOTHER_KEYS_THUMBPRINT: &str = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I";
 
 impl AnswerFault {
     /// Spoil the claims of an exchanged token as this fault says; `asked` is the audience asked for.
@@ -141,6 +146,7 @@ impl AnswerFault {
             Self::Expired => claims["exp"] = json!(now - 60),
             Self::ExpString => claims["exp"] = json!((now + 300).to_string()),
             Self::FractionalExp => claims["exp"] = json!(now as f64 + 300.5),
+            Self::BoundToAnotherKey => claims["cnf"] = json!({ "jkt": ANOTHER_KEYS_THUMBPRINT }),
             _ => {}
         }
     }
@@ -480,19 +486,29 @@ async fn answer_wrongly(response: Response, fault: AnswerFault) -> Response {
         AnswerFault::ExpiresInZero => Some(json!(0)),
         AnswerFault::ExpiresInNegative => Some(json!(-60)),
         AnswerFault::ExpiresInHuge => Some(json!(1_000_000_000_000u64)),
+        // Its `cnf` was set when it was issued (`AnswerFault::spoil_claims`).
+        AnswerFault::BoundToAnotherKey => {
+            return edit_body(response, |body| drop(body.insert("token_type".into(), json!("DPoP")))).await;
+        }
         // The token itself was spoilt when it was issued (`AnswerFault::spoil_claims`).
         _ => return response,
     };
+    edit_body(response, |body| match expires_in {
+        Some(value) => drop(body.insert("expires_in".into(), value)),
+        None => drop(body.remove("expires_in")),
+    })
+    .await
+}
+
+/// A good JSON token response with its members changed by `edit`.
+async fn edit_body(response: Response, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Response {
     let Ok(bytes) = axum::body::to_bytes(response.into_body(), 64 * 1024).await else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&bytes) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    match expires_in {
-        Some(value) => body.insert("expires_in".into(), value),
-        None => body.remove("expires_in"),
-    };
+    edit(&mut body);
     Json(Value::Object(body)).into_response()
 }
 
