@@ -6,14 +6,14 @@
 
 use std::collections::HashSet;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::token_service::DEFAULT_TOKEN_SERVICE;
 use baton_decide::settings::{Errors, is_scope_token};
 
 /// `destinations[].binding`: how the delegated token is presented to the destination.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Binding {
     /// `Authorization: Bearer <token>`.

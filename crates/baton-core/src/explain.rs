@@ -94,6 +94,8 @@ pub struct ExchangeView {
     pub subject_token_type: &'static str,
     /// Whether the workload's actor token goes along (`act`).
     pub actor: bool,
+    /// How the issued token is presented: `bearer`, or `dpop` with a proof per request.
+    pub binding: crate::destination::Binding,
     /// What the cache key digests: these, the scope asked for when policy narrowed it, and the
     /// subject token's SHA-256.
     pub cache_key_inputs: Map<String, Value>,
@@ -235,6 +237,7 @@ pub fn explain(authz: &Authz, outbound: &Outbound<'_>, claims: Option<&Map<Strin
         requested_token_type: target.requested_token_type.clone(),
         subject_token_type: target.subject_token_type,
         actor: destination.use_actor,
+        binding: destination.binding,
         cache_key_inputs: inputs,
     });
     explanation.unchecked.push(EXCHANGE);
@@ -245,6 +248,13 @@ pub fn explain(authz: &Authz, outbound: &Outbound<'_>, claims: Option<&Map<Strin
 }
 
 impl Explanation {
+    /// Whether the delegation would be DPoP-bound (`binding: dpop`).
+    pub fn dpop_bound(&self) -> bool {
+        self.exchange
+            .as_ref()
+            .is_some_and(|e| e.binding == crate::destination::Binding::Dpop)
+    }
+
     fn denied(mut self, denial: Denial) -> Self {
         self.decision = "deny";
         self.reason = Some(denial.reason.as_str());

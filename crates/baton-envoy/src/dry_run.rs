@@ -120,7 +120,11 @@ pub fn to_json(explanation: &Explanation) -> Value {
     if let Value::Object(object) = &mut value {
         object.insert(
             "envoy".into(),
-            crate::respond::described(explanation.decision, explanation.denial.as_ref()),
+            crate::respond::described(
+                explanation.decision,
+                explanation.denial.as_ref(),
+                explanation.dpop_bound(),
+            ),
         );
     }
     value
@@ -214,7 +218,7 @@ pub fn to_text(explanation: &Explanation, notes: &[String]) -> String {
         e.reason.map(|r| format!(" {r}")).unwrap_or_default(),
         e.why
     ));
-    let envoy = crate::respond::described(e.decision, e.denial.as_ref());
+    let envoy = crate::respond::described(e.decision, e.denial.as_ref(), e.dpop_bound());
     line(format!("envoy        {}", envoy));
     for note in e.unchecked.iter().map(|s| (*s).to_owned()).chain(notes.iter().cloned()) {
         line(format!("not checked  {note}"));

@@ -253,12 +253,23 @@ fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOpti
 
 /// What Envoy would be told for a decision (`baton explain`), read from the ext_authz reply this
 /// module builds: the HTTP status, the headers set and removed, a denial's body. A delegation's
-/// token does not exist in a dry run: it is shown as `<exchanged token>`.
-pub fn described(decision: &str, denial: Option<&Denial>) -> serde_json::Value {
+/// token does not exist in a dry run: it is shown as `<exchanged token>`, and under `dpop` (`bound`)
+/// its proof as `<proof for this request>`.
+pub fn described(decision: &str, denial: Option<&Denial>, bound: bool) -> serde_json::Value {
     let reply = match (decision, denial) {
         (_, Some(denial)) => check_response(&Err(denial.clone())),
         ("strip", None) => check_response(&Ok(Allow::Strip)),
         ("passthrough", None) => check_response(&Ok(Allow::Passthrough)),
+        _ if bound => {
+            return serde_json::json!({
+                "status": 200,
+                "set_headers": {
+                    "authorization": "DPoP <exchanged token>",
+                    "dpop": "<proof for this request>",
+                },
+                "remove_headers": [],
+            });
+        }
         _ => {
             return serde_json::json!({
                 "status": 200,
@@ -625,6 +636,28 @@ pub(crate) mod tests {
                 .collect();
             assert_eq!(set, headers);
             assert_eq!(mutation.remove_headers, removed);
+
+            // `baton explain` describes the same headers, with placeholders for what a dry run lacks.
+            let described = described("delegate", None, bound_reply(&outcome));
+            let names: Vec<&str> = described["set_headers"]
+                .as_object()
+                .expect("set_headers")
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let mut expected: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+            expected.sort_unstable();
+            assert_eq!(names, expected);
+            let scheme = headers[0].1.split(' ').next().expect("scheme");
+            let authorization = described["set_headers"]["authorization"]
+                .as_str()
+                .expect("authorization");
+            assert_eq!(authorization, format!("{scheme} <exchanged token>"));
+            assert_eq!(described["remove_headers"], serde_json::json!(removed));
         }
+    }
+
+    fn bound_reply(outcome: &Result<Allow, Denial>) -> bool {
+        matches!(outcome, Ok(Allow::Delegate { bound: Some(_), .. }))
     }
 }
