@@ -111,17 +111,22 @@ mod tests {
         format!("eyJhbGciOiJFUzI1NiJ9.{}.c2ln", URL_SAFE_NO_PAD.encode(payload))
     }
 
-    async fn decide(authz: &Authz, token: &str) -> Reason {
-        let authorization = format!("Bearer {token}");
-        let outbound = Outbound {
+    /// A GET to svc-c with this Authorization value.
+    fn outbound(authorization: &str) -> Outbound<'_> {
+        Outbound {
             route_destination: None,
             authority: "svc-c.example",
             method: "GET",
             path: "/",
             source_principal: None,
-            authorization: Authorization::One(&authorization),
+            authorization: Authorization::One(authorization),
             headers: Headers::NONE,
-        };
+        }
+    }
+
+    async fn decide(authz: &Authz, token: &str) -> Reason {
+        let authorization = format!("Bearer {token}");
+        let outbound = outbound(&authorization);
         authz.decide(&outbound).await.expect_err("refused").reason
     }
 
@@ -152,15 +157,7 @@ mod tests {
         let strict = authz("      allowed_actors: [svc-b]\n");
         let token = subject("");
         let authorization = format!("Bearer {token}");
-        let outbound = Outbound {
-            route_destination: None,
-            authority: "svc-c.example",
-            method: "GET",
-            path: "/",
-            source_principal: None,
-            authorization: Authorization::One(&authorization),
-            headers: Headers::NONE,
-        };
+        let outbound = outbound(&authorization);
         let claims = |act: serde_json::Value| {
             serde_json::json!({"sub": "alice", "act": act})
                 .as_object()
