@@ -1,10 +1,14 @@
 //! What Baton does with the tokens it holds and receives (issue 12 sections 4, 5, 6), through the
-//! real Envoy, ext_authz and ext_proc:
+//! real Envoy, ext_authz, ext_proc and the Wasm filter (in-proxy mode, with the configuration
+//! `baton envoy-config --api wasm` writes from Baton's file: a miss asks the sidecar's
+//! `InProxy/Decide`, which refuses with the same reason as Check):
 //! - a misbehaving token service (`baton sts` fault modes): the issued token is the subject token,
 //!   names another audience, has expired, impersonates instead of delegating, grants more scope,
 //!   breaks a JWT rule. Each is a 503 with its own reason, and nothing is cached or remembered;
 //! - cached tokens: two destinations with one audience and different limits never share a token;
-//! - a hostile subject token: `crit` headers, and time claims of every odd form.
+//! - a hostile subject token: `crit` headers, and time claims of every odd form;
+//! - a forged token beside a cached valid one (the same `sub`, one signature character changed):
+//!   never served the valid token's delegation, from Baton's cache or the filter's.
 
 use std::path::Path;
 use std::time::Duration;
@@ -22,7 +26,36 @@ use crate::BATON_BIN;
 const ISSUER: &str = "http://sts.adversarial.test";
 /// Baton's actor: the `sub` of the token in `actor.token_file`.
 const ACTOR: &str = "spiffe://cluster.local/ns/shop/sa/web";
-const APIS: [Api; 2] = [Api::ExtAuthz, Api::ExtProc];
+const APIS: [Api; 3] = [Api::ExtAuthz, Api::ExtProc, Api::Wasm];
+
+/// The access log of the Wasm mode: the path, and what the filter recorded in the request's
+/// filter state (`hit`, `miss`, `deny` and the reason).
+const WASM_ACCESS_LOG: &str = r#"{"name":"envoy.access_loggers.file","typed_config":{
+  "@type":"type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+  "path":"@ACCESS_LOG@",
+  "log_format":{"json_format":{"path":"%REQ(:PATH)%","status":"%RESPONSE_CODE%",
+    "baton_decision":"%FILTER_STATE(wasm.baton.decision:PLAIN)%",
+    "baton_reason":"%FILTER_STATE(wasm.baton.reason:PLAIN)%"}}}}"#;
+
+/// The real Envoy for `api` in front of `baton`: the harness's bootstrap for ext_authz and
+/// ext_proc; for the Wasm filter what `baton envoy-config --api wasm` writes from Baton's own file
+/// (the harness's hand-written plugin configuration names the standard test destinations, not
+/// these), with an access log of the filter's decisions.
+async fn envoy(api: Api, scratch: &Scratch, baton: &Baton, upstream: &Upstream) -> Envoy {
+    if api != Api::Wasm {
+        return Envoy::start_for(api, scratch, baton.grpc, upstream.port).await;
+    }
+    let generated = revocation_stack::generated_bootstrap(api, scratch, upstream.port);
+    let mut document: serde_json::Value = serde_saphyr::from_str(&generated).expect("the bootstrap is YAML");
+    let manager = &mut document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    manager["access_log"] = json!([serde_json::from_str::<serde_json::Value>(WASM_ACCESS_LOG).expect("json")]);
+    let bootstrap = baton_envoy::envoy_config::to_yaml(&document).expect("yaml");
+    let envoy = Envoy::start_with_bootstrap(scratch, &bootstrap).await;
+    // The filter serves nothing cached before it has heard Baton's epoch (every 1 s): the rows then
+    // test its own cache on hits, not only the sidecar's answers on misses.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    envoy
+}
 
 /// A `baton sts` with the shared issuer and key, answering wrongly as `answer` says.
 async fn sts(scratch: &Scratch, key: &Path, name: &'static str, answer: Option<&'static str>) -> TokenService {
@@ -105,7 +138,7 @@ async fn a_misbehaving_token_service_never_gets_its_token_through() {
     let mut wrong = Vec::new();
 
     for api in APIS {
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        let envoy = envoy(api, &scratch, &baton, &upstream).await;
         // The control row: a token service that behaves gets its token through, with the act chain.
         let reply = send(&envoy, "fine.example", "/control", Some(&bearer(&user))).await;
         let claims = jwt_claims(reply.upstream_token()).expect("JSON claims");
@@ -192,7 +225,7 @@ destinations:
 async fn a_cached_token_never_exceeds_the_asking_destination_s_depth() {
     let (scratch, service, baton, upstream) = aliases("adversarial-tokens-depth").await;
     for api in APIS {
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        let envoy = envoy(api, &scratch, &baton, &upstream).await;
         // A user token that already carries a delegation (a gateway acted for the user): Baton does
         // not verify it here, so only the issued token's chain shows the depth.
         let claims = json!({"act": {"sub": "gateway"}}).to_string();
@@ -222,7 +255,7 @@ async fn a_cached_token_never_exceeds_the_asking_destination_s_depth() {
 async fn a_cached_token_never_outlives_the_asking_destination_s_lifetime() {
     let (scratch, service, baton, upstream) = aliases("adversarial-tokens-lifetime").await;
     for api in APIS {
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        let envoy = envoy(api, &scratch, &baton, &upstream).await;
         let user = service.mint(&format!("dave-{api:?}"), "orders.read").await;
         let long = send(&envoy, "alias-d.example", "/d", Some(&bearer(&user))).await;
         let long_token = long.upstream_token().to_owned();
@@ -427,7 +460,7 @@ async fn a_hostile_subject_token_is_judged_by_the_jwt_rules() {
     ];
     let mut wrong = Vec::new();
     for api in APIS {
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        let envoy = envoy(api, &scratch, &baton, &upstream).await;
         for (name, header, claims, (status, reason)) in &rows {
             let token = signed(&key, header, claims);
             let reply = send(&envoy, "orders.example", "/subject", Some(&bearer(&token))).await;
@@ -520,7 +553,7 @@ async fn an_unverified_subject_token_is_still_held_to_the_jwt_rules() {
     ];
     let mut wrong = Vec::new();
     for api in APIS {
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        let envoy = envoy(api, &scratch, &baton, &upstream).await;
         for (name, header, claims, reason) in &rows {
             let before = service.exchanges().await;
             let token = unsigned(header, claims);
@@ -536,6 +569,172 @@ async fn an_unverified_subject_token_is_still_held_to_the_jwt_rules() {
                 wrong.push(format!("{api:?} {name}: sent to the token service"));
             }
         }
+    }
+    assert!(wrong.is_empty(), "rows answered wrongly:\n{}", wrong.join("\n"));
+}
+
+/// `token` with the signature's character at `at` replaced by another base64url character: the
+/// same header and claims, a signature one byte off.
+fn one_signature_character_changed(token: &str, at: usize) -> String {
+    let dot = token.rfind('.').expect("a JWS");
+    let mut bytes = token.as_bytes().to_vec();
+    let i = dot + 1 + at;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).expect("ASCII")
+}
+
+/// One request on `client`'s connection (kept alive, so under the Wasm filter it reaches the same
+/// Envoy worker, and the same per-worker cache, as the request before it).
+async fn send_on(client: &reqwest::Client, envoy: &Envoy, host: &str, path: &str, token: &str) -> Reply {
+    let authorization = bearer(token);
+    leaks::credential(&authorization);
+    let response = client
+        .get(envoy.url(path))
+        .header("host", host)
+        .header("authorization", &authorization)
+        .send()
+        .await
+        .expect("request through envoy");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("body");
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if let Some(received) = body["authorization"].as_str() {
+        leaks::credential(received);
+    }
+    Reply { status, headers, body }
+}
+
+/// The Wasm access-log line of the request to `path` (each path is sent once), within 5 s.
+async fn wasm_line(envoy: &Envoy, path: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(line) = envoy.access_log().into_iter().find(|l| l["path"] == path) {
+            return line;
+        }
+        assert!(std::time::Instant::now() < deadline, "no access log line for {path}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A forged token is never served what a valid one cached. A user's valid token is delegated and
+/// cached (by Baton, and under the Wasm filter by the filter's per-worker cache too, keyed on the
+/// digest of the whole token); then tokens that carry the same `sub` and claims but are not that
+/// token are sent on the same connection, each right after the valid one was served from the cache.
+/// Every forgery is refused with the reason ext_authz gives (under the filter: a miss, decided by
+/// the sidecar's Decide), costs no exchange, and leaves the valid token's cached delegation as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_token_is_never_served_what_a_valid_one_cached() {
+    let scratch = Scratch::new(BATON_BIN, "adversarial-tokens-forged");
+    let key = sts_signing_key(&scratch, "shared");
+    let other_key = sts_signing_key(&scratch, "other");
+    let service = sts(&scratch, &key, "forged-sts", None).await;
+    let mut yaml = format!(
+        "token_services:\n{}",
+        token_service_entry(&scratch, "default", &service)
+    );
+    yaml.push_str(&format!(
+        "trusted_issuers:\n  - issuer: {ISSUER}\n    jwks_uri: {}\n    audiences: [baton-sts]\n    leeway: 5s\ncache:\n  max_entries: 1000\n  expiry_margin: 30s\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n",
+        service.jwks_uri
+    ));
+    let baton = Baton::start_raw(&scratch, &yaml, "baton=debug,info").await;
+    let upstream = Upstream::start().await;
+    let now = unix_now();
+    let header = r#"{"alg":"ES256","typ":"at+jwt"}"#;
+    let claims = |jti: &str| {
+        format!(
+            r#"{{"iss":"{ISSUER}","sub":"frank","aud":"baton-sts","iat":{now},"exp":{},"jti":"{jti}"}}"#,
+            now + 600
+        )
+    };
+    let valid = signed(&key, header, &claims("valid"));
+    let valid_signature = valid.rsplit('.').next().expect("a signature").to_owned();
+    let forgeries: Vec<(&str, String)> = vec![
+        (
+            "one signature character changed",
+            one_signature_character_changed(&valid, 10),
+        ),
+        (
+            "a signature character near the end changed",
+            one_signature_character_changed(&valid, 84),
+        ),
+        (
+            "the same claims, alg none",
+            forge_jwt(r#"{"alg":"none","typ":"at+jwt"}"#, &claims("valid"), ""),
+        ),
+        (
+            "the same claims, alg none, the valid signature kept",
+            forge_jwt(r#"{"alg":"none","typ":"at+jwt"}"#, &claims("valid"), &valid_signature),
+        ),
+        (
+            "the same claims, signed by another key",
+            signed(&other_key, header, &claims("valid")),
+        ),
+        (
+            "the same sub, another jti, the valid token's signature",
+            forge_jwt(header, &claims("other"), &valid_signature),
+        ),
+    ];
+    // The reason each forgery gets through ext_authz: every other filter must give the same.
+    let mut reasons: Vec<String> = Vec::new();
+    let mut wrong = Vec::new();
+    for api in APIS {
+        let envoy = envoy(api, &scratch, &baton, &upstream).await;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .pool_max_idle_per_host(1)
+            .build()
+            .expect("client");
+        let first = send_on(&client, &envoy, "orders.example", &format!("/{api:?}/first"), &valid).await;
+        let cached = first.upstream_token().to_owned();
+        assert_ne!(cached, valid, "{api:?}: the user's own token went upstream");
+        let exchanges = service.exchanges().await;
+        for (i, (name, forged)) in forgeries.iter().enumerate() {
+            assert_ne!(forged, &valid, "{name}");
+            let row = format!("{api:?} {name}");
+            let control_path = format!("/{api:?}/control/{i}");
+            let control = send_on(&client, &envoy, "orders.example", &control_path, &valid).await;
+            assert_eq!(
+                control.upstream_token(),
+                cached,
+                "{row}: the valid token is served its cached token"
+            );
+            let forged_path = format!("/{api:?}/forged/{i}");
+            let reply = send_on(&client, &envoy, "orders.example", &forged_path, forged).await;
+            if reply.status != 401 || !reply.reason().starts_with("subject_token_") {
+                wrong.push(format!("{row}: {} {} {:?}", reply.status, reply.reason(), reply.body));
+                continue;
+            }
+            assert!(reply.body["authorization"].is_null(), "{row}: reached the upstream");
+            match api {
+                Api::ExtAuthz => reasons.push(reply.reason().to_owned()),
+                _ if reply.reason() != reasons[i] => wrong.push(format!(
+                    "{row}: {}, not {} as through ext_authz",
+                    reply.reason(),
+                    reasons[i]
+                )),
+                _ => {}
+            }
+            if api == Api::Wasm {
+                // The valid token was a hit in this worker's cache just before, and the forgery,
+                // on the same connection, was not served from it: the sidecar refused it.
+                let control = wasm_line(&envoy, &control_path).await;
+                assert_eq!(control["baton_decision"], "hit", "{row}: {control}");
+                let forged = wasm_line(&envoy, &forged_path).await;
+                assert_eq!(
+                    (&forged["baton_decision"], &forged["baton_reason"]),
+                    (&json!("deny"), &json!(reasons[i])),
+                    "{row}: {forged}"
+                );
+            }
+        }
+        let again = send_on(&client, &envoy, "orders.example", &format!("/{api:?}/after"), &valid).await;
+        assert_eq!(again.upstream_token(), cached, "{api:?}: the forgeries purged nothing");
+        assert_eq!(
+            service.exchanges().await,
+            exchanges,
+            "{api:?}: a forgery cost an exchange"
+        );
     }
     assert!(wrong.is_empty(), "rows answered wrongly:\n{}", wrong.join("\n"));
 }
