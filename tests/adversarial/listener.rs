@@ -4,6 +4,10 @@
 //! socket the file's mode and group. Every row is an attacker (or Envoy) trying to reach the
 //! decision; refused rows must never get one, and the control rows prove the same setup serves the
 //! caller it should, so a refusal is the listener's and not a broken test.
+//!
+//! In-proxy mode's `baton.v1.InProxy` (Decide, Epoch) is served by the same gRPC server on the same
+//! listeners as Check: a forged Decide from a process that is not Envoy is the same exposure as a
+//! forged Check, and meets the same rules (the rows below send both).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -153,7 +157,10 @@ enum Expect {
 
 /// Through the real Envoy, ext_authz and ext_proc: only an Envoy presenting an allow-listed
 /// identity from the configured CA gets a decision. The test fails on a Baton that serves plain
-/// text or skips any of the checks: each refused row is one check.
+/// text or skips any of the checks: each refused row is one check. The Wasm filter's calls to
+/// `InProxy` go through the same cluster and its `transport_socket`: a few rows (one Envoy with a
+/// V8 VM per worker each) show they meet the same listener, and that a refused handshake is the
+/// filter's own `sidecar_unavailable` (it answers locally when the sidecar gives no answer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_an_envoy_with_an_allowed_client_certificate_gets_a_decision() {
     let scratch = Scratch::new(BATON_BIN, "adv-listener-mtls");
@@ -298,8 +305,17 @@ async fn only_an_envoy_with_an_allowed_client_certificate_gets_a_decision() {
         ("Baton's own server certificate", Some(server.clone()), Expect::Refused),
     ];
 
-    for api in [Api::ExtAuthz, Api::ExtProc] {
-        let outcomes = join_all(rows.iter().map(|(variant, cert, expect)| {
+    const WASM_ROWS: [&str; 4] = [
+        "allowed SPIFFE ID",
+        "no client certificate",
+        "allowed ID from an unknown CA",
+        "identity not allowed",
+    ];
+    for api in [Api::ExtAuthz, Api::ExtProc, Api::Wasm] {
+        let rows_of_api = rows
+            .iter()
+            .filter(|(variant, _, _)| api != Api::Wasm || WASM_ROWS.contains(variant));
+        let outcomes = join_all(rows_of_api.map(|(variant, cert, expect)| {
             let (baton, upstream, user, ca_file) = (baton.grpc, upstream.port, user.clone(), ca.file.clone());
             async move {
                 let scratch = Scratch::new(BATON_BIN, "adv-listener-envoy");
@@ -335,6 +351,14 @@ async fn only_an_envoy_with_an_allowed_client_certificate_gets_a_decision() {
                         "{api:?} {variant}"
                     );
                 }
+                Expect::Refused if api == Api::Wasm => {
+                    assert_eq!(
+                        (reply.status, reply.reason()),
+                        (503, "sidecar_unavailable"),
+                        "{api:?} {variant}: {:?}",
+                        reply.body
+                    );
+                }
                 Expect::Refused => {
                     assert_ne!(reply.status, 200, "{api:?} {variant}: reached the upstream");
                     assert_eq!(
@@ -368,6 +392,10 @@ enum Attacker {
     /// A tonic client's own Check, in plain text: a forged source principal and route destination,
     /// and a user token the attacker holds.
     ForgedCheck,
+    /// The same as the Wasm filter's miss: a tonic client's own `InProxy/Decide`, in plain text.
+    ForgedDecide,
+    /// A tonic client's `InProxy/Epoch` in plain text (what the filter polls).
+    ForgedEpoch,
     /// Plain-text HTTP/2 (what a tonic client without TLS speaks).
     PlainText,
     /// TLS, with this client certificate (or none).
@@ -429,6 +457,32 @@ async fn forged_check(port: u16, user: &str) -> bool {
         return false;
     };
     AuthorizationClient::new(channel).check(request).await.is_ok()
+}
+
+/// Send the forged Decide (or an Epoch) with tonic; true if Baton answered it.
+async fn forged_in_proxy(port: u16, user: &str, decide: bool) -> bool {
+    use baton_envoy::broker::pb::in_proxy_client::InProxyClient;
+    use baton_envoy::broker::pb::{DecideRequest, EpochRequest, Header};
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")) else {
+        return false;
+    };
+    let Ok(channel) = endpoint.timeout(Duration::from_secs(5)).connect().await else {
+        return false;
+    };
+    let mut client = InProxyClient::new(channel);
+    if !decide {
+        return client.epoch(EpochRequest {}).await.is_ok();
+    }
+    let request = DecideRequest {
+        authority: "orders.example".to_owned(),
+        method: "GET".to_owned(),
+        path: "/orders/1".to_owned(),
+        headers: vec![Header {
+            key: "authorization".to_owned(),
+            value: bearer(user),
+        }],
+    };
+    client.decide(request).await.is_ok()
 }
 
 fn rustls_client(server_ca: &Path, cert: Option<&Leaf>) -> rustls::ClientConfig {
@@ -509,6 +563,16 @@ async fn a_direct_caller_without_an_allowed_certificate_never_reaches_grpc() {
     }
     let rows = [
         ("tonic client, forged Check in plain text", Attacker::ForgedCheck, false),
+        (
+            "tonic client, forged InProxy/Decide in plain text",
+            Attacker::ForgedDecide,
+            false,
+        ),
+        (
+            "tonic client, InProxy/Epoch in plain text",
+            Attacker::ForgedEpoch,
+            false,
+        ),
         ("plain-text HTTP/2", Attacker::PlainText, false),
         ("TLS without a client certificate", Attacker::Tls(None), false),
         (
@@ -535,6 +599,8 @@ async fn a_direct_caller_without_an_allowed_certificate_never_reaches_grpc() {
     for (variant, attacker, served) in rows {
         let reached = match attacker {
             Attacker::ForgedCheck => forged_check(baton.grpc, &user).await,
+            Attacker::ForgedDecide => forged_in_proxy(baton.grpc, &user, true).await,
+            Attacker::ForgedEpoch => forged_in_proxy(baton.grpc, &user, false).await,
             Attacker::PlainText => {
                 speaks_grpc(
                     tokio::net::TcpStream::connect(("127.0.0.1", baton.grpc))
@@ -616,7 +682,8 @@ async fn a_rotated_server_certificate_is_presented_to_new_connections() {
 
 /// Root ignores file modes, so the attacker runs as `nobody` (uid 65534) with the gid of the row,
 /// through `setpriv`, and tries to open the socket with curl (HTTP/2 prior knowledge, a gRPC
-/// POST). curl exits 7 when it cannot connect; a served call answers HTTP 200.
+/// POST). curl exits 7 when it cannot connect; a served call answers HTTP 200. Each row asks Check
+/// and in-proxy mode's `InProxy/Decide` and `InProxy/Epoch`: the socket's rules hold for all three.
 #[tokio::test]
 async fn only_the_sockets_owner_and_group_may_connect() {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -652,33 +719,39 @@ async fn only_the_sockets_owner_and_group_may_connect() {
         assert_eq!(meta.mode() & 0o7777, expected_mode, "{variant}: mode");
         assert_eq!(meta.gid(), GROUP, "{variant}: group");
 
-        let out = tokio::process::Command::new("setpriv")
-            .args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups", "curl"])
-            .args([
-                "-sS",
-                "--max-time",
-                "5",
-                "--http2-prior-knowledge",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-            ])
-            .args(["-X", "POST", "-H", "content-type: application/grpc", "--unix-socket"])
-            .arg(&socket)
-            .arg("http://baton/envoy.service.auth.v3.Authorization/Check")
-            .output()
-            .await
-            .expect("run setpriv curl");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if served {
-            assert_eq!(
-                (out.status.code(), stdout.as_ref()),
-                (Some(0), "200"),
-                "{variant}: {out:?}"
-            );
-        } else {
-            assert_eq!(out.status.code(), Some(7), "{variant}: connected: {out:?}");
+        for method in [
+            "envoy.service.auth.v3.Authorization/Check",
+            "baton.v1.InProxy/Decide",
+            "baton.v1.InProxy/Epoch",
+        ] {
+            let out = tokio::process::Command::new("setpriv")
+                .args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups", "curl"])
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "5",
+                    "--http2-prior-knowledge",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                ])
+                .args(["-X", "POST", "-H", "content-type: application/grpc", "--unix-socket"])
+                .arg(&socket)
+                .arg(format!("http://baton/{method}"))
+                .output()
+                .await
+                .expect("run setpriv curl");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            if served {
+                assert_eq!(
+                    (out.status.code(), stdout.as_ref()),
+                    (Some(0), "200"),
+                    "{variant} {method}: {out:?}"
+                );
+            } else {
+                assert_eq!(out.status.code(), Some(7), "{variant} {method}: connected: {out:?}");
+            }
         }
         drop(baton);
     }
