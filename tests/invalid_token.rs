@@ -4,6 +4,10 @@
 //!   request is exchanged again (counted at the token service); a 401 without it, and a 403, change
 //!   nothing. Recorded: the metric (`event="invalid_token"`), the audit line, the `baton.revocation`
 //!   span at the harness's OTLP receiver.
+//! - under the Wasm filter (in-proxy mode) the filter sees the response of a request it delegated
+//!   (a hit in its own cache or a miss): it drops its entry, and tells the sidecar
+//!   (`InProxy/Purge`), which purges its own as ext_proc's purge does; the next request is
+//!   exchanged again, another user's entry is not touched.
 //! - under ext_authz Baton never sees the response: the same 401 purges nothing (documented in
 //!   docs/operations.md, "Revocation": use ext_proc).
 //! - `baton revoke --destination NAME` purges that destination's tokens and remembers nothing (the
@@ -235,4 +239,103 @@ async fn the_generated_envoy_configuration_purges_by_default() {
     let second = setup.delegated(&alice).await;
     assert_ne!(second, first, "the refused token was purged: a new one");
     assert_eq!(svc.exchanges().await, start + 2);
+}
+
+/// In-proxy mode: the Wasm filter reads the destination's answer to a request it delegated (a hit
+/// in its own cache, or a miss the sidecar answered) and, on a 401 `invalid_token`, drops its entry
+/// and has the sidecar purge its own (`InProxy/Purge`, naming it by key and fingerprint) before the
+/// response goes on. The purge bumps Baton's revocation generation, so the filter's other workers
+/// (each its own cache) drop theirs when they next hear it: within `epoch_tick` (1 s here) +
+/// `timeout`. The same counts as under ext_proc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destinations_invalid_token_purges_the_entry_that_served_it_under_the_wasm_filter() {
+    let setup = Setup::start(Api::Wasm, "invalid-token-wasm").await;
+    let svc = &setup.service;
+    let alice = svc.mint_with(&[("sub", "alice"), ("scope", "orders.read")]).await;
+    let bob = svc.mint_with(&[("sub", "bob"), ("scope", "orders.read")]).await;
+
+    let start = svc.exchanges().await;
+    let first = setup.delegated(&alice).await;
+    setup.delegated(&bob).await;
+    for _ in 0..3 {
+        assert_eq!(setup.delegated(&alice).await, first, "served from a cache");
+    }
+    assert_eq!(svc.exchanges().await, start + 2);
+
+    // Other refusals change nothing: the same cached token keeps serving.
+    for (path, status) in [("/login", 401), ("/forbid", 403)] {
+        let reply = setup.get(path, &alice).await;
+        assert_eq!(reply.status, status, "{path}: {:?}", reply.body);
+        assert_eq!(setup.delegated(&alice).await, first, "{path} purged nothing");
+    }
+    assert_eq!(svc.exchanges().await, start + 2);
+    // A Purge from a process that reaches the listener but does not know the entry's key and the
+    // token's fingerprint purges nothing (and at worst could only cause one exchange again).
+    let mut client = baton_envoy::broker::pb::in_proxy_client::InProxyClient::connect(format!(
+        "http://127.0.0.1:{}",
+        setup.pod.baton.grpc
+    ))
+    .await
+    .expect("connect");
+    for (served, issued) in [
+        (vec![0u8; 32], "sha256:AAAAAAAAAAA"),
+        (vec![1u8; 7], ""),
+        (Vec::new(), "x"),
+    ] {
+        let answer = client
+            .purge(baton_envoy::broker::pb::PurgeRequest {
+                served,
+                issued: issued.to_owned(),
+            })
+            .await
+            .expect("a Purge is answered");
+        assert!(!answer.get_ref().purged, "a guessed Purge purged an entry");
+    }
+    assert_eq!(setup.delegated(&alice).await, first, "still served");
+    let metrics = setup.pod.baton.metrics().await;
+    assert!(!metrics.contains(r#"event="invalid_token""#), "no purge yet");
+
+    // The destination says the token is bad: purged in the filter and at the sidecar before Envoy
+    // answers the application.
+    let reply = setup.get("/refuse", &alice).await;
+    assert_eq!(
+        reply.status, 401,
+        "the destination's answer reaches the application: {:?}",
+        reply.body
+    );
+    assert_eq!(
+        svc.exchanges().await,
+        start + 2,
+        "the refused request itself was served a cached token"
+    );
+    let metrics = setup.pod.baton.metrics().await;
+    assert!(
+        metrics.contains(r#"baton_revocations_total{event="invalid_token",kind="served",outcome="ok"} 1"#),
+        "the sidecar purged before the response went on"
+    );
+    // Every worker's copy is gone once it has heard the new generation.
+    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
+    let second = setup.delegated(&alice).await;
+    assert_ne!(second, first, "a new token");
+    assert_eq!(svc.exchanges().await, start + 3, "the next request exchanged again");
+    for _ in 0..3 {
+        assert_eq!(setup.delegated(&alice).await, second, "and that one is cached");
+    }
+    setup.delegated(&bob).await;
+    assert_eq!(svc.exchanges().await, start + 3, "another user's entry was not touched");
+
+    let metrics = setup.pod.baton.metrics().await;
+    assert!(metrics.contains("baton_revocations_remembered 0"), "nobody was revoked");
+    let records = setup.pod.wait_for_revocation_records(1).await;
+    let r = &records[0];
+    assert_eq!(
+        (&r["event"], &r["kind"], &r["destination"], &r["purged"]),
+        (
+            &serde_json::json!("invalid_token"),
+            &serde_json::json!("served"),
+            &serde_json::json!("orders"),
+            &serde_json::json!(1)
+        ),
+        "{r}"
+    );
 }

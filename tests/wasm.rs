@@ -245,3 +245,34 @@ async fn the_wasm_filter_delegates_serves_hits_and_fails_closed() {
         stale.body
     );
 }
+
+/// The filter's hand-written messages (`baton_wasm::messages`) and the sidecar's generated ones
+/// agree on the fields a Purge depends on: a Decide reply's `served` and `issued`, and the Purge.
+#[test]
+fn the_purge_messages_agree_with_the_sidecars() {
+    use prost::Message as _;
+    let reply = baton_envoy::broker::pb::DecideReply {
+        action: 1,
+        generation: 9,
+        served: vec![3; 32],
+        issued: "sha256:fingerprint".to_owned(),
+        ..Default::default()
+    };
+    let read = baton_wasm::messages::DecideReply::decode(reply.encode_to_vec().as_slice()).expect("decodes");
+    assert_eq!(
+        (read.served, read.issued.as_str(), read.generation),
+        (vec![3; 32], "sha256:fingerprint", 9)
+    );
+    let purge = baton_wasm::messages::PurgeRequest {
+        served: vec![4; 32],
+        issued: "sha256:x".to_owned(),
+    };
+    let read = baton_envoy::broker::pb::PurgeRequest::decode(purge.encode_to_vec().as_slice()).expect("decodes");
+    assert_eq!((read.served, read.issued.as_str()), (vec![4; 32], "sha256:x"));
+    let answer = baton_envoy::broker::pb::PurgeReply {
+        purged: true,
+        generation: 5,
+    };
+    let read = baton_wasm::messages::PurgeReply::decode(answer.encode_to_vec().as_slice()).expect("decodes");
+    assert_eq!((read.purged, read.generation), (true, 5));
+}

@@ -543,6 +543,12 @@ impl TokenCache {
             .remove_if(key, |slot| slot.as_ref().is_ok_and(|t| Arc::ptr_eq(t, token)));
     }
 
+    /// The token held for `key`, fresh or not (what an in-proxy `Purge` names by key and
+    /// fingerprint); never exchanges.
+    pub fn held(&self, key: &Key) -> Option<Arc<Delegated>> {
+        self.inner.get(key).and_then(Result::ok)
+    }
+
     /// Take out `token` if it is still the one held for `key`: whether it was (the purge of the one
     /// entry that served a request its destination refused, `invalid_token`).
     pub fn take(&self, key: &Key, token: &Arc<Delegated>) -> bool {

@@ -4,6 +4,10 @@
 //! breaker, audit as `api: in_proxy`), and the answer carries what the filter needs to serve the
 //! next requests itself: the header value, until when, the verified claims its per-hit policy
 //! judges with, and the revocation generation. `Epoch` answers that generation alone, polled.
+//! `Purge` is the filter's report of a destination's 401 `invalid_token` for a delegation it served:
+//! the entry named by its key and the issued token's fingerprint (never a token) is purged with
+//! `Authz::purge_served`, as ext_proc's purge does. A forged Purge can only make Baton exchange
+//! again: it names an entry by a digest and a fingerprint nobody outside Envoy and Baton sees.
 //!
 //! It never decides anything `baton_core` did not, never logs a token, and answers a refusal as a
 //! reply (DENY with the status, reason and body ext_authz would send), never as a gRPC error.
@@ -14,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::broker::pb::decide_reply::Action;
 use crate::broker::pb::in_proxy_server::{InProxy, InProxyServer};
-use crate::broker::pb::{DecideReply, DecideRequest, EpochReply, EpochRequest, Header};
+use crate::broker::pb::{DecideReply, DecideRequest, EpochReply, EpochRequest, Header, PurgeReply, PurgeRequest};
 use crate::outcome;
 use crate::respond;
 use baton_core::authz::{Authz, Current};
@@ -54,6 +58,32 @@ impl InProxy for InProxyService {
             generation: self.authz.load().revocations().generation(),
         }))
     }
+
+    async fn purge(&self, request: Request<PurgeRequest>) -> Result<Response<PurgeReply>, Status> {
+        let authz = self.authz.load_full();
+        let purged = purge(&authz, request.metadata(), request.get_ref());
+        Ok(Response::new(PurgeReply {
+            purged,
+            generation: authz.revocations().generation(),
+        }))
+    }
+}
+
+/// One Purge: the entry `served` names is purged if it still holds the token `issued` is the
+/// fingerprint of (a newer token under the same key is left alone, as ext_proc's purge does).
+/// Anything else (a key of the wrong length, no entry, another token) purges nothing.
+pub fn purge(authz: &Authz, metadata: &tonic::metadata::MetadataMap, request: &PurgeRequest) -> bool {
+    let Ok(key) = baton_decide::key::Key::try_from(request.served.as_slice()) else {
+        return false;
+    };
+    let Some(token) = authz.cache().held(&key) else {
+        return false;
+    };
+    if request.issued.is_empty() || token.fingerprint() != request.issued {
+        return false;
+    }
+    let destination = token.destination().unwrap_or_default().to_owned();
+    authz.purge_served(&destination, &key, &token, outcome::trace_context(metadata))
 }
 
 /// The filter's headers, read in place.
@@ -123,6 +153,11 @@ fn answer(outcome: &Result<Allow, Denial>, _: Option<envoy_types::pb::google::pr
         }) => {
             reply.action = Action::Delegate as i32;
             reply.destination = destination.name.to_string();
+            if let Some(key) = key {
+                // What a Purge names: the entry, and the token it holds (a fingerprint).
+                reply.served = key.to_vec();
+                reply.issued = token.fingerprint();
+            }
             match bound {
                 // DPoP-bound: this request's proof goes with it, and the filter, which holds no key,
                 // can make none: never cached there (every request is a Decide).

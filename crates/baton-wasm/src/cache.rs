@@ -17,6 +17,8 @@ pub struct Entry {
     pub expires_at: u64,
     /// The verified subject's claims the per-hit policy judges with (`None`: verification off).
     pub claims: Option<Map<String, Value>>,
+    /// The sidecar's name for the delegation, for a Purge when the destination refuses it.
+    pub served: Option<crate::purge::Handle>,
 }
 
 #[derive(Debug)]
@@ -54,6 +56,15 @@ impl Cache {
             self.entries.remove(key);
         }
         self.entries.get(key)
+    }
+
+    /// Drop the entry for `key` if it still holds `authorization` (the delegation a destination
+    /// refused, not a newer one): the sidecar's name for it, if it had one.
+    pub fn forget(&mut self, key: &Key, authorization: &str) -> Option<crate::purge::Handle> {
+        if self.entries.get(key)?.authorization != authorization {
+            return None;
+        }
+        self.entries.remove(key)?.served
     }
 
     /// The epoch the sidecar answered: a different one (a revocation, a purge, a reload, or a
@@ -101,6 +112,7 @@ mod tests {
             authorization: "Bearer t".to_owned(),
             expires_at,
             claims: None,
+            served: None,
         }
     }
 
@@ -130,6 +142,23 @@ mod tests {
             cache.is_empty(),
             "a restarted sidecar (a lower epoch) drops everything too"
         );
+    }
+
+    #[test]
+    fn a_refused_delegation_is_forgotten_only_while_it_is_the_one_held() {
+        let mut cache = Cache::new(4);
+        let handle = crate::purge::Handle {
+            served: vec![7; 32],
+            issued: "sha256:abc".to_owned(),
+        };
+        let mut held = entry(100);
+        held.served = Some(handle.clone());
+        assert!(cache.insert([1; 32], held, 0, 0));
+        assert_eq!(cache.forget(&[1; 32], "Bearer other"), None, "a newer token is kept");
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.forget(&[1; 32], "Bearer t"), Some(handle));
+        assert!(cache.is_empty());
+        assert_eq!(cache.forget(&[1; 32], "Bearer t"), None);
     }
 
     #[test]

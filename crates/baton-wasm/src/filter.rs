@@ -21,6 +21,9 @@ use crate::config::Settings;
 use crate::local::{self, Local, Request};
 use crate::messages::{self, DecideReply, DecideRequest, EpochReply, EpochRequest, action};
 
+/// The response path: a destination's `invalid_token` (`crate::purge`).
+mod response;
+
 /// The module's entry point, as `proxy_wasm::main!` writes it (inlined: the workspace forbids
 /// unsafe code, and the attribute is the one exception, here).
 #[allow(unsafe_code, unreachable_pub)]
@@ -131,6 +134,8 @@ impl RootContext for Root {
             shared: self.shared.clone()?,
             grpc_service: self.grpc_service.clone(),
             pending: None,
+            served: None,
+            purging: false,
         }))
     }
 
@@ -154,11 +159,17 @@ struct Http {
     grpc_service: String,
     /// A Decide in flight: the cache key its answer goes under.
     pending: Option<Key>,
+    /// The delegation this request went out with, until its response is seen (`response`).
+    served: Option<crate::purge::Served>,
+    /// A Purge in flight: the response waits for it.
+    purging: bool,
 }
 
 impl Context for Http {
     fn on_grpc_call_response(&mut self, _: u32, status_code: u32, size: usize) {
-        let Some(key) = self.pending.take() else { return };
+        let Some(key) = self.pending.take() else {
+            return self.purge_answered(status_code, size);
+        };
         if status_code != 0 {
             return self.unavailable(&format!("the sidecar answered gRPC status {status_code}"));
         }
@@ -224,6 +235,7 @@ impl Http {
                 // for its own token, never the one set here: removed, as ext_authz does.
                 let proof = reply.headers.iter().find(|h| h.key == "dpop").map(|h| h.value.as_str());
                 self.set_http_request_header("dpop", proof);
+                self.served = Some(response::served_by_reply(key, &reply));
                 if proof.is_none() {
                     self.remember(key, &reply);
                 }
@@ -273,6 +285,7 @@ impl Http {
             authorization: reply.authorization.clone(),
             expires_at: reply.expires_at,
             claims,
+            served: crate::purge::Handle::from_reply(&reply.served, &reply.issued),
         };
         self.shared.borrow_mut().cache.insert(key, entry, reply.generation, now);
     }
@@ -313,10 +326,12 @@ impl HttpContext for Http {
             Local::Hit {
                 destination,
                 authorization,
+                key,
             } => {
                 self.set_http_request_header("authorization", Some(&authorization));
                 self.set_http_request_header("dpop", None);
                 self.mark("hit", &destination);
+                self.served = Some(response::served_by_hit(key, authorization));
                 Action::Continue
             }
             Local::Strip => {
@@ -364,5 +379,9 @@ impl HttpContext for Http {
                 }
             }
         }
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        self.on_response()
     }
 }

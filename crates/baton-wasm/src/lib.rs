@@ -5,6 +5,8 @@
 //! strips `Authorization` with no gRPC call. On a miss it asks the Baton sidecar
 //! (`baton.v1.InProxy/Decide`, `messages`), which verifies, exchanges and audits as Check does; it
 //! polls `InProxy/Epoch` and drops its cache when a revocation (or reload) happened (`filter`).
+//! A destination's 401 `invalid_token` for a delegation it served drops that entry and has the
+//! sidecar purge its own (`purge`, `InProxy/Purge`).
 //!
 //! It must never hold Baton's client credentials, serve a token to a host no destination claims,
 //! serve a cached token without having heard the sidecar's epoch within `epoch_tick + timeout`,
@@ -15,6 +17,7 @@ pub mod cache;
 pub mod config;
 pub mod local;
 pub mod messages;
+pub mod purge;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -33,8 +33,13 @@ pub enum Local {
     Passthrough,
     /// Refuse, before any token is looked at by the sidecar (the same reason it would give).
     Deny(Denial),
-    /// Served from the cache: `Authorization` becomes `authorization`.
-    Hit { destination: String, authorization: String },
+    /// Served from the cache: `Authorization` becomes `authorization` (kept under `key`, which a
+    /// destination's `invalid_token` purges).
+    Hit {
+        destination: String,
+        authorization: String,
+        key: Key,
+    },
     /// Ask the sidecar; keep its answer under `key` (`None`: nothing to keep).
     Miss { destination: String, key: Key },
 }
@@ -101,6 +106,7 @@ pub fn decide(settings: &Settings, cache: &mut Cache, request: &Request<'_>, now
     Local::Hit {
         destination: destination.name.clone(),
         authorization: entry.authorization.clone(),
+        key,
     }
 }
 
@@ -201,13 +207,15 @@ mod tests {
             authorization: "Bearer issued".to_owned(),
             expires_at: 2_000,
             claims: Some(claims("acme")),
+            served: None,
         };
         assert!(cache.insert(key, entry, 0, 1_000));
         assert_eq!(
             run(&s, &mut cache, "ORDERS.internal", "GET", &user, true),
             Local::Hit {
                 destination: "orders".to_owned(),
-                authorization: "Bearer issued".to_owned()
+                authorization: "Bearer issued".to_owned(),
+                key,
             },
             "the canonical authority matches"
         );
@@ -244,6 +252,7 @@ mod tests {
             authorization: "Bearer issued".to_owned(),
             expires_at: 2_000,
             claims: Some(claims("other")),
+            served: None,
         };
         cache.insert(key, entry, 0, 1_000);
         assert!(matches!(

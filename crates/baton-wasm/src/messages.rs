@@ -8,6 +8,7 @@ use prost::Message as _;
 pub const SERVICE: &str = "baton.v1.InProxy";
 pub const DECIDE: &str = "Decide";
 pub const EPOCH: &str = "Epoch";
+pub const PURGE: &str = "Purge";
 /// A reply larger than this is a bad answer (a token, 8 KiB of claims, a denial body).
 pub const MAX_REPLY_BYTES: usize = 64 * 1024;
 
@@ -61,6 +62,12 @@ pub struct DecideReply {
     pub destination: String,
     #[prost(uint64, tag = "10")]
     pub generation: u64,
+    /// The sidecar's cache entry that served the delegation (a digest), for a later Purge.
+    #[prost(bytes = "vec", tag = "11")]
+    pub served: Vec<u8>,
+    /// The issued token's fingerprint (never the token), for a later Purge.
+    #[prost(string, tag = "12")]
+    pub issued: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -69,6 +76,22 @@ pub struct EpochRequest {}
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EpochReply {
     #[prost(uint64, tag = "1")]
+    pub generation: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PurgeRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub served: Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub issued: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PurgeReply {
+    #[prost(bool, tag = "1")]
+    pub purged: bool,
+    #[prost(uint64, tag = "2")]
     pub generation: u64,
 }
 
