@@ -1,5 +1,6 @@
-//! DPoP-bound delegation (RFC 9449, issue 16 §1) through the real Envoy, by ext_authz and by
-//! ext_proc, with panva's oidc-provider as the token service (its token-exchange grant checks
+//! DPoP-bound delegation (RFC 9449, issue 16 §1) through the real Envoy, by ext_authz, by
+//! ext_proc and by the Wasm filter (in-proxy mode: never cached in the filter, which holds no key
+//! and can make no proof, so every request is a Decide and gets Baton's fresh proof), with panva's oidc-provider as the token service (its token-exchange grant checks
 //! Baton's proof with the library's own DPoP validation and binds the token to the proof's key)
 //! and a resource server that verifies every proof with `jose` (`dpop-resource.mjs`): signature,
 //! typ, htm/htu, ath, iat, jti never replayed, cnf.jkt the proof's key.
@@ -98,6 +99,23 @@ destinations:
     )
 }
 
+/// The sidecar's audit lines for `InProxy/Decide` so far (the Wasm filter's misses), waited for
+/// until there are at least `want` (audit lines are written just after the answer), up to 3 s.
+async fn decides(scratch: &Scratch, want: usize) -> usize {
+    let count = || {
+        std::fs::read_to_string(scratch.0.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"in_proxy\""))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while count() < want && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    count()
+}
+
 async fn get(envoy: &Envoy, path: &str, token: &str) -> Reply {
     send(envoy, "orders.example", path, Some(&format!("Bearer {token}"))).await
 }
@@ -110,7 +128,7 @@ async fn dpop_bound_tokens_reach_the_destination_with_a_fresh_proof_each_time() 
     let (key, jkt) = key_file(&scratch, "dpop-key.pem");
     let baton = Baton::start_raw(&scratch, &config(&scratch, &service, &key), "baton=debug,info").await;
 
-    for (api, user) in [(Api::ExtAuthz, "alice"), (Api::ExtProc, "bob")] {
+    for (api, user) in [(Api::ExtAuthz, "alice"), (Api::ExtProc, "bob"), (Api::Wasm, "carol")] {
         let envoy = Envoy::start_for(api, &scratch, baton.grpc, resource.port).await;
         let token = service.mint(user, "").await;
         let before = service.exchanges().await;
@@ -156,6 +174,20 @@ async fn dpop_bound_tokens_reach_the_destination_with_a_fresh_proof_each_time() 
         .await;
         assert_eq!(third.status, 200, "{api:?}: {}", third.body);
         assert_ne!(third.body["dpop"], "caller.proof.junk");
+        assert_eq!(third.body["authorization"], authorization);
+
+        if api == Api::Wasm {
+            // Never served from the filter's cache (the filter waited for Baton's epoch, so it
+            // would have served a cacheable token): each of the three requests was a Decide.
+            assert_eq!(decides(&scratch, 3).await, 3, "every DPoP request is a Decide");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(decides(&scratch, 3).await, 3, "and only those");
+            assert_eq!(
+                service.exchanges().await,
+                before + 1,
+                "{api:?}: the sidecar's cache served"
+            );
+        }
     }
 }
 
@@ -248,17 +280,19 @@ async fn a_bound_subject_token_and_an_unbound_issued_token_are_refused() {
     let sts = TokenService::start_with(Peer::BatonSts, &scratch, options).await;
     let (key, _) = key_file(&scratch, "dpop-key.pem");
     let baton = Baton::start_raw(&scratch, &config(&scratch, &sts, &key), "baton=debug,info").await;
-    let envoy = Envoy::start_for(Api::ExtAuthz, &scratch, baton.grpc, resource.port).await;
     let token = sts.mint("alice", "").await;
-    // Twice: the second would be a 200 had the first answer been cached.
-    for _ in 0..2 {
-        let reply = get(&envoy, "/a", &token).await;
-        assert_eq!(
-            (reply.status, reply.reason()),
-            (503, "issued_token_jkt_mismatch"),
-            "{}",
-            reply.body
-        );
+    for api in [Api::ExtAuthz, Api::Wasm] {
+        let envoy = Envoy::start_for(api, &scratch, baton.grpc, resource.port).await;
+        // Twice: the second would be a 200 had the first answer been cached (by Baton or the filter).
+        for _ in 0..2 {
+            let reply = get(&envoy, "/a", &token).await;
+            assert_eq!(
+                (reply.status, reply.reason()),
+                (503, "issued_token_jkt_mismatch"),
+                "{api:?}: {}",
+                reply.body
+            );
+        }
     }
     assert!(sts.exchanges().await >= 1, "the token service was asked");
 }
