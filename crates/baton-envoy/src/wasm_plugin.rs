@@ -25,9 +25,23 @@ pub struct Wasm {
 
 /// The plugin configuration for `config`, whose file parsed as plain YAML is `raw` (the policies
 /// as written: the filter compiles them itself, with the same code as the sidecar). `cluster` is
-/// the Envoy cluster that reaches Baton; `timeout` how long the filter waits for it.
+/// the Envoy cluster that reaches Baton; `timeout` how long the filter waits for it. A file with a
+/// destination that claims no `hosts` (one a route names, by `context_extensions`) is refused: the
+/// filter matches hosts only, so such a destination would never be delegated in this mode.
 pub fn plugin_config(config: &Config, raw: &Value, cluster: &str, timeout: Duration) -> Result<Value, String> {
     let decision = &config.decision;
+    let route_only: Vec<&str> = decision
+        .destinations
+        .iter()
+        .filter(|d| d.hosts.is_empty())
+        .map(|d| d.name.as_str())
+        .collect();
+    if !route_only.is_empty() {
+        return Err(format!(
+            "destinations without `hosts` ({}) are named by routes only (`context_extensions`), which in-proxy mode does not support: the Wasm filter matches hosts only. Give them `hosts`, or use --api ext_authz or ext_proc",
+            route_only.join(", ")
+        ));
+    }
     let raw_destinations = raw.get("destinations").and_then(Value::as_array);
     let mut destinations = Vec::with_capacity(decision.destinations.len());
     for d in &decision.destinations {
@@ -94,4 +108,47 @@ pub fn filter(wasm: &Wasm) -> Value {
             },
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+listen:
+  grpc: 127.0.0.1:9191
+token_service:
+  token_endpoint: http://127.0.0.1:9400/token
+  client_id: c
+  auth: { method: none }
+destinations:
+  - name: orders
+    hosts: ["orders.example"]
+    audience: https://orders.example
+    policy: { methods: [GET] }
+"#;
+
+    fn plugin(text: &str) -> Result<Value, String> {
+        let config = Config::from_yaml(text).map_err(|e| e.to_string())?;
+        plugin_config(&config, &as_written(text)?, "baton", Duration::from_secs(2))
+    }
+
+    #[test]
+    fn the_plugin_carries_the_destinations_as_written() {
+        let plugin = plugin(FILE).expect("valid");
+        assert_eq!(plugin["destinations"][0]["name"], "orders");
+        assert_eq!(plugin["destinations"][0]["policy"]["methods"][0], "GET");
+        assert_eq!(plugin["timeout"], "2000ms");
+    }
+
+    #[test]
+    fn a_destination_only_a_route_can_name_is_refused() {
+        let text = format!(
+            "{FILE}  - name: billing\n    audience: https://billing.example\n  - name: ledger\n    audience: https://ledger.example\n"
+        );
+        let error = plugin(&text).expect_err("refused");
+        for word in ["billing, ledger", "`hosts`", "context_extensions", "--api ext_authz"] {
+            assert!(error.contains(word), "`{word}` missing from {error}");
+        }
+    }
 }
