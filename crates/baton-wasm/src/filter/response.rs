@@ -44,7 +44,11 @@ impl Http {
         let Some(served) = self.served.take() else {
             return Action::Continue;
         };
-        if !purge::says_invalid_token(&self.get_http_response_headers_bytes()) {
+        // One small host call on every delegated response (hits included); the header lines are
+        // read only for a 401.
+        if self.get_http_response_header(":status").as_deref() != Some("401")
+            || !purge::says_invalid_token(&self.get_http_response_headers_bytes())
+        {
             return Action::Continue;
         }
         let (held, timeout) = {
