@@ -738,3 +738,125 @@ async fn a_forged_token_is_never_served_what_a_valid_one_cached() {
     }
     assert!(wrong.is_empty(), "rows answered wrongly:\n{}", wrong.join("\n"));
 }
+
+/// What the application can put in `Authorization` itself, sent byte for byte (the raw request
+/// line and headers, so duplicates, odd spacing and encodings reach Envoy as written): two
+/// headers, other schemes and spellings, oversized, encoded or padded tokens, a token beside a
+/// second credential. Each row is refused (or delegated) by every filter alike: the Wasm filter,
+/// which judges the bearer rules itself before it asks the sidecar, gives the reason ext_authz
+/// gives, and the user's own token never reaches the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_authorization_header_gets_the_same_answer_through_every_filter() {
+    let scratch = Scratch::new(BATON_BIN, "adversarial-tokens-header");
+    let key = sts_signing_key(&scratch, "shared");
+    let service = sts(&scratch, &key, "header-sts", None).await;
+    let mut yaml = format!(
+        "token_services:\n{}",
+        token_service_entry(&scratch, "default", &service)
+    );
+    yaml.push_str(&format!(
+        "trusted_issuers:\n  - issuer: {ISSUER}\n    jwks_uri: {}\n    audiences: [baton-sts]\n    leeway: 5s\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n",
+        service.jwks_uri
+    ));
+    let baton = Baton::start_raw(&scratch, &yaml, "baton=debug,info").await;
+    let upstream = Upstream::start().await;
+    let now = unix_now();
+    let valid = signed(
+        &key,
+        r#"{"alg":"ES256","typ":"at+jwt"}"#,
+        &format!(
+            r#"{{"iss":"{ISSUER}","sub":"grace","aud":"baton-sts","iat":{now},"exp":{}}}"#,
+            now + 600
+        ),
+    );
+    leaks::secret(&valid);
+    let percent_encoded: String = valid.replacen('.', "%2E", 1);
+    let rows: Vec<(&str, Vec<String>)> = vec![
+        ("control", vec![format!("Bearer {valid}")]),
+        ("lower-case scheme", vec![format!("bearer {valid}")]),
+        (
+            "two headers, the same token",
+            vec![format!("Bearer {valid}"), format!("Bearer {valid}")],
+        ),
+        (
+            "two headers, another token second",
+            vec![format!("Bearer {valid}"), "Bearer other".to_owned()],
+        ),
+        (
+            "two tokens in one header",
+            vec![format!("Bearer {valid}, Bearer {valid}")],
+        ),
+        (
+            "a comma and a second credential",
+            vec![format!("Bearer {valid}, Basic YWxpY2U6cHc=")],
+        ),
+        ("two spaces", vec![format!("Bearer  {valid}")]),
+        ("a tab", vec![format!("Bearer\t{valid}")]),
+        ("a trailing space", vec![format!("Bearer {valid} ")]),
+        ("no token", vec!["Bearer".to_owned()]),
+        ("no token, a space", vec!["Bearer ".to_owned()]),
+        ("the token alone", vec![valid.clone()]),
+        ("Basic", vec!["Basic YWxpY2U6cHc=".to_owned()]),
+        ("DPoP scheme", vec![format!("DPoP {valid}")]),
+        ("percent-encoded dot", vec![format!("Bearer {percent_encoded}")]),
+        ("base64 padding", vec![format!("Bearer {valid}==")]),
+        ("a quoted token", vec![format!("Bearer \"{valid}\"")]),
+        ("oversized", vec![format!("Bearer {}", "a".repeat(17 * 1024))]),
+        (
+            "oversized, valid prefix",
+            vec![format!("Bearer {valid}.{}", "a".repeat(17 * 1024))],
+        ),
+        ("non-ASCII", vec![format!("Bearer {valid}\u{e9}")]),
+        ("an empty header", vec![String::new()]),
+    ];
+    // What each row got through ext_authz: (status, reason or the delegated token's subject).
+    let mut through_ext_authz: Vec<(u16, String)> = Vec::new();
+    let mut wrong = Vec::new();
+    for api in APIS {
+        let envoy = envoy(api, &scratch, &baton, &upstream).await;
+        for (i, (name, values)) in rows.iter().enumerate() {
+            let mut head = format!("GET /header/{i} HTTP/1.1\r\nhost: orders.example");
+            for value in values {
+                leaks::credential(value);
+                head.push_str(&format!("\r\nauthorization: {value}"));
+            }
+            head.push_str("\r\nconnection: close\r\n\r\n");
+            let (status, body) = client::raw(&envoy, &head).await;
+            let received = body["authorization"].as_str().unwrap_or_default();
+            assert!(
+                !received.contains(&valid),
+                "{api:?} {name}: the user's own token went upstream"
+            );
+            let seen = match status {
+                200 => {
+                    let token = received.strip_prefix("Bearer ").unwrap_or(received);
+                    let sub = jwt_claims(token).map(|c| c["sub"].to_string()).unwrap_or_default();
+                    (200, format!("delegated {sub}"))
+                }
+                _ => (status, body["error"].as_str().unwrap_or("<no error field>").to_owned()),
+            };
+            if api == Api::ExtAuthz {
+                through_ext_authz.push(seen);
+            } else if seen != through_ext_authz[i] {
+                wrong.push(format!(
+                    "{api:?} {name}: {seen:?}, ext_authz {:?}",
+                    through_ext_authz[i]
+                ));
+            }
+        }
+    }
+    eprintln!("through ext_authz:");
+    for ((name, _), seen) in rows.iter().zip(&through_ext_authz) {
+        eprintln!("  {name}: {seen:?}");
+    }
+    // RFC 7235's scheme is case-insensitive and RFC 6750's separator is one or more spaces: those
+    // rows are the user's token, delegated; every other row is refused (401).
+    const DELEGATED: [&str; 4] = ["control", "lower-case scheme", "two spaces", "a trailing space"];
+    for ((name, _), (status, what)) in rows.iter().zip(&through_ext_authz) {
+        match DELEGATED.contains(name) {
+            true => assert_eq!((*status, what.as_str()), (200, "delegated \"grace\""), "{name}"),
+            false => assert_eq!(*status, 401, "{name}: {what}"),
+        }
+    }
+    assert!(wrong.is_empty(), "rows answered differently:\n{}", wrong.join("\n"));
+}

@@ -72,6 +72,9 @@ impl<'a> Headers<'a> {
     pub const NONE: Headers<'static> = Headers::Lines(&NoLines);
 
     /// The one value of `name`: `Several` when the header appears more than once (or was folded).
+    /// A line holding a `,` is several too: Envoy folds a repeated `Authorization` (one of its
+    /// inline headers) into one line joined by `,` before ext_proc or a Wasm filter sees it, so the
+    /// two shapes must answer alike (`multiple_authorization_headers`), as they do under ext_authz.
     pub fn one(&self, name: &str) -> Result<Authorization<'a>, Denial> {
         match *self {
             Headers::Folded(map) => Ok(match map.get(name) {
@@ -84,6 +87,7 @@ impl<'a> Headers<'a> {
                 match (found.next(), found.next()) {
                     (None, _) => Ok(Authorization::Missing),
                     (Some(_), Some(_)) => Ok(Authorization::Several),
+                    (Some((_, Some(value))), None) if value.contains(',') => Ok(Authorization::Several),
                     (Some((_, value)), None) => value
                         .map(Authorization::One)
                         .ok_or_else(|| Denial::new(Reason::MalformedToken, "the Authorization header is not UTF-8")),
@@ -231,6 +235,9 @@ mod tests {
         ]);
         assert_eq!(Headers::Lines(&two).one("authorization"), Ok(Authorization::Several));
         assert_eq!(Headers::Lines(&two).get("authorization"), Some("Bearer a"));
+        // Envoy's fold of the same two headers: the same answer.
+        let folded = Pairs(vec![("authorization", Some("Bearer a,Bearer b"))]);
+        assert_eq!(Headers::Lines(&folded).one("authorization"), Ok(Authorization::Several));
 
         let binary = Pairs(vec![("authorization", None)]);
         let err = Headers::Lines(&binary).one("authorization").expect_err("not text");
