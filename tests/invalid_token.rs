@@ -313,8 +313,9 @@ async fn a_destinations_invalid_token_purges_the_entry_that_served_it_under_the_
         metrics.contains(r#"baton_revocations_total{event="invalid_token",kind="served",outcome="ok"} 1"#),
         "the sidecar purged before the response went on"
     );
-    // Every worker's copy is gone once it has heard the new generation.
-    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
+    // Every worker's copy is gone once it has heard the new generation (a poll every second,
+    // answered at once here; the bound is epoch_tick + timeout).
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
     let second = setup.delegated(&alice).await;
     assert_ne!(second, first, "a new token");
     assert_eq!(svc.exchanges().await, start + 3, "the next request exchanged again");
