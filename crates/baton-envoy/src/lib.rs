@@ -10,6 +10,7 @@
 pub mod app;
 mod backchannel;
 pub mod broker;
+pub mod check_wire;
 pub mod dry_run;
 pub mod envoy_config;
 pub mod ext_proc;

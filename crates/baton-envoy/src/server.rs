@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::StatusCode;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use tokio::net::{TcpListener, UnixListener};
@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::broker::Broker;
 use crate::broker::pb::delegation_broker_server::DelegationBrokerServer;
+use crate::check_wire::CheckServer;
 use crate::ext_proc::ExtProcService;
 use crate::extract;
 use crate::outcome;
@@ -48,7 +49,8 @@ pub async fn serve(authz: Current, listeners: Listeners, shutdown: impl Future<O
 
     let grpc = |mut builder: tonic::transport::Server| {
         builder
-            .add_service(AuthorizationServer::new(CheckService { authz: authz.clone() }))
+            // Decoding only the CheckRequest fields Baton reads (`check_wire`, issue 15).
+            .add_service(CheckServer::new(CheckService { authz: authz.clone() }))
             .add_service(ExternalProcessorServer::new(ExtProcService::new(authz.clone())))
             .add_service(DelegationBrokerServer::new(Broker::new(authz.clone())))
             .add_service(crate::in_proxy::service(authz.clone()))
