@@ -19,10 +19,13 @@
 //! time. `HOP_ROUNDS` (default 3) and `HOP_REQUESTS` (default 4000 per connection count) set the size;
 //! `HOP_ONLY=wasm` runs only Envoy alone, Envoy + Baton (ext_authz) and Envoy + baton.wasm. The
 //! module must be built first: `cargo build --profile wasm -p baton-wasm --target wasm32-wasip1`.
+//! `HOP_ENVOY=1` measures the hop from both sides instead (Envoy's settings, the HTTP transport,
+//! Baton before and now, user and system time, callgrind on both processes): see `hop_envoy`.
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
 mod common;
+mod hop_envoy;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -41,6 +44,9 @@ const BATON_BIN: &str = env!("CARGO_BIN_EXE_baton");
 const CONNECTIONS: [usize; 2] = [1, 8];
 
 fn main() {
+    if hop_envoy::serve_http_stand_in_if_asked() {
+        return;
+    }
     main_or_floor(run);
 }
 
@@ -386,6 +392,10 @@ async fn profile(out: &str, n: usize) {
 }
 
 async fn run() {
+    // `HOP_ENVOY=1`: the hop from both sides instead (benches/hop_envoy).
+    if std::env::var_os("HOP_ENVOY").is_some() {
+        return hop_envoy::run().await;
+    }
     if let Ok(out) = std::env::var("HOP_CALLGRIND") {
         return profile(&out, env_number("HOP_REQUESTS", 2000)).await;
     }
