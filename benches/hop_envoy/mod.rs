@@ -31,7 +31,7 @@ use super::{BATON_BIN, Pid, baton_yaml, bootstrap, drive, env_number, median_and
 const HTTP_STAND_IN_FLAG: &str = "--serve-http-allow-all-stand-in";
 
 /// Serve the HTTP stand-in and never return, when this process was started as it.
-pub fn serve_http_stand_in_if_asked() -> bool {
+pub(crate) fn serve_http_stand_in_if_asked() -> bool {
     if !std::env::args().any(|a| a == HTTP_STAND_IN_FLAG) {
         return false;
     }
@@ -349,13 +349,17 @@ struct Setup {
     authz: Option<usize>,
 }
 
+/// A setup to start: its name, Baton's configuration, Baton's socket, the change to Envoy's
+/// configuration, and which authz process answers it.
+type Planned<'a> = (String, &'a str, Option<PathBuf>, Tweak, Option<usize>);
+
 /// The authz processes the setups share, started once.
 struct Authz {
     name: &'static str,
     process: Process,
 }
 
-pub async fn run() {
+pub(crate) async fn run() {
     let callgrind = std::env::var("HOP_CALLGRIND_DIR").is_ok();
     let rounds = env_number("HOP_ROUNDS", 3);
     let n = env_number("HOP_REQUESTS", 4000);
@@ -413,7 +417,7 @@ pub async fn run() {
     });
     let find = |name: &str| authz.iter().position(|a| a.name == name);
 
-    let mut plan: Vec<(String, &str, Option<PathBuf>, Tweak, Option<usize>)> = vec![
+    let mut plan: Vec<Planned<'_>> = vec![
         ("Envoy alone".into(), now_yaml.as_str(), None, Tweak::Alone, None),
         (
             "+ allow-all gRPC (generated)".into(),
@@ -623,7 +627,7 @@ async fn syscalls(scratch: &Scratch, setups: &[Setup], authz: &[Authz], n: usize
                     }
                 }
             }
-            rows.sort_by(|a, b| b.0.cmp(&a.0));
+            rows.sort_by_key(|row| std::cmp::Reverse(row.0));
             let top = rows
                 .iter()
                 .take(3)

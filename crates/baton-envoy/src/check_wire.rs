@@ -381,4 +381,84 @@ mod tests {
         );
         assert_eq!(CheckRequest::from(wire), kept(full));
     }
+
+    struct AllowAll;
+
+    #[tonic::async_trait]
+    impl Authorization for AllowAll {
+        async fn check(
+            &self,
+            _: tonic::Request<CheckRequest>,
+        ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+            Ok(tonic::Response::new(CheckResponse::default()))
+        }
+    }
+
+    /// The HTTP status and the gRPC status in the headers (a refusal before the method runs is a
+    /// trailers-only answer) of one call to `service` with `body` on `path`.
+    async fn answer<S>(mut service: S, path: &str, body: Vec<u8>) -> (u16, Option<String>)
+    where
+        S: Service<http::Request<axum::body::Body>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+    {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(axum::body::Body::from(body))
+            .expect("request");
+        let response = service.call(request).await.expect("infallible");
+        let grpc = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (response.status().as_u16(), grpc)
+    }
+
+    /// Served, the wire decoding answers every one of these as Envoy's generated server does: a
+    /// valid request, damaged protobuf, a message over tonic's 4 MiB limit, a compressed frame
+    /// (compression is off), a cut frame, another method.
+    #[tokio::test]
+    async fn served_it_refuses_what_the_generated_server_refuses() {
+        use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+        let frame = |compressed: u8, payload: &[u8]| {
+            let len = u32::try_from(payload.len()).expect("len");
+            [&[compressed][..], &len.to_be_bytes(), payload].concat()
+        };
+        let valid = full_request(
+            ["GET", "/a", "orders", "p", "orders", "i", "http", "::1"].map(str::to_owned),
+            vec![("authorization".into(), "Bearer abc".into())],
+            Vec::new(),
+            3,
+        )
+        .encode_to_vec();
+        let bad_host = [0x0a, 0x08, 0x22, 0x06, 0x12, 0x04, 0x2a, 0x02, 0xc3, 0x28];
+        let oversized = vec![0u8; 4 * 1024 * 1024 + 1];
+        let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+            ("valid", CHECK_PATH, frame(0, &valid)),
+            ("empty", CHECK_PATH, frame(0, &[])),
+            ("truncated protobuf", CHECK_PATH, frame(0, &valid[..valid.len() / 2])),
+            ("host not UTF-8", CHECK_PATH, frame(0, &bad_host)),
+            ("oversized", CHECK_PATH, frame(0, &oversized)),
+            ("compressed", CHECK_PATH, frame(1, &valid)),
+            ("cut frame", CHECK_PATH, frame(0, &valid)[..7].to_vec()),
+            (
+                "other method",
+                "/envoy.service.auth.v3.Authorization/Other",
+                frame(0, &valid),
+            ),
+        ];
+        for (what, path, body) in cases {
+            let generated = answer(AuthorizationServer::new(AllowAll), path, body.clone()).await;
+            let wire = answer(CheckServer::new(AllowAll), path, body).await;
+            assert_eq!(wire, generated, "{what}");
+            if what != "valid" && what != "empty" {
+                assert!(
+                    generated.1.as_deref().is_some_and(|c| c != "0") || generated.0 != 200,
+                    "{what}: refused, {generated:?}"
+                );
+            }
+        }
+    }
 }

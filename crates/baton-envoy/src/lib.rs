@@ -18,6 +18,7 @@ pub mod extract;
 pub mod file;
 pub mod in_proxy;
 pub mod listen;
+mod one_write;
 mod outcome;
 pub mod reads;
 mod refused;

@@ -69,6 +69,8 @@ pub async fn serve(authz: Current, listeners: Listeners, shutdown: impl Future<O
         (Some(tcp), None) => {
             // Without TCP_NODELAY a reply written in two segments waits for Envoy's delayed ACK (~40 ms).
             let incoming = TcpIncoming::from(tcp).with_nodelay(Some(true));
+            // A reply in one write, not two (`one_write`).
+            let incoming = tokio_stream::StreamExt::map(incoming, |s| s.map(crate::one_write::OneWrite));
             let tcp = grpc(tonic::transport::Server::builder())
                 .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
             tasks.spawn(async move { Ok(tcp.await?) });
@@ -76,8 +78,10 @@ pub async fn serve(authz: Current, listeners: Listeners, shutdown: impl Future<O
         (None, _) => {}
     }
     if let Some(uds) = listeners.grpc_uds {
-        let uds = grpc(tonic::transport::Server::builder())
-            .serve_with_incoming_shutdown(UnixListenerStream::new(uds), stopped(stop_rx.clone()));
+        let incoming =
+            tokio_stream::StreamExt::map(UnixListenerStream::new(uds), |s| s.map(crate::one_write::OneWrite));
+        let uds =
+            grpc(tonic::transport::Server::builder()).serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
         tasks.spawn(async move { Ok(uds.await?) });
     }
     if let Some(admin) = listeners.admin {
