@@ -1,5 +1,6 @@
 //! Header extraction from what Envoy sends: the bytes are a protobuf ext_authz `CheckRequest` (and,
-//! read again, an ext_proc `ProcessingRequest`), decoded as the gRPC server decodes them. Whatever
+//! read again, an ext_proc `ProcessingRequest`), decoded as the gRPC server decodes them (and as the
+//! full envoy-types message). Whatever
 //! the message, extraction never panics, refuses only with its own reasons, and every string it
 //! returns is one the message carried.
 #![no_main]
@@ -9,6 +10,7 @@ use std::collections::HashMap;
 use baton_decide::reason::Reason;
 use baton_decide::request::{Authorization, Headers, Outbound, subject_token};
 use baton_decide::route::CONTEXT_KEY;
+use baton_envoy::check_wire::WireCheckRequest;
 use baton_envoy::extract::{Check, Processing};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRequest;
@@ -16,7 +18,16 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
 
 fuzz_target!(|data: &[u8]| {
+    // The server decodes only the fields Baton reads (`check_wire`); it accepts all the full
+    // decoding accepts, and extraction holds on both.
+    if let Ok(request) = WireCheckRequest::decode(data) {
+        check_authz(&CheckRequest::from(request));
+    }
     if let Ok(request) = CheckRequest::decode(data) {
+        assert!(
+            WireCheckRequest::decode(data).is_ok(),
+            "the wire decoding refused what the full decoding accepted"
+        );
         check_authz(&request);
     }
     if let Ok(request) = ProcessingRequest::decode(data) {
