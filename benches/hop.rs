@@ -21,6 +21,9 @@
 //! module must be built first: `cargo build --profile wasm -p baton-wasm --target wasm32-wasip1`.
 //! `HOP_ENVOY=1` measures the hop from both sides instead (Envoy's settings, the HTTP transport,
 //! Baton before and now, user and system time, callgrind on both processes): see `hop_envoy`.
+//! `HOP_WASM_BEFORE=PATH` adds another build of the module (an earlier commit's) beside it, in the
+//! same run. `HOP_ENVOY_CALLGRIND=DIR` counts Envoy's instructions per request instead (callgrind:
+//! robust to the machine's load), alone and with the module(s).
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
@@ -85,6 +88,12 @@ struct EnvoyProcess {
 
 impl EnvoyProcess {
     async fn start(scratch: &Scratch, name: &str, bootstrap: &Value) -> Self {
+        Self::start_with(scratch, name, bootstrap, None).await
+    }
+
+    /// `callgrind`: Envoy runs under callgrind (collection on, profile dumps to this file prefix),
+    /// so `callgrind_control` can zero and dump its instruction counts around a window of requests.
+    async fn start_with(scratch: &Scratch, name: &str, bootstrap: &Value, callgrind: Option<&str>) -> Self {
         let port = bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
             .as_u64()
             .expect("listener port") as u16;
@@ -92,7 +101,19 @@ impl EnvoyProcess {
             &format!("{name}.envoy.yaml"),
             &envoy_config::to_yaml(bootstrap).expect("yaml"),
         );
-        let child = Command::new(envoy_bin())
+        let mut command = match callgrind {
+            Some(out) => {
+                let mut c = Command::new("valgrind");
+                // V8's code is written to anonymous memory, which valgrind's default
+                // `--smc-check=all-non-file` watches.
+                c.arg("--tool=callgrind")
+                    .arg(format!("--callgrind-out-file={out}"))
+                    .arg(envoy_bin());
+                c
+            }
+            None => Command::new(envoy_bin()),
+        };
+        let child = command
             .arg("-c")
             .arg(&path)
             .arg("--use-dynamic-base-id")
@@ -107,7 +128,8 @@ impl EnvoyProcess {
             .spawn()
             .expect("start envoy");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_until("envoy's listener", Duration::from_secs(30), || async move {
+        let patience = Duration::from_secs(if callgrind.is_some() { 1800 } else { 30 });
+        wait_until("envoy's listener", patience, || async move {
             TcpStream::connect(addr).is_ok()
         })
         .await;
@@ -185,12 +207,19 @@ fn baton_yaml(scratch: &Scratch, token_endpoint: &str, listen: &str) -> String {
 /// `trimmed: false` puts back what Envoy sent before issue 15 (every header); `filter: false`
 /// drops Baton's filter (Envoy alone).
 fn bootstrap(yaml: &str, uds: Option<PathBuf>, trimmed: bool, filter: bool) -> Value {
-    bootstrap_for(FilterApi::ExtAuthz, yaml, uds, trimmed, filter)
+    bootstrap_for(FilterApi::ExtAuthz, yaml, uds, trimmed, filter, None)
 }
 
-/// `bootstrap` with the filter of `api` (`Wasm`: `baton.wasm` with the plugin configuration
-/// generated from `yaml`).
-fn bootstrap_for(api: FilterApi, yaml: &str, uds: Option<PathBuf>, trimmed: bool, filter: bool) -> Value {
+/// `bootstrap` with the filter of `api` (`Wasm`: `baton.wasm`, or `module`, with the plugin
+/// configuration generated from `yaml`).
+fn bootstrap_for(
+    api: FilterApi,
+    yaml: &str,
+    uds: Option<PathBuf>,
+    trimmed: bool,
+    filter: bool,
+    module: Option<PathBuf>,
+) -> Value {
     let config = Config::from_yaml(yaml).expect("config");
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut options = Options::new(&config, api, uds, None, listen).expect("options");
@@ -200,7 +229,7 @@ fn bootstrap_for(api: FilterApi, yaml: &str, uds: Option<PathBuf>, trimmed: bool
             baton_envoy::wasm_plugin::plugin_config(&config, &raw, envoy_config::BATON_CLUSTER, options.timeout)
                 .expect("plugin configuration");
         options.wasm = Some(baton_envoy::wasm_plugin::Wasm {
-            module: wasm_module(),
+            module: module.unwrap_or_else(wasm_module),
             plugin,
         });
     }
@@ -391,6 +420,108 @@ async fn profile(out: &str, n: usize) {
     println!("{n} requests through Envoy; callgrind profile of Baton in {out}");
 }
 
+/// `HOP_ENVOY_CALLGRIND=DIR`: instructions Envoy executes per request, counted by callgrind (so
+/// they do not move with the machine's load), for Envoy alone and Envoy + baton.wasm on hits, one
+/// after the other, each with one worker: a warm-up (the filter's first request is a miss), then
+/// callgrind's counters zeroed, N requests on one connection, and a dump into DIR (kept, for
+/// `callgrind_annotate`). The window includes what Envoy's timers do meanwhile (the filter's
+/// epoch poll, once a second; stats flushes), as a real run does.
+async fn envoy_instructions(dir: &str, n: usize) {
+    let (scratch, service, user) = start_with_a_user(BATON_BIN, "bench-hop-instructions").await;
+    let request = request_bytes(&user);
+    let config = baton_yaml(
+        &scratch,
+        &service.token_endpoint,
+        &format!("  grpc: 127.0.0.1:{}\n", free_port()),
+    );
+    let baton = BatonProcess::start(&scratch, "baton", &config, &[]).await;
+    std::fs::create_dir_all(dir).expect("callgrind output directory");
+    println!("The user's token: {} bytes.\n", user.len());
+    println!("| setup | instructions/req (Envoy, all threads) | added | Baton CPU ticks in the window |");
+    println!("| --- | --- | --- | --- |");
+    let mut alone = None;
+    let mut setups = vec![
+        (
+            "alone".to_owned(),
+            ALONE_SETUP.to_owned(),
+            FilterApi::ExtAuthz,
+            false,
+            None,
+        ),
+        ("wasm".to_owned(), WASM_SETUP.to_owned(), FilterApi::Wasm, true, None),
+    ];
+    // Here `HOP_WASM_BEFORE` may list several builds, comma-separated.
+    let others = std::env::var("HOP_WASM_BEFORE").unwrap_or_default();
+    for (i, path) in others.split(',').filter(|p| !p.is_empty()).enumerate() {
+        setups.push((
+            format!("wasm-before-{i}"),
+            format!("+ baton.wasm on hits, {path}"),
+            FilterApi::Wasm,
+            true,
+            Some(PathBuf::from(path)),
+        ));
+    }
+    // Started together: V8 compiling the module under callgrind takes minutes.
+    let envoys = futures_util::future::join_all(setups.iter().map(|(tag, _, api, filter, module)| {
+        let doc = bootstrap_for(*api, &config, None, true, *filter, module.clone());
+        let prefix = format!("{dir}/{tag}.out");
+        let _ = std::fs::remove_file(format!("{prefix}.1"));
+        let scratch = &scratch;
+        async move { EnvoyProcess::start_with(scratch, tag, &doc, Some(&prefix)).await }
+    }))
+    .await;
+    for ((tag, name, ..), envoy) in setups.iter().zip(envoys) {
+        let prefix = format!("{dir}/{tag}.out");
+        let pid = envoy.pid().0.to_string();
+        let port = envoy.port;
+        let (ir, baton_ticks) = tokio::task::block_in_place(|| {
+            let (_, wrong) = drive(port, 1, 200, &request);
+            assert_eq!(wrong, 0, "{name}: warm-up answers other than 200");
+            // The filter serves hits once its first epoch poll came back: give it time.
+            std::thread::sleep(Duration::from_secs(3));
+            let _ = drive(port, 1, 50, &request);
+            callgrind_control("-z", &pid);
+            let (u0, s0) = baton.pid().cpu();
+            let (_, wrong) = drive(port, 1, n, &request);
+            assert_eq!(wrong, 0, "{name}: answers other than 200");
+            let (u1, s1) = baton.pid().cpu();
+            callgrind_control("-d", &pid);
+            (callgrind_total(&format!("{prefix}.1")), (u1 + s1) - (u0 + s0))
+        });
+        let per = ir as f64 / n as f64;
+        let base = *alone.get_or_insert(per);
+        println!("| {name} | {per:.0} | {:.0} | {baton_ticks} |", per - base);
+        drop(envoy);
+    }
+    println!(
+        "\n{n} requests per setup on one connection; profiles in {dir} (`callgrind_annotate --inclusive=no FILE`)"
+    );
+}
+
+fn callgrind_control(what: &str, pid: &str) {
+    let status = std::process::Command::new("callgrind_control")
+        .arg(what)
+        .arg(pid)
+        .stdout(Stdio::null())
+        .status()
+        .expect("callgrind_control (valgrind)");
+    assert!(status.success(), "callgrind_control {what} {pid}");
+}
+
+/// The `totals:` line of a callgrind dump (instructions), once the dump is written.
+fn callgrind_total(path: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Some(total) = text.lines().find_map(|l| l.strip_prefix("totals: "))
+        {
+            return total.trim().parse().expect("totals");
+        }
+        assert!(Instant::now() < deadline, "no callgrind dump at {path}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 async fn run() {
     // `HOP_ENVOY=1`: the hop from both sides instead (benches/hop_envoy).
     if std::env::var_os("HOP_ENVOY").is_some() {
@@ -398,6 +529,9 @@ async fn run() {
     }
     if let Ok(out) = std::env::var("HOP_CALLGRIND") {
         return profile(&out, env_number("HOP_REQUESTS", 2000)).await;
+    }
+    if let Ok(dir) = std::env::var("HOP_ENVOY_CALLGRIND") {
+        return envoy_instructions(&dir, env_number("HOP_REQUESTS", 2000)).await;
     }
     let rounds = env_number("HOP_ROUNDS", 3);
     let only_wasm = std::env::var("HOP_ONLY").is_ok_and(|v| v == "wasm");
@@ -480,16 +614,29 @@ async fn run() {
             Some(one_worker.pid()),
         ),
         (WASM_SETUP, &baton_config, None, true, true, Some(baton.pid())),
+        (WASM_BEFORE_SETUP, &baton_config, None, true, true, Some(baton.pid())),
     ] {
-        if only_wasm && ![ALONE_SETUP, "+ Baton, headers Baton reads", WASM_SETUP].contains(&name) {
+        if only_wasm
+            && ![
+                ALONE_SETUP,
+                "+ Baton, headers Baton reads",
+                WASM_SETUP,
+                WASM_BEFORE_SETUP,
+            ]
+            .contains(&name)
+        {
             continue;
         }
-        let api = if name == WASM_SETUP {
-            FilterApi::Wasm
-        } else {
-            FilterApi::ExtAuthz
+        let before = wasm_before();
+        if name == WASM_BEFORE_SETUP && before.is_none() {
+            continue;
+        }
+        let (api, module) = match name {
+            WASM_SETUP => (FilterApi::Wasm, None),
+            WASM_BEFORE_SETUP => (FilterApi::Wasm, before),
+            _ => (FilterApi::ExtAuthz, None),
         };
-        let doc = bootstrap_for(api, yaml, uds, trimmed, filter);
+        let doc = bootstrap_for(api, yaml, uds, trimmed, filter, module);
         let envoy = EnvoyProcess::start(&scratch, &format!("setup{}", setups.len()), &doc).await;
         setups.push(Setup { name, envoy, authz });
     }
@@ -544,6 +691,13 @@ async fn run() {
 
 const ALONE_SETUP: &str = "Envoy alone";
 const WASM_SETUP: &str = "+ baton.wasm on hits (in-proxy mode)";
+/// `HOP_WASM_BEFORE=PATH`: another build of the module (an earlier commit's), measured beside
+/// this one in the same run.
+const WASM_BEFORE_SETUP: &str = "+ baton.wasm on hits, HOP_WASM_BEFORE";
+
+fn wasm_before() -> Option<PathBuf> {
+    std::env::var_os("HOP_WASM_BEFORE").map(PathBuf::from)
+}
 
 /// The filter's memory per worker (each setup's Envoy runs one worker: the wasm Envoy's RSS less
 /// Envoy alone's), and the cost of a miss: `HOP_MISSES` (default 200) requests on one connection,

@@ -179,6 +179,25 @@ async fn the_wasm_filter_delegates_serves_hits_and_fails_closed() {
         "every miss is one Decide, a hit asks the sidecar nothing"
     );
 
+    // A caller's own DPoP proof is for its own token: a hit removes it (the filter skips that host
+    // call only when the request has no proof), as a miss and ext_authz do.
+    let mut proof_hits = 0;
+    for n in 0..4 {
+        let reply = send_with(
+            &stack.envoy,
+            "orders.example",
+            "/orders/1",
+            Some(&bearer(&alice)),
+            &[("dpop", "caller.proof.junk")],
+        )
+        .await;
+        assert_eq!(reply.upstream_token(), issued);
+        assert_eq!(reply.body["dpop"], serde_json::Value::Null, "{:?}", reply.body);
+        let line = access_line(&stack.envoy, probes + 10 + n).await;
+        proof_hits += usize::from(line["baton_decision"] == "hit");
+    }
+    assert!(proof_hits >= 1, "no request with a proof was served inside Envoy");
+
     // An unlisted host gets no token at all.
     let unlisted = stack.get("evil.example", Some(&bearer(&alice))).await;
     assert_eq!(unlisted.upstream_authorization(), None, "{:?}", unlisted.body);

@@ -45,7 +45,8 @@ struct Shared {
 #[derive(Default)]
 struct Root {
     shared: Option<Rc<RefCell<Shared>>>,
-    grpc_service: String,
+    /// Shared with every request context (a reference count per request, not a copy).
+    grpc_service: Rc<str>,
 }
 
 fn now_ms(context: &dyn Context) -> u128 {
@@ -115,7 +116,7 @@ impl RootContext for Root {
                 return false;
             }
         };
-        self.grpc_service = messages::grpc_service(&settings.sidecar_cluster);
+        self.grpc_service = messages::grpc_service(&settings.sidecar_cluster).into();
         self.set_tick_period(settings.epoch_tick);
         self.shared = Some(Rc::new(RefCell::new(Shared {
             cache: Cache::new(settings.max_entries),
@@ -156,7 +157,7 @@ impl HeaderLines for Lines {
 
 struct Http {
     shared: Rc<RefCell<Shared>>,
-    grpc_service: String,
+    grpc_service: Rc<str>,
     /// A Decide in flight: the cache key its answer goes under.
     pending: Option<Key>,
     /// The delegation this request went out with, until its response is seen (`response`).
@@ -296,15 +297,21 @@ impl HttpContext for Http {
         let mut authority = String::new();
         let mut method = String::new();
         let mut path = String::new();
-        let mut lines = Vec::new();
-        for (key, value) in self.get_http_request_headers_bytes() {
+        // Whether the caller sent a DPoP proof: only then is there one to remove on a hit.
+        let mut dpop = false;
+        let headers = self.get_http_request_headers_bytes();
+        let mut lines = Vec::with_capacity(headers.len());
+        for (key, value) in headers {
             let value = String::from_utf8(value).ok();
             match key.as_str() {
                 ":authority" => authority = value.unwrap_or_default(),
                 ":method" => method = value.unwrap_or_default(),
                 ":path" => path = value.unwrap_or_default(),
                 k if k.starts_with(':') => {}
-                _ => lines.push((key, value)),
+                k => {
+                    dpop |= k == "dpop";
+                    lines.push((key, value));
+                }
             }
         }
         let lines = Lines(lines);
@@ -329,7 +336,11 @@ impl HttpContext for Http {
                 key,
             } => {
                 self.set_http_request_header("authorization", Some(&authorization));
-                self.set_http_request_header("dpop", None);
+                // A caller's own proof is for its own token, never the one set here: removed, as
+                // ext_authz does (one host call saved when there is none).
+                if dpop {
+                    self.set_http_request_header("dpop", None);
+                }
                 self.mark("hit", &destination);
                 self.served = Some(response::served_by_hit(key, authorization));
                 Action::Continue

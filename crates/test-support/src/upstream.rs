@@ -1,7 +1,8 @@
 //! The in-process upstreams behind Envoy: one echoes the Authorization it received; a stand-in
 //! destination also refuses by path (401 `invalid_token`, 401, 403).
 
-/// The echo: the first Authorization header received, how many there were, and the path.
+/// The echo: the first Authorization header received, how many there were, the path, and the
+/// first `dpop` header (a proof that must not reach a destination with another token).
 fn echo(path: &str, headers: &axum::http::HeaderMap) -> axum::Json<serde_json::Value> {
     let all: Vec<&str> = headers
         .get_all(axum::http::header::AUTHORIZATION)
@@ -12,11 +13,12 @@ fn echo(path: &str, headers: &axum::http::HeaderMap) -> axum::Json<serde_json::V
         "authorization": all.first(),
         "authorization_count": all.len(),
         "path": path,
+        "dpop": headers.get("dpop").and_then(|v| v.to_str().ok()),
     }))
 }
 
 /// An HTTP server that answers every request with the Authorization header it received, as JSON
-/// `{"authorization": "..." | null, "authorization_count": n, "path": "..."}`.
+/// `{"authorization": "..." | null, "authorization_count": n, "path": "...", "dpop": "..." | null}`.
 #[derive(Debug)]
 pub struct Upstream {
     pub port: u16,
