@@ -1,12 +1,17 @@
 //! The filter's own cache, one per Envoy worker (each worker runs its own Wasm VM): the sidecar's
-//! answers for (destination, subject token), keyed by baton-decide's cache key (never the token),
+//! answers for (destination, subject token), keyed by baton-decide's digests of both (never the token),
 //! each until its expiry and only under the revocation generation it was made in. Bounded by
 //! `max_entries`; it never serves an entry past its expiry or from an older generation.
 
 use std::collections::HashMap;
 
-use baton_decide::key::Key;
 use serde_json::{Map, Value};
+
+/// A cache key: the destination's parameter digest and the subject token's SHA-256
+/// (`baton_decide::key::{params_digest, digest}`). A pair rather than one digest of both: a hit
+/// then hashes the token once (its SHA-256 is most of the filter's own work on a hit), and two
+/// keys are equal exactly when both digests are.
+pub type Key = (baton_decide::key::Key, baton_decide::key::Key);
 
 /// One answer of the sidecar's, kept.
 #[derive(Debug)]
@@ -107,6 +112,10 @@ impl Cache {
 mod tests {
     use super::*;
 
+    fn k(i: u8) -> Key {
+        ([7; 32], [i; 32])
+    }
+
     fn entry(expires_at: u64) -> Entry {
         Entry {
             authorization: "Bearer t".to_owned(),
@@ -119,23 +128,23 @@ mod tests {
     #[test]
     fn an_entry_is_served_until_its_expiry_only() {
         let mut cache = Cache::new(4);
-        assert!(cache.insert([1; 32], entry(100), 0, 10));
-        assert!(cache.get(&[1; 32], 99).is_some());
-        assert!(cache.get(&[1; 32], 100).is_none());
+        assert!(cache.insert(k(1), entry(100), 0, 10));
+        assert!(cache.get(&k(1), 99).is_some());
+        assert!(cache.get(&k(1), 100).is_none());
         assert!(cache.is_empty(), "an expired entry is dropped");
-        assert!(!cache.insert([2; 32], entry(10), 0, 10), "already expired: not kept");
+        assert!(!cache.insert(k(2), entry(10), 0, 10), "already expired: not kept");
     }
 
     #[test]
     fn a_new_epoch_drops_everything_and_an_older_answer_is_not_kept() {
         let mut cache = Cache::new(4);
-        assert!(cache.insert([1; 32], entry(100), 3, 0));
+        assert!(cache.insert(k(1), entry(100), 3, 0));
         cache.epoch(3);
         assert_eq!(cache.len(), 1, "the same epoch keeps the entries");
         cache.epoch(4);
         assert!(cache.is_empty(), "a revocation drops everything");
-        assert!(!cache.insert([1; 32], entry(100), 3, 0), "made before the revocation");
-        assert!(cache.insert([1; 32], entry(100), 5, 0));
+        assert!(!cache.insert(k(1), entry(100), 3, 0), "made before the revocation");
+        assert!(cache.insert(k(1), entry(100), 5, 0));
         assert_eq!(cache.generation(), Some(5));
         cache.epoch(0);
         assert!(
@@ -165,9 +174,9 @@ mod tests {
     fn the_cache_is_bounded() {
         let mut cache = Cache::new(2);
         for i in 0..10u8 {
-            assert!(cache.insert([i; 32], entry(100), 0, 0));
+            assert!(cache.insert(k(i), entry(100), 0, 0));
             assert!(cache.len() <= 2);
         }
-        assert!(cache.get(&[9; 32], 0).is_some(), "the newest entry is kept");
+        assert!(cache.get(&k(9), 0).is_some(), "the newest entry is kept");
     }
 }

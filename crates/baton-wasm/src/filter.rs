@@ -12,11 +12,10 @@ use prost::Message as _;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-use baton_decide::key::Key;
 use baton_decide::reason::{Class, Denial, Reason};
 use baton_decide::request::{HeaderLines, Headers};
 
-use crate::cache::{Cache, Entry};
+use crate::cache::{Cache, Entry, Key};
 use crate::config::Settings;
 use crate::local::{self, Local, Request};
 use crate::messages::{self, DecideReply, DecideRequest, EpochReply, EpochRequest, action};

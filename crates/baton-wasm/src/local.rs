@@ -6,12 +6,12 @@
 //! the sidecar decides, and audits.
 
 use baton_decide::canonical;
-use baton_decide::key::{self, Key};
+use baton_decide::key;
 use baton_decide::policy::Facts;
 use baton_decide::reason::{Denial, Reason};
 use baton_decide::request::{self, Headers};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Key};
 use crate::config::{Settings, Unknown};
 
 /// The request as the filter reads it from Envoy.
@@ -80,7 +80,7 @@ pub fn decide(settings: &Settings, cache: &mut Cache, request: &Request<'_>, now
         Ok(None) => return Local::Deny(Denial::new(Reason::MissingToken, "the request has no bearer token")),
         Err(denial) => return Local::Deny(denial),
     };
-    let key = key::key(&destination.params, "", &key::digest(token));
+    let key = (destination.params, key::digest(token));
     let miss = || Local::Miss {
         destination: destination.name.clone(),
         key,
@@ -238,6 +238,40 @@ mod tests {
             run(&s, &mut cache, "orders.internal", "GET", &other, true),
             Local::Miss { .. }
         ));
+    }
+
+    #[test]
+    fn a_token_cached_for_one_destination_is_never_served_to_another() {
+        let s = Settings::from_json(
+            br#"{"sidecar_cluster":"baton","destinations":[
+              {"name":"orders","hosts":["orders.internal"]},{"name":"billing","hosts":["billing.internal"]}]}"#,
+        )
+        .expect("valid");
+        let mut cache = Cache::new(8);
+        let user = Pairs(vec![("authorization", "Bearer user-token")]);
+        let Local::Miss { key, .. } = run(&s, &mut cache, "orders.internal", "GET", &user, true) else {
+            panic!("an empty cache misses");
+        };
+        let entry = Entry {
+            authorization: "Bearer for-orders".to_owned(),
+            expires_at: 2_000,
+            claims: None,
+        };
+        assert!(cache.insert(key, entry, 0, 1_000));
+        assert!(matches!(
+            run(&s, &mut cache, "orders.internal", "GET", &user, true),
+            Local::Hit { .. }
+        ));
+        let Local::Miss {
+            key: other,
+            destination,
+        } = run(&s, &mut cache, "billing.internal", "GET", &user, true)
+        else {
+            panic!("billing must not be served the token cached for orders");
+        };
+        assert_eq!(destination, "billing");
+        assert_ne!(other, key);
+        assert_eq!(other.1, key.1, "the same subject token digest, another destination");
     }
 
     #[test]
