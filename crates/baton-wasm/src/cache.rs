@@ -162,12 +162,12 @@ mod tests {
         };
         let mut held = entry(100);
         held.served = Some(handle.clone());
-        assert!(cache.insert([1; 32], held, 0, 0));
-        assert_eq!(cache.forget(&[1; 32], "Bearer other"), None, "a newer token is kept");
+        assert!(cache.insert(k(1), held, 0, 0));
+        assert_eq!(cache.forget(&k(1), "Bearer other"), None, "a newer token is kept");
         assert_eq!(cache.len(), 1);
-        assert_eq!(cache.forget(&[1; 32], "Bearer t"), Some(handle));
+        assert_eq!(cache.forget(&k(1), "Bearer t"), Some(handle));
         assert!(cache.is_empty());
-        assert_eq!(cache.forget(&[1; 32], "Bearer t"), None);
+        assert_eq!(cache.forget(&k(1), "Bearer t"), None);
     }
 
     #[test]

@@ -256,6 +256,7 @@ mod tests {
             authorization: "Bearer for-orders".to_owned(),
             expires_at: 2_000,
             claims: None,
+            served: None,
         };
         assert!(cache.insert(key, entry, 0, 1_000));
         assert!(matches!(

@@ -7,8 +7,8 @@
 //! It never reads a body, never guesses (a `:status` twice, too many challenges, one that cannot
 //! be read whole: no), and never puts a token in a Purge or a log.
 
+use crate::cache::Key;
 use baton_decide::challenge;
-use baton_decide::key::Key;
 
 /// The most `WWW-Authenticate` lines read from one response; past them the response says no.
 pub const MAX_CHALLENGE_LINES: usize = 16;

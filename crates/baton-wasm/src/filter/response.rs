@@ -10,9 +10,8 @@ use prost::Message as _;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
-use baton_decide::key::Key;
-
 use super::Http;
+use crate::cache::Key;
 use crate::messages::{self, DecideReply, PurgeReply, PurgeRequest};
 use crate::purge::{self, Handle, Served};
 
