@@ -66,6 +66,7 @@ fn main() {
         authorization: format!("Bearer {}", "b".repeat(900)),
         expires_at: u64::MAX,
         claims: claims.as_object().cloned(),
+        served: None,
     };
     assert!(cache.insert(key, entry, 0, 1_000));
     let mut hits = 0u64;

@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod key;
 pub mod local;
 pub mod messages;
 pub mod purge;

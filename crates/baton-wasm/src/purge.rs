@@ -7,7 +7,7 @@
 //! It never reads a body, never guesses (a `:status` twice, too many challenges, one that cannot
 //! be read whole: no), and never puts a token in a Purge or a log.
 
-use crate::cache::Key;
+use crate::key::Key;
 use baton_decide::challenge;
 
 /// The most `WWW-Authenticate` lines read from one response; past them the response says no.

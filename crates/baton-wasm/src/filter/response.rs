@@ -11,7 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
 use super::Http;
-use crate::cache::Key;
+use crate::key::Key;
 use crate::messages::{self, DecideReply, PurgeReply, PurgeRequest};
 use crate::purge::{self, Handle, Served};
 
