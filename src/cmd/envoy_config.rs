@@ -13,7 +13,8 @@ pub(crate) struct Args {
     /// The Envoy filter that asks Baton.
     #[arg(long, value_enum, default_value_t = Api::ExtAuthz)]
     api: Api,
-    /// Reach Baton on this Unix socket (default: listen.grpc_uds, else listen.grpc).
+    /// Reach Baton on this Unix socket (default: listen.grpc_uds, else listen.grpc; with
+    /// ext_authz_http: listen.authz_http_uds, else listen.authz_http).
     #[arg(long)]
     uds: Option<PathBuf>,
     /// Envoy's client certificate (PEM) for Baton's mutual-TLS listener (listen.grpc_tls).
@@ -48,6 +49,9 @@ enum Api {
     /// In-proxy mode: baton.wasm in Envoy, asking Baton on a miss.
     #[value(name = "wasm")]
     Wasm,
+    /// ext_authz over HTTP/1.1 to Baton's listen.authz_http (or authz_http_uds).
+    #[value(name = "ext_authz_http")]
+    ExtAuthzHttp,
 }
 
 impl Args {
@@ -73,6 +77,7 @@ impl Args {
             Api::ExtAuthz => envoy_config::Api::ExtAuthz,
             Api::ExtProc => envoy_config::Api::ExtProc,
             Api::Wasm => envoy_config::Api::Wasm,
+            Api::ExtAuthzHttp => envoy_config::Api::ExtAuthzHttp,
         };
         let wasm_module = self.wasm_module;
         let config_path = self.config;

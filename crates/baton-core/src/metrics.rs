@@ -176,11 +176,14 @@ pub struct Metrics {
 /// lock on every call; a cache hit would pay that twice for labels from a fixed set.
 #[derive(Debug, Default)]
 struct HotSeries {
-    /// By `api` (check, ext_proc, broker, in_proxy), then `cache` (none, hit, miss, coalesced).
-    durations: [[OnceLock<Histogram>; 4]; 4],
+    /// By `api` (check, ext_proc, broker, in_proxy, ext_authz_http), then `cache` (none, hit, miss, coalesced).
+    durations: [[OnceLock<Histogram>; 4]; API_SLOTS],
     /// By result: hit, miss, coalesced.
     cache_requests: [OnceLock<Counter>; 3],
 }
+
+/// The decision-duration series' slots by API: one per `telemetry::Api` (checked where it is declared).
+pub const API_SLOTS: usize = 5;
 
 /// 10 us to 2.5 s: a cache hit is microseconds, a miss is an exchange.
 fn decision_histogram() -> Histogram {
@@ -339,7 +342,7 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// `check_duration` for `api` (its index in check, ext_proc, broker, in_proxy) and `cache` (none, hit,
+    /// `check_duration` for `api` (its index in check, ext_proc, broker, in_proxy, ext_authz_http) and `cache` (none, hit,
     /// miss, coalesced: its index and label).
     pub fn decision_duration(&self, api: (usize, &'static str), cache: (usize, &'static str)) -> &Histogram {
         self.hot.durations[api.0][cache.0].get_or_init(|| {

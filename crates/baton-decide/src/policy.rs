@@ -238,6 +238,12 @@ impl Policy {
         }
     }
 
+    /// Whether this policy judges the calling workload (`allowed_sources`, or a `when:` expression
+    /// reading `source`): an Envoy API that carries no source principal cannot serve it.
+    pub fn reads_source(&self) -> bool {
+        !self.sources.is_empty() || self.when.as_ref().is_some_and(|e| e.reads_source)
+    }
+
     /// Every rule, cheapest first; the first that refuses names itself in the reason.
     pub fn check(&self, facts: &Facts<'_>) -> Result<(), Denial> {
         let mut outcome = Ok(());
@@ -518,6 +524,7 @@ struct Expression {
     env: Arc<cel::Env>,
     reads_subject: bool,
     reads_request: bool,
+    reads_source: bool,
 }
 
 impl std::fmt::Debug for Expression {
@@ -544,12 +551,14 @@ impl Expression {
         }
         let reads_subject = references.has_variable("subject");
         let reads_request = references.has_variable("request");
+        let reads_source = references.has_variable("source");
         Ok(Self {
             source: source.to_owned(),
             program,
             env,
             reads_subject,
             reads_request,
+            reads_source,
         })
     }
 
@@ -633,6 +642,19 @@ mod tests {
             destination: "orders",
         };
         policy.check(&facts).map_err(|d| d.reason)
+    }
+
+    /// Whether a policy judges the caller: ext_authz over HTTP carries no source principal.
+    #[test]
+    fn a_policy_reads_the_source_through_allowed_sources_or_its_expression() {
+        for (yaml, reads) in [
+            ("{}", false),
+            ("methods: [GET]\nwhen: destination == 'orders'", false),
+            ("allowed_sources: [\"spiffe://a/*\"]", true),
+            ("when: source.startsWith('spiffe://a/')", true),
+        ] {
+            assert_eq!(compile(yaml, true).expect("compiles").reads_source(), reads, "{yaml}");
+        }
     }
 
     /// The headers a policy reads are the ones its expression can see, and only when it reads

@@ -175,11 +175,24 @@ pub async fn bind(config: &File) -> Result<Listeners, String> {
         Some(addr) => Some(tcp("listen.admin", addr).await?),
         None => None,
     };
+    let authz_http = match config.listen.authz_http {
+        Some(addr) => Some(tcp("listen.authz_http", addr).await?),
+        None => None,
+    };
+    let authz_http_uds = match &config.listen.authz_http_uds {
+        Some(path) => Some(
+            bind_uds(path, config.listen.grpc_uds_mode, config.listen.grpc_uds_group.as_ref())
+                .map_err(|e| format!("cannot listen on listen.authz_http_uds {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     Ok(Listeners {
         grpc,
         grpc_tls,
         grpc_uds,
         admin,
+        authz_http,
+        authz_http_uds,
     })
 }
 
@@ -256,6 +269,11 @@ pub async fn run(path: PathBuf, config: File, shutdown: impl Future<Output = ()>
     {
         tracing::warn!(%addr, "listen.grpc serves plain text beyond loopback (insecure_plaintext): anyone who reaches it may ask for tokens");
     }
+    if let Some(addr) = config.listen.authz_http
+        && !baton_decide::settings::is_loopback(addr.ip())
+    {
+        tracing::warn!(%addr, "listen.authz_http serves plain text beyond loopback (insecure_plaintext): anyone who reaches it may ask for tokens");
+    }
     // Values as a person reads them: an address or `off`, never Rust's `Some(..)`/`None`.
     let shown = |value: Option<String>| value.unwrap_or_else(|| "off".to_owned());
     let audit = match &config.decision.audit.sink {
@@ -270,6 +288,8 @@ pub async fn run(path: PathBuf, config: File, shutdown: impl Future<Output = ()>
         grpc_uds = %shown(config.listen.grpc_uds.as_ref().map(|p| p.display().to_string())),
         grpc_uds_mode = format_args!("{:04o}", config.listen.grpc_uds_mode),
         admin = %shown(config.listen.admin.map(|a| a.to_string())),
+        authz_http = %shown(config.listen.authz_http.map(|a| a.to_string())),
+        authz_http_uds = %shown(config.listen.authz_http_uds.as_ref().map(|p| p.display().to_string())),
         destinations = config.decision.destinations.len(),
         trusted_issuers = config.decision.trusted_issuers.len(),
         tracing = config.decision.telemetry.tracing.is_some(),

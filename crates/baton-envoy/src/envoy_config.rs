@@ -25,6 +25,12 @@ use baton_decide::route::CONTEXT_KEY;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:15001";
 /// The Envoy cluster that reaches Baton.
 pub const BATON_CLUSTER: &str = "baton";
+/// The Envoy cluster that reaches Baton's HTTP authorization listener (`Api::ExtAuthzHttp`).
+pub const BATON_HTTP_CLUSTER: &str = "baton_http";
+/// How long Envoy keeps an idle connection to Baton's HTTP authorization listener: less than
+/// Baton's [`crate::authz_http::HEADER_READ_TIMEOUT`], so Envoy closes it first and never sends a
+/// request on a connection Baton is closing.
+pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// The Envoy cluster that reaches the destinations: a dynamic forward proxy (DNS of `:authority`).
 pub const OUTBOUND_CLUSTER: &str = "baton_outbound";
 /// How much longer than Baton's longest token service `timeout` Envoy waits for Baton's answer, so
@@ -45,6 +51,9 @@ pub enum Api {
     /// `envoy.filters.http.wasm` running `baton.wasm` (in-proxy mode): hits served inside Envoy,
     /// misses asked of Baton's `baton.v1.InProxy` (see `wasm_plugin`). Needs `Options::wasm`.
     Wasm,
+    /// `envoy.filters.http.ext_authz` over HTTP/1.1 (`http_service`) to Baton's `listen.authz_http`
+    /// (or `authz_http_uds`): no route names a destination (Baton matches hosts), no source principal.
+    ExtAuthzHttp,
 }
 
 /// Where Envoy reaches Baton.
@@ -96,6 +105,17 @@ impl Options {
         tls: Option<ClientTls>,
         listen: SocketAddr,
     ) -> Result<Self, String> {
+        if api == Api::ExtAuthzHttp {
+            return Ok(Self {
+                api,
+                baton: http_address(config, uds, tls.as_ref())?,
+                tls: None,
+                listen,
+                timeout: longest_exchange(config) + TIMEOUT_MARGIN,
+                headers: crate::reads::headers(config),
+                wasm: None,
+            });
+        }
         let baton = match uds.or_else(|| config.listen.grpc_uds.clone()) {
             Some(path) => {
                 if tls.is_some() {
@@ -154,6 +174,60 @@ impl Options {
     }
 }
 
+/// Where Envoy reaches Baton's HTTP authorization listener: `uds`, else `listen.authz_http_uds`,
+/// else `listen.authz_http` (plain text: the --tls-* options do not apply).
+fn http_address(config: &Config, uds: Option<PathBuf>, tls: Option<&ClientTls>) -> Result<BatonAddress, String> {
+    if tls.is_some() {
+        return Err("--api ext_authz_http reaches Baton in plain text on loopback or a Unix socket: the --tls-* options do not apply".into());
+    }
+    if let Some(path) = uds.or_else(|| config.listen.authz_http_uds.clone()) {
+        return Ok(BatonAddress::Uds(path));
+    }
+    let Some(mut addr) = config.listen.authz_http else {
+        return Err(
+            "--api ext_authz_http needs Baton's HTTP authorization listener: add listen.authz_http_uds or listen.authz_http"
+                .into(),
+        );
+    };
+    if addr.port() == 0 {
+        return Err("listen.authz_http has port 0, which Envoy cannot connect to: give a port, or --uds".into());
+    }
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    Ok(BatonAddress::Tcp(addr))
+}
+
+/// What ext_authz over HTTP cannot carry, refused rather than generated: a route naming a
+/// destination (`context_extensions`; a destination without `hosts` is reached only that way)
+/// and the caller's certificate (`source.principal`; a policy judging the caller needs
+/// `workload_identity` then). Every such destination is named.
+fn check_http(config: &Config) -> Result<(), String> {
+    let decision = &config.decision;
+    let mut refused = Vec::new();
+    for d in &decision.destinations {
+        if d.hosts.is_empty() {
+            refused.push(format!(
+                "destination `{}` has no hosts: only a route can name it (context_extensions), which ext_authz over HTTP cannot carry; give it hosts, or use --api ext_authz",
+                d.name
+            ));
+        }
+        if d.policy.reads_source() && decision.workload_identity.is_none() {
+            refused.push(format!(
+                "destination `{}`: its policy judges the calling workload (allowed_sources, or `source` in `when`), and ext_authz over HTTP carries no peer certificate: set workload.identity, or use --api ext_authz",
+                d.name
+            ));
+        }
+    }
+    match refused.is_empty() {
+        true => Ok(()),
+        false => Err(refused.join("\n")),
+    }
+}
+
 /// The longest a token exchange may take (retries share it), whichever token service it goes to.
 fn longest_exchange(config: &Config) -> Duration {
     config
@@ -169,6 +243,9 @@ fn longest_exchange(config: &Config) -> Duration {
 /// router), a virtual host per destination host, the cluster to Baton and the outbound cluster.
 pub fn bootstrap(config: &Config, options: &Options) -> Result<Value, String> {
     check_wasm(options)?;
+    if options.api == Api::ExtAuthzHttp {
+        check_http(config)?;
+    }
     let routes = virtual_hosts(config, options.api)?;
     let listener = json!({
         "name": "baton_outbound",
@@ -217,6 +294,9 @@ pub fn bootstrap(config: &Config, options: &Options) -> Result<Value, String> {
 /// per destination the `typed_per_filter_config` to put on the routes that reach it.
 pub fn fragment(config: &Config, options: &Options) -> Result<Value, String> {
     check_wasm(options)?;
+    if options.api == Api::ExtAuthzHttp {
+        check_http(config)?;
+    }
     let mut destinations = serde_json::Map::new();
     for d in &config.decision.destinations {
         destinations.insert(
@@ -243,6 +323,7 @@ pub fn to_yaml(document: &Value) -> Result<String, String> {
 
 fn check_wasm(options: &Options) -> Result<(), String> {
     match (options.api, &options.wasm) {
+        (Api::ExtAuthzHttp, _) => Ok(()),
         (Api::Wasm, None) => Err("--api wasm needs --wasm-module (the path of baton.wasm on the Envoy host)".into()),
         _ => Ok(()),
     }
@@ -270,6 +351,30 @@ fn baton_filter(options: &Options) -> Value {
                 "grpc_service": grpc_service(Some(&timeout)),
                 "failure_mode_allow": false,
                 // Baton unreachable is an outage, not a refusal.
+                "status_on_error": { "code": "ServiceUnavailable" },
+                // Only the headers Baton reads; no body, no peer certificate (issue 15).
+                "allowed_headers": crate::reads::matcher(&options.headers),
+            },
+        }),
+        Api::ExtAuthzHttp => json!({
+            "name": EXT_AUTHZ,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                "transport_api_version": "V3",
+                "http_service": {
+                    // The authorization request keeps the original path: no prefix.
+                    "server_uri": { "uri": "http://baton", "cluster": BATON_HTTP_CLUSTER, "timeout": timeout },
+                    "authorization_response": {
+                        // A 200 sets these on the request (Baton's `x-envoy-auth-headers-to-remove`
+                        // removes the caller's `dpop`, or its `authorization` on a strip).
+                        "allowed_upstream_headers": crate::reads::matcher(&["authorization", "dpop"]),
+                        // A denial's challenge, JSON body and Retry-After reach the caller.
+                        "allowed_client_headers": crate::reads::matcher(&["content-type", "retry-after", "www-authenticate"]),
+                        // Baton's dynamic metadata, as response headers of the same names.
+                        "dynamic_metadata_from_headers": crate::reads::matcher(&crate::respond::METADATA_KEYS),
+                    },
+                },
+                "failure_mode_allow": false,
                 "status_on_error": { "code": "ServiceUnavailable" },
                 // Only the headers Baton reads; no body, no peer certificate (issue 15).
                 "allowed_headers": crate::reads::matcher(&options.headers),
@@ -338,6 +443,25 @@ fn baton_cluster(options: &Options) -> Value {
         BatonAddress::Tcp(addr) => socket_address(*addr),
         BatonAddress::Uds(path) => json!({ "pipe": { "path": path.display().to_string() } }),
     };
+    if options.api == Api::ExtAuthzHttp {
+        return json!({
+            "name": BATON_HTTP_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            // HTTP/1.1, closing an idle connection before Baton would.
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "common_http_protocol_options": { "idle_timeout": duration(HTTP_IDLE_TIMEOUT) },
+                    "explicit_http_config": { "http_protocol_options": {} },
+                },
+            },
+            "load_assignment": {
+                "cluster_name": BATON_HTTP_CLUSTER,
+                "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": address } }] }],
+            },
+        });
+    }
     let mut cluster = json!({
         "name": BATON_CLUSTER,
         "type": "STATIC",
@@ -543,6 +667,8 @@ fn naming(api: Api, destination: &str) -> Result<Value, String> {
     Ok(match api {
         // The filter matches hosts itself (the same patterns as Baton): no route names a destination.
         Api::Wasm => Value::Null,
+        // No context_extensions over HTTP: Baton matches the host (`check_http`).
+        Api::ExtAuthzHttp => Value::Null,
         Api::ExtAuthz => json!({
             EXT_AUTHZ: {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
@@ -816,6 +942,112 @@ destinations:
         assert!(yaml.starts_with("static_resources:"), "{yaml}");
         let back: Value = serde_saphyr::from_str(&yaml).expect("parse back");
         assert_eq!(back, doc);
+    }
+
+    /// ext_authz over HTTP: `http_service` to the `baton_http` cluster (HTTP/1.1), the headers
+    /// Baton reads, its answer's headers allowed through, failing closed; no route names anything.
+    #[test]
+    fn ext_authz_over_http_asks_batons_http_listener() {
+        let yaml = |listen: &str, extra: &str| {
+            Config::from_yaml(&format!(
+                "listen: {{ {listen} }}\n{extra}token_service: {{ token_endpoint: http://127.0.0.1:9400/token, client_id: c, auth: {{ method: none }}, timeout: 1500ms }}\n\
+                 destinations:\n  - {{ name: orders, hosts: [orders], audience: a }}\n"
+            ))
+            .expect("config")
+        };
+        let listen = DEFAULT_LISTEN.parse().expect("addr");
+        let config = yaml(
+            "grpc: 127.0.0.1:9191, authz_http: 0.0.0.0:9192, insecure_plaintext: true",
+            "",
+        );
+        let options = Options::new(&config, Api::ExtAuthzHttp, None, None, listen).expect("options");
+        let doc = bootstrap(&config, &options).expect("bootstrap");
+        let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        let filter = &hcm["http_filters"][0];
+        assert_eq!(filter["name"], EXT_AUTHZ);
+        let filter = &filter["typed_config"];
+        assert_eq!(filter["failure_mode_allow"], false);
+        assert!(filter.get("grpc_service").is_none());
+        assert_eq!(
+            filter["http_service"]["server_uri"],
+            json!({ "uri": "http://baton", "cluster": BATON_HTTP_CLUSTER, "timeout": "2.500s" })
+        );
+        let response = &filter["http_service"]["authorization_response"];
+        assert_eq!(
+            response["allowed_upstream_headers"],
+            crate::reads::matcher(&["authorization", "dpop"])
+        );
+        assert_eq!(
+            response["allowed_client_headers"],
+            crate::reads::matcher(&["content-type", "retry-after", "www-authenticate"])
+        );
+        assert_eq!(
+            filter["allowed_headers"],
+            crate::reads::matcher(&["authorization", "traceparent", "tracestate"])
+        );
+        for absent in ["with_request_body", "include_peer_certificate", "include_tls_session"] {
+            assert!(filter.get(absent).is_none(), "{absent}");
+        }
+        let cluster = &doc["static_resources"]["clusters"][0];
+        assert_eq!(cluster["name"], BATON_HTTP_CLUSTER);
+        let protocol =
+            &cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        assert_eq!(protocol["explicit_http_config"], json!({ "http_protocol_options": {} }));
+        assert!(HTTP_IDLE_TIMEOUT < crate::authz_http::HEADER_READ_TIMEOUT);
+        assert_eq!(
+            cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"],
+            json!({ "address": "127.0.0.1", "port_value": 9192 })
+        );
+        // No route names a destination: Baton matches the host.
+        assert_eq!(named(&vhost(&doc, "orders")["routes"][0]), None);
+
+        // The Unix socket wins; without either listener, or with --tls-*, it is refused.
+        let config = yaml("authz_http: 127.0.0.1:9192, authz_http_uds: /run/baton/http.sock", "");
+        let options = Options::new(&config, Api::ExtAuthzHttp, None, None, listen).expect("options");
+        assert_eq!(options.baton, BatonAddress::Uds("/run/baton/http.sock".into()));
+        let config = yaml("grpc: 127.0.0.1:9191", "");
+        let err = Options::new(&config, Api::ExtAuthzHttp, None, None, listen).expect_err("no listener");
+        assert!(err.contains("listen.authz_http"), "{err}");
+        let tls = ClientTls {
+            cert_file: "c".into(),
+            key_file: "k".into(),
+            ca_file: "a".into(),
+            server_name: "baton".into(),
+        };
+        let config = yaml("authz_http: 127.0.0.1:9192", "");
+        let err = Options::new(&config, Api::ExtAuthzHttp, None, Some(tls), listen).expect_err("tls");
+        assert!(err.contains("--tls-"), "{err}");
+    }
+
+    /// What HTTP cannot carry is refused, naming each destination: a route naming a host-less
+    /// destination, and a policy on the caller without `workload_identity`.
+    #[test]
+    fn ext_authz_over_http_refuses_what_it_cannot_carry() {
+        let yaml = |extra: &str, destinations: &str| {
+            Config::from_yaml(&format!(
+                "listen: {{ authz_http: 127.0.0.1:9192 }}\n{extra}token_service: {{ token_endpoint: http://127.0.0.1:9400/token, client_id: c, auth: {{ method: none }} }}\ndestinations:\n{destinations}"
+            ))
+            .expect("config")
+        };
+        let listen = DEFAULT_LISTEN.parse().expect("addr");
+        let destinations = "  - { name: routed, audience: a }\n  - { name: sourced, hosts: [s], audience: b, policy: { allowed_sources: [\"spiffe://a/*\"] } }\n  - { name: fine, hosts: [f], audience: c }\n";
+        let config = yaml("", destinations);
+        let options = Options::new(&config, Api::ExtAuthzHttp, None, None, listen).expect("options");
+        for err in [
+            bootstrap(&config, &options).expect_err("refused"),
+            fragment(&config, &options).expect_err("refused"),
+        ] {
+            assert!(err.contains("`routed` has no hosts"), "{err}");
+            assert!(err.contains("`sourced`") && err.contains("workload.identity"), "{err}");
+            assert!(!err.contains("`fine`"), "{err}");
+        }
+        // workload_identity stands for the caller; ext_authz over gRPC takes both.
+        let config = yaml(
+            "workload: { identity: spiffe://a/web }\n",
+            "  - { name: sourced, hosts: [s], audience: b, policy: { allowed_sources: [\"spiffe://a/*\"] } }\n",
+        );
+        let options = Options::new(&config, Api::ExtAuthzHttp, None, None, listen).expect("options");
+        assert!(bootstrap(&config, &options).is_ok());
     }
 
     // === Envoy's routes and Baton's matching agree ===

@@ -1,13 +1,14 @@
 //! Baton's Envoy side: reads Envoy's ext_authz CheckRequest and ext_proc ProcessingRequest
 //! (`extract`), asks the decision (`baton_core::authz`) through one path (`outcome`), and turns
 //! the answer into Envoy's reply in one place (`respond`). It serves those APIs and the broker API
-//! (`server`, `ext_proc`, `broker`) on the listener `listen` and `tls` set up, writes the Envoy
+//! (`server`, `ext_proc`, `broker`; ext_authz over HTTP: `authz_http`) on the listener `listen` and `tls` set up, writes the Envoy
 //! configuration that points at Baton (`envoy_config`), and composes and reloads the whole
 //! (`app`, `reload`, `file`: the configuration file).
 //!
 //! It must never decide a delegation itself: every allow or deny comes from `baton_core`.
 
 pub mod app;
+pub mod authz_http;
 mod backchannel;
 pub mod broker;
 pub mod check_wire;

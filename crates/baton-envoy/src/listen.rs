@@ -1,5 +1,7 @@
 //! Where Baton listens: the `listen:` section (the gRPC listener on TCP, with mutual TLS unless it
-//! is loopback, and/or on a Unix socket with its mode and group; the admin listener). Serving
+//! is loopback, and/or on a Unix socket with its mode and group; the admin listener; the ext_authz
+//! over HTTP listener on loopback TCP and/or a Unix socket, which shares the gRPC socket's mode and
+//! group: one Envoy connects to both). Serving
 //! configuration: the decision never reads it, and a reload never changes it (a restart does).
 
 use std::net::SocketAddr;
@@ -9,7 +11,8 @@ use serde::Deserialize;
 
 use baton_decide::settings::{Errors, is_loopback};
 
-/// `listen:`. At least one of `grpc` and `grpc_uds`; neither has a default address.
+/// `listen:`. At least one of `grpc`, `grpc_uds`, `authz_http` and `authz_http_uds`; none has a
+/// default address.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Raw {
@@ -26,6 +29,11 @@ pub struct Raw {
     /// Allow plain-text `grpc` on a non-loopback address.
     pub insecure_plaintext: bool,
     pub admin: Option<String>,
+    /// TCP listener for Envoy's ext_authz over HTTP (`authz_http`), opt-in, plain text: loopback
+    /// only, unless `insecure_plaintext`.
+    pub authz_http: Option<String>,
+    /// Unix socket listener for ext_authz over HTTP, with `grpc_uds_mode` and `grpc_uds_group`.
+    pub authz_http_uds: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +45,8 @@ pub struct Settings {
     pub grpc_uds_group: Option<UdsGroup>,
     pub grpc_tls: Option<crate::tls::GrpcTls>,
     pub admin: Option<SocketAddr>,
+    pub authz_http: Option<SocketAddr>,
+    pub authz_http_uds: Option<PathBuf>,
 }
 
 /// The default `listen.grpc_uds_mode`: the owner and the group may connect, nobody else.
@@ -62,7 +72,12 @@ impl Raw {
             .admin
             .as_deref()
             .and_then(|a| socket_addr(a, "listen.admin", errors));
-        if self.grpc.is_none() && self.grpc_uds.is_none() {
+        let authz_http = self
+            .authz_http
+            .as_deref()
+            .and_then(|a| socket_addr(a, "listen.authz_http", errors));
+        let serves_http = self.authz_http.is_some() || self.authz_http_uds.is_some();
+        if self.grpc.is_none() && self.grpc_uds.is_none() && !serves_http {
             errors.add(
                 "listen",
                 "Baton has no gRPC listener: add `grpc_uds: /var/run/baton/baton.sock` (the sidecar's Unix socket), \
@@ -91,13 +106,41 @@ impl Raw {
                 None
             }
         });
-        if self.grpc_uds.is_none() {
+        if let Some(path) = &self.authz_http_uds
+            && path.as_os_str().is_empty()
+        {
+            errors.add("listen.authz_http_uds", "must be a path");
+        }
+        if let (Some(http), Some(grpc)) = (&self.authz_http_uds, &self.grpc_uds)
+            && http == grpc
+        {
+            errors.add(
+                "listen.authz_http_uds",
+                "is also listen.grpc_uds: give each its own path",
+            );
+        }
+        if let Some(addr) = authz_http
+            && !self.insecure_plaintext
+            && !is_loopback(addr.ip())
+        {
+            errors.add(
+                "listen.authz_http",
+                format!(
+                    "`{addr}` is not a loopback address, and plain text there lets anyone who reaches it ask for tokens: \
+                     use `authz_http_uds`, or set `insecure_plaintext: true` if something else protects it"
+                ),
+            );
+        }
+        if self.grpc_uds.is_none() && self.authz_http_uds.is_none() {
             for (set, field) in [
                 (self.grpc_uds_mode.is_some(), "listen.grpc_uds_mode"),
                 (self.grpc_uds_group.is_some(), "listen.grpc_uds_group"),
             ] {
                 if set {
-                    errors.add(field, "applies to listen.grpc_uds, which is not set");
+                    errors.add(
+                        field,
+                        "applies to listen.grpc_uds and listen.authz_http_uds, neither of which is set",
+                    );
                 }
             }
         }
@@ -121,6 +164,14 @@ impl Raw {
         {
             errors.add("listen.admin", format!("`{admin}` is also listen.grpc"));
         }
+        for (other, name) in [(grpc.ok().flatten(), "listen.grpc"), (admin, "listen.admin")] {
+            if let (Some(http), Some(other)) = (authz_http, other)
+                && http.port() != 0
+                && http == other
+            {
+                errors.add("listen.authz_http", format!("`{http}` is also {name}"));
+            }
+        }
         Some(Settings {
             grpc: grpc.ok()?,
             grpc_uds: self.grpc_uds,
@@ -128,6 +179,8 @@ impl Raw {
             grpc_uds_group,
             grpc_tls,
             admin,
+            authz_http,
+            authz_http_uds: self.authz_http_uds,
         })
     }
 }
@@ -173,5 +226,66 @@ fn socket_addr(text: &str, field: &str, errors: &mut Errors) -> Option<SocketAdd
             errors.add(field, format!("`{text}` is not an address like 127.0.0.1:9191"));
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(yaml: &str) -> (Option<Settings>, Vec<(String, String)>) {
+        let raw: Raw = serde_saphyr::from_str(yaml).expect("yaml");
+        let mut errors = Errors::default();
+        let settings = raw.validate(&mut errors);
+        let errors = errors.0.into_iter().map(|e| (e.path, e.message)).collect();
+        (settings, errors)
+    }
+
+    fn paths(yaml: &str) -> Vec<String> {
+        validate(yaml).1.into_iter().map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn the_http_authorization_listener_is_loopback_or_a_unix_socket() {
+        // Alone, it is a listener: Envoy needs no gRPC one to ask over HTTP.
+        let (settings, errors) = validate("authz_http: 127.0.0.1:9192\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        let settings = settings.expect("settings");
+        assert_eq!(settings.authz_http, Some("127.0.0.1:9192".parse().expect("addr")));
+        let (settings, errors) = validate("authz_http_uds: /run/baton-http.sock\ngrpc_uds_mode: \"0600\"\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        let settings = settings.expect("settings");
+        assert_eq!(
+            (settings.authz_http_uds.as_deref(), settings.grpc_uds_mode),
+            (Some(std::path::Path::new("/run/baton-http.sock")), 0o600)
+        );
+
+        // Plain text beyond loopback: refused, unless insecure_plaintext says something else protects it.
+        let (_, errors) = validate("authz_http: 0.0.0.0:9192\n");
+        let (_, message) = errors.iter().find(|(p, _)| p == "listen.authz_http").expect("refused");
+        assert!(message.contains("not a loopback"), "{message}");
+        assert!(paths("authz_http: 10.0.0.1:9192\ninsecure_plaintext: true\n").is_empty());
+        // grpc_tls does not protect it.
+        assert!(paths("grpc_uds: /s\nauthz_http: 10.0.0.1:9192\n").contains(&"listen.authz_http".to_owned()));
+
+        // Every error at once: not an address, the same socket as gRPC, the same port as admin.
+        let all =
+            paths("grpc_uds: /run/b.sock\nauthz_http_uds: /run/b.sock\nauthz_http: nowhere\nadmin: 127.0.0.1:9901\n");
+        assert_eq!(
+            all.iter().filter(|p| p.starts_with("listen.authz_http")).count(),
+            2,
+            "{all:?}"
+        );
+        assert!(paths("authz_http: 127.0.0.1:9901\nadmin: 127.0.0.1:9901\n").contains(&"listen.authz_http".to_owned()));
+        assert!(paths("authz_http: 127.0.0.1:9191\ngrpc: 127.0.0.1:9191\n").contains(&"listen.authz_http".to_owned()));
+        assert!(paths("authz_http_uds: \"\"\n").contains(&"listen.authz_http_uds".to_owned()));
+
+        // The socket's mode and group need one of the two sockets.
+        assert!(
+            paths("authz_http: 127.0.0.1:9192\ngrpc_uds_mode: \"0600\"\n").contains(&"listen.grpc_uds_mode".to_owned())
+        );
+        assert!(paths("authz_http_uds: /s\ngrpc_uds_group: \"12\"\n").is_empty());
+        // Still: some listener.
+        assert!(paths("admin: 127.0.0.1:9901\n").contains(&"listen".to_owned()));
     }
 }

@@ -28,9 +28,19 @@ pub(crate) async fn decide<R>(
     outbound: Result<&Outbound<'_>, &Denial>,
     reply: fn(&Result<Allow, Denial>, Option<Struct>) -> R,
 ) -> R {
-    let observation = authz
-        .telemetry()
-        .observe(api, || trace_context(metadata), outbound.ok().map(|o| o.headers));
+    decide_traced(authz, api, || trace_context(metadata), outbound, reply).await
+}
+
+/// `decide`, with the trace context of the call read by `trace` (ext_authz over HTTP has no gRPC
+/// metadata: Envoy's span context is among the request's headers).
+pub(crate) async fn decide_traced<'m, R>(
+    authz: &Authz,
+    api: Api,
+    trace: impl FnOnce() -> Option<TraceContext<'m>>,
+    outbound: Result<&Outbound<'_>, &Denial>,
+    reply: fn(&Result<Allow, Denial>, Option<Struct>) -> R,
+) -> R {
+    let observation = authz.telemetry().observe(api, trace, outbound.ok().map(|o| o.headers));
     let outcome = match outbound {
         Ok(outbound) => observation.run(authz.decide(outbound)).await,
         Err(denial) => Err(denial.clone()),

@@ -307,7 +307,7 @@ pub fn described(decision: &str, denial: Option<&Denial>, bound: bool) -> serde_
 pub fn dynamic_metadata(api: Api, outcome: &Result<Allow, Denial>, destination: Option<&Destination>) -> Struct {
     match api {
         Api::ExtProc => ext_proc_metadata(outcome, destination),
-        Api::Check | Api::Broker | Api::InProxy => metadata(outcome, destination),
+        Api::Check | Api::Broker | Api::InProxy | Api::ExtAuthzHttp => metadata(outcome, destination),
     }
 }
 
@@ -366,6 +366,60 @@ fn metadata(outcome: &Result<Allow, Denial>, destination: Option<&Destination>) 
         }
     }
     Struct { fields }
+}
+
+// === ext_authz over HTTP ===
+
+/// The answer of Baton's HTTP authorization listener (`authz_http`), the same decision as a Check's
+/// reply in Envoy's HTTP ext_authz protocol: 200 to allow, with the headers Envoy copies upstream
+/// (`authorization_response.allowed_upstream_headers`) and those it must remove
+/// ([`HEADERS_TO_REMOVE`]); else the denial's status, headers and body, which Envoy sends the
+/// client. `metadata` adds Baton's dynamic-metadata keys as headers of their own
+/// (`authorization_response.dynamic_metadata_from_headers`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// Envoy's ext_authz HTTP client removes the request headers this response header lists
+/// (comma-separated) before sending the request upstream.
+pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
+
+/// The keys of Baton's dynamic metadata, each sent as a response header of that name when
+/// `telemetry.dynamic_metadata` is on.
+pub const METADATA_KEYS: [&str; 6] = ["decision", "destination", "audience", "cache", "reason", "jti"];
+
+pub fn http_answer(outcome: &Result<Allow, Denial>, metadata: Option<Struct>) -> HttpAnswer {
+    let pair = |o: HeaderValueOption| o.header.map(|h| (h.key, h.value));
+    let mut answer = match outcome {
+        Ok(allow) => {
+            let (set, remove) = authorization_mutation(allow);
+            let mut headers: Vec<(String, String)> = set.into_iter().filter_map(pair).collect();
+            if !remove.is_empty() {
+                headers.push((HEADERS_TO_REMOVE.to_owned(), remove.join(",")));
+            }
+            HttpAnswer {
+                status: 200,
+                headers,
+                body: String::new(),
+            }
+        }
+        Err(denial) => HttpAnswer {
+            status: denial.reason.class().http_status(),
+            headers: denial_headers(denial).into_iter().filter_map(pair).collect(),
+            body: error_body(denial),
+        },
+    };
+    for (key, value) in metadata.into_iter().flat_map(|m| m.fields) {
+        if let Some(Kind::StringValue(text)) = value.kind
+            && METADATA_KEYS.contains(&key.as_str())
+        {
+            answer.headers.push((key, text));
+        }
+    }
+    answer
 }
 
 #[cfg(test)]

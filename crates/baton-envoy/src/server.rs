@@ -37,6 +37,9 @@ pub struct Listeners {
     pub grpc_tls: Option<Acceptor>,
     pub grpc_uds: Option<UnixListener>,
     pub admin: Option<TcpListener>,
+    /// Envoy's ext_authz over HTTP (`authz_http`): loopback TCP and/or a Unix socket.
+    pub authz_http: Option<TcpListener>,
+    pub authz_http_uds: Option<UnixListener>,
 }
 
 /// Serve until `shutdown` completes, then drain.
@@ -83,6 +86,20 @@ pub async fn serve(authz: Current, listeners: Listeners, shutdown: impl Future<O
         let uds =
             grpc(tonic::transport::Server::builder()).serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
         tasks.spawn(async move { Ok(uds.await?) });
+    }
+    if let Some(tcp) = listeners.authz_http {
+        let serving = crate::authz_http::serve_tcp(authz.clone(), tcp, stop_rx.clone());
+        tasks.spawn(async move {
+            serving.await;
+            Ok(())
+        });
+    }
+    if let Some(uds) = listeners.authz_http_uds {
+        let serving = crate::authz_http::serve_uds(authz.clone(), uds, stop_rx.clone());
+        tasks.spawn(async move {
+            serving.await;
+            Ok(())
+        });
     }
     if let Some(admin) = listeners.admin {
         let router = admin_router(authz.clone(), stopping.clone());

@@ -50,6 +50,23 @@ pub enum Api {
     /// Envoy, misses asked of Baton's `InProxy/Decide`. Its plugin configuration names the standard
     /// test destinations (`WASM_PLUGIN`); routes name no destination (the filter matches hosts).
     Wasm,
+    /// `envoy.filters.http.ext_authz` over HTTP/1.1 (`http_service`) to Baton's `listen.authz_http`:
+    /// routes name no destination (no `context_extensions` over HTTP: Baton matches hosts). Its
+    /// `baton_grpc` port is Baton's HTTP one ([`crate::sidecar::Baton::port_for`]).
+    ExtAuthzHttp,
+}
+
+impl Api {
+    /// What a client gets through this API for Baton's denial `(status, reason)`: the same, except
+    /// that over HTTP Envoy takes a 5xx from the authorization service for its own failure and
+    /// answers `status_on_error` (503 here) without Baton's body (the reason stays in Baton's audit
+    /// line, log and metrics).
+    pub fn carries<'r>(self, status: u16, reason: &'r str) -> (u16, &'r str) {
+        match self {
+            Api::ExtAuthzHttp if status >= 500 => (503, "<no error field>"),
+            _ => (status, reason),
+        }
+    }
 }
 
 impl Envoy {
@@ -173,6 +190,8 @@ pub fn envoy_bootstrap_for(api: Api, port: u16, baton_grpc: u16, upstream: u16) 
     let access_log_format = match api {
         Api::ExtAuthz => ACCESS_LOG_FORMAT.to_owned(),
         Api::ExtProc => ACCESS_LOG_FORMAT.replace("envoy.filters.http.ext_authz:", "envoy.filters.http.ext_proc:"),
+        // Baton's answer carries its metadata as headers (`dynamic_metadata_from_headers`).
+        Api::ExtAuthzHttp => ACCESS_LOG_FORMAT.to_owned(),
         // The filter records its decision in the request's filter state.
         Api::Wasm => ACCESS_LOG_FORMAT
             .replace(
@@ -224,6 +243,24 @@ pub fn envoy_bootstrap_for(api: Api, port: u16, baton_grpc: u16, upstream: u16) 
                 envoy_grpc: { cluster_name: baton }
                 timeout: 3s"#,
         ),
+        Api::ExtAuthzHttp => (
+            "{}",
+            r#"- name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              status_on_error: { code: ServiceUnavailable }
+              allowed_headers:
+                patterns: [{ exact: authorization }, { exact: traceparent }, { exact: tracestate }, { exact: dpop }]
+              http_service:
+                server_uri: { uri: "http://baton", cluster: baton, timeout: 3s }
+                authorization_response:
+                  allowed_upstream_headers: { patterns: [{ exact: authorization }, { exact: dpop }] }
+                  allowed_client_headers: { patterns: [{ exact: content-type }, { exact: retry-after }, { exact: www-authenticate }] }
+                  dynamic_metadata_from_headers:
+                    patterns: [{ exact: decision }, { exact: destination }, { exact: audience }, { exact: cache }, { exact: reason }, { exact: jti }]"#,
+        ),
         Api::ExtProc => (
             r#"envoy.filters.http.ext_proc:
                     "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute
@@ -254,6 +291,12 @@ pub fn envoy_bootstrap_for(api: Api, port: u16, baton_grpc: u16, upstream: u16) 
                 request_trailer_mode: SKIP
                 response_trailer_mode: SKIP"#,
         ),
+    };
+    let baton_protocol = match api {
+        Api::ExtAuthzHttp => {
+            "explicit_http_config: { http_protocol_options: {} }\n        common_http_protocol_options: { idle_timeout: 50s }"
+        }
+        _ => "explicit_http_config: { http2_protocol_options: {} }",
     };
     format!(
         r#"static_resources:
@@ -296,7 +339,7 @@ pub fn envoy_bootstrap_for(api: Api, port: u16, baton_grpc: u16, upstream: u16) 
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
+        {baton_protocol}
     load_assignment:
       cluster_name: baton
       endpoints:

@@ -190,6 +190,7 @@ pub fn generated_bootstrap(api: Api, scratch: &Scratch, upstream: u16) -> String
             command.arg("--wasm-module").arg(crate::envoy::wasm_module());
             "wasm"
         }
+        Api::ExtAuthzHttp => "ext_authz_http",
     };
     let out = command
         .arg("--config")

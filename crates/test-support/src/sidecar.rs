@@ -17,6 +17,8 @@ use crate::scratch::{DirGuard, Scratch, free_port, wait_until};
 #[derive(Debug)]
 pub struct Baton {
     pub grpc: u16,
+    /// Its ext_authz over HTTP listener (`listen.authz_http`).
+    pub authz_http: u16,
     pub admin: u16,
     child: Child,
     /// Where its logs, audit lines and a last scrape of /metrics are; scanned for leaks on drop.
@@ -98,7 +100,7 @@ destinations:
     /// Baton as shipped).
     pub async fn start_raw(scratch: &Scratch, body: &str, log: &str) -> Self {
         leaks::secret(CLIENT_SECRET);
-        let (grpc, admin) = (free_port(), free_port());
+        let (grpc, admin, authz_http) = (free_port(), free_port(), free_port());
         let quiet = log == "warn";
         let mut observed = String::new();
         if !quiet && !body.contains("\naudit:") {
@@ -117,7 +119,9 @@ destinations:
         } else {
             None
         };
-        let yaml = format!("listen:\n  grpc: 127.0.0.1:{grpc}\n  admin: 127.0.0.1:{admin}\n{body}\n{observed}");
+        let yaml = format!(
+            "listen:\n  grpc: 127.0.0.1:{grpc}\n  admin: 127.0.0.1:{admin}\n  authz_http: 127.0.0.1:{authz_http}\n{body}\n{observed}"
+        );
         let config = scratch.write("baton.yaml", &yaml);
         let child = Command::new(scratch.baton())
             .arg("run")
@@ -134,6 +138,7 @@ destinations:
             .expect("start baton");
         let baton = Self {
             grpc,
+            authz_http,
             admin,
             child,
             dir: scratch.0.clone(),
@@ -146,6 +151,15 @@ destinations:
         })
         .await;
         baton
+    }
+
+    /// The port Envoy's filter of `api` reaches Baton on: the HTTP authorization listener for
+    /// ext_authz over HTTP, else the gRPC one.
+    pub fn port_for(&self, api: crate::envoy::Api) -> u16 {
+        match api {
+            crate::envoy::Api::ExtAuthzHttp => self.authz_http,
+            _ => self.grpc,
+        }
     }
 
     /// The spans Baton exported to the harness's receiver so far (none if the test configured tracing).

@@ -32,7 +32,7 @@ impl Stack {
         let service = TokenService::start(peer, &scratch).await;
         let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
         let upstream = Upstream::start().await;
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        let envoy = Envoy::start_for(api, &scratch, baton.port_for(api), upstream.port).await;
         Self {
             service,
             baton,

@@ -46,7 +46,12 @@ pub enum Api {
     Broker,
     /// `baton.v1.InProxy/Decide`: a miss of the in-proxy filter (`baton.wasm`).
     InProxy,
+    /// Envoy's ext_authz over HTTP (`http_service`): Baton's HTTP authorization listener.
+    ExtAuthzHttp,
 }
+
+// Every Api has its slot in the decision-duration series (an Api past the last slot panicked there).
+const _: () = assert!((Api::ExtAuthzHttp as usize) < crate::metrics::API_SLOTS);
 
 impl Api {
     pub const fn as_str(self) -> &'static str {
@@ -55,6 +60,7 @@ impl Api {
             Self::ExtProc => "ext_proc",
             Self::Broker => "broker",
             Self::InProxy => "in_proxy",
+            Self::ExtAuthzHttp => "ext_authz_http",
         }
     }
 
@@ -64,6 +70,7 @@ impl Api {
             Self::ExtProc => "baton.ext_proc",
             Self::Broker => "baton.broker",
             Self::InProxy => "baton.in_proxy",
+            Self::ExtAuthzHttp => "baton.ext_authz_http",
         }
     }
 }
@@ -417,7 +424,7 @@ impl Observation<'_> {
                 destination: DestinationLabel(decided.destination.map(|d| d.name.clone())),
             })
             .inc();
-        // Indexes in declaration order: Api check, ext_proc, broker, in_proxy; CacheStatus hit, miss, coalesced.
+        // Indexes in declaration order: Api check, ext_proc, broker, in_proxy, ext_authz_http; CacheStatus hit, miss, coalesced.
         let api = (self.api as usize, self.api.as_str());
         let cache_label = cache.map_or((0, "none"), |c| (c as usize + 1, c.as_str()));
         m.decision_duration(api, cache_label).observe(elapsed.as_secs_f64());
