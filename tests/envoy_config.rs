@@ -417,3 +417,82 @@ async fn the_generated_filter_sends_the_headers_a_policy_reads() {
         );
     }
 }
+
+/// `--api ext_authz_http`: every variant (TCP, Unix socket, bootstrap, fragment) passes `envoy
+/// --mode validate`, and the generated bootstrap, run, delegates, denies with Baton's reply and
+/// strips through Baton's HTTP authorization listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext_authz_over_http_is_generated_valid_and_runs() {
+    let scratch = Scratch::new(BATON_BIN, "envoy-config-http");
+    let http = |name: &str, listen: &str| {
+        scratch.write(
+            name,
+            &format!(
+                "listen:\n{listen}token_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: {CLIENT_ID}\n  auth: {{ method: none }}\n  timeout: 1s\ndestinations:\n{DESTINATIONS}"
+            ),
+        )
+    };
+    let tcp = http("http-tcp.yaml", "  authz_http: 127.0.0.1:9192\n");
+    let socket = scratch.0.join("baton-http.sock");
+    let uds = http("http-uds.yaml", &format!("  authz_http_uds: {}\n", socket.display()));
+    let mut files = Vec::new();
+    for (transport, config) in [("tcp", &tcp), ("uds", &uds)] {
+        let config = config.to_str().expect("path");
+        let bootstrap = envoy_config(&["--config", config, "--api", "ext_authz_http"]);
+        assert!(bootstrap.contains("http_service"), "{bootstrap}");
+        match transport {
+            "uds" => assert!(bootstrap.contains(&socket.display().to_string()), "{bootstrap}"),
+            _ => assert!(bootstrap.contains("port_value: 9192"), "{bootstrap}"),
+        }
+        files.push(scratch.write(&format!("http-{transport}-bootstrap.yaml"), &bootstrap));
+        let fragment: Value = serde_saphyr::from_str(&envoy_config(&[
+            "--config",
+            config,
+            "--api",
+            "ext_authz_http",
+            "--fragment",
+        ]))
+        .expect("the fragment is YAML");
+        let wrapped = baton_envoy::envoy_config::to_yaml(&around_fragment(&fragment)).expect("yaml");
+        files.push(scratch.write(&format!("http-{transport}-fragment.yaml"), &wrapped));
+    }
+    let results = join_all(files.into_iter().map(validate)).await;
+    let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    assert!(failures.is_empty(), "Envoy refused:\n{}", failures.join("\n"));
+
+    // Run: the harness's Baton serves ext_authz over HTTP on `authz_http`.
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
+    let upstream = Upstream::start().await;
+    let generated = envoy_config(&[
+        "--config",
+        scratch.0.join("baton.yaml").to_str().expect("path"),
+        "--api",
+        "ext_authz_http",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    assert!(
+        generated.contains(&format!("port_value: {}", baton.authz_http)),
+        "{generated}"
+    );
+    let mut bootstrap: Value = serde_saphyr::from_str(&generated).expect("YAML");
+    to_test_upstream(&mut bootstrap, upstream.port);
+    let bootstrap = baton_envoy::envoy_config::to_yaml(&bootstrap).expect("yaml");
+    let envoy = Envoy::start_with_bootstrap(&scratch, &bootstrap).await;
+    let user = service.mint("alice", "orders.read billing.read").await;
+    let delegated = send(&envoy, "orders.example", "/a?b=1", Some(&bearer(&user))).await;
+    assert_eq!(audiences(&service.verify(delegated.upstream_token()).await), [ORDERS]);
+    assert_eq!(delegated.body["path"], "/a", "{:?}", delegated.body);
+    let by_wildcard = send(&envoy, "x.billing.example", "/", Some(&bearer(&user))).await;
+    assert_eq!(
+        audiences(&service.verify(by_wildcard.upstream_token()).await),
+        [BILLING]
+    );
+    let unknown = send(&envoy, "elsewhere.example", "/", Some(&bearer(&user))).await;
+    assert_eq!(unknown.upstream_authorization(), None, "a user token leaked");
+    let denied = send(&envoy, "orders.example", "/", None).await;
+    assert_eq!((denied.status, denied.reason()), (401, "missing_token"));
+    assert_eq!(denied.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(denied.header("content-type"), Some("application/json"));
+}
