@@ -17,7 +17,9 @@
 //! blocking threads; the CPU of Envoy's process and of the authz process comes from
 //! `/proc/PID/stat` (utime + stime, all threads) before and after, divided by N. Nothing asserts a
 //! time. `HOP_ROUNDS` (default 3) and `HOP_REQUESTS` (default 4000 per connection count) set the size;
-//! `HOP_ONLY=wasm` runs only Envoy alone, Envoy + Baton (ext_authz) and Envoy + baton.wasm. The
+//! `HOP_ONLY=wasm` runs only Envoy alone, Envoy + Baton (ext_authz) and Envoy + baton.wasm;
+//! `HOP_ONLY=http` only Envoy alone, the allow-all floor, Envoy + Baton over gRPC and Envoy + Baton
+//! over HTTP (ext_authz `http_service` to `listen.authz_http`, the same Baton process). The
 //! module must be built first: `cargo build --profile wasm -p baton-wasm --target wasm32-wasip1`.
 //! `HOP_ENVOY=1` measures the hop from both sides instead (Envoy's settings, the HTTP transport,
 //! Baton before and now, user and system time, callgrind on both processes): see `hop_envoy`.
@@ -400,24 +402,47 @@ fn env_number(name: &str, default: usize) -> usize {
 
 /// `HOP_CALLGRIND=FILE`: one Baton under callgrind behind the generated Envoy configuration, N
 /// cache hits at one connection (the first a miss), then a SIGTERM so callgrind writes its profile. Nothing else.
+///
+/// `HOP_API=ext_authz_http`: Envoy asks Baton's HTTP authorization listener instead (ext_authz over
+/// HTTP); `HOP_API=none`: Envoy alone. `HOP_CALLGRIND_ENVOY=FILE`: Envoy runs under callgrind too,
+/// its profile written to FILE when it stops.
 async fn profile(out: &str, n: usize) {
     let (scratch, service, user) = start_with_a_user(BATON_BIN, "bench-hop-profile").await;
     let request = request_bytes(&user);
+    let api = std::env::var("HOP_API").unwrap_or_default();
+    let (filter_api, filter) = match api.as_str() {
+        "ext_authz_http" => (FilterApi::ExtAuthzHttp, true),
+        "none" => (FilterApi::ExtAuthz, false),
+        _ => (FilterApi::ExtAuthz, true),
+    };
     let config = baton_yaml(
         &scratch,
         &service.token_endpoint,
-        &format!("  grpc: 127.0.0.1:{}\n", free_port()),
+        &format!(
+            "  grpc: 127.0.0.1:{}\n  authz_http: 127.0.0.1:{}\n",
+            free_port(),
+            free_port()
+        ),
     );
     let mut baton = BatonProcess::start(&scratch, "baton", &config, &[]).await;
     // `HOP_EVERY_HEADER=1`: with the Envoy configuration of before issue 15 (every header sent).
     let trimmed = std::env::var_os("HOP_EVERY_HEADER").is_none();
-    let envoy = EnvoyProcess::start(&scratch, "profile", &bootstrap(&config, None, trimmed, true)).await;
+    let envoy_out = std::env::var("HOP_CALLGRIND_ENVOY").ok();
+    let mut envoy = EnvoyProcess::start_with(
+        &scratch,
+        "profile",
+        &bootstrap_for(filter_api, &config, None, trimmed, filter),
+        envoy_out.as_deref(),
+    )
+    .await;
     let (_, wrong) = tokio::task::block_in_place(|| drive(envoy.port, 1, n, &request));
     assert_eq!(wrong, 0, "answers other than 200");
-    let pid = baton.pid().0.to_string();
-    let _ = Command::new("kill").arg("-TERM").arg(&pid).status().await;
+    for pid in [baton.pid().0, envoy.pid().0] {
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+    }
     let _ = baton.child.wait().await;
-    println!("{n} requests through Envoy; callgrind profile of Baton in {out}");
+    let _ = envoy.child.wait().await;
+    println!("{n} requests through Envoy (api {api:?}); callgrind profile of Baton in {out}, of Envoy in {envoy_out:?}");
 }
 
 /// `HOP_ENVOY_CALLGRIND=DIR`: instructions Envoy executes per request, counted by callgrind (so
@@ -555,6 +580,7 @@ async fn run() {
     }
     let rounds = env_number("HOP_ROUNDS", 3);
     let only_wasm = std::env::var("HOP_ONLY").is_ok_and(|v| v == "wasm");
+    let only_http = std::env::var("HOP_ONLY").is_ok_and(|v| v == "http");
     let n = env_number("HOP_REQUESTS", 4000);
     let (scratch, service, user) = start_with_a_user(BATON_BIN, "bench-hop").await;
     let request = request_bytes(&user);
@@ -563,7 +589,12 @@ async fn run() {
     let floor_pid = Pid(floor.pid());
     let tcp = |port: u16| format!("  grpc: 127.0.0.1:{port}\n");
     let (grpc, one_worker_grpc) = (free_port(), free_port());
-    let baton_config = baton_yaml(&scratch, &service.token_endpoint, &tcp(grpc));
+    // The same Baton answers ext_authz over gRPC and over HTTP (`HTTP_SETUP`).
+    let baton_config = baton_yaml(
+        &scratch,
+        &service.token_endpoint,
+        &format!("{}  authz_http: 127.0.0.1:{}\n", tcp(grpc), free_port()),
+    );
     let baton = BatonProcess::start(&scratch, "baton", &baton_config, &[]).await;
     let socket = scratch.0.join("baton-uds.sock");
     let uds_config = baton_yaml(
@@ -635,6 +666,7 @@ async fn run() {
         ),
         (WASM_SETUP, &baton_config, None, true, true, Some(baton.pid())),
         (WASM_BEFORE_SETUP, &baton_config, None, true, true, Some(baton.pid())),
+        (HTTP_SETUP, &baton_config, None, true, true, Some(baton.pid())),
     ] {
         if only_wasm
             && ![
@@ -647,6 +679,17 @@ async fn run() {
         {
             continue;
         }
+        if only_http
+            && ![
+                ALONE_SETUP,
+                "+ allow-all, headers Baton reads",
+                "+ Baton, headers Baton reads",
+                HTTP_SETUP,
+            ]
+            .contains(&name)
+        {
+            continue;
+        }
         let before = wasm_before();
         if name == WASM_BEFORE_SETUP && before.is_none() {
             continue;
@@ -654,6 +697,7 @@ async fn run() {
         let (api, module) = match name {
             WASM_SETUP => (FilterApi::Wasm, None),
             WASM_BEFORE_SETUP => (FilterApi::Wasm, before),
+            HTTP_SETUP => (FilterApi::ExtAuthzHttp, None),
             _ => (FilterApi::ExtAuthz, None),
         };
         let doc = bootstrap_for(api, yaml, uds, trimmed, filter, module);
@@ -718,6 +762,8 @@ const WASM_BEFORE_SETUP: &str = "+ baton.wasm on hits, HOP_WASM_BEFORE";
 fn wasm_before() -> Option<PathBuf> {
     std::env::var_os("HOP_WASM_BEFORE").map(PathBuf::from)
 }
+/// Envoy's ext_authz over HTTP/1.1 (`http_service`) to Baton's `listen.authz_http`, headers Baton reads.
+const HTTP_SETUP: &str = "+ Baton ext_authz over HTTP";
 
 /// The filter's memory per worker (each setup's Envoy runs one worker: the wasm Envoy's RSS less
 /// Envoy alone's), and the cost of a miss: `HOP_MISSES` (default 200) requests on one connection,

@@ -117,6 +117,7 @@ fn generated(scratch: &Scratch, api: Api, port: u16, upstream: u16) -> String {
             command.arg("--wasm-module").arg(wasm_module());
             "wasm"
         }
+        Api::ExtAuthzHttp => "ext_authz_http",
     };
     let out = command
         .arg("--config")
