@@ -205,8 +205,7 @@ fn baton_yaml(scratch: &Scratch, token_endpoint: &str, listen: &str) -> String {
     )
 }
 
-/// What `baton envoy-config` generates for `yaml` with the filter of `api`, answering 200 itself
-/// where it would proxy (`Wasm`: `baton.wasm` with the plugin configuration generated from `yaml`).
+/// What `baton envoy-config` generates for `yaml`, answering 200 itself where it would proxy.
 /// `trimmed: false` puts back what Envoy sent before issue 15 (every header); `filter: false`
 /// drops Baton's filter (Envoy alone).
 fn bootstrap(yaml: &str, uds: Option<PathBuf>, trimmed: bool, filter: bool) -> Value {
@@ -214,7 +213,8 @@ fn bootstrap(yaml: &str, uds: Option<PathBuf>, trimmed: bool, filter: bool) -> V
 }
 
 /// `bootstrap` with the filter of `api` (`Wasm`: `baton.wasm`, or `module`, with the plugin
-/// configuration generated from `yaml`).
+/// configuration generated from `yaml`;
+/// `ExtAuthzHttp`: ext_authz over HTTP).
 fn bootstrap_for(
     api: FilterApi,
     yaml: &str,
@@ -449,7 +449,9 @@ async fn profile(out: &str, n: usize) {
     }
     let _ = baton.child.wait().await;
     let _ = envoy.child.wait().await;
-    println!("{n} requests through Envoy (api {api:?}); callgrind profile of Baton in {out}, of Envoy in {envoy_out:?}");
+    println!(
+        "{n} requests through Envoy (api {api:?}); callgrind profile of Baton in {out}, of Envoy in {envoy_out:?}"
+    );
 }
 
 /// `HOP_ENVOY_CALLGRIND=DIR`: instructions Envoy executes per request, counted by callgrind (so

@@ -61,7 +61,7 @@ impl Api {
     /// that over HTTP Envoy takes a 5xx from the authorization service for its own failure and
     /// answers `status_on_error` (503 here) without Baton's body (the reason stays in Baton's audit
     /// line, log and metrics).
-    pub fn carries<'r>(self, status: u16, reason: &'r str) -> (u16, &'r str) {
+    pub fn carries(self, status: u16, reason: &str) -> (u16, &str) {
         match self {
             Api::ExtAuthzHttp if status >= 500 => (503, "<no error field>"),
             _ => (status, reason),
