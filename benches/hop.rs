@@ -432,7 +432,7 @@ async fn profile(out: &str, n: usize) {
     let mut envoy = EnvoyProcess::start_with(
         &scratch,
         "profile",
-        &bootstrap_for(filter_api, &config, None, trimmed, filter),
+        &bootstrap_for(filter_api, &config, None, trimmed, filter, None),
         envoy_out.as_deref(),
     )
     .await;
