@@ -224,20 +224,64 @@ impl HeaderLines for Lines<'_> {
     }
 }
 
-/// The HTTP response of an answer. A header value that is not a valid HTTP value (a `jti` with a
-/// control character, from a misbehaving token service) is left out, never sent.
+/// Headers an allowing answer must carry whole: Envoy copies them upstream, and one left out
+/// would let the caller's own `Authorization` through.
+const CARRIED_UPSTREAM: [&str; 3] = ["authorization", "dpop", respond::HEADERS_TO_REMOVE];
+
+/// The HTTP response of an answer. A metadata header whose value is not a valid HTTP value (a
+/// `jti` with a control character, from a misbehaving token service) is left out, never sent; a
+/// header Envoy carries upstream that cannot be sent turns the answer into a 500, which Envoy
+/// treats as the authorization server's failure (`status_on_error`): closed, never the caller's
+/// token forwarded.
 fn response(answer: respond::HttpAnswer, close: bool) -> Response<Body> {
     let mut response = Response::new(Body::from(answer.body));
     *response.status_mut() =
         hyper::StatusCode::from_u16(answer.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
     for (key, value) in answer.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(key), HeaderValue::try_from(value)) {
-            headers.append(name, value);
+        match (HeaderName::try_from(key.as_str()), HeaderValue::try_from(value)) {
+            (Ok(name), Ok(value)) => {
+                headers.append(name, value);
+            }
+            _ if answer.status == 200 && CARRIED_UPSTREAM.contains(&key.as_str()) => {
+                tracing::error!(header = %key, "authz_http: an allowing answer's header is not a valid HTTP value");
+                let mut failed = Response::new(Body::empty());
+                *failed.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                return failed;
+            }
+            _ => {}
         }
     }
     if close {
         headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allow(authorization: &str) -> respond::HttpAnswer {
+        respond::HttpAnswer {
+            status: 200,
+            headers: vec![
+                ("authorization".to_owned(), authorization.to_owned()),
+                ("jti".to_owned(), "a\u{7f}b".to_owned()),
+            ],
+            body: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_allowing_answer_that_cannot_carry_its_authorization_fails_closed() {
+        let sent = response(allow("Bearer abc"), false);
+        assert_eq!(sent.status(), 200);
+        assert_eq!(sent.headers()["authorization"], "Bearer abc");
+        assert!(sent.headers().get("jti").is_none(), "a bad metadata value is left out");
+
+        let failed = response(allow("Bearer abc\r\nx-injected: 1"), false);
+        assert_eq!(failed.status(), 500, "never a 200 without the new Authorization");
+        assert!(failed.headers().get("authorization").is_none());
+    }
 }
