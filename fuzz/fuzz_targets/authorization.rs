@@ -32,11 +32,18 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .filter(|h| h.key.eq_ignore_ascii_case("authorization"))
         .count();
+    // Envoy folds repeated lines into one joined by `,` (which no b64token holds): one line with a
+    // comma is several too.
+    let folded = named == 1
+        && lines
+            .iter()
+            .any(|h| h.key.eq_ignore_ascii_case("authorization") && h.raw_value.contains(&b','));
     match Headers::Lines(&Lines::new(&lines)).one("authorization") {
         Ok(Authorization::Missing) => assert_eq!(named, 0),
-        Ok(Authorization::Several) => assert!(named > 1),
+        Ok(Authorization::Several) => assert!(named > 1 || folded),
         Ok(Authorization::One(v)) => {
             assert_eq!(named, 1);
+            assert!(!v.contains(','), "a folded line is never one value");
             let line = lines
                 .iter()
                 .find(|h| h.key.eq_ignore_ascii_case("authorization"))
