@@ -58,17 +58,17 @@ fn main() {
         headers: Headers::Lines(&lines),
     };
     let mut cache = Cache::new(1024);
-    let Local::Miss { key, .. } = local::decide(&settings, &mut cache, &request, 1_000, true) else {
+    let Local::Miss { params, token, .. } = local::decide(&settings, &mut cache, &request, 1_000, true) else {
         panic!("an empty cache misses");
     };
     let claims = serde_json::json!({"sub": "alice", "iss": "https://sts.example"});
     let entry = Entry {
-        authorization: format!("Bearer {}", "b".repeat(900)),
+        authorization: format!("Bearer {}", "b".repeat(900)).into(),
         expires_at: u64::MAX,
         claims: claims.as_object().cloned(),
         served: None,
     };
-    assert!(cache.insert(key, entry, 0, 1_000));
+    assert!(cache.insert(params, token, entry, 0, 1_000).is_some());
     let mut hits = 0u64;
     for _ in 0..n {
         if let Local::Hit { authorization, .. } =

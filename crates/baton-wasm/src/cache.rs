@@ -1,19 +1,28 @@
 //! The filter's own cache, one per Envoy worker (each worker runs its own Wasm VM): the sidecar's
-//! answers for (destination, subject token), keyed by baton-decide's digests of both (never the token),
-//! each until its expiry and only under the revocation generation it was made in. Bounded by
-//! `max_entries`; it never serves an entry past its expiry or from an older generation.
+//! answers by destination (its parameter digest) and subject token (the token itself, as
+//! baton-decide's `request::subject_token` reads it, compared byte for byte), each until its expiry
+//! and only under the revocation generation it was made in. Bounded by `max_entries`; it never
+//! serves an entry past its expiry or from an older generation.
+//!
+//! Keyed by the token rather than by a digest of it: a hit then hashes the token with the map's
+//! keyed SipHash instead of SHA-256 (most of the filter's own work per hit before), and two requests
+//! share an entry exactly when their tokens are equal, with no hash to trust. The price is memory:
+//! an entry holds the subject token beside the delegated one (`config::MAX_ENTRIES` bounds both).
+//! Neither is ever logged.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use serde_json::{Map, Value};
 
-pub use crate::key::Key;
+/// A destination's share of a cache key (`config::Destination::params`).
+pub type Destination = baton_decide::key::Key;
 
 /// One answer of the sidecar's, kept.
 #[derive(Debug)]
 pub struct Entry {
     /// `Bearer <token>`: what `Authorization` becomes. Never logged.
-    pub authorization: String,
+    pub authorization: Rc<str>,
     /// Unix seconds: served while `now < expires_at`.
     pub expires_at: u64,
     /// The verified subject's claims the per-hit policy judges with (`None`: verification off).
@@ -22,57 +31,89 @@ pub struct Entry {
     pub served: Option<crate::purge::Handle>,
 }
 
+/// Where one entry is, and which one it was (a later answer for the same token replaces it):
+/// what a request that went out with it needs to forget it, without a copy of any token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    destination: Destination,
+    token: Rc<str>,
+    stamp: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    entry: Entry,
+    stamp: u64,
+}
+
 #[derive(Debug)]
 pub struct Cache {
-    entries: HashMap<Key, Entry>,
+    entries: HashMap<Destination, HashMap<Rc<str>, Slot>>,
+    len: usize,
     max_entries: usize,
     /// The sidecar's revocation generation the entries were made under; `None` until one is known.
     generation: Option<u64>,
+    /// Tells apart the entries one token has had, one after the other.
+    next_stamp: u64,
 }
 
 impl Cache {
     pub fn new(max_entries: usize) -> Self {
         Self {
             entries: HashMap::new(),
+            len: 0,
             max_entries: max_entries.max(1),
             generation: None,
+            next_stamp: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
     pub fn generation(&self) -> Option<u64> {
         self.generation
     }
 
-    /// The entry for `key`, if it is still good at `now`; an expired one is dropped.
-    pub fn get(&mut self, key: &Key, now: u64) -> Option<&Entry> {
-        if self.entries.get(key).is_some_and(|e| e.expires_at <= now) {
-            self.entries.remove(key);
-        }
-        self.entries.get(key)
-    }
-
-    /// Drop the entry for `key` if it still holds `authorization` (the delegation a destination
-    /// refused, not a newer one): the sidecar's name for it, if it had one.
-    pub fn forget(&mut self, key: &Key, authorization: &str) -> Option<crate::purge::Handle> {
-        if self.entries.get(key)?.authorization != authorization {
+    /// The entry for `token` at `destination`, if it is still good at `now` (an expired one is
+    /// dropped), with where it is held.
+    pub fn get(&mut self, destination: &Destination, token: &str, now: u64) -> Option<(&Entry, Held)> {
+        let tokens = self.entries.get_mut(destination)?;
+        if tokens.get(token)?.entry.expires_at <= now {
+            tokens.remove(token);
+            self.len -= 1;
             return None;
         }
-        self.entries.remove(key)?.served
+        let (token, slot) = tokens.get_key_value(token)?;
+        let held = Held {
+            destination: *destination,
+            token: token.clone(),
+            stamp: slot.stamp,
+        };
+        Some((&slot.entry, held))
+    }
+
+    /// Drop the entry `held` names if it is still the one there (the delegation a destination
+    /// refused, not a newer one): the sidecar's name for it, if it had one.
+    pub fn forget(&mut self, held: &Held) -> Option<crate::purge::Handle> {
+        let tokens = self.entries.get_mut(&held.destination)?;
+        if tokens.get(&held.token)?.stamp != held.stamp {
+            return None;
+        }
+        self.len -= 1;
+        tokens.remove(&held.token)?.entry.served
     }
 
     /// The epoch the sidecar answered: a different one (a revocation, a purge, a reload, or a
     /// restarted sidecar) drops everything.
     pub fn epoch(&mut self, generation: u64) {
         if self.generation != Some(generation) {
-            self.entries.clear();
+            self.clear();
             self.generation = Some(generation);
         }
     }
@@ -81,26 +122,62 @@ impl Cache {
     /// revocation came in between: it may be exactly what the revocation ended) or already
     /// expired. A newer generation drops everything else first. Full: expired entries go, and if
     /// none had, everything (a bound, not an eviction policy: refills cost one Decide each).
-    pub fn insert(&mut self, key: Key, entry: Entry, generation: u64, now: u64) -> bool {
+    /// Where it is held, if kept.
+    pub fn insert(
+        &mut self,
+        destination: Destination,
+        token: Rc<str>,
+        entry: Entry,
+        generation: u64,
+        now: u64,
+    ) -> Option<Held> {
         match self.generation {
-            Some(known) if generation < known => return false,
+            Some(known) if generation < known => return None,
             Some(known) if generation == known => {}
             _ => {
-                self.entries.clear();
+                self.clear();
                 self.generation = Some(generation);
             }
         }
         if entry.expires_at <= now {
-            return false;
+            return None;
         }
-        if self.entries.len() >= self.max_entries && !self.entries.contains_key(&key) {
-            self.entries.retain(|_, e| e.expires_at > now);
-            if self.entries.len() >= self.max_entries {
-                self.entries.clear();
+        let replaces = self
+            .entries
+            .get(&destination)
+            .is_some_and(|tokens| tokens.contains_key(&token));
+        if !replaces && self.len >= self.max_entries {
+            for tokens in self.entries.values_mut() {
+                tokens.retain(|_, slot| slot.entry.expires_at > now);
+            }
+            self.entries.retain(|_, tokens| !tokens.is_empty());
+            self.len = self.entries.values().map(HashMap::len).sum();
+            if self.len >= self.max_entries {
+                self.clear();
             }
         }
-        self.entries.insert(key, entry);
-        true
+        self.next_stamp += 1;
+        let stamp = self.next_stamp;
+        let slot = Slot { entry, stamp };
+        if self
+            .entries
+            .entry(destination)
+            .or_default()
+            .insert(token.clone(), slot)
+            .is_none()
+        {
+            self.len += 1;
+        }
+        Some(Held {
+            destination,
+            token,
+            stamp,
+        })
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.len = 0;
     }
 }
 
@@ -108,13 +185,15 @@ impl Cache {
 mod tests {
     use super::*;
 
-    fn k(i: u8) -> Key {
-        ([7; 32], [i; 32])
+    const ORDERS: Destination = [7; 32];
+
+    fn token(i: u8) -> Rc<str> {
+        format!("user-token-{i}").into()
     }
 
     fn entry(expires_at: u64) -> Entry {
         Entry {
-            authorization: "Bearer t".to_owned(),
+            authorization: "Bearer t".into(),
             expires_at,
             claims: None,
             served: None,
@@ -124,23 +203,40 @@ mod tests {
     #[test]
     fn an_entry_is_served_until_its_expiry_only() {
         let mut cache = Cache::new(4);
-        assert!(cache.insert(k(1), entry(100), 0, 10));
-        assert!(cache.get(&k(1), 99).is_some());
-        assert!(cache.get(&k(1), 100).is_none());
+        assert!(cache.insert(ORDERS, token(1), entry(100), 0, 10).is_some());
+        assert!(cache.get(&ORDERS, &token(1), 99).is_some());
+        assert!(cache.get(&ORDERS, &token(1), 100).is_none());
         assert!(cache.is_empty(), "an expired entry is dropped");
-        assert!(!cache.insert(k(2), entry(10), 0, 10), "already expired: not kept");
+        assert!(
+            cache.insert(ORDERS, token(2), entry(10), 0, 10).is_none(),
+            "already expired: not kept"
+        );
+    }
+
+    #[test]
+    fn only_the_same_token_at_the_same_destination_is_served() {
+        let mut cache = Cache::new(4);
+        assert!(cache.insert(ORDERS, token(1), entry(100), 0, 0).is_some());
+        assert!(cache.get(&ORDERS, "user-token-1", 0).is_some());
+        for other in ["user-token-", "user-token-10", "user-token-1 ", "USER-TOKEN-1", ""] {
+            assert!(cache.get(&ORDERS, other, 0).is_none(), "{other:?}");
+        }
+        assert!(cache.get(&[8; 32], "user-token-1", 0).is_none(), "another destination");
     }
 
     #[test]
     fn a_new_epoch_drops_everything_and_an_older_answer_is_not_kept() {
         let mut cache = Cache::new(4);
-        assert!(cache.insert(k(1), entry(100), 3, 0));
+        assert!(cache.insert(ORDERS, token(1), entry(100), 3, 0).is_some());
         cache.epoch(3);
         assert_eq!(cache.len(), 1, "the same epoch keeps the entries");
         cache.epoch(4);
         assert!(cache.is_empty(), "a revocation drops everything");
-        assert!(!cache.insert(k(1), entry(100), 3, 0), "made before the revocation");
-        assert!(cache.insert(k(1), entry(100), 5, 0));
+        assert!(
+            cache.insert(ORDERS, token(1), entry(100), 3, 0).is_none(),
+            "made before the revocation"
+        );
+        assert!(cache.insert(ORDERS, token(1), entry(100), 5, 0).is_some());
         assert_eq!(cache.generation(), Some(5));
         cache.epoch(0);
         assert!(
@@ -156,23 +252,37 @@ mod tests {
             served: vec![7; 32],
             issued: "sha256:abc".to_owned(),
         };
-        let mut held = entry(100);
-        held.served = Some(handle.clone());
-        assert!(cache.insert(k(1), held, 0, 0));
-        assert_eq!(cache.forget(&k(1), "Bearer other"), None, "a newer token is kept");
+        let mut first = entry(100);
+        first.served = Some(handle.clone());
+        let refused = cache.insert(ORDERS, token(1), first, 0, 0).expect("kept");
+        let (_, held) = cache.get(&ORDERS, &token(1), 0).expect("a hit");
+        assert_eq!(held, refused, "a hit names the entry it was served");
+
+        let newer = cache.insert(ORDERS, token(1), entry(100), 0, 0).expect("kept");
+        assert_eq!(cache.forget(&refused), None, "a newer delegation is kept");
         assert_eq!(cache.len(), 1);
-        assert_eq!(cache.forget(&k(1), "Bearer t"), Some(handle));
+
+        let mut again = entry(100);
+        again.served = Some(handle.clone());
+        cache.insert(ORDERS, token(1), again, 0, 0).expect("kept");
+        assert_eq!(cache.forget(&newer), None);
+        let (_, held) = cache.get(&ORDERS, &token(1), 0).expect("a hit");
+        assert_eq!(cache.forget(&held), Some(handle));
         assert!(cache.is_empty());
-        assert_eq!(cache.forget(&k(1), "Bearer t"), None);
+        assert_eq!(cache.forget(&held), None);
     }
 
     #[test]
     fn the_cache_is_bounded() {
         let mut cache = Cache::new(2);
         for i in 0..10u8 {
-            assert!(cache.insert(k(i), entry(100), 0, 0));
+            let destination = [i % 3; 32];
+            assert!(cache.insert(destination, token(i), entry(100), 0, 0).is_some());
             assert!(cache.len() <= 2);
         }
-        assert!(cache.get(&k(9), 0).is_some(), "the newest entry is kept");
+        assert!(cache.get(&[0; 32], &token(9), 0).is_some(), "the newest entry is kept");
+        let before = cache.len();
+        assert!(cache.insert([0; 32], token(9), entry(100), 0, 0).is_some());
+        assert_eq!(cache.len(), before, "a replaced entry is counted once");
     }
 }

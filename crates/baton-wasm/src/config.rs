@@ -61,9 +61,10 @@ pub enum Unknown {
 /// A destination as the filter judges it.
 #[derive(Debug)]
 pub struct Destination {
-    pub name: String,
+    /// Shared with each verdict that names it (a reference count per request, not a copy).
+    pub name: std::sync::Arc<str>,
     pub policy: Policy,
-    /// The filter's share of its cache key (the destination's name).
+    /// The filter's share of its cache key (a digest of the destination's name).
     pub params: Key,
 }
 
@@ -168,7 +169,7 @@ impl Raw {
                 d.name.clone(),
                 d.hosts,
                 Destination {
-                    name: d.name,
+                    name: d.name.into(),
                     policy,
                     params,
                 },

@@ -15,10 +15,11 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 use baton_decide::reason::{Class, Denial, Reason};
 use baton_decide::request::{HeaderLines, Headers};
 
-use crate::cache::{Cache, Entry, Key};
+use crate::cache::{self, Cache, Entry, Held};
 use crate::config::Settings;
 use crate::local::{self, Local, Request};
 use crate::messages::{self, DecideReply, DecideRequest, EpochReply, EpochRequest, action};
+use crate::purge::{Handle, Served};
 
 /// The response path: a destination's `invalid_token` (`crate::purge`).
 mod response;
@@ -157,17 +158,17 @@ impl HeaderLines for Lines {
 struct Http {
     shared: Rc<RefCell<Shared>>,
     grpc_service: Rc<str>,
-    /// A Decide in flight: the cache key its answer goes under.
-    pending: Option<Key>,
+    /// A Decide in flight: the destination and subject token its answer is kept for.
+    pending: Option<(cache::Destination, Rc<str>)>,
     /// The delegation this request went out with, until its response is seen (`response`).
-    served: Option<crate::purge::Served>,
+    served: Option<Served>,
     /// A Purge in flight: the response waits for it.
     purging: bool,
 }
 
 impl Context for Http {
     fn on_grpc_call_response(&mut self, _: u32, status_code: u32, size: usize) {
-        let Some(key) = self.pending.take() else {
+        let Some(pending) = self.pending.take() else {
             return self.purge_answered(status_code, size);
         };
         if status_code != 0 {
@@ -180,7 +181,7 @@ impl Context for Http {
         let Ok(reply) = DecideReply::decode(body.as_slice()) else {
             return self.unavailable("the sidecar's answer does not decode");
         };
-        self.apply(key, reply);
+        self.apply(pending, reply);
     }
 }
 
@@ -222,7 +223,7 @@ impl Http {
         );
     }
 
-    fn apply(&mut self, key: Key, reply: DecideReply) {
+    fn apply(&mut self, (params, token): (cache::Destination, Rc<str>), reply: DecideReply) {
         match reply.action {
             action::DELEGATE => {
                 // One header value: visible ASCII and spaces, bounded (a token, not a header block).
@@ -235,10 +236,15 @@ impl Http {
                 // for its own token, never the one set here: removed, as ext_authz does.
                 let proof = reply.headers.iter().find(|h| h.key == "dpop").map(|h| h.value.as_str());
                 self.set_http_request_header("dpop", proof);
-                self.served = Some(response::served_by_reply(key, &reply));
-                if proof.is_none() {
-                    self.remember(key, &reply);
-                }
+                let held = if proof.is_none() {
+                    self.remember(params, token, &reply)
+                } else {
+                    None
+                };
+                self.served = Some(Served {
+                    held,
+                    handle: Handle::from_reply(&reply.served, &reply.issued),
+                });
                 self.mark("miss", &reply.destination);
                 self.resume_http_request();
             }
@@ -266,11 +272,12 @@ impl Http {
         }
     }
 
-    /// Keep a delegation the sidecar allowed to be kept, with the claims the policy needs.
-    fn remember(&self, key: Key, reply: &DecideReply) {
+    /// Keep a delegation the sidecar allowed to be kept, with the claims the policy needs:
+    /// where it is held, if it is.
+    fn remember(&self, params: cache::Destination, token: Rc<str>, reply: &DecideReply) -> Option<Held> {
         let now = (now_ms(self) / 1000) as u64;
         if reply.expires_at <= now {
-            return;
+            return None;
         }
         let claims = if reply.claims.is_empty() {
             None
@@ -278,16 +285,19 @@ impl Http {
             match serde_json::from_str::<serde_json::Value>(&reply.claims) {
                 Ok(serde_json::Value::Object(map)) => Some(map),
                 // Claims it cannot read: not cached (a later request could not be judged alike).
-                _ => return,
+                _ => return None,
             }
         };
         let entry = Entry {
-            authorization: reply.authorization.clone(),
+            authorization: reply.authorization.as_str().into(),
             expires_at: reply.expires_at,
             claims,
-            served: crate::purge::Handle::from_reply(&reply.served, &reply.issued),
+            served: Handle::from_reply(&reply.served, &reply.issued),
         };
-        self.shared.borrow_mut().cache.insert(key, entry, reply.generation, now);
+        self.shared
+            .borrow_mut()
+            .cache
+            .insert(params, token, entry, reply.generation, now)
     }
 }
 
@@ -332,7 +342,7 @@ impl HttpContext for Http {
             Local::Hit {
                 destination,
                 authorization,
-                key,
+                held,
             } => {
                 self.set_http_request_header("authorization", Some(&authorization));
                 // A caller's own proof is for its own token, never the one set here: removed, as
@@ -341,7 +351,10 @@ impl HttpContext for Http {
                     self.set_http_request_header("dpop", None);
                 }
                 self.mark("hit", &destination);
-                self.served = Some(response::served_by_hit(key, authorization));
+                self.served = Some(Served {
+                    held: Some(held),
+                    handle: None,
+                });
                 Action::Continue
             }
             Local::Strip => {
@@ -357,7 +370,7 @@ impl HttpContext for Http {
                 self.deny(&denial);
                 Action::Pause
             }
-            Local::Miss { key, .. } => {
+            Local::Miss { params, token, .. } => {
                 let message = DecideRequest {
                     authority,
                     method,
@@ -379,7 +392,7 @@ impl HttpContext for Http {
                     timeout,
                 ) {
                     Ok(_) => {
-                        self.pending = Some(key);
+                        self.pending = Some((params, token));
                         Action::Pause
                     }
                     Err(status) => {

@@ -1,7 +1,7 @@
 //! Baton's in-proxy mode: `baton.wasm`, a proxy-wasm HTTP filter that Envoy runs in each worker.
 //! Per outbound request it runs baton-decide's own code, the same functions the sidecar's
 //! `baton_core::authz` calls (canonical authority, destination matching, bearer token rules,
-//! policy, the subject token's digest: `local`), and on a hit in its bounded per-worker cache (`cache`) rewrites or
+//! policy, the subject token: `local`), and on a hit in its bounded per-worker cache (`cache`) rewrites or
 //! strips `Authorization` with no gRPC call. On a miss it asks the Baton sidecar
 //! (`baton.v1.InProxy/Decide`, `messages`), which verifies, exchanges and audits as Check does; it
 //! polls `InProxy/Epoch` and drops its cache when a revocation (or reload) happened (`filter`).
@@ -15,7 +15,6 @@
 
 pub mod cache;
 pub mod config;
-pub mod key;
 pub mod local;
 pub mod messages;
 pub mod purge;

@@ -1,17 +1,19 @@
 //! What the filter decides by itself, in the order `baton_core::authz::admit` and `delegate` do
 //! and with the same baton-decide functions: the canonical authority, the destination it matches,
-//! the bearer token's rules, the cache key, and on a hit the destination's policy judged on this
+//! the bearer token's rules, the subject token, and on a hit the destination's policy judged on this
 //! request with the claims the sidecar verified. Pure (the caller passes the clock and whether
 //! the sidecar's epoch is fresh), so it is tested natively. Whatever it cannot settle is `Miss`:
 //! the sidecar decides, and audits.
 
+use std::rc::Rc;
+use std::sync::Arc;
+
 use baton_decide::canonical;
-use baton_decide::key;
 use baton_decide::policy::Facts;
 use baton_decide::reason::{Denial, Reason};
 use baton_decide::request::{self, Headers};
 
-use crate::cache::{Cache, Key};
+use crate::cache::{self, Cache, Held};
 use crate::config::{Settings, Unknown};
 
 /// The request as the filter reads it from Envoy.
@@ -33,15 +35,19 @@ pub enum Local {
     Passthrough,
     /// Refuse, before any token is looked at by the sidecar (the same reason it would give).
     Deny(Denial),
-    /// Served from the cache: `Authorization` becomes `authorization` (kept under `key`, which a
+    /// Served from the cache: `Authorization` becomes `authorization` (the entry `held`, which a
     /// destination's `invalid_token` purges).
     Hit {
-        destination: String,
-        authorization: String,
-        key: Key,
+        destination: Arc<str>,
+        authorization: Rc<str>,
+        held: Held,
     },
-    /// Ask the sidecar; keep its answer under `key` (`None`: nothing to keep).
-    Miss { destination: String, key: Key },
+    /// Ask the sidecar; keep its answer for `token` at `params`.
+    Miss {
+        destination: Arc<str>,
+        params: cache::Destination,
+        token: Rc<str>,
+    },
 }
 
 /// Decide `request` from the configuration and the cache. `fresh`: the sidecar's epoch was heard
@@ -80,15 +86,15 @@ pub fn decide(settings: &Settings, cache: &mut Cache, request: &Request<'_>, now
         Ok(None) => return Local::Deny(Denial::new(Reason::MissingToken, "the request has no bearer token")),
         Err(denial) => return Local::Deny(denial),
     };
-    let key = (destination.params, key::digest(token));
     let miss = || Local::Miss {
         destination: destination.name.clone(),
-        key,
+        params: destination.params,
+        token: token.into(),
     };
     if !fresh {
         return miss();
     }
-    let Some(entry) = cache.get(&key, now) else {
+    let Some((entry, held)) = cache.get(&destination.params, token, now) else {
         return miss();
     };
     let facts = Facts {
@@ -106,7 +112,7 @@ pub fn decide(settings: &Settings, cache: &mut Cache, request: &Request<'_>, now
     Local::Hit {
         destination: destination.name.clone(),
         authorization: entry.authorization.clone(),
-        key,
+        held,
     }
 }
 
@@ -200,22 +206,23 @@ mod tests {
         let s = settings("");
         let mut cache = Cache::new(8);
         let user = Pairs(vec![("authorization", "Bearer user-token")]);
-        let Local::Miss { key, .. } = run(&s, &mut cache, "orders.internal", "GET", &user, true) else {
+        let Local::Miss { params, token, .. } = run(&s, &mut cache, "orders.internal", "GET", &user, true) else {
             panic!("an empty cache misses");
         };
+        assert_eq!(&*token, "user-token", "the subject token, as baton-decide reads it");
         let entry = Entry {
-            authorization: "Bearer issued".to_owned(),
+            authorization: "Bearer issued".into(),
             expires_at: 2_000,
             claims: Some(claims("acme")),
             served: None,
         };
-        assert!(cache.insert(key, entry, 0, 1_000));
+        let held = cache.insert(params, token, entry, 0, 1_000).expect("kept");
         assert_eq!(
             run(&s, &mut cache, "ORDERS.internal", "GET", &user, true),
             Local::Hit {
-                destination: "orders".to_owned(),
-                authorization: "Bearer issued".to_owned(),
-                key,
+                destination: "orders".into(),
+                authorization: "Bearer issued".into(),
+                held,
             },
             "the canonical authority matches"
         );
@@ -249,30 +256,31 @@ mod tests {
         .expect("valid");
         let mut cache = Cache::new(8);
         let user = Pairs(vec![("authorization", "Bearer user-token")]);
-        let Local::Miss { key, .. } = run(&s, &mut cache, "orders.internal", "GET", &user, true) else {
+        let Local::Miss { params, token, .. } = run(&s, &mut cache, "orders.internal", "GET", &user, true) else {
             panic!("an empty cache misses");
         };
         let entry = Entry {
-            authorization: "Bearer for-orders".to_owned(),
+            authorization: "Bearer for-orders".into(),
             expires_at: 2_000,
             claims: None,
             served: None,
         };
-        assert!(cache.insert(key, entry, 0, 1_000));
+        assert!(cache.insert(params, token.clone(), entry, 0, 1_000).is_some());
         assert!(matches!(
             run(&s, &mut cache, "orders.internal", "GET", &user, true),
             Local::Hit { .. }
         ));
         let Local::Miss {
-            key: other,
+            params: other,
             destination,
+            token: same,
         } = run(&s, &mut cache, "billing.internal", "GET", &user, true)
         else {
             panic!("billing must not be served the token cached for orders");
         };
-        assert_eq!(destination, "billing");
-        assert_ne!(other, key);
-        assert_eq!(other.1, key.1, "the same subject token digest, another destination");
+        assert_eq!(&*destination, "billing");
+        assert_ne!(other, params);
+        assert_eq!(same, token, "the same subject token, another destination");
     }
 
     #[test]
@@ -280,16 +288,16 @@ mod tests {
         let s = settings("");
         let mut cache = Cache::new(8);
         let user = Pairs(vec![("authorization", "Bearer user-token")]);
-        let Local::Miss { key, .. } = run(&s, &mut cache, "orders.internal", "GET", &user, true) else {
+        let Local::Miss { params, token, .. } = run(&s, &mut cache, "orders.internal", "GET", &user, true) else {
             panic!("miss");
         };
         let entry = Entry {
-            authorization: "Bearer issued".to_owned(),
+            authorization: "Bearer issued".into(),
             expires_at: 2_000,
             claims: Some(claims("other")),
             served: None,
         };
-        cache.insert(key, entry, 0, 1_000);
+        assert!(cache.insert(params, token, entry, 0, 1_000).is_some());
         assert!(matches!(
             run(&s, &mut cache, "orders.internal", "GET", &user, true),
             Local::Miss { .. }

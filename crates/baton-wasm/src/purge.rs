@@ -7,7 +7,7 @@
 //! It never reads a body, never guesses (a `:status` twice, too many challenges, one that cannot
 //! be read whole: no), and never puts a token in a Purge or a log.
 
-use crate::key::Key;
+use crate::cache::Held;
 use baton_decide::challenge;
 
 /// The most `WWW-Authenticate` lines read from one response; past them the response says no.
@@ -41,10 +41,8 @@ impl Handle {
 /// The delegation a request went out with, until its response is seen.
 #[derive(Debug)]
 pub struct Served {
-    /// The filter's cache key for it.
-    pub key: Key,
-    /// The `Authorization` value set (compared, never logged).
-    pub authorization: String,
+    /// The filter's entry that served it (`None`: not kept, e.g. a DPoP-bound one).
+    pub held: Option<Held>,
     /// The sidecar's name for it, when the Decide reply gave one (a hit finds it in the entry).
     pub handle: Option<Handle>,
 }

@@ -11,27 +11,8 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
 use super::Http;
-use crate::key::Key;
-use crate::messages::{self, DecideReply, PurgeReply, PurgeRequest};
-use crate::purge::{self, Handle, Served};
-
-/// What a miss went out with: the sidecar's reply names its entry.
-pub(super) fn served_by_reply(key: Key, reply: &DecideReply) -> Served {
-    Served {
-        key,
-        authorization: reply.authorization.clone(),
-        handle: Handle::from_reply(&reply.served, &reply.issued),
-    }
-}
-
-/// What a hit went out with: its entry names the sidecar's, looked up only if refused.
-pub(super) fn served_by_hit(key: Key, authorization: String) -> Served {
-    Served {
-        key,
-        authorization,
-        handle: None,
-    }
-}
+use crate::messages::{self, PurgeReply, PurgeRequest};
+use crate::purge;
 
 fn warn(message: &str) {
     proxy_wasm::hostcalls::log(LogLevel::Warn, message).ok();
@@ -52,7 +33,7 @@ impl Http {
         }
         let (held, timeout) = {
             let mut shared = self.shared.borrow_mut();
-            let held = shared.cache.forget(&served.key, &served.authorization);
+            let held = served.held.as_ref().and_then(|held| shared.cache.forget(held));
             (held, shared.settings.timeout)
         };
         self.set_property(vec!["baton.purge"], Some(b"invalid_token"));
