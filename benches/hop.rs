@@ -23,9 +23,10 @@
 //! module must be built first: `cargo build --profile wasm -p baton-wasm --target wasm32-wasip1`.
 //! `HOP_ENVOY=1` measures the hop from both sides instead (Envoy's settings, the HTTP transport,
 //! Baton before and now, user and system time, callgrind on both processes): see `hop_envoy`.
-//! `HOP_WASM_BEFORE=PATH` adds another build of the module (an earlier commit's) beside it, in the
-//! same run. `HOP_ENVOY_CALLGRIND=DIR` counts Envoy's instructions per request instead (callgrind:
-//! robust to the machine's load), alone and with the module(s).
+//! `HOP_WASM_BEFORE=PATH[,PATH...]` adds other builds of the module (an earlier commit's, the
+//! measuring sticks) beside it, in the same run. `HOP_ENVOY_CALLGRIND=DIR` counts Envoy's
+//! instructions per request instead (callgrind: robust to the machine's load), alone and with the
+//! module(s).
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
@@ -77,7 +78,7 @@ impl Pid {
 const TICKS: f64 = 100.0;
 
 struct Setup {
-    name: &'static str,
+    name: String,
     envoy: EnvoyProcess,
     authz: Option<Pid>,
 }
@@ -487,15 +488,13 @@ async fn envoy_instructions(dir: &str, n: usize) {
         ),
         ("wasm".to_owned(), WASM_SETUP.to_owned(), FilterApi::Wasm, true, None),
     ];
-    // Here `HOP_WASM_BEFORE` may list several builds, comma-separated.
-    let others = std::env::var("HOP_WASM_BEFORE").unwrap_or_default();
-    for (i, path) in others.split(',').filter(|p| !p.is_empty()).enumerate() {
+    for (i, path) in wasm_before().into_iter().enumerate() {
         setups.push((
             format!("wasm-before-{i}"),
-            format!("+ baton.wasm on hits, {path}"),
+            format!("+ baton.wasm on hits, {}", path.display()),
             FilterApi::Wasm,
             true,
-            Some(PathBuf::from(path)),
+            Some(path),
         ));
     }
     // Started together: V8 compiling the module under callgrind takes minutes.
@@ -699,19 +698,42 @@ async fn run() {
         {
             continue;
         }
-        let before = wasm_before();
-        if name == WASM_BEFORE_SETUP && before.is_none() {
+        if name == WASM_BEFORE_SETUP {
+            // Each module `HOP_WASM_BEFORE` lists, named by its file.
+            for module in wasm_before() {
+                let doc = bootstrap_for(
+                    FilterApi::Wasm,
+                    yaml,
+                    uds.clone(),
+                    trimmed,
+                    filter,
+                    Some(module.clone()),
+                );
+                let envoy = EnvoyProcess::start(&scratch, &format!("setup{}", setups.len()), &doc).await;
+                let file = module
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                setups.push(Setup {
+                    name: format!("+ {file} on hits (HOP_WASM_BEFORE)"),
+                    envoy,
+                    authz,
+                });
+            }
             continue;
         }
-        let (api, module) = match name {
-            WASM_SETUP => (FilterApi::Wasm, None),
-            WASM_BEFORE_SETUP => (FilterApi::Wasm, before),
-            HTTP_SETUP => (FilterApi::ExtAuthzHttp, None),
-            _ => (FilterApi::ExtAuthz, None),
+        let api = match name {
+            WASM_SETUP => FilterApi::Wasm,
+            HTTP_SETUP => FilterApi::ExtAuthzHttp,
+            _ => FilterApi::ExtAuthz,
         };
-        let doc = bootstrap_for(api, yaml, uds, trimmed, filter, module);
+        let doc = bootstrap_for(api, yaml, uds, trimmed, filter, None);
         let envoy = EnvoyProcess::start(&scratch, &format!("setup{}", setups.len()), &doc).await;
-        setups.push(Setup { name, envoy, authz });
+        setups.push(Setup {
+            name: name.to_owned(),
+            envoy,
+            authz,
+        });
     }
     println!(
         "machine: {} cores; {rounds} rounds, {n} requests per setup and connection count, interleaved",
@@ -764,12 +786,14 @@ async fn run() {
 
 const ALONE_SETUP: &str = "Envoy alone";
 const WASM_SETUP: &str = "+ baton.wasm on hits (in-proxy mode)";
-/// `HOP_WASM_BEFORE=PATH`: another build of the module (an earlier commit's), measured beside
-/// this one in the same run.
+/// `HOP_WASM_BEFORE=PATH[,PATH...]`: other builds of the module (an earlier commit's, or the
+/// measuring sticks `floor_empty` and `floor_host_calls`), each measured beside this one in the
+/// same run.
 const WASM_BEFORE_SETUP: &str = "+ baton.wasm on hits, HOP_WASM_BEFORE";
 
-fn wasm_before() -> Option<PathBuf> {
-    std::env::var_os("HOP_WASM_BEFORE").map(PathBuf::from)
+fn wasm_before() -> Vec<PathBuf> {
+    let list = std::env::var("HOP_WASM_BEFORE").unwrap_or_default();
+    list.split(',').filter(|p| !p.is_empty()).map(PathBuf::from).collect()
 }
 /// Envoy's ext_authz over HTTP/1.1 (`http_service`) to Baton's `listen.authz_http`, headers Baton reads.
 const HTTP_SETUP: &str = "+ Baton ext_authz over HTTP";

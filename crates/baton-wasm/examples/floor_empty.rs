@@ -5,30 +5,18 @@
 //!
 //! `cargo build --profile wasm -p baton-wasm --target wasm32-wasip1 --example floor_empty`
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{ContextType, LogLevel};
+#[path = "floor/skeleton.rs"]
+mod skeleton;
+
+use proxy_wasm::traits::{Context, HttpContext};
 
 #[allow(unsafe_code)]
 #[unsafe(no_mangle)]
 pub extern "C" fn _initialize() {
-    proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| Box::new(Root));
+    skeleton::start::<Nothing>();
 }
 
-struct Root;
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Nothing))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
+#[derive(Default)]
 struct Nothing;
 
 impl Context for Nothing {}

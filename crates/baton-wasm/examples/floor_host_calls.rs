@@ -1,50 +1,19 @@
 //! A measuring stick, not a filter to deploy: a proxy-wasm HTTP filter that makes the host calls
 //! baton.wasm makes on a cache hit with none of its work between them: read every request header,
-//! read the clock, set `Authorization` (a fixed value), set the two filter-state properties the
-//! access log reads. Beside `floor_empty` it measures what those host calls cost; beside baton.wasm,
-//! what baton.wasm's own code costs. BENCHMARKS.md, "In-proxy mode".
+//! read the clock, set `Authorization` (a fixed value), set the filter-state properties the access
+//! log reads, and read the response's `:status` (the 401 purge's check). Beside `floor_empty` it
+//! measures what those host calls cost; beside baton.wasm, what baton.wasm's own code costs.
+//! `floor_no_properties` is the same without the properties. BENCHMARKS.md, "In-proxy mode".
 //!
 //! `cargo build --profile wasm -p baton-wasm --target wasm32-wasip1 --example floor_host_calls`
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+#[path = "floor/host_calls.rs"]
+mod host_calls;
+#[path = "floor/skeleton.rs"]
+mod skeleton;
 
 #[allow(unsafe_code)]
 #[unsafe(no_mangle)]
 pub extern "C" fn _initialize() {
-    proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| Box::new(Root));
-}
-
-struct Root;
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(HostCalls))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-struct HostCalls;
-
-impl Context for HostCalls {}
-
-impl HttpContext for HostCalls {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let headers = self.get_http_request_headers_bytes();
-        let now = self.get_current_time();
-        if headers.is_empty() || now.elapsed().is_err() {
-            // Never taken; keeps both reads.
-            return Action::Pause;
-        }
-        self.set_http_request_header("authorization", Some("Bearer a-fixed-token-for-measuring-only"));
-        self.set_property(vec!["baton.decision"], Some(b"hit"));
-        self.set_property(vec!["baton.destination"], Some(b"orders"));
-        Action::Continue
-    }
+    skeleton::start::<host_calls::HostCalls<{ host_calls::ALL }>>();
 }
