@@ -1,6 +1,6 @@
 //! The host calls baton.wasm makes on a cache hit, with none of its work between them (not a
 //! filter to deploy). `CALLS` says which it makes (bits: [`HEADERS`], [`CLOCK`], [`SET`],
-//! [`PROPERTIES`], [`STATUS`]); each measuring stick is one choice of them.
+//! [`PROPERTIES`], [`CHALLENGE`]); each measuring stick is one choice of them.
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -13,11 +13,11 @@ pub(crate) const CLOCK: u8 = 2;
 pub(crate) const SET: u8 = 4;
 /// Set the two filter-state properties the access log reads.
 pub(crate) const PROPERTIES: u8 = 8;
-/// Read the response's `:status` (the 401 purge's check).
-pub(crate) const STATUS: u8 = 16;
+/// Look for the response's `WWW-Authenticate` (the 401 purge's first check; these answers have none).
+pub(crate) const CHALLENGE: u8 = 16;
 /// All a hit makes.
 #[allow(dead_code, reason = "not every measuring stick makes them all")]
-pub(crate) const ALL: u8 = HEADERS | CLOCK | SET | PROPERTIES | STATUS;
+pub(crate) const ALL: u8 = HEADERS | CLOCK | SET | PROPERTIES | CHALLENGE;
 
 #[derive(Default)]
 pub(crate) struct HostCalls<const CALLS: u8>;
@@ -44,7 +44,7 @@ impl<const CALLS: u8> HttpContext for HostCalls<CALLS> {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        if CALLS & STATUS != 0 && self.get_http_response_header(":status").as_deref() == Some("401") {
+        if CALLS & CHALLENGE != 0 && self.get_http_response_header("www-authenticate").is_some() {
             return Action::Pause;
         }
         Action::Continue
