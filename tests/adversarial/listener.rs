@@ -8,6 +8,11 @@
 //! In-proxy mode's `baton.v1.InProxy` (Decide, Epoch) is served by the same gRPC server on the same
 //! listeners as Check: a forged Decide from a process that is not Envoy is the same exposure as a
 //! forged Check, and meets the same rules (the rows below send both).
+//!
+//! The HTTP authorization listener (ext_authz over HTTP) has no TLS: `authz_http` is loopback only
+//! unless `insecure_plaintext`, and `authz_http_uds` shares the gRPC socket's mode and group. Its
+//! rows: what its socket lets another user do, what a process beside Envoy earns on loopback, and
+//! which addresses `check-config` refuses.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -616,6 +621,129 @@ async fn a_direct_caller_without_an_allowed_certificate_never_reaches_grpc() {
     drop(idle);
 }
 
+// === The HTTP authorization listener on loopback: what a process beside Envoy gets ===
+
+/// One HTTP/1.1 request, written raw on a new connection to `port` (loopback) and closed after the
+/// answer: its status and head (hyper writes header names in lower case).
+async fn ask_http(port: u16, host: &str, headers: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let request =
+        format!("GET /orders/1 HTTP/1.1\r\nhost: {host}\r\ncontent-length: 0\r\nconnection: close\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered within 5 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {answer:?}"));
+    (status, answer)
+}
+
+/// `listen.authz_http` serves plain text on loopback (nothing beyond it, unless
+/// `insecure_plaintext`: `check_config_refuses_a_listener_anyone_could_reach`), so any process in
+/// the pod can send it Envoy's request. It earns what the same request through Envoy would and no
+/// more: the listener reads no route and no source principal, the caller is `workload.identity`,
+/// and the destination is the `host`'s. Headers that name a destination or an identity change
+/// nothing; the control rows show the same setup delegates.
+#[tokio::test]
+async fn a_process_beside_envoy_on_the_http_listener_earns_only_what_envoys_request_would() {
+    const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+    const REPORTER: &str = "spiffe://cluster.local/ns/jobs/sa/reporter";
+    let scratch = Scratch::new(BATON_BIN, "adv-listener-http");
+    let service = TokenService::start(Peer::BatonSts, &scratch).await;
+    let body = format!(
+        "token_service:\n{}\nworkload:\n  identity: {FRONTEND}\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n    policy:\n      allowed_sources: [\"{FRONTEND}\"]\n  - name: billing\n    hosts: [billing.example]\n    audience: {BILLING}\n    policy:\n      allowed_sources: [\"{REPORTER}\"]\n",
+        basic_auth_to(&scratch, &format!("token_endpoint: {}", service.token_endpoint))
+    );
+    let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
+    let user = service.mint("alice", "orders.read billing.read").await;
+    let token = format!("authorization: {}\r\n", bearer(&user));
+    let xfcc = format!("x-forwarded-client-cert: By={FRONTEND};URI={REPORTER}\r\n");
+    let peer = format!("x-envoy-peer-metadata-id: {REPORTER}\r\nx-baton-source: {REPORTER}\r\n");
+    let route = "baton-destination: orders\r\nx-baton-destination: orders\r\nx-envoy-original-host: orders.example\r\n";
+
+    enum Want {
+        /// 200 with a token for this audience.
+        Delegated(&'static str),
+        /// The caller's token removed, none sent.
+        Stripped,
+        /// Refused with this reason.
+        Denied(u16, &'static str),
+    }
+    let rows: Vec<(&str, &str, String, Want)> = vec![
+        (
+            "control: the workload's own destination",
+            "orders.example",
+            token.clone(),
+            Want::Delegated(ORDERS),
+        ),
+        (
+            "control: a destination only another workload may reach",
+            "billing.example",
+            token.clone(),
+            Want::Denied(403, "source_not_allowed"),
+        ),
+        (
+            "that destination, with a forwarded client certificate naming the allowed source",
+            "billing.example",
+            format!("{token}{xfcc}"),
+            Want::Denied(403, "source_not_allowed"),
+        ),
+        (
+            "that destination, with headers naming the allowed source as the peer",
+            "billing.example",
+            format!("{token}{peer}"),
+            Want::Denied(403, "source_not_allowed"),
+        ),
+        (
+            "an unlisted host, with headers naming a destination",
+            "elsewhere.example",
+            format!("{token}{route}"),
+            Want::Stripped,
+        ),
+        (
+            "another destination's host, with headers naming this workload's destination",
+            "billing.example",
+            format!("{token}{route}"),
+            Want::Denied(403, "source_not_allowed"),
+        ),
+    ];
+    for (variant, host, headers, want) in rows {
+        let (status, head) = ask_http(baton.authz_http, host, &headers).await;
+        let issued = head
+            .lines()
+            .find_map(|l| l.strip_prefix("authorization: Bearer "))
+            .map(str::trim);
+        match want {
+            Want::Delegated(audience) => {
+                assert_eq!(status, 200, "{variant}: {head}");
+                let issued = issued.unwrap_or_else(|| panic!("{variant}: no token: {head}"));
+                assert_ne!(issued, user, "{variant}: the user's own token");
+                assert_eq!(audiences(&service.verify(issued).await), [audience], "{variant}");
+            }
+            Want::Stripped => {
+                assert_eq!(status, 200, "{variant}: {head}");
+                assert!(issued.is_none(), "{variant}: a token for an unlisted host: {head}");
+                assert!(
+                    head.contains("x-envoy-auth-headers-to-remove: authorization"),
+                    "{variant}: {head}"
+                );
+            }
+            Want::Denied(code, reason) => {
+                assert_eq!(status, code, "{variant}: {head}");
+                assert!(issued.is_none(), "{variant}: {head}");
+                assert!(head.contains(&format!("\"{reason}\"")), "{variant}: {head}");
+            }
+        }
+    }
+}
+
 /// Certificate rotation: Baton's certificate and key files are replaced (as cert-manager does, a
 /// rename over each); new handshakes present the new certificate, and a broken file keeps the last
 /// good one.
@@ -681,9 +809,12 @@ async fn a_rotated_server_certificate_is_presented_to_new_connections() {
 // === The Unix socket: only its owner and group may connect ===
 
 /// Root ignores file modes, so the attacker runs as `nobody` (uid 65534) with the gid of the row,
-/// through `setpriv`, and tries to open the socket with curl (HTTP/2 prior knowledge, a gRPC
-/// POST). curl exits 7 when it cannot connect; a served call answers HTTP 200. Each row asks Check
-/// and in-proxy mode's `InProxy/Decide` and `InProxy/Epoch`: the socket's rules hold for all three.
+/// through `setpriv`, and tries to open the socket with curl. curl exits 7 when it cannot connect.
+/// On the gRPC socket (HTTP/2 prior knowledge, a gRPC POST) each row asks Check and in-proxy mode's
+/// `InProxy/Decide` and `InProxy/Epoch`, and a served call answers HTTP 200; on the HTTP
+/// authorization socket (`authz_http_uds`, ext_authz over HTTP, which shares the gRPC socket's mode
+/// and group) it sends Envoy's shape without a token, and a served call is Baton's 401. The
+/// socket's rules hold for all four, and for the HTTP socket alone.
 #[tokio::test]
 async fn only_the_sockets_owner_and_group_may_connect() {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -693,52 +824,83 @@ async fn only_the_sockets_owner_and_group_may_connect() {
     // containers is: only the socket's own mode then stands between it and Baton.
     std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let service = TokenService::start(Peer::BatonSts, &scratch).await;
-    let rows: [(&str, Option<&str>, u32, bool); 3] = [
+    // (variant, grpc_uds_mode, the attacker's gid, served, with a gRPC socket beside the HTTP one)
+    let rows: [(&str, Option<&str>, u32, bool, bool); 5] = [
         (
             "another user, not in the socket's group (default mode)",
             None,
             65534,
             false,
+            true,
         ),
-        ("control: another user in the socket's group", None, GROUP, true),
-        ("a group member, mode 0600", Some("0600"), GROUP, false),
+        ("control: another user in the socket's group", None, GROUP, true, true),
+        ("a group member, mode 0600", Some("0600"), GROUP, false, true),
+        (
+            "the HTTP socket alone: another user, not in its group",
+            None,
+            65534,
+            false,
+            false,
+        ),
+        (
+            "the HTTP socket alone: a group member, mode 0600",
+            Some("0600"),
+            GROUP,
+            false,
+            false,
+        ),
     ];
-    for (i, (variant, mode, gid, served)) in rows.into_iter().enumerate() {
+    for (i, (variant, mode, gid, served, grpc)) in rows.into_iter().enumerate() {
         let run = Scratch::new(BATON_BIN, "adv-listener-uds-run");
         std::fs::set_permissions(&run.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let socket = run.0.join(format!("baton-{i}.sock"));
+        let grpc_socket = grpc.then(|| run.0.join(format!("baton-{i}.sock")));
+        let http_socket = run.0.join(format!("baton-http-{i}.sock"));
         let mode_line = mode.map(|m| format!("  grpc_uds_mode: \"{m}\"\n")).unwrap_or_default();
+        let grpc_line = grpc_socket
+            .as_ref()
+            .map(|s| format!("  grpc_uds: {}\n", s.display()))
+            .unwrap_or_default();
         let listen = format!(
-            "  grpc_uds: {}\n{mode_line}  grpc_uds_group: \"{GROUP}\"\n",
-            socket.display()
+            "{grpc_line}  authz_http_uds: {}\n{mode_line}  grpc_uds_group: \"{GROUP}\"\n",
+            http_socket.display()
         );
         let baton = Baton::start_listening(&run, &service.token_endpoint, &listen, "").await;
 
-        let meta = std::fs::symlink_metadata(&socket).expect("the socket");
         let expected_mode = mode.map_or(0o660, |m| u32::from_str_radix(m, 8).expect("octal"));
-        assert_eq!(meta.mode() & 0o7777, expected_mode, "{variant}: mode");
-        assert_eq!(meta.gid(), GROUP, "{variant}: group");
+        for socket in grpc_socket.iter().chain([&http_socket]) {
+            let meta = std::fs::symlink_metadata(socket).expect("the socket");
+            assert_eq!(meta.mode() & 0o7777, expected_mode, "{variant}: mode of {socket:?}");
+            assert_eq!(meta.gid(), GROUP, "{variant}: group of {socket:?}");
+        }
 
-        for method in [
-            "envoy.service.auth.v3.Authorization/Check",
-            "baton.v1.InProxy/Decide",
-            "baton.v1.InProxy/Epoch",
-        ] {
+        // (socket, path, curl's arguments, a served call's status)
+        let mut calls: Vec<(&Path, &str, &[&str], &str)> = Vec::new();
+        if let Some(socket) = &grpc_socket {
+            let grpc_post: &[&str] = &[
+                "--http2-prior-knowledge",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/grpc",
+            ];
+            for method in [
+                "envoy.service.auth.v3.Authorization/Check",
+                "baton.v1.InProxy/Decide",
+                "baton.v1.InProxy/Epoch",
+            ] {
+                calls.push((socket, method, grpc_post, "200"));
+            }
+        }
+        // What Envoy's ext_authz HTTP client sends, without a token: Baton's answer is 401.
+        calls.push((&http_socket, "orders/1", &["-H", "host: orders.example"], "401"));
+        for (socket, path, args, answer) in calls {
             let out = tokio::process::Command::new("setpriv")
                 .args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups", "curl"])
-                .args([
-                    "-sS",
-                    "--max-time",
-                    "5",
-                    "--http2-prior-knowledge",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                ])
-                .args(["-X", "POST", "-H", "content-type: application/grpc", "--unix-socket"])
-                .arg(&socket)
-                .arg(format!("http://baton/{method}"))
+                .args(["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+                .args(args)
+                .arg("--unix-socket")
+                .arg(socket)
+                .arg(format!("http://baton/{path}"))
                 .output()
                 .await
                 .expect("run setpriv curl");
@@ -746,11 +908,11 @@ async fn only_the_sockets_owner_and_group_may_connect() {
             if served {
                 assert_eq!(
                     (out.status.code(), stdout.as_ref()),
-                    (Some(0), "200"),
-                    "{variant} {method}: {out:?}"
+                    (Some(0), answer),
+                    "{variant} {path}: {out:?}"
                 );
             } else {
-                assert_eq!(out.status.code(), Some(7), "{variant} {method}: connected: {out:?}");
+                assert_eq!(out.status.code(), Some(7), "{variant} {path}: connected: {out:?}");
             }
         }
         drop(baton);
@@ -889,7 +1051,7 @@ type ConfigRow = (&'static str, &'static str, Result<(), &'static [&'static str]
 fn check_config_refuses_a_listener_anyone_could_reach() {
     let scratch = Scratch::new(BATON_BIN, "adv-listener-check-config");
     let ts = "token_service:\n  token_endpoint: http://127.0.0.1:9/token\n  client_id: c\n  auth: { method: none }\n";
-    let rows: [ConfigRow; 10] = [
+    let rows: [ConfigRow; 18] = [
         (
             "no listener at all",
             "listen:\n  admin: 127.0.0.1:9901\n",
@@ -934,6 +1096,47 @@ fn check_config_refuses_a_listener_anyone_could_reach() {
         (
             "plain text elsewhere, said out loud",
             "listen:\n  grpc: 0.0.0.0:9191\n  insecure_plaintext: true\n",
+            Ok(()),
+        ),
+        // The HTTP authorization listener (ext_authz over HTTP) has no TLS: loopback or a socket.
+        (
+            "HTTP authorization on every address",
+            "listen:\n  authz_http: 0.0.0.0:9192\n",
+            Err(&["listen.authz_http", "authz_http_uds", "insecure_plaintext"]),
+        ),
+        (
+            "HTTP authorization on every IPv6 address",
+            "listen:\n  authz_http: \"[::]:9192\"\n",
+            Err(&["listen.authz_http"]),
+        ),
+        (
+            "HTTP authorization on a pod address, beside the gRPC socket",
+            "listen:\n  grpc_uds: /run/b.sock\n  authz_http: 10.1.2.3:9192\n",
+            Err(&["listen.authz_http"]),
+        ),
+        (
+            "HTTP authorization on an IPv4-mapped loopback",
+            "listen:\n  authz_http: \"[::ffff:127.0.0.1]:9192\"\n",
+            Err(&["listen.authz_http"]),
+        ),
+        (
+            "an HTTP authorization socket every local user may open",
+            "listen:\n  authz_http_uds: /run/b-http.sock\n  grpc_uds_mode: \"0666\"\n",
+            Err(&["listen.grpc_uds_mode"]),
+        ),
+        (
+            "one socket for both APIs",
+            "listen:\n  grpc_uds: /run/b.sock\n  authz_http_uds: /run/b.sock\n",
+            Err(&["listen.authz_http_uds", "listen.grpc_uds"]),
+        ),
+        (
+            "HTTP authorization on loopback",
+            "listen:\n  authz_http: 127.0.0.1:9192\n",
+            Ok(()),
+        ),
+        (
+            "HTTP authorization elsewhere, said out loud",
+            "listen:\n  authz_http: 0.0.0.0:9192\n  insecure_plaintext: true\n",
             Ok(()),
         ),
     ];
