@@ -1,5 +1,6 @@
-//! DPoP-bound delegation (RFC 9449, issue 16 §1) through the real Envoy, by ext_authz, by
-//! ext_proc and by the Wasm filter (in-proxy mode: never cached in the filter, which holds no key
+//! DPoP-bound delegation (RFC 9449, issue 16 §1) through the real Envoy, by ext_authz (gRPC and
+//! HTTP: the proof is an upstream header of the allowing answer, like `authorization`, and the
+//! caller's own `dpop` is in `x-envoy-auth-headers-to-remove`), by ext_proc and by the Wasm filter (in-proxy mode: never cached in the filter, which holds no key
 //! and can make no proof, so every request is a Decide and gets Baton's fresh proof), with panva's oidc-provider as the token service (its token-exchange grant checks
 //! Baton's proof with the library's own DPoP validation and binds the token to the proof's key)
 //! and a resource server that verifies every proof with `jose` (`dpop-resource.mjs`): signature,
@@ -128,8 +129,13 @@ async fn dpop_bound_tokens_reach_the_destination_with_a_fresh_proof_each_time() 
     let (key, jkt) = key_file(&scratch, "dpop-key.pem");
     let baton = Baton::start_raw(&scratch, &config(&scratch, &service, &key), "baton=debug,info").await;
 
-    for (api, user) in [(Api::ExtAuthz, "alice"), (Api::ExtProc, "bob"), (Api::Wasm, "carol")] {
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, resource.port).await;
+    for (api, user) in [
+        (Api::ExtAuthz, "alice"),
+        (Api::ExtAuthzHttp, "dave"),
+        (Api::ExtProc, "bob"),
+        (Api::Wasm, "carol"),
+    ] {
+        let envoy = Envoy::start_for(api, &scratch, baton.port_for(api), resource.port).await;
         let token = service.mint(user, "").await;
         let before = service.exchanges().await;
 
