@@ -215,16 +215,7 @@ destinations:
                 max_age_seconds: max_age,
             },
         );
-        let answer = self
-            .client
-            .clone()
-            .defer(request)
-            .await
-            .map(tonic::Response::into_inner);
-        if let Ok(a) = &answer {
-            leaks::secret(&a.grant);
-        }
-        answer
+        remembered(self.client.clone().defer(request).await, |a| &a.grant)
     }
 
     async fn redeem(&self, grant: &str, destination: &str) -> Result<RedeemResponse, tonic::Status> {
@@ -239,16 +230,7 @@ destinations:
                 destination: destination.to_owned(),
             },
         );
-        let answer = self
-            .client
-            .clone()
-            .redeem(request)
-            .await
-            .map(tonic::Response::into_inner);
-        if let Ok(a) = &answer {
-            leaks::secret(&a.access_token);
-        }
-        answer
+        remembered(self.client.clone().redeem(request).await, |a| &a.access_token)
     }
 
     /// `baton revoke` with these selector flags; whether it succeeded.
@@ -283,6 +265,19 @@ destinations:
     async fn cache_entries(&self) -> f64 {
         metric(&self.baton.metrics().await, "baton_cache_entries").unwrap_or(0.0)
     }
+}
+
+/// A broker answer's message, its credential (`secret`) handed to the leak scan first, so that
+/// nothing Baton emits may hold it.
+fn remembered<T>(
+    answer: Result<tonic::Response<T>, tonic::Status>,
+    secret: impl Fn(&T) -> &str,
+) -> Result<T, tonic::Status> {
+    let answer = answer.map(tonic::Response::into_inner);
+    if let Ok(a) = &answer {
+        leaks::secret(secret(a));
+    }
+    answer
 }
 
 /// The refusal's reason code (a broker refusal's message starts with it) and gRPC code.
