@@ -299,23 +299,27 @@ fn signed(key: &Path, header: &str, claims: &str) -> String {
     format!("{input}.{signature}")
 }
 
+/// `baton sts` signing with `key`, the trusted issuer of subject tokens (audience `baton-sts`, 5 s
+/// leeway) and the token service of a Baton whose one destination is `orders` (`extra`: further
+/// top-level YAML), and an upstream.
+async fn trusting(scratch: &Scratch, key: &Path, name: &'static str, extra: &str) -> (TokenService, Baton, Upstream) {
+    let service = sts(scratch, key, name, None).await;
+    let yaml = format!(
+        "token_services:\n{}trusted_issuers:\n  - issuer: {ISSUER}\n    jwks_uri: {}\n    audiences: [baton-sts]\n    leeway: 5s\n{extra}destinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n",
+        token_service_entry(scratch, "default", &service),
+        service.jwks_uri
+    );
+    let baton = Baton::start_raw(scratch, &yaml, "baton=debug,info").await;
+    (service, baton, Upstream::start().await)
+}
+
 /// A hostile subject token: RFC 7515 `crit`, and time claims of every odd form. A fractional
 /// NumericDate is valid and compared correctly; anything else is refused with a reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_subject_token_is_judged_by_the_jwt_rules() {
     let scratch = Scratch::new(BATON_BIN, "adversarial-tokens-subject");
     let key = sts_signing_key(&scratch, "shared");
-    let service = sts(&scratch, &key, "subject-sts", None).await;
-    let mut yaml = format!(
-        "token_services:\n{}",
-        token_service_entry(&scratch, "default", &service)
-    );
-    yaml.push_str(&format!(
-        "trusted_issuers:\n  - issuer: {ISSUER}\n    jwks_uri: {}\n    audiences: [baton-sts]\n    leeway: 5s\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n",
-        service.jwks_uri
-    ));
-    let baton = Baton::start_raw(&scratch, &yaml, "baton=debug,info").await;
-    let upstream = Upstream::start().await;
+    let (_service, baton, upstream) = trusting(&scratch, &key, "subject-sts", "").await;
     let now = unix_now();
     let header = r#"{"alg":"ES256","typ":"at+jwt"}"#;
     let claims = |extra: &str| {
@@ -630,17 +634,13 @@ async fn a_forged_token_is_never_served_what_a_valid_one_cached() {
     let scratch = Scratch::new(BATON_BIN, "adversarial-tokens-forged");
     let key = sts_signing_key(&scratch, "shared");
     let other_key = sts_signing_key(&scratch, "other");
-    let service = sts(&scratch, &key, "forged-sts", None).await;
-    let mut yaml = format!(
-        "token_services:\n{}",
-        token_service_entry(&scratch, "default", &service)
-    );
-    yaml.push_str(&format!(
-        "trusted_issuers:\n  - issuer: {ISSUER}\n    jwks_uri: {}\n    audiences: [baton-sts]\n    leeway: 5s\ncache:\n  max_entries: 1000\n  expiry_margin: 30s\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n",
-        service.jwks_uri
-    ));
-    let baton = Baton::start_raw(&scratch, &yaml, "baton=debug,info").await;
-    let upstream = Upstream::start().await;
+    let (service, baton, upstream) = trusting(
+        &scratch,
+        &key,
+        "forged-sts",
+        "cache:\n  max_entries: 1000\n  expiry_margin: 30s\n",
+    )
+    .await;
     let now = unix_now();
     let header = r#"{"alg":"ES256","typ":"at+jwt"}"#;
     let claims = |jti: &str| {
@@ -751,17 +751,7 @@ async fn a_forged_token_is_never_served_what_a_valid_one_cached() {
 async fn a_hostile_authorization_header_gets_the_same_answer_through_every_filter() {
     let scratch = Scratch::new(BATON_BIN, "adversarial-tokens-header");
     let key = sts_signing_key(&scratch, "shared");
-    let service = sts(&scratch, &key, "header-sts", None).await;
-    let mut yaml = format!(
-        "token_services:\n{}",
-        token_service_entry(&scratch, "default", &service)
-    );
-    yaml.push_str(&format!(
-        "trusted_issuers:\n  - issuer: {ISSUER}\n    jwks_uri: {}\n    audiences: [baton-sts]\n    leeway: 5s\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n",
-        service.jwks_uri
-    ));
-    let baton = Baton::start_raw(&scratch, &yaml, "baton=debug,info").await;
-    let upstream = Upstream::start().await;
+    let (_service, baton, upstream) = trusting(&scratch, &key, "header-sts", "").await;
     let now = unix_now();
     let valid = signed(
         &key,
