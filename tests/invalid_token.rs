@@ -28,6 +28,15 @@ struct Setup {
     operator: Operator,
 }
 
+/// What `Setup::two_users_cached` leaves: two users' tokens, the one alice's requests are served,
+/// and the token service's exchange count before either.
+struct Cached {
+    alice: String,
+    bob: String,
+    first: String,
+    start: u64,
+}
+
 impl Setup {
     async fn start(api: Api, name: &str) -> Self {
         Self::start_with(api, name, Front::Harness).await
@@ -48,6 +57,40 @@ impl Setup {
         self.pod.get_path(path, token).await
     }
 
+    /// alice and bob delegated (two exchanges), alice served from a cache `hits` times more, then a
+    /// 401 without `invalid_token` and a 403 from the destination, which purge nothing: the same
+    /// cached token keeps serving, and no exchange follows.
+    async fn two_users_cached(&self, hits: usize) -> Cached {
+        let svc = &self.service;
+        let alice = svc.mint_with(&[("sub", "alice"), ("scope", "orders.read")]).await;
+        let bob = svc.mint_with(&[("sub", "bob"), ("scope", "orders.read")]).await;
+
+        let start = svc.exchanges().await;
+        let first = self.delegated(&alice).await;
+        self.delegated(&bob).await;
+        for _ in 0..hits {
+            assert_eq!(self.delegated(&alice).await, first, "served from a cache");
+        }
+        assert_eq!(svc.exchanges().await, start + 2);
+
+        for (path, status) in [("/login", 401), ("/forbid", 403)] {
+            let reply = self.get(path, &alice).await;
+            assert_eq!(reply.status, status, "{path}: {:?}", reply.body);
+            assert_eq!(self.delegated(&alice).await, first, "{path} purged nothing");
+        }
+        assert_eq!(
+            svc.exchanges().await,
+            start + 2,
+            "no exchange after a 401 without invalid_token or a 403"
+        );
+        Cached {
+            alice,
+            bob,
+            first,
+            start,
+        }
+    }
+
     /// A request that reaches the destination and is answered 200: the token it received.
     async fn delegated(&self, token: &str) -> String {
         let reply = self.get("/orders/1", token).await;
@@ -60,26 +103,12 @@ impl Setup {
 async fn a_destinations_invalid_token_purges_the_entry_that_served_it_under_ext_proc() {
     let setup = Setup::start(Api::ExtProc, "invalid-token-ext-proc").await;
     let svc = &setup.service;
-    let alice = svc.mint_with(&[("sub", "alice"), ("scope", "orders.read")]).await;
-    let bob = svc.mint_with(&[("sub", "bob"), ("scope", "orders.read")]).await;
-
-    let start = svc.exchanges().await;
-    let first = setup.delegated(&alice).await;
-    setup.delegated(&bob).await;
-    assert_eq!(setup.delegated(&alice).await, first, "served from the cache");
-    assert_eq!(svc.exchanges().await, start + 2);
-
-    // Other refusals change nothing: the same cached token keeps serving.
-    for (path, status) in [("/login", 401), ("/forbid", 403)] {
-        let reply = setup.get(path, &alice).await;
-        assert_eq!(reply.status, status, "{path}: {:?}", reply.body);
-        assert_eq!(setup.delegated(&alice).await, first, "{path} purged nothing");
-    }
-    assert_eq!(
-        svc.exchanges().await,
-        start + 2,
-        "no exchange after a 401 without invalid_token or a 403"
-    );
+    let Cached {
+        alice,
+        bob,
+        first,
+        start,
+    } = setup.two_users_cached(1).await;
 
     // The destination says the token is bad: that entry is purged before Envoy answers the app.
     let reply = setup.get("/refuse", &alice).await;
@@ -251,24 +280,12 @@ async fn the_generated_envoy_configuration_purges_by_default() {
 async fn a_destinations_invalid_token_purges_the_entry_that_served_it_under_the_wasm_filter() {
     let setup = Setup::start(Api::Wasm, "invalid-token-wasm").await;
     let svc = &setup.service;
-    let alice = svc.mint_with(&[("sub", "alice"), ("scope", "orders.read")]).await;
-    let bob = svc.mint_with(&[("sub", "bob"), ("scope", "orders.read")]).await;
-
-    let start = svc.exchanges().await;
-    let first = setup.delegated(&alice).await;
-    setup.delegated(&bob).await;
-    for _ in 0..3 {
-        assert_eq!(setup.delegated(&alice).await, first, "served from a cache");
-    }
-    assert_eq!(svc.exchanges().await, start + 2);
-
-    // Other refusals change nothing: the same cached token keeps serving.
-    for (path, status) in [("/login", 401), ("/forbid", 403)] {
-        let reply = setup.get(path, &alice).await;
-        assert_eq!(reply.status, status, "{path}: {:?}", reply.body);
-        assert_eq!(setup.delegated(&alice).await, first, "{path} purged nothing");
-    }
-    assert_eq!(svc.exchanges().await, start + 2);
+    let Cached {
+        alice,
+        bob,
+        first,
+        start,
+    } = setup.two_users_cached(3).await;
     // A Purge from a process that reaches the listener but does not know the entry's key and the
     // token's fingerprint purges nothing (and at worst could only cause one exchange again).
     let mut client = baton_envoy::broker::pb::in_proxy_client::InProxyClient::connect(format!(
