@@ -287,18 +287,30 @@ async fn a_bound_subject_token_and_an_unbound_issued_token_are_refused() {
     let (key, _) = key_file(&scratch, "dpop-key.pem");
     let baton = Baton::start_raw(&scratch, &config(&scratch, &sts, &key), "baton=debug,info").await;
     let token = sts.mint("alice", "").await;
-    for api in [Api::ExtAuthz, Api::Wasm] {
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, resource.port).await;
+    for api in [Api::ExtAuthz, Api::ExtAuthzHttp, Api::Wasm] {
+        let envoy = Envoy::start_for(api, &scratch, baton.port_for(api), resource.port).await;
         // Twice: the second would be a 200 had the first answer been cached (by Baton or the filter).
         for _ in 0..2 {
             let reply = get(&envoy, "/a", &token).await;
             assert_eq!(
                 (reply.status, reply.reason()),
-                (503, "issued_token_jkt_mismatch"),
+                api.carries(503, "issued_token_jkt_mismatch"),
                 "{api:?}: {}",
                 reply.body
             );
         }
     }
+    // Over HTTP the application gets Envoy's own 503 (`status_on_error`): the reason is Baton's
+    // audit line's.
+    let audit = scratch.0.join("audit.log");
+    eventually("both HTTP refusals audited with their reason", || {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let refused = text
+            .lines()
+            .filter(|l| l.contains("\"ext_authz_http\"") && l.contains("\"issued_token_jkt_mismatch\""))
+            .count();
+        (refused == 2).then_some(())
+    })
+    .await;
     assert!(sts.exchanges().await >= 1, "the token service was asked");
 }
