@@ -262,6 +262,18 @@ destinations:
             .as_u16()
     }
 
+    /// Wait (up to 10 s) until Baton's audit log holds a record that `matches`.
+    async fn audited(&self, what: &str, matches: impl Fn(&serde_json::Value) -> bool) {
+        let audit = self.scratch.0.join("audit.log");
+        wait_until(what, Duration::from_secs(10), || async {
+            std::fs::read_to_string(&audit).unwrap_or_default().lines().any(|line| {
+                let record: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                matches(&record)
+            })
+        })
+        .await;
+    }
+
     async fn cache_entries(&self) -> f64 {
         metric(&self.baton.metrics().await, "baton_cache_entries").unwrap_or(0.0)
     }
@@ -324,12 +336,8 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
     assert_eq!(audiences(&token), [ORDERS]);
     assert_eq!(token["sub"], "alice");
     assert_eq!(jobs.cache_entries().await, before, "Redeem cached nothing");
-    let audit = jobs.scratch.0.join("audit.log");
-    wait_until("the Redeem audit record", Duration::from_secs(10), || async {
-        std::fs::read_to_string(&audit).unwrap_or_default().lines().any(|line| {
-            let record: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-            record["job"] == "report-1" && record["destination"] == "orders" && record["decision"] == "delegate"
-        })
+    jobs.audited("the Redeem audit record", |record| {
+        record["job"] == "report-1" && record["destination"] == "orders" && record["decision"] == "delegate"
     })
     .await;
 
@@ -407,11 +415,8 @@ async fn deferred_jobs_are_reauthorized_when_they_run() {
         metrics.contains(r#"baton_revocations_total{event="operator",kind="job",outcome="ok"} 1"#),
         "{metrics}"
     );
-    wait_until("the job's revocation audit record", Duration::from_secs(10), || async {
-        std::fs::read_to_string(&audit).unwrap_or_default().lines().any(|line| {
-            let record: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-            record["api"] == "revocation" && record["kind"] == "job" && record["job"] == "report-2"
-        })
+    jobs.audited("the job's revocation audit record", |record| {
+        record["api"] == "revocation" && record["kind"] == "job" && record["job"] == "report-2"
     })
     .await;
     assert_eq!(
@@ -655,12 +660,8 @@ async fn redeem_asks_the_token_service_whether_the_grant_is_live() {
         "a refused grant reached no exchange"
     );
     jobs.redeem(&second.grant, "orders").await.expect("the other job runs");
-    let audit = jobs.scratch.0.join("audit.log");
-    wait_until("the grant_inactive audit record", Duration::from_secs(10), || async {
-        std::fs::read_to_string(&audit).unwrap_or_default().lines().any(|line| {
-            let record: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-            record["reason"] == "grant_inactive"
-        })
+    jobs.audited("the grant_inactive audit record", |record| {
+        record["reason"] == "grant_inactive"
     })
     .await;
 
