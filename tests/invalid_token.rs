@@ -173,25 +173,38 @@ async fn a_destinations_invalid_token_purges_the_entry_that_served_it_under_ext_
     );
 }
 
-/// Under ext_authz Baton answers before the request goes on and never sees the response: a
-/// destination's `invalid_token` purges nothing, the cached token keeps serving until it expires
-/// (docs/operations.md says so, and to use ext_proc for it).
+/// Under ext_authz (over gRPC or HTTP) Baton answers before the request goes on and never sees the
+/// response: a destination's `invalid_token` purges nothing, the cached token keeps serving until
+/// it expires (docs/operations.md says so, and to use ext_proc for it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_ext_authz_the_destinations_answer_is_not_seen() {
-    let setup = Setup::start(Api::ExtAuthz, "invalid-token-ext-authz").await;
-    let svc = &setup.service;
-    let alice = svc.mint_with(&[("sub", "alice"), ("scope", "orders.read")]).await;
-    let first = setup.delegated(&alice).await;
-    let exchanged = svc.exchanges().await;
-    let reply = setup.get("/refuse", &alice).await;
-    assert_eq!(reply.status, 401);
-    assert_eq!(setup.delegated(&alice).await, first, "still served from the cache");
-    assert_eq!(svc.exchanges().await, exchanged);
-    let metrics = setup.pod.baton.metrics().await;
-    assert!(
-        !metrics.contains(r#"event="invalid_token""#),
-        "no signal under ext_authz"
-    );
+    for (api, name) in [
+        (Api::ExtAuthz, "invalid-token-ext-authz"),
+        (Api::ExtAuthzHttp, "invalid-token-ext-authz-http"),
+    ] {
+        let setup = Setup::start(api, name).await;
+        let svc = &setup.service;
+        let alice = svc.mint_with(&[("sub", "alice"), ("scope", "orders.read")]).await;
+        let first = setup.delegated(&alice).await;
+        let exchanged = svc.exchanges().await;
+        let reply = setup.get("/refuse", &alice).await;
+        assert_eq!(reply.status, 401, "{api:?}");
+        assert_eq!(
+            setup.delegated(&alice).await,
+            first,
+            "{api:?}: still served from the cache"
+        );
+        assert_eq!(svc.exchanges().await, exchanged, "{api:?}");
+        let metrics = setup.pod.baton.metrics().await;
+        assert!(
+            !metrics.contains(r#"event="invalid_token""#),
+            "{api:?}: no signal under ext_authz"
+        );
+        assert!(
+            metrics.contains(r#"api="ext_authz_http""#) == (api == Api::ExtAuthzHttp),
+            "{api:?}: decided over the API under test"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,7 +73,7 @@ impl Pod {
         let baton = Baton::start(&scratch, token_endpoint, extra).await;
         let destination = StandInDestination::start().await;
         let envoy = match front {
-            Front::Harness => Envoy::start_for(api, &scratch, baton.grpc, destination.port).await,
+            Front::Harness => Envoy::start_for(api, &scratch, baton.port_for(api), destination.port).await,
             Front::Generated => {
                 let bootstrap = generated_bootstrap(api, &scratch, destination.port);
                 Envoy::start_with_bootstrap(&scratch, &bootstrap).await
