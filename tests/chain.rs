@@ -64,7 +64,7 @@ destinations:
             actor_file = actor_file.display(),
         );
         let baton = Baton::start_raw(&scratch, &body, "baton=debug,info").await;
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, next).await;
+        let envoy = Envoy::start_for(api, &scratch, baton.port_for(api), next).await;
         Self { baton, envoy, scratch }
     }
 

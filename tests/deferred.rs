@@ -146,7 +146,7 @@ destinations:
             }
         };
         let upstream = Upstream::start().await;
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        let envoy = Envoy::start_for(api, &scratch, baton.port_for(api), upstream.port).await;
         let client = broker_client(baton.grpc).await;
         let caller = idp
             .mint_with(&[("sub", "report-worker"), ("aud", CALLER_AUDIENCE)])

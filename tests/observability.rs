@@ -553,7 +553,7 @@ async fn without_dynamic_metadata_the_access_log_has_no_baton_keys() {
     let upstream = Upstream::start().await;
     let alice = service.mint("alice", "orders.read").await;
     for api in [Api::ExtAuthz, Api::ExtProc] {
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        let envoy = Envoy::start_for(api, &scratch, baton.port_for(api), upstream.port).await;
         let path = "/quiet/1";
         let reply = send_with(&envoy, "orders.example", path, Some(&bearer(&alice)), &[]).await;
         assert_eq!(reply.status, 200, "{api:?}: {:?}", reply.body);
@@ -574,7 +574,7 @@ async fn observed_requests(api: Api, api_label: &str) {
     // The harness's defaults: audit to audit.log, spans to its own receiver.
     let baton = Baton::start(&scratch, &service.token_endpoint, "").await;
     let upstream = Upstream::start().await;
-    let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+    let envoy = Envoy::start_for(api, &scratch, baton.port_for(api), upstream.port).await;
     let alice = service.mint("alice", "orders.read billing.read").await;
     let cases = cases(&alice);
 

@@ -58,7 +58,7 @@ impl Pod {
     pub async fn start(api: Api, scratch: Scratch, token_endpoint: &str, extra: &str) -> Self {
         let baton = Baton::start(&scratch, token_endpoint, extra).await;
         let upstream = Upstream::start().await;
-        let envoy = Envoy::start_for(api, &scratch, baton.grpc, upstream.port).await;
+        let envoy = Envoy::start_for(api, &scratch, baton.port_for(api), upstream.port).await;
         Self {
             baton,
             envoy,
