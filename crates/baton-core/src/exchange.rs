@@ -110,6 +110,13 @@ impl ExchangeError {
         }
     }
 
+    /// The denial for a call the service's bounds held back (its open breaker, a pause it asked
+    /// for, the in-flight bound), whatever the call was for: callers that name other failures in
+    /// their own terms (introspection) name these as an exchange does, with the `Retry-After`.
+    pub fn held_back(&self) -> Option<Denial> {
+        matches!(self, Self::CircuitOpen(_) | Self::Busy(_) | Self::Saturated).then(|| Denial::from(self))
+    }
+
     /// The same error, for each caller that waited on one identity chaining grant.
     pub(crate) fn duplicate(&self) -> Self {
         match self {
@@ -409,23 +416,28 @@ impl TokenService {
     }
 
     /// RFC 7662 introspection of `token` at `endpoint`, authenticated as this client: the raw
-    /// answer, for the caller to judge.
+    /// answer, for the caller to judge. It is a call to this service like an exchange, so it is
+    /// held to the same breaker, in-flight bound, pause and deadline (and, being read-only, retried
+    /// as an exchange is).
     pub async fn introspect(&self, endpoint: &Url, token: &str) -> Result<serde_json::Value, ExchangeError> {
-        let form = vec![("token", token), ("token_type_hint", "access_token")];
-        let (status, body) = tokio::time::timeout(self.timeout, self.send_form(endpoint, form))
-            .await
-            .unwrap_or(Err(ExchangeError::Timeout(self.timeout)))?;
-        if status != 200 {
-            return Err(ExchangeError::Status(status));
-        }
-        serde_json::from_slice(&body).map_err(|_| ExchangeError::BadResponse("not a JSON introspection response"))
+        self.with_retries(|| async {
+            let form = vec![("token", token), ("token_type_hint", "access_token")];
+            match self.send_form(endpoint, form).await? {
+                (200, body) => serde_json::from_slice(&body)
+                    .map_err(|_| ExchangeError::BadResponse("not a JSON introspection response")),
+                (429, _) => Err(ExchangeError::Busy(None)),
+                (status, _) => Err(ExchangeError::Status(status)),
+            }
+        })
+        .await
     }
 
-    /// One call to the token endpoint, if the circuit breaker allows it; its outcome is counted.
-    async fn with_retries<F, Fut>(&self, call: F) -> Result<Issued, ExchangeError>
+    /// One call to the token service (its token or introspection endpoint), if the circuit
+    /// breaker allows it; its outcome is counted.
+    async fn with_retries<T, F, Fut>(&self, call: F) -> Result<T, ExchangeError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<Issued, ExchangeError>>,
+        Fut: std::future::Future<Output = Result<T, ExchangeError>>,
     {
         let ticket = self
             .breaker
@@ -436,10 +448,10 @@ impl TokenService {
         result
     }
 
-    async fn bounded_retries<F, Fut>(&self, mut call: F) -> Result<Issued, ExchangeError>
+    async fn bounded_retries<T, F, Fut>(&self, mut call: F) -> Result<T, ExchangeError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<Issued, ExchangeError>>,
+        Fut: std::future::Future<Output = Result<T, ExchangeError>>,
     {
         use std::sync::atomic::Ordering;
         if let Some(left) = self.paused() {
@@ -485,7 +497,7 @@ impl TokenService {
             if Instant::now() + backoff >= deadline {
                 return result;
             }
-            tracing::debug!(attempt, ?backoff, error = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(), "retrying token exchange");
+            tracing::debug!(attempt, ?backoff, error = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(), "retrying a call to the token service");
             tokio::time::sleep(backoff).await;
         }
     }
@@ -866,7 +878,7 @@ fn jittered_backoff(attempt: u32) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn ok(body: &str) -> Result<Issued, ExchangeError> {
@@ -1028,7 +1040,7 @@ mod tests {
     }
 
     /// A token service at `127.0.0.1:port` without client authentication or retries, plus `extra`.
-    fn local_config(port: u16, extra: &str) -> TokenServiceConfig {
+    pub(crate) fn local_config(port: u16, extra: &str) -> TokenServiceConfig {
         let raw = crate::files::parse_yaml(&format!(
             "  token_endpoint: http://127.0.0.1:{port}/token\n  client_id: c\n  auth:\n    method: none\n  retries: 0\n{extra}"
         ))
@@ -1039,27 +1051,45 @@ mod tests {
         checked.valid().and_then(|s| s.into_iter().next()).expect("config")
     }
 
-    fn local_service(port: u16, extra: &str) -> TokenService {
+    pub(crate) fn local_service(port: u16, extra: &str) -> TokenService {
         TokenService::new(&local_config(port, extra)).expect("service")
     }
 
     /// A token endpoint on loopback that counts the connections it accepts and answers each with
     /// `answer` after reading the request, or drops it at once when there is none.
-    async fn counting_endpoint(
+    pub(crate) async fn counting_endpoint(
         answer: Option<&'static str>,
     ) -> (u16, Arc<std::sync::atomic::AtomicU64>, tokio::task::JoinHandle<()>) {
+        serving_endpoint(answer.map_or(Serve::Drop, Serve::Answer)).await
+    }
+
+    /// What a stand-in endpoint does with each connection it accepts.
+    #[derive(Clone, Copy)]
+    enum Serve {
+        Drop,
+        Answer(&'static str),
+        /// Reads the request and never answers (the socket is held until the server is aborted).
+        Hang,
+    }
+
+    async fn serving_endpoint(serve: Serve) -> (u16, Arc<std::sync::atomic::AtomicU64>, tokio::task::JoinHandle<()>) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = accepted.clone();
         let server = tokio::spawn(async move {
+            let mut held = Vec::new();
             while let Ok((mut socket, _)) = listener.accept().await {
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if let Some(answer) = answer {
-                    let mut request = [0u8; 4096];
-                    let _ = socket.read(&mut request).await;
-                    let _ = socket.write_all(answer.as_bytes()).await;
+                match serve {
+                    Serve::Drop => {}
+                    Serve::Answer(answer) => {
+                        let mut request = [0u8; 4096];
+                        let _ = socket.read(&mut request).await;
+                        let _ = socket.write_all(answer.as_bytes()).await;
+                    }
+                    Serve::Hang => held.push(socket),
                 }
             }
         });
@@ -1140,6 +1170,123 @@ mod tests {
         reloaded.succeed(&service);
         let e = reloaded.exchange("user", &target).await.expect_err("dropped");
         assert!(matches!(e, ExchangeError::Unreachable(_)), "{e}");
+        server.abort();
+    }
+
+    fn introspection_endpoint(port: u16) -> Url {
+        Url::parse(&format!("http://127.0.0.1:{port}/introspect")).expect("url")
+    }
+
+    fn connections(accepted: &std::sync::atomic::AtomicU64) -> u64 {
+        accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Introspection goes to the same service as exchanges: an open breaker refuses it at once,
+    /// without a connection, as it refuses an exchange.
+    #[tokio::test]
+    async fn an_open_breaker_stops_introspection_too() {
+        let (port, accepted, server) = counting_endpoint(None).await;
+        let service = local_service(port, "  circuit_breaker:\n    min_requests: 3\n    open_for: 1m\n");
+        for _ in 0..3 {
+            let e = service.exchange("user", &audience_a()).await.expect_err("dropped");
+            assert!(matches!(e, ExchangeError::Unreachable(_)), "{e}");
+        }
+        let seen = connections(&accepted);
+        for _ in 0..5 {
+            let e = service
+                .introspect(&introspection_endpoint(port), "opaque")
+                .await
+                .expect_err("open");
+            assert!(matches!(e, ExchangeError::CircuitOpen(_)), "{e}");
+        }
+        assert_eq!(connections(&accepted), seen, "no introspection while open");
+        server.abort();
+    }
+
+    /// Introspection's outcomes count as an exchange's do: a dropped connection, a 5xx or no
+    /// answer within the timeout is ill health, and three open the breaker (exchanges then stop
+    /// too); a 4xx or an inactive token is a working service's answer, and opens nothing.
+    #[tokio::test]
+    async fn introspection_failures_count_toward_the_breaker() {
+        let status = |code: &str| -> &'static str {
+            format!("HTTP/1.1 {code}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").leak()
+        };
+        let inactive = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 16\r\nconnection: close\r\n\r\n{\"active\":false}";
+        for (serve, opens) in [
+            (Serve::Drop, true),
+            (Serve::Answer(status("500 Internal Server Error")), true),
+            (Serve::Hang, true),
+            (Serve::Answer(status("401 Unauthorized")), false),
+            (Serve::Answer(inactive), false),
+        ] {
+            let (port, accepted, server) = serving_endpoint(serve).await;
+            let service = local_service(
+                port,
+                "  timeout: 200ms\n  circuit_breaker:\n    min_requests: 3\n    open_for: 1m\n",
+            );
+            for _ in 0..3 {
+                let _ = service.introspect(&introspection_endpoint(port), "opaque").await;
+            }
+            assert_eq!(connections(&accepted), 3, "one connection each");
+            let next = service.introspect(&introspection_endpoint(port), "opaque").await;
+            let exchange = service.exchange("user", &audience_a()).await;
+            let open = |e: Option<&ExchangeError>| matches!(e, Some(ExchangeError::CircuitOpen(_)));
+            assert_eq!(
+                (open(next.as_ref().err()), open(exchange.as_ref().err())),
+                (opens, opens),
+                "introspection {next:?}, then exchange {:?}",
+                exchange.as_ref().err()
+            );
+            server.abort();
+        }
+    }
+
+    /// With one exchange in flight and one waiting, a third introspection is refused `Saturated`
+    /// at once, while the first hangs: introspection shares the service's in-flight bound.
+    #[tokio::test]
+    async fn introspection_shares_the_in_flight_bound() {
+        let (port, accepted, server) = serving_endpoint(Serve::Hang).await;
+        let service = Arc::new(local_service(port, "  timeout: 5s\n  max_concurrent_exchanges: 1\n"));
+        let hanging: Vec<_> = (0..2)
+            .map(|_| {
+                let service = service.clone();
+                tokio::spawn(async move { service.introspect(&introspection_endpoint(port), "opaque").await })
+            })
+            .collect();
+        while connections(&accepted) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let third = tokio::time::timeout(
+            Duration::from_secs(1),
+            service.introspect(&introspection_endpoint(port), "opaque"),
+        )
+        .await
+        .expect("refused at once, not after the timeout");
+        assert!(matches!(third, Err(ExchangeError::Saturated)), "{third:?}");
+        assert_eq!(connections(&accepted), 1, "only the first reached the service");
+        hanging.iter().for_each(tokio::task::JoinHandle::abort);
+        server.abort();
+    }
+
+    /// A 429 with `Retry-After` to an introspection starts the service's pause, and inside it
+    /// introspections and exchanges are refused `Busy` without a connection.
+    #[tokio::test]
+    async fn introspection_keeps_the_pause_asked_for() {
+        let answer =
+            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 3\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        let (port, accepted, server) = counting_endpoint(Some(answer)).await;
+        let service = local_service(port, "");
+        for _ in 0..3 {
+            let e = service
+                .introspect(&introspection_endpoint(port), "opaque")
+                .await
+                .expect_err("busy");
+            assert!(matches!(e, ExchangeError::Busy(Some(_))), "{e}");
+        }
+        let e = service.exchange("user", &audience_a()).await.expect_err("busy");
+        assert!(matches!(e, ExchangeError::Busy(Some(_))), "{e}");
+        assert_eq!(connections(&accepted), 1, "no call during the pause");
         server.abort();
     }
 
