@@ -321,7 +321,8 @@ async fn introspect(deferred: &Deferred, endpoint: &url::Url, grant: &str) -> Re
         .await
         .map_err(|e| {
             tracing::warn!(%endpoint, grant = %crate::secret::fingerprint(grant), error = %e, "grant introspection failed");
-            failed("the introspection endpoint did not answer")
+            e.held_back()
+                .unwrap_or_else(|| failed("the introspection endpoint did not answer"))
         })?;
     let Value::Object(mut claims) = answer else {
         return Err(failed("the introspection answer is not a JSON object"));

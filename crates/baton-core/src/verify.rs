@@ -153,10 +153,12 @@ impl Introspection {
         }
         let answer = self.service.introspect(&self.endpoint, token).await.map_err(|e| {
             tracing::warn!(endpoint = %self.endpoint, error = %e, "introspection failed");
-            Denial::new(
-                Reason::TokenServiceUnavailable,
-                "the introspection endpoint did not answer",
-            )
+            e.held_back().unwrap_or_else(|| {
+                Denial::new(
+                    Reason::TokenServiceUnavailable,
+                    "the introspection endpoint did not answer",
+                )
+            })
         })?;
         let Value::Object(mut claims) = answer else {
             return Err(Denial::new(
@@ -953,6 +955,30 @@ impl RawSubjectToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An introspection the token service's breaker holds back is refused as an exchange would
+    /// be: `token_service_circuit_open`, with the time left, not `token_service_unavailable`.
+    #[tokio::test]
+    async fn an_open_breaker_refuses_introspection_as_it_refuses_an_exchange() {
+        use crate::exchange::tests::{counting_endpoint, local_service};
+        let (port, _accepted, server) = counting_endpoint(None).await;
+        let service = local_service(port, "  circuit_breaker:\n    min_requests: 1\n    open_for: 1m\n");
+        let config = IntrospectionConfig {
+            endpoint: Url::parse(&format!("http://127.0.0.1:{port}/introspect")).expect("url"),
+            token_service: service.name().to_owned(),
+            cache_ttl: Duration::from_secs(60),
+        };
+        let introspection = Introspection::new(config, Arc::new(service), 16);
+        let digest: Key = [0; 32];
+        let first = introspection.subject("opaque", &digest).await.expect_err("dropped");
+        assert_eq!(first.reason, Reason::TokenServiceUnavailable);
+        let open = introspection.subject("opaque", &digest).await.expect_err("open");
+        assert_eq!(
+            (open.reason, open.retry_after.is_some()),
+            (Reason::TokenServiceCircuitOpen, true)
+        );
+        server.abort();
+    }
 
     #[test]
     fn jwks_fetches_are_paced_by_at_least_a_second() {
