@@ -4,10 +4,10 @@
 //! the state and the rolling count of outcomes; it never sleeps, spawns a task or holds its lock
 //! across an await: time is read on the request path.
 //!
-//! What counts (decided in `exchange::TokenService`): every call to the token endpoint, that is
-//! token exchanges and client_credentials grants (actor tokens), one outcome per call with its
-//! retries. They share one endpoint, so they share its health. RFC 7662 introspection neither
-//! counts nor is held back: it goes to its own endpoint, maybe another server, with its own cache.
+//! What counts (decided in `exchange::TokenService`): every call to the token service, that is
+//! token exchanges, client_credentials grants (actor tokens) and RFC 7662 introspection (of opaque
+//! subject tokens and of job grants), one outcome per call with its retries. They go to one
+//! authorization server, so they share its health, and an open breaker holds back each of them.
 //! A failure is what says the service is unhealthy (unreachable, timeout, 5xx, an unusable answer);
 //! any answer a healthy service gives (an OAuth refusal, another 4xx) is a success; Baton's own
 //! bounds and a service's request to pause (429, `Retry-After`) count for nothing.

@@ -46,7 +46,8 @@ pub struct Raw {
     /// The token service's RFC 7662 introspection endpoint: Redeem asks it whether the grant is
     /// still active (a user disabled or logged out there, a grant revoked there, whether or not a
     /// signal reached Baton) and refuses `grant_inactive` when not; an error or no answer within
-    /// the token service's `timeout` refuses `grant_introspection_failed`. Opaque grants (a token
+    /// the token service's `timeout` refuses `grant_introspection_failed` (held back by its
+    /// breaker, pause or in-flight bound: the exchange's `token_service_circuit_open` or `_busy`). Opaque grants (a token
     /// service that issues them so) are read from its answer; they need this. Default: none.
     pub introspection_endpoint: Option<String>,
 }

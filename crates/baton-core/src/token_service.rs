@@ -29,8 +29,9 @@ pub struct Raw {
     pub timeout: Option<String>,
     pub retries: Option<u32>,
     pub max_response_bytes: Option<usize>,
-    /// Exchanges in flight at once towards this service (default 64); as many more may wait for a
-    /// turn within the timeout, and any beyond that are refused at once with 503.
+    /// Calls in flight at once towards this service (default 64): exchanges, client_credentials
+    /// grants and introspections; as many more may wait for a turn within the timeout, and any
+    /// beyond that are refused at once with 503.
     pub max_concurrent_exchanges: Option<usize>,
     pub circuit_breaker: crate::breaker::RawCircuitBreaker,
     /// `profile: identity_chaining`: the home token service and the grant (`exchange::chaining`).
