@@ -1107,14 +1107,25 @@ pub(crate) mod tests {
         }
     }
 
+    /// A service whose endpoint answers every call 429 with `Retry-After: 3`; its port, the
+    /// connections it accepted, and the endpoint's task.
+    async fn pausing_service() -> (
+        TokenService,
+        u16,
+        Arc<std::sync::atomic::AtomicU64>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let answer =
+            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 3\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        let (port, accepted, server) = counting_endpoint(Some(answer)).await;
+        (local_service(port, ""), port, accepted, server)
+    }
+
     /// A token endpoint that answers 429 with `Retry-After: 3`: the refusal says how long is left,
     /// and so does every call during the pause, which is answered without calling the service.
     #[tokio::test]
     async fn a_pause_asked_for_is_kept_and_told() {
-        let answer =
-            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 3\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-        let (port, accepted, _server) = counting_endpoint(Some(answer)).await;
-        let service = local_service(port, "");
+        let (service, _port, accepted, _server) = pausing_service().await;
         let target = audience_a();
         for _ in 0..3 {
             let e = service.exchange("user", &target).await.expect_err("busy");
@@ -1253,10 +1264,15 @@ pub(crate) mod tests {
                 tokio::spawn(async move { service.introspect(&introspection_endpoint(port), "opaque").await })
             })
             .collect();
-        while connections(&accepted) == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The first at the service, the second waiting for its turn.
+        let settled = async {
+            while connections(&accepted) == 0 || service.waiting.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), settled)
+            .await
+            .expect("one in flight, one waiting");
         let third = tokio::time::timeout(
             Duration::from_secs(1),
             service.introspect(&introspection_endpoint(port), "opaque"),
@@ -1273,10 +1289,7 @@ pub(crate) mod tests {
     /// introspections and exchanges are refused `Busy` without a connection.
     #[tokio::test]
     async fn introspection_keeps_the_pause_asked_for() {
-        let answer =
-            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 3\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-        let (port, accepted, server) = counting_endpoint(Some(answer)).await;
-        let service = local_service(port, "");
+        let (service, port, accepted, server) = pausing_service().await;
         for _ in 0..3 {
             let e = service
                 .introspect(&introspection_endpoint(port), "opaque")
