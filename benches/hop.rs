@@ -19,7 +19,8 @@
 //! time. `HOP_ROUNDS` (default 3) and `HOP_REQUESTS` (default 4000 per connection count) set the size;
 //! `HOP_ONLY=wasm` runs only Envoy alone, Envoy + Baton (ext_authz) and Envoy + baton.wasm;
 //! `HOP_ONLY=http` only Envoy alone, the allow-all floor, Envoy + Baton over gRPC and Envoy + Baton
-//! over HTTP (ext_authz `http_service` to `listen.authz_http`, the same Baton process). The
+//! over HTTP (ext_authz `http_service` to `listen.authz_http`, the same Baton process, and to
+//! `listen.authz_http_uds`, the Unix-socket Baton's). The
 //! module must be built first: `cargo build --profile wasm -p baton-wasm --target wasm32-wasip1`.
 //! `HOP_ENVOY=1` measures the hop from both sides instead (Envoy's settings, the HTTP transport,
 //! Baton before and now, user and system time, callgrind on both processes): see `hop_envoy`.
@@ -151,9 +152,23 @@ struct BatonProcess {
 }
 
 impl BatonProcess {
+    /// `HOP_CALLGRIND=FILE`: Baton runs under callgrind, its profile written to FILE when it stops.
     async fn start(scratch: &Scratch, name: &str, yaml: &str, env: &[(&str, &str)]) -> Self {
+        let callgrind = std::env::var("HOP_CALLGRIND").ok();
+        Self::start_with(scratch, name, BATON_BIN.as_ref(), yaml, env, callgrind.as_deref()).await
+    }
+
+    /// `baton run` from a copy of `bin`; under callgrind when `callgrind` names the profile to write.
+    async fn start_with(
+        scratch: &Scratch,
+        name: &str,
+        bin: &std::path::Path,
+        yaml: &str,
+        env: &[(&str, &str)],
+        callgrind: Option<&str>,
+    ) -> Self {
         let copy = scratch.0.join(format!("{name}.bin"));
-        std::fs::copy(BATON_BIN, &copy).expect("copy baton");
+        std::fs::copy(bin, &copy).expect("copy baton");
         let config = scratch.write(&format!("{name}.yaml"), yaml);
         let admin: u16 = yaml
             .split("admin: 127.0.0.1:")
@@ -161,16 +176,15 @@ impl BatonProcess {
             .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|p| p.parse().ok())
             .expect("admin port");
-        // `HOP_CALLGRIND=FILE`: Baton runs under callgrind, its profile written to FILE when it stops.
-        let mut command = match std::env::var("HOP_CALLGRIND") {
-            Ok(out) => {
+        let mut command = match callgrind {
+            Some(out) => {
                 let mut c = Command::new("valgrind");
                 c.arg("--tool=callgrind")
                     .arg(format!("--callgrind-out-file={out}"))
                     .arg(&copy);
                 c
             }
-            Err(_) => Command::new(&copy),
+            None => Command::new(&copy),
         };
         let child = command
             .arg("run")
@@ -185,7 +199,8 @@ impl BatonProcess {
             .spawn()
             .expect("start baton");
         let ready = format!("http://127.0.0.1:{admin}/readyz");
-        wait_until("baton /readyz", Duration::from_secs(120), || async {
+        let patience = Duration::from_secs(if callgrind.is_some() { 300 } else { 120 });
+        wait_until("baton /readyz", patience, || async {
             http().get(&ready).send().await.is_ok_and(|r| r.status().is_success())
         })
         .await;
@@ -204,6 +219,14 @@ fn baton_yaml(scratch: &Scratch, token_endpoint: &str, listen: &str) -> String {
         "listen:\n{listen}  admin: 127.0.0.1:{}\ntoken_service:\n{token_service}\ndestinations:\n  - name: orders\n    hosts: [orders.example]\n    audience: {ORDERS}\n    scopes: [orders.read]\n",
         free_port()
     )
+}
+
+/// Baton's `listen` lines for a Unix socket of each kind (gRPC, HTTP) in `scratch`; the gRPC one's path.
+fn unix_sockets(scratch: &Scratch) -> (PathBuf, String) {
+    let grpc = scratch.0.join("baton-uds.sock");
+    let http = scratch.0.join("baton-http.sock");
+    let listen = format!("  grpc_uds: {}\n  authz_http_uds: {}\n", grpc.display(), http.display());
+    (grpc, listen)
 }
 
 /// What `baton envoy-config` generates for `yaml`, answering 200 itself where it would proxy.
@@ -406,22 +429,27 @@ fn env_number(name: &str, default: usize) -> usize {
 /// cache hits at one connection (the first a miss), then a SIGTERM so callgrind writes its profile. Nothing else.
 ///
 /// `HOP_API=ext_authz_http`: Envoy asks Baton's HTTP authorization listener instead (ext_authz over
-/// HTTP); `HOP_API=none`: Envoy alone. `HOP_CALLGRIND_ENVOY=FILE`: Envoy runs under callgrind too,
+/// HTTP), `HOP_API=ext_authz_http_uds` the same on its Unix socket; `HOP_API=none`: Envoy alone. `HOP_CALLGRIND_ENVOY=FILE`: Envoy runs under callgrind too,
 /// its profile written to FILE when it stops.
 async fn profile(out: &str, n: usize) {
     let (scratch, service, user) = start_with_a_user(BATON_BIN, "bench-hop-profile").await;
     let request = request_bytes(&user);
     let api = std::env::var("HOP_API").unwrap_or_default();
     let (filter_api, filter) = match api.as_str() {
-        "ext_authz_http" => (FilterApi::ExtAuthzHttp, true),
+        "ext_authz_http" | "ext_authz_http_uds" => (FilterApi::ExtAuthzHttp, true),
         "none" => (FilterApi::ExtAuthz, false),
         _ => (FilterApi::ExtAuthz, true),
+    };
+    // With both HTTP listeners, the generated configuration reaches Baton on the socket.
+    let socket = match api.as_str() {
+        "ext_authz_http_uds" => format!("  authz_http_uds: {}\n", scratch.0.join("baton-http.sock").display()),
+        _ => String::new(),
     };
     let config = baton_yaml(
         &scratch,
         &service.token_endpoint,
         &format!(
-            "  grpc: 127.0.0.1:{}\n  authz_http: 127.0.0.1:{}\n",
+            "  grpc: 127.0.0.1:{}\n  authz_http: 127.0.0.1:{}\n{socket}",
             free_port(),
             free_port()
         ),
@@ -604,12 +632,9 @@ async fn run() {
         &format!("{}  authz_http: 127.0.0.1:{}\n", tcp(grpc), free_port()),
     );
     let baton = BatonProcess::start(&scratch, "baton", &baton_config, &[]).await;
-    let socket = scratch.0.join("baton-uds.sock");
-    let uds_config = baton_yaml(
-        &scratch,
-        &service.token_endpoint,
-        &format!("  grpc_uds: {}\n", socket.display()),
-    );
+    // It answers ext_authz over HTTP on a socket of its own too (`HTTP_UDS_SETUP`).
+    let (socket, sockets) = unix_sockets(&scratch);
+    let uds_config = baton_yaml(&scratch, &service.token_endpoint, &sockets);
     let uds_baton = BatonProcess::start(&scratch, "baton-uds", &uds_config, &[]).await;
     let one_worker_config = baton_yaml(&scratch, &service.token_endpoint, &tcp(one_worker_grpc));
     let one_worker = BatonProcess::start(
@@ -675,6 +700,8 @@ async fn run() {
         (WASM_SETUP, &baton_config, None, true, true, Some(baton.pid())),
         (WASM_BEFORE_SETUP, &baton_config, None, true, true, Some(baton.pid())),
         (HTTP_SETUP, &baton_config, None, true, true, Some(baton.pid())),
+        // No socket given: the generated configuration picks `listen.authz_http_uds` itself.
+        (HTTP_UDS_SETUP, &uds_config, None, true, true, Some(uds_baton.pid())),
     ] {
         if only_wasm
             && ![
@@ -693,6 +720,7 @@ async fn run() {
                 "+ allow-all, headers Baton reads",
                 "+ Baton, headers Baton reads",
                 HTTP_SETUP,
+                HTTP_UDS_SETUP,
             ]
             .contains(&name)
         {
@@ -724,7 +752,7 @@ async fn run() {
         }
         let api = match name {
             WASM_SETUP => FilterApi::Wasm,
-            HTTP_SETUP => FilterApi::ExtAuthzHttp,
+            HTTP_SETUP | HTTP_UDS_SETUP => FilterApi::ExtAuthzHttp,
             _ => FilterApi::ExtAuthz,
         };
         let doc = bootstrap_for(api, yaml, uds, trimmed, filter, None);
@@ -797,6 +825,8 @@ fn wasm_before() -> Vec<PathBuf> {
 }
 /// Envoy's ext_authz over HTTP/1.1 (`http_service`) to Baton's `listen.authz_http`, headers Baton reads.
 const HTTP_SETUP: &str = "+ Baton ext_authz over HTTP";
+/// The same on Baton's `listen.authz_http_uds`: what the kernel's TCP loopback costs the hop.
+const HTTP_UDS_SETUP: &str = "+ Baton ext_authz over HTTP, Unix socket";
 
 /// The filter's memory per worker (each setup's Envoy runs one worker: the wasm Envoy's RSS less
 /// Envoy alone's), and the cost of a miss: `HOP_MISSES` (default 200) requests on one connection,

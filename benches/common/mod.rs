@@ -146,32 +146,50 @@ impl AllowAllProcess {
     /// warmed. Two Batons from one file showed the size of it: the second in turn answered 5 to
     /// 7 us sooner (BENCHMARKS.md, "At fixed rates").
     async fn start_copy(scratch: &Scratch, name: &str, args: &[String]) -> Self {
-        let copy = scratch.0.join(name);
-        std::fs::copy(std::env::current_exe().expect("own path"), &copy).expect("copy the floor binary");
-        Self::start_from(&copy, args).await
+        let mut all = vec![ALLOW_ALL_FLAG.to_owned()];
+        all.extend_from_slice(args);
+        let (child, port) = start_floor_copy(scratch, name, &all, None).await;
+        Self { port, _child: child }
     }
+}
 
-    async fn start_from(program: &std::path::Path, args: &[String]) -> Self {
-        use tokio::io::AsyncBufReadExt as _;
-        let mut child = tokio::process::Command::new(program)
-            .arg(ALLOW_ALL_FLAG)
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start allow-all");
-        let stdout = child.stdout.take().expect("stdout");
-        let line = tokio::io::BufReader::new(stdout)
-            .lines()
-            .next_line()
-            .await
-            .expect("read")
-            .expect("port line");
-        Self {
-            port: line.trim().parse().expect("port"),
-            _child: child,
+/// This benchmark binary, re-run from a copy of its own named `name` (see
+/// `AllowAllProcess::start_copy`) with `args` (a floor's flag first): the child and the port it
+/// prints first. Under callgrind when `callgrind` names the profile to write (its log beside it).
+pub async fn start_floor_copy(
+    scratch: &Scratch,
+    name: &str,
+    args: &[String],
+    callgrind: Option<&std::path::Path>,
+) -> (tokio::process::Child, u16) {
+    use tokio::io::AsyncBufReadExt as _;
+    let copy = scratch.0.join(name);
+    std::fs::copy(std::env::current_exe().expect("own path"), &copy).expect("copy the floor binary");
+    let mut command = match callgrind {
+        Some(out) => {
+            let mut c = tokio::process::Command::new("valgrind");
+            c.arg("--tool=callgrind")
+                .arg(format!("--callgrind-out-file={}", out.display()))
+                .arg(&copy)
+                .stderr(scratch.log(&format!("{name}.valgrind.log")));
+            c
         }
-    }
+        None => tokio::process::Command::new(&copy),
+    };
+    let mut child = command
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the floor");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::io::BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await
+        .expect("read")
+        .expect("port line");
+    (child, line.trim().parse().expect("port"))
 }
 
 /// Envoy answering with a `direct_response`, with or without the filter of `api` pointed at

@@ -9,12 +9,16 @@
 //! each Envoy and each authz process runs under callgrind, one setup at a time: counters zeroed
 //! after a warm-up, N requests at one connection, a dump; instructions per request of both.
 //! `HOP_BEFORE_BIN=PATH` adds a Baton built before this work (e.g. main's `target/release/baton`).
+//! The same Batons also answer ext_authz over HTTP (`--api ext_authz_http`, on TCP, on the Unix
+//! socket, with one runtime worker); `HOP_STRACE=1` counts system calls, futex calls (cross-thread
+//! wake-ups) among them.
 //!
-//! The HTTP authz server here is a stand-in (`http_allow_all_stand_in`): Baton has no HTTP ext_authz
-//! server; it answers 200 to anything and decides nothing, the HTTP twin of `common::AllowAll`.
+//! The HTTP authz server here is a stand-in (`http_allow_all_stand_in`), the floor of the HTTP hop:
+//! it answers 200 to anything and decides nothing, the HTTP twin of `common::AllowAll`. Baton's own
+//! HTTP listener is measured by the main comparison (`HOP_ONLY=http`, `HOP_API=ext_authz_http`).
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -25,7 +29,10 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use super::common::*;
-use super::{BATON_BIN, Pid, baton_yaml, bootstrap, drive, env_number, median_and_spread, request_bytes};
+use super::{
+    BATON_BIN, BatonProcess, EnvoyProcess, FilterApi, Pid, baton_yaml, bootstrap, bootstrap_for, drive, env_number,
+    median_and_spread, request_bytes, unix_sockets,
+};
 
 /// The flag that makes the benchmark binary serve the HTTP stand-in instead of measuring.
 const HTTP_STAND_IN_FLAG: &str = "--serve-http-allow-all-stand-in";
@@ -140,108 +147,32 @@ fn dumps(out: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// `program args`, under callgrind into `DIR/name.out` when `HOP_CALLGRIND_DIR` is set.
-fn command(program: &Path, name: &str, scratch: &Scratch) -> (Command, Option<PathBuf>) {
-    match std::env::var("HOP_CALLGRIND_DIR") {
-        Ok(dir) => {
-            let out = PathBuf::from(dir).join(format!("{name}.out"));
-            let mut c = Command::new("valgrind");
-            c.arg("--tool=callgrind")
-                .arg(format!("--callgrind-out-file={}", out.display()))
-                .arg(program);
-            c.stderr(scratch.log(&format!("{name}.valgrind.log")));
-            (c, Some(out))
-        }
-        Err(_) => (Command::new(program), None),
-    }
+/// `DIR/name.out` when `HOP_CALLGRIND_DIR` is set: the process named `name` runs under callgrind.
+fn callgrind_out(name: &str) -> Option<PathBuf> {
+    std::env::var_os("HOP_CALLGRIND_DIR").map(|dir| PathBuf::from(dir).join(format!("{name}.out")))
 }
 
-async fn start_envoy(scratch: &Scratch, name: &str, doc: &Value, workers: usize) -> (Process, u16) {
-    let port = doc["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
-        .as_u64()
-        .expect("listener port") as u16;
-    let path = scratch.write(
-        &format!("{name}.envoy.yaml"),
-        &envoy_config::to_yaml(doc).expect("yaml"),
-    );
-    let (mut command, callgrind) = command(&envoy_bin(), name, scratch);
-    if callgrind.is_none() {
-        command.stderr(scratch.log(&format!("{name}.envoy.log")));
-    }
-    let child = command
-        .arg("-c")
-        .arg(&path)
-        .arg("--use-dynamic-base-id")
-        .arg("--concurrency")
-        .arg(workers.to_string())
-        .arg("--log-level")
-        .arg("warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start envoy");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_until("envoy's listener", Duration::from_secs(300), || async move {
-        TcpStream::connect(addr).is_ok()
-    })
-    .await;
-    (Process { child, callgrind }, port)
+async fn start_envoy(scratch: &Scratch, name: &str, doc: &Value) -> (Process, u16) {
+    let callgrind = callgrind_out(name);
+    let out = callgrind.as_ref().map(|p| p.display().to_string());
+    let envoy = EnvoyProcess::start_with(scratch, name, doc, out.as_deref()).await;
+    let child = envoy.child;
+    (Process { child, callgrind }, envoy.port)
 }
 
 /// This benchmark binary, re-run as a floor (`flag`), its port read from its first line.
 async fn start_floor(scratch: &Scratch, name: &str, flag: &str) -> (Process, u16) {
-    use tokio::io::AsyncBufReadExt as _;
-    let copy = scratch.0.join(name);
-    std::fs::copy(std::env::current_exe().expect("own path"), &copy).expect("copy");
-    let (mut command, callgrind) = command(&copy, name, scratch);
-    let mut child = command
-        .arg(flag)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start floor");
-    let stdout = child.stdout.take().expect("stdout");
-    let line = tokio::io::BufReader::new(stdout)
-        .lines()
-        .next_line()
-        .await
-        .expect("read")
-        .expect("port line");
-    (Process { child, callgrind }, line.trim().parse().expect("port"))
+    let callgrind = callgrind_out(name);
+    let (child, port) = start_floor_copy(scratch, name, &[flag.to_owned()], callgrind.as_deref()).await;
+    (Process { child, callgrind }, port)
 }
 
 /// `baton run` from a copy of `bin`, with `env`.
 async fn start_baton(scratch: &Scratch, name: &str, bin: &Path, yaml: &str, env: &[(&str, &str)]) -> Process {
-    let copy = scratch.0.join(format!("{name}.bin"));
-    std::fs::copy(bin, &copy).expect("copy baton");
-    let config = scratch.write(&format!("{name}.yaml"), yaml);
-    let admin: u16 = yaml
-        .split("admin: 127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .expect("admin port");
-    let (mut command, callgrind) = command(&copy, name, scratch);
-    if callgrind.is_none() {
-        command.stderr(scratch.log(&format!("{name}.log")));
-    }
-    let child = command
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("BATON_LOG", "warn")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start baton");
-    let ready = format!("http://127.0.0.1:{admin}/readyz");
-    wait_until("baton /readyz", Duration::from_secs(300), || async {
-        http().get(&ready).send().await.is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    let callgrind = callgrind_out(name);
+    let out = callgrind.as_ref().map(|p| p.display().to_string());
+    let baton = BatonProcess::start_with(scratch, name, bin, yaml, env, out.as_deref()).await;
+    let child = baton.child;
     Process { child, callgrind }
 }
 
@@ -260,15 +191,21 @@ enum Tweak {
     BigWindows,
     /// ext_authz `http_service` to the HTTP stand-in, instead of `grpc_service`.
     Http,
+    /// What `baton envoy-config --api ext_authz_http` generates: ext_authz over HTTP to Baton's own
+    /// HTTP listener (`authz_http`, or `authz_http_uds` when Baton has one).
+    BatonHttp,
 }
 
 fn envoy_doc(yaml: &str, uds: Option<PathBuf>, tweak: Tweak, http_port: u16) -> Value {
+    if tweak == Tweak::BatonHttp {
+        return bootstrap_for(FilterApi::ExtAuthzHttp, yaml, None, true, true, None);
+    }
     let mut doc = bootstrap(yaml, uds, true, tweak != Tweak::Alone);
     let filters =
         &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"];
     let authz = &mut filters[0]["typed_config"];
     match tweak {
-        Tweak::Alone | Tweak::Generated => {}
+        Tweak::Alone | Tweak::Generated | Tweak::BatonHttp => {}
         Tweak::NoClusterResponseStats => authz["charge_cluster_response_stats"] = json!(false),
         Tweak::NoStats => doc["stats_config"] = json!({ "stats_matcher": { "reject_all": true } }),
         Tweak::BigWindows => {
@@ -345,7 +282,6 @@ struct Setup {
     name: String,
     envoy: Option<(Process, u16)>,
     doc: Value,
-    workers: usize,
     authz: Option<usize>,
 }
 
@@ -378,15 +314,13 @@ pub(crate) async fn run() {
         process: stand_in,
     });
     let tcp = |port: u16| format!("  grpc: 127.0.0.1:{port}\n");
+    // Each Baton "now" answers ext_authz over HTTP too, on a listener of the same kind.
+    let tcp_and_http = || format!("{}  authz_http: 127.0.0.1:{}\n", tcp(free_port()), free_port());
     let floor_yaml = baton_yaml(&scratch, &service.token_endpoint, &tcp(floor_port));
-    let now_yaml = baton_yaml(&scratch, &service.token_endpoint, &tcp(free_port()));
-    let socket = scratch.0.join("baton-uds.sock");
-    let uds_yaml = baton_yaml(
-        &scratch,
-        &service.token_endpoint,
-        &format!("  grpc_uds: {}\n", socket.display()),
-    );
-    let one_yaml = baton_yaml(&scratch, &service.token_endpoint, &tcp(free_port()));
+    let now_yaml = baton_yaml(&scratch, &service.token_endpoint, &tcp_and_http());
+    let (socket, sockets) = unix_sockets(&scratch);
+    let uds_yaml = baton_yaml(&scratch, &service.token_endpoint, &sockets);
+    let one_yaml = baton_yaml(&scratch, &service.token_endpoint, &tcp_and_http());
     let before_yaml = baton_yaml(&scratch, &service.token_endpoint, &tcp(free_port()));
     let now_bin = PathBuf::from(BATON_BIN);
     let before_bin = std::env::var("HOP_BEFORE_BIN").ok().map(PathBuf::from);
@@ -493,6 +427,27 @@ pub(crate) async fn run() {
             Tweak::Generated,
             find("Baton now, 1 runtime worker"),
         ),
+        (
+            "+ Baton now over HTTP".into(),
+            now_yaml.as_str(),
+            None,
+            Tweak::BatonHttp,
+            find("Baton now"),
+        ),
+        (
+            "+ Baton now over HTTP, Unix socket".into(),
+            uds_yaml.as_str(),
+            None,
+            Tweak::BatonHttp,
+            find("Baton now, Unix socket"),
+        ),
+        (
+            "+ Baton now over HTTP, 1 runtime worker".into(),
+            one_yaml.as_str(),
+            None,
+            Tweak::BatonHttp,
+            find("Baton now, 1 runtime worker"),
+        ),
     ]);
     if let Ok(only) = std::env::var("HOP_ENVOY_ONLY") {
         let keep: Vec<&str> = only.split(',').collect();
@@ -505,7 +460,6 @@ pub(crate) async fn run() {
             name,
             envoy: None,
             doc,
-            workers: 1,
             authz: authz_at,
         });
     }
@@ -518,7 +472,7 @@ pub(crate) async fn run() {
         return instructions(&scratch, &mut setups, &authz, n, &request).await;
     }
     for (i, setup) in setups.iter_mut().enumerate() {
-        setup.envoy = Some(start_envoy(&scratch, &format!("setup{i}"), &setup.doc, setup.workers).await);
+        setup.envoy = Some(start_envoy(&scratch, &format!("setup{i}"), &setup.doc).await);
     }
     let connections = [1usize, 8, 32];
     let mut samples = vec![vec![Vec::new(); setups.len()]; connections.len()];
@@ -577,8 +531,8 @@ pub(crate) async fn run() {
 /// attached to each for N requests at one connection; strace slows them, the counts are exact).
 async fn syscalls(scratch: &Scratch, setups: &[Setup], authz: &[Authz], n: usize, request: &[u8]) {
     println!("\n## System calls per request (strace -c -f), {n} requests at 1 connection\n");
-    println!("| setup | Envoy | Envoy's top three | authz process | authz's top three |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| setup | Envoy | Envoy's top three | authz process | authz's top three | futex: Envoy / authz |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     for (i, setup) in setups.iter().enumerate() {
         let (envoy, port) = setup.envoy.as_ref().expect("started");
         let mut tracers = Vec::new();
@@ -603,7 +557,7 @@ async fn syscalls(scratch: &Scratch, setups: &[Setup], authz: &[Authz], n: usize
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (_, wrong) = tokio::task::block_in_place(|| drive(*port, 1, n, request));
         assert_eq!(wrong, 0, "{}: answers other than 200", setup.name);
-        let mut cells = vec![("-".to_owned(), "-".to_owned()); 2];
+        let mut cells = vec![("-".to_owned(), "-".to_owned(), 0.0); 2];
         for (who, mut child, out) in tracers {
             let _ = Command::new("kill")
                 .arg("-INT")
@@ -628,17 +582,20 @@ async fn syscalls(scratch: &Scratch, setups: &[Setup], authz: &[Authz], n: usize
                 }
             }
             rows.sort_by_key(|row| std::cmp::Reverse(row.0));
+            // Cross-thread wake-ups: a futex call per hand-off between two threads.
+            let futex = rows.iter().find(|(_, name)| name == "futex").map_or(0, |row| row.0);
             let top = rows
                 .iter()
                 .take(3)
                 .map(|(c, name)| format!("{name} {:.2}", *c as f64 / n as f64))
                 .collect::<Vec<_>>()
                 .join(", ");
-            cells[usize::from(who == "authz")] = (format!("{:.2}", total as f64 / n as f64), top);
+            cells[usize::from(who == "authz")] =
+                (format!("{:.2}", total as f64 / n as f64), top, futex as f64 / n as f64);
         }
         println!(
-            "| {} | {} | {} | {} | {} |",
-            setup.name, cells[0].0, cells[0].1, cells[1].0, cells[1].1
+            "| {} | {} | {} | {} | {} | {:.2} / {:.2} |",
+            setup.name, cells[0].0, cells[0].1, cells[1].0, cells[1].1, cells[0].2, cells[1].2
         );
     }
 }
@@ -680,7 +637,7 @@ async fn instructions(scratch: &Scratch, setups: &mut [Setup], authz: &[Authz], 
     println!("| --- | --- | --- | --- |");
     let mut alone = 0.0;
     for (i, setup) in setups.iter_mut().enumerate() {
-        let (envoy, port) = start_envoy(scratch, &format!("setup{i}"), &setup.doc, 1).await;
+        let (envoy, port) = start_envoy(scratch, &format!("setup{i}"), &setup.doc).await;
         let authz_process = setup.authz.map(|a| &authz[a].process);
         let _ = tokio::task::block_in_place(|| drive(port, 1, 200, request));
         envoy.zero().await;
