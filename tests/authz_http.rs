@@ -2,8 +2,8 @@
 //! process that is not Envoy writes raw HTTP/1.1 to it (bodies, request smuggling shapes, duplicate
 //! `host`, absolute-form, oversized or too many headers, non-UTF-8 and repeated `Authorization`),
 //! and every answer is a refusal with a reason, never a delegation nor a hang. Then through the
-//! real Envoy: a caller's repeated `Authorization`, its own `x-envoy-auth-headers-to-remove`, and
-//! the decision observed as `api: ext_authz_http` (audit line and metrics).
+//! real Envoy: a caller's repeated `Authorization`, its own `x-envoy-auth-headers-to-remove` and
+//! `dpop` (removed), and the decision observed as `api: ext_authz_http` (audit line and metrics).
 
 use std::time::Duration;
 
@@ -120,7 +120,8 @@ async fn what_is_not_envoys_request_is_refused() {
         .expect("the new Authorization")
         .to_owned();
     assert!(issued.starts_with("Bearer ") && !issued.contains(&user));
-    assert_eq!(answer.header("x-envoy-auth-headers-to-remove"), Some("dpop"));
+    // Nothing to remove: the request carries no `dpop` (a plain hit's answer stays small).
+    assert_eq!(answer.header("x-envoy-auth-headers-to-remove"), None);
     assert_eq!(
         (
             answer.header("decision"),
@@ -136,6 +137,14 @@ async fn what_is_not_envoys_request_is_refused() {
     assert_eq!(
         (again.status, again.header("authorization"), again.header("cache")),
         (200, Some(issued.as_str()), Some("hit"))
+    );
+    // A caller's own proof is named for removal: never sent with Baton's token.
+    let with_proof = request.replace("x-envoy-internal", "dpop: caller.proof\r\nx-envoy-internal");
+    stream.write_all(with_proof.as_bytes()).await.expect("write a third");
+    let third = read_answer(&mut stream).await.expect("a third answer");
+    assert_eq!(
+        (third.status, third.header("x-envoy-auth-headers-to-remove")),
+        (200, Some("dpop"))
     );
 
     // Denials: the same status, JSON body and challenge as a Check's.
@@ -294,6 +303,21 @@ async fn through_envoy_a_callers_headers_change_nothing_and_the_api_is_observed(
     let claims = stack.service.verify(reply.upstream_token()).await;
     assert_eq!(audiences(&claims), [ORDERS]);
     assert_eq!(reply.body["authorization_count"], 1);
+    // A caller's own DPoP proof never reaches the destination beside Baton's token.
+    let reply = send_with(
+        &stack.envoy,
+        "orders.example",
+        "/",
+        Some(&bearer(&user)),
+        &[("dpop", "caller.proof.junk")],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.reason());
+    assert_eq!(
+        reply.body["dpop"],
+        Value::Null,
+        "the caller's proof reached the destination"
+    );
 
     // Observed as its own API: the audit line and the metrics.
     let metrics = stack.baton.metrics().await;

@@ -155,7 +155,10 @@ async fn answer(authz: &Current, request: Request<Incoming>) -> Response<Body> {
     let read = read(&request, &lines);
     let outbound = read.as_ref().map_err(|(denial, _)| denial);
     // Envoy's span context, when it traces, is among the request's headers (`outcome` reads them).
-    let answer = outcome::decide_traced(&authz, Api::ExtAuthzHttp, || None, outbound, respond::http_answer).await;
+    // Envoy sends every header Baton may have removed (`respond::REMOVABLE`), when present.
+    let carried = |name: &str| request.headers().contains_key(name);
+    let reply = |outcome: &_, metadata| respond::http_answer(outcome, metadata, carried);
+    let answer = outcome::decide_traced(&authz, Api::ExtAuthzHttp, || None, outbound, reply).await;
     let close = read.as_ref().err().is_some_and(|(_, close)| *close);
     response(answer, close)
 }

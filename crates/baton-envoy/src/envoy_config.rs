@@ -376,8 +376,10 @@ fn baton_filter(options: &Options) -> Value {
                 },
                 "failure_mode_allow": false,
                 "status_on_error": { "code": "ServiceUnavailable" },
-                // Only the headers Baton reads; no body, no peer certificate (issue 15).
-                "allowed_headers": crate::reads::matcher(&options.headers),
+                // Only the headers Baton reads, and `dpop`: Baton names a header to remove only
+                // when the request carries it (`respond::http_answer`), so it must see the caller's
+                // proof to have it removed. No body, no peer certificate (issue 15).
+                "allowed_headers": crate::reads::matcher(&http_headers(&options.headers)),
             },
         }),
         Api::ExtProc => json!({
@@ -421,6 +423,15 @@ fn baton_filter(options: &Options) -> Value {
             },
         }),
     }
+}
+
+/// What Envoy sends Baton's HTTP listener: the headers Baton reads, and those it may have removed.
+fn http_headers(reads: &[&'static str]) -> Vec<&'static str> {
+    let mut names = reads.to_vec();
+    names.extend(crate::respond::REMOVABLE);
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 fn dns_cache() -> Value {
@@ -981,9 +992,10 @@ destinations:
             response["allowed_client_headers"],
             crate::reads::matcher(&["content-type", "retry-after", "www-authenticate"])
         );
+        // And `dpop`, which Baton has removed only when it sees it.
         assert_eq!(
             filter["allowed_headers"],
-            crate::reads::matcher(&["authorization", "traceparent", "tracestate"])
+            crate::reads::matcher(&["authorization", "dpop", "traceparent", "tracestate"])
         );
         for absent in ["with_request_body", "include_peer_certificate", "include_tls_session"] {
             assert!(filter.get(absent).is_none(), "{absent}");

@@ -38,7 +38,7 @@ pub(crate) async fn decide_traced<'m, R>(
     api: Api,
     trace: impl FnOnce() -> Option<TraceContext<'m>>,
     outbound: Result<&Outbound<'_>, &Denial>,
-    reply: fn(&Result<Allow, Denial>, Option<Struct>) -> R,
+    reply: impl FnOnce(&Result<Allow, Denial>, Option<Struct>) -> R,
 ) -> R {
     let observation = authz.telemetry().observe(api, trace, outbound.ok().map(|o| o.headers));
     let outcome = match outbound {

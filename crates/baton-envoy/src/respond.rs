@@ -375,7 +375,9 @@ fn metadata(outcome: &Result<Allow, Denial>, destination: Option<&Destination>) 
 /// (`authorization_response.allowed_upstream_headers`) and those it must remove
 /// ([`HEADERS_TO_REMOVE`]); else the denial's status, headers and body, which Envoy sends the
 /// client. `metadata` adds Baton's dynamic-metadata keys as headers of their own
-/// (`authorization_response.dynamic_metadata_from_headers`).
+/// (`authorization_response.dynamic_metadata_from_headers`). Unlike a Check's reply, a header to
+/// remove is named only when the request carries it (`carried`: Envoy sends the headers Baton may
+/// remove, `dpop` among them): Envoy then neither parses nor applies a removal list on a plain hit.
 #[derive(Debug, PartialEq, Eq)]
 pub struct HttpAnswer {
     pub status: u16,
@@ -387,15 +389,24 @@ pub struct HttpAnswer {
 /// (comma-separated) before sending the request upstream.
 pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
+/// The request headers an allowing answer may have Envoy remove (`authorization_mutation`): Envoy's
+/// HTTP authorization request must carry them, as Baton names one only when the request has it.
+pub const REMOVABLE: [&str; 2] = ["authorization", "dpop"];
+
 /// The keys of Baton's dynamic metadata, each sent as a response header of that name when
 /// `telemetry.dynamic_metadata` is on.
 pub const METADATA_KEYS: [&str; 6] = ["decision", "destination", "audience", "cache", "reason", "jti"];
 
-pub fn http_answer(outcome: &Result<Allow, Denial>, metadata: Option<Struct>) -> HttpAnswer {
+pub fn http_answer(
+    outcome: &Result<Allow, Denial>,
+    metadata: Option<Struct>,
+    carried: impl Fn(&str) -> bool,
+) -> HttpAnswer {
     let pair = |o: HeaderValueOption| o.header.map(|h| (h.key, h.value));
     let mut answer = match outcome {
         Ok(allow) => {
-            let (set, remove) = authorization_mutation(allow);
+            let (set, mut remove) = authorization_mutation(allow);
+            remove.retain(|name| carried(name));
             let mut headers: Vec<(String, String)> = set.into_iter().filter_map(pair).collect();
             if !remove.is_empty() {
                 headers.push((HEADERS_TO_REMOVE.to_owned(), remove.join(",")));
@@ -635,6 +646,45 @@ pub(crate) mod tests {
         assert_eq!(text(&m, "destination").as_deref(), Some("orders"));
         let m = metadata(&Ok(Allow::Strip), None);
         assert_eq!(m.fields.len(), 1, "{m:?}");
+    }
+
+    /// Over HTTP, an allowing answer names a header to remove only when the request carries it:
+    /// a plain hit is `authorization` alone, a caller's `dpop` (or, on a strip, its
+    /// `Authorization`) is still removed.
+    #[test]
+    fn an_http_answer_removes_only_what_the_request_carries() {
+        let delegate = Ok(Allow::Delegate {
+            destination: orders(),
+            token: delegated(),
+            cache: baton_core::cache::CacheStatus::Hit,
+            key: None,
+            bound: None,
+        });
+        let removed = |outcome: &Result<Allow, Denial>, carried: &[&str]| {
+            let answer = http_answer(outcome, None, |name| carried.contains(&name));
+            assert_eq!(answer.status, 200);
+            answer
+                .headers
+                .into_iter()
+                .filter(|(k, _)| k != "authorization")
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(removed(&delegate, &["authorization"]), []);
+        assert_eq!(
+            removed(&delegate, &["authorization", "dpop"]),
+            [(HEADERS_TO_REMOVE.to_owned(), "dpop".to_owned())]
+        );
+        assert_eq!(removed(&Ok(Allow::Strip), &[]), []);
+        assert_eq!(
+            removed(&Ok(Allow::Strip), &["authorization"]),
+            [(HEADERS_TO_REMOVE.to_owned(), "authorization".to_owned())]
+        );
+        // Every header an answer may remove is one Envoy is asked to send.
+        for allow in [&delegate, &Ok(Allow::Strip)].into_iter().flatten() {
+            for name in authorization_mutation(allow).1 {
+                assert!(REMOVABLE.contains(&name.as_str()), "{name}");
+            }
+        }
     }
 
     /// A DPoP-bound delegation sets `Authorization: DPoP` and the request's proof (replacing the
