@@ -194,18 +194,40 @@ enum Tweak {
     /// What `baton envoy-config --api ext_authz_http` generates: ext_authz over HTTP to Baton's own
     /// HTTP listener (`authz_http`, or `authz_http_uds` when Baton has one).
     BatonHttp,
+    /// `BatonHttp` without `dynamic_metadata_from_headers` (what Envoy's matching of Baton's
+    /// metadata header names costs when Baton sends none: `telemetry.dynamic_metadata` off).
+    BatonHttpNoMetadataMatcher,
+    /// `BatonHttp` with `charge_cluster_response_stats: false`.
+    BatonHttpNoClusterResponseStats,
 }
 
 fn envoy_doc(yaml: &str, uds: Option<PathBuf>, tweak: Tweak, http_port: u16) -> Value {
-    if tweak == Tweak::BatonHttp {
-        return bootstrap_for(FilterApi::ExtAuthzHttp, yaml, None, true, true, None);
+    if let Tweak::BatonHttp | Tweak::BatonHttpNoMetadataMatcher | Tweak::BatonHttpNoClusterResponseStats = tweak {
+        let mut doc = bootstrap_for(FilterApi::ExtAuthzHttp, yaml, None, true, true, None);
+        let authz = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+            [0]["typed_config"];
+        match tweak {
+            Tweak::BatonHttpNoMetadataMatcher => {
+                let response = authz["http_service"]["authorization_response"]
+                    .as_object_mut()
+                    .expect("authorization_response");
+                assert!(response.remove("dynamic_metadata_from_headers").is_some());
+            }
+            Tweak::BatonHttpNoClusterResponseStats => authz["charge_cluster_response_stats"] = json!(false),
+            _ => {}
+        }
+        return doc;
     }
     let mut doc = bootstrap(yaml, uds, true, tweak != Tweak::Alone);
     let filters =
         &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"];
     let authz = &mut filters[0]["typed_config"];
     match tweak {
-        Tweak::Alone | Tweak::Generated | Tweak::BatonHttp => {}
+        Tweak::Alone
+        | Tweak::Generated
+        | Tweak::BatonHttp
+        | Tweak::BatonHttpNoMetadataMatcher
+        | Tweak::BatonHttpNoClusterResponseStats => {}
         Tweak::NoClusterResponseStats => authz["charge_cluster_response_stats"] = json!(false),
         Tweak::NoStats => doc["stats_config"] = json!({ "stats_matcher": { "reject_all": true } }),
         Tweak::BigWindows => {
@@ -440,6 +462,20 @@ pub(crate) async fn run() {
             None,
             Tweak::BatonHttp,
             find("Baton now, Unix socket"),
+        ),
+        (
+            "+ Baton now over HTTP, no dynamic_metadata_from_headers".into(),
+            now_yaml.as_str(),
+            None,
+            Tweak::BatonHttpNoMetadataMatcher,
+            find("Baton now"),
+        ),
+        (
+            "+ Baton now over HTTP, charge_cluster_response_stats: false".into(),
+            now_yaml.as_str(),
+            None,
+            Tweak::BatonHttpNoClusterResponseStats,
+            find("Baton now"),
         ),
         (
             "+ Baton now over HTTP, 1 runtime worker".into(),
