@@ -91,6 +91,8 @@ pub struct Options {
     pub headers: Vec<&'static str>,
     /// `Api::Wasm`: the module and its plugin configuration.
     pub wasm: Option<crate::wasm_plugin::Wasm>,
+    /// Baton's `telemetry.dynamic_metadata`: whether its answers carry Envoy metadata.
+    pub dynamic_metadata: bool,
 }
 
 impl Options {
@@ -114,6 +116,7 @@ impl Options {
                 timeout: longest_exchange(config) + TIMEOUT_MARGIN,
                 headers: crate::reads::headers(config),
                 wasm: None,
+                dynamic_metadata: config.decision.telemetry.dynamic_metadata,
             });
         }
         let baton = match uds.or_else(|| config.listen.grpc_uds.clone()) {
@@ -170,6 +173,7 @@ impl Options {
             timeout: longest_exchange(config) + TIMEOUT_MARGIN,
             headers: crate::reads::headers(config),
             wasm: None,
+            dynamic_metadata: config.decision.telemetry.dynamic_metadata,
         })
     }
 }
@@ -356,32 +360,38 @@ fn baton_filter(options: &Options) -> Value {
                 "allowed_headers": crate::reads::matcher(&options.headers),
             },
         }),
-        Api::ExtAuthzHttp => json!({
-            "name": EXT_AUTHZ,
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                "transport_api_version": "V3",
-                "http_service": {
-                    // The authorization request keeps the original path: no prefix.
-                    "server_uri": { "uri": "http://baton", "cluster": BATON_HTTP_CLUSTER, "timeout": timeout },
-                    "authorization_response": {
-                        // A 200 sets these on the request (Baton's `x-envoy-auth-headers-to-remove`
-                        // removes the caller's `dpop`, or its `authorization` on a strip).
-                        "allowed_upstream_headers": crate::reads::matcher(&["authorization", "dpop"]),
-                        // A denial's challenge, JSON body and Retry-After reach the caller.
-                        "allowed_client_headers": crate::reads::matcher(&["content-type", "retry-after", "www-authenticate"]),
-                        // Baton's dynamic metadata, as response headers of the same names.
-                        "dynamic_metadata_from_headers": crate::reads::matcher(&crate::respond::METADATA_KEYS),
+        Api::ExtAuthzHttp => {
+            let mut response = json!({
+                // A 200 sets these on the request (Baton's `x-envoy-auth-headers-to-remove`
+                // removes the caller's `dpop`, or its `authorization` on a strip).
+                "allowed_upstream_headers": crate::reads::matcher(&["authorization", "dpop"]),
+                // A denial's challenge, JSON body and Retry-After reach the caller.
+                "allowed_client_headers": crate::reads::matcher(&["content-type", "retry-after", "www-authenticate"]),
+            });
+            // Baton's dynamic metadata, as response headers of the same names; only when Baton sends
+            // them: Envoy matches every answer's headers against these names.
+            if options.dynamic_metadata {
+                response["dynamic_metadata_from_headers"] = crate::reads::matcher(&crate::respond::METADATA_KEYS);
+            }
+            json!({
+                "name": EXT_AUTHZ,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                    "transport_api_version": "V3",
+                    "http_service": {
+                        // The authorization request keeps the original path: no prefix.
+                        "server_uri": { "uri": "http://baton", "cluster": BATON_HTTP_CLUSTER, "timeout": timeout },
+                        "authorization_response": response,
                     },
+                    "failure_mode_allow": false,
+                    "status_on_error": { "code": "ServiceUnavailable" },
+                    // Only the headers Baton reads, and `dpop`: Baton names a header to remove only
+                    // when the request carries it (`respond::http_answer`), so it must see the
+                    // caller's proof to have it removed. No body, no peer certificate (issue 15).
+                    "allowed_headers": crate::reads::matcher(&http_headers(&options.headers)),
                 },
-                "failure_mode_allow": false,
-                "status_on_error": { "code": "ServiceUnavailable" },
-                // Only the headers Baton reads, and `dpop`: Baton names a header to remove only
-                // when the request carries it (`respond::http_answer`), so it must see the caller's
-                // proof to have it removed. No body, no peer certificate (issue 15).
-                "allowed_headers": crate::reads::matcher(&http_headers(&options.headers)),
-            },
-        }),
+            })
+        }
         Api::ExtProc => json!({
             "name": EXT_PROC,
             "typed_config": {
@@ -991,6 +1001,16 @@ destinations:
         assert_eq!(
             response["allowed_client_headers"],
             crate::reads::matcher(&["content-type", "retry-after", "www-authenticate"])
+        );
+        // Baton sends no metadata headers (`telemetry.dynamic_metadata` off): nothing to match.
+        assert!(response.get("dynamic_metadata_from_headers").is_none(), "{response}");
+        let on = yaml("authz_http: 127.0.0.1:9192", "telemetry: { dynamic_metadata: true }\n");
+        let options_on = Options::new(&on, Api::ExtAuthzHttp, None, None, listen).expect("options");
+        let doc_on = bootstrap(&on, &options_on).expect("bootstrap");
+        assert_eq!(
+            doc_on["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+                [0]["typed_config"]["http_service"]["authorization_response"]["dynamic_metadata_from_headers"],
+            crate::reads::matcher(&crate::respond::METADATA_KEYS)
         );
         // And `dpop`, which Baton has removed only when it sees it.
         assert_eq!(
