@@ -58,7 +58,7 @@ fn main() {
         headers: Headers::Lines(&lines),
     };
     let mut cache = Cache::new(1024);
-    let Local::Miss { params, token, .. } = local::decide(&settings, &mut cache, &request, 1_000, true) else {
+    let Local::Miss { params, token, .. } = local::decide(&settings, &cache, &request, 1_000, true) else {
         panic!("an empty cache misses");
     };
     let claims = serde_json::json!({"sub": "alice", "iss": "https://sts.example"});
@@ -72,7 +72,7 @@ fn main() {
     let mut hits = 0u64;
     for _ in 0..n {
         if let Local::Hit { authorization, .. } =
-            local::decide(&settings, &mut cache, std::hint::black_box(&request), 1_000, true)
+            local::decide(&settings, &cache, std::hint::black_box(&request), 1_000, true)
         {
             hits += authorization.len() as u64 / 900;
         }

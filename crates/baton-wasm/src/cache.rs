@@ -80,16 +80,14 @@ impl Cache {
         self.generation
     }
 
-    /// The entry for `token` at `destination`, if it is still good at `now` (an expired one is
-    /// dropped), with where it is held.
-    pub fn get(&mut self, destination: &Destination, token: &str, now: u64) -> Option<(&Entry, Held)> {
-        let tokens = self.entries.get_mut(destination)?;
-        if tokens.get(token)?.entry.expires_at <= now {
-            tokens.remove(token);
-            self.len -= 1;
+    /// The entry for `token` at `destination`, if it is still good at `now`, with where it is
+    /// held. One lookup: an expired entry is left for the answer that replaces it, or for
+    /// `insert`'s sweep when the cache is full.
+    pub fn get(&self, destination: &Destination, token: &str, now: u64) -> Option<(&Entry, Held)> {
+        let (token, slot) = self.entries.get(destination)?.get_key_value(token)?;
+        if slot.entry.expires_at <= now {
             return None;
         }
-        let (token, slot) = tokens.get_key_value(token)?;
         let held = Held {
             destination: *destination,
             token: token.clone(),
@@ -206,7 +204,11 @@ mod tests {
         assert!(cache.insert(ORDERS, token(1), entry(100), 0, 10).is_some());
         assert!(cache.get(&ORDERS, &token(1), 99).is_some());
         assert!(cache.get(&ORDERS, &token(1), 100).is_none());
-        assert!(cache.is_empty(), "an expired entry is dropped");
+        let mut full = Cache::new(1);
+        assert!(full.insert(ORDERS, token(1), entry(100), 0, 10).is_some());
+        assert!(full.insert(ORDERS, token(2), entry(200), 0, 150).is_some());
+        assert_eq!(full.len(), 1, "a full cache sweeps out what expired");
+        assert!(full.get(&ORDERS, &token(2), 150).is_some());
         assert!(
             cache.insert(ORDERS, token(2), entry(10), 0, 10).is_none(),
             "already expired: not kept"

@@ -19,7 +19,8 @@ use crate::cache::{self, Cache, Entry, Held};
 use crate::config::Settings;
 use crate::local::{self, Local, Request};
 use crate::messages::{self, DecideReply, DecideRequest, EpochReply, EpochRequest, action};
-use crate::purge::{Handle, Served};
+use crate::purge::Handle;
+use response::Served;
 
 /// The response path: a destination's `invalid_token` (`crate::purge`).
 mod response;
@@ -332,11 +333,11 @@ impl HttpContext for Http {
         };
         let now_ms = now_ms(self);
         let verdict = {
-            let mut shared = self.shared.borrow_mut();
-            let settings = shared.settings.clone();
+            let shared = self.shared.borrow();
+            let settings = &shared.settings;
             let bound = (settings.epoch_tick + settings.timeout).as_millis();
             let fresh = shared.epoch_heard_ms.is_some_and(|at| now_ms < at + bound);
-            local::decide(&settings, &mut shared.cache, &request, (now_ms / 1000) as u64, fresh)
+            local::decide(settings, &shared.cache, &request, (now_ms / 1000) as u64, fresh)
         };
         match verdict {
             Local::Hit {

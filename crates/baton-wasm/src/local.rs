@@ -52,7 +52,7 @@ pub enum Local {
 
 /// Decide `request` from the configuration and the cache. `fresh`: the sidecar's epoch was heard
 /// within the bound, so cached entries may be served.
-pub fn decide(settings: &Settings, cache: &mut Cache, request: &Request<'_>, now: u64, fresh: bool) -> Local {
+pub fn decide(settings: &Settings, cache: &Cache, request: &Request<'_>, now: u64, fresh: bool) -> Local {
     let authority = match canonical::authority(request.authority) {
         Ok(authority) => authority,
         // A malformed authority reaches no destination: stripped, or refused.
@@ -140,7 +140,7 @@ mod tests {
         Settings::from_json(json.as_bytes()).expect("valid")
     }
 
-    fn run(settings: &Settings, cache: &mut Cache, authority: &str, method: &str, lines: &Pairs, fresh: bool) -> Local {
+    fn run(settings: &Settings, cache: &Cache, authority: &str, method: &str, lines: &Pairs, fresh: bool) -> Local {
         let request = Request {
             authority,
             method,
@@ -160,16 +160,16 @@ mod tests {
     #[test]
     fn an_unlisted_host_gets_no_token_and_a_bad_authority_matches_nothing() {
         let s = settings("");
-        let mut cache = Cache::new(8);
+        let cache = Cache::new(8);
         let user = Pairs(vec![("authorization", "Bearer user-token")]);
-        assert_eq!(run(&s, &mut cache, "evil.example", "GET", &user, true), Local::Strip);
+        assert_eq!(run(&s, &cache, "evil.example", "GET", &user, true), Local::Strip);
         assert_eq!(
-            run(&s, &mut cache, "orders.internal@evil", "GET", &user, true),
+            run(&s, &cache, "orders.internal@evil", "GET", &user, true),
             Local::Strip
         );
         let deny = settings(r#""unknown_destination":"deny","#);
         assert!(matches!(
-            run(&deny, &mut cache, "evil.example", "GET", &user, true),
+            run(&deny, &cache, "evil.example", "GET", &user, true),
             Local::Deny(d) if d.reason == Reason::DestinationUnknown
         ));
     }
@@ -177,8 +177,7 @@ mod tests {
     #[test]
     fn bad_bearer_tokens_are_refused_with_the_sidecars_reasons() {
         let s = settings("");
-        let mut cache = Cache::new(8);
-        let reason = |lines: Pairs| match run(&s, &mut Cache::new(1), "orders.internal", "GET", &lines, true) {
+        let reason = |lines: Pairs| match run(&s, &Cache::new(1), "orders.internal", "GET", &lines, true) {
             Local::Deny(d) => d.reason,
             other => panic!("not denied: {other:?}"),
         };
@@ -198,7 +197,6 @@ mod tests {
             ])),
             Reason::MultipleAuthorizationHeaders
         );
-        let _ = &mut cache;
     }
 
     #[test]
@@ -206,7 +204,7 @@ mod tests {
         let s = settings("");
         let mut cache = Cache::new(8);
         let user = Pairs(vec![("authorization", "Bearer user-token")]);
-        let Local::Miss { params, token, .. } = run(&s, &mut cache, "orders.internal", "GET", &user, true) else {
+        let Local::Miss { params, token, .. } = run(&s, &cache, "orders.internal", "GET", &user, true) else {
             panic!("an empty cache misses");
         };
         assert_eq!(&*token, "user-token", "the subject token, as baton-decide reads it");
@@ -218,7 +216,7 @@ mod tests {
         };
         let held = cache.insert(params, token, entry, 0, 1_000).expect("kept");
         assert_eq!(
-            run(&s, &mut cache, "ORDERS.internal", "GET", &user, true),
+            run(&s, &cache, "ORDERS.internal", "GET", &user, true),
             Local::Hit {
                 destination: "orders".into(),
                 authorization: "Bearer issued".into(),
@@ -228,21 +226,21 @@ mod tests {
         );
         assert!(
             matches!(
-                run(&s, &mut cache, "orders.internal", "GET", &user, false),
+                run(&s, &cache, "orders.internal", "GET", &user, false),
                 Local::Miss { .. }
             ),
             "no recent epoch: nothing cached is served"
         );
         assert!(
             matches!(
-                run(&s, &mut cache, "orders.internal", "DELETE", &user, true),
+                run(&s, &cache, "orders.internal", "DELETE", &user, true),
                 Local::Miss { .. }
             ),
             "the policy refuses this method: the sidecar decides (and audits)"
         );
         let other = Pairs(vec![("authorization", "Bearer someone-else")]);
         assert!(matches!(
-            run(&s, &mut cache, "orders.internal", "GET", &other, true),
+            run(&s, &cache, "orders.internal", "GET", &other, true),
             Local::Miss { .. }
         ));
     }
@@ -256,7 +254,7 @@ mod tests {
         .expect("valid");
         let mut cache = Cache::new(8);
         let user = Pairs(vec![("authorization", "Bearer user-token")]);
-        let Local::Miss { params, token, .. } = run(&s, &mut cache, "orders.internal", "GET", &user, true) else {
+        let Local::Miss { params, token, .. } = run(&s, &cache, "orders.internal", "GET", &user, true) else {
             panic!("an empty cache misses");
         };
         let entry = Entry {
@@ -267,14 +265,14 @@ mod tests {
         };
         assert!(cache.insert(params, token.clone(), entry, 0, 1_000).is_some());
         assert!(matches!(
-            run(&s, &mut cache, "orders.internal", "GET", &user, true),
+            run(&s, &cache, "orders.internal", "GET", &user, true),
             Local::Hit { .. }
         ));
         let Local::Miss {
             params: other,
             destination,
             token: same,
-        } = run(&s, &mut cache, "billing.internal", "GET", &user, true)
+        } = run(&s, &cache, "billing.internal", "GET", &user, true)
         else {
             panic!("billing must not be served the token cached for orders");
         };
@@ -288,7 +286,7 @@ mod tests {
         let s = settings("");
         let mut cache = Cache::new(8);
         let user = Pairs(vec![("authorization", "Bearer user-token")]);
-        let Local::Miss { params, token, .. } = run(&s, &mut cache, "orders.internal", "GET", &user, true) else {
+        let Local::Miss { params, token, .. } = run(&s, &cache, "orders.internal", "GET", &user, true) else {
             panic!("miss");
         };
         let entry = Entry {
@@ -299,7 +297,7 @@ mod tests {
         };
         assert!(cache.insert(params, token, entry, 0, 1_000).is_some());
         assert!(matches!(
-            run(&s, &mut cache, "orders.internal", "GET", &user, true),
+            run(&s, &cache, "orders.internal", "GET", &user, true),
             Local::Miss { .. }
         ));
     }

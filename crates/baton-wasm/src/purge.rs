@@ -1,13 +1,12 @@
 //! A destination's refusal of a delegation the filter served (a hit or a miss): its response is
 //! 401 with a Bearer or DPoP `invalid_token` challenge (RFC 6750 §3.1, RFC 9449 §7.1), read with
 //! baton-decide's challenge grammar, as the sidecar's ext_proc reads it. This module owns that
-//! reading, what a request remembers of its delegation until the response is seen (`Served`) and
-//! the sidecar's name for it (`Handle`: its cache key, a digest, and the issued token's
-//! fingerprint). The glue (`filter::response`) drops the filter's entry and sends `InProxy/Purge`.
+//! reading and the sidecar's name for a delegation (`Handle`: its cache key, a digest, and the
+//! issued token's fingerprint). The glue (`filter::response`) remembers what each request went out
+//! with until its response is seen, drops the filter's entry and sends `InProxy/Purge`.
 //! It never reads a body, never guesses (a `:status` twice, too many challenges, one that cannot
 //! be read whole: no), and never puts a token in a Purge or a log.
 
-use crate::cache::Held;
 use baton_decide::challenge;
 
 /// The most `WWW-Authenticate` lines read from one response; past them the response says no.
@@ -36,15 +35,6 @@ impl Handle {
             issued: issued.to_owned(),
         })
     }
-}
-
-/// The delegation a request went out with, until its response is seen.
-#[derive(Debug)]
-pub struct Served {
-    /// The filter's entry that served it (`None`: not kept, e.g. a DPoP-bound one).
-    pub held: Option<Held>,
-    /// The sidecar's name for it, when the Decide reply gave one (a hit finds it in the entry).
-    pub handle: Option<Handle>,
 }
 
 /// Does this response (its header lines, as Envoy gives them to the filter) refuse the token as

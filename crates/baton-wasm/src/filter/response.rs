@@ -11,8 +11,18 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
 use super::Http;
+use crate::cache::Held;
 use crate::messages::{self, PurgeReply, PurgeRequest};
-use crate::purge;
+use crate::purge::{self, Handle};
+
+/// The delegation a request went out with, until its response is seen.
+#[derive(Debug)]
+pub(super) struct Served {
+    /// The filter's entry that served it (`None`: not kept, e.g. a DPoP-bound one).
+    pub(super) held: Option<Held>,
+    /// The sidecar's name for it, when the Decide reply gave one (a hit finds it in the entry).
+    pub(super) handle: Option<Handle>,
+}
 
 fn warn(message: &str) {
     proxy_wasm::hostcalls::log(LogLevel::Warn, message).ok();
