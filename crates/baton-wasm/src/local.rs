@@ -1,7 +1,7 @@
 //! What the filter decides by itself, in the order `baton_core::authz::admit` and `delegate` do
 //! and with the same baton-decide functions: the canonical authority, the destination it matches,
-//! the bearer token's rules, the subject token, and on a hit the destination's policy judged on this
-//! request with the claims the sidecar verified. Pure (the caller passes the clock and whether
+//! the bearer token's rules (which give the subject token the cache is keyed on), and on a hit the
+//! destination's policy judged on this request with the claims the sidecar verified. Pure (the caller passes the clock and whether
 //! the sidecar's epoch is fresh), so it is tested natively. Whatever it cannot settle is `Miss`:
 //! the sidecar decides, and audits.
 
