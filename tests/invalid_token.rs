@@ -371,36 +371,22 @@ async fn a_destinations_invalid_token_purges_the_entry_that_served_it_under_the_
     );
 }
 
-/// One request on `client`'s kept-alive connection (so under the Wasm filter, the same Envoy
-/// worker and its cache each time), and the filter's decision for it from Envoy's access log.
-async fn on_connection(client: &reqwest::Client, setup: &Setup, path: &str, token: &str) -> (Reply, String) {
+/// One request on `connection` (so under the Wasm filter, the same Envoy worker and its cache each
+/// time), and the filter's decision for it from Envoy's access log.
+async fn on_connection(connection: &Connection, setup: &Setup, path: &str, token: &str) -> (Reply, String) {
     let envoy = &setup.pod.envoy;
     let logged = envoy.access_log().len();
-    let authorization = bearer(token);
-    leaks::credential(&authorization);
-    let response = client
-        .get(envoy.url(path))
-        .header("host", "orders.example")
-        .header("authorization", &authorization)
-        .send()
-        .await
-        .expect("request through envoy");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.expect("body")).unwrap_or_default();
-    if let Some(received) = body["authorization"].as_str() {
-        leaks::credential(received);
-    }
+    let reply = connection.get(path, &bearer(token)).await;
     let line = eventually("the request's access log line", || {
         envoy.access_log().get(logged).cloned()
     })
     .await;
     let decision = line["baton_decision"].as_str().unwrap_or("-").to_owned();
-    (Reply { status, headers, body }, decision)
+    (reply, decision)
 }
 
 /// The Wasm filter purges both ways a delegated request can have gone out, on one worker (one
-/// kept-alive connection): a hit (the sidecar's entry named by the filter's entry) and a miss (named
+/// HTTP/2 connection): a hit (the sidecar's entry named by the filter's entry) and a miss (named
 /// by the Decide reply). Each time the very next request on that worker exchanges again, with no
 /// wait: its entry went at once, and the sidecar's before the 401 reached the application.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,34 +395,30 @@ async fn the_wasm_filter_purges_after_a_hit_and_after_a_miss() {
     let svc = &setup.service;
     let alice = svc.mint_with(&[("sub", "alice"), ("scope", "orders.read")]).await;
     let bob = svc.mint_with(&[("sub", "bob"), ("scope", "orders.read")]).await;
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(20))
-        .pool_max_idle_per_host(1)
-        .build()
-        .expect("client");
+    let connection = Connection::to(&setup.pod.envoy, "orders.example");
     let start = svc.exchanges().await;
 
     // After a hit.
-    let (first, decision) = on_connection(&client, &setup, "/orders/1", &alice).await;
+    let (first, decision) = on_connection(&connection, &setup, "/orders/1", &alice).await;
     assert_eq!((first.status, decision.as_str()), (200, "miss"), "{:?}", first.body);
-    let (hit, decision) = on_connection(&client, &setup, "/orders/2", &alice).await;
+    let (hit, decision) = on_connection(&connection, &setup, "/orders/2", &alice).await;
     assert_eq!((hit.status, decision.as_str()), (200, "hit"), "{:?}", hit.body);
-    let (refused, decision) = on_connection(&client, &setup, "/refuse", &alice).await;
+    let (refused, decision) = on_connection(&connection, &setup, "/refuse", &alice).await;
     assert_eq!((refused.status, decision.as_str()), (401, "hit"), "{:?}", refused.body);
     assert_eq!(svc.exchanges().await, start + 1);
-    let (again, decision) = on_connection(&client, &setup, "/orders/3", &alice).await;
+    let (again, decision) = on_connection(&connection, &setup, "/orders/3", &alice).await;
     assert_eq!((again.status, decision.as_str()), (200, "miss"), "{:?}", again.body);
     assert_ne!(again.upstream_token(), first.upstream_token(), "a new token");
     assert_eq!(svc.exchanges().await, start + 2, "exchanged again at once");
 
     // After a miss: bob's first request is refused by the destination.
-    let (refused, decision) = on_connection(&client, &setup, "/refuse", &bob).await;
+    let (refused, decision) = on_connection(&connection, &setup, "/refuse", &bob).await;
     assert_eq!((refused.status, decision.as_str()), (401, "miss"), "{:?}", refused.body);
     assert_eq!(svc.exchanges().await, start + 3);
-    let (next, decision) = on_connection(&client, &setup, "/orders/1", &bob).await;
+    let (next, decision) = on_connection(&connection, &setup, "/orders/1", &bob).await;
     assert_eq!((next.status, decision.as_str()), (200, "miss"), "{:?}", next.body);
     assert_eq!(svc.exchanges().await, start + 4, "exchanged again at once");
-    let (cached, decision) = on_connection(&client, &setup, "/orders/2", &bob).await;
+    let (cached, decision) = on_connection(&connection, &setup, "/orders/2", &bob).await;
     assert_eq!((cached.status, decision.as_str()), (200, "hit"), "{:?}", cached.body);
     assert_eq!(cached.upstream_token(), next.upstream_token());
 

@@ -589,28 +589,6 @@ fn one_signature_character_changed(token: &str, at: usize) -> String {
     String::from_utf8(bytes).expect("ASCII")
 }
 
-/// One request on `client`'s connection (kept alive, so under the Wasm filter it reaches the same
-/// Envoy worker, and the same per-worker cache, as the request before it).
-async fn send_on(client: &reqwest::Client, envoy: &Envoy, host: &str, path: &str, token: &str) -> Reply {
-    let authorization = bearer(token);
-    leaks::credential(&authorization);
-    let response = client
-        .get(envoy.url(path))
-        .header("host", host)
-        .header("authorization", &authorization)
-        .send()
-        .await
-        .expect("request through envoy");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.expect("body");
-    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    if let Some(received) = body["authorization"].as_str() {
-        leaks::credential(received);
-    }
-    Reply { status, headers, body }
-}
-
 /// The Wasm access-log line of the request to `path` (each path is sent once), within 5 s.
 async fn wasm_line(envoy: &Envoy, path: &str) -> serde_json::Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -682,12 +660,8 @@ async fn a_forged_token_is_never_served_what_a_valid_one_cached() {
     let mut wrong = Vec::new();
     for api in APIS {
         let envoy = envoy(api, &scratch, &baton, &upstream).await;
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .pool_max_idle_per_host(1)
-            .build()
-            .expect("client");
-        let first = send_on(&client, &envoy, "orders.example", &format!("/{api:?}/first"), &valid).await;
+        let connection = Connection::to(&envoy, "orders.example");
+        let first = connection.get(&format!("/{api:?}/first"), &bearer(&valid)).await;
         let cached = first.upstream_token().to_owned();
         assert_ne!(cached, valid, "{api:?}: the user's own token went upstream");
         let exchanges = service.exchanges().await;
@@ -695,14 +669,14 @@ async fn a_forged_token_is_never_served_what_a_valid_one_cached() {
             assert_ne!(forged, &valid, "{name}");
             let row = format!("{api:?} {name}");
             let control_path = format!("/{api:?}/control/{i}");
-            let control = send_on(&client, &envoy, "orders.example", &control_path, &valid).await;
+            let control = connection.get(&control_path, &bearer(&valid)).await;
             assert_eq!(
                 control.upstream_token(),
                 cached,
                 "{row}: the valid token is served its cached token"
             );
             let forged_path = format!("/{api:?}/forged/{i}");
-            let reply = send_on(&client, &envoy, "orders.example", &forged_path, forged).await;
+            let reply = connection.get(&forged_path, &bearer(forged)).await;
             if reply.status != 401 || !reply.reason().starts_with("subject_token_") {
                 wrong.push(format!("{row}: {} {} {:?}", reply.status, reply.reason(), reply.body));
                 continue;
@@ -730,7 +704,7 @@ async fn a_forged_token_is_never_served_what_a_valid_one_cached() {
                 );
             }
         }
-        let again = send_on(&client, &envoy, "orders.example", &format!("/{api:?}/after"), &valid).await;
+        let again = connection.get(&format!("/{api:?}/after"), &bearer(&valid)).await;
         assert_eq!(again.upstream_token(), cached, "{api:?}: the forgeries purged nothing");
         assert_eq!(
             service.exchanges().await,

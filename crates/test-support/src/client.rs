@@ -82,7 +82,49 @@ pub async fn send_with(
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = request.send().await.expect("request through envoy");
+    reply(request.send().await.expect("request through envoy")).await
+}
+
+/// Requests to one host through Envoy, all over one connection (HTTP/2 without TLS, which Envoy's
+/// listeners accept), so all on the same Envoy worker: what a test of the Wasm filter's per-worker
+/// cache needs. An HTTP/1 client cannot promise that: a request that starts before the previous
+/// one's connection is back in its pool opens a second connection (likely on a loaded machine),
+/// and Envoy may hand that one to its other worker. The authority is `host:port` (HTTP/2 has no
+/// `Host` header to set apart from the URL).
+#[derive(Debug)]
+pub struct Connection {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Connection {
+    pub fn to(envoy: &Envoy, host: &str) -> Connection {
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .resolve(host, ([127, 0, 0, 1], envoy.port).into())
+            .timeout(std::time::Duration::from_secs(20))
+            .build()
+            .expect("an HTTP/2 client");
+        Connection {
+            client,
+            base: format!("http://{host}:{}", envoy.port),
+        }
+    }
+
+    /// GET `path` with `authorization` (registered for the leak scans).
+    pub async fn get(&self, path: &str, authorization: &str) -> Reply {
+        leaks::credential(authorization);
+        let request = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("authorization", authorization);
+        reply(request.send().await.expect("request through envoy")).await
+    }
+}
+
+/// What came back, its body as JSON when it is; a received `authorization` is registered for the
+/// leak scans.
+async fn reply(response: reqwest::Response) -> Reply {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let bytes = response.bytes().await.expect("body");
