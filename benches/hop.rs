@@ -20,7 +20,9 @@
 //! `HOP_ONLY=wasm` runs only Envoy alone, Envoy + Baton (ext_authz) and Envoy + baton.wasm;
 //! `HOP_ONLY=http` only Envoy alone, the allow-all floor, Envoy + Baton over gRPC and Envoy + Baton
 //! over HTTP (ext_authz `http_service` to `listen.authz_http`, the same Baton process, and to
-//! `listen.authz_http_uds`, the Unix-socket Baton's). The
+//! `listen.authz_http_uds`, the Unix-socket Baton's). `HOP_BEFORE_BIN=PATH` adds a Baton built
+//! before issue 15 with the Envoy configuration of that time (every header), the issue's "before".
+//! The
 //! module must be built first: `cargo build --profile wasm -p baton-wasm --target wasm32-wasip1`.
 //! `HOP_ENVOY=1` measures the hop from both sides instead (Envoy's settings, the HTTP transport,
 //! Baton before and now, user and system time, callgrind on both processes): see `hop_envoy`.
@@ -645,6 +647,15 @@ async fn run() {
     )
     .await;
     let floor_config = baton_yaml(&scratch, &service.token_endpoint, &tcp(floor.port));
+    // `HOP_BEFORE_BIN=PATH`: a Baton built before issue 15 (810b4e6), with the Envoy configuration
+    // of that time: the hop as the issue measured it, in this run.
+    let before_config = baton_yaml(&scratch, &service.token_endpoint, &tcp(free_port()));
+    let before = match std::env::var("HOP_BEFORE_BIN") {
+        Ok(bin) => {
+            Some(BatonProcess::start_with(&scratch, "baton-before", bin.as_ref(), &before_config, &[], None).await)
+        }
+        Err(_) => None,
+    };
 
     let mut setups = Vec::new();
     for (name, yaml, uds, trimmed, filter, authz) in [
@@ -664,6 +675,14 @@ async fn run() {
             true,
             true,
             Some(floor_pid),
+        ),
+        (
+            BEFORE_SETUP,
+            &before_config,
+            None,
+            false,
+            true,
+            before.as_ref().map(BatonProcess::pid),
         ),
         (
             "+ Baton, every header (before)",
@@ -703,6 +722,9 @@ async fn run() {
         // No socket given: the generated configuration picks `listen.authz_http_uds` itself.
         (HTTP_UDS_SETUP, &uds_config, None, true, true, Some(uds_baton.pid())),
     ] {
+        if name == BEFORE_SETUP && before.is_none() {
+            continue;
+        }
         if only_wasm
             && ![
                 ALONE_SETUP,
@@ -718,6 +740,7 @@ async fn run() {
             && ![
                 ALONE_SETUP,
                 "+ allow-all, headers Baton reads",
+                BEFORE_SETUP,
                 "+ Baton, headers Baton reads",
                 HTTP_SETUP,
                 HTTP_UDS_SETUP,
@@ -813,6 +836,8 @@ async fn run() {
 }
 
 const ALONE_SETUP: &str = "Envoy alone";
+/// The Baton `HOP_BEFORE_BIN` names, with the Envoy configuration of before issue 15.
+const BEFORE_SETUP: &str = "+ Baton before issue 15 (HOP_BEFORE_BIN), every header";
 const WASM_SETUP: &str = "+ baton.wasm on hits (in-proxy mode)";
 /// `HOP_WASM_BEFORE=PATH[,PATH...]`: other builds of the module (an earlier commit's, or the
 /// measuring sticks `floor_empty` and `floor_host_calls`), each measured beside this one in the
