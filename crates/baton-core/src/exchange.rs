@@ -66,7 +66,7 @@ pub enum ExchangeError {
     /// it, when it said.
     #[error("token service is rate limiting (HTTP 429)")]
     Busy(Option<Duration>),
-    #[error("too many exchanges in flight towards the token service")]
+    #[error("too many calls in flight towards the token service")]
     Saturated,
     #[error("token service answer unusable: {0}")]
     BadResponse(&'static str),
@@ -188,7 +188,7 @@ impl From<&ExchangeError> for Denial {
             ),
             ExchangeError::Saturated => Denial::new(
                 Reason::TokenServiceBusy,
-                "too many exchanges are in flight towards the token service",
+                "too many calls (exchanges and introspections) are in flight towards the token service",
             ),
             ExchangeError::Busy(pause) => {
                 let denial = Denial::new(Reason::TokenServiceBusy, "the token service is rate limiting");
@@ -1065,14 +1065,16 @@ pub(crate) mod tests {
 
     /// What a stand-in endpoint does with each connection it accepts.
     #[derive(Clone, Copy)]
-    enum Serve {
+    pub(crate) enum Serve {
         Drop,
         Answer(&'static str),
         /// Reads the request and never answers (the socket is held until the server is aborted).
         Hang,
     }
 
-    async fn serving_endpoint(serve: Serve) -> (u16, Arc<std::sync::atomic::AtomicU64>, tokio::task::JoinHandle<()>) {
+    pub(crate) async fn serving_endpoint(
+        serve: Serve,
+    ) -> (u16, Arc<std::sync::atomic::AtomicU64>, tokio::task::JoinHandle<()>) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();

@@ -151,14 +151,10 @@ impl Introspection {
         if let Some(subject) = self.answers.get(digest, SystemTime::now()) {
             return Ok(subject);
         }
+        // Refused as an exchange failing alike would be (timeout, 5xx, unusable answer, held back).
         let answer = self.service.introspect(&self.endpoint, token).await.map_err(|e| {
             tracing::warn!(endpoint = %self.endpoint, error = %e, "introspection failed");
-            e.held_back().unwrap_or_else(|| {
-                Denial::new(
-                    Reason::TokenServiceUnavailable,
-                    "the introspection endpoint did not answer",
-                )
-            })
+            Denial::from(&e)
         })?;
         let Value::Object(mut claims) = answer else {
             return Err(Denial::new(
@@ -978,6 +974,46 @@ mod tests {
             (Reason::TokenServiceCircuitOpen, true)
         );
         server.abort();
+    }
+
+    /// An introspection that fails is refused with the reason an exchange failing alike gets
+    /// (operations.md's table): no answer within the timeout is `token_service_timeout`, a 5xx
+    /// `token_service_error`, an answer that is not JSON `token_service_bad_response`, and only a
+    /// connection that fails `token_service_unavailable`.
+    #[tokio::test]
+    async fn a_failed_introspection_gets_the_reason_a_failed_exchange_gets() {
+        use crate::exchange::tests::{Serve, local_service, serving_endpoint};
+        let answer = |head: &str, body: &str| -> &'static str {
+            format!(
+                "HTTP/1.1 {head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .leak()
+        };
+        for (serve, reason) in [
+            (Serve::Hang, Reason::TokenServiceTimeout),
+            (
+                Serve::Answer(answer("500 Internal Server Error", "")),
+                Reason::TokenServiceError,
+            ),
+            (
+                Serve::Answer(answer("200 OK", "<html>")),
+                Reason::TokenServiceBadResponse,
+            ),
+            (Serve::Drop, Reason::TokenServiceUnavailable),
+        ] {
+            let (port, _accepted, server) = serving_endpoint(serve).await;
+            let config = IntrospectionConfig {
+                endpoint: Url::parse(&format!("http://127.0.0.1:{port}/introspect")).expect("url"),
+                token_service: "test".to_owned(),
+                cache_ttl: Duration::from_secs(60),
+            };
+            let service = local_service(port, "  timeout: 200ms\n");
+            let introspection = Introspection::new(config, Arc::new(service), 16);
+            let denial = introspection.subject("opaque", &[0; 32]).await.expect_err("refused");
+            assert_eq!(denial.reason, reason, "{}", denial.description);
+            server.abort();
+        }
     }
 
     #[test]
