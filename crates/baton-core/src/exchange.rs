@@ -1063,6 +1063,16 @@ pub(crate) mod tests {
         serving_endpoint(answer.map_or(Serve::Drop, Serve::Answer)).await
     }
 
+    /// A whole HTTP/1.1 answer with `status` (e.g. `500 Internal Server Error`) and `body`, for
+    /// `Serve::Answer` (leaked: a test's few answers live as long as the test binary).
+    pub(crate) fn answer(status: &str, body: &str) -> &'static str {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .leak()
+    }
+
     /// What a stand-in endpoint does with each connection it accepts.
     #[derive(Clone, Copy)]
     pub(crate) enum Serve {
@@ -1221,9 +1231,7 @@ pub(crate) mod tests {
     /// too); a 4xx or an inactive token is a working service's answer, and opens nothing.
     #[tokio::test]
     async fn introspection_failures_count_toward_the_breaker() {
-        let status = |code: &str| -> &'static str {
-            format!("HTTP/1.1 {code}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").leak()
-        };
+        let status = |code: &str| answer(code, "");
         let inactive = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 16\r\nconnection: close\r\n\r\n{\"active\":false}";
         for (serve, opens) in [
             (Serve::Drop, true),

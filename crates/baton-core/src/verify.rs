@@ -982,14 +982,7 @@ mod tests {
     /// connection that fails `token_service_unavailable`.
     #[tokio::test]
     async fn a_failed_introspection_gets_the_reason_a_failed_exchange_gets() {
-        use crate::exchange::tests::{Serve, local_service, serving_endpoint};
-        let answer = |head: &str, body: &str| -> &'static str {
-            format!(
-                "HTTP/1.1 {head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .leak()
-        };
+        use crate::exchange::tests::{Serve, answer, local_service, serving_endpoint};
         for (serve, reason) in [
             (Serve::Hang, Reason::TokenServiceTimeout),
             (
