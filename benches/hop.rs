@@ -254,9 +254,13 @@ fn bootstrap_for(
     let mut options = Options::new(&config, api, uds, None, listen).expect("options");
     if api == FilterApi::Wasm {
         let raw = baton_envoy::wasm_plugin::as_written(yaml).expect("yaml");
-        let plugin =
-            baton_envoy::wasm_plugin::plugin_config(&config, &raw, envoy_config::BATON_CLUSTER, options.timeout)
-                .expect("plugin configuration");
+        let plugin = baton_envoy::wasm_plugin::plugin_config(
+            &config.decision,
+            &raw,
+            envoy_config::BATON_CLUSTER,
+            options.timeout,
+        )
+        .expect("plugin configuration");
         options.wasm = Some(baton_envoy::wasm_plugin::Wasm {
             module: module.unwrap_or_else(wasm_module),
             plugin,

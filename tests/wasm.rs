@@ -265,6 +265,73 @@ async fn the_wasm_filter_delegates_serves_hits_and_fails_closed() {
     );
 }
 
+/// A plugin configuration generated from an older `baton.yaml` is not trusted after Baton reloads
+/// a new one: the sidecar's epoch carries the digest of the configuration its file generates, and a
+/// filter whose own differs serves nothing cached. Here the reload adds a policy (GET only) to
+/// `orders`: the filter's stale configuration has none, so without the check a cached token would
+/// be served to a POST the new policy refuses; with it, the POST is a miss and the sidecar refuses
+/// it (`method_not_allowed`), while GET is still delegated (by the sidecar, every time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_plugin_configuration_serves_nothing_cached_after_a_reload() {
+    let stack = InProxy::start("wasm-drift").await;
+    let alice = user(&stack.service, "alice").await;
+    let post = || async {
+        let response = http()
+            .post(stack.envoy.url("/orders/1"))
+            .header("host", "orders.example")
+            .header("authorization", bearer(&alice))
+            .send()
+            .await
+            .expect("POST through envoy");
+        let status = response.status().as_u16();
+        let body: serde_json::Value =
+            serde_json::from_slice(&response.bytes().await.expect("body")).unwrap_or_default();
+        (status, body["error"].as_str().unwrap_or("").to_owned())
+    };
+    // Before: both workers hold alice's delegation, and a POST is served from the cache.
+    for _ in 0..6 {
+        assert_eq!(stack.get("orders.example", Some(&bearer(&alice))).await.status, 200);
+    }
+    assert_eq!(post().await.0, 200, "no policy yet: a POST is delegated");
+
+    let file = stack.scratch.0.join("baton.yaml");
+    let text = std::fs::read_to_string(&file).expect("baton.yaml");
+    let tightened = text.replacen(
+        "    scopes: [orders.read]\n",
+        "    scopes: [orders.read]\n    policy:\n      methods: [GET]\n",
+        1,
+    );
+    assert_ne!(tightened, text, "the orders destination's scopes line");
+    std::fs::write(&file, tightened).expect("write baton.yaml");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &stack.baton.pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+
+    // Once every worker has polled the epoch (within epoch_tick + timeout: 3 s here), a POST is
+    // refused by the sidecar's new policy, however often alice's GETs are delegated meanwhile.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    for n in 0..6 {
+        assert_eq!(stack.get("orders.example", Some(&bearer(&alice))).await.status, 200);
+        assert_eq!(
+            post().await,
+            (403, "method_not_allowed".to_owned()),
+            "POST {n} after the reload"
+        );
+    }
+    let decides = stack.decides();
+    for _ in 0..4 {
+        assert_eq!(stack.get("orders.example", Some(&bearer(&alice))).await.status, 200);
+    }
+    let want = decides + 4;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while stack.decides() < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stack.decides(), want, "a stale filter asks the sidecar every time");
+}
+
 /// The filter's hand-written messages (`baton_wasm::messages`) and the sidecar's generated ones
 /// agree on the fields a Purge depends on: a Decide reply's `served` and `issued`, and the Purge.
 #[test]

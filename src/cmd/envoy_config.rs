@@ -116,6 +116,6 @@ fn wasm(
 ) -> Result<baton_envoy::wasm_plugin::Wasm, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let raw = baton_envoy::wasm_plugin::as_written(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let plugin = baton_envoy::wasm_plugin::plugin_config(config, &raw, envoy_config::BATON_CLUSTER, timeout)?;
+    let plugin = baton_envoy::wasm_plugin::plugin_config(&config.decision, &raw, envoy_config::BATON_CLUSTER, timeout)?;
     Ok(baton_envoy::wasm_plugin::Wasm { module, plugin })
 }

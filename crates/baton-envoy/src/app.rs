@@ -298,14 +298,22 @@ pub async fn run(path: PathBuf, config: File, shutdown: impl Future<Output = ()>
     );
     let grace = config.shutdown_grace;
     let (listen, poll) = (config.listen.clone(), config.reload_interval);
+    let plugin: crate::in_proxy::PluginDigest = Arc::new(ArcSwap::from_pointee(config.plugin_digest));
     let authz = build(config.decision)?;
     let telemetry = authz.telemetry().clone();
     let authz: Current = Arc::new(ArcSwap::new(authz));
-    let reloader = tokio::spawn(reload::watch(path, listen, authz.clone(), poll, build_with));
+    let reloader = tokio::spawn(reload::watch(
+        path,
+        listen,
+        authz.clone(),
+        plugin.clone(),
+        poll,
+        build_with,
+    ));
     let ssf_poll = crate::ssf::spawn_poll(authz.clone());
     let ssf_current = authz.clone();
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = server::serve(authz, listeners, async move {
+    let serving = server::serve(authz, plugin, listeners, async move {
         shutdown.await;
         let _ = signalled_tx.send(());
     });

@@ -66,6 +66,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// What the decision is built from (`app::build`).
     pub decision: baton_core::config::Config,
+    /// `wasm_plugin::decision_digest` of this file: what `InProxy/Epoch` tells the Wasm filter, so
+    /// that a filter generated from another file serves nothing cached. Set by `from_yaml`.
+    pub plugin_digest: Vec<u8>,
 }
 
 impl Config {
@@ -73,12 +76,14 @@ impl Config {
     /// that still holds `{{name}}` placeholders is told it looks like a template
     /// ([`template_hint`], which `parse_yaml` adds to a parse error itself).
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        parse_yaml::<RawConfig>(text)?.validate().map_err(|mut e| {
+        let mut config = parse_yaml::<RawConfig>(text)?.validate().map_err(|mut e| {
             if let Some(hint) = template_hint(text) {
                 e.0.insert(0, hint);
             }
             e
-        })
+        })?;
+        config.plugin_digest = crate::wasm_plugin::decision_digest(&config.decision, text);
+        Ok(config)
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -164,6 +169,7 @@ impl RawConfig {
                 reload_interval: Some(reload_interval).filter(|d| !d.is_zero()),
                 shutdown_grace,
                 decision,
+                plugin_digest: Vec::new(),
             }),
             _ => Err(ConfigError(errors.0)),
         }

@@ -3,7 +3,9 @@
 //! way as a Check (`outcome::decide`: verify, policy, cache / exchange with coalescing and the
 //! breaker, audit as `api: in_proxy`), and the answer carries what the filter needs to serve the
 //! next requests itself: the header value, until when, the verified claims its per-hit policy
-//! judges with, and the revocation generation. `Epoch` answers that generation alone, polled.
+//! judges with, and the revocation generation. `Epoch` answers that generation, polled, with the
+//! digest of the plugin configuration the running file generates (a filter whose own differs was
+//! generated from another file, and serves nothing cached).
 //! `Purge` is the filter's report of a destination's 401 `invalid_token` for a delegation it served:
 //! the entry named by its key and the issued token's fingerprint (never a token) is purged with
 //! `Authz::purge_served`, as ext_proc's purge does. A forged Purge can only make Baton exchange
@@ -34,14 +36,18 @@ pub const MAX_REQUEST_BYTES: usize = 96 * 1024;
 /// could not judge a later request with the same claims as the sidecar).
 pub const MAX_CLAIMS_BYTES: usize = 8 * 1024;
 
+/// The running file's `wasm_plugin::decision_digest`, swapped on every reload.
+pub type PluginDigest = Arc<arc_swap::ArcSwap<Vec<u8>>>;
+
 /// The InProxy service, ready to add to a tonic server.
-pub fn service(authz: Current) -> InProxyServer<InProxyService> {
-    InProxyServer::new(InProxyService { authz }).max_decoding_message_size(MAX_REQUEST_BYTES)
+pub fn service(authz: Current, plugin: PluginDigest) -> InProxyServer<InProxyService> {
+    InProxyServer::new(InProxyService { authz, plugin }).max_decoding_message_size(MAX_REQUEST_BYTES)
 }
 
 #[derive(Debug)]
 pub struct InProxyService {
     authz: Current,
+    plugin: PluginDigest,
 }
 
 #[tonic::async_trait]
@@ -56,6 +62,7 @@ impl InProxy for InProxyService {
     async fn epoch(&self, _: Request<EpochRequest>) -> Result<Response<EpochReply>, Status> {
         Ok(Response::new(EpochReply {
             generation: self.authz.load().revocations().generation(),
+            config: self.plugin.load().as_ref().clone(),
         }))
     }
 

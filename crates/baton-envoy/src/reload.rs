@@ -23,6 +23,7 @@ pub async fn watch(
     path: PathBuf,
     listen: crate::listen::Settings,
     current: Current,
+    plugin: crate::in_proxy::PluginDigest,
     interval: Option<Duration>,
     build: Build,
 ) {
@@ -38,7 +39,7 @@ pub async fn watch(
             continue;
         }
         seen = now;
-        let outcome = reload(&path, &listen, &current, build);
+        let outcome = reload(&path, &listen, &current, &plugin, build);
         let metrics = current.load().telemetry().metrics().clone();
         let counted = &metrics.config_reloads;
         metrics.config_last_reload_ok.set(i64::from(outcome.is_ok()));
@@ -58,7 +59,13 @@ pub async fn watch(
 /// Read, validate, build and swap. The exchanged-token cache carries over when its size is
 /// unchanged: its keys cover every exchange parameter, so a destination whose parameters changed
 /// never reuses a token obtained under the old ones.
-fn reload(path: &Path, listen: &crate::listen::Settings, current: &Current, build: Build) -> Result<(), String> {
+fn reload(
+    path: &Path,
+    listen: &crate::listen::Settings,
+    current: &Current,
+    plugin: &crate::in_proxy::PluginDigest,
+    build: Build,
+) -> Result<(), String> {
     let config = Config::from_file(path).map_err(|e| e.to_string().trim_end().replace('\n', "; "))?;
     if config.listen != *listen {
         tracing::warn!("the `listen` section changed: it takes effect only after a restart");
@@ -66,5 +73,6 @@ fn reload(path: &Path, listen: &crate::listen::Settings, current: &Current, buil
     let old = current.load_full();
     let fresh = build(config.decision, Some(&old))?;
     current.store(fresh);
+    plugin.store(Arc::new(config.plugin_digest));
     Ok(())
 }

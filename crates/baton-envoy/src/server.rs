@@ -43,7 +43,12 @@ pub struct Listeners {
 }
 
 /// Serve until `shutdown` completes, then drain.
-pub async fn serve(authz: Current, listeners: Listeners, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn serve(
+    authz: Current,
+    plugin: crate::in_proxy::PluginDigest,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let stopping = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -56,7 +61,7 @@ pub async fn serve(authz: Current, listeners: Listeners, shutdown: impl Future<O
             .add_service(CheckServer::new(CheckService { authz: authz.clone() }))
             .add_service(ExternalProcessorServer::new(ExtProcService::new(authz.clone())))
             .add_service(DelegationBrokerServer::new(Broker::new(authz.clone())))
-            .add_service(crate::in_proxy::service(authz.clone()))
+            .add_service(crate::in_proxy::service(authz.clone(), plugin.clone()))
     };
     let mut tasks: tokio::task::JoinSet<Result<(), BoxError>> = tokio::task::JoinSet::new();
     match (listeners.grpc, listeners.grpc_tls) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::file::Config;
+use baton_core::config::Config;
 use baton_core::config::{MissingToken, UnknownDestination};
 
 const WASM: &str = "envoy.filters.http.wasm";
@@ -23,13 +23,12 @@ pub struct Wasm {
     pub plugin: Value,
 }
 
-/// The plugin configuration for `config`, whose file parsed as plain YAML is `raw` (the policies
+/// The plugin configuration for `decision`, whose file parsed as plain YAML is `raw` (the policies
 /// as written: the filter compiles them itself, with the same code as the sidecar). `cluster` is
 /// the Envoy cluster that reaches Baton; `timeout` how long the filter waits for it. A file with a
 /// destination that claims no `hosts` (one a route names, by `context_extensions`) is refused: the
 /// filter matches hosts only, so such a destination would never be delegated in this mode.
-pub fn plugin_config(config: &Config, raw: &Value, cluster: &str, timeout: Duration) -> Result<Value, String> {
-    let decision = &config.decision;
+pub fn plugin_config(decision: &Config, raw: &Value, cluster: &str, timeout: Duration) -> Result<Value, String> {
     let route_only: Vec<&str> = decision
         .destinations
         .iter()
@@ -78,6 +77,18 @@ pub fn plugin_config(config: &Config, raw: &Value, cluster: &str, timeout: Durat
         plugin["workload_identity"] = json!(identity);
     }
     Ok(plugin)
+}
+
+/// `baton_decide::key::plugin_digest` of the plugin configuration `decision` (whose file is `text`)
+/// generates, whatever the cluster and timeout it is generated with: what the running sidecar
+/// tells the filter with every epoch. Empty when the file generates none (a destination without
+/// hosts): no filter's digest matches it.
+pub fn decision_digest(decision: &Config, text: &str) -> Vec<u8> {
+    as_written(text)
+        .ok()
+        .and_then(|raw| plugin_config(decision, &raw, "", Duration::ZERO).ok())
+        .map(|plugin| baton_decide::key::plugin_digest(&plugin).to_vec())
+        .unwrap_or_default()
 }
 
 /// Baton's file as written (plain YAML to JSON), for the policies `plugin_config` copies.
@@ -129,8 +140,8 @@ destinations:
 "#;
 
     fn plugin(text: &str) -> Result<Value, String> {
-        let config = Config::from_yaml(text).map_err(|e| e.to_string())?;
-        plugin_config(&config, &as_written(text)?, "baton", Duration::from_secs(2))
+        let config = crate::file::Config::from_yaml(text).map_err(|e| e.to_string())?;
+        plugin_config(&config.decision, &as_written(text)?, "baton", Duration::from_secs(2))
     }
 
     #[test]

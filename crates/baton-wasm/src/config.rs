@@ -147,7 +147,7 @@ impl Raw {
         if max_entries == 0 || max_entries > MAX_ENTRIES {
             errors.add("max_entries", format!("must be between 1 and {MAX_ENTRIES}"));
         }
-        let max_token_bytes = self.max_token_bytes.unwrap_or(16 * 1024);
+        let max_token_bytes = self.max_token_bytes.unwrap_or(key::PLUGIN_DEFAULT_MAX_TOKEN_BYTES);
         if max_token_bytes == 0 {
             errors.add("max_token_bytes", "must be at least 1");
         }

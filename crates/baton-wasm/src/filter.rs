@@ -39,8 +39,13 @@ pub extern "C" fn _initialize() {
 struct Shared {
     settings: Rc<Settings>,
     cache: Cache,
-    /// When the sidecar last answered an Epoch (ms since the Unix epoch).
+    /// When the sidecar last answered an Epoch with this configuration's digest (ms since the Unix
+    /// epoch): an answer with another digest is not heard (the filter's configuration is stale).
     epoch_heard_ms: Option<u128>,
+    /// `baton_decide::key::plugin_digest` of this filter's plugin configuration.
+    digest: baton_decide::key::Key,
+    /// Whether the last Epoch said this configuration is stale (logged once per change).
+    stale: bool,
 }
 
 #[derive(Default)]
@@ -74,7 +79,18 @@ impl Context for Root {
                 let now = now_ms(self);
                 let mut shared = shared.borrow_mut();
                 shared.cache.epoch(reply.generation);
-                shared.epoch_heard_ms = Some(now);
+                let stale = reply.config != shared.digest;
+                if stale && !shared.stale {
+                    proxy_wasm::hostcalls::log(
+                        LogLevel::Warn,
+                        "baton: this plugin configuration is not the one Baton's file generates (baton.yaml changed): nothing is served from the cache until it is regenerated",
+                    )
+                    .ok();
+                }
+                shared.stale = stale;
+                if !stale {
+                    shared.epoch_heard_ms = Some(now);
+                }
             }
             Err(_) => {
                 proxy_wasm::hostcalls::log(LogLevel::Warn, "baton: the sidecar's epoch reply does not decode").ok();
@@ -117,12 +133,17 @@ impl RootContext for Root {
                 return false;
             }
         };
+        // It parsed as Settings, so it is JSON.
+        let digest =
+            serde_json::from_slice(&config).map_or([0; 32], |plugin| baton_decide::key::plugin_digest(&plugin));
         self.grpc_service = messages::grpc_service(&settings.sidecar_cluster).into();
         self.set_tick_period(settings.epoch_tick);
         self.shared = Some(Rc::new(RefCell::new(Shared {
             cache: Cache::new(settings.max_entries),
             settings: Rc::new(settings),
             epoch_heard_ms: None,
+            digest,
+            stale: false,
         })));
         true
     }

@@ -4,7 +4,9 @@
 //! policy, the subject token: `local`), and on a hit in its bounded per-worker cache (`cache`) rewrites or
 //! strips `Authorization` with no gRPC call. On a miss it asks the Baton sidecar
 //! (`baton.v1.InProxy/Decide`, `messages`), which verifies, exchanges and audits as Check does; it
-//! polls `InProxy/Epoch` and drops its cache when a revocation (or reload) happened (`filter`).
+//! polls `InProxy/Epoch` and drops its cache when a revocation (or reload) happened (`filter`),
+//! and serves nothing cached while the epoch says its plugin configuration is not the one Baton's
+//! running file generates (`baton_decide::key::plugin_digest`).
 //! A destination's 401 `invalid_token` for a delegation it served drops that entry and has the
 //! sidecar purge its own (`purge`, `InProxy/Purge`).
 //!

@@ -77,6 +77,9 @@ pub struct EpochRequest {}
 pub struct EpochReply {
     #[prost(uint64, tag = "1")]
     pub generation: u64,
+    /// The sidecar's `baton_decide::key::plugin_digest` of the plugin configuration its file generates.
+    #[prost(bytes = "vec", tag = "2")]
+    pub config: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
